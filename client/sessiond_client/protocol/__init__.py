@@ -1,0 +1,66 @@
+"""The sans-I/O protocol core shared by the client and the daemon (protocol.md).
+
+Bytes and a clock reading in; bytes to send, events and the next deadline out.
+Nothing here opens a socket, sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+from .codec import FrameDecoder
+from .errors import (
+    CODE_TABLE,
+    Backoff,
+    CloseCode,
+    InvalidState,
+    LocalProtocolError,
+    PayloadTooLarge,
+    ProtocolError,
+    RemoteProtocolError,
+    SessiondError,
+    SessionLost,
+    WindowFull,
+    is_terminal,
+)
+from .events import (
+    Event,
+    GoawayReceived,
+    SessionEnded,
+    SessionResumed,
+    SessionStarted,
+    TransportLost,
+)
+from .events import SessionLost as SessionLostEvent
+from .frames import PROTOCOL_VERSION, parse_frame
+from .params import Params
+from .session import Connection, ConnectionState, Role, Session, SessionState
+
+__all__ = [
+    "CODE_TABLE",
+    "PROTOCOL_VERSION",
+    "Backoff",
+    "CloseCode",
+    "Connection",
+    "ConnectionState",
+    "Event",
+    "FrameDecoder",
+    "GoawayReceived",
+    "InvalidState",
+    "LocalProtocolError",
+    "Params",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Role",
+    "Session",
+    "SessionEnded",
+    "SessionLost",
+    "SessionLostEvent",
+    "SessionResumed",
+    "SessionStarted",
+    "SessionState",
+    "SessiondError",
+    "TransportLost",
+    "WindowFull",
+    "is_terminal",
+    "parse_frame",
+]

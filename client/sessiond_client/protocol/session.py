@@ -1,0 +1,884 @@
+"""The session state machine, for both roles (protocol.md §3-§11).
+
+Two objects, neither of which does I/O or reads a clock:
+
+* :class:`Session` is one session: sequence numbers, the replay buffer of
+  encoded DATA frames, the inbox, the windows, the credential and the expiry
+  deadline. It outlives transports.
+* :class:`Connection` is one transport: its decoder, its output, its
+  handshake and its heartbeats. At most one is attached to a session.
+
+An adapter feeds a connection with ``receive_data(data, now)``, writes
+``data_to_send()``, reads ``session.events()`` and ``take_messages(now)``,
+and calls ``handle_timer(now)`` at ``next_deadline()``. A client starts with
+``Session(Role.CLIENT).connect(now)``; a server with ``Connection.server(params, now)``,
+then ``accept()`` or ``reject()`` once ``hello`` is set.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from itertools import islice
+from typing import Any
+
+from . import codec
+from .codec import DATA_OVERHEAD, U64_MAX, FrameDecoder
+from .credentials import digest, matches, new_credential, new_session_id
+from .errors import (
+    CloseCode,
+    InvalidState,
+    PayloadTooLarge,
+    RemoteProtocolError,
+    WindowFull,
+    is_terminal,
+)
+from .events import (
+    Event,
+    GoawayReceived,
+    SessionEnded,
+    SessionLost,
+    SessionResumed,
+    SessionStarted,
+    TransportLost,
+)
+from .frames import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    Ack,
+    Close,
+    Data,
+    Goaway,
+    Hello,
+    Ping,
+    Pong,
+    Resume,
+    Welcome,
+    parse_frame,
+)
+from .params import Params
+
+
+class Role(enum.Enum):
+    """Which end of the session this core plays."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class SessionState(enum.Enum):
+    """Lifecycle of a :class:`Session` (protocol.md §13)."""
+
+    CONNECTING = "connecting"  # client only: no session established yet
+    ATTACHED = "attached"
+    DETACHED = "detached"
+    ENDED = "ended"
+
+
+class ConnectionState(enum.Enum):
+    """Lifecycle of a :class:`Connection` (protocol.md §13)."""
+
+    AWAIT_HELLO = "await-hello"  # server
+    HELLO_RECEIVED = "hello-received"  # server: waiting for accept() or reject()
+    AWAIT_WELCOME = "await-welcome"  # client
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+_OPEN = ConnectionState.OPEN
+_CLOSED = ConnectionState.CLOSED
+_HANDSHAKING = frozenset(
+    {ConnectionState.AWAIT_HELLO, ConnectionState.HELLO_RECEIVED, ConnectionState.AWAIT_WELCOME}
+)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, min(0xFFFFFFFF, round(seconds * 1000)))
+
+
+class Session:
+    """One session's state, shared by both roles and kept across transports.
+
+    Application side: :meth:`can_send`, :meth:`send`, :meth:`take_messages`,
+    :meth:`close`; then :meth:`events`. Messages sent while detached wait in the
+    replay buffer and go out, in order, after the next resume.
+    """
+
+    __slots__ = (
+        "_ack_deadline",
+        "_ack_pending_bytes",
+        "_ack_sent",
+        "_acked",
+        "_confirmed",
+        "_consumed",
+        "_credential",
+        "_credential_digest",
+        "_events",
+        "_expires_at",
+        "_heartbeat",
+        "_idle_timeout",
+        "_inbox",
+        "_inbox_bytes",
+        "_lifetime",
+        "_max_payload",
+        "_next_seq",
+        "_previous_digest",
+        "_received",
+        "_replay",
+        "_send_window_bytes",
+        "_send_window_messages",
+        "_takeovers",
+        "_unacked_bytes",
+        "connection",
+        "end_code",
+        "id",
+        "identity",
+        "params",
+        "role",
+        "state",
+    )
+
+    def __init__(self, role: Role, params: Params | None = None) -> None:
+        self.role = role
+        self.params = params or Params()
+        self.id: bytes | None = None
+        self.identity: Any = None
+        self.state = SessionState.CONNECTING if role is Role.CLIENT else SessionState.DETACHED
+        self.connection: Connection | None = None
+        self.end_code: CloseCode | None = None
+        self._credential: bytes | None = None  # client: the current credential
+        self._credential_digest: bytes | None = None  # server: digest of the current one
+        self._previous_digest: bytes | None = None  # server: the one it replaced
+        self._confirmed = False  # server: the client proved it holds the current one
+        self._takeovers: deque[float] = deque()
+        self._events: list[Event] = []
+        self._expires_at: float | None = None
+        self._heartbeat = self.params.heartbeat_interval
+        self._idle_timeout = self._heartbeat * self.params.idle_timeout_factor
+        self._lifetime = self.params.detached_lifetime
+        self._reset_streams()
+
+    def _reset_streams(self) -> None:
+        self._next_seq = 1
+        self._acked = 0
+        self._replay: deque[bytes] = deque()
+        self._unacked_bytes = 0
+        self._received = 0
+        self._consumed = 0
+        self._ack_sent = 0
+        self._ack_pending_bytes = 0
+        self._ack_deadline: float | None = None
+        self._inbox: deque[bytes] = deque()
+        self._inbox_bytes = 0
+        self._send_window_messages = 0
+        self._send_window_bytes = 0
+        self._max_payload = 0
+
+    # ---------------------------------------------------------------- queries
+
+    @property
+    def messages_waiting(self) -> int:
+        """Messages received and not yet taken with :meth:`take_messages`."""
+        return len(self._inbox)
+
+    @property
+    def unacked_count(self) -> int:
+        """Messages sent (or queued while detached) that the peer has not acknowledged."""
+        return self._next_seq - 1 - self._acked
+
+    @property
+    def max_payload(self) -> int:
+        """Largest payload the peer accepts (0 before the first handshake)."""
+        return self._max_payload
+
+    @property
+    def sequence_numbers(self) -> tuple[int, int, int, int]:
+        """``(last sent, acknowledged by peer, last received, consumed)``."""
+        return self._next_seq - 1, self._acked, self._received, self._consumed
+
+    def unacked_messages(self) -> list[bytes]:
+        """Payloads sent but not acknowledged, oldest first."""
+        return [frame[DATA_OVERHEAD:] for frame in self._replay]
+
+    def events(self) -> list[Event]:
+        """Return and clear the events reported since the last call."""
+        events = self._events
+        self._events = []
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (attached connection included)."""
+        deadline = self._expires_at
+        if self.connection is not None:
+            conn_deadline = self.connection.next_deadline()
+            if conn_deadline is not None and (deadline is None or conn_deadline < deadline):
+                deadline = conn_deadline
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Run whatever is due at *now*: the connection's timers and the session's expiry."""
+        if self.connection is not None:
+            self.connection.handle_timer(now)
+        if self._expires_at is not None and now >= self._expires_at:
+            self._end(CloseCode.SESSION_EXPIRED, "detached longer than its lifetime", False, now)
+
+    # ------------------------------------------------------- application side
+
+    def can_send(self, size: int) -> bool:
+        """True when a payload of *size* bytes fits in the peer's window now."""
+        if self.state is SessionState.ENDED or self.state is SessionState.CONNECTING:
+            return False
+        in_flight = self._next_seq - 1 - self._acked
+        if in_flight == 0:
+            return True
+        return (
+            in_flight < self._send_window_messages
+            and self._unacked_bytes + size <= self._send_window_bytes
+        )
+
+    def send(self, payload: bytes, now: float) -> int:
+        """Queue *payload* as the next message and return its sequence number.
+
+        Raises :class:`WindowFull` when :meth:`can_send` is false (wait for an
+        ACK, signalled by ``can_send`` becoming true after ``receive_data``),
+        :class:`PayloadTooLarge` or :class:`InvalidState`. Then call
+        ``data_to_send()`` on the attached connection.
+        """
+        state = self.state
+        if state is SessionState.ENDED or state is SessionState.CONNECTING:
+            raise InvalidState(f"cannot send: session is {state.value}")
+        size = len(payload)
+        if size > self._max_payload:
+            raise PayloadTooLarge(f"{size} bytes > {self._max_payload}")
+        in_flight = self._next_seq - 1 - self._acked
+        if in_flight and (
+            in_flight >= self._send_window_messages
+            or self._unacked_bytes + size > self._send_window_bytes
+        ):
+            raise WindowFull("the peer's window is full")
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        frame = codec.encode_data(seq, payload)
+        self._replay.append(frame)
+        self._unacked_bytes += size
+        conn = self.connection
+        if conn is not None and conn.state is _OPEN:
+            conn._out.append(frame)
+            conn._last_send = now
+        return seq
+
+    def take_messages(self, now: float, limit: int | None = None) -> list[bytes]:
+        """Take up to *limit* received messages, in order; this is what frees window.
+
+        Acknowledgements are coalesced (protocol.md §5): then call ``data_to_send()``.
+        """
+        inbox = self._inbox
+        count = len(inbox) if limit is None else min(limit, len(inbox))
+        if not count:
+            return []
+        if count == len(inbox):
+            taken = list(inbox)
+            inbox.clear()
+            size = self._inbox_bytes
+        else:
+            taken = [inbox.popleft() for _ in range(count)]
+            size = sum(map(len, taken))
+        self._inbox_bytes -= size
+        self._consumed += count
+        self._ack_pending_bytes += size
+        self._schedule_ack(now)
+        return taken
+
+    def close(self, now: float, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
+        """End the session for good with a terminal *code*; the peer is told if attached."""
+        if not is_terminal(code):
+            raise InvalidState(f"{code.name} does not end a session")
+        if self.state is SessionState.ENDED:
+            return
+        conn = self.connection
+        if conn is not None and conn.state is not _CLOSED:
+            conn.close(now, code, reason)
+        else:
+            self._end(code, reason, False, now)
+
+    # --------------------------------------------------------- client side
+
+    def connect(self, now: float, credentials: Any = None) -> Connection:
+        """Client: start a transport; HELLO (resuming if a session exists) is queued.
+
+        Write ``connection.data_to_send()`` once the transport is up.
+        """
+        if self.role is not Role.CLIENT:
+            raise InvalidState("only a client connects")
+        if self.state is SessionState.ENDED:
+            raise InvalidState("session ended")
+        if self.connection is not None:
+            raise InvalidState("a connection is attached; report connection_lost first")
+        conn = Connection(Role.CLIENT, self.params, now)
+        conn.session = self
+        self.connection = conn
+        p = self.params
+        resume = None
+        if self.id is not None and self._credential is not None:
+            resume = Resume(self.id, self._credential, self._received)
+        hello = Hello(
+            versions=SUPPORTED_VERSIONS,
+            heartbeat_ms=_ms(p.heartbeat_interval),
+            window_messages=p.window_messages,
+            window_bytes=p.window_bytes,
+            max_frame=p.max_frame_size,
+            lifetime_ms=_ms(p.detached_lifetime),
+            credentials=credentials,
+            resume=resume,
+        )
+        conn._out.append(hello.encode())
+        conn.state = ConnectionState.AWAIT_WELCOME
+        return conn
+
+    def _on_welcome(self, conn: Connection, welcome: Welcome, now: float) -> None:
+        if welcome.version not in SUPPORTED_VERSIONS:
+            raise RemoteProtocolError(
+                f"server chose version {welcome.version}", CloseCode.UNSUPPORTED_VERSION
+            )
+        replaced: CloseCode | None = None
+        if welcome.resumed:
+            if self.id is None or welcome.session_id != self.id:
+                raise RemoteProtocolError("WELCOME resumed a session we did not ask for")
+        elif self.id is not None:
+            replaced = _code_or(welcome.reason, CloseCode.UNKNOWN_SESSION)
+            self._events.append(
+                SessionLost(self.id, replaced, tuple(self._inbox), tuple(self.unacked_messages()))
+            )
+            self._reset_streams()
+        self._apply_terms(welcome.heartbeat_ms, welcome.window_messages, welcome.window_bytes)
+        self._idle_timeout = welcome.idle_timeout_ms / 1000
+        self._lifetime = welcome.lifetime_ms / 1000
+        self._max_payload = welcome.max_frame - DATA_OVERHEAD
+        self.id = welcome.session_id
+        self._credential = welcome.credential
+        conn._open(now, self._heartbeat, self._idle_timeout)
+        self._set_attached()
+        if welcome.resumed:
+            peer_received = welcome.received
+            if not self._acked <= peer_received < self._next_seq:
+                conn.close(now, CloseCode.REPLAY_UNAVAILABLE, "cannot replay from there")
+                return
+            replayed = self._start_stream(conn, peer_received)
+            self._events.append(SessionResumed(self.id, replayed))
+        else:
+            self._start_stream(conn, 0)
+            self._events.append(SessionStarted(self.id, replaced))
+
+    # --------------------------------------------------------- server side
+
+    def _open_new(
+        self, conn: Connection, hello: Hello, identity: Any, now: float, replaces: CloseCode | None
+    ) -> None:
+        self.id = new_session_id()
+        self.identity = identity
+        credential = new_credential()
+        self._credential_digest = digest(credential)
+        self._previous_digest = None
+        self._confirmed = False
+        self._attach_server(conn, hello, credential, False, now)
+        self._start_stream(conn, 0)
+        self._events.append(SessionStarted(self.id, replaces))
+
+    def _check_resume(self, resume: Resume, identity: Any, now: float) -> CloseCode | None:
+        """Server: why *resume* must not continue this session, or None (protocol.md §4, §10)."""
+        if self.state is SessionState.ENDED:
+            return self.end_code or CloseCode.SESSION_REVOKED
+        presented = digest(resume.credential)
+        if matches(presented, self._credential_digest):
+            pass
+        elif matches(presented, self._previous_digest):
+            if self._confirmed:
+                self._end(
+                    CloseCode.CREDENTIAL_REUSED, "a rotated credential was presented", False, now
+                )
+                return CloseCode.CREDENTIAL_REUSED
+        else:
+            return CloseCode.CREDENTIAL_INVALID
+        if identity != self.identity:
+            return CloseCode.IDENTITY_MISMATCH
+        if not self._acked <= resume.received < self._next_seq:
+            return CloseCode.REPLAY_UNAVAILABLE
+        if self.connection is not None:
+            takeovers = self._takeovers
+            while takeovers and takeovers[0] <= now - self.params.takeover_window:
+                takeovers.popleft()
+            if len(takeovers) + 1 >= self.params.takeover_limit:
+                return CloseCode.SESSION_CONTESTED
+            takeovers.append(now)
+        if not matches(presented, self._previous_digest):
+            self._previous_digest = presented
+        return None
+
+    def _resume(self, conn: Connection, hello: Hello, now: float) -> None:
+        assert hello.resume is not None
+        old = self.connection
+        if old is not None:
+            old.session = None
+            self.connection = None
+            old.close(now, CloseCode.TAKEN_OVER, "resumed on another transport")
+        credential = new_credential()
+        self._credential_digest = digest(credential)
+        self._confirmed = False
+        self._attach_server(conn, hello, credential, True, now)
+        replayed = self._start_stream(conn, hello.resume.received)
+        self._events.append(SessionResumed(self.id or b"", replayed))
+
+    def _attach_server(
+        self, conn: Connection, hello: Hello, credential: bytes, resumed: bool, now: float
+    ) -> None:
+        p = self.params
+        heartbeat = min(max(hello.heartbeat_ms / 1000, p.heartbeat_min), p.heartbeat_max)
+        self._apply_terms(_ms(heartbeat), hello.window_messages, hello.window_bytes)
+        self._idle_timeout = self._heartbeat * p.idle_timeout_factor
+        asked = hello.lifetime_ms / 1000 if hello.lifetime_ms else p.detached_lifetime
+        self._lifetime = min(asked, p.detached_lifetime_max)
+        self._max_payload = hello.max_frame - DATA_OVERHEAD
+        welcome = Welcome(
+            version=PROTOCOL_VERSION,
+            session_id=self.id or b"",
+            credential=credential,
+            resumed=resumed,
+            received=self._received,
+            heartbeat_ms=_ms(self._heartbeat),
+            idle_timeout_ms=_ms(self._idle_timeout),
+            window_messages=p.window_messages,
+            window_bytes=p.window_bytes,
+            max_frame=p.max_frame_size,
+            lifetime_ms=_ms(self._lifetime),
+            reason=None,
+        )
+        conn.session = self
+        self.connection = conn
+        conn._out.append(welcome.encode())
+        conn._open(now, self._heartbeat, self._idle_timeout)
+        self._set_attached()
+
+    # ------------------------------------------------------------ both roles
+
+    def _apply_terms(self, heartbeat_ms: int, window_messages: int, window_bytes: int) -> None:
+        p = self.params
+        self._heartbeat = heartbeat_ms / 1000
+        self._send_window_messages = min(window_messages, p.replay_messages)
+        self._send_window_bytes = min(window_bytes, p.replay_bytes)
+
+    def _set_attached(self) -> None:
+        self.state = SessionState.ATTACHED
+        self._expires_at = None
+
+    def _start_stream(self, conn: Connection, peer_received: int) -> int:
+        """After WELCOME: acknowledge what we consumed, then replay what the peer lacks."""
+        out = conn._out
+        out.append(codec.encode_ack(self._consumed))
+        self._ack_sent = self._consumed
+        self._ack_pending_bytes = 0
+        self._ack_deadline = None
+        skip = peer_received - self._acked
+        before = len(out)
+        out.extend(islice(self._replay, skip, None))
+        return len(out) - before
+
+    def _schedule_ack(self, now: float) -> None:
+        pending = self._consumed - self._ack_sent
+        if not pending:
+            return
+        conn = self.connection
+        if conn is None or conn.state is not _OPEN:
+            return
+        p = self.params
+        if (
+            pending >= max(1, p.window_messages // 4)
+            or self._ack_pending_bytes >= p.window_bytes // 4
+        ):
+            self._send_ack(conn, now)
+        elif self._ack_deadline is None:
+            self._ack_deadline = now + p.ack_delay
+
+    def _send_ack(self, conn: Connection, now: float) -> None:
+        conn._out.append(codec.encode_ack(self._consumed))
+        conn._last_send = now
+        self._ack_sent = self._consumed
+        self._ack_pending_bytes = 0
+        self._ack_deadline = None
+
+    def _on_data(self, seq: Any, payload: Any) -> None:
+        if type(seq) is not int or type(payload) is not bytes:
+            Data.parse((codec.DATA, seq, payload))  # raises the precise error
+        if seq != self._received + 1:
+            raise RemoteProtocolError(
+                f"DATA seq {seq}, expected {self._received + 1}", CloseCode.SEQUENCE_ERROR
+            )
+        self._received = seq
+        self._inbox.append(payload)
+        self._inbox_bytes += len(payload)
+        self._check_window(seq)
+
+    def _check_window(self, seq: int) -> None:
+        p = self.params
+        if seq - self._ack_sent > p.window_messages or (
+            self._inbox_bytes > p.window_bytes and len(self._inbox) > 1
+        ):
+            raise RemoteProtocolError("peer exceeded our window", CloseCode.FLOW_CONTROL_ERROR)
+
+    def _on_ack(self, seq: Any) -> None:
+        acked = self._acked
+        if type(seq) is not int or not acked <= seq < self._next_seq:
+            raise RemoteProtocolError(
+                f"ACK {seq!r} outside [{acked}, {self._next_seq - 1}]", CloseCode.SEQUENCE_ERROR
+            )
+        if seq == acked:
+            return
+        replay = self._replay
+        released = 0
+        for _ in range(seq - acked):
+            released += len(replay.popleft())
+        self._unacked_bytes -= released - (seq - acked) * DATA_OVERHEAD
+        self._acked = seq
+
+    def _confirm_credential(self) -> None:
+        self._confirmed = True
+        self._previous_digest = None
+
+    def _detach(self, now: float, code: CloseCode, retry_after: float) -> None:
+        self.connection = None
+        self._events.append(TransportLost(code, retry_after))
+        if self.state is SessionState.CONNECTING:
+            return
+        self.state = SessionState.DETACHED
+        grace = self._idle_timeout if self.role is Role.CLIENT else 0.0
+        self._expires_at = now + self._lifetime + grace
+
+    def _end(self, code: CloseCode, reason: str, by_peer: bool, now: float) -> None:
+        if self.state is SessionState.ENDED:
+            return
+        self.state = SessionState.ENDED
+        self.end_code = code
+        self._expires_at = None
+        self._ack_deadline = None
+        conn = self.connection
+        self.connection = None
+        if conn is not None:
+            conn._close(code, reason, 0.0, True, now)
+        self._events.append(SessionEnded(self.id or b"", code, reason, by_peer))
+
+
+def _code_or(value: int | None, default: CloseCode) -> CloseCode:
+    try:
+        return default if value is None else CloseCode(value)
+    except ValueError:
+        return default
+
+
+class Connection:
+    """One transport's protocol state: decoding, handshake, heartbeats, output.
+
+    Feed it with :meth:`receive_data`, write :meth:`data_to_send`, call
+    :meth:`handle_timer` at :meth:`next_deadline`, and :meth:`connection_lost`
+    when the transport ends. When :attr:`closed` turns true, write the last
+    bytes and close the transport.
+    """
+
+    __slots__ = (
+        "_confirmed",
+        "_decoder",
+        "_heartbeat",
+        "_idle_timeout",
+        "_last_recv",
+        "_last_send",
+        "_opened_at",
+        "_out",
+        "_ping_sent_at",
+        "_ping_stamp",
+        "close_code",
+        "close_reason",
+        "hello",
+        "params",
+        "peer_closed",
+        "retry_after",
+        "role",
+        "rtt",
+        "session",
+        "state",
+    )
+
+    def __init__(self, role: Role, params: Params, now: float) -> None:
+        self.role = role
+        self.params = params
+        self.state = ConnectionState.AWAIT_HELLO
+        self.session: Session | None = None
+        self.hello: Hello | None = None
+        self.close_code: CloseCode | None = None
+        self.close_reason = ""
+        self.peer_closed = False
+        self.retry_after = 0.0
+        self.rtt: float | None = None
+        self._decoder = FrameDecoder(params.max_frame_size)
+        self._out: list[bytes] = []
+        self._opened_at = now
+        self._last_recv = now
+        self._last_send = now
+        self._heartbeat = 0.0
+        self._idle_timeout = 0.0
+        self._ping_sent_at: float | None = None
+        self._ping_stamp = 0
+        self._confirmed = role is Role.CLIENT
+
+    @classmethod
+    def server(cls, params: Params, now: float) -> Connection:
+        """A server-side transport that has just been accepted; it awaits HELLO."""
+        return cls(Role.SERVER, params, now)
+
+    @property
+    def closed(self) -> bool:
+        """True once this transport must be closed (after writing ``data_to_send()``)."""
+        return self.state is _CLOSED
+
+    # ------------------------------------------------------------ byte flow
+
+    def data_to_send(self) -> bytes:
+        """Return and clear the bytes to write to the transport."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return b"".join(out)
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes from the transport; peer faults close it with their code (never raise)."""
+        if self.state is _CLOSED:
+            return
+        self._last_recv = now
+        try:
+            frames = self._decoder.feed(data)
+            if frames:
+                self._dispatch(frames, now)
+        except RemoteProtocolError as exc:
+            self._fail(exc.code, str(exc), now)
+
+    def _dispatch(self, frames: list[Any], now: float) -> None:
+        session = self.session
+        if self.state is _OPEN and session is not None:
+            if not self._confirmed:
+                self._confirmed = True
+                session._confirm_credential()
+            for frame in frames:
+                if self.state is not _OPEN:
+                    raise RemoteProtocolError("frame after CLOSE", CloseCode.UNEXPECTED_FRAME)
+                # Hot path: DATA and ACK are checked inline (same rules as frames.py).
+                if type(frame) is tuple and len(frame) == 3 and frame[0] == codec.DATA:
+                    if type(frame[0]) is not int:
+                        raise RemoteProtocolError("frame type must be an integer")
+                    session._on_data(frame[1], frame[2])
+                elif type(frame) is tuple and len(frame) == 2 and frame[0] == codec.ACK:
+                    if type(frame[0]) is not int:
+                        raise RemoteProtocolError("frame type must be an integer")
+                    session._on_ack(frame[1])
+                else:
+                    self._on_control(parse_frame(frame), now)
+            return
+        for frame in frames:
+            self._on_control(parse_frame(frame), now)
+
+    def _on_control(self, frame: Any, now: float) -> None:
+        state = self.state
+        session = self.session
+        if isinstance(frame, Close):
+            self._on_close(frame, now)
+        elif state is _OPEN and session is not None:
+            if isinstance(frame, Ping):
+                self._out.append(codec.encode_pong(frame.stamp))
+                self._last_send = now
+            elif isinstance(frame, Pong):
+                if self._ping_sent_at is not None and frame.stamp == self._ping_stamp:
+                    sample = now - self._ping_sent_at
+                    self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+                    self._ping_sent_at = None
+            elif isinstance(frame, Data):
+                session._on_data(frame.seq, frame.payload)
+            elif isinstance(frame, Ack):
+                session._on_ack(frame.seq)
+            elif isinstance(frame, Goaway) and self.role is Role.CLIENT:
+                self.retry_after = frame.retry_after_ms / 1000
+                code = _code_or(frame.code, CloseCode.GOING_AWAY)
+                session._events.append(GoawayReceived(code, self.retry_after, frame.redirect))
+            else:
+                raise _unexpected(frame, state)
+        elif state is ConnectionState.AWAIT_HELLO and isinstance(frame, Hello):
+            self._on_hello(frame, now)
+        elif state is ConnectionState.AWAIT_WELCOME and isinstance(frame, Welcome):
+            assert session is not None
+            session._on_welcome(self, frame, now)
+            self._last_send = now
+        else:
+            raise _unexpected(frame, state)
+
+    def _on_hello(self, hello: Hello, now: float) -> None:
+        if PROTOCOL_VERSION not in hello.versions:
+            supported = ", ".join(map(str, SUPPORTED_VERSIONS))
+            raise RemoteProtocolError(
+                f"supported versions: {supported}", CloseCode.UNSUPPORTED_VERSION
+            )
+        self.hello = hello
+        self.state = ConnectionState.HELLO_RECEIVED
+
+    def _on_close(self, frame: Close, now: float) -> None:
+        code = _code_or(frame.code, CloseCode.PROTOCOL_ERROR)
+        self.peer_closed = True
+        self.retry_after = frame.retry_after_ms / 1000
+        self._close(code, frame.reason, self.retry_after, False, now, by_peer=True)
+
+    # ------------------------------------------------------------ server API
+
+    def accept(
+        self,
+        now: float,
+        identity: Any = None,
+        session: Session | None = None,
+        missing: CloseCode = CloseCode.UNKNOWN_SESSION,
+    ) -> Session | None:
+        """Server: answer ``hello`` with WELCOME once the daemon has authenticated it.
+
+        Pass the session that ``hello.resume.session_id`` names, if the daemon
+        holds it, else *missing* says why not (unknown or expired). Returns the
+        session now attached: the resumed one, or a new one whose
+        :class:`SessionStarted` event says why the resume failed. Returns None if
+        the resume was refused outright (contested); the connection is then
+        closed. A resume may end the old session (credential reused): read the
+        old session's events too.
+        """
+        hello = self.hello
+        if self.state is not ConnectionState.HELLO_RECEIVED or hello is None:
+            raise InvalidState(f"accept() in state {self.state.value}")
+        reason: CloseCode | None = None
+        if hello.resume is not None:
+            if session is None:
+                reason = missing
+            else:
+                reason = session._check_resume(hello.resume, identity, now)
+                if reason is None:
+                    session._resume(self, hello, now)
+                    self._last_send = now
+                    return session
+                if reason is CloseCode.SESSION_CONTESTED:
+                    self.close(
+                        now, reason, "session contested", session.params.contested_retry_after
+                    )
+                    return None
+        fresh = Session(Role.SERVER, self.params)
+        fresh._open_new(self, hello, identity, now, reason)
+        self._last_send = now
+        return fresh
+
+    def reject(
+        self, now: float, code: CloseCode, reason: str = "", retry_after: float = 0.0
+    ) -> None:
+        """Server: refuse ``hello`` (authentication failed, limit reached) and close."""
+        self.close(now, code, reason, retry_after)
+
+    def goaway(
+        self, now: float, retry_after: float, redirect: str | None = None, reason: str = ""
+    ) -> None:
+        """Server: announce that this transport drains; close it later with GOING_AWAY."""
+        if self.state is _OPEN:
+            frame = Goaway(CloseCode.GOING_AWAY, _ms(retry_after), redirect, reason)
+            self._out.append(frame.encode())
+            self._last_send = now
+
+    # ------------------------------------------------------------ both roles
+
+    def close(
+        self, now: float, code: CloseCode, reason: str = "", retry_after: float = 0.0
+    ) -> None:
+        """Close this transport with *code*; a terminal code also ends the session."""
+        self._close(code, reason, retry_after, True, now)
+
+    def connection_lost(self, now: float) -> None:
+        """Report that the transport ended without a CLOSE frame."""
+        if self.state is not _CLOSED:
+            self._close(CloseCode.TRANSPORT_LOST, "", 0.0, False, now)
+
+    def _fail(self, code: CloseCode, reason: str, now: float) -> None:
+        self._close(code, reason, 0.0, True, now)
+
+    def _close(
+        self,
+        code: CloseCode,
+        reason: str,
+        retry_after: float,
+        send: bool,
+        now: float,
+        by_peer: bool = False,
+    ) -> None:
+        if self.state is _CLOSED:
+            return
+        self.state = _CLOSED
+        self.close_code = code
+        self.close_reason = reason
+        if send:
+            self._out.append(Close(code, reason, _ms(retry_after)).encode())
+        session = self.session
+        if session is None or session.connection is not self:
+            return
+        if is_terminal(code):
+            session._end(code, reason, by_peer, now)
+        else:
+            session._detach(now, code, retry_after)
+
+    # ---------------------------------------------------------------- timers
+
+    def _open(self, now: float, heartbeat: float, idle_timeout: float) -> None:
+        self.state = _OPEN
+        self._heartbeat = heartbeat
+        self._idle_timeout = idle_timeout
+        self._last_recv = now
+        self._last_send = now
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        state = self.state
+        if state is _CLOSED:
+            return None
+        if state is not _OPEN:
+            return self._opened_at + self.params.handshake_timeout
+        deadline = min(self._last_send + self._heartbeat, self._dead_at())
+        session = self.session
+        if session is not None and session._ack_deadline is not None:
+            deadline = min(deadline, session._ack_deadline)
+        return deadline
+
+    def _dead_at(self) -> float:
+        return self._last_recv + self._idle_timeout + 4 * (self.rtt or 0.0)
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers due at *now*: handshake timeout, idle timeout, heartbeat, ACK."""
+        state = self.state
+        if state is _CLOSED:
+            return
+        if state is not _OPEN:
+            if now >= self._opened_at + self.params.handshake_timeout:
+                self._fail(CloseCode.HANDSHAKE_TIMEOUT, "handshake not completed in time", now)
+            return
+        if now >= self._dead_at():
+            self.close(now, CloseCode.IDLE_TIMEOUT, "nothing received within the idle timeout")
+            return
+        session = self.session
+        ack_due = session._ack_deadline if session is not None else None
+        if session is not None and ack_due is not None and now >= ack_due:
+            session._send_ack(self, now)
+        if now >= self._last_send + self._heartbeat:
+            stamp = int(now * 1000) & U64_MAX
+            self._out.append(codec.encode_ping(stamp))
+            self._ping_sent_at = now
+            self._ping_stamp = stamp
+            self._last_send = now
+
+
+def _unexpected(frame: Any, state: ConnectionState) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"{type(frame).__name__.upper()} not allowed in state {state.value}",
+        CloseCode.UNEXPECTED_FRAME,
+    )
