@@ -6,4 +6,16 @@ from sessiond_client.protocol import CloseCode, SessiondError, SessionLost
 
 __version__ = "0.1.0"
 
-__all__ = ["CloseCode", "SessionLost", "SessiondError", "__version__"]
+from .server import Server, ServerConfig, serve
+from .session import Session
+
+__all__ = [
+    "CloseCode",
+    "Server",
+    "ServerConfig",
+    "Session",
+    "SessionLost",
+    "SessiondError",
+    "__version__",
+    "serve",
+]

@@ -155,7 +155,7 @@ class FrameDecoder:
     must be dropped together with its transport.
     """
 
-    __slots__ = ("_fed", "_head", "_head_start", "_max", "_unpacker")
+    __slots__ = ("_boundary", "_fed", "_head", "_head_start", "_max", "_unpacker")
 
     def __init__(self, max_frame_size: int) -> None:
         self._max = max_frame_size
@@ -171,15 +171,15 @@ class FrameDecoder:
             max_map_len=MAX_MAP_LEN,
             max_ext_len=0,
         )
-        self._fed = 0
+        self._fed = 0  # stream offset of the end of the bytes fed so far
+        self._boundary = 0  # stream offset where the incomplete frame starts
         self._head = b""
         self._head_start = -1
 
     @property
     def buffered(self) -> int:
         """Bytes held for the incomplete frame at the end of the stream."""
-        consumed: int = self._unpacker.tell()
-        return self._fed - consumed
+        return self._fed - self._boundary
 
     def feed(self, data: bytes) -> list[Any]:
         """Decode *data*; return the frames it completes (possibly none)."""
@@ -195,16 +195,25 @@ class FrameDecoder:
         unpacker = self._unpacker
         unpacker.feed(piece)
         self._fed += len(piece)
+        frames: list[Any] = []
+        append = frames.append
+        # The unpacker parses incrementally, so its tell() also counts bytes of
+        # an incomplete frame; right after a frame is yielded it is that frame's end.
+        tell = unpacker.tell
+        boundary = self._boundary
         try:
-            frames = list(unpacker)
+            for frame in unpacker:
+                append(frame)
+                boundary = tell()
         except (ValueError, msgpack.UnpackException) as exc:
             raise RemoteProtocolError(f"undecodable frame: {exc}") from None
-        pending = self._fed - unpacker.tell()
-        if pending:
-            self._check_pending(piece, pending, unpacker.tell())
+        self._boundary = boundary
+        if boundary != self._fed:
+            self._check_pending(piece, boundary)
         return frames
 
-    def _check_pending(self, piece: bytes, pending: int, start: int) -> None:
+    def _check_pending(self, piece: bytes, start: int) -> None:
+        pending = self._fed - start
         if pending > self._max:
             raise RemoteProtocolError(f"frame exceeds {self._max} bytes", CloseCode.FRAME_TOO_LARGE)
         if start != self._head_start:

@@ -509,6 +509,8 @@ class Session:
         if type(seq) is not int or type(payload) is not bytes:
             Data.parse((codec.DATA, seq, payload))  # raises the precise error
         if seq != self._received + 1:
+            if not 0 <= seq <= U64_MAX:
+                raise RemoteProtocolError("DATA seq must be a uint64")
             raise RemoteProtocolError(
                 f"DATA seq {seq}, expected {self._received + 1}", CloseCode.SEQUENCE_ERROR
             )
@@ -527,6 +529,7 @@ class Session:
     def _on_ack(self, seq: Any) -> None:
         acked = self._acked
         if type(seq) is not int or not acked <= seq < self._next_seq:
+            Ack.parse((codec.ACK, seq))  # raises the precise error for a malformed seq
             raise RemoteProtocolError(
                 f"ACK {seq!r} outside [{acked}, {self._next_seq - 1}]", CloseCode.SEQUENCE_ERROR
             )

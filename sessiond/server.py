@@ -1,0 +1,367 @@
+"""The asyncio adapter: moves bytes between transports and protocol cores, runs timers.
+
+No protocol decision lives here. Per transport, :class:`ServerProtocol` feeds
+the core's :class:`~sessiond_client.protocol.Connection`, writes its output
+once per read (or once per loop tick for application sends), and keeps one
+timer armed at the core's next deadline. :class:`Server` holds the sessions,
+answers HELLOs and runs one handler task per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sessiond_client.protocol import (
+    CloseCode,
+    Connection,
+    Params,
+    SessionEnded,
+    SessionResumed,
+    SessionStarted,
+    TransportLost,
+)
+from sessiond_client.protocol import Session as CoreSession
+
+from .session import Session
+
+log = logging.getLogger("sessiond")
+
+Handler = Callable[[Session], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Daemon settings that are not protocol parameters."""
+
+    params: Params = field(default_factory=Params)
+    max_sessions: int = 100_000
+    remembered_ended: int = 10_000  # ended session IDs kept to answer resumes with a reason
+    drain_timeout: float = 10.0
+
+
+class _Entry:
+    """A live session: its core, its handler-facing object, its task and its timer."""
+
+    __slots__ = ("core", "peer", "protocol", "server", "session", "task", "timer", "timer_at")
+
+    def __init__(self, core: CoreSession, server: Server) -> None:
+        self.core = core
+        self.server = server
+        self.session = Session(core, server.loop, self.flush)
+        self.protocol: ServerProtocol | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.peer = ""
+
+    def flush(self) -> None:
+        self.server.schedule_flush(self)
+
+
+class Server:
+    """Sessions, handlers and listeners of one daemon process."""
+
+    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+        self.handler = handler
+        self.config = config or ServerConfig()
+        self.loop = asyncio.get_running_loop()
+        self.sessions: dict[bytes, _Entry] = {}
+        self.ended: OrderedDict[bytes, CloseCode] = OrderedDict()
+        self.protocols: set[ServerProtocol] = set()
+        self.listeners: list[asyncio.Server] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._dirty: set[ServerProtocol] = set()
+        self._flush_scheduled = False
+
+    # ------------------------------------------------------------- listening
+
+    async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
+        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
+        listener = await self.loop.create_server(
+            lambda: ServerProtocol(self), host, port, ssl=ssl, reuse_address=True
+        )
+        self.listeners.append(listener)
+        return listener
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs actually bound."""
+        return [
+            (sock.getsockname()[0], sock.getsockname()[1])
+            for listener in self.listeners
+            for sock in listener.sockets
+        ]
+
+    async def close(self) -> None:
+        """Stop listening, end every session and close every transport."""
+        for listener in self.listeners:
+            listener.close()
+        now = self.loop.time()
+        for protocol in list(self.protocols):
+            if protocol.conn is not None:
+                protocol.conn.close(now, CloseCode.GOING_AWAY, "server shutting down", 1.0)
+            protocol.abort()
+        for entry in list(self.sessions.values()):
+            if entry.timer is not None:
+                entry.timer.cancel()
+        self.sessions.clear()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for listener in self.listeners:
+            await listener.wait_closed()
+
+    # -------------------------------------------------------------- sessions
+
+    def on_hello(self, protocol: ServerProtocol, conn: Connection) -> None:
+        """Answer a HELLO: resume the named session or open a new one."""
+        hello = conn.hello
+        assert hello is not None
+        now = self.loop.time()
+        existing: _Entry | None = None
+        missing = CloseCode.UNKNOWN_SESSION
+        if hello.resume is not None:
+            existing = self.sessions.get(hello.resume.session_id)
+            missing = self.ended.get(hello.resume.session_id, CloseCode.UNKNOWN_SESSION)
+        if existing is None and len(self.sessions) >= self.config.max_sessions:
+            conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
+            return
+        identity = None  # authentication arrives with the daemon issue; open mode for now
+        previous = existing.protocol if existing is not None else None
+        core = conn.accept(now, identity, existing.core if existing else None, missing)
+        if previous is not None and previous is not protocol and previous.closed:
+            previous.entry = None  # taken over (or ended): write its CLOSE and drop it
+            previous.flush()
+        if existing is not None:
+            self.process(existing)
+        if core is None:
+            return
+        entry = self.sessions.get(core.id or b"")
+        if entry is None:
+            entry = _Entry(core, self)
+            self.sessions[core.id or b""] = entry
+        entry.protocol = protocol
+        entry.peer = protocol.peer
+        protocol.entry = entry
+        self.process(entry)
+
+    def process(self, entry: _Entry) -> None:
+        """Act on a session's events, wake its handler and re-arm its timer."""
+        core = entry.core
+        for event in core.events():
+            if isinstance(event, SessionStarted):
+                self._log(entry, "created", replaces=event.replaces)
+                entry.task = task = self.loop.create_task(self._run_handler(entry))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif isinstance(event, SessionResumed):
+                self._log(entry, "resumed", replayed=event.replayed)
+            elif isinstance(event, TransportLost):
+                self._log(entry, "detached", code=event.code)
+                entry.protocol = None
+            elif isinstance(event, SessionEnded):
+                self._log(entry, "ended", code=event.code, by_peer=event.by_peer)
+                self._forget(entry, event.code)
+        entry.session._wake()
+        self._arm(entry)
+
+    def _forget(self, entry: _Entry, code: CloseCode) -> None:
+        sid = entry.core.id or b""
+        if self.sessions.get(sid) is entry:
+            del self.sessions[sid]
+        self.ended[sid] = code
+        while len(self.ended) > self.config.remembered_ended:
+            self.ended.popitem(last=False)
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.protocol = None
+
+    async def _run_handler(self, entry: _Entry) -> None:
+        session = entry.session
+        try:
+            await self.handler(session)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed for session %s", session.id[:8])
+            if not session.ended:
+                session.close(CloseCode.SESSION_REVOKED, "handler failed")
+            return
+        if not session.ended:
+            session.close(CloseCode.NORMAL, "handler returned")
+
+    def _log(self, entry: _Entry, what: str, **details: Any) -> None:
+        extra = " ".join(f"{k}={getattr(v, 'name', v)}" for k, v in details.items())
+        log.info(
+            "session %s %s peer=%s identity=%r %s",
+            (entry.core.id or b"").hex()[:8],
+            what,
+            entry.peer,
+            entry.core.identity,
+            extra,
+        )
+
+    # ---------------------------------------------------------------- timers
+
+    def _arm(self, entry: _Entry) -> None:
+        deadline = entry.core.next_deadline()
+        if deadline is None:
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            return
+        if entry.timer is not None and entry.timer_at <= deadline:
+            return  # fires earlier; handle_timer is a no-op then and we re-arm
+        if entry.timer is not None:
+            entry.timer.cancel()
+        entry.timer_at = deadline
+        entry.timer = self.loop.call_at(deadline, self._on_timer, entry)
+
+    def _on_timer(self, entry: _Entry) -> None:
+        entry.timer = None
+        entry.core.handle_timer(self.loop.time())
+        protocol = entry.protocol
+        if protocol is not None:
+            protocol.flush()
+        self.process(entry)
+
+    # ---------------------------------------------------------------- output
+
+    def schedule_flush(self, entry: _Entry) -> None:
+        """Write a session's pending output once, at the end of this loop tick."""
+        protocol = entry.protocol
+        if protocol is None:
+            if entry.core.end_code is not None:
+                self.process(entry)
+            return
+        self._dirty.add(protocol)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty = self._dirty
+        self._dirty = set()
+        for protocol in dirty:
+            protocol.flush()
+            if protocol.entry is not None:
+                self.process(protocol.entry)
+
+
+class ServerProtocol(asyncio.Protocol):
+    """One transport: feeds its Connection and writes what comes out."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self.entry: _Entry | None = None
+        self.peer = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        server = self.server
+        self.conn = Connection.server(server.config.params, server.loop.time())
+        server.protocols.add(self)
+        deadline = self.conn.next_deadline()
+        if deadline is not None:
+            self._timer = server.loop.call_at(deadline, self._on_handshake_timer)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        assert conn is not None
+        server = self.server
+        conn.receive_data(data, server.loop.time())
+        if self.entry is None and conn.hello is not None and not conn.closed:
+            self._cancel_timer()
+            server.on_hello(self, conn)
+        self.flush()
+        if self.entry is not None:
+            server.process(self.entry)
+
+    @property
+    def closed(self) -> bool:
+        """True once the core has closed this transport."""
+        return self.conn is not None and self.conn.closed
+
+    def flush(self) -> None:
+        """Write the core's pending output; close the transport if the core closed it."""
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None:
+            return
+        data = conn.data_to_send()
+        if data:
+            transport.write(data)
+        if conn.closed and not transport.is_closing():
+            transport.close()
+
+    def _on_handshake_timer(self) -> None:
+        self._timer = None
+        conn = self.conn
+        if conn is None or conn.session is not None:
+            return
+        conn.handle_timer(self.server.loop.time())
+        self.flush()
+        deadline = conn.next_deadline()
+        if deadline is not None and not conn.closed:
+            self._timer = self.server.loop.call_at(deadline, self._on_handshake_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        server.protocols.discard(self)
+        self._cancel_timer()
+        conn = self.conn
+        if conn is not None:
+            conn.connection_lost(server.loop.time())
+        entry = self.entry
+        self.entry = None
+        if entry is not None:
+            if entry.protocol is self:
+                entry.protocol = None
+            server.process(entry)
+
+    def abort(self) -> None:
+        """Close the transport now, after writing what the core has queued."""
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 7420,
+    *,
+    ssl: Any = None,
+    config: ServerConfig | None = None,
+) -> AsyncIterator[Server]:
+    """Run a server for the duration of the ``async with`` block.
+
+    ``handler(session)`` runs once per session, across reconnects.
+    Port 0 picks a free port; read it from ``server.addresses``.
+    """
+    server = Server(handler, config)
+    await server.listen(host, port, ssl)
+    try:
+        yield server
+    finally:
+        await server.close()
