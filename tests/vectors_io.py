@@ -55,7 +55,7 @@ def frame_from_json(data: dict[str, Any]) -> frames.Frame:
     fields = {k: from_json(v) for k, v in data.items() if k != "type"}
     if data["type"] == "HELLO" and fields.get("resume") is not None:
         fields["resume"] = frames.Resume(**fields["resume"])
-    return CLASSES[data["type"]](**fields)  # type: ignore[arg-type]
+    return CLASSES[data["type"]](**fields)
 
 
 def load() -> dict[str, Any]:
