@@ -58,6 +58,9 @@ from .frames import (
 )
 from .params import Params
 
+#: How many rotated-out credentials a server remembers to recognise their reuse.
+RETIRED_CREDENTIALS = 4
+
 
 class Role(enum.Enum):
     """Which end of the session this core plays."""
@@ -125,6 +128,7 @@ class Session:
         "_previous_digest",
         "_received",
         "_replay",
+        "_retired",
         "_send_window_bytes",
         "_send_window_messages",
         "_takeovers",
@@ -148,7 +152,8 @@ class Session:
         self.end_code: CloseCode | None = None
         self._credential: bytes | None = None  # client: the current credential
         self._credential_digest: bytes | None = None  # server: digest of the current one
-        self._previous_digest: bytes | None = None  # server: the one it replaced
+        self._previous_digest: bytes | None = None  # server: the one presented to get it
+        self._retired: tuple[bytes, ...] = ()  # server: recently rotated-out digests
         self._confirmed = False  # server: the client proved it holds the current one
         self._takeovers: deque[float] = deque()
         self._events: list[Event] = []
@@ -391,12 +396,11 @@ class Session:
         presented = digest(resume.credential)
         if matches(presented, self._credential_digest):
             pass
-        elif matches(presented, self._previous_digest):
-            if self._confirmed:
-                self._end(
-                    CloseCode.CREDENTIAL_REUSED, "a rotated credential was presented", False, now
-                )
-                return CloseCode.CREDENTIAL_REUSED
+        elif not self._confirmed and matches(presented, self._previous_digest):
+            pass  # the WELCOME carrying the current credential may never have arrived
+        elif any([matches(presented, retired) for retired in self._retired]):
+            self._end(CloseCode.CREDENTIAL_REUSED, "a rotated credential was presented", False, now)
+            return CloseCode.CREDENTIAL_REUSED
         else:
             return CloseCode.CREDENTIAL_INVALID
         if identity != self.identity:
@@ -410,8 +414,7 @@ class Session:
             if len(takeovers) + 1 >= self.params.takeover_limit:
                 return CloseCode.SESSION_CONTESTED
             takeovers.append(now)
-        if not matches(presented, self._previous_digest):
-            self._previous_digest = presented
+        self._previous_digest = presented
         return None
 
     def _resume(self, conn: Connection, hello: Hello, now: float) -> None:
@@ -422,6 +425,8 @@ class Session:
             self.connection = None
             old.close(now, CloseCode.TAKEN_OVER, "resumed on another transport")
         credential = new_credential()
+        if self._credential_digest is not None:
+            self._retired = (*self._retired[1 - RETIRED_CREDENTIALS :], self._credential_digest)
         self._credential_digest = digest(credential)
         self._confirmed = False
         self._attach_server(conn, hello, credential, True, now)
@@ -544,7 +549,6 @@ class Session:
 
     def _confirm_credential(self) -> None:
         self._confirmed = True
-        self._previous_digest = None
 
     def _detach(self, now: float, code: CloseCode, retry_after: float) -> None:
         self.connection = None
