@@ -385,7 +385,7 @@ class Session:
         self._credential_digest = digest(credential)
         self._previous_digest = None
         self._confirmed = False
-        self._attach_server(conn, hello, credential, False, now)
+        self._attach_server(conn, hello, credential, False, now, replaces)
         self._start_stream(conn, 0)
         self._events.append(SessionStarted(self.id, replaces))
 
@@ -398,7 +398,9 @@ class Session:
             pass
         elif not self._confirmed and matches(presented, self._previous_digest):
             pass  # the WELCOME carrying the current credential may never have arrived
-        elif any([matches(presented, retired) for retired in self._retired]):
+        elif matches(presented, self._previous_digest) or any(
+            [matches(presented, retired) for retired in self._retired]
+        ):
             self._end(CloseCode.CREDENTIAL_REUSED, "a rotated credential was presented", False, now)
             return CloseCode.CREDENTIAL_REUSED
         else:
@@ -434,7 +436,13 @@ class Session:
         self._events.append(SessionResumed(self.id or b"", replayed))
 
     def _attach_server(
-        self, conn: Connection, hello: Hello, credential: bytes, resumed: bool, now: float
+        self,
+        conn: Connection,
+        hello: Hello,
+        credential: bytes,
+        resumed: bool,
+        now: float,
+        replaces: CloseCode | None = None,
     ) -> None:
         p = self.params
         heartbeat = min(max(hello.heartbeat_ms / 1000, p.heartbeat_min), p.heartbeat_max)
@@ -455,7 +463,7 @@ class Session:
             window_bytes=p.window_bytes,
             max_frame=p.max_frame_size,
             lifetime_ms=_ms(self._lifetime),
-            reason=None,
+            reason=None if replaces is None else int(replaces),
         )
         conn.session = self
         self.connection = conn
@@ -555,9 +563,10 @@ class Session:
         self._events.append(TransportLost(code, retry_after))
         if self.state is SessionState.CONNECTING:
             return
+        if self.state is SessionState.ATTACHED:  # failed reconnects do not postpone expiry
+            grace = self._idle_timeout if self.role is Role.CLIENT else 0.0
+            self._expires_at = now + self._lifetime + grace
         self.state = SessionState.DETACHED
-        grace = self._idle_timeout if self.role is Role.CLIENT else 0.0
-        self._expires_at = now + self._lifetime + grace
 
     def _end(self, code: CloseCode, reason: str, by_peer: bool, now: float) -> None:
         if self.state is SessionState.ENDED:
