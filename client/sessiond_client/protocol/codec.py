@@ -42,13 +42,14 @@ MAX_ARRAY_LEN = 16
 MAX_MAP_LEN = 32
 MAX_STR_LEN = 4096
 
-_DATA_HEAD = struct.Struct(">BBBQBI")
+#: Header of a DATA frame as we write it: fixarray(3), 3, uint64 seq, bin32 length.
+DATA_HEAD = struct.Struct(">BBBQBI")
 _U64_FRAME = struct.Struct(">BBBQ")
 
 
 def encode_data(seq: int, payload: bytes) -> bytes:
     """Encode a DATA frame: ``[3, seq, payload]`` with uint64 and bin32 headers."""
-    return _DATA_HEAD.pack(0x93, DATA, 0xCF, seq, 0xC6, len(payload)) + payload
+    return DATA_HEAD.pack(0x93, DATA, 0xCF, seq, 0xC6, len(payload)) + payload
 
 
 def encode_ack(seq: int) -> bytes:
@@ -188,10 +189,10 @@ class FrameDecoder:
         frames: list[Any] = []
         view = memoryview(data)
         for start in range(0, len(data), FEED_PIECE):
-            frames.extend(self._feed_piece(bytes(view[start : start + FEED_PIECE])))
+            frames.extend(self._feed_piece(view[start : start + FEED_PIECE]))
         return frames
 
-    def _feed_piece(self, piece: bytes) -> list[Any]:
+    def _feed_piece(self, piece: bytes | memoryview) -> list[Any]:
         unpacker = self._unpacker
         unpacker.feed(piece)
         self._fed += len(piece)
@@ -212,7 +213,7 @@ class FrameDecoder:
             self._check_pending(piece, boundary)
         return frames
 
-    def _check_pending(self, piece: bytes, start: int) -> None:
+    def _check_pending(self, piece: bytes | memoryview, start: int) -> None:
         pending = self._fed - start
         if pending > self._max:
             raise RemoteProtocolError(f"frame exceeds {self._max} bytes", CloseCode.FRAME_TOO_LARGE)
@@ -222,9 +223,9 @@ class FrameDecoder:
         if len(self._head) >= HEAD_SCAN:
             return
         if pending <= len(piece):
-            self._head = piece[len(piece) - pending :][:HEAD_SCAN]
+            self._head = bytes(piece[len(piece) - pending :][:HEAD_SCAN])
         else:
-            self._head = (self._head + piece)[:HEAD_SCAN]
+            self._head = (self._head + bytes(piece[:HEAD_SCAN]))[:HEAD_SCAN]
         announced = min_encoded_size(self._head)
         if announced > self._max:
             raise RemoteProtocolError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
@@ -88,8 +89,15 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+# Module constants: an Enum member looked up on its class costs ~75 ns on CPython 3.11.
 _OPEN = ConnectionState.OPEN
 _CLOSED = ConnectionState.CLOSED
+_CONNECTING = SessionState.CONNECTING
+_ATTACHED = SessionState.ATTACHED
+_DETACHED = SessionState.DETACHED
+_ENDED = SessionState.ENDED
+_DATA = codec.DATA
+_pack_data_head = codec.DATA_HEAD.pack
 _HANDSHAKING = frozenset(
     {ConnectionState.AWAIT_HELLO, ConnectionState.HELLO_RECEIVED, ConnectionState.AWAIT_WELCOME}
 )
@@ -147,7 +155,7 @@ class Session:
         self.params = params or Params()
         self.id: bytes | None = None
         self.identity: Any = None
-        self.state = SessionState.CONNECTING if role is Role.CLIENT else SessionState.DETACHED
+        self.state = _CONNECTING if role is Role.CLIENT else _DETACHED
         self.connection: Connection | None = None
         self.end_code: CloseCode | None = None
         self._credential: bytes | None = None  # client: the current credential
@@ -231,7 +239,7 @@ class Session:
 
     def can_send(self, size: int) -> bool:
         """True when a payload of *size* bytes fits in the peer's window now."""
-        if self.state is SessionState.ENDED or self.state is SessionState.CONNECTING:
+        if self.state is _ENDED or self.state is _CONNECTING:
             return False
         in_flight = self._next_seq - 1 - self._acked
         if in_flight == 0:
@@ -250,20 +258,20 @@ class Session:
         ``data_to_send()`` on the attached connection.
         """
         state = self.state
-        if state is SessionState.ENDED or state is SessionState.CONNECTING:
+        if state is _ENDED or state is _CONNECTING:
             raise InvalidState(f"cannot send: session is {state.value}")
         size = len(payload)
         if size > self._max_payload:
             raise PayloadTooLarge(f"{size} bytes > {self._max_payload}")
-        in_flight = self._next_seq - 1 - self._acked
+        seq = self._next_seq
+        in_flight = seq - 1 - self._acked
         if in_flight and (
             in_flight >= self._send_window_messages
             or self._unacked_bytes + size > self._send_window_bytes
         ):
             raise WindowFull("the peer's window is full")
-        seq = self._next_seq
         self._next_seq = seq + 1
-        frame = codec.encode_data(seq, payload)
+        frame = _pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size) + payload  # encode_data
         self._replay.append(frame)
         self._unacked_bytes += size
         conn = self.connection
@@ -271,6 +279,46 @@ class Session:
             conn._out.append(frame)
             conn._last_send = now
         return seq
+
+    def send_many(self, payloads: Iterable[bytes], now: float) -> int:
+        """Send payloads in order while the window allows; return how many were sent.
+
+        The same rules as :meth:`send`, at a lower cost per message: the caller
+        keeps the ones not sent and offers them again once ``can_send`` is true.
+        Raises :class:`PayloadTooLarge` only if the first payload is too large.
+        """
+        state = self.state
+        if state is _ENDED or state is _CONNECTING:
+            raise InvalidState(f"cannot send: session is {state.value}")
+        max_payload = self._max_payload
+        window_messages = self._send_window_messages
+        window_bytes = self._send_window_bytes
+        seq = self._next_seq
+        acked = self._acked
+        unacked = self._unacked_bytes
+        frames: list[bytes] = []
+        append = frames.append
+        for payload in payloads:
+            size = len(payload)
+            if size > max_payload:
+                if frames:
+                    break
+                raise PayloadTooLarge(f"{size} bytes > {max_payload}")
+            in_flight = seq - 1 - acked
+            if in_flight and (in_flight >= window_messages or unacked + size > window_bytes):
+                break
+            append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size) + payload)
+            seq += 1
+            unacked += size
+        if frames:
+            self._next_seq = seq
+            self._unacked_bytes = unacked
+            self._replay.extend(frames)
+            conn = self.connection
+            if conn is not None and conn.state is _OPEN:
+                conn._out.extend(frames)
+                conn._last_send = now
+        return len(frames)
 
     def take_messages(self, now: float, limit: int | None = None) -> list[bytes]:
         """Take up to *limit* received messages, in order; this is what frees window.
@@ -298,7 +346,7 @@ class Session:
         """End the session for good with a terminal *code*; the peer is told if attached."""
         if not is_terminal(code):
             raise InvalidState(f"{code.name} does not end a session")
-        if self.state is SessionState.ENDED:
+        if self.state is _ENDED:
             return
         conn = self.connection
         if conn is not None and conn.state is not _CLOSED:
@@ -315,7 +363,7 @@ class Session:
         """
         if self.role is not Role.CLIENT:
             raise InvalidState("only a client connects")
-        if self.state is SessionState.ENDED:
+        if self.state is _ENDED:
             raise InvalidState("session ended")
         if self.connection is not None:
             raise InvalidState("a connection is attached; report connection_lost first")
@@ -391,7 +439,7 @@ class Session:
 
     def _check_resume(self, resume: Resume, identity: Any, now: float) -> CloseCode | None:
         """Server: why *resume* must not continue this session, or None (protocol.md §4, §10)."""
-        if self.state is SessionState.ENDED:
+        if self.state is _ENDED:
             return self.end_code or CloseCode.SESSION_REVOKED
         presented = digest(resume.credential)
         if matches(presented, self._credential_digest):
@@ -480,7 +528,7 @@ class Session:
         self._send_window_bytes = min(window_bytes, p.replay_bytes)
 
     def _set_attached(self) -> None:
-        self.state = SessionState.ATTACHED
+        self.state = _ATTACHED
         self._expires_at = None
 
     def _start_stream(self, conn: Connection, peer_received: int) -> int:
@@ -530,11 +578,11 @@ class Session:
         self._received = seq
         self._inbox.append(payload)
         self._inbox_bytes += len(payload)
-        self._check_window(seq)
+        self._check_window()
 
-    def _check_window(self, seq: int) -> None:
+    def _check_window(self) -> None:
         p = self.params
-        if seq - self._ack_sent > p.window_messages or (
+        if self._received - self._ack_sent > p.window_messages or (
             self._inbox_bytes > p.window_bytes and len(self._inbox) > 1
         ):
             raise RemoteProtocolError("peer exceeded our window", CloseCode.FLOW_CONTROL_ERROR)
@@ -549,10 +597,14 @@ class Session:
         if seq == acked:
             return
         replay = self._replay
-        released = 0
-        for _ in range(seq - acked):
-            released += len(replay.popleft())
-        self._unacked_bytes -= released - (seq - acked) * DATA_OVERHEAD
+        count = seq - acked
+        if count == len(replay):
+            released = sum(map(len, replay))
+            replay.clear()
+        else:
+            popleft = replay.popleft
+            released = sum([len(popleft()) for _ in range(count)])
+        self._unacked_bytes -= released - count * DATA_OVERHEAD
         self._acked = seq
 
     def _confirm_credential(self) -> None:
@@ -561,17 +613,17 @@ class Session:
     def _detach(self, now: float, code: CloseCode, retry_after: float) -> None:
         self.connection = None
         self._events.append(TransportLost(code, retry_after))
-        if self.state is SessionState.CONNECTING:
+        if self.state is _CONNECTING:
             return
-        if self.state is SessionState.ATTACHED:  # failed reconnects do not postpone expiry
+        if self.state is _ATTACHED:  # failed reconnects do not postpone expiry
             grace = self._idle_timeout if self.role is Role.CLIENT else 0.0
             self._expires_at = now + self._lifetime + grace
-        self.state = SessionState.DETACHED
+        self.state = _DETACHED
 
     def _end(self, code: CloseCode, reason: str, by_peer: bool, now: float) -> None:
-        if self.state is SessionState.ENDED:
+        if self.state is _ENDED:
             return
-        self.state = SessionState.ENDED
+        self.state = _ENDED
         self.end_code = code
         self._expires_at = None
         self._ack_deadline = None
@@ -681,20 +733,51 @@ class Connection:
             if not self._confirmed:
                 self._confirmed = True
                 session._confirm_credential()
-            for frame in frames:
-                if self.state is not _OPEN:
-                    raise RemoteProtocolError("frame after CLOSE", CloseCode.UNEXPECTED_FRAME)
-                # Hot path: DATA and ACK are checked inline (same rules as frames.py).
-                if type(frame) is tuple and len(frame) == 3 and frame[0] == codec.DATA:
-                    if type(frame[0]) is not int:
-                        raise RemoteProtocolError("frame type must be an integer")
-                    session._on_data(frame[1], frame[2])
-                elif type(frame) is tuple and len(frame) == 2 and frame[0] == codec.ACK:
-                    if type(frame[0]) is not int:
-                        raise RemoteProtocolError("frame type must be an integer")
-                    session._on_ack(frame[1])
-                else:
-                    self._on_control(parse_frame(frame), now)
+            # Hot path: runs of valid DATA frames are taken here with the counters
+            # in locals; anything else goes through Session._on_data or
+            # parse_frame, which apply the same rules and raise the precise error.
+            received = session._received
+            push = session._inbox.append
+            added = 0
+            try:
+                for frame in frames:
+                    if (
+                        frame.__class__ is tuple
+                        and len(frame) == 3
+                        and frame[0] == _DATA
+                        and frame[0].__class__ is int
+                    ):
+                        seq = frame[1]
+                        payload = frame[2]
+                        if (
+                            seq == received + 1
+                            and seq.__class__ is int
+                            and payload.__class__ is bytes
+                            and self.state is _OPEN
+                        ):
+                            received = seq
+                            push(payload)
+                            added += len(payload)
+                            continue
+                    session._received = received
+                    session._inbox_bytes += added
+                    added = 0
+                    if self.state is not _OPEN:
+                        raise RemoteProtocolError("frame after CLOSE", CloseCode.UNEXPECTED_FRAME)
+                    if (
+                        frame.__class__ is tuple
+                        and len(frame) == 2
+                        and frame[0] == codec.ACK
+                        and frame[0].__class__ is int
+                    ):
+                        session._on_ack(frame[1])
+                    else:
+                        self._on_control(parse_frame(frame), now)
+                    received = session._received
+            finally:
+                session._received = received
+                session._inbox_bytes += added
+            session._check_window()
             return
         for frame in frames:
             self._on_control(parse_frame(frame), now)

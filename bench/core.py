@@ -1,0 +1,660 @@
+"""``python -m bench core``: the protocol core alone, against the barest msgpack framing.
+
+Three systems move the same payloads, in the same batches, in one process, with no
+sockets and no event loop, taking turns within each repetition:
+
+* ``core``: a client :class:`Session` sends to a server session over a pair of
+  :class:`Connection` objects joined in memory, as an adapter would drive them:
+  ``can_send``/``send`` per message, one ``data_to_send()`` per batch into the
+  peer's ``receive_data()``, ``take_messages()`` on the receiver (which coalesces
+  ACKs), and the ACK bytes carried back. Encode, decode, sequence numbers, acks,
+  windows and the replay buffer are all inside the figure.
+* ``bare-unpacker``: each payload packed as a msgpack ``bin`` (whose header is
+  its length prefix) into one reused ``Packer``, the batch fed to a streaming
+  ``Unpacker``.
+* ``bare-struct``: a 4-byte big-endian length, then the msgpack body from a
+  reused ``Packer``; decoded with ``struct.unpack_from`` and ``msgpack.unpackb``.
+
+"bare" is whichever bare system is faster at that payload size. Every message a
+receiver takes is compared with the payload sent, in order, inside the timed
+loop, for every system alike, so no system can count a message it lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import random
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import msgpack
+from sessiond_client.protocol import Connection, Params, Role, Session, SessionState
+
+from . import BenchError
+from .profiling import Profile, profile
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    display_path,
+    machine_info,
+    markdown_table,
+    spread,
+    update_results_md,
+    write_json,
+)
+
+HELP = "messages/s through a paired client/server core, against a bare msgpack framing loop"
+
+SIZES = (64, 1024)
+#: Distinct payloads cycled through: more than a window holds, so a lost,
+#: repeated or reordered message never compares equal to the one expected.
+POOL = 4096
+#: The core should keep at least this share of the bare rate at TARGET_SIZE.
+TARGET = 0.5
+TARGET_SIZE = 64
+DEFAULT_MESSAGES = 500_000
+DEFAULT_REPEAT = 7
+DEFAULT_BATCH = 256
+QUICK_MESSAGES = 20_000
+QUICK_REPEAT = 3
+WARMUP_MESSAGES = 20_000
+PROFILE_MESSAGES = 300_000
+
+CORE = "core"
+BARE_UNPACKER = "bare-unpacker"
+BARE_STRUCT = "bare-struct"
+BARES = (BARE_UNPACKER, BARE_STRUCT)
+
+#: Where a run's time goes, in loop order; "other" is the rest of the loop.
+PHASES = ("write", "read", "take", "check", "ack")
+PHASE_NOTES = {
+    "write": "core: `can_send` + `send` per message; bare: pack per message, then the batch bytes",
+    "read": "core: `data_to_send` + server `receive_data` (decode, DATA checks, inbox); "
+    "bare: decode",
+    "take": "core: server `take_messages` (ACK coalescing)",
+    "check": "the bench's comparison of what was taken with what was sent (same for all)",
+    "ack": "core: server `data_to_send` + client `receive_data` (ACK, replay release)",
+    "other": "the loop itself: picking payloads, batch bounds, clock reads",
+}
+
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One timed pass of one system over *messages* payloads of *size* bytes."""
+
+    system: str
+    size: int
+    messages: int
+    received: int  # taken by the receiver and found equal, in order, to what was sent
+    seconds: float
+    phases: dict[str, float]  # seconds per phase over the whole pass
+    stalls: int = 0  # core: times a delayed ACK had to be released by its timer
+
+    @property
+    def rate(self) -> float:
+        return self.received / self.seconds
+
+    def phase_ns(self) -> dict[str, float]:
+        """Nanoseconds per message in each phase, "other" included."""
+        per = {name: self.phases.get(name, 0.0) * 1e9 / self.received for name in PHASES}
+        per["other"] = self.seconds * 1e9 / self.received - sum(per.values())
+        return per
+
+    def to_json(self) -> Json:
+        return {
+            "messages": self.messages,
+            "received": self.received,
+            "lost": self.messages - self.received,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "stalls": self.stalls,
+            "ns_per_message": self.phase_ns(),
+        }
+
+
+Runner = Callable[[list[bytes], int, int], Run]
+
+
+def make_pool(size: int, count: int = POOL) -> list[bytes]:
+    """*count* distinct payloads of *size* bytes: a big-endian index, then random bytes."""
+    if size < 8:
+        raise ValueError("payloads must be at least 8 bytes")
+    rng = random.Random(size)
+    return [index.to_bytes(8, "big") + rng.randbytes(size - 8) for index in range(count)]
+
+
+class Checker:
+    """Compares each batch a receiver takes with the payloads sent, in order."""
+
+    __slots__ = ("_mask", "_ring", "_size", "system", "taken")
+
+    def __init__(self, system: str, pool: list[bytes]) -> None:
+        if len(pool) & (len(pool) - 1):
+            raise ValueError("the pool size must be a power of two")
+        self.system = system
+        self.taken = 0
+        self._size = len(pool)
+        self._mask = len(pool) - 1
+        self._ring = pool + pool  # any run of len(pool) payloads is one slice of it
+
+    def check(self, got: list[bytes]) -> None:
+        """Accept *got* as the next messages, or raise :class:`BenchError`."""
+        taken = self.taken
+        size = self._size
+        for offset in range(0, len(got), size):
+            chunk = got[offset : offset + size] if len(got) > size else got
+            start = (taken + offset) & self._mask
+            if chunk != self._ring[start : start + len(chunk)]:
+                raise self._mismatch(got)
+        self.taken = taken + len(got)
+
+    def _mismatch(self, got: list[bytes]) -> BenchError:
+        for index, payload in enumerate(got):
+            expected = self._ring[(self.taken + index) & self._mask]
+            if payload != expected:
+                return BenchError(
+                    f"{self.system}: message {self.taken + index + 1} is not the payload sent "
+                    f"(got {payload[:8].hex()}..., {len(payload)} bytes; "
+                    f"expected {expected[:8].hex()}..., {len(expected)} bytes)"
+                )
+        return BenchError(f"{self.system}: batch after message {self.taken} does not match")
+
+
+def run_core(pool: list[bytes], messages: int, batch: int) -> Run:
+    """Drive a client/server pair of cores through *messages* sends, *batch* per write."""
+    params = Params()
+    now = 1000.0
+    client = Session(Role.CLIENT, params)
+    client_conn = client.connect(now)
+    server_conn = Connection.server(params, now)
+    server_conn.receive_data(client_conn.data_to_send(), now)
+    server = server_conn.accept(now, "bench")
+    if server is None:
+        raise BenchError("core: the server refused the handshake")
+    client_conn.receive_data(server_conn.data_to_send(), now)
+    if client.state is not SessionState.ATTACHED:
+        raise BenchError(f"core: handshake left the client {client.state.value}")
+    client.events()
+    server.events()
+
+    checker = Checker(CORE, pool)
+    mask = len(pool) - 1
+    can_send = client.can_send
+    send = client.send
+    client_out = client_conn.data_to_send
+    client_in = client_conn.receive_data
+    server_out = server_conn.data_to_send
+    server_in = server_conn.receive_data
+    take = server.take_messages
+    check = checker.check
+    clock = time.perf_counter
+    write = read = taking = checking = acking = 0.0
+    sent = stalls = 0
+    stalled = False
+
+    start = clock()
+    while checker.taken < messages:
+        t0 = clock()
+        end = min(sent + batch, messages)
+        while sent < end:
+            payload = pool[sent & mask]
+            if not can_send(len(payload)):
+                break
+            send(payload, now)
+            sent += 1
+        t1 = clock()
+        data = client_out()
+        if data:
+            server_in(data, now)
+        t2 = clock()
+        got = take(now)
+        t3 = clock()
+        if got:
+            check(got)
+        t4 = clock()
+        ack = server_out()
+        if ack:
+            client_in(ack, now)
+        t5 = clock()
+        write += t1 - t0
+        read += t2 - t1
+        taking += t3 - t2
+        checking += t4 - t3
+        acking += t5 - t4
+        if data or got or ack:
+            stalled = False
+            continue
+        # Nothing moved: the window is full and the receiver holds its ACK back
+        # until its delay runs out, so let that timer fire.
+        if stalled or server_conn.closed:
+            raise BenchError(f"core: no progress after {checker.taken} messages")
+        stalled = True
+        stalls += 1
+        now += params.ack_delay
+        server.handle_timer(now)
+        client_in(server_out(), now)
+    seconds = clock() - start
+
+    _check_core_end(client, server, client_conn, server_conn, messages)
+    phases = {"write": write, "read": read, "take": taking, "check": checking, "ack": acking}
+    return Run(CORE, len(pool[0]), messages, checker.taken, seconds, phases, stalls)
+
+
+def _check_core_end(
+    client: Session,
+    server: Session,
+    client_conn: Connection,
+    server_conn: Connection,
+    messages: int,
+) -> None:
+    if client_conn.closed or server_conn.closed:
+        raise BenchError(
+            f"core: a connection closed ({client_conn.close_code=!s}, {server_conn.close_code=!s})"
+        )
+    sent = client.sequence_numbers[0]
+    received, consumed = server.sequence_numbers[2:]
+    if not sent == received == consumed == messages:
+        raise BenchError(
+            f"core: {messages} messages, but sent {sent}, received {received}, taken {consumed}"
+        )
+    events = client.events() + server.events()
+    if events:
+        raise BenchError(f"core: unexpected events {events}")
+
+
+def run_bare_unpacker(pool: list[bytes], messages: int, batch: int) -> Run:
+    """Pack each payload as msgpack bin into one reused Packer; stream the batch to an Unpacker."""
+    packer = msgpack.Packer(autoreset=False)
+    unpacker = msgpack.Unpacker(use_list=False)
+    checker = Checker(BARE_UNPACKER, pool)
+    mask = len(pool) - 1
+    pack = packer.pack
+    feed = unpacker.feed
+    check = checker.check
+    clock = time.perf_counter
+    write = read = checking = 0.0
+    sent = 0
+
+    start = clock()
+    while checker.taken < messages:
+        t0 = clock()
+        end = min(sent + batch, messages)
+        while sent < end:
+            pack(pool[sent & mask])
+            sent += 1
+        data = packer.bytes()
+        packer.reset()
+        t1 = clock()
+        feed(data)
+        got: list[bytes] = list(unpacker)
+        t2 = clock()
+        check(got)
+        t3 = clock()
+        write += t1 - t0
+        read += t2 - t1
+        checking += t3 - t2
+        if not got and sent == messages:
+            raise BenchError(f"{BARE_UNPACKER}: bytes left undecoded")
+    seconds = clock() - start
+
+    phases = {"write": write, "read": read, "check": checking}
+    return Run(BARE_UNPACKER, len(pool[0]), messages, checker.taken, seconds, phases)
+
+
+def run_bare_struct(pool: list[bytes], messages: int, batch: int) -> Run:
+    """A 4-byte length and a msgpack body per payload; decoded with unpack_from + unpackb."""
+    packer = msgpack.Packer()
+    unpackb = msgpack.unpackb
+    checker = Checker(BARE_STRUCT, pool)
+    mask = len(pool) - 1
+    pack = packer.pack
+    prefix = _LENGTH.pack
+    unpack_from = _LENGTH.unpack_from
+    check = checker.check
+    clock = time.perf_counter
+    write = read = checking = 0.0
+    sent = 0
+    tail = b""  # an incomplete frame from the previous batch
+
+    start = clock()
+    while checker.taken < messages:
+        t0 = clock()
+        end = min(sent + batch, messages)
+        parts: list[bytes] = []
+        append = parts.append
+        while sent < end:
+            body = pack(pool[sent & mask])
+            append(prefix(len(body)))
+            append(body)
+            sent += 1
+        data = b"".join(parts)
+        t1 = clock()
+        buffer = tail + data if tail else data
+        view = memoryview(buffer)
+        got: list[bytes] = []
+        keep = got.append
+        size = len(buffer)
+        pos = 0
+        while size - pos >= 4:
+            (length,) = unpack_from(buffer, pos)
+            stop = pos + 4 + length
+            if stop > size:
+                break
+            keep(unpackb(view[pos + 4 : stop]))
+            pos = stop
+        tail = buffer[pos:]
+        t2 = clock()
+        check(got)
+        t3 = clock()
+        write += t1 - t0
+        read += t2 - t1
+        checking += t3 - t2
+        if not got and sent == messages:
+            raise BenchError(f"{BARE_STRUCT}: bytes left undecoded")
+    seconds = clock() - start
+
+    phases = {"write": write, "read": read, "check": checking}
+    return Run(BARE_STRUCT, len(pool[0]), messages, checker.taken, seconds, phases)
+
+
+SYSTEMS: dict[str, tuple[Runner, str]] = {
+    CORE: (
+        run_core,
+        "client `Session.send` -> `data_to_send` -> server `receive_data` -> `take_messages`, "
+        "ACK bytes carried back; default `Params()` (window 1024 messages / 1 MiB)",
+    ),
+    BARE_UNPACKER: (
+        run_bare_unpacker,
+        "msgpack bin per payload (its header is the length prefix) into one reused "
+        "`Packer(autoreset=False)`; a streaming `Unpacker` fed each batch",
+    ),
+    BARE_STRUCT: (
+        run_bare_struct,
+        "4-byte big-endian length + msgpack body from one reused `Packer`; "
+        "`struct.unpack_from` + `msgpack.unpackb` on a memoryview per frame",
+    ),
+}
+
+
+def measure(sizes: Iterable[int], messages: int, repeat: int, batch: int, warmup: int) -> list[Run]:
+    """Run every system *repeat* times per size, rotating their order each repetition."""
+    names = list(SYSTEMS)
+    runs: list[Run] = []
+    for size in sizes:
+        pool = make_pool(size)
+        for name in names:
+            SYSTEMS[name][0](pool, warmup, batch)
+        for rep in range(repeat):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                gc.collect()
+                result = SYSTEMS[name][0](pool, messages, batch)
+                runs.append(result)
+                print(
+                    f"  {size:>5} B  rep {rep + 1}/{repeat}  {name:<14} "
+                    f"{result.rate:>13,.0f} msg/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return runs
+
+
+def summarise(runs: list[Run], sizes: Iterable[int]) -> Json:
+    """Per size: every system's rates and phases, which bare is faster, and core/bare."""
+    by_size: Json = {}
+    for size in sizes:
+        entry: Json = {}
+        for name in SYSTEMS:
+            mine = [run for run in runs if run.size == size and run.system == name]
+            phases = [run.phase_ns() for run in mine]
+            entry[name] = {
+                "rate": spread([run.rate for run in mine]),
+                "ns_per_message": {
+                    phase: spread([p[phase] for p in phases])["median"]
+                    for phase in (*PHASES, "other")
+                },
+                "repetitions": [run.to_json() for run in mine],
+            }
+        bare = max(BARES, key=lambda name: float(entry[name]["rate"]["median"]))
+        entry["bare"] = bare
+        entry["ratio"] = entry[CORE]["rate"]["median"] / entry[bare]["rate"]["median"]
+        # Core and bare run next to each other in each repetition: their ratio
+        # per repetition shows how much of the spread is the machine drifting.
+        entry["ratio_per_repetition"] = spread(
+            [
+                core_rep["rate"] / bare_rep["rate"]
+                for core_rep, bare_rep in zip(
+                    entry[CORE]["repetitions"], entry[bare]["repetitions"], strict=True
+                )
+            ]
+        )
+        entry["ratio_to"] = {
+            name: entry[CORE]["rate"]["median"] / entry[name]["rate"]["median"] for name in BARES
+        }
+        by_size[str(size)] = entry
+    return by_size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"messages per write / data_to_send (default {DEFAULT_BATCH})",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="profile the core at 64 B: auto = when it misses the target in a full run",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    messages: int = _given(args.messages, QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    repeat: int = _given(args.repeat, QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    batch: int = args.batch
+    if messages < 1 or repeat < 1 or batch < 1:
+        raise BenchError("--messages, --repeat and --batch must be at least 1")
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    warmup = min(messages, WARMUP_MESSAGES)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    print(
+        f"bench core: {messages:,} messages x {repeat} repetitions, batch {batch}, "
+        f"payloads {', '.join(f'{s} B' for s in SIZES)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    runs = measure(SIZES, messages, repeat, batch, warmup)
+    sizes = summarise(runs, SIZES)
+    ratio = float(sizes[str(TARGET_SIZE)]["ratio"])
+    hot: Profile | None = None
+    if args.profile == "always" or (args.profile == "auto" and not quick and ratio < TARGET):
+        count = min(messages, PROFILE_MESSAGES)
+        print(f"  profiling the core at {TARGET_SIZE} B ({count:,} messages)", file=sys.stderr)
+        pool = make_pool(TARGET_SIZE)
+        hot = profile(lambda: run_core(pool, count, batch))
+
+    entry: Json = {
+        "command": command,
+        "argv": sys.argv[1:],
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - begun, 3),
+        "quick": quick,
+        "machine": machine,
+        "config": {
+            "messages": messages,
+            "repeat": repeat,
+            "batch": batch,
+            "warmup_messages": warmup,
+            "payload_sizes": list(SIZES),
+            "distinct_payloads": POOL,
+            "core_params": asdict(Params()),
+            "timer": "time.perf_counter",
+            "gc": "enabled; gc.collect() before each pass",
+        },
+        "systems": {name: description for name, (_, description) in SYSTEMS.items()},
+        "phases": PHASE_NOTES,
+        "sizes": sizes,
+        "target": {"payload": TARGET_SIZE, "ratio": TARGET, "met": ratio >= TARGET},
+        "profile": None if hot is None else _profile_json(hot, min(messages, PROFILE_MESSAGES)),
+    }
+    path = write_json(out, CORE, entry, commit)
+    report = markdown(entry, commit, path)
+    print(report)
+    print(f"results: {display_path(path)}", file=sys.stderr)
+    if not quick:
+        update_results_md(CORE, report)
+        print("updated bench/RESULTS.md (## core)", file=sys.stderr)
+    return 0
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _profile_json(hot: Profile, messages: int) -> Json:
+    return {
+        "tool": hot.tool,
+        "payload": TARGET_SIZE,
+        "messages": messages,
+        "seconds": hot.seconds,
+        "hotspots": [asdict(spot) for spot in hot.hotspots],
+    }
+
+
+def _rate(stats: Json) -> str:
+    return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## core`` section of RESULTS.md: command, summary, every system, phases, profile."""
+    config = entry["config"]
+    machine = entry["machine"]
+    sizes: Json = entry["sizes"]
+    state = " with uncommitted changes" if commit["dirty"] else ""
+    if any(line.startswith("??") for line in commit["status"]):
+        state += " (+ untracked files)"
+    impl = {"c": "C extension", "python": "pure Python"}.get(machine["msgpack_impl"], "?")
+    lines = [
+        f"Command: `{entry['command']}` · JSON: `{display_path(path)}`",
+        "",
+        f"Commit `{commit['commit_short']}`{state}, {entry['started_at']}; "
+        f"{machine['cpu_model']}, {machine['cores']} cores; "
+        f"{machine['python_implementation']} {machine['python']}; "
+        f"msgpack {machine['msgpack']} ({impl}); uvloop {machine['uvloop']} (not used here).",
+        "",
+        f"{config['messages']:,} messages per pass, {config['repeat']} passes per system and "
+        f"payload size, systems interleaved; {config['batch']} messages per write "
+        f"(`data_to_send` / `feed`); {config['distinct_payloads']:,} distinct payloads cycled. "
+        "Every message the receiver takes is compared with the one sent, in order, inside the "
+        "timed loop of every system. No sockets: one process, one thread. "
+        "Figures: median [min-max] messages/s; core/bare is the ratio of the medians "
+        "[min-max of the ratio within each repetition].",
+        "",
+    ]
+    rows = []
+    for size, entry_size in sizes.items():
+        bare = entry_size["bare"]
+        paired = entry_size["ratio_per_repetition"]
+        rows.append(
+            [
+                f"{size} B",
+                _rate(entry_size[CORE]["rate"]),
+                _rate(entry_size[bare]["rate"]),
+                f"`{bare}`",
+                f"{entry_size['ratio']:.1%} [{paired['min']:.1%}-{paired['max']:.1%}]",
+            ]
+        )
+    lines += [markdown_table(["payload", "core msg/s", "bare msg/s", "bare is", "core/bare"], rows)]
+    target = entry["target"]
+    verdict = "met" if target["met"] else "**not met**"
+    lines += [
+        "",
+        f"Target: core keeps ≥ {target['ratio']:.0%} of the bare rate at {target['payload']} B: "
+        f"{verdict} ({sizes[str(target['payload'])]['ratio']:.1%}).",
+        "",
+        "Every system (msgs/s over all passes; lost = messages sent and never taken):",
+        "",
+    ]
+    rows = []
+    for size, entry_size in sizes.items():
+        for name in SYSTEMS:
+            stats = entry_size[name]["rate"]
+            lost = sum(rep["lost"] for rep in entry_size[name]["repetitions"])
+            rows.append(
+                [
+                    f"{size} B",
+                    f"`{name}`",
+                    f"{stats['median']:,.0f}",
+                    f"{stats['min']:,.0f}",
+                    f"{stats['max']:,.0f}",
+                    f"{1e9 / stats['median']:,.0f}",
+                    f"{entry_size['ratio_to'][name]:.1%}" if name in BARES else "",
+                    str(lost),
+                ]
+            )
+    lines += [
+        markdown_table(
+            ["payload", "system", "median", "min", "max", "ns/msg", "core/this", "lost"], rows
+        ),
+        "",
+        "Where the time goes, measured without a profiler (ns per message, median of the "
+        "passes; the clock is read at each phase boundary of every batch):",
+        "",
+    ]
+    rows = []
+    for size, entry_size in sizes.items():
+        for name in SYSTEMS:
+            per = entry_size[name]["ns_per_message"]
+            rows.append(
+                [
+                    f"{size} B",
+                    f"`{name}`",
+                    *(f"{per[phase]:,.0f}" if per[phase] >= 0.5 else "-" for phase in PHASES),
+                    f"{per['other']:,.0f}",
+                    f"{sum(per.values()):,.0f}",
+                ]
+            )
+    lines += [markdown_table(["payload", "system", *PHASES, "other", "total"], rows), ""]
+    lines += [f"- *{phase}*: {note}" for phase, note in PHASE_NOTES.items()]
+    hot = entry["profile"]
+    if hot is not None:
+        lines += [
+            "",
+            f"### Profile of the core at {hot['payload']} B",
+            "",
+            f"{hot['tool']}, one `core` pass of {hot['messages']:,} messages "
+            f"({hot['seconds']:.2f} s under the profiler, which inflates per-call costs; "
+            "the phase split above is the unbiased figure). Top functions by self time, "
+            "with their share of the whole pass; *incl.* adds what they call:",
+            "",
+        ]
+        rows = [
+            [
+                f"`{spot['function']}`",
+                f"`{spot['location']}`",
+                f"{spot['self_share']:.1%}",
+                f"{spot['total_share']:.1%}",
+            ]
+            for spot in hot["hotspots"]
+        ]
+        lines.append(markdown_table(["function", "where", "self", "incl."], rows))
+    return "\n".join(lines) + "\n"
