@@ -731,8 +731,12 @@ class Connection:
         session = self.session
         if self.state is _OPEN and session is not None:
             if not self._confirmed:
-                self._confirmed = True
-                session._confirm_credential()
+                # Any frame but CLOSE proves the client received WELCOME (a client
+                # whose handshake timed out sends CLOSE without having seen it).
+                first = frames[0]
+                if not (first.__class__ is tuple and first and first[0] == codec.CLOSE):
+                    self._confirmed = True
+                    session._confirm_credential()
             # Hot path: runs of valid DATA frames are taken here with the counters
             # in locals; anything else goes through Session._on_data or
             # parse_frame, which apply the same rules and raise the precise error.
