@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from sessiond_client.protocol import CODE_TABLE, CloseCode, Params, frames
+from sessiond_client.protocol import CODE_TABLE, CloseCode, Params, codec, frames
 from sessiond_client.protocol.codec import FrameDecoder
+
 from tests.pair import Pair
 from tests.vectors_io import frame_from_json, frame_to_json, load
 
@@ -43,8 +43,6 @@ def test_frame_type_table_matches_the_code() -> None:
     text = SPEC.read_text()
     section = text.split("## 2. Frame types")[1].split("## 3.")[0]
     listed = dict(re.findall(r"^\| (\d+) \| ([A-Z]+) \|", section, re.M))
-    from sessiond_client.protocol import codec
-
     assert {int(k): v for k, v in listed.items()} == {
         getattr(codec, name): name
         for name in ("HELLO", "WELCOME", "DATA", "ACK", "PING", "PONG", "GOAWAY", "CLOSE")
@@ -85,3 +83,11 @@ def test_invalid_vector_closes_with_its_code(vector: dict[str, Any]) -> None:
     last = FrameDecoder(Params().max_frame_size).feed(conn.data_to_send())[-1]
     close = frames.parse_frame(last)
     assert isinstance(close, frames.Close) and close.code == vector["code"]
+
+
+def test_readme_core_example_runs() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks, "README lacks its python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

@@ -147,6 +147,14 @@ _FIXED_SIZES = {
 }
 
 
+def pieces(data: bytes) -> tuple[bytes, ...] | list[memoryview]:
+    """Split *data* into pieces of at most FEED_PIECE bytes, without copying."""
+    if len(data) <= FEED_PIECE:
+        return (data,)
+    view = memoryview(data)
+    return [view[start : start + FEED_PIECE] for start in range(0, len(data), FEED_PIECE)]
+
+
 class FrameDecoder:
     """Turn stream bytes into decoded frames (tuples), bounded by *max_frame_size*.
 
@@ -184,34 +192,77 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[Any]:
         """Decode *data*; return the frames it completes (possibly none)."""
-        if len(data) <= FEED_PIECE:
-            return self._feed_piece(data)
         frames: list[Any] = []
-        view = memoryview(data)
-        for start in range(0, len(data), FEED_PIECE):
-            frames.extend(self._feed_piece(view[start : start + FEED_PIECE]))
+        for piece in pieces(data):
+            unpacker = self.push(piece)
+            append = frames.append
+            # The unpacker parses incrementally, so its tell() also counts bytes of
+            # an incomplete frame; right after a frame is yielded it is that frame's end.
+            tell = unpacker.tell
+            boundary = self._boundary
+            limit = self._max
+            try:
+                for frame in unpacker:
+                    end = tell()
+                    if end - boundary > limit:
+                        raise self.too_large(end - boundary)
+                    append(frame)
+                    boundary = end
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise self.undecodable(piece, boundary, exc) from None
+            self.settle(piece, boundary)
         return frames
 
-    def _feed_piece(self, piece: bytes | memoryview) -> list[Any]:
-        unpacker = self._unpacker
-        unpacker.feed(piece)
+    # The calls below let a hot path iterate the unpacker itself instead of a list
+    # (Connection does, see bench/RESULTS.md): push() a piece, iterate the returned
+    # unpacker checking each frame's size with tell() as feed() does, then
+    # settle() with the offset where the last complete frame ended.
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._max
+
+    def too_large(self, size: int) -> RemoteProtocolError:
+        """The error for a frame of *size* bytes over the limit."""
+        return RemoteProtocolError(
+            f"frame of {size} bytes, limit {self._max}", CloseCode.FRAME_TOO_LARGE
+        )
+
+    def undecodable(
+        self, piece: bytes | memoryview, boundary: int, exc: Exception
+    ) -> RemoteProtocolError:
+        """The error for a frame the unpacker refused, starting at stream offset *boundary*.
+
+        A length over a limit is reported as FRAME_TOO_LARGE when it takes the frame
+        over max_frame_size, whether the frame arrived whole or in pieces.
+        """
+        offset = boundary - (self._fed - len(piece))
+        if offset >= 0:
+            head = bytes(piece[offset : offset + HEAD_SCAN])
+        else:
+            earlier = self._head if self._head_start == boundary else b""
+            head = (earlier + bytes(piece[:HEAD_SCAN]))[:HEAD_SCAN]
+        announced = min_encoded_size(head)
+        if announced > self._max:
+            return self.too_large(announced)
+        return RemoteProtocolError(f"undecodable frame: {exc}")
+
+    @property
+    def boundary(self) -> int:
+        """Stream offset where the last complete frame ended."""
+        return self._boundary
+
+    def push(self, piece: bytes | memoryview) -> Any:
+        """Feed one piece (at most FEED_PIECE bytes, see :func:`pieces`); return the unpacker."""
+        self._unpacker.feed(piece)
         self._fed += len(piece)
-        frames: list[Any] = []
-        append = frames.append
-        # The unpacker parses incrementally, so its tell() also counts bytes of
-        # an incomplete frame; right after a frame is yielded it is that frame's end.
-        tell = unpacker.tell
-        boundary = self._boundary
-        try:
-            for frame in unpacker:
-                append(frame)
-                boundary = tell()
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise RemoteProtocolError(f"undecodable frame: {exc}") from None
+        return self._unpacker
+
+    def settle(self, piece: bytes | memoryview, boundary: int) -> None:
+        """Record where the last complete frame ended; check the incomplete one's size."""
         self._boundary = boundary
         if boundary != self._fed:
             self._check_pending(piece, boundary)
-        return frames
 
     def _check_pending(self, piece: bytes | memoryview, start: int) -> None:
         pending = self._fed - start
