@@ -176,7 +176,7 @@ class Session:
     def _reset_streams(self) -> None:
         self._next_seq = 1
         self._acked = 0
-        self._replay: deque[bytes] = deque()
+        self._replay: deque[bytes] = deque()  # payloads of seq acked+1 .. next_seq-1
         self._unacked_bytes = 0
         self._received = 0
         self._consumed = 0
@@ -213,7 +213,7 @@ class Session:
 
     def unacked_messages(self) -> list[bytes]:
         """Payloads sent but not acknowledged, oldest first."""
-        return [frame[DATA_OVERHEAD:] for frame in self._replay]
+        return list(self._replay)
 
     def events(self) -> list[Event]:
         """Return and clear the events reported since the last call."""
@@ -273,12 +273,15 @@ class Session:
         ):
             raise WindowFull("the peer's window is full")
         self._next_seq = seq + 1
-        frame = _pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size) + payload  # encode_data
-        self._replay.append(frame)
+        self._replay.append(payload)
         self._unacked_bytes += size
         conn = self.connection
         if conn is not None and conn.state is _OPEN:
-            conn._out.append(frame)
+            # A DATA frame is its header then the payload; writing them as two
+            # pieces saves a copy (data_to_send joins them), see codec.encode_data.
+            out = conn._out
+            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            out.append(payload)
             conn._last_send = now
         return seq
 
@@ -295,32 +298,36 @@ class Session:
         max_payload = self._max_payload
         window_messages = self._send_window_messages
         window_bytes = self._send_window_bytes
-        seq = self._next_seq
+        first = seq = self._next_seq
         acked = self._acked
         unacked = self._unacked_bytes
+        accepted: list[bytes] = []
         frames: list[bytes] = []
-        append = frames.append
+        take = accepted.append
+        write = frames.append
         for payload in payloads:
             size = len(payload)
             if size > max_payload:
-                if frames:
+                if accepted:
                     break
                 raise PayloadTooLarge(f"{size} bytes > {max_payload}")
             in_flight = seq - 1 - acked
             if in_flight and (in_flight >= window_messages or unacked + size > window_bytes):
                 break
-            append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size) + payload)
+            take(payload)
+            write(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            write(payload)
             seq += 1
             unacked += size
-        if frames:
+        if accepted:
             self._next_seq = seq
             self._unacked_bytes = unacked
-            self._replay.extend(frames)
+            self._replay.extend(accepted)
             conn = self.connection
             if conn is not None and conn.state is _OPEN:
                 conn._out.extend(frames)
                 conn._last_send = now
-        return len(frames)
+        return seq - first
 
     def take_messages(self, now: float, limit: int | None = None) -> list[bytes]:
         """Take up to *limit* received messages, in order; this is what frees window.
@@ -541,9 +548,12 @@ class Session:
         self._ack_pending_bytes = 0
         self._ack_deadline = None
         skip = peer_received - self._acked
-        before = len(out)
-        out.extend(islice(self._replay, skip, None))
-        return len(out) - before
+        seq = peer_received
+        for payload in islice(self._replay, skip, None):
+            seq += 1
+            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, len(payload)))
+            out.append(payload)
+        return seq - peer_received
 
     def _schedule_ack(self, now: float) -> None:
         pending = self._consumed - self._ack_sent
@@ -606,7 +616,7 @@ class Session:
         else:
             popleft = replay.popleft
             released = sum([len(popleft()) for _ in range(count)])
-        self._unacked_bytes -= released - count * DATA_OVERHEAD
+        self._unacked_bytes -= released
         self._acked = seq
 
     def _confirm_credential(self) -> None:
