@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any, cast
 from sessiond_client.protocol import (
     CloseCode,
     Connection,
+    ConnectionState,
     Params,
     SessionEnded,
     SessionResumed,
@@ -28,6 +30,7 @@ from sessiond_client.protocol import (
 )
 from sessiond_client.protocol import Session as CoreSession
 
+from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .session import Session
 
 log = logging.getLogger("sessiond")
@@ -40,7 +43,9 @@ class ServerConfig:
     """Daemon settings that are not protocol parameters."""
 
     params: Params = field(default_factory=Params)
+    authenticator: Authenticator = field(default_factory=OpenAuthenticator)
     max_sessions: int = 100_000
+    max_transports_per_peer: int = 256  # open transports from one IP address
     remembered_ended: int = 10_000  # ended session IDs kept to answer resumes with a reason
     drain_timeout: float = 10.0
 
@@ -74,6 +79,7 @@ class Server:
         self.sessions: dict[bytes, _Entry] = {}
         self.ended: OrderedDict[bytes, CloseCode] = OrderedDict()
         self.protocols: set[ServerProtocol] = set()
+        self.per_host: dict[str, int] = {}
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._dirty: set[ServerProtocol] = set()
@@ -121,7 +127,44 @@ class Server:
     # -------------------------------------------------------------- sessions
 
     def on_hello(self, protocol: ServerProtocol, conn: Connection) -> None:
-        """Answer a HELLO: resume the named session or open a new one."""
+        """Authenticate a HELLO, then answer it (now, or when an async authenticator is done)."""
+        hello = conn.hello
+        assert hello is not None
+        try:
+            result = self.config.authenticator(hello.credentials, protocol.peer_info())
+        except AuthenticationFailed as exc:
+            self._refuse(protocol, conn, str(exc))
+            return
+        if inspect.isawaitable(result):
+            task = self.loop.create_task(self._await_identity(protocol, conn, result))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
+        self.answer_hello(protocol, conn, result)
+
+    async def _await_identity(
+        self, protocol: ServerProtocol, conn: Connection, pending: Awaitable[Any]
+    ) -> None:
+        try:
+            identity = await pending
+        except AuthenticationFailed as exc:
+            self._refuse(protocol, conn, str(exc))
+            return
+        except Exception:
+            log.exception("authenticator failed for peer %s", protocol.peer)
+            self._refuse(protocol, conn, "authentication unavailable")
+            return
+        if conn.state is ConnectionState.HELLO_RECEIVED:  # not closed meanwhile
+            self.answer_hello(protocol, conn, identity)
+            protocol.flush()
+
+    def _refuse(self, protocol: ServerProtocol, conn: Connection, why: str) -> None:
+        log.info("refused peer=%s: %s", protocol.peer, why)
+        conn.reject(self.loop.time(), CloseCode.AUTH_FAILED, "authentication failed")
+        protocol.flush()
+
+    def answer_hello(self, protocol: ServerProtocol, conn: Connection, identity: Any) -> None:
+        """Resume the session a HELLO names, or open a new one, for *identity*."""
         hello = conn.hello
         assert hello is not None
         now = self.loop.time()
@@ -133,7 +176,6 @@ class Server:
         if existing is None and len(self.sessions) >= self.config.max_sessions:
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
-        identity = None  # authentication arrives with the daemon issue; open mode for now
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         if previous is not None and previous is not protocol and previous.closed:
@@ -266,15 +308,27 @@ class ServerProtocol(asyncio.Protocol):
         self.conn: Connection | None = None
         self.entry: _Entry | None = None
         self.peer = ""
+        self.host = ""
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         server = self.server
         self.conn = Connection.server(server.config.params, server.loop.time())
         server.protocols.add(self)
+        count = server.per_host.get(self.host, 0) + 1
+        server.per_host[self.host] = count
+        if count > server.config.max_transports_per_peer:
+            if count == server.config.max_transports_per_peer + 1:
+                log.warning("peer %s reached max_transports_per_peer", self.host)
+            self.conn.reject(
+                server.loop.time(), CloseCode.LIMIT_EXCEEDED, "too many transports", 5.0
+            )
+            self.flush()
+            return
         deadline = self.conn.next_deadline()
         if deadline is not None:
             self._timer = server.loop.call_at(deadline, self._on_handshake_timer)
@@ -324,9 +378,23 @@ class ServerProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def peer_info(self) -> Peer:
+        """The peer as an authenticator sees it."""
+        identity = None
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if ssl_object is not None:
+            identity = certificate_identity(ssl_object.getpeercert())
+        return Peer(self.peer, self.host, identity)
+
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
-        server.protocols.discard(self)
+        if self in server.protocols:
+            server.protocols.discard(self)
+            left = server.per_host.get(self.host, 1) - 1
+            if left:
+                server.per_host[self.host] = left
+            else:
+                server.per_host.pop(self.host, None)
         self._cancel_timer()
         conn = self.conn
         if conn is not None:
@@ -365,3 +433,16 @@ async def serve(
         yield server
     finally:
         await server.close()
+
+
+def certificate_identity(cert: Any) -> str | None:
+    """The identity of a verified client certificate: its commonName, else its first SAN."""
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    for _kind, value in cert.get("subjectAltName", ()):
+        return str(value)
+    return None

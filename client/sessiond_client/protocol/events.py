@@ -1,8 +1,8 @@
 """Events the core reports to its adapter; read them with ``Session.events()``.
 
 Arriving messages are not events: the hot path keeps them in the session's
-inbox (``Session.take_messages``), which saves an object per message; see
-``bench/RESULTS.md`` for why.
+inbox (``Session.take_messages``). An event object per message would cost more
+than the rest of the receive path (bench/RESULTS.md, "core: notes").
 """
 
 from __future__ import annotations
