@@ -104,14 +104,43 @@ class Server:
             for sock in listener.sockets
         ]
 
-    async def close(self) -> None:
-        """Stop listening, end every session and close every transport."""
+    async def drain(self, timeout: float, retry_after: float = 1.0) -> bool:
+        """Stop accepting, send GOAWAY, wait (at most *timeout*) until every attached
+        session's messages are acknowledged, then close (protocol.md §11).
+
+        Returns True when everything was acknowledged in time.
+        """
+        for listener in self.listeners:
+            listener.close()
+        now = self.loop.time()
+        for protocol in list(self.protocols):
+            if protocol.conn is not None and not protocol.conn.closed:
+                protocol.conn.goaway(now, retry_after, None, "server draining")
+                protocol.flush()
+        deadline = now + timeout
+        drained = False
+        # Polling is fine here: it runs once, at shutdown, bounded by the drain timeout.
+        while True:
+            drained = all(
+                entry.protocol.drained
+                for entry in self.sessions.values()
+                if entry.protocol is not None
+            )
+            if drained or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        log.info("drained: %s", "all acknowledged" if drained else "timeout")
+        await self.close(retry_after)
+        return drained
+
+    async def close(self, retry_after: float = 1.0) -> None:
+        """Stop listening and close every transport with GOING_AWAY (sessions are dropped)."""
         for listener in self.listeners:
             listener.close()
         now = self.loop.time()
         for protocol in list(self.protocols):
             if protocol.conn is not None:
-                protocol.conn.close(now, CloseCode.GOING_AWAY, "server shutting down", 1.0)
+                protocol.conn.close(now, CloseCode.GOING_AWAY, "server shutting down", retry_after)
             protocol.abort()
         for entry in list(self.sessions.values()):
             if entry.timer is not None:
@@ -344,6 +373,16 @@ class ServerProtocol(asyncio.Protocol):
         self.flush()
         if self.entry is not None:
             server.process(self.entry)
+
+    @property
+    def drained(self) -> bool:
+        """After GOAWAY: the client caught up and everything both ways was consumed."""
+        conn = self.conn
+        entry = self.entry
+        if conn is None or conn.closed or entry is None:
+            return True
+        core = entry.core
+        return conn.caught_up and not core.unacked_count and not core.messages_waiting
 
     @property
     def closed(self) -> bool:

@@ -105,6 +105,11 @@ _HANDSHAKING = frozenset(
 )
 
 
+def _stamp(now: float) -> int:
+    """A PING stamp: the clock in milliseconds (opaque to the peer, protocol.md §7.2)."""
+    return int(now * 1000) & U64_MAX
+
+
 def _ms(seconds: float) -> int:
     return max(0, min(0xFFFFFFFF, round(seconds * 1000)))
 
@@ -665,6 +670,7 @@ class Connection:
     __slots__ = (
         "_confirmed",
         "_decoder",
+        "_goaway_stamp",
         "_heartbeat",
         "_idle_timeout",
         "_last_recv",
@@ -706,6 +712,7 @@ class Connection:
         self._ping_sent_at: float | None = None
         self._ping_stamp = 0
         self._confirmed = role is Role.CLIENT
+        self._goaway_stamp: int | None = None
 
     @classmethod
     def server(cls, params: Params, now: float) -> Connection:
@@ -842,6 +849,8 @@ class Connection:
                 self._out.append(codec.encode_pong(frame.stamp))
                 self._last_send = now
             elif isinstance(frame, Pong):
+                if frame.stamp == self._goaway_stamp:
+                    self._goaway_stamp = -1  # caught up
                 if self._ping_sent_at is not None and frame.stamp == self._ping_stamp:
                     sample = now - self._ping_sent_at
                     self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
@@ -931,11 +940,23 @@ class Connection:
     def goaway(
         self, now: float, retry_after: float, redirect: str | None = None, reason: str = ""
     ) -> None:
-        """Server: announce that this transport drains; close it later with GOING_AWAY."""
-        if self.state is _OPEN:
+        """Server: announce that this transport drains; close it later with GOING_AWAY.
+
+        A PING follows the GOAWAY; :attr:`caught_up` turns true when its PONG
+        arrives, i.e. once everything the client sent before seeing the GOAWAY
+        has been received (protocol.md §11.1).
+        """
+        if self.state is _OPEN and self._goaway_stamp is None:
             frame = Goaway(CloseCode.GOING_AWAY, _ms(retry_after), redirect, reason)
             self._out.append(frame.encode())
+            self._goaway_stamp = stamp = _stamp(now)
+            self._out.append(codec.encode_ping(stamp))
             self._last_send = now
+
+    @property
+    def caught_up(self) -> bool:
+        """Server, after :meth:`goaway`: the client's answer to the drain PING arrived."""
+        return self._goaway_stamp is not None and self._goaway_stamp < 0
 
     # ------------------------------------------------------------ both roles
 
@@ -1019,7 +1040,7 @@ class Connection:
         if session is not None and ack_due is not None and now >= ack_due:
             session._send_ack(self, now)
         if now >= self._last_send + self._heartbeat:
-            stamp = int(now * 1000) & U64_MAX
+            stamp = _stamp(now)
             self._out.append(codec.encode_ping(stamp))
             self._ping_sent_at = now
             self._ping_stamp = stamp
