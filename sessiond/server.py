@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -31,6 +30,7 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
+from .registry import MemoryRegistry
 from .session import Session
 
 log = logging.getLogger("sessiond")
@@ -76,8 +76,7 @@ class Server:
         self.handler = handler
         self.config = config or ServerConfig()
         self.loop = asyncio.get_running_loop()
-        self.sessions: dict[bytes, _Entry] = {}
-        self.ended: OrderedDict[bytes, CloseCode] = OrderedDict()
+        self.sessions: MemoryRegistry[_Entry] = MemoryRegistry(self.config.remembered_ended)
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
         self.listeners: list[asyncio.Server] = []
@@ -200,8 +199,9 @@ class Server:
         existing: _Entry | None = None
         missing = CloseCode.UNKNOWN_SESSION
         if hello.resume is not None:
-            existing = self.sessions.get(hello.resume.session_id)
-            missing = self.ended.get(hello.resume.session_id, CloseCode.UNKNOWN_SESSION)
+            existing = self.sessions.find(hello.resume.session_id)
+            if existing is None:
+                missing = self.sessions.missing_reason(hello.resume.session_id)
         if existing is None and len(self.sessions) >= self.config.max_sessions:
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
@@ -214,10 +214,12 @@ class Server:
             self.process(existing)
         if core is None:
             return
-        entry = self.sessions.get(core.id or b"")
+        sid = core.id or b""
+        entry = self.sessions.find(sid)
         if entry is None:
             entry = _Entry(core, self)
-            self.sessions[core.id or b""] = entry
+            self.sessions.create(sid, entry)
+        self.sessions.attach(sid)
         entry.protocol = protocol
         entry.peer = protocol.peer
         protocol.entry = entry
@@ -237,6 +239,7 @@ class Server:
             elif isinstance(event, TransportLost):
                 self._log(entry, "detached", code=event.code)
                 entry.protocol = None
+                self.sessions.detach(core.id or b"", self.loop.time())
             elif isinstance(event, SessionEnded):
                 self._log(entry, "ended", code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
@@ -245,11 +248,8 @@ class Server:
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:
         sid = entry.core.id or b""
-        if self.sessions.get(sid) is entry:
-            del self.sessions[sid]
-        self.ended[sid] = code
-        while len(self.ended) > self.config.remembered_ended:
-            self.ended.popitem(last=False)
+        if self.sessions.find(sid) is entry:
+            self.sessions.expire(sid, code)
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
