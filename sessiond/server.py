@@ -30,6 +30,7 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
+from .logs import lifecycle
 from .registry import MemoryRegistry
 from .session import Session
 
@@ -53,7 +54,17 @@ class ServerConfig:
 class _Entry:
     """A live session: its core, its handler-facing object, its task and its timer."""
 
-    __slots__ = ("core", "peer", "protocol", "server", "session", "task", "timer", "timer_at")
+    __slots__ = (
+        "core",
+        "peer",
+        "protocol",
+        "server",
+        "session",
+        "taken_over",
+        "task",
+        "timer",
+        "timer_at",
+    )
 
     def __init__(self, core: CoreSession, server: Server) -> None:
         self.core = core
@@ -64,6 +75,7 @@ class _Entry:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.peer = ""
+        self.taken_over = False
 
     def flush(self) -> None:
         self.server.schedule_flush(self)
@@ -187,7 +199,12 @@ class Server:
             protocol.flush()
 
     def _refuse(self, protocol: ServerProtocol, conn: Connection, why: str) -> None:
-        log.info("refused peer=%s: %s", protocol.peer, why)
+        log.info(
+            "refused peer=%s: %s",
+            protocol.peer,
+            why,
+            extra={"fields": {"event": "refused", "peer": protocol.peer, "why": why}},
+        )
         conn.reject(self.loop.time(), CloseCode.AUTH_FAILED, "authentication failed")
         protocol.flush()
 
@@ -207,6 +224,8 @@ class Server:
             return
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
+        if existing is not None and previous is not None and previous is not protocol:
+            existing.taken_over = True
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
             previous.flush()
@@ -235,13 +254,16 @@ class Server:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             elif isinstance(event, SessionResumed):
-                self._log(entry, "resumed", replayed=event.replayed)
+                what = "taken over" if entry.taken_over else "resumed"
+                entry.taken_over = False
+                self._log(entry, what, replayed=event.replayed)
             elif isinstance(event, TransportLost):
                 self._log(entry, "detached", code=event.code)
                 entry.protocol = None
                 self.sessions.detach(core.id or b"", self.loop.time())
             elif isinstance(event, SessionEnded):
-                self._log(entry, "ended", code=event.code, by_peer=event.by_peer)
+                what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
+                self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
         entry.session._wake()
         self._arm(entry)
@@ -270,14 +292,13 @@ class Server:
             session.close(CloseCode.NORMAL, "handler returned")
 
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
-        extra = " ".join(f"{k}={getattr(v, 'name', v)}" for k, v in details.items())
-        log.info(
-            "session %s %s peer=%s identity=%r %s",
-            (entry.core.id or b"").hex()[:8],
+        lifecycle(
+            log,
             what,
-            entry.peer,
-            entry.core.identity,
-            extra,
+            (entry.core.id or b"").hex()[:8],
+            peer=entry.peer,
+            identity=entry.core.identity,
+            **details,
         )
 
     # ---------------------------------------------------------------- timers
