@@ -16,14 +16,16 @@ import pytest
 from sessiond_client.protocol import (
     CloseCode,
     FrameDecoder,
+    Params,
     SessionResumed,
     SessionStarted,
     parse_frame,
 )
-from sessiond_client.protocol.frames import Close
+from sessiond_client.protocol.frames import Close, Hello
 
 import sessiond
 import sessiond.apps
+from sessiond.server import ServerConfig
 from tests.coreclient import CoreClient
 
 
@@ -89,6 +91,28 @@ async def test_garbage_closes_only_that_transport(echo_server: sessiond.Server) 
         canary.send(b"still here")
         await canary.pump_until(lambda: canary.received[-1:] == [b"still here"])
     await canary.close()
+
+
+async def test_wrong_version_and_silence_close_with_their_codes() -> None:
+    config = ServerConfig(params=Params(handshake_timeout=0.3))
+    async with sessiond.serve(sessiond.apps.echo, "127.0.0.1", 0, config=config) as server:
+        host, port = address(server)
+        canary = CoreClient(host, port)
+        await canary.open()
+        hello = Hello((99,), 15000, 1024, 1 << 20, 1 << 20, 0).encode()
+        for opening, code in (
+            (hello, CloseCode.UNSUPPORTED_VERSION),
+            (b"", CloseCode.HANDSHAKE_TIMEOUT),
+        ):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(opening)
+            reply = await asyncio.wait_for(reader.read(), 5.0)
+            close = parse_frame(FrameDecoder(1 << 20).feed(reply)[-1])
+            assert isinstance(close, Close) and close.code == code
+            writer.close()
+        canary.send(b"fine")
+        await canary.pump_until(lambda: canary.received == [b"fine"])
+        await canary.close()
 
 
 def free_port() -> int:
