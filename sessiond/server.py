@@ -220,6 +220,14 @@ class Server:
             if existing is None:
                 missing = self.sessions.missing_reason(hello.resume.session_id)
         if existing is None and len(self.sessions) >= self.config.max_sessions:
+            log.warning(
+                "refused peer=%s: max_sessions (%d) reached",
+                protocol.peer,
+                self.config.max_sessions,
+                extra={
+                    "fields": {"event": "limit", "limit": "max_sessions", "peer": protocol.peer}
+                },
+            )
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
         previous = existing.protocol if existing is not None else None

@@ -166,3 +166,17 @@ async def test_transports_per_peer_limit() -> None:
         client = CoreClient(host, port)  # the others are gone: room again
         await client.open()
         await client.close()
+
+
+async def test_max_sessions_limit() -> None:
+    config = ServerConfig(max_sessions=1)
+    async with sessiond.serve(sessiond.apps.echo, "127.0.0.1", 0, config=config) as server:
+        first = CoreClient(*server.addresses[0])
+        await first.open()
+        second = CoreClient(*server.addresses[0])
+        await second.open()
+        assert second.conn is not None and second.conn.close_code is CloseCode.LIMIT_EXCEEDED
+        assert second.conn.retry_after > 0
+        first.send(b"unaffected")
+        await first.pump_until(lambda: first.received == [b"unaffected"])
+        await first.close()
