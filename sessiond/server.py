@@ -232,8 +232,8 @@ class Server:
             return
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
-        if existing is not None and previous is not None and previous is not protocol:
-            existing.taken_over = True
+        if existing is not None and core is existing.core and previous is not None:
+            existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
             previous.flush()
