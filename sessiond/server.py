@@ -33,6 +33,7 @@ from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .logs import lifecycle
 from .registry import MemoryRegistry
 from .session import Session
+from .tls import peer_identity
 
 log = logging.getLogger("sessiond")
 
@@ -100,8 +101,16 @@ class Server:
 
     async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
         """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
+        # A TLS transport reaches ServerProtocol only once its handshake is done, so
+        # the TLS handshake needs its own timeout (asyncio's default is 60 s).
+        timeout = self.config.params.handshake_timeout if ssl is not None else None
         listener = await self.loop.create_server(
-            lambda: ServerProtocol(self), host, port, ssl=ssl, reuse_address=True
+            lambda: ServerProtocol(self),
+            host,
+            port,
+            ssl=ssl,
+            reuse_address=True,
+            ssl_handshake_timeout=timeout,
         )
         self.listeners.append(listener)
         return listener
@@ -451,7 +460,7 @@ class ServerProtocol(asyncio.Protocol):
         identity = None
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         if ssl_object is not None:
-            identity = certificate_identity(ssl_object.getpeercert())
+            identity = peer_identity(ssl_object)
         return Peer(self.peer, self.host, identity)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -501,16 +510,3 @@ async def serve(
         yield server
     finally:
         await server.close()
-
-
-def certificate_identity(cert: Any) -> str | None:
-    """The identity of a verified client certificate: its commonName, else its first SAN."""
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    for _kind, value in cert.get("subjectAltName", ()):
-        return str(value)
-    return None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +79,44 @@ def test_every_setting_has_a_unique_name() -> None:
     listed = config.names()
     assert len(listed) == len(set(listed))
     assert "protocol.heartbeat_interval" in listed and "server.listen" in listed
+
+
+def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sessiond", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--config", "/nonexistent/sessiond.toml"], {}, "config file"),
+        ([], {"SESSIOND_PROTOCOL_WINDOW_MESSAGES": "lots"}, "SESSIOND_PROTOCOL_WINDOW_MESSAGES"),
+        ([], {"SESSIOND_SERVER_NOPE": "1"}, "unknown setting server.nope"),
+        (["--auth", "token-file"], {}, "--token-file"),
+        (["--auth", "mutual-tls"], {}, "--tls-client-ca"),
+        (["--auth", "magic"], {}, "auth.mode"),
+        (["--log-format", "xml"], {}, "server.log_format"),
+        (["--log-level", "LOUD"], {}, "LOUD"),
+        (["--app", "nosuchmodule:app"], {}, "nosuchmodule"),
+    ],
+)
+def test_serve_refuses_bad_settings_at_start_up(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run_serve(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_reads_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "sessiond.toml"
+    path.write_text('[server]\nlisten = ["tls://127.0.0.1:0"]\n')
+    result = run_serve("--config", str(path))
+    assert result.returncode == 2 and "needs --tls-cert and --tls-key" in result.stderr
