@@ -234,15 +234,17 @@ class FrameDecoder:
         """The error for a frame the unpacker refused, starting at stream offset *boundary*.
 
         A length over a limit is reported as FRAME_TOO_LARGE when it takes the frame
-        over max_frame_size, whether the frame arrived whole or in pieces.
+        over max_frame_size. Only the bytes up to the refused element are looked at,
+        so the code is the same whether the frame arrived whole or in pieces.
         """
+        failed_at = self._unpacker.tell() + 1  # just past the element refused
         offset = boundary - (self._fed - len(piece))
         if offset >= 0:
             head = bytes(piece[offset : offset + HEAD_SCAN])
         else:
             earlier = self._head if self._head_start == boundary else b""
             head = (earlier + bytes(piece[:HEAD_SCAN]))[:HEAD_SCAN]
-        announced = min_encoded_size(head)
+        announced = min_encoded_size(head[: max(0, failed_at - boundary)])
         if announced > self._max:
             return self.too_large(announced)
         return RemoteProtocolError(f"undecodable frame: {exc}")
