@@ -168,22 +168,39 @@ class FrameDecoder:
 
     def __init__(self, max_frame_size: int) -> None:
         self._max = max_frame_size
-        self._unpacker = msgpack.Unpacker(
-            use_list=False,
-            raw=False,
-            strict_map_key=True,
-            read_size=min(16 * 1024, max_frame_size + FEED_PIECE),
-            max_buffer_size=max_frame_size + FEED_PIECE,
-            max_bin_len=max_frame_size,
-            max_str_len=min(MAX_STR_LEN, max_frame_size),
-            max_array_len=MAX_ARRAY_LEN,
-            max_map_len=MAX_MAP_LEN,
-            max_ext_len=0,
-        )
+        # An Unpacker holds ~41 KiB (its parse stack) plus its buffer: it exists only
+        # while data flows, see release(). Offsets below count from its creation.
+        self._unpacker: Any = None
         self._fed = 0  # stream offset of the end of the bytes fed so far
         self._boundary = 0  # stream offset where the incomplete frame starts
         self._head = b""
         self._head_start = -1
+
+    def _new_unpacker(self) -> Any:
+        limit = self._max
+        return msgpack.Unpacker(
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            read_size=min(16 * 1024, limit + FEED_PIECE),
+            max_buffer_size=limit + FEED_PIECE,
+            max_bin_len=limit,
+            max_str_len=min(MAX_STR_LEN, limit),
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=0,
+        )
+
+    def release(self) -> bool:
+        """Free the unpacker if no incomplete frame is held (an idle transport's
+        decoder then costs a few hundred bytes); the next piece makes a new one."""
+        if self._unpacker is None or self._boundary != self._fed:
+            return False
+        self._unpacker = None
+        self._fed = self._boundary = 0
+        self._head = b""
+        self._head_start = -1
+        return True
 
     @property
     def buffered(self) -> int:
@@ -237,7 +254,7 @@ class FrameDecoder:
         over max_frame_size. Only the bytes up to the refused element are looked at,
         so the code is the same whether the frame arrived whole or in pieces.
         """
-        failed_at = self._unpacker.tell() + 1  # just past the element refused
+        failed_at = (self._unpacker.tell() if self._unpacker is not None else 0) + 1
         offset = boundary - (self._fed - len(piece))
         if offset >= 0:
             head = bytes(piece[offset : offset + HEAD_SCAN])
@@ -256,9 +273,12 @@ class FrameDecoder:
 
     def push(self, piece: bytes | memoryview) -> Any:
         """Feed one piece (at most FEED_PIECE bytes, see :func:`pieces`); return the unpacker."""
-        self._unpacker.feed(piece)
+        unpacker = self._unpacker
+        if unpacker is None:
+            unpacker = self._unpacker = self._new_unpacker()
+        unpacker.feed(piece)
         self._fed += len(piece)
-        return self._unpacker
+        return unpacker
 
     def settle(self, piece: bytes | memoryview, boundary: int) -> None:
         """Record where the last complete frame ended; check the incomplete one's size."""
