@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import BenchError, core
+from . import BenchError, core, daemon
 
 
 class Scenario(Protocol):
@@ -27,7 +27,7 @@ class Scenario(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-SCENARIOS: dict[str, Scenario] = {"core": core}
+SCENARIOS: dict[str, Scenario] = {"core": core, "daemon": daemon}
 DEFAULT = "core"
 
 
