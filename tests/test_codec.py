@@ -23,17 +23,16 @@ def test_release_keeps_a_partial_frame_and_frees_an_idle_decoder() -> None:
     assert decoder.feed(frame[3:]) == [(codec.DATA, 1, b"payload")]
 
 
-def test_idle_connection_frees_its_unpacker_on_a_timer_tick() -> None:
+def test_connection_keeps_an_unpacker_only_for_a_partial_frame() -> None:
     pair = Pair()
     pair.connect()
     pair.pump()
     conn = pair.server_conn
     assert conn is not None
+    assert conn._decoder._unpacker is None  # every read ended on a frame boundary
+    frame = codec.encode_data(1, b"split")
+    conn.receive_data(frame[:7], pair.clock.now)
     assert conn._decoder._unpacker is not None
-    pair.tick(pair.client.params.heartbeat_interval)  # the heartbeat timers fire
+    conn.receive_data(frame[7:], pair.clock.now)
     assert conn._decoder._unpacker is None
-    pair.pump()  # the peer's PING arrives: a new unpacker
-    assert conn._decoder._unpacker is not None
-    pair.client.send(b"after", pair.clock.now)
-    pair.pump()
-    assert pair.take_server() == [b"after"]
+    assert pair.server.take_messages(pair.clock.now) == [b"split"]

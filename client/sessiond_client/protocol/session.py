@@ -746,6 +746,11 @@ class Connection:
                     return
         except RemoteProtocolError as exc:
             self._fail(exc.code, str(exc), now)
+            return
+        # A read that ended on a frame boundary leaves nothing to keep: free the
+        # decoder's ~57 KiB (an idle session then holds none); the next read makes
+        # a new one for ~1 µs.
+        self._decoder.release()
 
     def _receive_piece(self, piece: bytes | memoryview, now: float) -> None:
         """Decode one piece and act on its frames in stream order.
@@ -1035,9 +1040,6 @@ class Connection:
         if now >= self._dead_at():
             self.close(now, CloseCode.IDLE_TIMEOUT, "nothing received within the idle timeout")
             return
-        # Timers fire rarely (ACK delay, heartbeat): a good moment to free the decoder's
-        # ~57 KiB if no partial frame is held; making a new one costs ~1 µs.
-        self._decoder.release()
         session = self.session
         ack_due = session._ack_deadline if session is not None else None
         if session is not None and ack_due is not None and now >= ack_due:
