@@ -191,6 +191,11 @@ class FrameDecoder:
             max_ext_len=0,
         )
 
+    def discard(self) -> None:
+        """Drop everything held: the transport is closed and nothing more is decoded."""
+        self._unpacker = None
+        self._head = b""
+
     def release(self) -> bool:
         """Free the unpacker if no incomplete frame is held (an idle transport's
         decoder then costs a few hundred bytes); the next piece makes a new one."""

@@ -993,6 +993,7 @@ class Connection:
         self.state = _CLOSED
         self.close_code = code
         self.close_reason = reason
+        self._decoder.discard()
         if send:
             self._out.append(Close(code, reason, _ms(retry_after)).encode())
         session = self.session
