@@ -50,6 +50,7 @@ class ServerConfig:
     max_transports_per_peer: int = 256  # open transports from one IP address
     remembered_ended: int = 10_000  # ended session IDs kept to answer resumes with a reason
     drain_timeout: float = 10.0
+    close_grace: float = 2.0  # how long a closed transport may take to flush its output
 
 
 class _Entry:
@@ -437,7 +438,13 @@ class ServerProtocol(asyncio.Protocol):
         if data:
             transport.write(data)
         if conn.closed and not transport.is_closing():
-            transport.close()
+            if conn.close_code is CloseCode.IDLE_TIMEOUT or conn.peer_closed:
+                transport.abort()  # nobody is reading: do not wait to flush
+                return
+            transport.close()  # flushes the CLOSE frame first...
+            if transport.get_write_buffer_size():  # ...but a peer that stopped reading
+                # must not keep the socket (and its per-peer count) for ever.
+                self.server.loop.call_later(self.server.config.close_grace, transport.abort)
 
     def _on_handshake_timer(self) -> None:
         self._timer = None
