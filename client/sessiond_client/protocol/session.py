@@ -281,7 +281,7 @@ class Session:
         self._replay.append(payload)
         self._unacked_bytes += size
         conn = self.connection
-        if conn is not None and conn.state is _OPEN:
+        if conn is not None and conn._streaming:
             # A DATA frame is its header then the payload; writing them as two
             # pieces saves a copy (data_to_send joins them), see codec.encode_data.
             out = conn._out
@@ -329,7 +329,7 @@ class Session:
             self._unacked_bytes = unacked
             self._replay.extend(accepted)
             conn = self.connection
-            if conn is not None and conn.state is _OPEN:
+            if conn is not None and conn._streaming:
                 conn._out.extend(frames)
                 conn._last_send = now
         return seq - first
@@ -494,7 +494,9 @@ class Session:
         self._credential_digest = digest(credential)
         self._confirmed = False
         self._attach_server(conn, hello, credential, True, now)
-        replayed = self._start_stream(conn, hello.resume.received)
+        # DATA waits until the client confirms this transport (protocol.md §4.4): a
+        # copy of the session racing this resume must not be handed the same messages.
+        replayed = self._start_stream(conn, hello.resume.received, confirmed=False)
         self._events.append(SessionResumed(self.id or b"", replayed))
 
     def _attach_server(
@@ -545,20 +547,27 @@ class Session:
         self.state = _ATTACHED
         self._expires_at = None
 
-    def _start_stream(self, conn: Connection, peer_received: int) -> int:
-        """After WELCOME: acknowledge what we consumed, then replay what the peer lacks."""
-        out = conn._out
-        out.append(codec.encode_ack(self._consumed))
+    def _start_stream(self, conn: Connection, peer_received: int, confirmed: bool = True) -> int:
+        """After WELCOME: acknowledge what we consumed, then replay what the peer lacks
+        (at once, or once the transport is confirmed); return how many are replayed."""
+        conn._out.append(codec.encode_ack(self._consumed))
         self._ack_sent = self._consumed
         self._ack_pending_bytes = 0
         self._ack_deadline = None
-        skip = peer_received - self._acked
-        seq = peer_received
-        for payload in islice(self._replay, skip, None):
+        conn._replay_from = peer_received
+        if confirmed:
+            self._replay_to(conn)
+        return self._next_seq - 1 - peer_received
+
+    def _replay_to(self, conn: Connection) -> None:
+        """Write every DATA frame after the peer's ``received``; new sends follow directly."""
+        out = conn._out
+        seq = conn._replay_from
+        for payload in islice(self._replay, seq - self._acked, None):
             seq += 1
             out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, len(payload)))
             out.append(payload)
-        return seq - peer_received
+        conn._streaming = True
 
     def _schedule_ack(self, now: float) -> None:
         pending = self._consumed - self._ack_sent
@@ -679,6 +688,8 @@ class Connection:
         "_out",
         "_ping_sent_at",
         "_ping_stamp",
+        "_replay_from",
+        "_streaming",
         "close_code",
         "close_reason",
         "hello",
@@ -713,6 +724,8 @@ class Connection:
         self._ping_stamp = 0
         self._confirmed = role is Role.CLIENT
         self._goaway_stamp: int | None = None
+        self._replay_from = 0
+        self._streaming = False  # DATA may be written (after WELCOME, and confirmed)
 
     @classmethod
     def server(cls, params: Params, now: float) -> Connection:
@@ -825,6 +838,7 @@ class Connection:
                 if not (first.__class__ is tuple and first and first[0] == codec.CLOSE):
                     self._confirmed = True
                     session._confirm_credential()
+                    session._replay_to(self)
             for frame in frames:
                 if self.state is not _OPEN:
                     return  # frames after CLOSE are never processed
@@ -991,6 +1005,7 @@ class Connection:
         if self.state is _CLOSED:
             return
         self.state = _CLOSED
+        self._streaming = False
         self.close_code = code
         self.close_reason = reason
         self._decoder.discard()
