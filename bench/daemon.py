@@ -826,10 +826,10 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         f"{idle['sessions']:,} sessions opened against a fresh daemon, at most "
         f"{idle['concurrency']} handshakes in flight, from {sources} "
         f"(127.0.0.x, ≤ {idle['sessions_per_source_address']} sessions each: the "
-        "daemon's default `max_transports_per_peer` is 256 and the CLI cannot change it), all "
+        "daemon runs with its default `max_transports_per_peer` of 256), all "
         f"to 127.0.0.1; then idle for {idle['idle_window_s']:.1f} s with a "
         f"{idle['heartbeat_s']:g} s heartbeat proposed by the clients (the protocol default; "
-        "`sessiond serve` has no heartbeat option). RSS is the server's VmRSS; *before* is "
+        "the daemon's own bounds apply). RSS is the server's VmRSS; *before* is "
         "after one warm-up session was opened and closed. The server's CPU share is of one "
         f"core. All {idle['still_open_after_idle']:,} sessions were still open after the "
         "idle window; then each was closed with CLOSE NORMAL.",
