@@ -4,6 +4,7 @@ bad input costing one transport only, and ``sessiond serve`` as a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -122,10 +123,24 @@ def free_port() -> int:
         return port
 
 
-async def test_sessiond_serve_subprocess_echoes_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize(
+    ("stop", "log_format"), [(signal.SIGTERM, "text"), (signal.SIGINT, "json")]
+)
+async def test_sessiond_serve_subprocess_echoes_and_drains_on_signal(
+    stop: signal.Signals, log_format: str
+) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sessiond", "serve", "--listen", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "sessiond",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            log_format,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -144,7 +159,7 @@ async def test_sessiond_serve_subprocess_echoes_and_stops_on_sigterm() -> None:
         client.send(b"ping")
         await client.pump_until(lambda: client.received == [b"ping"])
         await client.close()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:
@@ -152,4 +167,7 @@ async def test_sessiond_serve_subprocess_echoes_and_stops_on_sigterm() -> None:
             proc.wait()
     assert proc.stdout is not None
     log = proc.stdout.read().decode()
-    assert "listening on tcp://127.0.0.1" in log and "created" in log
+    assert "listening on tcp://127.0.0.1" in log and "created" in log and "drained" in log
+    if log_format == "json":
+        events = [json.loads(line).get("event") for line in log.splitlines()]
+        assert "created" in events and "closed" in events
