@@ -10,7 +10,7 @@ protocol core changes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, Protocol, TypeVar
 
 from sessiond_client.protocol import CloseCode
@@ -39,7 +39,17 @@ class Registry(Protocol[T]):
     def missing_reason(self, session_id: bytes) -> CloseCode:
         """Why a resume of an ID that :meth:`find` does not know fails."""
 
+    def values(self) -> Iterable[T]:
+        """Every live session (for draining, shutdown and operations)."""
+
+    def clear(self) -> None:
+        """Forget every session (shutdown)."""
+
     def __len__(self) -> int: ...
+
+    def __contains__(self, session_id: object) -> bool: ...
+
+    def __getitem__(self, session_id: bytes) -> T: ...
 
 
 class MemoryRegistry(Generic[T], Mapping[bytes, T]):

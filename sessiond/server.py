@@ -31,7 +31,7 @@ from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .logs import lifecycle
-from .registry import MemoryRegistry
+from .registry import MemoryRegistry, Registry
 from .session import Session
 from .tls import peer_identity
 
@@ -86,11 +86,17 @@ class _Entry:
 class Server:
     """Sessions, handlers and listeners of one daemon process."""
 
-    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig | None = None,
+        registry: Registry[_Entry] | None = None,
+    ) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
         self.loop = asyncio.get_running_loop()
-        self.sessions: MemoryRegistry[_Entry] = MemoryRegistry(self.config.remembered_ended)
+        #: Where sessions live; any :class:`~sessiond.registry.Registry` will do.
+        self.sessions: Registry[_Entry] = registry or MemoryRegistry(self.config.remembered_ended)
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
         self.listeners: list[asyncio.Server] = []

@@ -99,7 +99,7 @@ def client_address(client: CoreClient) -> tuple[str, int]:
 
 def server_core_unacked(server: Server, client: CoreClient) -> int:
     """Messages the daemon sent on the client's session that the client has not acked."""
-    entry = server.sessions.get(client.session.id or b"")
+    entry = server.sessions.find(client.session.id or b"")
     return entry.core.unacked_count if entry is not None else 0
 
 
