@@ -1,13 +1,26 @@
 """sessiond_client: sessions that outlive connections.
 
-This release holds the sans-I/O protocol core (:mod:`sessiond_client.protocol`);
-the asyncio client and the blocking facade build on it.
+``session = await sessiond_client.connect("tcp://127.0.0.1:7420")`` gives a
+session that reconnects and resumes by itself (:mod:`sessiond_client.client`);
+the sans-I/O protocol core is :mod:`sessiond_client.protocol`.
 """
 
 from __future__ import annotations
 
-from .protocol import CloseCode, SessiondError, SessionLost
+from .backoff import ReconnectPolicy
+from .client import Session, State, connect
+from .protocol import CloseCode, Params, SessiondError, SessionLost
 
 __version__ = "0.1.0"
 
-__all__ = ["CloseCode", "SessionLost", "SessiondError", "__version__"]
+__all__ = [
+    "CloseCode",
+    "Params",
+    "ReconnectPolicy",
+    "Session",
+    "SessionLost",
+    "SessiondError",
+    "State",
+    "__version__",
+    "connect",
+]

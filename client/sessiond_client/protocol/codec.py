@@ -260,6 +260,8 @@ class FrameDecoder:
         so the code is the same whether the frame arrived whole or in pieces.
         """
         failed_at = (self._unpacker.tell() if self._unpacker is not None else 0) + 1
+        if failed_at - boundary > self._max:  # the frame was over the limit before the fault
+            return self.too_large(failed_at - boundary)
         offset = boundary - (self._fed - len(piece))
         if offset >= 0:
             head = bytes(piece[offset : offset + HEAD_SCAN])

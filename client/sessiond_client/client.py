@@ -1,0 +1,404 @@
+"""The asyncio client: a session that reconnects and resumes by itself.
+
+``session = await connect("tcp://127.0.0.1:7420")``, then ``send``, ``recv``,
+``async for``, ``close``. Transport failures are invisible: the client
+reconnects (:class:`~sessiond_client.backoff.ReconnectPolicy`), resumes, and
+both sides replay what the other missed. Sends made while offline wait in the
+window and go out after the replay. When the server cannot resume the session,
+``send``/``recv`` raise :class:`SessionLost` with the reason.
+
+The protocol decisions are the core's (:mod:`sessiond_client.protocol`); this
+module moves bytes, runs one timer per session and sleeps only between
+reconnect attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import ssl as ssl_module
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from .backoff import ReconnectPolicy
+from .protocol import (
+    CloseCode,
+    Connection,
+    ConnectionState,
+    GoawayReceived,
+    Params,
+    Role,
+    SessionEnded,
+    SessionLost,
+    SessionLostEvent,
+    SessionResumed,
+    SessionStarted,
+    TransportLost,
+)
+from .protocol import Session as CoreSession
+
+Credentials = Any  # a value, or a callable (sync or async) returning one
+
+
+class State(enum.Enum):
+    """What a :class:`Session` is doing, as a UI would show it."""
+
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    """``tcp://host:port`` or ``tls://host:port`` to (host, port, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
+        raise ValueError(f"expected tcp://HOST:PORT or tls://HOST:PORT, got {url!r}")
+    return parts.hostname, parts.port, parts.scheme == "tls"
+
+
+class _Protocol(asyncio.Protocol):
+    """One transport: hands bytes to the session; nothing else."""
+
+    def __init__(self, session: Session, conn: Connection) -> None:
+        self.session = session
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.session._flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.session._proto is self:
+            self.conn.receive_data(data, self.session._loop.time())
+            self.session._after_input()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session._proto is self:
+            self.conn.connection_lost(self.session._loop.time())
+            self.session._after_input()
+
+
+class Session:
+    """A client session; create it with :func:`connect`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        credentials: Credentials = None,
+        params: Params | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+        policy: ReconnectPolicy | None = None,
+        fresh_session: bool = False,
+    ) -> None:
+        self._host, self._port, tls = parse_url(url)
+        if tls and ssl is None:
+            ssl = ssl_module.create_default_context()  # verifies the server, by default
+        self._ssl = ssl if tls else None
+        self._server_hostname = server_hostname if tls else None
+        self._credentials = credentials
+        self._policy = policy or ReconnectPolicy()
+        self._fresh = fresh_session
+        self._loop = asyncio.get_running_loop()
+        self._core = CoreSession(Role.CLIENT, params or Params())
+        self._proto: _Protocol | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._local: deque[bytes] = deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._send_waiter: asyncio.Future[None] | None = None
+        self._state = State.CONNECTING
+        self._listeners: list[Callable[[State], None]] = []
+        self._lost: SessionLost | None = None
+        self._closing = False
+        self._reconnect: asyncio.Task[None] | None = None
+        self._handshake: asyncio.Future[CloseCode | None] | None = None
+        self._retry_after = 0.0
+        #: Events the application may want (session replaced, goaway), newest last.
+        self.notices: deque[object] = deque(maxlen=64)
+
+    # ------------------------------------------------------------- public
+
+    @property
+    def id(self) -> str | None:
+        """The session ID (hex), once the first handshake completed."""
+        return self._core.id.hex() if self._core.id else None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def on_state_change(self, callback: Callable[[State], None]) -> None:
+        """Call *callback(state)* on every change (connecting, active, reconnecting, closed)."""
+        self._listeners.append(callback)
+
+    async def send(self, payload: bytes, timeout: float | None = None) -> None:
+        """Queue one message; waits while the server's window is full."""
+        async with asyncio.timeout(timeout):
+            core = self._core
+            while not core.can_send(len(payload)):
+                self._raise_if_lost()
+                if self._state is State.CLOSED:
+                    raise SessionLost(CloseCode.NORMAL, "session closed")
+                self._send_waiter = self._new_waiter(self._send_waiter)
+                await self._send_waiter
+            core.send(payload, self._loop.time())
+        self._flush()
+
+    async def recv(self) -> bytes:
+        """The next message, in order; raises SessionLost once the session has ended."""
+        local = self._local
+        while not local:
+            batch = self._core.take_messages(self._loop.time())
+            if batch:
+                local.extend(batch)
+                self._flush()
+                break
+            self._raise_if_lost()
+            if self._state is State.CLOSED:
+                raise SessionLost(CloseCode.NORMAL, "session closed")
+            self._recv_waiter = self._new_waiter(self._recv_waiter)
+            await self._recv_waiter
+        return local.popleft()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                yield await self.recv()
+            except SessionLost:
+                return
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Wait (at most *timeout*) for sent messages to be acknowledged, then end the
+        session for good (CLOSE NORMAL) and close the transport."""
+        if self._state is State.CLOSED:
+            return
+        deadline = self._loop.time() + timeout
+        while self._core.unacked_count and self._lost is None and self._loop.time() < deadline:
+            self._send_waiter = self._new_waiter(self._send_waiter)
+            try:
+                await asyncio.wait_for(self._send_waiter, deadline - self._loop.time())
+            except TimeoutError:
+                break
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+        self._core.close(self._loop.time())
+        self._flush()
+        self._after_input()
+        self._shutdown()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------- connecting
+
+    async def _start(self) -> None:
+        await self._connect_loop(CloseCode.TRANSPORT_LOST, first=True)
+
+    async def _connect_loop(self, code: CloseCode, first: bool = False) -> None:
+        """Connect (or reconnect) until a handshake succeeds or the policy gives up."""
+        started = self._loop.time()
+        attempt = 0
+        while True:
+            if self._policy.gives_up(attempt, self._loop.time() - started):
+                self._set_lost(SessionLost(code, f"gave up after {attempt} attempts"))
+                return
+            if attempt or not first:
+                delay = self._policy.delay(attempt, code, self._retry_after)
+                if delay:
+                    await asyncio.sleep(delay)
+            attempt += 1
+            outcome = await self._attempt()
+            if outcome is None or self._lost is not None or self._closing:
+                return
+            code = outcome
+
+    async def _attempt(self) -> CloseCode | None:
+        """One connection attempt; None when the session is attached again."""
+        credentials = self._credentials
+        if callable(credentials):
+            credentials = credentials()
+            if inspect.isawaitable(credentials):
+                credentials = await credentials
+        conn = self._core.connect(self._loop.time(), credentials)
+        proto = _Protocol(self, conn)
+        self._proto = proto
+        self._handshake = self._loop.create_future()
+        self._arm()
+        try:
+            async with asyncio.timeout(self._core.params.handshake_timeout):
+                await self._loop.create_connection(
+                    lambda: proto,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname if self._ssl else None,
+                )
+        except (OSError, TimeoutError, ssl_module.SSLError):
+            if self._proto is proto:
+                conn.connection_lost(self._loop.time())
+                self._after_input()
+            return CloseCode.TRANSPORT_LOST
+        return await self._handshake
+
+    def _redirect(self, url: str) -> None:
+        try:
+            host, port, tls = parse_url(url)
+        except ValueError:
+            return
+        if tls == (self._ssl is not None):
+            self._host, self._port = host, port
+
+    # -------------------------------------------------------------- events
+
+    def _after_input(self) -> None:
+        """Write what the core queued, act on its events, wake waiters, re-arm the timer."""
+        self._flush()
+        while events := self._core.events():
+            for event in events:
+                self._on_event(event)
+        self._wake()
+        self._arm()
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, SessionStarted | SessionResumed):
+            if isinstance(event, SessionStarted) and event.replaces is not None:
+                self.notices.append(event)
+            self._retry_after = 0.0
+            self._set_state(State.ACTIVE)
+            self._finish_handshake(None)
+        elif isinstance(event, SessionLostEvent):
+            self._local.extend(event.unread)  # already received: still delivered
+            self.notices.append(event)
+            if not self._fresh:
+                self._set_lost(SessionLost(event.reason, "the server could not resume"))
+                self._core.close(self._loop.time())  # the new session is not wanted
+                self._flush()
+        elif isinstance(event, GoawayReceived):
+            self.notices.append(event)
+            self._retry_after = event.retry_after
+            if event.redirect:
+                self._redirect(event.redirect)
+        elif isinstance(event, TransportLost):
+            self._on_transport_lost(event.code, event.retry_after)
+        elif isinstance(event, SessionEnded):
+            if not self._closing and self._lost is None:
+                self._set_lost(SessionLost(event.code, event.reason))
+            self._finish_handshake(event.code)
+            self._shutdown()
+
+    def _on_transport_lost(self, code: CloseCode, retry_after: float) -> None:
+        proto = self._proto
+        self._proto = None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        self._retry_after = max(self._retry_after, retry_after)
+        if self._handshake is not None and not self._handshake.done():
+            self._finish_handshake(code)  # the attempt loop carries on
+            return
+        if self._closing or self._lost is not None:
+            return
+        self._set_state(State.RECONNECTING)
+        self._reconnect = self._loop.create_task(self._connect_loop(code))
+
+    def _finish_handshake(self, outcome: CloseCode | None) -> None:
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_result(outcome)
+
+    def _set_lost(self, lost: SessionLost) -> None:
+        if self._lost is None:
+            self._lost = lost
+        self._finish_handshake(lost.reason)
+        self._wake()
+
+    def _raise_if_lost(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def _set_state(self, state: State) -> None:
+        if state is not self._state:
+            self._state = state
+            for callback in list(self._listeners):
+                callback(state)
+
+    def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        proto = self._proto
+        self._proto = None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+        self._set_state(State.CLOSED)
+        self._wake()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _flush(self) -> None:
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return
+        data = proto.conn.data_to_send()
+        if data:
+            proto.transport.write(data)
+        if proto.conn.closed:
+            proto.transport.close()
+
+    def _wake(self) -> None:
+        for waiter in (self._recv_waiter, self._send_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _new_waiter(self, waiter: asyncio.Future[None] | None) -> asyncio.Future[None]:
+        if waiter is None or waiter.done():
+            return self._loop.create_future()
+        return waiter
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._core.next_deadline()
+        if deadline is not None and self._state is not State.CLOSED:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._core.handle_timer(self._loop.time())
+        self._after_input()
+
+    @property
+    def core(self) -> CoreSession:
+        """The protocol core (sequence numbers, unacknowledged messages)."""
+        return self._core
+
+    @property
+    def connected(self) -> bool:
+        proto = self._proto
+        return proto is not None and proto.conn.state is ConnectionState.OPEN
+
+
+async def connect(url: str, **options: Any) -> Session:
+    """Open a session to *url* (``tcp://`` or ``tls://``); see :class:`Session` for options.
+
+    Raises :class:`SessionLost` if no session could be established (refused, or
+    the reconnect policy gave up).
+    """
+    session = Session(url, **options)
+    await session._start()
+    if session._lost is not None:
+        session._shutdown()
+        raise session._lost
+    return session

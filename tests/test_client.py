@@ -1,0 +1,160 @@
+"""The asyncio client against the real daemon: transparent reconnect and resume through
+the fault proxy, offline sends, SessionLost with its reason, credentials per attempt,
+and the reconnect policy with an injected random source."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import sessiond_client
+from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, State
+from sessiond_client.client import parse_url
+from sessiond_client.protocol import SessionLostEvent
+
+from tests.faultproxy import FaultProxy
+from tests.test_faults import CLIENT_PARAMS, IDLE_TIMEOUT, MARGIN, daemon_and_proxy
+
+FAST = ReconnectPolicy(base=0.01, cap=0.1)
+
+
+def url_of(proxy: FaultProxy) -> str:
+    host, port = proxy.address
+    return f"tcp://{host}:{port}"
+
+
+async def drain_echoes(session: sessiond_client.Session, count: int, timeout: float) -> list[bytes]:
+    got: list[bytes] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < count:
+            got.append(await session.recv())
+    return got
+
+
+async def test_echo_survives_random_cuts_exactly_once_in_order() -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    async with daemon_and_proxy() as (_server, proxy):
+        url = url_of(proxy)
+        session = await sessiond_client.connect(url, params=CLIENT_PARAMS, policy=FAST)
+        states: list[State] = []
+        session.on_state_change(states.append)
+        sent = [f"n{i}".encode() for i in range(3000)]
+        received: list[bytes] = []
+
+        async def reader() -> None:
+            async for payload in session:
+                received.append(payload)
+                if len(received) == len(sent):
+                    return
+
+        task = asyncio.create_task(reader())
+        for i, payload in enumerate(sent):
+            await session.send(payload, timeout=10)
+            if rng.random() < 0.004:
+                proxy.cut()  # both directions, messages in flight both ways
+            if i % 200 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(task, 30)
+        assert received == sent, f"seed={seed}"
+        assert State.RECONNECTING in states and session.state is State.ACTIVE
+        await session.close()
+        assert states[-1] is State.CLOSED  # the listener saw every change
+
+
+async def test_sends_while_offline_go_out_after_the_replay() -> None:
+    async with daemon_and_proxy() as (_server, proxy):
+        session = await sessiond_client.connect(url_of(proxy), params=CLIENT_PARAMS, policy=FAST)
+        await session.send(b"before")
+        assert await drain_echoes(session, 1, 5) == [b"before"]
+        proxy.blackhole()  # half-open: only the idle timeout can tell
+        for i in range(20):
+            await session.send(f"offline {i}".encode())
+        got = await drain_echoes(session, 20, IDLE_TIMEOUT + MARGIN + 5)
+        assert got == [f"offline {i}".encode() for i in range(20)]
+        await session.close()
+
+
+async def test_credentials_callable_is_called_before_every_attempt() -> None:
+    calls: list[int] = []
+
+    async def token() -> str:
+        calls.append(1)
+        return f"token-{len(calls)}"
+
+    async with daemon_and_proxy() as (_server, proxy):
+        session = await sessiond_client.connect(
+            url_of(proxy), credentials=token, params=CLIENT_PARAMS, policy=FAST
+        )
+        assert len(calls) == 1
+        proxy.cut()
+        await session.send(b"x")
+        assert await drain_echoes(session, 1, 5) == [b"x"]
+        assert len(calls) >= 2
+        await session.close()
+
+
+async def test_server_restart_is_session_lost_with_the_reason() -> None:
+    async with daemon_and_proxy() as (server, proxy):
+        url = url_of(proxy)
+        session = await sessiond_client.connect(url, params=CLIENT_PARAMS, policy=FAST)
+        await session.send(b"echoed")
+        assert await drain_echoes(session, 1, 5) == [b"echoed"]
+        server.sessions.clear()  # as after a restart with in-memory sessions
+        proxy.cut()
+        with pytest.raises(SessionLost) as lost:
+            for _ in range(100):
+                await session.send(b"into the void", timeout=5)
+                await asyncio.sleep(0.02)
+        assert lost.value.reason is CloseCode.UNKNOWN_SESSION
+        assert any(isinstance(n, SessionLostEvent) for n in session.notices)
+        assert session.state is State.CLOSED
+
+
+async def test_fresh_session_option_continues_with_a_new_session() -> None:
+    async with daemon_and_proxy() as (server, proxy):
+        url = url_of(proxy)
+        session = await sessiond_client.connect(
+            url, params=CLIENT_PARAMS, policy=FAST, fresh_session=True
+        )
+        first = session.id
+        server.sessions.clear()
+        proxy.cut()
+        async with asyncio.timeout(5):
+            while session.id == first:
+                await asyncio.sleep(0.02)
+        await session.send(b"new life")
+        assert await drain_echoes(session, 1, 5) == [b"new life"]
+        assert any(isinstance(n, SessionLostEvent) for n in session.notices)
+        await session.close()
+
+
+async def test_refused_connect_raises_after_the_policy_gives_up() -> None:
+    async with daemon_and_proxy() as (server, _proxy):
+        host, port = server.addresses[0]
+    policy = ReconnectPolicy(base=0.01, cap=0.02, max_attempts=3)
+    with pytest.raises(SessionLost) as lost:
+        await sessiond_client.connect(f"tcp://{host}:{port}", policy=policy)
+    assert "3 attempts" in str(lost.value)
+
+
+def test_backoff_follows_the_policy_with_an_injected_random_source() -> None:
+    values = iter([1.0, 0.5, 1.0, 1.0, 0.25])
+    policy = ReconnectPolicy(base=0.1, cap=1.0, random=lambda: next(values))
+    assert policy.delay(0, CloseCode.IDLE_TIMEOUT) == 0.0  # immediate first attempt
+    assert policy.delay(1, CloseCode.IDLE_TIMEOUT) == pytest.approx(0.2)  # 1.0 * 0.1 * 2
+    assert policy.delay(2, CloseCode.TRANSPORT_LOST) == pytest.approx(0.2)  # 0.5 * 0.4
+    assert policy.delay(5, CloseCode.HANDSHAKE_TIMEOUT) == pytest.approx(1.0)  # capped
+    assert policy.delay(0, CloseCode.GOING_AWAY, retry_after=3.0) == 3.0  # retry-after wins
+    assert policy.delay(1, CloseCode.LIMIT_EXCEEDED, retry_after=2.0) == pytest.approx(2.05)
+    assert ReconnectPolicy(max_attempts=2).gives_up(2, 0.0)
+    assert ReconnectPolicy(max_elapsed=1.0).gives_up(0, 1.5)
+
+
+def test_urls_are_checked() -> None:
+    assert parse_url("tcp://127.0.0.1:7420") == ("127.0.0.1", 7420, False)
+    assert parse_url("tls://[::1]:7443") == ("::1", 7443, True)
+    for bad in ("http://x:1", "tcp://nohost", "127.0.0.1:7420"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
