@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
-RESULTS_MD = ROOT / "bench" / "RESULTS.md"
-
-
-def _read(path: Path) -> bytes | None:
-    return path.read_bytes() if path.exists() else None
+from tests.benchrun import run_quick
 
 
 def test_quick_core_bench_writes_its_results(tmp_path: Path) -> None:
-    results_md = _read(RESULTS_MD)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "core", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "| payload |" in done.stdout  # the markdown table is printed
-    assert _read(RESULTS_MD) == results_md  # a quick run leaves RESULTS.md alone
-
-    written = list(tmp_path.glob("*.json"))
-    assert len(written) == 1
-    document = json.loads(written[0].read_text(encoding="utf-8"))
-    assert document["commit"]
+    document = run_quick("core", tmp_path, timeout=300)
     core = document["scenarios"]["core"]
     assert core["quick"] is True
     assert core["machine"]["cores"] >= 1

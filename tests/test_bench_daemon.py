@@ -7,36 +7,13 @@ idle sessions with an RSS figure. Never checks a timing.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
-RESULTS_MD = ROOT / "bench" / "RESULTS.md"
-
-
-def _read(path: Path) -> bytes | None:
-    return path.read_bytes() if path.exists() else None
+from tests.benchrun import run_quick
 
 
 def test_quick_daemon_bench_writes_its_results(tmp_path: Path) -> None:
-    results_md = _read(RESULTS_MD)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "daemon", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "| payload |" in done.stdout  # the markdown tables are printed
-    assert _read(RESULTS_MD) == results_md  # a quick run leaves RESULTS.md alone
-
-    written = list(tmp_path.glob("*.json"))
-    assert len(written) == 1
-    document = json.loads(written[0].read_text(encoding="utf-8"))
+    document = run_quick("daemon", tmp_path, timeout=120)
     daemon = document["scenarios"]["daemon"]
     assert daemon["quick"] is True
     config = daemon["config"]["echo"]
