@@ -10,6 +10,7 @@ from __future__ import annotations
 from .backoff import ReconnectPolicy
 from .client import Session, State, connect
 from .protocol import CloseCode, Params, SessiondError, SessionLost
+from .sync import SyncSession, connect_sync
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,8 @@ __all__ = [
     "SessionLost",
     "SessiondError",
     "State",
+    "SyncSession",
     "__version__",
     "connect",
+    "connect_sync",
 ]
