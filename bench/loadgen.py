@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sessiond_client.protocol import (
     Connection,
@@ -228,6 +229,47 @@ class _Echo(asyncio.Protocol):
             self.transport.abort()
 
 
+class _Driver(Protocol):
+    """A load-generating protocol driving one client core session."""
+
+    loop: asyncio.AbstractEventLoop
+    session: Session
+    conn: Connection | None
+    transport: asyncio.Transport | None
+    timer: asyncio.TimerHandle | None
+    timer_at: float
+
+
+def arm_timer(driver: _Driver, on_timer: Callable[[], None], off: bool = False) -> None:
+    """Keep the driver's one timer at its core's next deadline (none if *off*)."""
+    deadline = None if off else driver.session.next_deadline()
+    timer = driver.timer
+    if deadline is None:
+        if timer is not None:
+            timer.cancel()
+            driver.timer = None
+        return
+    if timer is not None:
+        if driver.timer_at <= deadline:
+            return  # fires earlier: handle_timer is then a no-op and we re-arm
+        timer.cancel()
+    driver.timer_at = deadline
+    driver.timer = driver.loop.call_at(deadline, on_timer)
+
+
+def send_close(driver: _Driver) -> None:
+    """Stop the timer and send CLOSE NORMAL at once (the daemon forgets the session)."""
+    if driver.timer is not None:
+        driver.timer.cancel()
+        driver.timer = None
+    conn = driver.conn
+    if conn is not None and not conn.closed:
+        driver.session.close(driver.loop.time())
+        out = conn.data_to_send()
+        if out and driver.transport is not None:
+            driver.transport.write(out)
+
+
 class SessionEcho(_Echo):
     """A sessiond client session echoing *messages* payloads through the daemon."""
 
@@ -298,19 +340,7 @@ class SessionEcho(_Echo):
             self.fail(f"the core closed the connection: {conn.close_code!s} {conn.close_reason}")
 
     def _arm(self) -> None:
-        deadline = self.session.next_deadline()
-        timer = self.timer
-        if deadline is None:
-            if timer is not None:
-                timer.cancel()
-                self.timer = None
-            return
-        if timer is not None:
-            if self.timer_at <= deadline:
-                return  # fires earlier: handle_timer is then a no-op and we re-arm
-            timer.cancel()
-        self.timer_at = deadline
-        self.timer = self.loop.call_at(deadline, self._on_timer)
+        arm_timer(self, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -325,15 +355,7 @@ class SessionEcho(_Echo):
 
     def close(self) -> None:
         """End the session with CLOSE NORMAL (the daemon forgets it), then the transport."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        conn = self.conn
-        if conn is not None and not conn.closed:
-            self.session.close(self.loop.time())
-            out = conn.data_to_send()
-            if out and self.transport is not None:
-                self.transport.write(out)
+        send_close(self)
         super().close()
 
     def verify_end(self) -> None:
@@ -544,19 +566,7 @@ class IdleSession(asyncio.Protocol):
             self._fail(f"the core closed the connection: {conn.close_reason}")
 
     def _arm(self) -> None:
-        deadline = self.session.next_deadline()
-        timer = self.timer
-        if deadline is None or self.closing:
-            if timer is not None:
-                timer.cancel()
-                self.timer = None
-            return
-        if timer is not None:
-            if self.timer_at <= deadline:
-                return
-            timer.cancel()
-        self.timer_at = deadline
-        self.timer = self.loop.call_at(deadline, self._on_timer)
+        arm_timer(self, self._on_timer, off=self.closing)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -568,15 +578,7 @@ class IdleSession(asyncio.Protocol):
     def close(self) -> None:
         """CLOSE NORMAL (the daemon ends the session), then close the transport."""
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        conn = self.conn
-        if conn is not None and not conn.closed:
-            self.session.close(self.loop.time())
-            out = conn.data_to_send()
-            if out and self.transport is not None:
-                self.transport.write(out)
+        send_close(self)
         if self.transport is not None:
             self.transport.close()
 

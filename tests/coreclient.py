@@ -13,7 +13,7 @@ import contextlib
 import copy
 import ssl as ssl_module
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sessiond_client.protocol import Connection, ConnectionState, Event, Params, Role, Session
 
@@ -87,6 +87,14 @@ class CoreClient:
 
     async def pump_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
         """Read and process input until ``done()`` is true or the transport closes."""
+        await self._until(self.pump_once, done, timeout)
+
+    async def _until(
+        self,
+        advance: Callable[[float], Awaitable[None]],
+        done: Callable[[], bool],
+        timeout: float,
+    ) -> None:
         deadline = self.now() + timeout
         while not done():
             assert self.conn is not None
@@ -95,7 +103,7 @@ class CoreClient:
             remaining = deadline - self.now()
             if remaining <= 0:
                 raise TimeoutError("condition not reached")
-            await self.pump_once(remaining)
+            await advance(remaining)
 
     def send(self, payload: bytes) -> None:
         self.session.send(payload, self.now())
@@ -175,15 +183,7 @@ class CoreClient:
     async def run_until(self, done: Callable[[], bool], timeout: float = 5.0) -> None:
         """:meth:`step` until ``done()`` is true or the transport closes;
         TimeoutError after *timeout* seconds."""
-        deadline = self.now() + timeout
-        while not done():
-            assert self.conn is not None
-            if self.conn.closed:
-                return
-            remaining = deadline - self.now()
-            if remaining <= 0:
-                raise TimeoutError("condition not reached")
-            await self.step(remaining)
+        await self._until(self.step, done, timeout)
 
     def clone(self) -> CoreClient:
         """A second client with a copy of this one's detached session (ID, credential,
