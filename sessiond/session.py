@@ -9,28 +9,18 @@ iteration simply stops.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sessiond_client.protocol import CloseCode, InvalidState, PayloadTooLarge, SessionLost
+from sessiond_client.handoff import Handoff
+from sessiond_client.protocol import CloseCode, InvalidState, SessionLost
 from sessiond_client.protocol import Session as CoreSession
 
 
 class Session:
     """One session, as the application handler sees it."""
 
-    __slots__ = (
-        "_core",
-        "_flush",
-        "_local",
-        "_loop",
-        "_recv_waiter",
-        "_send_waiter",
-        "data",
-        "id",
-        "identity",
-    )
+    __slots__ = ("_core", "_flush", "_handoff", "_loop", "data", "id", "identity")
 
     def __init__(
         self, core: CoreSession, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]
@@ -38,9 +28,7 @@ class Session:
         self._core = core
         self._loop = loop
         self._flush = flush
-        self._local: deque[bytes] = deque()
-        self._recv_waiter: asyncio.Future[None] | None = None
-        self._send_waiter: asyncio.Future[None] | None = None
+        self._handoff = Handoff(core, loop, flush, self._failure)
         self.id = (core.id or b"").hex()
         self.identity: Any = core.identity
         #: Application data that lives as long as the session.
@@ -55,46 +43,24 @@ class Session:
     def ended(self) -> bool:
         return self._core.end_code is not None
 
+    def _failure(self) -> SessionLost | None:
+        code = self._core.end_code
+        return None if code is None else SessionLost(code)
+
     async def send(self, payload: bytes) -> None:
         """Send one message; waits while the peer's window is full (backpressure)."""
-        core = self._core
-        size = len(payload)
-        if size > core.max_payload:
-            raise PayloadTooLarge(f"{size} bytes > {core.max_payload}")
-        while not core.can_send(size):
-            if core.end_code is not None:
-                raise SessionLost(core.end_code)
-            waiter = self._send_waiter
-            if waiter is None or waiter.done():
-                waiter = self._send_waiter = self._loop.create_future()
-            await waiter
-        core.send(payload, self._loop.time())
-        self._flush()
+        await self._handoff.send(payload)
 
     async def recv(self) -> bytes:
         """Return the next message; raise SessionLost once the session has ended."""
-        local = self._local
-        if local:
-            return local.popleft()
-        while True:
-            batch = self._core.take_messages(self._loop.time())
-            if batch:
-                self._flush()
-                local.extend(batch)
-                return local.popleft()
-            if self._core.end_code is not None:
-                raise SessionLost(self._core.end_code)
-            waiter = self._recv_waiter
-            if waiter is None or waiter.done():
-                waiter = self._recv_waiter = self._loop.create_future()
-            await waiter
+        return await self._handoff.recv()
 
     def __aiter__(self) -> Session:
         return self
 
     async def __anext__(self) -> bytes:
         try:
-            return await self.recv()
+            return await self._handoff.recv()
         except SessionLost:
             raise StopAsyncIteration from None
 
@@ -108,21 +74,7 @@ class Session:
 
     def _wake(self) -> None:
         """Called by the server after input: wake a waiting recv() or send()."""
-        core = self._core
-        waiter = self._recv_waiter
-        if (
-            waiter is not None
-            and not waiter.done()
-            and (core.messages_waiting or core.end_code is not None)
-        ):
-            waiter.set_result(None)
-        waiter = self._send_waiter
-        if (
-            waiter is not None
-            and not waiter.done()
-            and (core.end_code is not None or core.can_send(1))
-        ):
-            waiter.set_result(None)
+        self._handoff.wake()
 
     def __repr__(self) -> str:
         return (

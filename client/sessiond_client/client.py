@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .backoff import ReconnectPolicy
+from .handoff import Handoff
 from .protocol import (
     CloseCode,
     Connection,
@@ -109,9 +110,7 @@ class Session:
         self._core = CoreSession(Role.CLIENT, params or Params())
         self._proto: _Protocol | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._local: deque[bytes] = deque()
-        self._recv_waiter: asyncio.Future[None] | None = None
-        self._send_waiter: asyncio.Future[None] | None = None
+        self._handoff = Handoff(self._core, self._loop, self._flush, self._failure)
         self._state = State.CONNECTING
         self._listeners: list[Callable[[State], None]] = []
         self._lost: SessionLost | None = None
@@ -140,31 +139,18 @@ class Session:
     async def send(self, payload: bytes, timeout: float | None = None) -> None:
         """Queue one message; waits while the server's window is full."""
         async with asyncio.timeout(timeout):
-            core = self._core
-            while not core.can_send(len(payload)):
-                self._raise_if_lost()
-                if self._state is State.CLOSED:
-                    raise SessionLost(CloseCode.NORMAL, "session closed")
-                self._send_waiter = self._new_waiter(self._send_waiter)
-                await self._send_waiter
-            core.send(payload, self._loop.time())
-        self._flush()
+            await self._handoff.send(payload)
 
     async def recv(self) -> bytes:
         """The next message, in order; raises SessionLost once the session has ended."""
-        local = self._local
-        while not local:
-            batch = self._core.take_messages(self._loop.time())
-            if batch:
-                local.extend(batch)
-                self._flush()
-                break
-            self._raise_if_lost()
-            if self._state is State.CLOSED:
-                raise SessionLost(CloseCode.NORMAL, "session closed")
-            self._recv_waiter = self._new_waiter(self._recv_waiter)
-            await self._recv_waiter
-        return local.popleft()
+        return await self._handoff.recv()
+
+    def _failure(self) -> SessionLost | None:
+        if self._lost is not None:
+            return self._lost
+        if self._state is State.CLOSED:
+            return SessionLost(CloseCode.NORMAL, "session closed")
+        return None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
@@ -181,13 +167,7 @@ class Session:
         session for good (CLOSE NORMAL) and close the transport."""
         if self._state is State.CLOSED:
             return
-        deadline = self._loop.time() + timeout
-        while self._core.unacked_count and self._lost is None and self._loop.time() < deadline:
-            self._send_waiter = self._new_waiter(self._send_waiter)
-            try:
-                await asyncio.wait_for(self._send_waiter, deadline - self._loop.time())
-            except TimeoutError:
-                break
+        await self._handoff.acknowledged(timeout)
         self._closing = True
         if self._reconnect is not None:
             self._reconnect.cancel()
@@ -280,7 +260,7 @@ class Session:
             self._set_state(State.ACTIVE)
             self._finish_handshake(None)
         elif isinstance(event, SessionLostEvent):
-            self._local.extend(event.unread)  # already received: still delivered
+            self._handoff.deliver(event.unread)  # already received: still delivered
             self.notices.append(event)
             if not self._fresh:
                 self._set_lost(SessionLost(event.reason, "the server could not resume"))
@@ -323,10 +303,6 @@ class Session:
         self._finish_handshake(lost.reason)
         self._wake()
 
-    def _raise_if_lost(self) -> None:
-        if self._lost is not None:
-            raise self._lost
-
     def _set_state(self, state: State) -> None:
         if state is not self._state:
             self._state = state
@@ -357,14 +333,7 @@ class Session:
             proto.transport.close()
 
     def _wake(self) -> None:
-        for waiter in (self._recv_waiter, self._send_waiter):
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-    def _new_waiter(self, waiter: asyncio.Future[None] | None) -> asyncio.Future[None]:
-        if waiter is None or waiter.done():
-            return self._loop.create_future()
-        return waiter
+        self._handoff.wake()
 
     def _arm(self) -> None:
         if self._timer is not None:

@@ -1,0 +1,105 @@
+"""Between a protocol core session and the coroutines that use it, for both adapters.
+
+:class:`Handoff` gives ``recv()`` the session's messages (from a local buffer,
+without a Future, when messages are already waiting) and makes ``send()`` wait
+for window. The adapter calls :meth:`Handoff.wake` after each input; *failure*
+says when waiting must end with an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from .protocol import PayloadTooLarge, SessionLost
+from .protocol import Session as CoreSession
+
+
+class Handoff:
+    """Messages and send credit of one core session, for awaiting coroutines."""
+
+    __slots__ = ("_core", "_failure", "_flush", "_local", "_loop", "_recv_waiter", "_send_waiter")
+
+    def __init__(
+        self,
+        core: CoreSession,
+        loop: asyncio.AbstractEventLoop,
+        flush: Callable[[], None],
+        failure: Callable[[], SessionLost | None],
+    ) -> None:
+        self._core = core
+        self._loop = loop
+        self._flush = flush
+        self._failure = failure
+        self._local: deque[bytes] = deque()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._send_waiter: asyncio.Future[None] | None = None
+
+    async def send(self, payload: bytes) -> None:
+        """Queue one message; waits while the peer's window is full (backpressure)."""
+        core = self._core
+        size = len(payload)
+        if size > core.max_payload:
+            raise PayloadTooLarge(f"{size} bytes > {core.max_payload}")
+        while not core.can_send(size):
+            self._raise_failure()
+            self._send_waiter = waiter = _fresh(self._send_waiter, self._loop)
+            await waiter
+        core.send(payload, self._loop.time())
+        self._flush()
+
+    async def recv(self) -> bytes:
+        """The next message, in order; the failure's exception once none will come."""
+        local = self._local
+        while not local:
+            batch = self._core.take_messages(self._loop.time())
+            if batch:
+                local.extend(batch)
+                self._flush()  # taking frees window: the ACK may be due
+                break
+            self._raise_failure()
+            self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
+            await waiter
+        return local.popleft()
+
+    async def acknowledged(self, timeout: float) -> None:
+        """Wait (at most *timeout*) until the peer acknowledged everything sent, or failure."""
+        deadline = self._loop.time() + timeout
+        while self._core.unacked_count and self._failure() is None:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return
+            self._send_waiter = waiter = _fresh(self._send_waiter, self._loop)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), remaining)
+            except TimeoutError:
+                return
+
+    def deliver(self, messages: Iterable[bytes]) -> None:
+        """Hand over messages received outside the core (a lost session's unread ones)."""
+        self._local.extend(messages)
+
+    def wake(self) -> None:
+        """After input: wake a recv() that has a message, a send() that has window."""
+        core = self._core
+        failed = self._failure() is not None
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done() and (failed or core.messages_waiting):
+            waiter.set_result(None)
+        waiter = self._send_waiter
+        if waiter is not None and not waiter.done() and (failed or core.can_send(1)):
+            waiter.set_result(None)
+
+    def _raise_failure(self) -> None:
+        failure = self._failure()
+        if failure is not None:
+            raise failure
+
+
+def _fresh(
+    waiter: asyncio.Future[None] | None, loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None]:
+    if waiter is None or waiter.done():
+        return loop.create_future()
+    return waiter
