@@ -20,6 +20,7 @@ import inspect
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from os import PathLike
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,9 +38,11 @@ from .protocol import (
     SessionLostEvent,
     SessionResumed,
     SessionStarted,
+    SessionState,
     TransportLost,
 )
 from .protocol import Session as CoreSession
+from .state_file import StateFile
 
 Credentials = Any  # a value, or a callable (sync or async) returning one
 
@@ -97,6 +100,7 @@ class Session:
         server_hostname: str | None = None,
         policy: ReconnectPolicy | None = None,
         fresh_session: bool = False,
+        state_file: str | PathLike[str] | None = None,
     ) -> None:
         self._host, self._port, tls = parse_url(url)
         if tls and ssl is None:
@@ -107,10 +111,18 @@ class Session:
         self._policy = policy or ReconnectPolicy()
         self._fresh = fresh_session
         self._loop = asyncio.get_running_loop()
-        self._core = CoreSession(Role.CLIENT, params or Params())
+        self._store = StateFile(state_file) if state_file is not None else None
+        saved = self._store.load() if self._store is not None else None
+        if saved is not None:
+            self._core = CoreSession.restore(saved, params or Params())
+        else:
+            self._core = CoreSession(Role.CLIENT, params or Params())
         self._proto: _Protocol | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._handoff = Handoff(self._core, self._loop, self._flush, self._failure)
+        # With a state file, what the core counts as consumed (and persists, and
+        # acknowledges) must be exactly what recv() returned: one at a time.
+        take_limit = 1 if self._store is not None else None
+        self._handoff = Handoff(self._core, self._loop, self._flush, self._failure, take_limit)
         self._state = State.CONNECTING
         self._listeners: list[Callable[[State], None]] = []
         self._lost: SessionLost | None = None
@@ -151,6 +163,11 @@ class Session:
         if self._state is State.CLOSED:
             return SessionLost(CloseCode.NORMAL, "session closed")
         return None
+
+    def received(self) -> list[bytes]:
+        """Every message already received, in order, without waiting (maybe none);
+        raises SessionLost once the session has ended and nothing is left."""
+        return self._handoff.take_ready()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
@@ -319,10 +336,25 @@ class Session:
             proto.transport.close()
         self._set_state(State.CLOSED)
         self._wake()
+        if self._store is not None:
+            self._persist()
+            self._store.close()
+            self._store = None
 
     # ------------------------------------------------------------ plumbing
 
+    def _persist(self) -> None:
+        """Bring the state file up to date: called before any byte is written."""
+        assert self._store is not None
+        snapshot = self._core.snapshot()
+        if snapshot is not None:
+            self._store.save(snapshot)
+        elif self._core.state is SessionState.ENDED:
+            self._store.clear()
+
     def _flush(self) -> None:
+        if self._store is not None:
+            self._persist()
         proto = self._proto
         if proto is None or proto.transport is None:
             return

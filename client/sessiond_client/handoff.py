@@ -19,7 +19,16 @@ from .protocol import Session as CoreSession
 class Handoff:
     """Messages and send credit of one core session, for awaiting coroutines."""
 
-    __slots__ = ("_core", "_failure", "_flush", "_local", "_loop", "_recv_waiter", "_send_waiter")
+    __slots__ = (
+        "_core",
+        "_failure",
+        "_flush",
+        "_local",
+        "_loop",
+        "_recv_waiter",
+        "_send_waiter",
+        "_take_limit",
+    )
 
     def __init__(
         self,
@@ -27,8 +36,12 @@ class Handoff:
         loop: asyncio.AbstractEventLoop,
         flush: Callable[[], None],
         failure: Callable[[], SessionLost | None],
+        take_limit: int | None = None,
     ) -> None:
+        """*take_limit* 1 makes ``recv()`` take one message at a time from the core, so
+        that what the core counts as consumed is exactly what was returned."""
         self._core = core
+        self._take_limit = take_limit
         self._loop = loop
         self._flush = flush
         self._failure = failure
@@ -53,7 +66,7 @@ class Handoff:
         """The next message, in order; the failure's exception once none will come."""
         local = self._local
         while not local:
-            batch = self._core.take_messages(self._loop.time())
+            batch = self._core.take_messages(self._loop.time(), self._take_limit)
             if batch:
                 local.extend(batch)
                 self._flush()  # taking frees window: the ACK may be due
@@ -62,6 +75,18 @@ class Handoff:
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
             await waiter
         return local.popleft()
+
+    def take_ready(self) -> list[bytes]:
+        """Every message already received, in order, without waiting (maybe none)."""
+        ready = list(self._local)
+        self._local.clear()
+        batch = self._core.take_messages(self._loop.time())
+        if batch:
+            ready.extend(batch)
+            self._flush()
+        elif not ready:
+            self._raise_failure()
+        return ready
 
     async def acknowledged(self, timeout: float) -> None:
         """Wait (at most *timeout*) until the peer acknowledged everything sent, or failure."""

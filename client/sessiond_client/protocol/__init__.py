@@ -33,6 +33,7 @@ from .events import SessionLost as SessionLostEvent
 from .frames import PROTOCOL_VERSION, parse_frame
 from .params import Params
 from .session import Connection, ConnectionState, Role, Session, SessionState
+from .snapshot import Snapshot
 
 __all__ = [
     "CODE_TABLE",
@@ -59,6 +60,7 @@ __all__ = [
     "SessionStarted",
     "SessionState",
     "SessiondError",
+    "Snapshot",
     "TransportLost",
     "WindowFull",
     "is_terminal",

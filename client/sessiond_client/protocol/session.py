@@ -60,6 +60,7 @@ from .frames import (
     parse_frame,
 )
 from .params import Params
+from .snapshot import Snapshot
 
 #: How many rotated-out credentials a server remembers to recognise their reuse.
 RETIRED_CREDENTIALS = 4
@@ -219,6 +220,44 @@ class Session:
     def unacked_messages(self) -> list[bytes]:
         """Payloads sent but not acknowledged, oldest first."""
         return list(self._replay)
+
+    def snapshot(self) -> Snapshot | None:
+        """Client: the state to persist to resume after a restart of this process;
+        None before the first session is established and once it has ended."""
+        if self.id is None or self._credential is None or self.state is _ENDED:
+            return None
+        return Snapshot(
+            session_id=self.id,
+            credential=self._credential,
+            next_seq=self._next_seq,
+            acked=self._acked,
+            consumed=self._consumed,
+            window_messages=self._send_window_messages,
+            window_bytes=self._send_window_bytes,
+            max_payload=self._max_payload,
+            unacked=tuple(self._replay),
+        )
+
+    @classmethod
+    def restore(cls, snapshot: Snapshot, params: Params | None = None) -> Session:
+        """Client: a detached session from :meth:`snapshot`; ``connect()`` resumes it.
+
+        Messages received but not consumed before the snapshot are not in it: the
+        resume asks the server to replay from ``consumed + 1``.
+        """
+        session = cls(Role.CLIENT, params)
+        session.id = snapshot.session_id
+        session._credential = snapshot.credential
+        session._next_seq = snapshot.next_seq
+        session._acked = snapshot.acked
+        session._replay.extend(snapshot.unacked)
+        session._unacked_bytes = sum(map(len, snapshot.unacked))
+        session._received = session._consumed = session._ack_sent = snapshot.consumed
+        session._send_window_messages = snapshot.window_messages
+        session._send_window_bytes = snapshot.window_bytes
+        session._max_payload = snapshot.max_payload
+        session.state = _DETACHED
+        return session
 
     def events(self) -> list[Event]:
         """Return and clear the events reported since the last call."""

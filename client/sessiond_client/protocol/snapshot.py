@@ -1,0 +1,34 @@
+"""What a client keeps to resume its session after its own process restarts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A client session's durable state (see ``Session.snapshot`` and ``Session.restore``).
+
+    ``unacked`` holds the payloads numbered ``acked+1 .. next_seq-1``. ``consumed`` is
+    the number of messages the application has taken: a restored session resumes from
+    there, so the server replays what was received but not yet taken.
+    """
+
+    session_id: bytes
+    credential: bytes
+    next_seq: int
+    acked: int
+    consumed: int
+    window_messages: int
+    window_bytes: int
+    max_payload: int
+    unacked: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.acked < self.next_seq or self.consumed < 0:
+            raise ValueError("inconsistent sequence numbers")
+        if len(self.unacked) != self.next_seq - 1 - self.acked:
+            raise ValueError(
+                f"{len(self.unacked)} unacknowledged payloads for seqs "
+                f"{self.acked + 1}..{self.next_seq - 1}"
+            )
