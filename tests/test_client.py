@@ -200,3 +200,27 @@ async def test_ten_thousand_each_way_through_faults(fault: str) -> None:
         (entry,) = server.sessions.values()  # one session throughout: never replaced
         assert entry.core.sequence_numbers[2] == count  # the daemon received each once
         await session.close()
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "s2c"])
+async def test_a_half_open_transport_is_detected_within_the_idle_timeout(fault: str) -> None:
+    async with daemon_and_proxy() as (_server, proxy):
+        session = await sessiond_client.connect(url_of(proxy), params=CLIENT_PARAMS, policy=FAST)
+        await session.send(b"before")
+        assert await drain_echoes(session, 1, 5) == [b"before"]
+        reconnecting = asyncio.Event()
+
+        def on_change(state: State) -> None:
+            if state is State.RECONNECTING:
+                reconnecting.set()
+
+        session.on_state_change(on_change)
+        if fault == "blackhole":
+            proxy.blackhole()  # nothing passes, no FIN, no RST: only silence tells
+        else:
+            proxy.cut_one_way(S2C)  # the client still sends, hears nothing
+        # Silence is noticed by the idle timeout (plus slack for a loaded machine).
+        await asyncio.wait_for(reconnecting.wait(), IDLE_TIMEOUT + MARGIN)
+        await session.send(b"after")
+        assert await drain_echoes(session, 1, 5) == [b"after"]
+        await session.close()

@@ -8,7 +8,7 @@ the sans-I/O protocol core is :mod:`sessiond_client.protocol`.
 from __future__ import annotations
 
 from .backoff import ReconnectPolicy
-from .client import Session, State, connect
+from .client import Session, State, connect, tls_context
 from .protocol import CloseCode, Params, SessiondError, SessionLost
 from .sync import SyncSession, connect_sync
 
@@ -26,4 +26,5 @@ __all__ = [
     "__version__",
     "connect",
     "connect_sync",
+    "tls_context",
 ]

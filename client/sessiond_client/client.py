@@ -88,7 +88,19 @@ class _Protocol(asyncio.Protocol):
 
 
 class Session:
-    """A client session; create it with :func:`connect`."""
+    """A client session; create it with :func:`connect`, which takes these options:
+
+    * ``credentials``: a value, or a callable (sync or async) called before every
+      connection attempt, so that expiring tokens are refreshed;
+    * ``ssl`` (an ``SSLContext``), or ``ca_file``, ``cert_file``, ``key_file`` for
+      :func:`tls_context`; a ``tls://`` URL verifies the server by default;
+      ``server_hostname`` overrides the name checked;
+    * ``policy``: a :class:`ReconnectPolicy`; ``params``: protocol parameters;
+    * ``fresh_session``: when the server cannot resume, continue with a new session
+      (told through :attr:`notices`) instead of raising :class:`SessionLost`;
+    * ``state_file``: a path; the session then survives a restart of this process
+      (:mod:`sessiond_client.state_file`).
+    """
 
     def __init__(
         self,
@@ -97,6 +109,9 @@ class Session:
         credentials: Credentials = None,
         params: Params | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        ca_file: str | PathLike[str] | None = None,
+        cert_file: str | PathLike[str] | None = None,
+        key_file: str | PathLike[str] | None = None,
         server_hostname: str | None = None,
         policy: ReconnectPolicy | None = None,
         fresh_session: bool = False,
@@ -104,7 +119,7 @@ class Session:
     ) -> None:
         self._host, self._port, tls = parse_url(url)
         if tls and ssl is None:
-            ssl = ssl_module.create_default_context()  # verifies the server, by default
+            ssl = tls_context(ca_file, cert_file, key_file)
         self._ssl = ssl if tls else None
         self._server_hostname = server_hostname if tls else None
         self._credentials = credentials
@@ -130,6 +145,7 @@ class Session:
         self._reconnect: asyncio.Task[None] | None = None
         self._handshake: asyncio.Future[CloseCode | None] | None = None
         self._retry_after = 0.0
+        self._last_error = ""
         #: Events the application may want (session replaced, goaway), newest last.
         self.notices: deque[object] = deque(maxlen=64)
 
@@ -210,7 +226,8 @@ class Session:
         attempt = 0
         while True:
             if self._policy.gives_up(attempt, self._loop.time() - started):
-                self._set_lost(SessionLost(code, f"gave up after {attempt} attempts"))
+                why = f": {self._last_error}" if self._last_error else ""
+                self._set_lost(SessionLost(code, f"gave up after {attempt} attempts{why}"))
                 return
             if attempt or not first:
                 delay = self._policy.delay(attempt, code, self._retry_after)
@@ -243,11 +260,18 @@ class Session:
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
                 )
-        except (OSError, TimeoutError, ssl_module.SSLError):
+        except (OSError, TimeoutError, ssl_module.SSLError) as exc:
+            self._last_error = str(exc) or type(exc).__name__
             if self._proto is proto:
                 conn.connection_lost(self._loop.time())
                 self._after_input()
+            if isinstance(exc, ssl_module.SSLCertVerificationError) and self._core.id is None:
+                # A server that cannot be verified before any session exists is a
+                # misconfiguration, not a network fault: waiting will not fix it.
+                self._set_lost(SessionLost(CloseCode.TRANSPORT_LOST, f"TLS: {exc.verify_message}"))
+                return None
             return CloseCode.TRANSPORT_LOST
+        self._last_error = ""
         return await self._handshake
 
     def _redirect(self, url: str) -> None:
@@ -389,6 +413,27 @@ class Session:
     def connected(self) -> bool:
         proto = self._proto
         return proto is not None and proto.conn.state is ConnectionState.OPEN
+
+
+def tls_context(
+    ca_file: str | PathLike[str] | None = None,
+    cert_file: str | PathLike[str] | None = None,
+    key_file: str | PathLike[str] | None = None,
+) -> ssl_module.SSLContext:
+    """A TLS 1.2+ client context that verifies the server and checks its hostname:
+    against *ca_file* alone when given (such as the CA ``sessiond gen-cert`` writes),
+    else the system store; with *cert_file* (and *key_file*) for mutual TLS."""
+    if ca_file is None:
+        context = ssl_module.create_default_context()
+    else:  # this CA only: trusting a development CA must not add the system store
+        context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=ca_file)
+    context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+    elif key_file is not None:
+        raise ValueError("key_file given without cert_file")
+    return context
 
 
 async def connect(url: str, **options: Any) -> Session:
