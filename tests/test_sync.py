@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -92,3 +94,21 @@ def test_refused_connect_leaves_no_thread() -> None:
     with pytest.raises(SessionLost):
         sessiond_client.connect_sync("tcp://127.0.0.1:1", policy=policy)
     assert not client_threads()
+
+
+@pytest.mark.parametrize("uvloop_present", [True, False])
+def test_the_facade_runs_with_and_without_uvloop(daemon: str, uvloop_present: bool) -> None:
+    script = f"""
+import sys
+if not {uvloop_present}:
+    sys.modules["uvloop"] = None  # as on a machine without it: import fails
+import sessiond_client
+with sessiond_client.connect_sync({daemon!r}) as session:
+    session.send(b"ping")
+    assert session.recv(timeout=5) == b"ping"
+    print(type(session._loop).__module__)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.strip().startswith("uvloop" if uvloop_present else "asyncio")

@@ -37,11 +37,20 @@ def _close_all() -> None:
         session.close(timeout=1.0)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed (the ``speed`` extra), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class SyncSession:
     """A :class:`~sessiond_client.client.Session` driven from plain threads."""
 
     def __init__(self, url: str, **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="sessiond-client", daemon=True
         )
