@@ -131,9 +131,12 @@ class Server:
             for sock in listener.sockets
         ]
 
-    async def drain(self, timeout: float, retry_after: float = 1.0) -> bool:
+    async def drain(
+        self, timeout: float, retry_after: float = 1.0, redirect: str | None = None
+    ) -> bool:
         """Stop accepting, send GOAWAY, wait (at most *timeout*) until every attached
-        session's messages are acknowledged, then close (protocol.md §11).
+        session's messages are acknowledged, then close (protocol.md §11). GOAWAY tells
+        clients to wait *retry_after* seconds and, with *redirect* (a URL), where to go.
 
         Returns True when everything was acknowledged in time.
         """
@@ -142,7 +145,7 @@ class Server:
         now = self.loop.time()
         for protocol in list(self.protocols):
             if protocol.conn is not None and not protocol.conn.closed:
-                protocol.conn.goaway(now, retry_after, None, "server draining")
+                protocol.conn.goaway(now, retry_after, redirect, "server draining")
                 protocol.flush()
         deadline = now + timeout
         drained = False

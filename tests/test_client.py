@@ -11,10 +11,10 @@ import pytest
 import sessiond_client
 from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, State
 from sessiond_client.client import parse_url
-from sessiond_client.protocol import SessionLostEvent
+from sessiond_client.protocol import GoawayReceived, SessionLostEvent
 
 from tests.faultproxy import C2S, S2C, FaultProxy
-from tests.test_faults import CLIENT_PARAMS, IDLE_TIMEOUT, MARGIN, daemon_and_proxy
+from tests.test_faults import CLIENT_PARAMS, IDLE_TIMEOUT, MARGIN, daemon_and_proxy, echo_daemon
 
 FAST = ReconnectPolicy(base=0.01, cap=0.1)
 
@@ -223,4 +223,37 @@ async def test_a_half_open_transport_is_detected_within_the_idle_timeout(fault: 
         await asyncio.wait_for(reconnecting.wait(), IDLE_TIMEOUT + MARGIN)
         await session.send(b"after")
         assert await drain_echoes(session, 1, 5) == [b"after"]
+        await session.close()
+
+
+async def test_goaway_redirect_and_retry_after_are_obeyed() -> None:
+    async with echo_daemon() as old, echo_daemon() as new:
+        host, port = new.addresses[0]
+        attempts: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        def credentials() -> None:
+            attempts.append(loop.time())  # called just before every connection attempt
+
+        session = await sessiond_client.connect(
+            "tcp://{}:{}".format(*old.addresses[0]),
+            credentials=credentials,
+            params=CLIENT_PARAMS,
+            policy=FAST,
+            fresh_session=True,  # the new daemon does not know the session
+        )
+        await session.send(b"on the old one")
+        assert await drain_echoes(session, 1, 5) == [b"on the old one"]
+        retry_after = 0.3
+        drained_at = loop.time()
+        first = session.id
+        assert await old.drain(5.0, retry_after, redirect=f"tcp://{host}:{port}")
+        async with asyncio.timeout(10):
+            while session.id == first:  # the new daemon gave it a fresh session
+                await asyncio.sleep(0.02)
+        await session.send(b"on the new one")
+        assert await drain_echoes(session, 1, 10) == [b"on the new one"]
+        assert len(new.sessions) == 1 and len(attempts) == 2
+        assert attempts[1] - drained_at >= retry_after  # it waited as told
+        assert any(isinstance(n, GoawayReceived) for n in session.notices)
         await session.close()
