@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ from sessiond_client.protocol import (
     ConnectionState,
     Params,
     SessionEnded,
+    SessionLost,
     SessionResumed,
     SessionStarted,
     TransportLost,
@@ -30,6 +32,7 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
+from .deadlines import Deadlines, Slot
 from .logs import lifecycle
 from .registry import MemoryRegistry, Registry
 from .session import Session
@@ -37,7 +40,7 @@ from .tls import peer_identity
 
 log = logging.getLogger("sessiond")
 
-Handler = Callable[[Session], Awaitable[None]]
+Handler = Callable[[Session], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +65,9 @@ class _Entry:
         "protocol",
         "server",
         "session",
+        "slot",
         "taken_over",
         "task",
-        "timer",
-        "timer_at",
     )
 
     def __init__(self, core: CoreSession, server: Server) -> None:
@@ -74,8 +76,7 @@ class _Entry:
         self.session = Session(core, server.loop, self.flush)
         self.protocol: ServerProtocol | None = None
         self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
+        self.slot = Slot(self)  # its place in the server's Deadlines
         self.peer = ""
         self.taken_over = False
 
@@ -101,8 +102,14 @@ class Server:
         self.per_host: dict[str, int] = {}
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], _Entry] = {}
+        # One bound method and one (empty) context for every handler's done callback,
+        # instead of a new pair per session.
+        self._on_handler_done = self._handler_done
+        self._callback_context = contextvars.Context()
         self._dirty: set[ServerProtocol] = set()
         self._flush_scheduled = False
+        self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
 
     # ------------------------------------------------------------- listening
 
@@ -172,11 +179,9 @@ class Server:
             if protocol.conn is not None:
                 protocol.conn.close(now, CloseCode.GOING_AWAY, "server shutting down", retry_after)
             protocol.abort()
-        for entry in list(self.sessions.values()):
-            if entry.timer is not None:
-                entry.timer.cancel()
+        self._deadlines.clear()
         self.sessions.clear()
-        tasks = list(self.tasks)
+        tasks = [*self.tasks, *self._handlers]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -277,9 +282,11 @@ class Server:
         for event in core.events():
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
-                entry.task = task = self.loop.create_task(self._run_handler(entry))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                # The handler's coroutine is the task itself, and one callback sees
+                # it end: no wrapper coroutine per session (idle memory, see bench/).
+                entry.task = task = self.loop.create_task(self.handler(entry.session))
+                self._handlers[task] = entry
+                task.add_done_callback(self._on_handler_done, context=self._callback_context)
             elif isinstance(event, SessionResumed):
                 what = "taken over" if entry.taken_over else "resumed"
                 entry.taken_over = False
@@ -299,24 +306,23 @@ class Server:
         sid = entry.core.id or b""
         if self.sessions.find(sid) is entry:
             self.sessions.expire(sid, code)
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+        self._deadlines.release(entry.slot)
         entry.protocol = None
 
-    async def _run_handler(self, entry: _Entry) -> None:
-        session = entry.session
-        try:
-            await self.handler(session)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("handler failed for session %s", session.id[:8])
-            if not session.ended:
-                session.close(CloseCode.SESSION_REVOKED, "handler failed")
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        session = self._handlers.pop(task).session
+        if task.cancelled():
             return
+        exc = task.exception()
+        if exc is None:
+            if not session.ended:
+                session.close(CloseCode.NORMAL, "handler returned")
+            return
+        if isinstance(exc, SessionLost) and session.ended:
+            return  # the session ended under a send() or recv(): the peer's doing, no fault
+        log.error("handler failed for session %s", session.id[:8], exc_info=exc)
         if not session.ended:
-            session.close(CloseCode.NORMAL, "handler returned")
+            session.close(CloseCode.SESSION_REVOKED, "handler failed")
 
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
         lifecycle(
@@ -332,20 +338,10 @@ class Server:
 
     def _arm(self, entry: _Entry) -> None:
         deadline = entry.core.next_deadline()
-        if deadline is None:
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
-            return
-        if entry.timer is not None and entry.timer_at <= deadline:
-            return  # fires earlier; handle_timer is a no-op then and we re-arm
-        if entry.timer is not None:
-            entry.timer.cancel()
-        entry.timer_at = deadline
-        entry.timer = self.loop.call_at(deadline, self._on_timer, entry)
+        if deadline is not None:
+            self._deadlines.schedule(entry.slot, deadline)
 
     def _on_timer(self, entry: _Entry) -> None:
-        entry.timer = None
         entry.core.handle_timer(self.loop.time())
         protocol = entry.protocol
         if protocol is not None:
@@ -378,6 +374,8 @@ class Server:
 
 class ServerProtocol(asyncio.Protocol):
     """One transport: feeds its Connection and writes what comes out."""
+
+    __slots__ = ("_timer", "conn", "entry", "host", "peer", "server", "transport")
 
     def __init__(self, server: Server) -> None:
         self.server = server

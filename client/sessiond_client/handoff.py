@@ -9,7 +9,6 @@ says when waiting must end with an exception.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from .protocol import PayloadTooLarge, SessionLost
@@ -45,7 +44,9 @@ class Handoff:
         self._loop = loop
         self._flush = flush
         self._failure = failure
-        self._local: deque[bytes] = deque()
+        # Taken from the core, not yet returned: newest first, so that pop() is O(1)
+        # (and an empty list costs 56 bytes where a deque costs 760).
+        self._local: list[bytes] = []
         self._recv_waiter: asyncio.Future[None] | None = None
         self._send_waiter: asyncio.Future[None] | None = None
 
@@ -62,24 +63,31 @@ class Handoff:
         core.send(payload, self._loop.time())
         self._flush()
 
-    async def recv(self) -> bytes:
-        """The next message, in order; the failure's exception once none will come."""
+    async def recv(self, stop: bool = False) -> bytes:
+        """The next message, in order; the failure's exception once none will come
+        (StopAsyncIteration instead with *stop*, for ``__anext__``)."""
         local = self._local
-        while not local:
+        if local:
+            return local.pop()
+        while True:
             batch = self._core.take_messages(self._loop.time(), self._take_limit)
             if batch:
-                local.extend(batch)
                 self._flush()  # taking frees window: the ACK may be due
-                break
+                if len(batch) == 1:
+                    return batch[0]
+                batch.reverse()
+                self._local = batch
+                return batch.pop()
+            if stop and self._failure() is not None:
+                raise StopAsyncIteration
             self._raise_failure()
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
             await waiter
-        return local.popleft()
 
     def take_ready(self) -> list[bytes]:
         """Every message already received, in order, without waiting (maybe none)."""
-        ready = list(self._local)
-        self._local.clear()
+        ready = self._local[::-1]
+        self._local = []
         batch = self._core.take_messages(self._loop.time())
         if batch:
             ready.extend(batch)
@@ -103,7 +111,7 @@ class Handoff:
 
     def deliver(self, messages: Iterable[bytes]) -> None:
         """Hand over messages received outside the core (a lost session's unread ones)."""
-        self._local.extend(messages)
+        self._local[:0] = reversed(list(messages))  # they come after those already taken
 
     def wake(self) -> None:
         """After input: wake a recv() that has a message, a send() that has window."""

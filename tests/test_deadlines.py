@@ -1,0 +1,62 @@
+"""``sessiond.deadlines``: many deadlines on one loop timer, each fired once, in order,
+never for a released slot, with few heap entries however often a deadline moves."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+from sessiond.deadlines import Deadlines, Slot
+
+
+class Item:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+async def test_deadlines_fire_in_order_and_released_slots_never_fire() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    deadlines: Deadlines[Item] = Deadlines(loop, lambda item: fired.append(item.name))
+    now = loop.time()
+    slots = {name: Slot(Item(name)) for name in "abcd"}
+    deadlines.schedule(slots["c"], now + 0.03)
+    deadlines.schedule(slots["a"], now + 0.01)
+    deadlines.schedule(slots["b"], now + 0.02)
+    deadlines.schedule(slots["d"], now + 0.02)
+    deadlines.release(slots["d"])
+    await asyncio.sleep(0.1)
+    assert fired == ["a", "b", "c"]
+    assert len(deadlines) == 0
+
+
+async def test_a_moving_deadline_keeps_at_most_two_entries() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    deadlines: Deadlines[Item] = Deadlines(loop, lambda item: fired.append(item.name))
+    slot = Slot(Item("x"))
+    now = loop.time()
+    deadlines.schedule(slot, now + 60)  # a heartbeat far away
+    for i in range(1000):  # an ACK deadline moving later and later, before it
+        deadlines.schedule(slot, now + 30 + i)
+    assert len(deadlines) == 2 and slot.pending == (now + 60, now + 30)
+    deadlines.schedule(slot, now + 0.01)  # earlier: one more entry
+    await asyncio.sleep(0.05)
+    assert fired == ["x"] and len(deadlines) == 2
+    deadlines.clear()
+    assert len(deadlines) == 0 and slot.pending == ()
+
+
+async def test_a_released_item_is_not_kept_alive() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines: Deadlines[Item] = Deadlines(loop, lambda item: None)
+    item = Item("gone")
+    slot = Slot(item)
+    deadlines.schedule(slot, loop.time() + 60)
+    ref = weakref.ref(item)
+    deadlines.release(slot)
+    del item
+    gc.collect()
+    assert ref() is None
+    deadlines.clear()
