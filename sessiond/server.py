@@ -61,6 +61,7 @@ class _Entry:
 
     __slots__ = (
         "core",
+        "dirty",
         "peer",
         "protocol",
         "server",
@@ -77,11 +78,13 @@ class _Entry:
         self.protocol: ServerProtocol | None = None
         self.task: asyncio.Task[None] | None = None
         self.slot = Slot(self)  # its place in the server's Deadlines
+        self.dirty = False  # output to write at the end of this loop tick
         self.peer = ""
         self.taken_over = False
 
     def flush(self) -> None:
-        self.server.schedule_flush(self)
+        if not self.dirty:  # called for every message sent: once per tick is enough
+            self.server.schedule_flush(self)
 
 
 class Server:
@@ -107,7 +110,7 @@ class Server:
         # instead of a new pair per session.
         self._on_handler_done = self._handler_done
         self._callback_context = contextvars.Context()
-        self._dirty: set[ServerProtocol] = set()
+        self._dirty: list[_Entry] = []
         self._flush_scheduled = False
         self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
 
@@ -352,12 +355,12 @@ class Server:
 
     def schedule_flush(self, entry: _Entry) -> None:
         """Write a session's pending output once, at the end of this loop tick."""
-        protocol = entry.protocol
-        if protocol is None:
+        if entry.protocol is None:
             if entry.core.end_code is not None:
                 self.process(entry)
             return
-        self._dirty.add(protocol)
+        entry.dirty = True
+        self._dirty.append(entry)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_dirty)
@@ -365,11 +368,13 @@ class Server:
     def _flush_dirty(self) -> None:
         self._flush_scheduled = False
         dirty = self._dirty
-        self._dirty = set()
-        for protocol in dirty:
-            protocol.flush()
-            if protocol.entry is not None:
-                self.process(protocol.entry)
+        self._dirty = []
+        for entry in dirty:
+            entry.dirty = False
+            protocol = entry.protocol
+            if protocol is not None:
+                protocol.flush()
+            self.process(entry)
 
 
 class ServerProtocol(asyncio.Protocol):

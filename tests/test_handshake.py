@@ -27,6 +27,8 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol.codec import FrameDecoder
 from sessiond_client.protocol.frames import Ack, Close, Frame, Hello, Ping, Welcome, parse_frame
 
+from tests.pair import Pair
+
 T0 = 1000.0
 
 
@@ -399,3 +401,21 @@ def test_detached_lifetime_is_the_clients_request_capped_by_server_max(
     assert state_of(hs.client) is SessionState.DETACHED
     assert server.next_deadline() == T0 + 1.0 + granted
     assert hs.client.next_deadline() == T0 + 1.0 + granted + 45.0
+
+
+def test_a_new_session_sending_before_the_clients_first_frame_sends_each_message_once() -> None:
+    # The server's application may send as soon as the session exists, before any
+    # frame from the client has confirmed the transport: confirming must not replay.
+    pair = Pair(client_params=Params(window_messages=64))
+    pair.connect()
+    pair.flush()
+    pair.deliver(to_client=0)  # HELLO reaches the server; WELCOME is not delivered yet
+    assert pair.server_conn is not None and pair.server_conn.session is not None
+    server = pair.server_conn.session
+    for i in range(10):
+        server.send(f"early {i}".encode(), pair.clock.now)
+    pair.pump()  # WELCOME, the ten DATA, then the client's ACK confirms the transport
+    server.send(b"late", pair.clock.now)
+    pair.pump()
+    assert pair.take_client() == [f"early {i}".encode() for i in range(10)] + [b"late"]
+    assert pair.client.state is SessionState.ATTACHED

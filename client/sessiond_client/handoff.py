@@ -9,9 +9,9 @@ says when waiting must end with an exception.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-from .protocol import PayloadTooLarge, SessionLost
+from .protocol import InvalidState, PayloadTooLarge, SessionLost, WindowFull
 from .protocol import Session as CoreSession
 
 
@@ -53,15 +53,38 @@ class Handoff:
     async def send(self, payload: bytes) -> None:
         """Queue one message; waits while the peer's window is full (backpressure)."""
         core = self._core
-        size = len(payload)
+        try:
+            core.send(payload, self._loop.time())
+        except WindowFull:
+            await self._window_for(len(payload))
+            core.send(payload, self._loop.time())
+        except InvalidState:
+            self._raise_failure()
+            raise
+        self._flush()
+
+    async def send_many(self, payloads: Sequence[bytes]) -> None:
+        """Queue messages in order, as many at a time as the window takes."""
+        core = self._core
+        sent = 0
+        while sent < len(payloads):
+            try:
+                sent += core.send_many(payloads[sent:] if sent else payloads, self._loop.time())
+            except InvalidState:
+                self._raise_failure()
+                raise
+            self._flush()
+            if sent < len(payloads):
+                await self._window_for(len(payloads[sent]))
+
+    async def _window_for(self, size: int) -> None:
+        core = self._core
         if size > core.max_payload:
             raise PayloadTooLarge(f"{size} bytes > {core.max_payload}")
         while not core.can_send(size):
             self._raise_failure()
             self._send_waiter = waiter = _fresh(self._send_waiter, self._loop)
             await waiter
-        core.send(payload, self._loop.time())
-        self._flush()
 
     async def recv(self, stop: bool = False) -> bytes:
         """The next message, in order; the failure's exception once none will come
@@ -81,20 +104,41 @@ class Handoff:
             if stop and self._failure() is not None:
                 raise StopAsyncIteration
             self._raise_failure()
-            self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
-            await waiter
+            await self._input()
+
+    async def recv_many(self) -> list[bytes]:
+        """Every message waiting, in order (at least one: waits for it); the failure's
+        exception once none will come."""
+        while True:
+            ready = self._take_all()
+            if ready:
+                return ready
+            self._raise_failure()
+            await self._input()
 
     def take_ready(self) -> list[bytes]:
         """Every message already received, in order, without waiting (maybe none)."""
-        ready = self._local[::-1]
-        self._local = []
-        batch = self._core.take_messages(self._loop.time())
-        if batch:
-            ready.extend(batch)
-            self._flush()
-        elif not ready:
+        ready = self._take_all()
+        if not ready:
             self._raise_failure()
         return ready
+
+    def _take_all(self) -> list[bytes]:
+        ready = self._local
+        if ready:
+            ready.reverse()
+            self._local = []
+        batch = self._core.take_messages(self._loop.time())
+        if batch:
+            self._flush()
+            if not ready:
+                return batch
+            ready.extend(batch)
+        return ready
+
+    async def _input(self) -> None:
+        self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
+        await waiter
 
     async def acknowledged(self, timeout: float) -> None:
         """Wait (at most *timeout*) until the peer acknowledged everything sent, or failure."""

@@ -879,7 +879,8 @@ class Connection:
                 if not (first.__class__ is tuple and first and first[0] == codec.CLOSE):
                     self._confirmed = True
                     session._confirm_credential()
-                    session._replay_to(self)
+                    if not self._streaming:  # a new session streams from WELCOME on
+                        session._replay_to(self)
             for frame in frames:
                 if self.state is not _OPEN:
                     return  # frames after CLOSE are never processed
