@@ -259,6 +259,7 @@ class Server:
             return
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
+        conn.hello = None  # answered: neither its credentials nor its memory are kept
         if existing is not None and core is existing.core and previous is not None:
             existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:

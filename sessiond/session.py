@@ -20,7 +20,7 @@ from sessiond_client.protocol import Session as CoreSession
 class Session:
     """One session, as the application handler sees it."""
 
-    __slots__ = ("_core", "_flush", "_handoff", "_loop", "data", "identity")
+    __slots__ = ("_core", "_data", "_flush", "_handoff", "_loop", "identity")
 
     def __init__(
         self, core: CoreSession, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]
@@ -30,8 +30,14 @@ class Session:
         self._flush = flush
         self._handoff = Handoff(core, loop, flush, self._failure)
         self.identity: Any = core.identity
-        #: Application data that lives as long as the session.
-        self.data: dict[str, Any] = {}
+        self._data: dict[str, Any] | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Application data that lives as long as the session (made on first use)."""
+        if self._data is None:
+            self._data = {}
+        return self._data
 
     @property
     def id(self) -> str:

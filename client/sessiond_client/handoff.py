@@ -104,7 +104,8 @@ class Handoff:
             if stop and self._failure() is not None:
                 raise StopAsyncIteration
             self._raise_failure()
-            await self._input()
+            self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
+            await waiter  # not in a helper coroutine: a parked frame less per session
 
     async def recv_many(self) -> list[bytes]:
         """Every message waiting, in order (at least one: waits for it); the failure's
@@ -114,7 +115,8 @@ class Handoff:
             if ready:
                 return ready
             self._raise_failure()
-            await self._input()
+            self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
+            await waiter  # not in a helper coroutine: a parked frame less per session
 
     def take_ready(self) -> list[bytes]:
         """Every message already received, in order, without waiting (maybe none)."""
@@ -135,10 +137,6 @@ class Handoff:
                 return batch
             ready.extend(batch)
         return ready
-
-    async def _input(self) -> None:
-        self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
-        await waiter
 
     async def acknowledged(self, timeout: float) -> None:
         """Wait (at most *timeout*) until the peer acknowledged everything sent, or failure."""
