@@ -45,7 +45,8 @@ async def test_a_moving_deadline_keeps_at_most_two_entries() -> None:
     await asyncio.sleep(0.05)
     assert fired == ["x"] and len(deadlines) == 2
     deadlines.clear()
-    assert len(deadlines) == 0 and slot.pending == ()
+    assert len(deadlines) == 0
+    assert not slot.pending
 
 
 async def test_a_released_item_is_not_kept_alive() -> None:
