@@ -381,7 +381,7 @@ class Server:
 class ServerProtocol(asyncio.Protocol):
     """One transport: feeds its Connection and writes what comes out."""
 
-    __slots__ = ("_timer", "conn", "entry", "host", "peer", "server", "transport")
+    __slots__ = ("_closing", "_timer", "conn", "entry", "host", "peer", "server", "transport")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -391,6 +391,7 @@ class ServerProtocol(asyncio.Protocol):
         self.peer = ""
         self.host = ""
         self._timer: asyncio.TimerHandle | None = None
+        self._closing = False  # the core closed it: FIN sent, waiting for the peer's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -450,14 +451,21 @@ class ServerProtocol(asyncio.Protocol):
         data = conn.data_to_send()
         if data:
             transport.write(data)
-        if conn.closed and not transport.is_closing():
+        if conn.closed and not self._closing and not transport.is_closing():
+            self._closing = True
             if conn.close_code is CloseCode.IDLE_TIMEOUT or conn.peer_closed:
                 transport.abort()  # nobody is reading: do not wait to flush
                 return
-            transport.close()  # flushes the CLOSE frame first...
-            if transport.get_write_buffer_size():  # ...but a peer that stopped reading
-                # must not keep the socket (and its per-peer count) for ever.
-                self.server.loop.call_later(self.server.config.close_grace, transport.abort)
+            # A lingering close: FIN after the CLOSE frame, and keep reading (and
+            # discarding) until the peer closes. Closing at once would turn input still
+            # unread here into a reset, and a reset can destroy the CLOSE frame before
+            # the peer reads it. A peer that neither reads nor closes must not keep the
+            # socket (and its per-peer count) for ever: abort after close_grace.
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+            self.server.loop.call_later(self.server.config.close_grace, transport.abort)
 
     def _on_handshake_timer(self) -> None:
         self._timer = None

@@ -140,6 +140,8 @@ async def test_sessiond_serve_subprocess_echoes_and_drains_on_signal(
             f"127.0.0.1:{port}",
             "--log-format",
             log_format,
+            "--app",
+            "echo",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -171,3 +173,19 @@ async def test_sessiond_serve_subprocess_echoes_and_drains_on_signal(
     if log_format == "json":
         events = [json.loads(line).get("event") for line in log.splitlines()]
         assert "created" in events and "closed" in events
+
+
+async def test_the_close_frame_survives_input_the_daemon_never_read(
+    echo_server: sessiond.Server,
+) -> None:
+    # Garbage, then much more behind it that the daemon will not read: closing the
+    # socket outright would reset the connection and could destroy the CLOSE frame
+    # before the client reads it. The daemon half-closes and drains instead.
+    host, port = address(echo_server)
+    for _ in range(10):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"\xc1" + bytes(4 << 20))
+        reply = await asyncio.wait_for(reader.read(), 5.0)  # to EOF: the daemon's FIN
+        close = parse_frame(FrameDecoder(1 << 20).feed(reply)[-1])
+        assert isinstance(close, Close) and close.code == CloseCode.PROTOCOL_ERROR
+        writer.close()
