@@ -5,6 +5,7 @@ and the reconnect policy with an injected random source."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import pytest
@@ -257,3 +258,24 @@ async def test_goaway_redirect_and_retry_after_are_obeyed() -> None:
         assert attempts[1] - drained_at >= retry_after  # it waited as told
         assert any(isinstance(n, GoawayReceived) for n in session.notices)
         await session.close()
+
+
+async def test_a_session_expiring_during_the_backoff_is_lost_cleanly() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    params = dataclasses.replace(CLIENT_PARAMS, detached_lifetime=0.2)
+    slow = ReconnectPolicy(base=2.0, cap=2.0, random=lambda: 1.0)  # 2 s between attempts
+    async with daemon_and_proxy() as (server, proxy):
+        session = await sessiond_client.connect(url_of(proxy), params=params, policy=slow)
+        await session.send(b"x")
+        assert await drain_echoes(session, 1, 5) == [b"x"]
+        await server.close()  # nothing to reconnect to: the first retry fails at once
+        with pytest.raises(SessionLost) as lost:
+            await asyncio.wait_for(session.recv(), 5)
+        assert lost.value.reason is CloseCode.SESSION_EXPIRED
+        await asyncio.sleep(2.2)  # past the backoff: no attempt on the ended session
+        assert session.state is State.CLOSED
+        reconnect = session._reconnect
+        assert reconnect is not None and reconnect.done() and reconnect.exception() is None
+    assert errors == []

@@ -3,9 +3,9 @@ corpus input replayed, hypothesis mutating corpus inputs, and a short coverage-g
 run from a fixed seed (``SESSIOND_FUZZ_SEED`` picks another; ``python -m tests.fuzz
 --seconds 600`` runs the real thing).
 
-Inputs named ``known-*`` reproduce a bug found by the fuzzer and reported, not fixed yet
-(the core is another engineer's): they are expected to fail until it is, and then the
-strict xfail turns red so the marker is removed.
+Inputs named ``known-*`` reproduce a bug found by the fuzzer and not fixed yet: they
+are expected to fail until it is, and then the strict xfail turns red so the input is
+renamed (``cov-*``) and kept as a regression test.
 """
 
 from __future__ import annotations
@@ -21,13 +21,7 @@ from tests.fuzz import KNOWN, check, failure_of, fuzz, load_corpus, mutate
 
 CORPUS = load_corpus()
 #: Why each known-* input fails (protocol.md §1.5: the outcome must not depend on reads).
-KNOWN_BUGS = {
-    "known-window-check-after-a-bad-frame": (
-        "the window check (§6.2) of DATA frames that arrived in one read runs at the end"
-        " of the read, so a bad frame later in the same read closes with its own code"
-        " (PROTOCOL_ERROR, SEQUENCE_ERROR) where byte-by-byte reads give FLOW_CONTROL_ERROR"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}  # none open: cov-window-check-after-a-bad-frame was one
 
 
 def test_the_corpus_holds_seeds_and_findings() -> None:

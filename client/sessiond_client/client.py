@@ -233,6 +233,8 @@ class Session:
                 delay = self._policy.delay(attempt, code, self._retry_after)
                 if delay:
                     await asyncio.sleep(delay)
+                    if self._lost is not None or self._closing:
+                        return  # the session expired (§8.3) or was closed meanwhile
             attempt += 1
             outcome = await self._attempt()
             if outcome is None or self._lost is not None or self._closing:

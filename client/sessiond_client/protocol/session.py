@@ -830,6 +830,11 @@ class Connection:
             for frame in unpacker:
                 end = tell()
                 if end - boundary > limit:
+                    if fast and session is not None:  # as if DATA before it came alone
+                        session._received = received
+                        session._inbox_bytes += added
+                        added = 0
+                        session._check_window()
                     raise decoder.too_large(end - boundary)
                 boundary = end
                 if fast:
@@ -851,6 +856,9 @@ class Connection:
                     session._received = received  # type: ignore[union-attr]
                     session._inbox_bytes += added  # type: ignore[union-attr]
                     added = 0
+                    # The window is checked as if each frame came in its own read: the
+                    # outcome must not depend on how reads split the bytes (§1.5).
+                    session._check_window()  # type: ignore[union-attr]
                 self._dispatch([frame], now)
                 if self.state is _CLOSED:
                     return  # frames after CLOSE are never processed
@@ -860,6 +868,11 @@ class Connection:
                     received = session._received  # type: ignore[union-attr]
                     push = session._inbox.append  # type: ignore[union-attr]
         except (ValueError, UnpackException) as exc:
+            if fast and session is not None:  # as if DATA before it came alone
+                session._received = received
+                session._inbox_bytes += added
+                added = 0
+                session._check_window()
             raise decoder.undecodable(piece, boundary, exc) from None
         finally:
             if fast and session is not None:
