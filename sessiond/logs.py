@@ -48,11 +48,14 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
 
 
-def lifecycle(logger: logging.Logger, event: str, session: str, **fields: Any) -> None:
+def lifecycle(
+    logger: logging.Logger, event: str, session: str, level: int = logging.INFO, **fields: Any
+) -> None:
     """Log one lifecycle event of a session (*session* is the short ID prefix)."""
     shown = {k: getattr(v, "name", v) for k, v in fields.items() if v is not None}
     text = " ".join(f"{k}={v}" for k, v in shown.items())
-    logger.info(
+    logger.log(
+        level,
         "session %s %s %s",
         session,
         event,

@@ -266,6 +266,17 @@ class Server:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
             previous.flush()
         if existing is not None:
+            if existing.core.end_code is CloseCode.CREDENTIAL_REUSED:
+                # A retired credential came back: someone copied it (protocol.md §10).
+                lifecycle(
+                    log,
+                    "credential-reused",
+                    hello.resume.session_id.hex()[:8] if hello.resume else "",
+                    logging.WARNING,
+                    peer=protocol.peer,
+                    identity=identity,
+                    owner=existing.peer,
+                )
             self.process(existing)
         if core is None:
             return

@@ -335,6 +335,13 @@ async def test_a_rotated_credential_is_theft_ending_the_session_and_logged(
     ]
     assert ended, [r.getMessage() for r in caplog.records]
     assert "CREDENTIAL_REUSED" in ended[0].getMessage()
+    warned = [
+        record
+        for record in caplog.records
+        if getattr(record, "fields", {}).get("event") == "credential-reused"
+    ]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert warned[0].__dict__["fields"]["session"] == sid.hex()[:8]
 
 
 async def test_another_identitys_credential_is_refused(token_server: sessiond.Server) -> None:
