@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
+from sessiond_client.protocol import CloseCode, PayloadTooLarge, SessionLost
+
+from .channels import ChannelsApp
+from .config import Settings
 from .server import Handler
 from .session import Session
 
 
 async def echo(session: Session) -> None:
-    """Send every message back, in order, for the life of the session."""
-    async for payload in session:
-        await session.send(payload)
+    """Send every message back, in order, for the life of the session.
+
+    A client that sends a message larger than the frames it accepts (its HELLO
+    ``max_frame``) cannot have it back: the session ends with SESSION_REVOKED.
+    """
+    while True:
+        try:
+            batch = await session.recv_many()  # all that arrived: one await, not one each
+        except SessionLost:
+            return
+        try:
+            await session.send_many(batch)
+        except PayloadTooLarge:
+            session.close(CloseCode.SESSION_REVOKED, "message larger than your max_frame")
+            return
 
 
-BUILTIN: dict[str, Handler] = {"echo": echo}
+#: Built-in apps by name, each made from the daemon's settings (an app with state,
+#: such as channels, gets a fresh instance per server).
+BUILTIN: dict[str, Callable[[Settings], Handler]] = {
+    "channels": lambda settings: ChannelsApp(settings.channels),
+    "echo": lambda settings: echo,
+}
 
 
-def load_app(spec: str) -> Handler:
-    """Resolve ``NAME`` (a built-in app) or ``module:callable``."""
+def load_app(spec: str, settings: Settings | None = None) -> Handler:
+    """Resolve ``NAME`` (a built-in app, configured from *settings*) or ``module:callable``."""
     if spec in BUILTIN:
-        return BUILTIN[spec]
+        return BUILTIN[spec](settings or Settings())
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         known = ", ".join(sorted(BUILTIN))

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         metavar="FILE.toml",
-        help="settings file ([server], [tls], [auth], [protocol]); also $SESSIOND_CONFIG",
+        help="settings file ([server], [tls], [auth], [protocol], [channels]); "
+        "also $SESSIOND_CONFIG",
     )
     serve.add_argument(
         "--listen",
@@ -104,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[tcp://|tls://]HOST:PORT",
         help=f"address to listen on, repeatable; IPv6 in brackets (default {DEFAULT_LISTEN})",
     )
-    serve.add_argument("--app", help="echo or module:callable (default echo)")
+    serve.add_argument(
+        "--app", help="channels, echo or module:callable (default channels, protocol.md §15)"
+    )
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     serve.add_argument("--log-format", help="text or json (default text)")
     serve.add_argument(
@@ -200,7 +203,7 @@ def server_config(settings: Settings) -> ServerConfig:
 
 async def run_server(settings: Settings, listens: list[ListenAddress], tls: TLSSetup | None) -> int:
     app = settings.server.app
-    server = Server(load_app(app), server_config(settings))
+    server = Server(load_app(app, settings), server_config(settings))
     for address in listens:
         context = tls.context if address.scheme == "tls" and tls is not None else None
         try:
@@ -265,7 +268,7 @@ def serve_main(args: argparse.Namespace) -> int:
         settings = load_settings(args, os.environ)
         configure_logging(settings.server.log_format, settings.server.log_level)
         listens = [parse_listen(value) for value in settings.server.listen]
-        load_app(settings.server.app)
+        load_app(settings.server.app, settings)
         tls = tls_setup(settings.tls, listens)
         server_config(settings)
     except (ValueError, argparse.ArgumentTypeError) as exc:

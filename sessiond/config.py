@@ -21,6 +21,8 @@ from typing import Any
 
 from sessiond_client.protocol import Params
 
+from .channels.config import ChannelsConfig
+
 ENV_PREFIX = "SESSIOND_"
 
 
@@ -33,7 +35,7 @@ class ServerSection:
     """``[server]``: listeners, application, limits and logging."""
 
     listen: tuple[str, ...] = ("tcp://127.0.0.1:7420",)
-    app: str = "echo"
+    app: str = "channels"
     max_sessions: int = 100_000
     max_transports_per_peer: int = 256
     drain_timeout: float = 10.0
@@ -67,6 +69,7 @@ class Settings:
     tls: TlsSection = field(default_factory=TlsSection)
     auth: AuthSection = field(default_factory=AuthSection)
     protocol: Params = field(default_factory=Params)
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -74,6 +77,7 @@ SECTIONS: dict[str, type[Any]] = {
     "tls": TlsSection,
     "auth": AuthSection,
     "protocol": Params,
+    "channels": ChannelsConfig,
 }
 _CHOICES = {
     ("server", "log_format"): ("text", "json"),
@@ -190,6 +194,6 @@ def load(
     for section, cls in SECTIONS.items():
         try:
             built[section] = cls(**layered[section])
-        except ValueError as exc:  # Params validates its own ranges
+        except ValueError as exc:  # Params and ChannelsConfig validate their own values
             raise ConfigError(f"[{section}]: {exc}") from None
     return Settings(**built)

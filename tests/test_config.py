@@ -17,7 +17,7 @@ from sessiond.config import ConfigError
 def test_defaults_are_the_embedded_ones() -> None:
     settings = config.load()
     assert settings.server.listen == ("tcp://127.0.0.1:7420",)
-    assert settings.server.app == "echo"
+    assert settings.server.app == "channels"
     assert settings.auth.mode == "open"
     assert settings.protocol.heartbeat_interval == 15.0
 

@@ -514,7 +514,7 @@ async def test_serve_tls_subprocess_reloads_on_sighup(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "sessiond", "serve"),
+            *(sys.executable, "-m", "sessiond", "serve", "--app", "echo"),
             *("--listen", f"tls://127.0.0.1:{port}"),
             *("--tls-cert", str(live.server_cert), "--tls-key", str(live.server_key)),
         ],

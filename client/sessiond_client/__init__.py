@@ -28,3 +28,7 @@ __all__ = [
     "connect_sync",
     "tls_context",
 ]
+
+from .channels import ChannelError, Channels, SyncChannels
+
+__all__ += ["ChannelError", "Channels", "SyncChannels"]

@@ -1,0 +1,270 @@
+"""The channels state of one app instance: subscriptions, presence, retained messages.
+
+:class:`Broker` acts on decoded requests (:class:`~sessiond_client.envelopes.Request`)
+for a :class:`Member` (one session) and puts everything that results into
+outboxes, synchronously: replies into the requester's, deliveries and presence
+events into the subscribers'. Nothing here awaits, so a publish costs the
+publisher the same whether its subscribers are fast, slow or detached; the
+outboxes' policies (:mod:`.outbox`) deal with the slow ones.
+
+Errors are raised as :class:`~sessiond_client.envelopes.ChannelError` before
+any state changes; the app turns them into error replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sessiond_client import envelopes
+from sessiond_client.envelopes import ChannelError, ErrorCode, Request
+from sessiond_client.protocol import CloseCode
+from sessiond_client.topics import InvalidChannel, check_name, check_pattern, is_pattern, matches
+
+from ..session import Session
+from .acl import Acl, Grants
+from .config import ChannelsConfig
+from .outbox import Outbox
+from .subscriptions import Subscriptions
+
+log = logging.getLogger("sessiond.channels")
+
+MAX_IDENTITY = 1024  # characters of an identity shown to other sessions
+_INFO_CACHE = 65_536  # channel names whose features are remembered
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """The configured features of one channel name."""
+
+    presence: bool
+    retained: bool
+    drop_oldest: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retained:
+    """A channel's last message, encoded once as a retained delivery."""
+
+    envelope: bytes
+    size: int  # payload bytes, counted against retained_bytes
+
+
+class Member:
+    """One channels session: its outbox, subscriptions and permissions."""
+
+    __slots__ = ("grants", "identity", "outbox", "patterns", "session", "tag")
+
+    def __init__(self, session: Session, outbox: Outbox, identity: str | None, grants: Grants):
+        self.session = session
+        self.outbox = outbox
+        self.identity = identity
+        self.grants = grants
+        self.tag = secrets.token_hex(8)  # shown to others instead of the session ID
+        self.patterns: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Member {self.tag} identity={self.identity!r} patterns={len(self.patterns)}>"
+
+
+def identity_text(identity: Any) -> str | None:
+    """An authenticator's identity as other sessions see it: a str, or None (anonymous)."""
+    if identity is None:
+        return None
+    text = identity if isinstance(identity, str) else str(identity)
+    return text[:MAX_IDENTITY]
+
+
+class Broker:
+    """Subscriptions, presence and retained messages shared by every channels session."""
+
+    def __init__(self, config: ChannelsConfig) -> None:
+        self.config = config
+        self.acl = Acl(config.rules())
+        self.subscriptions: Subscriptions[Member] = Subscriptions()
+        self.members: dict[str, dict[Member, None]] = {}  # presence channel -> members, in order
+        self.retained: dict[str, Retained] = {}
+        self.retained_size = 0
+        self._info: dict[str, ChannelInfo] = {}
+
+    # ------------------------------------------------------------ sessions
+
+    def join(self, session: Session) -> Member:
+        """A new channels session: its member object, with an outbox that ends the
+        session with SLOW_CONSUMER when a disconnect-policy channel overflows it."""
+        identity = identity_text(session.identity)
+
+        def overflow(why: str) -> None:
+            if not session.ended:
+                log.info("slow consumer %s (identity %r): %s", session.id[:8], identity, why)
+                session.close(CloseCode.SLOW_CONSUMER, "slow consumer: " + why)
+
+        outbox = Outbox(
+            asyncio.get_running_loop(),
+            self.config.queue_messages,
+            self.config.queue_bytes,
+            overflow,
+        )
+        return Member(session, outbox, identity, self.acl.grants(identity))
+
+    def leave(self, member: Member) -> None:
+        """The session ended: drop its subscriptions; presence channels see it leave."""
+        for pattern in list(member.patterns):
+            self._remove(member, pattern)
+        member.outbox.close()
+
+    # ------------------------------------------------------------ requests
+
+    def handle(self, member: Member, request: Request) -> None:
+        """Act on one request; raises ChannelError (nothing changed) if refused."""
+        if request.op == envelopes.PUB:
+            self.publish(member, request)
+        elif request.op == envelopes.SUB:
+            self.subscribe(member, request)
+        else:
+            self.unsubscribe(member, request)
+
+    def info(self, channel: str) -> ChannelInfo:
+        """The features of a valid channel *name* (InvalidChannel if it is not one)."""
+        info = self._info.get(channel)
+        if info is None:
+            check_name(channel, self.config.max_name_length)
+            config = self.config
+            info = ChannelInfo(
+                any(matches(p, channel) for p in config.presence),
+                any(matches(p, channel) for p in config.retained),
+                any(matches(p, channel) for p in config.drop_oldest),
+            )
+            if len(self._info) >= _INFO_CACHE:
+                self._info.clear()
+            self._info[channel] = info
+        return info
+
+    def publish(self, member: Member, request: Request) -> None:
+        channel = request.channel
+        try:
+            info = self.info(channel)
+        except InvalidChannel as exc:
+            raise _error(ErrorCode.INVALID_CHANNEL, str(exc), request) from None
+        data = request.data
+        if len(data) > self.config.max_message_size:
+            raise _error(
+                ErrorCode.TOO_LARGE,
+                f"{len(data)} bytes > {self.config.max_message_size}",
+                request,
+            )
+        if not member.grants.may_publish(channel):
+            raise _error(ErrorCode.DENIED, f"may not publish to {channel}", request)
+        if info.retained:
+            self._retain(member, channel, data, request)
+        envelope = envelopes.message(channel, data, member.identity, member.tag)
+        drop = info.drop_oldest
+        for subscriber in self.subscriptions.match(channel):
+            subscriber.outbox.put(envelope, channel, drop)
+        if request.id is not None:
+            member.outbox.put_control(envelopes.ok(request.id))
+
+    def _retain(self, member: Member, channel: str, data: bytes, request: Request) -> None:
+        old = self.retained.get(channel)
+        freed = old.size if old is not None else 0
+        if not data:  # an empty payload clears the retained message (protocol.md §15.5)
+            if old is not None:
+                del self.retained[channel]
+                self.retained_size -= freed
+            return
+        config = self.config
+        if (old is None and len(self.retained) >= config.max_retained) or (
+            self.retained_size - freed + len(data) > config.retained_bytes
+        ):
+            raise _error(ErrorCode.LIMIT_EXCEEDED, "retained messages are full", request)
+        envelope = envelopes.message(channel, data, member.identity, member.tag, retained=True)
+        self.retained[channel] = Retained(envelope, len(data))
+        self.retained_size += len(data) - freed
+
+    def subscribe(self, member: Member, request: Request) -> None:
+        pattern = request.channel
+        try:
+            check_pattern(pattern, self.config.max_name_length)
+        except InvalidChannel as exc:
+            raise _error(ErrorCode.INVALID_CHANNEL, str(exc), request) from None
+        if not member.grants.may_subscribe(pattern):
+            raise _error(ErrorCode.DENIED, f"may not subscribe to {pattern}", request)
+        assert request.id is not None
+        fresh = pattern not in member.patterns
+        if fresh and len(member.patterns) >= self.config.max_subscriptions:
+            raise _error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"{len(member.patterns)} subscriptions held",
+                request,
+            )
+        presence = not is_pattern(pattern) and self.info(pattern).presence
+        if fresh:
+            member.patterns.add(pattern)
+            self.subscriptions.add(pattern, member)
+        fields: dict[str, Any] = {}
+        if presence:
+            present = self.members.setdefault(pattern, {})
+            if fresh:
+                self._announce(envelopes.JOIN, pattern, member, present)
+                present[member] = None
+            fields = self._member_list(member, present)
+        member.outbox.put_control(envelopes.ok(request.id, ch=pattern, **fields))
+        if fresh:
+            self._send_retained(member, pattern)
+
+    def unsubscribe(self, member: Member, request: Request) -> None:
+        pattern = request.channel
+        if pattern not in member.patterns:
+            raise _error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {pattern!r}", request)
+        assert request.id is not None
+        self._remove(member, pattern)
+        member.outbox.put_control(envelopes.ok(request.id, ch=pattern))
+
+    # ------------------------------------------------------------- helpers
+
+    def _remove(self, member: Member, pattern: str) -> None:
+        member.patterns.discard(pattern)
+        self.subscriptions.remove(pattern, member)
+        present = self.members.get(pattern)
+        if present is not None and member in present:
+            del present[member]
+            if not present:
+                del self.members[pattern]
+            self._announce(envelopes.LEAVE, pattern, member, present)
+
+    def _announce(self, op: str, channel: str, member: Member, present: dict[Member, None]) -> None:
+        """Tell the other members of a presence channel that *member* joined or left."""
+        if not present:
+            return
+        envelope = envelopes.presence(op, channel, member.identity, member.tag)
+        drop = self.info(channel).drop_oldest
+        for other in present:
+            if other is not member:
+                other.outbox.put(envelope, channel, drop)
+
+    def _member_list(self, member: Member, present: dict[Member, None]) -> dict[str, Any]:
+        """``members`` (as many as fit in one message to *member*) and their ``count``."""
+        listed = [envelopes.member_map(m.identity, m.tag) for m in present]
+        limit = member.session.core.max_payload - 256  # room for the rest of the reply
+        while listed and len(envelopes.ok(0, members=listed)) > limit:
+            listed = listed[: len(listed) // 2]
+        return {"members": listed, "count": len(present)}
+
+    def _send_retained(self, member: Member, pattern: str) -> None:
+        if not self.retained:
+            return
+        if not is_pattern(pattern):
+            found = self.retained.get(pattern)
+            if found is not None:
+                member.outbox.put_control(found.envelope, pattern)
+            return
+        for channel, retained in self.retained.items():
+            if matches(pattern, channel):
+                member.outbox.put_control(retained.envelope, channel)
+
+
+def _error(code: ErrorCode, reason: str, request: Request) -> ChannelError:
+    return ChannelError(code, reason, request_id=request.id, channel=request.channel)

@@ -1,0 +1,195 @@
+"""One subscriber's outbox: what the daemon has for a session and not yet sent.
+
+Everything a channels session receives goes through its outbox, in order, and
+one sender task moves it into the session (whose window then applies its own
+backpressure). Publishers only ever append: they never wait for a subscriber.
+
+Two kinds of entries:
+
+* *channel entries* (messages, presence events) count against the limits
+  (``queue_messages``, ``queue_bytes``). When a new one does not fit, the
+  channel's policy decides (protocol.md §15.6): ``disconnect`` ends the session
+  with ``SLOW_CONSUMER`` (through *on_overflow*); ``drop-oldest`` drops the
+  oldest droppable entries and counts them, per channel, in a gap notice that
+  the sender emits before the next entry.
+* *control entries* (replies, retained messages on subscribe) are never dropped.
+  They are bounded by the handler instead: it reads no further request while
+  :attr:`Outbox.control` is at :data:`CONTROL_LIMIT` (see :meth:`room_for_control`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from sessiond_client import envelopes
+
+#: Control entries (replies, retained messages) above which the handler stops reading.
+CONTROL_LIMIT = 64
+
+# (payload, channel or None, droppable, counted: a channel entry rather than a control one)
+Entry = tuple[bytes, str | None, bool, bool]
+
+
+class Outbox:
+    """A bounded queue with a declared overflow policy; one per channels session."""
+
+    __slots__ = (
+        "_entries",
+        "_loop",
+        "_on_overflow",
+        "_room_waiter",
+        "_waiter",
+        "closed",
+        "control",
+        "count",
+        "gaps",
+        "max_bytes",
+        "max_messages",
+        "size",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_messages: int,
+        max_bytes: int,
+        on_overflow: Callable[[str], None],
+    ) -> None:
+        self._loop = loop
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._on_overflow = on_overflow
+        self._entries: deque[Entry] = deque()
+        self.count = 0  # channel entries queued
+        self.size = 0  # their bytes
+        self.control = 0  # control entries queued
+        self.gaps: dict[str, int] = {}  # channel -> messages dropped, not yet told
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._room_waiter: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------ producers
+
+    def put_control(self, payload: bytes, channel: str | None = None) -> None:
+        """Queue a reply, or a retained message of *channel*: never dropped, never refused."""
+        if self.closed:
+            return
+        self._entries.append((payload, channel, False, False))
+        self.control += 1
+        self._wake()
+
+    def put(self, payload: bytes, channel: str, droppable: bool) -> None:
+        """Queue a message or presence event of *channel*; apply the policy if it is full."""
+        if self.closed:
+            return
+        size = len(payload)
+        if self._full(size):
+            if not droppable:
+                self.overflow(f"{self.count} messages queued, {channel} is disconnect")
+                return
+            while self._full(size):
+                if not self._drop_oldest():
+                    self._gap(channel, 1)  # only disconnect entries queued: this one goes
+                    return
+            if self.closed:
+                return
+        self._entries.append((payload, channel, droppable, True))
+        self.count += 1
+        self.size += size
+        self._wake()
+
+    def _full(self, size: int) -> bool:
+        if not self.count:
+            return False  # one entry always fits, however large (as protocol.md §6.1)
+        return self.count >= self.max_messages or self.size + size > self.max_bytes
+
+    def _drop_oldest(self) -> bool:
+        entries = self._entries
+        for index, (payload, channel, droppable, _) in enumerate(entries):
+            if droppable:
+                assert channel is not None
+                del entries[index]
+                self.count -= 1
+                self.size -= len(payload)
+                self._gap(channel, 1)
+                return True
+        return False
+
+    def _gap(self, channel: str, dropped: int) -> None:
+        """Count *dropped* messages of *channel* for the next gap notice."""
+        gaps = self.gaps
+        if channel not in gaps and len(gaps) >= self.max_messages:
+            # Drops on more channels than a queue holds: the gap notices themselves
+            # would need unbounded memory, so the subscriber is ended instead.
+            self.overflow(f"messages dropped on more than {self.max_messages} channels")
+            return
+        gaps[channel] = gaps.get(channel, 0) + dropped
+
+    def overflow(self, why: str) -> None:
+        """The subscriber cannot keep up: free everything and let the owner end it."""
+        if not self.closed:
+            self.close()
+            self._on_overflow(why)
+
+    def close(self) -> None:
+        """Accept nothing more and free what is queued (the session is over)."""
+        self.closed = True
+        self._entries.clear()
+        self.gaps.clear()
+        self.count = self.size = self.control = 0
+        self._wake()
+
+    # ------------------------------------------------------------- consumer
+
+    def take(self) -> tuple[bytes, str | None] | None:
+        """The next payload to send, gap notices first; None when there is nothing."""
+        gaps = self.gaps
+        if gaps:
+            gapped = next(iter(gaps))
+            return envelopes.gap(gapped, gaps.pop(gapped)), None
+        if not self._entries:
+            return None
+        payload, channel, _, counted = self._entries.popleft()
+        if not counted:
+            self.control -= 1
+            waiter = self._room_waiter
+            if waiter is not None and not waiter.done() and self.control < CONTROL_LIMIT:
+                waiter.set_result(None)
+        else:
+            self.count -= 1
+            self.size -= len(payload)
+        return payload, channel
+
+    def note_undeliverable(self, channel: str) -> None:
+        """A taken entry could not be sent (larger than the session's frame limit)."""
+        self._gap(channel, 1)
+
+    async def wait(self) -> None:
+        """Wait until something may be taken (or the outbox closed)."""
+        if self._entries or self.gaps or self.closed:
+            return
+        if self._waiter is None or self._waiter.done():
+            self._waiter = self._loop.create_future()
+        await self._waiter
+
+    def room_for_control(self) -> asyncio.Future[None] | None:
+        """A future done once control entries fall below CONTROL_LIMIT; None if they are."""
+        if self.control < CONTROL_LIMIT or self.closed:
+            return None
+        if self._room_waiter is None or self._room_waiter.done():
+            self._room_waiter = self._loop.create_future()
+        return self._room_waiter
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.closed:
+            waiter = self._room_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
