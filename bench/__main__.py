@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from . import BenchError, core, daemon
+from . import BenchError, core, daemon, latency, peers
 
 
 class Scenario(Protocol):
@@ -27,7 +27,12 @@ class Scenario(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-SCENARIOS: dict[str, Scenario] = {"core": core, "daemon": daemon}
+SCENARIOS: dict[str, Scenario] = {
+    "core": core,
+    "daemon": daemon,
+    "latency": latency,
+    "peers": peers,
+}
 DEFAULT = "core"
 
 

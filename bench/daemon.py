@@ -23,22 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import gc
 import os
-import resource
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 from sessiond_client.protocol import Params
 
@@ -47,9 +41,17 @@ from sessiond.server import ServerConfig
 from . import BenchError
 from .core import POOL, make_pool
 from .loadgen import HOST, EchoResult, close_idle, echo, loop_name, new_loop, open_idle
+from .processes import (
+    CPU_TICK,
+    ServerProcess,
+    ceiling_argv,
+    choose_pinning,
+    daemon_argv,
+    raise_nofile,
+    server,
+)
 from .results import (
     QUICK_DIR,
-    REPO_ROOT,
     RESULTS_DIR,
     Json,
     command_line,
@@ -86,185 +88,8 @@ DEFAULT_CONCURRENCY = 100  # handshakes in flight; below the listen backlog (100
 #: A pass whose load generator used more than this share of one core is client-bound.
 CLIENT_BOUND = 0.9
 SETTLE_SECONDS = 1.0
-STOP_TIMEOUT = 15.0
-
-CPU_TICK = os.sysconf("SC_CLK_TCK")
 
 T = TypeVar("T")
-
-
-# ----------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True, slots=True)
-class Pinning:
-    """Which core the servers and the load generator run on (None: unpinned)."""
-
-    server_cpu: int | None
-    loadgen_cpu: int | None
-    note: str
-
-    @property
-    def pinned(self) -> bool:
-        return self.server_cpu is not None
-
-    def prefix(self) -> list[str]:
-        return [] if self.server_cpu is None else ["taskset", "-c", str(self.server_cpu)]
-
-
-def choose_pinning() -> Pinning:
-    """Server on core 0 with taskset, load generator on core 1, when both are possible."""
-    try:
-        usable = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return Pinning(None, None, "unpinned: no sched_setaffinity on this platform")
-    if shutil.which("taskset") is None:
-        return Pinning(None, None, "unpinned: taskset not found")
-    if len(usable) < 2:
-        return Pinning(None, None, f"unpinned: only {len(usable)} usable core(s)")
-    server, loadgen = (0, 1) if {0, 1} <= set(usable) else (usable[0], usable[1])
-    return Pinning(server, loadgen, f"server `taskset -c {server}`, load generator core {loadgen}")
-
-
-def raise_nofile() -> tuple[int, int]:
-    """Raise this process's open-file soft limit to the hard limit; return (soft, hard)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """A server in its own process, on a free port of 127.0.0.1, pinned as asked."""
-
-    def __init__(self, name: str, argv: list[str], pinning: Pinning, log_dir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.argv = [
-            *pinning.prefix(),
-            sys.executable,
-            "-m",
-            *argv,
-            "--listen",
-            f"{HOST}:{self.port}",
-        ]
-        self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("w+b")
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=raise_nofile,  # noqa: PLW1509 - only setrlimit, and no threads
-        )
-        self.pid = self.proc.pid
-        self.returncode: int | None = None
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            try:
-                with socket.create_connection((HOST, self.port), timeout=1.0):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BenchError(f"{self.name}: not listening after {timeout:.0f} s") from None
-                time.sleep(0.05)
-
-    def check_alive(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            raise BenchError(f"{self.name} exited with {code}: {self.log_tail() or '(no output)'}")
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the server process so far."""
-        with open(f"/proc/{self.pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CPU_TICK  # fields 14 and 15 of stat
-
-    def status(self, key: str) -> str:
-        with open(f"/proc/{self.pid}/status", encoding="utf-8") as status:
-            for line in status:
-                name, _, value = line.partition(":")
-                if name == key:
-                    return value.strip()
-        raise BenchError(f"{self.name}: no {key} in /proc/{self.pid}/status")
-
-    def rss_kib(self) -> int:
-        self.check_alive()
-        return int(self.status("VmRSS").split()[0])
-
-    def nofile_limit(self) -> str:
-        with open(f"/proc/{self.pid}/limits", encoding="utf-8") as limits:
-            for line in limits:
-                if line.startswith("Max open files"):
-                    return " ".join(line.split()[3:5])
-        return "?"
-
-    def describe(self) -> Json:
-        return {
-            "argv": self.argv,
-            "command": " ".join(self.argv[self.argv.index(sys.executable) :]).replace(
-                sys.executable, "python"
-            ),
-            "pid": self.pid,
-            "affinity": sorted(os.sched_getaffinity(self.pid)),
-            "nofile_soft_hard": self.nofile_limit(),
-        }
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> Json:
-        """SIGTERM, then SIGKILL after a while; return the exit status and the log."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
-        self.returncode = self.proc.returncode
-        self._log.close()
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return {
-            "exit_code": self.returncode,
-            "log_lines": len(text.splitlines()),
-            "log": text[-4000:],
-        }
-
-
-@contextlib.contextmanager
-def server(name: str, argv: list[str], pinning: Pinning, log_dir: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(name, argv, pinning, log_dir)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.stop()
-
-
-def daemon_argv() -> list[str]:
-    return ["sessiond", "serve", "--log-level", "WARNING"]
-
-
-def ceiling_argv() -> list[str]:
-    return ["bench.ceiling"]
 
 
 # ---------------------------------------------------------------------- echo
@@ -296,7 +121,7 @@ def measure_echo(
                 gc.collect()
                 result = _echo_pass(runner, name, servers[name], pool, plan.messages, plan)
                 runs.append(result)
-                bound = f"  {_bound(result)}-bound"
+                bound = f"  {bound_by(result)}-bound"
                 print(
                     f"  echo {size:>5} B  rep {rep + 1}/{plan.repeat}  {name:<8} "
                     f"{result.rate:>11,.0f} msg/s  server {result.server_cpu / result.seconds:4.0%}"
@@ -325,18 +150,18 @@ def _echo_pass(
         raise
 
 
-def _client_bound(result: EchoResult) -> bool:
+def client_bound(result: EchoResult) -> bool:
     return result.client_cpu / result.seconds > CLIENT_BOUND
 
 
-def _bound(result: EchoResult) -> str:
+def bound_by(result: EchoResult) -> str:
     """What set the pace of a pass: the load generator's core, the server's, or neither.
 
     *round-trip*: neither process kept its core busy; they took turns (the whole
     window goes back and forth in a few large reads), so the rate is bounded by
     the sum of both sides' work per batch and the loopback wake-ups, not by one side.
     """
-    if _client_bound(result):
+    if client_bound(result):
         return "client"
     if result.server_cpu / result.seconds > CLIENT_BOUND:
         return "server"
@@ -356,8 +181,8 @@ def summarise_echo(runs: list[EchoResult], sizes: tuple[int, ...]) -> Json:
                 ),
                 "server_cpu_share": spread([run.server_cpu / run.seconds for run in mine]),
                 "client_cpu_share": spread([run.client_cpu / run.seconds for run in mine]),
-                "client_bound": [_client_bound(run) for run in mine],
-                "bound": [_bound(run) for run in mine],
+                "client_bound": [client_bound(run) for run in mine],
+                "bound": [bound_by(run) for run in mine],
                 "messages_per_read": spread([run.received / max(1, run.reads) for run in mine]),
                 "lost": sum(run.messages - run.received for run in mine),
                 "repetitions": [run.to_json() for run in mine],

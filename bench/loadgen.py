@@ -58,6 +58,13 @@ _OPEN = ConnectionState.OPEN
 CpuClock = Callable[[], float]
 
 
+def other_load_json(others: tuple[float, float] | None) -> dict[str, object]:
+    """A pass's ``others`` as JSON (nothing when it was not measured)."""
+    if others is None:
+        return {}
+    return {"other_load_share": {"server_core": others[0], "loadgen_core": others[1]}}
+
+
 def new_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop when available, else asyncio's default one."""
     if uvloop is not None:
@@ -87,6 +94,9 @@ class EchoResult:
     timer_fires: int  # core timers run (coalesced ACKs, heartbeats)
     timer_writes: int  # of which wrote something: an ACK (or PING) the timer released
     stopped_by: str  # "count" or "time"
+    #: Share of the server's and the load generator's cores other processes used
+    #: during the pass (None: not measured); see bench/processes.py CoreLoad.
+    others: tuple[float, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -110,6 +120,7 @@ class EchoResult:
             "timer_fires": self.timer_fires,
             "timer_writes": self.timer_writes,
             "stopped_by": self.stopped_by,
+            **other_load_json(self.others),
         }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,15 @@ def _read(path: Path) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
-def run_quick(scenario: str, out: Path, timeout: float) -> dict[str, Any]:
-    """Run the scenario in quick mode; return its results document.
+def run_quick(scenario: str, out: Path, timeout: float, args: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the scenario in quick mode (with *args*); return its results document.
 
     Checks what every scenario owes: exit 0, a markdown table, RESULTS.md left alone,
     exactly one results JSON.
     """
     results_md = _read(RESULTS_MD)
     done = subprocess.run(
-        [sys.executable, "-m", "bench", scenario, "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", scenario, "--quick", "--out", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

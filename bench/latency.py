@@ -1,0 +1,604 @@
+"""``python -m bench latency``: round trips at a fixed offered rate, as percentiles.
+
+Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000
+messages per second in total by default) for a bounded duration, 64-byte
+payloads, at most one ping in flight per connection and as many connections as
+the rate needs at :data:`PER_CONNECTION_RATE` each (so 1 and 10), against:
+
+* ``daemon``: ``python -m sessiond serve`` (echo app), the load generator
+  driving the protocol core in an ``asyncio.Protocol`` as ``bench/loadgen.py``
+  does (:class:`~bench.pingpong.SessionPing`);
+* ``client``: the same daemon through the client library,
+  ``sessiond_client.connect`` then ``await send()`` / ``await recv()`` per ping:
+  what an application sees;
+* ``ceiling``: ``bench/ceiling.py``, the raw uvloop framed echo, with the
+  barest framed client (:class:`~bench.pingpong.FramedPing`).
+
+Servers run in their own processes pinned to one core, the load generator (this
+process) on another (:mod:`bench.processes`). Round trips go into an HDR-style
+histogram (:mod:`bench.histogram`); p50, p99, p99.9 and max are reported per
+repetition, then as the median and range over the repetitions.
+:func:`measure`, :func:`summarise` and :func:`latency_table` also serve
+``python -m bench peers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import BenchError
+from .core import make_pool
+from .histogram import Histogram, percentile_key
+from .library_client import client_ping
+from .loadgen import HOST, CpuClock, loop_name, new_loop
+from .pingpong import PingPlan, PingResult, ping_protocols
+from .processes import (
+    CoreLoad,
+    ServerProcess,
+    ceiling_argv,
+    choose_pinning,
+    daemon_argv,
+    pinned_loadgen,
+    raise_nofile,
+    server,
+)
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    display_path,
+    machine_info,
+    markdown_table,
+    spread,
+    update_results_md,
+    write_json,
+)
+
+HELP = "ping-pong round trips at fixed offered rates: p50/p99/p99.9, daemon vs the ceiling"
+
+SCENARIO = "latency"
+DAEMON = "daemon"
+CLIENT = "client"
+CEILING = "ceiling"
+SYSTEMS = (DAEMON, CLIENT, CEILING)
+
+RATES = (1_000, 10_000)
+#: Offered messages per second per connection: one ping per millisecond at most,
+#: the event loop timers' resolution.
+PER_CONNECTION_RATE = 1_000
+SIZE = 64
+DEFAULT_DURATION = 5.0
+QUICK_DURATION = 0.25
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 3
+WARMUP_SECONDS = 0.5
+#: Beyond its duration, a pass may run this long (slow replies) before no more pings go.
+TIME_LIMIT = 10.0
+#: A pass whose load generator used more than this share of one core is client-bound.
+CLIENT_BOUND = 0.9
+#: The percentiles in the tables, in order.
+SHOWN = ("p50", "p99", "p99.9", "max")
+#: Above this share of a pinned core taken by other processes, the report says so.
+OTHERS_NOTABLE = 0.1
+#: The target: the daemon's p50 within this factor of the ceiling's.
+TARGET_P50_RATIO = 1.3
+
+PingFunction = Callable[[PingPlan, int, CpuClock], Coroutine[Any, Any, PingResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A system under test: its server process and the client that pings it."""
+
+    name: str
+    proc: ServerProcess
+    ping: PingFunction
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPlan:
+    rates: tuple[int, ...]
+    per_connection_rate: int
+    size: int
+    duration: float
+    repeat: int
+    time_limit: float
+
+    def connections(self, rate: int) -> int:
+        return max(1, math.ceil(rate / self.per_connection_rate))
+
+    def to_json(self) -> Json:
+        return {
+            "rates": list(self.rates),
+            "connections": {str(rate): self.connections(rate) for rate in self.rates},
+            "per_connection_rate": self.per_connection_rate,
+            "payload_size": self.size,
+            "duration_s": self.duration,
+            "repeat": self.repeat,
+            "time_limit_s": self.time_limit,
+            "warmup_s": min(self.duration, WARMUP_SECONDS),
+            "in_flight_per_connection": 1,
+            "histogram": "log-linear, 128 sub-buckets per power of two (< 0.8 % error), ns",
+        }
+
+
+def measure(
+    runner: asyncio.Runner,
+    plan: LatencyPlan,
+    targets: Sequence[Target],
+    load: CoreLoad | None = None,
+) -> list[PingResult]:
+    """Every target at every rate, *repeat* passes, their order rotated each repetition.
+
+    With *load*, each pass records what other processes took of the pinned cores.
+    """
+    pool = make_pool(plan.size)
+    runs: list[PingResult] = []
+    for target in targets:  # warm-up: imports, caches, the servers' first sessions
+        _pass(runner, target, pool, plan.rates[0], min(plan.duration, WARMUP_SECONDS), plan, None)
+    for rate in plan.rates:
+        for rep in range(plan.repeat):
+            shift = rep % len(targets)
+            for target in [*targets[shift:], *targets[:shift]]:
+                gc.collect()
+                result = _pass(runner, target, pool, rate, plan.duration, plan, load)
+                runs.append(result)
+                summary = result.histogram.summary()
+                print(
+                    f"  ping {rate:>6,}/s  rep {rep + 1}/{plan.repeat}  {target.name:<9} "
+                    f"p50 {summary['p50'] / 1000:7.0f} µs  p99 {summary['p99'] / 1000:7.0f} µs  "
+                    f"p99.9 {summary['p99.9'] / 1000:7.0f} µs  "
+                    f"server {result.server_cpu / result.seconds:4.0%}  "
+                    f"loadgen {result.client_cpu / result.seconds:4.0%}  {bound(result)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return runs
+
+
+def _pass(
+    runner: asyncio.Runner,
+    target: Target,
+    pool: list[bytes],
+    rate: int,
+    duration: float,
+    plan: LatencyPlan,
+    load: CoreLoad | None,
+) -> PingResult:
+    proc = target.proc
+    proc.check_alive()
+    ping_plan = PingPlan(target.name, pool, rate, plan.connections(rate), duration, plan.time_limit)
+    server0, cpu0 = proc.cpu_seconds(), time.process_time()
+    if load is not None:
+        load.start()
+    try:
+        result = runner.run(target.ping(ping_plan, proc.port, proc.cpu_seconds))
+    except BenchError:
+        proc.check_alive()  # a dead server explains more than a lost connection
+        raise
+    if load is None:
+        return result
+    others = load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
+    return dataclasses.replace(result, others=others)
+
+
+def other_load(others: Sequence[tuple[float, float] | None]) -> Json | None:
+    """The spread of what other processes took of the server's and the loadgen's cores."""
+    measured = [pair for pair in others if pair is not None]
+    if not measured:
+        return None
+    return {
+        "server_core": spread([pair[0] for pair in measured]),
+        "loadgen_core": spread([pair[1] for pair in measured]),
+    }
+
+
+def other_load_note(load: Json | None) -> list[str]:
+    """A markdown paragraph on the other processes' share of the pinned cores, if measured."""
+    if load is None:
+        return []
+    server, loadgen = load["server_core"], load["loadgen_core"]
+    busy = max(server["max"], loadgen["max"]) > OTHERS_NOTABLE
+    return [
+        ("**Shared machine.** " if busy else "")
+        + "Other processes' share of the pinned cores during the passes (`/proc/stat` busy "
+        "time less the server's and the load generator's own): server core median "
+        f"{server['median']:.0%} (max {server['max']:.0%}), load generator core median "
+        f"{loadgen['median']:.0%} (max {loadgen['max']:.0%})"
+        + (
+            "; where it is high, the figures measure the contention as much as the systems."
+            if busy
+            else "."
+        ),
+        "",
+    ]
+
+
+def bound(result: PingResult) -> str:
+    """``client-bound`` when the load generator kept its core busy; else empty."""
+    return "client-bound" if result.client_cpu / result.seconds > CLIENT_BOUND else ""
+
+
+def full_cores(
+    server_cpu: float, client_cpu: float, seconds: float, others: tuple[float, float] | None
+) -> list[str]:
+    """Which pinned cores were full during a pass: ``server``, ``loadgen`` or both.
+
+    A core is full when our process on it, plus what other processes took of it,
+    kept it more than :data:`CLIENT_BOUND` busy: then that side could not go faster
+    on this machine, whether the CPU went to it or to a neighbour.
+    """
+    server_other, loadgen_other = others if others is not None else (0.0, 0.0)
+    full = []
+    if server_cpu / seconds + server_other > CLIENT_BOUND:
+        full.append("server")
+    if client_cpu / seconds + loadgen_other > CLIENT_BOUND:
+        full.append("loadgen")
+    return full
+
+
+def full_cores_cell(passes: Sequence[Sequence[str]]) -> str:
+    """``server 2/3, loadgen 1/3`` (passes with that core full), or ``-``."""
+    counts = [
+        f"{core} {sum(core in full for full in passes)}/{len(passes)}"
+        for core in ("server", "loadgen")
+        if any(core in full for full in passes)
+    ]
+    return ", ".join(counts) or "-"
+
+
+def summarise(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]) -> Json:
+    """Per rate and system: each percentile's spread over the passes, the merged histogram."""
+    by_rate: Json = {}
+    for rate in rates:
+        entry: Json = {}
+        for name in names:
+            mine = [run for run in runs if run.rate == rate and run.system == name]
+            if not mine:
+                continue
+            merged = Histogram()
+            for run in mine:
+                merged.merge(run.histogram)
+            summaries = [run.histogram.summary() for run in mine]
+            entry[name] = {
+                "payload_size": mine[0].size,
+                "connections": mine[0].connections,
+                "round_trip_us": {
+                    key: spread([s[key] / 1000 for s in summaries])
+                    for key in ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
+                },
+                "all_passes_us": {
+                    key: value / 1000 if key != "count" else value
+                    for key, value in merged.summary().items()
+                },
+                "achieved_rate": spread([run.achieved for run in mine]),
+                "server_cpu_share": spread([run.server_cpu / run.seconds for run in mine]),
+                "client_cpu_share": spread([run.client_cpu / run.seconds for run in mine]),
+                "client_cpu_us_per_message": spread(
+                    [run.client_cpu * 1e6 / run.received for run in mine]
+                ),
+                "client_bound": [bool(bound(run)) for run in mine],
+                "other_load_share": other_load([run.others for run in mine]),
+                "cores_full": [
+                    full_cores(run.server_cpu, run.client_cpu, run.seconds, run.others)
+                    for run in mine
+                ],
+                "late": sum(run.late for run in mine),
+                "lost": sum(run.sent - run.received for run in mine),
+                "samples": sum(run.received for run in mine),
+                "repetitions": [run.to_json() for run in mine],
+                "histogram_ns": merged.to_json(),
+            }
+        by_rate[str(rate)] = entry
+    return by_rate
+
+
+def p50_ratios(by_rate: Json, of: str, to: str) -> Json:
+    """*of*'s median p50 over *to*'s, per rate (where both ran)."""
+    return {
+        rate: entry[of]["round_trip_us"]["p50"]["median"]
+        / entry[to]["round_trip_us"]["p50"]["median"]
+        for rate, entry in by_rate.items()
+        if of in entry and to in entry
+    }
+
+
+def _us(stats: Json) -> str:
+    if stats["max"] - stats["min"] < 0.5:
+        return f"{stats['median']:,.0f}"
+    return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
+
+
+def latency_table(by_rate: Json, names: Sequence[str]) -> str:
+    """The markdown table of round trips: one row per rate and system."""
+    rows = []
+    for rate, entry in by_rate.items():
+        for name in names:
+            if name not in entry:
+                continue
+            stats = entry[name]
+            trips = stats["round_trip_us"]
+            bounds = stats["client_bound"]
+            rows.append(
+                [
+                    f"{stats['payload_size']} B",
+                    f"{int(rate):,}/s",
+                    f"`{name}`",
+                    str(stats["connections"]),
+                    f"{stats['achieved_rate']['median']:,.0f}",
+                    *(_us(trips[key]) for key in SHOWN),
+                    f"{stats['server_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_share']['median']:.0%}"
+                    + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
+                    f"{stats['client_cpu_us_per_message']['median']:,.0f}",
+                    full_cores_cell(stats["cores_full"]),
+                    f"{stats['late']:,}",
+                    f"{stats['lost']:,}",
+                ]
+            )
+    return markdown_table(
+        [
+            "payload",
+            "offered",
+            "system",
+            "conns",
+            "achieved msg/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "server core busy",
+            "loadgen core busy",
+            "loadgen µs CPU/msg",
+            "cores full",
+            "late",
+            "lost",
+        ],
+        rows,
+    )
+
+
+LATENCY_NOTES = (
+    "Round trip: from the moment a ping is handed to the transport until its echo is read "
+    "back (for a ping held back because the previous reply came after its scheduled time "
+    "- *late* - from its scheduled time instead, so slow replies also show in the pings "
+    "they delayed). Percentiles from an HDR-style log-linear histogram (< 0.8 % bucket "
+    "error, a bucket's highest value reported); each cell is the median [min-max] over "
+    "the passes. *server/loadgen core busy*: CPU seconds over wall seconds of the pass "
+    "(server: `/proc/PID/stat`; loadgen: `time.process_time`); *client-bound*: passes whose "
+    "load generator kept more than 90 % of its core busy, where the figure says more about "
+    "the client than the server; *cores full*: passes in which a pinned core was more than "
+    "90 % busy counting other processes on it (see below), so that side could not go faster "
+    "on this machine."
+)
+
+
+# ----------------------------------------------------------------------- run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rates",
+        default=",".join(str(rate) for rate in RATES),
+        metavar="R,R",
+        help="offered messages/s in total, comma-separated (default "
+        f"{','.join(str(rate) for rate in RATES)})",
+    )
+    parser.add_argument(
+        "--per-connection-rate",
+        type=int,
+        default=PER_CONNECTION_RATE,
+        metavar="R",
+        help="messages/s per connection: connections = rate / this, rounded up "
+        f"(default {PER_CONNECTION_RATE})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help=f"seconds per pass (default {DEFAULT_DURATION:g}; --quick {QUICK_DURATION:g})",
+    )
+    parser.add_argument(
+        "--size", type=int, default=SIZE, help=f"payload bytes (default {SIZE}, at least 8)"
+    )
+
+
+def parse_rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BenchError(f"--rates {text!r}: expected integers separated by commas") from None
+    if not rates or any(rate < 1 for rate in rates):
+        raise BenchError("--rates: at least one rate, each at least 1")
+    return rates
+
+
+def plan_from(args: argparse.Namespace) -> LatencyPlan:
+    """The latency plan the options ask for (also used by ``python -m bench peers``)."""
+    quick: bool = args.quick
+    duration: float = args.duration
+    if duration is None:
+        duration = QUICK_DURATION if quick else DEFAULT_DURATION
+    repeat: int = args.repeat
+    if repeat is None:
+        repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
+    if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
+        raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
+    if args.messages is not None:
+        raise BenchError("--messages does not apply: a pass is --duration at each rate")
+    return LatencyPlan(
+        parse_rates(args.rates), args.per_connection_rate, args.size, duration, repeat, TIME_LIMIT
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    plan = plan_from(args)
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    raise_nofile()
+    print(
+        f"bench latency: ping-pong at {', '.join(f'{r:,}/s' for r in plan.rates)} for "
+        f"{plan.duration:g} s x {plan.repeat}, {plan.size} B; {pinning.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+    servers_json: Json = {}
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+        server("daemon", daemon_argv(), pinning, Path(tmp)) as daemon,
+        server("ceiling", ceiling_argv(), pinning, Path(tmp)) as ceiling,
+    ):
+        servers_json["daemon"] = daemon.describe()
+        servers_json["ceiling"] = ceiling.describe()
+        targets = [
+            Target(DAEMON, daemon, ping_protocols),
+            Target(CLIENT, daemon, client_ping),
+            Target(CEILING, ceiling, ping_protocols),
+        ]
+        runs = measure(runner, plan, targets, CoreLoad(pinning))
+        loadgen_affinity = sorted(os.sched_getaffinity(0))
+        servers_json["daemon"].update(daemon.stop())
+        servers_json["ceiling"].update(ceiling.stop())
+
+    by_rate = summarise(runs, SYSTEMS, plan.rates)
+    ratios = {name: p50_ratios(by_rate, name, CEILING) for name in (DAEMON, CLIENT)}
+    notes = [
+        f"server {name} exited with {described['exit_code']}"
+        for name, described in servers_json.items()
+        if described.get("exit_code") not in (0, None)
+    ]
+    entry: Json = {
+        "command": command,
+        "argv": sys.argv[1:],
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - begun, 3),
+        "quick": quick,
+        "machine": machine,
+        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            **plan.to_json(),
+            "client_bound_threshold": CLIENT_BOUND,
+            "timer": "time.perf_counter_ns; CPU: /proc/PID/stat (server), "
+            "time.process_time (load generator)",
+            "gc": "enabled; gc.collect() before each pass",
+        },
+        "servers": servers_json,
+        "systems": SYSTEM_NOTES,
+        "rates": by_rate,
+        "other_load_share": other_load([run.others for run in runs]),
+        "p50_ratio_to_ceiling": ratios,
+        "target": {
+            "p50_ratio": TARGET_P50_RATIO,
+            "met": {rate: ratio <= TARGET_P50_RATIO for rate, ratio in ratios[DAEMON].items()},
+        },
+        "notes": notes,
+    }
+    path = write_json(out, SCENARIO, entry, commit)
+    report = markdown(entry, commit, path)
+    print(report)
+    print(f"results: {display_path(path)}", file=sys.stderr)
+    if not quick:
+        update_results_md(SCENARIO, report)
+        print(f"updated bench/RESULTS.md (## {SCENARIO})", file=sys.stderr)
+    return 0
+
+
+SYSTEM_NOTES = {
+    DAEMON: "`python -m sessiond serve` (echo app); client: the protocol core in an "
+    "asyncio.Protocol (bench/pingpong.py SessionPing)",
+    CLIENT: "the same daemon; client: the library, `sessiond_client.connect` and "
+    "`await send()` / `await recv()` per ping",
+    CEILING: "bench/ceiling.py (uvloop, 4-byte length prefix); client: bench/pingpong.py "
+    "FramedPing",
+}
+
+
+def header(entry: Json, commit: Json, path: Path) -> list[str]:
+    """The command, commit, machine and pinning lines that open a section."""
+    machine = entry["machine"]
+    pinning = entry["pinning"]
+    state = " with uncommitted changes" if commit["dirty"] else ""
+    if any(line.startswith("??") for line in commit["status"]):
+        state += " (+ untracked files)"
+    return [
+        f"Command: `{entry['command']}` · JSON: `{display_path(path)}`",
+        "",
+        f"Commit `{commit['commit_short']}`{state}, {entry['started_at']}; "
+        f"{machine['cpu_model']}, {machine['cores']} cores; "
+        f"{machine['python_implementation']} {machine['python']}; msgpack {machine['msgpack']}; "
+        f"uvloop {machine['uvloop']} ({entry['config']['event_loop']} loop in the load "
+        "generator). Servers in their own processes on 127.0.0.1, "
+        + (
+            f"pinned to core {pinning['server_cpu']} (`taskset -c {pinning['server_cpu']}`); "
+            f"the load generator pinned to core {pinning['loadgen_cpu']}."
+            if pinning["pinned"]
+            else f"**{pinning['note']}**."
+        ),
+        "",
+    ]
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## latency`` section of RESULTS.md."""
+    config = entry["config"]
+    lines = header(entry, commit, path)
+    connections = ", ".join(
+        f"{int(rate):,}/s: {count}" for rate, count in config["connections"].items()
+    )
+    lines += [
+        f"Ping-pong, {config['payload_size']} B payloads, at most one ping in flight per "
+        f"connection, {config['per_connection_rate']:,} pings/s per connection (connections: "
+        f"{connections}), {config['duration_s']:g} s per pass, {config['repeat']} passes per "
+        "system and rate, systems interleaved, after a warm-up pass. Every echo is compared "
+        "with its ping. Systems: "
+        + "; ".join(f"*{name}*: {note}" for name, note in entry["systems"].items())
+        + ".",
+        "",
+        latency_table(entry["rates"], SYSTEMS),
+        "",
+        LATENCY_NOTES,
+        "",
+        *other_load_note(entry["other_load_share"]),
+    ]
+    ratios = entry["p50_ratio_to_ceiling"]
+    met = entry["target"]["met"]
+    verdicts = [
+        f"{int(rate):,}/s: {ratio:.2f}x ({'met' if met[rate] else '**not met**'})"
+        for rate, ratio in ratios[DAEMON].items()
+    ]
+    client = [f"{int(rate):,}/s: {ratio:.2f}x" for rate, ratio in ratios[CLIENT].items()]
+    lines += [
+        f"Target: the daemon's p50 within {entry['target']['p50_ratio']}x the ceiling's: "
+        + "; ".join(verdicts)
+        + ". Through the client library: "
+        + "; ".join(client)
+        + ".",
+    ]
+    if entry["notes"]:
+        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
+    return "\n".join(lines) + "\n"

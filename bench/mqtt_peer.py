@@ -1,0 +1,381 @@
+"""The mosquitto peer: its configuration, and paho-mqtt as its load generator.
+
+Broker: ``mosquitto -c CONFIG`` with a temporary config (:func:`config`): one
+listener on 127.0.0.1:PORT, anonymous clients, sessions in memory only
+(``persistence false``, as the daemon keeps its sessions), ``set_tcp_nodelay
+true`` (mosquitto leaves Nagle on by default, which would add delayed-ACK
+stalls to every round trip), and the QoS 1 in-flight and queue limits raised
+to the echo window so that the broker, not its defaults (20 in flight), holds
+as many messages as sessiond's window.
+
+Client: paho-mqtt 2.x (``CallbackAPIVersion.VERSION2``), MQTT 3.1.1, a
+persistent session (``clean_session=False``, a client ID of its own per pass),
+QoS 1 both ways, ``TCP_NODELAY`` on its socket, ``max_inflight_messages``
+:data:`PAHO_INFLIGHT` (the rest of the window waits in paho's queue). Its network
+loop runs on the bench's asyncio loop through paho's own external-loop hooks
+(``on_socket_open``, ``loop_read``, ``on_socket_register_write``,
+``loop_write``, ``loop_misc``: paho's documented asyncio integration), so no
+thread is involved and the process's CPU time is the client's. A client
+subscribes (QoS 1) to its own topic and publishes to it: the broker delivers
+each message back to the client that sent it, which acknowledges it (PUBACK),
+as the broker acknowledged the publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from . import BenchError
+from .core import POOL, Checker
+from .loadgen import HOST, CpuClock, EchoResult
+from .pingpong import Pinger, PingPlan, PingResult, open_all, run_pass
+
+SYSTEM = "mosquitto"
+BINARY = "mosquitto"
+INSTALL = "apt-get install mosquitto (the Debian package `mosquitto`)"
+QOS = 1
+#: paho's own limit on QoS 1 publishes awaiting PUBACK (its default is 20); more
+#: wait in paho's queue. paho re-scans its whole table of outgoing messages on
+#: every PUBACK (``Client._update_inflight``), so the full 1,024-message window
+#: costs it more CPU per message than this; measured here, 20 to 256 give about
+#: the same rate and 1,024 about 15 % less.
+PAHO_INFLIGHT = 128
+#: paho's own periodic work (keepalive PINGREQ, retries), as its asyncio example does.
+MISC_INTERVAL = 1.0
+DRAIN_SECONDS = 30.0
+
+_ids = itertools.count()
+
+
+def config(port: int, window: int) -> str:
+    """mosquitto.conf for one bench run on 127.0.0.1:*port*."""
+    return "\n".join(
+        [
+            f"listener {port} {HOST}",
+            "allow_anonymous true",
+            "persistence false",
+            "set_tcp_nodelay true",
+            f"max_inflight_messages {window}",
+            f"max_queued_messages {4 * window}",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "",
+        ]
+    )
+
+
+def command(binary: str, config_path: str) -> list[str]:
+    return [binary, "-c", config_path]
+
+
+def _client_id() -> str:
+    return f"bench-{os.getpid()}-{next(_ids)}"
+
+
+class MqttConnection:
+    """One paho client on the running asyncio loop, subscribed to its own topic.
+
+    *on_payloads(payloads, now_ns)* gets what each read delivered, with the
+    clock read when the socket became readable.
+    """
+
+    def __init__(
+        self, window: int, on_payloads: Callable[[list[bytes], int], None] | None = None
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client_id = _client_id()
+        self.topic = f"bench/{self.client_id}"
+        self.on_payloads = on_payloads
+        self.got: list[bytes] = []
+        self.reads = 0
+        self.writes = 0
+        self.failure: str | None = None
+        self.connected: asyncio.Future[None] = self.loop.create_future()
+        self.subscribed: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self._misc: asyncio.TimerHandle | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        client.max_inflight_messages_set(min(window, PAHO_INFLIGHT))
+        client.max_queued_messages_set(0)  # no limit: the bench's own window bounds it
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        self.client = client
+
+    async def open(self, port: int) -> None:
+        """Connect (a persistent session), then subscribe to the client's own topic."""
+        try:
+            self.client.connect(HOST, port, keepalive=60)
+        except OSError as exc:
+            raise BenchError(f"{SYSTEM}: cannot connect: {exc}") from None
+        await self.connected
+        self.client.subscribe(self.topic, qos=QOS)
+        await self.subscribed
+
+    def publish(self, payload: bytes) -> None:
+        self.client.publish(self.topic, payload, qos=QOS)
+
+    async def close(self) -> None:
+        if self.closed.done():
+            return
+        self.client.disconnect()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), 5.0)
+        except TimeoutError:
+            sock = self.client.socket()
+            if sock is not None:
+                self.loop.remove_reader(sock)
+                self.loop.remove_writer(sock)
+                sock.close()
+
+    # paho's hooks -----------------------------------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.add_reader(sock, self._read)
+        self._misc = self.loop.call_later(MISC_INTERVAL, self._on_misc)
+
+    def _on_socket_close(
+        self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike
+    ) -> None:
+        self.loop.remove_reader(sock)
+        self.loop.remove_writer(sock)
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _on_register_write(
+        self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike
+    ) -> None:
+        self.loop.add_writer(sock, self._write)
+
+    def _on_unregister_write(
+        self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike
+    ) -> None:
+        self.loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        now_ns = time.perf_counter_ns()
+        rc = self.client.loop_read()
+        got = self.got
+        if got:
+            self.reads += 1
+            self.got = []
+            if self.on_payloads is not None:
+                self.on_payloads(got, now_ns)
+        if rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._fail(f"loop_read: {mqtt.error_string(rc)}")
+
+    def _write(self) -> None:
+        self.writes += 1
+        rc = self.client.loop_write()
+        if rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._fail(f"loop_write: {mqtt.error_string(rc)}")
+
+    def _on_misc(self) -> None:
+        self._misc = None
+        if self.client.loop_misc() is MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._misc = self.loop.call_later(MISC_INTERVAL, self._on_misc)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self.connected.done():
+            return
+        if reason.is_failure:
+            self.connected.set_exception(BenchError(f"{SYSTEM}: CONNACK {reason}"))
+        else:
+            self.connected.set_result(None)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if self.subscribed.done():
+            return
+        if any(reason.is_failure for reason in reasons):
+            self.subscribed.set_exception(BenchError(f"{SYSTEM}: SUBACK {reasons}"))
+        else:
+            self.subscribed.set_result(None)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        payload = message.payload  # bytes, as paho builds it; a bytearray is copied
+        self.got.append(payload if isinstance(payload, bytes) else bytes(payload))
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._fail(f"disconnected: {reason}")
+
+    def _fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = f"{SYSTEM}: {why}"
+        for future in (self.connected, self.subscribed):
+            if not future.done():
+                future.set_exception(BenchError(self.failure))
+
+
+# ------------------------------------------------------------------- echo
+
+
+async def mqtt_echo(
+    port: int,
+    pool: list[bytes],
+    messages: int,
+    window: int,
+    time_limit: float,
+    server_cpu: CpuClock,
+) -> EchoResult:
+    """One windowed echo pass: up to *window* QoS 1 messages published and not yet back."""
+    if len(pool) != POOL or not 1 <= window <= POOL // 2:
+        raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
+    loop = asyncio.get_running_loop()
+    checker = Checker(SYSTEM, pool)
+    ring = pool + pool
+    done: asyncio.Future[None] = loop.create_future()
+    state = {"sent": 0, "limit": messages}
+    stopped_by = "count"
+    stop_at = 0.0
+
+    def refill() -> None:
+        nonlocal stopped_by
+        sent, limit = state["sent"], state["limit"]
+        if sent < limit and time.perf_counter() >= stop_at:
+            state["limit"] = limit = sent  # the time bound: drain, send no more
+            stopped_by = "time"
+        room = min(window - (sent - checker.taken), limit - sent)
+        if room > 0:
+            start = sent & (POOL - 1)
+            for payload in ring[start : start + room]:
+                conn.publish(payload)
+            state["sent"] = sent + room
+
+    def on_payloads(payloads: list[bytes], now_ns: int) -> None:
+        if done.done():
+            return
+        try:
+            checker.check(payloads)
+        except BenchError as exc:
+            done.set_exception(exc)
+            return
+        if checker.taken >= state["limit"]:
+            done.set_result(None)
+        else:
+            refill()
+
+    conn = MqttConnection(window, on_payloads)
+    try:
+        await asyncio.wait_for(conn.open(port), 10.0)
+        server0 = server_cpu()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        stop_at = t0 + time_limit
+        refill()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), time_limit + DRAIN_SECONDS)
+        except TimeoutError:
+            raise BenchError(
+                f"{SYSTEM}: no progress, timed out with {state['sent']:,} sent, "
+                f"{checker.taken:,} echoed back" + (f" ({conn.failure})" if conn.failure else "")
+            ) from None
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        server = server_cpu() - server0
+    finally:
+        await conn.close()
+    return EchoResult(
+        SYSTEM,
+        len(pool[0]),
+        window,
+        state["sent"],
+        checker.taken,
+        seconds,
+        cpu,
+        server,
+        conn.reads,
+        conn.writes,
+        0,
+        0,
+        stopped_by,
+    )
+
+
+# ------------------------------------------------------------------- ping
+
+
+class MqttPing(Pinger):
+    """One MQTT client's pings: publish QoS 1 to its own topic, the delivery is the echo."""
+
+    def __init__(self, plan: PingPlan, index: int) -> None:
+        super().__init__(plan, index)
+        # One ping is out at a time; paho's in-flight limit stays as in the echo, so a
+        # ping never waits in paho's queue for the previous one's PUBACK.
+        self.conn = MqttConnection(PAHO_INFLIGHT, self._on_payloads)
+
+    def transmit(self, payload: bytes) -> None:
+        self.conn.publish(payload)
+        if self.conn.failure:
+            self.finish_failed(self.conn.failure)
+
+    def _on_payloads(self, payloads: list[bytes], now_ns: int) -> None:
+        for payload in payloads:
+            self.on_echo(payload, now_ns)
+
+
+async def mqtt_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
+    """One ping-pong pass over *plan.connections* MQTT clients."""
+    pingers: list[MqttPing] = []
+
+    async def open_one(index: int) -> None:
+        pinger = MqttPing(plan, index)
+        pingers.append(pinger)
+        await pinger.conn.open(port)
+
+    try:
+        await open_all(plan.connections, open_one)
+        plan.begin()
+        for pinger in pingers:
+            pinger.start()
+        return await run_pass(plan, [pinger.finished for pinger in pingers], server_cpu)
+    finally:
+        await asyncio.gather(*(p.conn.close() for p in pingers), return_exceptions=True)

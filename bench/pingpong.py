@@ -1,0 +1,500 @@
+"""Ping-pong at a fixed offered rate: the load generator of ``python -m bench latency``.
+
+A pass offers *rate* messages per second in total for *duration* seconds, over
+*connections* connections (sessions), each with at most one message in flight:
+connection *i* sends its *k*-th ping at ``start + (i / connections + k) *
+period``, ``period = connections / rate``, so the connections' pings interleave
+evenly. A ping goes to the server, comes back (the daemon's echo app, the
+ceiling, or a broker delivering it to the subscriber that sent it) and its round
+trip is counted, in nanoseconds, in one :class:`~bench.histogram.Histogram` per
+pass.
+
+When a ping's scheduled time comes while the previous one is still out, it
+waits for that reply and goes at once; its round trip is then counted from its
+*scheduled* time, so that a slow reply also shows in the pings it held back
+(HdrHistogram's correction for coordinated omission). Otherwise it is counted
+from the moment it was actually handed to the transport: the event loop's
+timers fire up to a millisecond off, and that jitter is the load generator's,
+not the server's.
+
+Every echo is compared with the ping sent; a pass fails (:class:`BenchError`)
+on a wrong, extra or missing echo, and is bounded in time: no ping is sent past
+``duration + time_limit`` seconds. :class:`Pinger` holds the schedule for the
+callback-driven clients (:class:`SessionPing` for the daemon through the core,
+:class:`FramedPing` for the ceiling, the paho-mqtt client of
+:mod:`bench.mqtt_peer`); :func:`coroutine_pinger` does the same for clients
+with an awaitable API (the library client of :mod:`bench.library_client`,
+nats-py in :mod:`bench.nats_peer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sessiond_client.protocol import Connection, ConnectionState, Params, Role, Session
+
+from . import BenchError
+from .core import POOL
+from .histogram import Histogram
+from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, arm_timer, other_load_json, send_close
+
+#: The first pings go this long after the pass starts (connections are open by then).
+LEAD_NS = 5_000_000
+#: Waiting for the last replies, beyond the pass's own time bound.
+DRAIN_SECONDS = 10.0
+#: Connections opened at once while setting a pass up.
+CONNECT_CONCURRENCY = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """One pass of one system at one offered rate."""
+
+    system: str
+    size: int
+    rate: float  # offered, messages/s over all connections
+    connections: int
+    planned: int  # pings in the schedule
+    sent: int
+    received: int  # echoed back and found equal to the ping
+    late: int  # pings held back past their time by the previous reply
+    seconds: float  # from the first scheduled ping to the last reply
+    client_cpu: float  # load generator CPU seconds over the same span
+    server_cpu: float
+    histogram: Histogram  # round trips, ns
+    stopped_by: str  # "count" or "time"
+    #: Share of the server's and the load generator's cores other processes used.
+    others: tuple[float, float] | None = None
+
+    @property
+    def achieved(self) -> float:
+        return self.received / self.seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "offered_rate": self.rate,
+            "connections": self.connections,
+            "planned": self.planned,
+            "sent": self.sent,
+            "received": self.received,
+            "lost": self.sent - self.received,
+            "late": self.late,
+            "seconds": self.seconds,
+            "achieved_rate": self.achieved,
+            "client_cpu_s": self.client_cpu,
+            "client_cpu_share": self.client_cpu / self.seconds,
+            "server_cpu_s": self.server_cpu,
+            "server_cpu_share": self.server_cpu / self.seconds,
+            "round_trip_us": {
+                key: value / 1000 if key != "count" else value
+                for key, value in self.histogram.summary().items()
+            },
+            "stopped_by": self.stopped_by,
+            **other_load_json(self.others),
+        }
+
+
+class PingPlan:
+    """What the connections of one pass share: the schedule, the histogram, the counts."""
+
+    def __init__(
+        self,
+        system: str,
+        pool: list[bytes],
+        rate: float,
+        connections: int,
+        duration: float,
+        time_limit: float,
+    ) -> None:
+        if rate <= 0 or connections < 1 or duration <= 0:
+            raise BenchError("rate and duration must be positive, connections at least 1")
+        if len(pool) != POOL:
+            raise BenchError(f"the pool must hold {POOL} payloads")
+        self.system = system
+        self.pool = pool
+        self.size = len(pool[0])
+        self.rate = rate
+        self.connections = connections
+        self.period_ns = round(connections * 1e9 / rate)
+        self.per_connection = max(1, round(duration * rate / connections))
+        self.planned = self.per_connection * connections
+        self.time_limit = time_limit
+        self.histogram = Histogram()
+        self.sent = 0
+        self.received = 0
+        self.late = 0
+        self.start_ns = 0
+        self.stop_ns = 0
+        self.stopped_by = "count"
+        self.failure: str | None = None
+
+    def begin(self) -> None:
+        """Fix the schedule: the first ping goes :data:`LEAD_NS` from now."""
+        self.start_ns = time.perf_counter_ns() + LEAD_NS
+        self.stop_ns = self.start_ns + round(
+            (self.per_connection * self.period_ns / 1e9 + self.time_limit) * 1e9
+        )
+
+    def due(self, connection: int, k: int) -> int:
+        """When connection *connection* sends its *k*-th ping (perf_counter_ns)."""
+        offset = (connection * self.period_ns) // self.connections
+        return self.start_ns + offset + k * self.period_ns
+
+    def payload(self, connection: int, k: int) -> bytes:
+        return self.pool[(connection * 7919 + k) & (POOL - 1)]
+
+    def fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = f"{self.system}: {why}"
+
+
+class Pinger:
+    """One connection's pings, driven by a timer and by the echoes (callback clients).
+
+    A subclass implements :meth:`transmit` (hand one payload to the transport)
+    and calls :meth:`on_echo` for every payload that comes back, with the clock
+    read once per read; then calls :meth:`finish_failed` if its connection breaks.
+    """
+
+    def __init__(self, plan: PingPlan, index: int) -> None:
+        self.plan = plan
+        self.index = index
+        self.loop = asyncio.get_running_loop()
+        self.k = 0  # pings sent
+        self.count = plan.per_connection
+        self.outstanding = False
+        self.expected = b""
+        self.sent_ns = 0
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+
+    def transmit(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Arm the timer for the first ping (after :meth:`PingPlan.begin`)."""
+        self._arm(time.perf_counter_ns())
+
+    def _arm(self, now_ns: int) -> None:
+        delay = (self.plan.due(self.index, self.k) - now_ns) / 1e9
+        self.ping_timer = self.loop.call_later(max(0.0, delay), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.ping_timer = None
+        if self.outstanding or self.finished.done():
+            return
+        self._send(time.perf_counter_ns())
+
+    def _send(self, started_ns: int) -> None:
+        plan = self.plan
+        if started_ns > plan.stop_ns:
+            plan.stopped_by = "time"
+            self.count = self.k
+            self._finish()
+            return
+        payload = plan.payload(self.index, self.k)
+        self.expected = payload
+        self.outstanding = True
+        self.sent_ns = started_ns
+        self.k += 1
+        plan.sent += 1
+        try:
+            self.transmit(payload)
+        except Exception as exc:  # a client library refusing the send ends the pass
+            self.finish_failed(f"send failed: {exc!r}")
+
+    def on_echo(self, payload: bytes, now_ns: int) -> None:
+        """Count the round trip of the ping *payload* answers; send the next one or wait."""
+        plan = self.plan
+        if not self.outstanding or payload != self.expected:
+            self.finish_failed(
+                f"connection {self.index}: echo {payload[:8].hex()}... "
+                + ("with no ping out" if not self.outstanding else "is not the ping sent")
+            )
+            return
+        plan.histogram.record(now_ns - self.sent_ns)
+        plan.received += 1
+        self.outstanding = False
+        if self.k >= self.count:
+            self._finish()
+            return
+        due = plan.due(self.index, self.k)
+        if now_ns >= due:  # held back by this reply: count from the scheduled time
+            plan.late += 1
+            self._send(due)
+        else:
+            self._arm(now_ns)
+
+    def _finish(self) -> None:
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def finish_failed(self, why: str) -> None:
+        self.plan.fail(why)
+        self._finish()
+
+
+# ------------------------------------------------------------------ sessiond
+
+
+class SessionPing(Pinger, asyncio.Protocol):
+    """A sessiond client session (the core in a Protocol, as bench/loadgen.py drives it)."""
+
+    def __init__(self, plan: PingPlan, index: int, params: Params | None = None) -> None:
+        super().__init__(plan, index)
+        self.session = Session(Role.CLIENT, params or Params())
+        self.conn: Connection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the core's own timer
+        self.timer_at = 0.0
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.conn = self.session.connect(self.loop.time())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        now_ns = time.perf_counter_ns()
+        conn = self.conn
+        assert conn is not None
+        now = self.loop.time()
+        conn.receive_data(data, now)
+        if not self.opened.done():
+            if conn.state is ConnectionState.OPEN:
+                self.session.events()
+                self.opened.set_result(None)
+        else:
+            for payload in self.session.take_messages(now):
+                self.on_echo(payload, now_ns)
+        self._flush()
+
+    def transmit(self, payload: bytes) -> None:
+        self.session.send(payload, self.loop.time())
+        self._flush()
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if conn is None or self.transport is None:
+            return
+        out = conn.data_to_send()
+        if out:
+            self.transport.write(out)
+        if conn.closed and not self.closing:
+            self._broken(f"the core closed the connection: {conn.close_code!s}")
+            return
+        arm_timer(self, self._on_core_timer, off=self.closing)
+
+    def _on_core_timer(self) -> None:
+        self.timer = None
+        self.session.handle_timer(self.loop.time())
+        self._flush()
+
+    def _broken(self, why: str) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(BenchError(f"{self.plan.system}: {why}"))
+        if not self.finished.done():
+            self.finish_failed(why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.closing:
+            self._broken(f"connection lost ({exc or 'EOF'})")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def close(self) -> None:
+        """CLOSE NORMAL (the daemon forgets the session), then close the transport."""
+        self.closing = True
+        send_close(self)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class FramedPing(Pinger, asyncio.Protocol):
+    """The ceiling's client: 4-byte length + payload, nothing else."""
+
+    def __init__(self, plan: PingPlan, index: int) -> None:
+        super().__init__(plan, index)
+        self.transport: asyncio.Transport | None = None
+        self.tail = b""
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.opened.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now_ns = time.perf_counter_ns()
+        buffer = self.tail + data if self.tail else data
+        size = len(buffer)
+        pos = 0
+        while size - pos >= 4:
+            (length,) = LENGTH.unpack_from(buffer, pos)
+            if length > MAX_FRAME:
+                self.finish_failed(f"frame of {length} bytes")
+                return
+            stop = pos + 4 + length
+            if stop > size:
+                break
+            self.on_echo(buffer[pos + 4 : stop], now_ns)
+            pos = stop
+        self.tail = buffer[pos:]
+
+    def transmit(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(LENGTH.pack(len(payload)) + payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing and not self.finished.done():
+            self.finish_failed(f"connection lost ({exc or 'EOF'})")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+# ------------------------------------------------------ coroutine clients
+
+
+#: Send one payload, as a client library's ``await send()`` / ``await publish()`` does.
+Send = Callable[[bytes], Awaitable[object]]
+#: The next message and the ``perf_counter_ns`` reading when the application got it.
+Receive = Callable[[], Awaitable[tuple[bytes, int]]]
+
+
+async def coroutine_pinger(plan: PingPlan, index: int, send: Send, receive: Receive) -> None:
+    """One connection's pings through an awaitable API: ``await send(ping)``, then the
+    echo from ``await receive()``; the same schedule and counting as :class:`Pinger`."""
+    histogram = plan.histogram
+    clock = time.perf_counter_ns
+    for k in range(plan.per_connection):
+        due = plan.due(index, k)
+        now_ns = clock()
+        if now_ns < due:
+            await asyncio.sleep((due - now_ns) / 1e9)
+            started = clock()
+        else:
+            if k:
+                plan.late += 1
+            started = due
+        if started > plan.stop_ns:
+            plan.stopped_by = "time"
+            return
+        payload = plan.payload(index, k)
+        plan.sent += 1
+        await send(payload)
+        echo, now_ns = await receive()
+        if echo != payload:
+            plan.fail(f"connection {index}: echo {echo[:8].hex()}... is not the ping sent")
+            return
+        histogram.record(now_ns - started)
+        plan.received += 1
+
+
+# -------------------------------------------------------------------- passes
+
+
+async def run_pass(
+    plan: PingPlan,
+    pingers: list[Awaitable[None]],
+    server_cpu: CpuClock,
+) -> PingResult:
+    """Wait for every connection's pings (already scheduled by *plan*); measure the span."""
+    server0 = server_cpu()
+    cpu0 = time.process_time()
+    begun = plan.start_ns
+    waiting = [asyncio.ensure_future(pinger) for pinger in pingers]
+    limit = plan.stop_ns / 1e9 - time.perf_counter() + DRAIN_SECONDS
+    done, pending = await asyncio.wait(waiting, timeout=max(limit, 1.0))
+    end_ns = time.perf_counter_ns()
+    cpu = time.process_time() - cpu0
+    server = server_cpu() - server0
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5.0)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            plan.fail(f"{task.exception()!r}")
+    if pending and plan.failure is None:
+        plan.fail(f"no reply within {DRAIN_SECONDS:g} s after the pass's time bound")
+    if plan.failure is not None:
+        raise BenchError(f"{plan.failure} ({plan.sent:,} sent, {plan.received:,} echoed back)")
+    if plan.received != plan.sent:
+        raise BenchError(f"{plan.system}: {plan.sent:,} pings sent, {plan.received:,} came back")
+    return PingResult(
+        plan.system,
+        plan.size,
+        plan.rate,
+        plan.connections,
+        plan.planned,
+        plan.sent,
+        plan.received,
+        plan.late,
+        (end_ns - begun) / 1e9,
+        cpu,
+        server,
+        plan.histogram,
+        plan.stopped_by,
+    )
+
+
+async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> None:
+    semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def bounded(index: int) -> None:
+        async with semaphore:
+            await asyncio.wait_for(open_one(index), 10.0)
+
+    try:
+        await asyncio.gather(*(bounded(i) for i in range(count)))
+    except (OSError, TimeoutError) as exc:
+        raise BenchError(f"opening {count} connections: {exc!r}") from None
+
+
+async def ping_protocols(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
+    """One pass of the daemon (core sessions) or the ceiling (framed connections)."""
+    loop = asyncio.get_running_loop()
+    clients: list[SessionPing | FramedPing] = []
+
+    async def open_one(index: int) -> None:
+        client: SessionPing | FramedPing
+        if plan.system == "ceiling":
+            client = FramedPing(plan, index)
+        else:
+            client = SessionPing(plan, index)
+        clients.append(client)
+        await loop.create_connection(lambda: client, HOST, port)
+        await client.opened
+
+    try:
+        await open_all(plan.connections, open_one)
+        plan.begin()
+        for client in clients:
+            client.start()
+        return await run_pass(plan, [client.finished for client in clients], server_cpu)
+    finally:
+        for client in clients:
+            client.close()
+        lost = [client.lost for client in clients if not client.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=5.0)

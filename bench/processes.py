@@ -1,0 +1,313 @@
+"""Servers under test in their own processes: pinning, start, readiness, CPU, RSS, stop.
+
+Every socket-level scenario runs its servers (the daemon, the ceiling, the peer
+brokers) as separate processes on 127.0.0.1, pinned to one core with ``taskset``
+while the load generator (the bench process) is pinned to another
+(:func:`choose_pinning`). :class:`ServerProcess` starts one, waits until it
+accepts connections, reads its CPU seconds and RSS from ``/proc`` and stops it
+with SIGTERM (then SIGKILL), keeping its output for the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from . import BenchError
+from .loadgen import HOST
+from .results import REPO_ROOT, Json
+
+STOP_TIMEOUT = 15.0
+READY_TIMEOUT = 20.0
+
+CPU_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    """Which core the servers and the load generator run on (None: unpinned)."""
+
+    server_cpu: int | None
+    loadgen_cpu: int | None
+    note: str
+
+    @property
+    def pinned(self) -> bool:
+        return self.server_cpu is not None
+
+    def prefix(self) -> list[str]:
+        return [] if self.server_cpu is None else ["taskset", "-c", str(self.server_cpu)]
+
+    def to_json(self) -> Json:
+        return {
+            "pinned": self.pinned,
+            "note": self.note,
+            "server_cpu": self.server_cpu,
+            "server_pinned_with": "taskset -c" if self.pinned else None,
+            "loadgen_cpu": self.loadgen_cpu,
+            "loadgen_pinned_with": "os.sched_setaffinity" if self.pinned else None,
+        }
+
+
+def choose_pinning() -> Pinning:
+    """Server on core 0 with taskset, load generator on core 1, when both are possible."""
+    try:
+        usable = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return Pinning(None, None, "unpinned: no sched_setaffinity on this platform")
+    if shutil.which("taskset") is None:
+        return Pinning(None, None, "unpinned: taskset not found")
+    if len(usable) < 2:
+        return Pinning(None, None, f"unpinned: only {len(usable)} usable core(s)")
+    server, loadgen = (0, 1) if {0, 1} <= set(usable) else (usable[0], usable[1])
+    return Pinning(server, loadgen, f"server `taskset -c {server}`, load generator core {loadgen}")
+
+
+@contextlib.contextmanager
+def pinned_loadgen(pinning: Pinning) -> Iterator[None]:
+    """Run the body on the load generator's core; restore this process's affinity after."""
+    if pinning.loadgen_cpu is None:
+        yield
+        return
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {pinning.loadgen_cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+class CoreLoad:
+    """How busy the pinned cores were, to tell what other processes took of them.
+
+    On a shared machine another process may run on the server's or the load
+    generator's core; a pass then measures the contention as much as the system.
+    :meth:`start` and :meth:`others` read ``/proc/stat`` (busy = user, nice,
+    system, irq, softirq and steal ticks of each core) around a pass; the time the
+    server and the load generator themselves used is taken out.
+    """
+
+    def __init__(self, pinning: Pinning) -> None:
+        self.cpus = (pinning.server_cpu, pinning.loadgen_cpu)
+        self._ticks: dict[int, int] = {}
+        self._t0 = 0.0
+
+    @staticmethod
+    def busy_ticks() -> dict[int, int]:
+        ticks: dict[int, int] = {}
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                for line in stat:
+                    name, *fields = line.split()
+                    if name.startswith("cpu") and name != "cpu":
+                        user, nice, system, _idle, _wait, irq, softirq, steal = map(int, fields[:8])
+                        ticks[int(name[3:])] = user + nice + system + irq + softirq + steal
+        except (OSError, ValueError):
+            return {}
+        return ticks
+
+    def start(self) -> None:
+        self._ticks = self.busy_ticks()
+        self._t0 = time.perf_counter()
+
+    def others(self, server_cpu: float, loadgen_cpu: float) -> tuple[float, float] | None:
+        """Share of each core (server's, load generator's) that others used since :meth:`start`.
+
+        *server_cpu* and *loadgen_cpu* are the CPU seconds our two processes used
+        over the same span. None when unpinned or unreadable.
+        """
+        seconds = time.perf_counter() - self._t0
+        ticks = self.busy_ticks()
+        server, loadgen = self.cpus
+        if server is None or loadgen is None or seconds <= 0 or not ticks or not self._ticks:
+            return None
+        shares = []
+        for cpu, ours in ((server, server_cpu), (loadgen, loadgen_cpu)):
+            busy = (ticks.get(cpu, 0) - self._ticks.get(cpu, 0)) / CPU_TICK
+            shares.append(max(0.0, min(1.0, (busy - ours) / seconds)))
+        return shares[0], shares[1]
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's open-file soft limit to the hard limit; return (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def python_command(argv: list[str], port: int) -> list[str]:
+    """``python -m ARGV --listen 127.0.0.1:PORT`` with this interpreter."""
+    return [sys.executable, "-m", *argv, "--listen", f"{HOST}:{port}"]
+
+
+class ServerProcess:
+    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked.
+
+    *command* is the whole command line (the pinning prefix is added here); it
+    must make the server listen on *port*. The process's stdout and stderr go to
+    ``<log_dir>/<name>.log``. :meth:`stop` sends *stop_signal* (nats-server exits
+    with 1 on SIGTERM and 0 on SIGINT).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        pinning: Pinning,
+        log_dir: Path,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        self.name = name
+        self.stop_signal = stop_signal
+        self.port = port
+        self.argv = [*pinning.prefix(), *command]
+        self._command = command
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = self.log_path.open("w+b")
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=raise_nofile,  # noqa: PLW1509 - only setrlimit, and no threads
+            )
+        except OSError as exc:
+            self._log.close()
+            raise BenchError(f"{name}: cannot start {command[0]}: {exc}") from None
+        self.pid = self.proc.pid
+        self.returncode: int | None = None
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1.0):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise BenchError(f"{self.name}: not listening after {timeout:.0f} s") from None
+                time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise BenchError(f"{self.name} exited with {code}: {self.log_tail() or '(no output)'}")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the server process so far (all its threads)."""
+        with open(f"/proc/{self.pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CPU_TICK  # fields 14 and 15 of stat
+
+    def status(self, key: str) -> str:
+        with open(f"/proc/{self.pid}/status", encoding="utf-8") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name == key:
+                    return value.strip()
+        raise BenchError(f"{self.name}: no {key} in /proc/{self.pid}/status")
+
+    def rss_kib(self) -> int:
+        self.check_alive()
+        return int(self.status("VmRSS").split()[0])
+
+    def nofile_limit(self) -> str:
+        with open(f"/proc/{self.pid}/limits", encoding="utf-8") as limits:
+            for line in limits:
+                if line.startswith("Max open files"):
+                    return " ".join(line.split()[3:5])
+        return "?"
+
+    def describe(self) -> Json:
+        return {
+            "argv": self.argv,
+            "command": " ".join(self._command).replace(sys.executable, "python"),
+            "pid": self.pid,
+            "affinity": sorted(os.sched_getaffinity(self.pid)),
+            "nofile_soft_hard": self.nofile_limit(),
+        }
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> Json:
+        """The stop signal, then SIGKILL after a while; return the exit status and the log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5.0)
+        self.returncode = self.proc.returncode
+        self._log.close()
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return {
+            "exit_code": self.returncode,
+            "log_lines": len(text.splitlines()),
+            "log": text[-4000:],
+        }
+
+
+@contextlib.contextmanager
+def process(
+    name: str,
+    command: list[str],
+    port: int,
+    pinning: Pinning,
+    log_dir: Path,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> Iterator[ServerProcess]:
+    """A :class:`ServerProcess` for the body, stopped after it however it ends."""
+    proc = ServerProcess(name, command, port, pinning, log_dir, stop_signal)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.stop()
+
+
+@contextlib.contextmanager
+def server(name: str, argv: list[str], pinning: Pinning, log_dir: Path) -> Iterator[ServerProcess]:
+    """``python -m ARGV --listen 127.0.0.1:PORT`` on a free port, for the body."""
+    port = free_port()
+    with process(name, python_command(argv, port), port, pinning, log_dir) as proc:
+        yield proc
+
+
+def daemon_argv() -> list[str]:
+    """The daemon with the echo app, named: the embedded default app may change."""
+    return ["sessiond", "serve", "--app", "echo", "--log-level", "WARNING"]
+
+
+def ceiling_argv() -> list[str]:
+    return ["bench.ceiling"]
