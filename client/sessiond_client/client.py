@@ -137,7 +137,12 @@ class Session:
         # With a state file, what the core counts as consumed (and persists, and
         # acknowledges) must be exactly what recv() returned: one at a time.
         take_limit = 1 if self._store is not None else None
-        self._handoff = Handoff(self._core, self._loop, self._flush, self._failure, take_limit)
+        # Without a state file, what send() and recv() queue is written once per loop
+        # iteration, not once per call: a burst of sends leaves as one write. With one,
+        # send() returns only once its message is on disk, so it flushes at once.
+        flush = self._flush if self._store is not None else self._flush_soon
+        self._handoff = Handoff(self._core, self._loop, flush, self._failure, take_limit)
+        self._flush_pending = False
         self._state = State.CONNECTING
         self._listeners: list[Callable[[State], None]] = []
         self._lost: SessionLost | None = None
@@ -389,6 +394,15 @@ class Session:
             proto.transport.write(data)
         if proto.conn.closed:
             proto.transport.close()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_pending = False
+        self._flush()
 
     def _wake(self) -> None:
         self._handoff.wake()
