@@ -1,8 +1,9 @@
 """The channels handler: one coroutine per session, as every sessiond app.
 
 :class:`ChannelsApp` reads the session's requests in order and lets the
-:class:`~.broker.Broker` act on them; a sender task per session moves the
-session's outbox into the session. When the session ends (closed, expired,
+:class:`~.broker.Broker` act on them; a sender task, started only while the
+session's outbox holds something (:class:`~.broker.Member`), moves it into the
+session. When the session ends (closed, expired,
 revoked, or ended as a slow consumer) iteration stops, and the session's
 subscriptions end with it: presence channels see it leave then, and only then.
 A transport failure is invisible here, so it never looks like a leave.
@@ -15,7 +16,6 @@ import logging
 
 from sessiond_client import envelopes
 from sessiond_client.envelopes import ChannelError
-from sessiond_client.protocol import CloseCode, SessionLost
 
 from ..session import Session
 from .broker import Broker, Member
@@ -27,8 +27,6 @@ log = logging.getLogger("sessiond.channels")
 #: sender tasks drain their outboxes meanwhile, so a burst of publishes from one
 #: session does not fill its subscribers' outboxes in a single loop tick).
 YIELD_EVERY = 16
-#: Payloads a sender hands to its session at once.
-SEND_BATCH = 64
 
 
 class ChannelsApp:
@@ -44,8 +42,6 @@ class ChannelsApp:
 
     async def __call__(self, session: Session) -> None:
         member = self.broker.join(session)
-        sender = asyncio.get_running_loop().create_task(self._send(member))
-        sender.add_done_callback(lambda task: _sender_done(task, session))
         handled = 0
         try:
             async for payload in session:
@@ -53,53 +49,20 @@ class ChannelsApp:
                 handled += 1
                 room = member.outbox.room_for_control()
                 if room is not None:  # the client is not reading its replies: stop reading
-                    await asyncio.wait([room, sender], return_when=asyncio.FIRST_COMPLETED)
+                    # (entries are queued, so a sender runs; it closes the outbox if it ends
+                    # with the session, which completes *room*)
+                    await room
                 elif handled % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         finally:
             self.broker.leave(member)
-            sender.cancel()
-            await asyncio.wait([sender])
+            sender = member.sender
+            if sender is not None:
+                sender.cancel()
+                await asyncio.wait([sender])
 
     def _handle(self, member: Member, payload: bytes) -> None:
         try:
             self.broker.handle(member, envelopes.parse_request(payload))
         except ChannelError as exc:
             member.outbox.put_control(envelopes.error(exc))
-
-    @staticmethod
-    async def _send(member: Member) -> None:
-        """Move the outbox into the session, in order, a batch at a time; ends with the
-        session. A batch taken is at most SEND_BATCH payloads beyond the outbox's limits."""
-        outbox = member.outbox
-        session = member.session
-        batch: list[bytes] = []
-        while True:
-            limit = session.core.max_payload
-            while len(batch) < SEND_BATCH and (taken := outbox.take()) is not None:
-                payload, channel = taken
-                if len(payload) > limit:
-                    # Too large for this client's frames: a gap notice, not a silent hole.
-                    # (Replies and gap notices are small; only deliveries can get here.)
-                    if channel is not None:
-                        outbox.note_undeliverable(channel)
-                    continue
-                batch.append(payload)
-            if not batch:
-                if outbox.closed:
-                    return
-                await outbox.wait()
-                continue
-            try:
-                await session.send_many(batch)  # waits while the client's window is full
-            except SessionLost:
-                return
-            batch = []
-
-
-def _sender_done(task: asyncio.Task[None], session: Session) -> None:
-    if task.cancelled() or task.exception() is None:
-        return
-    log.error("channels sender failed for session %s", session.id[:8], exc_info=task.exception())
-    if not session.ended:
-        session.close(CloseCode.SESSION_REVOKED, "channels sender failed")

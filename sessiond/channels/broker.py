@@ -21,7 +21,7 @@ from typing import Any
 
 from sessiond_client import envelopes
 from sessiond_client.envelopes import ChannelError, ErrorCode, Request
-from sessiond_client.protocol import CloseCode
+from sessiond_client.protocol import CloseCode, SessionLost
 from sessiond_client.topics import InvalidChannel, check_name, check_pattern, is_pattern, matches
 
 from ..session import Session
@@ -34,6 +34,8 @@ log = logging.getLogger("sessiond.channels")
 
 MAX_IDENTITY = 1024  # characters of an identity shown to other sessions
 _INFO_CACHE = 65_536  # channel names whose features are remembered
+#: Payloads a sender hands to its session at once.
+SEND_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +56,85 @@ class Retained:
 
 
 class Member:
-    """One channels session: its outbox, subscriptions and permissions."""
+    """One channels session: its outbox, subscriptions and permissions, and the sender
+    task that moves the outbox into the session while there is something to move.
 
-    __slots__ = ("grants", "identity", "outbox", "patterns", "session", "tag")
+    An idle member holds no task: :meth:`ready` (the outbox's callback when an entry
+    arrives) starts one, and it ends as soon as the outbox is empty again.
+    """
 
-    def __init__(self, session: Session, outbox: Outbox, identity: str | None, grants: Grants):
+    __slots__ = ("grants", "identity", "outbox", "patterns", "sender", "session", "tag")
+
+    def __init__(
+        self, session: Session, identity: str | None, grants: Grants, config: ChannelsConfig
+    ):
         self.session = session
-        self.outbox = outbox
         self.identity = identity
         self.grants = grants
         self.tag = secrets.token_hex(8)  # shown to others instead of the session ID
-        self.patterns: set[str] = set()
+        self.patterns: dict[str, None] = {}  # an ordered set (an empty set costs 3x a dict)
+        self.sender: asyncio.Task[None] | None = None
+        self.outbox = Outbox(
+            asyncio.get_running_loop(),
+            config.queue_messages,
+            config.queue_bytes,
+            self.overflow,
+            self.ready,
+        )
 
     def __repr__(self) -> str:
         return f"<Member {self.tag} identity={self.identity!r} patterns={len(self.patterns)}>"
+
+    def overflow(self, why: str) -> None:
+        """A disconnect-policy channel overflowed the outbox: end the session SLOW_CONSUMER."""
+        session = self.session
+        if not session.ended:
+            log.info("slow consumer %s (identity %r): %s", session.id[:8], self.identity, why)
+            session.close(CloseCode.SLOW_CONSUMER, "slow consumer: " + why)
+
+    def ready(self) -> None:
+        """Something was queued: start the sender unless one is running."""
+        if self.sender is None and not self.outbox.closed:
+            self.sender = asyncio.get_running_loop().create_task(self._send())
+            self.sender.add_done_callback(self._sender_done)
+
+    async def _send(self) -> None:
+        """Move the outbox into the session, in order, a batch at a time, until it is
+        empty. A batch is at most SEND_BATCH payloads beyond the outbox's limits."""
+        outbox = self.outbox
+        session = self.session
+        while True:
+            limit = session.core.max_payload
+            batch: list[bytes] = []
+            while len(batch) < SEND_BATCH and (taken := outbox.take()) is not None:
+                payload, channel = taken
+                if len(payload) > limit:
+                    # Too large for this client's frames: a gap notice, not a silent hole.
+                    # (Replies and gap notices are small; only deliveries can get here.)
+                    if channel is not None:
+                        outbox.note_undeliverable(channel)
+                    continue
+                batch.append(payload)
+            if not batch:
+                self.sender = None  # in the same step as the empty check: no entry missed
+                return
+            try:
+                await session.send_many(batch)  # waits while the client's window is full
+            except SessionLost:
+                outbox.close()  # frees a handler waiting for room_for_control
+                self.sender = None
+                return
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        session = self.session
+        log.error(
+            "channels sender failed for session %s", session.id[:8], exc_info=task.exception()
+        )
+        self.outbox.close()
+        if not session.ended:
+            session.close(CloseCode.SESSION_REVOKED, "channels sender failed")
 
 
 def identity_text(identity: Any) -> str | None:
@@ -96,19 +163,7 @@ class Broker:
         """A new channels session: its member object, with an outbox that ends the
         session with SLOW_CONSUMER when a disconnect-policy channel overflows it."""
         identity = identity_text(session.identity)
-
-        def overflow(why: str) -> None:
-            if not session.ended:
-                log.info("slow consumer %s (identity %r): %s", session.id[:8], identity, why)
-                session.close(CloseCode.SLOW_CONSUMER, "slow consumer: " + why)
-
-        outbox = Outbox(
-            asyncio.get_running_loop(),
-            self.config.queue_messages,
-            self.config.queue_bytes,
-            overflow,
-        )
-        return Member(session, outbox, identity, self.acl.grants(identity))
+        return Member(session, identity, self.acl.grants(identity), self.config)
 
     def leave(self, member: Member) -> None:
         """The session ended: drop its subscriptions; presence channels see it leave."""
@@ -202,7 +257,7 @@ class Broker:
             )
         presence = not is_pattern(pattern) and self.info(pattern).presence
         if fresh:
-            member.patterns.add(pattern)
+            member.patterns[pattern] = None
             self.subscriptions.add(pattern, member)
         fields: dict[str, Any] = {}
         if presence:
@@ -226,7 +281,7 @@ class Broker:
     # ------------------------------------------------------------- helpers
 
     def _remove(self, member: Member, pattern: str) -> None:
-        member.patterns.discard(pattern)
+        member.patterns.pop(pattern, None)
         self.subscriptions.remove(pattern, member)
         present = self.members.get(pattern)
         if present is not None and member in present:

@@ -2,7 +2,9 @@
 
 Everything a channels session receives goes through its outbox, in order, and
 one sender task moves it into the session (whose window then applies its own
-backpressure). Publishers only ever append: they never wait for a subscriber.
+backpressure); *on_ready* is called whenever an entry arrives, so that the owner
+starts that task only when there is something to send. Publishers only ever
+append: they never wait for a subscriber.
 
 Two kinds of entries:
 
@@ -39,8 +41,8 @@ class Outbox:
         "_entries",
         "_loop",
         "_on_overflow",
+        "_on_ready",
         "_room_waiter",
-        "_waiter",
         "closed",
         "control",
         "count",
@@ -56,18 +58,20 @@ class Outbox:
         max_messages: int,
         max_bytes: int,
         on_overflow: Callable[[str], None],
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
-        self._entries: deque[Entry] = deque()
+        self._on_ready = on_ready
+        # None while empty: an empty deque costs 624 bytes, and most outboxes are empty.
+        self._entries: deque[Entry] | None = None
         self.count = 0  # channel entries queued
         self.size = 0  # their bytes
         self.control = 0  # control entries queued
         self.gaps: dict[str, int] = {}  # channel -> messages dropped, not yet told
         self.closed = False
-        self._waiter: asyncio.Future[None] | None = None
         self._room_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ producers
@@ -76,9 +80,8 @@ class Outbox:
         """Queue a reply, or a retained message of *channel*: never dropped, never refused."""
         if self.closed:
             return
-        self._entries.append((payload, channel, False, False))
+        self._append((payload, channel, False, False))
         self.control += 1
-        self._wake()
 
     def put(self, payload: bytes, channel: str, droppable: bool) -> None:
         """Queue a message or presence event of *channel*; apply the policy if it is full."""
@@ -95,10 +98,17 @@ class Outbox:
                     return
             if self.closed:
                 return
-        self._entries.append((payload, channel, droppable, True))
         self.count += 1
         self.size += size
-        self._wake()
+        self._append((payload, channel, droppable, True))
+
+    def _append(self, entry: Entry) -> None:
+        entries = self._entries
+        if entries is None:
+            self._entries = entries = deque()
+        entries.append(entry)
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _full(self, size: int) -> bool:
         if not self.count:
@@ -107,6 +117,8 @@ class Outbox:
 
     def _drop_oldest(self) -> bool:
         entries = self._entries
+        if entries is None:
+            return False
         for index, (payload, channel, droppable, _) in enumerate(entries):
             if droppable:
                 assert channel is not None
@@ -136,10 +148,12 @@ class Outbox:
     def close(self) -> None:
         """Accept nothing more and free what is queued (the session is over)."""
         self.closed = True
-        self._entries.clear()
+        self._entries = None
         self.gaps.clear()
         self.count = self.size = self.control = 0
-        self._wake()
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # ------------------------------------------------------------- consumer
 
@@ -149,9 +163,12 @@ class Outbox:
         if gaps:
             gapped = next(iter(gaps))
             return envelopes.gap(gapped, gaps.pop(gapped)), None
-        if not self._entries:
+        entries = self._entries
+        if not entries:
             return None
-        payload, channel, _, counted = self._entries.popleft()
+        payload, channel, _, counted = entries.popleft()
+        if not entries:
+            self._entries = None
         if not counted:
             self.control -= 1
             waiter = self._room_waiter
@@ -166,14 +183,6 @@ class Outbox:
         """A taken entry could not be sent (larger than the session's frame limit)."""
         self._gap(channel, 1)
 
-    async def wait(self) -> None:
-        """Wait until something may be taken (or the outbox closed)."""
-        if self._entries or self.gaps or self.closed:
-            return
-        if self._waiter is None or self._waiter.done():
-            self._waiter = self._loop.create_future()
-        await self._waiter
-
     def room_for_control(self) -> asyncio.Future[None] | None:
         """A future done once control entries fall below CONTROL_LIMIT; None if they are."""
         if self.control < CONTROL_LIMIT or self.closed:
@@ -182,14 +191,5 @@ class Outbox:
             self._room_waiter = self._loop.create_future()
         return self._room_waiter
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if self.closed:
-            waiter = self._room_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) if self._entries is not None else 0
