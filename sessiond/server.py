@@ -74,7 +74,7 @@ class _Entry:
     def __init__(self, core: CoreSession, server: Server) -> None:
         self.core = core
         self.server = server
-        self.session = Session(core, server.loop, self.flush)
+        self.session = Session(core, server.loop, self)
         self.protocol: ServerProtocol | None = None
         self.task: asyncio.Task[None] | None = None
         self.slot = Slot(self)  # its place in the server's Deadlines
@@ -314,7 +314,7 @@ class Server:
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
-        entry.session._wake()
+        entry.session.wake()
         self._arm(entry)
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:

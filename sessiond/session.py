@@ -9,26 +9,35 @@ iteration simply stops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from sessiond_client.handoff import Handoff
 from sessiond_client.protocol import CloseCode, InvalidState, SessionLost
 from sessiond_client.protocol import Session as CoreSession
 
 
-class Session:
-    """One session, as the application handler sees it."""
+class Flushable(Protocol):
+    """What owns a session's transport: writes what the core queued, once per tick."""
 
-    __slots__ = ("_core", "_data", "_flush", "_handoff", "_loop", "identity")
+    def flush(self) -> None: ...
+
+
+class Session(Handoff):
+    """One session, as the application handler sees it.
+
+    It is the :class:`~sessiond_client.handoff.Handoff` of its core session
+    itself (send, recv and iteration are the handoff's coroutines: no wrapping
+    coroutine per message, and no separate object per idle session).
+    """
+
+    __slots__ = ("_data", "_entry", "identity")
 
     def __init__(
-        self, core: CoreSession, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]
+        self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
     ) -> None:
-        self._core = core
-        self._loop = loop
-        self._flush = flush
-        self._handoff = Handoff(core, loop, flush, self._failure)
+        super().__init__(core, loop)
+        self._entry = entry
         self.identity: Any = core.identity
         self._data: dict[str, Any] | None = None
 
@@ -57,32 +66,16 @@ class Session:
         code = self._core.end_code
         return None if code is None else SessionLost(code)
 
-    # send, recv and __anext__ return the handoff's coroutines themselves: no wrapping
-    # coroutine per message (the echo benchmark's hot path).
+    def _flush(self) -> None:
+        self._entry.flush()
 
-    def send(self, payload: bytes) -> Coroutine[Any, Any, None]:
-        """Send one message; waits while the peer's window is full (backpressure)."""
-        return self._handoff.send(payload)
-
-    def recv(self) -> Coroutine[Any, Any, bytes]:
-        """Return the next message; raise SessionLost once the session has ended."""
-        return self._handoff.recv()
-
-    def send_many(self, payloads: Sequence[bytes]) -> Coroutine[Any, Any, None]:
-        """Send messages in order, as many at a time as the window takes: the same as
-        ``send`` for each, at a lower cost per message."""
-        return self._handoff.send_many(payloads)
-
-    def recv_many(self) -> Coroutine[Any, Any, list[bytes]]:
-        """Every message waiting, in order (waits for at least one); raises
-        SessionLost once the session has ended and nothing is left."""
-        return self._handoff.recv_many()
+    # send, recv, send_many and recv_many are the handoff's.
 
     def __aiter__(self) -> Session:
         return self
 
     def __anext__(self) -> Coroutine[Any, Any, bytes]:
-        return self._handoff.recv(stop=True)
+        return self.recv(stop=True)
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """End the session for good; the client is told with *code* if it is connected."""
@@ -91,10 +84,6 @@ class Session:
         except InvalidState:
             raise ValueError(f"{code.name} does not end a session") from None
         self._flush()
-
-    def _wake(self) -> None:
-        """Called by the server after input: wake a waiting recv() or send()."""
-        self._handoff.wake()
 
     def __repr__(self) -> str:
         return (

@@ -2,8 +2,11 @@
 
 :class:`Handoff` gives ``recv()`` the session's messages (from a local buffer,
 without a Future, when messages are already waiting) and makes ``send()`` wait
-for window. The adapter calls :meth:`Handoff.wake` after each input; *failure*
-says when waiting must end with an exception.
+for window. The adapter calls :meth:`Handoff.wake` after each input. Two hooks,
+given as callables or overridden by a subclass (the daemon's sessions, which
+saves two bound-method objects per idle session): :meth:`Handoff._flush` writes
+what the core queued, :meth:`Handoff._failure` says when waiting must end with
+an exception.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ class Handoff:
 
     __slots__ = (
         "_core",
-        "_failure",
-        "_flush",
+        "_failure_hook",
+        "_flush_hook",
         "_local",
         "_loop",
         "_recv_waiter",
@@ -33,8 +36,8 @@ class Handoff:
         self,
         core: CoreSession,
         loop: asyncio.AbstractEventLoop,
-        flush: Callable[[], None],
-        failure: Callable[[], SessionLost | None],
+        flush: Callable[[], None] | None = None,
+        failure: Callable[[], SessionLost | None] | None = None,
         take_limit: int | None = None,
     ) -> None:
         """*take_limit* 1 makes ``recv()`` take one message at a time from the core, so
@@ -42,13 +45,23 @@ class Handoff:
         self._core = core
         self._take_limit = take_limit
         self._loop = loop
-        self._flush = flush
-        self._failure = failure
-        # Taken from the core, not yet returned: newest first, so that pop() is O(1)
-        # (and an empty list costs 56 bytes where a deque costs 760).
-        self._local: list[bytes] = []
+        self._flush_hook = flush
+        self._failure_hook = failure
+        # Taken from the core, not yet returned: newest first, so that pop() is O(1).
+        # None while empty (most of the time): an empty list still costs 56 bytes.
+        self._local: list[bytes] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
         self._send_waiter: asyncio.Future[None] | None = None
+
+    def _flush(self) -> None:
+        """Write what the core queued (now or soon)."""
+        assert self._flush_hook is not None, "give flush or override _flush"
+        self._flush_hook()
+
+    def _failure(self) -> SessionLost | None:
+        """The exception that ends waiting, once the session has ended."""
+        assert self._failure_hook is not None, "give failure or override _failure"
+        return self._failure_hook()
 
     async def send(self, payload: bytes) -> None:
         """Queue one message; waits while the peer's window is full (backpressure)."""
@@ -91,7 +104,10 @@ class Handoff:
         (StopAsyncIteration instead with *stop*, for ``__anext__``)."""
         local = self._local
         if local:
-            return local.pop()
+            payload = local.pop()
+            if not local:
+                self._local = None
+            return payload
         while True:
             batch = self._core.take_messages(self._loop.time(), self._take_limit)
             if batch:
@@ -99,8 +115,9 @@ class Handoff:
                 if len(batch) == 1:
                     return batch[0]
                 batch.reverse()
+                payload = batch.pop()
                 self._local = batch
-                return batch.pop()
+                return payload
             if stop and self._failure() is not None:
                 raise StopAsyncIteration
             self._raise_failure()
@@ -112,8 +129,8 @@ class Handoff:
         exception once none will come."""
         while True:
             ready = self._take_all()
-            if ready:
-                return ready
+            if ready is not None:
+                return ready  # (None, not an empty list, stays in this frame while it waits)
             self._raise_failure()
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
             await waiter  # not in a helper coroutine: a parked frame less per session
@@ -121,19 +138,21 @@ class Handoff:
     def take_ready(self) -> list[bytes]:
         """Every message already received, in order, without waiting (maybe none)."""
         ready = self._take_all()
-        if not ready:
+        if ready is None:
             self._raise_failure()
+            return []
         return ready
 
-    def _take_all(self) -> list[bytes]:
+    def _take_all(self) -> list[bytes] | None:
+        """Every message waiting, in order; None if there is none."""
         ready = self._local
-        if ready:
+        if ready is not None:
             ready.reverse()
-            self._local = []
+            self._local = None
         batch = self._core.take_messages(self._loop.time())
         if batch:
             self._flush()
-            if not ready:
+            if ready is None:
                 return batch
             ready.extend(batch)
         return ready
@@ -153,7 +172,10 @@ class Handoff:
 
     def deliver(self, messages: Iterable[bytes]) -> None:
         """Hand over messages received outside the core (a lost session's unread ones)."""
-        self._local[:0] = reversed(list(messages))  # they come after those already taken
+        # They come after those already taken (newest first: at the front).
+        self._local = list(reversed(list(messages))) + (self._local or [])
+        if not self._local:
+            self._local = None
 
     def wake(self) -> None:
         """After input: wake a recv() that has a message, a send() that has window."""

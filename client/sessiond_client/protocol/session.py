@@ -171,7 +171,7 @@ class Session:
         self._retired: tuple[bytes, ...] = ()  # server: recently rotated-out digests
         self._confirmed = False  # server: the client proved it holds the current one
         self._takeovers: tuple[float, ...] = ()  # server: times of recent takeovers
-        self._events: list[Event] = []
+        self._events: list[Event] | None = None  # made on first use: most sessions idle
         self._expires_at: float | None = None
         self._heartbeat = self.params.heartbeat_interval
         self._idle_timeout = self._heartbeat * self.params.idle_timeout_factor
@@ -263,8 +263,15 @@ class Session:
     def events(self) -> list[Event]:
         """Return and clear the events reported since the last call."""
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
+
+    def _emit(self, event: Event) -> None:
+        if self._events is None:
+            self._events = []
+        self._events.append(event)
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must next be called (attached connection included)."""
@@ -454,7 +461,7 @@ class Session:
                 raise RemoteProtocolError("WELCOME resumed a session we did not ask for")
         elif self.id is not None:
             replaced = _code_or(welcome.reason, CloseCode.UNKNOWN_SESSION)
-            self._events.append(
+            self._emit(
                 SessionLost(self.id, replaced, tuple(self._inbox), tuple(self.unacked_messages()))
             )
             self._reset_streams()
@@ -472,10 +479,10 @@ class Session:
                 conn.close(now, CloseCode.REPLAY_UNAVAILABLE, "cannot replay from there")
                 return
             replayed = self._start_stream(conn, peer_received)
-            self._events.append(SessionResumed(self.id, replayed))
+            self._emit(SessionResumed(self.id, replayed))
         else:
             self._start_stream(conn, 0)
-            self._events.append(SessionStarted(self.id, replaced))
+            self._emit(SessionStarted(self.id, replaced))
 
     # --------------------------------------------------------- server side
 
@@ -490,7 +497,7 @@ class Session:
         self._confirmed = False
         self._attach_server(conn, hello, credential, False, now, replaces)
         self._start_stream(conn, 0)
-        self._events.append(SessionStarted(self.id, replaces))
+        self._emit(SessionStarted(self.id, replaces))
 
     def _check_resume(self, resume: Resume, identity: Any, now: float) -> CloseCode | None:
         """Server: why *resume* must not continue this session, or None (protocol.md §4, §10)."""
@@ -538,7 +545,7 @@ class Session:
         # DATA waits until the client confirms this transport (protocol.md §4.4): a
         # copy of the session racing this resume must not be handed the same messages.
         replayed = self._start_stream(conn, hello.resume.received, confirmed=False)
-        self._events.append(SessionResumed(self.id or b"", replayed))
+        self._emit(SessionResumed(self.id or b"", replayed))
 
     def _attach_server(
         self,
@@ -679,7 +686,7 @@ class Session:
 
     def _detach(self, now: float, code: CloseCode, retry_after: float) -> None:
         self.connection = None
-        self._events.append(TransportLost(code, retry_after))
+        self._emit(TransportLost(code, retry_after))
         if self.state is _CONNECTING:
             return
         if self.state is _ATTACHED:  # failed reconnects do not postpone expiry
@@ -698,7 +705,7 @@ class Session:
         self.connection = None
         if conn is not None:
             conn._close(code, reason, 0.0, True, now)
-        self._events.append(SessionEnded(self.id or b"", code, reason, by_peer))
+        self._emit(SessionEnded(self.id or b"", code, reason, by_peer))
 
 
 def _code_or(value: int | None, default: CloseCode) -> CloseCode:
@@ -936,7 +943,7 @@ class Connection:
             elif isinstance(frame, Goaway) and self.role is Role.CLIENT:
                 self.retry_after = frame.retry_after_ms / 1000
                 code = _code_or(frame.code, CloseCode.GOING_AWAY)
-                session._events.append(GoawayReceived(code, self.retry_after, frame.redirect))
+                session._emit(GoawayReceived(code, self.retry_after, frame.redirect))
             else:
                 raise _unexpected(frame, state)
         elif state is ConnectionState.AWAIT_HELLO and isinstance(frame, Hello):
