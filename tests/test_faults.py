@@ -538,61 +538,95 @@ async def test_a_clone_racing_an_unconfirmed_resume_takes_over_without_duplicate
         await b.close()
 
 
-async def test_repeated_takeovers_are_contested_then_resumable() -> None:
+async def test_one_client_on_half_open_transports_is_never_contested() -> None:
     """One client resumes again and again while its previous transports are half-open
-    (blackholed, still attached at the daemon): three takeovers go through, the fourth
-    within takeover_window is refused with SESSION_CONTESTED and retry_after (§9.2) and
-    the session stays on its transport. Once the daemon notices that transport is dead,
-    the resume after retry_after succeeds; nothing is lost."""
+    (blackholed, still attached at the daemon), as a device whose network keeps
+    changing: each resume presents its newest credential, so each takeover goes through
+    however many there are (§9.2); nothing is lost, nothing duplicated."""
+    async with daemon_and_proxy(takeover_limit=2) as (server, proxy):
+        client = CoreClient(*proxy.address, CLIENT_PARAMS)
+        assert await client.connect()
+        sent: list[bytes] = []
+        for i in range(6):
+            await exchange(client, [b"on transport %d" % i])
+            sent.append(b"on transport %d" % i)
+            old = server_side(server, proxy.last.upstream_address)
+            proxy.last.blackhole()
+            client.send(b"into hole %d" % i)
+            sent.append(b"into hole %d" % i)
+            await client.kill()
+            assert await client.connect()
+            assert isinstance(client.events[-1], SessionResumed)
+            assert old.closed and old.conn is not None
+            assert old.conn.close_code is CloseCode.TAKEN_OVER
+        await exchange(client, [b"finally"])
+        sent.append(b"finally")
+        assert client.received == sent
+        await client.close()
+
+
+async def test_lost_welcomes_are_contested_then_resumable() -> None:
+    """Copies of one client's state (a restored snapshot, a copied state file) resume
+    in turn with the same credential, and each WELCOME is lost (the path goes dead after
+    the HELLO): the first takeover presents the current credential and is not counted;
+    the later ones present the previous, unconfirmed one and count, so the fourth of
+    those within takeover_window is refused with SESSION_CONTESTED and retry_after
+    (§9.2), and the session stays on its transport. Once the daemon notices that
+    transport is dead, the resume after retry_after succeeds; nothing is lost."""
     retry_after = 0.3
     async with daemon_and_proxy(contested_retry_after=retry_after) as (server, proxy):
         client = CoreClient(*proxy.address, CLIENT_PARAMS)
         assert await client.connect()
         sid = client.session.id
         assert sid is not None
-        sent: list[bytes] = []
+        await exchange(client, [b"before"])
+        proxy.last.blackhole()
+        await client.kill()
+        clones = [client.clone() for _ in range(5)]
+        proxy.delay(60.0, S2C)  # the WELCOMEs stay in the proxy ...
         taken: list[ServerProtocol] = []
-        for i in range(4):
-            await exchange(client, [b"on transport %d" % i])
-            sent.append(b"on transport %d" % i)
+        for clone in clones[:4]:
+            await clone.open_transport()
+            clone.conn = clone.session.connect(clone.now())
+            clone.flush()
+            previous = server.sessions[sid].protocol
+            deadline = time.monotonic() + 5.0
+            while server.sessions[sid].protocol is previous:  # resumed on the new transport
+                assert time.monotonic() < deadline, "resume not accepted"
+                await asyncio.sleep(0.01)
             taken.append(server_side(server, proxy.last.upstream_address))
-            proxy.last.blackhole()
-            client.send(b"into hole %d" % i)
-            sent.append(b"into hole %d" % i)
-            await client.kill()
-            if i < 3:
-                assert await client.connect()
-                assert isinstance(client.events[-1], SessionResumed)
+            proxy.last.blackhole()  # ... and are dropped with everything after them
+        proxy.delay(0.0, S2C)
         for old in taken[:3]:
             assert old.closed and old.conn is not None
             assert old.conn.close_code is CloseCode.TAKEN_OVER
         current = taken[3]
-        assert not await client.connect()
-        assert client.conn is not None and client.conn.peer_closed
-        assert client.conn.close_code is CloseCode.SESSION_CONTESTED
-        assert events_of(client, TransportLost)[-1] == TransportLost(
+        last = clones[4]
+        assert not await last.connect()
+        assert last.conn is not None and last.conn.peer_closed
+        assert last.conn.close_code is CloseCode.SESSION_CONTESTED
+        assert events_of(last, TransportLost)[-1] == TransportLost(
             CloseCode.SESSION_CONTESTED, retry_after
         )
         assert server.sessions[sid].protocol is current and not current.closed
-        assert client.session.state is SessionState.DETACHED
+        assert last.session.state is SessionState.DETACHED
 
         deadline = time.monotonic() + IDLE_TIMEOUT + MARGIN
-        contested = 1
         while True:
             await asyncio.sleep(retry_after * (1 + random.random() / 4))  # plus jitter
-            if await client.connect():
+            if await last.connect():
                 break
-            assert client.conn is not None
-            assert client.conn.close_code is CloseCode.SESSION_CONTESTED
-            contested += 1
+            assert last.conn is not None
+            assert last.conn.close_code is CloseCode.SESSION_CONTESTED
             assert time.monotonic() < deadline, "still contested"
-        assert isinstance(client.events[-1], SessionResumed)
+        assert isinstance(last.events[-1], SessionResumed)
         assert current.closed and current.conn is not None
         assert current.conn.close_code is CloseCode.IDLE_TIMEOUT
-        await exchange(client, [b"finally"])
-        sent.append(b"finally")
-        assert client.received == sent
-        await client.close()
+        await exchange(last, [b"finally"])
+        assert last.received == [b"before", b"finally"]
+        await last.close()
+        for clone in clones[:4]:
+            clone.writer.transport.abort()
 
 
 async def test_canary_session_is_untouched_by_other_transports_faults() -> None:

@@ -976,14 +976,18 @@ def test_repeated_takeovers_get_session_contested(limit: int) -> None:
     pair = connected(server=params)
     server = pair.server
     sid, credential, received = stolen(pair)
-    current = pair.server_conn
-    # protocol.md §9.2: the takeover_limit-th takeover within the window is refused.
+    # A takeover with the current credential is not counted (protocol.md §9.2) ...
+    pair.clock.advance(1.0)
+    current, session, _ = present(pair, resume_hello(sid, credential, received))
+    assert session is server
+    # ... but its WELCOME is never confirmed, so the same (now previous) credential
+    # takes the session over again and again: the takeover_limit-th of those within
+    # the window is refused.
     for _ in range(limit - 1):
         pair.clock.advance(1.0)
-        conn, session, frames = present(pair, resume_hello(sid, credential, received))
+        conn, session, _ = present(pair, resume_hello(sid, credential, received))
         assert session is server
-        assert current is not None and current.close_code is CloseCode.TAKEN_OVER
-        credential = welcome_of(frames).credential
+        assert current.close_code is CloseCode.TAKEN_OVER
         current = conn
 
     pair.clock.advance(1.0)
@@ -995,7 +999,20 @@ def test_repeated_takeovers_get_session_contested(limit: int) -> None:
     # The session stays attached to its current transport.
     assert state_of(server) is SessionState.ATTACHED
     assert server.connection is current
-    assert current is not None and not current.closed
+    assert not current.closed
+
+
+def test_takeovers_with_the_newest_credential_are_never_contested() -> None:
+    """One client whose network keeps changing: each resume presents the credential its
+    last WELCOME carried while the old transport is still attached (half-open)."""
+    pair = connected(server=Params(takeover_limit=2, takeover_window=30.0))
+    server = pair.server
+    sid, credential, received = stolen(pair)
+    for _ in range(10):
+        pair.clock.advance(0.5)
+        conn, session, frames = present(pair, resume_hello(sid, credential, received))
+        assert session is server and server.connection is conn
+        credential = welcome_of(frames).credential
 
 
 def test_contested_count_slides_with_the_takeover_window() -> None:
@@ -1004,12 +1021,13 @@ def test_contested_count_slides_with_the_takeover_window() -> None:
     sid, credential, received = stolen(pair)
 
     def takeover() -> Session | None:
-        nonlocal credential
-        _, session, frames = present(pair, resume_hello(sid, credential, received))
-        if session is not None:
-            credential = welcome_of(frames).credential
+        # Always the same credential: from the second takeover on, the previous one
+        # presented while the current one is unconfirmed, which counts (§9.2).
+        _, session, _ = present(pair, resume_hello(sid, credential, received))
         return session
 
+    pair.clock.now = T0 + 0.5
+    assert takeover() is server  # with the current credential: not counted
     for t in (1.0, 2.0, 3.0):
         pair.clock.now = T0 + t
         assert takeover() is server

@@ -504,10 +504,11 @@ class Session:
         if self.state is _ENDED:
             return self.end_code or CloseCode.SESSION_REVOKED
         presented = digest(resume.credential)
+        newest = True  # the newest credential: only the client that received it has it
         if matches(presented, self._credential_digest):
             pass
         elif not self._confirmed and matches(presented, self._previous_digest):
-            pass  # the WELCOME carrying the current credential may never have arrived
+            newest = False  # the WELCOME carrying the current credential may never have arrived
         elif matches(presented, self._previous_digest) or any(
             [matches(presented, retired) for retired in self._retired]
         ):
@@ -519,7 +520,10 @@ class Session:
             return CloseCode.IDENTITY_MISMATCH
         if not self._acked <= resume.received < self._next_seq:
             return CloseCode.REPLAY_UNAVAILABLE
-        if self.connection is not None:
+        if self.connection is not None and not newest:
+            # Only takeovers with the previous credential count (§9.2): with the newest
+            # one it is the same client on a new transport (a network change leaves the
+            # old one half-open), however often its network changes.
             since = now - self.params.takeover_window
             takeovers = tuple(t for t in self._takeovers if t > since)
             if len(takeovers) + 1 >= self.params.takeover_limit:
