@@ -39,6 +39,11 @@ from .session import Session
 from .tls import peer_identity
 
 log = logging.getLogger("sessiond")
+#: Connections the kernel queues before accept (asyncio's default is 100): after a
+#: reconnect storm (every client of a network cut at once) a short queue drops SYNs,
+#: and each dropped client waits a second for its retransmit. Linux caps it at
+#: net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 Handler = Callable[[Session], Coroutine[Any, Any, None]]
 
@@ -128,6 +133,7 @@ class Server:
             ssl=ssl,
             reuse_address=True,
             ssl_handshake_timeout=timeout,
+            backlog=LISTEN_BACKLOG,
         )
         self.listeners.append(listener)
         return listener
