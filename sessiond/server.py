@@ -508,6 +508,13 @@ class ServerProtocol(asyncio.Protocol):
             identity = peer_identity(ssl_object)
         return Peer(self.peer, self.host, identity)
 
+    def eof_received(self) -> bool:
+        """The peer half-closed: write what is still queued for it (echoes, a CLOSE
+        decided this tick) before asyncio closes the transport; the core learns of
+        the loss in connection_lost."""
+        self.flush()
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
         if self in server.protocols:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 try:
     import uvloop
@@ -312,6 +312,29 @@ class Attack:
     pieces: int  # the bytes of each op go out in this many writes (at most)
     ending: str  # "eof": half-close, then read; "reset": RST at once; "linger": wait first
 
+
+#: Found by this fuzzer: a message larger than the attacker's own max_frame, so the echo
+#: app ends the session (SESSION_REVOKED), then a half-close arriving in the same tick;
+#: the daemon lost the CLOSE frame it had queued until it flushed on EOF.
+ECHO_TOO_LARGE_THEN_EOF = Attack(
+    opening=(
+        "hello",
+        Hello(
+            versions=(1,),
+            heartbeat_ms=15000,
+            window_messages=1024,
+            window_bytes=1048576,
+            max_frame=1024,
+            lifetime_ms=0,
+            credentials=None,
+            resume=None,
+        ),
+    ),
+    ops=(Op("ack"), Op("ack"), Op("valid", 1), Op("ack"), Op("data", 0, 2000)),
+    truncate_last=False,
+    pieces=1,
+    ending="eof",
+)
 
 u64_edges = st.sampled_from([0, 1, 2, 3, 2**32, 2**63, U64_MAX])
 
@@ -727,6 +750,7 @@ def test_socket_fuzzer_costs_one_transport_never_the_daemon() -> None:
                 print_blob=True,
             )
             @given(attack=attacks())
+            @example(attack=ECHO_TOO_LARGE_THEN_EOF)
             def attack_once(attack: Attack) -> None:
                 attacker.run(attack)
                 if figures.cases % 25 == 0:
