@@ -1,78 +1,50 @@
-"""``python -m bench [SCENARIO] [options]``: run one benchmark scenario.
+"""``python -m bench [SCENARIO ...] [options]``: run every benchmark scenario, or those named.
 
-Every scenario takes ``--quick``, ``--messages``, ``--repeat`` and ``--out`` and
-adds its own options. Without a scenario, ``core`` runs. To add a scenario, write
-a module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` and list
-it in :data:`SCENARIOS`.
+Without a scenario, every scenario of issue 5 runs, in :data:`ORDER` (then any
+other registered scenario, except those :data:`ON_DEMAND`), with a progress
+display, a summary table across scenarios at the end, every figure in
+``bench/results/<date>-<commit>.json`` and a plot beside it
+(:mod:`bench.runner`). ``python -m bench latency resume`` runs those two;
+``--quick`` (toy sizes, seconds) and the other common options apply to every
+scenario run. To add a scenario, write a module with ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int`` (optionally ``headlines`` and
+``targets`` for the summary, see :mod:`bench.summary`) and list it in
+:data:`SCENARIOS`; it then runs by default, after those in :data:`ORDER`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Protocol
 
-from . import BenchError, core, daemon, latency, peers
-
-
-class Scenario(Protocol):
-    """What ``python -m bench`` needs from a scenario module."""
-
-    HELP: str
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace) -> int: ...
-
+from . import core, fanout, idle, latency, resume, storm, throughput, tls
+from .runner import Registry, Scenario, run
 
 SCENARIOS: dict[str, Scenario] = {
-    "core": core,
-    "daemon": daemon,
+    "throughput": throughput,
     "latency": latency,
-    "peers": peers,
+    "idle": idle,
+    "core": core,
+    "resume": resume,
+    "storm": storm,
+    "tls": tls,
+    "fanout": fanout,
 }
-DEFAULT = "core"
+#: The order of a default run: the steady-state figures first, on a machine not yet
+#: warmed by the heavier scenarios; storm (10,000 sessions cut at once) after resume.
+ORDER = ("throughput", "latency", "resume", "storm", "idle", "tls", "fanout")
+#: Registered but run only when named. `core` measures the protocol core alone, in one
+#: process without sockets: a tool for the hot path, not one of issue 5's end-to-end
+#: comparisons (no system to compare it with), and a minute of a full run.
+ON_DEMAND = ("core",)
+#: The names of earlier scenarios, which are now split across these.
+ALIASES = {"daemon": ("throughput", "idle"), "peers": ("throughput", "latency")}
 
-
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--quick",
-        action="store_true",
-        help="toy sizes, a few seconds; JSON to bench/results/quick/, RESULTS.md untouched",
-    )
-    common.add_argument("--messages", type=int, metavar="N", help="messages per pass")
-    common.add_argument("--repeat", type=int, metavar="K", help="passes per system and size")
-    common.add_argument("--out", type=Path, metavar="DIR", help="directory for the results JSON")
-    return common
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="sessiond benchmarks; run from the repository root.",
-        epilog=f"Without a scenario, `{DEFAULT}` runs.",
-    )
-    commands = top.add_subparsers(dest="scenario", metavar="SCENARIO")
-    common = _common_options()
-    for name, scenario in SCENARIOS.items():
-        sub = commands.add_parser(name, parents=[common], help=scenario.HELP)
-        scenario.add_arguments(sub)
-    return top
+REGISTRY = Registry(SCENARIOS, ORDER, ON_DEMAND, ALIASES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
-        args_list.insert(0, DEFAULT)
-    args = parser().parse_args(args_list)
-    try:
-        return SCENARIOS[args.scenario].run(args)
-    except BenchError as exc:
-        print(f"bench {args.scenario}: {exc}", file=sys.stderr)
-        return 1
+    return run(list(sys.argv[1:] if argv is None else argv), REGISTRY)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The raw ceiling for ``python -m bench daemon``: the barest framed echo server.
+"""The raw ceiling of ``python -m bench throughput`` and ``latency``: the barest framed echo.
 
 ``python -m bench.ceiling --listen 127.0.0.1:PORT``: a uvloop
 :class:`asyncio.Protocol` that parses 4-byte big-endian length-prefixed frames

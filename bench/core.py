@@ -29,7 +29,7 @@ import random
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,12 +45,14 @@ from .results import (
     command_line,
     commit_info,
     display_path,
+    entry_head,
     machine_info,
     markdown_table,
     spread,
     update_results_md,
     write_json,
 )
+from .summary import Headline, Target
 
 HELP = "messages/s through a paired client/server core, against a bare msgpack framing loop"
 
@@ -509,12 +511,7 @@ def run(args: argparse.Namespace) -> int:
         hot = profile(lambda: run_core(pool, count, batch))
 
     entry: Json = {
-        "command": command,
-        "argv": sys.argv[1:],
-        "started_at": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - begun, 3),
-        "quick": quick,
-        "machine": machine,
+        **entry_head(command, started, begun, quick, machine),
         "config": {
             "messages": messages,
             "repeat": repeat,
@@ -544,6 +541,35 @@ def run(args: argparse.Namespace) -> int:
 
 def _given(value: int | None, default: int) -> int:
     return default if value is None else value
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """Messages per second of every system, one row per payload size (no sockets)."""
+    return [
+        Headline(
+            CORE,
+            f"{size} B, one process, no sockets",
+            "msg/s",
+            {name: f"{by_system[name]['rate']['median']:,.0f}" for name in SYSTEMS},
+        )
+        for size, by_system in entry["sizes"].items()
+    ]
+
+
+def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
+    """The core keeps at least half of the faster bare loop's rate at 64 B."""
+    target = entry["target"]
+    by_system = entry["sizes"].get(str(target["payload"]))
+    if by_system is None:
+        return []
+    return [
+        Target(
+            CORE,
+            f"`core` ≥ {target['ratio']:.0%} of the bare framing's msg/s ({target['payload']} B)",
+            f"{by_system['ratio']:.1%} of `{by_system['bare']}`",
+            bool(target["met"]),
+        )
+    ]
 
 
 def _profile_json(hot: Profile, messages: int) -> Json:

@@ -3,7 +3,8 @@
 Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000
 messages per second in total by default) for a bounded duration, 64-byte
 payloads, at most one ping in flight per connection and as many connections as
-the rate needs at :data:`PER_CONNECTION_RATE` each (so 1 and 10), against:
+the rate needs at :data:`PER_CONNECTION_RATE` each (so 1 and 10), against every
+system of :mod:`bench.systems`:
 
 * ``daemon``: ``python -m sessiond serve`` (echo app), the load generator
   driving the protocol core in an ``asyncio.Protocol`` as ``bench/loadgen.py``
@@ -12,14 +13,19 @@ the rate needs at :data:`PER_CONNECTION_RATE` each (so 1 and 10), against:
   ``sessiond_client.connect`` then ``await send()`` / ``await recv()`` per ping:
   what an application sees;
 * ``ceiling``: ``bench/ceiling.py``, the raw uvloop framed echo, with the
-  barest framed client (:class:`~bench.pingpong.FramedPing`).
+  barest framed client (:class:`~bench.pingpong.FramedPing`);
+* ``mosquitto`` (QoS 1, paho-mqtt) and ``nats`` (nats-py), each client
+  publishing to a topic (subject) it is subscribed to; skipped, with a line
+  saying how to install them, where missing.
 
 Servers run in their own processes pinned to one core, the load generator (this
 process) on another (:mod:`bench.processes`). Round trips go into an HDR-style
 histogram (:mod:`bench.histogram`); p50, p99, p99.9 and max are reported per
-repetition, then as the median and range over the repetitions.
-:func:`measure`, :func:`summarise` and :func:`latency_table` also serve
-``python -m bench peers``.
+repetition, then as the median and range over the repetitions. Targets: the
+daemon's p50 within 1.3x the ceiling's; sessiond's p99 against each peer's
+(the rate half of that target is ``python -m bench throughput``'s). The helpers
+below (:func:`header`, :func:`other_load`, :func:`full_cores`...) also serve the
+other socket scenarios.
 """
 
 from __future__ import annotations
@@ -34,26 +40,22 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from . import BenchError
+from . import BenchError, systems
 from .core import make_pool
 from .histogram import Histogram, percentile_key
-from .library_client import client_ping
-from .loadgen import HOST, CpuClock, loop_name, new_loop
-from .pingpong import PingPlan, PingResult, ping_protocols
+from .loadgen import HOST, loop_name, new_loop
+from .pingpong import PingPlan, PingResult
 from .processes import (
     CoreLoad,
     ServerProcess,
-    ceiling_argv,
     choose_pinning,
-    daemon_argv,
     pinned_loadgen,
     raise_nofile,
-    server,
+    timed_pass,
 )
 from .results import (
     QUICK_DIR,
@@ -62,20 +64,20 @@ from .results import (
     command_line,
     commit_info,
     display_path,
+    entry_head,
     machine_info,
     markdown_table,
+    publish,
     spread,
-    update_results_md,
-    write_json,
 )
+from .summary import Headline
+from .summary import Target as TargetResult
+from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND, PingFunction
 
-HELP = "ping-pong round trips at fixed offered rates: p50/p99/p99.9, daemon vs the ceiling"
+HELP = "ping-pong at fixed offered rates, p50/p99/p99.9: sessiond vs the ceiling, mosquitto, NATS"
 
 SCENARIO = "latency"
-DAEMON = "daemon"
-CLIENT = "client"
-CEILING = "ceiling"
-SYSTEMS = (DAEMON, CLIENT, CEILING)
+SYSTEMS = systems.SYSTEMS
 
 RATES = (1_000, 10_000)
 #: Offered messages per second per connection: one ping per millisecond at most,
@@ -97,8 +99,6 @@ SHOWN = ("p50", "p99", "p99.9", "max")
 OTHERS_NOTABLE = 0.1
 #: The target: the daemon's p50 within this factor of the ceiling's.
 TARGET_P50_RATIO = 1.3
-
-PingFunction = Callable[[PingPlan, int, CpuClock], Coroutine[Any, Any, PingResult]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,20 +181,11 @@ def _pass(
     load: CoreLoad | None,
 ) -> PingResult:
     proc = target.proc
-    proc.check_alive()
     ping_plan = PingPlan(target.name, pool, rate, plan.connections(rate), duration, plan.time_limit)
-    server0, cpu0 = proc.cpu_seconds(), time.process_time()
-    if load is not None:
-        load.start()
-    try:
-        result = runner.run(target.ping(ping_plan, proc.port, proc.cpu_seconds))
-    except BenchError:
-        proc.check_alive()  # a dead server explains more than a lost connection
-        raise
-    if load is None:
-        return result
-    others = load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
-    return dataclasses.replace(result, others=others)
+    result, others = timed_pass(
+        proc, load, lambda: runner.run(target.ping(ping_plan, proc.port, proc.cpu_seconds))
+    )
+    return result if others is None else dataclasses.replace(result, others=others)
 
 
 def other_load(others: Sequence[tuple[float, float] | None]) -> Json | None:
@@ -416,6 +407,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, default=SIZE, help=f"payload bytes (default {SIZE}, at least 8)"
     )
+    systems.add_arguments(parser)
 
 
 def parse_rates(text: str) -> tuple[int, ...]:
@@ -429,7 +421,8 @@ def parse_rates(text: str) -> tuple[int, ...]:
 
 
 def plan_from(args: argparse.Namespace) -> LatencyPlan:
-    """The latency plan the options ask for (also used by ``python -m bench peers``)."""
+    """The latency plan the options ask for (``--messages`` does not apply: a pass is
+    ``--duration`` at each rate)."""
     quick: bool = args.quick
     duration: float = args.duration
     if duration is None:
@@ -439,8 +432,6 @@ def plan_from(args: argparse.Namespace) -> LatencyPlan:
         repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
     if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
         raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
-    if args.messages is not None:
-        raise BenchError("--messages does not apply: a pass is --duration at each rate")
     return LatencyPlan(
         parse_rates(args.rates), args.per_connection_rate, args.size, duration, repeat, TIME_LIMIT
     )
@@ -449,6 +440,7 @@ def plan_from(args: argparse.Namespace) -> LatencyPlan:
 def run(args: argparse.Namespace) -> int:
     quick: bool = args.quick
     plan = plan_from(args)
+    wanted = systems.parse_systems(args.systems)
     out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
     command = command_line()
     started = datetime.datetime.now(datetime.UTC)
@@ -457,78 +449,84 @@ def run(args: argparse.Namespace) -> int:
     commit = commit_info()
     pinning = choose_pinning()
     raise_nofile()
+    binaries, skipped = systems.find_peers(args, wanted)
     print(
-        f"bench latency: ping-pong at {', '.join(f'{r:,}/s' for r in plan.rates)} for "
-        f"{plan.duration:g} s x {plan.repeat}, {plan.size} B; {pinning.note}",
+        f"bench latency: {', '.join(n for n in wanted if n not in skipped)}; ping-pong at "
+        f"{', '.join(f'{r:,}/s' for r in plan.rates)} for {plan.duration:g} s x "
+        f"{plan.repeat}, {plan.size} B; {pinning.note}",
         file=sys.stderr,
         flush=True,
     )
-    servers_json: Json = {}
     with (
         pinned_loadgen(pinning),
         tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp,
         asyncio.Runner(loop_factory=new_loop) as runner,
-        server("daemon", daemon_argv(), pinning, Path(tmp)) as daemon,
-        server("ceiling", ceiling_argv(), pinning, Path(tmp)) as ceiling,
+        systems.running(wanted, binaries, systems.WINDOW, pinning, Path(tmp)) as state,
     ):
-        servers_json["daemon"] = daemon.describe()
-        servers_json["ceiling"] = ceiling.describe()
+        if not state.systems:
+            raise BenchError("nothing to run: " + "; ".join(skipped.values()))
         targets = [
-            Target(DAEMON, daemon, ping_protocols),
-            Target(CLIENT, daemon, client_ping),
-            Target(CEILING, ceiling, ping_protocols),
+            Target(system.name, system.proc, system.ping)
+            for system in state.systems
+            if system.ping is not None
         ]
         runs = measure(runner, plan, targets, CoreLoad(pinning))
         loadgen_affinity = sorted(os.sched_getaffinity(0))
-        servers_json["daemon"].update(daemon.stop())
-        servers_json["ceiling"].update(ceiling.stop())
+        state.stop()
 
-    by_rate = summarise(runs, SYSTEMS, plan.rates)
-    ratios = {name: p50_ratios(by_rate, name, CEILING) for name in (DAEMON, CLIENT)}
-    notes = [
-        f"server {name} exited with {described['exit_code']}"
-        for name, described in servers_json.items()
-        if described.get("exit_code") not in (0, None)
-    ]
+    ran = state.names
+    by_rate = summarise(runs, ran, plan.rates)
+    ratios = {name: p50_ratios(by_rate, name, CEILING) for name in SESSIOND if name in ran}
     entry: Json = {
-        "command": command,
-        "argv": sys.argv[1:],
-        "started_at": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - begun, 3),
-        "quick": quick,
-        "machine": machine,
+        **entry_head(command, started, begun, quick, machine),
         "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
         "config": {
             "host": HOST,
             "event_loop": loop_name(),
+            "systems": ran,
             **plan.to_json(),
             "client_bound_threshold": CLIENT_BOUND,
-            "timer": "time.perf_counter_ns; CPU: /proc/PID/stat (server), "
+            "timer": "time.perf_counter_ns; CPU: /proc/PID/stat (servers, all threads), "
             "time.process_time (load generator)",
             "gc": "enabled; gc.collect() before each pass",
         },
-        "servers": servers_json,
-        "systems": SYSTEM_NOTES,
+        "servers": state.servers,
+        "peers": state.peers,
+        "skipped": skipped,
+        "systems": {name: SYSTEM_NOTES[name] for name in ran},
         "rates": by_rate,
         "other_load_share": other_load([run.others for run in runs]),
         "p50_ratio_to_ceiling": ratios,
+        "p99_ratios": p99_ratios(by_rate),
         "target": {
             "p50_ratio": TARGET_P50_RATIO,
-            "met": {rate: ratio <= TARGET_P50_RATIO for rate, ratio in ratios[DAEMON].items()},
+            "met": {
+                rate: ratio <= TARGET_P50_RATIO for rate, ratio in ratios.get(DAEMON, {}).items()
+            },
         },
-        "notes": notes,
+        "notes": state.exit_notes(),
     }
-    path = write_json(out, SCENARIO, entry, commit)
-    report = markdown(entry, commit, path)
-    print(report)
-    print(f"results: {display_path(path)}", file=sys.stderr)
-    if not quick:
-        update_results_md(SCENARIO, report)
-        print(f"updated bench/RESULTS.md (## {SCENARIO})", file=sys.stderr)
-    return 0
+    return publish(out, SCENARIO, entry, commit, markdown, quick)
+
+
+def p99_ratios(by_rate: Json) -> Json:
+    """sessiond's (daemon, client) median p99 over each other system's, per rate."""
+    out: Json = {}
+    for ours in SESSIOND:
+        for other in (CEILING, MOSQUITTO, NATS):
+            pair = {
+                rate: entry[ours]["round_trip_us"]["p99"]["median"]
+                / entry[other]["round_trip_us"]["p99"]["median"]
+                for rate, entry in by_rate.items()
+                if ours in entry and other in entry
+            }
+            if pair:
+                out[f"{ours}/{other}"] = pair
+    return out
 
 
 SYSTEM_NOTES = {
+    **systems.SYSTEM_NOTES,
     DAEMON: "`python -m sessiond serve` (echo app); client: the protocol core in an "
     "asyncio.Protocol (bench/pingpong.py SessionPing)",
     CLIENT: "the same daemon; client: the library, `sessiond_client.connect` and "
@@ -536,6 +534,46 @@ SYSTEM_NOTES = {
     CEILING: "bench/ceiling.py (uvloop, 4-byte length prefix); client: bench/pingpong.py "
     "FramedPing",
 }
+
+
+# ---------------------------------------------------------------- summary
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """p50 and p99 per system, one row per offered rate."""
+    return [
+        Headline(
+            SCENARIO,
+            f"{int(rate):,}/s offered, {_payload(by_system)}",
+            "p50 / p99 µs",
+            {
+                name: f"{stats['round_trip_us']['p50']['median']:,.0f} / "
+                f"{stats['round_trip_us']['p99']['median']:,.0f}"
+                for name, stats in by_system.items()
+            },
+        )
+        for rate, by_system in entry["rates"].items()
+    ]
+
+
+def _payload(by_system: Json) -> str:
+    sizes = {stats["payload_size"] for stats in by_system.values()}
+    return ", ".join(f"{size} B" for size in sorted(sizes))
+
+
+def targets(entry: Json, run: Mapping[str, Json]) -> list[TargetResult]:
+    """The daemon's p50 within 1.3x the ceiling's, at every rate."""
+    ratios = entry["p50_ratio_to_ceiling"].get(DAEMON, {})
+    if not ratios:
+        return []
+    return [
+        TargetResult(
+            SCENARIO,
+            f"`daemon` p50 ≤ {TARGET_P50_RATIO:g}x the ceiling's",
+            "; ".join(f"{ratio:.2f}x at {int(rate):,}/s" for rate, ratio in ratios.items()),
+            all(ratio <= TARGET_P50_RATIO for ratio in ratios.values()),
+        )
+    ]
 
 
 def header(entry: Json, commit: Json, path: Path) -> list[str]:
@@ -566,7 +604,9 @@ def header(entry: Json, commit: Json, path: Path) -> list[str]:
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## latency`` section of RESULTS.md."""
     config = entry["config"]
+    ran: list[str] = config["systems"]
     lines = header(entry, commit, path)
+    lines += systems.markdown_lines(entry)
     connections = ", ".join(
         f"{int(rate):,}/s: {count}" for rate, count in config["connections"].items()
     )
@@ -575,11 +615,9 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         f"connection, {config['per_connection_rate']:,} pings/s per connection (connections: "
         f"{connections}), {config['duration_s']:g} s per pass, {config['repeat']} passes per "
         "system and rate, systems interleaved, after a warm-up pass. Every echo is compared "
-        "with its ping. Systems: "
-        + "; ".join(f"*{name}*: {note}" for name, note in entry["systems"].items())
-        + ".",
+        "with its ping.",
         "",
-        latency_table(entry["rates"], SYSTEMS),
+        latency_table(entry["rates"], ran),
         "",
         LATENCY_NOTES,
         "",
@@ -587,18 +625,37 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     ]
     ratios = entry["p50_ratio_to_ceiling"]
     met = entry["target"]["met"]
-    verdicts = [
-        f"{int(rate):,}/s: {ratio:.2f}x ({'met' if met[rate] else '**not met**'})"
-        for rate, ratio in ratios[DAEMON].items()
-    ]
-    client = [f"{int(rate):,}/s: {ratio:.2f}x" for rate, ratio in ratios[CLIENT].items()]
-    lines += [
-        f"Target: the daemon's p50 within {entry['target']['p50_ratio']}x the ceiling's: "
-        + "; ".join(verdicts)
-        + ". Through the client library: "
-        + "; ".join(client)
-        + ".",
-    ]
+    if ratios.get(DAEMON):
+        verdicts = [
+            f"{int(rate):,}/s: {ratio:.2f}x ({'met' if met[rate] else '**not met**'})"
+            for rate, ratio in ratios[DAEMON].items()
+        ]
+        client = [
+            f"{int(rate):,}/s: {ratio:.2f}x" for rate, ratio in ratios.get(CLIENT, {}).items()
+        ]
+        lines.append(
+            f"Target: the daemon's p50 within {entry['target']['p50_ratio']}x the ceiling's: "
+            + "; ".join(verdicts)
+            + "."
+            + (" Through the client library: " + "; ".join(client) + "." if client else "")
+        )
+    tails = {
+        pair: by_rate
+        for pair, by_rate in entry["p99_ratios"].items()
+        if pair.partition("/")[2] in (MOSQUITTO, NATS)
+    }
+    if tails:
+        lines += [
+            "",
+            "sessiond's p99 over each peer's (≤ 1: equal or better; the rate half of the "
+            "target is in `## throughput`): "
+            + "; ".join(
+                f"`{pair}` "
+                + ", ".join(f"{ratio:.2g}x at {int(rate):,}/s" for rate, ratio in by_rate.items())
+                for pair, by_rate in tails.items()
+            )
+            + ".",
+        ]
     if entry["notes"]:
         lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
     return "\n".join(lines) + "\n"

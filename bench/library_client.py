@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import sessiond_client
 
 from . import BenchError
 from .core import POOL, Checker
-from .loadgen import HOST, CpuClock, EchoResult
+from .loadgen import HOST, CpuClock, EchoResult, split
 from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 
 SYSTEM = "client"
@@ -35,24 +36,70 @@ async def client_echo(
     time_limit: float,
     server_cpu: CpuClock,
     system: str = SYSTEM,
+    *,
+    sessions: int = 1,
 ) -> EchoResult:
-    """One windowed echo pass through one library session, as bench/loadgen.py's ``echo``.
+    """One windowed echo pass through *sessions* library sessions, as bench/loadgen.py's ``echo``.
 
-    Up to *window* messages are out (sent, echo not yet back); after each batch of
-    echoes (``await recv()`` plus ``received()``), the window is filled again.
+    In each session up to *window* messages are out (sent, echo not yet back);
+    after each batch of echoes (``await recv()`` plus ``received()``), the window
+    is filled again. The *messages* are shared out over the sessions, all opened
+    before the clocks start.
     """
     if len(pool) != POOL or not 1 <= window <= POOL // 2:
         raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
-    session = await asyncio.wait_for(sessiond_client.connect(f"tcp://{HOST}:{port}"), 10.0)
+    opened: list[sessiond_client.Session] = []
+
+    async def open_one(index: int) -> None:
+        opened.append(await sessiond_client.connect(f"tcp://{HOST}:{port}"))
+
     try:
-        return await asyncio.wait_for(
-            _echo(session, pool, messages, window, time_limit, server_cpu, system),
-            time_limit + DRAIN_SECONDS,
-        )
-    except TimeoutError:
-        raise BenchError(f"{system}: no progress, timed out") from None
+        await open_all(sessions, open_one)
+        server0 = server_cpu()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        stop_at = t0 + time_limit
+        try:
+            counts = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        _echo(session, pool, quota, window, stop_at, system)
+                        for session, quota in zip(opened, split(messages, sessions), strict=True)
+                    )
+                ),
+                time_limit + DRAIN_SECONDS,
+            )
+        except TimeoutError:
+            raise BenchError(f"{system}: no progress, timed out") from None
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        server = server_cpu() - server0
     finally:
-        await session.close(timeout=5.0)
+        await asyncio.gather(*(s.close(timeout=5.0) for s in opened), return_exceptions=True)
+    return EchoResult(
+        system,
+        len(pool[0]),
+        window,
+        sum(count.sent for count in counts),
+        sum(count.taken for count in counts),
+        seconds,
+        cpu,
+        server,
+        sum(count.reads for count in counts),
+        0,
+        0,
+        0,
+        "time" if any(count.stopped_by == "time" for count in counts) else "count",
+        sessions=sessions,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    sent: int
+    taken: int
+    reads: int
+    stopped_by: str
 
 
 async def _echo(
@@ -60,10 +107,9 @@ async def _echo(
     pool: list[bytes],
     messages: int,
     window: int,
-    time_limit: float,
-    server_cpu: CpuClock,
+    stop_at: float,
     system: str,
-) -> EchoResult:
+) -> _Counts:
     checker = Checker(system, pool)
     ring = pool + pool
     mask = POOL - 1
@@ -73,10 +119,6 @@ async def _echo(
     limit = messages
     sent = reads = 0
     stopped_by = "count"
-    server0 = server_cpu()
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    stop_at = t0 + time_limit
     while checker.taken < limit:
         if sent < limit and time.perf_counter() >= stop_at:
             limit = sent  # the time bound: drain what is in flight, send no more
@@ -93,22 +135,7 @@ async def _echo(
         got += received()
         reads += 1
         checker.check(got)
-    seconds = time.perf_counter() - t0
-    return EchoResult(
-        system,
-        len(pool[0]),
-        window,
-        sent,
-        checker.taken,
-        seconds,
-        time.process_time() - cpu0,
-        server_cpu() - server0,
-        reads,
-        0,
-        0,
-        0,
-        stopped_by,
-    )
+    return _Counts(sent, checker.taken, reads, stopped_by)
 
 
 async def client_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:

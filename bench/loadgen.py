@@ -1,4 +1,4 @@
-"""Load-generating clients for ``python -m bench daemon``, over loopback sockets.
+"""Load-generating clients for ``python -m bench throughput`` and ``idle``, over loopback.
 
 Each client is an :class:`asyncio.Protocol` (on uvloop's loop when it is
 installed) that does as little as an honest client can:
@@ -18,7 +18,9 @@ Every echoed payload is compared, in order, with the payload sent (payloads
 begin with their index, and :class:`~bench.core.Checker` compares whole batches
 in C), and a run ends only when every message sent has come back: a lost,
 repeated or reordered message raises :class:`~bench.BenchError` instead of
-producing a figure.
+producing a figure. :func:`echo` runs one pass over one session or many
+(:func:`split` shares the messages out), all opened before the clocks start
+and started together.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from ssl import SSLContext
+from typing import Protocol, TypeVar
 
 from sessiond_client.protocol import (
     Connection,
@@ -52,7 +55,12 @@ HOST = "127.0.0.1"
 LENGTH = struct.Struct(">I")
 #: Largest frame the framed client accepts from the ceiling server.
 MAX_FRAME = 1 << 20
+#: Connections opened at once when a pass uses many.
+CONNECT_CONCURRENCY = 50
 _OPEN = ConnectionState.OPEN
+
+#: A session the load generator opens: an IdleSession or one that does more.
+S = TypeVar("S", bound="IdleSession")
 
 #: The server's CPU seconds so far (read from /proc by the caller).
 CpuClock = Callable[[], float]
@@ -79,12 +87,12 @@ def loop_name() -> str:
 
 @dataclass(frozen=True, slots=True)
 class EchoResult:
-    """One timed echo pass: first send to last echo, on one connection."""
+    """One timed echo pass: first send to last echo, over *sessions* connections."""
 
     system: str
     size: int
-    window: int
-    messages: int  # sent in the timed span
+    window: int  # messages in flight per session
+    messages: int  # sent in the timed span, all sessions
     received: int  # echoed back and found equal, in order, to what was sent
     seconds: float
     client_cpu: float  # load generator CPU seconds over the same span
@@ -97,6 +105,7 @@ class EchoResult:
     #: Share of the server's and the load generator's cores other processes used
     #: during the pass (None: not measured); see bench/processes.py CoreLoad.
     others: tuple[float, float] | None = None
+    sessions: int = 1  # connections (sessions) the messages were shared out over
 
     @property
     def rate(self) -> float:
@@ -104,6 +113,8 @@ class EchoResult:
 
     def to_json(self) -> dict[str, object]:
         return {
+            "sessions": self.sessions,
+            "window_per_session": self.window,
             "messages": self.messages,
             "received": self.received,
             "lost": self.messages - self.received,
@@ -125,7 +136,12 @@ class EchoResult:
 
 
 class _Echo(asyncio.Protocol):
-    """What both echo clients share: the window, the check, the clocks, the end."""
+    """What both echo clients share: the window, the check, the clocks, the end.
+
+    A client begins (starts its clocks and sends) as soon as its connection can
+    carry payloads; a *held* one only sets :attr:`ready` then, and begins when
+    :meth:`go` is called, so that :func:`echo` can start many together.
+    """
 
     system = ""
 
@@ -136,6 +152,8 @@ class _Echo(asyncio.Protocol):
         window: int,
         time_limit: float,
         server_cpu: CpuClock,
+        *,
+        held: bool = False,
     ) -> None:
         if len(pool) != POOL or not 1 <= window <= POOL // 2:
             raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
@@ -158,11 +176,32 @@ class _Echo(asyncio.Protocol):
         self.finished = False
         self.stop_at = 0.0
         self._t0 = self._cpu0 = self._server0 = 0.0
+        self.held = held
+        self.ready: asyncio.Future[None] = self.loop.create_future()
         self.done: asyncio.Future[EchoResult] = self.loop.create_future()
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def can_begin(self) -> bool:
+        """The connection can carry payloads: set :attr:`ready`; begin unless held."""
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self.held:
+            return False
+        self.begin()
+        return True
+
+    def go(self) -> None:
+        """Begin a held client (after :attr:`ready`): start its clocks, fill its window."""
+        self.held = False
+        self.begin()
+        self.send_first()
+
+    def send_first(self) -> None:
+        """Send the first window (a held client, from :meth:`go`)."""
+        raise NotImplementedError
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -229,13 +268,13 @@ class _Echo(asyncio.Protocol):
 
     def fail(self, why: str) -> None:
         self.finished = True
+        error = BenchError(
+            f"{self.system}: {why} after {self.sent:,} sent, {self.checker.taken:,} echoed back"
+        )
         if not self.done.done():
-            self.done.set_exception(
-                BenchError(
-                    f"{self.system}: {why} after {self.sent:,} sent, "
-                    f"{self.checker.taken:,} echoed back"
-                )
-            )
+            self.done.set_exception(error)
+        if self.held and not self.ready.done():  # echo_many is waiting for it
+            self.ready.set_exception(error)
         if self.transport is not None:
             self.transport.abort()
 
@@ -294,8 +333,10 @@ class SessionEcho(_Echo):
         time_limit: float,
         server_cpu: CpuClock,
         params: Params | None = None,
+        *,
+        held: bool = False,
     ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu)
+        super().__init__(pool, messages, window, time_limit, server_cpu, held=held)
         self.session = Session(Role.CLIENT, params or Params())
         self.conn: Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -321,15 +362,21 @@ class SessionEcho(_Echo):
                     self.checker.check(got)
                     if self.check_end():
                         return
-            elif conn.state is _OPEN:
+            elif not self.ready.done() and conn.state is _OPEN:
                 self._check_events(session)
-                self.begin()
-            batch = self.next_batch(now)
+                self.can_begin()
+            batch = self.next_batch(now) if self.started else None
             if batch:
                 self.sent += session.send_many(batch, now)
         except BenchError as exc:
             self.fail(str(exc))
             return
+        self._flush()
+        self._arm()
+
+    def send_first(self) -> None:
+        now = self.loop.time()
+        self.sent += self.session.send_many(self.next_batch(now), now)
         self._flush()
         self._arm()
 
@@ -393,13 +440,18 @@ class FramedEcho(_Echo):
         window: int,
         time_limit: float,
         server_cpu: CpuClock,
+        *,
+        held: bool = False,
     ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu)
+        super().__init__(pool, messages, window, time_limit, server_cpu, held=held)
         self.tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.begin()
+        if self.can_begin():
+            self._send(self.loop.time())
+
+    def send_first(self) -> None:
         self._send(self.loop.time())
 
     def data_received(self, data: bytes) -> None:
@@ -454,8 +506,19 @@ async def echo(
     window: int,
     time_limit: float,
     server_cpu: CpuClock,
+    *,
+    ssl: SSLContext | None = None,
+    sessions: int = 1,
 ) -> EchoResult:
-    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*."""
+    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*.
+
+    With *ssl*, over TLS: the handshake is done before the clocks start. With
+    *sessions* above one, :func:`echo_many`.
+    """
+    if sessions > 1:
+        return await echo_many(
+            system, port, pool, messages, window, time_limit, server_cpu, sessions, ssl=ssl
+        )
     loop = asyncio.get_running_loop()
     protocol: _Echo
     if system == SessionEcho.system:
@@ -465,7 +528,7 @@ async def echo(
     else:
         raise ValueError(system)
     transport, _ = await asyncio.wait_for(
-        loop.create_connection(lambda: protocol, HOST, port), 10.0
+        loop.create_connection(lambda: protocol, HOST, port, ssl=ssl), 10.0
     )
     try:
         result = await asyncio.wait_for(protocol.done, time_limit + 30.0)
@@ -484,6 +547,103 @@ async def echo(
     except TimeoutError:
         transport.abort()
     return result
+
+
+def split(messages: int, sessions: int) -> list[int]:
+    """*messages* shared out over *sessions* as evenly as can be, at least one each."""
+    share, extra = divmod(max(messages, sessions), sessions)
+    return [share + (1 if index < extra else 0) for index in range(sessions)]
+
+
+def _no_clock() -> float:
+    return 0.0
+
+
+async def echo_many(
+    system: str,
+    port: int,
+    pool: list[bytes],
+    messages: int,
+    window: int,
+    time_limit: float,
+    server_cpu: CpuClock,
+    sessions: int,
+    *,
+    ssl: SSLContext | None = None,
+) -> EchoResult:
+    """One echo pass over *sessions* connections, each up to *window* messages in flight.
+
+    The *messages* are shared out (:func:`split`); every connection is opened
+    (and its handshake done) before the clocks start, then all begin at once,
+    and the pass ends when the last one has every echo back. The clocks and
+    both processes' CPU are read here, around the whole group.
+    """
+    loop = asyncio.get_running_loop()
+    kind: type[_Echo]
+    if system == SessionEcho.system:
+        kind = SessionEcho
+    elif system == FramedEcho.system:
+        kind = FramedEcho
+    else:
+        raise ValueError(system)
+    # The clients' own clocks are not read: only the group's figures count.
+    protocols = [
+        kind(pool, quota, window, time_limit, _no_clock, held=True)
+        for quota in split(messages, sessions)
+    ]
+    semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def open_one(protocol: _Echo) -> None:
+        async with semaphore:
+            await loop.create_connection(lambda: protocol, HOST, port, ssl=ssl)
+            await protocol.ready
+
+    try:
+        try:
+            await asyncio.wait_for(asyncio.gather(*map(open_one, protocols)), 30.0)
+        except (OSError, TimeoutError) as exc:
+            raise BenchError(f"{system}: opening {sessions} sessions: {exc!r}") from None
+        server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
+        for protocol in protocols:
+            protocol.go()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(protocol.done for protocol in protocols)), time_limit + 30.0
+            )
+        except TimeoutError:
+            sent = sum(protocol.sent for protocol in protocols)
+            taken = sum(protocol.checker.taken for protocol in protocols)
+            raise BenchError(
+                f"{system}: no progress, timed out with {sent:,} sent, {taken:,} echoed back"
+            ) from None
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        server = server_cpu() - server0
+    finally:
+        for protocol in protocols:
+            if not protocol.finished:
+                protocol.finished = True
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+        lost = [protocol.lost for protocol in protocols if protocol.transport is not None]
+        if lost:
+            await asyncio.wait(lost, timeout=5.0)
+    return EchoResult(
+        system,
+        len(pool[0]),
+        window,
+        sum(result.messages for result in results),
+        sum(result.received for result in results),
+        seconds,
+        cpu,
+        server,
+        sum(result.reads for result in results),
+        sum(result.writes for result in results),
+        sum(result.timer_fires for result in results),
+        sum(result.timer_writes for result in results),
+        "time" if any(result.stopped_by == "time" for result in results) else "count",
+        sessions=sessions,
+    )
 
 
 # --------------------------------------------------------------------- idle
@@ -537,16 +697,22 @@ class IdleSession(asyncio.Protocol):
         now = self.loop.time()
         self.reads += 1
         conn.receive_data(data, now)
-        if self.session.take_messages(now):
-            self._fail("an idle session received a message")
         if conn.state is _OPEN and not self.opened.done():
             events = self.session.events()
             if len(events) != 1 or not isinstance(events[0], SessionStarted):
                 self._fail(f"unexpected events at the handshake: {events}")
             else:
                 self.opened.set_result(None)
+        messages = self.session.take_messages(now)
+        if messages:
+            self.on_messages(messages, now)
         self._flush()
         self._arm()
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        """What one read brought (taken: acknowledged); a subclass that expects messages
+        handles them here, then the read's output is written. An idle session expects none."""
+        self._fail("an idle session received a message")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -602,33 +768,63 @@ async def open_idle(
     sources: Callable[[int], str],
     timeout: float = 10.0,
 ) -> list[IdleSession]:
-    """Open *count* sessions, at most *concurrency* handshakes at a time.
+    """Open *count* idle sessions, at most *concurrency* handshakes at a time.
 
     Session *i* connects from source address ``sources(i)`` (to 127.0.0.1).
     Returns once every handshake is complete; raises :class:`BenchError` if one fails.
     """
+    return await open_sessions(
+        port, count, concurrency, lambda _index: IdleSession(params), sources, timeout
+    )
+
+
+async def open_sessions(
+    port: int,
+    count: int,
+    concurrency: int,
+    make: Callable[[int], S],
+    sources: Callable[[int], str] | None = None,
+    timeout: float = 10.0,
+    *,
+    ssl: SSLContext | None = None,
+    keep: bool = True,
+    deadline: float | None = None,
+) -> list[S]:
+    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time.
+
+    Session *i* connects from ``sources(i)`` when given (to 127.0.0.1), over TLS
+    with *ssl*. Returns them once every handshake is complete; raises
+    :class:`BenchError` if one fails. With *keep* false each session is closed
+    (CLOSE NORMAL) as soon as its handshake completes, so that at most
+    *concurrency* are open at a time (a handshake-rate loop); then await
+    :func:`close_idle` on what it returns to see every transport closed. No
+    handshake starts after *deadline* (the loop's clock), if given.
+    """
     loop = asyncio.get_running_loop()
-    opened: list[IdleSession] = []
+    opened: list[S] = []
     next_index = 0
 
     async def worker() -> None:
         nonlocal next_index
-        while next_index < count:
+        while next_index < count and (deadline is None or loop.time() < deadline):
             index = next_index
             next_index += 1
-            session = IdleSession(params)
+            session = make(index)
+            local = None if sources is None else (sources(index), 0)
             try:
                 await asyncio.wait_for(
                     loop.create_connection(
-                        _factory(session), HOST, port, local_addr=(sources(index), 0)
+                        _factory(session), HOST, port, ssl=ssl, local_addr=local
                     ),
                     timeout,
                 )
                 await asyncio.wait_for(session.opened, timeout)
             except (OSError, TimeoutError) as exc:
                 raise BenchError(
-                    f"idle session {index + 1}: {exc!r} after {len(opened):,} opened"
+                    f"session {index + 1}: {exc!r} after {len(opened):,} opened"
                 ) from None
+            if not keep:
+                session.close()
             opened.append(session)
 
     workers = [loop.create_task(worker()) for _ in range(min(concurrency, count))]
@@ -643,11 +839,11 @@ async def open_idle(
     return opened
 
 
-def _factory(protocol: IdleSession) -> Callable[[], IdleSession]:
+def _factory(protocol: S) -> Callable[[], S]:
     return lambda: protocol
 
 
-async def close_idle(sessions: list[IdleSession], timeout: float) -> int:
+async def close_idle(sessions: Sequence[IdleSession], timeout: float) -> int:
     """Close every session; return how many transports were not closed within *timeout*."""
     for session in sessions:
         session.close()

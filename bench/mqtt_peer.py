@@ -37,7 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from . import BenchError
 from .core import POOL, Checker
-from .loadgen import HOST, CpuClock, EchoResult
+from .loadgen import HOST, CpuClock, EchoResult, split
 from .pingpong import Pinger, PingPlan, PingResult, open_all, run_pass
 
 SYSTEM = "mosquitto"
@@ -84,18 +84,22 @@ def _client_id() -> str:
 
 
 class MqttConnection:
-    """One paho client on the running asyncio loop, subscribed to its own topic.
+    """One paho client on the running asyncio loop, subscribed to its own topic
+    (or to *topic*, which several clients may share).
 
     *on_payloads(payloads, now_ns)* gets what each read delivered, with the
     clock read when the socket became readable.
     """
 
     def __init__(
-        self, window: int, on_payloads: Callable[[list[bytes], int], None] | None = None
+        self,
+        window: int,
+        on_payloads: Callable[[list[bytes], int], None] | None = None,
+        topic: str | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.client_id = _client_id()
-        self.topic = f"bench/{self.client_id}"
+        self.topic = topic or f"bench/{self.client_id}"
         self.on_payloads = on_payloads
         self.got: list[bytes] = []
         self.reads = 0
@@ -124,15 +128,17 @@ class MqttConnection:
         client.on_disconnect = self._on_disconnect
         self.client = client
 
-    async def open(self, port: int) -> None:
-        """Connect (a persistent session), then subscribe to the client's own topic."""
+    async def open(self, port: int, subscribe: bool = True) -> None:
+        """Connect (a persistent session), then subscribe to the client's topic (QoS 1)
+        unless *subscribe* is false (a client that only publishes)."""
         try:
             self.client.connect(HOST, port, keepalive=60)
         except OSError as exc:
             raise BenchError(f"{SYSTEM}: cannot connect: {exc}") from None
         await self.connected
-        self.client.subscribe(self.topic, qos=QOS)
-        await self.subscribed
+        if subscribe:
+            self.client.subscribe(self.topic, qos=QOS)
+            await self.subscribed
 
     def publish(self, payload: bytes) -> None:
         self.client.publish(self.topic, payload, qos=QOS)
@@ -265,79 +271,102 @@ async def mqtt_echo(
     window: int,
     time_limit: float,
     server_cpu: CpuClock,
+    *,
+    sessions: int = 1,
 ) -> EchoResult:
-    """One windowed echo pass: up to *window* QoS 1 messages published and not yet back."""
+    """One windowed echo pass over *sessions* clients, each up to *window* QoS 1 messages
+    published and not yet back; the *messages* are shared out, all clients connected and
+    subscribed before the clocks start."""
     if len(pool) != POOL or not 1 <= window <= POOL // 2:
         raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
     loop = asyncio.get_running_loop()
-    checker = Checker(SYSTEM, pool)
-    ring = pool + pool
-    done: asyncio.Future[None] = loop.create_future()
-    state = {"sent": 0, "limit": messages}
-    stopped_by = "count"
-    stop_at = 0.0
-
-    def refill() -> None:
-        nonlocal stopped_by
-        sent, limit = state["sent"], state["limit"]
-        if sent < limit and time.perf_counter() >= stop_at:
-            state["limit"] = limit = sent  # the time bound: drain, send no more
-            stopped_by = "time"
-        room = min(window - (sent - checker.taken), limit - sent)
-        if room > 0:
-            start = sent & (POOL - 1)
-            for payload in ring[start : start + room]:
-                conn.publish(payload)
-            state["sent"] = sent + room
-
-    def on_payloads(payloads: list[bytes], now_ns: int) -> None:
-        if done.done():
-            return
-        try:
-            checker.check(payloads)
-        except BenchError as exc:
-            done.set_exception(exc)
-            return
-        if checker.taken >= state["limit"]:
-            done.set_result(None)
-        else:
-            refill()
-
-    conn = MqttConnection(window, on_payloads)
+    clients = [_EchoClient(loop, pool, quota, window) for quota in split(messages, sessions)]
     try:
-        await asyncio.wait_for(conn.open(port), 10.0)
+        await open_all(sessions, lambda index: clients[index].conn.open(port))
         server0 = server_cpu()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        stop_at = t0 + time_limit
-        refill()
+        for client in clients:
+            client.stop_at = t0 + time_limit
+            client.refill()
         try:
-            await asyncio.wait_for(asyncio.shield(done), time_limit + DRAIN_SECONDS)
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.shield(client.done) for client in clients)),
+                time_limit + DRAIN_SECONDS,
+            )
         except TimeoutError:
+            failures = [client.conn.failure for client in clients if client.conn.failure]
             raise BenchError(
-                f"{SYSTEM}: no progress, timed out with {state['sent']:,} sent, "
-                f"{checker.taken:,} echoed back" + (f" ({conn.failure})" if conn.failure else "")
+                f"{SYSTEM}: no progress, timed out with {sum(c.sent for c in clients):,} sent, "
+                f"{sum(c.checker.taken for c in clients):,} echoed back"
+                + (f" ({failures[0]})" if failures else "")
             ) from None
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         server = server_cpu() - server0
     finally:
-        await conn.close()
+        await asyncio.gather(*(client.conn.close() for client in clients), return_exceptions=True)
     return EchoResult(
         SYSTEM,
         len(pool[0]),
         window,
-        state["sent"],
-        checker.taken,
+        sum(client.sent for client in clients),
+        sum(client.checker.taken for client in clients),
         seconds,
         cpu,
         server,
-        conn.reads,
-        conn.writes,
+        sum(client.conn.reads for client in clients),
+        sum(client.conn.writes for client in clients),
         0,
         0,
-        stopped_by,
+        "time" if any(client.stopped_by == "time" for client in clients) else "count",
+        sessions=sessions,
     )
+
+
+class _EchoClient:
+    """One client's share of an echo pass: its window, its check, its end."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pool: list[bytes], messages: int, window: int
+    ) -> None:
+        self.checker = Checker(SYSTEM, pool)
+        self.ring = pool + pool
+        self.window = window
+        self.sent = 0
+        self.limit = messages
+        self.stopped_by = "count"
+        self.stop_at = 0.0
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.conn = MqttConnection(window, self.on_payloads)
+
+    def refill(self) -> None:
+        sent, limit = self.sent, self.limit
+        if sent < limit and time.perf_counter() >= self.stop_at:
+            self.limit = limit = sent  # the time bound: drain, send no more
+            self.stopped_by = "time"
+        room = min(self.window - (sent - self.checker.taken), limit - sent)
+        if room > 0:
+            start = sent & (POOL - 1)
+            publish = self.conn.publish
+            for payload in self.ring[start : start + room]:
+                publish(payload)
+            self.sent = sent + room
+        if self.checker.taken >= self.limit and not self.done.done():
+            self.done.set_result(None)
+
+    def on_payloads(self, payloads: list[bytes], now_ns: int) -> None:
+        if self.done.done():
+            return
+        try:
+            self.checker.check(payloads)
+        except BenchError as exc:
+            self.done.set_exception(exc)
+            return
+        if self.checker.taken >= self.limit:
+            self.done.set_result(None)
+        else:
+            self.refill()
 
 
 # ------------------------------------------------------------------- ping

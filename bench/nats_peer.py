@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from . import BenchError
 from .core import POOL, Checker
-from .loadgen import HOST, CpuClock, EchoResult
+from .loadgen import HOST, CpuClock, EchoResult, split
 from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 
 SYSTEM = "nats"
@@ -85,83 +85,113 @@ async def nats_echo(
     window: int,
     time_limit: float,
     server_cpu: CpuClock,
+    *,
+    sessions: int = 1,
 ) -> EchoResult:
-    """One windowed echo pass: up to *window* messages published and not yet back."""
+    """One windowed echo pass over *sessions* connections, each up to *window* messages
+    published and not yet back; the *messages* are shared out, every connection
+    subscribed before the clocks start."""
     if len(pool) != POOL or not 1 <= window <= POOL // 2:
         raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
     loop = asyncio.get_running_loop()
-    checker = Checker(SYSTEM, pool)
-    ring = pool + pool
-    subject = _subject()
-    done: asyncio.Future[None] = loop.create_future()
-    sent = 0
-    limit = messages
-    stopped_by = "count"
-    stop_at = 0.0
-    nc = await connect(port)
-    publish = nc.publish
-
-    async def refill() -> None:
-        nonlocal sent, limit, stopped_by
-        if sent < limit and time.perf_counter() >= stop_at:
-            limit = sent  # the time bound: drain, send no more
-            stopped_by = "time"
-        room = min(window - (sent - checker.taken), limit - sent)
-        if room > 0:
-            start = sent & (POOL - 1)
-            batch = ring[start : start + room]
-            sent += room  # counted first: the callback may run while publish awaits
-            for payload in batch:
-                await publish(subject, payload)
-
-    async def on_message(msg: Msg) -> None:
-        if done.done():
-            return
-        try:
-            checker.check([msg.data])
-        except BenchError as exc:
-            done.set_exception(exc)
-            return
-        if checker.taken >= limit:
-            done.set_result(None)
-        else:
-            await refill()
-
+    clients = [_EchoClient(loop, pool, quota, window) for quota in split(messages, sessions)]
     try:
-        await nc.subscribe(subject, cb=on_message)
-        await nc.flush()  # the subscription is in place before the first publish
+        await open_all(sessions, lambda index: clients[index].open(port))
         server0 = server_cpu()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        stop_at = t0 + time_limit
-        await refill()
+        for client in clients:
+            client.stop_at = t0 + time_limit
+        await asyncio.gather(*(client.refill() for client in clients))
         try:
-            await asyncio.wait_for(asyncio.shield(done), time_limit + DRAIN_SECONDS)
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.shield(client.done) for client in clients)),
+                time_limit + DRAIN_SECONDS,
+            )
         except TimeoutError:
             raise BenchError(
-                f"{SYSTEM}: no progress, timed out with {sent:,} sent, "
-                f"{checker.taken:,} echoed back (lost by the server?)"
+                f"{SYSTEM}: no progress, timed out with {sum(c.sent for c in clients):,} sent, "
+                f"{sum(c.checker.taken for c in clients):,} echoed back (lost by the server?)"
             ) from None
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         server = server_cpu() - server0
     finally:
-        await nc.close()
+        await asyncio.gather(
+            *(client.nc.close() for client in clients if client.nc is not None),
+            return_exceptions=True,
+        )
+    taken = sum(client.checker.taken for client in clients)
     return EchoResult(
         SYSTEM,
         len(pool[0]),
         window,
-        sent,
-        checker.taken,
+        sum(client.sent for client in clients),
+        taken,
         seconds,
         cpu,
         server,
-        checker.taken,  # one callback per message
+        taken,  # one callback per message
         0,
         0,
         0,
-        stopped_by,
+        "time" if any(client.stopped_by == "time" for client in clients) else "count",
+        sessions=sessions,
     )
+
+
+class _EchoClient:
+    """One connection's share of an echo pass: its subject, window, check and end."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pool: list[bytes], messages: int, window: int
+    ) -> None:
+        self.checker = Checker(SYSTEM, pool)
+        self.ring = pool + pool
+        self.window = window
+        self.subject = _subject()
+        self.sent = 0
+        self.limit = messages
+        self.stopped_by = "count"
+        self.stop_at = 0.0
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.nc: Client | None = None
+
+    async def open(self, port: int) -> None:
+        self.nc = nc = await connect(port)
+        await nc.subscribe(self.subject, cb=self.on_message)
+        await nc.flush()  # the subscription is in place before the first publish
+
+    async def refill(self) -> None:
+        assert self.nc is not None
+        sent, limit = self.sent, self.limit
+        if sent < limit and time.perf_counter() >= self.stop_at:
+            self.limit = limit = sent  # the time bound: drain, send no more
+            self.stopped_by = "time"
+        room = min(self.window - (sent - self.checker.taken), limit - sent)
+        if room > 0:
+            start = sent & (POOL - 1)
+            batch = self.ring[start : start + room]
+            self.sent = sent + room  # counted first: the callback may run while publish awaits
+            publish = self.nc.publish
+            subject = self.subject
+            for payload in batch:
+                await publish(subject, payload)
+        if self.checker.taken >= self.limit and not self.done.done():
+            self.done.set_result(None)
+
+    async def on_message(self, msg: Msg) -> None:
+        if self.done.done():
+            return
+        try:
+            self.checker.check([msg.data])
+        except BenchError as exc:
+            self.done.set_exception(exc)
+            return
+        if self.checker.taken >= self.limit:
+            self.done.set_result(None)
+        else:
+            await self.refill()
 
 
 # ------------------------------------------------------------------- ping

@@ -19,10 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from . import BenchError
 from .loadgen import HOST
@@ -32,6 +32,8 @@ STOP_TIMEOUT = 15.0
 READY_TIMEOUT = 20.0
 
 CPU_TICK = os.sysconf("SC_CLK_TCK")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,28 @@ class CoreLoad:
             busy = (ticks.get(cpu, 0) - self._ticks.get(cpu, 0)) / CPU_TICK
             shares.append(max(0.0, min(1.0, (busy - ours) / seconds)))
         return shares[0], shares[1]
+
+
+def timed_pass(
+    proc: ServerProcess, load: CoreLoad | None, body: Callable[[], T]
+) -> tuple[T, tuple[float, float] | None]:
+    """Run *body*, one pass against *proc*, and what others took of the pinned cores.
+
+    The second item is :meth:`CoreLoad.others` over the pass (None without *load*).
+    A :class:`BenchError` from *body* is replaced by the server's exit, if it died.
+    """
+    proc.check_alive()
+    server0, cpu0 = proc.cpu_seconds(), time.process_time()
+    if load is not None:
+        load.start()
+    try:
+        result = body()
+    except BenchError:
+        proc.check_alive()  # a dead server explains more than a lost connection
+        raise
+    if load is None:
+        return result, None
+    return result, load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -304,9 +328,9 @@ def server(name: str, argv: list[str], pinning: Pinning, log_dir: Path) -> Itera
         yield proc
 
 
-def daemon_argv() -> list[str]:
-    """The daemon with the echo app, named: the embedded default app may change."""
-    return ["sessiond", "serve", "--app", "echo", "--log-level", "WARNING"]
+def daemon_argv(app: str = "echo") -> list[str]:
+    """The daemon with *app* (echo unless told), named: the embedded default app may change."""
+    return ["sessiond", "serve", "--app", app, "--log-level", "WARNING"]
 
 
 def ceiling_argv() -> list[str]:

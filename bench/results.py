@@ -4,11 +4,15 @@ A scenario measures; this module says where it ran (:func:`machine_info`,
 :func:`commit_info`), summarises repetitions (:func:`spread`), writes the results
 JSON (:func:`write_json`) and replaces the scenario's own section of
 ``bench/RESULTS.md`` (:func:`update_results_md`), leaving the others alone.
+Every scenario of one ``python -m bench`` run writes into the same
+``<date>-<commit>.json`` (the date and the commit are read once per process);
+the run itself adds its summary with :func:`update_document`.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -16,7 +20,8 @@ import shlex
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,14 +38,31 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 #: A JSON object as this package writes it.
 Json = dict[str, Any]
 
+#: The order of the sections of RESULTS.md (and of a whole run): a section not
+#: yet there goes before the first one that comes after it here, or at the end.
+SECTION_ORDER = (
+    "summary",
+    "throughput",
+    "latency",
+    "resume",
+    "storm",
+    "idle",
+    "tls",
+    "fanout",
+    "core",
+)
+
 _INTRO = """\
 # Benchmark results
 
-Figures measured by `python -m bench SCENARIO`, run from the repository root
-(see `bench/__init__.py`). Each `## SCENARIO` section below is rewritten by the
-command it quotes and names the results JSON in `bench/results/` that holds every
-repetition, the machine and the commit; a run replaces only its own section.
-A section whose heading says *notes* is written by hand and dated.
+Figures measured by `python -m bench` (every scenario) or `python -m bench
+SCENARIO ...`, run from the repository root (see `bench/__init__.py`). The
+`## summary` section is rewritten by a run of every scenario: the headline
+figure of each system in each scenario, the targets and the plot. Each
+`## SCENARIO` section below it is rewritten by the command it quotes and names
+the results JSON in `bench/results/` that holds every repetition, the machine
+and the commit; a run replaces only its own sections. A section whose heading
+says *notes* is written by hand and dated.
 """
 
 
@@ -60,6 +82,7 @@ def machine_info() -> Json:
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "cpu_model": _cpu_model(),
+        "memory_kib": _mem_total_kib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -67,6 +90,17 @@ def machine_info() -> Json:
         "msgpack_impl": msgpack_impl,
         "uvloop": _version("uvloop"),
     }
+
+
+def _mem_total_kib() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _cpu_model() -> str:
@@ -99,7 +133,21 @@ def _git(*args: str) -> str | None:
 
 
 def commit_info() -> Json:
-    """The commit measured; ``dirty`` means tracked files differ from it (see ``status``)."""
+    """The commit measured; ``dirty`` means tracked files differ from it (see ``status``).
+
+    Read once per process, so that every scenario of a run names the same commit.
+    """
+    return dict(_commit_info())
+
+
+@functools.cache
+def run_date() -> str:
+    """The day this process started measuring (its results file is named after it)."""
+    return datetime.date.today().isoformat()
+
+
+@functools.cache
+def _commit_info() -> Json:
     status = _git("status", "--porcelain")
     lines = status.splitlines() if status else []
     return {
@@ -120,27 +168,50 @@ def spread(values: Sequence[float]) -> Json:
     }
 
 
-def write_json(out_dir: Path, scenario: str, entry: Json, commit: Json) -> Path:
-    """Write *entry* as ``scenarios[scenario]`` of ``<out_dir>/<date>-<commit>.json``.
+def results_path(out_dir: Path, commit: Json, suffix: str = ".json") -> Path:
+    """``<out_dir>/<date>-<commit><suffix>``: this run's results file (or plot)."""
+    return out_dir / f"{run_date()}-{commit['commit_short']}{suffix}"
 
-    Other scenarios already in that file (same day, same commit) are kept.
+
+def read_document(path: Path) -> Json | None:
+    """The results document at *path*, or None if there is none (or it is unreadable)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def update_document(out_dir: Path, commit: Json, change: Callable[[Json], None]) -> Path:
+    """Apply *change* to the document of :func:`results_path` and write it back whole.
+
+    What that file already holds for the same commit (other scenarios, an earlier
+    run's summary) is kept unless *change* replaces it.
     """
-    today = datetime.date.today().isoformat()
-    path = out_dir / f"{today}-{commit['commit_short']}.json"
-    document: Json = {"schema": 1, "date": today, **commit, "scenarios": {}}
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if isinstance(previous, dict) and previous.get("commit") == commit["commit"]:
-            document["scenarios"] = dict(previous.get("scenarios", {}))
-    document["scenarios"][scenario] = entry
+    path = results_path(out_dir, commit)
+    document: Json = {"schema": 2, "date": run_date(), **commit, "scenarios": {}}
+    previous = read_document(path)
+    if previous is not None and previous.get("commit") == commit["commit"]:
+        document = {**previous, **{key: document[key] for key in ("schema", *commit)}}
+        document.setdefault("scenarios", {})
+    change(document)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     partial.replace(path)
     return path
+
+
+def write_json(out_dir: Path, scenario: str, entry: Json, commit: Json) -> Path:
+    """Write *entry* as ``scenarios[scenario]`` of ``<out_dir>/<date>-<commit>.json``.
+
+    Other scenarios already in that file (same day, same commit) are kept.
+    """
+
+    def put(document: Json) -> None:
+        document["scenarios"][scenario] = entry
+
+    return update_document(out_dir, commit, put)
 
 
 def display_path(path: Path | str) -> str:
@@ -154,20 +225,22 @@ def display_path(path: Path | str) -> str:
         return path.as_posix()
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table; every column but the first is right-aligned."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A GitHub markdown table; the first *left* columns left-aligned, the rest right-aligned."""
     lines = [
         "| " + " | ".join(headers) + " |",
-        "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|",
+        "|" + "|".join([":---"] * left + ["---:"] * (len(headers) - left)) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def update_results_md(heading: str, body: str, path: Path = RESULTS_MD) -> None:
-    """Replace the ``## {heading}`` section of *path* with *body*, or append it.
+    """Replace the ``## {heading}`` section of *path* with *body*, or add it.
 
     The intro above the first section and every other section stay as they are.
+    A new section goes where :data:`SECTION_ORDER` puts it: before the first
+    section that comes after it there, else at the end.
     """
     text = path.read_text(encoding="utf-8") if path.exists() else _INTRO
     lines = text.splitlines()
@@ -176,12 +249,62 @@ def update_results_md(heading: str, body: str, path: Path = RESULTS_MD) -> None:
     try:
         start = next(i for i, line in enumerate(lines) if line.rstrip() == title)
     except StopIteration:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += ["", *section]
+        later = _later_section(lines, heading)
+        if later is None:
+            while lines and not lines[-1].strip():
+                lines.pop()
+            lines += ["", *section]
+        else:
+            lines[later:later] = section
     else:
         end = next(
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
         lines[start:end] = section
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def _later_section(lines: list[str], heading: str) -> int | None:
+    """The line of the first ``## `` section that :data:`SECTION_ORDER` puts after *heading*."""
+    if heading not in SECTION_ORDER:
+        return None
+    after = SECTION_ORDER[SECTION_ORDER.index(heading) + 1 :]
+    for index, line in enumerate(lines):
+        if line.startswith("## ") and line[3:].split(":")[0].strip() in after:
+            return index
+    return None
+
+
+def entry_head(
+    command: str, started: datetime.datetime, begun: float, quick: bool, machine: Json
+) -> Json:
+    """The fields every scenario's results entry starts with: how it was run, when,
+    for how long (from *begun*, a ``time.perf_counter()`` reading) and on what."""
+    return {
+        "command": command,
+        "argv": sys.argv[1:],
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - begun, 3),
+        "quick": quick,
+        "machine": machine,
+    }
+
+
+def publish(
+    out_dir: Path,
+    scenario: str,
+    entry: Json,
+    commit: Json,
+    markdown: Callable[[Json, Json, Path], str],
+    quick: bool,
+) -> int:
+    """Write *entry* to the results JSON, print its report (``markdown(entry, commit,
+    path)``) and, for a full run, make it the scenario's section of RESULTS.md."""
+    path = write_json(out_dir, scenario, entry, commit)
+    report = markdown(entry, commit, path)
+    print(report)
+    print(f"results: {display_path(path)}", file=sys.stderr)
+    if not quick:
+        update_results_md(scenario, report)
+        print(f"updated bench/RESULTS.md (## {scenario})", file=sys.stderr)
+    return 0

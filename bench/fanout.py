@@ -1,0 +1,1166 @@
+"""``python -m bench fanout``: one publisher, many subscribers on one channel.
+
+Systems, each a server in its own pinned process on 127.0.0.1 and its clients
+in the load generator (this process, pinned to the other core), on one asyncio
+loop:
+
+* ``daemon``: ``python -m sessiond serve --app channels`` (protocol.md §15)
+  with its default settings. Every client is the protocol core driven directly
+  (:class:`~bench.loadgen.IdleSession`, as the echo load generator does) with
+  the channels envelopes of :mod:`sessiond_client.envelopes`: each subscriber
+  sends ``sub`` for the channel and decodes every delivery with
+  ``envelopes.parse_server``; the publisher sends ``pub`` without a request ID
+  (no reply). Each delivery is exactly once and in order on the subscriber's
+  session. The daemon allows ``max_transports_per_peer`` (256) transports per
+  IP address, so the sessions come from several 127.0.0.x source addresses
+  (:func:`bench.daemon.source_addresses`), all to 127.0.0.1.
+* ``mosquitto``: MQTT 3.1.1, QoS 1 both ways: the publisher publishes at QoS 1
+  (the broker acknowledges), the subscribers hold persistent sessions
+  (``clean_session=False``) subscribed at QoS 1 and acknowledge every delivery;
+  the paho-mqtt clients of :mod:`bench.mqtt_peer`, all on the same loop.
+  Skipped, with a message saying how to install it, where mosquitto or
+  paho-mqtt is missing.
+
+The publisher keeps at most ``--window`` messages *outstanding*: published and
+not yet received by every subscriber, so no subscriber is ever more than that
+behind (below the daemon's per-subscriber queue, ``queue_messages``, whose
+overflow would end the subscriber's session as a slow consumer, and below
+mosquitto's queue, whose overflow would drop messages). Two kinds of pass:
+
+* *window*: as fast as the window allows, ``--messages`` messages (or
+  ``--time-limit`` seconds of publishing): deliveries per second, all the
+  messages taken by all the subscribers over the pass's wall time, first
+  publish to the last delivery;
+* *paced*: ``--rates`` messages per second for ``--duration`` seconds, a load
+  both systems carry, for the delivery latency when it is not a queue's. A
+  message the window holds back past its time counts from when it was due
+  (the correction for coordinated omission of :mod:`bench.pingpong`).
+
+Each payload begins with its sequence number and the ``time.perf_counter_ns()``
+at which it was handed to the publisher's client; a subscriber reads the clock
+once per read, and the difference is its delivery latency (one process, one
+clock), counted in an HDR-style histogram. Every subscriber must receive every
+message once, in order: a repeated, missing or reordered one fails the pass,
+and so does a subscriber or publisher whose connection ends (a slow-consumer
+close included). Sequence numbers run on across passes, so nothing may leak
+from one pass into the next either.
+
+Both systems' clients stay connected for the whole run (the passes are
+interleaved), so each system's idle clients share the load generator with the
+other's passes: the paho clients' one-second housekeeping timers, the
+sessions' heartbeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import functools
+import gc
+import os
+import struct
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sessiond_client import envelopes
+from sessiond_client.envelopes import ChannelError, Message, Reply
+from sessiond_client.protocol import Params
+
+from sessiond.channels import ChannelsConfig
+
+from . import BenchError, latency, systems
+from .daemon import CLIENT_BOUND, bound_by, pace, sessions_per_address, source_addresses
+from .histogram import Histogram
+from .loadgen import HOST, IdleSession, close_idle, loop_name, new_loop, open_sessions
+from .pingpong import open_all
+from .processes import (
+    CoreLoad,
+    Pinning,
+    ServerProcess,
+    choose_pinning,
+    daemon_argv,
+    pinned_loadgen,
+    raise_nofile,
+    server,
+    timed_pass,
+)
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    entry_head,
+    machine_info,
+    markdown_table,
+    publish,
+    spread,
+)
+from .summary import Headline
+from .systems import DAEMON, MOSQUITTO, PEERS, binary_version, package_version, start_peer
+
+HELP = "1 publisher to N subscribers on one channel: deliveries/s and latency, vs mosquitto QoS 1"
+
+SCENARIO = "fanout"
+SYSTEMS = (DAEMON, MOSQUITTO)
+CHANNEL = "bench/fanout"
+SIZES = (64,)
+
+DEFAULT_SUBSCRIBERS = 1_000
+QUICK_SUBSCRIBERS = 20
+DEFAULT_MESSAGES = 1_000
+QUICK_MESSAGES = 100
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 3
+DEFAULT_WINDOW = 128
+TIME_LIMIT = 5.0  # seconds of publishing per pass, whichever of this and --messages first
+DRAIN_SECONDS = 30.0  # beyond the time limit, for the last deliveries
+WARMUP_MESSAGES = 20
+#: Paced passes: publishes/s, and seconds each (1,000 subscribers: 10,000 deliveries/s,
+#: below what either system's clients can take, so the latency is not a queue's).
+RATES = (10.0,)
+QUICK_RATES = (50.0,)
+DURATION = 3.0
+QUICK_DURATION = 0.5
+SETUP_TIMEOUT = 60.0  # for every subscription of a system to be in place
+WATCH_INTERVAL = 0.25  # how often a pass looks for a failed client
+#: Every payload begins with its sequence number and its publish time (perf_counter_ns).
+HEAD = struct.Struct(">QQ")
+
+
+# ------------------------------------------------------------------- a pass
+
+
+class Fanout:
+    """One pass: what the publisher sent, what every subscriber took, and when.
+
+    Subscribers call :meth:`take` with what each read brought; the publisher's
+    client is *send*, called with the payloads to publish in order.
+    """
+
+    def __init__(
+        self,
+        subscribers: int,
+        base: int,
+        messages: int,
+        window: int,
+        rate: float,
+        time_limit: float,
+        size: int,
+        send: Callable[[list[bytes]], None],
+        clocks: Callable[[], tuple[float, float, float]],
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.subscribers = subscribers
+        self.base = base  # the first sequence number of this pass
+        self.limit = messages
+        self.window = window
+        self.rate = rate
+        self.time_limit = time_limit
+        self.send = send
+        self.clocks = clocks  # (wall, our CPU, the server's CPU) seconds
+        self.padding = bytes(size - HEAD.size)
+        self.got = [0] * messages  # per message: subscribers that took it
+        self.published = 0
+        self.complete = 0  # messages every subscriber has taken (a prefix)
+        self.deliveries = 0
+        self.histogram = Histogram()
+        self.stopped_by = "count"
+        self.failure: str | None = None
+        self.started = (0.0, 0.0, 0.0)
+        self.ended = (0.0, 0.0, 0.0)
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.held = 0  # messages before this one were held back by the window when due
+        self.late = 0  # how many messages were held back (paced passes)
+        self.start_ns = 0
+        self._stop_at = 0.0
+        self._refill: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        self.started = self.clocks()
+        self.start_ns = time.perf_counter_ns()
+        self._stop_at = self.started[0] + self.time_limit
+        self.refill()
+
+    def refill(self) -> None:
+        """Publish what the window (and, in a paced pass, the clock) allow now."""
+        self._refill = None
+        if self.done.done():
+            return
+        published = self.published
+        wall = time.perf_counter()
+        if published < self.limit and wall >= self._stop_at:
+            self.limit = published  # the time bound: publish no more, wait for the rest
+            self.stopped_by = "time"
+            self._check_end()
+            return
+        room = min(self.window - (published - self.complete), self.limit - published)
+        rate = self.rate
+        held = self.held  # messages before it were held back when they were due
+        if rate:
+            due = min(self.limit, int((wall - self.started[0]) * rate) + 1)
+            if due - published > room:
+                # The window holds back messages already due: they go when it opens
+                # (take() calls again), and count from when they were due.
+                self.held = max(held, due)
+            else:
+                room = due - published
+                if due < self.limit:  # come back when the next one is due
+                    wait = due / rate - (wall - self.started[0])
+                    self._refill = self.loop.call_later(max(wait, 0.0), self.refill)
+        if room <= 0:
+            return
+        now_ns = time.perf_counter_ns()
+        first = self.base + published
+        pack, padding = HEAD.pack, self.padding
+        self.published = published + room
+        if not rate or published >= held:
+            self.send([pack(first + i, now_ns) + padding for i in range(room)])
+            return
+        # Coordinated omission: a message the window held back is late by then.
+        start_ns, period = self.start_ns, 1e9 / rate
+        late = min(room, held - published)
+        self.late += late
+        self.send(
+            [
+                pack(first + i, start_ns + round((published + i) * period) if i < late else now_ns)
+                + padding
+                for i in range(room)
+            ]
+        )
+
+    def take(self, expected: int, payloads: Sequence[bytes], now_ns: int) -> int:
+        """A subscriber's read: check order, count latency; return its next expected number."""
+        got, base = self.got, self.base
+        record = self.histogram.record
+        unpack = HEAD.unpack_from
+        for data in payloads:
+            seq, sent_ns = unpack(data)
+            if seq != expected:
+                what = "repeated" if seq < expected else f"{seq - expected} missing before it"
+                self.fail(f"a subscriber expected message {expected} and got {seq} ({what})")
+                return expected
+            expected = seq + 1
+            record(now_ns - sent_ns)
+            got[seq - base] += 1
+        self.deliveries += len(payloads)
+        complete = self.complete
+        published = self.published
+        subscribers = self.subscribers
+        while complete < published and got[complete] == subscribers:
+            complete += 1
+        if complete != self.complete:
+            self.complete = complete
+            if not self._check_end() and self._refill is None:
+                self._refill = self.loop.call_soon(self.refill)
+        return expected
+
+    def _check_end(self) -> bool:
+        if self.complete < self.limit or self.done.done():
+            return False
+        self.ended = self.clocks()
+        self.done.set_result(None)
+        return True
+
+    def fail(self, why: str) -> None:
+        if self.failure is None:
+            self.failure = why
+        if not self.done.done():
+            self.done.set_exception(BenchError(why))
+
+
+class Receiver(Protocol):
+    """A subscriber: where it is in the sequence, and whether its connection failed."""
+
+    expected: int
+    fanout: Fanout | None
+
+    @property
+    def failure(self) -> str | None: ...
+
+
+def _deliver(receiver: Receiver, payloads: list[bytes], now_ns: int) -> None:
+    fanout = receiver.fanout
+    if fanout is None:
+        raise BenchError("a subscriber received a message outside a pass")
+    receiver.expected = fanout.take(receiver.expected, payloads, now_ns)
+
+
+# ------------------------------------------------------------- the daemon
+
+
+class ChannelSubscriber(IdleSession):
+    """A channels subscriber on the protocol core: ``sub``, then deliveries."""
+
+    __slots__ = ("expected", "fanout", "subscribed")
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.expected = 0
+        self.fanout: Fanout | None = None
+        self.subscribed: asyncio.Future[None] = self.loop.create_future()
+
+    def subscribe(self, channel: str) -> None:
+        """Send ``sub`` (request ID 1); :attr:`subscribed` is done once it is accepted."""
+        self.session.send(envelopes.request(envelopes.SUB, channel, 1), self.loop.time())
+        self._flush()
+        self._arm()
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        now_ns = time.perf_counter_ns()
+        payloads: list[bytes] = []
+        keep = payloads.append
+        parse = envelopes.parse_server
+        try:
+            for envelope in messages:
+                event = parse(envelope)
+                if type(event) is Message:
+                    keep(event.payload)
+                elif isinstance(event, Reply) and event.error is None and event.id == 1:
+                    if not self.subscribed.done():
+                        self.subscribed.set_result(None)
+                else:
+                    self._fail(f"unexpected from the channels app: {event!r}")
+                    return
+            if payloads:
+                _deliver(self, payloads, now_ns)
+        except (ChannelError, BenchError) as exc:
+            self._fail(str(exc))
+
+    def _fail(self, why: str) -> None:
+        super()._fail(why)
+        if not self.subscribed.done():
+            self.subscribed.set_exception(BenchError(why))
+
+
+class ChannelPublisher(IdleSession):
+    """The channels publisher on the protocol core: ``pub`` without a request ID."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.pending: deque[bytes] = deque()
+
+    def publish(self, payloads: list[bytes]) -> None:
+        request = envelopes.request
+        self.pending.extend(request(envelopes.PUB, CHANNEL, None, data) for data in payloads)
+        self._push()
+
+    def _push(self) -> None:
+        """As much of what waits as the daemon's window takes (the rest after its ACK)."""
+        if self.failure is not None or self.closing:
+            return
+        sent = self.session.send_many(self.pending, self.loop.time())
+        pending = self.pending
+        for _ in range(sent):
+            pending.popleft()
+        self._flush()
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.pending:
+            self._push()
+
+
+# --------------------------------------------------------------- mosquitto
+
+
+class MqttSubscriber:
+    """A paho client subscribed to the channel's topic at QoS 1, persistent session."""
+
+    def __init__(self, window: int) -> None:
+        from .mqtt_peer import MqttConnection  # noqa: PLC0415 - paho-mqtt: only when installed
+
+        self.expected = 0
+        self.fanout: Fanout | None = None
+        self.conn = MqttConnection(window, self._on_payloads, topic=CHANNEL)
+        self._failure: str | None = None
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure or self.conn.failure
+
+    def _on_payloads(self, payloads: list[bytes], now_ns: int) -> None:
+        try:
+            _deliver(self, payloads, now_ns)
+        except BenchError as exc:
+            self._failure = str(exc)
+
+
+# ------------------------------------------------------------------ systems
+
+
+@dataclass(slots=True)
+class FanoutSystem:
+    """A system under test with every client connected and subscribed."""
+
+    name: str
+    proc: ServerProcess
+    subscribers: Sequence[Receiver]
+    publish: Callable[[list[bytes]], None]
+    publisher_failure: Callable[[], str | None]
+    close: Callable[[], Coroutine[Any, Any, None]]
+    setup_seconds: float
+    sequence: int = 0  # messages published so far, in every pass
+    notes: list[str] = field(default_factory=list)
+
+
+async def open_daemon(proc: ServerProcess, count: int) -> FanoutSystem:
+    """*count* subscribers and one publisher on the daemon's channels app."""
+    params = Params()
+    per_address = sessions_per_address()
+    sources = source_addresses(per_address)
+    t0 = time.perf_counter()
+    subscribers = await open_sessions(
+        proc.port, count, 50, lambda _index: ChannelSubscriber(params), sources
+    )
+    opened: list[IdleSession] = list(subscribers)
+    try:
+        for subscriber in subscribers:
+            subscriber.subscribe(CHANNEL)
+        await asyncio.wait_for(asyncio.gather(*(s.subscribed for s in subscribers)), SETUP_TIMEOUT)
+        publisher = (
+            await open_sessions(
+                proc.port, 1, 1, lambda _index: ChannelPublisher(params), lambda _: sources(count)
+            )
+        )[0]
+        opened.append(publisher)
+    except (BenchError, TimeoutError) as exc:
+        await close_idle(opened, 5.0)
+        raise BenchError(f"{DAEMON}: subscribing: {exc!r}") from None
+    addresses = 1 + count // per_address
+
+    async def close() -> None:
+        await close_idle(opened, 10.0)
+
+    return FanoutSystem(
+        DAEMON,
+        proc,
+        subscribers,
+        publisher.publish,
+        lambda: publisher.failure,
+        close,
+        time.perf_counter() - t0,
+        notes=[
+            f"{count + 1:,} sessions from {addresses} loopback source "
+            f"address{'es' if addresses > 1 else ''} "
+            f"(127.0.0.x, at most {per_address} each: the daemon's default "
+            "max_transports_per_peer is 256)"
+        ],
+    )
+
+
+async def open_mosquitto(proc: ServerProcess, count: int, window: int) -> FanoutSystem:
+    """*count* paho subscribers and one paho publisher on mosquitto."""
+    from .mqtt_peer import MqttConnection  # noqa: PLC0415 - paho-mqtt: only when installed
+
+    t0 = time.perf_counter()
+    subscribers = [MqttSubscriber(window) for _ in range(count)]
+    publisher = MqttConnection(window, topic=CHANNEL)
+    connections = [s.conn for s in subscribers] + [publisher]
+
+    async def close() -> None:
+        await asyncio.gather(*(conn.close() for conn in connections), return_exceptions=True)
+
+    try:
+        await open_all(count, lambda index: subscribers[index].conn.open(proc.port))
+        await asyncio.wait_for(publisher.open(proc.port, subscribe=False), 10.0)
+    except (BenchError, TimeoutError) as exc:
+        await close()
+        raise BenchError(f"{MOSQUITTO}: subscribing: {exc!r}") from None
+
+    def publish(payloads: list[bytes]) -> None:
+        for payload in payloads:
+            publisher.publish(payload)
+
+    return FanoutSystem(
+        MOSQUITTO,
+        proc,
+        subscribers,
+        publish,
+        lambda: publisher.failure,
+        close,
+        time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutPlan:
+    subscribers: int
+    messages: int  # per windowed pass
+    repeat: int
+    window: int
+    rates: tuple[float, ...]  # publishes/s of the paced passes
+    duration: float  # seconds of a paced pass
+    time_limit: float
+    warmup: int
+    sizes: tuple[int, ...]
+
+    @property
+    def loads(self) -> tuple[float, ...]:
+        """What each kind of pass offers: 0 (as fast as the window allows), then each rate."""
+        return (0.0, *self.rates)
+
+    def messages_at(self, offered: float) -> int:
+        return self.messages if not offered else max(1, round(offered * self.duration))
+
+    def to_json(self) -> Json:
+        return {**asdict(self), "sizes": list(self.sizes), "rates": list(self.rates)}
+
+
+def load_key(offered: float) -> str:
+    """How the results name a kind of pass: ``window`` or ``10/s``."""
+    return f"{offered:g}/s" if offered else "window"
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutResult:
+    """One pass of one system."""
+
+    system: str
+    size: int
+    offered: float  # publishes/s of a paced pass; 0: as fast as the window allows
+    subscribers: int
+    published: int
+    deliveries: int  # messages taken by all the subscribers, each checked in order
+    seconds: float  # first publish to the last delivery
+    client_cpu: float
+    server_cpu: float
+    stopped_by: str
+    late: int  # paced: messages the window held back past their time
+    histogram: Histogram
+    others: tuple[float, float] | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.deliveries / self.seconds
+
+    @property
+    def lost(self) -> int:
+        return self.published * self.subscribers - self.deliveries
+
+    def to_json(self) -> Json:
+        summary = self.histogram.summary()
+        return {
+            "published": self.published,
+            "deliveries": self.deliveries,
+            "lost": self.lost,
+            "seconds": self.seconds,
+            "deliveries_per_s": self.rate,
+            "publishes_per_s": self.published / self.seconds,
+            "latency_us": {k: v / 1e3 for k, v in summary.items() if k != "count"},
+            "latency_samples": summary.get("count", 0),
+            "client_cpu_s": self.client_cpu,
+            "client_cpu_share": self.client_cpu / self.seconds,
+            "client_cpu_us_per_delivery": self.client_cpu * 1e6 / self.deliveries,
+            "server_cpu_s": self.server_cpu,
+            "server_cpu_share": self.server_cpu / self.seconds,
+            "server_cpu_us_per_delivery": self.server_cpu * 1e6 / self.deliveries,
+            "stopped_by": self.stopped_by,
+            "held_back_by_window": self.late,
+            "histogram": self.histogram.to_json(),
+            **({} if self.others is None else {"other_load_share": list(self.others)}),
+        }
+
+
+async def fanout_pass(
+    system: FanoutSystem, plan: FanoutPlan, size: int, messages: int, offered: float = 0.0
+) -> FanoutResult:
+    """Publish up to *messages* to every subscriber of *system* (*offered* per second
+    if not 0); every delivery is checked."""
+    loop = asyncio.get_running_loop()
+    proc = system.proc
+    subscribers = system.subscribers
+
+    def clocks() -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), proc.cpu_seconds()
+
+    fanout = Fanout(
+        len(subscribers),
+        system.sequence,
+        messages,
+        plan.window,
+        offered,
+        plan.time_limit,
+        size,
+        system.publish,
+        clocks,
+    )
+    for subscriber in subscribers:
+        subscriber.fanout = fanout
+    deadline = loop.time() + plan.time_limit + DRAIN_SECONDS
+    fanout.start()
+    try:
+        while not fanout.done.done():
+            await asyncio.wait([fanout.done], timeout=WATCH_INTERVAL)
+            failed = [s.failure for s in subscribers if s.failure is not None]
+            publisher = system.publisher_failure()
+            if publisher is not None or failed:
+                why = publisher or f"{len(failed)} subscriber(s) failed, the first: {failed[0]}"
+                fanout.fail(why)
+            elif loop.time() > deadline:
+                fanout.fail(_stalled(fanout, subscribers))
+        fanout.done.result()
+    except BenchError as exc:
+        raise BenchError(f"{system.name}: {exc}") from None
+    finally:
+        system.sequence += fanout.published
+        for subscriber in subscribers:
+            subscriber.fanout = None
+    expected = system.sequence
+    behind = [s.expected for s in subscribers if s.expected != expected]
+    if behind:
+        raise BenchError(f"{system.name}: {len(behind)} subscribers short after the pass")
+    if not fanout.deliveries:
+        raise BenchError(f"{system.name}: nothing was published (--time-limit too short?)")
+    wall = fanout.ended[0] - fanout.started[0]
+    return FanoutResult(
+        system.name,
+        size,
+        offered,
+        len(subscribers),
+        fanout.published,
+        fanout.deliveries,
+        wall,
+        fanout.ended[1] - fanout.started[1],
+        fanout.ended[2] - fanout.started[2],
+        fanout.stopped_by,
+        fanout.late,
+        fanout.histogram,
+    )
+
+
+def _stalled(fanout: Fanout, subscribers: Sequence[Receiver]) -> str:
+    target = fanout.base + fanout.published
+    short = [target - s.expected for s in subscribers if s.expected < target]
+    return (
+        f"no progress: {fanout.published:,} published, {fanout.complete:,} received by every "
+        f"subscriber; {len(short)} subscribers short of {sum(short):,} messages in all"
+    )
+
+
+def measure(
+    runner: asyncio.Runner, plan: FanoutPlan, under_test: Sequence[FanoutSystem], load: CoreLoad
+) -> list[FanoutResult]:
+    """Every system, *repeat* passes per size and load, their order rotated each repetition."""
+    runs: list[FanoutResult] = []
+    for system in under_test:  # warm-up: the first deliveries, caches
+        runner.run(fanout_pass(system, plan, plan.sizes[0], plan.warmup))
+    for size in plan.sizes:
+        for offered in plan.loads:
+            for rep in range(plan.repeat):
+                shift = rep % len(under_test)
+                for system in [*under_test[shift:], *under_test[:shift]]:
+                    gc.collect()
+                    result, others = timed_pass(
+                        system.proc,
+                        load,
+                        functools.partial(_run, runner, system, plan, size, offered),
+                    )
+                    result = dataclasses.replace(result, others=others)
+                    runs.append(result)
+                    _progress(result, f"rep {rep + 1}/{plan.repeat}")
+    return runs
+
+
+def _run(
+    runner: asyncio.Runner, system: FanoutSystem, plan: FanoutPlan, size: int, offered: float
+) -> FanoutResult:
+    return runner.run(fanout_pass(system, plan, size, plan.messages_at(offered), offered))
+
+
+def _progress(result: FanoutResult, rep: str) -> None:
+    summary = result.histogram.summary()
+    print(
+        f"  fanout {result.size:>5} B  {load_key(result.offered):>8}  {rep}  "
+        f"{result.system:<9} {result.rate:>10,.0f} deliveries/s  "
+        f"p50 {summary['p50'] / 1e3:8,.0f} µs  p99 {summary['p99'] / 1e3:8,.0f} µs  "
+        f"server {result.server_cpu / result.seconds:4.0%}  "
+        f"loadgen {result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def summarise(runs: list[FanoutResult], plan: FanoutPlan, names: Sequence[str]) -> Json:
+    """Per payload size, kind of pass (:func:`load_key`) and system: medians and spreads."""
+    by_size: Json = {}
+    for size in plan.sizes:
+        by_load: Json = {}
+        for offered in plan.loads:
+            entry: Json = {}
+            for name in names:
+                mine = [
+                    run
+                    for run in runs
+                    if (run.size, run.offered, run.system) == (size, offered, name)
+                ]
+                if mine:
+                    entry[name] = _summary(mine)
+            by_load[load_key(offered)] = entry
+        by_size[str(size)] = by_load
+    return by_size
+
+
+def _summary(mine: list[FanoutResult]) -> Json:
+    merged = Histogram()
+    for run in mine:
+        merged.merge(run.histogram)
+    latencies = [run.histogram.summary() for run in mine]
+    return {
+        "published": mine[0].published,
+        "deliveries_per_s": spread([run.rate for run in mine]),
+        "publishes_per_s": spread([run.published / run.seconds for run in mine]),
+        "p50_us": spread([lat["p50"] / 1e3 for lat in latencies]),
+        "p99_us": spread([lat["p99"] / 1e3 for lat in latencies]),
+        "max_us": spread([lat["max"] / 1e3 for lat in latencies]),
+        "latency_all_passes_us": {k: v / 1e3 for k, v in merged.summary().items() if k != "count"},
+        "server_cpu_us_per_delivery": spread(
+            [run.server_cpu * 1e6 / run.deliveries for run in mine]
+        ),
+        "client_cpu_us_per_delivery": spread(
+            [run.client_cpu * 1e6 / run.deliveries for run in mine]
+        ),
+        **pace(mine),
+        "held_back_by_window": sum(run.late for run in mine),
+        "lost": sum(run.lost for run in mine),
+        "duplicates": 0,  # a repeated message fails its pass
+        "out_of_order": 0,  # so does a reordered one
+        "repetitions": [run.to_json() for run in mine],
+    }
+
+
+# ---------------------------------------------------------------------- run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--subscribers",
+        type=int,
+        metavar="N",
+        help=f"subscribers per system (default {DEFAULT_SUBSCRIBERS:,}; --quick "
+        f"{QUICK_SUBSCRIBERS})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        metavar="W",
+        help="messages published and not yet received by every subscriber, at most "
+        f"(default {DEFAULT_WINDOW})",
+    )
+    parser.add_argument(
+        "--rates",
+        metavar="R,R",
+        help="publishes/s of the paced passes, after the windowed ones; empty: none "
+        f"(default {_csv(RATES)}; --quick {_csv(QUICK_RATES)})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help=f"seconds of a paced pass (default {DURATION:g}; --quick {QUICK_DURATION:g})",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT,
+        metavar="S",
+        help=f"publish for at most this many seconds per pass (default {TIME_LIMIT:g})",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(size) for size in SIZES),
+        metavar="B,B",
+        help=f"payload sizes in bytes, at least {HEAD.size} (default "
+        f"{','.join(str(size) for size in SIZES)})",
+    )
+    systems.add_arguments(parser)  # --systems (of them: daemon, mosquitto), --mosquitto
+
+
+def _csv(values: Sequence[float]) -> str:
+    return ",".join(f"{value:g}" for value in values)
+
+
+def _numbers(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BenchError(f"{option}: not a list of numbers: {text!r}") from None
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(size) for size in _numbers(text, "--sizes"))
+    limit = ChannelsConfig().max_message_size
+    if not sizes or min(sizes) < HEAD.size or max(sizes) > limit:
+        raise BenchError(f"--sizes must be {HEAD.size}..{limit} bytes")
+    return sizes
+
+
+def _plan(args: argparse.Namespace) -> FanoutPlan:
+    quick: bool = args.quick
+    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    subscribers: int = args.subscribers or (QUICK_SUBSCRIBERS if quick else DEFAULT_SUBSCRIBERS)
+    if min(messages, repeat, subscribers, args.window) < 1:
+        raise BenchError("--messages, --repeat, --subscribers and --window must be >= 1")
+    rates = _numbers(args.rates, "--rates") if args.rates is not None else None
+    if rates is None:
+        rates = QUICK_RATES if quick else RATES
+    duration: float = args.duration or (QUICK_DURATION if quick else DURATION)
+    if any(rate <= 0 for rate in rates) or duration <= 0 or args.time_limit <= 0:
+        raise BenchError("--rates, --duration and --time-limit must be positive")
+    return FanoutPlan(
+        subscribers,
+        messages,
+        repeat,
+        args.window,
+        rates,
+        duration,
+        args.time_limit,
+        min(messages, WARMUP_MESSAGES),
+        _sizes(args.sizes),
+    )
+
+
+@contextlib.contextmanager
+def _servers(
+    wanted: list[str], binaries: dict[str, str], plan: FanoutPlan, pinning: Pinning, tmp: Path
+) -> Iterator[tuple[dict[str, ServerProcess], Json]]:
+    """The servers of the systems to run, started, and what the results say of mosquitto."""
+    with contextlib.ExitStack() as stack:
+        procs: dict[str, ServerProcess] = {}
+        peer: Json = {}
+        if DAEMON in wanted:
+            procs[DAEMON] = stack.enter_context(
+                server("daemon-channels", daemon_argv("channels"), pinning, tmp)
+            )
+        binary = binaries.get(MOSQUITTO)
+        if binary is not None:
+            proc, text = stack.enter_context(
+                start_peer(PEERS[MOSQUITTO], binary, plan.window, pinning, tmp)
+            )
+            procs[MOSQUITTO] = proc
+            peer = {
+                "binary": binary,
+                "version": binary_version(binary),
+                "client": f"paho-mqtt {package_version('paho-mqtt')}",
+                "config": text,
+            }
+        yield procs, peer
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    plan = _plan(args)
+    wanted = [name for name in systems.parse_systems(args.systems) if name in SYSTEMS]
+    if not wanted:
+        raise BenchError(f"--systems: fanout runs {' and '.join(SYSTEMS)}")
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    nofile = raise_nofile()
+    notes: list[str] = []
+    fits = (nofile[0] - 64) // len(wanted) - 1
+    if plan.subscribers > fits:
+        notes.append(f"subscribers cut from {plan.subscribers:,} to {fits:,} (RLIMIT_NOFILE)")
+        plan = dataclasses.replace(plan, subscribers=fits)
+    binaries, skipped = systems.find_peers(args, wanted)
+    print(
+        f"bench fanout: {', '.join(n for n in wanted if n not in skipped)}; 1 publisher to "
+        f"{plan.subscribers:,} subscribers, {plan.messages:,} messages (or "
+        f"{plan.time_limit:g} s) x {plan.repeat}, window {plan.window}"
+        + (f"; paced at {_csv(plan.rates)}/s for {plan.duration:g} s" if plan.rates else "")
+        + f"; {', '.join(f'{s} B' for s in plan.sizes)}; {pinning.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+    servers_json: Json = {}
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+        _servers(wanted, binaries, plan, pinning, Path(tmp)) as (procs, peer_json),
+    ):
+        if not procs:
+            raise BenchError("nothing to run: " + "; ".join(skipped.values()))
+        for name, proc in procs.items():
+            servers_json[name] = proc.describe()
+        opened: list[FanoutSystem] = []
+        try:
+            for name, proc in procs.items():
+                if name == DAEMON:
+                    system = runner.run(open_daemon(proc, plan.subscribers))
+                else:
+                    system = runner.run(open_mosquitto(proc, plan.subscribers, plan.window))
+                opened.append(system)
+                print(
+                    f"  {name}: {plan.subscribers:,} subscribers and the publisher ready in "
+                    f"{system.setup_seconds:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            runs = measure(runner, plan, opened, CoreLoad(pinning))
+        finally:
+            for system in opened:
+                runner.run(system.close())
+        loadgen_affinity = sorted(os.sched_getaffinity(0))
+        for name, proc in procs.items():
+            servers_json[name].update(proc.stop())
+    ran = [system.name for system in opened]
+    for system in opened:
+        notes += system.notes
+    notes += [
+        f"server {name} exited with {described['exit_code']}"
+        for name, described in servers_json.items()
+        if described.get("exit_code") not in (0, None)
+    ]
+    by_size = summarise(runs, plan, ran)
+    entry: Json = {
+        **entry_head(command, started, begun, quick, machine),
+        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            "systems": ran,
+            "channel": CHANNEL,
+            "fanout": plan.to_json(),
+            "drain_s": DRAIN_SECONDS,
+            "channels_app": asdict(ChannelsConfig()),
+            "slow_subscriber_policy": "disconnect (the default: no drop_oldest patterns)",
+            "client_params": asdict(Params()),
+            "client_bound_threshold": CLIENT_BOUND,
+            "nofile_soft_hard": list(nofile),
+            "timer": "time.perf_counter(_ns); CPU: /proc/PID/stat (servers, all threads), "
+            "time.process_time (load generator)",
+            "gc": "enabled; gc.collect() before each pass",
+        },
+        "servers": servers_json,
+        "peers": {MOSQUITTO: peer_json} if peer_json else {},
+        "skipped": skipped,
+        "systems": {name: SYSTEM_NOTES[name] for name in ran},
+        "setup_s": {system.name: system.setup_seconds for system in opened},
+        "other_load_share": latency.other_load([run.others for run in runs]),
+        "fanout": by_size,
+        "ratios": _ratios(by_size),
+        "notes": notes,
+    }
+    return publish(out, SCENARIO, entry, commit, markdown, quick)
+
+
+def _ratios(by_size: Json) -> Json:
+    """The daemon over mosquitto, per size and kind of pass: deliveries/s and p99."""
+    out: Json = {}
+    for size, by_load in by_size.items():
+        for key, entry in by_load.items():
+            if DAEMON in entry and MOSQUITTO in entry:
+                ours, peer = entry[DAEMON], entry[MOSQUITTO]
+                out[f"{size}/{key}"] = {
+                    "deliveries_per_s": ours["deliveries_per_s"]["median"]
+                    / peer["deliveries_per_s"]["median"],
+                    "p99": ours["p99_us"]["median"] / peer["p99_us"]["median"],
+                }
+    return out
+
+
+SYSTEM_NOTES = {
+    DAEMON: "`python -m sessiond serve --app channels` (default settings); clients: the "
+    "protocol core driven directly with the channels envelopes (bench/fanout.py "
+    "ChannelSubscriber, ChannelPublisher); exactly once, in order, acknowledged per session",
+    MOSQUITTO: "mosquitto, MQTT 3.1.1, QoS 1 publish and QoS 1 subscriptions in persistent "
+    "sessions (clean_session=False), in memory; clients: paho-mqtt on the asyncio loop "
+    "(bench/mqtt_peer.py)",
+}
+
+
+# ------------------------------------------------------------------- summary
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """Deliveries/s of the windowed passes, then p50 / p99 of each paced one, per system."""
+    subscribers = entry["config"]["fanout"]["subscribers"]
+    out = []
+    for size, by_load in entry["fanout"].items():
+        for key, by_system in by_load.items():
+            windowed = key == load_key(0)
+            out.append(
+                Headline(
+                    SCENARIO,
+                    f"1 → {subscribers:,} subscribers, {size} B, "
+                    + ("as fast as the window allows" if windowed else f"{key} published"),
+                    "deliveries/s" if windowed else "p50 / p99 µs",
+                    {
+                        name: f"{stats['deliveries_per_s']['median']:,.0f}"
+                        if windowed
+                        else f"{stats['p50_us']['median']:,.0f} / {stats['p99_us']['median']:,.0f}"
+                        for name, stats in by_system.items()
+                    },
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------ markdown
+
+
+def _spread(stats: Json, digits: int = 0) -> str:
+    return f"{stats['median']:,.{digits}f} [{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## fanout`` section of RESULTS.md."""
+    config = entry["config"]
+    plan = config["fanout"]
+    channels = config["channels_app"]
+    subscribers = plan["subscribers"]
+    lines = latency.header(entry, commit, path)
+    for reason in entry["skipped"].values():
+        lines += [f"**{reason}.**", ""]
+    paced = ", ".join(f"{rate:g}" for rate in plan["rates"])
+    lines += [
+        f"One publisher and {subscribers:,} subscribers on one channel "
+        f"(`{config['channel']}`), all in the load generator on one asyncio loop. The "
+        f"publisher keeps at most {plan['window']} messages outstanding (published and not "
+        "yet received by every subscriber). Two kinds of pass: *window*, as fast as that "
+        f"allows, up to {plan['messages']:,} messages or {plan['time_limit']:g} s of "
+        "publishing (throughput; its latency is mostly the wait behind the messages ahead)"
+        + (
+            f"; *R/s*, paced at R = {paced} messages/s for {plan['duration']:g} s "
+            f"({', '.join(f'{rate * subscribers:,.0f}' for rate in plan['rates'])} "
+            "deliveries/s offered), for the latency at a load both systems carry (a message "
+            "the window held back counts from when it was due)"
+            if plan["rates"]
+            else ""
+        )
+        + f". {plan['repeat']} passes per system, size and kind, interleaved, after a "
+        "warm-up pass. Every subscriber must take every message once and in order (a "
+        "repeated, missing or reordered message, or a client whose connection ends, fails "
+        "the pass instead of giving a figure). *deliveries/s*: messages taken by all the "
+        "subscribers over the pass's wall time, first publish to last delivery; "
+        "*latency*: from the moment the publisher's client was handed the message to the "
+        "subscriber's read (one clock, `time.perf_counter_ns`), every delivery counted. "
+        "Median [min-max] over the passes. *÷ mosquitto*: the daemon's deliveries/s over "
+        "mosquitto's in the windowed passes, its p99 over mosquitto's in the paced ones. "
+        "*µs CPU/delivery*: the server's and the load "
+        "generator's CPU per delivery; *bound*: `client` when the load generator kept more "
+        f"than {config['client_bound_threshold']:.0%} of its core busy, `server` likewise, "
+        "else `round-trip`; *cores full*: passes in which a pinned core was more than 90 % "
+        "busy counting other processes on it.",
+        "",
+        "Systems: " + "; ".join(f"*{n}*: {note}" for n, note in entry["systems"].items()) + ".",
+        "",
+        f"Channels app: per-subscriber queue of {channels['queue_messages']:,} messages / "
+        f"{channels['queue_bytes']:,} bytes beyond the session's window, slow-subscriber "
+        f"policy {config['slow_subscriber_policy']}; the publisher's window keeps every "
+        "subscriber within it, so no subscriber was closed as a slow consumer (one would "
+        "have failed its pass).",
+        "",
+    ]
+    for name, peer in entry["peers"].items():
+        lines += [
+            f"*{name}*: `{peer['version']}` (`{peer['binary']}`), client {peer['client']}; "
+            "config: `" + " · ".join(peer["config"].strip().splitlines()) + "`.",
+            "",
+        ]
+    lines += [
+        markdown_table(
+            [
+                "payload",
+                "pass",
+                "system",
+                "deliveries/s",
+                "÷ mosquitto",
+                "p50 µs",
+                "p99 µs",
+                "server µs CPU/delivery",
+                "loadgen µs CPU/delivery",
+                "server core busy",
+                "loadgen core busy",
+                "bound",
+                "cores full",
+                "lost / dup / reordered",
+            ],
+            _rows(entry),
+        ),
+        "",
+    ]
+    windowed = [
+        (size, name, stats)
+        for size, by_load in entry["fanout"].items()
+        for name, stats in by_load[load_key(0)].items()
+    ]
+    limited = [f"{name} ({size} B)" for size, name, stats in windowed if any(stats["client_bound"])]
+    if limited:
+        extrapolated = "; ".join(
+            f"{name} {1e6 / stats['server_cpu_us_per_delivery']['median']:,.0f}"
+            for _size, name, stats in windowed
+            if stats["server_cpu_us_per_delivery"]["median"] > 0
+        )
+        lines += [
+            f"Client-bound windowed passes: {', '.join(limited)}. There the subscribers' "
+            "clients (all of them in one Python process on one core), not the server, set "
+            "the pace; the server's CPU per delivery is the figure to compare. At that cost "
+            f"a fully busy server core would deliver about {extrapolated} messages/s: an "
+            "extrapolation (1 / server CPU per delivery), not a measurement.",
+            "",
+        ]
+    lines += latency.other_load_note(entry["other_load_share"])
+    if entry["notes"]:
+        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
+    return "\n".join(lines)
+
+
+def _rows(entry: Json) -> list[list[str]]:
+    window = entry["config"]["fanout"]["window"]
+    rows = []
+    for size, by_load in entry["fanout"].items():
+        for key, by_system in by_load.items():
+            ratios = entry["ratios"].get(f"{size}/{key}")
+            against = ""
+            if ratios is not None:  # windowed: throughput; paced: p99 at the same load
+                against = (
+                    f"{ratios['deliveries_per_s']:.2f}x"
+                    if key == load_key(0)
+                    else f"p99 {ratios['p99']:.2f}x"
+                )
+            for name, stats in by_system.items():
+                bounds = stats["bound"]
+                rows.append(
+                    [
+                        f"{size} B",
+                        f"window {window}" if key == load_key(0) else key,
+                        f"`{name}`",
+                        _spread(stats["deliveries_per_s"]),
+                        against if name == DAEMON else "",
+                        _spread(stats["p50_us"]),
+                        _spread(stats["p99_us"]),
+                        f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
+                        f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
+                        f"{stats['server_cpu_share']['median']:.0%}",
+                        f"{stats['client_cpu_share']['median']:.0%}",
+                        ", ".join(
+                            f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds)
+                        ),
+                        latency.full_cores_cell(stats["cores_full"]),
+                        f"{stats['lost']} / {stats['duplicates']} / {stats['out_of_order']}",
+                    ]
+                )
+    return rows

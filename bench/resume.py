@@ -1,0 +1,724 @@
+"""``python -m bench resume``: one session's transport cut again and again while messages flow.
+
+One session against the daemon's echo app (``python -m sessiond serve --app
+echo``, its own process, pinned as :mod:`bench.processes` does), about 1,000
+64-byte messages in flight (sent, echo not yet back), the window refilled after
+every read as :class:`~bench.loadgen.SessionEcho` does. *cuts* times per pass
+(200 by default), each after about ``--messages / (cuts + 1)`` echoes since the
+previous resume and right after a batch was written, the client cuts its
+transport (:func:`bench.resuming.cut`: ``SO_LINGER`` 0, then
+``transport.abort()``: the daemon gets a reset, whatever either kernel still
+held for the other is dropped, and the echoes on their way are lost) and at
+once, with no backoff, connects again and resumes: HELLO with its last received
+sequence number (protocol.md §4.1), WELCOME, then each side replays what the
+other lacks (§4.4) and the flow goes on. A pass echoes at least ``--messages``
+messages: it goes on until its last cut, then drains.
+
+The load generator drives the protocol core itself, not the client library, so
+the figures are the daemon's and the protocol's (three round trips on
+loopback: TCP connect, HELLO/WELCOME, the client's ACK that confirms the
+transport before the server replays, §4.4) rather than the library's Python
+overhead. Per cut, from the instant before ``abort()``:
+
+* *connected*: the new TCP connection is up (``connection_made``);
+* *resumed*: WELCOME received, the core reports ``SessionResumed``;
+* *first message*: the first echo delivered after the resume, replayed or new.
+
+Every echo is compared, in order, with the payload sent; a gap or a duplicate
+fails the pass (the core closes with SEQUENCE_ERROR, the checker compares every
+payload), and a pass ends only when every message sent is back and the core's
+sequence numbers agree: sent = received = consumed = checked. Target (issue 5):
+cut → first message p99 under 5 ms on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sessiond_client.protocol import ConnectionState, Params, SessionResumed
+
+from . import BenchError
+from .core import POOL, make_pool
+from .daemon import CLIENT_BOUND, bound_by
+from .latency import full_cores, full_cores_cell, header, other_load, other_load_note
+from .loadgen import HOST, CpuClock, EchoResult, SessionEcho, loop_name, new_loop
+from .processes import (
+    CoreLoad,
+    ServerProcess,
+    choose_pinning,
+    daemon_argv,
+    pinned_loadgen,
+    raise_nofile,
+    server,
+    timed_pass,
+)
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    entry_head,
+    machine_info,
+    markdown_table,
+    publish,
+    spread,
+)
+from .resuming import cut, handshake_event, reset_on_close
+from .summary import Headline, Target
+
+HELP = "one session, ~1,000 messages in flight, its transport cut 200 times: time to resume"
+
+SCENARIO = "resume"
+SIZE = 64
+DEFAULT_CUTS = 200
+QUICK_CUTS = 5
+DEFAULT_MESSAGES = 200_000
+QUICK_MESSAGES = 6_000
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 3
+DEFAULT_WINDOW = 1000
+#: Messages echoed between two cuts at the least (on average, more).
+MIN_GAP = 100
+WARMUP_CUTS = 5
+WARMUP_MESSAGES = 6_000
+TIME_LIMIT = 60.0  # seconds per pass: no message is sent after this; then the pass drains
+CONNECT_TIMEOUT = 10.0
+DRAIN_SECONDS = 30.0
+SEED = 20261122
+#: Target (issue 5): cut → first message delivered, p99, on loopback.
+TARGET_P99_MS = 5.0
+#: The steps of a resume, timed from the cut: JSON key and table label.
+STEPS = {
+    "connected": "TCP connected",
+    "resumed": "resumed (WELCOME in)",
+    "first_message": "first message delivered",
+}
+_OPEN = ConnectionState.OPEN
+
+
+def cut_gaps(messages: int, cuts: int, rng: random.Random) -> list[int]:
+    """Messages echoed before each cut, counted from the start or from the previous
+    resume's first message: *messages* spread evenly, each gap jittered by up to a quarter.
+
+    Echoes come back in batches of up to a window, so a cut falls at the end of
+    the first read that reaches its gap.
+    """
+    gap = messages / (cuts + 1)
+    if gap < MIN_GAP:
+        raise BenchError(f"{cuts} cuts need at least {(cuts + 1) * MIN_GAP:,} messages")
+    return [max(1, round(gap + rng.uniform(-gap / 4, gap / 4))) for _ in range(cuts)]
+
+
+class ResumeEcho(SessionEcho):
+    """A windowed echo whose transport is cut at given points and resumed at once."""
+
+    def __init__(
+        self,
+        pool: list[bytes],
+        messages: int,
+        window: int,
+        time_limit: float,
+        server_cpu: CpuClock,
+        port: int,
+        gaps: list[int],
+    ) -> None:
+        super().__init__(pool, messages, window, time_limit, server_cpu, Params())
+        self.port = port
+        self.gaps = gaps
+        self.next_cut = gaps[0] if gaps else 0  # a cut once this many echoes are checked
+        self.handshaking = True
+        self.cut_ns = 0  # when the latest cut happened, until its first message arrives
+        self.samples: dict[str, list[int]] = {step: [] for step in STEPS}
+        self.in_flight: list[int] = []  # messages sent and not echoed back, at each cut
+        self.replayed: list[int] = []  # messages the client sent again after each resume
+        self.reconnecting: asyncio.Task[None] | None = None
+
+    @property
+    def cuts(self) -> int:
+        return len(self.in_flight)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.finished:  # failed while reconnecting
+            transport.close()
+            return
+        if self.cut_ns:
+            self.samples["connected"].append(time.perf_counter_ns() - self.cut_ns)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.perf_counter_ns()
+        conn = self.conn
+        assert conn is not None
+        session = self.session
+        now = self.loop.time()
+        self.reads += 1
+        conn.receive_data(data, now)
+        try:
+            if self.handshaking and conn.state is _OPEN:
+                self._handshake_done(arrived)
+            if not self.handshaking:
+                got = session.take_messages(now)
+                if got:
+                    self.checker.check(got)
+                    if self.cut_ns:
+                        self._first_message(arrived)
+                if self.cuts < len(self.gaps) and self.stopped_by == "count":
+                    # Cuts still to come: keep a window in flight past --messages.
+                    self.limit = max(self.limit, self.checker.taken + self.window)
+                if got and self.check_end():
+                    return
+                batch = self.next_batch(now)
+                if batch:
+                    self.sent += session.send_many(batch, now)
+        except BenchError as exc:
+            self.fail(str(exc))
+            return
+        self._flush()
+        if self.finished:
+            return
+        if self._cut_due():
+            self._cut()
+            return
+        self._arm()
+
+    def _handshake_done(self, arrived: int) -> None:
+        resuming = self.started
+        event = handshake_event(self.session, resuming)
+        self.handshaking = False
+        if not resuming:
+            self.begin()
+            return
+        assert isinstance(event, SessionResumed)
+        self.samples["resumed"].append(arrived - self.cut_ns)
+        self.replayed.append(event.replayed)
+
+    def _first_message(self, arrived: int) -> None:
+        self.samples["first_message"].append(arrived - self.cut_ns)
+        self.cut_ns = 0
+        if self.cuts < len(self.gaps):
+            self.next_cut = self.checker.taken + self.gaps[self.cuts]
+
+    def _cut_due(self) -> bool:
+        return (
+            self.cuts < len(self.gaps)
+            and not self.cut_ns
+            and not self.handshaking
+            and self.checker.taken >= self.next_cut
+            and self.stopped_by == "count"
+        )
+
+    def _cut(self) -> None:
+        self.in_flight.append(self.sent - self.checker.taken)
+        if self.transport is not None:
+            reset_on_close(self.transport)
+        self.cut_ns = time.perf_counter_ns()
+        try:
+            cut(self)
+        except BenchError as exc:
+            self.fail(str(exc))
+            return
+        self.handshaking = True
+        self.reconnecting = self.loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        try:
+            await connect(self, self.port)
+        except (OSError, TimeoutError) as exc:
+            self.fail(f"reconnecting after cut {self.cuts}: {exc!r}")
+
+
+async def connect(client: ResumeEcho, port: int) -> None:
+    """Give *client* a new transport to the daemon (its HELLO resumes once a session exists)."""
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(loop.create_connection(lambda: client, HOST, port), CONNECT_TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePass:
+    """One pass: the echo's figures and, per cut, the time each step of the resume took."""
+
+    echo: EchoResult
+    samples: dict[str, list[int]]  # ns from the cut, per step
+    in_flight: list[int]
+    replayed: list[int]
+    planned_cuts: int
+    sequence_numbers: tuple[int, int, int, int]
+
+    @property
+    def cuts(self) -> int:
+        return len(self.in_flight)
+
+    def to_json(self) -> Json:
+        sent, acked, received, consumed = self.sequence_numbers
+        return {
+            **self.echo.to_json(),
+            "cuts": self.cuts,
+            "planned_cuts": self.planned_cuts,
+            "bound": bound_by(self.echo),
+            "core_sequence_numbers": {
+                "sent": sent,
+                "acked_by_server": acked,
+                "received": received,
+                "consumed": consumed,
+            },
+            "duplicates": 0,  # a duplicate fails the pass (SEQUENCE_ERROR or the checker)
+            "in_flight_at_cut": spread(self.in_flight) if self.in_flight else None,
+            "client_replayed": spread(self.replayed) if self.replayed else None,
+            "from_cut_us": {step: summary_us(self.samples[step]) for step in STEPS},
+        }
+
+
+def percentile(ordered: Sequence[int], percent: float) -> int:
+    """Nearest-rank percentile of an ascending list (the smallest value with *percent* % at
+    or below it), exact for a few hundred samples."""
+    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary_us(samples_ns: Sequence[int]) -> Json:
+    """Count, min, p50, p90, p99, max and mean of nanosecond samples, in microseconds."""
+    if not samples_ns:
+        return {"count": 0}
+    ordered = sorted(samples_ns)
+    return {
+        "count": len(ordered),
+        "min": ordered[0] / 1000,
+        "p50": percentile(ordered, 50) / 1000,
+        "p90": percentile(ordered, 90) / 1000,
+        "p99": percentile(ordered, 99) / 1000,
+        "max": ordered[-1] / 1000,
+        "mean": sum(ordered) / len(ordered) / 1000,
+    }
+
+
+async def resume_pass(
+    port: int,
+    pool: list[bytes],
+    messages: int,
+    window: int,
+    cuts: int,
+    time_limit: float,
+    seed: int,
+    server_cpu: CpuClock,
+) -> ResumePass:
+    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked."""
+    gaps = cut_gaps(messages, cuts, random.Random(seed))
+    client = ResumeEcho(pool, messages, window, time_limit, server_cpu, port, gaps)
+    try:
+        await connect(client, port)
+        echo = await asyncio.wait_for(client.done, time_limit + DRAIN_SECONDS)
+    except OSError as exc:
+        raise BenchError(f"resume: cannot connect: {exc!r}") from None
+    except TimeoutError:
+        raise BenchError(
+            f"resume: no progress, timed out after {client.cuts} cuts with {client.sent:,} "
+            f"sent, {client.checker.taken:,} echoed back"
+        ) from None
+    finally:
+        if not client.finished:
+            client.finished = True
+            if client.transport is not None:
+                client.transport.abort()
+    try:  # let the server see the end before the next pass starts its clocks
+        await asyncio.wait_for(client.lost, 5.0)
+    except TimeoutError:
+        if client.transport is not None:
+            client.transport.abort()
+    if echo.stopped_by == "count" and client.cuts != cuts:
+        raise BenchError(f"resume: {client.cuts} cuts made of {cuts} planned")
+    return ResumePass(
+        echo,
+        client.samples,
+        client.in_flight,
+        client.replayed,
+        cuts,
+        client.session.sequence_numbers,
+    )
+
+
+# ----------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    messages: int
+    cuts: int
+    repeat: int
+    window: int
+    time_limit: float
+    size: int = SIZE
+
+
+def measure(
+    runner: asyncio.Runner, plan: ResumePlan, proc: ServerProcess, load: CoreLoad
+) -> list[ResumePass]:
+    """A warm-up pass, then *repeat* timed passes against one daemon."""
+    pool = make_pool(plan.size)
+    warmup = min(plan.cuts, WARMUP_CUTS)
+    _pass(runner, proc, pool, plan, max(WARMUP_MESSAGES, plan.window * 2), warmup, SEED, None)
+    passes = []
+    for rep in range(plan.repeat):
+        gc.collect()
+        result = _pass(runner, proc, pool, plan, plan.messages, plan.cuts, SEED + 1 + rep, load)
+        passes.append(result)
+        first = summary_us(result.samples["first_message"])
+        echo = result.echo
+        print(
+            f"  resume rep {rep + 1}/{plan.repeat}: {result.cuts} cuts, cut → first message "
+            f"p50 {first.get('p50', 0) / 1000:.2f} ms p99 {first.get('p99', 0) / 1000:.2f} ms "
+            f"max {first.get('max', 0) / 1000:.2f} ms; {echo.received:,} echoed, "
+            f"server {echo.server_cpu / echo.seconds:4.0%} loadgen "
+            f"{echo.client_cpu / echo.seconds:4.0%} {bound_by(echo)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return passes
+
+
+def _pass(
+    runner: asyncio.Runner,
+    proc: ServerProcess,
+    pool: list[bytes],
+    plan: ResumePlan,
+    messages: int,
+    cuts: int,
+    seed: int,
+    load: CoreLoad | None,
+) -> ResumePass:
+    def body() -> ResumePass:
+        window, limit = plan.window, plan.time_limit
+        return runner.run(
+            resume_pass(proc.port, pool, messages, window, cuts, limit, seed, proc.cpu_seconds)
+        )
+
+    result, others = timed_pass(proc, load, body)
+    if others is None:
+        return result
+    return dataclasses.replace(result, echo=dataclasses.replace(result.echo, others=others))
+
+
+def summarise(passes: list[ResumePass]) -> Json:
+    """Every cut of every pass pooled per step, the per-pass spread, and the counts."""
+    pooled = {step: [ns for p in passes for ns in p.samples[step]] for step in STEPS}
+    per_pass = {step: [summary_us(p.samples[step]) for p in passes] for step in STEPS}
+    echoes = [p.echo for p in passes]
+    sent = sum(e.messages for e in echoes)
+    received = sum(e.received for e in echoes)
+    return {
+        "payload_size": echoes[0].size,
+        "window": echoes[0].window,
+        "passes": len(passes),
+        "cuts": sum(p.cuts for p in passes),
+        "from_cut_us": {step: summary_us(pooled[step]) for step in STEPS},
+        "from_cut_us_per_pass": {
+            step: {
+                key: spread([s[key] for s in per_pass[step] if s["count"]])
+                for key in ("p50", "p99", "max")
+            }
+            for step in STEPS
+            if any(s["count"] for s in per_pass[step])
+        },
+        "in_flight_at_cut": spread([n for p in passes for n in p.in_flight]),
+        "client_replayed": spread([n for p in passes for n in p.replayed]),
+        "sent": sent,
+        "received": received,
+        "lost": sent - received,
+        "duplicates": 0,
+        "echo_rate": spread([e.rate for e in echoes]),
+        "server_cpu_s": spread([e.server_cpu for e in echoes]),
+        "client_cpu_s": spread([e.client_cpu for e in echoes]),
+        "server_cpu_share": spread([e.server_cpu / e.seconds for e in echoes]),
+        "client_cpu_share": spread([e.client_cpu / e.seconds for e in echoes]),
+        "client_bound": [e.client_cpu / e.seconds > CLIENT_BOUND for e in echoes],
+        "cores_full": [full_cores(e.server_cpu, e.client_cpu, e.seconds, e.others) for e in echoes],
+        "other_load_share": other_load([e.others for e in echoes]),
+        "repetitions": [p.to_json() for p in passes],
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cuts",
+        type=int,
+        metavar="N",
+        help=f"cuts per pass (default {DEFAULT_CUTS}; --quick {QUICK_CUTS}); "
+        f"--messages: messages echoed per pass (default {DEFAULT_MESSAGES:,}; "
+        f"--quick {QUICK_MESSAGES:,})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"messages in flight, sent and not yet echoed (default {DEFAULT_WINDOW})",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT,
+        metavar="S",
+        help=f"at most this many seconds of sending per pass (default {TIME_LIMIT:g})",
+    )
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def plan_from(args: argparse.Namespace) -> ResumePlan:
+    quick: bool = args.quick
+    messages: int = _given(args.messages, QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    cuts: int = _given(args.cuts, QUICK_CUTS if quick else DEFAULT_CUTS)
+    repeat: int = _given(args.repeat, QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    if messages < 1 or cuts < 1 or repeat < 1:
+        raise BenchError("--messages, --cuts and --repeat must be at least 1")
+    if not 1 <= args.window <= POOL // 2:
+        raise BenchError(f"--window must be 1..{POOL // 2}")
+    if args.time_limit <= 0:
+        raise BenchError("--time-limit must be positive")
+    plan = ResumePlan(messages, cuts, repeat, args.window, args.time_limit)
+    cut_gaps(messages, cuts, random.Random(SEED))  # enough messages?
+    return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    plan = plan_from(args)
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    raise_nofile()
+    print(
+        f"bench resume: {plan.cuts} cuts over {plan.messages:,} messages x {plan.repeat}, "
+        f"window {plan.window}, {plan.size} B; {pinning.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+        server("daemon", daemon_argv(), pinning, Path(tmp)) as daemon,
+    ):
+        described = daemon.describe()
+        passes = measure(runner, plan, daemon, CoreLoad(pinning))
+        loadgen_affinity = sorted(os.sched_getaffinity(0)) if pinning.pinned else None
+        described.update(daemon.stop())
+
+    summary = summarise(passes)
+    p99_ms = summary["from_cut_us"]["first_message"]["p99"] / 1000
+    notes = []
+    if described.get("exit_code") not in (0, None):
+        notes.append(f"the daemon exited with {described['exit_code']}")
+    entry: Json = {
+        **entry_head(command, started, begun, quick, machine),
+        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            "messages": plan.messages,
+            "cuts": plan.cuts,
+            "repeat": plan.repeat,
+            "window": plan.window,
+            "payload_size": plan.size,
+            "time_limit_s": plan.time_limit,
+            "warmup_cuts": min(plan.cuts, WARMUP_CUTS),
+            "seed": SEED,
+            "cut": "SO_LINGER 0 then transport.abort() (RST) right after writing a batch, "
+            "reported to the core at once; then a new connection at once (no backoff)",
+            "client": "the protocol core in an asyncio.Protocol (bench/resume.py ResumeEcho, "
+            "bench/resuming.py), not the client library",
+            "client_params": asdict(Params()),
+            "daemon_config": "every setting at its default",
+            "client_bound_threshold": CLIENT_BOUND,
+            "timer": "time.perf_counter_ns from just before abort(); CPU: /proc/PID/stat "
+            "(server), time.process_time (load generator)",
+            "percentiles": "nearest rank over the sorted samples",
+            "gc": "enabled; gc.collect() before each pass",
+        },
+        "servers": {"daemon": described},
+        "resume": summary,
+        "target": {"first_message_p99_ms": TARGET_P99_MS, "p99_ms": p99_ms},
+        "notes": notes,
+    }
+    entry["target"]["met"] = p99_ms < TARGET_P99_MS
+    return publish(out, SCENARIO, entry, commit, markdown, quick)
+
+
+# ---------------------------------------------------------------- summary
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """The daemon's cut → first message delivered, p50 and p99 over every cut."""
+    summary = entry["resume"]
+    first = summary["from_cut_us"]["first_message"]
+    return [
+        Headline(
+            SCENARIO,
+            f"{summary['cuts']:,} cuts, {summary['window']:,} msgs in flight",
+            "cut → first message p50 / p99 ms",
+            {"daemon": f"{first['p50'] / 1000:.2f} / {first['p99'] / 1000:.2f}"},
+        )
+    ]
+
+
+def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
+    """Resume p99 under 5 ms on loopback (cut → first message), with nothing lost."""
+    summary = entry["resume"]
+    target = entry["target"]
+    return [
+        Target(
+            SCENARIO,
+            f"resume p99 < {target['first_message_p99_ms']:g} ms on loopback, nothing lost "
+            "or duplicated",
+            f"{target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts; lost {summary['lost']}, "
+            f"duplicated {summary['duplicates']}",
+            target["met"] and summary["lost"] == 0,
+        )
+    ]
+
+
+# ------------------------------------------------------------------ markdown
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms"
+
+
+def _ms_spread(stats: Json) -> str:
+    return f"{stats['median'] / 1000:.2f} [{stats['min'] / 1000:.2f}-{stats['max'] / 1000:.2f}]"
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## resume`` section of RESULTS.md."""
+    config = entry["config"]
+    summary = entry["resume"]
+    lines = header(entry, commit, path)
+    lines += [
+        f"One session (echo app), {config['window']:,} messages of {config['payload_size']} B "
+        f"in flight, {config['cuts']} cuts per pass, each after about "
+        f"{config['messages'] // (config['cuts'] + 1):,} echoes since the previous resume "
+        f"(at least {config['messages']:,} messages per pass: a pass goes on until its last "
+        f"cut), {config['repeat']} passes after a warm-up pass. A cut: the client "
+        "cuts its transport right after writing a batch (`SO_LINGER` 0 and "
+        "`transport.abort()`: the daemon gets a reset; whatever either kernel still held for "
+        "the other is lost) and at once, with no backoff, connects again and resumes (HELLO "
+        "with its last received sequence number, protocol.md §4). The load generator drives "
+        "the protocol core "
+        "(`bench/resume.py`, `bench/resuming.py`), not the client library, "
+        "so the figures are the daemon's and the protocol's. Times from the instant before "
+        "`abort()`; percentiles over every cut of every pass (nearest rank); *per pass*: "
+        "median [min-max] of each pass's own percentile.",
+        "",
+    ]
+    rows = []
+    for step, label in STEPS.items():
+        stats = summary["from_cut_us"][step]
+        per_pass = summary["from_cut_us_per_pass"].get(step)
+        rows.append(
+            [
+                f"{summary['payload_size']} B",
+                label,
+                f"{stats['count']:,}",
+                _ms(stats["p50"]),
+                _ms(stats["p99"]),
+                _ms(stats["max"]),
+                _ms_spread(per_pass["p99"]) if per_pass else "-",
+            ]
+        )
+    lines += [
+        markdown_table(
+            ["payload", "from the cut to", "cuts", "p50", "p99", "max", "p99 per pass (ms)"],
+            rows,
+        ),
+        "",
+    ]
+    rows = []
+    for index, rep in enumerate(summary["repetitions"]):
+        seq = rep["core_sequence_numbers"]
+        rows.append(
+            [
+                f"{summary['payload_size']} B",
+                str(index + 1),
+                f"{rep['cuts']}",
+                f"{rep['in_flight_at_cut']['median']:,.0f}" if rep["in_flight_at_cut"] else "-",
+                f"{rep['client_replayed']['median']:,.0f}" if rep["client_replayed"] else "-",
+                f"{rep['messages']:,} / {rep['received']:,}",
+                f"{seq['sent']:,} / {seq['received']:,}",
+                f"{rep['lost']} / {rep['duplicates']}",
+                f"{rep['rate']:,.0f}",
+                f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})",
+                f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})",
+                rep["bound"],
+            ]
+        )
+    lines += [
+        "Per pass. *in flight*: messages sent and not yet echoed back at a cut (median); "
+        "*client replayed*: messages the client sent again after a resume because the "
+        "server had not received them (median); *sent / echoed*: messages sent and "
+        "echoes checked in order; *core seq*: the client core's last sent and last received "
+        "sequence numbers at the end; *lost / duplicates*: a pass with either fails instead "
+        "(a gap or a duplicate closes the transport with SEQUENCE_ERROR; the checker compares "
+        "every echo with the payload sent); CPU seconds over the whole pass (share of one "
+        f"core); *bound*: `client` when the load generator kept more than "
+        f"{config['client_bound_threshold']:.0%} of its core busy (client-bound), `server` "
+        "likewise, else `round-trip`.",
+        "",
+        markdown_table(
+            [
+                "payload",
+                "pass",
+                "cuts",
+                "in flight",
+                "client replayed",
+                "sent / echoed",
+                "core seq sent / received",
+                "lost / duplicates",
+                "echo msg/s",
+                "server CPU",
+                "loadgen CPU",
+                "bound",
+            ],
+            rows,
+        ),
+        "",
+        f"Cores full (server or load generator core > 90 % busy, others included): "
+        f"{full_cores_cell(summary['cores_full'])}.",
+        "",
+        *other_load_note(summary["other_load_share"]),
+    ]
+    lines += [
+        "The daemon runs with every setting at its default. A resume that reaches it "
+        "before it has read the old transport up to its reset takes over (protocol.md "
+        "§9.1); such takeovers present the newest credential and never count toward "
+        "SESSION_CONTESTED (§9.2).",
+        "",
+    ]
+    target = entry["target"]
+    lines.append(
+        f"Target: cut → first message p99 under {target['first_message_p99_ms']:g} ms on "
+        f"loopback: {target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts "
+        f"({'met' if target['met'] else '**not met**'}); messages lost {summary['lost']}, "
+        f"duplicated {summary['duplicates']} ({summary['sent']:,} sent, "
+        f"{summary['received']:,} echoed back in order)."
+    )
+    if entry["notes"]:
+        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,370 @@
+"""Running scenarios one after another: the options, the failures, the summary, the plot.
+
+``python -m bench [SCENARIO ...] [options]`` (:mod:`bench.__main__` holds the
+registry). The scenario names come first; without one, every default scenario
+runs, in order. Each scenario parses the options itself (the common ones, then
+its own from ``add_arguments``): an option goes to every scenario of the run
+that takes it and is ignored by the others; an option that none of them takes
+is an error. Then each scenario runs in turn: one that fails (an exception, or
+a non-zero return) is reported and the run goes on with the next, the exit
+status saying it failed. At the end the run reads back what the scenarios wrote
+to the results JSON, checks that each wrote its entry and lost no message
+(:func:`bench.summary.lost_fields`), and prints the summary across scenarios
+(headline per system per scenario, targets), adds it and the machine to the
+JSON, draws the PNG (:mod:`bench.plot`) and, for a full run that is not
+``--quick``, rewrites the ``## summary`` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import BenchError
+from .plot import plot, title
+from .progress import display
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    display_path,
+    machine_info,
+    read_document,
+    results_path,
+    update_document,
+    update_results_md,
+)
+from .summary import (
+    Headline,
+    Outcome,
+    Target,
+    headlines_json,
+    lost_fields,
+    markdown,
+    run_entries,
+    targets_json,
+)
+
+SUMMARY = "summary"
+
+
+class Scenario(Protocol):
+    """What ``python -m bench`` needs from a scenario module.
+
+    It may also define ``headlines(entry)`` and ``targets(entry, run)`` for the
+    summary (see :mod:`bench.summary`).
+    """
+
+    HELP: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The scenarios, which run by default and in what order, and the old names."""
+
+    scenarios: Mapping[str, Scenario]
+    order: Sequence[str]  # the default run's order; registered names not here come after
+    on_demand: Sequence[str]  # registered, run only when named
+    aliases: Mapping[str, Sequence[str]]  # an old name -> the scenarios it now means
+
+    def default(self) -> list[str]:
+        first = [name for name in self.order if name in self.scenarios]
+        rest = [name for name in self.scenarios if name not in first]
+        return first + [name for name in rest if name not in self.on_demand]
+
+
+def common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument(
+        "--quick",
+        action="store_true",
+        help="toy sizes, a few seconds each; results to bench/results/quick/, RESULTS.md untouched",
+    )
+    common.add_argument("--messages", type=int, metavar="N", help="messages per pass")
+    common.add_argument("--repeat", type=int, metavar="K", help="passes per system and size")
+    common.add_argument(
+        "--out", type=Path, metavar="DIR", help="directory for the results JSON and plot"
+    )
+    return common
+
+
+def scenario_parser(name: str, scenario: Scenario, common: argparse.ArgumentParser) -> Any:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench {name}",
+        description=scenario.HELP,
+        parents=[common],
+        allow_abbrev=False,
+    )
+    scenario.add_arguments(parser)
+    return parser
+
+
+def top_parser(registry: Registry) -> argparse.ArgumentParser:
+    default = registry.default()
+    lines = [
+        f"  {name:<12} {registry.scenarios[name].HELP}"
+        + ("" if name in default else "  (only when named)")
+        for name in [*default, *[n for n in registry.scenarios if n not in default]]
+    ]
+    lines += [
+        f"  {alias:<12} the same as: {' '.join(names)}" for alias, names in registry.aliases.items()
+    ]
+    return argparse.ArgumentParser(
+        prog="python -m bench",
+        usage="python -m bench [SCENARIO ...] [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="sessiond benchmarks, run from the repository root. Without a scenario, "
+        f"every default one runs, in this order: {', '.join(default)}.",
+        epilog="scenarios:\n"
+        + "\n".join(lines)
+        + "\n\nAn option goes to every scenario run that takes it; see each one's options "
+        "with `python -m bench SCENARIO --help`.",
+        parents=[common_options()],
+        allow_abbrev=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    names: list[str]
+    namespaces: dict[str, argparse.Namespace]
+    options: argparse.Namespace  # every option of the run, as the union of the scenarios'
+    full: bool  # every default scenario, no more, no fewer
+
+
+def select(argv: Sequence[str], registry: Registry) -> Selection:
+    """The scenarios *argv* names (leading words) and the options each one gets.
+
+    Exits through argparse (status 2) on an unknown scenario or an option no
+    selected scenario takes, and with status 0 after ``--help``.
+    """
+    words = list(argv)
+    named: list[str] = []
+    while words and not words[0].startswith("-"):
+        word = words.pop(0)
+        if word in registry.scenarios:
+            named.append(word)
+        elif word in registry.aliases:
+            named += registry.aliases[word]
+        else:
+            known = [*registry.scenarios, *registry.aliases]
+            top_parser(registry).error(
+                f"unknown scenario {word!r} (choose from {', '.join(known)}); "
+                "scenarios come before the options"
+            )
+    names = list(dict.fromkeys(named)) or registry.default()
+    common = common_options()
+    parsers = {name: scenario_parser(name, registry.scenarios[name], common) for name in names}
+    if "-h" in words or "--help" in words:
+        if not named:
+            top_parser(registry).print_help()
+        else:
+            for name in names:
+                parsers[name].print_help()
+                print()
+        raise SystemExit(0)
+    union = argparse.ArgumentParser(
+        prog=" ".join(["python -m bench", *named]),
+        parents=[common],
+        allow_abbrev=False,
+        conflict_handler="resolve",
+    )
+    for name in names:
+        registry.scenarios[name].add_arguments(union)
+    options, extra = union.parse_known_args(words)
+    late = [word for word in extra if word in registry.scenarios or word in registry.aliases]
+    if late:
+        union.error(
+            f"scenarios come before the options: python -m bench {' '.join([*named, *late])} ..."
+        )
+    if extra:
+        union.error(f"unrecognized arguments: {' '.join(extra)}")
+    out = options.out or (QUICK_DIR if options.quick else RESULTS_DIR)
+    namespaces = {}
+    for name, parser in parsers.items():
+        namespace, _others = parser.parse_known_args(words)
+        namespace.scenario = name
+        namespace.out = out
+        namespaces[name] = namespace
+    options.out = out
+    return Selection(names, namespaces, options, names == registry.default())
+
+
+def run_scenario(name: str, scenario: Scenario, args: argparse.Namespace) -> tuple[str, str | None]:
+    """Run one scenario; return its status and, if it failed, why. Never raises but ^C."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        code = scenario.run(args)
+    except BenchError as exc:
+        print(f"bench {name}: {exc}", file=sys.stderr, flush=True)
+        return "failed", str(exc)
+    except Exception as exc:  # a bug in one scenario must not cost the others' results
+        traceback.print_exc()
+        return "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+        gc.collect()
+    if code != 0:
+        return "failed", f"exited with status {code}"
+    return "ok", None
+
+
+def run(argv: Sequence[str], registry: Registry) -> int:
+    selection = select(argv, registry)
+    options = selection.options
+    out: Path = options.out
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    commit = commit_info()
+    json_path = results_path(out, commit)
+    outcomes: list[Outcome] = []
+    interrupted = False
+    with display(selection.names) as shown:
+        for name in selection.names:
+            if interrupted:
+                outcomes.append(Outcome(name, "not run", 0.0))
+                continue
+            before = _entry(json_path, name)
+            shown.start(name)
+            t0 = time.perf_counter()
+            try:
+                status, error = run_scenario(
+                    name, registry.scenarios[name], selection.namespaces[name]
+                )
+            except KeyboardInterrupt:
+                status, error, interrupted = "interrupted", "interrupted (^C)", True
+            after = _entry(json_path, name)
+            lost: list[tuple[str, float]] = []
+            if status == "ok":
+                if after is None or after == before:
+                    status = "failed"
+                    error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
+                else:
+                    lost = lost_fields(after)
+                    if lost:
+                        status, error = "failed", f"{len(lost)} figure(s) show lost messages"
+            outcome = Outcome(name, status, time.perf_counter() - t0, error, tuple(lost))
+            outcomes.append(outcome)
+            shown.finish(outcome)
+    ok = [outcome.scenario for outcome in outcomes if outcome.status == "ok"]
+    document = read_document(json_path) or {}
+    entries = run_entries(document, ok)
+    notes: list[str] = []
+    heads = _gather(ok, registry, entries, notes)
+    goals = _targets(ok, registry, entries, notes)
+    plot_path: Path | None = None
+    try:
+        plot_path = plot(
+            entries, results_path(out, commit, ".png"), title(command, commit, options.quick)
+        )
+    except ImportError as exc:
+        notes.append(
+            f"no plot: {exc.name or 'matplotlib'} is not installed (`pip install -e '.[bench]'`)"
+        )
+    except Exception as exc:  # the figures are written; say why the picture is not
+        traceback.print_exc()
+        notes.append(f"the plot failed: {type(exc).__name__}: {exc}")
+    run: Json = {
+        "command": command,
+        "argv": list(argv),
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - begun, 3),
+        "quick": options.quick,
+        "full": selection.full,
+        "scenarios": selection.names,
+        "outcomes": {outcome.scenario: outcome.to_json() for outcome in outcomes},
+        "headlines": headlines_json(heads),
+        "targets": targets_json(goals),
+        "plot": None if plot_path is None else display_path(plot_path),
+        "notes": notes,
+        "machine": machine_info(),
+        "commit": commit,
+    }
+    json_path = update_document(out, commit, lambda doc: _put_run(doc, run))
+    report = markdown(run, heads, goals, outcomes, json_path, plot_path, not options.quick)
+    if notes:
+        report += "\nNotes: " + "; ".join(notes) + ".\n"
+    print(f"\n## {SUMMARY}\n\n{report}")
+    print(f"results: {display_path(json_path)}", file=sys.stderr)
+    if plot_path is not None:
+        print(f"plot: {display_path(plot_path)}", file=sys.stderr)
+    if selection.full and not options.quick:
+        update_results_md(SUMMARY, report)
+        print(f"updated bench/RESULTS.md (## {SUMMARY})", file=sys.stderr)
+    elif not options.quick:
+        print(
+            f"bench/RESULTS.md: ## {SUMMARY} left as it is (only a run of every default "
+            "scenario rewrites it); the scenarios' own sections were updated",
+            file=sys.stderr,
+        )
+    failed = [o for o in outcomes if o.status != "ok"]
+    for outcome in failed:
+        print(f"bench {outcome.scenario}: {outcome.status}: {outcome.error}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if failed or any(note.startswith("the plot failed") for note in notes) else 0
+
+
+def _entry(path: Path, name: str) -> Json | None:
+    document = read_document(path)
+    if document is None:
+        return None
+    entry: Json | None = document.get("scenarios", {}).get(name)
+    return entry
+
+
+def _put_run(document: Json, run: Json) -> None:
+    document["machine"] = run["machine"]
+    document["run"] = {key: value for key, value in run.items() if key not in ("machine", "commit")}
+
+
+def _gather(
+    names: Sequence[str], registry: Registry, entries: Mapping[str, Json], notes: list[str]
+) -> list[Headline]:
+    out: list[Headline] = []
+    for name in names:
+        hook: Callable[[Json], list[Headline]] | None = getattr(
+            registry.scenarios[name], "headlines", None
+        )
+        if hook is None or name not in entries:
+            out.append(Headline(name, "-", f"see `## {name}`", {}))
+            continue
+        try:
+            out += hook(entries[name])
+        except Exception as exc:  # the summary is not worth a lost run
+            notes.append(f"{name}.headlines failed: {type(exc).__name__}: {exc}")
+    return out
+
+
+def _targets(
+    names: Sequence[str], registry: Registry, entries: Mapping[str, Json], notes: list[str]
+) -> list[Target]:
+    out: list[Target] = []
+    for name in names:
+        hook: Callable[[Json, Mapping[str, Json]], list[Target]] | None = getattr(
+            registry.scenarios[name], "targets", None
+        )
+        if hook is None or name not in entries:
+            continue
+        try:
+            out += hook(entries[name], entries)
+        except Exception as exc:  # the summary is not worth a lost run
+            notes.append(f"{name}.targets failed: {type(exc).__name__}: {exc}")
+    return out

@@ -1,0 +1,737 @@
+"""``python -m bench storm``: every session's transport cut at once, then all resume.
+
+Per pass, a fresh daemon (``python -m sessiond serve --app echo``, its own
+process, pinned as :mod:`bench.processes` does) and N sessions opened against
+it (1,000 and 10,000 by default) from this process, the load generator,
+pinned to the other core. Then:
+
+1. *load*: every session sends a few messages (4 by default) to the echo app,
+   and its socket is set to reset when closed (``SO_LINGER`` 0);
+2. *cut*: right after, every transport is aborted, in one loop, without
+   reading anything: the echoes already on their way, and whatever the server
+   had not yet read, are lost with the transports, so each session has
+   messages in flight or unacknowledged in both directions;
+3. *storm*: at once, every session reconnects and resumes (protocol.md §4),
+   with no backoff (the client library's would spread the reconnects out; this
+   measures the server), at most *concurrency* handshakes in flight (100 by
+   default: the daemon's listen backlog is asyncio's default of 100, and
+   connections beyond it wait for SYN retransmits), each from a fresh loopback
+   source address (127.x.y.z, fewer sessions per address than the daemon's
+   ``max_transports_per_peer`` of 256, and not the addresses of the cut
+   transports, which the server may not have closed yet).
+
+Measured from the start of the cut: until every session is resumed (WELCOME
+in), and until every session has received all its echoes, replayed or new,
+each compared with the payloads it sent, in order; per session, the same
+(p50, p99, max). Lost messages must be 0: a pass fails if any session was
+answered with a new session instead of its own, or saw a gap or a duplicate
+(the core closes with SEQUENCE_ERROR), or did not get every echo, and each
+session's core must end with sent = received = consumed. The server's RSS
+before the cut, its peak during the storm (``VmHWM`` after resetting it through
+``/proc/PID/clear_refs`` just before the load) and after, and both processes'
+CPU seconds over the storm. Target (issue 5): 10,000 sessions fully resumed
+within 5 s with zero loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sessiond_client.protocol import ConnectionState, Params, SessionResumed
+
+from . import BenchError
+from .core import POOL, make_pool
+from .daemon import CLIENT_BOUND, DEFAULT_CONCURRENCY, sessions_per_address, source_addresses
+from .latency import full_cores, full_cores_cell, header, other_load, other_load_note
+from .loadgen import HOST, IdleSession, close_idle, loop_name, new_loop, open_sessions
+from .processes import (
+    CoreLoad,
+    ServerProcess,
+    choose_pinning,
+    daemon_argv,
+    pinned_loadgen,
+    raise_nofile,
+    server,
+)
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    entry_head,
+    machine_info,
+    markdown_table,
+    publish,
+    spread,
+)
+from .resume import summary_us
+from .resuming import cut, handshake_event, reset_on_close
+from .summary import Headline, Target
+
+HELP = "1,000 and 10,000 sessions cut at once, then all resume: seconds, loss, server RSS/CPU"
+
+SCENARIO = "storm"
+SIZE = 64
+DEFAULT_SESSIONS = (1_000, 10_000)
+QUICK_SESSIONS = (50, 200)
+DEFAULT_IN_FLIGHT = 4
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 2
+SETTLE_SECONDS = 0.5  # after opening, before the load: the server's handshake work is done
+TIME_LIMIT = 60.0  # the storm must be over (every echo back) within this
+HANDSHAKE_TIMEOUT = 10.0  # per connection and handshake
+#: Target (issue 5): this many sessions fully resumed within TARGET_SECONDS, nothing lost.
+TARGET_SESSIONS = 10_000
+TARGET_SECONDS = 5.0
+_OPEN = ConnectionState.OPEN
+
+
+class StormSession(IdleSession):
+    """An idle session that is loaded with a few messages, cut, and resumed.
+
+    :attr:`opened` is the handshake of the current transport: the first one
+    (a new session), then the resume's. :attr:`done` resolves once every echo
+    of the load is back, in order.
+    """
+
+    __slots__ = (
+        "done",
+        "done_ns",
+        "expected",
+        "got",
+        "index",
+        "replayed",
+        "resumed_ns",
+        "resuming",
+    )
+
+    def __init__(self, index: int, params: Params, payloads: list[bytes]) -> None:
+        super().__init__(params)
+        self.index = index
+        self.expected = payloads
+        self.got: list[bytes] = []
+        self.resuming = False
+        self.resumed_ns = 0
+        self.done_ns = 0
+        self.replayed = 0  # messages this client sent again after the resume
+        self.done: asyncio.Future[None] = self.loop.create_future()
+
+    def load(self, now: float) -> None:
+        """Send every payload (they fit the window) and arm the reset for the cut."""
+        if self.transport is None or self.session.send_many(self.expected, now) != len(
+            self.expected
+        ):
+            raise BenchError("storm: a session could not send its load")
+        reset_on_close(self.transport)
+        self._flush()
+
+    def cut(self) -> None:
+        """Abort the transport; the next one (see :func:`open_sessions`) resumes."""
+        self.resuming = True
+        self.opened = self.loop.create_future()
+        cut(self)
+        if not self.lost.done():  # its connection_lost goes elsewhere (resuming.cut)
+            self.lost.set_result(None)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.lost.done():  # the transport after a cut
+            self.lost = self.loop.create_future()
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.resuming:
+            super().data_received(data)  # the first handshake, as any idle session's
+            return
+        conn = self.conn
+        assert conn is not None
+        now = self.loop.time()
+        self.reads += 1
+        conn.receive_data(data, now)
+        if conn.state is _OPEN and not self.opened.done():
+            self._resumed()
+        messages = self.session.take_messages(now)
+        if messages:
+            self.on_messages(messages, now)
+        self._flush()
+        self._arm()
+
+    def _resumed(self) -> None:
+        try:
+            event = handshake_event(self.session, resuming=True)
+        except BenchError as exc:
+            self._fail(str(exc))
+            return
+        assert isinstance(event, SessionResumed)
+        self.resumed_ns = time.perf_counter_ns()
+        self.replayed = event.replayed
+        self.opened.set_result(None)
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        if not self.resuming:
+            self._fail("an echo came back before the cut")
+            return
+        got = self.got
+        start = len(got)
+        got.extend(messages)
+        if got != self.expected[: len(got)]:
+            self._fail(f"echoes {start + 1}-{len(got)} are not the payloads sent, in order")
+        elif len(got) == len(self.expected) and not self.done.done():
+            self.done_ns = time.perf_counter_ns()
+            self.done.set_result(None)
+
+    def _fail(self, why: str) -> None:
+        super()._fail(why)
+        if not self.done.done():
+            self.done.set_exception(BenchError(self.failure or why))
+
+    def verify(self) -> str | None:
+        """Why this session's end state contradicts its load, or None."""
+        if self.failure is not None:
+            return self.failure
+        count = len(self.expected)
+        sent, _acked, received, consumed = self.session.sequence_numbers
+        if not sent == received == consumed == len(self.got) == count:
+            return (
+                f"sequence numbers: sent {sent}, received {received}, consumed {consumed}, "
+                f"echoes {len(self.got)} of {count}"
+            )
+        return None
+
+
+def payloads(pool: list[bytes], index: int, count: int) -> list[bytes]:
+    """Session *index*'s load: *count* distinct payloads of the pool."""
+    return [pool[(index * count + k) & (POOL - 1)] for k in range(count)]
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the process's ``VmHWM`` to its current RSS (``clear_refs`` 5); False if refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class StormPlan:
+    sessions: tuple[int, ...]
+    in_flight: int
+    repeat: int
+    concurrency: int
+    time_limit: float
+    messages: int | None = None  # at most this many messages per storm (--messages)
+    size: int = SIZE
+
+    def in_flight_for(self, count: int) -> int:
+        """Messages each of *count* sessions sends before the cut."""
+        if self.messages is None:
+            return self.in_flight
+        return max(1, min(self.in_flight, self.messages // count))
+
+
+@dataclass(frozen=True, slots=True)
+class StormResult:
+    """One storm: N sessions cut at once and resumed."""
+
+    sessions: int
+    in_flight: int
+    concurrency: int
+    cut_loop_s: float  # the load generator aborting every transport
+    all_resumed_s: float  # cut → the last WELCOME
+    seconds: float  # cut → the last echo: every session resumed and caught up
+    per_session_ns: list[int]  # cut → each session's last echo
+    resumed_ns: list[int]  # cut → each session's WELCOME
+    replayed_by_clients: int
+    echoes: int
+    server_cpu: float
+    client_cpu: float
+    rss_kib: dict[str, int]
+    peak_reset: bool
+    source_addresses: int
+    others: tuple[float, float] | None
+
+    @property
+    def lost(self) -> int:
+        return self.sessions * self.in_flight - self.echoes
+
+    def to_json(self) -> Json:
+        share = self.client_cpu / self.seconds
+        return {
+            "sessions": self.sessions,
+            "in_flight_per_session": self.in_flight,
+            "concurrency": self.concurrency,
+            "cut_loop_s": self.cut_loop_s,
+            "all_resumed_s": self.all_resumed_s,
+            "all_replayed_s": self.seconds,
+            "per_session_done_us": summary_us(self.per_session_ns),
+            "per_session_resumed_us": summary_us(self.resumed_ns),
+            "messages": self.sessions * self.in_flight,
+            "echoes_received": self.echoes,
+            "lost": self.lost,
+            "duplicates": 0,  # a duplicate fails the pass (SEQUENCE_ERROR or the comparison)
+            "sessions_lost": 0,  # a resume answered with a new session fails the pass
+            "replayed_by_clients": self.replayed_by_clients,
+            "server_cpu_s": self.server_cpu,
+            "server_cpu_share": self.server_cpu / self.seconds,
+            "client_cpu_s": self.client_cpu,
+            "client_cpu_share": share,
+            "client_bound": share > CLIENT_BOUND,
+            "cores_full": full_cores(self.server_cpu, self.client_cpu, self.seconds, self.others),
+            "server_rss_kib": self.rss_kib,
+            "peak_is_storm_only": self.peak_reset,
+            "source_addresses": self.source_addresses,
+            **({} if self.others is None else {"other_load_share": list(self.others)}),
+        }
+
+
+async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad) -> StormResult:
+    """Open *count* sessions, load them, cut them all, and time their resumes."""
+    loop = asyncio.get_running_loop()
+    params = Params()
+    pool = make_pool(plan.size)
+    in_flight = plan.in_flight_for(count)
+    per_address = sessions_per_address()
+    sources = source_addresses(per_address)
+    # Resumes come from the next addresses: the cut ones may still count on the server.
+    offset = -(-count // per_address) * per_address
+    print(f"  storm: opening {count:,} sessions", file=sys.stderr, flush=True)
+    sessions = await open_sessions(
+        proc.port,
+        count,
+        plan.concurrency,
+        lambda i: StormSession(i, params, payloads(pool, i, in_flight)),
+        sources,
+        HANDSHAKE_TIMEOUT,
+    )
+    sessions.sort(key=lambda s: s.index)  # open_sessions lists them as their handshakes ended
+    try:
+        await asyncio.sleep(SETTLE_SECONDS)
+        gc.collect()
+        rss_before = proc.rss_kib()
+        peak_reset = reset_peak_rss(proc.pid)
+        now = loop.time()
+        for session in sessions:
+            session.load(now)
+        server0, client0 = proc.cpu_seconds(), time.process_time()
+        load.start()
+        t0 = time.perf_counter_ns()
+        for session in sessions:
+            session.cut()
+        cut_loop = time.perf_counter_ns() - t0
+        await open_sessions(
+            proc.port,
+            count,
+            plan.concurrency,
+            lambda i: sessions[i],
+            lambda i: sources(offset + i),
+            HANDSHAKE_TIMEOUT,
+        )
+        left = plan.time_limit - (time.perf_counter_ns() - t0) / 1e9
+        _done, pending = await asyncio.wait([s.done for s in sessions], timeout=max(left, 1.0))
+        server_cpu = proc.cpu_seconds() - server0
+        client_cpu = time.process_time() - client0
+        others = load.others(server_cpu, client_cpu)
+        rss_after = proc.rss_kib()
+        peak = int(proc.status("VmHWM").split()[0])
+        failures = [why for s in sessions if (why := s.verify()) is not None]
+        for session in sessions:  # retrieved, so that none is logged as never retrieved
+            if session.done.done():
+                session.done.exception()
+        if pending or failures:
+            raise BenchError(
+                f"storm of {count:,}: {len(pending):,} sessions did not get every echo "
+                f"within {plan.time_limit:g} s, {len(failures):,} failed"
+                + (f" (first: {failures[0]})" if failures else "")
+            )
+    finally:
+        await close_idle(sessions, 30.0)
+    done = [s.done_ns - t0 for s in sessions]
+    resumed = [s.resumed_ns - t0 for s in sessions]
+    return StormResult(
+        sessions=count,
+        in_flight=in_flight,
+        concurrency=plan.concurrency,
+        cut_loop_s=cut_loop / 1e9,
+        all_resumed_s=max(resumed) / 1e9,
+        seconds=max(done) / 1e9,
+        per_session_ns=done,
+        resumed_ns=resumed,
+        replayed_by_clients=sum(s.replayed for s in sessions),
+        echoes=sum(len(s.got) for s in sessions),
+        server_cpu=server_cpu,
+        client_cpu=client_cpu,
+        rss_kib={"before": rss_before, "peak": peak, "after": rss_after},
+        peak_reset=peak_reset,
+        source_addresses=2 * (offset // per_address),
+        others=others,
+    )
+
+
+def measure(
+    runner: asyncio.Runner,
+    plan: StormPlan,
+    load: CoreLoad,
+    start: Callable[[], AbstractContextManager[ServerProcess]],
+) -> tuple[list[StormResult], list[Json]]:
+    """Every size, *repeat* storms, each against a fresh daemon."""
+    results: list[StormResult] = []
+    servers: list[Json] = []
+    for count in plan.sessions:
+        for rep in range(plan.repeat):
+            gc.collect()
+            with start() as proc:
+                described = proc.describe()
+                try:
+                    result = runner.run(storm(proc, count, plan, load))
+                except BenchError:
+                    proc.check_alive()  # a dead server explains more than a lost connection
+                    raise
+                described.update(proc.stop())
+            servers.append(described)
+            results.append(result)
+            per = summary_us(result.per_session_ns)
+            print(
+                f"  storm {count:>6,} rep {rep + 1}/{plan.repeat}: all resumed "
+                f"{result.all_resumed_s:.2f} s, all replayed {result.seconds:.2f} s "
+                f"(per session p50 {per['p50'] / 1000:.1f} ms p99 {per['p99'] / 1000:.1f} ms), "
+                f"lost {result.lost}, server CPU {result.server_cpu:.2f} s, loadgen "
+                f"{result.client_cpu / result.seconds:.0%}, peak RSS "
+                f"{result.rss_kib['peak'] / 1024:.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    return results, servers
+
+
+def summarise(results: list[StormResult], sizes: Sequence[int]) -> Json:
+    """Per size: the spread of each figure over the storms, and every storm."""
+    by_size: Json = {}
+    for count in sizes:
+        mine = [r for r in results if r.sessions == count]
+        per = [summary_us(r.per_session_ns) for r in mine]
+        by_size[str(count)] = {
+            "sessions": count,
+            "payload_size": SIZE,
+            "in_flight_per_session": mine[0].in_flight,
+            "concurrency": mine[0].concurrency,
+            "all_resumed_s": spread([r.all_resumed_s for r in mine]),
+            "all_replayed_s": spread([r.seconds for r in mine]),
+            "per_session_done_ms": {
+                key: spread([p[key] / 1000 for p in per]) for key in ("p50", "p99", "max")
+            },
+            "resumes_per_s": spread([r.sessions / r.all_resumed_s for r in mine]),
+            "lost": sum(r.lost for r in mine),
+            "messages": sum(r.sessions * r.in_flight for r in mine),
+            "server_cpu_s": spread([r.server_cpu for r in mine]),
+            "server_cpu_ms_per_session": spread([r.server_cpu * 1e3 / r.sessions for r in mine]),
+            "server_cpu_share": spread([r.server_cpu / r.seconds for r in mine]),
+            "client_cpu_share": spread([r.client_cpu / r.seconds for r in mine]),
+            "client_bound": [r.client_cpu / r.seconds > CLIENT_BOUND for r in mine],
+            "cores_full": [
+                full_cores(r.server_cpu, r.client_cpu, r.seconds, r.others) for r in mine
+            ],
+            "server_rss_kib": {
+                key: spread([r.rss_kib[key] for r in mine]) for key in ("before", "peak", "after")
+            },
+            "other_load_share": other_load([r.others for r in mine]),
+            "repetitions": [r.to_json() for r in mine],
+        }
+    return by_size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sessions",
+        default=None,
+        metavar="N,N",
+        help="sessions per storm, comma-separated (default "
+        f"{','.join(map(str, DEFAULT_SESSIONS))}; --quick {','.join(map(str, QUICK_SESSIONS))}); "
+        "--messages: at most this many messages in flight per storm, over all its sessions "
+        "(fewer per session than --in-flight where needed)",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=DEFAULT_IN_FLIGHT,
+        metavar="N",
+        help=f"messages each session sends just before the cut (default {DEFAULT_IN_FLIGHT})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"handshakes in flight while opening and while resuming (default "
+        f"{DEFAULT_CONCURRENCY}: the daemon's listen backlog)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT,
+        metavar="S",
+        help=f"a storm fails unless every echo is back within this (default {TIME_LIMIT:g})",
+    )
+
+
+def plan_from(args: argparse.Namespace) -> StormPlan:
+    quick: bool = args.quick
+    sizes: tuple[int, ...]
+    if args.sessions is None:
+        sizes = QUICK_SESSIONS if quick else DEFAULT_SESSIONS
+    else:
+        try:
+            sizes = tuple(int(part) for part in args.sessions.split(","))
+        except ValueError:
+            raise BenchError(f"--sessions {args.sessions!r}: expected N or N,N,...") from None
+    in_flight: int = args.in_flight
+    repeat: int = (
+        (QUICK_REPEAT if quick else DEFAULT_REPEAT) if args.repeat is None else args.repeat
+    )
+    window = Params().window_messages
+    if not sizes or min(sizes) < 1 or repeat < 1 or args.concurrency < 1:
+        raise BenchError("--sessions, --repeat and --concurrency must be at least 1")
+    if not 1 <= in_flight <= window:
+        raise BenchError(f"--in-flight must be 1..{window}")
+    if args.messages is not None and args.messages < 1:
+        raise BenchError("--messages must be at least 1")
+    if args.time_limit <= 0:
+        raise BenchError("--time-limit must be positive")
+    return StormPlan(sizes, in_flight, repeat, args.concurrency, args.time_limit, args.messages)
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    plan = plan_from(args)
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    nofile = raise_nofile()
+    if max(plan.sessions) + 64 > nofile[0]:
+        raise BenchError(f"{max(plan.sessions):,} sessions do not fit RLIMIT_NOFILE {nofile[0]:,}")
+    print(
+        f"bench storm: {', '.join(f'{n:,}' for n in plan.sessions)} sessions x {plan.repeat}, "
+        f"{plan.in_flight} messages of {plan.size} B each at the cut"
+        + ("" if plan.messages is None else f" (at most {plan.messages:,} per storm)")
+        + ", at most "
+        f"{plan.concurrency} handshakes in flight; {pinning.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+    ):
+        results, servers = measure(
+            runner,
+            plan,
+            CoreLoad(pinning),
+            lambda: server("daemon", daemon_argv(), pinning, Path(tmp)),
+        )
+        loadgen_affinity = sorted(os.sched_getaffinity(0)) if pinning.pinned else None
+
+    by_size = summarise(results, plan.sessions)
+    target = by_size.get(str(TARGET_SESSIONS))
+    notes = [
+        f"a daemon exited with {described['exit_code']}"
+        for described in servers
+        if described.get("exit_code") not in (0, None)
+    ]
+    entry: Json = {
+        **entry_head(command, started, begun, quick, machine),
+        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            "sessions": list(plan.sessions),
+            "in_flight_per_session": plan.in_flight,
+            "messages_per_storm_at_most": plan.messages,
+            "payload_size": plan.size,
+            "repeat": plan.repeat,
+            "concurrency": plan.concurrency,
+            "time_limit_s": plan.time_limit,
+            "sessions_per_source_address": sessions_per_address(),
+            "reconnect": "at once, no backoff; at most `concurrency` handshakes in flight; "
+            "each from a fresh 127.x.y.z source address",
+            "cut": "SO_LINGER 0, then transport.abort() on every session in one loop, "
+            "right after each sent its messages; nothing read in between",
+            "client": "the protocol core in an asyncio.Protocol per session (bench/storm.py "
+            "StormSession, a bench/loadgen.py IdleSession), one load-generator process",
+            "daemon": "a fresh daemon per storm, default settings",
+            "nofile_soft_hard": list(nofile),
+            "client_bound_threshold": CLIENT_BOUND,
+            "timer": "time.perf_counter_ns from the start of the cut loop; CPU: /proc/PID/stat "
+            "(server), time.process_time (load generator), over the same span",
+            "rss": "VmRSS before the load, VmHWM (reset through /proc/PID/clear_refs before "
+            "the load) and VmRSS once every session has caught up",
+        },
+        "servers": servers,
+        "storms": by_size,
+        "target": {
+            "sessions": TARGET_SESSIONS,
+            "seconds": TARGET_SECONDS,
+            "measured": target is not None,
+            "all_replayed_s": None if target is None else target["all_replayed_s"]["median"],
+            "lost": None if target is None else target["lost"],
+            "met": None
+            if target is None
+            else target["all_replayed_s"]["median"] < TARGET_SECONDS and target["lost"] == 0,
+        },
+        "notes": notes,
+    }
+    return publish(out, SCENARIO, entry, commit, markdown, quick)
+
+
+# ---------------------------------------------------------------- summary
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """Seconds from the cut until every session had resumed and caught up, per size."""
+    return [
+        Headline(
+            SCENARIO,
+            f"{int(count):,} sessions cut at once",
+            "cut → all caught up, s",
+            {"daemon": f"{stats['all_replayed_s']['median']:.2f}"},
+        )
+        for count, stats in entry["storms"].items()
+    ]
+
+
+def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
+    """10,000 sessions fully resumed within 5 s with zero loss."""
+    target = entry["target"]
+    asked = (
+        f"{target['sessions']:,} sessions cut at once all resumed and caught up "
+        f"< {target['seconds']:g} s, zero loss"
+    )
+    if not target["measured"]:
+        return [Target(SCENARIO, asked, "not run at that size", None)]
+    return [
+        Target(
+            SCENARIO,
+            asked,
+            f"{target['all_replayed_s']:.2f} s (median), {target['lost']} lost",
+            target["met"],
+        )
+    ]
+
+
+# ------------------------------------------------------------------ markdown
+
+
+def _seconds(stats: Json) -> str:
+    return f"{stats['median']:.2f} [{stats['min']:.2f}-{stats['max']:.2f}]"
+
+
+def _mib(stats: Json) -> str:
+    return f"{stats['median'] / 1024:,.1f}"
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## storm`` section of RESULTS.md."""
+    config = entry["config"]
+    lines = header(entry, commit, path)
+    lines += [
+        f"Per storm, a fresh daemon (echo app) and N sessions opened from one load-generator "
+        "process; then each session sends a few messages (*msgs each*) of "
+        f"{config['payload_size']} B and, right after, every transport is cut in one loop "
+        "(`SO_LINGER` 0 and `transport.abort()`: a reset), nothing read in between, so "
+        "messages are in flight or unacknowledged both ways. At once, with no backoff (the "
+        "client library would spread its reconnects; this measures the server), every session "
+        f"reconnects and resumes, at most {config['concurrency']} handshakes in flight (the "
+        "daemon's listen backlog is asyncio's default, 100), each from a fresh loopback source "
+        f"address (≤ {config['sessions_per_source_address']} sessions per 127.x.y.z: the "
+        "daemon's `max_transports_per_peer` is 256). Times from the start of the cut loop: "
+        "*all resumed*: the last WELCOME; *all caught up*: the last session has every echo of "
+        "its messages, replayed or new, compared in order with what it sent. Seconds: median "
+        f"[min-max] over {config['repeat']} storms per size; *per session*: median of each "
+        "storm's percentile of cut → that session's last echo. *lost*: messages without "
+        "their echo (a storm with a lost session, a gap or a duplicate fails instead). Server "
+        "RSS (MiB, median): before the load, peak during the storm (`VmHWM`, reset just "
+        "before), after; CPU seconds over the storm (share of one core: busy / wall).",
+        "",
+    ]
+    rows = []
+    for count, stats in entry["storms"].items():
+        per = stats["per_session_done_ms"]
+        rss = stats["server_rss_kib"]
+        bounds = stats["client_bound"]
+        rows.append(
+            [
+                f"{stats['payload_size']} B",
+                f"{int(count):,}",
+                str(stats["in_flight_per_session"]),
+                str(stats["concurrency"]),
+                _seconds(stats["all_resumed_s"]),
+                _seconds(stats["all_replayed_s"]),
+                f"{per['p50']['median']:,.1f} / {per['p99']['median']:,.1f} ms",
+                f"{stats['resumes_per_s']['median']:,.0f}",
+                f"{stats['lost']:,} of {stats['messages']:,}",
+                f"{stats['server_cpu_s']['median']:.2f} s "
+                f"({stats['server_cpu_share']['median']:.0%})",
+                f"{stats['server_cpu_ms_per_session']['median']:.3f}",
+                f"{_mib(rss['before'])} / {_mib(rss['peak'])} / {_mib(rss['after'])}",
+                f"{stats['client_cpu_share']['median']:.0%}"
+                + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
+                full_cores_cell(stats["cores_full"]),
+            ]
+        )
+    lines += [
+        markdown_table(
+            [
+                "payload",
+                "sessions",
+                "msgs each",
+                "handshakes in flight",
+                "cut → all resumed (s)",
+                "cut → all caught up (s)",
+                "per session p50 / p99",
+                "resumes/s",
+                "lost",
+                "server CPU",
+                "server ms CPU/session",
+                "server RSS before / peak / after",
+                "loadgen core busy",
+                "cores full",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    for stats in entry["storms"].values():
+        lines += other_load_note(stats["other_load_share"])[:1]
+        if lines[-1]:
+            lines[-1] = f"{stats['sessions']:,} sessions: " + lines[-1]
+            lines.append("")
+    target = entry["target"]
+    if target["measured"]:
+        lines.append(
+            f"Target: {target['sessions']:,} sessions fully resumed within "
+            f"{target['seconds']:g} s with zero loss: {target['all_replayed_s']:.2f} s "
+            f"(median), {target['lost']} lost ({'met' if target['met'] else '**not met**'})."
+        )
+    else:
+        lines.append(
+            f"Target: {target['sessions']:,} sessions fully resumed within "
+            f"{target['seconds']:g} s with zero loss: not measured in this run."
+        )
+    if entry["notes"]:
+        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,215 @@
+"""The summary across scenarios: headline figures, targets, and what every run must show.
+
+A scenario module may define two optional functions that a run of
+``python -m bench`` calls on the entry it wrote to the results JSON:
+
+* ``headlines(entry) -> list[Headline]``: its headline figure per system, one
+  :class:`Headline` per case (``1 session, 64 B``, ``10,000/s``...), each cell
+  already formatted;
+* ``targets(entry, run) -> list[Target]``: the issue's targets it can judge;
+  *run* holds every entry of the same run by scenario name, so a target that
+  needs another scenario's figure (a rate at an equal or better p99) can use it.
+
+A scenario without them still gets a row saying where its figures are.
+:func:`lost_fields` checks any entry for messages lost, whatever its layout:
+every number under a key named ``lost`` (or ending in ``_lost``) must be 0.
+:func:`markdown` writes the ``## summary`` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .results import Json, display_path, markdown_table
+
+#: The systems' columns, in this order; a system not listed here gets a column after them.
+COLUMNS = ("daemon", "client", "ceiling", "mosquitto", "nats")
+
+
+@dataclass(frozen=True, slots=True)
+class Headline:
+    """One row of the summary table: a scenario's headline figure per system for one case."""
+
+    scenario: str
+    case: str  # e.g. "1 session, 64 B"
+    figure: str  # what the cells hold, e.g. "msg/s" or "p50 / p99 µs"
+    cells: dict[str, str]  # system -> formatted value
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of the issue's targets and where this run stands: met, not met, or unknown (None)."""
+
+    scenario: str
+    target: str  # what is asked, e.g. "daemon ≥ 60% of the ceiling's msg/s (1 session, 64 B)"
+    measured: str  # what was measured, formatted
+    met: bool | None
+
+
+def verdict(met: bool | None) -> str:
+    if met is None:
+        return "not measured"
+    return "met" if met else "**not met**"
+
+
+def lost_fields(entry: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every non-zero number under a ``lost`` (or ``*_lost``) key of *entry*, with its path."""
+    found: list[tuple[str, float]] = []
+    for key, value in _items(entry):
+        where = f"{path}.{key}" if path else str(key)
+        if (
+            isinstance(key, str)
+            and (key == "lost" or key.endswith("_lost"))
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            if value != 0:
+                found.append((where, value))
+        else:
+            found += lost_fields(value, where)
+    return found
+
+
+def _items(value: Any) -> Iterator[tuple[Any, Any]]:
+    if isinstance(value, dict):
+        yield from value.items()
+    elif isinstance(value, list):
+        yield from enumerate(value)
+
+
+def order(names: Iterable[str]) -> list[str]:
+    """*names* once each, those in :data:`COLUMNS` first in its order, then the rest sorted."""
+    seen = set(names)
+    return [name for name in COLUMNS if name in seen] + sorted(seen - set(COLUMNS))
+
+
+def columns(headlines: Sequence[Headline]) -> list[str]:
+    """The systems that have a cell in some headline, in table order."""
+    return order(name for headline in headlines for name in headline.cells)
+
+
+def headline_table(headlines: Sequence[Headline]) -> str:
+    names = columns(headlines)
+    rows = [
+        [
+            f"`{headline.scenario}`",
+            headline.case,
+            headline.figure,
+            *(headline.cells.get(name, "") for name in names),
+        ]
+        for headline in headlines
+    ]
+    return markdown_table(["scenario", "case", "figure", *(f"`{n}`" for n in names)], rows, left=3)
+
+
+def target_table(targets: Sequence[Target]) -> str:
+    rows = [
+        [f"`{target.scenario}`", target.target, target.measured, verdict(target.met)]
+        for target in targets
+    ]
+    return markdown_table(["scenario", "target", "measured", "verdict"], rows, left=4)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one scenario of a run ended."""
+
+    scenario: str
+    status: str  # "ok", "failed", "interrupted", "not run"
+    seconds: float
+    error: str | None = None
+    lost: tuple[tuple[str, float], ...] = ()
+
+    def to_json(self) -> Json:
+        return {**asdict(self), "lost": [list(pair) for pair in self.lost]}
+
+
+def outcome_table(outcomes: Sequence[Outcome], sections: bool) -> str:
+    rows = []
+    for outcome in outcomes:
+        if outcome.status == "ok":
+            where = f"`## {outcome.scenario}` below" if sections else "printed above"
+        else:
+            where = (outcome.error or "").splitlines()[0][:160] if outcome.error else ""
+        lost = (
+            ", ".join(f"{path} = {value:g}" for path, value in outcome.lost[:3])
+            if outcome.lost
+            else "0"
+        )
+        rows.append(
+            [
+                f"`{outcome.scenario}`",
+                outcome.status if outcome.status == "ok" else f"**{outcome.status}**",
+                f"{outcome.seconds:,.0f} s",
+                lost,
+                where,
+            ]
+        )
+    return markdown_table(["scenario", "status", "took", "lost", "figures"], rows, left=2)
+
+
+def markdown(
+    run: Json,
+    headlines: Sequence[Headline],
+    targets: Sequence[Target],
+    outcomes: Sequence[Outcome],
+    json_path: Path,
+    plot_path: Path | None,
+    sections: bool,
+) -> str:
+    """The ``## summary`` section: how each scenario ended, the headlines, the targets, the plot.
+
+    *sections*: the scenarios' own sections are in RESULTS.md (a full run).
+    """
+    machine = run["machine"]
+    commit = run["commit"]
+    state = " with uncommitted changes" if commit["dirty"] else ""
+    lines = [
+        f"Command: `{run['command']}` · JSON: `{display_path(json_path)}`"
+        + (f" · plot: `{display_path(plot_path)}`" if plot_path is not None else ""),
+        "",
+        f"Commit `{commit['commit_short']}`{state}, {run['started_at']}, "
+        f"{run['duration_s']:,.0f} s in all; {machine['cpu_model']}, {machine['cores']} cores; "
+        f"{machine['python_implementation']} {machine['python']}; msgpack {machine['msgpack']}; "
+        f"uvloop {machine['uvloop']}."
+        + (
+            " **Quick run: toy sizes, the figures only show that it works.**"
+            if run["quick"]
+            else ""
+        ),
+        "",
+        outcome_table(outcomes, sections),
+        "",
+    ]
+    if headlines:
+        lines += [
+            "Headline figure per system and scenario (medians over the repetitions; "
+            "each scenario's section has the spread, the CPU and what bound each pass):",
+            "",
+            headline_table(headlines),
+            "",
+        ]
+    if targets:
+        lines += ["Targets:", "", target_table(targets), ""]
+    if plot_path is not None:
+        # RESULTS.md sits in bench/, the plot in bench/results/.
+        relative = display_path(plot_path).removeprefix("bench/")
+        lines += [f"![throughput and latency per system]({relative})", ""]
+    return "\n".join(lines)
+
+
+def headlines_json(headlines: Sequence[Headline]) -> list[Json]:
+    return [asdict(headline) for headline in headlines]
+
+
+def targets_json(targets: Sequence[Target]) -> list[Json]:
+    return [asdict(target) for target in targets]
+
+
+def run_entries(document: Json, names: Sequence[str]) -> Mapping[str, Json]:
+    """The entries of *names* in a results *document* (those present)."""
+    scenarios: Json = document.get("scenarios", {})
+    return {name: scenarios[name] for name in names if name in scenarios}

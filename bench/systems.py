@@ -1,0 +1,354 @@
+"""The systems under test, side by side: sessiond, the raw ceiling, mosquitto and NATS.
+
+``python -m bench throughput`` and ``python -m bench latency`` run the same
+systems, started here in their own processes on free ports of 127.0.0.1,
+pinned like the daemon (:mod:`bench.processes`), and stopped at the end:
+
+* ``daemon``: the sessiond daemon, the protocol core driven by the bench
+  (:mod:`bench.loadgen`, :class:`bench.pingpong.SessionPing`): exactly once,
+  acknowledged both ways;
+* ``client``: the same daemon through the client library
+  (:mod:`bench.library_client`): what an application gets;
+* ``ceiling``: the raw framed uvloop echo (no sessions, no acknowledgements);
+* ``mosquitto``: QoS 1 publish to the client's own topic, to which it is
+  subscribed at QoS 1 in a persistent session (:mod:`bench.mqtt_peer`, paho-mqtt);
+* ``nats``: core NATS publish to the connection's own subject, delivered back by
+  the server, nothing acknowledged: at most once (:mod:`bench.nats_peer`, nats-py).
+
+A peer whose binary (or Python client) is missing is skipped with a one-line
+message saying how to install it; the bench installs nothing. Enter
+:func:`running` for the body of a scenario, then call :meth:`Running.stop` to
+keep the servers' exit codes and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import BenchError
+from .library_client import client_echo, client_ping
+from .loadgen import CpuClock, EchoResult, echo
+from .pingpong import PingPlan, PingResult, ping_protocols
+from .processes import (
+    Pinning,
+    ServerProcess,
+    ceiling_argv,
+    daemon_argv,
+    free_port,
+    process,
+    server,
+)
+from .results import Json
+
+DAEMON = "daemon"
+CLIENT = "client"
+CEILING = "ceiling"
+MOSQUITTO = "mosquitto"
+NATS = "nats"
+#: Every system, in the order of the tables and the plot.
+SYSTEMS = (DAEMON, CLIENT, CEILING, MOSQUITTO, NATS)
+#: The two ways sessiond is driven: the protocol core, and the client library.
+SESSIOND = (DAEMON, CLIENT)
+#: Messages a client keeps in flight unless a scenario says otherwise (mosquitto's
+#: queue limits are raised to the most a scenario uses).
+WINDOW = 1024
+#: Where a broker may be when it is not on PATH (Debian puts both in /usr/sbin).
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+PIP_INSTALL = "python3 -m pip install -e '.[bench]'"
+
+#: One windowed echo pass: ``echo(port, pool, messages, window, time_limit, server_cpu)``,
+#: and ``sessions=N`` to share the messages out over N sessions (connections).
+EchoFunction = Callable[..., Coroutine[Any, Any, EchoResult]]
+#: One ping-pong pass: (plan, port, server_cpu).
+PingFunction = Callable[[PingPlan, int, CpuClock], Coroutine[Any, Any, PingResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A peer broker: its binary, how to install it, and its Python client."""
+
+    name: str
+    binary: str
+    install: str
+    module: str  # the client library's import name
+    package: str  # its PyPI distribution
+
+    def skip_reason(self, binary: str | None) -> str | None:
+        """Why this peer cannot run here (one line, with the install hint), or None."""
+        if binary is None:
+            return (
+                f"{self.name}: skipped: no `{self.binary}` binary on PATH or in "
+                f"{', '.join(SBIN)}; install it with `{self.install}`"
+            )
+        if importlib.util.find_spec(self.module.partition(".")[0]) is None:
+            return (
+                f"{self.name}: skipped: its Python client `{self.package}` is not installed; "
+                f"install it with `{PIP_INSTALL}`"
+            )
+        return None
+
+
+PEERS = {
+    MOSQUITTO: Peer(
+        MOSQUITTO,
+        "mosquitto",
+        "apt-get install mosquitto (Debian package `mosquitto`)",
+        "paho.mqtt",
+        "paho-mqtt",
+    ),
+    NATS: Peer(
+        NATS,
+        "nats-server",
+        "apt-get install nats-server (Debian package `nats-server`)",
+        "nats",
+        "nats-py",
+    ),
+}
+
+SYSTEM_NOTES = {
+    DAEMON: "`python -m sessiond serve` (echo app), exactly once, acknowledged both ways; "
+    "client: the protocol core in an asyncio.Protocol (bench/loadgen.py, bench/pingpong.py)",
+    CLIENT: "the same daemon; client: the library (`sessiond_client.connect`, `await send()`, "
+    "`await recv()` + `received()`), bench/library_client.py",
+    CEILING: "bench/ceiling.py, a raw uvloop framed echo (4-byte length prefix, one write per "
+    "read): no sessions, no acknowledgements",
+    MOSQUITTO: "mosquitto, MQTT 3.1.1 QoS 1 both ways, persistent session "
+    "(clean_session=False), in-memory; the client publishes to a topic it is subscribed to; "
+    "client: paho-mqtt on the asyncio loop (bench/mqtt_peer.py)",
+    NATS: "nats-server, core NATS (at most once, nothing acknowledged); the client publishes to "
+    "a subject it is subscribed to; client: nats-py, a subscription callback "
+    "(bench/nats_peer.py)",
+}
+
+
+def find_binary(name: str, given: str | None = None) -> str | None:
+    """*given* if it is an executable file, else *name* on PATH or in :data:`SBIN`."""
+    if given is not None:
+        return given if os.path.isfile(given) and os.access(given, os.X_OK) else None
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN])
+    return shutil.which(name, path=path)
+
+
+def binary_version(binary: str) -> str:
+    """The first line ``BINARY -h`` or ``--version`` prints (mosquitto has no --version)."""
+    for flag in ("--version", "-h"):
+        with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+            done = subprocess.run(
+                [binary, flag], capture_output=True, text=True, timeout=10, check=False
+            )
+            for line in (done.stdout + done.stderr).splitlines():
+                if "version" in line.lower() or line.startswith("nats-server"):
+                    return line.strip()
+    return "?"
+
+
+def package_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+# --------------------------------------------------------------- options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--systems``, ``--mosquitto`` and ``--nats-server`` (shared by throughput and latency)."""
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        metavar="S,S",
+        help=f"systems to run, comma-separated (default {','.join(SYSTEMS)})",
+    )
+    parser.add_argument(
+        "--mosquitto", metavar="PATH", help="the mosquitto binary (default: found on PATH, sbin)"
+    )
+    parser.add_argument(
+        "--nats-server",
+        metavar="PATH",
+        help="the nats-server binary (default: found on PATH, sbin)",
+    )
+
+
+def parse_systems(text: str) -> list[str]:
+    """The systems ``--systems`` names, in the order of :data:`SYSTEMS`."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SYSTEMS]
+    if unknown or not names:
+        raise BenchError(f"--systems: unknown {unknown}; choose from {', '.join(SYSTEMS)}")
+    return [name for name in SYSTEMS if name in names]
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """A system under test: its server process and its two load generators.
+
+    *port*: where its clients connect, when not the port *proc* was started on
+    (a second listener of the same process); *ping*: None when not pinged.
+    """
+
+    name: str
+    proc: ServerProcess
+    echo: EchoFunction
+    ping: PingFunction | None = None
+    port: int | None = None
+
+
+@dataclass(slots=True)
+class Running:
+    """The systems of one scenario, their servers, and what was skipped and why."""
+
+    systems: list[System] = field(default_factory=list)
+    procs: dict[str, ServerProcess] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    peers: Json = field(default_factory=dict)
+    servers: Json = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [system.name for system in self.systems]
+
+    def stop(self) -> None:
+        """Stop every server; keep its exit code and log in :attr:`servers`."""
+        for name, proc in self.procs.items():
+            self.servers[name].update(proc.stop())
+
+    def exit_notes(self) -> list[str]:
+        return [
+            f"server {name} exited with {described['exit_code']}"
+            for name, described in self.servers.items()
+            if described.get("exit_code") not in (0, None)
+        ]
+
+
+def find_peers(args: argparse.Namespace, wanted: Sequence[str]) -> tuple[dict[str, str], Json]:
+    """The peers' binaries that can run, and a one-line reason for each that cannot."""
+    given = {MOSQUITTO: args.mosquitto, NATS: args.nats_server}
+    binaries: dict[str, str] = {}
+    skipped: Json = {}
+    for name, peer in PEERS.items():
+        if name not in wanted:
+            continue
+        binary = find_binary(peer.binary, given[name])
+        reason = peer.skip_reason(binary)
+        if reason is None and binary is not None:
+            binaries[name] = binary
+        else:
+            skipped[name] = reason or name
+            print(reason, file=sys.stderr, flush=True)
+    return binaries, skipped
+
+
+@contextlib.contextmanager
+def running(
+    wanted: Sequence[str],
+    binaries: dict[str, str],
+    window: int,
+    pinning: Pinning,
+    log_dir: Path,
+) -> Iterator[Running]:
+    """Start the servers of the *wanted* systems (peers from *binaries*) for the body.
+
+    *window* is the most messages a client keeps in flight (mosquitto's queue
+    limits are raised to it).
+    """
+    state = Running()
+    with contextlib.ExitStack() as stack:
+        procs = state.procs
+        if DAEMON in wanted or CLIENT in wanted:
+            procs["daemon"] = stack.enter_context(server("daemon", daemon_argv(), pinning, log_dir))
+        if DAEMON in wanted:
+            state.systems.append(
+                System(DAEMON, procs["daemon"], functools.partial(echo, DAEMON), ping_protocols)
+            )
+        if CLIENT in wanted:
+            state.systems.append(System(CLIENT, procs["daemon"], client_echo, client_ping))
+        if CEILING in wanted:
+            procs["ceiling"] = stack.enter_context(
+                server("ceiling", ceiling_argv(), pinning, log_dir)
+            )
+            state.systems.append(
+                System(CEILING, procs["ceiling"], functools.partial(echo, CEILING), ping_protocols)
+            )
+        for name, binary in binaries.items():
+            peer = PEERS[name]
+            proc, text = stack.enter_context(start_peer(peer, binary, window, pinning, log_dir))
+            procs[name] = proc
+            state.systems.append(_peer_system(peer, proc))
+            state.peers[name] = {
+                "binary": binary,
+                "version": binary_version(binary),
+                "client": f"{peer.package} {package_version(peer.package)}",
+                "config": text,
+            }
+        for name, proc in procs.items():
+            state.servers[name] = proc.describe()
+        yield state
+
+
+@contextlib.contextmanager
+def start_peer(
+    peer: Peer, binary: str, window: int, pinning: Pinning, tmp: Path
+) -> Iterator[tuple[ServerProcess, str]]:
+    """Start *peer*'s broker on a free port with a temporary config; yield it and the config."""
+    port = free_port()
+    if peer.name == MOSQUITTO:
+        from . import mqtt_peer  # noqa: PLC0415 - imports paho-mqtt: only when it is installed
+
+        text = mqtt_peer.config(port, window)
+        path = tmp / "mosquitto.conf"
+        make = mqtt_peer.command
+        stop = signal.SIGTERM
+    else:
+        from . import nats_peer  # noqa: PLC0415 - imports nats-py: only when it is installed
+
+        text = nats_peer.config(port)
+        path = tmp / "nats-server.conf"
+        make = nats_peer.command
+        stop = nats_peer.STOP_SIGNAL
+    path.write_text(text, encoding="utf-8")
+    with process(peer.name, make(binary, str(path)), port, pinning, tmp, stop) as proc:
+        yield proc, text
+
+
+def _peer_system(peer: Peer, proc: ServerProcess) -> System:
+    if peer.name == MOSQUITTO:
+        from . import mqtt_peer  # noqa: PLC0415
+
+        return System(MOSQUITTO, proc, mqtt_peer.mqtt_echo, mqtt_peer.mqtt_ping)
+    from . import nats_peer  # noqa: PLC0415
+
+    return System(NATS, proc, nats_peer.nats_echo, nats_peer.nats_ping)
+
+
+def markdown_lines(state: Json) -> list[str]:
+    """Skipped peers, the systems and each peer's version and config, for a section."""
+    lines: list[str] = []
+    for reason in state["skipped"].values():
+        lines += [f"**{reason}.**", ""]
+    lines.append(
+        "Systems: " + "; ".join(f"*{n}*: {note}" for n, note in state["systems"].items()) + "."
+    )
+    for name, peer in state["peers"].items():
+        lines += [
+            "",
+            f"*{name}*: `{peer['version']}` (`{peer['binary']}`), client {peer['client']}; "
+            "config: `" + " · ".join(peer["config"].strip().splitlines()) + "`.",
+        ]
+    return [*lines, ""]

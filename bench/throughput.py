@@ -1,0 +1,468 @@
+"""``python -m bench throughput``: windowed echo, every system side by side, 1 and 100 sessions.
+
+In one run, on the same machine, sockets and pinning (:mod:`bench.processes`),
+every system of :mod:`bench.systems` (the daemon through the protocol core, the
+same daemon through the client library, the raw ceiling, mosquitto QoS 1, NATS)
+echoes 64-byte and 1 KiB payloads: up to a window of messages in flight per
+session (sent, not yet back), every message checked in order when it returns, a
+pass ending once every message sent is back (:mod:`bench.peers`). With 100
+sessions the messages are shared out over 100 connections, all opened before
+the clocks start (:func:`bench.loadgen.echo_many` and its twins for the other
+clients). Figures: messages per second delivered and acknowledged end to end,
+and the server's CPU seconds per million messages; each the median and spread
+of the repetitions, every repetition kept.
+
+Targets (issue 5): the daemon at 64 B keeps ≥ 60 % of the ceiling's rate with
+one session and ≥ 75 % with 100; sessiond echoes ≥ 5x mosquitto's and ≥ 2x
+NATS's rate at an equal or better p99 (the p99 from ``python -m bench latency``
+in the same run, when it ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from . import BenchError, latency, systems
+from .core import POOL
+from .daemon import CLIENT_BOUND
+from .loadgen import HOST, EchoResult, loop_name, new_loop
+from .peers import EchoPlan, measure_echo, summarise_echo
+from .processes import CoreLoad, choose_pinning, pinned_loadgen, raise_nofile
+from .results import (
+    QUICK_DIR,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    entry_head,
+    machine_info,
+    markdown_table,
+    publish,
+)
+from .summary import Headline, Target
+from .systems import CEILING, DAEMON, MOSQUITTO, NATS, SESSIOND
+
+HELP = "windowed echo msg/s, 1 and 100 sessions: sessiond vs the raw ceiling, mosquitto, NATS"
+
+SCENARIO = "throughput"
+SIZES = (64, 1024)
+SESSIONS = (1, 100)
+DEFAULT_MESSAGES = 200_000
+QUICK_MESSAGES = 2_000
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 3
+#: Messages in flight per session: one session keeps a deep window; with many,
+#: each keeps less (100 x 128 is still 12,800 in flight, 12.5 MiB at 1 KiB).
+ONE_SESSION_WINDOW = 1024
+MANY_SESSIONS_WINDOW = 128
+TIME_LIMIT = 10.0  # seconds per pass, whichever of this and --messages comes first
+WARMUP_MESSAGES = 10_000
+#: The issue's targets at 64 B: the daemon's share of the ceiling's rate, by sessions
+#: (one session, and more), and sessiond's rate over each peer's.
+TARGET_SIZE = 64
+CEILING_TARGET = {1: 0.60, 100: 0.75}
+PEER_TARGET = {MOSQUITTO: 5.0, NATS: 2.0}
+
+
+def window_for(sessions: int, given: int | None) -> int:
+    if given is not None:
+        return given
+    return ONE_SESSION_WINDOW if sessions == 1 else MANY_SESSIONS_WINDOW
+
+
+def ceiling_target(sessions: int) -> float:
+    return CEILING_TARGET[1] if sessions == 1 else CEILING_TARGET[100]
+
+
+def plural(count: int) -> str:
+    return f"{count:,} session" + ("" if count == 1 else "s")
+
+
+# ---------------------------------------------------------------- options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    systems.add_arguments(parser)
+    parser.add_argument(
+        "--sessions",
+        default=",".join(str(count) for count in SESSIONS),
+        metavar="N,N",
+        help="sessions (connections) per pass, comma-separated; the messages are shared out "
+        f"over them (default {','.join(str(count) for count in SESSIONS)})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        metavar="W",
+        help=f"messages in flight per session (default {ONE_SESSION_WINDOW} with one session, "
+        f"{MANY_SESSIONS_WINDOW} each with more)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT,
+        metavar="S",
+        help=f"at most this many seconds per pass (default {TIME_LIMIT:g})",
+    )
+
+
+def parse_counts(text: str, option: str) -> tuple[int, ...]:
+    """``1,100`` as (1, 100): positive integers, each once, in the order given."""
+    try:
+        counts = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        raise BenchError(f"{option} {text!r}: expected integers separated by commas") from None
+    if not counts or any(count < 1 for count in counts):
+        raise BenchError(f"{option}: at least one number, each at least 1")
+    return counts
+
+
+# -------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    counts = parse_counts(args.sessions, "--sessions")
+    if messages < 1 or repeat < 1:
+        raise BenchError("--messages and --repeat must be at least 1")
+    windows = {count: window_for(count, args.window) for count in counts}
+    if not all(1 <= window <= POOL // 2 for window in windows.values()):
+        raise BenchError(f"--window must be 1..{POOL // 2}")
+    if args.time_limit <= 0:
+        raise BenchError("--time-limit must be positive")
+    wanted = systems.parse_systems(args.systems)
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    nofile = raise_nofile()
+    binaries, skipped = systems.find_peers(args, wanted)
+    plans = {
+        count: EchoPlan(
+            messages,
+            repeat,
+            windows[count],
+            args.time_limit,
+            min(messages, WARMUP_MESSAGES),
+            SIZES,
+            count,
+        )
+        for count in counts
+    }
+    print(
+        f"bench throughput: {', '.join(n for n in wanted if n not in skipped)}; "
+        f"{', '.join(plural(count) for count in counts)}; {messages:,} messages (or "
+        f"{args.time_limit:g} s) x {repeat}, window "
+        f"{', '.join(f'{windows[count]}' for count in counts)} per session, "
+        f"{', '.join(f'{s} B' for s in SIZES)}; {pinning.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+    runs: dict[int, list[EchoResult]] = {}
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+        systems.running(wanted, binaries, max(windows.values()), pinning, Path(tmp)) as state,
+    ):
+        if not state.systems:
+            raise BenchError("nothing to run: " + "; ".join(skipped.values()))
+        load = CoreLoad(pinning)
+        for count in counts:
+            runs[count] = measure_echo(runner, plans[count], state.systems, load)
+        loadgen_affinity = sorted(os.sched_getaffinity(0))
+        state.stop()
+
+    ran = state.names
+    echo = {str(count): summarise_echo(runs[count], ran, plans[count].sizes) for count in counts}
+    entry: Json = {
+        **entry_head(command, started, begun, quick, machine),
+        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            "systems": ran,
+            "sessions": list(counts),
+            "messages": messages,
+            "messages_are": "per pass, shared out over its sessions",
+            "time_limit_s": args.time_limit,
+            "repeat": repeat,
+            "window_per_session": {str(count): windows[count] for count in counts},
+            "warmup_messages": min(messages, WARMUP_MESSAGES),
+            "payload_sizes": list(SIZES),
+            "distinct_payloads": POOL,
+            "client_bound_threshold": CLIENT_BOUND,
+            "nofile_soft_hard": list(nofile),
+            "timer": "time.perf_counter; CPU: /proc/PID/stat (servers, all threads), "
+            "time.process_time (load generator)",
+            "gc": "enabled; gc.collect() before each pass",
+        },
+        "servers": state.servers,
+        "peers": state.peers,
+        "skipped": skipped,
+        "systems": {name: systems.SYSTEM_NOTES[name] for name in ran},
+        "other_load_share": latency.other_load(
+            [result.others for results in runs.values() for result in results]
+        ),
+        "echo": echo,
+        "ratios": ratios(echo),
+        "notes": state.exit_notes(),
+    }
+    entry["targets"] = [dataclasses.asdict(target) for target in targets(entry, {})]
+    return publish(out, SCENARIO, entry, commit, markdown, quick)
+
+
+def ratios(echo: Json) -> Json:
+    """Per sessions and size: sessiond's median rate over the ceiling's and each peer's."""
+    out: Json = {}
+    for count, by_size in echo.items():
+        out[count] = {}
+        for size, by_system in by_size.items():
+            pairs = {
+                f"{ours}/{other}": by_system[ours]["rate"]["median"]
+                / by_system[other]["rate"]["median"]
+                for ours in SESSIOND
+                for other in (CEILING, MOSQUITTO, NATS)
+                if ours in by_system and other in by_system
+            }
+            out[count][size] = pairs
+    return out
+
+
+# ---------------------------------------------------------------- summary
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """Messages per second per system, one row per session count and payload size."""
+    return [
+        Headline(
+            SCENARIO,
+            f"{plural(int(count))}, {size} B",
+            "msg/s",
+            {name: f"{stats['rate']['median']:,.0f}" for name, stats in by_system.items()},
+        )
+        for count, by_size in entry["echo"].items()
+        for size, by_system in by_size.items()
+    ]
+
+
+def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
+    """The daemon's share of the ceiling; sessiond against each peer at an equal or better p99.
+
+    The p99 comes from *run*'s ``latency`` entry: without it, a peer target is
+    judged on the rate alone and marked not measured.
+    """
+    size = str(TARGET_SIZE)
+    out: list[Target] = []
+    for count, by_size in entry["ratios"].items():
+        ratio = by_size.get(size, {}).get(f"{DAEMON}/{CEILING}")
+        goal = ceiling_target(int(count))
+        out.append(
+            Target(
+                SCENARIO,
+                f"`daemon` ≥ {goal:.0%} of the ceiling's msg/s ({plural(int(count))}, {size} B)",
+                "-" if ratio is None else f"{ratio:.1%}",
+                None if ratio is None else ratio >= goal,
+            )
+        )
+    lat = run.get("latency")
+    p99 = latency.p99_ratios(lat["rates"]) if lat is not None else {}
+    for ours in SESSIOND:
+        for peer, goal in PEER_TARGET.items():
+            rates = {
+                int(count): by_size[size][f"{ours}/{peer}"]
+                for count, by_size in entry["ratios"].items()
+                if f"{ours}/{peer}" in by_size.get(size, {})
+            }
+            if not rates:
+                continue
+            rate_met = all(value >= goal for value in rates.values())
+            tails = p99.get(f"{ours}/{peer}", {})
+            measured = "; ".join(f"{value:.2f}x ({plural(c)})" for c, value in rates.items())
+            if tails:
+                measured += "; p99 " + ", ".join(
+                    f"{value:.2g}x at {int(rate):,}/s" for rate, value in tails.items()
+                )
+                met: bool | None = rate_met and all(value <= 1.0 for value in tails.values())
+            else:
+                measured += "; p99 not measured (run `latency` too)"
+                met = False if not rate_met else None
+            out.append(
+                Target(
+                    SCENARIO,
+                    f"`{ours}` ≥ {goal:g}x `{peer}` msg/s ({size} B) at an equal or better p99",
+                    measured,
+                    met,
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------- markdown
+
+
+def _rate(stats: Json) -> str:
+    return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
+
+
+def _times(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _over(by_system: Json, name: str, other: str) -> float | None:
+    if other not in by_system or other == name:
+        return None
+    ratio: float = by_system[name]["rate"]["median"] / by_system[other]["rate"]["median"]
+    return ratio
+
+
+def echo_table(entry: Json) -> str:
+    rows = []
+    ran: list[str] = entry["config"]["systems"]
+    for count, by_size in entry["echo"].items():
+        for size, by_system in by_size.items():
+            for name in ran:
+                if name not in by_system:
+                    continue
+                stats = by_system[name]
+                bounds = stats["bound"]
+                over_ceiling = _over(by_system, name, CEILING)
+                rows.append(
+                    [
+                        f"{int(count):,}",
+                        f"{size} B",
+                        f"`{name}`",
+                        _rate(stats["rate"]),
+                        "" if over_ceiling is None else f"{over_ceiling:.1%}",
+                        _times(_over(by_system, name, MOSQUITTO)),
+                        _times(_over(by_system, name, NATS)),
+                        f"{stats['server_cpu_s_per_million']['median']:.2f}",
+                        f"{stats['server_cpu_share']['median']:.0%}",
+                        f"{stats['client_cpu_share']['median']:.0%}",
+                        f"{stats['client_cpu_us_per_message']['median']:.1f}",
+                        f"{stats['messages_per_read']['median']:,.0f}",
+                        ", ".join(
+                            f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds)
+                        ),
+                        latency.full_cores_cell(stats["cores_full"]),
+                        str(stats["lost"]),
+                    ]
+                )
+    return markdown_table(
+        [
+            "sessions",
+            "payload",
+            "system",
+            "msg/s",
+            "÷ ceiling",
+            "÷ mosquitto",
+            "÷ nats",
+            "server CPU s/M msg",
+            "server core busy",
+            "loadgen core busy",
+            "loadgen µs CPU/msg",
+            "msgs/read",
+            "bound",
+            "cores full",
+            "lost",
+        ],
+        rows,
+    )
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## throughput`` section of RESULTS.md."""
+    config = entry["config"]
+    windows = config["window_per_session"]
+    lines = latency.header(entry, commit, path)
+    lines += systems.markdown_lines(entry)
+    lines += [
+        f"Windowed echo, {', '.join(plural(count) for count in config['sessions'])} per pass "
+        "(one connection each), "
+        + ", ".join(
+            f"{windows[str(count)]:,} in flight per session with {plural(count)}"
+            for count in config["sessions"]
+        )
+        + f"; up to {config['messages']:,} messages per pass (shared out over its sessions) or "
+        f"{config['time_limit_s']:g} s, {config['repeat']} passes per system, sessions and "
+        "size, interleaved, after a warm-up pass. Every session is open before the clocks "
+        "start; every message is checked, in order, when it comes back, and a pass ends once "
+        "every message sent is back. *msg/s*: median [min-max]; *÷ ceiling* etc.: this "
+        "system's median over the other's; *server CPU s/M msg*: the server's CPU seconds (all "
+        "threads) per million messages; *core busy*: CPU seconds over wall seconds of the "
+        "pass; *loadgen µs CPU/msg*: the load generator's (the Python client's) CPU per "
+        "message; *msgs/read*: messages per read in the load generator; *bound*: `client` "
+        f"when the load generator kept more than {config['client_bound_threshold']:.0%} of "
+        "its core busy (then the client, not the server, set the pace), `server` likewise, "
+        "else `round-trip` (each side mostly waited for the other's batch); *cores full*: "
+        "passes in which a pinned core was more than 90 % busy counting other processes.",
+        "",
+        echo_table(entry),
+        "",
+    ]
+    lines += _bound_notes(entry)
+    lines += latency.other_load_note(entry["other_load_share"])
+    if entry["targets"]:
+        lines += ["Targets:", ""]
+        for target in entry["targets"]:
+            verdict = {True: "met", False: "**not met**", None: "not measured"}[target["met"]]
+            lines.append(f"- {target['target']}: {target['measured']}: {verdict}.")
+        lines.append("")
+    if entry["notes"]:
+        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
+    return "\n".join(lines)
+
+
+def _bound_notes(entry: Json) -> list[str]:
+    lines: list[str] = []
+    client_limited = sorted(
+        {
+            f"{name} ({plural(int(count))}, {size} B)"
+            for count, by_size in entry["echo"].items()
+            for size, by_system in by_size.items()
+            for name, stats in by_system.items()
+            if name not in SESSIOND and name != CEILING and any(stats["client_bound"])
+        }
+    )
+    if client_limited:
+        lines += [
+            "Client-bound peers: "
+            + ", ".join(client_limited)
+            + ": there the Python client, not the broker, is the limit (the server CPU per "
+            "message shows how much more the broker could carry).",
+            "",
+        ]
+    one = entry["echo"].get("1", {})
+    turns = [
+        f"{size} B: daemon {1e6 / by_system[DAEMON]['server_cpu_s_per_million']['median']:,.0f}, "
+        f"ceiling {1e6 / by_system[CEILING]['server_cpu_s_per_million']['median']:,.0f}"
+        for size, by_system in one.items()
+        if all(name in by_system for name in (DAEMON, CEILING))
+        and all(b == "round-trip" for n in (DAEMON, CEILING) for b in by_system[n]["bound"])
+        and all(by_system[n]["server_cpu_s_per_million"]["median"] > 0 for n in (DAEMON, CEILING))
+    ]
+    if turns:
+        lines += [
+            "Round-trip-bound with one session: the window travels in a few large batches "
+            "(msgs/read), each side waiting while the other works, so the rate is set by both "
+            "sides' work per batch, not by the server alone. At the measured CPU per message, "
+            f"a server kept fully busy would echo about {'; '.join(turns)} msg/s: an "
+            "extrapolation (1 / server CPU per message), not a measurement; the many-session "
+            "rows measure it.",
+            "",
+        ]
+    return lines

@@ -1,0 +1,674 @@
+"""``python -m bench tls``: the daemon over TLS beside plain TCP, in one process, in one run.
+
+One daemon (``python -m sessiond serve --app echo``) listens on both
+``tls://127.0.0.1:PORT`` and ``tcp://127.0.0.1:PORT``, with a development
+certificate written by ``python -m sessiond gen-cert`` (ECDSA P-256) into a
+temporary directory; it is pinned like every bench server and the load
+generator (this process) to the other core. Clients verify the certificate
+against the CA gen-cert wrote and check the host name, as a real client does
+(:func:`sessiond_client.tls_context`). Two measurements, each over plain TCP
+and over TLS, interleaved, *repeat* passes each:
+
+* ``handshakes``: new connections with at most ``--concurrency`` (50) in
+  flight, each a TCP connect, for TLS a full handshake (no resumption: the
+  client never offers a saved TLS session), then the session's HELLO/WELCOME
+  (:class:`~bench.loadgen.IdleSession`), then at once CLOSE NORMAL and the
+  transport closed; ``--connections`` of them or ``--handshake-time`` seconds,
+  whichever comes first. The pass ends when every transport is closed. Per
+  second, and CPU milliseconds per connection on each side.
+* ``echo``: the windowed echo of ``python -m bench throughput``
+  (:class:`~bench.loadgen.SessionEcho`, every message checked in order, none
+  lost) over one session, 64-byte and 1 KiB payloads; the TLS handshake is done
+  before the clocks start. Reported as the TLS rate over the TCP rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import functools
+import gc
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from ssl import SSLContext
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from sessiond_client import tls_context
+from sessiond_client.protocol import Params
+
+from sessiond.tls import read_certificate
+
+from . import BenchError, latency, peers
+from .core import POOL
+from .daemon import CLIENT_BOUND, bound_by, pace
+from .loadgen import (
+    HOST,
+    CpuClock,
+    EchoResult,
+    IdleSession,
+    close_idle,
+    echo,
+    loop_name,
+    new_loop,
+    open_sessions,
+)
+from .processes import (
+    CoreLoad,
+    ServerProcess,
+    choose_pinning,
+    daemon_argv,
+    free_port,
+    pinned_loadgen,
+    raise_nofile,
+    server,
+    timed_pass,
+)
+from .results import (
+    QUICK_DIR,
+    REPO_ROOT,
+    RESULTS_DIR,
+    Json,
+    command_line,
+    commit_info,
+    entry_head,
+    machine_info,
+    markdown_table,
+    publish,
+    spread,
+)
+from .summary import Headline
+from .systems import System
+
+HELP = "the daemon over TLS beside plain TCP: full handshakes/s and echo throughput ratio"
+
+SCENARIO = "tls"
+TCP = "tcp"
+TLS = "tls"
+TRANSPORTS = (TCP, TLS)
+SIZES = (64, 1024)
+
+DEFAULT_MESSAGES = 200_000
+QUICK_MESSAGES = 3_000
+DEFAULT_REPEAT = 3
+QUICK_REPEAT = 3
+DEFAULT_WINDOW = 1024
+TIME_LIMIT = 10.0  # seconds per echo pass, whichever of this and --messages comes first
+WARMUP_MESSAGES = 10_000
+DEFAULT_CONNECTIONS = 5_000
+QUICK_CONNECTIONS = 150
+DEFAULT_CONCURRENCY = 50
+HANDSHAKE_TIME = 5.0  # seconds per handshake pass, whichever of this and --connections first
+WARMUP_CONNECTIONS = 100
+HANDSHAKE_TIMEOUT = 10.0  # for one connection: connect, TLS, HELLO/WELCOME
+CLOSE_TIMEOUT = 10.0
+GEN_CERT_TIMEOUT = 60.0
+
+
+# ------------------------------------------------------------- certificate
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """What ``sessiond gen-cert`` wrote, and what the server certificate is."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    key_kind: str
+
+    def to_json(self) -> Json:
+        return {"written_by": "python -m sessiond gen-cert --host 127.0.0.1", "key": self.key_kind}
+
+
+def make_certificate(out: Path) -> Certificate:
+    """A development CA and a server certificate for 127.0.0.1, by ``sessiond gen-cert``."""
+    argv = [sys.executable, "-m", "sessiond", "gen-cert", "--host", HOST, "--out", str(out)]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=GEN_CERT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"sessiond gen-cert: {exc}") from None
+    if done.returncode != 0:
+        raise BenchError(f"sessiond gen-cert exited with {done.returncode}: {done.stderr.strip()}")
+    cert = out / "server.pem"
+    key = read_certificate(cert).public_key()
+    kind = f"ECDSA {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else "other"
+    return Certificate(out / "ca.pem", cert, out / "server.key", kind)
+
+
+def tls_daemon_argv(tls_port: int, cert: Certificate) -> list[str]:
+    """The echo daemon with a ``tls://`` listener; :func:`~bench.processes.server` adds the
+    TCP one after it, so both listen by the time the TCP port answers."""
+    return [
+        *daemon_argv(),
+        "--listen",
+        f"tls://{HOST}:{tls_port}",
+        "--tls-cert",
+        str(cert.cert),
+        "--tls-key",
+        str(cert.key),
+    ]
+
+
+def describe_tls(port: int, context: SSLContext) -> Json:
+    """The protocol version and cipher the daemon and this client agree on."""
+    with (
+        socket.create_connection((HOST, port), timeout=10.0) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as sock,
+    ):
+        cipher = sock.cipher()
+        return {
+            "version": sock.version(),
+            "cipher": cipher[0] if cipher else None,
+            "client_verifies": "CA from gen-cert, host name checked",
+        }
+
+
+# -------------------------------------------------------------- handshakes
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One of the daemon's listeners, and how its clients connect to it."""
+
+    name: str
+    port: int
+    ssl: SSLContext | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakePlan:
+    connections: int
+    concurrency: int
+    time_limit: float
+    repeat: int
+    warmup: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeResult:
+    """One pass: connections opened (with a session), then closed, *concurrency* at a time."""
+
+    system: str
+    connections: int
+    concurrency: int
+    seconds: float  # first connect to the last transport closed
+    client_cpu: float
+    server_cpu: float
+    stopped_by: str  # "count" or "time"
+    not_closed: int  # transports still open CLOSE_TIMEOUT after the last handshake
+    others: tuple[float, float] | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.connections / self.seconds
+
+    def to_json(self) -> Json:
+        return {
+            "connections": self.connections,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "client_cpu_s": self.client_cpu,
+            "server_cpu_s": self.server_cpu,
+            "server_cpu_ms_per_handshake": self.server_cpu * 1e3 / self.connections,
+            "client_cpu_ms_per_handshake": self.client_cpu * 1e3 / self.connections,
+            "server_cpu_share": self.server_cpu / self.seconds,
+            "client_cpu_share": self.client_cpu / self.seconds,
+            "stopped_by": self.stopped_by,
+            "transports_not_closed": self.not_closed,
+            **({} if self.others is None else {"other_load_share": list(self.others)}),
+        }
+
+
+async def handshakes(
+    endpoint: Endpoint, plan: HandshakePlan, count: int, server_cpu: CpuClock
+) -> HandshakeResult:
+    """Up to *count* sessions opened and closed, *plan.concurrency* at a time."""
+    loop = asyncio.get_running_loop()
+    params = Params()
+    server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
+    sessions = await open_sessions(
+        endpoint.port,
+        count,
+        plan.concurrency,
+        lambda _index: IdleSession(params),
+        timeout=HANDSHAKE_TIMEOUT,
+        ssl=endpoint.ssl,
+        keep=False,
+        deadline=loop.time() + plan.time_limit,
+    )
+    not_closed = await close_idle(sessions, CLOSE_TIMEOUT)
+    seconds = time.perf_counter() - t0
+    failures = [s.failure for s in sessions if s.failure is not None]
+    if failures:
+        raise BenchError(f"{endpoint.name}: {len(failures)} sessions failed: {failures[0]}")
+    return HandshakeResult(
+        endpoint.name,
+        len(sessions),
+        plan.concurrency,
+        seconds,
+        time.process_time() - cpu0,
+        server_cpu() - server0,
+        "count" if len(sessions) == count else "time",
+        not_closed,
+    )
+
+
+def measure_handshakes(
+    runner: asyncio.Runner,
+    plan: HandshakePlan,
+    proc: ServerProcess,
+    endpoints: list[Endpoint],
+    load: CoreLoad,
+) -> list[HandshakeResult]:
+    """Every endpoint, *repeat* passes, their order rotated each repetition."""
+    for endpoint in endpoints:  # warm-up: the daemon's first sessions, the TLS code paths
+        runner.run(handshakes(endpoint, plan, plan.warmup, proc.cpu_seconds))
+    runs: list[HandshakeResult] = []
+    order = list(endpoints)
+    for rep in range(plan.repeat):
+        for endpoint in order:
+            gc.collect()
+            result, others = timed_pass(
+                proc, load, functools.partial(_run, runner, endpoint, plan, proc.cpu_seconds)
+            )
+            result = dataclasses.replace(result, others=others)
+            runs.append(result)
+            print(
+                f"  handshakes rep {rep + 1}/{plan.repeat}  {endpoint.name:<4} "
+                f"{result.rate:>8,.0f}/s  server {result.server_cpu * 1e3 / result.connections:.3f}"
+                f" ms CPU each ({result.server_cpu / result.seconds:4.0%} busy)  loadgen "
+                f"{result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound",
+                file=sys.stderr,
+                flush=True,
+            )
+        order = order[1:] + order[:1]
+    return runs
+
+
+def _run(
+    runner: asyncio.Runner, endpoint: Endpoint, plan: HandshakePlan, server_cpu: CpuClock
+) -> HandshakeResult:
+    return runner.run(handshakes(endpoint, plan, plan.connections, server_cpu))
+
+
+def summarise_handshakes(runs: list[HandshakeResult]) -> Json:
+    out: Json = {}
+    for name in TRANSPORTS:
+        mine = [run for run in runs if run.system == name]
+        out[name] = {
+            "rate": spread([run.rate for run in mine]),
+            "server_cpu_ms_per_handshake": spread(
+                [run.server_cpu * 1e3 / run.connections for run in mine]
+            ),
+            "client_cpu_ms_per_handshake": spread(
+                [run.client_cpu * 1e3 / run.connections for run in mine]
+            ),
+            **pace(mine),
+            "transports_not_closed": sum(run.not_closed for run in mine),
+            "repetitions": [run.to_json() for run in mine],
+        }
+    out["ratio"] = _ratio(out[TLS]["repetitions"], out[TCP]["repetitions"])
+    out["server_cpu_ratio"] = (
+        out[TLS]["server_cpu_ms_per_handshake"]["median"]
+        / out[TCP]["server_cpu_ms_per_handshake"]["median"]
+    )
+    return out
+
+
+def _ratio(tls: list[Json], tcp: list[Json]) -> Json:
+    """TLS over TCP: the ratio of the medians, and its spread within each repetition."""
+    median = spread([run["rate"] for run in tls])["median"]
+    return {
+        "of_medians": median / spread([run["rate"] for run in tcp])["median"],
+        "per_repetition": spread([a["rate"] / b["rate"] for a, b in zip(tls, tcp, strict=True)]),
+    }
+
+
+# -------------------------------------------------------------------- echo
+
+
+def summarise_echo(runs: list[EchoResult]) -> Json:
+    by_size = peers.summarise_echo(runs, TRANSPORTS, SIZES)
+    for entry in by_size.values():
+        entry["ratio"] = _ratio(entry[TLS]["repetitions"], entry[TCP]["repetitions"])
+    return by_size
+
+
+# --------------------------------------------------------------------- run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connections",
+        type=int,
+        metavar="N",
+        help="handshakes: connections per pass (default "
+        f"{DEFAULT_CONNECTIONS:,}; --quick {QUICK_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"handshakes: connections in flight (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--handshake-time",
+        type=float,
+        default=HANDSHAKE_TIME,
+        metavar="S",
+        help=f"handshakes: at most this many seconds per pass (default {HANDSHAKE_TIME:g})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        help=f"echo: messages in flight, sent and not yet echoed (default {DEFAULT_WINDOW})",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=TIME_LIMIT,
+        metavar="S",
+        help=f"echo: at most this many seconds per pass (default {TIME_LIMIT:g})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    quick: bool = args.quick
+    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    connections: int = args.connections or (QUICK_CONNECTIONS if quick else DEFAULT_CONNECTIONS)
+    if min(messages, repeat, connections, args.concurrency) < 1:
+        raise BenchError("--messages, --repeat, --connections and --concurrency must be >= 1")
+    if not 1 <= args.window <= POOL // 2:
+        raise BenchError(f"--window must be 1..{POOL // 2}")
+    if args.time_limit <= 0 or args.handshake_time <= 0:
+        raise BenchError("--time-limit and --handshake-time must be positive")
+    hs_plan = HandshakePlan(
+        connections,
+        args.concurrency,
+        args.handshake_time,
+        repeat,
+        min(connections, WARMUP_CONNECTIONS),
+    )
+    echo_plan = peers.EchoPlan(
+        messages, repeat, args.window, args.time_limit, min(messages, WARMUP_MESSAGES), SIZES
+    )
+    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    nofile = raise_nofile()
+    print(
+        f"bench tls: handshakes {connections:,} (or {args.handshake_time:g} s) x {repeat}, "
+        f"{args.concurrency} in flight; echo {messages:,} messages (or {args.time_limit:g} s) "
+        f"x {repeat}, window {args.window}, {', '.join(f'{s} B' for s in SIZES)}; "
+        f"{pinning.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+    ):
+        certificate = make_certificate(Path(tmp) / "certs")
+        context = tls_context(certificate.ca)
+        tls_port = free_port()
+        argv = tls_daemon_argv(tls_port, certificate)
+        with server("daemon", argv, pinning, Path(tmp)) as daemon:
+            described = daemon.describe()
+            tls_json = {**describe_tls(tls_port, context), **certificate.to_json()}
+            load = CoreLoad(pinning)
+            endpoints = [Endpoint(TCP, daemon.port, None), Endpoint(TLS, tls_port, context)]
+            hs_runs = measure_handshakes(runner, hs_plan, daemon, endpoints, load)
+            systems = [
+                System(TCP, daemon, functools.partial(echo, "daemon")),
+                System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
+            ]
+            echo_runs = peers.measure_echo(runner, echo_plan, systems, load)
+            loadgen_affinity = sorted(os.sched_getaffinity(0))
+            described.update(daemon.stop())
+    notes = []
+    if described.get("exit_code") not in (0, None):
+        notes.append(f"the daemon exited with {described['exit_code']}")
+    entry: Json = {
+        **entry_head(command, started, begun, quick, machine),
+        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            "tls": tls_json,
+            "handshakes": {
+                "connections": connections,
+                "concurrency": args.concurrency,
+                "time_limit_s": args.handshake_time,
+                "repeat": repeat,
+                "warmup_connections": hs_plan.warmup,
+                "per_connection": "TCP connect, TLS handshake (tls), HELLO/WELCOME, CLOSE "
+                "NORMAL, transport closed; the pass ends when every transport is closed",
+            },
+            "echo": {
+                "messages": messages,
+                "time_limit_s": args.time_limit,
+                "repeat": repeat,
+                "window": args.window,
+                "warmup_messages": echo_plan.warmup,
+                "payload_sizes": list(SIZES),
+            },
+            "client_bound_threshold": CLIENT_BOUND,
+            "nofile_soft_hard": list(nofile),
+            "timer": "time.perf_counter; CPU: /proc/PID/stat (server), time.process_time (us)",
+            "gc": "enabled; gc.collect() before each pass",
+        },
+        "servers": {"daemon": described},
+        "other_load_share": latency.other_load(
+            [run.others for run in hs_runs] + [run.others for run in echo_runs]
+        ),
+        "handshakes": summarise_handshakes(hs_runs),
+        "echo": summarise_echo(echo_runs),
+        "notes": notes,
+    }
+    return publish(out, SCENARIO, entry, commit, markdown, quick)
+
+
+# ----------------------------------------------------------------- summary
+
+
+def headlines(entry: Json) -> list[Headline]:
+    """The daemon over TLS, and as a share of plain TCP: connections/s, then echo msg/s."""
+    hs = entry["handshakes"]
+    out = [
+        Headline(
+            SCENARIO,
+            "full handshakes (new connection + session)",
+            "TLS conn/s (÷ TCP)",
+            {"daemon": f"{hs[TLS]['rate']['median']:,.0f} ({hs['ratio']['of_medians']:.2f}x)"},
+        )
+    ]
+    out += [
+        Headline(
+            SCENARIO,
+            f"echo, 1 session, {size} B",
+            "TLS msg/s (÷ TCP)",
+            {
+                "daemon": f"{by_transport[TLS]['rate']['median']:,.0f} "
+                f"({by_transport['ratio']['of_medians']:.2f}x)"
+            },
+        )
+        for size, by_transport in entry["echo"].items()
+    ]
+    return out
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _spread(stats: Json, unit: str = "", digits: int = 0) -> str:
+    return (
+        f"{stats['median']:,.{digits}f}{unit} "
+        f"[{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+    )
+
+
+def _bounds(bounds: list[str]) -> str:
+    return ", ".join(f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds))
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## tls`` section of RESULTS.md."""
+    config = entry["config"]
+    tls = config["tls"]
+    hs_config = config["handshakes"]
+    echo_config = config["echo"]
+    lines = latency.header(entry, commit, path)
+    lines += [
+        "One daemon, `python -m sessiond serve --app echo --log-level WARNING --listen "
+        "tls://127.0.0.1:PORT --tls-cert server.pem --tls-key server.key --listen "
+        "127.0.0.1:PORT`, serves both transports; its certificate is written by "
+        f"`{tls['written_by']}` ({tls['key']}). Negotiated: {tls['version']}, "
+        f"`{tls['cipher']}`. The client (`sessiond_client.tls_context`, "
+        "the ssl module of the load generator) verifies the certificate against the "
+        "gen-cert CA and checks the host name.",
+        "",
+        "### handshakes",
+        "",
+        f"Connections opened with at most {hs_config['concurrency']} in flight, up to "
+        f"{hs_config['connections']:,} or {hs_config['time_limit_s']:g} s per pass, "
+        f"{hs_config['repeat']} passes per transport, interleaved, after a warm-up. Each "
+        "connection: TCP connect, for `tls` a full TLS handshake (no session resumption), "
+        "the session's HELLO/WELCOME, then CLOSE NORMAL and the transport closed; the pass "
+        "ends when every transport is closed. Median [min-max] over the passes; *ms "
+        "CPU/conn*: CPU milliseconds (user + system) per connection of the server process "
+        "(`/proc/PID/stat`) and of the load generator; *bound*: `client` when the load "
+        f"generator kept more than {config['client_bound_threshold']:.0%} of its core busy "
+        "(then the client, not the daemon, set the pace), `server` likewise, else "
+        "`round-trip`; *cores full*: passes in which a pinned core was more than 90 % busy "
+        "counting other processes on it.",
+        "",
+    ]
+    hs = entry["handshakes"]
+    rows = []
+    for name in TRANSPORTS:
+        stats = hs[name]
+        rows.append(
+            [
+                f"`{name}`",
+                _spread(stats["rate"]),
+                f"{stats['rate']['median'] / hs[TCP]['rate']['median']:.2f}x",
+                _spread(stats["server_cpu_ms_per_handshake"], digits=3),
+                _spread(stats["client_cpu_ms_per_handshake"], digits=3),
+                f"{stats['server_cpu_share']['median']:.0%}",
+                f"{stats['client_cpu_share']['median']:.0%}",
+                _bounds(stats["bound"]),
+                latency.full_cores_cell(stats["cores_full"]),
+            ]
+        )
+    ratio = hs["ratio"]["per_repetition"]
+    tls_ms = hs[TLS]["server_cpu_ms_per_handshake"]["median"]
+    tcp_ms = hs[TCP]["server_cpu_ms_per_handshake"]["median"]
+    lines += [
+        markdown_table(
+            [
+                "transport",
+                "connections/s",
+                "÷ tcp",
+                "server ms CPU/conn",
+                "loadgen ms CPU/conn",
+                "server core busy",
+                "loadgen core busy",
+                "bound",
+                "cores full",
+            ],
+            rows,
+        ),
+        "",
+        f"TLS: {hs['ratio']['of_medians']:.2f}x the plain-TCP connection rate "
+        f"[{ratio['min']:.2f}-{ratio['max']:.2f}x within each repetition]; the daemon spends "
+        f"{tls_ms:.3f} ms of CPU per TLS connection against {tcp_ms:.3f} ms per plain one "
+        f"({hs['server_cpu_ratio']:.1f}x). At that cost one fully busy core would accept "
+        f"about {1e3 / tls_ms:,.0f} TLS connections/s with their sessions "
+        f"({1e3 / tcp_ms:,.0f} plain): an extrapolation (1 / server CPU per connection), "
+        "not a measurement.",
+        "",
+    ]
+    client_limited = [name for name in TRANSPORTS if any(hs[name]["client_bound"])]
+    if client_limited:
+        lines += [
+            f"Client-bound handshake passes ({', '.join(client_limited)}): the load "
+            "generator's own side of each handshake (for TLS: key exchange and verifying the "
+            "server's certificate chain and signature, in one Python process) set the pace; "
+            "the server CPU per connection is the figure to compare.",
+            "",
+        ]
+    lines += [
+        "### echo",
+        "",
+        f"One session per transport, {echo_config['window']:,} messages in flight, up to "
+        f"{echo_config['messages']:,} messages or {echo_config['time_limit_s']:g} s per "
+        f"pass, {echo_config['repeat']} passes per transport and size, interleaved, after a "
+        "warm-up pass, as `python -m bench throughput` measures the echo (the protocol "
+        "core driven by `bench/loadgen.py`, every message checked in order; a pass ends once "
+        "every message sent is back). Rates: median [min-max] "
+        "messages/s; *tls/tcp*: ratio of the medians [min-max of the ratio within each "
+        "repetition].",
+        "",
+    ]
+    rows = []
+    for size, by_transport in entry["echo"].items():
+        tcp, tls_stats = by_transport[TCP], by_transport[TLS]
+        paired = by_transport["ratio"]["per_repetition"]
+        rows.append(
+            [
+                f"{size} B",
+                _spread(tcp["rate"]),
+                _spread(tls_stats["rate"]),
+                f"{by_transport['ratio']['of_medians']:.2f}x "
+                f"[{paired['min']:.2f}-{paired['max']:.2f}]",
+                f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
+                f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
+                f"{tcp['client_cpu_share']['median']:.0%} / "
+                f"{tls_stats['client_cpu_share']['median']:.0%}",
+                f"{_bounds(tcp['bound'])} / {_bounds(tls_stats['bound'])}",
+                f"{tcp['lost']} / {tls_stats['lost']}",
+            ]
+        )
+    lines += [
+        markdown_table(
+            [
+                "payload",
+                "tcp msg/s",
+                "tls msg/s",
+                "tls/tcp",
+                "server CPU s/M msg (tcp / tls)",
+                "loadgen core busy (tcp / tls)",
+                "bound (tcp / tls)",
+                "lost (tcp / tls)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    lines += latency.other_load_note(entry["other_load_share"])
+    if entry["notes"]:
+        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
+    return "\n".join(lines)
