@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -67,7 +68,8 @@ class _Entry:
     __slots__ = (
         "core",
         "dirty",
-        "peer",
+        "peer_host",
+        "peer_port",
         "protocol",
         "server",
         "session",
@@ -84,8 +86,13 @@ class _Entry:
         self.task: asyncio.Task[None] | None = None
         self.slot = Slot(self)  # its place in the server's Deadlines
         self.dirty = False  # output to write at the end of this loop tick
-        self.peer = ""
+        self.peer_host = ""  # the last transport's peer (host interned, port: no string
+        self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
+
+    @property
+    def peer(self) -> str:
+        return _peer_text(self.peer_host, self.peer_port)
 
     def flush(self) -> None:
         if not self.dirty:  # called for every message sent: once per tick is enough
@@ -293,7 +300,7 @@ class Server:
             self.sessions.create(sid, entry)
         self.sessions.attach(sid)
         entry.protocol = protocol
-        entry.peer = protocol.peer
+        entry.peer_host, entry.peer_port = protocol.host, protocol.port
         protocol.entry = entry
         self.process(entry)
 
@@ -398,23 +405,30 @@ class Server:
 class ServerProtocol(asyncio.Protocol):
     """One transport: feeds its Connection and writes what comes out."""
 
-    __slots__ = ("_closing", "_timer", "conn", "entry", "host", "peer", "server", "transport")
+    __slots__ = ("_closing", "_timer", "conn", "entry", "host", "port", "server", "transport")
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.entry: _Entry | None = None
-        self.peer = ""
-        self.host = ""
+        self.host = ""  # interned: the many transports of one address share it
+        self.port: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False  # the core closed it: FIN sent, waiting for the peer's
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the client, for logs."""
+        return _peer_text(self.host, self.port)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
-        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            self.host, self.port = sys.intern(str(peer[0])), peer[1]
+        else:
+            self.host = sys.intern(str(peer))
         server = self.server
         self.conn = Connection.server(server.config.params, server.loop.time())
         server.protocols.add(self)
@@ -562,3 +576,7 @@ async def serve(
         yield server
     finally:
         await server.close()
+
+
+def _peer_text(host: str, port: int | None) -> str:
+    return host if port is None else f"{host}:{port}"

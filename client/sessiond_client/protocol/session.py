@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from msgpack import UnpackException
 
@@ -108,6 +108,22 @@ _HANDSHAKING = frozenset(
 def _stamp(now: float) -> int:
     """A PING stamp: the clock in milliseconds (opaque to the peer, protocol.md §7.2)."""
     return int(now * 1000) & U64_MAX
+
+
+_N = TypeVar("_N", int, float)
+_SHARED: dict[tuple[type, float], Any] = {}
+
+
+def _shared(value: _N) -> _N:
+    """The one object for *value*: sessions mostly negotiate the same few terms, and each
+    float or large int kept per session costs 24-28 bytes (bounded: 1,024 values)."""
+    key = (value.__class__, value)
+    found = _SHARED.get(key)
+    if found is not None:
+        return cast(_N, found)
+    if len(_SHARED) < 1024:
+        _SHARED[key] = value
+    return value
 
 
 def _ms(seconds: float) -> int:
@@ -563,10 +579,10 @@ class Session:
         p = self.params
         heartbeat = min(max(hello.heartbeat_ms / 1000, p.heartbeat_min), p.heartbeat_max)
         self._apply_terms(_ms(heartbeat), hello.window_messages, hello.window_bytes)
-        self._idle_timeout = self._heartbeat * p.idle_timeout_factor
+        self._idle_timeout = _shared(self._heartbeat * p.idle_timeout_factor)
         asked = hello.lifetime_ms / 1000 if hello.lifetime_ms else p.detached_lifetime
-        self._lifetime = min(asked, p.detached_lifetime_max)
-        self._max_payload = hello.max_frame - DATA_OVERHEAD
+        self._lifetime = _shared(min(asked, p.detached_lifetime_max))
+        self._max_payload = _shared(hello.max_frame - DATA_OVERHEAD)
         welcome = Welcome(
             version=PROTOCOL_VERSION,
             session_id=self.id or b"",
@@ -591,7 +607,7 @@ class Session:
 
     def _apply_terms(self, heartbeat_ms: int, window_messages: int, window_bytes: int) -> None:
         p = self.params
-        self._heartbeat = heartbeat_ms / 1000
+        self._heartbeat = _shared(heartbeat_ms / 1000)
         self._send_window_messages = min(window_messages, p.replay_messages)
         self._send_window_bytes = min(window_bytes, p.replay_bytes)
 
