@@ -18,7 +18,7 @@ then ``accept()`` or ``reject()`` once ``hello`` is set.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any, TypeVar, cast
 
@@ -126,6 +126,14 @@ def _shared(value: _N) -> _N:
     return value
 
 
+def _inbox_push(session: Session) -> Callable[[bytes], None]:
+    """The append of *session*'s inbox, made now if it is None (see ``_receive_piece``)."""
+    inbox = session._inbox
+    if inbox is None:
+        session._inbox = inbox = []
+    return inbox.append
+
+
 def _ms(seconds: float) -> int:
     return max(0, min(0xFFFFFFFF, round(seconds * 1000)))
 
@@ -199,14 +207,16 @@ class Session:
         self._acked = 0
         # Lists, not deques: an empty deque costs 760 bytes, an empty list 56, and idle
         # sessions are most sessions. Both are appended to and cut from the front in bulk.
-        self._replay: list[bytes] = []  # payloads of seq acked+1 .. next_seq-1
+        # Payloads of seq acked+1 .. next_seq-1. This list and the inbox are None while
+        # empty (most of the time for an idle session: an empty list costs 56 bytes).
+        self._replay: list[bytes] | None = None
         self._unacked_bytes = 0
         self._received = 0
         self._consumed = 0
         self._ack_sent = 0
         self._ack_pending_bytes = 0
         self._ack_deadline: float | None = None
-        self._inbox: list[bytes] = []
+        self._inbox: list[bytes] | None = None
         self._inbox_bytes = 0
         self._send_window_messages = 0
         self._send_window_bytes = 0
@@ -217,7 +227,7 @@ class Session:
     @property
     def messages_waiting(self) -> int:
         """Messages received and not yet taken with :meth:`take_messages`."""
-        return len(self._inbox)
+        return len(self._inbox) if self._inbox is not None else 0
 
     @property
     def unacked_count(self) -> int:
@@ -236,7 +246,7 @@ class Session:
 
     def unacked_messages(self) -> list[bytes]:
         """Payloads sent but not acknowledged, oldest first."""
-        return list(self._replay)
+        return list(self._replay or ())
 
     def snapshot(self) -> Snapshot | None:
         """Client: the state to persist to resume after a restart of this process;
@@ -252,7 +262,7 @@ class Session:
             window_messages=self._send_window_messages,
             window_bytes=self._send_window_bytes,
             max_payload=self._max_payload,
-            unacked=tuple(self._replay),
+            unacked=tuple(self._replay or ()),
         )
 
     @classmethod
@@ -267,7 +277,7 @@ class Session:
         session._credential = snapshot.credential
         session._next_seq = snapshot.next_seq
         session._acked = snapshot.acked
-        session._replay.extend(snapshot.unacked)
+        session._replay = list(snapshot.unacked) or None
         session._unacked_bytes = sum(map(len, snapshot.unacked))
         session._received = session._consumed = session._ack_sent = snapshot.consumed
         session._send_window_messages = snapshot.window_messages
@@ -341,13 +351,19 @@ class Session:
         ):
             raise WindowFull("the peer's window is full")
         self._next_seq = seq + 1
-        self._replay.append(payload)
+        replay = self._replay
+        if replay is None:
+            self._replay = [payload]
+        else:
+            replay.append(payload)
         self._unacked_bytes += size
         conn = self.connection
         if conn is not None and conn._streaming:
             # A DATA frame is its header then the payload; writing them as two
             # pieces saves a copy (data_to_send joins them), see codec.encode_data.
             out = conn._out
+            if out is None:
+                conn._out = out = []
             out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
             out.append(payload)
             conn._last_send = now
@@ -390,10 +406,16 @@ class Session:
         if accepted:
             self._next_seq = seq
             self._unacked_bytes = unacked
-            self._replay.extend(accepted)
+            if self._replay is None:
+                self._replay = accepted
+            else:
+                self._replay.extend(accepted)
             conn = self.connection
             if conn is not None and conn._streaming:
-                conn._out.extend(frames)
+                if conn._out is None:
+                    conn._out = frames
+                else:
+                    conn._out.extend(frames)
                 conn._last_send = now
         return seq - first
 
@@ -403,12 +425,14 @@ class Session:
         Acknowledgements are coalesced (protocol.md §5): then call ``data_to_send()``.
         """
         inbox = self._inbox
+        if inbox is None:
+            return []
         count = len(inbox) if limit is None else min(limit, len(inbox))
         if not count:
             return []
         if count == len(inbox):
             taken = inbox
-            self._inbox = []
+            self._inbox = None
             size = self._inbox_bytes
         else:
             taken = inbox[:count]
@@ -462,7 +486,7 @@ class Session:
             credentials=credentials,
             resume=resume,
         )
-        conn._out.append(hello.encode())
+        conn._queue(hello.encode())
         conn.state = ConnectionState.AWAIT_WELCOME
         return conn
 
@@ -478,7 +502,9 @@ class Session:
         elif self.id is not None:
             replaced = _code_or(welcome.reason, CloseCode.UNKNOWN_SESSION)
             self._emit(
-                SessionLost(self.id, replaced, tuple(self._inbox), tuple(self.unacked_messages()))
+                SessionLost(
+                    self.id, replaced, tuple(self._inbox or ()), tuple(self.unacked_messages())
+                )
             )
             self._reset_streams()
         self._apply_terms(welcome.heartbeat_ms, welcome.window_messages, welcome.window_bytes)
@@ -599,7 +625,7 @@ class Session:
         )
         conn.session = self
         self.connection = conn
-        conn._out.append(welcome.encode())
+        conn._queue(welcome.encode())
         conn._open(now, self._heartbeat, self._idle_timeout)
         self._set_attached()
 
@@ -618,7 +644,7 @@ class Session:
     def _start_stream(self, conn: Connection, peer_received: int, confirmed: bool = True) -> int:
         """After WELCOME: acknowledge what we consumed, then replay what the peer lacks
         (at once, or once the transport is confirmed); return how many are replayed."""
-        conn._out.append(codec.encode_ack(self._consumed))
+        conn._queue(codec.encode_ack(self._consumed))
         self._ack_sent = self._consumed
         self._ack_pending_bytes = 0
         self._ack_deadline = None
@@ -630,8 +656,10 @@ class Session:
     def _replay_to(self, conn: Connection) -> None:
         """Write every DATA frame after the peer's ``received``; new sends follow directly."""
         out = conn._out
+        if out is None:
+            conn._out = out = []
         seq = conn._replay_from
-        for payload in islice(self._replay, seq - self._acked, None):
+        for payload in islice(self._replay or (), seq - self._acked, None):
             seq += 1
             out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, len(payload)))
             out.append(payload)
@@ -654,7 +682,7 @@ class Session:
             self._ack_deadline = now + p.ack_delay
 
     def _send_ack(self, conn: Connection, now: float) -> None:
-        conn._out.append(codec.encode_ack(self._consumed))
+        conn._queue(codec.encode_ack(self._consumed))
         conn._last_send = now
         self._ack_sent = self._consumed
         self._ack_pending_bytes = 0
@@ -670,14 +698,17 @@ class Session:
                 f"DATA seq {seq}, expected {self._received + 1}", CloseCode.SEQUENCE_ERROR
             )
         self._received = seq
-        self._inbox.append(payload)
+        if self._inbox is None:
+            self._inbox = [payload]
+        else:
+            self._inbox.append(payload)
         self._inbox_bytes += len(payload)
         self._check_window()
 
     def _check_window(self) -> None:
         p = self.params
         if self._received - self._ack_sent > p.window_messages or (
-            self._inbox_bytes > p.window_bytes and len(self._inbox) > 1
+            self._inbox_bytes > p.window_bytes and self.messages_waiting > 1
         ):
             raise RemoteProtocolError("peer exceeded our window", CloseCode.FLOW_CONTROL_ERROR)
 
@@ -691,10 +722,11 @@ class Session:
         if seq == acked:
             return
         replay = self._replay
+        assert replay is not None  # acked < seq < next_seq: something is unacknowledged
         count = seq - acked
         if count == len(replay):
             released = sum(map(len, replay))
-            replay.clear()
+            self._replay = None
         else:
             released = sum(map(len, islice(replay, count)))
             del replay[:count]
@@ -782,7 +814,7 @@ class Connection:
         self.retry_after = 0.0
         self.rtt: float | None = None
         self._decoder = FrameDecoder(params.max_frame_size)
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # made on first use: most connections idle
         self._opened_at = now
         self._last_recv = now
         self._last_send = now
@@ -812,8 +844,15 @@ class Connection:
         out = self._out
         if not out:
             return b""
-        self._out = []
+        self._out = None
         return b"".join(out)
+
+    def _queue(self, frame: bytes) -> None:
+        out = self._out
+        if out is None:
+            self._out = [frame]
+        else:
+            out.append(frame)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes from the transport; peer faults close it with their code (never raise)."""
@@ -851,7 +890,7 @@ class Connection:
         session = self.session
         fast = session is not None and self._confirmed and self.state is _OPEN
         received = session._received if session is not None else 0
-        push = session._inbox.append if session is not None else None
+        push = _inbox_push(session) if fast and session is not None else None
         added = 0
         try:
             for frame in unpacker:
@@ -893,7 +932,7 @@ class Connection:
                 fast = session is not None and self._confirmed and self.state is _OPEN
                 if fast:
                     received = session._received  # type: ignore[union-attr]
-                    push = session._inbox.append  # type: ignore[union-attr]
+                    push = _inbox_push(session)  # type: ignore[arg-type]
         except (ValueError, UnpackException) as exc:
             if fast and session is not None:  # as if DATA before it came alone
                 session._received = received
@@ -905,6 +944,8 @@ class Connection:
             if fast and session is not None:
                 session._received = received
                 session._inbox_bytes += added
+            if session is not None and not session._inbox:
+                session._inbox = None  # nothing came (or all was taken): no empty list kept
         decoder.settle(piece, boundary)
         if fast and session is not None:
             session._check_window()
@@ -947,7 +988,7 @@ class Connection:
             self._on_close(frame, now)
         elif state is _OPEN and session is not None:
             if isinstance(frame, Ping):
-                self._out.append(codec.encode_pong(frame.stamp))
+                self._queue(codec.encode_pong(frame.stamp))
                 self._last_send = now
             elif isinstance(frame, Pong):
                 if frame.stamp == self._goaway_stamp:
@@ -1049,9 +1090,9 @@ class Connection:
         """
         if self.state is _OPEN and self._goaway_stamp is None:
             frame = Goaway(CloseCode.GOING_AWAY, _ms(retry_after), redirect, reason)
-            self._out.append(frame.encode())
+            self._queue(frame.encode())
             self._goaway_stamp = stamp = _stamp(now)
-            self._out.append(codec.encode_ping(stamp))
+            self._queue(codec.encode_ping(stamp))
             self._last_send = now
 
     @property
@@ -1092,7 +1133,7 @@ class Connection:
         self.close_reason = reason
         self._decoder.discard()
         if send:
-            self._out.append(Close(code, reason, _ms(retry_after)).encode())
+            self._queue(Close(code, reason, _ms(retry_after)).encode())
         session = self.session
         if session is None or session.connection is not self:
             return
@@ -1144,7 +1185,7 @@ class Connection:
             session._send_ack(self, now)
         if now >= self._last_send + self._heartbeat:
             stamp = _stamp(now)
-            self._out.append(codec.encode_ping(stamp))
+            self._queue(codec.encode_ping(stamp))
             self._ping_sent_at = now
             self._ping_stamp = stamp
             self._last_send = now
