@@ -379,31 +379,31 @@ class Session:
         state = self.state
         if state is _ENDED or state is _CONNECTING:
             raise InvalidState(f"cannot send: session is {state.value}")
+        if not isinstance(payloads, list):
+            payloads = list(payloads)
         max_payload = self._max_payload
-        window_messages = self._send_window_messages
         window_bytes = self._send_window_bytes
         first = seq = self._next_seq
         acked = self._acked
+        last_seq = acked + self._send_window_messages  # the window's last sequence number
         unacked = self._unacked_bytes
-        accepted: list[bytes] = []
         frames: list[bytes] = []
-        take = accepted.append
         write = frames.append
         for payload in payloads:
             size = len(payload)
-            if size > max_payload:
-                if accepted:
-                    break
-                raise PayloadTooLarge(f"{size} bytes > {max_payload}")
-            in_flight = seq - 1 - acked
-            if in_flight and (in_flight >= window_messages or unacked + size > window_bytes):
-                break
-            take(payload)
+            if size > max_payload or seq > last_seq or unacked + size > window_bytes:
+                if size > max_payload:
+                    if seq > first:
+                        break
+                    raise PayloadTooLarge(f"{size} bytes > {max_payload}")
+                if seq - 1 - acked:
+                    break  # the window is full; with nothing in flight, one always fits
             write(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
             write(payload)
             seq += 1
             unacked += size
-        if accepted:
+        if seq > first:
+            accepted = payloads[: seq - first]
             self._next_seq = seq
             self._unacked_bytes = unacked
             if self._replay is None:
