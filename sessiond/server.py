@@ -328,6 +328,10 @@ class Server:
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
         entry.session.wake()
+        if core.messages_waiting and not entry.dirty and entry.protocol is not None:
+            # The woken handler runs next iteration; a flush queued behind it writes its
+            # replies in that same iteration instead of one later (echo latency).
+            self.schedule_flush(entry)
         self._arm(entry)
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:
