@@ -146,6 +146,80 @@ async def test_hundred_subscribers_get_every_publish_once_in_order_through_cuts(
 # ----------------------------------------------------------------------- presence
 
 
+async def test_a_fresh_session_ends_the_helper_and_a_new_one_subscribes_again() -> None:
+    """With fresh_session=True, a daemon that lost the session (restarted, in-memory)
+    gives the connection a new one without subscriptions: the helper ends with the
+    reason instead of waiting for messages that will never come; a new helper on the
+    same connection subscribes again and receives."""
+    async with (
+        channels_daemon() as (server, _app),
+        FaultProxy(*server.addresses[0]) as proxy,
+    ):
+        sub = await open_channels(url_of(proxy.address), fresh_session=True)
+        await sub.subscribe("fleet/commands")
+        first = sub.session.id
+        server.sessions.clear()  # as after a restart with in-memory sessions
+        proxy.cut()
+        with pytest.raises(SessionLost) as lost:
+            async with asyncio.timeout(WAIT):
+                await sub.recv()
+        assert lost.value.reason is CloseCode.UNKNOWN_SESSION
+        assert sub.session.id != first and sub.session.state is State.ACTIVE
+        with pytest.raises(SessionLost):
+            await sub.subscribe("fleet/commands")  # this helper is over
+
+        again = Channels(sub.session, timeout=WAIT)
+        await again.subscribe("fleet/commands")
+        publisher = await open_channels(url_of(server.addresses[0]))
+        await publisher.publish("fleet/commands", b"after the restart")
+        assert [m.payload for m in await messages(again, 1)] == [b"after the restart"]
+        await shut(again, publisher)
+
+
+def test_a_fresh_session_ends_the_blocking_helper_too() -> None:
+    """The same through connect_sync and SyncChannels."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    holder: list[Server] = []
+
+    async def run() -> None:
+        async with sessiond.serve(ChannelsApp(), "127.0.0.1", 0) as server:
+            holder.append(server)
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),))
+    thread.start()
+    try:
+        assert ready.wait(WAIT)
+        server = holder[0]
+        url = url_of(server.addresses[0])
+        with SyncChannels(
+            sessiond_client.connect_sync(url, policy=FAST, fresh_session=True), timeout=WAIT
+        ) as sub:
+            sub.subscribe("fleet/commands")
+            first = sub.session.id
+
+            def restart() -> None:  # in-memory sessions gone, the transport cut
+                server.sessions.clear()
+                for protocol in list(server.protocols):
+                    if protocol.transport is not None:
+                        protocol.transport.abort()
+
+            loop.call_soon_threadsafe(restart)
+            with pytest.raises(SessionLost) as lost:
+                for _ in range(200):
+                    sub.poll()
+                    threading.Event().wait(0.02)
+            assert lost.value.reason is CloseCode.UNKNOWN_SESSION
+            assert sub.session.id != first
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(WAIT)
+        loop.close()
+
+
 async def test_presence_ignores_transport_cuts_and_expiry_is_exactly_one_leave() -> None:
     lifetime = 0.5
     async with channels_daemon(ChannelsConfig(presence=("rooms/#",))) as (server, _app):

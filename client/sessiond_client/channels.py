@@ -17,8 +17,12 @@ A helper owns its session's incoming messages: do not call ``session.recv()``
 besides it. Subscriptions belong to the session, so they survive reconnects
 without the helper doing anything, and end when the session ends (the
 helper's iteration then stops, and ``recv()`` and pending requests raise
-:class:`~sessiond_client.SessionLost`). A refused request raises
-:class:`ChannelError` with its :class:`ErrorCode`.
+:class:`~sessiond_client.SessionLost`). With ``fresh_session=True`` the
+connection may go on with a new session when the server could not resume the
+old one: its subscriptions are gone, so the helper ends the same way (with the
+reason the old session was lost), and a new helper on the same connection
+subscribes again. A refused request raises :class:`ChannelError` with its
+:class:`ErrorCode`.
 
 Events wait in a bounded buffer (``max_events``); while it is full the helper
 stops reading the session, so the daemon sees a slow consumer and applies the
@@ -33,12 +37,12 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import envelopes
-from .client import Session
+from .client import Session, State
 from .envelopes import (
     ChannelError,
     ErrorCode,
@@ -51,7 +55,7 @@ from .envelopes import (
     Refused,
     Reply,
 )
-from .protocol import CloseCode, SessionLost
+from .protocol import CloseCode, SessionLost, SessionStarted
 from .sync import SyncSession
 
 __all__ = [
@@ -155,7 +159,16 @@ class Channels:
         self._presence = _Presence()
         #: Server messages this client could not decode (a broken or newer server).
         self.undecodable = 0
+        self._session_id = session.id  # the session whose subscriptions these are
+        session.on_state_change(self._on_state)
         self._reader = self._loop.create_task(self._read())
+
+    def _on_state(self, state: State) -> None:
+        if state is State.ACTIVE:
+            lost = _replaced(self._session_id, self.session.id, self.session.notices)
+            if lost is not None:
+                self._end(lost)
+                self._reader.cancel()
 
     # ---------------------------------------------------------- requests
 
@@ -324,6 +337,12 @@ class SyncChannels:
         self._wanted: set[int] = set()
         self._presence = _Presence()
         self.undecodable = 0
+        self._session_id = session.id  # the session whose subscriptions these are
+
+    def _check_replaced(self) -> None:
+        lost = _replaced(self._session_id, self.session.id, self.session.notices)
+        if lost is not None:
+            raise lost
 
     def subscribe(self, pattern: str, timeout: float | None = None) -> Subscribed:
         """As :meth:`Channels.subscribe`."""
@@ -367,6 +386,7 @@ class SyncChannels:
         once the session has ended and every event was returned."""
         with self._lock:
             try:
+                self._check_replaced()
                 payloads = self.session.poll()
             except SessionLost:
                 if not self._events:
@@ -419,6 +439,7 @@ class SyncChannels:
 
     def _pull(self, wait: float) -> None:
         """With the lock held: take one message from the session (at most *wait* s)."""
+        self._check_replaced()
         try:
             payload = self.session.recv(timeout=wait)
         except TimeoutError:
@@ -448,3 +469,19 @@ class SyncChannels:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _replaced(
+    bound: str | None, current: str | None, notices: Iterable[object]
+) -> SessionLost | None:
+    """SessionLost if the connection now carries another session than *bound* (a fresh
+    one, ``fresh_session=True``), with the reason the old one could not be resumed."""
+    if bound is None or current is None or current == bound:
+        return None
+    reason = CloseCode.UNKNOWN_SESSION
+    for notice in notices:
+        if isinstance(notice, SessionStarted) and notice.replaces is not None:
+            reason = notice.replaces
+    return SessionLost(
+        reason, "the session was replaced by a fresh one: its subscriptions are gone"
+    )

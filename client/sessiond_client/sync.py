@@ -74,6 +74,14 @@ class SyncSession:
     def state(self) -> State:
         return self._session.state
 
+    @property
+    def notices(self) -> list[object]:
+        """Events the application may want (session replaced, goaway), newest last."""
+        return self._call(self._notices())
+
+    async def _notices(self) -> list[object]:
+        return list(self._session.notices)
+
     def send(self, payload: bytes, timeout: float | None = None) -> None:
         """Queue one message; blocks while the server's window is full."""
         self._check_open()
