@@ -43,6 +43,7 @@ from sessiond.auth import Authenticator, TokenFileAuthenticator
 from sessiond.channels import ChannelsApp, ChannelsConfig
 from sessiond.server import Server, ServerConfig
 from tests.faultproxy import FaultProxy
+from tests.threaded import daemon_thread
 
 E = TypeVar("E")
 
@@ -178,46 +179,30 @@ async def test_a_fresh_session_ends_the_helper_and_a_new_one_subscribes_again() 
 
 def test_a_fresh_session_ends_the_blocking_helper_too() -> None:
     """The same through connect_sync and SyncChannels."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    holder: list[Server] = []
+    with (
+        daemon_thread(ChannelsApp()) as running,
+        SyncChannels(
+            sessiond_client.connect_sync(running.url, policy=FAST, fresh_session=True),
+            timeout=WAIT,
+        ) as sub,
+    ):
+        sub.subscribe("fleet/commands")
+        first = sub.session.id
+        server = running.server
 
-    async def run() -> None:
-        async with sessiond.serve(ChannelsApp(), "127.0.0.1", 0) as server:
-            holder.append(server)
-            ready.set()
-            await stop.wait()
+        def restart() -> None:  # in-memory sessions gone, the transport cut
+            server.sessions.clear()
+            for protocol in list(server.protocols):
+                if protocol.transport is not None:
+                    protocol.transport.abort()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),))
-    thread.start()
-    try:
-        assert ready.wait(WAIT)
-        server = holder[0]
-        url = url_of(server.addresses[0])
-        with SyncChannels(
-            sessiond_client.connect_sync(url, policy=FAST, fresh_session=True), timeout=WAIT
-        ) as sub:
-            sub.subscribe("fleet/commands")
-            first = sub.session.id
-
-            def restart() -> None:  # in-memory sessions gone, the transport cut
-                server.sessions.clear()
-                for protocol in list(server.protocols):
-                    if protocol.transport is not None:
-                        protocol.transport.abort()
-
-            loop.call_soon_threadsafe(restart)
-            with pytest.raises(SessionLost) as lost:
-                for _ in range(200):
-                    sub.poll()
-                    threading.Event().wait(0.02)
-            assert lost.value.reason is CloseCode.UNKNOWN_SESSION
-            assert sub.session.id != first
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(WAIT)
-        loop.close()
+        running.call_soon(restart)
+        with pytest.raises(SessionLost) as lost:
+            for _ in range(200):
+                sub.poll()
+                threading.Event().wait(0.02)
+        assert lost.value.reason is CloseCode.UNKNOWN_SESSION
+        assert sub.session.id != first
 
 
 async def test_presence_ignores_transport_cuts_and_expiry_is_exactly_one_leave() -> None:
@@ -604,25 +589,8 @@ def test_channels_is_the_default_app_and_reads_its_settings() -> None:
 @pytest.fixture
 def presence_daemon() -> Iterator[str]:
     """A channels daemon (presence on rooms/#) on its own event-loop thread."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    address: list[tuple[str, int]] = []
-
-    async def run() -> None:
-        app = ChannelsApp(ChannelsConfig(presence=("rooms/#",)))
-        async with sessiond.serve(app, "127.0.0.1", 0) as server:
-            address.append(server.addresses[0])
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield url_of(address[0])
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
-    loop.close()
+    with daemon_thread(ChannelsApp(ChannelsConfig(presence=("rooms/#",)))) as running:
+        yield running.url
 
 
 def test_blocking_helper_subscribes_publishes_and_polls(presence_daemon: str) -> None:

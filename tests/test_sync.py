@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
@@ -15,30 +14,14 @@ from sessiond_client import SessionLost, State
 
 import sessiond
 import sessiond.apps
+from tests.threaded import daemon_thread
 
 
 @pytest.fixture
 def daemon() -> Iterator[str]:
     """An echo daemon on its own event loop thread; yields its tcp:// URL."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-    address: list[tuple[str, int]] = []
-
-    async def run() -> None:
-        async with sessiond.serve(sessiond.apps.echo, "127.0.0.1", 0) as server:
-            address.append(server.addresses[0])
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    host, port = address[0]
-    yield f"tcp://{host}:{port}"
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
-    loop.close()
+    with daemon_thread(sessiond.apps.echo) as running:
+        yield running.url
 
 
 def client_threads() -> list[threading.Thread]:
