@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import envelopes
 from .client import Session, State
@@ -165,7 +165,7 @@ class Channels:
 
     def _on_state(self, state: State) -> None:
         if state is State.ACTIVE:
-            lost = _replaced(self._session_id, self.session.id, self.session.notices)
+            lost = _replaced(self._session_id, self.session)
             if lost is not None:
                 self._end(lost)
                 self._reader.cancel()
@@ -340,7 +340,7 @@ class SyncChannels:
         self._session_id = session.id  # the session whose subscriptions these are
 
     def _check_replaced(self) -> None:
-        lost = _replaced(self._session_id, self.session.id, self.session.notices)
+        lost = _replaced(self._session_id, self.session)
         if lost is not None:
             raise lost
 
@@ -471,17 +471,25 @@ class SyncChannels:
         self.close()
 
 
-def _replaced(
-    bound: str | None, current: str | None, notices: Iterable[object]
-) -> SessionLost | None:
-    """SessionLost if the connection now carries another session than *bound* (a fresh
-    one, ``fresh_session=True``), with the reason the old one could not be resumed."""
+class _Carrier(Protocol):
+    """What the helpers need of a session to tell it was replaced (both facades)."""
+
+    @property
+    def id(self) -> str | None: ...
+
+    @property
+    def notices(self) -> Iterable[object]: ...
+
+
+def _replaced(bound: str | None, session: _Carrier) -> SessionLost | None:
+    """SessionLost if *session* now carries another session than *bound* (a fresh one,
+    ``fresh_session=True``), with the reason the old one could not be resumed. The
+    notices are read only then: on the blocking facade each read is a thread hop."""
+    current = session.id
     if bound is None or current is None or current == bound:
         return None
     reason = CloseCode.UNKNOWN_SESSION
-    for notice in notices:
+    for notice in session.notices:
         if isinstance(notice, SessionStarted) and notice.replaces is not None:
             reason = notice.replaces
-    return SessionLost(
-        reason, "the session was replaced by a fresh one: its subscriptions are gone"
-    )
+    return SessionLost(reason, "replaced by a fresh session: its subscriptions are gone")
