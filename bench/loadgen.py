@@ -200,7 +200,8 @@ class _Echo(asyncio.Protocol):
         self.send_first()
 
     def send_first(self) -> None:
-        """Send the first window (a held client, from :meth:`go`)."""
+        """Send the first window (a held client, from :meth:`go`); each subclass sends
+        it in its own framing."""
         raise NotImplementedError
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -520,13 +521,7 @@ async def echo(
             system, port, pool, messages, window, time_limit, server_cpu, sessions, ssl=ssl
         )
     loop = asyncio.get_running_loop()
-    protocol: _Echo
-    if system == SessionEcho.system:
-        protocol = SessionEcho(pool, messages, window, time_limit, server_cpu)
-    elif system == FramedEcho.system:
-        protocol = FramedEcho(pool, messages, window, time_limit, server_cpu)
-    else:
-        raise ValueError(system)
+    protocol = _echo_kind(system)(pool, messages, window, time_limit, server_cpu)
     transport, _ = await asyncio.wait_for(
         loop.create_connection(lambda: protocol, HOST, port, ssl=ssl), 10.0
     )
@@ -547,6 +542,14 @@ async def echo(
     except TimeoutError:
         transport.abort()
     return result
+
+
+def _echo_kind(system: str) -> type[_Echo]:
+    """The echo client for *system*: ``daemon`` (the core) or ``ceiling`` (framed)."""
+    for kind in (SessionEcho, FramedEcho):
+        if system == kind.system:
+            return kind
+    raise ValueError(system)
 
 
 def split(messages: int, sessions: int) -> list[int]:
@@ -579,13 +582,7 @@ async def echo_many(
     both processes' CPU are read here, around the whole group.
     """
     loop = asyncio.get_running_loop()
-    kind: type[_Echo]
-    if system == SessionEcho.system:
-        kind = SessionEcho
-    elif system == FramedEcho.system:
-        kind = FramedEcho
-    else:
-        raise ValueError(system)
+    kind = _echo_kind(system)
     # The clients' own clocks are not read: only the group's figures count.
     protocols = [
         kind(pool, quota, window, time_limit, _no_clock, held=True)

@@ -173,6 +173,7 @@ class Pinger:
         self.finished: asyncio.Future[None] = self.loop.create_future()
 
     def transmit(self, payload: bytes) -> None:
+        """Write one ping to the transport, framed as the subclass's server expects."""
         raise NotImplementedError
 
     def start(self) -> None:
