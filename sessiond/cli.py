@@ -8,11 +8,8 @@ import ipaddress
 import logging
 import os
 import shlex
-import signal
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +20,9 @@ except ImportError:  # Windows, or installed without it
 
 from . import __version__, config
 from .addresses import ListenAddress, format_host, parse_listen
-from .apps import load_app
-from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
-from .config import Settings, TlsSection
+from .daemon import Daemon, prepare
 from .logs import configure as configure_logging
-from .server import Server, ServerConfig
-from .tls import CertificateReloader, describe, generate, server_context
+from .tls import generate
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 
@@ -133,100 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -------------------------------------------------------------------- serve
 
 
-@dataclass(frozen=True, slots=True)
-class TLSSetup:
-    context: ssl.SSLContext
-    reloader: CertificateReloader
-    client_ca: str | None
-
-
-def tls_setup(settings: TlsSection, listens: list[ListenAddress]) -> TLSSetup | None:
-    """The server context for the tls:// listeners; ``ValueError`` on a configuration error."""
-    tls_listens = [str(a) for a in listens if a.scheme == "tls"]
-    options = {"--tls-cert": settings.cert, "--tls-key": settings.key}
-    if not tls_listens:
-        given = [
-            name
-            for name, value in [*options.items(), ("--tls-client-ca", settings.client_ca)]
-            if value
-        ]
-        if given:  # almost certainly meant to be TLS: do not silently serve plaintext
-            raise ValueError(f"{' and '.join(given)} given but no --listen tls://HOST:PORT")
-        return None
-    missing = [name for name, value in options.items() if not value]
-    if missing:
-        raise ValueError(f"--listen {tls_listens[0]} needs {' and '.join(missing)}")
-    client_ca = settings.client_ca or None
-    context = server_context(settings.cert, settings.key, client_ca)
-    return TLSSetup(context, CertificateReloader(context, settings.cert, settings.key), client_ca)
-
-
-def authenticator(settings: Settings) -> Authenticator:
-    """The authenticator ``[auth] mode`` names; ``ValueError`` if it cannot work."""
-    mode = settings.auth.mode
-    if mode == "token-file":
-        if not settings.auth.token_file:
-            raise ValueError("--auth token-file needs --token-file (auth.token_file)")
-        return TokenFileAuthenticator(settings.auth.token_file)
-    if mode == "mutual-tls":
-        if not settings.tls.client_ca:
-            raise ValueError("--auth mutual-tls needs --tls-client-ca (tls.client_ca)")
-        return MutualTLSAuthenticator()
-    return OpenAuthenticator()
-
-
-def server_config(settings: Settings) -> ServerConfig:
-    return ServerConfig(
-        params=settings.protocol,
-        authenticator=authenticator(settings),
-        max_sessions=settings.server.max_sessions,
-        max_transports_per_peer=settings.server.max_transports_per_peer,
-        drain_timeout=settings.server.drain_timeout,
-    )
-
-
-async def run_server(settings: Settings, listens: list[ListenAddress], tls: TLSSetup | None) -> int:
-    app = settings.server.app
-    server = Server(load_app(app, settings), server_config(settings))
-    for address in listens:
-        context = tls.context if address.scheme == "tls" and tls is not None else None
-        try:
-            listener = await server.listen(address.host, address.port, ssl=context)
-        except OSError as exc:
-            log.error("cannot listen on %s: %s", address, exc.strerror or exc)
-            await server.close()
-            return 1
-        for sock in listener.sockets:
-            host, port = sock.getsockname()[:2]
-            log.info("listening on %s://%s:%d app=%s", address.scheme, format_host(host), port, app)
-    loop = asyncio.get_running_loop()
-    if tls is not None:
-        log.info("TLS certificate %s", describe(tls.reloader.certificate))
-        if tls.client_ca is not None:
-            log.info("TLS client certificates required, CA file %s", tls.client_ca)
-        hangup = getattr(signal, "SIGHUP", None)
-        if hangup is not None:
-            loop.add_signal_handler(hangup, reload_certificate, tls.reloader)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining (at most %.1f s)", settings.server.drain_timeout)
-    await server.drain(settings.server.drain_timeout, settings.server.retry_after)
-    log.info("stopped")
-    return 0
-
-
-def reload_certificate(reloader: CertificateReloader) -> None:
-    """SIGHUP: new handshakes get the new certificate; open sessions are not touched."""
-    try:
-        cert = reloader.reload()
-    except ValueError as exc:
-        log.error("SIGHUP: TLS certificate not reloaded, still serving the old one: %s", exc)
-        return
-    log.info("SIGHUP: reloaded TLS certificate %s", describe(cert))
-
-
 def serve_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The ``section.key`` settings given as flags."""
     flags: dict[str, Any] = {}
@@ -243,15 +143,6 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> config.Lo
     return config.load_with_sources(Path(file) if file else None, env, serve_flags(args))
 
 
-def prepare(settings: Settings) -> tuple[list[ListenAddress], TLSSetup | None]:
-    """Everything serve checks before listening; ``ValueError`` names what is wrong."""
-    listens = [parse_listen(value) for value in settings.server.listen]
-    load_app(settings.server.app, settings)
-    tls = tls_setup(settings.tls, listens)
-    server_config(settings)
-    return listens, tls
-
-
 def serve_main(args: argparse.Namespace) -> int:
     try:
         loaded = load_settings(args, os.environ)
@@ -259,13 +150,14 @@ def serve_main(args: argparse.Namespace) -> int:
         configure_logging(settings.server.log_format, settings.server.log_level)
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        listens, tls = prepare(settings)
+        prepared = prepare(settings)
     except ValueError as exc:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
+    daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ))
     if uvloop is not None:
-        return uvloop.run(run_server(settings, listens, tls))
-    return asyncio.run(run_server(settings, listens, tls))
+        return uvloop.run(daemon.run())
+    return asyncio.run(daemon.run())
 
 
 # ------------------------------------------------------------------- config

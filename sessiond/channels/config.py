@@ -85,14 +85,15 @@ class ChannelsConfig:
     queue_messages: int = setting(
         1024,
         doc="messages queued per subscriber beyond its session's window (then the "
-        "channel's slow-subscriber policy)",
+        "channel's slow-subscriber policy); a reload applies to sessions started after it",
         low=1,
         high=1 << 24,
         reload=True,
     )
     queue_bytes: int = setting(
         1 << 20,
-        doc="bytes queued per subscriber beyond its session's window",
+        doc="bytes queued per subscriber beyond its session's window; a reload applies to "
+        "sessions started after it",
         low=1,
         high=1 << 32,
         unit="bytes",
