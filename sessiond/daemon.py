@@ -24,6 +24,7 @@ from .apps import load_app
 from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
 from .config import Loaded, Settings, TlsSection
 from .logs import configure as configure_logging
+from .metrics import MetricsServer
 from .server import Server, ServerConfig
 from .tls import CertificateReloader, describe, server_context
 
@@ -118,7 +119,9 @@ class Daemon:
         self.load_again = load_again
         self.app = load_app(self.settings.server.app, self.settings)
         self.server: Server | None = None
+        self.listening = False
         self.draining = False
+        self.metrics: MetricsServer | None = None
         self._stop: asyncio.Event | None = None
 
     async def run(self) -> int:
@@ -134,6 +137,9 @@ class Daemon:
         if hangup is not None:
             loop.add_signal_handler(hangup, self.reload)
         self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
+        if not await self._start_metrics():
+            await server.close()
+            return 1
         tls = self.prepared.tls
         for address in self.prepared.listens:
             context = tls.context if address.scheme == "tls" and tls is not None else None
@@ -148,6 +154,7 @@ class Daemon:
                     extra=_fields("listen-failed", address=str(address), error=why),
                 )
                 await server.close()
+                await self._stop_metrics()
                 return 1
             for sock in listener.sockets:
                 host, port = sock.getsockname()[:2]
@@ -158,6 +165,7 @@ class Daemon:
                     settings.server.app,
                     extra=_fields("listening", address=bound, app=settings.server.app),
                 )
+        self.listening = True
         self._warn_open_auth()
         if tls is not None:
             log.info("TLS certificate %s", describe(tls.reloader.certificate))
@@ -168,8 +176,46 @@ class Daemon:
         timeout = self.settings.server.drain_timeout
         log.info("draining (at most %.1f s)", timeout, extra=_fields("draining", timeout=timeout))
         await server.drain(timeout, self.settings.server.retry_after)
+        await self._stop_metrics()
         log.info("stopped", extra=_fields("stopped"))
         return 0
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: listening and not draining."""
+        if self.draining:
+            return False, "draining"
+        if not self.listening:
+            return False, "starting"
+        return True, "ready"
+
+    async def _start_metrics(self) -> bool:
+        where = self.settings.metrics.listen
+        if not where:
+            return True
+        address = parse_listen(where, ("http",))
+        self.metrics = MetricsServer(self)
+        try:
+            host, port = await self.metrics.start(address.host, address.port)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            log.error(
+                "cannot serve metrics on %s: %s",
+                where,
+                why,
+                extra=_fields("listen-failed", address=where, error=why),
+            )
+            return False
+        url = f"http://{format_host(host)}:{port}"
+        log.info(
+            "metrics on %s/metrics (also /healthz, /readyz)",
+            url,
+            extra=_fields("metrics", address=url),
+        )
+        return True
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
 
     def stop(self) -> None:
         """Drain and exit, as SIGTERM does."""
