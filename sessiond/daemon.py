@@ -20,6 +20,7 @@ from typing import Any
 
 from . import config
 from .addresses import ListenAddress, format_host, parse_listen
+from .admin import AdminError, AdminServer
 from .apps import load_app
 from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
 from .config import Loaded, Settings, TlsSection
@@ -122,6 +123,7 @@ class Daemon:
         self.listening = False
         self.draining = False
         self.metrics: MetricsServer | None = None
+        self.admin: AdminServer | None = None
         self._stop: asyncio.Event | None = None
 
     async def run(self) -> int:
@@ -137,8 +139,9 @@ class Daemon:
         if hangup is not None:
             loop.add_signal_handler(hangup, self.reload)
         self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
-        if not await self._start_metrics():
+        if not await self._start_metrics() or not await self._start_admin(server):
             await server.close()
+            await self._stop_side_doors()
             return 1
         tls = self.prepared.tls
         for address in self.prepared.listens:
@@ -154,7 +157,7 @@ class Daemon:
                     extra=_fields("listen-failed", address=str(address), error=why),
                 )
                 await server.close()
-                await self._stop_metrics()
+                await self._stop_side_doors()
                 return 1
             for sock in listener.sockets:
                 host, port = sock.getsockname()[:2]
@@ -176,7 +179,7 @@ class Daemon:
         timeout = self.settings.server.drain_timeout
         log.info("draining (at most %.1f s)", timeout, extra=_fields("draining", timeout=timeout))
         await server.drain(timeout, self.settings.server.retry_after)
-        await self._stop_metrics()
+        await self._stop_side_doors()
         log.info("stopped", extra=_fields("stopped"))
         return 0
 
@@ -213,9 +216,25 @@ class Daemon:
         )
         return True
 
-    async def _stop_metrics(self) -> None:
+    async def _start_admin(self, server: Server) -> bool:
+        path = self.settings.admin.socket
+        if not path:
+            return True
+        self.admin = admin = AdminServer(server, path)
+        try:
+            await admin.start()
+        except AdminError as exc:
+            self.admin = None
+            log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
+            return False
+        log.info("admin socket %s (mode 0600)", path, extra=_fields("admin", address=path))
+        return True
+
+    async def _stop_side_doors(self) -> None:
         if self.metrics is not None:
             await self.metrics.close()
+        if self.admin is not None:
+            await self.admin.close()
 
     def stop(self) -> None:
         """Drain and exit, as SIGTERM does."""
