@@ -27,6 +27,7 @@ from .config import Loaded, Settings, TlsSection
 from .logs import configure as configure_logging
 from .metrics import MetricsServer
 from .server import Server, ServerConfig
+from .systemd import Notifier
 from .tls import CertificateReloader, describe, server_context
 
 log = logging.getLogger("sessiond")
@@ -124,6 +125,8 @@ class Daemon:
         self.draining = False
         self.metrics: MetricsServer | None = None
         self.admin: AdminServer | None = None
+        self.notifier = Notifier()
+        self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
 
     async def run(self) -> int:
@@ -162,6 +165,7 @@ class Daemon:
             for sock in listener.sockets:
                 host, port = sock.getsockname()[:2]
                 bound = f"{address.scheme}://{format_host(host)}:{port}"
+                self._bound.append(bound)
                 log.info(
                     "listening on %s app=%s",
                     bound,
@@ -169,6 +173,8 @@ class Daemon:
                     extra=_fields("listening", address=bound, app=settings.server.app),
                 )
         self.listening = True
+        self.notifier.ready(self._status())
+        self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:
             log.info("TLS certificate %s", describe(tls.reloader.certificate))
@@ -176,12 +182,17 @@ class Daemon:
                 log.info("TLS client certificates required, CA file %s", tls.client_ca)
         await stop.wait()
         self.draining = True
+        self.notifier.stopping("draining")
         timeout = self.settings.server.drain_timeout
         log.info("draining (at most %.1f s)", timeout, extra=_fields("draining", timeout=timeout))
         await server.drain(timeout, self.settings.server.retry_after)
         await self._stop_side_doors()
+        self.notifier.stop_watchdog()
         log.info("stopped", extra=_fields("stopped"))
         return 0
+
+    def _status(self) -> str:
+        return "listening on " + ", ".join(self._bound)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: listening and not draining."""
@@ -264,6 +275,13 @@ class Daemon:
         other change is reported as waiting for a restart. If anything in the new
         configuration is wrong, nothing is applied and an ERROR says what.
         """
+        self.notifier.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notifier.ready(self._status())
+
+    def _reload(self) -> None:
         try:
             loaded = self.load_again()
             prepared = prepare(loaded.settings)
