@@ -497,6 +497,30 @@ def load_with_sources(
     return Loaded(Settings(**built), sources, layers.warnings)
 
 
+def best_effort(
+    name: str,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Any:
+    """``section.key`` from the highest layer that sets it, ignoring every error; the
+    default if none does. For reporting a configuration error in the format it asked
+    for (``server.log_format``) when the configuration as a whole does not load."""
+    if flags and name in flags:
+        return flags[name]
+    if env and env_name(name) in env:
+        return env[env_name(name)]
+    if file is not None:
+        section, _, key = name.partition(".")
+        try:
+            table = tomllib.loads(file.read_text()).get(section, {})
+            if isinstance(table, dict) and key in table:
+                return table[key]
+        except (OSError, ValueError):
+            pass
+    return default(name)
+
+
 def load(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
