@@ -37,6 +37,7 @@ from .deadlines import Deadlines, Slot
 from .logs import lifecycle
 from .registry import MemoryRegistry, Registry
 from .session import Session
+from .stats import Stats
 from .tls import peer_identity
 
 log = logging.getLogger("sessiond")
@@ -67,6 +68,7 @@ class _Entry:
 
     __slots__ = (
         "core",
+        "created",
         "dirty",
         "peer_host",
         "peer_port",
@@ -89,6 +91,7 @@ class _Entry:
         self.peer_host = ""  # the last transport's peer (host interned, port: no string
         self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
+        self.created = server.loop.time()  # for operators (sessiond sessions list)
 
     @property
     def peer(self) -> str:
@@ -125,6 +128,8 @@ class Server:
         self._dirty: list[_Entry] = []
         self._flush_scheduled = False
         self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
+        #: Event counters for metrics (sessiond.metrics reads them, and live state, on scrape).
+        self.stats = Stats()
 
     # ------------------------------------------------------------- listening
 
@@ -134,7 +139,7 @@ class Server:
         # the TLS handshake needs its own timeout (asyncio's default is 60 s).
         timeout = self.config.params.handshake_timeout if ssl is not None else None
         listener = await self.loop.create_server(
-            lambda: ServerProtocol(self),
+            self._accept_tls if ssl is not None else lambda: ServerProtocol(self),
             host,
             port,
             ssl=ssl,
@@ -144,6 +149,10 @@ class Server:
         )
         self.listeners.append(listener)
         return listener
+
+    def _accept_tls(self) -> ServerProtocol:
+        self.stats.tls_accepted += 1  # connection_made counts the completed handshakes
+        return ServerProtocol(self)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -273,8 +282,10 @@ class Server:
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
-        if existing is not None and core is existing.core and previous is not None:
-            existing.taken_over = previous is not protocol
+        if existing is not None and core is existing.core:
+            self.stats.resume_seconds.observe(now - conn.opened_at)
+            if previous is not None:
+                existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
             previous.flush()
@@ -308,6 +319,7 @@ class Server:
         """Act on a session's events, wake its handler and re-arm its timer."""
         core = entry.core
         for event in core.events():
+            self._count(entry, event)
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
                 # The handler's coroutine is the task itself, and one callback sees
@@ -356,7 +368,14 @@ class Server:
         if not session.ended:
             session.close(CloseCode.SESSION_REVOKED, "handler failed")
 
+    def _count(self, entry: _Entry, event: object) -> None:
+        """Metrics of one lifecycle event (the event itself is counted by _log)."""
+        if isinstance(event, SessionEnded):
+            sent, _, received, _ = entry.core.sequence_numbers
+            self.stats.session_ended(event.code.name, sent, received)
+
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
+        self.stats.event(what)
         lifecycle(
             log,
             what,
@@ -436,6 +455,8 @@ class ServerProtocol(asyncio.Protocol):
         server = self.server
         self.conn = Connection.server(server.config.params, server.loop.time())
         server.protocols.add(self)
+        if transport.get_extra_info("ssl_object") is not None:
+            server.stats.tls_handshakes += 1
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
         if count > server.config.max_transports_per_peer:
@@ -454,6 +475,7 @@ class ServerProtocol(asyncio.Protocol):
         conn = self.conn
         assert conn is not None
         server = self.server
+        server.stats.bytes_in += len(data)
         conn.receive_data(data, server.loop.time())
         if self.entry is None and conn.hello is not None and not conn.closed:
             self._cancel_timer()
@@ -485,6 +507,7 @@ class ServerProtocol(asyncio.Protocol):
             return
         data = conn.data_to_send()
         if data:
+            self.server.stats.bytes_out += len(data)
             transport.write(data)
         if conn.closed and not self._closing and not transport.is_closing():
             self._closing = True
@@ -545,6 +568,10 @@ class ServerProtocol(asyncio.Protocol):
         self._cancel_timer()
         conn = self.conn
         if conn is not None:
+            code = conn.close_code
+            if conn.session is None and code is not CloseCode.TAKEN_OVER:
+                # never carried a session: refused, or the peer left during the handshake
+                server.stats.refusal(code.name if code is not None else "NONE")
             conn.connection_lost(server.loop.time())
         entry = self.entry
         self.entry = None

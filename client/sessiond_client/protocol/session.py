@@ -239,6 +239,11 @@ class Session:
         return self._max_payload
 
     @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """``(payload bytes kept for replay, payload bytes received and not yet taken)``."""
+        return self._unacked_bytes, self._inbox_bytes
+
+    @property
     def sequence_numbers(self) -> tuple[int, int, int, int]:
         """``(last sent, acknowledged by peer, last received, consumed)``."""
         return self._next_seq - 1, self._acked, self._received, self._consumed
@@ -830,6 +835,11 @@ class Connection:
     def server(cls, params: Params, now: float) -> Connection:
         """A server-side transport that has just been accepted; it awaits HELLO."""
         return cls(Role.SERVER, params, now)
+
+    @property
+    def opened_at(self) -> float:
+        """When the transport was accepted or opened (the ``now`` it was made with)."""
+        return self._opened_at
 
     @property
     def closed(self) -> bool:
