@@ -21,6 +21,7 @@ from typing import Any
 
 from sessiond_client.protocol import Params
 
+from .budgets import Limits
 from .channels.config import ChannelsConfig
 
 ENV_PREFIX = "SESSIOND_"
@@ -70,6 +71,7 @@ class Settings:
     auth: AuthSection = field(default_factory=AuthSection)
     protocol: Params = field(default_factory=Params)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    limits: Limits = field(default_factory=Limits)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -78,6 +80,7 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSection,
     "protocol": Params,
     "channels": ChannelsConfig,
+    "limits": Limits,
 }
 _CHOICES = {
     ("server", "log_format"): ("text", "json"),
@@ -194,6 +197,6 @@ def load(
     for section, cls in SECTIONS.items():
         try:
             built[section] = cls(**layered[section])
-        except ValueError as exc:  # Params and ChannelsConfig validate their own values
+        except ValueError as exc:  # Params, ChannelsConfig, Limits validate their own values
             raise ConfigError(f"[{section}]: {exc}") from None
     return Settings(**built)
