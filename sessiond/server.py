@@ -317,8 +317,13 @@ class Server:
         protocol.entry = entry
         self.process(entry)
 
-    def process(self, entry: _Entry) -> None:
-        """Act on a session's events, wake its handler and re-arm its timer."""
+    def process(self, entry: _Entry, after_input: bool = True) -> None:
+        """Act on a session's events, wake its handler and re-arm its timer.
+
+        Without *after_input* (after a flush) no flush is queued for unread
+        messages: they were there when the handler was woken, and a handler
+        that leaves them unread must not keep the loop busy.
+        """
         core = entry.core
         for event in core.events():
             self._count(entry, event)
@@ -342,7 +347,7 @@ class Server:
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
         entry.session.wake()
-        if core.messages_waiting and not entry.dirty and entry.protocol is not None:
+        if after_input and core.messages_waiting and not entry.dirty and entry.protocol is not None:
             # The woken handler runs next iteration; a flush queued behind it writes its
             # replies in that same iteration instead of one later (echo latency).
             self.schedule_flush(entry)
@@ -424,7 +429,7 @@ class Server:
             protocol = entry.protocol
             if protocol is not None:
                 protocol.flush()
-            self.process(entry)
+            self.process(entry, False)
 
 
 class ServerProtocol(asyncio.Protocol):
