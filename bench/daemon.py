@@ -24,7 +24,7 @@ from .results import Json, spread
 
 #: A pass whose load generator used more than this share of one core is client-bound.
 CLIENT_BOUND = 0.9
-#: Handshakes in flight when opening many sessions; below the listen backlog (100).
+#: Handshakes in flight when opening many sessions (the daemon's listen backlog is 4096).
 DEFAULT_CONCURRENCY = 100
 
 

@@ -94,8 +94,6 @@ from .processes import (
     timed_pass,
 )
 from .results import (
-    QUICK_DIR,
-    RESULTS_DIR,
     Json,
     command_line,
     commit_info,
@@ -173,6 +171,9 @@ class Fanout:
         self.published = 0
         self.complete = 0  # messages every subscriber has taken (a prefix)
         self.deliveries = 0
+        self.missing = 0  # counted by take(): skipped over and never turned up
+        self.duplicates = 0
+        self.reordered = 0
         self.histogram = Histogram()
         self.stopped_by = "count"
         self.failure: str | None = None
@@ -238,20 +239,34 @@ class Fanout:
             ]
         )
 
-    def take(self, expected: int, payloads: Sequence[bytes], now_ns: int) -> int:
-        """A subscriber's read: check order, count latency; return its next expected number."""
+    def take(self, receiver: Receiver, payloads: Sequence[bytes], now_ns: int) -> None:
+        """A subscriber's read: check the order, count what is missing, repeated or late
+        (:attr:`missing`, :attr:`duplicates`, :attr:`reordered`), record the latency."""
         got, base = self.got, self.base
         record = self.histogram.record
         unpack = HEAD.unpack_from
+        expected = receiver.expected
         for data in payloads:
             seq, sent_ns = unpack(data)
             if seq != expected:
-                what = "repeated" if seq < expected else f"{seq - expected} missing before it"
-                self.fail(f"a subscriber expected message {expected} and got {seq} ({what})")
-                return expected
+                if seq > expected:  # a gap: accounted for, until it turns up late
+                    receiver.gaps.update(range(expected, seq))
+                    self.missing += seq - expected
+                    for skipped in range(max(expected, base), seq):
+                        got[skipped - base] += 1
+                elif seq in receiver.gaps:
+                    receiver.gaps.discard(seq)
+                    self.missing -= 1
+                    self.reordered += 1
+                    record(now_ns - sent_ns)
+                    continue
+                else:
+                    self.duplicates += 1
+                    continue
             expected = seq + 1
             record(now_ns - sent_ns)
             got[seq - base] += 1
+        receiver.expected = expected
         self.deliveries += len(payloads)
         complete = self.complete
         published = self.published
@@ -262,7 +277,6 @@ class Fanout:
             self.complete = complete
             if not self._check_end() and self._refill is None:
                 self._refill = self.loop.call_soon(self.refill)
-        return expected
 
     def _check_end(self) -> bool:
         if self.complete < self.limit or self.done.done():
@@ -282,6 +296,7 @@ class Receiver(Protocol):
     """A subscriber: where it is in the sequence, and whether its connection failed."""
 
     expected: int
+    gaps: set[int]  # numbers skipped over, until they turn up
     fanout: Fanout | None
 
     @property
@@ -292,7 +307,7 @@ def _deliver(receiver: Receiver, payloads: list[bytes], now_ns: int) -> None:
     fanout = receiver.fanout
     if fanout is None:
         raise BenchError("a subscriber received a message outside a pass")
-    receiver.expected = fanout.take(receiver.expected, payloads, now_ns)
+    fanout.take(receiver, payloads, now_ns)
 
 
 # ------------------------------------------------------------- the daemon
@@ -301,11 +316,12 @@ def _deliver(receiver: Receiver, payloads: list[bytes], now_ns: int) -> None:
 class ChannelSubscriber(IdleSession):
     """A channels subscriber on the protocol core: ``sub``, then deliveries."""
 
-    __slots__ = ("expected", "fanout", "subscribed")
+    __slots__ = ("expected", "fanout", "gaps", "subscribed")
 
     def __init__(self, params: Params) -> None:
         super().__init__(params)
         self.expected = 0
+        self.gaps: set[int] = set()
         self.fanout: Fanout | None = None
         self.subscribed: asyncio.Future[None] = self.loop.create_future()
 
@@ -383,6 +399,7 @@ class MqttSubscriber:
         from .mqtt_peer import MqttConnection  # noqa: PLC0415 - paho-mqtt: only when installed
 
         self.expected = 0
+        self.gaps: set[int] = set()
         self.fanout: Fanout | None = None
         self.conn = MqttConnection(window, self._on_payloads, topic=CHANNEL)
         self._failure: str | None = None
@@ -543,6 +560,9 @@ class FanoutResult:
     stopped_by: str
     late: int  # paced: messages the window held back past their time
     histogram: Histogram
+    missing: int  # counted by the subscribers (Fanout.take)
+    duplicates: int
+    reordered: int
     others: tuple[float, float] | None = None
 
     @property
@@ -551,7 +571,7 @@ class FanoutResult:
 
     @property
     def lost(self) -> int:
-        return self.published * self.subscribers - self.deliveries
+        return self.missing
 
     def to_json(self) -> Json:
         summary = self.histogram.summary()
@@ -559,6 +579,8 @@ class FanoutResult:
             "published": self.published,
             "deliveries": self.deliveries,
             "lost": self.lost,
+            "duplicates": self.duplicates,
+            "out_of_order": self.reordered,
             "seconds": self.seconds,
             "deliveries_per_s": self.rate,
             "publishes_per_s": self.published / self.seconds,
@@ -641,6 +663,9 @@ async def fanout_pass(
         fanout.stopped_by,
         fanout.late,
         fanout.histogram,
+        fanout.missing,
+        fanout.duplicates,
+        fanout.reordered,
     )
 
 
@@ -738,8 +763,8 @@ def _summary(mine: list[FanoutResult]) -> Json:
         **pace(mine),
         "held_back_by_window": sum(run.late for run in mine),
         "lost": sum(run.lost for run in mine),
-        "duplicates": 0,  # a repeated message fails its pass
-        "out_of_order": 0,  # so does a reordered one
+        "duplicates": sum(run.duplicates for run in mine),
+        "out_of_order": sum(run.reordered for run in mine),
         "repetitions": [run.to_json() for run in mine],
     }
 
@@ -870,7 +895,6 @@ def run(args: argparse.Namespace) -> int:
     wanted = [name for name in systems.parse_systems(args.systems) if name in SYSTEMS]
     if not wanted:
         raise BenchError(f"--systems: fanout runs {' and '.join(SYSTEMS)}")
-    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
     command = command_line()
     started = datetime.datetime.now(datetime.UTC)
     begun = time.perf_counter()
@@ -949,7 +973,7 @@ def run(args: argparse.Namespace) -> int:
             "client_params": asdict(Params()),
             "client_bound_threshold": CLIENT_BOUND,
             "nofile_soft_hard": list(nofile),
-            "timer": "time.perf_counter(_ns); CPU: /proc/PID/stat (servers, all threads), "
+            "timer": "time.perf_counter(_ns); CPU: /proc/PID/task/*/schedstat (servers, ns), "
             "time.process_time (load generator)",
             "gc": "enabled; gc.collect() before each pass",
         },
@@ -963,7 +987,7 @@ def run(args: argparse.Namespace) -> int:
         "ratios": _ratios(by_size),
         "notes": notes,
     }
-    return publish(out, SCENARIO, entry, commit, markdown, quick)
+    return publish(args, SCENARIO, entry, commit, markdown)
 
 
 def _ratios(by_size: Json) -> Json:

@@ -97,7 +97,7 @@ class EchoResult:
     seconds: float
     client_cpu: float  # load generator CPU seconds over the same span
     server_cpu: float  # server CPU seconds over the same span
-    reads: int  # data_received calls
+    reads: int | None  # data_received calls (None: not measured, as with nats-py)
     writes: int  # transport.write calls
     timer_fires: int  # core timers run (coalesced ACKs, heartbeats)
     timer_writes: int  # of which wrote something: an ACK (or PING) the timer released
@@ -106,6 +106,10 @@ class EchoResult:
     #: during the pass (None: not measured); see bench/processes.py CoreLoad.
     others: tuple[float, float] | None = None
     sessions: int = 1  # connections (sessions) the messages were shared out over
+    #: Counted by the receivers' checks (bench/core.py Checker): messages skipped over
+    #: by a later one, or never back by the end; messages that came back twice.
+    lost: int = 0
+    duplicates: int = 0
 
     @property
     def rate(self) -> float:
@@ -117,7 +121,8 @@ class EchoResult:
             "window_per_session": self.window,
             "messages": self.messages,
             "received": self.received,
-            "lost": self.messages - self.received,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
             "seconds": self.seconds,
             "rate": self.rate,
             "client_cpu_s": self.client_cpu,
@@ -127,7 +132,7 @@ class EchoResult:
             "server_cpu_s_per_million": self.server_cpu * 1e6 / self.received,
             "reads": self.reads,
             "writes": self.writes,
-            "messages_per_read": self.received / max(1, self.reads),
+            "messages_per_read": None if self.reads is None else self.received / max(1, self.reads),
             "timer_fires": self.timer_fires,
             "timer_writes": self.timer_writes,
             "stopped_by": self.stopped_by,
@@ -240,13 +245,14 @@ class _Echo(asyncio.Protocol):
         server = self.server_cpu() - self._server0
         self.verify_end()
         self.finished = True
+        checker = self.checker
         self.done.set_result(
             EchoResult(
                 self.system,
                 self.size,
                 self.window,
                 self.sent,
-                self.checker.taken,
+                checker.received,
                 seconds,
                 cpu,
                 server,
@@ -255,6 +261,8 @@ class _Echo(asyncio.Protocol):
                 self.timer_fires,
                 self.timer_writes,
                 self.stopped_by,
+                lost=checker.missing + self.sent - checker.taken,
+                duplicates=checker.duplicates,
             )
         )
         self.close()
@@ -634,12 +642,14 @@ async def echo_many(
         seconds,
         cpu,
         server,
-        sum(result.reads for result in results),
+        sum(result.reads or 0 for result in results),
         sum(result.writes for result in results),
         sum(result.timer_fires for result in results),
         sum(result.timer_writes for result in results),
         "time" if any(result.stopped_by == "time" for result in results) else "count",
         sessions=sessions,
+        lost=sum(result.lost for result in results),
+        duplicates=sum(result.duplicates for result in results),
     )
 
 

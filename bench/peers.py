@@ -160,8 +160,11 @@ def summarise_echo(runs: list[EchoResult], names: Sequence[str], sizes: Sequence
                     for run in mine
                 ],
                 "bound": [bound_by(run) for run in mine],
-                "messages_per_read": spread([run.received / max(1, run.reads) for run in mine]),
-                "lost": sum(run.messages - run.received for run in mine),
+                "messages_per_read": None
+                if any(run.reads is None for run in mine)
+                else spread([run.received / max(1, run.reads or 0) for run in mine]),
+                "lost": sum(run.lost for run in mine),
+                "duplicates": sum(run.duplicates for run in mine),
                 "repetitions": [run.to_json() for run in mine],
             }
         by_size[str(size)] = entry
