@@ -103,7 +103,7 @@ from .results import (
     publish,
     spread,
 )
-from .summary import Headline
+from .summary import Headline, cpu_cell
 from .systems import DAEMON, MOSQUITTO, PEERS, binary_version, package_version, start_peer
 
 HELP = "1 publisher to N subscribers on one channel: deliveries/s and latency, vs mosquitto QoS 1"
@@ -128,7 +128,7 @@ WARMUP_MESSAGES = 20
 RATES = (10.0,)
 QUICK_RATES = (50.0,)
 DURATION = 3.0
-QUICK_DURATION = 0.5
+QUICK_DURATION = 0.3
 SETUP_TIMEOUT = 60.0  # for every subscription of a system to be in place
 WATCH_INTERVAL = 0.25  # how often a pass looks for a failed client
 #: Every payload begins with its sequence number and its publish time (perf_counter_ns).
@@ -749,6 +749,7 @@ def _summary(mine: list[FanoutResult]) -> Json:
     return {
         "published": mine[0].published,
         "deliveries_per_s": spread([run.rate for run in mine]),
+        "seconds": spread([run.seconds for run in mine]),
         "publishes_per_s": spread([run.published / run.seconds for run in mine]),
         "p50_us": spread([lat["p50"] / 1e3 for lat in latencies]),
         "p99_us": spread([lat["p99"] / 1e3 for lat in latencies]),
@@ -1176,12 +1177,18 @@ def _rows(entry: Json) -> list[list[str]]:
                         against if name == DAEMON else "",
                         _spread(stats["p50_us"]),
                         _spread(stats["p99_us"]),
-                        f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
-                        f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
-                        f"{stats['server_cpu_share']['median']:.0%}",
-                        f"{stats['client_cpu_share']['median']:.0%}",
-                        ", ".join(
-                            f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds)
+                        *(
+                            cpu_cell(text, stats["seconds"])
+                            for text in (
+                                f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
+                                f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
+                                f"{stats['server_cpu_share']['median']:.0%}",
+                                f"{stats['client_cpu_share']['median']:.0%}",
+                                ", ".join(
+                                    f"{b} {bounds.count(b)}/{len(bounds)}"
+                                    for b in dict.fromkeys(bounds)
+                                ),
+                            )
                         ),
                         latency.full_cores_cell(stats["cores_full"]),
                         f"{stats['lost']} / {stats['duplicates']} / {stats['out_of_order']}",

@@ -58,11 +58,11 @@ HELP = "1,000 and 10,000 idle sessions with heartbeats on: server RSS per sessio
 
 SCENARIO = "idle"
 COUNTS = (1_000, 10_000)
-QUICK_COUNTS = (50, 200)
+QUICK_COUNTS = (20, 100)
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
 DEFAULT_IDLE_SECONDS = 15.0  # one default heartbeat interval: every session beats once
-QUICK_IDLE_SECONDS = 0.5
+QUICK_IDLE_SECONDS = 0.2
 DEFAULT_HEARTBEAT = Params().heartbeat_interval
 #: Waits for the server to settle before reading its RSS.
 SETTLE_SECONDS = 1.0

@@ -68,7 +68,7 @@ from .results import (
     publish,
     spread,
 )
-from .summary import Headline, judged, values_range, verdict
+from .summary import Headline, cpu_cell, judged, values_range, verdict
 from .summary import Target as TargetResult
 from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND, PingFunction
 
@@ -83,7 +83,7 @@ RATES = (1_000, 10_000)
 PER_CONNECTION_RATE = 1_000
 SIZE = 64
 DEFAULT_DURATION = 5.0
-QUICK_DURATION = 0.25
+QUICK_DURATION = 0.1
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
 WARMUP_SECONDS = 0.5
@@ -116,6 +116,7 @@ class LatencyPlan:
     duration: float
     repeat: int
     time_limit: float
+    warmup: float  # seconds of one warm-up pass per system (0: none, in a toy run)
 
     def connections(self, rate: int) -> int:
         return max(1, math.ceil(rate / self.per_connection_rate))
@@ -129,7 +130,7 @@ class LatencyPlan:
             "duration_s": self.duration,
             "repeat": self.repeat,
             "time_limit_s": self.time_limit,
-            "warmup_s": min(self.duration, WARMUP_SECONDS),
+            "warmup_s": self.warmup,
             "in_flight_per_connection": 1,
             "histogram": "log-linear, 128 sub-buckets per power of two (< 0.8 % error), ns",
         }
@@ -147,8 +148,8 @@ def measure(
     """
     pool = make_pool(plan.size)
     runs: list[PingResult] = []
-    for target in targets:  # warm-up: imports, caches, the servers' first sessions
-        _pass(runner, target, pool, plan.rates[0], min(plan.duration, WARMUP_SECONDS), plan, None)
+    for target in targets if plan.warmup else ():  # warm-up: caches, first sessions
+        _pass(runner, target, pool, plan.rates[0], plan.warmup, plan, None)
     for rate in plan.rates:
         for rep in range(plan.repeat):
             shift = rep % len(targets)
@@ -276,6 +277,7 @@ def summarise(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]
                     for key, value in merged.summary().items()
                 },
                 "achieved_rate": spread([run.achieved for run in mine]),
+                "seconds": spread([run.seconds for run in mine]),
                 "server_cpu_share": spread([run.server_cpu / run.seconds for run in mine]),
                 "client_cpu_share": spread([run.client_cpu / run.seconds for run in mine]),
                 "client_cpu_us_per_message": spread(
@@ -331,10 +333,15 @@ def latency_table(by_rate: Json, names: Sequence[str]) -> str:
                     str(stats["connections"]),
                     f"{stats['achieved_rate']['median']:,.0f}",
                     *(_us(trips[key]) for key in SHOWN),
-                    f"{stats['server_cpu_share']['median']:.0%}",
-                    f"{stats['client_cpu_share']['median']:.0%}"
-                    + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
-                    f"{stats['client_cpu_us_per_message']['median']:,.0f}",
+                    cpu_cell(f"{stats['server_cpu_share']['median']:.0%}", stats["seconds"]),
+                    cpu_cell(
+                        f"{stats['client_cpu_share']['median']:.0%}"
+                        + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
+                        stats["seconds"],
+                    ),
+                    cpu_cell(
+                        f"{stats['client_cpu_us_per_message']['median']:,.0f}", stats["seconds"]
+                    ),
                     full_cores_cell(stats["cores_full"]),
                     f"{stats['late']:,}",
                     f"{stats['lost']:,}",
@@ -432,7 +439,13 @@ def plan_from(args: argparse.Namespace) -> LatencyPlan:
     if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
         raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
     return LatencyPlan(
-        parse_rates(args.rates), args.per_connection_rate, args.size, duration, repeat, TIME_LIMIT
+        parse_rates(args.rates),
+        args.per_connection_rate,
+        args.size,
+        duration,
+        repeat,
+        TIME_LIMIT,
+        0.0 if quick else min(duration, WARMUP_SECONDS),
     )
 
 

@@ -86,7 +86,7 @@ def measure_echo(
     sessions = f"{plan.sessions} sessions  " if plan.sessions > 1 else ""
     for size in plan.sizes:
         pool = make_pool(size)
-        for system in systems:  # warm-up: connections, caches, first sessions
+        for system in systems if plan.warmup else ():  # warm-up: caches, first sessions
             _echo_pass(runner, system, pool, plan.warmup, plan, None)
         for rep in range(plan.repeat):
             shift = rep % len(systems)
@@ -145,6 +145,7 @@ def summarise_echo(runs: list[EchoResult], names: Sequence[str], sizes: Sequence
                 "sessions": mine[0].sessions,
                 "window_per_session": mine[0].window,
                 "rate": spread([run.rate for run in mine]),
+                "seconds": spread([run.seconds for run in mine]),
                 "server_cpu_s_per_million": spread(
                     [run.server_cpu * 1e6 / run.received for run in mine]
                 ),

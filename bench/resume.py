@@ -76,7 +76,7 @@ from .results import (
     spread,
 )
 from .resuming import cut, handshake_event, reset_on_close
-from .summary import NOT_MET, Headline, Target, judged, values_range, verdict
+from .summary import NOT_MET, Headline, Target, cpu_cell, judged, values_range, verdict
 
 HELP = "one session, ~1,000 messages in flight, its transport cut 200 times: time to resume"
 
@@ -668,9 +668,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 f"{seq['sent']:,} / {seq['received']:,}",
                 f"{rep['lost']} / {rep['duplicates']}",
                 f"{rep['rate']:,.0f}",
-                f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})",
-                f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})",
-                rep["bound"],
+                *(
+                    cpu_cell(text, {"median": rep["seconds"]})
+                    for text in (
+                        f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})",
+                        f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})",
+                        rep["bound"],
+                    )
+                ),
             ]
         )
     lines += [

@@ -76,14 +76,24 @@ from .results import (
 )
 from .resume import summary_us
 from .resuming import cut, handshake_event, reset_on_close
-from .summary import NOT_MEASURED, NOT_MET, Headline, Target, judged, values_range, verdict
+from .summary import (
+    NOT_MEASURED,
+    NOT_MET,
+    TOY,
+    Headline,
+    Target,
+    cpu_cell,
+    judged,
+    values_range,
+    verdict,
+)
 
 HELP = "1,000 and 10,000 sessions cut at once, then all resume: seconds, loss, server RSS/CPU"
 
 SCENARIO = "storm"
 SIZE = 64
 DEFAULT_SESSIONS = (1_000, 10_000)
-QUICK_SESSIONS = (50, 200)
+QUICK_SESSIONS = (20, 100)
 DEFAULT_IN_FLIGHT = 4
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 2
@@ -647,7 +657,8 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
         f"< {target['seconds']:g} s, zero loss"
     )
     if not target["measured"]:
-        return [Target(SCENARIO, asked, "not run at that size", NOT_MEASURED)]
+        why = TOY if entry.get("quick") else NOT_MEASURED
+        return [Target(SCENARIO, asked, "not run at that size", why)]
     storms = entry["storms"][str(target["sessions"])]["all_replayed_s"]["values"]
     judgement = NOT_MET if target["lost"] else judged(entry, storms, target["seconds"], False)
     return [
@@ -713,12 +724,18 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 f"{per['p50']['median']:,.1f} / {per['p99']['median']:,.1f} ms",
                 f"{stats['resumes_per_s']['median']:,.0f}",
                 f"{stats['lost']:,} of {stats['messages']:,}",
-                f"{stats['server_cpu_s']['median']:.2f} s "
-                f"({stats['server_cpu_share']['median']:.0%})",
+                cpu_cell(
+                    f"{stats['server_cpu_s']['median']:.2f} s "
+                    f"({stats['server_cpu_share']['median']:.0%})",
+                    stats["all_replayed_s"],
+                ),
                 f"{stats['server_cpu_ms_per_session']['median']:.3f}",
                 f"{_mib(rss['before'])} / {_mib(rss['peak'])} / {_mib(rss['after'])}",
-                f"{stats['client_cpu_share']['median']:.0%}"
-                + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
+                cpu_cell(
+                    f"{stats['client_cpu_share']['median']:.0%}"
+                    + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
+                    stats["all_replayed_s"],
+                ),
                 full_cores_cell(stats["cores_full"]),
             ]
         )

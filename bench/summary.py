@@ -62,6 +62,18 @@ class Target:
         return {MET: True, NOT_MET: False}.get(self.verdict)
 
 
+#: A pass shorter than this gives CPU shares made of scheduling noise and warm-up: its
+#: CPU figures are printed as :data:`TOO_SHORT` (the JSON keeps them).
+MIN_CPU_SECONDS = 0.5
+TOO_SHORT = "pass too short"
+
+
+def cpu_cell(text: str, stats: Json) -> str:
+    """*text* (a CPU figure), or :data:`TOO_SHORT` when the passes' median *stats*
+    (a spread of seconds) is below :data:`MIN_CPU_SECONDS`."""
+    return text if stats["median"] >= MIN_CPU_SECONDS else TOO_SHORT
+
+
 def judge(values: Sequence[float], goal: float, higher: bool = True) -> str:
     """:data:`MET` when every repetition clears *goal*, :data:`NOT_MET` when none does,
     else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing.
@@ -84,6 +96,8 @@ def judged(entry: Json, values: Sequence[float], goal: float, higher: bool = Tru
 
 def both(first: str, second: str) -> str:
     """The verdict of a target with two halves (a rate *and* a tail)."""
+    if TOY in (first, second):
+        return TOY
     if NOT_MET in (first, second):
         return NOT_MET
     if first == second:

@@ -82,7 +82,7 @@ from .results import (
     publish,
     spread,
 )
-from .summary import Headline
+from .summary import Headline, cpu_cell
 from .systems import System
 
 HELP = "the daemon over TLS beside plain TCP: full handshakes/s and echo throughput ratio"
@@ -94,14 +94,14 @@ TRANSPORTS = (TCP, TLS)
 SIZES = (64, 1024)
 
 DEFAULT_MESSAGES = 20_000_000  # a cap: a full echo pass is bounded by TIME_LIMIT
-QUICK_MESSAGES = 3_000
+QUICK_MESSAGES = 1_000
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
 DEFAULT_WINDOW = 1024
 TIME_LIMIT = 2.0  # seconds per echo pass, whichever of this and --messages comes first
 WARMUP_MESSAGES = 10_000
 DEFAULT_CONNECTIONS = 50_000  # a cap: a full handshake pass is bounded by HANDSHAKE_TIME
-QUICK_CONNECTIONS = 150
+QUICK_CONNECTIONS = 60
 DEFAULT_CONCURRENCY = 50
 HANDSHAKE_TIME = 2.0  # seconds per handshake pass, whichever of this and --connections first
 WARMUP_CONNECTIONS = 100
@@ -274,7 +274,7 @@ def measure_handshakes(
     load: CoreLoad,
 ) -> list[HandshakeResult]:
     """Every endpoint, *repeat* passes, their order rotated each repetition."""
-    for endpoint in endpoints:  # warm-up: the daemon's first sessions, the TLS code paths
+    for endpoint in endpoints if plan.warmup else ():  # warm-up: first sessions, TLS paths
         runner.run(handshakes(endpoint, plan, plan.warmup, proc.cpu_seconds))
     runs: list[HandshakeResult] = []
     order = list(endpoints)
@@ -310,6 +310,7 @@ def summarise_handshakes(runs: list[HandshakeResult]) -> Json:
         mine = [run for run in runs if run.system == name]
         out[name] = {
             "rate": spread([run.rate for run in mine]),
+            "seconds": spread([run.seconds for run in mine]),
             "server_cpu_ms_per_handshake": spread(
                 [run.server_cpu * 1e3 / run.connections for run in mine]
             ),
@@ -403,10 +404,15 @@ def run(args: argparse.Namespace) -> int:
         args.concurrency,
         args.handshake_time,
         repeat,
-        min(connections, WARMUP_CONNECTIONS),
+        0 if quick else min(connections, WARMUP_CONNECTIONS),  # toy figures need no warm-up
     )
     echo_plan = peers.EchoPlan(
-        messages, repeat, args.window, args.time_limit, min(messages, WARMUP_MESSAGES), SIZES
+        messages,
+        repeat,
+        args.window,
+        args.time_limit,
+        0 if quick else min(messages, WARMUP_MESSAGES),
+        SIZES,
     )
     command = command_line()
     started = datetime.datetime.now(datetime.UTC)
@@ -574,11 +580,16 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 f"`{name}`",
                 _spread(stats["rate"]),
                 f"{stats['rate']['median'] / hs[TCP]['rate']['median']:.2f}x",
-                _spread(stats["server_cpu_ms_per_handshake"], digits=3),
-                _spread(stats["client_cpu_ms_per_handshake"], digits=3),
-                f"{stats['server_cpu_share']['median']:.0%}",
-                f"{stats['client_cpu_share']['median']:.0%}",
-                _bounds(stats["bound"]),
+                *(
+                    cpu_cell(text, stats["seconds"])
+                    for text in (
+                        _spread(stats["server_cpu_ms_per_handshake"], digits=3),
+                        _spread(stats["client_cpu_ms_per_handshake"], digits=3),
+                        f"{stats['server_cpu_share']['median']:.0%}",
+                        f"{stats['client_cpu_share']['median']:.0%}",
+                        _bounds(stats["bound"]),
+                    )
+                ),
                 latency.full_cores_cell(stats["cores_full"]),
             ]
         )
@@ -643,11 +654,19 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 _spread(tls_stats["rate"]),
                 f"{by_transport['ratio']['of_medians']:.2f}x "
                 f"[{paired['min']:.2f}-{paired['max']:.2f}]",
-                f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
-                f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
-                f"{tcp['client_cpu_share']['median']:.0%} / "
-                f"{tls_stats['client_cpu_share']['median']:.0%}",
-                f"{_bounds(tcp['bound'])} / {_bounds(tls_stats['bound'])}",
+                cpu_cell(
+                    f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
+                    f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
+                    tcp["seconds"],
+                ),
+                cpu_cell(
+                    f"{tcp['client_cpu_share']['median']:.0%} / "
+                    f"{tls_stats['client_cpu_share']['median']:.0%}",
+                    tcp["seconds"],
+                ),
+                cpu_cell(
+                    f"{_bounds(tcp['bound'])} / {_bounds(tls_stats['bound'])}", tcp["seconds"]
+                ),
                 f"{tcp['lost']} / {tls_stats['lost']}",
             ]
         )

@@ -20,11 +20,14 @@ from bench.summary import (
     NOISE,
     NOT_MEASURED,
     NOT_MET,
+    TOO_SHORT,
     TOY,
     both,
+    cpu_cell,
     judge,
     judged,
 )
+from bench.throughput import meaningless
 
 
 def _headings(path: Path) -> list[str]:
@@ -106,3 +109,12 @@ def test_server_cpu_is_read_in_nanoseconds_not_clock_ticks() -> None:
     nanoseconds = round(cpu_seconds(os.getpid()) * 1e9)
     assert nanoseconds > 0
     assert nanoseconds % round(1e9 / CPU_TICK) != 0  # /proc/PID/stat would count whole ticks
+
+
+def test_a_toy_run_says_what_it_cannot_measure() -> None:
+    assert cpu_cell("42%", {"median": 0.05}) == TOO_SHORT
+    assert cpu_cell("42%", {"median": 2.0}) == "42%"
+    beaten = {"quick": True, "ratios": {"1": {"64": {"daemon/ceiling": 1.15}}}}
+    assert "meaningless" in meaningless(beaten)[0]
+    assert meaningless({**beaten, "quick": False}) == []
+    assert meaningless({"quick": True, "ratios": {"1": {"64": {"daemon/ceiling": 0.6}}}}) == []
