@@ -37,14 +37,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import gc
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,28 +48,20 @@ from sessiond_client.protocol import ConnectionState, Params, SessionResumed
 
 from . import BenchError
 from .core import POOL, make_pool
-from .daemon import CLIENT_BOUND, DEFAULT_CONCURRENCY, sessions_per_address, source_addresses
-from .latency import full_cores, full_cores_cell, header, other_load, other_load_note
-from .loadgen import HOST, IdleSession, close_idle, loop_name, new_loop, open_sessions
-from .processes import (
-    CoreLoad,
-    ServerProcess,
-    choose_pinning,
-    daemon_argv,
-    pinned_loadgen,
-    raise_nofile,
-    server,
+from .daemon import DEFAULT_CONCURRENCY, sessions_per_address, source_addresses
+from .harness import (
+    CLIENT_BOUND,
+    Context,
+    full_cores,
+    full_cores_cell,
+    header,
+    other_load,
+    other_load_note,
+    scenario,
 )
-from .results import (
-    Json,
-    command_line,
-    commit_info,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
-    spread,
-)
+from .loadgen import IdleSession, close_idle, open_sessions
+from .processes import CoreLoad, ServerProcess, daemon_argv
+from .results import Json, markdown_table, spread
 from .resume import summary_us
 from .resuming import cut, handshake_event, reset_on_close
 from .summary import (
@@ -413,42 +401,6 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
     )
 
 
-def measure(
-    runner: asyncio.Runner,
-    plan: StormPlan,
-    load: CoreLoad,
-    start: Callable[[], AbstractContextManager[ServerProcess]],
-) -> tuple[list[StormResult], list[Json]]:
-    """Every size, *repeat* storms, each against a fresh daemon."""
-    results: list[StormResult] = []
-    servers: list[Json] = []
-    for count in plan.sessions:
-        for rep in range(plan.repeat):
-            gc.collect()
-            with start() as proc:
-                described = proc.describe()
-                try:
-                    result = runner.run(storm(proc, count, plan, load))
-                except BenchError:
-                    proc.check_alive()  # a dead server explains more than a lost connection
-                    raise
-                described.update(proc.stop())
-            servers.append(described)
-            results.append(result)
-            per = summary_us(result.per_session_ns)
-            print(
-                f"  storm {count:>6,} rep {rep + 1}/{plan.repeat}: all resumed "
-                f"{result.all_resumed_s:.2f} s, all replayed {result.seconds:.2f} s "
-                f"(per session p50 {per['p50'] / 1000:.1f} ms p99 {per['p99'] / 1000:.1f} ms), "
-                f"lost {result.lost}, server CPU {result.server_cpu:.2f} s, loadgen "
-                f"{result.client_cpu / result.seconds:.0%}, peak RSS "
-                f"{result.rss_kib['peak'] / 1024:.1f} MiB",
-                file=sys.stderr,
-                flush=True,
-            )
-    return results, servers
-
-
 def summarise(results: list[StormResult], sizes: Sequence[int]) -> Json:
     """Per size: the spread of each figure over the storms, and every storm."""
     by_size: Json = {}
@@ -547,90 +499,77 @@ def plan_from(args: argparse.Namespace) -> StormPlan:
 
 
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
     plan = plan_from(args)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    nofile = raise_nofile()
-    if max(plan.sessions) + 64 > nofile[0]:
-        raise BenchError(f"{max(plan.sessions):,} sessions do not fit RLIMIT_NOFILE {nofile[0]:,}")
-    print(
-        f"bench storm: {', '.join(f'{n:,}' for n in plan.sessions)} sessions x {plan.repeat}, "
+    banner = (
+        f"{', '.join(f'{n:,}' for n in plan.sessions)} sessions x {plan.repeat}, "
         f"{plan.in_flight} messages of {plan.size} B each at the cut"
         + ("" if plan.messages is None else f" (at most {plan.messages:,} per storm)")
-        + ", at most "
-        f"{plan.concurrency} handshakes in flight; {pinning.note}",
-        file=sys.stderr,
-        flush=True,
+        + f", at most {plan.concurrency} handshakes in flight"
     )
-    with (
-        pinned_loadgen(pinning),
-        tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp,
-        asyncio.Runner(loop_factory=new_loop) as runner,
-    ):
-        results, servers = measure(
-            runner,
-            plan,
-            CoreLoad(pinning),
-            lambda: server("daemon", daemon_argv(), pinning, Path(tmp)),
-        )
-        loadgen_affinity = sorted(os.sched_getaffinity(0)) if pinning.pinned else None
 
-    by_size = summarise(results, plan.sessions)
-    target = by_size.get(str(TARGET_SESSIONS))
-    notes = [
-        f"a daemon exited with {described['exit_code']}"
-        for described in servers
-        if described.get("exit_code") not in (0, None)
-    ]
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
-        "config": {
-            "host": HOST,
-            "event_loop": loop_name(),
-            "sessions": list(plan.sessions),
-            "in_flight_per_session": plan.in_flight,
-            "messages_per_storm_at_most": plan.messages,
-            "payload_size": plan.size,
-            "repeat": plan.repeat,
-            "concurrency": plan.concurrency,
-            "time_limit_s": plan.time_limit,
-            "sessions_per_source_address": sessions_per_address(),
-            "reconnect": "at once, no backoff; at most `concurrency` handshakes in flight; "
-            "each from a fresh 127.x.y.z source address",
-            "cut": "SO_LINGER 0, then transport.abort() on every session in one loop, "
-            "right after each sent its messages; nothing read in between",
-            "client": "the protocol core in an asyncio.Protocol per session (bench/storm.py "
-            "StormSession, a bench/loadgen.py IdleSession), one load-generator process",
-            "daemon": "a fresh daemon per storm, default settings",
-            "nofile_soft_hard": list(nofile),
-            "client_bound_threshold": CLIENT_BOUND,
-            "timer": "time.perf_counter_ns from the start of the cut loop; CPU: "
-            "/proc/PID/task/*/schedstat "
-            "(server), time.process_time (load generator), over the same span",
-            "rss": "VmRSS before the load, VmHWM (reset through /proc/PID/clear_refs before "
-            "the load) and VmRSS once every session has caught up",
-        },
-        "servers": servers,
-        "storms": by_size,
-        "target": {
-            "sessions": TARGET_SESSIONS,
-            "seconds": TARGET_SECONDS,
-            "measured": target is not None,
-            "all_replayed_s": None if target is None else target["all_replayed_s"]["median"],
-            "lost": None if target is None else target["lost"],
-            "met": None
-            if target is None
-            else target["all_replayed_s"]["median"] < TARGET_SECONDS and target["lost"] == 0,
-        },
-        "notes": notes,
-    }
-    return publish(args, SCENARIO, entry, commit, markdown)
+    def body(ctx: Context) -> Json:
+        if max(plan.sessions) + 64 > ctx.nofile[0]:
+            raise BenchError(f"{max(plan.sessions):,} sessions do not fit RLIMIT_NOFILE")
+
+        def one(count: int, rep: int) -> StormResult:
+            with ctx.fresh_server(f"daemon-storm-{count}-{rep + 1}", daemon_argv()) as proc:
+                try:
+                    result: StormResult = ctx.run(storm(proc, count, plan, ctx.load))
+                except BenchError:
+                    proc.check_alive()  # a dead server explains more than a lost connection
+                    raise
+            return result
+
+        def show(result: StormResult) -> str:
+            per = summary_us(result.per_session_ns)
+            return (
+                f"{result.sessions:>6,} sessions: all resumed {result.all_resumed_s:.2f} s, all "
+                f"replayed {result.seconds:.2f} s (per session p50 {per['p50'] / 1000:.1f} ms "
+                f"p99 {per['p99'] / 1000:.1f} ms), lost {result.lost}, server CPU "
+                f"{result.server_cpu:.2f} s, peak RSS {result.rss_kib['peak'] / 1024:.1f} MiB"
+            )
+
+        results = [
+            result
+            for count in plan.sessions
+            for result in ctx.passes([count], one, plan.repeat, show=show)
+        ]
+        by_size = summarise(results, plan.sessions)
+        target = by_size.get(str(TARGET_SESSIONS))
+        return {
+            "config": {
+                "sessions": list(plan.sessions),
+                "in_flight_per_session": plan.in_flight,
+                "messages_per_storm_at_most": plan.messages,
+                "payload_size": plan.size,
+                "repeat": plan.repeat,
+                "concurrency": plan.concurrency,
+                "time_limit_s": plan.time_limit,
+                "sessions_per_source_address": sessions_per_address(),
+                "reconnect": "at once, no backoff; at most `concurrency` handshakes in flight; "
+                "each from a fresh 127.x.y.z source address",
+                "cut": "SO_LINGER 0, then transport.abort() on every session in one loop, "
+                "right after each sent its messages; nothing read in between",
+                "client": "the protocol core in an asyncio.Protocol per session "
+                "(bench/storm.py StormSession, a bench/loadgen.py IdleSession)",
+                "daemon": "a fresh daemon per storm, default settings",
+                "client_bound_threshold": CLIENT_BOUND,
+                "timer": "time.perf_counter_ns from the start of the cut loop",
+                "rss": "VmRSS before the load, VmHWM (reset through /proc/PID/clear_refs "
+                "before the load) and VmRSS once every session has caught up",
+            },
+            "storms": by_size,
+            "target": {
+                "sessions": TARGET_SESSIONS,
+                "seconds": TARGET_SECONDS,
+                "measured": target is not None,
+                "all_replayed_s": None if target is None else target["all_replayed_s"]["median"],
+                "lost": None if target is None else target["lost"],
+            },
+            "markdown": markdown,
+        }
+
+    return scenario(args, SCENARIO, banner, body)
 
 
 # ---------------------------------------------------------------- summary
