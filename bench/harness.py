@@ -34,16 +34,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from . import BenchError
-from .loadgen import HOST, loop_name, new_loop
 from .processes import (
     CPU_CLOCK,
+    HOST,
     CoreLoad,
     Pinning,
     ServerProcess,
     choose_pinning,
+    loop_name,
+    new_loop,
     pinned_loadgen,
     process,
     raise_nofile,
@@ -61,8 +63,6 @@ from .results import (
     spread,
 )
 
-#: A pass whose process used more than this share of its core was bound by that side.
-CLIENT_BOUND = 0.9
 #: Above this share of a pinned core taken by other processes, the report says so.
 OTHERS_NOTABLE = 0.1
 
@@ -70,57 +70,10 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 
-class Timed(Protocol):
-    """A timed pass: its wall seconds and both processes' CPU seconds over them."""
-
-    @property
-    def seconds(self) -> float: ...
-
-    @property
-    def client_cpu(self) -> float: ...
-
-    @property
-    def server_cpu(self) -> float: ...
-
-
-def bound_by(result: Timed) -> str:
-    """What set the pace of a pass: the load generator's core (``client``), the
-    server's, or neither (``round-trip``: they took turns, each waiting for the other)."""
-    if result.client_cpu / result.seconds > CLIENT_BOUND:
-        return "client"
-    if result.server_cpu / result.seconds > CLIENT_BOUND:
-        return "server"
-    return "round-trip"
-
-
-def full_cores(
-    server_cpu: float, client_cpu: float, seconds: float, others: Sequence[float] | None
-) -> list[str]:
-    """Which pinned cores were more than :data:`CLIENT_BOUND` busy during a pass, counting
-    what other processes took of them: that side could not go faster on this machine."""
-    server_other, loadgen_other = others if others is not None else (0.0, 0.0)
-    full = []
-    if server_cpu / seconds + server_other > CLIENT_BOUND:
-        full.append("server")
-    if client_cpu / seconds + loadgen_other > CLIENT_BOUND:
-        full.append("loadgen")
-    return full
-
-
-def pace(result: Timed, others: Sequence[float] | None) -> Json:
-    """A pass's CPU shares, what bound it, which cores were full, and others' share."""
-    return {
-        "server_cpu_share": result.server_cpu / result.seconds,
-        "client_cpu_share": result.client_cpu / result.seconds,
-        "client_bound": result.client_cpu / result.seconds > CLIENT_BOUND,
-        "bound": bound_by(result),
-        "cores_full": full_cores(result.server_cpu, result.client_cpu, result.seconds, others),
-        **({} if others is None else {"other_load_share": list(others)}),
-    }
-
-
 #: Per-pass keys kept as a list over the passes rather than spread (labels, flags).
 LISTED = ("bound", "client_bound", "cores_full", "stopped_by")
+#: Per-pass settings, the same in every pass: kept as they are.
+FIXED = ("sessions", "window_per_session", "payload_size")
 #: Per-pass counts that are summed over the passes.
 SUMMED = ("lost", "duplicates", "sessions_lost", "out_of_order", "late", "transports_not_closed")
 
@@ -132,7 +85,9 @@ def summarise(reps: Sequence[Json]) -> Json:
     out: Json = {}
     for key, value in reps[0].items():
         values = [rep.get(key) for rep in reps]
-        if key in SUMMED:
+        if key in FIXED:
+            out[key] = value
+        elif key in SUMMED:
             out[key] = sum(v or 0 for v in values)
         elif key in LISTED:
             out[key] = values

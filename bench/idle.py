@@ -28,7 +28,6 @@ from pathlib import Path
 from sessiond_client.protocol import Params
 
 from . import BenchError
-from .daemon import DEFAULT_CONCURRENCY, sessions_per_address, source_addresses
 from .harness import (
     Context,
     counts,
@@ -39,7 +38,13 @@ from .harness import (
     spread_cell,
     summarise,
 )
-from .loadgen import close_idle, open_idle
+from .loadgen import (
+    DEFAULT_CONCURRENCY,
+    close_idle,
+    open_idle,
+    sessions_per_address,
+    source_addresses,
+)
 from .processes import ServerProcess, daemon_argv
 from .results import Json, markdown_table, spread
 from .summary import NOT_MEASURED, Headline, Target, cpu_cell, judged, values_range, verdict

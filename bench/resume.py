@@ -49,10 +49,7 @@ from sessiond_client.protocol import ConnectionState, Params, SessionResumed
 from . import BenchError
 from .core import POOL, make_pool
 from .harness import (
-    CLIENT_BOUND,
     Context,
-    bound_by,
-    full_cores,
     full_cores_cell,
     header,
     other_load,
@@ -61,7 +58,7 @@ from .harness import (
     scenario,
 )
 from .loadgen import HOST, CpuClock, EchoResult, SessionEcho
-from .processes import daemon_argv
+from .processes import CLIENT_BOUND, bound_by, daemon_argv, full_cores
 from .results import Json, markdown_table, spread
 from .resuming import cut, handshake_event, reset_on_close
 from .summary import NOT_MET, Headline, Target, cpu_cell, judged, values_range, verdict

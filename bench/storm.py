@@ -48,19 +48,16 @@ from sessiond_client.protocol import ConnectionState, Params, SessionResumed
 
 from . import BenchError
 from .core import POOL, make_pool
-from .daemon import DEFAULT_CONCURRENCY, sessions_per_address, source_addresses
-from .harness import (
-    CLIENT_BOUND,
-    Context,
-    full_cores,
-    full_cores_cell,
-    header,
-    other_load,
-    other_load_note,
-    scenario,
+from .harness import Context, full_cores_cell, header, other_load, other_load_note, scenario
+from .loadgen import (
+    DEFAULT_CONCURRENCY,
+    IdleSession,
+    close_idle,
+    open_sessions,
+    sessions_per_address,
+    source_addresses,
 )
-from .loadgen import IdleSession, close_idle, open_sessions
-from .processes import CoreLoad, ServerProcess, daemon_argv
+from .processes import CLIENT_BOUND, CoreLoad, ServerProcess, daemon_argv, full_cores
 from .results import Json, markdown_table, spread
 from .resume import summary_us
 from .resuming import cut, handshake_event, reset_on_close

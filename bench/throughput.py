@@ -21,32 +21,26 @@ in the same run, when it ran).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import datetime
-import os
 import statistics
-import sys
-import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from . import BenchError, latency, systems
 from .core import POOL
-from .daemon import CLIENT_BOUND
-from .loadgen import HOST, EchoResult, loop_name, new_loop
-from .peers import EchoPlan, measure_echo, summarise_echo
-from .processes import CoreLoad, choose_pinning, pinned_loadgen, raise_nofile
-from .results import (
-    Json,
-    command_line,
-    commit_info,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
+from .harness import (
+    Context,
+    counts,
+    full_cores_cell,
+    header,
+    other_load,
+    other_load_note,
+    positive,
+    scenario,
 )
+from .peers import EchoPlan, measure_echo, summarise_echo
+from .processes import CLIENT_BOUND
+from .results import Json, markdown_table
 from .summary import (
     NOT_MEASURED,
     Headline,
@@ -125,115 +119,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_counts(text: str, option: str) -> tuple[int, ...]:
-    """``1,100`` as (1, 100): positive integers, each once, in the order given."""
-    try:
-        counts = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
-    except ValueError:
-        raise BenchError(f"{option} {text!r}: expected integers separated by commas") from None
-    if not counts or any(count < 1 for count in counts):
-        raise BenchError(f"{option}: at least one number, each at least 1")
-    return counts
-
-
 # -------------------------------------------------------------------- run
 
 
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
+    positive(args, "messages", "repeat", "time_limit")
+    quick = bool(args.quick)
     messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
     repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    counts = parse_counts(args.sessions, "--sessions")
-    if messages < 1 or repeat < 1:
-        raise BenchError("--messages and --repeat must be at least 1")
-    windows = {count: window_for(count, args.window) for count in counts}
+    sessions = counts(args.sessions, "--sessions")
+    windows = {count: window_for(count, args.window) for count in sessions}
     if not all(1 <= window <= POOL // 2 for window in windows.values()):
         raise BenchError(f"--window must be 1..{POOL // 2}")
-    if args.time_limit <= 0:
-        raise BenchError("--time-limit must be positive")
     wanted = systems.parse_systems(args.systems)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    nofile = raise_nofile()
-    binaries, skipped = systems.find_peers(args, wanted)
+    warmup = 0 if quick else min(messages, WARMUP_MESSAGES)  # toy figures need no warm-up
     plans = {
-        count: EchoPlan(
-            messages,
-            repeat,
-            windows[count],
-            args.time_limit,
-            0 if quick else min(messages, WARMUP_MESSAGES),  # toy figures need no warm-up
-            SIZES,
-            count,
-        )
-        for count in counts
+        n: EchoPlan(messages, repeat, windows[n], args.time_limit, warmup, SIZES, n)
+        for n in sessions
     }
-    print(
-        f"bench throughput: {', '.join(n for n in wanted if n not in skipped)}; "
-        f"{', '.join(plural(count) for count in counts)}; {messages:,} messages (or "
-        f"{args.time_limit:g} s) x {repeat}, window "
-        f"{', '.join(f'{windows[count]}' for count in counts)} per session, "
-        f"{', '.join(f'{s} B' for s in SIZES)}; {pinning.note}",
-        file=sys.stderr,
-        flush=True,
+    banner = (
+        f"{', '.join(wanted)}; {', '.join(plural(n) for n in sessions)}; {messages:,} messages "
+        f"(or {args.time_limit:g} s) x {repeat}, window {', '.join(map(str, windows.values()))} "
+        f"per session, {', '.join(f'{s} B' for s in SIZES)}"
     )
-    runs: dict[int, list[EchoResult]] = {}
-    with (
-        pinned_loadgen(pinning),
-        tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp,
-        asyncio.Runner(loop_factory=new_loop) as runner,
-        systems.running(wanted, binaries, max(windows.values()), pinning, Path(tmp)) as state,
-    ):
-        if not state.systems:
-            raise BenchError("nothing to run: " + "; ".join(skipped.values()))
-        load = CoreLoad(pinning)
-        for count in counts:
-            runs[count] = measure_echo(runner, plans[count], state.systems, load)
-        loadgen_affinity = sorted(os.sched_getaffinity(0))
-        state.stop()
 
-    ran = state.names
-    echo = {str(count): summarise_echo(runs[count], ran, plans[count].sizes) for count in counts}
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
-        "config": {
-            "host": HOST,
-            "event_loop": loop_name(),
-            "systems": ran,
-            "sessions": list(counts),
-            "messages": messages,
-            "messages_are": "per pass, shared out over its sessions",
-            "time_limit_s": args.time_limit,
-            "repeat": repeat,
-            "window_per_session": {str(count): windows[count] for count in counts},
-            "warmup_messages": plans[counts[0]].warmup,
-            "payload_sizes": list(SIZES),
-            "distinct_payloads": POOL,
-            "client_bound_threshold": CLIENT_BOUND,
-            "nofile_soft_hard": list(nofile),
-            "timer": "time.perf_counter; CPU: /proc/PID/task/*/schedstat (servers, ns), "
-            "time.process_time (load generator)",
-            "gc": "enabled; gc.collect() before each pass",
-        },
-        "servers": state.servers,
-        "peers": state.peers,
-        "skipped": skipped,
-        "systems": {name: systems.SYSTEM_NOTES[name] for name in ran},
-        "other_load_share": latency.other_load(
-            [result.others for results in runs.values() for result in results]
-        ),
-        "echo": echo,
-        "ratios": ratios(echo),
-        "notes": state.exit_notes(),
-    }
-    entry["notes"] += meaningless(entry)
-    entry["targets"] = [dataclasses.asdict(target) for target in targets(entry, {})]
-    return publish(args, SCENARIO, entry, commit, markdown)
+    def body(ctx: Context) -> Json:
+        binaries, skipped = systems.find_peers(args, wanted)
+        started, peers = systems.start(ctx, wanted, binaries, max(windows.values()))
+        if not started:
+            raise BenchError("nothing to run: " + "; ".join(skipped.values()))
+        runs = {n: measure_echo(ctx, plans[n], started) for n in sessions}
+        ran = [system.name for system in started]
+        echo = {str(n): summarise_echo(runs[n], ran, SIZES) for n in sessions}
+        entry: Json = {
+            "config": {
+                "systems": ran,
+                "sessions": list(sessions),
+                "messages": messages,
+                "messages_are": "per pass, shared out over its sessions",
+                "time_limit_s": args.time_limit,
+                "repeat": repeat,
+                "window_per_session": {str(n): windows[n] for n in sessions},
+                "warmup_messages": warmup,
+                "payload_sizes": list(SIZES),
+                "distinct_payloads": POOL,
+                "client_bound_threshold": CLIENT_BOUND,
+            },
+            "peers": peers,
+            "skipped": skipped,
+            "systems": {name: systems.SYSTEM_NOTES[name] for name in ran},
+            "other_load_share": other_load(
+                [result.others for results in runs.values() for result in results]
+            ),
+            "echo": echo,
+            "ratios": ratios(echo),
+            "markdown": markdown,
+        }
+        entry["notes"] = meaningless({**entry, "quick": quick})
+        entry["targets"] = [
+            dataclasses.asdict(target) for target in targets({**entry, "quick": quick}, {})
+        ]
+        return entry
+
+    return scenario(args, SCENARIO, banner, body)
 
 
 def meaningless(entry: Json) -> list[str]:
@@ -411,7 +359,7 @@ def echo_table(entry: Json) -> str:
                             )
                         ),
                         "-"
-                        if stats["messages_per_read"] is None
+                        if stats.get("messages_per_read") is None
                         else f"{stats['messages_per_read']['median']:,.0f}",
                         cpu_cell(
                             ", ".join(
@@ -420,7 +368,7 @@ def echo_table(entry: Json) -> str:
                             ),
                             stats["seconds"],
                         ),
-                        latency.full_cores_cell(stats["cores_full"]),
+                        full_cores_cell(stats["cores_full"]),
                         str(stats["lost"]),
                     ]
                 )
@@ -450,7 +398,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## throughput`` section of RESULTS.md."""
     config = entry["config"]
     windows = config["window_per_session"]
-    lines = latency.header(entry, commit, path)
+    lines = header(entry, commit, path)
     lines += systems.markdown_lines(entry)
     lines += [
         f"Windowed echo, {', '.join(plural(count) for count in config['sessions'])} per pass "
@@ -478,7 +426,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "",
     ]
     lines += _bound_notes(entry)
-    lines += latency.other_load_note(entry["other_load_share"])
+    lines += other_load_note(entry["other_load_share"])
     if entry["targets"]:
         lines += ["Targets:", ""]
         for target in entry["targets"]:

@@ -46,21 +46,18 @@ from sessiond.tls import read_certificate
 from . import BenchError, peers
 from .core import POOL
 from .harness import (
-    CLIENT_BOUND,
     Context,
-    bound_by,
     bounds_cell,
     full_cores_cell,
     header,
     other_load,
     other_load_note,
-    pace,
     positive,
     scenario,
     summarise,
 )
 from .loadgen import HOST, CpuClock, EchoResult, IdleSession, close_idle, echo, open_sessions
-from .processes import daemon_argv, free_port
+from .processes import CLIENT_BOUND, bound_by, daemon_argv, free_port, pace
 from .results import REPO_ROOT, Json, markdown_table, spread
 from .summary import Headline, cpu_cell
 from .systems import System
@@ -376,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
             System(TCP, daemon, functools.partial(echo, "daemon")),
             System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
         ]
-        echo_runs = peers.measure_echo(ctx.runner, echo_plan, systems, ctx.load)
+        echo_runs = peers.measure_echo(ctx, echo_plan, systems)
         return {
             "config": {
                 "tls": {**describe_tls(tls_port, context), **certificate.to_json()},
