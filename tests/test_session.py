@@ -1132,3 +1132,42 @@ def test_close_while_detached_ends_the_session_locally() -> None:
     assert client_events(pair) == [SessionEnded(sid, CloseCode.NORMAL, "", False)]
     with pytest.raises(InvalidState):
         pair.client.connect(pair.clock.now)
+
+
+# ------------------------------------------------------ a window shrunk on resume
+
+
+@pytest.mark.parametrize("bound", ["messages", "bytes"])
+def test_replay_counts_against_the_window_announced_on_the_new_transport(bound: str) -> None:
+    """protocol.md §6.4: a receiver announcing a smaller window on a resume (here a server
+    restarted with a smaller configuration) never sees more than it: the sender replays
+    what fits, and the rest, in order, as the receiver's ACKs open the window."""
+    pair = connected(server=Params(window_messages=8, window_bytes=800))
+    server = pair.server
+    sent = [b"%03d" % i + b"x" * 97 for i in range(8)]  # 100 bytes each
+    for payload in sent:
+        pair.client.send(payload, pair.clock.now)
+    pair.cut(to_server=2 * (16 + 100))  # two arrive (not consumed), six are lost
+    smaller = (
+        Params(window_messages=4, window_bytes=800)
+        if bound == "messages"
+        else Params(window_messages=8, window_bytes=400)
+    )
+    server.params = smaller
+    pair.registry.params = smaller
+    reconnect(pair)
+    assert state_of(server) is SessionState.ATTACHED, server.end_code
+    assert pair.server_conn is not None and not pair.server_conn.closed
+    assert server.messages_waiting == 4  # two from before the cut, two replayed
+    got: list[bytes] = []
+    for _ in range(10):
+        got += pair.take_server()
+        pair.tick(1.0)  # the coalesced ACK goes out
+        pair.pump()
+        assert not pair.server_conn.closed
+        assert server.messages_waiting <= 4
+    assert got == sent
+    assert state_of(pair.client) is SessionState.ATTACHED
+    pair.client.send(b"after", pair.clock.now)
+    pair.pump()
+    assert pair.take_server() == [b"after"]

@@ -678,15 +678,34 @@ class Session:
         return self._next_seq - 1 - peer_received
 
     def _replay_to(self, conn: Connection) -> None:
-        """Write every DATA frame after the peer's ``received``; new sends follow directly."""
+        """Write the DATA frames after the peer's ``received`` that fit the window announced
+        in this transport's handshake; new sends follow directly once all are written.
+
+        Replayed frames count against the new window like new ones (protocol.md §6.4): a
+        peer that announced a smaller window on this handshake would otherwise see more
+        than it allows. What does not fit is written as ACKs open the window (`_on_ack`).
+        """
         out = conn._out
         if out is None:
             conn._out = out = []
+        acked = self._acked
         seq = conn._replay_from
-        for payload in islice(self._replay or (), seq - self._acked, None):
+        replay = self._replay or ()
+        last_seq = acked + self._send_window_messages
+        window_bytes = self._send_window_bytes
+        in_flight = sum(map(len, islice(replay, seq - acked)))  # the peer has these
+        for payload in islice(replay, seq - acked, None):
+            size = len(payload)
+            if seq >= last_seq or (seq > acked and in_flight + size > window_bytes):
+                conn._replay_from = seq
+                conn._replaying = True  # the rest once ACKs open the window
+                return
             seq += 1
-            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, len(payload)))
+            in_flight += size
+            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
             out.append(payload)
+        conn._replay_from = seq
+        conn._replaying = False
         conn._streaming = True
 
     def _schedule_ack(self, now: float) -> None:
@@ -756,6 +775,9 @@ class Session:
             del replay[:count]
         self._unacked_bytes -= released
         self._acked = seq
+        conn = self.connection
+        if conn is not None and conn._replaying:
+            self._replay_to(conn)
 
     def _confirm_credential(self) -> None:
         self._confirmed = True
@@ -814,6 +836,7 @@ class Connection:
         "_ping_sent_at",
         "_ping_stamp",
         "_replay_from",
+        "_replaying",
         "_streaming",
         "close_code",
         "close_reason",
@@ -849,7 +872,8 @@ class Connection:
         self._ping_stamp = 0
         self._confirmed = role is Role.CLIENT
         self._goaway_stamp: int | None = None
-        self._replay_from = 0
+        self._replay_from = 0  # the last sequence number written on this transport
+        self._replaying = False  # a replay waits for the peer's window (protocol.md §6.4)
         self._streaming = False  # DATA may be written (after WELCOME, and confirmed)
 
     @classmethod
@@ -1148,6 +1172,7 @@ class Connection:
             return
         self.state = _CLOSED
         self._streaming = False
+        self._replaying = False
         self.close_code = code
         self.close_reason = reason
         self._decoder.discard()
