@@ -4,7 +4,7 @@ two clients fighting over one session, and one session's faults not touching ano
 
 Timers are short (heartbeat 0.2 s, idle timeout 0.6 s) so every test stays fast, and
 every wait is bounded. Randomised tests name their seed in every failure; rerun one
-with ``SESSIOND_FAULT_SEED=<seed>``.
+with ``TEST_FAULT_SEED=<seed>``.
 """
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ CLIENT_PARAMS = Params(heartbeat_interval=HEARTBEAT, heartbeat_min=0.05, handsha
 
 
 def fault_seed() -> int:
-    value = os.environ.get("SESSIOND_FAULT_SEED")
+    value = os.environ.get("TEST_FAULT_SEED")
     return int(value) if value else random.randrange(2**32)
 
 
 @contextlib.contextmanager
 def noting_seed(seed: int) -> Iterator[str]:
     """Yield the text naming *seed* for assertion messages, and add it to any failure."""
-    why = f"seed={seed} (rerun with SESSIOND_FAULT_SEED={seed})"
+    why = f"seed={seed} (rerun with TEST_FAULT_SEED={seed})"
     try:
         yield why
     except BaseException as exc:

@@ -157,6 +157,15 @@ class Broker:
         self.retained_size = 0
         self._info: dict[str, ChannelInfo] = {}
 
+    def reconfigure(self, config: ChannelsConfig) -> None:
+        """New settings: limits, channel features and access rules apply to every request
+        from now on (a session's grants are recomputed at its next request); subscriptions
+        and retained messages already held are kept, and queue limits apply to sessions
+        that start afterwards."""
+        self.config = config
+        self.acl = Acl(config.rules())
+        self._info.clear()
+
     # ------------------------------------------------------------ sessions
 
     def join(self, session: Session) -> Member:
@@ -164,6 +173,13 @@ class Broker:
         session with SLOW_CONSUMER when a disconnect-policy channel overflows it."""
         identity = identity_text(session.identity)
         return Member(session, identity, self.acl.grants(identity), self.config)
+
+    def grants(self, member: Member) -> Grants:
+        """*member*'s permissions under the current rules (recomputed after a reload)."""
+        grants = member.grants
+        if grants.acl is not self.acl:
+            member.grants = grants = self.acl.grants(member.identity)
+        return grants
 
     def leave(self, member: Member) -> None:
         """The session ended: drop its subscriptions; presence channels see it leave."""
@@ -211,7 +227,7 @@ class Broker:
                 f"{len(data)} bytes > {self.config.max_message_size}",
                 request,
             )
-        if not member.grants.may_publish(channel):
+        if not self.grants(member).may_publish(channel):
             raise _error(ErrorCode.DENIED, f"may not publish to {channel}", request)
         if info.retained:
             self._retain(member, channel, data, request)
@@ -245,7 +261,7 @@ class Broker:
             check_pattern(pattern, self.config.max_name_length)
         except InvalidChannel as exc:
             raise _error(ErrorCode.INVALID_CHANNEL, str(exc), request) from None
-        if not member.grants.may_subscribe(pattern):
+        if not self.grants(member).may_subscribe(pattern):
             raise _error(ErrorCode.DENIED, f"may not subscribe to {pattern}", request)
         assert request.id is not None
         fresh = pattern not in member.patterns

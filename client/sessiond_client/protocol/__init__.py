@@ -27,11 +27,11 @@ from .events import (
     Event,
     GoawayReceived,
     SessionEnded,
+    SessionLostEvent,
     SessionResumed,
     SessionStarted,
     TransportLost,
 )
-from .events import SessionLost as SessionLostEvent
 from .frames import PROTOCOL_VERSION, parse_frame
 from .params import Params
 from .session import Connection, ConnectionState, Role, Session, SessionState

@@ -185,9 +185,20 @@ class InvalidState(LocalProtocolError):
 
 
 class SessionLost(SessiondError):
-    """The session ended and cannot be resumed; :attr:`reason` says why."""
+    """The session ended and cannot be resumed; :attr:`reason` says why.
 
-    def __init__(self, reason: CloseCode, message: str = "") -> None:
-        super().__init__(f"session lost: {reason.name}" + (f" ({message})" if message else ""))
+    :attr:`undelivered` lists the payloads sent but never acknowledged, oldest
+    first (empty when nothing was lost): the peer may or may not have processed
+    them, and the application decides whether to send them again.
+    """
+
+    def __init__(
+        self, reason: CloseCode, message: str = "", undelivered: tuple[bytes, ...] = ()
+    ) -> None:
+        text = f"session lost: {reason.name}" + (f" ({message})" if message else "")
+        if undelivered:
+            text += f"; {len(undelivered)} message(s) not acknowledged"
+        super().__init__(text)
         self.reason = reason
         self.message = message
+        self.undelivered = undelivered

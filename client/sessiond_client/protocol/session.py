@@ -47,7 +47,7 @@ from .events import (
     Event,
     GoawayReceived,
     SessionEnded,
-    SessionLost,
+    SessionLostEvent,
     SessionResumed,
     SessionStarted,
     TransportLost,
@@ -511,7 +511,7 @@ class Session:
         elif self.id is not None:
             replaced = _code_or(welcome.reason, CloseCode.UNKNOWN_SESSION)
             self._emit(
-                SessionLost(
+                SessionLostEvent(
                     self.id, replaced, tuple(self._inbox or ()), tuple(self.unacked_messages())
                 )
             )
