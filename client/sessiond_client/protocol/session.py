@@ -716,9 +716,8 @@ class Session:
         if conn is None or conn.state is not _OPEN:
             return
         p = self.params
-        if (
-            pending >= max(1, p.window_messages // 4)
-            or self._ack_pending_bytes >= p.window_bytes // 4
+        if pending >= max(1, p.window_messages // 4) or self._ack_pending_bytes >= max(
+            1, p.window_bytes // 4
         ):
             self._send_ack(conn, now)
         elif self._ack_deadline is None:
