@@ -10,11 +10,14 @@ adapter and two daemons.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import msgpack
 import pytest
 import sessiond_client
-from sessiond_client import CloseCode, ReconnectPolicy
+from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, envelopes
 from sessiond_client.protocol import (
+    InvalidState,
     Params,
     SessionEnded,
     SessionState,
@@ -204,3 +207,49 @@ def test_taken_over_on_the_current_connection_ends_the_session() -> None:
     assert state_of(pair.client) is SessionState.ENDED
     assert client_events(pair) == [SessionEnded(sid, CloseCode.TAKEN_OVER, "", True)]
     server_events(pair, pair.server)
+
+
+def test_sequence_numbers_never_exceed_two_to_the_64_minus_one() -> None:
+    """§5.1: the last sequence number is 2**64-1; a send beyond it is refused (the
+    session must end), one at a time or in a batch."""
+    pair = connected()
+    client = pair.client
+    client._acked = 2**64 - 3  # as if that many had been sent and acknowledged
+    client._next_seq = 2**64 - 2
+    assert client.send_many([b"a", b"b", b"c"], pair.clock.now) == 2  # seqs 2**64-2, -1
+    with pytest.raises(InvalidState):
+        client.send(b"over", pair.clock.now)
+    with pytest.raises(InvalidState):
+        client.send_many([b"over"], pair.clock.now)
+
+
+async def test_echo_ends_a_session_whose_echo_would_exceed_its_max_frame() -> None:
+    """§16: the echo app cannot send back a payload above the client's largest payload:
+    the session ends with SESSION_REVOKED, nothing is dropped silently."""
+    async with echo_daemon() as server:
+        host, port = server.addresses[0]
+        params = dataclasses.replace(CLIENT_PARAMS, max_frame_size=1024)
+        session = await sessiond_client.connect(f"tcp://{host}:{port}", params=params)
+        await session.send(b"x" * 2000)  # within the daemon's max_frame, above ours
+        with pytest.raises(SessionLost) as lost:
+            async with asyncio.timeout(10):
+                await session.recv()
+        assert lost.value.reason is CloseCode.SESSION_REVOKED
+
+
+def test_a_channels_envelope_with_an_unknown_key_is_understood() -> None:
+    """§15.1.1: a receiver ignores keys it does not know."""
+    payload = msgpack.packb({"op": "sub", "id": 1, "ch": "a/b", "x-future": [1]})
+    assert envelopes.parse_request(payload) == envelopes.Request("sub", 1, "a/b")
+
+
+def test_session_contested_from_a_v1_server_is_waited_out() -> None:
+    """§9.2: a client receiving SESSION_CONTESTED waits retry_after_ms (plus jitter)."""
+    policy = ReconnectPolicy(base=0.1, cap=1.0, random=lambda: 0.5)
+    assert policy.delay(0, CloseCode.SESSION_CONTESTED, retry_after=10.0) == 10.0
+    assert policy.delay(1, CloseCode.SESSION_CONTESTED, retry_after=10.0) == pytest.approx(10.1)
+
+
+def test_the_client_handshake_timeout_defaults_to_ten_seconds() -> None:
+    """§3.6: the reference client's default, the same as the server's."""
+    assert Params().handshake_timeout == 10.0

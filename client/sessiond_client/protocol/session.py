@@ -113,6 +113,9 @@ _HANDSHAKING = frozenset(
 )
 
 
+_EXHAUSTED = "sequence numbers exhausted: the session must end (protocol.md §5.1)"
+
+
 def _stamp(now: float) -> int:
     """A PING stamp: the clock in milliseconds (opaque to the peer, protocol.md §7.2)."""
     return int(now * 1000) & U64_MAX
@@ -353,6 +356,8 @@ class Session:
         if size > self._max_payload:
             raise PayloadTooLarge(f"{size} bytes > {self._max_payload}")
         seq = self._next_seq
+        if seq > U64_MAX:
+            raise InvalidState(_EXHAUSTED)
         in_flight = seq - 1 - self._acked
         if in_flight and (
             in_flight >= self._send_window_messages
@@ -393,8 +398,11 @@ class Session:
         max_payload = self._max_payload
         window_bytes = self._send_window_bytes
         first = seq = self._next_seq
+        if seq > U64_MAX:
+            raise InvalidState(_EXHAUSTED)
         acked = self._acked
-        last_seq = acked + self._send_window_messages  # the window's last sequence number
+        # the window's last sequence number, and never one above 2**64-1 (protocol.md §5.1)
+        last_seq = min(acked + self._send_window_messages, U64_MAX)
         unacked = self._unacked_bytes
         frames: list[bytes] = []
         write = frames.append
