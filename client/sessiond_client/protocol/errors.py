@@ -84,7 +84,7 @@ CODE_TABLE: dict[CloseCode, CodeInfo] = {
     CloseCode.AUTH_FAILED: CodeInfo(True, Backoff.NONE, "credentials refused"),
     CloseCode.TAKEN_OVER: CodeInfo(True, Backoff.NONE, "another transport resumed this session"),
     CloseCode.SESSION_CONTESTED: CodeInfo(
-        False, Backoff.RETRY_AFTER, "two transports keep taking the session from each other"
+        False, Backoff.RETRY_AFTER, "reserved: sent by version 1 servers only (§9.2)"
     ),
     CloseCode.CREDENTIAL_REUSED: CodeInfo(
         True, Backoff.NONE, "a rotated credential was presented again: session revoked"
