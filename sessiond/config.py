@@ -251,16 +251,6 @@ PROTOCOL: dict[str, Spec] = {
     "ack_delay": Spec(
         "how long an acknowledgement may wait to be coalesced (§6)", 0, 10, unit="s"
     ),
-    "takeover_limit": Spec(
-        "takeovers with an unconfirmed credential within takeover_window before "
-        "SESSION_CONTESTED (§9.2)", 2, 1_000_000,
-    ),
-    "takeover_window": Spec(
-        "the window takeover_limit counts in (§9.2)", 0, DAY, above=True, unit="s"
-    ),
-    "contested_retry_after": Spec(
-        "how long contesting clients are told to back off (§9.2)", 0, DAY, unit="s"
-    ),
 }  # fmt: skip
 
 #: Pairs of settings where the first may not exceed the second.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .codec import FrameDecoder
 from .errors import (
     CODE_TABLE,
+    WELCOME_REASONS,
     Backoff,
     CloseCode,
     InvalidState,
@@ -20,6 +21,7 @@ from .errors import (
     SessionLost,
     WindowFull,
     is_terminal,
+    welcome_reason,
 )
 from .events import (
     Event,
@@ -38,6 +40,7 @@ from .snapshot import Snapshot
 __all__ = [
     "CODE_TABLE",
     "PROTOCOL_VERSION",
+    "WELCOME_REASONS",
     "Backoff",
     "CloseCode",
     "Connection",
@@ -65,4 +68,5 @@ __all__ = [
     "WindowFull",
     "is_terminal",
     "parse_frame",
+    "welcome_reason",
 ]
