@@ -33,7 +33,7 @@ from .events import SessionLost as SessionLostEvent
 from .frames import PROTOCOL_VERSION, parse_frame
 from .params import Params
 from .session import Connection, ConnectionState, Role, Session, SessionState
-from .snapshot import Snapshot
+from .snapshot import ServerSnapshot, Snapshot
 
 __all__ = [
     "CODE_TABLE",
@@ -52,6 +52,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "Role",
+    "ServerSnapshot",
     "Session",
     "SessionEnded",
     "SessionLost",
