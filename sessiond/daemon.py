@@ -83,6 +83,7 @@ def server_config(settings: Settings, auth: Authenticator | None = None) -> Serv
         max_sessions=settings.server.max_sessions,
         max_transports_per_peer=settings.server.max_transports_per_peer,
         drain_timeout=settings.server.drain_timeout,
+        limits=settings.limits,
     )
 
 
