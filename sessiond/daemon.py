@@ -127,6 +127,9 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.admin: AdminServer | None = None
         self.notifier = Notifier()
+        #: More conditions for /readyz (a store's reachability, ...): each returns why the
+        #: daemon is not ready, or None.
+        self.readiness_checks: list[Callable[[], str | None]] = []
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
 
@@ -201,6 +204,10 @@ class Daemon:
             return False, "draining"
         if not self.listening:
             return False, "starting"
+        for check in self.readiness_checks:
+            why = check()
+            if why is not None:
+                return False, why
         return True, "ready"
 
     async def _start_metrics(self) -> bool:
