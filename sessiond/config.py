@@ -53,6 +53,11 @@ def _http_address(value: str) -> None:
         parse_listen(value, ("http",))
 
 
+def _socket_path(value: str) -> None:
+    if len(value.encode()) > 107:  # sun_path holds 108 bytes, NUL included
+        raise ValueError("a unix socket path holds at most 107 bytes")
+
+
 def _not_empty(value: str) -> None:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -175,6 +180,8 @@ class AdminSection:
     socket: str = setting(
         "",
         doc="path of a unix socket (mode 0600) for sessiond sessions list/end; empty: off",
+        check=_socket_path,
+        check_doc="empty or a path of at most 107 bytes",
     )
 
 

@@ -102,6 +102,9 @@ def prepare(settings: Settings) -> Prepared:
     listens = [parse_listen(value) for value in settings.server.listen]
     load_app(settings.server.app, settings)
     tls = tls_setup(settings.tls, listens)
+    socket = settings.admin.socket
+    if socket and not Path(socket).parent.is_dir():
+        raise ValueError(f"admin.socket {socket}: no directory {Path(socket).parent}")
     return Prepared(listens, tls, authenticator(settings))
 
 
