@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the daemon",
         description="Run the daemon. Settings come from embedded defaults, then --config, "
-        "then SESSIOND_SECTION_KEY environment variables, then these flags (README.md).",
+        "then SESSIOND_SECTION_KEY environment variables, then these flags (every setting: "
+        "CONFIG.md). SIGTERM drains and exits 0; SIGHUP reloads what can change live and "
+        "never stops the daemon (README.md, Operating sessiond).",
     )
     serve.add_argument(
         "--config",

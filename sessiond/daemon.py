@@ -184,9 +184,18 @@ class Daemon:
         self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:
-            log.info("TLS certificate %s", describe(tls.reloader.certificate))
+            described = describe(tls.reloader.certificate)
+            log.info(
+                "TLS certificate %s",
+                described,
+                extra=_fields("tls-certificate", certificate=described),
+            )
             if tls.client_ca is not None:
-                log.info("TLS client certificates required, CA file %s", tls.client_ca)
+                log.info(
+                    "TLS client certificates required, CA file %s",
+                    tls.client_ca,
+                    extra=_fields("tls-client-ca", file=tls.client_ca),
+                )
         await stop.wait()
         self.draining = True
         self.notifier.stopping("draining")
