@@ -193,3 +193,14 @@ def test_serve_names_the_setting_of_a_bad_flag_and_starts_despite_a_stray_variab
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    path = tmp_path / "readme.toml"
+    path.write_text(example)
+    loaded = config.load_with_sources(path)
+    assert loaded.sources["server.max_sessions"] == f"file {path}"
+    assert loaded.settings == config.load()  # the example shows the defaults
