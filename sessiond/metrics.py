@@ -122,6 +122,13 @@ class Collector(CollectorBase):
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
         )
+        yield _counter_by(
+            "sessiond_resume_failures",
+            "resumes answered with a new session instead, by why (UNKNOWN_SESSION, "
+            "SESSION_EXPIRED, ...)",
+            "reason",
+            stats.resume_failed,
+        )
         yield _counter(
             "sessiond_takeovers",
             "resumes that took a session over from a live transport",

@@ -135,6 +135,33 @@ async def test_metrics_health_and_readiness_over_a_session_lifecycle(tmp_path: P
     assert "Traceback" not in daemon.log
 
 
+async def test_expiry_and_a_failed_resume_are_counted(tmp_path: Path) -> None:
+    conf = tmp_path / "sessiond.toml"
+    conf.write_text("[protocol]\ndetached_lifetime = 0.5\ndetached_lifetime_max = 0.5\n")
+    daemon = DaemonProcess(
+        *("--config", str(conf), "--app", "echo", "--metrics", "127.0.0.1:0"),
+        *("--listen", "127.0.0.1:0"),
+        log_file=tmp_path / "daemon.log",
+    )
+    try:
+        base = metrics_base(daemon)
+        client = CoreClient(*daemon.address())
+        await client.open(TIMEOUT)
+        await client.kill()
+        samples = await until_metric(base, "sessiond_expiries_total", 1)
+        assert value(samples, "sessiond_sessions_ended_total", code="SESSION_EXPIRED") == 1
+        await client.open(TIMEOUT)  # the resume finds the session gone: a new one
+        samples = await until_metric(
+            base, "sessiond_resume_failures_total", 1, reason="SESSION_EXPIRED"
+        )
+        assert value(samples, "sessiond_handshakes_total", result="new") == 2
+        assert value(samples, "sessiond_resume_duration_seconds_count") == 0
+        await client.close()
+        assert await asyncio.to_thread(daemon.stop) == 0
+    finally:
+        daemon.close()
+
+
 async def test_channels_metrics(tmp_path: Path) -> None:
     conf = tmp_path / "sessiond.toml"
     conf.write_text("[channels]\ndrop_oldest = ['feed/#']\nqueue_messages = 2\n")
