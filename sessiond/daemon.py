@@ -302,10 +302,19 @@ class Daemon:
             self.notifier.ready(self._status())
 
     def _reload(self) -> None:
+        old = self.settings
         try:
             loaded = self.load_again()
-            prepared = prepare(loaded.settings)
-            certificate = self._reload_certificate(loaded.settings.tls)
+            new = loaded.settings
+            prepare(new)  # everything the new configuration names is there and valid
+            changed = config.changed(old, new)
+            restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
+            live = [name for name in changed if name not in restart]
+            effective = _keep(new, old, restart)
+            # From what will be in force (e.g. mutual-tls needs the client CA the running
+            # listeners were started with), not merely from the file.
+            auth = authenticator(effective)
+            certificate = self._reload_certificate(effective.tls)  # last: it changes things
         except ValueError as exc:
             log.error(
                 "SIGHUP: configuration not reloaded, the old settings stay in force: %s",
@@ -313,16 +322,11 @@ class Daemon:
                 extra=_fields("reload-failed", error=str(exc)),
             )
             return
-        old, new = self.settings, loaded.settings
-        changed = config.changed(old, new)
-        restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
-        live = [name for name in changed if name not in restart]
-        effective = _keep(new, old, restart)
         self.settings = effective
         server = self.server
         if server is not None:
             server.config = dataclasses.replace(
-                server_config(effective, prepared.auth),
+                server_config(effective, auth),
                 remembered_ended=server.config.remembered_ended,
                 close_grace=server.config.close_grace,
             )
@@ -334,10 +338,8 @@ class Daemon:
         done = []
         if certificate is not None:
             done.append(f"TLS certificate {certificate}")
-        if isinstance(prepared.auth, TokenFileAuthenticator):
-            done.append(
-                f"token file {prepared.auth.path} ({len(prepared.auth.entries)} identities)"
-            )
+        if isinstance(auth, TokenFileAuthenticator):
+            done.append(f"token file {auth.path} ({len(auth.entries)} identities)")
         shown = [f"{name}={_text(config.value(new, name))}" for name in live]
         done.append(f"changed: {', '.join(shown)}" if shown else "no live setting changed")
         waiting = f"; needs a restart: {', '.join(restart)}" if restart else ""

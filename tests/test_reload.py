@@ -187,3 +187,26 @@ async def test_sighup_with_a_bad_certificate_keeps_serving_the_old_one(tmp_path:
         assert await asyncio.to_thread(daemon.stop) == 0
     finally:
         daemon.close()
+
+
+async def test_sighup_refuses_mutual_tls_that_needs_a_restart(tmp_path: Path) -> None:
+    certs = generate(tmp_path / "certs", ["127.0.0.1"], ["dev1"])
+    conf = tmp_path / "sessiond.toml"
+    tls = f"[tls]\ncert = '{certs.server_cert}'\nkey = '{certs.server_key}'\n"
+    conf.write_text("[server]\nlisten = ['tls://127.0.0.1:0']\napp = 'echo'\n" + tls)
+    daemon = DaemonProcess("--config", str(conf), log_file=tmp_path / "daemon.log")
+    try:
+        url = daemon.url("tls")
+        # The listeners were started without a client CA: switching to mutual-tls live
+        # would refuse every client, so the whole reload is refused until a restart.
+        conf.write_text(
+            conf.read_text() + f"client_ca = '{certs.ca}'\n[auth]\nmode = 'mutual-tls'\n"
+        )
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*SIGHUP: configuration not reloaded.*")).group(0)
+        assert "mutual-tls needs --tls-client-ca" in line, line
+        async with await sessiond_client.connect(url, ca_file=certs.ca) as session:
+            await echo(session, b"open auth still in force")
+        assert await asyncio.to_thread(daemon.stop) == 0
+    finally:
+        daemon.close()
