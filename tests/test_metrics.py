@@ -19,6 +19,7 @@ from sessiond_client.protocol import Params
 from sessiond.tls import generate
 from tests.coreclient import CoreClient
 from tests.daemonproc import DaemonProcess
+from tests.faultproxy import FaultProxy
 
 TIMEOUT = 30.0
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -135,7 +136,7 @@ async def test_metrics_health_and_readiness_over_a_session_lifecycle(tmp_path: P
     assert "Traceback" not in daemon.log
 
 
-async def test_expiry_and_a_failed_resume_are_counted(tmp_path: Path) -> None:
+async def test_takeover_expiry_and_a_failed_resume_are_counted(tmp_path: Path) -> None:
     conf = tmp_path / "sessiond.toml"
     conf.write_text("[protocol]\ndetached_lifetime = 0.5\ndetached_lifetime_max = 0.5\n")
     daemon = DaemonProcess(
@@ -145,8 +146,15 @@ async def test_expiry_and_a_failed_resume_are_counted(tmp_path: Path) -> None:
     )
     try:
         base = metrics_base(daemon)
-        client = CoreClient(*daemon.address())
-        await client.open(TIMEOUT)
+        host, port = daemon.address()
+        async with FaultProxy(host, port) as proxy:
+            client = CoreClient(*proxy.address)
+            await client.open(TIMEOUT)
+            proxy.blackhole()  # the daemon's transport stays open, dead: half-open
+            await client.kill()
+            client.host, client.port = host, port
+            await client.open(TIMEOUT)  # resumes directly, over the half-open one
+            await until_metric(base, "sessiond_takeovers_total", 1)
         await client.kill()
         samples = await until_metric(base, "sessiond_expiries_total", 1)
         assert value(samples, "sessiond_sessions_ended_total", code="SESSION_EXPIRED") == 1
@@ -155,7 +163,7 @@ async def test_expiry_and_a_failed_resume_are_counted(tmp_path: Path) -> None:
             base, "sessiond_resume_failures_total", 1, reason="SESSION_EXPIRED"
         )
         assert value(samples, "sessiond_handshakes_total", result="new") == 2
-        assert value(samples, "sessiond_resume_duration_seconds_count") == 0
+        assert value(samples, "sessiond_resume_duration_seconds_count") == 1  # the takeover
         await client.close()
         assert await asyncio.to_thread(daemon.stop) == 0
     finally:
