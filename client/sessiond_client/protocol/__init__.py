@@ -35,7 +35,7 @@ from .events import (
 from .frames import PROTOCOL_VERSION, parse_frame
 from .params import Params
 from .session import Connection, ConnectionState, Role, Session, SessionState
-from .snapshot import Snapshot
+from .snapshot import ServerSnapshot, Snapshot
 
 __all__ = [
     "CODE_TABLE",
@@ -55,6 +55,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "Role",
+    "ServerSnapshot",
     "Session",
     "SessionEnded",
     "SessionLost",

@@ -67,7 +67,7 @@ from .frames import (
     parse_frame,
 )
 from .params import Params
-from .snapshot import Snapshot
+from .snapshot import ServerSnapshot, Snapshot
 
 #: How many rotated-out credentials a server remembers to recognise their reuse.
 RETIRED_CREDENTIALS = 4
@@ -252,6 +252,11 @@ class Session:
         return self._max_payload
 
     @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """``(payload bytes kept for replay, payload bytes received and not yet taken)``."""
+        return self._unacked_bytes, self._inbox_bytes
+
+    @property
     def sequence_numbers(self) -> tuple[int, int, int, int]:
         """``(last sent, acknowledged by peer, last received, consumed)``."""
         return self._next_seq - 1, self._acked, self._received, self._consumed
@@ -296,6 +301,59 @@ class Session:
         session._send_window_bytes = snapshot.window_bytes
         session._max_payload = snapshot.max_payload
         session.state = _DETACHED
+        return session
+
+    def server_snapshot(self) -> ServerSnapshot:
+        """Server: this session's state, for a shared session store (a daemon's other
+        processes resume it with :meth:`restore_server`)."""
+        if self.role is not Role.SERVER or self.id is None or self._credential_digest is None:
+            raise InvalidState("server_snapshot() of a session not opened by a server")
+        return ServerSnapshot(
+            session_id=self.id,
+            identity=self.identity,
+            credential_digest=self._credential_digest,
+            previous_digest=self._previous_digest,
+            retired=self._retired,
+            confirmed=self._confirmed,
+            heartbeat=self._heartbeat,
+            idle_timeout=self._idle_timeout,
+            lifetime=self._lifetime,
+            window_messages=self._send_window_messages,
+            window_bytes=self._send_window_bytes,
+            max_payload=self._max_payload,
+            next_seq=self._next_seq,
+            acked=self._acked,
+            consumed=self._consumed,
+            unacked=tuple(self._replay or ()),
+        )
+
+    @classmethod
+    def restore_server(
+        cls, snapshot: ServerSnapshot, params: Params | None = None, now: float | None = None
+    ) -> Session:
+        """Server: a detached session from :meth:`server_snapshot`, to hand to
+        ``Connection.accept``. It has received what was consumed (the client replays
+        the rest); with *now*, it expires ``lifetime`` after it unless resumed."""
+        session = cls(Role.SERVER, params)
+        session.id = snapshot.session_id
+        session.identity = snapshot.identity
+        session._credential_digest = snapshot.credential_digest
+        session._previous_digest = snapshot.previous_digest
+        session._retired = snapshot.retired
+        session._confirmed = snapshot.confirmed
+        session._heartbeat = _shared(snapshot.heartbeat)
+        session._idle_timeout = _shared(snapshot.idle_timeout)
+        session._lifetime = _shared(snapshot.lifetime)
+        session._send_window_messages = snapshot.window_messages
+        session._send_window_bytes = snapshot.window_bytes
+        session._max_payload = snapshot.max_payload
+        session._next_seq = snapshot.next_seq
+        session._acked = snapshot.acked
+        session._replay = list(snapshot.unacked) or None
+        session._unacked_bytes = sum(map(len, snapshot.unacked))
+        session._received = session._consumed = session._ack_sent = snapshot.consumed
+        if now is not None:
+            session._expires_at = now + snapshot.lifetime
         return session
 
     def events(self) -> list[Event]:
@@ -887,6 +945,11 @@ class Connection:
     def server(cls, params: Params, now: float) -> Connection:
         """A server-side transport that has just been accepted; it awaits HELLO."""
         return cls(Role.SERVER, params, now)
+
+    @property
+    def opened_at(self) -> float:
+        """When the transport was accepted or opened (the ``now`` it was made with)."""
+        return self._opened_at
 
     @property
     def closed(self) -> bool:
