@@ -118,6 +118,10 @@ async def run_example(
         stderr=asyncio.subprocess.PIPE,
     )
     communicate = asyncio.ensure_future(proc.communicate())
+    if cuts:  # the schedule starts once the example is connected (start-up may be slow)
+        async with asyncio.timeout(TIMEOUT):
+            while not quick.proxy.connections and not communicate.done():
+                await asyncio.sleep(0.01)
     for _ in range(cuts):
         await asyncio.wait([communicate], timeout=cut_every)
         if communicate.done():
