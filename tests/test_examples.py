@@ -148,6 +148,7 @@ async def test_telemetry_keeps_publishing_through_network_loss(tmp_path: Path) -
     assert {m.channel for m in got} == {"devices/sensor-1/telemetry"}
     assert "reading 149 queued" in run.stdout
     assert run.transports > 1  # it did lose the network, and reconnected
+    assert "connection lost" in run.stderr and "resumed in" in run.stderr  # its log
 
 
 async def test_telemetry_prints_the_commands_it_receives(tmp_path: Path) -> None:
