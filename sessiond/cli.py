@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import shlex
@@ -20,6 +21,8 @@ except ImportError:  # Windows, or installed without it
 
 from . import __version__, config
 from .addresses import ListenAddress, format_host, parse_listen
+from .admin import AdminError, format_table
+from .admin import request as admin_request
 from .daemon import Daemon, prepare
 from .logs import configure as configure_logging
 from .tls import generate
@@ -121,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--config", metavar="FILE.toml", help="default: $SESSIOND_CONFIG")
     conf_commands.add_parser("reference", help="print the reference of every setting (CONFIG.md)")
+
+    sessions = commands.add_parser(
+        "sessions",
+        help="list or end the sessions of a running daemon (over its admin socket)",
+        description="Talks to a running daemon over its admin socket: --socket, else "
+        "[admin] socket from --config / $SESSIOND_CONFIG / $SESSIOND_ADMIN_SOCKET.",
+    )
+    sessions_commands = sessions.add_subparsers(dest="sessions_command", required=True)
+    listing = sessions_commands.add_parser(
+        "list", help="ID prefix, identity, state, peer, age and buffered bytes of each session"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON document, all details")
+    end = sessions_commands.add_parser(
+        "end", help="end a session (the client is told SESSION_REVOKED and the reason)"
+    )
+    end.add_argument(
+        "id", metavar="ID", help="the session ID or a unique prefix (from list or logs)"
+    )
+    end.add_argument("--reason", default="", help="sent to the client and logged")
+    for sub in (listing, end):
+        sub.add_argument("--socket", metavar="PATH", help="the daemon's admin socket")
+        sub.add_argument("--config", metavar="FILE.toml", help="read [admin] socket from here")
     return parser
 
 
@@ -226,12 +251,47 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------- sessions
+
+
+def sessions_main(args: argparse.Namespace) -> int:
+    path = args.socket
+    try:
+        if not path:
+            file = args.config or os.environ.get("SESSIOND_CONFIG")
+            path = config.load(Path(file) if file else None, os.environ).admin.socket
+        if not path:
+            raise AdminError(
+                "no admin socket: run serve with --admin-socket PATH ([admin] socket) "
+                "and give it here with --socket PATH"
+            )
+        if args.sessions_command == "list":
+            answer = admin_request(path, {"op": "list"})
+        else:
+            answer = admin_request(path, {"op": "end", "id": args.id, "reason": args.reason})
+    except (AdminError, ValueError) as exc:
+        print(f"sessiond sessions: {exc}", file=sys.stderr)
+        return 2
+    if not answer.get("ok"):
+        print(f"sessiond sessions: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.sessions_command == "end":
+        print(f"ended {answer['ended']}")
+    elif args.json:
+        print(json.dumps(answer["sessions"], indent=2))
+    else:
+        print(format_table(answer["sessions"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gen-cert":
         return gen_cert_main(args)
     if args.command == "config":
         return config_main(args)
+    if args.command == "sessions":
+        return sessions_main(args)
     return serve_main(args)
 
 

@@ -29,6 +29,7 @@ from sessiond_client.protocol import Params
 from sessiond_client.protocol.frames import MIN_MAX_FRAME
 
 from .addresses import parse_listen
+from .budgets import Limits
 from .channels.config import ChannelsConfig
 from .schema import Spec, setting, spec_of
 
@@ -188,6 +189,7 @@ class Settings:
     admin: AdminSection = field(default_factory=AdminSection)
     protocol: Params = field(default_factory=Params)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    limits: Limits = field(default_factory=Limits)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -198,6 +200,7 @@ SECTIONS: dict[str, type[Any]] = {
     "admin": AdminSection,
     "protocol": Params,
     "channels": ChannelsConfig,
+    "limits": Limits,
 }
 
 #: Specs of ``[protocol]``: ``Params`` lives in the client package, which stays free of
@@ -247,16 +250,6 @@ PROTOCOL: dict[str, Spec] = {
     ),
     "ack_delay": Spec(
         "how long an acknowledgement may wait to be coalesced (§6)", 0, 10, unit="s"
-    ),
-    "takeover_limit": Spec(
-        "takeovers with an unconfirmed credential within takeover_window before "
-        "SESSION_CONTESTED (§9.2)", 2, 1_000_000,
-    ),
-    "takeover_window": Spec(
-        "the window takeover_limit counts in (§9.2)", 0, DAY, above=True, unit="s"
-    ),
-    "contested_retry_after": Spec(
-        "how long contesting clients are told to back off (§9.2)", 0, DAY, unit="s"
     ),
 }  # fmt: skip
 
