@@ -411,7 +411,10 @@ class Session:
             self._last_error = _describe(exc)
             self._last_exc = exc
             if isinstance(exc, TimeoutError):
-                self._last_error = f"no connection within {self._core.params.handshake_timeout:g} s"
+                self._last_error = (
+                    f"no connection within {self._core.params.handshake_timeout:g} s"
+                    + (" (TCP connect or TLS handshake)" if self._ssl else " (TCP connect)")
+                )
             if self._proto is proto:
                 conn.connection_lost(self._loop.time())
                 self._after_input()
@@ -423,6 +426,8 @@ class Session:
                 self._set_lost(failed)
                 return None
             return CloseCode.TRANSPORT_LOST
+        if self._proto is not proto and proto.transport is not None:
+            proto.transport.close()  # the core's handshake deadline passed meanwhile
         self._last_error = ""
         self._last_exc = None
         outcome = await self._handshake
