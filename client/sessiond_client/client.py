@@ -198,6 +198,7 @@ class Session:
         self._closing = False
         self._established = False  # a handshake completed on this object
         self._close_called = False
+        self._closed: asyncio.Future[None] | None = None  # for a second, concurrent close()
         self._reconnect: asyncio.Task[None] | None = None
         self._handshake: asyncio.Future[CloseCode | None] | None = None
         self._retry_after = 0.0
@@ -278,8 +279,14 @@ class Session:
         if not self._close_called:
             self._close_called = True
             if self._state is not State.CLOSED:
-                await self._handoff.acknowledged(timeout)
-                self._end(timeout)
+                try:
+                    await self._handoff.acknowledged(timeout)
+                finally:  # cancelled meanwhile too: the session ends
+                    self._end(timeout)
+        elif self._state is not State.CLOSED:  # another close() is waiting: so does this one
+            if self._closed is None:
+                self._closed = self._loop.create_future()
+            await asyncio.shield(self._closed)
         lost = self._lost
         if lost is not None and lost.undelivered:
             raise lost
@@ -567,6 +574,8 @@ class Session:
             proto.transport.close()
         self._set_state(State.CLOSED)
         self._wake()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         if self._store is not None:
             self._persist()
             self._store.close()
