@@ -7,6 +7,13 @@ both sides replay what the other missed. Sends made while offline wait in the
 window and go out after the replay. When the server cannot resume the session,
 ``send``/``recv`` raise :class:`SessionLost` with the reason.
 
+Never silent: the first connection is one attempt (unless ``wait_for_server``), and
+its failure raises :class:`ConnectFailed` naming the address and the cause;
+``close()`` returns only once everything sent was acknowledged, else raises
+:class:`SessionLost` whose ``undelivered`` lists what was not; ``send`` refuses a
+payload that is not bytes-like. What happens is logged to the ``sessiond_client``
+logger (DEBUG: frame summaries from :mod:`sessiond_client.framelog`).
+
 The protocol decisions are the core's (:mod:`sessiond_client.protocol`); this
 module moves bytes, runs one timer per session and sleeps only between
 reconnect attempts.
