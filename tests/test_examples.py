@@ -118,6 +118,8 @@ async def run_example(
         stderr=asyncio.subprocess.PIPE,
     )
     communicate = asyncio.ensure_future(proc.communicate())
+    if cuts:  # the cuts count from its first connection (a loaded machine starts it slowly)
+        await quick.proxy.wait_connections(1, TIMEOUT)
     for _ in range(cuts):
         await asyncio.wait([communicate], timeout=cut_every)
         if communicate.done():
