@@ -217,6 +217,7 @@ def serve_main(args: argparse.Namespace) -> int:
         start_up_error(args, exc)
         return 2
     sys.excepthook = _log_uncaught  # in JSON mode, even a crash is one JSON line
+    sys.unraisablehook = _log_unraisable
     logging.captureWarnings(True)
     daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ))
     if uvloop is not None:
@@ -240,6 +241,13 @@ def start_up_error(args: argparse.Namespace, exc: Exception) -> None:
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
     log.critical("uncaught exception, exiting", exc_info=(kind, exc, tb))
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """An exception Python could not raise (in a finalizer, say): a log line, not stderr."""
+    exc = unraisable.exc_value
+    info = (type(exc), exc, unraisable.exc_traceback) if exc is not None else None
+    log.error("%s: %r", unraisable.err_msg or "exception ignored", unraisable.object, exc_info=info)
 
 
 # ------------------------------------------------------------------- config
