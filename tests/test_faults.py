@@ -551,11 +551,14 @@ async def test_one_client_on_half_open_transports_is_never_contested() -> None:
             await exchange(client, [b"on transport %d" % i])
             sent.append(b"on transport %d" % i)
             old = server_side(server, proxy.last.upstream_address)
-            proxy.last.blackhole()
+            hole = proxy.last
+            forwarded = (hole.forwarded(C2S), hole.forwarded(S2C))
+            hole.blackhole()
             client.send(b"into hole %d" % i)
             sent.append(b"into hole %d" % i)
             await client.kill()
             assert await client.connect()
+            assert (hole.forwarded(C2S), hole.forwarded(S2C)) == forwarded  # it was a hole
             assert isinstance(client.events[-1], SessionResumed)
             assert old.closed and old.conn is not None
             assert old.conn.close_code is CloseCode.TAKEN_OVER
