@@ -12,7 +12,7 @@
   never receives cost the daemon their window and no more; the app sending to them is
   held back (its ``send`` waits); other sessions on the daemon carry on.
 
-Helpers come from tests/test_faults.py (short timers: heartbeat 0.2 s, idle timeout 0.6 s)
+Helpers come from tests/test_faults.py (short timers: heartbeat 0.5 s, idle timeout 1.5 s)
 and tests/test_client.py. Randomised tests name their seed in every failure; rerun one
 with ``SESSIOND_FAULT_SEED=<seed>``. ``SESSIOND_CHAOS_SECONDS`` lengthens the chaos run;
 ``pytest -s`` prints its figures.
