@@ -31,7 +31,6 @@ from hypothesis.stateful import (
     rule,
 )
 from sessiond_client.protocol import (
-    CloseCode,
     Connection,
     ConnectionState,
     Params,
@@ -240,14 +239,6 @@ class Harness:
         p.pump()
         self.check_invariants()
         if not self._attached():
-            self.reconnect()
-            p.pump()
-            self.check_invariants()
-        conn = p.client_conn
-        if conn is not None and conn.close_code is CloseCode.SESSION_CONTESTED:
-            # Half-open transports and lost WELCOMEs together look like two clients
-            # taking turns (§9.2); the client waits as told and tries again.
-            p.tick(self.server_params.takeover_window)
             self.reconnect()
             p.pump()
             self.check_invariants()
