@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench.__main__ import REGISTRY
+from bench.plot import panels
 from bench.summary import lost_fields
 from bench.systems import PEERS, find_binary
 from tests.benchrun import BenchRun, run_bench, whole_quick_run
@@ -66,6 +67,11 @@ def test_the_summary_is_printed_and_kept_with_the_plot(whole: BenchRun) -> None:
     plot = whole.json_path.with_suffix(".png")
     assert plot.read_bytes().startswith(PNG)
     assert run["plot"].endswith(plot.name)
+    # a panel per payload size, per offered rate, resume, storm, and per kind of fanout pass
+    entries = whole.document["scenarios"]
+    sizes = {size for by_size in entries["throughput"]["echo"].values() for size in by_size}
+    fanouts = sum(len(by_load) for by_load in entries["fanout"]["fanout"].values())
+    assert len(panels(entries)) == len(sizes) + len(entries["latency"]["rates"]) + 2 + fanouts
 
 
 def _echo_passes(stats: dict[str, Any], repeat: int, messages: int, sessions: int) -> None:
