@@ -142,18 +142,22 @@ def test_latency_pings_every_system_and_keeps_the_histograms(whole: BenchRun) ->
 def test_idle_opens_every_session_each_time_against_a_fresh_daemon(whole: BenchRun) -> None:
     entry = whole.document["scenarios"]["idle"]
     config = entry["config"]
-    assert len(config["counts"]) == 2
+    assert len(config["counts"]) == 2 and config["tls_counts"]
     assert set(entry["sessions"]) == {str(count) for count in config["counts"]}
-    for count, stats in entry["sessions"].items():
-        repetitions = stats["repetitions"]
-        assert len(repetitions) == config["repeat"] >= 3, count
-        for rep in repetitions:
-            assert rep["sessions"] == rep["still_open_after_idle"] == int(count)
-            assert rep["rss_kib"]["before"] > 0 and rep["rss_kib"]["idle"] > 0
-            assert isinstance(rep["rss_per_session_kib"], float)
-            assert rep["idle_server_cpu_percent"] >= 0
-        assert stats["lost"] == 0
-    assert len(entry["servers"]) == len(config["counts"]) * config["repeat"]
+    assert set(entry["tls_sessions"]) == {str(count) for count in config["tls_counts"]}
+    for transport, key in (("tcp", "sessions"), ("tls", "tls_sessions")):
+        for count, stats in entry[key].items():
+            repetitions = stats["repetitions"]
+            assert len(repetitions) == config["repeat"] >= 3, count
+            for rep in repetitions:
+                assert rep["transport"] == transport
+                assert rep["sessions"] == rep["still_open_after_idle"] == int(count)
+                assert rep["rss_kib"]["before"] > 0 and rep["rss_kib"]["idle"] > 0
+                assert isinstance(rep["rss_per_session_kib"], float)
+                assert rep["idle_server_cpu_percent"] >= 0
+            assert stats["lost"] == 0
+    measured = len(config["counts"]) + len(config["tls_counts"])
+    assert len(entry["servers"]) == measured * config["repeat"]
     for server in entry["servers"].values():
         assert server["exit_code"] == 0, server["log"]
 
