@@ -47,7 +47,7 @@ from .loadgen import (
     sessions_per_address,
     source_addresses,
 )
-from .processes import ServerProcess, daemon_argv, free_port
+from .processes import HOST, ServerProcess, ceiling_argv, daemon_argv, free_port
 from .results import Json, markdown_table, spread
 from .summary import NOT_MEASURED, Headline, Target, cpu_cell, judged, values_range, verdict
 from .tls import make_certificate, tls_daemon_argv
@@ -61,6 +61,8 @@ QUICK_COUNTS = (20, 100)
 TLS_COUNTS = (1_000, 3_000)
 QUICK_TLS_COUNTS = (20,)
 TCP, TLS = "tcp", "tls"
+#: A bare TLS connection to the ceiling (bench/ceiling.py), no session: the transport's share.
+CEILING_TLS = "tls-ceiling"
 #: A TLS handshake per session, many at once, on a loaded machine: a generous bound.
 HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_REPEAT = 3
@@ -183,6 +185,42 @@ async def measure_idle(
     }
 
 
+async def measure_bare(proc: ServerProcess, plan: IdlePlan, ssl: SSLContext) -> Json:
+    """The ceiling's RSS per idle TLS connection: no session, only uvloop's TLS transport
+    and OpenSSL's state (the same certificate, client and handshakes as the daemon's)."""
+    loop = asyncio.get_running_loop()
+    sources = source_addresses(plan.per_address)
+    semaphore = asyncio.Semaphore(plan.concurrency)
+    transports: list[asyncio.Transport] = []
+
+    async def one(index: int) -> None:
+        async with semaphore:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    asyncio.Protocol, HOST, proc.port, ssl=ssl, local_addr=(sources(index), 0)
+                ),
+                HANDSHAKE_TIMEOUT,
+            )
+            transports.append(transport)
+
+    await one(0)  # the first connection's allocations are not each one's
+    await asyncio.sleep(plan.settle_seconds)
+    before = proc.rss_kib()
+    try:
+        await asyncio.gather(*(one(index) for index in range(1, plan.sessions + 1)))
+        await asyncio.sleep(plan.settle_seconds + plan.idle_seconds)
+        after = proc.rss_kib()
+    finally:
+        for transport in transports:
+            transport.abort()
+    return {
+        "transport": "tls-ceiling",
+        "sessions": plan.sessions,
+        "rss_kib": {"before": before, "idle": after},
+        "rss_per_session_kib": (after - before) / plan.sessions,
+    }
+
+
 # -------------------------------------------------------------------- run
 
 
@@ -247,13 +285,19 @@ def run(args: argparse.Namespace) -> int:
         per_address = sessions_per_address()
         plans = [
             IdlePlan(n, args.concurrency, idle, args.heartbeat, per_address, settle, transport)
-            for transport, wanted in ((TCP, sizes), (TLS, tls_sizes))
+            for transport, wanted in ((TCP, sizes), (TLS, tls_sizes), (CEILING_TLS, tls_sizes))
             for n in dict.fromkeys(min(n, fit) for n in wanted)
         ]
         certificate = make_certificate(ctx.tmp / "certs") if tls_sizes else None
 
         def one(plan: IdlePlan, rep: int) -> Json:
             name = f"daemon-idle-{plan.transport}-{plan.sessions}-{rep + 1}".replace("-tcp", "")
+            if certificate is not None and plan.transport == CEILING_TLS:
+                argv = [*ceiling_argv(), "--tls-cert", str(certificate.cert)]
+                argv += ["--tls-key", str(certificate.key)]
+                name = name.replace("daemon", "ceiling")
+                with ctx.fresh_server(name, argv) as proc:
+                    return dict(ctx.run(measure_bare(proc, plan, tls_context(certificate.ca))))
             if certificate is None or plan.transport == TCP:
                 with ctx.fresh_server(name, daemon_argv()) as proc:
                     return dict(ctx.run(measure_idle(proc, plan)))
@@ -263,6 +307,11 @@ def run(args: argparse.Namespace) -> int:
                 return dict(ctx.run(measure_idle(proc, plan, port, context)))
 
         def show(result: Json) -> str:
+            if result["transport"] == CEILING_TLS:
+                return (
+                    f"{result['sessions']:>6,} bare TLS connections to the ceiling  "
+                    f"{result['rss_per_session_kib']:6.2f} KiB/connection"
+                )
             return (
                 f"{result['sessions']:>6,} {result['transport']} sessions  "
                 f"{result['rss_per_session_kib']:6.2f} "
@@ -286,6 +335,23 @@ def run(args: argparse.Namespace) -> int:
             },
             "sessions": by_count(results, TCP),
             "tls_sessions": by_count(results, TLS),
+            "tls_ceiling": {
+                str(n): {
+                    "rss_per_session_kib": spread(
+                        [
+                            r["rss_per_session_kib"]
+                            for r in results
+                            if r["transport"] == CEILING_TLS and r["sessions"] == n
+                        ]
+                    ),
+                    "repetitions": [
+                        r for r in results if r["transport"] == CEILING_TLS and r["sessions"] == n
+                    ],
+                }
+                for n in dict.fromkeys(
+                    r["sessions"] for r in results if r["transport"] == CEILING_TLS
+                )
+            },
             "markdown": markdown,
         }
 
@@ -382,6 +448,11 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## idle`` section of RESULTS.md."""
     config = entry["config"]
     rows = [*_rows(entry["sessions"], ""), *_rows(entry.get("tls_sessions", {}), " over TLS")]
+    rows += [
+        [f"{int(n):,} bare TLS connections", spread_cell(stats["rss_per_session_kib"], 2, " KiB")]
+        + ["-"] * 7
+        for n, stats in entry.get("tls_ceiling", {}).items()
+    ]
     lines = [
         *header(entry, commit, path),
         f"For each count, a fresh daemon (`python -m sessiond serve --app echo`), one warm-up "
@@ -396,7 +467,10 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "still open after the idle window; then each was closed with CLOSE NORMAL. *over "
         "TLS*: the same daemon with a `tls://` listener and a `sessiond gen-cert` certificate "
         "(ECDSA P-256), the clients verifying it; the RSS per session then includes each "
-        "connection's TLS state.",
+        "connection's TLS state. *bare TLS connections*: as many idle TLS connections to the "
+        "ceiling (`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no "
+        "session), the same certificate, client and handshakes: the transport's own share of "
+        "a TLS session's memory.",
         "",
         markdown_table(
             [

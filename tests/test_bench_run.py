@@ -156,7 +156,11 @@ def test_idle_opens_every_session_each_time_against_a_fresh_daemon(whole: BenchR
                 assert isinstance(rep["rss_per_session_kib"], float)
                 assert rep["idle_server_cpu_percent"] >= 0
             assert stats["lost"] == 0
-    measured = len(config["counts"]) + len(config["tls_counts"])
+    assert set(entry["tls_ceiling"]) == set(entry["tls_sessions"])  # the bare TLS baseline
+    for count, stats in entry["tls_ceiling"].items():
+        assert len(stats["repetitions"]) == config["repeat"], count
+        assert all(rep["sessions"] == int(count) for rep in stats["repetitions"])
+    measured = len(config["counts"]) + 2 * len(config["tls_counts"])  # daemon, ceiling
     assert len(entry["servers"]) == measured * config["repeat"]
     for server in entry["servers"].values():
         assert server["exit_code"] == 0, server["log"]
