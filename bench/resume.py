@@ -636,8 +636,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     lines += [
         "The daemon runs with every setting at its default. A resume that reaches it "
         "before it has read the old transport up to its reset takes over (protocol.md "
-        "§9.1); such takeovers present the newest credential and never count toward "
-        "SESSION_CONTESTED (§9.2).",
+        "§9.1); a takeover by a valid resume is never refused (§9.2).",
         "",
     ]
     target = entry["target"]

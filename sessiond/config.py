@@ -29,6 +29,7 @@ from sessiond_client.protocol import Params
 from sessiond_client.protocol.frames import MIN_MAX_FRAME
 
 from .addresses import parse_listen
+from .budgets import Limits
 from .channels.config import ChannelsConfig
 from .schema import Spec, setting, spec_of
 
@@ -50,6 +51,11 @@ def _listen_address(value: str) -> None:
 def _http_address(value: str) -> None:
     if value:
         parse_listen(value, ("http",))
+
+
+def _socket_path(value: str) -> None:
+    if len(value.encode()) > 107:  # sun_path holds 108 bytes, NUL included
+        raise ValueError("a unix socket path holds at most 107 bytes")
 
 
 def _not_empty(value: str) -> None:
@@ -174,6 +180,8 @@ class AdminSection:
     socket: str = setting(
         "",
         doc="path of a unix socket (mode 0600) for sessiond sessions list/end; empty: off",
+        check=_socket_path,
+        check_doc="empty or a path of at most 107 bytes",
     )
 
 
@@ -188,6 +196,7 @@ class Settings:
     admin: AdminSection = field(default_factory=AdminSection)
     protocol: Params = field(default_factory=Params)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    limits: Limits = field(default_factory=Limits)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -198,6 +207,7 @@ SECTIONS: dict[str, type[Any]] = {
     "admin": AdminSection,
     "protocol": Params,
     "channels": ChannelsConfig,
+    "limits": Limits,
 }
 
 #: Specs of ``[protocol]``: ``Params`` lives in the client package, which stays free of
@@ -247,16 +257,6 @@ PROTOCOL: dict[str, Spec] = {
     ),
     "ack_delay": Spec(
         "how long an acknowledgement may wait to be coalesced (§6)", 0, 10, unit="s"
-    ),
-    "takeover_limit": Spec(
-        "takeovers with an unconfirmed credential within takeover_window before "
-        "SESSION_CONTESTED (§9.2)", 2, 1_000_000,
-    ),
-    "takeover_window": Spec(
-        "the window takeover_limit counts in (§9.2)", 0, DAY, above=True, unit="s"
-    ),
-    "contested_retry_after": Spec(
-        "how long contesting clients are told to back off (§9.2)", 0, DAY, unit="s"
     ),
 }  # fmt: skip
 
@@ -495,6 +495,30 @@ def load_with_sources(
             raise ConfigError(f"[{section}]: {exc}") from None
     sources = {name: layers.sources.get(name, "default") for name in names()}
     return Loaded(Settings(**built), sources, layers.warnings)
+
+
+def best_effort(
+    name: str,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Any:
+    """``section.key`` from the highest layer that sets it, ignoring every error; the
+    default if none does. For reporting a configuration error in the format it asked
+    for (``server.log_format``) when the configuration as a whole does not load."""
+    if flags and name in flags:
+        return flags[name]
+    if env and env_name(name) in env:
+        return env[env_name(name)]
+    if file is not None:
+        section, _, key = name.partition(".")
+        try:
+            table = tomllib.loads(file.read_text()).get(section, {})
+            if isinstance(table, dict) and key in table:
+                return table[key]
+        except (OSError, ValueError):
+            pass
+    return default(name)
 
 
 def load(

@@ -20,11 +20,14 @@ from typing import Any
 
 from . import config
 from .addresses import ListenAddress, format_host, parse_listen
+from .admin import AdminError, AdminServer
 from .apps import load_app
 from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
 from .config import Loaded, Settings, TlsSection
 from .logs import configure as configure_logging
+from .metrics import MetricsServer
 from .server import Server, ServerConfig
+from .systemd import Notifier
 from .tls import CertificateReloader, describe, server_context
 
 log = logging.getLogger("sessiond")
@@ -80,6 +83,7 @@ def server_config(settings: Settings, auth: Authenticator | None = None) -> Serv
         max_sessions=settings.server.max_sessions,
         max_transports_per_peer=settings.server.max_transports_per_peer,
         drain_timeout=settings.server.drain_timeout,
+        limits=settings.limits,
     )
 
 
@@ -98,6 +102,9 @@ def prepare(settings: Settings) -> Prepared:
     listens = [parse_listen(value) for value in settings.server.listen]
     load_app(settings.server.app, settings)
     tls = tls_setup(settings.tls, listens)
+    socket = settings.admin.socket
+    if socket and not Path(socket).parent.is_dir():
+        raise ValueError(f"admin.socket {socket}: no directory {Path(socket).parent}")
     return Prepared(listens, tls, authenticator(settings))
 
 
@@ -118,7 +125,15 @@ class Daemon:
         self.load_again = load_again
         self.app = load_app(self.settings.server.app, self.settings)
         self.server: Server | None = None
+        self.listening = False
         self.draining = False
+        self.metrics: MetricsServer | None = None
+        self.admin: AdminServer | None = None
+        self.notifier = Notifier()
+        #: More conditions for /readyz (a store's reachability, ...): each returns why the
+        #: daemon is not ready, or None.
+        self.readiness_checks: list[Callable[[], str | None]] = []
+        self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
 
     async def run(self) -> int:
@@ -134,6 +149,10 @@ class Daemon:
         if hangup is not None:
             loop.add_signal_handler(hangup, self.reload)
         self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
+        if not await self._start_metrics() or not await self._start_admin(server):
+            await server.close()
+            await self._stop_side_doors()
+            return 1
         tls = self.prepared.tls
         for address in self.prepared.listens:
             context = tls.context if address.scheme == "tls" and tls is not None else None
@@ -148,28 +167,105 @@ class Daemon:
                     extra=_fields("listen-failed", address=str(address), error=why),
                 )
                 await server.close()
+                await self._stop_side_doors()
                 return 1
             for sock in listener.sockets:
                 host, port = sock.getsockname()[:2]
                 bound = f"{address.scheme}://{format_host(host)}:{port}"
+                self._bound.append(bound)
                 log.info(
                     "listening on %s app=%s",
                     bound,
                     settings.server.app,
                     extra=_fields("listening", address=bound, app=settings.server.app),
                 )
+        self.listening = True
+        self.notifier.ready(self._status())
+        self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:
-            log.info("TLS certificate %s", describe(tls.reloader.certificate))
+            described = describe(tls.reloader.certificate)
+            log.info(
+                "TLS certificate %s",
+                described,
+                extra=_fields("tls-certificate", certificate=described),
+            )
             if tls.client_ca is not None:
-                log.info("TLS client certificates required, CA file %s", tls.client_ca)
+                log.info(
+                    "TLS client certificates required, CA file %s",
+                    tls.client_ca,
+                    extra=_fields("tls-client-ca", file=tls.client_ca),
+                )
         await stop.wait()
         self.draining = True
+        self.notifier.stopping("draining")
         timeout = self.settings.server.drain_timeout
         log.info("draining (at most %.1f s)", timeout, extra=_fields("draining", timeout=timeout))
         await server.drain(timeout, self.settings.server.retry_after)
+        await self._stop_side_doors()
+        self.notifier.stop_watchdog()
         log.info("stopped", extra=_fields("stopped"))
         return 0
+
+    def _status(self) -> str:
+        return "listening on " + ", ".join(self._bound)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: listening and not draining."""
+        if self.draining:
+            return False, "draining"
+        if not self.listening:
+            return False, "starting"
+        for check in self.readiness_checks:
+            why = check()
+            if why is not None:
+                return False, why
+        return True, "ready"
+
+    async def _start_metrics(self) -> bool:
+        where = self.settings.metrics.listen
+        if not where:
+            return True
+        address = parse_listen(where, ("http",))
+        self.metrics = MetricsServer(self)
+        try:
+            host, port = await self.metrics.start(address.host, address.port)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            log.error(
+                "cannot serve metrics on %s: %s",
+                where,
+                why,
+                extra=_fields("listen-failed", address=where, error=why),
+            )
+            return False
+        url = f"http://{format_host(host)}:{port}"
+        log.info(
+            "metrics on %s/metrics (also /healthz, /readyz)",
+            url,
+            extra=_fields("metrics", address=url),
+        )
+        return True
+
+    async def _start_admin(self, server: Server) -> bool:
+        path = self.settings.admin.socket
+        if not path:
+            return True
+        self.admin = admin = AdminServer(server, path)
+        try:
+            await admin.start()
+        except AdminError as exc:
+            self.admin = None
+            log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
+            return False
+        log.info("admin socket %s (mode 0600)", path, extra=_fields("admin", address=path))
+        return True
+
+    async def _stop_side_doors(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.admin is not None:
+            await self.admin.close()
 
     def stop(self) -> None:
         """Drain and exit, as SIGTERM does."""
@@ -199,10 +295,26 @@ class Daemon:
         other change is reported as waiting for a restart. If anything in the new
         configuration is wrong, nothing is applied and an ERROR says what.
         """
+        self.notifier.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notifier.ready(self._status())
+
+    def _reload(self) -> None:
+        old = self.settings
         try:
             loaded = self.load_again()
-            prepared = prepare(loaded.settings)
-            certificate = self._reload_certificate(loaded.settings.tls)
+            new = loaded.settings
+            prepare(new)  # everything the new configuration names is there and valid
+            changed = config.changed(old, new)
+            restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
+            live = [name for name in changed if name not in restart]
+            effective = _keep(new, old, restart)
+            # From what will be in force (e.g. mutual-tls needs the client CA the running
+            # listeners were started with), not merely from the file.
+            auth = authenticator(effective)
+            certificate = self._reload_certificate(effective.tls)  # last: it changes things
         except ValueError as exc:
             log.error(
                 "SIGHUP: configuration not reloaded, the old settings stay in force: %s",
@@ -210,16 +322,11 @@ class Daemon:
                 extra=_fields("reload-failed", error=str(exc)),
             )
             return
-        old, new = self.settings, loaded.settings
-        changed = config.changed(old, new)
-        restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
-        live = [name for name in changed if name not in restart]
-        effective = _keep(new, old, restart)
         self.settings = effective
         server = self.server
         if server is not None:
             server.config = dataclasses.replace(
-                server_config(effective, prepared.auth),
+                server_config(effective, auth),
                 remembered_ended=server.config.remembered_ended,
                 close_grace=server.config.close_grace,
             )
@@ -231,10 +338,8 @@ class Daemon:
         done = []
         if certificate is not None:
             done.append(f"TLS certificate {certificate}")
-        if isinstance(prepared.auth, TokenFileAuthenticator):
-            done.append(
-                f"token file {prepared.auth.path} ({len(prepared.auth.entries)} identities)"
-            )
+        if isinstance(auth, TokenFileAuthenticator):
+            done.append(f"token file {auth.path} ({len(auth.entries)} identities)")
         shown = [f"{name}={_text(config.value(new, name))}" for name in live]
         done.append(f"changed: {', '.join(shown)}" if shown else "no live setting changed")
         waiting = f"; needs a restart: {', '.join(restart)}" if restart else ""
