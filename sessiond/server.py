@@ -10,6 +10,7 @@ answers HELLOs and runs one handler task per session.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import contextvars
 import inspect
@@ -36,6 +37,7 @@ from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .budgets import Limits
 from .deadlines import Deadlines, Slot
 from .logs import lifecycle
+from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
 from .session import Session
 from .tls import peer_identity
@@ -117,6 +119,8 @@ class Server:
         self.sessions: Registry[_Entry] = registry or MemoryRegistry(self.config.remembered_ended)
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
+        self.partial_bytes = 0  # held for incomplete frames, all transports
+        self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
@@ -132,17 +136,16 @@ class Server:
 
     async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
         """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
-        # A TLS transport reaches ServerProtocol only once its handshake is done, so
-        # the TLS handshake needs its own timeout (asyncio's default is 60 s).
-        timeout = self.config.params.handshake_timeout if ssl is not None else None
+        # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
+        # (loop.start_tls), so the transport counts against its address's limit from
+        # accept, not only once its handshake is done.
+        factory: Callable[[], asyncio.Protocol]
+        if ssl is None:
+            factory = lambda: ServerProtocol(self)  # noqa: E731
+        else:
+            factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         listener = await self.loop.create_server(
-            lambda: ServerProtocol(self),
-            host,
-            port,
-            ssl=ssl,
-            reuse_address=True,
-            ssl_handshake_timeout=timeout,
-            backlog=LISTEN_BACKLOG,
+            factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
         )
         self.listeners.append(listener)
         return listener
@@ -205,6 +208,7 @@ class Server:
         await asyncio.gather(*tasks, return_exceptions=True)
         for listener in self.listeners:
             await listener.wait_closed()
+        self.refusals.close()
 
     # -------------------------------------------------------------- sessions
 
@@ -241,12 +245,7 @@ class Server:
             protocol.flush()
 
     def _refuse(self, protocol: ServerProtocol, conn: Connection, why: str) -> None:
-        log.info(
-            "refused peer=%s: %s",
-            protocol.peer,
-            why,
-            extra={"fields": {"event": "refused", "peer": protocol.peer, "why": why}},
-        )
+        self.refusals.note("refused", protocol.peer, why)
         conn.reject(self.loop.time(), CloseCode.AUTH_FAILED, "authentication failed")
         protocol.flush()
 
@@ -262,14 +261,8 @@ class Server:
             if existing is None:
                 missing = self.sessions.missing_reason(hello.resume.session_id)
         if existing is None and len(self.sessions) >= self.config.max_sessions:
-            log.warning(
-                "refused peer=%s: max_sessions (%d) reached",
-                protocol.peer,
-                self.config.max_sessions,
-                extra={
-                    "fields": {"event": "limit", "limit": "max_sessions", "peer": protocol.peer}
-                },
-            )
+            why = f"max_sessions ({self.config.max_sessions}) reached"
+            self.refusals.note("limit", protocol.peer, why, logging.WARNING, limit="max_sessions")
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
         previous = existing.protocol if existing is not None else None
@@ -421,6 +414,10 @@ class ServerProtocol(asyncio.Protocol):
         "_backlog",
         "_closing",
         "_continue_handle",
+        "_fed",
+        "_held",
+        "_partial_boundary",
+        "_partial_timer",
         "_read_paused",
         "_stall_timer",
         "_timer",
@@ -447,6 +444,10 @@ class ServerProtocol(asyncio.Protocol):
         self._backlog = b""  # input read but not yet processed (beyond one slice)
         self._continue_handle: asyncio.Handle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._fed = 0  # bytes received so far (a stream offset)
+        self._held = 0  # of which held for an incomplete frame (counted in server.partial)
+        self._partial_boundary = -1  # where that frame started when its timer was armed
+        self._partial_timer: asyncio.TimerHandle | None = None
 
     @property
     def peer(self) -> str:
@@ -468,8 +469,10 @@ class ServerProtocol(asyncio.Protocol):
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
         if count > server.config.max_transports_per_peer:
-            if count == server.config.max_transports_per_peer + 1:
-                log.warning("peer %s reached max_transports_per_peer", self.host)
+            why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
+            server.refusals.note(
+                "limit", self.peer, why, logging.WARNING, limit="max_transports_per_peer"
+            )
             self.conn.reject(
                 server.loop.time(), CloseCode.LIMIT_EXCEEDED, "too many transports", 5.0
             )
@@ -496,12 +499,56 @@ class ServerProtocol(asyncio.Protocol):
         assert conn is not None
         server = self.server
         conn.receive_data(data, server.loop.time())
+        self._fed += len(data)
+        held = conn.buffered_input
+        if held or self._held:
+            self._check_partial(conn, held)
         if self.entry is None and conn.hello is not None and not conn.closed:
             self._cancel_timer()
             server.on_hello(self, conn)
         self.flush()
         if self.entry is not None:
             server.process(self.entry)
+
+    def _check_partial(self, conn: Connection, held: int) -> None:
+        """Bound what an incomplete frame may hold: per transport before the handshake,
+        over all transports, and in time (whatever the heartbeat)."""
+        server = self.server
+        limits = server.config.limits
+        server.partial_bytes += held - self._held
+        self._held = held
+        if not held or conn.closed:
+            return
+        now = server.loop.time()
+        if conn.session is None and held > limits.max_hello_size:
+            why = f"handshake frame above {limits.max_hello_size} bytes"
+            conn.close(now, CloseCode.FRAME_TOO_LARGE, why)
+        elif server.partial_bytes > limits.max_partial_bytes:
+            why = "max_partial_bytes reached"
+            server.refusals.note("limit", self.peer, why, limit="max_partial_bytes")
+            conn.close(now, CloseCode.LIMIT_EXCEEDED, "server busy", limits.retry_after)
+        elif self._partial_timer is None:
+            self._partial_boundary = self._fed - held
+            self._partial_timer = server.loop.call_later(
+                limits.partial_frame_timeout, self._on_partial_timer
+            )
+
+    def _on_partial_timer(self) -> None:
+        """A frame started partial_frame_timeout ago: still the same one? Then the
+        transport is closed (IDLE_TIMEOUT: the session detaches)."""
+        self._partial_timer = None
+        conn = self.conn
+        if conn is None or conn.closed or not self._held:
+            return
+        if self._fed - self._held != self._partial_boundary:  # frames completed since
+            self._check_partial(conn, self._held)  # re-armed for the frame now partial
+            return
+        timeout = self.server.config.limits.partial_frame_timeout
+        why = f"frame not completed within {timeout:.0f} s"
+        conn.close(self.server.loop.time(), CloseCode.IDLE_TIMEOUT, why)
+        self.flush()
+        if self.entry is not None:
+            self.server.process(self.entry)
 
     def _continue_later(self) -> None:
         if self._continue_handle is None and not self._write_paused:
@@ -567,9 +614,8 @@ class ServerProtocol(asyncio.Protocol):
         if conn is None or transport is None or not self._write_paused:
             return
         limits = self.server.config.limits
-        log.info(
-            "closed peer=%s: output not read for %.0f s", self.peer, limits.write_stall_timeout
-        )
+        why = f"output not read for {limits.write_stall_timeout:.0f} s"
+        self.server.refusals.note("limit", self.peer, why, limit="write_stall_timeout")
         conn.close(
             self.server.loop.time(),
             CloseCode.LIMIT_EXCEEDED,
@@ -664,10 +710,12 @@ class ServerProtocol(asyncio.Protocol):
                 server.per_host.pop(self.host, None)
         self._cancel_timer()
         self._backlog = b""
-        for handle in (self._continue_handle, self._stall_timer):
+        for handle in (self._continue_handle, self._stall_timer, self._partial_timer):
             if handle is not None:
                 handle.cancel()
-        self._continue_handle = self._stall_timer = None
+        self._continue_handle = self._stall_timer = self._partial_timer = None
+        server.partial_bytes -= self._held
+        self._held = 0
         conn = self.conn
         if conn is not None:
             conn.connection_lost(server.loop.time())
@@ -683,6 +731,102 @@ class ServerProtocol(asyncio.Protocol):
         self.flush()
         if self.transport is not None:
             self.transport.close()
+
+
+class TlsAccept(asyncio.Protocol):
+    """A TCP transport of a TLS listener until its TLS handshake is done, then handed to
+    a :class:`ServerProtocol`. It counts against its address's ``max_transports_per_peer``
+    from accept: over the limit it is closed at once (no CLOSE frame can be sent before
+    TLS, and the handshake is the costly part); the handshake has ``handshake_timeout``.
+
+    The loop's own TLS protocol (uvloop's when running on uvloop) is installed here,
+    in ``connection_made``, as ``loop.start_tls`` would: before the first read, which
+    uvloop starts right after ``connection_made`` returns (so a ``start_tls`` from a
+    task could miss the ClientHello).
+    """
+
+    def __init__(self, server: Server, ssl: Any) -> None:
+        self.server = server
+        self.ssl = ssl
+        self.host = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        self.host = sys.intern(str(peer[0] if isinstance(peer, tuple) else peer))
+        count = server.per_host.get(self.host, 0) + 1
+        server.per_host[self.host] = count
+        if count > server.config.max_transports_per_peer:
+            why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
+            server.refusals.note(
+                "limit", self.host, why, logging.WARNING, limit="max_transports_per_peer"
+            )
+            self._uncount()
+            raw.abort()
+            return
+        loop = server.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        protocol = _TlsServerProtocol(server, self)
+        tls = _tls_protocol_class(loop)(
+            loop,
+            protocol,
+            self.ssl,
+            waiter,
+            True,  # server side
+            None,
+            ssl_handshake_timeout=server.config.params.handshake_timeout,
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+        task = loop.create_task(self._handshake(raw, waiter))
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    async def _handshake(self, raw: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
+        """Uncount a transport whose handshake fails (one that succeeds was handed over)."""
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raw.abort()
+            raise
+        except Exception as exc:  # a failed handshake: SSLError, reset, timeout
+            log.debug("TLS handshake with %s failed: %r", self.host, exc)
+            raw.abort()
+        finally:
+            self._uncount()
+
+    def _uncount(self) -> None:
+        if self.host:
+            left = self.server.per_host.get(self.host, 1) - 1
+            if left:
+                self.server.per_host[self.host] = left
+            else:
+                self.server.per_host.pop(self.host, None)
+            self.host = ""
+
+
+class _TlsServerProtocol(ServerProtocol):
+    """A ServerProtocol whose transport its TlsAccept counted until the handshake ended."""
+
+    __slots__ = ("accept",)
+
+    def __init__(self, server: Server, accept: TlsAccept) -> None:
+        super().__init__(server)
+        self.accept = accept
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accept._uncount()  # counted again just below, in the same call
+        super().connection_made(transport)
+
+
+def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS protocol class ``loop.start_tls`` uses on *loop*."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop  # noqa: PLC0415  (a uvloop loop runs: uvloop is installed)
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    return asyncio.sslproto.SSLProtocol
 
 
 @contextlib.asynccontextmanager

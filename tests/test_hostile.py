@@ -11,16 +11,34 @@ and the canary's latency. Nothing here asserts a timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl as ssl_module
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from sessiond_client.protocol.codec import encode_ping
+from sessiond_client.protocol import (
+    CloseCode,
+    FrameDecoder,
+    Params,
+    SessionResumed,
+    parse_frame,
+)
+from sessiond_client.protocol.codec import encode_data, encode_ping
+from sessiond_client.protocol.frames import Close, Hello
 
+import sessiond
+import sessiond.apps
 from bench.hostile import blind_acker, open_raw, ping_flooder, send_bounded
+from sessiond.budgets import Limits
+from sessiond.server import ServerConfig
+from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
 from tests.test_attacks import daemon_process, echo, rss_kib, started
 
 MIB = 1024
+HOST = "127.0.0.1"
 
 
 async def canary_during(canary: CoreClient, attack: asyncio.Future[str]) -> int:
@@ -102,3 +120,134 @@ async def test_a_transport_whose_output_is_not_read_is_closed_and_its_session_de
     assert outcome == "closed", outcome
     assert "output not read" in log
     assert "detached" in log and "code=LIMIT_EXCEEDED" in log, log[-2000:]
+
+
+# ------------------------------------------------------------------ the handshake phase
+
+
+@contextlib.asynccontextmanager
+async def echo_server(
+    limits: Limits, ssl: Any = None, **config: Any
+) -> AsyncIterator[sessiond.Server]:
+    server_config = ServerConfig(params=Params(heartbeat_max=300.0), limits=limits, **config)
+    async with sessiond.serve(sessiond.apps.echo, HOST, 0, ssl=ssl, config=server_config) as server:
+        yield server
+
+
+async def read_close(reader: asyncio.StreamReader, timeout: float = 20.0) -> Close | None:
+    """Read to EOF (or reset, or *timeout*): the CLOSE frame that ended the stream, if any."""
+    data = b""
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        data = await asyncio.wait_for(reader.read(), timeout)
+    frames = [parse_frame(frame) for frame in FrameDecoder(1 << 20).feed(data)]
+    closes = [frame for frame in frames if isinstance(frame, Close)]
+    return closes[-1] if closes else None
+
+
+async def test_a_transport_sitting_on_a_partial_frame_is_closed_whatever_the_heartbeat() -> None:
+    """After HELLO, all but 10 bytes of a large frame, then nothing (the heartbeat asked
+    for is 300 s: the idle timeout would be 900 s). The transport is closed with
+    IDLE_TIMEOUT after partial_frame_timeout; the session detaches, then resumes."""
+    async with echo_server(Limits(partial_frame_timeout=1.0)) as server:
+        client = CoreClient(HOST, server.addresses[0][1], Params(heartbeat_interval=300.0))
+        await client.open()
+        await echo(client, b"before")
+        assert client.writer is not None
+        client.writer.write(encode_data(2, b"x" * 200_000)[:-10])
+        await client.pump_until(lambda: False, 20)  # until the daemon closes it
+        assert client.conn is not None and client.conn.close_code is CloseCode.IDLE_TIMEOUT
+        assert "not completed" in client.conn.close_reason
+        assert server.partial_bytes == 0
+        client.conn = None
+        await client.open()  # the session was detached, not ended
+        assert isinstance(client.events[-1], SessionResumed), client.events
+        await echo(client, b"after")
+        await client.close()
+
+
+async def test_a_frame_arriving_slowly_but_steadily_in_many_frames_is_not_cut() -> None:
+    """Frames that each complete in time are not cut, however long the stream stays
+    mid-frame at read boundaries."""
+    async with echo_server(Limits(partial_frame_timeout=1.0)) as server:
+        client = CoreClient(HOST, server.addresses[0][1])
+        await client.open()
+        assert client.writer is not None and client.conn is not None
+        for i in range(8):
+            client.session.send(b"%03d" % i * 30, client.now())  # 106-byte frames
+        frames = client.conn.data_to_send()
+        for start in range(0, len(frames), 37):  # mid-frame between writes, 0.3 s a frame
+            client.writer.write(frames[start : start + 37])
+            await asyncio.sleep(0.1)  # 2.3 s in all, more than the timeout
+        await client.pump_until(lambda: len(client.received) == 8, 10)
+        assert client.attached
+        await client.close()
+
+
+async def test_bytes_held_before_the_handshake_and_over_all_transports_are_bounded() -> None:
+    """A HELLO-sized partial frame above max_hello_size is refused (FRAME_TOO_LARGE);
+    partial frames over all transports above max_partial_bytes: LIMIT_EXCEEDED."""
+    limits = Limits(max_hello_size=4096, max_partial_bytes=1 << 20)
+    async with echo_server(limits) as server:
+        port = server.addresses[0][1]
+        reader, writer = await asyncio.open_connection(HOST, port)
+        hello = Hello((1,), 15000, 8, 2048, 1 << 20, 0, "t" * 10_000).encode()
+        writer.write(hello[:-10])
+        close = await read_close(reader)
+        writer.close()
+        assert close is not None and close.code == CloseCode.FRAME_TOO_LARGE, close
+
+        clients = []
+        for _ in range(6):  # 6 x 300 kB of partial DATA frames: > 1 MiB
+            client = CoreClient(HOST, port)
+            await client.open()
+            assert client.writer is not None
+            client.writer.write(encode_data(1, b"x" * 300_000)[:-10])
+            clients.append(client)
+        codes = []
+        for client in clients:
+            with contextlib.suppress(TimeoutError):
+                await client.pump_until(lambda: False, 1.0)
+            assert client.conn is not None
+            codes.append(client.conn.close_code)
+        assert CloseCode.LIMIT_EXCEEDED in codes, codes
+        assert server.partial_bytes <= 1 << 20
+        for client in clients:
+            if client.writer is not None:
+                client.writer.close()
+
+
+class FromAddress(CoreClient):
+    """A client connecting from 127.0.0.2: another address of the loopback network."""
+
+    async def open_transport(self, timeout: float = 5.0) -> None:
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.host, self.port, ssl=self.ssl, local_addr=("127.0.0.2", 0)
+            ),
+            timeout,
+        )
+
+
+async def test_tls_handshakes_in_progress_count_against_the_address_limit(tmp_path: Path) -> None:
+    """TCP connections to a TLS listener that never send a ClientHello count against
+    max_transports_per_peer from accept: beyond it they are closed at once. Another
+    address (a client from 127.0.0.2) still completes TLS and echoes. Scale: 40 connections, limit 8
+    (the issue's attack: 2,000)."""
+    certs = generate(tmp_path / "certs", [HOST])
+    context = server_context(certs.server_cert, certs.server_key)
+    async with echo_server(Limits(), ssl=context, max_transports_per_peer=8) as server:
+        port = server.addresses[0][1]
+        held = [await asyncio.open_connection(HOST, port) for _ in range(40)]
+        ends = await asyncio.gather(*(read_close(reader, 3.0) for reader, _ in held))
+        assert all(end is None for end in ends)
+        closed = sum(reader.at_eof() for reader, _ in held)
+        assert closed >= 32, closed  # refused at accept (the 8 first wait for a ClientHello)
+        assert server.per_host.get(HOST, 0) <= 8
+        canary = FromAddress(
+            HOST, port, ssl=ssl_module.create_default_context(cafile=str(certs.ca))
+        )
+        await canary.open()
+        await echo(canary, b"another address is not locked out")
+        await canary.close()
+        for _, writer in held:
+            writer.close()

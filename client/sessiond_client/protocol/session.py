@@ -853,6 +853,11 @@ class Connection:
         else:
             out.append(frame)
 
+    @property
+    def buffered_input(self) -> int:
+        """Bytes held for an incomplete frame (at most ``max_frame_size``)."""
+        return self._decoder.buffered
+
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes from the transport; peer faults close it with their code (never raise)."""
         if self.state is _CLOSED:
