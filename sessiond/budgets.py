@@ -17,20 +17,72 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .schema import setting
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-transport, per-address, per-identity and global bounds (protocol.md §12:
     every refusal is LIMIT_EXCEEDED with a retry-after)."""
 
-    write_buffer_high: int = 256 * 1024  # bytes queued for one transport: stop reading it
-    write_buffer_low: int = 64 * 1024  # ... until its output is down to this
-    write_stall_timeout: float = 30.0  # paused longer: closed with LIMIT_EXCEEDED
-    read_slice: int = 64 * 1024  # bytes of one read processed before others get a turn
-    partial_frame_timeout: float = 30.0  # one frame must arrive within this, once started
-    max_hello_size: int = 64 * 1024  # bytes held for a frame before the handshake is done
-    max_partial_bytes: int = 256 << 20  # bytes of partial frames held, all transports
-    retry_after: float = 5.0  # told to clients refused by a limit
+    write_buffer_high: int = setting(
+        256 * 1024,
+        doc="bytes queued for one transport above which the daemon stops reading it",
+        low=1024,
+        high=1 << 30,
+        unit="bytes",
+    )
+    write_buffer_low: int = setting(
+        64 * 1024,
+        doc="bytes a paused transport's output must drain to before it is read again",
+        low=0,
+        high=1 << 30,
+        unit="bytes",
+    )
+    write_stall_timeout: float = setting(
+        30.0,
+        doc="a transport paused on its output longer than this is closed (LIMIT_EXCEEDED)",
+        low=0,
+        above=True,
+        high=86_400,
+        unit="s",
+    )
+    read_slice: int = setting(
+        64 * 1024,
+        doc="bytes of one read processed before other transports get a turn",
+        low=1024,
+        high=1 << 30,
+        unit="bytes",
+    )
+    partial_frame_timeout: float = setting(
+        30.0,
+        doc="time one frame may take to arrive once it has started",
+        low=0,
+        above=True,
+        high=86_400,
+        unit="s",
+    )
+    max_hello_size: int = setting(
+        64 * 1024,
+        doc="bytes held for one frame before the handshake is done",
+        low=1024,
+        high=1 << 30,
+        unit="bytes",
+    )
+    max_partial_bytes: int = setting(
+        256 << 20,
+        doc="bytes of partial frames held over all transports",
+        low=1 << 20,
+        high=1 << 40,
+        unit="bytes",
+    )
+    retry_after: float = setting(
+        5.0,
+        doc="retry-after told to clients refused by a limit",
+        low=0,
+        high=86_400,
+        unit="s",
+    )
 
     def __post_init__(self) -> None:
         checks = {

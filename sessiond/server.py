@@ -40,6 +40,7 @@ from .logs import lifecycle
 from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
 from .session import Session
+from .stats import Stats
 from .tls import peer_identity
 
 log = logging.getLogger("sessiond")
@@ -71,6 +72,7 @@ class _Entry:
 
     __slots__ = (
         "core",
+        "created",
         "dirty",
         "peer_host",
         "peer_port",
@@ -93,6 +95,7 @@ class _Entry:
         self.peer_host = ""  # the last transport's peer (host interned, port: no string
         self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
+        self.created = server.loop.time()  # for operators (sessiond sessions list)
 
     @property
     def peer(self) -> str:
@@ -131,6 +134,8 @@ class Server:
         self._dirty: list[_Entry] = []
         self._flush_scheduled = False
         self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
+        #: Event counters for metrics (sessiond.metrics reads them, and live state, on scrape).
+        self.stats = Stats()
 
     # ------------------------------------------------------------- listening
 
@@ -268,8 +273,10 @@ class Server:
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
-        if existing is not None and core is existing.core and previous is not None:
-            existing.taken_over = previous is not protocol
+        if existing is not None and core is existing.core:
+            self.stats.resume_seconds.observe(now - conn.opened_at)
+            if previous is not None:
+                existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
             previous.flush()
@@ -299,10 +306,16 @@ class Server:
         protocol.entry = entry
         self.process(entry)
 
-    def process(self, entry: _Entry) -> None:
-        """Act on a session's events, wake its handler and re-arm its timer."""
+    def process(self, entry: _Entry, after_input: bool = True) -> None:
+        """Act on a session's events, wake its handler and re-arm its timer.
+
+        Without *after_input* (after a flush) no flush is queued for unread
+        messages: they were there when the handler was woken, and a handler
+        that leaves them unread must not keep the loop busy.
+        """
         core = entry.core
         for event in core.events():
+            self._count(entry, event)
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
                 # The handler's coroutine is the task itself, and one callback sees
@@ -323,7 +336,7 @@ class Server:
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
         entry.session.wake()
-        if core.messages_waiting and not entry.dirty and entry.protocol is not None:
+        if after_input and core.messages_waiting and not entry.dirty and entry.protocol is not None:
             # The woken handler runs next iteration; a flush queued behind it writes its
             # replies in that same iteration instead of one later (echo latency).
             self.schedule_flush(entry)
@@ -351,7 +364,14 @@ class Server:
         if not session.ended:
             session.close(CloseCode.SESSION_REVOKED, "handler failed")
 
+    def _count(self, entry: _Entry, event: object) -> None:
+        """Metrics of one lifecycle event (the event itself is counted by _log)."""
+        if isinstance(event, SessionEnded):
+            sent, _, received, _ = entry.core.sequence_numbers
+            self.stats.session_ended(event.code.name, sent, received)
+
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
+        self.stats.event(what)
         lifecycle(
             log,
             what,
@@ -398,7 +418,7 @@ class Server:
             protocol = entry.protocol
             if protocol is not None:
                 protocol.flush()
-            self.process(entry)
+            self.process(entry, False)
 
 
 class ServerProtocol(asyncio.Protocol):
@@ -466,6 +486,8 @@ class ServerProtocol(asyncio.Protocol):
         server = self.server
         self.conn = Connection.server(server.config.params, server.loop.time())
         server.protocols.add(self)
+        if transport.get_extra_info("ssl_object") is not None:
+            server.stats.tls_handshakes += 1
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
         if count > server.config.max_transports_per_peer:
@@ -498,6 +520,7 @@ class ServerProtocol(asyncio.Protocol):
         conn = self.conn
         assert conn is not None
         server = self.server
+        server.stats.bytes_in += len(data)
         conn.receive_data(data, server.loop.time())
         self._fed += len(data)
         held = conn.buffered_input
@@ -651,6 +674,7 @@ class ServerProtocol(asyncio.Protocol):
             return  # the core holds it (bounded by the window) until resume_writing
         data = conn.data_to_send()
         if data:
+            self.server.stats.bytes_out += len(data)
             transport.write(data)
         if conn.closed and not self._closing and not transport.is_closing():
             self._closing = True
@@ -718,6 +742,10 @@ class ServerProtocol(asyncio.Protocol):
         self._held = 0
         conn = self.conn
         if conn is not None:
+            code = conn.close_code
+            if conn.session is None and code is not CloseCode.TAKEN_OVER:
+                # never carried a session: refused, or the peer left during the handshake
+                server.stats.refusal(code.name if code is not None else "NONE")
             conn.connection_lost(server.loop.time())
         entry = self.entry
         self.entry = None
@@ -753,6 +781,7 @@ class TlsAccept(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)
         server = self.server
+        server.stats.tls_accepted += 1  # ServerProtocol.connection_made counts completed ones
         peer = transport.get_extra_info("peername")
         self.host = sys.intern(str(peer[0] if isinstance(peer, tuple) else peer))
         count = server.per_host.get(self.host, 0) + 1
@@ -762,6 +791,7 @@ class TlsAccept(asyncio.Protocol):
             server.refusals.note(
                 "limit", self.host, why, logging.WARNING, limit="max_transports_per_peer"
             )
+            server.stats.refusal(CloseCode.LIMIT_EXCEEDED.name)
             self._uncount()
             raw.abort()
             return

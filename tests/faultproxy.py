@@ -441,6 +441,7 @@ class FaultProxy:
         self._listener: asyncio.Server | None = None
         self._delay: dict[Direction, float] = {C2S: 0.0, S2C: 0.0}
         self._chunk: dict[Direction, int | None] = {C2S: None, S2C: None}
+        self._blackholed = False
         self._new_connection = asyncio.Event()
 
     async def start(self) -> FaultProxy:
@@ -479,6 +480,8 @@ class FaultProxy:
         for direction in DIRECTIONS:
             conn.delay(self._delay[direction], direction)
             conn.chunk(self._chunk[direction], direction)
+        if self._blackholed:
+            conn.blackhole()
         self.connections.append(conn)
         self._new_connection.set()
         return conn.client
@@ -500,9 +503,16 @@ class FaultProxy:
         for conn in self.active:
             conn.cut_one_way(direction, fin)
 
-    def blackhole(self) -> None:
+    def blackhole(self, later: bool = False) -> None:
+        """Blackhole every open connection (with *later*, also those accepted from now
+        on: the target looks unreachable to a client that reconnects)."""
+        self._blackholed = later
         for conn in self.active:
             conn.blackhole()
+
+    def heal(self) -> None:
+        """Connections accepted from now on are forwarded again (open ones stay dead)."""
+        self._blackholed = False
 
     def stall(self, direction: Direction | None = None) -> None:
         for conn in self.active:

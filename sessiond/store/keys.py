@@ -1,0 +1,150 @@
+"""Every Redis key name, Lua script and encoding of the session store, in one place.
+
+Layout (``P`` is the key prefix, ``[store] key_prefix``; ``{<sid>}`` is the Redis
+Cluster hash tag, the session ID in hex, so one session's keys share a slot)::
+
+    P{<sid>}:m        hash    the session's metadata (fields below)
+    P{<sid>}:o        stream  one entry per session per loop iteration
+    Pnode:<node>      string  a process's lease (PX TTL, renewed every second)
+    Prelease:<node>   channel requests to a live owner to release a session
+    Preleased:<node>  channel the owner's answer to the node that asked
+
+Fencing: a stream entry ID is ``<epoch>-<counter>``. A claim moves the epoch on
+and appends the marker ``<epoch+1>-0`` in one script, after which Redis itself
+refuses every ``XADD`` of the old owner (its IDs are now smaller than the top
+item; trimming never lowers a stream's last ID). Metadata writes after creation
+go through :data:`FENCED_HSET` and friends, which compare the epoch first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+# ------------------------------------------------------------------ key names
+
+
+def meta_key(prefix: str, sid: bytes) -> str:
+    return f"{prefix}{{{sid.hex()}}}:m"
+
+
+def stream_key(prefix: str, sid: bytes) -> str:
+    return f"{prefix}{{{sid.hex()}}}:o"
+
+
+def lease_key(prefix: str, node: str) -> str:
+    return f"{prefix}node:{node}"
+
+
+def release_channel(prefix: str, node: str) -> str:
+    return f"{prefix}release:{node}"
+
+
+def released_channel(prefix: str, node: str) -> str:
+    return f"{prefix}released:{node}"
+
+
+def entry_id(epoch: int, counter: int) -> str:
+    return f"{epoch}-{counter}"
+
+
+def parse_entry_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    epoch, _, counter = text.partition("-")
+    return int(epoch), int(counter)
+
+
+# ------------------------------------------------------------ metadata fields
+
+EPOCH = "e"  # current owner's epoch (the fencing token)
+OWNER = "o"  # node ID of the owner; "" once released
+IDENTITY = "i"  # msgpack of the authenticated identity
+DIGEST = "d"  # SHA-256 of the current resume credential
+PREVIOUS = "pd"  # digest of the credential presented to get the current one
+RETIRED = "r"  # rotated-out digests, concatenated (32 bytes each)
+CONFIRMED = "cf"  # b"1" once the client proved it holds the current credential
+TERMS = "t"  # msgpack of the negotiated terms
+DATA = "data"  # msgpack of session.data
+POSITIONS = "pos"  # msgpack [next_seq, acked, consumed] written at claim and release
+ENDED = "x"  # the end code, once the session ended
+
+# --------------------------------------------------------------- stream fields
+
+FIRST = "s"  # sequence number of the entry's first payload
+PAYLOADS = "p"  # msgpack array of payloads
+CONSUMED = "c"  # inbound position consumed by the handler so far
+ACKED = "a"  # outbound position the client acknowledged so far
+CLAIMED = "claim"  # marker entry <epoch>-0: the node that claimed
+
+DIGEST_SIZE = 32
+
+
+def pack(value: Any) -> bytes:
+    data: bytes = msgpack.packb(value, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
+
+
+def join_digests(digests: tuple[bytes, ...]) -> bytes:
+    return b"".join(digests)
+
+
+def split_digests(data: bytes) -> tuple[bytes, ...]:
+    return tuple(data[i : i + DIGEST_SIZE] for i in range(0, len(data), DIGEST_SIZE))
+
+
+# -------------------------------------------------------------------- scripts
+# Scripts run on the claim, release and end paths only, never per message.
+
+#: KEYS: meta, stream. ARGV: expected epoch, claiming node.
+#: Returns the new epoch; 0 if the epoch moved meanwhile; -1 if the session is
+#: unknown (never existed or expired); -2 if it ended.
+CLAIM = """
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return -2 end
+if e ~= ARGV[1] then return 0 end
+local n = tonumber(e) + 1
+redis.call('XADD', KEYS[2], n .. '-0', 'claim', ARGV[2])
+redis.call('HSET', KEYS[1], 'e', tostring(n), 'o', ARGV[2])
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+return n
+"""
+
+#: KEYS: meta, stream. ARGV: epoch, ttl in ms (0: none), then field, value pairs.
+#: Writes the fields if the epoch is still ours, then sets (or clears) the TTL of
+#: both keys. Returns 1, or 0 when fenced out.
+FENCED_HSET = """
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+return 1
+"""
+
+#: KEYS: meta, stream. ARGV: epoch, end code, ttl in ms of the remembered end.
+#: Replaces the session by its end code; returns 1, or 0 when fenced out. The
+#: stream gets the marker of the next epoch and is emptied, not deleted: its last
+#: ID fences every writer until it expires (and the hot path's XADD uses
+#: NOMKSTREAM, so an expired stream is never re-created).
+END = """
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', 'claim', '')
+redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)
+redis.call('HSET', KEYS[1], 'x', ARGV[2], 'e', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""

@@ -1,0 +1,502 @@
+"""The Redis session store: redis-py's asyncio client with the hiredis parser.
+
+Hot path: :meth:`RedisStore.append` queues one ``XADD`` per session per loop
+iteration (its new outbound payloads and both positions in one entry), and
+:meth:`RedisStore.commit` sends everything queued in one pipelined round trip.
+Commits are serialised (one in flight): appends made while one runs go out in
+the next, so a session's entries reach Redis in counter order. Key names,
+scripts and encodings are in :mod:`sessiond.store.keys`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+from sessiond_client.protocol import CloseCode
+
+from . import keys
+from .errors import Fenced, StoreUnavailable
+from .records import Loaded, Positions, SessionMeta, Terms
+from .streams import StreamLog
+
+log = logging.getLogger("sessiond.store")
+
+#: Entries trimmable (entirely acknowledged) before an XTRIM is queued with an append.
+TRIM_BATCH = 8
+
+
+class Gone(Exception):
+    """The session is not in the store; ``code`` says why (unknown, expired, ended)."""
+
+    def __init__(self, code: CloseCode) -> None:
+        super().__init__(code.name)
+        self.code = code
+
+
+class RedisStore:
+    """Sessions in Redis, shared by every process that uses the same server and prefix.
+
+    Call :meth:`start` (connects, takes the node lease, listens for release
+    requests) before anything else and :meth:`close` at the end.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        key_prefix: str = "sessiond:",
+        *,
+        lease_ttl: float = 3.0,
+        renew_every: float = 1.0,
+        ended_ttl: float = 3600.0,
+        timeout: float = 2.0,
+        max_connections: int = 16,
+    ) -> None:
+        self.url = url
+        self.prefix = key_prefix
+        self.node = secrets.token_hex(8)
+        self.lease_ttl = lease_ttl
+        self.renew_every = renew_every
+        self.ended_ttl = ended_ttl
+        self.timeout = timeout
+        #: Called with a session ID whose append was refused (fenced out or gone).
+        self.on_fenced: Callable[[bytes], None] = lambda sid: None
+        #: Called once when the lease could not be renewed before it ran out.
+        self.on_lease_lost: Callable[[], None] = lambda: None
+        #: Called with a session ID that another node asks this one to release.
+        self.on_release_request: Callable[[bytes], None] = lambda sid: None
+        # A bounded pool whose users wait for a free connection: a burst of resumes
+        # (every client of a network cut at once) must not open a connection each.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=None,  # waiting for a free connection is not a fault
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # The hot path and the lease each have a connection of their own: neither
+        # waits behind a burst of claims, and commits reach Redis in order.
+        self._writer = aioredis.Redis.from_url(
+            url,
+            single_connection_client=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._leaser = aioredis.Redis.from_url(
+            url,
+            single_connection_client=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._logs: dict[bytes, StreamLog] = {}
+        self._commands: list[tuple[Any, ...]] = []
+        self._owners: list[bytes | None] = []  # per queued command: the session it writes
+        self._commit_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pubsub: Any = None
+        self._released: dict[bytes, asyncio.Future[None]] = {}
+        self._asked: dict[bytes, str] = {}  # session -> node that asked for its release
+        self._lease_renewed = 0.0
+        self._lease_lost = False
+        self._scripts: dict[str, Any] = {}
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect, take this process's lease and subscribe to release requests.
+
+        Raises :class:`StoreUnavailable` naming the URL when Redis cannot be reached.
+        """
+        try:
+            await self.client.ping()
+            for name, source in (
+                ("claim", keys.CLAIM),
+                ("fenced_hset", keys.FENCED_HSET),
+                ("end", keys.END),
+            ):
+                self._scripts[name] = self.client.register_script(source)
+            await self._renew()
+            self._pubsub = self.client.pubsub()
+            await self._pubsub.subscribe(
+                keys.release_channel(self.prefix, self.node),
+                keys.released_channel(self.prefix, self.node),
+            )
+        except (RedisError, OSError) as exc:
+            await self._disconnect()
+            raise StoreUnavailable(f"session store {self.url}: {exc}") from None
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._renew_forever()),
+            loop.create_task(self._listen()),
+        ]
+
+    async def close(self) -> None:
+        """Stop renewing the lease, drop it, and disconnect."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.delete(keys.lease_key(self.prefix, self.node))
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+            self._pubsub = None
+        for client in (self.client, self._writer, self._leaser):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    # ------------------------------------------------------------------ lease
+
+    async def _renew(self) -> None:
+        await self._leaser.set(
+            keys.lease_key(self.prefix, self.node), self.node, px=int(self.lease_ttl * 1000)
+        )
+        self._lease_renewed = time.monotonic()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                await asyncio.wait_for(self._renew(), self.renew_every)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("session store: lease renewal failed: %s", exc)
+            # Give up one renewal period before the lease runs out: sessions this
+            # process can no longer write must be detached while it still owns them.
+            if (
+                not self._lease_lost
+                and time.monotonic() - self._lease_renewed > self.lease_ttl - self.renew_every
+            ):
+                self._lease_lost = True
+                log.error("session store: lease about to run out; detaching every session")
+                self.on_lease_lost()
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lease_lost
+
+    async def owner_alive(self, node: str) -> bool:
+        """True while *node* holds its lease."""
+        if not node:
+            return False
+        if node == self.node:
+            return not self._lease_lost
+        return bool(await self._call(self.client.exists(keys.lease_key(self.prefix, node))))
+
+    # --------------------------------------------------------------- hot path
+
+    def append(
+        self,
+        sid: bytes,
+        epoch: int,
+        first_seq: int,
+        payloads: Sequence[bytes],
+        consumed: int,
+        acked: int,
+    ) -> None:
+        """Queue one entry: the session's payloads numbered from *first_seq* (maybe
+        none) and its positions. Sent by the next :meth:`commit`."""
+        stream = self._logs.get(sid)
+        if stream is None:
+            self._logs[sid] = stream = StreamLog(epoch)
+        key = keys.stream_key(self.prefix, sid)
+        counter = stream.add(epoch, first_seq + len(payloads) - 1)
+        command: tuple[Any, ...] = (
+            "XADD",
+            key,
+            "NOMKSTREAM",
+            f"{epoch}-{counter}",
+            keys.FIRST,
+            first_seq,
+            keys.CONSUMED,
+            consumed,
+            keys.ACKED,
+            acked,
+        )
+        if payloads:
+            command = (*command, keys.PAYLOADS, keys.pack(list(payloads)))
+        self._commands.append(command)
+        self._owners.append(sid)
+        minid = stream.trim(acked, TRIM_BATCH)
+        if minid is not None:
+            self._commands.append(("XTRIM", key, "MINID", minid))
+            self._owners.append(None)
+
+    @property
+    def pending(self) -> bool:
+        """True when appends are waiting for a :meth:`commit`."""
+        return bool(self._commands)
+
+    async def commit(self) -> None:
+        """Send everything appended so far in one pipelined round trip.
+
+        Returns once it is stored. A session whose entry Redis refused (fenced
+        out, or its keys expired) is reported to :attr:`on_fenced`. Raises
+        :class:`StoreUnavailable` if the round trip failed (whether it was
+        applied is then unknown: treat the batch's sessions as lost here).
+        """
+        async with self._commit_lock:
+            commands, owners = self._commands, self._owners
+            if not commands:
+                return
+            self._commands, self._owners = [], []
+            pipe = self._writer.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            try:
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise StoreUnavailable(f"session store: {exc}") from None
+            for sid, result in zip(owners, results, strict=True):
+                if sid is not None and (result is None or isinstance(result, Exception)):
+                    self._logs.pop(sid, None)
+                    self.on_fenced(sid)
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def create(self, meta: SessionMeta, positions: Positions | None = None) -> int:
+        """Store a new session owned by this node; returns its epoch (1)."""
+        sid = meta.session_id
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.meta_key(self.prefix, sid), mapping=self._meta_fields(meta, 1))  # type: ignore[arg-type]
+        pipe.xadd(keys.stream_key(self.prefix, sid), {keys.CLAIMED: self.node}, id="1-0")
+        if positions is not None:
+            pipe.hset(keys.meta_key(self.prefix, sid), keys.POSITIONS, _pack_positions(positions))
+        await self._call(pipe.execute())
+        self._logs[sid] = StreamLog(1)
+        return 1
+
+    async def load(self, sid: bytes) -> Loaded:
+        """The stored session; raises :class:`Gone` with the reason when there is none."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.meta_key(self.prefix, sid))
+        pipe.xrange(keys.stream_key(self.prefix, sid))
+        fields, entries = await self._call(pipe.execute())
+        if not fields:
+            raise Gone(CloseCode.UNKNOWN_SESSION)
+        if b"x" in fields:
+            raise Gone(CloseCode(int(fields[b"x"])))
+        return _decode(sid, fields, entries, self._logs)
+
+    async def claim(self, sid: bytes, expected_epoch: int) -> int:
+        """Take the session over from epoch *expected_epoch*; returns the new epoch.
+
+        Raises :class:`Fenced` if someone else moved the epoch first, :class:`Gone`
+        if the session is not there. Check :meth:`owner_alive` (or ask the owner to
+        release) first: a claim does not look at leases.
+        """
+        result = int(
+            await self._call(
+                self._scripts["claim"](
+                    keys=[keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)],
+                    args=[str(expected_epoch), self.node],
+                )
+            )
+        )
+        if result == 0:
+            raise Fenced(f"session {sid.hex()[:8]}: epoch moved past {expected_epoch}")
+        if result == -1:
+            raise Gone(CloseCode.UNKNOWN_SESSION)
+        if result == -2:
+            raise Gone(CloseCode.SESSION_REVOKED)
+        stream = self._logs.get(sid)
+        if stream is not None:
+            stream.claimed(result)
+        else:
+            self._logs[sid] = StreamLog(result)
+        return result
+
+    async def save(
+        self,
+        sid: bytes,
+        epoch: int,
+        meta: SessionMeta | None = None,
+        positions: Positions | None = None,
+        ttl: float = 0.0,
+        release: bool = False,
+    ) -> None:
+        """Write metadata (and the positions) if *epoch* is still current, then set the
+        keys' TTL (*ttl* seconds: detached; 0: attached, no TTL). With *release*,
+        ownership is given up. Raises :class:`Fenced` when another node owns it."""
+        fields: list[Any] = []
+        if meta is not None:
+            for name, value in self._meta_fields(meta, epoch).items():
+                fields += [name, value]
+        if positions is not None:
+            fields += [keys.POSITIONS, _pack_positions(positions)]
+        if release:
+            fields += [keys.OWNER, ""]
+        done = await self._call(
+            self._scripts["fenced_hset"](
+                keys=[keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)],
+                args=[str(epoch), int(ttl * 1000), *fields],
+            )
+        )
+        if not done:
+            self._logs.pop(sid, None)
+            raise Fenced(f"session {sid.hex()[:8]}: epoch {epoch} is no longer current")
+        if release:
+            self._logs.pop(sid, None)
+            waiter = self._pubsub_reply(sid)
+            if waiter is not None:
+                await self._call(self.client.publish(*waiter))
+
+    async def end(self, sid: bytes, epoch: int, code: CloseCode) -> None:
+        """Replace the session by its end *code* (kept ``ended_ttl`` to answer resumes)."""
+        self._logs.pop(sid, None)
+        await self._call(
+            self._scripts["end"](
+                keys=[keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)],
+                args=[str(epoch), int(code), int(self.ended_ttl * 1000)],
+            )
+        )
+
+    def forget(self, sid: bytes) -> None:
+        """This process no longer holds the session (fenced, or dropped)."""
+        self._logs.pop(sid, None)
+
+    # ---------------------------------------------------------------- release
+
+    async def ask_release(self, owner: str, sid: bytes, timeout: float) -> bool:
+        """Ask live node *owner* to release *sid*; True once it says it has."""
+        waiter = self._released.get(sid)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._released[sid] = waiter
+        try:
+            await self._call(
+                self.client.publish(
+                    keys.release_channel(self.prefix, owner), self.node + ":" + sid.hex()
+                )
+            )
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if self._released.get(sid) is waiter:
+                del self._released[sid]
+
+    def _pubsub_reply(self, sid: bytes) -> tuple[str, str] | None:
+        asker = self._asked.pop(sid, None)
+        if asker is None:
+            return None
+        return keys.released_channel(self.prefix, asker), sid.hex()
+
+    async def _listen(self) -> None:
+        release = keys.release_channel(self.prefix, self.node).encode()
+        pubsub = self._pubsub
+        while True:
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except (RedisError, OSError) as exc:
+                log.warning("session store: release channel: %s", exc)
+                await asyncio.sleep(self.renew_every)
+                continue
+            if message is None:
+                continue
+            data: bytes = message["data"]
+            if message["channel"] == release:
+                asker, _, hexid = data.decode().partition(":")
+                sid = bytes.fromhex(hexid)
+                self._asked[sid] = asker
+                self.on_release_request(sid)
+            else:
+                waiter = self._released.get(bytes.fromhex(data.decode()))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    # --------------------------------------------------------------- helpers
+
+    def _meta_fields(self, meta: SessionMeta, epoch: int) -> dict[str, Any]:
+        return {
+            keys.EPOCH: str(epoch),
+            keys.OWNER: self.node,
+            keys.IDENTITY: keys.pack(meta.identity),
+            keys.DIGEST: meta.credential_digest,
+            keys.PREVIOUS: meta.previous_digest or b"",
+            keys.RETIRED: keys.join_digests(meta.retired),
+            keys.CONFIRMED: b"1" if meta.confirmed else b"",
+            keys.TERMS: keys.pack(meta.terms.to_list()),
+            keys.DATA: keys.pack(meta.data),
+        }
+
+    async def _call(self, pending: Any) -> Any:
+        # The socket timeout bounds each command; a wait for a pooled connection
+        # behind a burst of claims is not counted against it.
+        try:
+            return await pending
+        except ResponseError:
+            raise
+        except (RedisError, OSError, TimeoutError, RedisTimeout) as exc:
+            raise StoreUnavailable(f"session store: {exc or type(exc).__name__}") from None
+
+
+def _pack_positions(positions: Positions) -> bytes:
+    return keys.pack(
+        [positions.next_seq, positions.acked, positions.consumed, list(positions.unacked)]
+    )
+
+
+def _decode(
+    sid: bytes,
+    fields: dict[bytes, bytes],
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+    logs: dict[bytes, StreamLog],
+) -> Loaded:
+    epoch = int(fields[b"e"])
+    meta = SessionMeta(
+        session_id=sid,
+        identity=keys.unpack(fields[b"i"]),
+        credential_digest=fields[b"d"],
+        previous_digest=fields.get(b"pd") or None,
+        retired=keys.split_digests(fields.get(b"r", b"")),
+        confirmed=bool(fields.get(b"cf")),
+        terms=Terms.from_list(keys.unpack(fields[b"t"])),
+        data=keys.unpack(fields[b"data"]),
+    )
+    next_seq, acked, consumed = 1, 0, 0
+    payloads: dict[int, bytes] = {}
+    if b"pos" in fields:
+        next_seq, acked, consumed, unacked = keys.unpack(fields[b"pos"])
+        for index, payload in enumerate(unacked):
+            payloads[acked + 1 + index] = payload
+    stream = StreamLog(epoch)
+    for raw_id, entry in entries:
+        entry_epoch, counter = keys.parse_entry_id(raw_id)
+        if b"s" not in entry:  # a claim marker
+            stream.loaded(entry_epoch, counter, 0)
+            continue
+        first = int(entry[b"s"])
+        batch = keys.unpack(entry[b"p"]) if b"p" in entry else []
+        for index, payload in enumerate(batch):
+            payloads[first + index] = payload
+        next_seq = max(next_seq, first + len(batch))
+        acked = max(acked, int(entry[b"a"]))
+        consumed = max(consumed, int(entry[b"c"]))
+        stream.loaded(entry_epoch, counter, first + len(batch) - 1)
+    try:
+        unacked_payloads = tuple(payloads[seq] for seq in range(acked + 1, next_seq))
+    except KeyError:
+        raise Gone(CloseCode.REPLAY_UNAVAILABLE) from None
+    logs[sid] = stream
+    return Loaded(
+        epoch=epoch,
+        owner=fields.get(b"o", b"").decode(),
+        meta=meta,
+        positions=Positions(next_seq, acked, consumed, unacked_payloads),
+    )

@@ -1,0 +1,306 @@
+"""The Redis session store against a real redis-server (tests/redisserver.py).
+
+Fencing by stream entry IDs, one winner among simultaneous claims, node leases,
+TTL expiry of detached sessions, ended IDs, release requests over pub/sub, and
+what survives a ``kill -9`` of Redis with and without an append-only file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sessiond_client.protocol import CloseCode
+from sessiond_client.protocol.credentials import digest, new_session_id
+
+from sessiond.store import Fenced, Positions, SessionMeta, StoreUnavailable, Terms
+from sessiond.store.redisstore import Gone, RedisStore
+
+from .redisserver import RedisServer, free_port, proxied
+
+MakeStore = Callable[..., Awaitable[RedisStore]]
+TERMS = Terms(15.0, 45.0, 120.0, 1024, 1 << 20, (1 << 20) - 16)
+
+
+def meta(sid: bytes, identity: object = "alice") -> SessionMeta:
+    return SessionMeta(
+        session_id=sid,
+        identity=identity,
+        credential_digest=digest(b"c" * 32),
+        previous_digest=None,
+        retired=(digest(b"r" * 32),),
+        confirmed=True,
+        terms=TERMS,
+        data={"score": 3, "name": "x"},
+    )
+
+
+@pytest.fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[MakeStore]:
+    """Make started stores on the test's redis-server; all closed at the end."""
+    made: list[RedisStore] = []
+
+    async def make(url: str | None = None, **options: Any) -> RedisStore:
+        store = RedisStore(url or redis_server.url, "t:", **options)
+        await store.start()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_create_append_load_round_trip(stores: MakeStore) -> None:
+    store = await stores()
+    sid = new_session_id()
+    assert await store.create(meta(sid)) == 1
+    store.append(sid, 1, 1, [b"a", b"b"], consumed=0, acked=0)
+    store.append(sid, 1, 3, [b"c"], consumed=2, acked=1)
+    store.append(sid, 1, 4, [], consumed=5, acked=1)
+    assert store.pending
+    await store.commit()
+    assert not store.pending
+    loaded = await (await stores()).load(sid)
+    assert loaded.epoch == 1
+    assert loaded.owner == store.node
+    assert loaded.meta == meta(sid)
+    assert loaded.positions == Positions(next_seq=4, acked=1, consumed=5, unacked=(b"b", b"c"))
+
+
+async def test_unix_socket_url(stores: MakeStore, redis_server: RedisServer) -> None:
+    store = await stores(redis_server.unix_url)
+    sid = new_session_id()
+    await store.create(meta(sid))
+    store.append(sid, 1, 1, [b"x"], consumed=0, acked=0)
+    await store.commit()
+    assert (await store.load(sid)).positions.unacked == (b"x",)
+
+
+async def test_acknowledged_entries_are_trimmed_but_positions_kept(
+    stores: MakeStore,
+) -> None:
+    store = await stores()
+    sid = new_session_id()
+    await store.create(meta(sid))
+    for seq in range(1, 41):
+        store.append(sid, 1, seq, [b"%d" % seq], consumed=seq, acked=seq - 1)
+        await store.commit()
+    length = await store.client.xlen(f"t:{{{sid.hex()}}}:o")
+    assert length < 20  # trimmed in batches, the newest entries kept
+    loaded = await store.load(sid)
+    assert loaded.positions == Positions(41, 39, 40, (b"40",))
+
+
+async def test_late_write_from_old_epoch_is_rejected(stores: MakeStore) -> None:
+    owner, thief = await stores(), await stores()
+    fenced: list[bytes] = []
+    owner.on_fenced = fenced.append
+    sid = new_session_id()
+    await owner.create(meta(sid))
+    owner.append(sid, 1, 1, [b"before"], consumed=0, acked=0)
+    await owner.commit()
+    assert await thief.claim(sid, 1) == 2
+    owner.append(sid, 1, 2, [b"late"], consumed=7, acked=0)
+    await owner.commit()
+    assert fenced == [sid]
+    loaded = await thief.load(sid)
+    assert loaded.epoch == 2
+    assert loaded.owner == thief.node
+    assert loaded.positions == Positions(2, 0, 0, (b"before",))  # nothing of the late write
+    with pytest.raises(Fenced):
+        await owner.save(sid, 1, meta(sid))  # metadata writes are fenced too
+    thief.append(sid, 2, 2, [b"new owner"], consumed=1, acked=1)
+    await thief.commit()
+    assert (await thief.load(sid)).positions == Positions(3, 1, 1, (b"new owner",))
+
+
+async def test_one_winner_among_a_thousand_simultaneous_claims(
+    stores: MakeStore,
+) -> None:
+    creator = await stores()
+    claimers = [await stores() for _ in range(4)]
+    sid = new_session_id()
+    await creator.create(meta(sid))
+
+    async def claim(store: RedisStore) -> int | None:
+        try:
+            return await store.claim(sid, 1)
+        except Fenced:
+            return None
+
+    results = await asyncio.gather(*(claim(claimers[i % 4]) for i in range(1000)))
+    winners = [result for result in results if result is not None]
+    assert winners == [2]
+    assert (await creator.load(sid)).epoch == 2
+
+
+async def test_lease_expires_when_its_node_cannot_reach_redis(
+    stores: MakeStore, redis_server: RedisServer
+) -> None:
+    observer = await stores()
+    async with proxied(redis_server) as proxy:
+        host, port = proxy.address
+        lost: list[bool] = []
+        node = await stores(f"redis://{host}:{port}/0", lease_ttl=1.0, renew_every=0.2, timeout=0.3)
+        node.on_lease_lost = lambda: lost.append(True)
+        assert await observer.owner_alive(node.node)
+        proxy.blackhole(later=True)
+        await wait_for(lambda: bool(lost))  # the node gives up before its lease runs out
+        assert node.lease_lost
+        await wait_for_async(lambda: observer.owner_alive(node.node), False)
+        sid = new_session_id()
+        await observer.create(meta(sid))
+        node.append(sid, 1, 1, [b"x"], consumed=0, acked=0)
+        with pytest.raises(StoreUnavailable):
+            await node.commit()
+
+
+async def wait_for_async(
+    probe: Callable[[], Awaitable[object]], expected: object, timeout: float = 10.0
+) -> None:
+    async with asyncio.timeout(timeout):
+        while await probe() != expected:
+            await asyncio.sleep(0.05)
+
+
+async def test_delayed_redis_adds_latency_only(
+    stores: MakeStore, redis_server: RedisServer
+) -> None:
+    async with proxied(redis_server) as proxy:
+        host, port = proxy.address
+        store = await stores(f"redis://{host}:{port}/0")
+        proxy.delay(0.05)
+        sid = new_session_id()
+        await store.create(meta(sid))
+        for seq in range(1, 6):
+            store.append(sid, 1, seq, [b"m%d" % seq], consumed=seq, acked=0)
+            await store.commit()
+        loaded = await store.load(sid)
+        assert loaded.positions.unacked == tuple(b"m%d" % seq for seq in range(1, 6))
+
+
+async def test_detached_session_expires_by_ttl(stores: MakeStore) -> None:
+    store = await stores()
+    sid = new_session_id()
+    await store.create(meta(sid))
+    await store.save(sid, 1, ttl=0.2)
+    await asyncio.sleep(0.3)
+    with pytest.raises(Gone) as caught:
+        await store.load(sid)
+    assert caught.value.code is CloseCode.UNKNOWN_SESSION
+    store.append(sid, 1, 1, [b"x"], consumed=0, acked=0)
+    fenced: list[bytes] = []
+    store.on_fenced = fenced.append
+    await store.commit()  # NOMKSTREAM: an expired session's stream is not re-created
+    assert fenced == [sid]
+    assert not await store.client.exists(f"t:{{{sid.hex()}}}:o")
+
+
+async def test_attaching_again_clears_the_ttl(stores: MakeStore) -> None:
+    store = await stores()
+    sid = new_session_id()
+    await store.create(meta(sid))
+    await store.save(sid, 1, ttl=0.3)
+    await store.save(sid, 1, ttl=0)
+    await asyncio.sleep(0.5)
+    assert (await store.load(sid)).epoch == 1
+
+
+async def test_ended_session_is_answered_with_its_reason(
+    stores: MakeStore,
+) -> None:
+    store = await stores()
+    sid = new_session_id()
+    await store.create(meta(sid))
+    await store.end(sid, 1, CloseCode.SESSION_EXPIRED)
+    with pytest.raises(Gone) as caught:
+        await store.load(sid)
+    assert caught.value.code is CloseCode.SESSION_EXPIRED
+    with pytest.raises(Gone):
+        await (await stores()).claim(sid, 1)
+    fenced: list[bytes] = []
+    store.on_fenced = fenced.append
+    store.append(sid, 1, 1, [b"x"], consumed=0, acked=0)
+    await store.commit()
+    assert fenced == [sid]
+
+
+async def test_live_owner_releases_on_request(stores: MakeStore) -> None:
+    owner, asker = await stores(), await stores()
+    sid = new_session_id()
+    await owner.create(meta(sid))
+    requests: list[bytes] = []
+
+    def release(requested: bytes) -> None:
+        requests.append(requested)
+        meta_now = meta(requested)
+        meta_now.data["moved"] = True
+        positions = Positions(1, 0, 4, ())
+        asyncio.get_running_loop().create_task(
+            owner.save(requested, 1, meta_now, positions, ttl=60.0, release=True)
+        )
+
+    owner.on_release_request = release
+    assert await asker.owner_alive(owner.node)
+    assert await asker.ask_release(owner.node, sid, timeout=5.0)
+    assert requests == [sid]
+    loaded = await asker.load(sid)
+    assert loaded.owner == ""
+    assert loaded.meta.data["moved"] is True
+    assert loaded.positions.consumed == 4
+    assert await asker.claim(sid, loaded.epoch) == 2
+
+
+async def test_ask_release_of_a_silent_owner_times_out(
+    stores: MakeStore,
+) -> None:
+    asker = await stores()
+    assert not await asker.ask_release("nobody", new_session_id(), timeout=0.2)
+
+
+async def test_unreachable_redis_is_a_clear_start_up_error() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisStore(url, timeout=1.0)
+    with pytest.raises(StoreUnavailable, match=url.replace("/", ".")):
+        await store.start()
+
+
+async def test_acknowledged_entries_survive_kill_9_with_aof(
+    stores: MakeStore, redis_aof: RedisServer
+) -> None:
+    store = await stores(redis_aof.url)
+    sids = [new_session_id() for _ in range(20)]
+    for sid in sids:
+        await store.create(meta(sid))
+    for seq in range(1, 51):
+        for sid in sids:
+            store.append(sid, 1, seq, [b"%d" % seq], consumed=seq, acked=0)
+        await store.commit()  # acknowledged by Redis: must survive
+    redis_aof.kill()
+    redis_aof.start()
+    fresh = await stores(redis_aof.url)
+    for sid in sids:
+        loaded = await fresh.load(sid)
+        assert loaded.positions == Positions(51, 0, 50, tuple(b"%d" % seq for seq in range(1, 51)))
+
+
+async def test_without_aof_a_restarted_redis_answers_with_a_typed_reason(
+    stores: MakeStore, redis_server: RedisServer
+) -> None:
+    store = await stores()
+    sid = new_session_id()
+    await store.create(meta(sid))
+    redis_server.restart()
+    fresh = await stores()
+    with pytest.raises(Gone) as caught:
+        await fresh.load(sid)
+    assert caught.value.code is CloseCode.UNKNOWN_SESSION
