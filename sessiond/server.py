@@ -16,7 +16,7 @@ import contextvars
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,7 +34,7 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
-from .budgets import Limits
+from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
 from .logs import lifecycle
 from .refusals import Refusals
@@ -74,6 +74,7 @@ class _Entry:
         "core",
         "created",
         "dirty",
+        "owner",
         "peer_host",
         "peer_port",
         "protocol",
@@ -96,6 +97,7 @@ class _Entry:
         self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
         self.created = server.loop.time()  # for operators (sessiond sessions list)
+        self.owner = ""  # the address that opened it: its budgets (budgets.py) count it
 
     @property
     def peer(self) -> str:
@@ -124,6 +126,7 @@ class Server:
         self.per_host: dict[str, int] = {}
         self.partial_bytes = 0  # held for incomplete frames, all transports
         self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
+        self.budgets = Budgets(self.config.limits)  # per address and identity
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
@@ -222,6 +225,14 @@ class Server:
         hello = conn.hello
         assert hello is not None
         try:
+            now = self.loop.time()
+            self.budgets.check_auth(protocol.host, now)
+            if hello.resume is not None:
+                self.budgets.check_resume(protocol.host, now)
+        except LimitExceeded as exc:
+            self._limit(protocol, conn, exc)
+            return
+        try:
             result = self.config.authenticator(hello.credentials, protocol.peer_info())
         except AuthenticationFailed as exc:
             self._refuse(protocol, conn, str(exc))
@@ -251,7 +262,14 @@ class Server:
 
     def _refuse(self, protocol: ServerProtocol, conn: Connection, why: str) -> None:
         self.refusals.note("refused", protocol.peer, why)
-        conn.reject(self.loop.time(), CloseCode.AUTH_FAILED, "authentication failed")
+        now = self.loop.time()
+        self.budgets.failed_auth(protocol.host, now)
+        conn.reject(now, CloseCode.AUTH_FAILED, "authentication failed")
+        protocol.flush()
+
+    def _limit(self, protocol: ServerProtocol, conn: Connection, exc: LimitExceeded) -> None:
+        self.refusals.note("limit", protocol.peer, exc.reason, logging.WARNING, limit=exc.limit)
+        conn.reject(self.loop.time(), CloseCode.LIMIT_EXCEEDED, exc.reason, exc.retry_after)
         protocol.flush()
 
     def answer_hello(self, protocol: ServerProtocol, conn: Connection, identity: Any) -> None:
@@ -270,9 +288,19 @@ class Server:
             self.refusals.note("limit", protocol.peer, why, logging.WARNING, limit="max_sessions")
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
+        if existing is None:  # a new session: within the address's and identity's budgets?
+            try:
+                self.budgets.open(protocol.host, _budget_key(identity), now)
+            except LimitExceeded as exc:
+                self._limit(protocol, conn, exc)
+                return
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
+        if hello.resume is not None and (existing is None or core is not existing.core):
+            self.budgets.failed_resume(protocol.host, now)
+            if existing is not None and core is not None:  # a new session after all
+                self.budgets.open(protocol.host, _budget_key(identity), now, check=False)
         if existing is not None and core is existing.core:
             self.stats.resume_seconds.observe(now - conn.opened_at)
             if previous is not None:
@@ -299,6 +327,7 @@ class Server:
         entry = self.sessions.find(sid)
         if entry is None:
             entry = _Entry(core, self)
+            entry.owner = protocol.host
             self.sessions.create(sid, entry)
         self.sessions.attach(sid)
         entry.protocol = protocol
@@ -314,6 +343,7 @@ class Server:
         that leaves them unread must not keep the loop busy.
         """
         core = entry.core
+        evict: list[bytes] = []
         for event in core.events():
             self._count(entry, event)
             if isinstance(event, SessionStarted):
@@ -326,11 +356,14 @@ class Server:
             elif isinstance(event, SessionResumed):
                 what = "taken over" if entry.taken_over else "resumed"
                 entry.taken_over = False
+                self.budgets.attach(core.id or b"", entry.owner)
                 self._log(entry, what, replayed=event.replayed)
             elif isinstance(event, TransportLost):
                 self._log(entry, "detached", code=event.code)
                 entry.protocol = None
                 self.sessions.detach(core.id or b"", self.loop.time())
+                if core.end_code is None:
+                    evict = self.budgets.detach(core.id or b"", entry.owner, core.held_bytes)
             elif isinstance(event, SessionEnded):
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
@@ -341,9 +374,25 @@ class Server:
             # replies in that same iteration instead of one later (echo latency).
             self.schedule_flush(entry)
         self._arm(entry)
+        for sid in evict:
+            self._evict(sid)
+
+    def _evict(self, sid: bytes) -> None:
+        """End a detached session that its memory budget no longer holds: it expires
+        early, and the returning client learns SESSION_EXPIRED (protocol.md §12.1)."""
+        entry = self.sessions.find(sid)
+        if entry is None or entry.protocol is not None:
+            return
+        why = "detached sessions over their memory budget"
+        self.refusals.note("evicted", entry.peer, why, logging.WARNING, session=sid.hex()[:8])
+        entry.core.close(self.loop.time(), CloseCode.SESSION_EXPIRED, f"evicted: {why}")
+        self.process(entry)
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:
         sid = entry.core.id or b""
+        if entry.owner:
+            self.budgets.close(sid, entry.owner, _budget_key(entry.core.identity))
+            entry.owner = ""
         if self.sessions.find(sid) is entry:
             self.sessions.expire(sid, code)
         self._deadlines.release(entry.slot)
@@ -879,6 +928,15 @@ async def serve(
         yield server
     finally:
         await server.close()
+
+
+def _budget_key(identity: Any) -> Hashable:
+    """The identity as per-identity budgets count it (None: anonymous or unhashable)."""
+    try:
+        hash(identity)
+    except TypeError:
+        return None
+    return cast(Hashable, identity)
 
 
 def _peer_text(host: str, port: int | None) -> str:

@@ -11,6 +11,7 @@ and the canary's latency. Nothing here asserts a timing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl as ssl_module
 import time
@@ -23,19 +24,22 @@ from sessiond_client.protocol import (
     FrameDecoder,
     Params,
     SessionResumed,
+    SessionStarted,
     parse_frame,
 )
 from sessiond_client.protocol.codec import encode_data, encode_ping
-from sessiond_client.protocol.frames import Close, Hello
+from sessiond_client.protocol.frames import Close, Hello, Resume, Welcome
 
 import sessiond
 import sessiond.apps
 from bench.hostile import blind_acker, open_raw, ping_flooder, send_bounded
+from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
 from sessiond.server import ServerConfig
 from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
-from tests.test_attacks import daemon_process, echo, rss_kib, started
+from tests.test_attacks import daemon_process, echo, recording_logs, rss_kib, started
+from tests.test_auth import token_file
 
 MIB = 1024
 HOST = "127.0.0.1"
@@ -251,3 +255,117 @@ async def test_tls_handshakes_in_progress_count_against_the_address_limit(tmp_pa
         await canary.close()
         for _, writer in held:
             writer.close()
+
+
+# ------------------------------------------------------------------ budgets
+
+
+async def hello_answer(
+    port: int, credentials: Any = None, source: str = HOST, resume: Resume | None = None
+) -> Welcome | Close | None:
+    """Send one HELLO from *source* and return the WELCOME or CLOSE that answers it."""
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+    writer.write(Hello((1,), 15000, 64, 65536, 1 << 20, 0, credentials, resume).encode())
+    decoder = FrameDecoder(1 << 20)
+    answer: Welcome | Close | None = None
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        while answer is None:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            if not data:
+                break
+            for frame in decoder.feed(data):
+                parsed = parse_frame(frame)
+                if isinstance(parsed, Welcome | Close):
+                    answer = parsed
+                    break
+    writer.transport.abort()
+    return answer
+
+
+async def test_hello_then_drop_in_a_loop_cannot_lock_other_addresses_out() -> None:
+    """One address opens sessions and drops them in a loop: past its burst of new
+    sessions it is refused (LIMIT_EXCEEDED, with a retry-after), and never holds more
+    than max_sessions_per_address; a client from another address (127.0.0.2) still gets
+    a session. Scale: 120 HELLOs, burst 40, per-address cap 60 (the issue's: 100,000)."""
+    limits = Limits(new_sessions_rate=5.0, new_sessions_burst=40, max_sessions_per_address=60)
+    async with echo_server(limits) as server:
+        port = server.addresses[0][1]
+        answers = [await hello_answer(port) for _ in range(120)]
+        welcomed = sum(isinstance(answer, Welcome) for answer in answers)
+        refusals = [answer for answer in answers if isinstance(answer, Close)]
+        assert 40 <= welcomed <= 60, welcomed
+        assert refusals and all(c.code == CloseCode.LIMIT_EXCEEDED for c in refusals)
+        assert all(c.retry_after_ms > 0 for c in refusals)
+        assert server.budgets.per_address[HOST] <= 60
+        other = await hello_answer(port, source="127.0.0.2")
+        assert isinstance(other, Welcome), other
+
+
+async def test_failed_authentications_are_throttled_and_their_log_lines_counted(
+    tmp_path: Path,
+) -> None:
+    """500 wrong tokens from one address: after failed_auth_burst the address is refused
+    with LIMIT_EXCEEDED before its token is even checked; the log holds at most a burst
+    of refusal lines (plus a summary with the count, once the period ends); the right
+    token from another address still works."""
+    auth = TokenFileAuthenticator(token_file(tmp_path, {"alice": "a-secret"}))
+    limits = Limits(failed_auth_rate=1.0, failed_auth_burst=10)
+    with recording_logs() as logs:
+        async with echo_server(limits, authenticator=auth) as server:
+            port = server.addresses[0][1]
+            answers = await asyncio.gather(
+                *(hello_answer(port, {"token": f"wrong {i}"}) for i in range(500))
+            )
+            codes = collections.Counter(
+                CloseCode(answer.code).name if isinstance(answer, Close) else None
+                for answer in answers
+            )
+            assert codes["AUTH_FAILED"] <= 12, codes  # the burst (and refills meanwhile)
+            assert codes["LIMIT_EXCEEDED"] >= 480, codes
+            good = await hello_answer(port, {"token": "a-secret"}, source="127.0.0.2")
+            assert isinstance(good, Welcome), good
+            server.refusals.close()  # the summary line, without waiting 10 s
+            assert server.refusals.counts["refused"] + server.refusals.counts["limit"] >= 500
+    lines = [r.getMessage() for r in logs.records if r.name == "sessiond"]
+    refusal_lines = [line for line in lines if line.startswith("refused")]
+    assert len(refusal_lines) <= 2 * 10 + 2, refusal_lines
+    assert any("more in the last 10 s" in line for line in refusal_lines), refusal_lines
+
+
+async def test_detached_sessions_from_one_address_are_bounded_by_its_byte_budget() -> None:
+    """Sessions from one address fill their replay buffers (echoes never acknowledged)
+    and detach: past max_detached_bytes_per_address the oldest is evicted, and its
+    client, coming back, gets a new session with the reason SESSION_EXPIRED (never a
+    silent hole). Scale: 6 sessions x 96 KiB, budget 256 KiB (the issue's: 200 x 6 MiB)."""
+    limits = Limits(max_detached_bytes_per_address=256 * 1024)
+    async with echo_server(limits) as server:
+        port = server.addresses[0][1]
+        clients = []
+        for _ in range(6):
+            client = CoreClient(HOST, port)
+            await client.open()
+            assert client.conn is not None and client.writer is not None
+            for i in range(12):
+                client.session.send(b"%d" % i * 8192, client.now())
+            client.writer.write(client.conn.data_to_send())  # and never read the echoes
+            entry = server.sessions.find(client.session.id or b"")
+            assert entry is not None
+            deadline = time.monotonic() + 10
+            while entry.core.unacked_count < 12:
+                assert time.monotonic() < deadline, "the echoes were not sent"
+                await asyncio.sleep(0.01)
+            await client.kill()
+            clients.append(client)
+        deadline = time.monotonic() + 10
+        while server.budgets.detached_from(HOST) > 256 * 1024 or len(server.sessions) > 4:
+            assert time.monotonic() < deadline, (server.budgets.detached_from(HOST), 1)
+            await asyncio.sleep(0.01)
+        first = clients[0]
+        await first.open()
+        started = [e for e in first.events if isinstance(e, SessionStarted)]
+        assert started[-1].replaces is CloseCode.SESSION_EXPIRED, first.events
+        last = clients[-1]
+        await last.open()
+        assert isinstance(last.events[-1], SessionResumed), last.events
+        await first.close()
+        await last.close()

@@ -242,6 +242,12 @@ class Session:
         return len(self._inbox) if self._inbox is not None else 0
 
     @property
+    def held_bytes(self) -> int:
+        """Payload bytes held: sent and unacknowledged (replay buffer) plus received and
+        not yet taken (inbox)."""
+        return self._unacked_bytes + self._inbox_bytes
+
+    @property
     def unacked_count(self) -> int:
         """Messages sent (or queued while detached) that the peer has not acknowledged."""
         return self._next_seq - 1 - self._acked
