@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import random
 import ssl as ssl_module
+import string
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sessiond_client.channels import ErrorCode
 from sessiond_client.protocol import (
     CloseCode,
     FrameDecoder,
@@ -33,13 +38,18 @@ from sessiond_client.protocol.frames import Close, Hello, Resume, Welcome
 import sessiond
 import sessiond.apps
 from bench.hostile import blind_acker, open_raw, ping_flooder, send_bounded
+from sessiond import config
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
+from sessiond.channels import ChannelsConfig
+from sessiond.channels.subscriptions import Subscriptions
+from sessiond.config import ConfigError
 from sessiond.server import ServerConfig
 from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
 from tests.test_attacks import daemon_process, echo, recording_logs, rss_kib, started
 from tests.test_auth import token_file
+from tests.test_channels import channels_daemon, open_channels, refused, shut, url_of
 
 MIB = 1024
 HOST = "127.0.0.1"
@@ -369,3 +379,53 @@ async def test_detached_sessions_from_one_address_are_bounded_by_its_byte_budget
         assert isinstance(last.events[-1], SessionResumed), last.events
         await first.close()
         await last.close()
+
+
+# ------------------------------------------------------------------ channels
+
+
+def test_deep_subscriptions_cost_kilobytes_not_megabytes() -> None:
+    """20 sessions x 256 wildcard patterns of the most levels allowed (16), none sharing
+    a branch: the index holds them in under 32 MiB (before: 126-level patterns cost
+    about 80 KiB each, 20 x 256 of them 400 MiB). Measured with tracemalloc."""
+    levels = ChannelsConfig().max_pattern_levels
+    chooser = random.Random(12)
+    patterns = [
+        "/".join(chooser.choice(string.ascii_lowercase) for _ in range(levels - 1)) + "/#"
+        for _ in range(20 * 256)
+    ]
+    tracemalloc.start()
+    try:
+        index: Subscriptions[int] = Subscriptions()
+        for number, pattern in enumerate(patterns):
+            index.add(pattern, number // 256)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"\n20 x 256 patterns of {levels} levels: {held / MIB / 1024:.1f} MiB")
+    assert held < 32 << 20
+    assert index.match(patterns[0][:-2] + "/x") == {0}
+    for number, pattern in enumerate(patterns):
+        index.remove(pattern, number // 256)
+    assert len(index) == 0 and index.match(patterns[0][:-2]) == set()
+
+
+async def test_a_pattern_deeper_than_the_limit_is_refused_with_limit_exceeded() -> None:
+    async with channels_daemon(ChannelsConfig(max_pattern_levels=4)) as (server, _):
+        helper = await open_channels(url_of(server.addresses[0]))
+        await helper.subscribe("a/b/c/#")
+        assert await refused(helper.subscribe("a/b/c/d/#")) == ErrorCode.LIMIT_EXCEEDED
+        await helper.subscribe("a/b/c/d/e/f")  # an exact name costs no index node
+        await shut(helper)
+
+
+def test_an_acl_rule_that_can_never_match_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """``{identity}`` in the identity position compares each identity with that text: the
+    rule would silently deny everything. It is refused when the settings load."""
+    rule = "{identity} all users/{identity}/#"
+    (tmp_path / "bad.toml").write_text(f"[channels]\nacl = [{rule!r}]\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(tmp_path / "bad.toml")
+    assert rule in str(error.value) and "never matches" in str(error.value)
+    (tmp_path / "good.toml").write_text('[channels]\nacl = ["* all users/{identity}/#"]\n')
+    assert config.load(tmp_path / "good.toml").channels.acl == ("* all users/{identity}/#",)
