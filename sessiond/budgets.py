@@ -143,6 +143,13 @@ class Limits:
         high=1 << 44,
         unit="bytes",
     )
+    fd_reserve: int = setting(
+        64,
+        doc="file descriptors kept free: with fewer left, new transports are refused "
+        "(LIMIT_EXCEEDED) instead of failing at accept",
+        low=0,
+        high=1 << 20,
+    )
     retry_after: float = setting(
         5.0,
         doc="retry-after told to clients refused by a limit",

@@ -124,6 +124,10 @@ class Server:
         self.sessions: Registry[_Entry] = registry or MemoryRegistry(self.config.remembered_ended)
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
+        self.tls_pending = 0  # TLS handshakes in progress (each holds a descriptor)
+        # Accepting fails silently once descriptors run out (uvloop's accept closes the
+        # connection, asyncio's pauses): refuse typed, while some are left.
+        self.transport_limit = _descriptor_limit() - self.config.limits.fd_reserve
         self.partial_bytes = 0  # held for incomplete frames, all transports
         self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
         self.budgets = Budgets(self.config.limits)  # per address and identity
@@ -217,6 +221,15 @@ class Server:
         for listener in self.listeners:
             await listener.wait_closed()
         self.refusals.close()
+
+    def out_of_descriptors(self, peer: str) -> bool:
+        """True (and logged, rate-limited) when a new transport would eat the reserve
+        of file descriptors (``limits.fd_reserve``)."""
+        if len(self.protocols) + self.tls_pending <= self.transport_limit:
+            return False
+        why = "file descriptors nearly exhausted (limits.fd_reserve)"
+        self.refusals.note("limit", peer, why, logging.WARNING, limit="fd_reserve")
+        return True
 
     # -------------------------------------------------------------- sessions
 
@@ -539,6 +552,13 @@ class ServerProtocol(asyncio.Protocol):
             server.stats.tls_handshakes += 1
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
+        if server.out_of_descriptors(self.peer):
+            retry_after = server.config.limits.retry_after
+            self.conn.reject(
+                server.loop.time(), CloseCode.LIMIT_EXCEEDED, "server busy", retry_after
+            )
+            self.flush()
+            return
         if count > server.config.max_transports_per_peer:
             why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
             server.refusals.note(
@@ -826,6 +846,7 @@ class TlsAccept(asyncio.Protocol):
         self.server = server
         self.ssl = ssl
         self.host = ""
+        self.pending = False  # counted in server.tls_pending
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)
@@ -835,6 +856,11 @@ class TlsAccept(asyncio.Protocol):
         self.host = sys.intern(str(peer[0] if isinstance(peer, tuple) else peer))
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
+        if server.out_of_descriptors(self.host):
+            server.stats.refusal(CloseCode.LIMIT_EXCEEDED.name)
+            self._uncount()
+            raw.abort()
+            return
         if count > server.config.max_transports_per_peer:
             why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
             server.refusals.note(
@@ -844,6 +870,8 @@ class TlsAccept(asyncio.Protocol):
             self._uncount()
             raw.abort()
             return
+        server.tls_pending += 1
+        self.pending = True
         loop = server.loop
         waiter: asyncio.Future[None] = loop.create_future()
         protocol = _TlsServerProtocol(server, self)
@@ -876,6 +904,9 @@ class TlsAccept(asyncio.Protocol):
             self._uncount()
 
     def _uncount(self) -> None:
+        if self.pending:
+            self.server.tls_pending -= 1
+            self.pending = False
         if self.host:
             left = self.server.per_host.get(self.host, 1) - 1
             if left:
@@ -928,6 +959,16 @@ async def serve(
         yield server
     finally:
         await server.close()
+
+
+def _descriptor_limit() -> int:
+    """This process's soft limit of open file descriptors (a large number if unknown)."""
+    try:
+        import resource  # noqa: PLC0415  (not on Windows)
+    except ImportError:
+        return 1 << 30
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
 def _budget_key(identity: Any) -> Hashable:

@@ -16,6 +16,8 @@ import contextlib
 import random
 import ssl as ssl_module
 import string
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -50,6 +52,7 @@ from tests.coreclient import CoreClient
 from tests.test_attacks import daemon_process, echo, recording_logs, rss_kib, started
 from tests.test_auth import token_file
 from tests.test_channels import channels_daemon, open_channels, refused, shut, url_of
+from tests.test_daemon import free_port
 
 MIB = 1024
 HOST = "127.0.0.1"
@@ -429,3 +432,49 @@ def test_an_acl_rule_that_can_never_match_stops_start_up_naming_it(tmp_path: Pat
     assert rule in str(error.value) and "never matches" in str(error.value)
     (tmp_path / "good.toml").write_text('[channels]\nacl = ["* all users/{identity}/#"]\n')
     assert config.load(tmp_path / "good.toml").channels.acl == ("* all users/{identity}/#",)
+
+
+# ------------------------------------------------------------------ file descriptors
+
+
+async def test_running_out_of_file_descriptors_is_refused_typed_and_logged(
+    tmp_path: Path,
+) -> None:
+    """``sessiond serve`` with 160 descriptors (limits.fd_reserve 64) and 150 connections
+    from 127.0.0.1 held open: past about 90 transports each new one is refused with
+    LIMIT_EXCEEDED "server busy" (instead of a silent reset), a few log lines say so,
+    rate-limited, and the canary keeps working; once they close, new sessions work."""
+    port = free_port()
+    (tmp_path / "sessiond.toml").write_text("[server]\nmax_transports_per_peer = 1000\n")
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                *("sh", "-c", 'ulimit -n 160 && exec "$@"', "sh"),
+                *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
+                *("--app", "echo", "--config", str(tmp_path / "sessiond.toml")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        canary = await started(port, proc)
+        held = [await asyncio.open_connection(HOST, port) for _ in range(150)]
+        ends = await asyncio.gather(*(read_close(reader, 2.0) for reader, _ in held))
+        busy = [end for end in ends if end is not None and end.reason == "server busy"]
+        assert len(busy) >= 40, collections.Counter(e.reason if e else None for e in ends)
+        assert all(end.code == CloseCode.LIMIT_EXCEEDED and end.retry_after_ms for end in busy)
+        await echo(canary, b"still here")
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.5)
+        fresh = await hello_answer(port)
+        assert isinstance(fresh, Welcome), fresh
+        await canary.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    text = log_path.read_text()
+    lines = [line for line in text.splitlines() if "file descriptors nearly exhausted" in line]
+    assert 1 <= len(lines) <= 10, text[-2000:]
+    assert "Traceback" not in text
