@@ -82,6 +82,20 @@ class MemoryTransport(asyncio.Transport):
     def can_write_eof(self) -> bool:
         return True
 
+    # What is written is kept at once (never buffered), so the daemon's write-buffer
+    # marks (sessiond/budgets.py) are never crossed; reading is driven by the test.
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def write_eof(self) -> None:
         self.eof_written = True
 

@@ -331,6 +331,7 @@ class Session:
             acked=self._acked,
             consumed=self._consumed,
             unacked=tuple(self._replay or ()),
+            rotation_salt=self._rotation_salt,
         )
 
     @classmethod
@@ -347,6 +348,7 @@ class Session:
         session._previous_digest = snapshot.previous_digest
         session._retired = snapshot.retired
         session._confirmed = snapshot.confirmed
+        session._rotation_salt = snapshot.rotation_salt
         session._heartbeat = _shared(snapshot.heartbeat)
         session._idle_timeout = _shared(snapshot.idle_timeout)
         session._lifetime = _shared(snapshot.lifetime)
