@@ -14,6 +14,7 @@ uses the same ones at small sizes.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import multiprocessing
 import os
@@ -167,9 +168,58 @@ def ping_flooder(port: int, seconds: float) -> str:
     return outcome
 
 
+def hello_looper(port: int, seconds: float) -> str:
+    """HELLO, read the WELCOME, drop the connection; again, from one address."""
+    until = time.monotonic() + seconds
+    opened = refused = 0
+    while time.monotonic() < until:
+        try:
+            sock = socket.create_connection((HOST, port), 5)
+            sock.sendall(hello())
+            answer = sock.recv(200)
+            sock.close()
+        except OSError:
+            continue
+        if answer[2:3] == b"\x8a":  # a WELCOME (a map of 10), else a CLOSE
+            opened += 1
+        else:
+            refused += 1
+    return f"opened={opened} refused={refused}"
+
+
+def partial_framer(port: int, seconds: float, connections: int = 100) -> str:
+    """*connections* sessions each send all but 10 bytes of a 1 MiB frame, then wait."""
+    socks = []
+    frame = encode_data(1, b"x" * ((1 << 20) - 64))[:-10]
+    for _ in range(connections):
+        try:
+            sock = open_raw(port, rcvbuf=65536)
+            sock.sendall(frame)
+            socks.append(sock)
+        except OSError:
+            break
+    deadline = time.monotonic() + seconds
+    closed = 0
+    while time.monotonic() < deadline and closed < len(socks):
+        time.sleep(0.5)
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            if sock.recv(65536) == b"":
+                closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+        sock.close()
+    return f"held={len(socks)} closed_by_daemon={closed}"
+
+
 ATTACKS: dict[str, Callable[[int, float], str]] = {
     "blind-ack": blind_acker,
     "ping-flood": ping_flooder,
+    "hello-loop": hello_looper,
+    "partial-frames": partial_framer,
 }
 
 
@@ -255,14 +305,15 @@ def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
         quiet = list(canary.rtts)
         canary.rtts.clear()
         baseline = rss_kib(proc.pid)
-        child = multiprocessing.Process(target=attack, args=(port, seconds), daemon=True)
-        child.start()
+        pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
+        outcome = pool.submit(attack, port, seconds)
         peak = baseline
-        until = time.monotonic() + seconds + 1
-        while time.monotonic() < until and (child.is_alive() or time.monotonic() < until - 1):
+        until = time.monotonic() + seconds + 60
+        while time.monotonic() < until and not outcome.done():
             canary.run(0.1)
             peak = max(peak, rss_kib(proc.pid))
-        child.join(seconds + 30)
+        print(f"{name}: the attacker ended: {outcome.result(30)}", flush=True)
+        pool.shutdown()
         time.sleep(1.0)
         after = rss_kib(proc.pid)
         alive = canary.round_trip() is not None
