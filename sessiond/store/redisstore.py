@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from sessiond_client.protocol import CloseCode
 
 from . import keys
-from .errors import Fenced, StoreUnavailable
+from .errors import Fenced, Gone, StoreUnavailable
 from .records import Loaded, Positions, SessionMeta, Terms
 from .streams import StreamLog
 
@@ -32,14 +32,6 @@ log = logging.getLogger("sessiond.store")
 
 #: Entries trimmable (entirely acknowledged) before an XTRIM is queued with an append.
 TRIM_BATCH = 8
-
-
-class Gone(Exception):
-    """The session is not in the store; ``code`` says why (unknown, expired, ended)."""
-
-    def __init__(self, code: CloseCode) -> None:
-        super().__init__(code.name)
-        self.code = code
 
 
 class RedisStore:
