@@ -55,21 +55,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import datetime
-import functools
-import gc
-import os
 import struct
-import sys
-import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sessiond_client import envelopes
 from sessiond_client.envelopes import ChannelError, Message, Reply
@@ -77,36 +70,29 @@ from sessiond_client.protocol import Params
 
 from sessiond.channels import ChannelsConfig
 
-from . import BenchError, latency, systems
-from .daemon import CLIENT_BOUND, bound_by, pace, sessions_per_address, source_addresses
+from . import BenchError, systems
+from .harness import (
+    Context,
+    full_cores_cell,
+    header,
+    other_load,
+    other_load_note,
+    scenario,
+    summarise,
+)
 from .histogram import Histogram
-from .loadgen import HOST, IdleSession, close_idle, loop_name, new_loop, open_sessions
+from .loadgen import (
+    IdleSession,
+    close_idle,
+    open_sessions,
+    sessions_per_address,
+    source_addresses,
+)
 from .pingpong import open_all
-from .processes import (
-    CoreLoad,
-    Pinning,
-    ServerProcess,
-    choose_pinning,
-    daemon_argv,
-    pinned_loadgen,
-    raise_nofile,
-    server,
-    timed_pass,
-)
-from .results import (
-    QUICK_DIR,
-    RESULTS_DIR,
-    Json,
-    command_line,
-    commit_info,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
-    spread,
-)
-from .summary import Headline
-from .systems import DAEMON, MOSQUITTO, PEERS, binary_version, package_version, start_peer
+from .processes import CLIENT_BOUND, ServerProcess, bound_by, daemon_argv, pace
+from .results import Json, markdown_table
+from .summary import Headline, cpu_cell
+from .systems import DAEMON, MOSQUITTO, PEERS, start_peer
 
 HELP = "1 publisher to N subscribers on one channel: deliveries/s and latency, vs mosquitto QoS 1"
 
@@ -130,7 +116,7 @@ WARMUP_MESSAGES = 20
 RATES = (10.0,)
 QUICK_RATES = (50.0,)
 DURATION = 3.0
-QUICK_DURATION = 0.5
+QUICK_DURATION = 0.3
 SETUP_TIMEOUT = 60.0  # for every subscription of a system to be in place
 WATCH_INTERVAL = 0.25  # how often a pass looks for a failed client
 #: Every payload begins with its sequence number and its publish time (perf_counter_ns).
@@ -173,6 +159,9 @@ class Fanout:
         self.published = 0
         self.complete = 0  # messages every subscriber has taken (a prefix)
         self.deliveries = 0
+        self.missing = 0  # counted by take(): skipped over and never turned up
+        self.duplicates = 0
+        self.reordered = 0
         self.histogram = Histogram()
         self.stopped_by = "count"
         self.failure: str | None = None
@@ -238,20 +227,34 @@ class Fanout:
             ]
         )
 
-    def take(self, expected: int, payloads: Sequence[bytes], now_ns: int) -> int:
-        """A subscriber's read: check order, count latency; return its next expected number."""
+    def take(self, receiver: Receiver, payloads: Sequence[bytes], now_ns: int) -> None:
+        """A subscriber's read: check the order, count what is missing, repeated or late
+        (:attr:`missing`, :attr:`duplicates`, :attr:`reordered`), record the latency."""
         got, base = self.got, self.base
         record = self.histogram.record
         unpack = HEAD.unpack_from
+        expected = receiver.expected
         for data in payloads:
             seq, sent_ns = unpack(data)
             if seq != expected:
-                what = "repeated" if seq < expected else f"{seq - expected} missing before it"
-                self.fail(f"a subscriber expected message {expected} and got {seq} ({what})")
-                return expected
+                if seq > expected:  # a gap: accounted for, until it turns up late
+                    receiver.gaps.update(range(expected, seq))
+                    self.missing += seq - expected
+                    for skipped in range(max(expected, base), seq):
+                        got[skipped - base] += 1
+                elif seq in receiver.gaps:
+                    receiver.gaps.discard(seq)
+                    self.missing -= 1
+                    self.reordered += 1
+                    record(now_ns - sent_ns)
+                    continue
+                else:
+                    self.duplicates += 1
+                    continue
             expected = seq + 1
             record(now_ns - sent_ns)
             got[seq - base] += 1
+        receiver.expected = expected
         self.deliveries += len(payloads)
         complete = self.complete
         published = self.published
@@ -262,7 +265,6 @@ class Fanout:
             self.complete = complete
             if not self._check_end() and self._refill is None:
                 self._refill = self.loop.call_soon(self.refill)
-        return expected
 
     def _check_end(self) -> bool:
         if self.complete < self.limit or self.done.done():
@@ -282,6 +284,7 @@ class Receiver(Protocol):
     """A subscriber: where it is in the sequence, and whether its connection failed."""
 
     expected: int
+    gaps: set[int]  # numbers skipped over, until they turn up
     fanout: Fanout | None
 
     @property
@@ -292,7 +295,7 @@ def _deliver(receiver: Receiver, payloads: list[bytes], now_ns: int) -> None:
     fanout = receiver.fanout
     if fanout is None:
         raise BenchError("a subscriber received a message outside a pass")
-    receiver.expected = fanout.take(receiver.expected, payloads, now_ns)
+    fanout.take(receiver, payloads, now_ns)
 
 
 # ------------------------------------------------------------- the daemon
@@ -301,11 +304,12 @@ def _deliver(receiver: Receiver, payloads: list[bytes], now_ns: int) -> None:
 class ChannelSubscriber(IdleSession):
     """A channels subscriber on the protocol core: ``sub``, then deliveries."""
 
-    __slots__ = ("expected", "fanout", "subscribed")
+    __slots__ = ("expected", "fanout", "gaps", "subscribed")
 
     def __init__(self, params: Params) -> None:
         super().__init__(params)
         self.expected = 0
+        self.gaps: set[int] = set()
         self.fanout: Fanout | None = None
         self.subscribed: asyncio.Future[None] = self.loop.create_future()
 
@@ -383,6 +387,7 @@ class MqttSubscriber:
         from .mqtt_peer import MqttConnection  # noqa: PLC0415 - paho-mqtt: only when installed
 
         self.expected = 0
+        self.gaps: set[int] = set()
         self.fanout: Fanout | None = None
         self.conn = MqttConnection(window, self._on_payloads, topic=CHANNEL)
         self._failure: str | None = None
@@ -543,6 +548,9 @@ class FanoutResult:
     stopped_by: str
     late: int  # paced: messages the window held back past their time
     histogram: Histogram
+    missing: int  # counted by the subscribers (Fanout.take)
+    duplicates: int
+    reordered: int
     others: tuple[float, float] | None = None
 
     @property
@@ -551,7 +559,7 @@ class FanoutResult:
 
     @property
     def lost(self) -> int:
-        return self.published * self.subscribers - self.deliveries
+        return self.missing
 
     def to_json(self) -> Json:
         summary = self.histogram.summary()
@@ -559,6 +567,8 @@ class FanoutResult:
             "published": self.published,
             "deliveries": self.deliveries,
             "lost": self.lost,
+            "duplicates": self.duplicates,
+            "out_of_order": self.reordered,
             "seconds": self.seconds,
             "deliveries_per_s": self.rate,
             "publishes_per_s": self.published / self.seconds,
@@ -571,9 +581,11 @@ class FanoutResult:
             "server_cpu_share": self.server_cpu / self.seconds,
             "server_cpu_us_per_delivery": self.server_cpu * 1e6 / self.deliveries,
             "stopped_by": self.stopped_by,
-            "held_back_by_window": self.late,
-            "histogram": self.histogram.to_json(),
-            **({} if self.others is None else {"other_load_share": list(self.others)}),
+            "late": self.late,
+            "p50_us": summary.get("p50", 0) / 1e3,
+            "p99_us": summary.get("p99", 0) / 1e3,
+            "max_us": summary.get("max", 0) / 1e3,
+            **pace(self, self.others),
         }
 
 
@@ -641,6 +653,9 @@ async def fanout_pass(
         fanout.stopped_by,
         fanout.late,
         fanout.histogram,
+        fanout.missing,
+        fanout.duplicates,
+        fanout.reordered,
     )
 
 
@@ -653,66 +668,45 @@ def _stalled(fanout: Fanout, subscribers: Sequence[Receiver]) -> str:
     )
 
 
-def measure(
-    runner: asyncio.Runner, plan: FanoutPlan, under_test: Sequence[FanoutSystem], load: CoreLoad
-) -> list[FanoutResult]:
-    """Every system, *repeat* passes per size and load, their order rotated each repetition."""
-    runs: list[FanoutResult] = []
-    for system in under_test:  # warm-up: the first deliveries, caches
-        runner.run(fanout_pass(system, plan, plan.sizes[0], plan.warmup))
-    for size in plan.sizes:
-        for offered in plan.loads:
-            for rep in range(plan.repeat):
-                shift = rep % len(under_test)
-                for system in [*under_test[shift:], *under_test[:shift]]:
-                    gc.collect()
-                    result, others = timed_pass(
-                        system.proc,
-                        load,
-                        functools.partial(_run, runner, system, plan, size, offered),
-                    )
-                    result = dataclasses.replace(result, others=others)
-                    runs.append(result)
-                    _progress(result, f"rep {rep + 1}/{plan.repeat}")
-    return runs
+def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) -> Json:
+    """Every system, *repeat* passes per size and load, their order rotated each repetition;
+    per size, kind of pass (:func:`load_key`) and system, the spread of every figure."""
 
+    def one(system: FanoutSystem, size: int, offered: float, messages: int) -> FanoutResult:
+        coroutine = fanout_pass(system, plan, size, messages, offered)
+        result, others = ctx.timed(system.proc, lambda: ctx.run(coroutine))
+        return dataclasses.replace(cast(FanoutResult, result), others=others)
 
-def _run(
-    runner: asyncio.Runner, system: FanoutSystem, plan: FanoutPlan, size: int, offered: float
-) -> FanoutResult:
-    return runner.run(fanout_pass(system, plan, size, plan.messages_at(offered), offered))
+    def show(result: FanoutResult) -> str:
+        trips = result.histogram.summary()
+        return (
+            f"fanout {result.size:>5} B  {load_key(result.offered):>8}  {result.system:<9} "
+            f"{result.rate:>10,.0f} deliveries/s  p50 {trips['p50'] / 1e3:8,.0f} µs  p99 "
+            f"{trips['p99'] / 1e3:8,.0f} µs  {bound_by(result)}-bound"
+        )
 
-
-def _progress(result: FanoutResult, rep: str) -> None:
-    summary = result.histogram.summary()
-    print(
-        f"  fanout {result.size:>5} B  {load_key(result.offered):>8}  {rep}  "
-        f"{result.system:<9} {result.rate:>10,.0f} deliveries/s  "
-        f"p50 {summary['p50'] / 1e3:8,.0f} µs  p99 {summary['p99'] / 1e3:8,.0f} µs  "
-        f"server {result.server_cpu / result.seconds:4.0%}  "
-        f"loadgen {result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-def summarise(runs: list[FanoutResult], plan: FanoutPlan, names: Sequence[str]) -> Json:
-    """Per payload size, kind of pass (:func:`load_key`) and system: medians and spreads."""
     by_size: Json = {}
-    for size in plan.sizes:
-        by_load: Json = {}
+    runs: list[FanoutResult] = []
+    for index, size in enumerate(plan.sizes):
+        by_size[str(size)] = {}
         for offered in plan.loads:
-            entry: Json = {}
-            for name in names:
-                mine = [
-                    run
-                    for run in runs
-                    if (run.size, run.offered, run.system) == (size, offered, name)
-                ]
-                if mine:
-                    entry[name] = _summary(mine)
-            by_load[load_key(offered)] = entry
-        by_size[str(size)] = by_load
+
+            def timed(
+                system: FanoutSystem, _rep: int, size: int = size, offered: float = offered
+            ) -> FanoutResult:
+                return one(system, size, offered, plan.messages_at(offered))
+
+            def warm(system: FanoutSystem, size: int = size) -> FanoutResult:
+                return one(system, size, 0.0, plan.warmup)
+
+            first = index == 0 and not offered
+            mine = ctx.passes(under_test, timed, plan.repeat, warm if first else None, show)
+            runs += mine
+            by_size[str(size)][load_key(offered)] = {
+                system.name: _summary([r for r in mine if r.system == system.name])
+                for system in under_test
+            }
+    by_size["other_load_share"] = other_load([run.others for run in runs])
     return by_size
 
 
@@ -720,28 +714,12 @@ def _summary(mine: list[FanoutResult]) -> Json:
     merged = Histogram()
     for run in mine:
         merged.merge(run.histogram)
-    latencies = [run.histogram.summary() for run in mine]
-    return {
-        "published": mine[0].published,
-        "deliveries_per_s": spread([run.rate for run in mine]),
-        "publishes_per_s": spread([run.published / run.seconds for run in mine]),
-        "p50_us": spread([lat["p50"] / 1e3 for lat in latencies]),
-        "p99_us": spread([lat["p99"] / 1e3 for lat in latencies]),
-        "max_us": spread([lat["max"] / 1e3 for lat in latencies]),
-        "latency_all_passes_us": {k: v / 1e3 for k, v in merged.summary().items() if k != "count"},
-        "server_cpu_us_per_delivery": spread(
-            [run.server_cpu * 1e6 / run.deliveries for run in mine]
-        ),
-        "client_cpu_us_per_delivery": spread(
-            [run.client_cpu * 1e6 / run.deliveries for run in mine]
-        ),
-        **pace(mine),
-        "held_back_by_window": sum(run.late for run in mine),
-        "lost": sum(run.lost for run in mine),
-        "duplicates": 0,  # a repeated message fails its pass
-        "out_of_order": 0,  # so does a reordered one
-        "repetitions": [run.to_json() for run in mine],
-    }
+    out = summarise([run.to_json() for run in mine])
+    out["published"] = mine[0].published
+    out["latency_all_passes_us"] = {k: v / 1e3 for k, v in merged.summary().items() if k != "count"}
+    out["held_back_by_window"] = out.pop("late")
+    out["histogram_ns"] = merged.to_json()
+    return out
 
 
 # ---------------------------------------------------------------------- run
@@ -837,133 +815,68 @@ def _plan(args: argparse.Namespace) -> FanoutPlan:
     )
 
 
-@contextlib.contextmanager
-def _servers(
-    wanted: list[str], binaries: dict[str, str], plan: FanoutPlan, pinning: Pinning, tmp: Path
-) -> Iterator[tuple[dict[str, ServerProcess], Json]]:
-    """The servers of the systems to run, started, and what the results say of mosquitto."""
-    with contextlib.ExitStack() as stack:
-        procs: dict[str, ServerProcess] = {}
-        peer: Json = {}
-        if DAEMON in wanted:
-            procs[DAEMON] = stack.enter_context(
-                server("daemon-channels", daemon_argv("channels"), pinning, tmp)
-            )
-        binary = binaries.get(MOSQUITTO)
-        if binary is not None:
-            proc, text = stack.enter_context(
-                start_peer(PEERS[MOSQUITTO], binary, plan.window, pinning, tmp)
-            )
-            procs[MOSQUITTO] = proc
-            peer = {
-                "binary": binary,
-                "version": binary_version(binary),
-                "client": f"paho-mqtt {package_version('paho-mqtt')}",
-                "config": text,
-            }
-        yield procs, peer
-
-
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
     plan = _plan(args)
     wanted = [name for name in systems.parse_systems(args.systems) if name in SYSTEMS]
     if not wanted:
         raise BenchError(f"--systems: fanout runs {' and '.join(SYSTEMS)}")
-    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    nofile = raise_nofile()
-    notes: list[str] = []
-    fits = (nofile[0] - 64) // len(wanted) - 1
-    if plan.subscribers > fits:
-        notes.append(f"subscribers cut from {plan.subscribers:,} to {fits:,} (RLIMIT_NOFILE)")
-        plan = dataclasses.replace(plan, subscribers=fits)
-    binaries, skipped = systems.find_peers(args, wanted)
-    print(
-        f"bench fanout: {', '.join(n for n in wanted if n not in skipped)}; 1 publisher to "
-        f"{plan.subscribers:,} subscribers, {plan.messages:,} messages (or "
-        f"{plan.time_limit:g} s) x {plan.repeat}, window {plan.window}"
+    banner = (
+        f"{', '.join(wanted)}; 1 publisher to {plan.subscribers:,} subscribers, "
+        f"{plan.messages:,} messages (or {plan.time_limit:g} s) x {plan.repeat}, window "
+        f"{plan.window}"
         + (f"; paced at {_csv(plan.rates)}/s for {plan.duration:g} s" if plan.rates else "")
-        + f"; {', '.join(f'{s} B' for s in plan.sizes)}; {pinning.note}",
-        file=sys.stderr,
-        flush=True,
+        + f"; {', '.join(f'{s} B' for s in plan.sizes)}"
     )
-    servers_json: Json = {}
-    with (
-        pinned_loadgen(pinning),
-        tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp,
-        asyncio.Runner(loop_factory=new_loop) as runner,
-        _servers(wanted, binaries, plan, pinning, Path(tmp)) as (procs, peer_json),
-    ):
-        if not procs:
-            raise BenchError("nothing to run: " + "; ".join(skipped.values()))
-        for name, proc in procs.items():
-            servers_json[name] = proc.describe()
+
+    def body(ctx: Context) -> Json:
+        nonlocal plan
+        fits = (ctx.nofile[0] - 64) // len(wanted) - 1
+        if plan.subscribers > fits:
+            ctx.notes.append(f"subscribers cut from {plan.subscribers:,} to {fits:,} (NOFILE)")
+            plan = dataclasses.replace(plan, subscribers=fits)
+        binaries, skipped = systems.find_peers(args, wanted)
         opened: list[FanoutSystem] = []
+        peers: Json = {}
         try:
-            for name, proc in procs.items():
-                if name == DAEMON:
-                    system = runner.run(open_daemon(proc, plan.subscribers))
-                else:
-                    system = runner.run(open_mosquitto(proc, plan.subscribers, plan.window))
-                opened.append(system)
-                print(
-                    f"  {name}: {plan.subscribers:,} subscribers and the publisher ready in "
-                    f"{system.setup_seconds:.1f} s",
-                    file=sys.stderr,
-                    flush=True,
+            if DAEMON in wanted:
+                proc = ctx.server("daemon-channels", daemon_argv("channels"))
+                opened.append(ctx.run(open_daemon(proc, plan.subscribers)))
+            if MOSQUITTO in binaries:
+                proc, peers[MOSQUITTO] = start_peer(
+                    ctx, PEERS[MOSQUITTO], binaries[MOSQUITTO], plan.window
                 )
-            runs = measure(runner, plan, opened, CoreLoad(pinning))
+                opened.append(ctx.run(open_mosquitto(proc, plan.subscribers, plan.window)))
+            if not opened:
+                raise BenchError("nothing to run: " + "; ".join(skipped.values()))
+            by_size = measure(ctx, plan, opened)
         finally:
             for system in opened:
-                runner.run(system.close())
-        loadgen_affinity = sorted(os.sched_getaffinity(0))
-        for name, proc in procs.items():
-            servers_json[name].update(proc.stop())
-    ran = [system.name for system in opened]
-    for system in opened:
-        notes += system.notes
-    notes += [
-        f"server {name} exited with {described['exit_code']}"
-        for name, described in servers_json.items()
-        if described.get("exit_code") not in (0, None)
-    ]
-    by_size = summarise(runs, plan, ran)
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
-        "config": {
-            "host": HOST,
-            "event_loop": loop_name(),
-            "systems": ran,
-            "channel": CHANNEL,
-            "fanout": plan.to_json(),
-            "drain_s": DRAIN_SECONDS,
-            "channels_app": asdict(ChannelsConfig()),
-            "slow_subscriber_policy": "disconnect (the default: no drop_oldest patterns)",
-            "client_params": asdict(Params()),
-            "client_bound_threshold": CLIENT_BOUND,
-            "nofile_soft_hard": list(nofile),
-            "timer": "time.perf_counter(_ns); CPU: /proc/PID/stat (servers, all threads), "
-            "time.process_time (load generator)",
-            "gc": "enabled; gc.collect() before each pass",
-        },
-        "servers": servers_json,
-        "peers": {MOSQUITTO: peer_json} if peer_json else {},
-        "skipped": skipped,
-        "systems": {name: SYSTEM_NOTES[name] for name in ran},
-        "setup_s": {system.name: system.setup_seconds for system in opened},
-        "other_load_share": latency.other_load([run.others for run in runs]),
-        "fanout": by_size,
-        "ratios": _ratios(by_size),
-        "notes": notes,
-    }
-    return publish(out, SCENARIO, entry, commit, markdown, quick)
+                ctx.run(system.close())
+        load = by_size.pop("other_load_share")
+        ctx.notes += [note for system in opened for note in system.notes]
+        return {
+            "config": {
+                "systems": [system.name for system in opened],
+                "channel": CHANNEL,
+                "fanout": plan.to_json(),
+                "drain_s": DRAIN_SECONDS,
+                "channels_app": asdict(ChannelsConfig()),
+                "slow_subscriber_policy": "disconnect (the default: no drop_oldest patterns)",
+                "client_params": asdict(Params()),
+                "client_bound_threshold": CLIENT_BOUND,
+                "timer": "time.perf_counter(_ns)",
+            },
+            "peers": peers,
+            "skipped": skipped,
+            "systems": {system.name: SYSTEM_NOTES[system.name] for system in opened},
+            "setup_s": {system.name: system.setup_seconds for system in opened},
+            "other_load_share": load,
+            "fanout": by_size,
+            "ratios": _ratios(by_size),
+            "markdown": markdown,
+        }
+
+    return scenario(args, SCENARIO, banner, body)
 
 
 def _ratios(by_size: Json) -> Json:
@@ -1031,7 +944,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     plan = config["fanout"]
     channels = config["channels_app"]
     subscribers = plan["subscribers"]
-    lines = latency.header(entry, commit, path)
+    lines = header(entry, commit, path)
     for reason in entry["skipped"].values():
         lines += [f"**{reason}.**", ""]
     paced = ", ".join(f"{rate:g}" for rate in plan["rates"])
@@ -1122,7 +1035,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             "extrapolation (1 / server CPU per delivery), not a measurement.",
             "",
         ]
-    lines += latency.other_load_note(entry["other_load_share"])
+    lines += other_load_note(entry["other_load_share"])
     if entry["notes"]:
         lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
     return "\n".join(lines)
@@ -1152,14 +1065,20 @@ def _rows(entry: Json) -> list[list[str]]:
                         against if name == DAEMON else "",
                         _spread(stats["p50_us"]),
                         _spread(stats["p99_us"]),
-                        f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
-                        f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
-                        f"{stats['server_cpu_share']['median']:.0%}",
-                        f"{stats['client_cpu_share']['median']:.0%}",
-                        ", ".join(
-                            f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds)
+                        *(
+                            cpu_cell(text, stats["seconds"])
+                            for text in (
+                                f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
+                                f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
+                                f"{stats['server_cpu_share']['median']:.0%}",
+                                f"{stats['client_cpu_share']['median']:.0%}",
+                                ", ".join(
+                                    f"{b} {bounds.count(b)}/{len(bounds)}"
+                                    for b in dict.fromkeys(bounds)
+                                ),
+                            )
                         ),
-                        latency.full_cores_cell(stats["cores_full"]),
+                        full_cores_cell(stats["cores_full"]),
                         f"{stats['lost']} / {stats['duplicates']} / {stats['out_of_order']}",
                     ]
                 )

@@ -19,52 +19,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from sessiond_client.protocol import Params
 
 from . import BenchError
-from .daemon import DEFAULT_CONCURRENCY, sessions_per_address, source_addresses
-from .latency import header
-from .loadgen import HOST, close_idle, loop_name, new_loop, open_idle
-from .processes import (
-    ServerProcess,
-    choose_pinning,
-    daemon_argv,
-    pinned_loadgen,
-    raise_nofile,
-    server,
+from .harness import (
+    Context,
+    counts,
+    header,
+    notes_lines,
+    positive,
+    scenario,
+    spread_cell,
+    summarise,
 )
-from .results import (
-    QUICK_DIR,
-    RESULTS_DIR,
-    Json,
-    command_line,
-    commit_info,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
-    spread,
+from .loadgen import (
+    DEFAULT_CONCURRENCY,
+    close_idle,
+    open_idle,
+    sessions_per_address,
+    source_addresses,
 )
-from .summary import Headline, Target
+from .processes import ServerProcess, daemon_argv
+from .results import Json, markdown_table, spread
+from .summary import NOT_MEASURED, Headline, Target, cpu_cell, judged, values_range, verdict
 
 HELP = "1,000 and 10,000 idle sessions with heartbeats on: server RSS per session, CPU"
 
 SCENARIO = "idle"
 COUNTS = (1_000, 10_000)
-QUICK_COUNTS = (50, 200)
+QUICK_COUNTS = (20, 100)
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
 DEFAULT_IDLE_SECONDS = 15.0  # one default heartbeat interval: every session beats once
-QUICK_IDLE_SECONDS = 0.5
+QUICK_IDLE_SECONDS = 0.2
 DEFAULT_HEARTBEAT = Params().heartbeat_interval
 #: Waits for the server to settle before reading its RSS.
 SETTLE_SECONDS = 1.0
@@ -201,130 +194,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _counts(text: str | None, quick: bool) -> tuple[int, ...]:
-    if text is None:
-        return QUICK_COUNTS if quick else COUNTS
-    try:
-        counts = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
-    except ValueError:
-        raise BenchError(f"--idle-sessions {text!r}: expected integers") from None
-    if not counts or any(count < 1 for count in counts):
-        raise BenchError("--idle-sessions: at least one count, each at least 1")
-    return counts
-
-
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
-    counts = _counts(args.idle_sessions, quick)
+    positive(args, "repeat", "concurrency", "idle_seconds", "heartbeat")
+    quick = bool(args.quick)
+    given = args.idle_sessions
+    sizes = counts(given, "--idle-sessions") if given else (QUICK_COUNTS if quick else COUNTS)
     repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    idle_seconds: float = args.idle_seconds or (
-        QUICK_IDLE_SECONDS if quick else DEFAULT_IDLE_SECONDS
-    )
+    idle: float = args.idle_seconds or (QUICK_IDLE_SECONDS if quick else DEFAULT_IDLE_SECONDS)
     settle = QUICK_SETTLE_SECONDS if quick else SETTLE_SECONDS
-    if repeat < 1 or args.concurrency < 1:
-        raise BenchError("--repeat and --concurrency must be at least 1")
-    if idle_seconds <= 0 or args.heartbeat <= 0:
-        raise BenchError("--idle-seconds and --heartbeat must be positive")
-    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    nofile = raise_nofile()
-    notes: list[str] = []
-    if max(counts) + NOFILE_MARGIN > nofile[0]:
-        fit = nofile[0] - NOFILE_MARGIN
-        notes.append(f"idle sessions cut to {fit:,} to fit RLIMIT_NOFILE {nofile[0]:,}")
-        counts = tuple(dict.fromkeys(min(count, fit) for count in counts))
-    per_address = sessions_per_address()
-    plans = {
-        count: IdlePlan(count, args.concurrency, idle_seconds, args.heartbeat, per_address, settle)
-        for count in counts
-    }
-    print(
-        f"bench idle: {', '.join(f'{c:,}' for c in counts)} sessions x {repeat}, a fresh daemon "
-        f"each time, idle for {idle_seconds:g} s; {pinning.note}",
-        file=sys.stderr,
-        flush=True,
-    )
-    measured: dict[int, list[Json]] = {count: [] for count in counts}
-    servers: list[Json] = []
-    with (
-        pinned_loadgen(pinning),
-        tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp,
-        asyncio.Runner(loop_factory=new_loop) as runner,
-    ):
-        for rep in range(repeat):
-            for count in counts:
-                name = f"daemon-idle-{count}-{rep + 1}"
-                with server(name, daemon_argv(), pinning, Path(tmp)) as daemon:
-                    described = daemon.describe()
-                    result = runner.run(measure_idle(daemon, plans[count]))
-                    described.update(daemon.stop())
-                servers.append({"name": name, **described})
-                measured[count].append(result)
-                print(
-                    f"  idle {count:>6,} sessions  rep {rep + 1}/{repeat}  "
-                    f"{result['rss_per_session_kib']:6.2f} KiB/session  server CPU "
-                    f"{result['idle_server_cpu_percent']:5.2f} %  "
-                    f"{result['handshakes_per_s']:7,.0f} handshakes/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        loadgen_affinity = sorted(os.sched_getaffinity(0))
-    notes += [
-        f"server {described['name']} exited with {described['exit_code']}"
-        for described in servers
-        if described.get("exit_code") not in (0, None)
-    ]
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
-        "config": {
-            "host": HOST,
-            "event_loop": loop_name(),
-            "counts": list(counts),
-            "repeat": repeat,
-            "idle_seconds": idle_seconds,
-            "heartbeat_s": args.heartbeat,
-            "concurrency": args.concurrency,
-            "sessions_per_source_address": per_address,
-            "settle_seconds": settle,
-            "nofile_soft_hard": list(nofile),
-            "server": "a fresh daemon per measurement",
-        },
-        "servers": servers,
-        "sessions": {str(count): summarise(results) for count, results in measured.items()},
-        "notes": notes,
-    }
-    entry["targets"] = [asdict(target) for target in targets(entry, {})]
-    return publish(out, SCENARIO, entry, commit, markdown, quick)
+    banner = f"{', '.join(f'{c:,}' for c in sizes)} sessions x {repeat}, idle for {idle:g} s"
+
+    def body(ctx: Context) -> Json:
+        fit = ctx.nofile[0] - NOFILE_MARGIN
+        if max(sizes) > fit:
+            ctx.notes.append(f"idle sessions cut to {fit:,} to fit RLIMIT_NOFILE {ctx.nofile[0]:,}")
+        plans = [
+            IdlePlan(n, args.concurrency, idle, args.heartbeat, sessions_per_address(), settle)
+            for n in dict.fromkeys(min(n, fit) for n in sizes)
+        ]
+
+        def one(plan: IdlePlan, rep: int) -> Json:
+            with ctx.fresh_server(f"daemon-idle-{plan.sessions}-{rep + 1}", daemon_argv()) as proc:
+                return dict(ctx.run(measure_idle(proc, plan)))
+
+        def show(result: Json) -> str:
+            return (
+                f"{result['sessions']:>6,} sessions  {result['rss_per_session_kib']:6.2f} "
+                f"KiB/session  server CPU {result['idle_server_cpu_percent']:5.2f} %  "
+                f"{result['handshakes_per_s']:7,.0f} handshakes/s"
+            )
+
+        results = ctx.passes(plans, one, repeat, show=show)
+        return {
+            "config": {
+                "counts": [plan.sessions for plan in plans],
+                "repeat": repeat,
+                "idle_seconds": idle,
+                "heartbeat_s": args.heartbeat,
+                "concurrency": args.concurrency,
+                "sessions_per_source_address": sessions_per_address(),
+                "settle_seconds": settle,
+                "server": "a fresh daemon per measurement",
+            },
+            "sessions": {
+                str(plan.sessions): summary([r for r in results if r["sessions"] == plan.sessions])
+                for plan in plans
+            },
+            "markdown": markdown,
+        }
+
+    return scenario(args, SCENARIO, banner, body)
 
 
-#: The figures of one measurement that are summarised over the repetitions.
-FIGURES = (
-    "rss_per_session_kib",
-    "rss_delta_kib",
-    "idle_server_cpu_percent",
-    "idle_loadgen_cpu_percent",
-    "handshakes_per_s",
-    "open_server_cpu_ms_per_handshake",
-    "open_seconds",
-)
-
-
-def summarise(results: list[Json]) -> Json:
-    """Each figure's median and spread over the repetitions, and every repetition."""
-    return {
-        **{figure: spread([result[figure] for result in results]) for figure in FIGURES},
-        "rss_idle_kib": spread([result["rss_kib"]["idle"] for result in results]),
-        "rss_before_kib": spread([result["rss_kib"]["before"] for result in results]),
-        "still_open_after_idle": min(result["still_open_after_idle"] for result in results),
-        "lost": sum(result["sessions"] - result["still_open_after_idle"] for result in results),
-        "repetitions": results,
-    }
+def summary(results: list[Json]) -> Json:
+    """Each figure's spread over the measurements; sessions that did not stay open."""
+    out = summarise(results)
+    out["rss_idle_kib"] = spread([r["rss_kib"]["idle"] for r in results])
+    out["rss_before_kib"] = spread([r["rss_kib"]["before"] for r in results])
+    out["lost"] = sum(r["sessions"] - r["still_open_after_idle"] for r in results)
+    return out
 
 
 # ---------------------------------------------------------------- summary
@@ -339,7 +267,9 @@ def headlines(entry: Json) -> list[Headline]:
             "RSS/session, server CPU",
             {
                 "daemon": f"{stats['rss_per_session_kib']['median']:.2f} KiB, "
-                f"{stats['idle_server_cpu_percent']['median']:.2f} %"
+                + cpu_cell(
+                    f"{stats['idle_server_cpu_percent']['median']:.2f} %", stats["idle_window_s"]
+                )
             },
         )
         for count, stats in entry["sessions"].items()
@@ -347,50 +277,60 @@ def headlines(entry: Json) -> list[Headline]:
 
 
 def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
-    """Under 4 KiB of RSS per session at 10,000 sessions (judged at the largest count run)."""
+    """Under 4 KiB of RSS per session at 10,000 sessions (judged at the largest count run,
+    each measurement on its own)."""
     if not entry["sessions"]:
         return []
     count = max(entry["sessions"], key=int)
-    kib = entry["sessions"][count]["rss_per_session_kib"]["median"]
+    stats = entry["sessions"][count]["rss_per_session_kib"]
     exact = int(count) == TARGET_COUNT
     return [
         Target(
             SCENARIO,
             f"< {TARGET_KIB:g} KiB server RSS per idle session at {TARGET_COUNT:,} sessions",
-            f"{kib:.2f} KiB at {int(count):,}" + ("" if exact else " (not the target's count)"),
-            (kib < TARGET_KIB) if exact else None,
+            f"{stats['median']:.2f} KiB at {int(count):,} (measurements "
+            f"{values_range(stats['values'], '{:.2f}')})"
+            + ("" if exact else " (not the target's count)"),
+            judged(entry, stats["values"], TARGET_KIB, higher=False)
+            if exact or entry.get("quick")
+            else NOT_MEASURED,
         )
     ]
-
-
-# --------------------------------------------------------------- markdown
-
-
-def _kib(stats: Json) -> str:
-    return f"{stats['median']:.2f} [{stats['min']:.2f}-{stats['max']:.2f}] KiB"
-
-
-def _pct(stats: Json) -> str:
-    return f"{stats['median']:.2f} [{stats['min']:.2f}-{stats['max']:.2f}] %"
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## idle`` section of RESULTS.md."""
     config = entry["config"]
-    lines = header(entry, commit, path)
-    lines += [
+    rows = [
+        [
+            f"{int(count):,}",
+            spread_cell(stats["rss_per_session_kib"], 2, " KiB"),
+            cpu_cell(
+                spread_cell(stats["idle_server_cpu_percent"], 2, " %"), stats["idle_window_s"]
+            ),
+            cpu_cell(
+                spread_cell(stats["idle_loadgen_cpu_percent"], 2, " %"), stats["idle_window_s"]
+            ),
+            f"{stats['rss_before_kib']['median'] / 1024:,.1f} MiB",
+            f"{stats['rss_idle_kib']['median'] / 1024:,.1f} MiB",
+            f"{stats['handshakes_per_s']['median']:,.0f}",
+            f"{stats['open_server_cpu_ms_per_handshake']['median']:.3f}",
+            str(stats["lost"]),
+        ]
+        for count, stats in entry["sessions"].items()
+    ]
+    lines = [
+        *header(entry, commit, path),
         f"For each count, a fresh daemon (`python -m sessiond serve --app echo`), one warm-up "
         f"session opened and closed, then the sessions opened, at most {config['concurrency']} "
         "handshakes in flight, from loopback source addresses 127.0.0.x (at most "
         f"{config['sessions_per_source_address']} sessions each: the daemon's default "
         "`max_transports_per_peer` is 256), all to 127.0.0.1; then idle for "
         f"{config['idle_seconds']:g} s with a {config['heartbeat_s']:g} s heartbeat proposed "
-        "by the clients (the protocol default; the daemon's own bounds apply). RSS is the "
-        "server's VmRSS; *per session*: (RSS after the idle window - RSS before) / sessions. "
-        "CPU shares are of one core, over the idle window. "
-        f"{config['repeat']} measurements per count; median [min-max]. Every session was "
-        "still open after the idle window (*lost* counts those that were not), then each "
-        "was closed with CLOSE NORMAL.",
+        "by the clients. RSS is the server's VmRSS; *per session*: (RSS after the idle window "
+        "- RSS before) / sessions. CPU shares are of one core, over the idle window. "
+        f"{config['repeat']} measurements per count; median [min-max]. *lost*: sessions not "
+        "still open after the idle window; then each was closed with CLOSE NORMAL.",
         "",
         markdown_table(
             [
@@ -404,26 +344,11 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 "server ms CPU/handshake",
                 "lost",
             ],
-            [
-                [
-                    f"{int(count):,}",
-                    _kib(stats["rss_per_session_kib"]),
-                    _pct(stats["idle_server_cpu_percent"]),
-                    _pct(stats["idle_loadgen_cpu_percent"]),
-                    f"{stats['rss_before_kib']['median'] / 1024:,.1f} MiB",
-                    f"{stats['rss_idle_kib']['median'] / 1024:,.1f} MiB",
-                    f"{stats['handshakes_per_s']['median']:,.0f}",
-                    f"{stats['open_server_cpu_ms_per_handshake']['median']:.3f}",
-                    str(stats["lost"]),
-                ]
-                for count, stats in entry["sessions"].items()
-            ],
+            rows,
         ),
         "",
     ]
-    for target in entry["targets"]:
-        verdict = {True: "met", False: "**not met**", None: "not measured"}[target["met"]]
-        lines.append(f"Target: {target['target']}: {target['measured']}: {verdict}.")
-    if entry["notes"]:
-        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
-    return "\n".join(lines) + "\n"
+    lines += [
+        f"Target: {t.target}: {t.measured}: {verdict(t.verdict)}." for t in targets(entry, {})
+    ]
+    return "\n".join([*lines, "", *notes_lines(entry)])

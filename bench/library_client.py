@@ -81,25 +81,29 @@ async def client_echo(
         len(pool[0]),
         window,
         sum(count.sent for count in counts),
-        sum(count.taken for count in counts),
+        sum(count.received for count in counts),
         seconds,
         cpu,
         server,
-        sum(count.reads for count in counts),
+        sum(count.reads for count in counts),  # batches from recv() + received()
         0,
         0,
         0,
         "time" if any(count.stopped_by == "time" for count in counts) else "count",
         sessions=sessions,
+        lost=sum(count.lost for count in counts),
+        duplicates=sum(count.duplicates for count in counts),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class _Counts:
     sent: int
-    taken: int
+    received: int
     reads: int
     stopped_by: str
+    lost: int
+    duplicates: int
 
 
 async def _echo(
@@ -135,7 +139,8 @@ async def _echo(
         got += received()
         reads += 1
         checker.check(got)
-    return _Counts(sent, checker.taken, reads, stopped_by)
+    lost = checker.missing + sent - checker.taken
+    return _Counts(sent, checker.received, reads, stopped_by, lost, checker.duplicates)
 
 
 async def client_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:

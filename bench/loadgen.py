@@ -42,15 +42,14 @@ from sessiond_client.protocol import (
     SessionStarted,
 )
 
+from sessiond.server import ServerConfig
+
 from . import BenchError
 from .core import POOL, Checker
+from .processes import HOST, loop_name, new_loop, pace
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-    uvloop = None  # type: ignore[assignment]
+__all__ = ["HOST", "loop_name", "new_loop"]
 
-HOST = "127.0.0.1"
 #: The ceiling's framing: a 4-byte big-endian payload length.
 LENGTH = struct.Struct(">I")
 #: Largest frame the framed client accepts from the ceiling server.
@@ -66,25 +65,6 @@ S = TypeVar("S", bound="IdleSession")
 CpuClock = Callable[[], float]
 
 
-def other_load_json(others: tuple[float, float] | None) -> dict[str, object]:
-    """A pass's ``others`` as JSON (nothing when it was not measured)."""
-    if others is None:
-        return {}
-    return {"other_load_share": {"server_core": others[0], "loadgen_core": others[1]}}
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop when available, else asyncio's default one."""
-    if uvloop is not None:
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        return loop
-    return asyncio.new_event_loop()
-
-
-def loop_name() -> str:
-    return "uvloop" if uvloop is not None else "asyncio"
-
-
 @dataclass(frozen=True, slots=True)
 class EchoResult:
     """One timed echo pass: first send to last echo, over *sessions* connections."""
@@ -97,7 +77,7 @@ class EchoResult:
     seconds: float
     client_cpu: float  # load generator CPU seconds over the same span
     server_cpu: float  # server CPU seconds over the same span
-    reads: int  # data_received calls
+    reads: int | None  # data_received calls (None: not measured, as with nats-py)
     writes: int  # transport.write calls
     timer_fires: int  # core timers run (coalesced ACKs, heartbeats)
     timer_writes: int  # of which wrote something: an ACK (or PING) the timer released
@@ -106,6 +86,10 @@ class EchoResult:
     #: during the pass (None: not measured); see bench/processes.py CoreLoad.
     others: tuple[float, float] | None = None
     sessions: int = 1  # connections (sessions) the messages were shared out over
+    #: Counted by the receivers' checks (bench/core.py Checker): messages skipped over
+    #: by a later one, or never back by the end; messages that came back twice.
+    lost: int = 0
+    duplicates: int = 0
 
     @property
     def rate(self) -> float:
@@ -117,7 +101,8 @@ class EchoResult:
             "window_per_session": self.window,
             "messages": self.messages,
             "received": self.received,
-            "lost": self.messages - self.received,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
             "seconds": self.seconds,
             "rate": self.rate,
             "client_cpu_s": self.client_cpu,
@@ -125,13 +110,14 @@ class EchoResult:
             "server_cpu_s": self.server_cpu,
             "server_cpu_share": self.server_cpu / self.seconds,
             "server_cpu_s_per_million": self.server_cpu * 1e6 / self.received,
+            "client_cpu_us_per_message": self.client_cpu * 1e6 / self.received,
             "reads": self.reads,
             "writes": self.writes,
-            "messages_per_read": self.received / max(1, self.reads),
+            "messages_per_read": None if self.reads is None else self.received / max(1, self.reads),
             "timer_fires": self.timer_fires,
             "timer_writes": self.timer_writes,
             "stopped_by": self.stopped_by,
-            **other_load_json(self.others),
+            **pace(self, self.others),
         }
 
 
@@ -240,13 +226,14 @@ class _Echo(asyncio.Protocol):
         server = self.server_cpu() - self._server0
         self.verify_end()
         self.finished = True
+        checker = self.checker
         self.done.set_result(
             EchoResult(
                 self.system,
                 self.size,
                 self.window,
                 self.sent,
-                self.checker.taken,
+                checker.received,
                 seconds,
                 cpu,
                 server,
@@ -255,6 +242,8 @@ class _Echo(asyncio.Protocol):
                 self.timer_fires,
                 self.timer_writes,
                 self.stopped_by,
+                lost=checker.missing + self.sent - checker.taken,
+                duplicates=checker.duplicates,
             )
         )
         self.close()
@@ -634,16 +623,42 @@ async def echo_many(
         seconds,
         cpu,
         server,
-        sum(result.reads for result in results),
+        sum(result.reads or 0 for result in results),
         sum(result.writes for result in results),
         sum(result.timer_fires for result in results),
         sum(result.timer_writes for result in results),
         "time" if any(result.stopped_by == "time" for result in results) else "count",
         sessions=sessions,
+        lost=sum(result.lost for result in results),
+        duplicates=sum(result.duplicates for result in results),
     )
 
 
 # --------------------------------------------------------------------- idle
+
+#: Handshakes in flight when opening many sessions (the daemon's listen backlog is 4096).
+DEFAULT_CONCURRENCY = 100
+
+
+def source_addresses(per_address: int) -> Callable[[int], str]:
+    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions.
+
+    The daemon allows ``max_transports_per_peer`` transports per IP address; the
+    whole of 127.0.0.0/8 is loopback, so many sessions come from several of its
+    addresses (all of them connect to 127.0.0.1).
+    """
+
+    def source(index: int) -> str:
+        number = 1 + index // per_address
+        return f"127.{(number >> 16) & 255}.{(number >> 8) & 255}.{number & 255}"
+
+    return source
+
+
+def sessions_per_address() -> int:
+    """Sessions per source address: a margin below the daemon's per-peer transport limit."""
+    limit = ServerConfig().max_transports_per_peer
+    return max(1, limit - max(8, limit // 16))
 
 
 class IdleSession(asyncio.Protocol):

@@ -15,19 +15,16 @@ the scenarios import it under this name.)
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import gc
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from . import latency
 from .core import make_pool
-from .daemon import bound_by, client_bound
+from .harness import Context, summarise
 from .loadgen import EchoResult
-from .processes import CoreLoad, timed_pass
-from .results import Json, spread
+from .processes import bound_by
+from .results import Json
 from .systems import (
     CEILING,
     CLIENT,
@@ -78,91 +75,49 @@ class EchoPlan:
     sessions: int = 1
 
 
-def measure_echo(
-    runner: asyncio.Runner, plan: EchoPlan, systems: Sequence[System], load: CoreLoad
-) -> list[EchoResult]:
+def measure_echo(ctx: Context, plan: EchoPlan, systems: Sequence[System]) -> list[EchoResult]:
     """Every system, *repeat* passes per payload size, their order rotated each repetition."""
     runs: list[EchoResult] = []
-    sessions = f"{plan.sessions} sessions  " if plan.sessions > 1 else ""
+    many = f"{plan.sessions} sessions " if plan.sessions > 1 else ""
     for size in plan.sizes:
         pool = make_pool(size)
-        for system in systems:  # warm-up: connections, caches, first sessions
-            _echo_pass(runner, system, pool, plan.warmup, plan, None)
-        for rep in range(plan.repeat):
-            shift = rep % len(systems)
-            for system in [*systems[shift:], *systems[:shift]]:
-                gc.collect()
-                result = _echo_pass(runner, system, pool, plan.messages, plan, load)
-                runs.append(result)
-                print(
-                    f"  echo {sessions}{size:>5} B  rep {rep + 1}/{plan.repeat}  "
-                    f"{system.name:<9} {result.rate:>11,.0f} msg/s  "
-                    f"server {result.server_cpu / result.seconds:4.0%}  "
-                    f"loadgen {result.client_cpu / result.seconds:4.0%}  "
-                    f"{bound_by(result)}-bound",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return runs
 
-
-def _echo_pass(
-    runner: asyncio.Runner,
-    system: System,
-    pool: list[bytes],
-    messages: int,
-    plan: EchoPlan,
-    load: CoreLoad | None,
-) -> EchoResult:
-    proc = system.proc
-    port = system.port or proc.port
-    # Only a many-session pass names its sessions: an echo function written for
-    # one connection (tls's) need not take the argument.
-    many = {"sessions": plan.sessions} if plan.sessions > 1 else {}
-    result, others = timed_pass(
-        proc,
-        load,
-        lambda: runner.run(
-            system.echo(
-                port, pool, messages, plan.window, plan.time_limit, proc.cpu_seconds, **many
+        def one(system: System, messages: int, pool: list[bytes] = pool) -> EchoResult:
+            proc, port = system.proc, system.port or system.proc.port
+            # Only a many-session pass names its sessions: an echo function written for
+            # one connection (tls's) need not take the argument.
+            kwargs = {"sessions": plan.sessions} if plan.sessions > 1 else {}
+            coroutine = system.echo(
+                port, pool, messages, plan.window, plan.time_limit, proc.cpu_seconds, **kwargs
             )
-        ),
-    )
-    # Every echo function reports under its own name; the tables use the system's.
-    return dataclasses.replace(result, system=system.name, others=others)
+            result, others = ctx.timed(proc, lambda: ctx.run(coroutine))
+            # Every echo function reports under its own name; the tables use the system's.
+            return dataclasses.replace(cast(EchoResult, result), system=system.name, others=others)
+
+        def show(result: EchoResult) -> str:
+            return (
+                f"echo {many}{result.size:>5} B  {result.system:<9} {result.rate:>11,.0f} msg/s  "
+                f"server {result.server_cpu / result.seconds:4.0%}  "
+                f"loadgen {result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound"
+            )
+
+        runs += ctx.passes(
+            systems,
+            lambda system, _rep: one(system, plan.messages),
+            plan.repeat,
+            warmup=(lambda system: one(system, plan.warmup)) if plan.warmup else None,
+            show=show,
+        )
+    return runs
 
 
 def summarise_echo(runs: list[EchoResult], names: Sequence[str], sizes: Sequence[int]) -> Json:
     """Per payload size and system: every figure's median and spread, and every repetition."""
-    by_size: Json = {}
-    for size in sizes:
-        entry: Json = {}
-        for name in names:
-            mine = [run for run in runs if run.size == size and run.system == name]
-            if not mine:
-                continue
-            entry[name] = {
-                "sessions": mine[0].sessions,
-                "window_per_session": mine[0].window,
-                "rate": spread([run.rate for run in mine]),
-                "server_cpu_s_per_million": spread(
-                    [run.server_cpu * 1e6 / run.received for run in mine]
-                ),
-                "client_cpu_us_per_message": spread(
-                    [run.client_cpu * 1e6 / run.received for run in mine]
-                ),
-                "server_cpu_share": spread([run.server_cpu / run.seconds for run in mine]),
-                "client_cpu_share": spread([run.client_cpu / run.seconds for run in mine]),
-                "client_bound": [client_bound(run) for run in mine],
-                "other_load_share": latency.other_load([run.others for run in mine]),
-                "cores_full": [
-                    latency.full_cores(run.server_cpu, run.client_cpu, run.seconds, run.others)
-                    for run in mine
-                ],
-                "bound": [bound_by(run) for run in mine],
-                "messages_per_read": spread([run.received / max(1, run.reads) for run in mine]),
-                "lost": sum(run.messages - run.received for run in mine),
-                "repetitions": [run.to_json() for run in mine],
-            }
-        by_size[str(size)] = entry
-    return by_size
+    return {
+        str(size): {
+            name: summarise([run.to_json() for run in mine])
+            for name in names
+            if (mine := [run for run in runs if run.size == size and run.system == name])
+        }
+        for size in sizes
+    }

@@ -40,7 +40,8 @@ from sessiond_client.protocol import Connection, ConnectionState, Params, Role, 
 from . import BenchError
 from .core import POOL
 from .histogram import Histogram
-from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, arm_timer, other_load_json, send_close
+from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, arm_timer, send_close
+from .processes import pace
 
 #: The first pings go this long after the pass starts (connections are open by then).
 LEAD_NS = 5_000_000
@@ -94,7 +95,7 @@ class PingResult:
                 for key, value in self.histogram.summary().items()
             },
             "stopped_by": self.stopped_by,
-            **other_load_json(self.others),
+            **pace(self, self.others),
         }
 
 

@@ -10,6 +10,7 @@ with SIGTERM (then SIGKILL), keeping its output for the results.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -19,19 +20,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Protocol, TypeVar
 
 from . import BenchError
-from .loadgen import HOST
 from .results import REPO_ROOT, Json
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None  # type: ignore[assignment]
+
+HOST = "127.0.0.1"
 
 STOP_TIMEOUT = 15.0
 READY_TIMEOUT = 20.0
 
 CPU_TICK = os.sysconf("SC_CLK_TCK")
+#: How the servers' CPU is read, for the results.
+CPU_CLOCK = (
+    "servers: /proc/PID/task/*/schedstat (ns, every live thread); load generator: "
+    "time.process_time (CLOCK_PROCESS_CPUTIME_ID, ns)"
+)
 
 T = TypeVar("T")
 
@@ -163,6 +175,96 @@ def timed_pass(
     return result, load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process *pid* has run so far, in nanoseconds' resolution.
+
+    The sum of the first field of ``/proc/PID/task/TID/schedstat`` (time on a
+    CPU, ns) over its live threads; where schedstat is missing (a kernel
+    without schedstats), ``utime + stime`` of ``/proc/PID/stat`` in clock ticks.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tasks = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    if total:
+        return total / 1e9
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CPU_TICK  # fields 14 and 15 of stat
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when available, else asyncio's default one."""
+    if uvloop is not None:
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+def loop_name() -> str:
+    return "uvloop" if uvloop is not None else "asyncio"
+
+
+#: A pass whose process used more than this share of its core was bound by that side.
+CLIENT_BOUND = 0.9
+
+
+class Timed(Protocol):
+    """A timed pass: its wall seconds and both processes' CPU seconds over them."""
+
+    @property
+    def seconds(self) -> float: ...
+
+    @property
+    def client_cpu(self) -> float: ...
+
+    @property
+    def server_cpu(self) -> float: ...
+
+
+def bound_by(result: Timed) -> str:
+    """What set the pace of a pass: the load generator's core (``client``), the
+    server's, or neither (``round-trip``: they took turns, each waiting for the other)."""
+    if result.client_cpu / result.seconds > CLIENT_BOUND:
+        return "client"
+    if result.server_cpu / result.seconds > CLIENT_BOUND:
+        return "server"
+    return "round-trip"
+
+
+def full_cores(
+    server_cpu: float, client_cpu: float, seconds: float, others: Sequence[float] | None
+) -> list[str]:
+    """Which pinned cores were more than :data:`CLIENT_BOUND` busy during a pass, counting
+    what other processes took of them: that side could not go faster on this machine."""
+    server_other, loadgen_other = others if others is not None else (0.0, 0.0)
+    full = []
+    if server_cpu / seconds + server_other > CLIENT_BOUND:
+        full.append("server")
+    if client_cpu / seconds + loadgen_other > CLIENT_BOUND:
+        full.append("loadgen")
+    return full
+
+
+def pace(result: Timed, others: Sequence[float] | None) -> Json:
+    """A pass's CPU shares, what bound it, which cores were full, and others' share."""
+    return {
+        "server_cpu_share": result.server_cpu / result.seconds,
+        "client_cpu_share": result.client_cpu / result.seconds,
+        "client_bound": result.client_cpu / result.seconds > CLIENT_BOUND,
+        "bound": bound_by(result),
+        "cores_full": full_cores(result.server_cpu, result.client_cpu, result.seconds, others),
+        **({} if others is None else {"other_load_share": list(others)}),
+    }
+
+
 def raise_nofile() -> tuple[int, int]:
     """Raise this process's open-file soft limit to the hard limit; return (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -243,10 +345,12 @@ class ServerProcess:
             raise BenchError(f"{self.name} exited with {code}: {self.log_tail() or '(no output)'}")
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the server process so far (all its threads)."""
-        with open(f"/proc/{self.pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CPU_TICK  # fields 14 and 15 of stat
+        """CPU seconds of the server process so far, all its threads, to the nanosecond.
+
+        :func:`cpu_seconds` of its PID: a pass of a second is not measured in
+        the 10 ms ticks of ``/proc/PID/stat``.
+        """
+        return cpu_seconds(self.pid)
 
     def status(self, key: str) -> str:
         with open(f"/proc/{self.pid}/status", encoding="utf-8") as status:

@@ -290,21 +290,56 @@ def entry_head(
     }
 
 
+#: Options that change how often a figure is measured, not which figure: a run with
+#: them may still replace RESULTS.md.
+NEUTRAL_OPTIONS = frozenset({"repeat", "scenario", "out", "quick", "changed"})
+
+
+def partial_reasons(args: Any, commit: Json, entries: Sequence[Json] = ()) -> list[str]:
+    """Why a run's figures must not replace RESULTS.md (empty: they may).
+
+    A ``--quick`` run, results written elsewhere (``--out``), a tree with
+    uncommitted changes, an option other than ``--repeat`` set (a subset of
+    systems, other sizes: ``args.changed``, filled in by :func:`bench.runner.select`)
+    or a peer skipped for being absent (an entry's ``skipped``): each makes a
+    partial run, whose figures stay in its JSON.
+    """
+    reasons = []
+    if args.quick:
+        reasons.append("a --quick run")
+    if args.out is not None and Path(args.out).resolve() != RESULTS_DIR:
+        reasons.append(f"--out {display_path(args.out)}")
+    if commit.get("dirty"):
+        reasons.append("uncommitted changes in the tree")
+    changed = [name for name in getattr(args, "changed", ()) if name not in NEUTRAL_OPTIONS]
+    if changed:
+        reasons.append("options set: " + ", ".join(f"--{n.replace('_', '-')}" for n in changed))
+    skipped = sorted({name for entry in entries for name in entry.get("skipped", {})})
+    if skipped:
+        reasons.append("skipped: " + ", ".join(skipped))
+    return reasons
+
+
 def publish(
-    out_dir: Path,
+    args: Any,
     scenario: str,
     entry: Json,
     commit: Json,
     markdown: Callable[[Json, Json, Path], str],
-    quick: bool,
 ) -> int:
-    """Write *entry* to the results JSON, print its report (``markdown(entry, commit,
-    path)``) and, for a full run, make it the scenario's section of RESULTS.md."""
-    path = write_json(out_dir, scenario, entry, commit)
+    """Write *entry* to the results JSON under ``args.out``, print its report
+    (``markdown(entry, commit, path)``) and, unless the run is partial
+    (:func:`partial_reasons`), make it the scenario's section of RESULTS.md."""
+    path = write_json(
+        args.out or (QUICK_DIR if args.quick else RESULTS_DIR), scenario, entry, commit
+    )
     report = markdown(entry, commit, path)
     print(report)
     print(f"results: {display_path(path)}", file=sys.stderr)
-    if not quick:
+    reasons = partial_reasons(args, commit, [entry])
+    if reasons:
+        print(f"bench/RESULTS.md left as it is ({'; '.join(reasons)})", file=sys.stderr)
+    else:
         update_results_md(scenario, report)
         print(f"updated bench/RESULTS.md (## {scenario})", file=sys.stderr)
     return 0

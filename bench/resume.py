@@ -36,49 +36,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
-import gc
 import math
-import os
 import random
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from sessiond_client.protocol import ConnectionState, Params, SessionResumed
 
 from . import BenchError
 from .core import POOL, make_pool
-from .daemon import CLIENT_BOUND, bound_by
-from .latency import full_cores, full_cores_cell, header, other_load, other_load_note
-from .loadgen import HOST, CpuClock, EchoResult, SessionEcho, loop_name, new_loop
-from .processes import (
-    CoreLoad,
-    ServerProcess,
-    choose_pinning,
-    daemon_argv,
-    pinned_loadgen,
-    raise_nofile,
-    server,
-    timed_pass,
+from .harness import (
+    Context,
+    full_cores_cell,
+    header,
+    other_load,
+    other_load_note,
+    positive,
+    scenario,
 )
-from .results import (
-    QUICK_DIR,
-    RESULTS_DIR,
-    Json,
-    command_line,
-    commit_info,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
-    spread,
-)
+from .loadgen import HOST, CpuClock, EchoResult, SessionEcho
+from .processes import CLIENT_BOUND, bound_by, daemon_argv, full_cores
+from .results import Json, markdown_table, spread
 from .resuming import cut, handshake_event, reset_on_close
-from .summary import Headline, Target
+from .summary import NOT_MET, Headline, Target, cpu_cell, judged, values_range, verdict
 
 HELP = "one session, ~1,000 messages in flight, its transport cut 200 times: time to resume"
 
@@ -275,7 +258,6 @@ class ResumePass:
                 "received": received,
                 "consumed": consumed,
             },
-            "duplicates": 0,  # a duplicate fails the pass (SEQUENCE_ERROR or the checker)
             "in_flight_at_cut": spread(self.in_flight) if self.in_flight else None,
             "client_replayed": spread(self.replayed) if self.replayed else None,
             "from_cut_us": {step: summary_us(self.samples[step]) for step in STEPS},
@@ -350,67 +332,6 @@ async def resume_pass(
     )
 
 
-# ----------------------------------------------------------------------- run
-
-
-@dataclass(frozen=True, slots=True)
-class ResumePlan:
-    messages: int
-    cuts: int
-    repeat: int
-    window: int
-    time_limit: float
-    size: int = SIZE
-
-
-def measure(
-    runner: asyncio.Runner, plan: ResumePlan, proc: ServerProcess, load: CoreLoad
-) -> list[ResumePass]:
-    """A warm-up pass, then *repeat* timed passes against one daemon."""
-    pool = make_pool(plan.size)
-    warmup = min(plan.cuts, WARMUP_CUTS)
-    _pass(runner, proc, pool, plan, max(WARMUP_MESSAGES, plan.window * 2), warmup, SEED, None)
-    passes = []
-    for rep in range(plan.repeat):
-        gc.collect()
-        result = _pass(runner, proc, pool, plan, plan.messages, plan.cuts, SEED + 1 + rep, load)
-        passes.append(result)
-        first = summary_us(result.samples["first_message"])
-        echo = result.echo
-        print(
-            f"  resume rep {rep + 1}/{plan.repeat}: {result.cuts} cuts, cut → first message "
-            f"p50 {first.get('p50', 0) / 1000:.2f} ms p99 {first.get('p99', 0) / 1000:.2f} ms "
-            f"max {first.get('max', 0) / 1000:.2f} ms; {echo.received:,} echoed, "
-            f"server {echo.server_cpu / echo.seconds:4.0%} loadgen "
-            f"{echo.client_cpu / echo.seconds:4.0%} {bound_by(echo)}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return passes
-
-
-def _pass(
-    runner: asyncio.Runner,
-    proc: ServerProcess,
-    pool: list[bytes],
-    plan: ResumePlan,
-    messages: int,
-    cuts: int,
-    seed: int,
-    load: CoreLoad | None,
-) -> ResumePass:
-    def body() -> ResumePass:
-        window, limit = plan.window, plan.time_limit
-        return runner.run(
-            resume_pass(proc.port, pool, messages, window, cuts, limit, seed, proc.cpu_seconds)
-        )
-
-    result, others = timed_pass(proc, load, body)
-    if others is None:
-        return result
-    return dataclasses.replace(result, echo=dataclasses.replace(result.echo, others=others))
-
-
 def summarise(passes: list[ResumePass]) -> Json:
     """Every cut of every pass pooled per step, the per-pass spread, and the counts."""
     pooled = {step: [ns for p in passes for ns in p.samples[step]] for step in STEPS}
@@ -436,8 +357,8 @@ def summarise(passes: list[ResumePass]) -> Json:
         "client_replayed": spread([n for p in passes for n in p.replayed]),
         "sent": sent,
         "received": received,
-        "lost": sent - received,
-        "duplicates": 0,
+        "lost": sum(e.lost for e in echoes),
+        "duplicates": sum(e.duplicates for e in echoes),
         "echo_rate": spread([e.rate for e in echoes]),
         "server_cpu_s": spread([e.server_cpu for e in echoes]),
         "client_cpu_s": spread([e.client_cpu for e in echoes]),
@@ -474,92 +395,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _given(value: int | None, default: int) -> int:
-    return default if value is None else value
-
-
-def plan_from(args: argparse.Namespace) -> ResumePlan:
-    quick: bool = args.quick
-    messages: int = _given(args.messages, QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    cuts: int = _given(args.cuts, QUICK_CUTS if quick else DEFAULT_CUTS)
-    repeat: int = _given(args.repeat, QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    if messages < 1 or cuts < 1 or repeat < 1:
-        raise BenchError("--messages, --cuts and --repeat must be at least 1")
-    if not 1 <= args.window <= POOL // 2:
-        raise BenchError(f"--window must be 1..{POOL // 2}")
-    if args.time_limit <= 0:
-        raise BenchError("--time-limit must be positive")
-    plan = ResumePlan(messages, cuts, repeat, args.window, args.time_limit)
-    cut_gaps(messages, cuts, random.Random(SEED))  # enough messages?
-    return plan
-
-
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
-    plan = plan_from(args)
-    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    raise_nofile()
-    print(
-        f"bench resume: {plan.cuts} cuts over {plan.messages:,} messages x {plan.repeat}, "
-        f"window {plan.window}, {plan.size} B; {pinning.note}",
-        file=sys.stderr,
-        flush=True,
-    )
-    with (
-        pinned_loadgen(pinning),
-        tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp,
-        asyncio.Runner(loop_factory=new_loop) as runner,
-        server("daemon", daemon_argv(), pinning, Path(tmp)) as daemon,
-    ):
-        described = daemon.describe()
-        passes = measure(runner, plan, daemon, CoreLoad(pinning))
-        loadgen_affinity = sorted(os.sched_getaffinity(0)) if pinning.pinned else None
-        described.update(daemon.stop())
+    positive(args, "messages", "cuts", "repeat", "window", "time_limit")
+    quick = bool(args.quick)
+    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    cuts: int = args.cuts or (QUICK_CUTS if quick else DEFAULT_CUTS)
+    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    window: int = args.window
+    if window > POOL // 2:
+        raise BenchError(f"--window must be 1..{POOL // 2}")
+    cut_gaps(messages, cuts, random.Random(SEED))  # enough messages?
+    banner = f"{cuts} cuts over {messages:,} messages x {repeat}, window {window}, {SIZE} B"
 
-    summary = summarise(passes)
-    p99_ms = summary["from_cut_us"]["first_message"]["p99"] / 1000
-    notes = []
-    if described.get("exit_code") not in (0, None):
-        notes.append(f"the daemon exited with {described['exit_code']}")
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
-        "config": {
-            "host": HOST,
-            "event_loop": loop_name(),
-            "messages": plan.messages,
-            "cuts": plan.cuts,
-            "repeat": plan.repeat,
-            "window": plan.window,
-            "payload_size": plan.size,
-            "time_limit_s": plan.time_limit,
-            "warmup_cuts": min(plan.cuts, WARMUP_CUTS),
-            "seed": SEED,
-            "cut": "SO_LINGER 0 then transport.abort() (RST) right after writing a batch, "
-            "reported to the core at once; then a new connection at once (no backoff)",
-            "client": "the protocol core in an asyncio.Protocol (bench/resume.py ResumeEcho, "
-            "bench/resuming.py), not the client library",
-            "client_params": asdict(Params()),
-            "daemon_config": "every setting at its default",
-            "client_bound_threshold": CLIENT_BOUND,
-            "timer": "time.perf_counter_ns from just before abort(); CPU: /proc/PID/stat "
-            "(server), time.process_time (load generator)",
-            "percentiles": "nearest rank over the sorted samples",
-            "gc": "enabled; gc.collect() before each pass",
-        },
-        "servers": {"daemon": described},
-        "resume": summary,
-        "target": {"first_message_p99_ms": TARGET_P99_MS, "p99_ms": p99_ms},
-        "notes": notes,
-    }
-    entry["target"]["met"] = p99_ms < TARGET_P99_MS
-    return publish(out, SCENARIO, entry, commit, markdown, quick)
+    def body(ctx: Context) -> Json:
+        proc = ctx.server("daemon", daemon_argv())
+        pool = make_pool(SIZE)
+
+        def one(count: int, quota: int, seed: int) -> ResumePass:
+            def go() -> ResumePass:
+                coroutine = resume_pass(
+                    proc.port, pool, quota, window, count, args.time_limit, seed, proc.cpu_seconds
+                )
+                return cast(ResumePass, ctx.run(coroutine))
+
+            result, others = ctx.timed(proc, go)
+            echo = dataclasses.replace(result.echo, others=others)
+            return dataclasses.replace(result, echo=echo)
+
+        def show(result: ResumePass) -> str:
+            first, echo = summary_us(result.samples["first_message"]), result.echo
+            return (
+                f"{result.cuts} cuts, cut → first message p50 {first.get('p50', 0) / 1e3:.2f} "
+                f"ms p99 {first.get('p99', 0) / 1e3:.2f} ms; {echo.received:,} echoed, "
+                f"server {echo.server_cpu / echo.seconds:4.0%} loadgen "
+                f"{echo.client_cpu / echo.seconds:4.0%} {bound_by(echo)}"
+            )
+
+        passes = ctx.passes(
+            [proc],
+            lambda _proc, rep: one(cuts, messages, SEED + 1 + rep),
+            repeat,
+            warmup=lambda _proc: one(
+                min(cuts, WARMUP_CUTS), max(WARMUP_MESSAGES, 2 * window), SEED
+            ),
+            show=show,
+        )
+        summary = summarise(passes)
+        p99_ms = summary["from_cut_us"]["first_message"]["p99"] / 1000
+        return {
+            "config": {
+                "messages": messages,
+                "cuts": cuts,
+                "repeat": repeat,
+                "window": window,
+                "payload_size": SIZE,
+                "time_limit_s": args.time_limit,
+                "warmup_cuts": min(cuts, WARMUP_CUTS),
+                "seed": SEED,
+                "cut": "SO_LINGER 0 then transport.abort() (RST) right after writing a batch, "
+                "reported to the core at once; then a new connection at once (no backoff)",
+                "client": "the protocol core in an asyncio.Protocol (bench/resume.py "
+                "ResumeEcho, bench/resuming.py), not the client library",
+                "client_params": asdict(Params()),
+                "daemon_config": "every setting at its default",
+                "client_bound_threshold": CLIENT_BOUND,
+                "timer": "time.perf_counter_ns from just before abort()",
+                "percentiles": "nearest rank over the sorted samples",
+            },
+            "resume": summary,
+            "target": {
+                "first_message_p99_ms": TARGET_P99_MS,
+                "p99_ms": p99_ms,
+                "met": p99_ms < TARGET_P99_MS,
+            },
+            "markdown": markdown,
+        }
+
+    return scenario(args, SCENARIO, banner, body)
 
 
 # ---------------------------------------------------------------- summary
@@ -583,14 +495,20 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     """Resume p99 under 5 ms on loopback (cut → first message), with nothing lost."""
     summary = entry["resume"]
     target = entry["target"]
+    goal = target["first_message_p99_ms"] * 1000
+    per_pass = [rep["from_cut_us"]["first_message"]["p99"] for rep in summary["repetitions"]]
+    judgement = judged(entry, per_pass, goal, higher=False)
+    if summary["lost"] or summary["duplicates"]:
+        judgement = NOT_MET
     return [
         Target(
             SCENARIO,
             f"resume p99 < {target['first_message_p99_ms']:g} ms on loopback, nothing lost "
             "or duplicated",
-            f"{target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts; lost {summary['lost']}, "
-            f"duplicated {summary['duplicates']}",
-            target["met"] and summary["lost"] == 0,
+            f"{target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts (passes "
+            f"{values_range([v / 1000 for v in per_pass], '{:.2f}')} ms); lost "
+            f"{summary['lost']}, duplicated {summary['duplicates']}",
+            judgement,
         )
     ]
 
@@ -664,9 +582,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 f"{seq['sent']:,} / {seq['received']:,}",
                 f"{rep['lost']} / {rep['duplicates']}",
                 f"{rep['rate']:,.0f}",
-                f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})",
-                f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})",
-                rep["bound"],
+                *(
+                    cpu_cell(text, {"median": rep["seconds"]})
+                    for text in (
+                        f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})",
+                        f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})",
+                        rep["bound"],
+                    )
+                ),
             ]
         )
     lines += [
@@ -674,9 +597,11 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "*client replayed*: messages the client sent again after a resume because the "
         "server had not received them (median); *sent / echoed*: messages sent and "
         "echoes checked in order; *core seq*: the client core's last sent and last received "
-        "sequence numbers at the end; *lost / duplicates*: a pass with either fails instead "
-        "(a gap or a duplicate closes the transport with SEQUENCE_ERROR; the checker compares "
-        "every echo with the payload sent); CPU seconds over the whole pass (share of one "
+        "sequence numbers at the end; *lost / duplicates*: echoes the checker found missing "
+        "or repeated, counted as each came back (the core also closes the transport with "
+        "SEQUENCE_ERROR on a gap or a duplicate, which fails the pass); CPU seconds "
+        "over the whole pass "
+        "(share of one "
         f"core); *bound*: `client` when the load generator kept more than "
         f"{config['client_bound_threshold']:.0%} of its core busy (client-bound), `server` "
         "likewise, else `round-trip`.",
@@ -707,15 +632,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     lines += [
         "The daemon runs with every setting at its default. A resume that reaches it "
         "before it has read the old transport up to its reset takes over (protocol.md "
-        "§9.1); such takeovers present the newest credential and never count toward "
-        "SESSION_CONTESTED (§9.2).",
+        "§9.1); a takeover by a valid resume is never refused (§9.2).",
         "",
     ]
     target = entry["target"]
     lines.append(
         f"Target: cut → first message p99 under {target['first_message_p99_ms']:g} ms on "
         f"loopback: {target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts "
-        f"({'met' if target['met'] else '**not met**'}); messages lost {summary['lost']}, "
+        f"({verdict(targets(entry, {})[0].verdict)}); messages lost {summary['lost']}, "
         f"duplicated {summary['duplicates']} ({summary['sent']:,} sent, "
         f"{summary['received']:,} echoed back in order)."
     )

@@ -40,6 +40,7 @@ from .results import (
     commit_info,
     display_path,
     machine_info,
+    partial_reasons,
     read_document,
     results_path,
     update_document,
@@ -198,6 +199,10 @@ def select(argv: Sequence[str], registry: Registry) -> Selection:
     namespaces = {}
     for name, parser in parsers.items():
         namespace, _others = parser.parse_known_args(words)
+        defaults = vars(parser.parse_known_args([])[0])
+        namespace.changed = [
+            key for key, value in vars(namespace).items() if defaults.get(key) != value
+        ]
         namespace.scenario = name
         namespace.out = out
         namespaces[name] = namespace
@@ -305,15 +310,22 @@ def run(argv: Sequence[str], registry: Registry) -> int:
     print(f"results: {display_path(json_path)}", file=sys.stderr)
     if plot_path is not None:
         print(f"plot: {display_path(plot_path)}", file=sys.stderr)
-    if selection.full and not options.quick:
-        update_results_md(SUMMARY, report)
-        print(f"updated bench/RESULTS.md (## {SUMMARY})", file=sys.stderr)
-    elif not options.quick:
+    options.changed = sorted(
+        {key for namespace in selection.namespaces.values() for key in namespace.changed}
+    )
+    reasons = partial_reasons(options, commit, list(entries.values()))
+    if not selection.full:
+        reasons.append("not every default scenario ran")
+    if failed_any := [o.scenario for o in outcomes if o.status != "ok"]:
+        reasons.append("failed: " + ", ".join(failed_any))
+    if reasons:
         print(
-            f"bench/RESULTS.md: ## {SUMMARY} left as it is (only a run of every default "
-            "scenario rewrites it); the scenarios' own sections were updated",
+            f"bench/RESULTS.md: ## {SUMMARY} left as it is ({'; '.join(reasons)})",
             file=sys.stderr,
         )
+    else:
+        update_results_md(SUMMARY, report)
+        print(f"updated bench/RESULTS.md (## {SUMMARY})", file=sys.stderr)
     failed = [o for o in outcomes if o.status != "ok"]
     for outcome in failed:
         print(f"bench {outcome.scenario}: {outcome.status}: {outcome.error}", file=sys.stderr)

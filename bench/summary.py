@@ -39,30 +39,95 @@ class Headline:
     cells: dict[str, str]  # system -> formatted value
 
 
+MET = "met"
+NOT_MET = "not met"
+#: The repetitions fall on both sides of the goal: no verdict either way.
+NOISE = "within noise"
+NOT_MEASURED = "not measured"
+#: A ``--quick`` run: toy sizes say nothing about a target.
+TOY = "not judged at toy size"
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One of the issue's targets and where this run stands: met, not met, or unknown (None)."""
+    """One of the issue's targets and where this run stands (a :func:`judge` verdict)."""
 
     scenario: str
     target: str  # what is asked, e.g. "daemon ≥ 60% of the ceiling's msg/s (1 session, 64 B)"
     measured: str  # what was measured, formatted
-    met: bool | None
+    verdict: str  # MET, NOT_MET, NOISE, NOT_MEASURED or TOY
+
+    @property
+    def met(self) -> bool | None:
+        return {MET: True, NOT_MET: False}.get(self.verdict)
 
 
-def verdict(met: bool | None) -> str:
-    if met is None:
-        return "not measured"
-    return "met" if met else "**not met**"
+#: A pass shorter than this gives CPU shares made of scheduling noise and warm-up: its
+#: CPU figures are printed as :data:`TOO_SHORT` (the JSON keeps them).
+MIN_CPU_SECONDS = 0.5
+TOO_SHORT = "pass too short"
+
+
+def cpu_cell(text: str, stats: Json) -> str:
+    """*text* (a CPU figure), or :data:`TOO_SHORT` when the passes' median *stats*
+    (a spread of seconds) is below :data:`MIN_CPU_SECONDS`."""
+    return text if stats["median"] >= MIN_CPU_SECONDS else TOO_SHORT
+
+
+def judge(values: Sequence[float], goal: float, higher: bool = True) -> str:
+    """:data:`MET` when every repetition clears *goal*, :data:`NOT_MET` when none does,
+    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing.
+
+    *values* are per-repetition figures (a ratio paired within its repetition,
+    a per-pass percentile); *higher*: the goal is a floor, else a ceiling.
+    """
+    if not values:
+        return NOT_MEASURED
+    cleared = [value >= goal if higher else value <= goal for value in values]
+    if all(cleared):
+        return MET
+    return NOISE if any(cleared) else NOT_MET
+
+
+def judged(entry: Json, values: Sequence[float], goal: float, higher: bool = True) -> str:
+    """:func:`judge` for a scenario's results *entry*; :data:`TOY` for a ``--quick`` one."""
+    return TOY if entry.get("quick") else judge(values, goal, higher)
+
+
+def both(first: str, second: str) -> str:
+    """The verdict of a target with two halves (a rate *and* a tail)."""
+    if TOY in (first, second):
+        return TOY
+    if NOT_MET in (first, second):
+        return NOT_MET
+    if first == second:
+        return first
+    return NOT_MEASURED if NOT_MEASURED in (first, second) else NOISE
+
+
+def verdict(verdict: str | bool | None) -> str:
+    """A verdict as the markdown shows it (a bare bool from an older results file too)."""
+    if isinstance(verdict, bool) or verdict is None:
+        verdict = {True: MET, False: NOT_MET, None: NOT_MEASURED}[verdict]
+    return f"**{verdict}**" if verdict == NOT_MET else verdict
+
+
+def values_range(values: Sequence[float], fmt: str = "{:.1%}") -> str:
+    """``min-max`` of per-repetition values, for a target's *measured* text."""
+    if not values:
+        return "-"
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
 
 def lost_fields(entry: Any, path: str = "") -> list[tuple[str, float]]:
-    """Every non-zero number under a ``lost`` (or ``*_lost``) key of *entry*, with its path."""
+    """Every non-zero number under a ``lost`` or ``duplicates`` key (or ``*_lost``,
+    ``*_duplicates``) of *entry*, with its path."""
     found: list[tuple[str, float]] = []
     for key, value in _items(entry):
         where = f"{path}.{key}" if path else str(key)
         if (
             isinstance(key, str)
-            and (key == "lost" or key.endswith("_lost"))
+            and (key in ("lost", "duplicates") or key.endswith(("_lost", "_duplicates")))
             and isinstance(value, int | float)
             and not isinstance(value, bool)
         ):
@@ -107,7 +172,7 @@ def headline_table(headlines: Sequence[Headline]) -> str:
 
 def target_table(targets: Sequence[Target]) -> str:
     rows = [
-        [f"`{target.scenario}`", target.target, target.measured, verdict(target.met)]
+        [f"`{target.scenario}`", target.target, target.measured, verdict(target.verdict)]
         for target in targets
     ]
     return markdown_table(["scenario", "target", "measured", "verdict"], rows, left=4)

@@ -32,25 +32,17 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from . import BenchError
+from .harness import Context
 from .library_client import client_echo, client_ping
 from .loadgen import CpuClock, EchoResult, echo
 from .pingpong import PingPlan, PingResult, ping_protocols
-from .processes import (
-    Pinning,
-    ServerProcess,
-    ceiling_argv,
-    daemon_argv,
-    free_port,
-    process,
-    server,
-)
+from .processes import ServerProcess, ceiling_argv, daemon_argv, free_port
 from .results import Json
 
 DAEMON = "daemon"
@@ -210,33 +202,6 @@ class System:
     port: int | None = None
 
 
-@dataclass(slots=True)
-class Running:
-    """The systems of one scenario, their servers, and what was skipped and why."""
-
-    systems: list[System] = field(default_factory=list)
-    procs: dict[str, ServerProcess] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    peers: Json = field(default_factory=dict)
-    servers: Json = field(default_factory=dict)
-
-    @property
-    def names(self) -> list[str]:
-        return [system.name for system in self.systems]
-
-    def stop(self) -> None:
-        """Stop every server; keep its exit code and log in :attr:`servers`."""
-        for name, proc in self.procs.items():
-            self.servers[name].update(proc.stop())
-
-    def exit_notes(self) -> list[str]:
-        return [
-            f"server {name} exited with {described['exit_code']}"
-            for name, described in self.servers.items()
-            if described.get("exit_code") not in (0, None)
-        ]
-
-
 def find_peers(args: argparse.Namespace, wanted: Sequence[str]) -> tuple[dict[str, str], Json]:
     """The peers' binaries that can run, and a one-line reason for each that cannot."""
     given = {MOSQUITTO: args.mosquitto, NATS: args.nats_server}
@@ -255,86 +220,60 @@ def find_peers(args: argparse.Namespace, wanted: Sequence[str]) -> tuple[dict[st
     return binaries, skipped
 
 
-@contextlib.contextmanager
-def running(
-    wanted: Sequence[str],
-    binaries: dict[str, str],
-    window: int,
-    pinning: Pinning,
-    log_dir: Path,
-) -> Iterator[Running]:
-    """Start the servers of the *wanted* systems (peers from *binaries*) for the body.
+def start(
+    ctx: Context, wanted: Sequence[str], binaries: dict[str, str], window: int
+) -> tuple[list[System], Json]:
+    """Start the servers of the *wanted* systems (peers from *binaries*) for the scenario;
+    return the systems and what the results say of each peer.
 
     *window* is the most messages a client keeps in flight (mosquitto's queue
     limits are raised to it).
     """
-    state = Running()
-    with contextlib.ExitStack() as stack:
-        procs = state.procs
-        if DAEMON in wanted or CLIENT in wanted:
-            procs["daemon"] = stack.enter_context(server("daemon", daemon_argv(), pinning, log_dir))
+    started: list[System] = []
+    if DAEMON in wanted or CLIENT in wanted:
+        daemon = ctx.server("daemon", daemon_argv())
         if DAEMON in wanted:
-            state.systems.append(
-                System(DAEMON, procs["daemon"], functools.partial(echo, DAEMON), ping_protocols)
-            )
+            started.append(System(DAEMON, daemon, functools.partial(echo, DAEMON), ping_protocols))
         if CLIENT in wanted:
-            state.systems.append(System(CLIENT, procs["daemon"], client_echo, client_ping))
-        if CEILING in wanted:
-            procs["ceiling"] = stack.enter_context(
-                server("ceiling", ceiling_argv(), pinning, log_dir)
-            )
-            state.systems.append(
-                System(CEILING, procs["ceiling"], functools.partial(echo, CEILING), ping_protocols)
-            )
-        for name, binary in binaries.items():
-            peer = PEERS[name]
-            proc, text = stack.enter_context(start_peer(peer, binary, window, pinning, log_dir))
-            procs[name] = proc
-            state.systems.append(_peer_system(peer, proc))
-            state.peers[name] = {
-                "binary": binary,
-                "version": binary_version(binary),
-                "client": f"{peer.package} {package_version(peer.package)}",
-                "config": text,
-            }
-        for name, proc in procs.items():
-            state.servers[name] = proc.describe()
-        yield state
+            started.append(System(CLIENT, daemon, client_echo, client_ping))
+    if CEILING in wanted:
+        ceiling = ctx.server("ceiling", ceiling_argv())
+        started.append(System(CEILING, ceiling, functools.partial(echo, CEILING), ping_protocols))
+    peers: Json = {}
+    for name, binary in binaries.items():
+        proc, peers[name] = start_peer(ctx, PEERS[name], binary, window)
+        if name == MOSQUITTO:
+            from . import mqtt_peer  # noqa: PLC0415 - imports paho-mqtt: only when installed
+
+            started.append(System(MOSQUITTO, proc, mqtt_peer.mqtt_echo, mqtt_peer.mqtt_ping))
+        else:
+            from . import nats_peer  # noqa: PLC0415 - imports nats-py: only when installed
+
+            started.append(System(NATS, proc, nats_peer.nats_echo, nats_peer.nats_ping))
+    return started, peers
 
 
-@contextlib.contextmanager
-def start_peer(
-    peer: Peer, binary: str, window: int, pinning: Pinning, tmp: Path
-) -> Iterator[tuple[ServerProcess, str]]:
-    """Start *peer*'s broker on a free port with a temporary config; yield it and the config."""
+def start_peer(ctx: Context, peer: Peer, binary: str, window: int) -> tuple[ServerProcess, Json]:
+    """Start *peer*'s broker on a free port with a temporary config, for the scenario."""
     port = free_port()
     if peer.name == MOSQUITTO:
         from . import mqtt_peer  # noqa: PLC0415 - imports paho-mqtt: only when it is installed
 
-        text = mqtt_peer.config(port, window)
-        path = tmp / "mosquitto.conf"
-        make = mqtt_peer.command
-        stop = signal.SIGTERM
+        text, make, stop = mqtt_peer.config(port, window), mqtt_peer.command, signal.SIGTERM
     else:
         from . import nats_peer  # noqa: PLC0415 - imports nats-py: only when it is installed
 
-        text = nats_peer.config(port)
-        path = tmp / "nats-server.conf"
-        make = nats_peer.command
-        stop = nats_peer.STOP_SIGNAL
+        text, make, stop = nats_peer.config(port), nats_peer.command, nats_peer.STOP_SIGNAL
+    path = ctx.tmp / f"{peer.binary}.conf"
     path.write_text(text, encoding="utf-8")
-    with process(peer.name, make(binary, str(path)), port, pinning, tmp, stop) as proc:
-        yield proc, text
-
-
-def _peer_system(peer: Peer, proc: ServerProcess) -> System:
-    if peer.name == MOSQUITTO:
-        from . import mqtt_peer  # noqa: PLC0415
-
-        return System(MOSQUITTO, proc, mqtt_peer.mqtt_echo, mqtt_peer.mqtt_ping)
-    from . import nats_peer  # noqa: PLC0415
-
-    return System(NATS, proc, nats_peer.nats_echo, nats_peer.nats_ping)
+    proc = ctx.process(peer.name, make(binary, str(path)), port, stop_signal=stop)
+    described = {
+        "binary": binary,
+        "version": binary_version(binary),
+        "client": f"{peer.package} {package_version(peer.package)}",
+        "config": text,
+    }
+    return proc, described
 
 
 def markdown_lines(state: Json) -> list[str]:

@@ -27,18 +27,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
 import functools
-import gc
-import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
+from typing import cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from sessiond_client import tls_context
@@ -46,45 +43,23 @@ from sessiond_client.protocol import Params
 
 from sessiond.tls import read_certificate
 
-from . import BenchError, latency, peers
+from . import BenchError, peers
 from .core import POOL
-from .daemon import CLIENT_BOUND, bound_by, pace
-from .loadgen import (
-    HOST,
-    CpuClock,
-    EchoResult,
-    IdleSession,
-    close_idle,
-    echo,
-    loop_name,
-    new_loop,
-    open_sessions,
+from .harness import (
+    Context,
+    bounds_cell,
+    full_cores_cell,
+    header,
+    other_load,
+    other_load_note,
+    positive,
+    scenario,
+    summarise,
 )
-from .processes import (
-    CoreLoad,
-    ServerProcess,
-    choose_pinning,
-    daemon_argv,
-    free_port,
-    pinned_loadgen,
-    raise_nofile,
-    server,
-    timed_pass,
-)
-from .results import (
-    QUICK_DIR,
-    REPO_ROOT,
-    RESULTS_DIR,
-    Json,
-    command_line,
-    commit_info,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
-    spread,
-)
-from .summary import Headline
+from .loadgen import HOST, CpuClock, EchoResult, IdleSession, close_idle, echo, open_sessions
+from .processes import CLIENT_BOUND, bound_by, daemon_argv, free_port, pace
+from .results import REPO_ROOT, Json, markdown_table, spread
+from .summary import Headline, cpu_cell
 from .systems import System
 
 HELP = "the daemon over TLS beside plain TCP: full handshakes/s and echo throughput ratio"
@@ -95,17 +70,17 @@ TLS = "tls"
 TRANSPORTS = (TCP, TLS)
 SIZES = (64, 1024)
 
-DEFAULT_MESSAGES = 200_000
-QUICK_MESSAGES = 3_000
+DEFAULT_MESSAGES = 20_000_000  # a cap: a full echo pass is bounded by TIME_LIMIT
+QUICK_MESSAGES = 1_000
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
 DEFAULT_WINDOW = 1024
-TIME_LIMIT = 10.0  # seconds per echo pass, whichever of this and --messages comes first
+TIME_LIMIT = 2.0  # seconds per echo pass, whichever of this and --messages comes first
 WARMUP_MESSAGES = 10_000
-DEFAULT_CONNECTIONS = 5_000
-QUICK_CONNECTIONS = 150
+DEFAULT_CONNECTIONS = 50_000  # a cap: a full handshake pass is bounded by HANDSHAKE_TIME
+QUICK_CONNECTIONS = 60
 DEFAULT_CONCURRENCY = 50
-HANDSHAKE_TIME = 5.0  # seconds per handshake pass, whichever of this and --connections first
+HANDSHAKE_TIME = 2.0  # seconds per handshake pass, whichever of this and --connections first
 WARMUP_CONNECTIONS = 100
 HANDSHAKE_TIMEOUT = 10.0  # for one connection: connect, TLS, HELLO/WELCOME
 CLOSE_TIMEOUT = 10.0
@@ -226,11 +201,9 @@ class HandshakeResult:
             "server_cpu_s": self.server_cpu,
             "server_cpu_ms_per_handshake": self.server_cpu * 1e3 / self.connections,
             "client_cpu_ms_per_handshake": self.client_cpu * 1e3 / self.connections,
-            "server_cpu_share": self.server_cpu / self.seconds,
-            "client_cpu_share": self.client_cpu / self.seconds,
             "stopped_by": self.stopped_by,
             "transports_not_closed": self.not_closed,
-            **({} if self.others is None else {"other_load_share": list(self.others)}),
+            **pace(self, self.others),
         }
 
 
@@ -268,60 +241,11 @@ async def handshakes(
     )
 
 
-def measure_handshakes(
-    runner: asyncio.Runner,
-    plan: HandshakePlan,
-    proc: ServerProcess,
-    endpoints: list[Endpoint],
-    load: CoreLoad,
-) -> list[HandshakeResult]:
-    """Every endpoint, *repeat* passes, their order rotated each repetition."""
-    for endpoint in endpoints:  # warm-up: the daemon's first sessions, the TLS code paths
-        runner.run(handshakes(endpoint, plan, plan.warmup, proc.cpu_seconds))
-    runs: list[HandshakeResult] = []
-    order = list(endpoints)
-    for rep in range(plan.repeat):
-        for endpoint in order:
-            gc.collect()
-            result, others = timed_pass(
-                proc, load, functools.partial(_run, runner, endpoint, plan, proc.cpu_seconds)
-            )
-            result = dataclasses.replace(result, others=others)
-            runs.append(result)
-            print(
-                f"  handshakes rep {rep + 1}/{plan.repeat}  {endpoint.name:<4} "
-                f"{result.rate:>8,.0f}/s  server {result.server_cpu * 1e3 / result.connections:.3f}"
-                f" ms CPU each ({result.server_cpu / result.seconds:4.0%} busy)  loadgen "
-                f"{result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound",
-                file=sys.stderr,
-                flush=True,
-            )
-        order = order[1:] + order[:1]
-    return runs
-
-
-def _run(
-    runner: asyncio.Runner, endpoint: Endpoint, plan: HandshakePlan, server_cpu: CpuClock
-) -> HandshakeResult:
-    return runner.run(handshakes(endpoint, plan, plan.connections, server_cpu))
-
-
 def summarise_handshakes(runs: list[HandshakeResult]) -> Json:
-    out: Json = {}
-    for name in TRANSPORTS:
-        mine = [run for run in runs if run.system == name]
-        out[name] = {
-            "rate": spread([run.rate for run in mine]),
-            "server_cpu_ms_per_handshake": spread(
-                [run.server_cpu * 1e3 / run.connections for run in mine]
-            ),
-            "client_cpu_ms_per_handshake": spread(
-                [run.client_cpu * 1e3 / run.connections for run in mine]
-            ),
-            **pace(mine),
-            "transports_not_closed": sum(run.not_closed for run in mine),
-            "repetitions": [run.to_json() for run in mine],
-        }
+    out: Json = {
+        name: summarise([run.to_json() for run in runs if run.system == name])
+        for name in TRANSPORTS
+    }
     out["ratio"] = _ratio(out[TLS]["repetitions"], out[TCP]["repetitions"])
     out["server_cpu_ratio"] = (
         out[TLS]["server_cpu_ms_per_handshake"]["median"]
@@ -390,105 +314,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
+    positive(args, "messages", "repeat", "connections", "concurrency", "time_limit")
+    positive(args, "handshake_time", "window")
+    quick = bool(args.quick)
     messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
     repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
     connections: int = args.connections or (QUICK_CONNECTIONS if quick else DEFAULT_CONNECTIONS)
-    if min(messages, repeat, connections, args.concurrency) < 1:
-        raise BenchError("--messages, --repeat, --connections and --concurrency must be >= 1")
-    if not 1 <= args.window <= POOL // 2:
+    if args.window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
-    if args.time_limit <= 0 or args.handshake_time <= 0:
-        raise BenchError("--time-limit and --handshake-time must be positive")
     hs_plan = HandshakePlan(
         connections,
         args.concurrency,
         args.handshake_time,
         repeat,
-        min(connections, WARMUP_CONNECTIONS),
+        0 if quick else min(connections, WARMUP_CONNECTIONS),  # toy figures need no warm-up
     )
     echo_plan = peers.EchoPlan(
-        messages, repeat, args.window, args.time_limit, min(messages, WARMUP_MESSAGES), SIZES
+        messages,
+        repeat,
+        args.window,
+        args.time_limit,
+        0 if quick else min(messages, WARMUP_MESSAGES),
+        SIZES,
     )
-    out: Path = args.out or (QUICK_DIR if quick else RESULTS_DIR)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    nofile = raise_nofile()
-    print(
-        f"bench tls: handshakes {connections:,} (or {args.handshake_time:g} s) x {repeat}, "
+    banner = (
+        f"handshakes {connections:,} (or {args.handshake_time:g} s) x {repeat}, "
         f"{args.concurrency} in flight; echo {messages:,} messages (or {args.time_limit:g} s) "
-        f"x {repeat}, window {args.window}, {', '.join(f'{s} B' for s in SIZES)}; "
-        f"{pinning.note}",
-        file=sys.stderr,
-        flush=True,
+        f"x {repeat}, window {args.window}, {', '.join(f'{s} B' for s in SIZES)}"
     )
-    with (
-        pinned_loadgen(pinning),
-        tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp,
-        asyncio.Runner(loop_factory=new_loop) as runner,
-    ):
-        certificate = make_certificate(Path(tmp) / "certs")
+
+    def body(ctx: Context) -> Json:
+        certificate = make_certificate(ctx.tmp / "certs")
         context = tls_context(certificate.ca)
         tls_port = free_port()
-        argv = tls_daemon_argv(tls_port, certificate)
-        with server("daemon", argv, pinning, Path(tmp)) as daemon:
-            described = daemon.describe()
-            tls_json = {**describe_tls(tls_port, context), **certificate.to_json()}
-            load = CoreLoad(pinning)
-            endpoints = [Endpoint(TCP, daemon.port, None), Endpoint(TLS, tls_port, context)]
-            hs_runs = measure_handshakes(runner, hs_plan, daemon, endpoints, load)
-            systems = [
-                System(TCP, daemon, functools.partial(echo, "daemon")),
-                System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
-            ]
-            echo_runs = peers.measure_echo(runner, echo_plan, systems, load)
-            loadgen_affinity = sorted(os.sched_getaffinity(0))
-            described.update(daemon.stop())
-    notes = []
-    if described.get("exit_code") not in (0, None):
-        notes.append(f"the daemon exited with {described['exit_code']}")
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "pinning": {**pinning.to_json(), "loadgen_affinity": loadgen_affinity},
-        "config": {
-            "host": HOST,
-            "event_loop": loop_name(),
-            "tls": tls_json,
-            "handshakes": {
-                "connections": connections,
-                "concurrency": args.concurrency,
-                "time_limit_s": args.handshake_time,
-                "repeat": repeat,
-                "warmup_connections": hs_plan.warmup,
-                "per_connection": "TCP connect, TLS handshake (tls), HELLO/WELCOME, CLOSE "
-                "NORMAL, transport closed; the pass ends when every transport is closed",
+        daemon = ctx.server("daemon", tls_daemon_argv(tls_port, certificate))
+        endpoints = [Endpoint(TCP, daemon.port, None), Endpoint(TLS, tls_port, context)]
+
+        def one(endpoint: Endpoint, count: int) -> HandshakeResult:
+            coroutine = handshakes(endpoint, hs_plan, count, daemon.cpu_seconds)
+            result, others = ctx.timed(daemon, lambda: ctx.run(coroutine))
+            return dataclasses.replace(cast(HandshakeResult, result), others=others)
+
+        def show(result: HandshakeResult) -> str:
+            return (
+                f"handshakes {result.system:<4} {result.rate:>8,.0f}/s  server "
+                f"{result.server_cpu * 1e3 / result.connections:.3f} ms CPU each  "
+                f"{bound_by(result)}-bound"
+            )
+
+        hs_runs = ctx.passes(
+            endpoints,
+            lambda endpoint, _rep: one(endpoint, connections),
+            repeat,
+            warmup=(lambda endpoint: one(endpoint, hs_plan.warmup)) if hs_plan.warmup else None,
+            show=show,
+        )
+        systems = [
+            System(TCP, daemon, functools.partial(echo, "daemon")),
+            System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
+        ]
+        echo_runs = peers.measure_echo(ctx, echo_plan, systems)
+        return {
+            "config": {
+                "tls": {**describe_tls(tls_port, context), **certificate.to_json()},
+                "handshakes": {
+                    "connections": connections,
+                    "concurrency": args.concurrency,
+                    "time_limit_s": args.handshake_time,
+                    "repeat": repeat,
+                    "warmup_connections": hs_plan.warmup,
+                    "per_connection": "TCP connect, TLS handshake (tls), HELLO/WELCOME, CLOSE "
+                    "NORMAL, transport closed; the pass ends when every transport is closed",
+                },
+                "echo": {
+                    "messages": messages,
+                    "time_limit_s": args.time_limit,
+                    "repeat": repeat,
+                    "window": args.window,
+                    "warmup_messages": echo_plan.warmup,
+                    "payload_sizes": list(SIZES),
+                },
+                "client_bound_threshold": CLIENT_BOUND,
             },
-            "echo": {
-                "messages": messages,
-                "time_limit_s": args.time_limit,
-                "repeat": repeat,
-                "window": args.window,
-                "warmup_messages": echo_plan.warmup,
-                "payload_sizes": list(SIZES),
-            },
-            "client_bound_threshold": CLIENT_BOUND,
-            "nofile_soft_hard": list(nofile),
-            "timer": "time.perf_counter; CPU: /proc/PID/stat (server), time.process_time (us)",
-            "gc": "enabled; gc.collect() before each pass",
-        },
-        "servers": {"daemon": described},
-        "other_load_share": latency.other_load(
-            [run.others for run in hs_runs] + [run.others for run in echo_runs]
-        ),
-        "handshakes": summarise_handshakes(hs_runs),
-        "echo": summarise_echo(echo_runs),
-        "notes": notes,
-    }
-    return publish(out, SCENARIO, entry, commit, markdown, quick)
+            "other_load_share": other_load(
+                [run.others for run in hs_runs] + [run.others for run in echo_runs]
+            ),
+            "handshakes": summarise_handshakes(hs_runs),
+            "echo": summarise_echo(echo_runs),
+            "markdown": markdown,
+        }
+
+    return scenario(args, SCENARIO, banner, body)
 
 
 # ----------------------------------------------------------------- summary
@@ -530,17 +446,13 @@ def _spread(stats: Json, unit: str = "", digits: int = 0) -> str:
     )
 
 
-def _bounds(bounds: list[str]) -> str:
-    return ", ".join(f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds))
-
-
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## tls`` section of RESULTS.md."""
     config = entry["config"]
     tls = config["tls"]
     hs_config = config["handshakes"]
     echo_config = config["echo"]
-    lines = latency.header(entry, commit, path)
+    lines = header(entry, commit, path)
     lines += [
         "One daemon, `python -m sessiond serve --app echo --log-level WARNING --listen "
         "tls://127.0.0.1:PORT --tls-cert server.pem --tls-key server.key --listen "
@@ -559,7 +471,8 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "the session's HELLO/WELCOME, then CLOSE NORMAL and the transport closed; the pass "
         "ends when every transport is closed. Median [min-max] over the passes; *ms "
         "CPU/conn*: CPU milliseconds (user + system) per connection of the server process "
-        "(`/proc/PID/stat`) and of the load generator; *bound*: `client` when the load "
+        "(`/proc/PID/task/*/schedstat`, ns) and of the load generator; *bound*: `client` "
+        "when the load "
         f"generator kept more than {config['client_bound_threshold']:.0%} of its core busy "
         "(then the client, not the daemon, set the pace), `server` likewise, else "
         "`round-trip`; *cores full*: passes in which a pinned core was more than 90 % busy "
@@ -575,12 +488,17 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 f"`{name}`",
                 _spread(stats["rate"]),
                 f"{stats['rate']['median'] / hs[TCP]['rate']['median']:.2f}x",
-                _spread(stats["server_cpu_ms_per_handshake"], digits=3),
-                _spread(stats["client_cpu_ms_per_handshake"], digits=3),
-                f"{stats['server_cpu_share']['median']:.0%}",
-                f"{stats['client_cpu_share']['median']:.0%}",
-                _bounds(stats["bound"]),
-                latency.full_cores_cell(stats["cores_full"]),
+                *(
+                    cpu_cell(text, stats["seconds"])
+                    for text in (
+                        _spread(stats["server_cpu_ms_per_handshake"], digits=3),
+                        _spread(stats["client_cpu_ms_per_handshake"], digits=3),
+                        f"{stats['server_cpu_share']['median']:.0%}",
+                        f"{stats['client_cpu_share']['median']:.0%}",
+                        bounds_cell(stats["bound"]),
+                    )
+                ),
+                full_cores_cell(stats["cores_full"]),
             ]
         )
     ratio = hs["ratio"]["per_repetition"]
@@ -644,11 +562,20 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 _spread(tls_stats["rate"]),
                 f"{by_transport['ratio']['of_medians']:.2f}x "
                 f"[{paired['min']:.2f}-{paired['max']:.2f}]",
-                f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
-                f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
-                f"{tcp['client_cpu_share']['median']:.0%} / "
-                f"{tls_stats['client_cpu_share']['median']:.0%}",
-                f"{_bounds(tcp['bound'])} / {_bounds(tls_stats['bound'])}",
+                cpu_cell(
+                    f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
+                    f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
+                    tcp["seconds"],
+                ),
+                cpu_cell(
+                    f"{tcp['client_cpu_share']['median']:.0%} / "
+                    f"{tls_stats['client_cpu_share']['median']:.0%}",
+                    tcp["seconds"],
+                ),
+                cpu_cell(
+                    f"{bounds_cell(tcp['bound'])} / {bounds_cell(tls_stats['bound'])}",
+                    tcp["seconds"],
+                ),
                 f"{tcp['lost']} / {tls_stats['lost']}",
             ]
         )
@@ -668,7 +595,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         ),
         "",
     ]
-    lines += latency.other_load_note(entry["other_load_share"])
+    lines += other_load_note(entry["other_load_share"])
     if entry["notes"]:
         lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
     return "\n".join(lines)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import shlex
-import signal
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,61 +20,18 @@ except ImportError:  # Windows, or installed without it
     uvloop = None  # type: ignore[assignment]
 
 from . import __version__, config
-from .apps import load_app
-from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
-from .config import Settings, TlsSection
+from .addresses import ListenAddress, format_host, parse_listen
+from .admin import AdminError, format_table
+from .admin import request as admin_request
+from .daemon import Daemon, prepare
 from .logs import configure as configure_logging
-from .server import Server, ServerConfig
-from .tls import CertificateReloader, describe, generate, server_context
+from .tls import generate
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
-SCHEMES = ("tcp", "tls")
 
 log = logging.getLogger("sessiond")
 
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """A ``--listen`` value: where to listen, and whether with TLS."""
-
-    scheme: str  # "tcp" or "tls"
-    host: str  # IPv6 without brackets
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{format_host(self.host)}:{self.port}"
-
-
-def format_host(host: str) -> str:
-    """*host* as it goes before ``:PORT`` (IPv6 addresses in brackets)."""
-    return f"[{host}]" if ":" in host else host
-
-
-def parse_listen(value: str) -> ListenAddress:
-    """``HOST:PORT`` (TCP), ``tcp://HOST:PORT`` or ``tls://HOST:PORT``; IPv6 in brackets."""
-    scheme, sep, address = value.partition("://")
-    if not sep:
-        scheme, address = "tcp", value
-    if scheme not in SCHEMES:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: expected tcp://HOST:PORT, tls://HOST:PORT or HOST:PORT"
-        )
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise argparse.ArgumentTypeError(f"expected {scheme}://HOST:PORT, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host.split("%")[0])
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{value!r}: not an IPv6 address in brackets"
-            ) from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: write IPv6 addresses in brackets, e.g. {scheme}://[::1]:{port}"
-        )
-    return ListenAddress(scheme, host, int(port))
+__all__ = ["ListenAddress", "format_host", "main", "parse_listen"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,25 +50,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         metavar="FILE.toml",
-        help="settings file ([server], [tls], [auth], [protocol], [channels]); "
-        "also $SESSIOND_CONFIG",
+        help="settings file (every setting: CONFIG.md); also $SESSIOND_CONFIG",
     )
     serve.add_argument(
         "--listen",
         action="append",
-        type=parse_listen,
         metavar="[tcp://|tls://]HOST:PORT",
         help=f"address to listen on, repeatable; IPv6 in brackets (default {DEFAULT_LISTEN})",
     )
     serve.add_argument(
         "--app", help="channels, echo or module:callable (default channels, protocol.md §15)"
     )
-    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    serve.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO; SIGHUP applies changes)"
+    )
     serve.add_argument("--log-format", help="text or json (default text)")
     serve.add_argument(
         "--auth", metavar="MODE", help="open (loopback only, default), token-file or mutual-tls"
     )
     serve.add_argument("--token-file", metavar="FILE", help="for --auth token-file")
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz over HTTP here (default off)",
+    )
+    serve.add_argument(
+        "--admin-socket",
+        metavar="PATH",
+        help="unix socket (mode 0600) for sessiond sessions list/end (default off)",
+    )
     tls = serve.add_argument_group("TLS (for tls:// listeners; SIGHUP reloads cert and key)")
     tls.add_argument("--tls-cert", metavar="FILE", help="server certificate chain, PEM")
     tls.add_argument("--tls-key", metavar="FILE", help="server private key, PEM")
@@ -143,140 +108,106 @@ def build_parser() -> argparse.ArgumentParser:
         help="also a client certificate with commonName NAME (mutual TLS), repeatable",
     )
     gen.add_argument("--force", action="store_true", help="replace existing files")
+
+    conf = commands.add_parser(
+        "config", help="check or show the settings", description="Settings: see CONFIG.md."
+    )
+    conf_commands = conf.add_subparsers(dest="config_command", required=True)
+    check = conf_commands.add_parser(
+        "check",
+        help="check a config file (with the SESSIOND_* environment) as serve would, "
+        "without starting",
+    )
+    check.add_argument("file", nargs="?", metavar="FILE.toml", help="default: $SESSIOND_CONFIG")
+    show = conf_commands.add_parser(
+        "show", help="print the effective settings as TOML, with where each came from"
+    )
+    show.add_argument("--config", metavar="FILE.toml", help="default: $SESSIOND_CONFIG")
+    conf_commands.add_parser("reference", help="print the reference of every setting (CONFIG.md)")
+
+    sessions = commands.add_parser(
+        "sessions",
+        help="list or end the sessions of a running daemon (over its admin socket)",
+        description="Talks to a running daemon over its admin socket: --socket, else "
+        "[admin] socket from --config / $SESSIOND_CONFIG / $SESSIOND_ADMIN_SOCKET.",
+    )
+    sessions_commands = sessions.add_subparsers(dest="sessions_command", required=True)
+    listing = sessions_commands.add_parser(
+        "list", help="ID prefix, identity, state, peer, age and buffered bytes of each session"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON document, all details")
+    end = sessions_commands.add_parser(
+        "end", help="end a session (the client is told SESSION_REVOKED and the reason)"
+    )
+    end.add_argument(
+        "id", metavar="ID", help="the session ID or a unique prefix (from list or logs)"
+    )
+    end.add_argument("--reason", default="", help="sent to the client and logged")
+    for sub in (listing, end):
+        sub.add_argument("--socket", metavar="PATH", help="the daemon's admin socket")
+        sub.add_argument("--config", metavar="FILE.toml", help="read [admin] socket from here")
     return parser
 
 
 # -------------------------------------------------------------------- serve
 
 
-@dataclass(frozen=True, slots=True)
-class TLSSetup:
-    context: ssl.SSLContext
-    reloader: CertificateReloader
-    client_ca: str | None
+def serve_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``section.key`` settings given as flags."""
+    flags: dict[str, Any] = {}
+    for name, flag in config.FLAGS.items():
+        given = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if given is not None:
+            flags[name] = given
+    return flags
 
 
-def tls_setup(settings: TlsSection, listens: list[ListenAddress]) -> TLSSetup | None:
-    """The server context for the tls:// listeners; ``ValueError`` on a configuration error."""
-    tls_listens = [str(a) for a in listens if a.scheme == "tls"]
-    options = {"--tls-cert": settings.cert, "--tls-key": settings.key}
-    if not tls_listens:
-        given = [
-            name
-            for name, value in [*options.items(), ("--tls-client-ca", settings.client_ca)]
-            if value
-        ]
-        if given:  # almost certainly meant to be TLS: do not silently serve plaintext
-            raise ValueError(f"{' and '.join(given)} given but no --listen tls://HOST:PORT")
-        return None
-    missing = [name for name, value in options.items() if not value]
-    if missing:
-        raise ValueError(f"--listen {tls_listens[0]} needs {' and '.join(missing)}")
-    client_ca = settings.client_ca or None
-    context = server_context(settings.cert, settings.key, client_ca)
-    return TLSSetup(context, CertificateReloader(context, settings.cert, settings.key), client_ca)
-
-
-def authenticator(settings: Settings) -> Authenticator:
-    """The authenticator ``[auth] mode`` names; ``ValueError`` if it cannot work."""
-    mode = settings.auth.mode
-    if mode == "token-file":
-        if not settings.auth.token_file:
-            raise ValueError("--auth token-file needs --token-file (auth.token_file)")
-        return TokenFileAuthenticator(settings.auth.token_file)
-    if mode == "mutual-tls":
-        if not settings.tls.client_ca:
-            raise ValueError("--auth mutual-tls needs --tls-client-ca (tls.client_ca)")
-        return MutualTLSAuthenticator()
-    return OpenAuthenticator()
-
-
-def server_config(settings: Settings) -> ServerConfig:
-    return ServerConfig(
-        params=settings.protocol,
-        authenticator=authenticator(settings),
-        max_sessions=settings.server.max_sessions,
-        max_transports_per_peer=settings.server.max_transports_per_peer,
-        drain_timeout=settings.server.drain_timeout,
-    )
-
-
-async def run_server(settings: Settings, listens: list[ListenAddress], tls: TLSSetup | None) -> int:
-    app = settings.server.app
-    server = Server(load_app(app, settings), server_config(settings))
-    for address in listens:
-        context = tls.context if address.scheme == "tls" and tls is not None else None
-        try:
-            listener = await server.listen(address.host, address.port, ssl=context)
-        except OSError as exc:
-            log.error("cannot listen on %s: %s", address, exc.strerror or exc)
-            await server.close()
-            return 1
-        for sock in listener.sockets:
-            host, port = sock.getsockname()[:2]
-            log.info("listening on %s://%s:%d app=%s", address.scheme, format_host(host), port, app)
-    loop = asyncio.get_running_loop()
-    if tls is not None:
-        log.info("TLS certificate %s", describe(tls.reloader.certificate))
-        if tls.client_ca is not None:
-            log.info("TLS client certificates required, CA file %s", tls.client_ca)
-        hangup = getattr(signal, "SIGHUP", None)
-        if hangup is not None:
-            loop.add_signal_handler(hangup, reload_certificate, tls.reloader)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining (at most %.1f s)", settings.server.drain_timeout)
-    await server.drain(settings.server.drain_timeout, settings.server.retry_after)
-    log.info("stopped")
-    return 0
-
-
-def reload_certificate(reloader: CertificateReloader) -> None:
-    """SIGHUP: new handshakes get the new certificate; open sessions are not touched."""
-    try:
-        cert = reloader.reload()
-    except ValueError as exc:
-        log.error("SIGHUP: TLS certificate not reloaded, still serving the old one: %s", exc)
-        return
-    log.info("SIGHUP: reloaded TLS certificate %s", describe(cert))
-
-
-def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> config.Loaded:
     """Defaults < --config (or $SESSIOND_CONFIG) < environment < flags."""
-    flags: dict[str, Any] = {
-        "server.app": args.app,
-        "server.log_level": args.log_level,
-        "server.log_format": args.log_format,
-        "tls.cert": args.tls_cert,
-        "tls.key": args.tls_key,
-        "tls.client_ca": args.tls_client_ca,
-        "auth.mode": args.auth,
-        "auth.token_file": args.token_file,
-    }
-    if args.listen:
-        flags["server.listen"] = [str(address) for address in args.listen]
-    file = args.config or env.get("SESSIOND_CONFIG")
-    return config.load(
-        Path(file) if file else None, env, {k: v for k, v in flags.items() if v is not None}
-    )
+    file = getattr(args, "config", None) or env.get("SESSIOND_CONFIG")
+    return config.load_with_sources(Path(file) if file else None, env, serve_flags(args))
 
 
 def serve_main(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args, os.environ)
+        loaded = load_settings(args, os.environ)
+        settings = loaded.settings
         configure_logging(settings.server.log_format, settings.server.log_level)
-        listens = [parse_listen(value) for value in settings.server.listen]
-        load_app(settings.server.app, settings)
-        tls = tls_setup(settings.tls, listens)
-        server_config(settings)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        prepared = prepare(settings)
+    except ValueError as exc:
         print(f"sessiond: {exc}", file=sys.stderr)
         return 2
+    daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ))
     if uvloop is not None:
-        return uvloop.run(run_server(settings, listens, tls))
-    return asyncio.run(run_server(settings, listens, tls))
+        return uvloop.run(daemon.run())
+    return asyncio.run(daemon.run())
+
+
+# ------------------------------------------------------------------- config
+
+
+def config_main(args: argparse.Namespace) -> int:
+    if args.config_command == "reference":
+        print(config.reference(), end="")
+        return 0
+    file = args.file if args.config_command == "check" else args.config
+    file = file or os.environ.get("SESSIOND_CONFIG")
+    try:
+        loaded = config.load_with_sources(Path(file) if file else None, os.environ)
+        if args.config_command == "check":
+            prepare(loaded.settings)
+    except ValueError as exc:
+        print(f"sessiond config: {exc}", file=sys.stderr)
+        return 2
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.config_command == "show":
+        print(config.show(loaded), end="")
+    else:
+        print(f"{file or 'defaults'}: ok")
+    return 0
 
 
 # ----------------------------------------------------------------- gen-cert
@@ -320,10 +251,47 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------- sessions
+
+
+def sessions_main(args: argparse.Namespace) -> int:
+    path = args.socket
+    try:
+        if not path:
+            file = args.config or os.environ.get("SESSIOND_CONFIG")
+            path = config.load(Path(file) if file else None, os.environ).admin.socket
+        if not path:
+            raise AdminError(
+                "no admin socket: run serve with --admin-socket PATH ([admin] socket) "
+                "and give it here with --socket PATH"
+            )
+        if args.sessions_command == "list":
+            answer = admin_request(path, {"op": "list"})
+        else:
+            answer = admin_request(path, {"op": "end", "id": args.id, "reason": args.reason})
+    except (AdminError, ValueError) as exc:
+        print(f"sessiond sessions: {exc}", file=sys.stderr)
+        return 2
+    if not answer.get("ok"):
+        print(f"sessiond sessions: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.sessions_command == "end":
+        print(f"ended {answer['ended']}")
+    elif args.json:
+        print(json.dumps(answer["sessions"], indent=2))
+    else:
+        print(format_table(answer["sessions"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gen-cert":
         return gen_cert_main(args)
+    if args.command == "config":
+        return config_main(args)
+    if args.command == "sessions":
+        return sessions_main(args)
     return serve_main(args)
 
 

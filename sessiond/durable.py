@@ -82,6 +82,7 @@ def to_snapshot(loaded: Loaded) -> ServerSnapshot:
         acked=positions.acked,
         consumed=positions.consumed,
         unacked=positions.unacked,
+        rotation_salt=meta.rotation_salt,
     )
 
 
@@ -103,6 +104,7 @@ def to_meta(entry: _Entry) -> SessionMeta:
             snap.max_payload,
         ),
         data=dict(entry.session.data),
+        rotation_salt=snap.rotation_salt,
     )
 
 
@@ -134,14 +136,16 @@ class Durability:
             protocol = entry.protocol
             if protocol is not None:
                 self.stage(entry, protocol)
-            process(entry)
+            process(entry, False)
 
     def stage(self, entry: _Entry, protocol: ServerProtocol) -> None:
         """Take *protocol*'s output now, append what it carries, write it after commit."""
         conn = protocol.conn
         if conn is None:
             return
-        data = conn.data_to_send()
+        # A transport above its high water mark keeps its output in the core (issue 12's
+        # backpressure); the state is stored anyway, the bytes go once it drains.
+        data = b"" if protocol.write_paused and not conn.closed else conn.data_to_send()
         stored = self._stored.get(entry)
         if stored is not None:
             sent, acked, _, consumed = entry.core.sequence_numbers

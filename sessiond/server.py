@@ -33,11 +33,13 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
+from .budgets import Limits
 from .deadlines import Deadlines, Slot
 from .durable import Durability
 from .logs import lifecycle
 from .registry import MemoryRegistry, Registry
 from .session import Session
+from .stats import Stats
 from .tls import peer_identity
 
 if TYPE_CHECKING:  # redis is an optional dependency (the [redis] extra)
@@ -64,6 +66,7 @@ class ServerConfig:
     remembered_ended: int = 10_000  # ended session IDs kept to answer resumes with a reason
     drain_timeout: float = 10.0
     close_grace: float = 2.0  # how long a closed transport may take to flush its output
+    limits: Limits = field(default_factory=Limits)  # what one client may cost (budgets.py)
 
 
 class _Entry:
@@ -71,6 +74,7 @@ class _Entry:
 
     __slots__ = (
         "core",
+        "created",
         "dirty",
         "peer_host",
         "peer_port",
@@ -93,6 +97,7 @@ class _Entry:
         self.peer_host = ""  # the last transport's peer (host interned, port: no string
         self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
+        self.created = server.loop.time()  # for operators (sessiond sessions list)
 
     @property
     def peer(self) -> str:
@@ -130,6 +135,8 @@ class Server:
         self._dirty: list[_Entry] = []
         self._flush_scheduled = False
         self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
+        #: Event counters for metrics (sessiond.metrics reads them, and live state, on scrape).
+        self.stats = Stats()
         #: With a shared store (started already; the server closes it): write-through of
         #: every session, resumes of sessions held by other processes (sessiond/durable.py).
         self.durable = Durability(self, store) if store is not None else None
@@ -142,7 +149,7 @@ class Server:
         # the TLS handshake needs its own timeout (asyncio's default is 60 s).
         timeout = self.config.params.handshake_timeout if ssl is not None else None
         listener = await self.loop.create_server(
-            lambda: ServerProtocol(self),
+            self._accept_tls if ssl is not None else lambda: ServerProtocol(self),
             host,
             port,
             ssl=ssl,
@@ -152,6 +159,10 @@ class Server:
         )
         self.listeners.append(listener)
         return listener
+
+    def _accept_tls(self) -> ServerProtocol:
+        self.stats.tls_accepted += 1  # connection_made counts the completed handshakes
+        return ServerProtocol(self)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -298,8 +309,10 @@ class Server:
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
-        if existing is not None and core is existing.core and previous is not None:
-            existing.taken_over = previous is not protocol
+        if existing is not None and core is existing.core:
+            self.stats.resume_seconds.observe(now - conn.opened_at)
+            if previous is not None:
+                existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
             if self.durable is not None and existing is not None:
@@ -336,10 +349,16 @@ class Server:
         protocol.entry = entry
         self.process(entry)
 
-    def process(self, entry: _Entry) -> None:
-        """Act on a session's events, wake its handler and re-arm its timer."""
+    def process(self, entry: _Entry, after_input: bool = True) -> None:
+        """Act on a session's events, wake its handler and re-arm its timer.
+
+        Without *after_input* (after a flush) no flush is queued for unread
+        messages: they were there when the handler was woken, and a handler
+        that leaves them unread must not keep the loop busy.
+        """
         core = entry.core
         for event in core.events():
+            self._count(entry, event)
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
                 self._start_handler(entry)
@@ -358,7 +377,7 @@ class Server:
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
         entry.session.wake()
-        if core.messages_waiting and not entry.dirty and entry.protocol is not None:
+        if after_input and core.messages_waiting and not entry.dirty and entry.protocol is not None:
             # The woken handler runs next iteration; a flush queued behind it writes its
             # replies in that same iteration instead of one later (echo latency).
             self.schedule_flush(entry)
@@ -428,7 +447,14 @@ class Server:
         if not session.ended:
             session.close(CloseCode.SESSION_REVOKED, "handler failed")
 
+    def _count(self, entry: _Entry, event: object) -> None:
+        """Metrics of one lifecycle event (the event itself is counted by _log)."""
+        if isinstance(event, SessionEnded):
+            sent, _, received, _ = entry.core.sequence_numbers
+            self.stats.session_ended(event.code.name, sent, received)
+
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
+        self.stats.event(what)
         lifecycle(
             log,
             what,
@@ -478,13 +504,33 @@ class Server:
             protocol = entry.protocol
             if protocol is not None:
                 protocol.flush()
-            self.process(entry)
+            self.process(entry, False)
 
 
 class ServerProtocol(asyncio.Protocol):
-    """One transport: feeds its Connection and writes what comes out."""
+    """One transport: feeds its Connection and writes what comes out.
 
-    __slots__ = ("_closing", "_timer", "conn", "entry", "host", "port", "server", "transport")
+    Backpressure (guarantee 9): while the transport's write buffer is above its high
+    water mark the core's output stays in the core (bounded by the session's window)
+    and nothing is read from the peer, so its PINGs and ACKs wait in the kernel; a
+    read is processed in slices of ``limits.read_slice`` bytes, one per loop turn.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_closing",
+        "_continue_handle",
+        "_read_paused",
+        "_stall_timer",
+        "_timer",
+        "_write_paused",
+        "conn",
+        "entry",
+        "host",
+        "port",
+        "server",
+        "transport",
+    )
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -495,6 +541,11 @@ class ServerProtocol(asyncio.Protocol):
         self.port: int | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False  # the core closed it: FIN sent, waiting for the peer's
+        self._write_paused = False  # the transport's output is above its high water mark
+        self._read_paused = False
+        self._backlog = b""  # input read but not yet processed (beyond one slice)
+        self._continue_handle: asyncio.Handle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     @property
     def peer(self) -> str:
@@ -503,6 +554,8 @@ class ServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        limits = self.server.config.limits
+        self.transport.set_write_buffer_limits(limits.write_buffer_high, limits.write_buffer_low)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.host, self.port = sys.intern(str(peer[0])), peer[1]
@@ -511,6 +564,8 @@ class ServerProtocol(asyncio.Protocol):
         server = self.server
         self.conn = Connection.server(server.config.params, server.loop.time())
         server.protocols.add(self)
+        if transport.get_extra_info("ssl_object") is not None:
+            server.stats.tls_handshakes += 1
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
         if count > server.config.max_transports_per_peer:
@@ -526,9 +581,22 @@ class ServerProtocol(asyncio.Protocol):
             self._timer = server.loop.call_at(deadline, self._on_handshake_timer)
 
     def data_received(self, data: bytes) -> None:
+        if self._backlog:  # reading is paused meanwhile; keep stream order regardless
+            self._backlog += data
+            return
+        size = self.server.config.limits.read_slice
+        if len(data) > size:
+            self._backlog = data[size:]
+            data = data[:size]
+            self._update_reading()
+            self._continue_later()
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         conn = self.conn
         assert conn is not None
         server = self.server
+        server.stats.bytes_in += len(data)
         conn.receive_data(data, server.loop.time())
         if self.entry is None and conn.hello is not None and not conn.closed:
             self._cancel_timer()
@@ -536,6 +604,83 @@ class ServerProtocol(asyncio.Protocol):
         self.flush()
         if self.entry is not None:
             server.process(self.entry)
+
+    def _continue_later(self) -> None:
+        if self._continue_handle is None and not self._write_paused:
+            self._continue_handle = self.server.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        """The next slice of a large read, one loop turn after the previous one."""
+        self._continue_handle = None
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.conn is None:
+            self._backlog = b""
+            return
+        if self._write_paused:
+            return  # resume_writing continues
+        size = self.server.config.limits.read_slice
+        data, self._backlog = self._backlog[:size], self._backlog[size:]
+        if self._backlog:
+            self._continue_later()
+        else:
+            self._update_reading()
+        self._receive(data)
+
+    def _update_reading(self) -> None:
+        """Read from the peer only while its output drains and no input waits here."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        paused = self._write_paused or bool(self._backlog)
+        if paused is not self._read_paused:
+            self._read_paused = paused
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        """The transport's output passed its high water mark: stop reading the peer and
+        keep further output in the core; close it if this lasts write_stall_timeout."""
+        self._write_paused = True
+        self._update_reading()
+        if self._stall_timer is None:
+            timeout = self.server.config.limits.write_stall_timeout
+            self._stall_timer = self.server.loop.call_later(timeout, self._on_write_stall)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self.flush()
+        if self.entry is not None:
+            self.server.process(self.entry)
+        if self._backlog:
+            self._continue_later()
+        self._update_reading()
+
+    def _on_write_stall(self) -> None:
+        """The peer read nothing for write_stall_timeout: drop the transport (typed);
+        its session detaches and may resume."""
+        self._stall_timer = None
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None or not self._write_paused:
+            return
+        limits = self.server.config.limits
+        log.info(
+            "closed peer=%s: output not read for %.0f s", self.peer, limits.write_stall_timeout
+        )
+        conn.close(
+            self.server.loop.time(),
+            CloseCode.LIMIT_EXCEEDED,
+            "output not read in time",
+            limits.retry_after,
+        )
+        self._closing = True
+        self._backlog = b""
+        transport.abort()  # nobody reads: the CLOSE frame could not reach the peer anyway
 
     @property
     def drained(self) -> bool:
@@ -563,7 +708,14 @@ class ServerProtocol(asyncio.Protocol):
         if self.entry is not None and self.server.durable is not None:
             self.server.schedule_flush(self.entry)
             return
+        if self._write_paused and not conn.closed:
+            return  # the core holds it (bounded by the window) until resume_writing
         self.write_out(conn.data_to_send())
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's output is above its high water mark: the core keeps output."""
+        return self._write_paused
 
     def write_out(self, data: bytes) -> None:
         """Write *data* (taken from the core); close the transport if the core closed it."""
@@ -572,6 +724,7 @@ class ServerProtocol(asyncio.Protocol):
         if conn is None or transport is None:
             return
         if data:
+            self.server.stats.bytes_out += len(data)
             transport.write(data)
         if conn.closed and not self._closing and not transport.is_closing():
             self._closing = True
@@ -630,8 +783,17 @@ class ServerProtocol(asyncio.Protocol):
             else:
                 server.per_host.pop(self.host, None)
         self._cancel_timer()
+        self._backlog = b""
+        for handle in (self._continue_handle, self._stall_timer):
+            if handle is not None:
+                handle.cancel()
+        self._continue_handle = self._stall_timer = None
         conn = self.conn
         if conn is not None:
+            code = conn.close_code
+            if conn.session is None and code is not CloseCode.TAKEN_OVER:
+                # never carried a session: refused, or the peer left during the handshake
+                server.stats.refusal(code.name if code is not None else "NONE")
             conn.connection_lost(server.loop.time())
         entry = self.entry
         self.entry = None

@@ -22,7 +22,7 @@
   refuse it with LIMIT_EXCEEDED (typed, with a retry-after; the daemon carries on).
 
 Figures (cases, codes, RSS) are printed; run with ``-s`` to see them.
-``SESSIOND_ATTACK_EXAMPLES`` sets the number of fuzzer cases (default 300).
+``TEST_ATTACK_EXAMPLES`` sets the number of fuzzer cases (default 300).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ ATTACK_PARAMS: dict[str, Any] = {
     "handshake_timeout": 1.0,
     "heartbeat_max": 1.0,
 }
-EXAMPLES = int(os.environ.get("SESSIOND_ATTACK_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("TEST_ATTACK_EXAMPLES", "300"))
 #: Codes a CLOSE frame may carry (TRANSPORT_LOST is local only). The daemon closing with
 #: INTERNAL_ERROR would be a bug of ours: checked apart.
 DOCUMENTED = {code for code in CloseCode if code is not CloseCode.TRANSPORT_LOST}

@@ -148,7 +148,7 @@ def test_idle_opens_every_session_each_time_against_a_fresh_daemon(whole: BenchR
             assert rep["idle_server_cpu_percent"] >= 0
         assert stats["lost"] == 0
     assert len(entry["servers"]) == len(config["counts"]) * config["repeat"]
-    for server in entry["servers"]:
+    for server in entry["servers"].values():
         assert server["exit_code"] == 0, server["log"]
 
 

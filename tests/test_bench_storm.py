@@ -36,5 +36,5 @@ def test_quick_storm_bench_writes_its_results(tmp_path: Path) -> None:
             assert rep["server_cpu_s"] >= 0 and rep["client_cpu_s"] >= 0, size
     assert storm["target"]["measured"] is False  # 10,000 sessions only in a full run
     assert len(storm["servers"]) == len(config["sessions"]) * config["repeat"]
-    for server in storm["servers"]:
+    for server in storm["servers"].values():
         assert server["exit_code"] == 0, server["log"]

@@ -80,7 +80,11 @@ async def open_channels(url: str, max_events: int = 1024, **options: Any) -> Cha
 async def shut(*helpers: Channels) -> None:
     for helper in helpers:
         await helper.close()
-        await helper.session.close(timeout=1.0)
+        if helper.session.state is State.CLOSED:  # lost: close() says again what it left
+            with contextlib.suppress(SessionLost):
+                await helper.session.close(timeout=1.0)
+        else:
+            await helper.session.close(timeout=1.0)
 
 
 async def next_event(helper: Channels, kind: type[E], timeout: float = WAIT) -> E:

@@ -136,7 +136,7 @@ async def test_refused_connect_raises_after_the_policy_gives_up() -> None:
         host, port = server.addresses[0]
     policy = ReconnectPolicy(base=0.01, cap=0.02, max_attempts=3)
     with pytest.raises(SessionLost) as lost:
-        await sessiond_client.connect(f"tcp://{host}:{port}", policy=policy)
+        await sessiond_client.connect(f"tcp://{host}:{port}", policy=policy, wait_for_server=True)
     assert "3 attempts" in str(lost.value)
 
 

@@ -56,8 +56,8 @@ class Daemon:
     def __init__(self, port: int, log: Path) -> None:
         self.port = port
         self.log = log
-        # SESSIOND_* variables are settings to the daemon: keep only ours (a replay seed
-        # such as SESSIOND_FAULT_SEED would stop it as an unknown setting).
+        # SESSIOND_* variables are settings to the daemon: keep only ours, whatever the
+        # environment the suite runs in sets.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSIOND_")}
         env.update(DAEMON_SETTINGS, PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", "sessiond", "serve", "--app", "echo"]

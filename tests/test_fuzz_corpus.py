@@ -1,6 +1,6 @@
 """The fuzz target of ``tests/fuzz.py`` (decoder and session core) in the suite: every
 corpus input replayed, hypothesis mutating corpus inputs, and a short coverage-guided
-run from a fixed seed (``SESSIOND_FUZZ_SEED`` picks another; ``python -m tests.fuzz
+run from a fixed seed (``TEST_FUZZ_SEED`` picks another; ``python -m tests.fuzz
 --seconds 600`` runs the real thing).
 
 Inputs named ``known-*`` reproduce a bug found by the fuzzer and not fixed yet: they
@@ -66,7 +66,7 @@ def test_mutated_corpus_inputs_break_no_rule(base: bytes, seed: int) -> None:
 
 
 def test_a_short_coverage_guided_run_finds_nothing_new() -> None:
-    seed = int(os.environ.get("SESSIOND_FUZZ_SEED", "20261122"))
+    seed = int(os.environ.get("TEST_FUZZ_SEED", "20261122"))
     report = fuzz(30.0, seed, CORPUS, max_cases=300)
     print(f"\nfuzz, seed {seed}: {report}")
     assert report.cases > 0

@@ -1,12 +1,16 @@
 """Property tests: exactly-once, in-order delivery across random cuts, chunking and timers.
 
-A hypothesis state machine drives :class:`tests.pair.Pair` with small windows:
-both sides send (payloads name their direction and index), consume (sometimes a
-few at a time), bytes move in random amounts, the clock steps so ACK timers,
-heartbeats and timeouts fire, and the transport is cut at random byte offsets,
-then resumed. Only transport faults happen, so no session may ever end or be
-replaced, every step must keep the windows (protocol.md §6), and at the end every
-message sent must have arrived exactly once and in order (§4.4, §5).
+A hypothesis state machine drives :class:`tests.serverpair.ServerPair`, a client
+core against the daemon's real :class:`sessiond.server.Server` (registry, HELLO
+answering, takeover, flushes and timers) on in-memory transports and a stepped
+clock, with small windows: both sides send (every payload starts with its
+direction and index, so no two are equal), consume (sometimes a few at a time),
+bytes move in random amounts, the clock steps so ACK timers, heartbeats and
+timeouts fire, and the transport is cut at random byte offsets, or left half-open
+so that the resume takes the session over (§9.2). Only transport faults happen,
+so no session may ever end or be replaced, every step must keep the windows
+(protocol.md §6), and at the end every message sent must have arrived exactly
+once and in order (§4.4, §5).
 
 A second property repeats the "lost WELCOME" cut of protocol.md §10.3: the resume
 is answered, then the transport dies before the client's confirming ACK (§3.7)
@@ -27,6 +31,7 @@ from hypothesis.stateful import (
     rule,
 )
 from sessiond_client.protocol import (
+    CloseCode,
     Connection,
     ConnectionState,
     Params,
@@ -34,14 +39,13 @@ from sessiond_client.protocol import (
     SessionEnded,
     SessionLostEvent,
     SessionResumed,
-    SessionStarted,
     SessionState,
     WindowFull,
     parse_frame,
 )
 from sessiond_client.protocol.frames import Ack
 
-from tests.pair import Pair
+from tests.serverpair import ServerPair
 
 OPEN = ConnectionState.OPEN
 
@@ -62,10 +66,19 @@ def make_params(window_messages: int = 8, window_bytes: int = 2048) -> Params:
 
 
 def make_payload(direction: bytes, index: int, size: int) -> bytes:
-    """A payload of *size* bytes that starts with its direction and index."""
+    """A payload of *size* bytes (at least 1) that names its index, and its direction
+    when there is room (5 bytes or more).
+
+    No two payloads of one direction are equal, tiny ones included (a run sends
+    fewer than 256 per direction), so a loss plus a duplicate cannot pass for the
+    messages that were sent. Empty payloads have their own test below.
+    """
+    if size < 5:
+        size = max(size, 1)
+        assert index < 256**size, "a tiny payload could not name its index"
+        return index.to_bytes(size, "big")
     head = direction + index.to_bytes(4, "big")
-    fill = bytes((index + i) % 251 for i in range(max(0, size - len(head))))
-    return (head + fill)[:size]
+    return head + bytes((index + i) % 251 for i in range(size - len(head)))
 
 
 def first_frame_length(wire: bytes | bytearray) -> int:
@@ -78,12 +91,12 @@ def first_frame_length(wire: bytes | bytearray) -> int:
 
 
 class Harness:
-    """A Pair plus the record of what each side sent and received."""
+    """A ServerPair plus the record of what each side sent and received."""
 
     def __init__(self, client_params: Params, server_params: Params) -> None:
         self.client_params = client_params
         self.server_params = server_params
-        self.pair = Pair(client_params, server_params)
+        self.pair = ServerPair(client_params, server_params)
         self.pair.connect()
         self.pair.pump()
         assert self.pair.client.state is SessionState.ATTACHED
@@ -100,35 +113,55 @@ class Harness:
 
     @property
     def server(self) -> Session:
-        return self.pair.registry.sessions[self.session_id]
+        """The server's core session (the one the server's registry holds)."""
+        return self.pair.server.sessions[self.session_id].core
+
+    def close(self) -> None:
+        self.pair.close()
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------ operations
 
-    def _send(self, session: Session, direction: bytes, sent: list[bytes], size: int) -> None:
-        payload = make_payload(direction, len(sent), size)
-        if session.can_send(size):
-            session.send(payload, self.now)
-            sent.append(payload)
+    def client_send(self, size: int) -> None:
+        payload = make_payload(b"c", len(self.sent_by_client), size)
+        client = self.pair.client
+        if client.can_send(len(payload)):
+            client.send(payload, self.now)
+            self.sent_by_client.append(payload)
         else:
             # Refused sends are not sent; the test tries again later.
             with pytest.raises(WindowFull):
-                session.send(payload, self.now)
-
-    def client_send(self, size: int) -> None:
-        self._send(self.pair.client, b"c", self.sent_by_client, size)
+                client.send(payload, self.now)
 
     def server_send(self, size: int) -> None:
-        self._send(self.server, b"s", self.sent_by_server, size)
+        """The server application sends through its handler-facing session."""
+        payload = make_payload(b"s", len(self.sent_by_server), size)
+        if self.server.can_send(len(payload)):
+            self.pair.server_send(payload)
+            self.sent_by_server.append(payload)
+        else:
+            with pytest.raises(WindowFull):
+                self.server.send(payload, self.now)
 
     def client_take(self, limit: int | None) -> None:
         self.got_by_client += self.pair.client.take_messages(self.now, limit)
 
     def server_take(self, limit: int | None) -> None:
-        self.got_by_server += self.server.take_messages(self.now, limit)
+        self.got_by_server += self.pair.server_take(limit)
 
-    def reconnect(self) -> None:
-        """Both ends notice the old transport is gone; the client opens a new one."""
-        self.pair.cut()
+    def reconnect(self, half_open: bool = False) -> None:
+        """The old transport dies and the client opens a new one. Both ends notice,
+        or with *half_open* only the client does: the resume then takes the session
+        over from a transport the server still holds (protocol.md §9.2)."""
+        if half_open:
+            self.pair.half_open()
+        else:
+            self.pair.cut()
         self.pair.connect()
 
     def cut_after_welcome(self, reaches: bool, to_server: int, to_client: int) -> None:
@@ -163,19 +196,16 @@ class Harness:
     def check_invariants(self) -> None:
         p = self.pair
         p.client_events += p.client.events()
-        for session in list(p.registry.sessions.values()):
-            p.registry.collect(session)
         lost = [e for e in p.client_events if isinstance(e, SessionEnded | SessionLostEvent)]
         assert not lost, f"client session ended or was replaced: {lost}"
-        ended = [e for _, e in p.registry.events if isinstance(e, SessionEnded)]
-        assert not ended, f"server session ended: {ended}"
-        started = [e for _, e in p.registry.events if isinstance(e, SessionStarted)]
-        assert len(started) == 1, f"a resume opened a new session: {started}"
+        # The server started one handler, and its registry holds that one session.
+        assert len(p.started) == 1, f"a resume opened a new session: {p.started}"
         assert p.client.id == self.session_id
-        assert list(p.registry.sessions) == [self.session_id]
+        assert len(p.server.sessions) == 1 and self.session_id in p.server.sessions
+        assert p.server_session is p.started[0]
         assert p.client.state is not SessionState.ENDED
         server = self.server
-        assert server.state is not SessionState.ENDED
+        assert server.state is not SessionState.ENDED, f"server session ended: {server}"
 
         # In order and without duplicates so far: what arrived is a prefix of what was sent.
         assert self.got_by_server == self.sent_by_client[: len(self.got_by_server)]
@@ -201,6 +231,7 @@ class Harness:
             and p.server_conn is not None
             and p.server_conn.state is OPEN
             and p.server_conn.session is self.server
+            and p.entry.protocol is p.protocol
         )
 
     def settle_and_check(self) -> None:
@@ -212,6 +243,10 @@ class Harness:
             self.reconnect()
             p.pump()
             self.check_invariants()
+        conn = p.client_conn
+        # Half-open transports and lost WELCOMEs together never get a resume refused
+        # (protocol.md §9.2): the final resume attaches at once.
+        assert conn is None or conn.close_code is not CloseCode.SESSION_CONTESTED
         assert self._attached(), "the final resume did not attach the session"
         server = self.server
         for _ in range(200):
@@ -315,16 +350,18 @@ class DeliveryMachine(RuleBasedStateMachine):
         hello=st.none() | byte_counts,
         answer=byte_counts,
         stall=st.sampled_from([0.0, 0.0, HANDSHAKE_TIMEOUT]),
+        half_open=st.booleans(),
     )
-    def connect(self, hello: int | None, answer: int, stall: float) -> None:
+    def connect(self, hello: int | None, answer: int, stall: float, half_open: bool) -> None:
         """Whatever transport there was dies; the client reconnects at once.
 
+        With *half_open* the server has not noticed, and the resume takes over.
         With *hello*, that many bytes of the HELLO reach the server and *answer*
         bytes of its reply reach the client, then the network may *stall* for the
         handshake timeout: handshakes are cut and delayed at random too.
         """
         harness = self.step()
-        harness.reconnect()
+        harness.reconnect(half_open)
         if hello is not None:
             pair = harness.pair
             pair.flush()
@@ -345,9 +382,14 @@ class DeliveryMachine(RuleBasedStateMachine):
         self._healthy = True
 
     def teardown(self) -> None:
-        # Only a run whose every step passed is settled; a failed step is reported as is.
-        if self._healthy and self._harness is not None:
-            self._harness.settle_and_check()
+        if self._harness is None:
+            return
+        try:
+            # Only a run whose every step passed is settled; a failed step is reported as is.
+            if self._healthy:
+                self._harness.settle_and_check()
+        finally:
+            self._harness.close()
 
 
 TestDelivery = DeliveryMachine.TestCase
@@ -375,18 +417,18 @@ rounds = st.lists(
 def test_resume_survives_repeated_cuts_before_confirmation(
     rounds: list[tuple[int, int, bool, bool, int, int]],
 ) -> None:
-    h = Harness(make_params(), make_params())
-    for client_sends, server_sends, take, reaches, to_server, to_client in rounds:
-        for _ in range(client_sends):
-            h.client_send(40)
-        for _ in range(server_sends):
-            h.server_send(40)
-        if take:
-            h.client_take(None)
-            h.server_take(None)
-        h.cut_after_welcome(reaches, to_server, to_client)
-        h.check_invariants()
-    h.settle_and_check()
+    with Harness(make_params(), make_params()) as h:
+        for client_sends, server_sends, take, reaches, to_server, to_client in rounds:
+            for _ in range(client_sends):
+                h.client_send(40)
+            for _ in range(server_sends):
+                h.server_send(40)
+            if take:
+                h.client_take(None)
+                h.server_take(None)
+            h.cut_after_welcome(reaches, to_server, to_client)
+            h.check_invariants()
+        h.settle_and_check()
     # One resume per WELCOME that reached the client, and the final one.
     resumed = [e for e in h.pair.client_events if isinstance(e, SessionResumed)]
     assert len(resumed) == 1 + sum(reaches for _, _, _, reaches, _, _ in rounds)
@@ -398,18 +440,52 @@ def test_handshake_timeout_close_does_not_confirm_the_credential() -> None:
     The server answers a resume, the WELCOME is lost, the client gives up with
     CLOSE HANDSHAKE_TIMEOUT and resumes again with the only credential it has.
     """
-    h = Harness(make_params(), make_params())
-    h.client_send(10)
-    p = h.pair
-    h.reconnect()
-    p.flush()
-    p.deliver(to_server=len(p.to_server), to_client=0)  # server accepts; WELCOME in flight
-    p.tick(HANDSHAKE_TIMEOUT)  # the client times out and sends CLOSE
-    client_conn = p.client_conn
-    assert isinstance(client_conn, Connection)
-    assert client_conn.closed
-    p.flush()
-    p.deliver(to_client=0)  # the server reads the CLOSE; the WELCOME never arrives
-    h.reconnect()
-    p.pump()
-    h.settle_and_check()
+    with Harness(make_params(), make_params()) as h:
+        h.client_send(10)
+        p = h.pair
+        h.reconnect()
+        p.flush()
+        p.deliver(to_server=len(p.to_server), to_client=0)  # server accepts; WELCOME in flight
+        p.tick(HANDSHAKE_TIMEOUT)  # the client times out and sends CLOSE
+        client_conn = p.client_conn
+        assert isinstance(client_conn, Connection)
+        assert client_conn.closed
+        p.flush()
+        p.deliver(to_client=0)  # the server reads the CLOSE; the WELCOME never arrives
+        h.reconnect()
+        p.pump()
+        h.settle_and_check()
+
+
+@pytest.mark.parametrize("half_open", [False, True])
+def test_empty_payloads_cross_a_resume(half_open: bool) -> None:
+    """Empty messages (which the state machine's identifiable payloads never are)
+    are delivered, replayed and counted like any other, both ways (§4.4)."""
+    with Harness(make_params(), make_params()) as h:
+        p = h.pair
+        for index in range(3):
+            for side, sent in ((p.client, h.sent_by_client), (h.server, h.sent_by_server)):
+                for payload in (b"", make_payload(b"x", index, 8)):
+                    if side is p.client:
+                        side.send(payload, h.now)
+                    else:
+                        p.server_send(payload)
+                    sent.append(payload)
+        p.flush()
+        p.deliver(to_server=30, to_client=30)  # part of it arrives; the rest is replayed
+        h.reconnect(half_open)
+        p.pump()
+        h.settle_and_check()
+
+
+def test_unread_messages_leave_the_server_idle() -> None:
+    """A handler that leaves messages unread gets no busy loop: after the input is
+    handled, nothing is left to run until the clock moves (it used to queue a flush
+    for them after every flush, for ever)."""
+    with Harness(make_params(), make_params()) as h:
+        h.client_send(10)
+        h.pair.pump()
+        assert h.server.messages_waiting == 1
+        h.pair.loop.settle()  # raises if callbacks keep coming
+        h.server_take(None)
+        h.settle_and_check()

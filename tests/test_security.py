@@ -122,7 +122,11 @@ def test_session_ids_and_credentials_are_drawn_from_secrets(
     assert s_conn.accept(NOW, "alice", server) is server
     (second,) = [f for f in output_frames(s_conn.data_to_send()) if isinstance(f, Welcome)]
     assert second.resumed and second.session_id == first.session_id
-    assert drawn[2:] == [second.credential] and second.credential != first.credential
+    # A resume's credential is derived from the one presented and a salt drawn from
+    # secrets (protocol.md §10.1): HMAC-SHA256(salt, presented).
+    (salt,) = drawn[2:]
+    assert second.credential == hmac.new(salt, first.credential, hashlib.sha256).digest()
+    assert second.credential != first.credential
 
 
 def test_the_protocol_core_has_no_other_source_of_randomness() -> None:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from sessiond_client.protocol import CODE_TABLE, CloseCode, Params, codec, frames
 from sessiond_client.protocol.codec import FrameDecoder
@@ -91,3 +92,37 @@ def test_readme_core_example_runs() -> None:
     assert blocks, "README lacks its python example"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("vector", VECTORS["invalid"], ids=lambda v: v["name"])
+def test_early_marks_exactly_the_incomplete_invalid_vectors(vector: dict[str, Any]) -> None:
+    """§14, §1.4: an entry is marked ``early`` if and only if it is an incomplete frame,
+    which only a receiver scanning headers early rejects before the rest arrives."""
+    limit = 2**32 - 1  # lengths are judged by the receiver's rules, not the library's
+    unpacker = msgpack.Unpacker(
+        raw=False, max_buffer_size=limit, max_bin_len=limit, max_ext_len=limit
+    )
+    unpacker.feed(bytes.fromhex(vector["hex"]))
+    try:
+        unpacker.unpack()
+        incomplete = False
+    except msgpack.OutOfData:
+        incomplete = True
+    except (ValueError, msgpack.UnpackException):
+        incomplete = False
+    assert vector.get("early", False) is incomplete
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [v for v in VECTORS["valid"] if v["frame"]["type"] in ("HELLO", "WELCOME")],
+    ids=lambda v: v["name"],
+)
+def test_decoded_form_maps_to_the_wire_as_section_14_says(vector: dict[str, Any]) -> None:
+    """§14: ``window_messages``/``window_bytes`` are the wire's ``window`` array, and a
+    decoded ``null`` is a key absent from the wire map."""
+    _, body = msgpack.unpackb(bytes.fromhex(vector["hex"]), raw=False)
+    decoded = {k: v for k, v in vector["frame"].items() if k != "type"}
+    assert body["window"] == [decoded.pop("window_messages"), decoded.pop("window_bytes")]
+    assert set(body) - {"window"} == {k for k, v in decoded.items() if v is not None}
+    assert None not in body.values()

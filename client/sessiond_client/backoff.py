@@ -30,14 +30,18 @@ class ReconnectPolicy:
             raise ValueError("ReconnectPolicy needs 0 < base <= cap")
 
     def delay(self, attempt: int, code: CloseCode, retry_after: float = 0.0) -> float:
-        """Seconds to wait before attempt *attempt* after a transport ended with *code*."""
+        """Seconds to wait before attempt *attempt* after a transport ended with *code*.
+
+        *retry_after* is what the server asked for (a CLOSE's, or a GOAWAY's however the
+        transport then ended, protocol.md §11.1): the first attempt never comes sooner.
+        """
         kind = CODE_TABLE.get(code)
         if kind is not None and kind.backoff is Backoff.IMMEDIATE and attempt == 0:
-            return 0.0
+            return retry_after
         jittered = self.random() * min(self.cap, self.base * 2.0**attempt)
         if kind is not None and kind.backoff is Backoff.RETRY_AFTER:
             return max(retry_after, jittered) if attempt == 0 else retry_after + jittered
-        return jittered
+        return max(retry_after, jittered) if attempt == 0 else jittered
 
     def gives_up(self, attempt: int, elapsed: float) -> bool:
         """True when attempt *attempt* must not be made."""

@@ -467,8 +467,12 @@ class SyncChannels:
     def __enter__(self) -> SyncChannels:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.close()
+        except SessionLost:
+            if not isinstance(exc, SessionLost):
+                raise  # else the block's own SessionLost propagates
 
 
 class _Carrier(Protocol):

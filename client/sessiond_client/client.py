@@ -17,16 +17,20 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import logging
+import socket
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from os import PathLike
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 from .backoff import ReconnectPolicy
+from .framelog import FrameLog
 from .handoff import Handoff
 from .protocol import (
+    CODE_TABLE,
     CloseCode,
     Connection,
     ConnectionState,
@@ -44,7 +48,38 @@ from .protocol import (
 from .protocol import Session as CoreSession
 from .state_file import StateFile
 
-Credentials = Any  # a value, or a callable (sync or async) returning one
+log = logging.getLogger("sessiond_client")
+
+#: HELLO credentials (protocol.md §3.5): a token, a map such as ``{"token": ...}``, or a
+#: callable (sync or async) returning one, called before every connection attempt.
+Credentials: TypeAlias = "str | bytes | Mapping[str, Any] | Callable[[], Any] | None"
+
+#: What :attr:`Session.notices` holds: a fresh session replaced the lost one
+#: (:class:`SessionStarted` with ``replaces`` set, after the :class:`SessionLostEvent`
+#: that lists what the old one left), or the server drains the transport
+#: (:class:`GoawayReceived`).
+Notice: TypeAlias = SessionLostEvent | SessionStarted | GoawayReceived
+
+
+class ConnectFailed(SessionLost):
+    """The first connection of :func:`connect` failed: no session was opened.
+
+    :attr:`address` is the URL tried; the message says what failed (refused,
+    unreachable, DNS, TLS verification with the ``ssl`` module's reason, no
+    handshake in time, credentials refused); :attr:`reason` is the close code
+    (``TRANSPORT_LOST`` for network and TLS faults). ``__cause__`` holds the
+    ``OSError`` or ``ssl.SSLError`` when there is one. :attr:`undelivered` is
+    empty: with a ``state_file``, the session and its unacknowledged messages
+    stay in the file for the next attempt (unless the server ended that session
+    during the handshake: then they are here).
+    """
+
+    def __init__(
+        self, address: str, reason: CloseCode, message: str, undelivered: tuple[bytes, ...] = ()
+    ) -> None:
+        super().__init__(reason, message, undelivered)
+        self.args = (f"cannot connect to {address}: {message} [{reason.name}]",)
+        self.address = address
 
 
 class State(enum.Enum):
@@ -71,35 +106,46 @@ class _Protocol(asyncio.Protocol):
         self.session = session
         self.conn = conn
         self.transport: asyncio.Transport | None = None
+        # DEBUG only: frame summaries of both directions (never payloads).
+        self.frames: tuple[FrameLog, FrameLog] | None = (
+            (FrameLog(), FrameLog()) if log.isEnabledFor(logging.DEBUG) else None
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.session._flush()
 
     def data_received(self, data: bytes) -> None:
-        if self.session._proto is self:
-            self.conn.receive_data(data, self.session._loop.time())
-            self.session._after_input()
+        session = self.session
+        if session._proto is self:
+            if self.frames is not None:
+                log.debug("%s: read %s", session._url, self.frames[1].summary(data))
+            self.conn.receive_data(data, session._loop.time())
+            session._after_input()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.session._proto is self:
-            self.conn.connection_lost(self.session._loop.time())
-            self.session._after_input()
+        session = self.session
+        if session._proto is self:
+            if exc is not None:  # such as a TLS alert: the server refused our certificate
+                session._last_error = _describe(exc)
+                session._last_exc = exc
+            elif session._handshake is not None and not session._handshake.done():
+                session._last_error = "the server closed the connection before answering HELLO"
+                if session._ssl is not None:  # asyncio servers close without the TLS alert
+                    session._last_error += (
+                        " (over TLS, a server that refuses a missing or untrusted"
+                        " client certificate does this)"
+                    )
+            self.conn.connection_lost(session._loop.time())
+            session._after_input()
 
 
 class Session:
-    """A client session; create it with :func:`connect`, which takes these options:
+    """A client session; open one with :func:`connect` (its docstring lists the options).
 
-    * ``credentials``: a value, or a callable (sync or async) called before every
-      connection attempt, so that expiring tokens are refreshed;
-    * ``ssl`` (an ``SSLContext``), or ``ca_file``, ``cert_file``, ``key_file`` for
-      :func:`tls_context`; a ``tls://`` URL verifies the server by default;
-      ``server_hostname`` overrides the name checked;
-    * ``policy``: a :class:`ReconnectPolicy`; ``params``: protocol parameters;
-    * ``fresh_session``: when the server cannot resume, continue with a new session
-      (told through :attr:`notices`) instead of raising :class:`SessionLost`;
-    * ``state_file``: a path; the session then survives a restart of this process
-      (:mod:`sessiond_client.state_file`).
+    ``send``, ``recv``, ``async for``, ``close`` (or ``async with``); :attr:`state`,
+    :attr:`id`, :attr:`notices`. Transport failures are invisible; a session the
+    server could not resume raises :class:`SessionLost` from ``send``/``recv``.
     """
 
     def __init__(
@@ -114,16 +160,19 @@ class Session:
         key_file: str | PathLike[str] | None = None,
         server_hostname: str | None = None,
         policy: ReconnectPolicy | None = None,
+        wait_for_server: bool = False,
         fresh_session: bool = False,
         state_file: str | PathLike[str] | None = None,
     ) -> None:
         self._host, self._port, tls = parse_url(url)
+        self._url = url
         if tls and ssl is None:
             ssl = tls_context(ca_file, cert_file, key_file)
         self._ssl = ssl if tls else None
         self._server_hostname = server_hostname if tls else None
         self._credentials = credentials
         self._policy = policy or ReconnectPolicy()
+        self._wait_for_server = wait_for_server
         self._fresh = fresh_session
         self._loop = asyncio.get_running_loop()
         self._store = StateFile(state_file) if state_file is not None else None
@@ -147,12 +196,17 @@ class Session:
         self._listeners: list[Callable[[State], None]] = []
         self._lost: SessionLost | None = None
         self._closing = False
+        self._established = False  # a handshake completed on this object
+        self._close_called = False
         self._reconnect: asyncio.Task[None] | None = None
         self._handshake: asyncio.Future[CloseCode | None] | None = None
         self._retry_after = 0.0
         self._last_error = ""
-        #: Events the application may want (session replaced, goaway), newest last.
-        self.notices: deque[object] = deque(maxlen=64)
+        self._last_exc: BaseException | None = None  # behind _last_error, if any
+        self._last_code = CloseCode.TRANSPORT_LOST
+        self._detached_at: float | None = None
+        #: What the application may want to know besides messages, newest last.
+        self.notices: deque[Notice] = deque(maxlen=64)
 
     # ------------------------------------------------------------- public
 
@@ -165,12 +219,24 @@ class Session:
     def state(self) -> State:
         return self._state
 
+    @property
+    def url(self) -> str:
+        """The address this session connects to (``tcp://`` or ``tls://``)."""
+        return self._url
+
     def on_state_change(self, callback: Callable[[State], None]) -> None:
         """Call *callback(state)* on every change (connecting, active, reconnecting, closed)."""
         self._listeners.append(callback)
 
-    async def send(self, payload: bytes, timeout: float | None = None) -> None:
-        """Queue one message; waits while the server's window is full."""
+    async def send(
+        self, payload: bytes | bytearray | memoryview, timeout: float | None = None
+    ) -> None:
+        """Queue one message; waits while the server's window is full.
+
+        Raises ``TypeError`` for a payload that is not bytes-like (the session is
+        unaffected), ``TimeoutError`` when *timeout* passes first, :class:`SessionLost`
+        once the session has ended.
+        """
         async with asyncio.timeout(timeout):
             await self._handoff.send(payload)
 
@@ -201,11 +267,37 @@ class Session:
                 return
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Wait (at most *timeout*) for sent messages to be acknowledged, then end the
-        session for good (CLOSE NORMAL) and close the transport."""
-        if self._state is State.CLOSED:
-            return
-        await self._handoff.acknowledged(timeout)
+        """Wait (at most *timeout*) for every sent message to be acknowledged, then end
+        the session for good (CLOSE NORMAL) and close the transport.
+
+        Returns only when everything sent was acknowledged. Otherwise (the time ran
+        out, or the session had been lost) it still ends the session, then raises
+        :class:`SessionLost` whose ``undelivered`` lists the messages never
+        acknowledged, oldest first; calling it again raises the same.
+        """
+        if not self._close_called:
+            self._close_called = True
+            if self._state is not State.CLOSED:
+                await self._handoff.acknowledged(timeout)
+                self._end(timeout)
+        lost = self._lost
+        if lost is not None and lost.undelivered:
+            raise lost
+
+    def _end(self, timeout: float) -> None:
+        undelivered = tuple(self._core.unacked_messages())
+        if undelivered and self._lost is None:
+            where = (
+                "connected"
+                if self.connected
+                else f"not connected: {self._last_error or self._last_code.name}"
+            )
+            self._lost = SessionLost(
+                self._last_code if not self.connected else CloseCode.NORMAL,
+                f"closed after waiting {timeout:g} s for acknowledgements ({where})",
+                undelivered,
+            )
+            log.warning("%s: %s", self._url, self._lost)
         self._closing = True
         if self._reconnect is not None:
             self._reconnect.cancel()
@@ -217,13 +309,39 @@ class Session:
     async def __aenter__(self) -> Session:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            await self.close()
+        except SessionLost:
+            if not isinstance(exc, SessionLost):
+                raise
+            # The block already raised a SessionLost (the same loss, or a close()
+            # the block made): that one propagates.
 
     # ---------------------------------------------------------- connecting
 
     async def _start(self) -> None:
-        await self._connect_loop(CloseCode.TRANSPORT_LOST, first=True)
+        """The first connection: one attempt, or the policy's with ``wait_for_server``."""
+        log.info("%s: connecting", self._url)
+        if self._wait_for_server:
+            await self._connect_loop(CloseCode.TRANSPORT_LOST, first=True)
+        else:
+            outcome = await self._attempt()
+            if outcome is not None and self._lost is None:
+                self._set_lost(self._first_failure(outcome))
+        lost = self._lost
+        if lost is not None and not self._established and type(lost) is SessionLost:
+            # Refused during the handshake (credentials, limits): no session was opened,
+            # or (state_file) the saved one ended without being resumed.
+            self._lost = ConnectFailed(self._url, lost.reason, lost.message, lost.undelivered)
+
+    def _first_failure(self, code: CloseCode, attempts: int = 1) -> ConnectFailed:
+        what = self._last_error or _meaning(code)
+        if attempts > 1:
+            what = f"gave up after {attempts} attempts: {what}"
+        failed = ConnectFailed(self._url, code, what)
+        failed.__cause__ = self._last_exc
+        return failed
 
     async def _connect_loop(self, code: CloseCode, first: bool = False) -> None:
         """Connect (or reconnect) until a handshake succeeds or the policy gives up."""
@@ -231,12 +349,28 @@ class Session:
         attempt = 0
         while True:
             if self._policy.gives_up(attempt, self._loop.time() - started):
-                why = f": {self._last_error}" if self._last_error else ""
-                self._set_lost(SessionLost(code, f"gave up after {attempt} attempts{why}"))
+                if first and self._core.id is None:
+                    self._set_lost(self._first_failure(code, attempt))
+                else:
+                    why = f": {self._last_error}" if self._last_error else ""
+                    self._set_lost(
+                        SessionLost(
+                            code,
+                            f"gave up after {attempt} attempts{why}",
+                            tuple(self._core.unacked_messages()),
+                        )
+                    )
                 return
             if attempt or not first:
                 delay = self._policy.delay(attempt, code, self._retry_after)
                 if delay:
+                    log.info(
+                        "%s: retrying in %.2f s (attempt %d, after %s)",
+                        self._url,
+                        delay,
+                        attempt + 1,
+                        self._last_error or code.name,
+                    )
                     await asyncio.sleep(delay)
                     if self._lost is not None or self._closing:
                         return  # the session expired (§8.3) or was closed meanwhile
@@ -247,7 +381,11 @@ class Session:
             code = outcome
 
     async def _attempt(self) -> CloseCode | None:
-        """One connection attempt; None when the session is attached again."""
+        """One connection attempt; None when the session is attached again (or lost).
+
+        The core's handshake deadline (``params.handshake_timeout``) bounds the whole
+        attempt: TCP, TLS and HELLO/WELCOME.
+        """
         credentials = self._credentials
         if callable(credentials):
             credentials = credentials()
@@ -258,6 +396,7 @@ class Session:
         self._proto = proto
         self._handshake = self._loop.create_future()
         self._arm()
+        log.debug("%s: opening a transport", self._url)
         try:
             async with asyncio.timeout(self._core.params.handshake_timeout):
                 await self._loop.create_connection(
@@ -267,19 +406,29 @@ class Session:
                     ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None,
                 )
-        except (OSError, TimeoutError, ssl_module.SSLError) as exc:
-            self._last_error = str(exc) or type(exc).__name__
+        except (OSError, TimeoutError, ssl_module.SSLError, UnicodeError) as exc:
+            # (UnicodeError: a host name IDNA cannot encode, before any lookup)
+            self._last_error = _describe(exc)
+            self._last_exc = exc
+            if isinstance(exc, TimeoutError):
+                self._last_error = f"no connection within {self._core.params.handshake_timeout:g} s"
             if self._proto is proto:
                 conn.connection_lost(self._loop.time())
                 self._after_input()
             if isinstance(exc, ssl_module.SSLCertVerificationError) and self._core.id is None:
                 # A server that cannot be verified before any session exists is a
                 # misconfiguration, not a network fault: waiting will not fix it.
-                self._set_lost(SessionLost(CloseCode.TRANSPORT_LOST, f"TLS: {exc.verify_message}"))
+                failed = ConnectFailed(self._url, CloseCode.TRANSPORT_LOST, self._last_error)
+                failed.__cause__ = exc
+                self._set_lost(failed)
                 return None
             return CloseCode.TRANSPORT_LOST
         self._last_error = ""
-        return await self._handshake
+        self._last_exc = None
+        outcome = await self._handshake
+        if outcome is CloseCode.HANDSHAKE_TIMEOUT and not self._last_error:
+            self._last_error = f"no handshake within {self._core.params.handshake_timeout:g} s"
+        return outcome
 
     def _redirect(self, url: str) -> None:
         try:
@@ -302,20 +451,51 @@ class Session:
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, SessionStarted | SessionResumed):
-            if isinstance(event, SessionStarted) and event.replaces is not None:
-                self.notices.append(event)
+            if isinstance(event, SessionStarted):
+                log.info("%s: session %s started", self._url, event.session_id.hex())
+                if event.replaces is not None:
+                    self.notices.append(event)
+            else:
+                took = self._loop.time() - (self._detached_at or self._loop.time())
+                log.info(
+                    "%s: session %s resumed in %.3f s, %d message(s) replayed",
+                    self._url,
+                    event.session_id.hex(),
+                    took,
+                    event.replayed,
+                )
+            self._established = True
+            self._detached_at = None
             self._retry_after = 0.0
+            self._last_error = ""
             self._set_state(State.ACTIVE)
             self._finish_handshake(None)
         elif isinstance(event, SessionLostEvent):
             self._handoff.deliver(event.unread)  # already received: still delivered
             self.notices.append(event)
+            log.warning(
+                "%s: session %s could not be resumed (%s); %d message(s) not acknowledged%s",
+                self._url,
+                event.session_id.hex(),
+                event.reason.name,
+                len(event.unacked),
+                ", continuing with a fresh session" if self._fresh else "",
+            )
             if not self._fresh:
-                self._set_lost(SessionLost(event.reason, "the server could not resume"))
+                self._set_lost(
+                    SessionLost(event.reason, "the server could not resume", event.unacked)
+                )
                 self._core.close(self._loop.time())  # the new session is not wanted
                 self._flush()
         elif isinstance(event, GoawayReceived):
             self.notices.append(event)
+            log.info(
+                "%s: the server drains this transport (%s, retry after %.2f s%s)",
+                self._url,
+                event.code.name,
+                event.retry_after,
+                f", redirect {event.redirect}" if event.redirect else "",
+            )
             self._retry_after = event.retry_after
             if event.redirect:
                 self._redirect(event.redirect)
@@ -323,7 +503,13 @@ class Session:
             self._on_transport_lost(event.code, event.retry_after)
         elif isinstance(event, SessionEnded):
             if not self._closing and self._lost is None:
-                self._set_lost(SessionLost(event.code, event.reason))
+                self._set_lost(
+                    SessionLost(
+                        event.code,
+                        event.reason or _meaning(event.code),
+                        tuple(self._core.unacked_messages()),
+                    )
+                )
             self._finish_handshake(event.code)
             self._shutdown()
 
@@ -333,11 +519,18 @@ class Session:
         if proto is not None and proto.transport is not None:
             proto.transport.close()
         self._retry_after = max(self._retry_after, retry_after)
+        self._last_code = code
         if self._handshake is not None and not self._handshake.done():
             self._finish_handshake(code)  # the attempt loop carries on
             return
         if self._closing or self._lost is not None:
             return
+        self._detached_at = self._loop.time()
+        log.warning(
+            "%s: connection lost (%s); reconnecting",
+            self._url,
+            self._last_error or code.name,
+        )
         self._set_state(State.RECONNECTING)
         self._reconnect = self._loop.create_task(self._connect_loop(code))
 
@@ -348,6 +541,8 @@ class Session:
     def _set_lost(self, lost: SessionLost) -> None:
         if self._lost is None:
             self._lost = lost
+            if not isinstance(lost, ConnectFailed):
+                log.warning("%s: %s", self._url, lost)
         self._finish_handshake(lost.reason)
         self._wake()
 
@@ -391,6 +586,8 @@ class Session:
             return
         data = proto.conn.data_to_send()
         if data:
+            if proto.frames is not None:
+                log.debug("%s: wrote %s", self._url, proto.frames[0].summary(data))
             proto.transport.write(data)
         if proto.conn.closed:
             proto.transport.close()
@@ -431,6 +628,24 @@ class Session:
         return proto is not None and proto.conn.state is ConnectionState.OPEN
 
 
+def _meaning(code: CloseCode) -> str:
+    info = CODE_TABLE.get(code)
+    return info.meaning if info is not None else code.name
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong with a transport, in words: the ``ssl`` module's reason for TLS."""
+    if isinstance(exc, ssl_module.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl_module.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, socket.gaierror | UnicodeError):
+        return f"cannot resolve the host name: {getattr(exc, 'strerror', None) or exc}"
+    return str(exc) or type(exc).__name__
+
+
 def tls_context(
     ca_file: str | PathLike[str] | None = None,
     cert_file: str | PathLike[str] | None = None,
@@ -452,13 +667,69 @@ def tls_context(
     return context
 
 
-async def connect(url: str, **options: Any) -> Session:
-    """Open a session to *url* (``tcp://`` or ``tls://``); see :class:`Session` for options.
+async def connect(
+    url: str,
+    *,
+    credentials: Credentials = None,
+    ssl: ssl_module.SSLContext | None = None,
+    ca_file: str | PathLike[str] | None = None,
+    cert_file: str | PathLike[str] | None = None,
+    key_file: str | PathLike[str] | None = None,
+    server_hostname: str | None = None,
+    params: Params | None = None,
+    policy: ReconnectPolicy | None = None,
+    wait_for_server: bool = False,
+    fresh_session: bool = False,
+    state_file: str | PathLike[str] | None = None,
+) -> Session:
+    """Open a session to *url*: ``tcp://HOST:PORT`` or ``tls://HOST:PORT``.
 
-    Raises :class:`SessionLost` if no session could be established (refused, or
-    the reconnect policy gave up).
+    :param credentials: HELLO credentials (a token, or a map such as ``{"token": ...}``),
+        or a callable (sync or async) returning them, called before every connection
+        attempt so that expiring tokens are refreshed.
+    :param ssl: the ``SSLContext`` for a ``tls://`` URL; by default
+        :func:`tls_context` (*ca_file*, *cert_file*, *key_file*), which verifies the
+        server against *ca_file* (else the system store) and checks its name.
+    :param ca_file: the CA that signs the server's certificate (``sessiond gen-cert``'s).
+    :param cert_file: this client's certificate, for mutual TLS; *key_file* its key.
+    :param key_file: the key of *cert_file*, when not in the same file.
+    :param server_hostname: the name checked in the server's certificate (default: the
+        URL's host).
+    :param params: protocol parameters (heartbeat, windows, lifetime, handshake timeout;
+        protocol.md §3). ``params.handshake_timeout`` (10 s) bounds each connection
+        attempt: TCP, TLS and handshake.
+    :param policy: when to reconnect once the session is established (exponential
+        backoff with full jitter, protocol.md §12); unbounded by default: transport
+        failures are then invisible. The server's retry-after and redirect are obeyed.
+    :param wait_for_server: also retry the *first* connection per *policy*, until the
+        server appears (or the policy gives up). By default the first connection is
+        one attempt, and its failure raises :class:`ConnectFailed` at once.
+    :param fresh_session: when the server cannot resume the session, continue with a
+        new one (told through :attr:`Session.notices`) instead of raising
+        :class:`SessionLost`.
+    :param state_file: a path: the session then survives a restart of this process
+        (:mod:`sessiond_client.state_file`).
+
+    :raises ConnectFailed: the first connection failed (refused, unreachable, DNS, TLS,
+        no handshake in time, credentials refused); the message names *url* and says why.
+    :raises SessionLost: a ``state_file`` session the server no longer knows; its
+        ``undelivered`` holds the messages that were kept in the file.
+    :raises StateFileError: the state file cannot be used (another process holds it).
     """
-    session = Session(url, **options)
+    session = Session(
+        url,
+        credentials=credentials,
+        ssl=ssl,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        server_hostname=server_hostname,
+        params=params,
+        policy=policy,
+        wait_for_server=wait_for_server,
+        fresh_session=fresh_session,
+        state_file=state_file,
+    )
     await session._start()
     if session._lost is not None:
         session._shutdown()

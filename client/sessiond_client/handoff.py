@@ -63,8 +63,14 @@ class Handoff:
         assert self._failure_hook is not None, "give failure or override _failure"
         return self._failure_hook()
 
-    async def send(self, payload: bytes) -> None:
-        """Queue one message; waits while the peer's window is full (backpressure)."""
+    async def send(self, payload: bytes | bytearray | memoryview) -> None:
+        """Queue one message; waits while the peer's window is full (backpressure).
+
+        A payload that is not bytes-like raises ``TypeError`` here, before the core
+        sees it (the frame would only fail when written, breaking the transport).
+        """
+        if type(payload) is not bytes:
+            payload = _as_bytes(payload)
         core = self._core
         try:
             core.send(payload, self._loop.time())
@@ -192,6 +198,15 @@ class Handoff:
         failure = self._failure()
         if failure is not None:
             raise failure
+
+
+def _as_bytes(payload: object) -> bytes:
+    """A copy of a bytes-like *payload* (it may change after send returns), else TypeError."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    raise TypeError(
+        f"a payload must be bytes-like (bytes, bytearray, memoryview), not {type(payload).__name__}"
+    )
 
 
 def _fresh(

@@ -31,9 +31,15 @@ _CACHE_LIMIT = 256  # publish decisions remembered per session
 class Grants:
     """What one identity may do; ``None`` patterns mean everything (no rules configured)."""
 
-    __slots__ = ("_published", "publish", "subscribe")
+    __slots__ = ("_published", "acl", "publish", "subscribe")
 
-    def __init__(self, publish: tuple[str, ...] | None, subscribe: tuple[str, ...] | None) -> None:
+    def __init__(
+        self,
+        publish: tuple[str, ...] | None,
+        subscribe: tuple[str, ...] | None,
+        acl: Acl | None = None,
+    ) -> None:
+        self.acl = acl  # the rules these came from (a reload makes new ones)
         self.publish = publish
         self.subscribe = subscribe
         self._published: dict[str, bool] = {}
@@ -63,7 +69,7 @@ class Acl:
 
     def grants(self, identity: str | None) -> Grants:
         if not self.rules:
-            return Grants(None, None)
+            return Grants(None, None, self)
         publish: list[str] = []
         subscribe: list[str] = []
         for rule in self.rules:
@@ -79,7 +85,7 @@ class Acl:
                 publish.append(pattern)
             if rule.action in ("subscribe", "all"):
                 subscribe.append(pattern)
-        return Grants(tuple(publish), tuple(subscribe))
+        return Grants(tuple(publish), tuple(subscribe), self)
 
 
 def _usable_as_level(identity: str | None) -> bool:

@@ -40,6 +40,11 @@ class ChannelsApp:
         self.config = config or ChannelsConfig()
         self.broker = Broker(self.config)
 
+    def reconfigure(self, config: ChannelsConfig) -> None:
+        """New settings (SIGHUP): see :meth:`Broker.reconfigure` for what applies when."""
+        self.config = config
+        self.broker.reconfigure(config)
+
     async def __call__(self, session: Session) -> None:
         member = self.broker.join(session)
         handled = 0

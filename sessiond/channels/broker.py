@@ -27,7 +27,7 @@ from sessiond_client.topics import InvalidChannel, check_name, check_pattern, is
 from ..session import Session
 from .acl import Acl, Grants
 from .config import ChannelsConfig
-from .outbox import Outbox
+from .outbox import ChannelStats, Outbox
 from .subscriptions import Subscriptions
 
 log = logging.getLogger("sessiond.channels")
@@ -66,7 +66,12 @@ class Member:
     __slots__ = ("grants", "identity", "outbox", "patterns", "sender", "session", "tag")
 
     def __init__(
-        self, session: Session, identity: str | None, grants: Grants, config: ChannelsConfig
+        self,
+        session: Session,
+        identity: str | None,
+        grants: Grants,
+        config: ChannelsConfig,
+        stats: ChannelStats | None = None,
     ):
         self.session = session
         self.identity = identity
@@ -80,6 +85,7 @@ class Member:
             config.queue_bytes,
             self.overflow,
             self.ready,
+            stats,
         )
 
     def __repr__(self) -> str:
@@ -156,6 +162,16 @@ class Broker:
         self.retained: dict[str, Retained] = {}
         self.retained_size = 0
         self._info: dict[str, ChannelInfo] = {}
+        self.stats = ChannelStats()
+
+    def reconfigure(self, config: ChannelsConfig) -> None:
+        """New settings: limits, channel features and access rules apply to every request
+        from now on (a session's grants are recomputed at its next request); subscriptions
+        and retained messages already held are kept, and queue limits apply to sessions
+        that start afterwards."""
+        self.config = config
+        self.acl = Acl(config.rules())
+        self._info.clear()
 
     # ------------------------------------------------------------ sessions
 
@@ -163,7 +179,14 @@ class Broker:
         """A new channels session: its member object, with an outbox that ends the
         session with SLOW_CONSUMER when a disconnect-policy channel overflows it."""
         identity = identity_text(session.identity)
-        return Member(session, identity, self.acl.grants(identity), self.config)
+        return Member(session, identity, self.acl.grants(identity), self.config, self.stats)
+
+    def grants(self, member: Member) -> Grants:
+        """*member*'s permissions under the current rules (recomputed after a reload)."""
+        grants = member.grants
+        if grants.acl is not self.acl:
+            member.grants = grants = self.acl.grants(member.identity)
+        return grants
 
     def leave(self, member: Member) -> None:
         """The session ended: drop its subscriptions; presence channels see it leave."""
@@ -211,13 +234,15 @@ class Broker:
                 f"{len(data)} bytes > {self.config.max_message_size}",
                 request,
             )
-        if not member.grants.may_publish(channel):
+        if not self.grants(member).may_publish(channel):
             raise _error(ErrorCode.DENIED, f"may not publish to {channel}", request)
         if info.retained:
             self._retain(member, channel, data, request)
         envelope = envelopes.message(channel, data, member.identity, member.tag)
         drop = info.drop_oldest
-        for subscriber in self.subscriptions.match(channel):
+        subscribers = self.subscriptions.match(channel)
+        self.stats.deliveries += len(subscribers)
+        for subscriber in subscribers:
             subscriber.outbox.put(envelope, channel, drop)
         if request.id is not None:
             member.outbox.put_control(envelopes.ok(request.id))
@@ -245,7 +270,7 @@ class Broker:
             check_pattern(pattern, self.config.max_name_length)
         except InvalidChannel as exc:
             raise _error(ErrorCode.INVALID_CHANNEL, str(exc), request) from None
-        if not member.grants.may_subscribe(pattern):
+        if not self.grants(member).may_subscribe(pattern):
             raise _error(ErrorCode.DENIED, f"may not subscribe to {pattern}", request)
         assert request.id is not None
         fresh = pattern not in member.patterns
@@ -259,6 +284,7 @@ class Broker:
         if fresh:
             member.patterns[pattern] = None
             self.subscriptions.add(pattern, member)
+            self.stats.subscriptions += 1
         fields: dict[str, Any] = {}
         if presence:
             present = self.members.setdefault(pattern, {})
@@ -281,7 +307,9 @@ class Broker:
     # ------------------------------------------------------------- helpers
 
     def _remove(self, member: Member, pattern: str) -> None:
-        member.patterns.pop(pattern, None)
+        if pattern in member.patterns:
+            del member.patterns[pattern]
+            self.stats.subscriptions -= 1
         self.subscriptions.remove(pattern, member)
         present = self.members.get(pattern)
         if present is not None and member in present:

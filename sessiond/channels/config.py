@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from sessiond_client.envelopes import MAX_STR
 from sessiond_client.topics import InvalidChannel, check_pattern
 
+from ..schema import check_fields, setting
+
 ACTIONS = ("publish", "subscribe", "all")
 IDENTITY_PLACEHOLDER = "{identity}"
 ANYONE = "*"
@@ -48,51 +50,99 @@ class AclRule:
         return cls(identity, action, pattern)
 
 
+def _check_pattern(pattern: str) -> None:
+    try:
+        check_pattern(pattern, RULE_PATTERN_LIMIT)
+    except InvalidChannel as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_rule(text: str) -> None:
+    AclRule.parse(text)
+
+
+_PATTERNS = "channel patterns (+ one level, # the rest)"
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelsConfig:
     """Settings of the channels app; defaults are what ``sessiond serve`` runs with."""
 
-    max_name_length: int = 256  # bytes of UTF-8, names and patterns alike (at most 4096)
-    max_subscriptions: int = 256  # per session
-    max_message_size: int = 65536  # bytes of one published payload
-    queue_messages: int = 1024  # per subscriber, beyond its session's window
-    queue_bytes: int = 1 << 20  # per subscriber, beyond its session's window
-    presence: tuple[str, ...] = ()  # patterns of channels with presence (join/leave)
-    retained: tuple[str, ...] = ()  # patterns of channels that keep their last message
-    drop_oldest: tuple[str, ...] = ()  # patterns of channels whose slow subscribers lose
-    # their oldest queued messages (with a gap notice) instead of their session
-    max_retained: int = 10_000  # retained messages held in all
-    retained_bytes: int = 16 << 20  # payload bytes of retained messages held in all
-    acl: tuple[str, ...] = ()  # "IDENTITY publish|subscribe|all PATTERN"; none: all allowed
+    max_name_length: int = setting(
+        256,
+        doc="longest channel name or pattern",
+        low=1,
+        high=MAX_STR,
+        unit="bytes",
+        reload=True,
+    )
+    max_subscriptions: int = setting(
+        256, doc="subscriptions one session may hold", low=1, high=1_000_000, reload=True
+    )
+    max_message_size: int = setting(
+        65536, doc="largest published payload", low=1, high=1 << 30, unit="bytes", reload=True
+    )
+    queue_messages: int = setting(
+        1024,
+        doc="messages queued per subscriber beyond its session's window (then the "
+        "channel's slow-subscriber policy); a reload applies to sessions started after it",
+        low=1,
+        high=1 << 24,
+        reload=True,
+    )
+    queue_bytes: int = setting(
+        1 << 20,
+        doc="bytes queued per subscriber beyond its session's window; a reload applies to "
+        "sessions started after it",
+        low=1,
+        high=1 << 32,
+        unit="bytes",
+        reload=True,
+    )
+    presence: tuple[str, ...] = setting(
+        (),
+        doc=f"{_PATTERNS} with presence: member lists, join and leave events",
+        reload=True,
+        check=_check_pattern,
+        check_doc="channel patterns",
+    )
+    retained: tuple[str, ...] = setting(
+        (),
+        doc=f"{_PATTERNS} that keep their last message for new subscribers",
+        reload=True,
+        check=_check_pattern,
+        check_doc="channel patterns",
+    )
+    drop_oldest: tuple[str, ...] = setting(
+        (),
+        doc=f"{_PATTERNS} whose slow subscribers lose their oldest queued messages "
+        "(with a gap notice) instead of their session",
+        reload=True,
+        check=_check_pattern,
+        check_doc="channel patterns",
+    )
+    max_retained: int = setting(
+        10_000, doc="retained messages held in all", low=0, high=1 << 32, reload=True
+    )
+    retained_bytes: int = setting(
+        16 << 20,
+        doc="payload bytes of retained messages held in all",
+        low=0,
+        high=1 << 40,
+        unit="bytes",
+        reload=True,
+    )
+    acl: tuple[str, ...] = setting(
+        (),
+        doc='access rules "IDENTITY publish|subscribe|all PATTERN" ({identity} allowed '
+        "in PATTERN, * for anyone); none: everything allowed",
+        reload=True,
+        check=_check_rule,
+        check_doc="rules",
+    )
 
     def __post_init__(self) -> None:
-        positive = {
-            "max_name_length": self.max_name_length,
-            "max_subscriptions": self.max_subscriptions,
-            "max_message_size": self.max_message_size,
-            "queue_messages": self.queue_messages,
-            "queue_bytes": self.queue_bytes,
-        }
-        bad = [name for name, value in positive.items() if value < 1]
-        if self.max_name_length > MAX_STR:  # a longer str is not a valid envelope field
-            bad.append("max_name_length")
-        bad += [
-            name
-            for name, value in (
-                ("max_retained", self.max_retained),
-                ("retained_bytes", self.retained_bytes),
-            )
-            if value < 0
-        ]
-        if bad:
-            raise ValueError(f"invalid channels setting(s): {', '.join(bad)}")
-        for key in ("presence", "retained", "drop_oldest"):
-            for pattern in getattr(self, key):
-                try:
-                    check_pattern(pattern, RULE_PATTERN_LIMIT)
-                except InvalidChannel as exc:
-                    raise ValueError(f"channels.{key}: {exc}") from None
-        self.rules()
+        check_fields(self, "channels")
 
     def rules(self) -> list[AclRule]:
         """The access control rules, parsed (ValueError names a bad one)."""

@@ -34,6 +34,18 @@ CONTROL_LIMIT = 64
 Entry = tuple[bytes, str | None, bool, bool]
 
 
+class ChannelStats:
+    """Counters of one broker, for metrics: deliveries and drops since start, and the
+    subscriptions held now."""
+
+    __slots__ = ("deliveries", "drops", "subscriptions")
+
+    def __init__(self) -> None:
+        self.deliveries = 0  # channel messages queued for subscribers
+        self.drops = 0  # of those, dropped by a drop-oldest policy (told as gaps)
+        self.subscriptions = 0
+
+
 class Outbox:
     """A bounded queue with a declared overflow policy; one per channels session."""
 
@@ -43,6 +55,7 @@ class Outbox:
         "_on_overflow",
         "_on_ready",
         "_room_waiter",
+        "_stats",
         "closed",
         "control",
         "count",
@@ -59,8 +72,10 @@ class Outbox:
         max_bytes: int,
         on_overflow: Callable[[str], None],
         on_ready: Callable[[], None] | None = None,
+        stats: ChannelStats | None = None,
     ) -> None:
         self._loop = loop
+        self._stats = stats
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
@@ -138,6 +153,8 @@ class Outbox:
             self.overflow(f"messages dropped on more than {self.max_messages} channels")
             return
         gaps[channel] = gaps.get(channel, 0) + dropped
+        if self._stats is not None:
+            self._stats.drops += dropped
 
     def overflow(self, why: str) -> None:
         """The subscriber cannot keep up: free everything and let the owner end it."""

@@ -423,6 +423,7 @@ class RedisStore:
             keys.PREVIOUS: meta.previous_digest or b"",
             keys.RETIRED: keys.join_digests(meta.retired),
             keys.CONFIRMED: b"1" if meta.confirmed else b"",
+            keys.SALT: meta.rotation_salt or b"",
             keys.TERMS: keys.pack(meta.terms.to_list()),
             keys.DATA: keys.pack(meta.data),
         }
@@ -460,6 +461,7 @@ def _decode(
         confirmed=bool(fields.get(b"cf")),
         terms=Terms.from_list(keys.unpack(fields[b"t"])),
         data=keys.unpack(fields[b"data"]),
+        rotation_salt=fields.get(b"rs") or None,
     )
     next_seq, acked, consumed = 1, 0, 0
     payloads: dict[int, bytes] = {}

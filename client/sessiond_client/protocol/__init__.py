@@ -9,6 +9,7 @@ from __future__ import annotations
 from .codec import FrameDecoder
 from .errors import (
     CODE_TABLE,
+    WELCOME_REASONS,
     Backoff,
     CloseCode,
     InvalidState,
@@ -20,16 +21,17 @@ from .errors import (
     SessionLost,
     WindowFull,
     is_terminal,
+    welcome_reason,
 )
 from .events import (
     Event,
     GoawayReceived,
     SessionEnded,
+    SessionLostEvent,
     SessionResumed,
     SessionStarted,
     TransportLost,
 )
-from .events import SessionLost as SessionLostEvent
 from .frames import PROTOCOL_VERSION, parse_frame
 from .params import Params
 from .session import Connection, ConnectionState, Role, Session, SessionState
@@ -38,6 +40,7 @@ from .snapshot import ServerSnapshot, Snapshot
 __all__ = [
     "CODE_TABLE",
     "PROTOCOL_VERSION",
+    "WELCOME_REASONS",
     "Backoff",
     "CloseCode",
     "Connection",
@@ -66,4 +69,5 @@ __all__ = [
     "WindowFull",
     "is_terminal",
     "parse_frame",
+    "welcome_reason",
 ]

@@ -84,7 +84,7 @@ CODE_TABLE: dict[CloseCode, CodeInfo] = {
     CloseCode.AUTH_FAILED: CodeInfo(True, Backoff.NONE, "credentials refused"),
     CloseCode.TAKEN_OVER: CodeInfo(True, Backoff.NONE, "another transport resumed this session"),
     CloseCode.SESSION_CONTESTED: CodeInfo(
-        False, Backoff.RETRY_AFTER, "two transports keep taking the session from each other"
+        False, Backoff.RETRY_AFTER, "reserved: sent by version 1 servers only (§9.2)"
     ),
     CloseCode.CREDENTIAL_REUSED: CodeInfo(
         True, Backoff.NONE, "a rotated credential was presented again: session revoked"
@@ -94,7 +94,9 @@ CODE_TABLE: dict[CloseCode, CodeInfo] = {
     CloseCode.SLOW_CONSUMER: CodeInfo(True, Backoff.NONE, "the receiver fell too far behind"),
     CloseCode.UNKNOWN_SESSION: CodeInfo(True, Backoff.NONE, "no such session"),
     CloseCode.SESSION_EXPIRED: CodeInfo(True, Backoff.NONE, "detached longer than its lifetime"),
-    CloseCode.SESSION_REVOKED: CodeInfo(True, Backoff.NONE, "the server ended the session"),
+    CloseCode.SESSION_REVOKED: CodeInfo(
+        True, Backoff.NONE, "the session was ended (by the server or by its client)"
+    ),
     CloseCode.REPLAY_UNAVAILABLE: CodeInfo(
         True, Backoff.NONE, "the messages to replay are no longer held"
     ),
@@ -106,6 +108,34 @@ CODE_TABLE: dict[CloseCode, CodeInfo] = {
         False, Backoff.IMMEDIATE, "local only: the transport closed without a CLOSE frame"
     ),
 }
+
+
+#: The codes a WELCOME ``reason`` may carry (protocol.md §12.1): checks 1 to 4 of §4.2,
+#: and SLOW_CONSUMER for a channels subscriber the server ended (§15.6.2).
+WELCOME_REASONS: frozenset[CloseCode] = frozenset(
+    {
+        CloseCode.CREDENTIAL_REUSED,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.UNKNOWN_SESSION,
+        CloseCode.SESSION_EXPIRED,
+        CloseCode.SESSION_REVOKED,
+        CloseCode.REPLAY_UNAVAILABLE,
+        CloseCode.IDENTITY_MISMATCH,
+        CloseCode.CREDENTIAL_INVALID,
+    }
+)
+
+#: How a session that has ended is named to a later resume (§4.2 check 1): every ending
+#: other than these (a CLOSE NORMAL from its own client, a theft, any terminal close) is
+#: SESSION_REVOKED.
+_ENDED_AS = frozenset(
+    {CloseCode.UNKNOWN_SESSION, CloseCode.SESSION_EXPIRED, CloseCode.SLOW_CONSUMER}
+)
+
+
+def welcome_reason(ended: CloseCode) -> CloseCode:
+    """The WELCOME ``reason`` for resuming a session that ended with *ended* (§4.2, §12.1)."""
+    return ended if ended in _ENDED_AS else CloseCode.SESSION_REVOKED
 
 
 def is_terminal(code: int) -> bool:
@@ -155,9 +185,20 @@ class InvalidState(LocalProtocolError):
 
 
 class SessionLost(SessiondError):
-    """The session ended and cannot be resumed; :attr:`reason` says why."""
+    """The session ended and cannot be resumed; :attr:`reason` says why.
 
-    def __init__(self, reason: CloseCode, message: str = "") -> None:
-        super().__init__(f"session lost: {reason.name}" + (f" ({message})" if message else ""))
+    :attr:`undelivered` lists the payloads sent but never acknowledged, oldest
+    first (empty when nothing was lost): the peer may or may not have processed
+    them, and the application decides whether to send them again.
+    """
+
+    def __init__(
+        self, reason: CloseCode, message: str = "", undelivered: tuple[bytes, ...] = ()
+    ) -> None:
+        text = f"session lost: {reason.name}" + (f" ({message})" if message else "")
+        if undelivered:
+            text += f"; {len(undelivered)} message(s) not acknowledged"
+        super().__init__(text)
         self.reason = reason
         self.message = message
+        self.undelivered = undelivered

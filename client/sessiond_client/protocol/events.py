@@ -29,7 +29,7 @@ class SessionResumed:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionLost:
+class SessionLostEvent:
     """Client: the server could not resume the session (protocol.md §4).
 
     ``unread`` holds messages received but not yet taken by the application;
@@ -71,5 +71,10 @@ class SessionEnded:
 
 
 Event = (
-    SessionStarted | SessionResumed | SessionLost | TransportLost | GoawayReceived | SessionEnded
+    SessionStarted
+    | SessionResumed
+    | SessionLostEvent
+    | TransportLost
+    | GoawayReceived
+    | SessionEnded
 )

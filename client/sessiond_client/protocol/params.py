@@ -29,9 +29,6 @@ class Params:
     replay_bytes: int = 4 << 20
     max_frame_size: int = 1 << 20
     ack_delay: float = 0.02
-    takeover_limit: int = 4
-    takeover_window: float = 30.0
-    contested_retry_after: float = 10.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -46,9 +43,6 @@ class Params:
             "replay_bytes": self.replay_bytes >= 1,
             "max_frame_size": MIN_MAX_FRAME <= self.max_frame_size <= 0xFFFFFFFF,
             "ack_delay": self.ack_delay >= 0,
-            "takeover_limit": self.takeover_limit >= 2,
-            "takeover_window": self.takeover_window > 0,
-            "contested_retry_after": self.contested_retry_after >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -26,7 +26,14 @@ from msgpack import UnpackException
 
 from . import codec
 from .codec import DATA_OVERHEAD, U64_MAX, FrameDecoder, pieces
-from .credentials import digest, matches, new_credential, new_session_id
+from .credentials import (
+    digest,
+    matches,
+    new_credential,
+    new_salt,
+    new_session_id,
+    rotated_credential,
+)
 from .errors import (
     CloseCode,
     InvalidState,
@@ -34,12 +41,13 @@ from .errors import (
     RemoteProtocolError,
     WindowFull,
     is_terminal,
+    welcome_reason,
 )
 from .events import (
     Event,
     GoawayReceived,
     SessionEnded,
-    SessionLost,
+    SessionLostEvent,
     SessionResumed,
     SessionStarted,
     TransportLost,
@@ -105,6 +113,9 @@ _HANDSHAKING = frozenset(
 )
 
 
+_EXHAUSTED = "sequence numbers exhausted: the session must end (protocol.md §5.1)"
+
+
 def _stamp(now: float) -> int:
     """A PING stamp: the clock in milliseconds (opaque to the peer, protocol.md §7.2)."""
     return int(now * 1000) & U64_MAX
@@ -168,9 +179,9 @@ class Session:
         "_received",
         "_replay",
         "_retired",
+        "_rotation_salt",
         "_send_window_bytes",
         "_send_window_messages",
-        "_takeovers",
         "_unacked_bytes",
         "connection",
         "end_code",
@@ -194,7 +205,9 @@ class Session:
         self._previous_digest: bytes | None = None  # server: the one presented to get it
         self._retired: tuple[bytes, ...] = ()  # server: recently rotated-out digests
         self._confirmed = False  # server: the client proved it holds the current one
-        self._takeovers: tuple[float, ...] = ()  # server: times of recent takeovers
+        # server: the salt the current credential was derived with from the previous
+        # one, kept while it is unconfirmed (None once confirmed, and for a first one)
+        self._rotation_salt: bytes | None = None
         self._events: list[Event] | None = None  # made on first use: most sessions idle
         self._expires_at: float | None = None
         self._heartbeat = self.params.heartbeat_interval
@@ -237,6 +250,11 @@ class Session:
     def max_payload(self) -> int:
         """Largest payload the peer accepts (0 before the first handshake)."""
         return self._max_payload
+
+    @property
+    def buffered_bytes(self) -> tuple[int, int]:
+        """``(payload bytes kept for replay, payload bytes received and not yet taken)``."""
+        return self._unacked_bytes, self._inbox_bytes
 
     @property
     def sequence_numbers(self) -> tuple[int, int, int, int]:
@@ -307,6 +325,7 @@ class Session:
             acked=self._acked,
             consumed=self._consumed,
             unacked=tuple(self._replay or ()),
+            rotation_salt=self._rotation_salt,
         )
 
     @classmethod
@@ -323,6 +342,7 @@ class Session:
         session._previous_digest = snapshot.previous_digest
         session._retired = snapshot.retired
         session._confirmed = snapshot.confirmed
+        session._rotation_salt = snapshot.rotation_salt
         session._heartbeat = _shared(snapshot.heartbeat)
         session._idle_timeout = _shared(snapshot.idle_timeout)
         session._lifetime = _shared(snapshot.lifetime)
@@ -396,6 +416,8 @@ class Session:
         if size > self._max_payload:
             raise PayloadTooLarge(f"{size} bytes > {self._max_payload}")
         seq = self._next_seq
+        if seq > U64_MAX:
+            raise InvalidState(_EXHAUSTED)
         in_flight = seq - 1 - self._acked
         if in_flight and (
             in_flight >= self._send_window_messages
@@ -436,8 +458,11 @@ class Session:
         max_payload = self._max_payload
         window_bytes = self._send_window_bytes
         first = seq = self._next_seq
+        if seq > U64_MAX:
+            raise InvalidState(_EXHAUSTED)
         acked = self._acked
-        last_seq = acked + self._send_window_messages  # the window's last sequence number
+        # the window's last sequence number, and never one above 2**64-1 (protocol.md §5.1)
+        last_seq = min(acked + self._send_window_messages, U64_MAX)
         unacked = self._unacked_bytes
         frames: list[bytes] = []
         write = frames.append
@@ -554,7 +579,7 @@ class Session:
         elif self.id is not None:
             replaced = _code_or(welcome.reason, CloseCode.UNKNOWN_SESSION)
             self._emit(
-                SessionLost(
+                SessionLostEvent(
                     self.id, replaced, tuple(self._inbox or ()), tuple(self.unacked_messages())
                 )
             )
@@ -588,21 +613,28 @@ class Session:
         credential = new_credential()
         self._credential_digest = digest(credential)
         self._previous_digest = None
+        self._rotation_salt = None
         self._confirmed = False
         self._attach_server(conn, hello, credential, False, now, replaces)
         self._start_stream(conn, 0)
         self._emit(SessionStarted(self.id, replaces))
 
     def _check_resume(self, resume: Resume, identity: Any, now: float) -> CloseCode | None:
-        """Server: why *resume* must not continue this session, or None (protocol.md §4, §10)."""
+        """Server: why *resume* must not continue this session, or None (protocol.md §4, §10).
+
+        Never SESSION_CONTESTED: a resume with the previous credential while the
+        current one is unconfirmed is answered with that same credential again
+        (:meth:`_resume`), so one client whose WELCOMEs keep being lost is never refused,
+        and a second holder is caught by rotation (CREDENTIAL_REUSED) or told by
+        TAKEN_OVER (§9.2).
+        """
         if self.state is _ENDED:
-            return self.end_code or CloseCode.SESSION_REVOKED
+            return welcome_reason(self.end_code or CloseCode.SESSION_REVOKED)
         presented = digest(resume.credential)
-        newest = True  # the newest credential: only the client that received it has it
         if matches(presented, self._credential_digest):
             pass
         elif not self._confirmed and matches(presented, self._previous_digest):
-            newest = False  # the WELCOME carrying the current credential may never have arrived
+            pass  # the WELCOME carrying the current credential may never have arrived
         elif matches(presented, self._previous_digest) or any(
             [matches(presented, retired) for retired in self._retired]
         ):
@@ -614,17 +646,6 @@ class Session:
             return CloseCode.IDENTITY_MISMATCH
         if not self._acked <= resume.received < self._next_seq:
             return CloseCode.REPLAY_UNAVAILABLE
-        if self.connection is not None and not newest:
-            # Only takeovers with the previous credential count (§9.2): with the newest
-            # one it is the same client on a new transport (a network change leaves the
-            # old one half-open), however often its network changes.
-            since = now - self.params.takeover_window
-            takeovers = tuple(t for t in self._takeovers if t > since)
-            if len(takeovers) + 1 >= self.params.takeover_limit:
-                self._takeovers = takeovers
-                return CloseCode.SESSION_CONTESTED
-            self._takeovers = (*takeovers, now)
-        self._previous_digest = presented
         return None
 
     def _resume(self, conn: Connection, hello: Hello, now: float) -> None:
@@ -634,16 +655,35 @@ class Session:
             old.session = None
             self.connection = None
             old.close(now, CloseCode.TAKEN_OVER, "resumed on another transport")
-        credential = new_credential()
-        if self._credential_digest is not None:
-            self._retired = (*self._retired[1 - RETIRED_CREDENTIALS :], self._credential_digest)
-        self._credential_digest = digest(credential)
-        self._confirmed = False
+        credential = self._next_credential(hello.resume.credential)
         self._attach_server(conn, hello, credential, True, now)
         # DATA waits until the client confirms this transport (protocol.md §4.4): a
         # copy of the session racing this resume must not be handed the same messages.
         replayed = self._start_stream(conn, hello.resume.received, confirmed=False)
         self._emit(SessionResumed(self.id or b"", replayed))
+
+    def _next_credential(self, presented: bytes) -> bytes:
+        """Server: the credential for the WELCOME of an accepted resume (protocol.md §10.4).
+
+        The previous credential, presented while the current one is unconfirmed, gets
+        the current one again: that client's last WELCOME was lost, and answering it
+        with yet another credential would leave it presenting a retired one after the
+        next loss. Otherwise the current credential is retired and a new one, derived
+        from the presented one and a fresh salt, is issued.
+        """
+        salt = self._rotation_salt
+        if salt is not None and not self._confirmed:
+            again = rotated_credential(presented, salt)
+            if matches(digest(again), self._credential_digest):
+                return again
+        self._rotation_salt = salt = new_salt()
+        credential = rotated_credential(presented, salt)
+        if self._credential_digest is not None:
+            self._retired = (*self._retired[1 - RETIRED_CREDENTIALS :], self._credential_digest)
+        self._previous_digest = digest(presented)
+        self._credential_digest = digest(credential)
+        self._confirmed = False
+        return credential
 
     def _attach_server(
         self,
@@ -706,15 +746,34 @@ class Session:
         return self._next_seq - 1 - peer_received
 
     def _replay_to(self, conn: Connection) -> None:
-        """Write every DATA frame after the peer's ``received``; new sends follow directly."""
+        """Write the DATA frames after the peer's ``received`` that fit the window announced
+        in this transport's handshake; new sends follow directly once all are written.
+
+        Replayed frames count against the new window like new ones (protocol.md §6.4): a
+        peer that announced a smaller window on this handshake would otherwise see more
+        than it allows. What does not fit is written as ACKs open the window (`_on_ack`).
+        """
         out = conn._out
         if out is None:
             conn._out = out = []
+        acked = self._acked
         seq = conn._replay_from
-        for payload in islice(self._replay or (), seq - self._acked, None):
+        replay = self._replay or ()
+        last_seq = acked + self._send_window_messages
+        window_bytes = self._send_window_bytes
+        in_flight = sum(map(len, islice(replay, seq - acked)))  # the peer has these
+        for payload in islice(replay, seq - acked, None):
+            size = len(payload)
+            if seq >= last_seq or (seq > acked and in_flight + size > window_bytes):
+                conn._replay_from = seq
+                conn._replaying = True  # the rest once ACKs open the window
+                return
             seq += 1
-            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, len(payload)))
+            in_flight += size
+            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
             out.append(payload)
+        conn._replay_from = seq
+        conn._replaying = False
         conn._streaming = True
 
     def _schedule_ack(self, now: float) -> None:
@@ -725,9 +784,8 @@ class Session:
         if conn is None or conn.state is not _OPEN:
             return
         p = self.params
-        if (
-            pending >= max(1, p.window_messages // 4)
-            or self._ack_pending_bytes >= p.window_bytes // 4
+        if pending >= max(1, p.window_messages // 4) or self._ack_pending_bytes >= max(
+            1, p.window_bytes // 4
         ):
             self._send_ack(conn, now)
         elif self._ack_deadline is None:
@@ -784,9 +842,13 @@ class Session:
             del replay[:count]
         self._unacked_bytes -= released
         self._acked = seq
+        conn = self.connection
+        if conn is not None and conn._replaying:
+            self._replay_to(conn)
 
     def _confirm_credential(self) -> None:
         self._confirmed = True
+        self._rotation_salt = None  # the previous credential is now theft: never reissued
 
     def _detach(self, now: float, code: CloseCode, retry_after: float) -> None:
         self.connection = None
@@ -841,6 +903,7 @@ class Connection:
         "_ping_sent_at",
         "_ping_stamp",
         "_replay_from",
+        "_replaying",
         "_streaming",
         "close_code",
         "close_reason",
@@ -876,13 +939,19 @@ class Connection:
         self._ping_stamp = 0
         self._confirmed = role is Role.CLIENT
         self._goaway_stamp: int | None = None
-        self._replay_from = 0
+        self._replay_from = 0  # the last sequence number written on this transport
+        self._replaying = False  # a replay waits for the peer's window (protocol.md §6.4)
         self._streaming = False  # DATA may be written (after WELCOME, and confirmed)
 
     @classmethod
     def server(cls, params: Params, now: float) -> Connection:
         """A server-side transport that has just been accepted; it awaits HELLO."""
         return cls(Role.SERVER, params, now)
+
+    @property
+    def opened_at(self) -> float:
+        """When the transport was accepted or opened (the ``now`` it was made with)."""
+        return self._opened_at
 
     @property
     def closed(self) -> bool:
@@ -1091,16 +1160,15 @@ class Connection:
         identity: Any = None,
         session: Session | None = None,
         missing: CloseCode = CloseCode.UNKNOWN_SESSION,
-    ) -> Session | None:
+    ) -> Session:
         """Server: answer ``hello`` with WELCOME once the daemon has authenticated it.
 
         Pass the session that ``hello.resume.session_id`` names, if the daemon
-        holds it, else *missing* says why not (unknown or expired). Returns the
-        session now attached: the resumed one, or a new one whose
-        :class:`SessionStarted` event says why the resume failed. Returns None if
-        the resume was refused outright (contested); the connection is then
-        closed. A resume may end the old session (credential reused): read the
-        old session's events too.
+        holds it, else *missing* says why not (unknown, or the code it ended with:
+        mapped to a WELCOME reason by :func:`welcome_reason`). Returns the session
+        now attached: the resumed one, or a new one whose :class:`SessionStarted`
+        event says why the resume failed. A resume may end the old session
+        (credential reused): read the old session's events too.
         """
         hello = self.hello
         if self.state is not ConnectionState.HELLO_RECEIVED or hello is None:
@@ -1108,18 +1176,13 @@ class Connection:
         reason: CloseCode | None = None
         if hello.resume is not None:
             if session is None:
-                reason = missing
+                reason = welcome_reason(missing)
             else:
                 reason = session._check_resume(hello.resume, identity, now)
                 if reason is None:
                     session._resume(self, hello, now)
                     self._last_send = now
                     return session
-                if reason is CloseCode.SESSION_CONTESTED:
-                    self.close(
-                        now, reason, "session contested", session.params.contested_retry_after
-                    )
-                    return None
         fresh = Session(Role.SERVER, self.params)
         fresh._open_new(self, hello, identity, now, reason)
         self._last_send = now
@@ -1181,6 +1244,7 @@ class Connection:
             return
         self.state = _CLOSED
         self._streaming = False
+        self._replaying = False
         self.close_code = code
         self.close_reason = reason
         self._decoder.discard()

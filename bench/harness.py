@@ -1,0 +1,340 @@
+"""The scenario harness: everything a scenario does besides its own measurement.
+
+A scenario module (``throughput.py``, ``idle.py``...) says what to run: its
+options, one pass, its table. :func:`scenario` does the rest, in the spirit of
+pyperf's ``Runner`` (STYLE.md habit 15): it reads the machine and the commit,
+pins the load generator (this process) to its core, opens a temporary
+directory and an asyncio runner on uvloop, and hands the body a
+:class:`Context` that starts pinned servers (:meth:`Context.server`, stopped and
+described at the end), runs repetitions (:meth:`Context.passes`: a warm-up,
+then the systems in an order rotated each repetition, ``gc.collect()`` before
+each pass, the other processes' share of the pinned cores measured around it,
+one progress line per pass) and keeps notes. The body returns the scenario's
+figures; the harness adds how, when and where they were measured, writes the
+results JSON, prints the markdown and, for a clean default run only, replaces
+the scenario's section of RESULTS.md (:func:`bench.results.publish`).
+
+Also here, for every socket scenario's tables: what set a pass's pace
+(:func:`bound_by`), which pinned cores were full (:func:`full_cores`), the
+spread of a list of passes (:func:`summarise`), and the section's opening
+lines (:func:`header`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import BenchError
+from .processes import (
+    CPU_CLOCK,
+    HOST,
+    CoreLoad,
+    Pinning,
+    ServerProcess,
+    choose_pinning,
+    loop_name,
+    new_loop,
+    pinned_loadgen,
+    process,
+    raise_nofile,
+    server,
+    timed_pass,
+)
+from .results import (
+    Json,
+    command_line,
+    commit_info,
+    display_path,
+    entry_head,
+    machine_info,
+    publish,
+    spread,
+)
+
+#: Above this share of a pinned core taken by other processes, the report says so.
+OTHERS_NOTABLE = 0.1
+
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+#: Per-pass keys kept as a list over the passes rather than spread (labels, flags).
+LISTED = ("bound", "client_bound", "cores_full", "stopped_by")
+#: Per-pass settings, the same in every pass: kept as they are.
+FIXED = ("sessions", "window_per_session", "payload_size")
+#: Per-pass counts that are summed over the passes.
+SUMMED = ("lost", "duplicates", "sessions_lost", "out_of_order", "late", "transports_not_closed")
+
+
+def summarise(reps: Sequence[Json]) -> Json:
+    """The passes *reps* (each a flat JSON of figures) as one entry: every number's
+    :func:`~bench.results.spread`, :data:`SUMMED` counts summed, :data:`LISTED` labels
+    listed, the other processes' share spread per core, and every pass kept."""
+    out: Json = {}
+    for key, value in reps[0].items():
+        values = [rep.get(key) for rep in reps]
+        if key in FIXED:
+            out[key] = value
+        elif key in SUMMED:
+            out[key] = sum(v or 0 for v in values)
+        elif key in LISTED:
+            out[key] = values
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and all(isinstance(v, int | float) for v in values)
+        ):
+            out[key] = spread([float(v) for v in values if v is not None])
+    out["other_load_share"] = other_load([rep.get("other_load_share") for rep in reps])
+    out["repetitions"] = list(reps)
+    return out
+
+
+def other_load(others: Sequence[Sequence[float] | None]) -> Json | None:
+    """The spread of what other processes took of the server's and the loadgen's cores."""
+    measured = [pair for pair in others if pair is not None]
+    if not measured:
+        return None
+    return {
+        "server_core": spread([pair[0] for pair in measured]),
+        "loadgen_core": spread([pair[1] for pair in measured]),
+    }
+
+
+# ----------------------------------------------------------------- running
+
+
+@dataclass
+class Context:
+    """One scenario's run: its options, machine, pinning, runner and servers."""
+
+    args: argparse.Namespace
+    name: str
+    pinning: Pinning
+    tmp: Path
+    runner: asyncio.Runner
+    stack: contextlib.ExitStack
+    nofile: tuple[int, int]
+    load: CoreLoad
+    servers: dict[str, Json] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def quick(self) -> bool:
+        return bool(self.args.quick)
+
+    def given(self, name: str, full: R, quick: R) -> R:
+        """Option *name* if given, else its full-run or ``--quick`` default."""
+        value: R | None = getattr(self.args, name, None)
+        if value is None:
+            return quick if self.quick else full
+        return value
+
+    def run(self, coroutine: Any) -> Any:
+        return self.runner.run(coroutine)
+
+    def server(self, name: str, argv: list[str]) -> ServerProcess:
+        """``python -m ARGV`` pinned on a free port, until the scenario ends."""
+        return self._keep(self.stack.enter_context(server(name, argv, self.pinning, self.tmp)))
+
+    def process(self, name: str, command: list[str], port: int, **kwargs: Any) -> ServerProcess:
+        """Any server command, pinned, until the scenario ends."""
+        proc = process(name, command, port, self.pinning, self.tmp, **kwargs)
+        return self._keep(self.stack.enter_context(proc))
+
+    @contextlib.contextmanager
+    def fresh_server(self, name: str, argv: list[str]) -> Iterator[ServerProcess]:
+        """A server for the body only (a fresh daemon per measurement)."""
+        with server(name, argv, self.pinning, self.tmp) as proc:
+            self._keep(proc)
+            yield proc
+            self.servers[name].update(proc.stop())
+
+    def _keep(self, proc: ServerProcess) -> ServerProcess:
+        self.servers[proc.name] = {"name": proc.name, **proc.describe()}
+        self.stack.callback(lambda: self.servers[proc.name].update(proc.stop()))
+        return proc
+
+    def timed(
+        self, proc: ServerProcess, body: Callable[[], R]
+    ) -> tuple[R, tuple[float, float] | None]:
+        """*body*, one pass against *proc*, and what others took of the pinned cores."""
+        gc.collect()
+        return timed_pass(proc, self.load, body)
+
+    def passes(
+        self,
+        systems: Sequence[S],
+        one: Callable[[S, int], R],
+        repeat: int,
+        warmup: Callable[[S], object] | None = None,
+        show: Callable[[R], str] = str,
+    ) -> list[R]:
+        """*warmup* each system, then *repeat* rounds of ``one(system, rep)``, the
+        systems' order rotated each round, a progress line per pass."""
+        for system in systems if warmup is not None else ():
+            assert warmup is not None
+            warmup(system)
+        results: list[R] = []
+        for rep in range(repeat):
+            shift = rep % max(1, len(systems))
+            for system in [*systems[shift:], *systems[:shift]]:
+                gc.collect()
+                result = one(system, rep)
+                results.append(result)
+                print(f"  {self.name} rep {rep + 1}/{repeat}  {show(result)}", file=sys.stderr)
+        return results
+
+
+def scenario(
+    args: argparse.Namespace, name: str, banner: str, body: Callable[[Context], Json]
+) -> int:
+    """Run *body* in a :class:`Context`; publish what it returns with its circumstances.
+
+    *body* returns the entry's own fields and ``"markdown"``: the function that
+    writes its section (``markdown(entry, commit, path)``).
+    """
+    command = command_line()
+    started = datetime.datetime.now(datetime.UTC)
+    begun = time.perf_counter()
+    machine = machine_info()
+    commit = commit_info()
+    pinning = choose_pinning()
+    nofile = raise_nofile()
+    print(f"bench {name}: {banner}; {pinning.note}", file=sys.stderr, flush=True)
+    with (
+        pinned_loadgen(pinning),
+        tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp,
+        asyncio.Runner(loop_factory=new_loop) as runner,
+        contextlib.ExitStack() as stack,
+    ):
+        context = Context(args, name, pinning, Path(tmp), runner, stack, nofile, CoreLoad(pinning))
+        fields = body(context)
+        affinity = sorted(os.sched_getaffinity(0)) if pinning.pinned else None
+    markdown = fields.pop("markdown")
+    exits = [
+        f"server {n} exited with {s['exit_code']}"
+        for n, s in context.servers.items()
+        if s.get("exit_code") not in (0, None)
+    ]
+    config = fields.pop("config", {})
+    entry: Json = {
+        **entry_head(command, started, begun, context.quick, machine),
+        "pinning": {**pinning.to_json(), "loadgen_affinity": affinity},
+        "config": {
+            "host": HOST,
+            "event_loop": loop_name(),
+            "nofile_soft_hard": list(nofile),
+            "cpu_clock": CPU_CLOCK,
+            "gc": "enabled; gc.collect() before each pass",
+            **config,
+        },
+        "servers": context.servers,
+        **fields,
+    }
+    entry["notes"] = [*entry.get("notes", []), *context.notes, *exits]
+    published: int = publish(args, name, entry, commit, markdown)
+    return published
+
+
+def positive(args: argparse.Namespace, *names: str) -> None:
+    """Raise :class:`BenchError` unless every option *names* given is positive."""
+    bad = [n for n in names if getattr(args, n, None) is not None and getattr(args, n) <= 0]
+    if bad:
+        raise BenchError(" and ".join(f"--{n.replace('_', '-')}" for n in bad) + " must be > 0")
+
+
+def counts(text: str, option: str) -> tuple[int, ...]:
+    """``1,100`` as (1, 100): positive integers, each once, in the order given."""
+    try:
+        numbers = tuple(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        raise BenchError(f"{option} {text!r}: expected integers separated by commas") from None
+    if not numbers or min(numbers) < 1:
+        raise BenchError(f"{option}: at least one number, each at least 1")
+    return numbers
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def header(entry: Json, commit: Json, path: Path) -> list[str]:
+    """The command, commit, machine and pinning lines that open a section."""
+    machine = entry["machine"]
+    pinning = entry["pinning"]
+    state = " with uncommitted changes" if commit["dirty"] else ""
+    if any(line.startswith("??") for line in commit["status"]):
+        state += " (+ untracked files)"
+    where = (
+        f"pinned to core {pinning['server_cpu']} (`taskset -c {pinning['server_cpu']}`); "
+        f"the load generator pinned to core {pinning['loadgen_cpu']}."
+        if pinning["pinned"]
+        else f"**{pinning['note']}**."
+    )
+    return [
+        f"Command: `{entry['command']}` · JSON: `{display_path(path)}`",
+        "",
+        f"Commit `{commit['commit_short']}`{state}, {entry['started_at']}; "
+        f"{machine['cpu_model']}, {machine['cores']} cores; "
+        f"{machine['python_implementation']} {machine['python']}; msgpack {machine['msgpack']}; "
+        f"uvloop {machine['uvloop']} ({entry['config']['event_loop']} loop in the load "
+        f"generator). Servers in their own processes on 127.0.0.1, {where} CPU: "
+        "`/proc/PID/task/*/schedstat` (servers, ns) and `time.process_time` (load generator).",
+        "",
+    ]
+
+
+def other_load_note(load: Json | None) -> list[str]:
+    """A paragraph on the other processes' share of the pinned cores, if measured."""
+    if load is None:
+        return []
+    server_core, loadgen = load["server_core"], load["loadgen_core"]
+    busy = max(server_core["max"], loadgen["max"]) > OTHERS_NOTABLE
+    return [
+        ("**Shared machine.** " if busy else "")
+        + "Other processes' share of the pinned cores during the passes (`/proc/stat` busy "
+        "time less the server's and the load generator's own): server core median "
+        f"{server_core['median']:.0%} (max {server_core['max']:.0%}), load generator core "
+        f"median {loadgen['median']:.0%} (max {loadgen['max']:.0%})"
+        + ("; the figures measure the contention as much as the systems." if busy else "."),
+        "",
+    ]
+
+
+def full_cores_cell(passes: Sequence[Sequence[str]]) -> str:
+    """``server 2/3, loadgen 1/3`` (passes with that core full), or ``-``."""
+    cells = [
+        f"{core} {sum(core in full for full in passes)}/{len(passes)}"
+        for core in ("server", "loadgen")
+        if any(core in full for full in passes)
+    ]
+    return ", ".join(cells) or "-"
+
+
+def bounds_cell(bounds: Sequence[str]) -> str:
+    """``client 2/3, server 1/3``: what bound the passes."""
+    return ", ".join(f"{b} {bounds.count(b)}/{len(bounds)}" for b in dict.fromkeys(bounds))
+
+
+def spread_cell(stats: Json, digits: int = 0, unit: str = "") -> str:
+    """``median [min-max]`` of a spread (the median alone when they agree)."""
+    median = f"{stats['median']:,.{digits}f}{unit}"
+    if stats["max"] - stats["min"] < 0.5 * 10**-digits:
+        return median
+    return f"{median} [{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+
+
+def notes_lines(entry: Json) -> list[str]:
+    return ["Notes: " + "; ".join(entry["notes"]) + ".", ""] if entry.get("notes") else []

@@ -1,0 +1,300 @@
+"""``python -m bench.hostile [ATTACK ...] [--seconds S]``: issue 12's attacks, measured.
+
+Each attack runs against a fresh ``python -m sessiond serve --app echo`` on 127.0.0.1
+while a canary session in this process exchanges one message at a time with it. Printed
+per attack: the daemon's RSS before, at its peak during the attack and after it (from
+``/proc``), and the canary's round-trip p50/p99. Attackers run in a child process, so
+they do not share this process's GIL with the canary. Timings depend on the machine and
+its load: state both next to any figure taken from here.
+
+The attackers are plain blocking sockets, bounded in time; ``tests/test_hostile.py``
+uses the same ones at small sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sessiond_client.protocol import Params, Role, Session
+from sessiond_client.protocol.codec import encode_ack, encode_data, encode_ping
+from sessiond_client.protocol.frames import Hello
+
+HOST = "127.0.0.1"
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of process *pid*, KiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def daemon(config: str = "", app: str = "echo") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m sessiond serve`` on a free port with *config* (TOML); stopped at the end."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sessiond.toml"
+        path.write_text(config)
+        log = (Path(tmp) / "daemon.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
+                *("--app", app, "--config", str(path)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection((HOST, port), 1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the daemon did not start") from None
+                    time.sleep(0.05)
+            yield proc, port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+# ------------------------------------------------------------------ a raw session opener
+
+
+def hello(window_messages: int = 1024, window_bytes: int = 1 << 20, lifetime_ms: int = 0) -> bytes:
+    return Hello((1,), 15000, window_messages, window_bytes, 1 << 20, lifetime_ms).encode()
+
+
+def open_raw(port: int, rcvbuf: int = 4096, **hello_args: int) -> socket.socket:
+    """A socket with a session open on it (WELCOME read and discarded, nothing else read)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect((HOST, port))
+    sock.sendall(hello(**hello_args))
+    sock.recv(200)  # the WELCOME (and the first ACK): enough to know the session is open
+    return sock
+
+
+def send_bounded(sock: socket.socket, data: bytes, until: float, stall: float = 2.0) -> str:
+    """Send *data* (before *until*): "sent"; "stalled" when the kernel took nothing for
+    *stall* seconds (the daemon stopped reading us); "closed"; or "time" at *until*."""
+    view = memoryview(data)
+    progress = time.monotonic()
+    while view:
+        now = time.monotonic()
+        if now >= until:
+            return "time"
+        if now - progress >= stall:
+            return "stalled"
+        _, writable, _ = select.select([], [sock], [], min(until - now, 0.1))
+        if not writable:
+            continue
+        try:
+            sent = sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            return "closed"
+        view = view[sent:]
+        progress = time.monotonic()
+    return "sent"
+
+
+# ------------------------------------------------------------------ attacks
+
+
+def blind_acker(port: int, seconds: float, payload: int = 1000) -> str:
+    """Never reads; sends DATA and ACKs every echo it assumes the daemon has sent.
+    Returns how it ended (see :func:`send_bounded`)."""
+    sock = open_raw(port)
+    sock.setblocking(False)
+    seq = 0
+    until = time.monotonic() + seconds
+    outcome = "time"
+    while time.monotonic() < until:
+        batch = b"".join(encode_data(seq + i + 1, b"x" * payload) for i in range(64))
+        seq += 64
+        # ACK what the daemon has surely echoed by now (an ACK beyond what it has
+        # sent would be a SEQUENCE_ERROR): everything up to a few batches ago.
+        ack = encode_ack(seq - 512) if seq > 512 else b""
+        outcome = send_bounded(sock, batch + ack, until)
+        if outcome != "sent":
+            break
+        time.sleep(0.005)  # the daemon consumes (and acknowledges) in between
+    sock.close()
+    return outcome
+
+
+def ping_flooder(port: int, seconds: float) -> str:
+    """Never reads; sends PINGs as fast as the daemon takes them."""
+    sock = open_raw(port)
+    sock.setblocking(False)
+    batch = b"".join(encode_ping(i) for i in range(4096))
+    until = time.monotonic() + seconds
+    outcome = "time"
+    while time.monotonic() < until:
+        outcome = send_bounded(sock, batch, until)
+        if outcome != "sent":
+            break
+    sock.close()
+    return outcome
+
+
+ATTACKS: dict[str, Callable[[int, float], str]] = {
+    "blind-ack": blind_acker,
+    "ping-flood": ping_flooder,
+}
+
+
+# ------------------------------------------------------------------ the canary
+
+
+class Canary:
+    """One session on a blocking socket: one message out, wait for its echo, repeat."""
+
+    def __init__(self, port: int) -> None:
+        self.session = Session(Role.CLIENT, Params(heartbeat_interval=5.0))
+        self.sock = socket.create_connection((HOST, port), 10)
+        self.conn = self.session.connect(time.monotonic())
+        self.rtts: list[float] = []
+        self._flush()
+        self._read_until(lambda: self.session.max_payload > 0, 10)
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def _read_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.conn.closed:
+                return False
+            readable, _, _ = select.select([self.sock], [], [], min(remaining, 0.05))
+            now = time.monotonic()
+            if readable:
+                data = self.sock.recv(65536)
+                if not data:
+                    self.conn.connection_lost(now)
+                    return False
+                self.conn.receive_data(data, now)
+            deadline_core = self.session.next_deadline()
+            if deadline_core is not None and now >= deadline_core:
+                self.session.handle_timer(now)
+            self._flush()
+        return True
+
+    def round_trip(self, timeout: float = 30.0) -> float | None:
+        start = time.monotonic()
+        self.session.send(b"canary", start)
+        self._flush()
+        got: list[bytes] = []
+
+        def echoed() -> bool:
+            got.extend(self.session.take_messages(time.monotonic()))
+            return bool(got)
+
+        if not self._read_until(echoed, timeout):
+            return None
+        rtt = time.monotonic() - start
+        self.rtts.append(rtt)
+        self._flush()
+        return rtt
+
+    def run(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if self.round_trip() is None:
+                break
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
+    attack = ATTACKS[name]
+    with daemon(config) as (proc, port):
+        canary = Canary(port)
+        canary.run(1.0)
+        quiet = list(canary.rtts)
+        canary.rtts.clear()
+        baseline = rss_kib(proc.pid)
+        child = multiprocessing.Process(target=attack, args=(port, seconds), daemon=True)
+        child.start()
+        peak = baseline
+        until = time.monotonic() + seconds + 1
+        while time.monotonic() < until and (child.is_alive() or time.monotonic() < until - 1):
+            canary.run(0.1)
+            peak = max(peak, rss_kib(proc.pid))
+        child.join(seconds + 30)
+        time.sleep(1.0)
+        after = rss_kib(proc.pid)
+        alive = canary.round_trip() is not None
+        canary.close()
+    return {
+        "rss_before_mib": baseline / 1024,
+        "rss_peak_mib": peak / 1024,
+        "rss_after_mib": after / 1024,
+        "quiet_p50_ms": percentile(quiet, 0.5) * 1000,
+        "p50_ms": percentile(canary.rtts, 0.5) * 1000,
+        "p99_ms": percentile(canary.rtts, 0.99) * 1000,
+        "round_trips": len(canary.rtts),
+        "canary_alive": float(alive),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__)
+    parser.add_argument("attacks", nargs="*", help=f"some of {', '.join(ATTACKS)} (default: all)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--config", default="", help="TOML text for the daemon")
+    args = parser.parse_args(argv)
+    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine)")
+    unknown = [name for name in args.attacks if name not in ATTACKS]
+    if unknown:
+        parser.error(f"unknown attack(s): {', '.join(unknown)}")
+    for name in args.attacks or ATTACKS:
+        figures = measure(name, args.seconds, args.config)
+        shown = " ".join(f"{k}={v:.1f}" for k, v in figures.items())
+        print(f"{name}: {shown}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""``sessiond serve`` at run time: listeners, signals, reload, and the operator's side doors.
+
+:func:`prepare` checks everything a configuration needs before anything listens (also
+what ``sessiond config check`` runs). :class:`Daemon` runs the server: SIGTERM and
+SIGINT drain it (protocol.md §11), SIGHUP reloads what can change live (:meth:`reload`)
+and never stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .addresses import ListenAddress, format_host, parse_listen
+from .admin import AdminError, AdminServer
+from .apps import load_app
+from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
+from .config import Loaded, Settings, TlsSection
+from .logs import configure as configure_logging
+from .metrics import MetricsServer
+from .server import Server, ServerConfig
+from .systemd import Notifier
+from .tls import CertificateReloader, describe, server_context
+
+log = logging.getLogger("sessiond")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSetup:
+    context: ssl.SSLContext
+    reloader: CertificateReloader
+    client_ca: str | None
+
+
+def tls_setup(settings: TlsSection, listens: list[ListenAddress]) -> TLSSetup | None:
+    """The server context for the tls:// listeners; ``ValueError`` on a configuration error."""
+    tls_listens = [str(a) for a in listens if a.scheme == "tls"]
+    options = {"--tls-cert": settings.cert, "--tls-key": settings.key}
+    if not tls_listens:
+        given = [
+            name
+            for name, value in [*options.items(), ("--tls-client-ca", settings.client_ca)]
+            if value
+        ]
+        if given:  # almost certainly meant to be TLS: do not silently serve plaintext
+            raise ValueError(f"{' and '.join(given)} given but no --listen tls://HOST:PORT")
+        return None
+    missing = [name for name, value in options.items() if not value]
+    if missing:
+        raise ValueError(f"--listen {tls_listens[0]} needs {' and '.join(missing)}")
+    client_ca = settings.client_ca or None
+    context = server_context(settings.cert, settings.key, client_ca)
+    return TLSSetup(context, CertificateReloader(context, settings.cert, settings.key), client_ca)
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    """The authenticator ``[auth] mode`` names; ``ValueError`` if it cannot work."""
+    mode = settings.auth.mode
+    if mode == "token-file":
+        if not settings.auth.token_file:
+            raise ValueError("--auth token-file needs --token-file (auth.token_file)")
+        return TokenFileAuthenticator(settings.auth.token_file)
+    if mode == "mutual-tls":
+        if not settings.tls.client_ca:
+            raise ValueError("--auth mutual-tls needs --tls-client-ca (tls.client_ca)")
+        return MutualTLSAuthenticator()
+    return OpenAuthenticator()
+
+
+def server_config(settings: Settings, auth: Authenticator | None = None) -> ServerConfig:
+    """The server's settings; the authenticator made from *settings* unless given."""
+    return ServerConfig(
+        params=settings.protocol,
+        authenticator=auth if auth is not None else authenticator(settings),
+        max_sessions=settings.server.max_sessions,
+        max_transports_per_peer=settings.server.max_transports_per_peer,
+        drain_timeout=settings.server.drain_timeout,
+        limits=settings.limits,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a configuration needs, made and checked before anything listens."""
+
+    listens: list[ListenAddress]
+    tls: TLSSetup | None
+    auth: Authenticator
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Check *settings* as far as possible without listening (app importable, TLS files
+    and token file readable and valid); ``ValueError`` names what is wrong."""
+    listens = [parse_listen(value) for value in settings.server.listen]
+    load_app(settings.server.app, settings)
+    tls = tls_setup(settings.tls, listens)
+    return Prepared(listens, tls, authenticator(settings))
+
+
+def _fields(event: str, **more: Any) -> dict[str, Any]:
+    return {"fields": {"event": event, **more}}
+
+
+class Daemon:
+    """One ``sessiond serve`` process: its server, signals and reloads.
+
+    *load_again* reads the configuration again the way start-up did (file, environment,
+    flags): SIGHUP calls it.
+    """
+
+    def __init__(self, loaded: Loaded, prepared: Prepared, load_again: Callable[[], Loaded]):
+        self.settings = loaded.settings
+        self.prepared = prepared
+        self.load_again = load_again
+        self.app = load_app(self.settings.server.app, self.settings)
+        self.server: Server | None = None
+        self.listening = False
+        self.draining = False
+        self.metrics: MetricsServer | None = None
+        self.admin: AdminServer | None = None
+        self.notifier = Notifier()
+        self._bound: list[str] = []
+        self._stop: asyncio.Event | None = None
+
+    async def run(self) -> int:
+        """Listen, serve until SIGTERM or SIGINT, drain; the process's exit status."""
+        settings = self.settings
+        # Signals first: a SIGTERM or SIGHUP right after the "listening" line must not
+        # find Python's default handlers (which end the process).
+        loop = asyncio.get_running_loop()
+        self._stop = stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        hangup = getattr(signal, "SIGHUP", None)
+        if hangup is not None:
+            loop.add_signal_handler(hangup, self.reload)
+        self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
+        if not await self._start_metrics() or not await self._start_admin(server):
+            await server.close()
+            await self._stop_side_doors()
+            return 1
+        tls = self.prepared.tls
+        for address in self.prepared.listens:
+            context = tls.context if address.scheme == "tls" and tls is not None else None
+            try:
+                listener = await server.listen(address.host, address.port, ssl=context)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                log.error(
+                    "cannot listen on %s: %s",
+                    address,
+                    why,
+                    extra=_fields("listen-failed", address=str(address), error=why),
+                )
+                await server.close()
+                await self._stop_side_doors()
+                return 1
+            for sock in listener.sockets:
+                host, port = sock.getsockname()[:2]
+                bound = f"{address.scheme}://{format_host(host)}:{port}"
+                self._bound.append(bound)
+                log.info(
+                    "listening on %s app=%s",
+                    bound,
+                    settings.server.app,
+                    extra=_fields("listening", address=bound, app=settings.server.app),
+                )
+        self.listening = True
+        self.notifier.ready(self._status())
+        self.notifier.start_watchdog(loop)
+        self._warn_open_auth()
+        if tls is not None:
+            log.info("TLS certificate %s", describe(tls.reloader.certificate))
+            if tls.client_ca is not None:
+                log.info("TLS client certificates required, CA file %s", tls.client_ca)
+        await stop.wait()
+        self.draining = True
+        self.notifier.stopping("draining")
+        timeout = self.settings.server.drain_timeout
+        log.info("draining (at most %.1f s)", timeout, extra=_fields("draining", timeout=timeout))
+        await server.drain(timeout, self.settings.server.retry_after)
+        await self._stop_side_doors()
+        self.notifier.stop_watchdog()
+        log.info("stopped", extra=_fields("stopped"))
+        return 0
+
+    def _status(self) -> str:
+        return "listening on " + ", ".join(self._bound)
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: listening and not draining."""
+        if self.draining:
+            return False, "draining"
+        if not self.listening:
+            return False, "starting"
+        return True, "ready"
+
+    async def _start_metrics(self) -> bool:
+        where = self.settings.metrics.listen
+        if not where:
+            return True
+        address = parse_listen(where, ("http",))
+        self.metrics = MetricsServer(self)
+        try:
+            host, port = await self.metrics.start(address.host, address.port)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            log.error(
+                "cannot serve metrics on %s: %s",
+                where,
+                why,
+                extra=_fields("listen-failed", address=where, error=why),
+            )
+            return False
+        url = f"http://{format_host(host)}:{port}"
+        log.info(
+            "metrics on %s/metrics (also /healthz, /readyz)",
+            url,
+            extra=_fields("metrics", address=url),
+        )
+        return True
+
+    async def _start_admin(self, server: Server) -> bool:
+        path = self.settings.admin.socket
+        if not path:
+            return True
+        self.admin = admin = AdminServer(server, path)
+        try:
+            await admin.start()
+        except AdminError as exc:
+            self.admin = None
+            log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
+            return False
+        log.info("admin socket %s (mode 0600)", path, extra=_fields("admin", address=path))
+        return True
+
+    async def _stop_side_doors(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.admin is not None:
+            await self.admin.close()
+
+    def stop(self) -> None:
+        """Drain and exit, as SIGTERM does."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def _warn_open_auth(self) -> None:
+        if self.settings.auth.mode != "open":
+            return
+        remote = [str(a) for a in self.prepared.listens if not a.is_loopback]
+        if remote:
+            log.warning(
+                "listening on %s with auth mode open: only loopback clients are admitted, "
+                "every remote client will be refused (use --auth token-file or mutual-tls)",
+                ", ".join(remote),
+                extra=_fields("open-auth-remote", addresses=remote),
+            )
+
+    # ----------------------------------------------------------------- reload
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration again and apply what can change live.
+
+        Log level and format, limits, the token file (read again even if its name did
+        not change), the channels app's policies and access rules, and the TLS
+        certificate and key take effect now; open sessions keep their transports. Any
+        other change is reported as waiting for a restart. If anything in the new
+        configuration is wrong, nothing is applied and an ERROR says what.
+        """
+        self.notifier.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notifier.ready(self._status())
+
+    def _reload(self) -> None:
+        try:
+            loaded = self.load_again()
+            prepared = prepare(loaded.settings)
+            certificate = self._reload_certificate(loaded.settings.tls)
+        except ValueError as exc:
+            log.error(
+                "SIGHUP: configuration not reloaded, the old settings stay in force: %s",
+                exc,
+                extra=_fields("reload-failed", error=str(exc)),
+            )
+            return
+        old, new = self.settings, loaded.settings
+        changed = config.changed(old, new)
+        restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
+        live = [name for name in changed if name not in restart]
+        effective = _keep(new, old, restart)
+        self.settings = effective
+        server = self.server
+        if server is not None:
+            server.config = dataclasses.replace(
+                server_config(effective, prepared.auth),
+                remembered_ended=server.config.remembered_ended,
+                close_grace=server.config.close_grace,
+            )
+        reconfigure = getattr(self.app, "reconfigure", None)
+        if reconfigure is not None and any(name.startswith("channels.") for name in live):
+            reconfigure(effective.channels)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        done = []
+        if certificate is not None:
+            done.append(f"TLS certificate {certificate}")
+        if isinstance(prepared.auth, TokenFileAuthenticator):
+            done.append(
+                f"token file {prepared.auth.path} ({len(prepared.auth.entries)} identities)"
+            )
+        shown = [f"{name}={_text(config.value(new, name))}" for name in live]
+        done.append(f"changed: {', '.join(shown)}" if shown else "no live setting changed")
+        waiting = f"; needs a restart: {', '.join(restart)}" if restart else ""
+        log.info(
+            "SIGHUP: reloaded %s%s",
+            "; ".join(done),
+            waiting,
+            extra=_fields("reloaded", changed=live, restart=restart),
+        )
+        if "server.log_level" in live or "server.log_format" in live:  # after the line above,
+            # so that a level raised to WARNING still shows what the reload did
+            configure_logging(effective.server.log_format, effective.server.log_level)
+
+    def _reload_certificate(self, tls: TlsSection) -> str | None:
+        """Load the (possibly renamed) certificate and key into the live context."""
+        setup = self.prepared.tls
+        if setup is None:
+            return None
+        reloader = setup.reloader
+        before = reloader.cert_file, reloader.key_file
+        reloader.cert_file, reloader.key_file = Path(tls.cert), Path(tls.key)
+        try:
+            return describe(reloader.reload())
+        except ValueError:
+            reloader.cert_file, reloader.key_file = before
+            raise
+
+
+def _keep(new: Settings, old: Settings, names: list[str]) -> Settings:
+    """*new*, with the settings in *names* (those needing a restart) as in *old*."""
+    sections: dict[str, Any] = {}
+    for name in names:
+        section, _, key = name.partition(".")
+        sections.setdefault(section, {})[key] = config.value(old, name)
+    replaced = {
+        section: dataclasses.replace(getattr(new, section), **values)
+        for section, values in sections.items()
+    }
+    return dataclasses.replace(new, **replaced)
+
+
+def _text(value: Any) -> str:
+    return config.toml_value(value)

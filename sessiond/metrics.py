@@ -1,0 +1,267 @@
+"""``--metrics HOST:PORT``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` over HTTP.
+
+Nothing is counted per message for this. :class:`Collector` builds every metric
+when it is scraped, from the server's event counters (:mod:`sessiond.stats`) and
+its live state: sessions by state, transports, replay and inbox bytes, and the
+messages each way (the live sessions' sequence numbers plus those of ended
+sessions). The HTTP side is a small asyncio server on the daemon's own loop, so a
+scrape reads that state between two callbacks, never while it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector as CollectorBase
+
+from .server import Server
+
+log = logging.getLogger("sessiond")
+
+REQUEST_LIMIT = 8192  # bytes of request line and headers
+MAX_CLIENTS = 32  # concurrent HTTP connections; more are closed at once
+REQUEST_TIMEOUT = 10.0
+
+
+class Source(Protocol):
+    """What the metrics read: the running daemon."""
+
+    @property
+    def server(self) -> Server | None: ...
+
+    @property
+    def app(self) -> Any: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why): listening and not draining."""
+        ...
+
+
+class Collector(CollectorBase):
+    """Every ``sessiond_*`` metric, built at scrape time."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        server = source.server
+        ready, _ = source.readiness()
+        yield _gauge("sessiond_draining", "1 while draining after SIGTERM", int(source.draining))
+        yield _gauge("sessiond_ready", "1 when listening and not draining (/readyz)", int(ready))
+        if server is None:
+            return
+        stats = server.stats
+        states: dict[str, int] = {"attached": 0, "detached": 0}
+        replay = inbox = sent = received = 0
+        for entry in server.sessions.values():
+            core = entry.core
+            state = core.state.value
+            states[state] = states.get(state, 0) + 1
+            kept, waiting = core.buffered_bytes
+            replay += kept
+            inbox += waiting
+            out, _, got, _ = core.sequence_numbers
+            sent += out
+            received += got
+        sessions = GaugeMetricFamily(
+            "sessiond_sessions", "live sessions by state", labels=["state"]
+        )
+        for state, count in sorted(states.items()):
+            sessions.add_metric([state], count)
+        yield sessions
+        yield _gauge("sessiond_max_sessions", "the max_sessions limit", server.config.max_sessions)
+        handshaking = sum(1 for p in server.protocols if p.entry is None and not p.closed)
+        yield _gauge("sessiond_transports", "open transports", len(server.protocols))
+        yield _gauge(
+            "sessiond_transports_handshaking", "open transports without a session yet", handshaking
+        )
+        events = stats.events
+        resumed = events.get("resumed", 0) + events.get("taken over", 0)
+        handshakes = CounterMetricFamily(
+            "sessiond_handshakes",
+            "HELLOs answered: a new session, a resumed one, or refused",
+            labels=["result"],
+        )
+        handshakes.add_metric(["new"], events.get("created", 0))
+        handshakes.add_metric(["resumed"], resumed)
+        handshakes.add_metric(["refused"], sum(stats.refused.values()))
+        yield handshakes
+        yield _counter_by(
+            "sessiond_refusals",
+            "transports closed before carrying a session, by close code (NONE: the client "
+            "left during the handshake)",
+            "code",
+            stats.refused,
+        )
+        histogram = stats.resume_seconds
+        yield HistogramMetricFamily(
+            "sessiond_resume_duration_seconds",
+            "from accepting a transport (after its TLS handshake) to resuming a session on it",
+            buckets=histogram.cumulative(),
+            sum_value=histogram.total,
+        )
+        yield _counter(
+            "sessiond_takeovers",
+            "resumes that took a session over from a live transport",
+            events.get("taken over", 0),
+        )
+        yield _counter(
+            "sessiond_expiries", "sessions that expired detached", events.get("expired", 0)
+        )
+        yield _counter(
+            "sessiond_detaches", "transports lost under a session", events.get("detached", 0)
+        )
+        yield _counter_by("sessiond_sessions_ended", "sessions ended, by code", "code", stats.ended)
+        messages = CounterMetricFamily(
+            "sessiond_messages", "session messages, in (from clients) and out", labels=["direction"]
+        )
+        messages.add_metric(["in"], stats.ended_messages_in + received)
+        messages.add_metric(["out"], stats.ended_messages_out + sent)
+        yield messages
+        wire = CounterMetricFamily(
+            "sessiond_transport_bytes",
+            "bytes read from and written to transports",
+            labels=["direction"],
+        )
+        wire.add_metric(["in"], stats.bytes_in)
+        wire.add_metric(["out"], stats.bytes_out)
+        yield wire
+        yield _gauge(
+            "sessiond_replay_bytes", "payload bytes kept for replay (unacknowledged)", replay
+        )
+        yield _gauge(
+            "sessiond_inbox_bytes", "payload bytes received, not yet taken by handlers", inbox
+        )
+        yield _counter(
+            "sessiond_tls_accepted", "connections accepted on tls:// listeners", stats.tls_accepted
+        )
+        yield _counter("sessiond_tls_handshakes", "TLS handshakes completed", stats.tls_handshakes)
+        broker = getattr(source.app, "broker", None)
+        channels = getattr(broker, "stats", None)
+        if channels is not None:
+            yield _gauge(
+                "sessiond_channels_subscriptions",
+                "channel subscriptions held",
+                channels.subscriptions,
+            )
+            yield _counter(
+                "sessiond_channels_deliveries",
+                "published messages queued for subscribers",
+                channels.deliveries,
+            )
+            yield _counter(
+                "sessiond_channels_drops",
+                "messages dropped by drop-oldest policies (as gaps)",
+                channels.drops,
+            )
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _counter_by(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
+def registry(source: Source) -> CollectorRegistry:
+    """A registry of the daemon's metrics and the process's (CPU, memory, file descriptors)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(Collector(source))
+    ProcessCollector(registry=reg)
+    return reg
+
+
+class MetricsServer:
+    """The HTTP listener: ``GET /metrics``, ``/healthz`` (alive), ``/readyz`` (ready)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.registry = registry(source)
+        self.listener: asyncio.Server | None = None
+        self._clients = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; the (host, port) bound (port 0 picks a free one)."""
+        self.listener = await asyncio.start_server(self._serve, host, port, limit=REQUEST_LIMIT)
+        bound = self.listener.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            with contextlib.suppress(Exception):
+                await self.listener.wait_closed()
+
+    def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for one request."""
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET\n"
+        path = target.split("?", 1)[0]
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            ready, why = self.source.readiness()
+            return (200 if ready else 503), "text/plain", why.encode() + b"\n"
+        return 404, "text/plain", b"try /metrics, /healthz or /readyz\n"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients += 1
+        try:
+            if self._clients > MAX_CLIENTS:
+                return
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = (await reader.readline()).decode("latin-1").split()
+                for _ in range(100):  # headers: read and ignored
+                    if (await reader.readline()).strip() in (b"", b"\r\n"):
+                        break
+            if len(request) != 3 or not request[2].startswith("HTTP/"):
+                status, kind, body = 400, "text/plain", b"bad request\n"
+            else:
+                status, kind, body = self.respond(request[0], request[1])
+            head = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+                f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (b"" if request[:1] == ["HEAD"] else body))
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # a slow, oversized or vanished request: just close
+        finally:
+            self._clients -= 1
+            writer.close()
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}

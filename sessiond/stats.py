@@ -1,0 +1,78 @@
+"""What the server counts as it runs: plain integers, read at scrape time by
+:mod:`sessiond.metrics`.
+
+Only events are counted here (a session created, resumed or ended, a transport
+refused, a read or a write), never a message: message counts come from the
+sessions' own sequence numbers when metrics are scraped, so the per-message path
+pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+#: Upper bounds (seconds) of the resume-duration histogram's buckets.
+RESUME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Histogram:
+    """Counts per bucket and a sum, as Prometheus histograms report them."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count of observations <= le)`` for each bound and ``+Inf``."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class Stats:
+    """Counters of one :class:`~sessiond.server.Server`."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "ended",
+        "ended_messages_in",
+        "ended_messages_out",
+        "events",
+        "refused",
+        "resume_seconds",
+        "tls_accepted",
+        "tls_handshakes",
+    )
+
+    def __init__(self) -> None:
+        self.bytes_in = 0  # read from transports
+        self.bytes_out = 0  # written to transports
+        self.events: dict[str, int] = {}  # lifecycle event (created, resumed, ...) -> count
+        self.ended: dict[str, int] = {}  # close code of ended sessions -> count
+        self.refused: dict[str, int] = {}  # transports that never carried a session, by code
+        self.tls_accepted = 0  # TCP connections accepted on TLS listeners
+        self.tls_handshakes = 0  # of those, TLS handshakes completed
+        self.ended_messages_in = 0  # messages received by sessions that have ended
+        self.ended_messages_out = 0  # messages sent by sessions that have ended
+        self.resume_seconds = Histogram(RESUME_BUCKETS)
+
+    def event(self, what: str) -> None:
+        self.events[what] = self.events.get(what, 0) + 1
+
+    def session_ended(self, code: str, sent: int, received: int) -> None:
+        self.ended[code] = self.ended.get(code, 0) + 1
+        self.ended_messages_out += sent
+        self.ended_messages_in += received
+
+    def refusal(self, code: str) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1

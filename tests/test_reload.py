@@ -1,0 +1,156 @@
+"""SIGHUP reloads a running ``sessiond serve`` and never kills it: sessions stay attached,
+live settings apply at once, others are reported as needing a restart, and a bad new
+configuration leaves the old one in force with an ERROR naming the problem."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sessiond_client
+from sessiond_client import Channels, CloseCode, ReconnectPolicy, SessionLost
+from sessiond_client.envelopes import ChannelError
+
+from tests.daemonproc import DaemonProcess
+
+TIMEOUT = 30.0
+ONCE = ReconnectPolicy(max_attempts=1)
+
+
+def token_line(identity: str, token: str) -> str:
+    return f"{identity} {hashlib.sha256(token.encode()).hexdigest()}\n"
+
+
+def write_config(path: Path, tokens: Path, **server: object) -> None:
+    lines = ["[server]", "listen = ['tcp://127.0.0.1:0']", "app = 'echo'"]
+    lines += [f"{key} = {value!r}" for key, value in server.items()]
+    lines += ["[auth]", "mode = 'token-file'", f"token_file = '{tokens}'"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(token_line("alice", "tok-alice"))
+    conf = tmp_path / "sessiond.toml"
+    write_config(conf, tokens, max_sessions=100)
+    yield conf, tokens
+
+
+async def echo(session: sessiond_client.Session, payload: bytes) -> None:
+    await session.send(payload, timeout=TIMEOUT)
+    assert await asyncio.wait_for(session.recv(), TIMEOUT) == payload
+
+
+async def refused(url: str, token: str) -> CloseCode:
+    with pytest.raises(SessionLost) as lost:
+        await asyncio.wait_for(
+            sessiond_client.connect(url, credentials=token, policy=ONCE), TIMEOUT
+        )
+    return lost.value.reason
+
+
+async def test_sighup_reloads_limits_token_file_and_log_level_with_sessions_attached(
+    tmp_path: Path, files: tuple[Path, Path]
+) -> None:
+    conf, tokens = files
+    daemon = DaemonProcess("--config", str(conf), log_file=tmp_path / "daemon.log")
+    sessions: list[sessiond_client.Session] = []
+    try:
+        url = daemon.url()
+        for _ in range(3):
+            sessions.append(await sessiond_client.connect(url, credentials="tok-alice"))
+        for session in sessions:
+            await echo(session, b"before")
+        assert await refused(url, "tok-bob") is CloseCode.AUTH_FAILED
+
+        # Live: log level, max_sessions, a new identity. Restart: the protocol window.
+        tokens.write_text(token_line("alice", "tok-alice") + token_line("bob", "tok-bob"))
+        write_config(conf, tokens, max_sessions=4, log_level="warning")
+        conf.write_text(conf.read_text() + "[protocol]\nwindow_messages = 64\n")
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*SIGHUP: reloaded.*")).group(0)
+        assert "token file" in line and "(2 identities)" in line, line
+        assert "server.max_sessions=4" in line and 'server.log_level="WARNING"' in line, line
+        assert "needs a restart: protocol.window_messages" in line, line
+        for session in sessions:  # attached across the reload
+            await echo(session, b"after")
+        bob = await sessiond_client.connect(url, credentials="tok-bob")  # the 4th session
+        await echo(bob, b"bob")
+        assert await refused(url, "tok-alice") is CloseCode.LIMIT_EXCEEDED  # the 5th
+        await daemon.until(r"WARNING sessiond: refused .* max_sessions \(4\) reached")
+        assert " created " not in daemon.log.split("SIGHUP: reloaded")[1]  # INFO: now off
+
+        # A bad file: nothing changes, one ERROR names the setting and the file.
+        conf.write_text(conf.read_text().replace("max_sessions = 4", "max_sessions = 0"))
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*ERROR.*SIGHUP: configuration not reloaded.*")).group(0)
+        assert f"server.max_sessions = 0 (from file {conf})" in line, line
+        # A bad token file: the same; the old identities still get in.
+        write_config(conf, tokens, max_sessions=10)
+        tokens.write_text("bob not-a-digest\n")
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*SIGHUP: configuration not reloaded.*", count=2)).group(0)
+        assert f"token file {tokens}, line 1" in line, line
+        assert await refused(url, "tok-alice") is CloseCode.LIMIT_EXCEEDED  # still 4
+        await bob.close()
+        extra = await sessiond_client.connect(url, credentials="tok-alice")  # bob's place
+        await echo(extra, b"old token file still in force")
+        await extra.close()
+
+        for session in sessions:
+            await echo(session, b"still attached")
+            await session.close()
+        assert daemon.stop() == 0
+    finally:
+        for session in sessions:
+            await session.close()
+        daemon.close()
+    assert "Traceback" not in daemon.log
+
+
+async def test_sighup_without_a_config_file_or_tls_does_not_kill(tmp_path: Path) -> None:
+    daemon = DaemonProcess(
+        "--listen", "127.0.0.1:0", "--app", "echo", log_file=tmp_path / "daemon.log"
+    )
+    try:
+        session = await sessiond_client.connect(daemon.url())
+        await echo(session, b"before")
+        for count in (1, 2):
+            daemon.signal(signal.SIGHUP)
+            await daemon.until("SIGHUP: reloaded no live setting changed", count=count)
+        await echo(session, b"after")
+        await session.close()
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+async def test_sighup_applies_new_channel_access_rules(tmp_path: Path) -> None:
+    conf = tmp_path / "sessiond.toml"
+    base = "[server]\nlisten = ['127.0.0.1:0']\n[channels]\n"
+    conf.write_text(base + "acl = ['* subscribe news/#']\n")
+    daemon = DaemonProcess("--config", str(conf), log_file=tmp_path / "daemon.log")
+    try:
+        url = daemon.url()
+        async with (
+            await sessiond_client.connect(url) as reader_session,
+            await sessiond_client.connect(url) as writer_session,
+        ):
+            reader, writer = Channels(reader_session), Channels(writer_session)
+            await reader.subscribe("news/#", timeout=TIMEOUT)
+            with pytest.raises(ChannelError, match="may not publish"):
+                await writer.publish("news/today", b"no", timeout=TIMEOUT)
+            conf.write_text(base + "acl = ['* subscribe news/#', '* publish news/#']\n")
+            daemon.signal(signal.SIGHUP)
+            await daemon.until("SIGHUP: reloaded .*channels.acl")
+            await writer.publish("news/today", b"yes", timeout=TIMEOUT)  # same session
+            event = await asyncio.wait_for(reader.recv(), TIMEOUT)
+            assert getattr(event, "payload", None) == b"yes", event
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
