@@ -124,3 +124,41 @@ async def test_sigterm_restart_under_load_loses_nothing(redis_server: RedisServe
                 proc.wait()
     assert second is not None
     assert "recovered" in output(second)
+
+
+async def test_kill_9_mid_stream_recovers_without_a_gap(redis_server: RedisServer) -> None:
+    port = free_port()
+    first = daemon(port, redis_server.url)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_listening(port, first)
+        session = await sessiond_client.connect(
+            f"tcp://127.0.0.1:{port}", policy=ReconnectPolicy(base=0.05, cap=0.5)
+        )
+        sid = session.id
+        total = 600
+        received: list[bytes] = []
+
+        async def read() -> None:
+            while len(received) < total:
+                received.append(await session.recv())
+
+        reader = asyncio.create_task(read())
+        for n in range(total):
+            await session.send(b"%d" % n)
+            if n == total // 3:
+                while len(received) < total // 4:
+                    await asyncio.sleep(0.01)
+                first.kill()  # SIGKILL: no drain, no release; its lease must run out
+                first.wait()
+                second = daemon(port, redis_server.url)
+        async with asyncio.timeout(60):
+            await reader
+        assert received == [b"%d" % n for n in range(total)]  # no gap, no duplicate
+        assert session.id == sid  # resumed once the dead owner's lease ran out
+        await session.close()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
