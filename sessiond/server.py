@@ -457,6 +457,8 @@ class Server:
         if isinstance(event, SessionEnded):
             sent, _, received, _ = entry.core.sequence_numbers
             self.stats.session_ended(event.code.name, sent, received)
+        elif isinstance(event, SessionStarted) and event.replaces is not None:
+            self.stats.resume_failed_as(event.replaces.name)
 
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
         self.stats.event(what)
