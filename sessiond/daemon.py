@@ -29,6 +29,8 @@ from .metrics import MetricsServer
 from .server import Server, ServerConfig
 from .systemd import Notifier
 from .tls import CertificateReloader, describe, server_context
+from .workers import WorkerLink
+from .workers import check as check_workers
 
 log = logging.getLogger("sessiond")
 
@@ -100,6 +102,7 @@ def prepare(settings: Settings) -> Prepared:
     """Check *settings* as far as possible without listening (app importable, TLS files
     and token file readable and valid); ``ValueError`` names what is wrong."""
     listens = [parse_listen(value) for value in settings.server.listen]
+    check_workers(settings)
     load_app(settings.server.app, settings)
     tls = tls_setup(settings.tls, listens)
     return Prepared(listens, tls, authenticator(settings))
@@ -113,10 +116,17 @@ class Daemon:
     """One ``sessiond serve`` process: its server, signals and reloads.
 
     *load_again* reads the configuration again the way start-up did (file, environment,
-    flags): SIGHUP calls it.
+    flags): SIGHUP calls it. A worker of ``--workers`` has its *worker* link to the
+    supervisor (sessiond/workers.py).
     """
 
-    def __init__(self, loaded: Loaded, prepared: Prepared, load_again: Callable[[], Loaded]):
+    def __init__(
+        self,
+        loaded: Loaded,
+        prepared: Prepared,
+        load_again: Callable[[], Loaded],
+        worker: WorkerLink | None = None,
+    ):
         self.settings = loaded.settings
         self.prepared = prepared
         self.load_again = load_again
@@ -127,6 +137,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.admin: AdminServer | None = None
         self.notifier = Notifier()
+        self.worker = worker
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
 
@@ -142,6 +153,8 @@ class Daemon:
         hangup = getattr(signal, "SIGHUP", None)
         if hangup is not None:
             loop.add_signal_handler(hangup, self.reload)
+        if self.worker is not None:
+            self.worker.watch(loop, stop.set)
         self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
         if not await self._start_metrics() or not await self._start_admin(server):
             await server.close()
@@ -151,7 +164,9 @@ class Daemon:
         for address in self.prepared.listens:
             context = tls.context if address.scheme == "tls" and tls is not None else None
             try:
-                listener = await server.listen(address.host, address.port, ssl=context)
+                listener = await server.listen(
+                    address.host, address.port, ssl=context, reuse_port=self.worker is not None
+                )
             except OSError as exc:
                 why = exc.strerror or str(exc)
                 log.error(
@@ -175,6 +190,8 @@ class Daemon:
                 )
         self.listening = True
         self.notifier.ready(self._status())
+        if self.worker is not None:
+            self.worker.ready()
         self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:

@@ -135,8 +135,11 @@ class Server:
 
     # ------------------------------------------------------------- listening
 
-    async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
-        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
+    async def listen(
+        self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
+    ) -> asyncio.Server:
+        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext); with
+        *reuse_port*, beside other processes on the same port (sessiond/workers.py)."""
         # A TLS transport reaches ServerProtocol only once its handshake is done, so
         # the TLS handshake needs its own timeout (asyncio's default is 60 s).
         timeout = self.config.params.handshake_timeout if ssl is not None else None
@@ -146,6 +149,7 @@ class Server:
             port,
             ssl=ssl,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             ssl_handshake_timeout=timeout,
             backlog=LISTEN_BACKLOG,
         )
