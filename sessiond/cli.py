@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics (Prometheus), /healthz and /readyz over HTTP here (default off)",
     )
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where sessions live: memory (default), redis://HOST:PORT/DB, rediss://... or "
+        "unix:///path/redis.sock (sessions then survive restarts and move between processes)",
+    )
+    serve.add_argument(
         "--admin-socket",
         metavar="PATH",
         help="unix socket (mode 0600) for sessiond sessions list/end (default off)",

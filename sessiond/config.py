@@ -32,6 +32,7 @@ from .addresses import parse_listen
 from .budgets import Limits
 from .channels.config import ChannelsConfig
 from .schema import Spec, setting, spec_of
+from .store.urls import parse_store_url
 
 ENV_PREFIX = "SESSIOND_"
 #: ``SESSIOND_*`` variables that are not settings.
@@ -186,6 +187,35 @@ class AdminSection:
     )
 
 
+def _store_url(value: str) -> None:
+    parse_store_url(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    """``[store]``: where sessions live (README, "The session store")."""
+
+    url: str = setting(
+        "memory",
+        doc="memory (this process only), redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
+        "unix:///path/redis.sock (sessions survive restarts and move between processes)",
+        check=_store_url,
+        check_doc="memory or a redis://, rediss:// or unix:// URL",
+    )
+    key_prefix: str = setting(
+        "sessiond:",
+        doc="prefix of every Redis key and channel (one daemon cluster per prefix)",
+        check=_not_empty,
+    )
+    lease_ttl: float = setting(
+        3.0,
+        doc="a process's lease in Redis: its sessions are claimable this long after it dies",
+        low=0.5,
+        high=60.0,
+        unit="s",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon is configured with."""
@@ -195,6 +225,7 @@ class Settings:
     auth: AuthSection = field(default_factory=AuthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    store: StoreSection = field(default_factory=StoreSection)
     protocol: Params = field(default_factory=Params)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     limits: Limits = field(default_factory=Limits)
@@ -206,6 +237,7 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSection,
     "metrics": MetricsSection,
     "admin": AdminSection,
+    "store": StoreSection,
     "protocol": Params,
     "channels": ChannelsConfig,
     "limits": Limits,
@@ -281,6 +313,7 @@ FLAGS = {
     "metrics.listen": "--metrics",
     "admin.socket": "--admin-socket",
     "server.workers": "--workers",
+    "store.url": "--store",
 }
 
 

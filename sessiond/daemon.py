@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config
 from .addresses import ListenAddress, format_host, parse_listen
@@ -27,10 +27,14 @@ from .config import Loaded, Settings, TlsSection
 from .logs import configure as configure_logging
 from .metrics import MetricsServer
 from .server import Server, ServerConfig
+from .store import StoreError, parse_store_url
 from .systemd import Notifier
 from .tls import CertificateReloader, describe, server_context
 from .workers import WorkerLink
 from .workers import check as check_workers
+
+if TYPE_CHECKING:
+    from .store.redisstore import RedisStore
 
 log = logging.getLogger("sessiond")
 
@@ -108,6 +112,30 @@ def prepare(settings: Settings) -> Prepared:
     return Prepared(listens, tls, authenticator(settings))
 
 
+async def open_store(settings: Settings) -> RedisStore | None:
+    """The started session store ``[store] url`` names (None: memory);
+    :class:`StoreError` saying why it cannot be used."""
+    url = parse_store_url(settings.store.url)
+    if not url.shared:
+        return None
+    try:
+        from .store.redisstore import RedisStore  # noqa: PLC0415 - an optional dependency
+    except ImportError:
+        raise StoreError(
+            f"--store {url.url} needs the redis extra: pip install 'sessiond[redis]'"
+        ) from None
+    store = RedisStore(url.url, settings.store.key_prefix, lease_ttl=settings.store.lease_ttl)
+    await store.start()
+    log.info(
+        "session store %s (node %s, key prefix %s)",
+        url.url,
+        store.node,
+        settings.store.key_prefix,
+        extra=_fields("store", url=url.url, node=store.node),
+    )
+    return store
+
+
 def _fields(event: str, **more: Any) -> dict[str, Any]:
     return {"fields": {"event": event, **more}}
 
@@ -155,7 +183,14 @@ class Daemon:
             loop.add_signal_handler(hangup, self.reload)
         if self.worker is not None:
             self.worker.watch(loop, stop.set)
-        self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
+        try:
+            store = await open_store(settings)
+        except StoreError as exc:
+            log.error("%s", exc, extra=_fields("store-failed", error=str(exc)))
+            return 1
+        self.server = server = Server(
+            self.app, server_config(settings, self.prepared.auth), store=store
+        )
         if not await self._start_metrics() or not await self._start_admin(server):
             await server.close()
             await self._stop_side_doors()

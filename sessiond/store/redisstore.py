@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from sessiond_client.protocol import CloseCode
 
 from . import keys
-from .errors import Fenced, StoreUnavailable
+from .errors import Fenced, Gone, StoreUnavailable
 from .records import Loaded, Positions, SessionMeta, Terms
 from .streams import StreamLog
 
@@ -32,14 +32,6 @@ log = logging.getLogger("sessiond.store")
 
 #: Entries trimmable (entirely acknowledged) before an XTRIM is queued with an append.
 TRIM_BATCH = 8
-
-
-class Gone(Exception):
-    """The session is not in the store; ``code`` says why (unknown, expired, ended)."""
-
-    def __init__(self, code: CloseCode) -> None:
-        super().__init__(code.name)
-        self.code = code
 
 
 class RedisStore:
@@ -431,6 +423,7 @@ class RedisStore:
             keys.PREVIOUS: meta.previous_digest or b"",
             keys.RETIRED: keys.join_digests(meta.retired),
             keys.CONFIRMED: b"1" if meta.confirmed else b"",
+            keys.SALT: meta.rotation_salt or b"",
             keys.TERMS: keys.pack(meta.terms.to_list()),
             keys.DATA: keys.pack(meta.data),
         }
@@ -468,6 +461,7 @@ def _decode(
         confirmed=bool(fields.get(b"cf")),
         terms=Terms.from_list(keys.unpack(fields[b"t"])),
         data=keys.unpack(fields[b"data"]),
+        rotation_salt=fields.get(b"rs") or None,
     )
     next_seq, acked, consumed = 1, 0, 0
     payloads: dict[int, bytes] = {}
