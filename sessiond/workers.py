@@ -61,8 +61,7 @@ def check(settings: Settings) -> None:
     count = settings.server.workers
     if count == 1:
         return
-    store = getattr(getattr(settings, "store", None), "url", "memory")
-    if store == "memory":
+    if settings.store.url == "memory":
         raise ValueError(
             f"server.workers = {count} (--workers) needs a shared store: set store.url "
             "(--store redis://HOST:PORT/DB); the memory store keeps sessions inside one "
