@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -341,3 +342,46 @@ async def test_workers_drain_when_the_supervisor_is_killed(
         for pid in pids.values():  # only those not seen gone
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_sighup_whose_new_worker_cannot_start_keeps_the_old_ones(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    port = free_port()
+    file = tmp_path / "sessiond.toml"
+    file.write_text('[server]\napp = "echo"\n')
+    proc = DaemonProcess(
+        "--workers", "2", "--listen", f"127.0.0.1:{port}", "--store", redis_server.url,
+        "--config", str(file),
+        log_file=tmp_path / "sup.log",
+        env=clean_environment(SESSIOND_STORE_LEASE_TTL=str(LEASE_TTL)),
+    )  # fmt: skip
+    try:
+        pids = await supervising(proc)
+        file.write_text('[server]\napp = "no_such_module_here:app"\n')
+        proc.signal(signal.SIGHUP)
+        await proc.until(r"SIGHUP: new worker 0 pid=\d+ did not start; replacement stopped")
+        streams = Streams(f"tcp://127.0.0.1:{port}", count=4, total=20)
+        await streams.open()
+        await streams.finish()
+        assert all(not exited(pid) for pid in pids.values())
+        assert "every worker replaced" not in proc.log
+        assert proc.stop() == 0
+    finally:
+        proc.close()
+
+
+async def test_workers_that_cannot_listen_stop_the_supervisor(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with socket.socket() as taken:  # no SO_REUSEPORT: nobody else may bind the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = supervisor(tmp_path, redis_server, port, "sup")
+        try:
+            assert await asyncio.to_thread(proc.proc.wait, 120) == 1
+            assert re.search(r"worker \d pid=\d+ did not start: stopping", proc.log), proc.log
+            assert "cannot listen on" in proc.log
+        finally:
+            proc.close()
