@@ -125,6 +125,12 @@ class Durability:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer = server.loop.create_task(self._write_forever())
+        self._failed = False  # the last commit failed (cleared by the next success)
+
+    @property
+    def accepting(self) -> bool:
+        """False while the store is unavailable: HELLOs are refused (typed, retryable)."""
+        return self.store.healthy and not self._failed
 
     # ------------------------------------------------------------- hot path
 
@@ -182,16 +188,20 @@ class Durability:
             for operation in before:
                 await operation()
             await self.store.commit()
+            self._failed = False
         except StoreError as exc:
+            self._failed = True
             log.error("session store write failed: %s; dropping the batch's sessions", exc)
             for entry, protocol, _ in staged:
-                self._drop(entry, CloseCode.GOING_AWAY)
-                protocol.abort_unwritten()
+                if protocol.entry is entry:
+                    self._drop(entry, CloseCode.GOING_AWAY)
+                else:
+                    protocol.abort_unwritten()  # a transport taken over this batch
             return
         for entry, protocol, data in staged:
             stored = self._stored.get(entry)
             if stored is not None and stored.fenced:
-                protocol.abort_unwritten()
+                continue  # dropped: its CLOSE is written, its unstored output never
             else:
                 try:
                     protocol.write_out(data)
@@ -340,10 +350,15 @@ class Durability:
             stored.fenced = True
         self.store.forget(entry.core.id or b"")
         protocol = entry.protocol
-        if protocol is not None and protocol.conn is not None:
-            protocol.conn.close(self.server.loop.time(), code, "session moved")
-            protocol.abort_unwritten()
+        conn = protocol.conn if protocol is not None else None
         self.server.let_go(entry)
+        if protocol is not None and conn is not None and not conn.closed:
+            conn.data_to_send()  # not stored: never written
+            conn.close(self.server.loop.time(), code, "session moved", STORE_RETRY_AFTER)
+            try:
+                protocol.write_out(conn.data_to_send())  # the CLOSE frame only
+            except OSError:
+                protocol.abort_unwritten()
 
     def _lease_lost(self) -> None:
         for entry in list(self.server.sessions.values()):

@@ -290,6 +290,11 @@ class Server:
         now = self.loop.time()
         existing: _Entry | None = None
         missing = CloseCode.UNKNOWN_SESSION
+        if self.durable is not None and not self.durable.accepting:
+            # Nothing could be stored: no new session, no resume (protocol.md §12:
+            # GOING_AWAY is retried after retry_after, the session is kept).
+            conn.reject(now, CloseCode.GOING_AWAY, "session store unavailable", 1.0)
+            return
         if hello.resume is not None:
             existing = self.sessions.find(hello.resume.session_id)
             if existing is None and self.durable is not None and gone is None:
@@ -456,6 +461,8 @@ class Server:
         if isinstance(event, SessionEnded):
             sent, _, received, _ = entry.core.sequence_numbers
             self.stats.session_ended(event.code.name, sent, received)
+        elif isinstance(event, SessionStarted) and event.replaces is not None:
+            self.stats.resume_failed_as(event.replaces.name)
 
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
         self.stats.event(what)

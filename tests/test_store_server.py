@@ -17,7 +17,7 @@ from sessiond.store.redisstore import RedisStore
 
 from .coreclient import CoreClient
 from .faultproxy import FaultProxy
-from .redisserver import RedisServer
+from .redisserver import RedisServer, proxied
 
 Start = Callable[[], Awaitable[Server]]
 
@@ -46,8 +46,8 @@ class Echo:
 async def start(redis_server: RedisServer) -> AsyncIterator[Callable[[Echo], Awaitable[Server]]]:
     async with AsyncExitStack() as stack:
 
-        async def make(app: Echo) -> Server:
-            store = RedisStore(redis_server.url, "t:")
+        async def make(app: Echo, url: str | None = None, **options: float) -> Server:
+            store = RedisStore(url or redis_server.url, "t:", **options)  # type: ignore[arg-type]
             await store.start()
             server = await stack.enter_async_context(
                 sessiond.serve(app, "127.0.0.1", 0, store=store)
@@ -173,3 +173,36 @@ async def _ended_in_store(server: Server, sid: bytes) -> bool:
     assert server.durable is not None
     exists = await server.durable.store.client.hexists(f"t:{{{sid.hex()}}}:m", "x")
     return bool(exists)
+
+
+async def test_a_node_cut_off_from_redis_detaches_and_another_takes_over(
+    start: Callable[..., Awaitable[Server]], redis_server: RedisServer
+) -> None:
+    app = Echo()
+    async with proxied(redis_server) as proxy:
+        host, proxy_port = proxy.address
+        a = await start(
+            app, f"redis://{host}:{proxy_port}/0", lease_ttl=1.0, renew_every=0.2, timeout=0.3
+        )
+        b = await start(app)
+        client = CoreClient("127.0.0.1", port(a))
+        assert await client.connect()
+        await exchange(client, 0, 20)
+        proxy.blackhole(later=True)
+        # A cannot renew its lease: it lets every session go before the lease runs out
+        # (the client is told GOING_AWAY) and refuses new ones with the same typed code.
+        await client.run_until(lambda: not client.attached, 10.0)
+        assert client.conn is not None and client.conn.close_code is CloseCode.GOING_AWAY
+        newcomer = CoreClient("127.0.0.1", port(a))
+        assert not await newcomer.connect()
+        assert newcomer.conn is not None and newcomer.conn.close_code is CloseCode.GOING_AWAY
+        # B resumes the session once A's lease is gone (until then it says "retry").
+        client.port = port(b)
+        async with asyncio.timeout(20):
+            while not await client.connect(10.0):
+                assert client.conn is not None
+                assert client.conn.close_code is CloseCode.GOING_AWAY
+                await asyncio.sleep(0.2)
+        await exchange(client, 20, 20)
+        assert client.received == expected(40)
+        await client.close()

@@ -101,6 +101,7 @@ class RedisStore:
         self._asked: dict[bytes, str] = {}  # session -> node that asked for its release
         self._lease_renewed = 0.0
         self._lease_lost = False
+        self._renew_failed = False
         self._scripts: dict[str, Any] = {}
 
     # ------------------------------------------------------------- lifecycle
@@ -165,8 +166,15 @@ class RedisStore:
             await asyncio.sleep(self.renew_every)
             try:
                 await asyncio.wait_for(self._renew(), self.renew_every)
+                self._renew_failed = False
+                if self._lease_lost:
+                    # Every session was dropped when the lease was lost; others may
+                    # have claimed them since. This process can take new ones again.
+                    log.warning("session store: reachable again, lease taken anew")
+                    self._lease_lost = False
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("session store: lease renewal failed: %s", exc)
+                self._renew_failed = True
+                log.warning("session store: lease renewal failed: %s", exc or type(exc).__name__)
             # Give up one renewal period before the lease runs out: sessions this
             # process can no longer write must be detached while it still owns them.
             if (
@@ -180,6 +188,11 @@ class RedisStore:
     @property
     def lease_lost(self) -> bool:
         return self._lease_lost
+
+    @property
+    def healthy(self) -> bool:
+        """False while the lease cannot be renewed (Redis unreachable or too slow)."""
+        return not self._renew_failed and not self._lease_lost
 
     async def owner_alive(self, node: str) -> bool:
         """True while *node* holds its lease."""
