@@ -154,8 +154,11 @@ class Server:
 
     # ------------------------------------------------------------- listening
 
-    async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
-        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
+    async def listen(
+        self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
+    ) -> asyncio.Server:
+        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext); with
+        *reuse_port*, beside other processes on the same port (sessiond/workers.py)."""
         # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
         # (loop.start_tls), so the transport counts against its address's limit from
         # accept, not only once its handshake is done.
@@ -165,7 +168,12 @@ class Server:
         else:
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         listener = await self.loop.create_server(
-            factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            factory,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=LISTEN_BACKLOG,
         )
         self.listeners.append(listener)
         return listener
