@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
@@ -27,6 +28,7 @@ from . import keys
 from .errors import Fenced, Gone, StoreUnavailable
 from .records import Loaded, Positions, SessionMeta, Terms
 from .streams import StreamLog
+from .wire import Wire, WireError
 
 log = logging.getLogger("sessiond.store")
 
@@ -85,6 +87,9 @@ class RedisStore:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
+        #: The hot path's connection: hiredis encoding and parsing (sessiond/store/wire.py)
+        #: where the URL allows, else redis-py on a connection of its own.
+        self._wire = Wire(url, timeout) if Wire.supports(url) else None
         self._leaser = aioredis.Redis.from_url(
             url,
             single_connection_client=True,
@@ -149,6 +154,8 @@ class RedisStore:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
             self._pubsub = None
+        if self._wire is not None:
+            self._wire.close()
         for client in (self.client, self._writer, self._leaser):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -259,15 +266,22 @@ class RedisStore:
             if not commands:
                 return
             self._commands, self._owners = [], []
-            pipe = self._writer.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
             try:
-                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout)
-            except (RedisError, OSError, TimeoutError) as exc:
+                if self._wire is not None:
+                    results = await self._wire.execute(commands)
+                else:
+                    pipe = self._writer.pipeline(transaction=False)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    results = await asyncio.wait_for(
+                        pipe.execute(raise_on_error=False), self.timeout
+                    )
+            except (RedisError, OSError, TimeoutError, WireError) as exc:
                 raise StoreUnavailable(f"session store: {exc}") from None
             for sid, result in zip(owners, results, strict=True):
-                if sid is not None and (result is None or isinstance(result, Exception)):
+                if sid is not None and (
+                    result is None or isinstance(result, Exception | hiredis.ReplyError)
+                ):
                     self._logs.pop(sid, None)
                     self.on_fenced(sid)
 
