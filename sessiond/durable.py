@@ -47,6 +47,8 @@ log = logging.getLogger("sessiond.store")
 
 #: How long a resume waits for a live owner to release the session.
 RELEASE_TIMEOUT = 2.0
+#: How often the TTL of attached sessions' keys is renewed (seconds).
+REFRESH_EVERY = 10.0
 #: retry_after given to a client refused because the store is unavailable.
 STORE_RETRY_AFTER = 1.0
 
@@ -125,6 +127,8 @@ class Durability:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer = server.loop.create_task(self._write_forever())
+        self._refresher = server.loop.create_task(self._refresh_forever())
+        self.refresh_every = REFRESH_EVERY
         self._failed = False  # the last commit failed (cleared by the next success)
 
     @property
@@ -181,13 +185,16 @@ class Durability:
             self._idle.set()
 
     async def _write_batch(self) -> None:
+        # Everything of this moment goes in this batch: a new session's creation (in
+        # before) always precedes its first append (NOMKSTREAM would refuse it).
         staged, self._staged = self._staged, []
         before, self._before = self._before, []
         after, self._after = self._after, []
+        appends = self.store.take()
         try:
             for operation in before:
                 await operation()
-            await self.store.commit()
+            await self.store.commit(appends)
             self._failed = False
         except StoreError as exc:
             self._failed = True
@@ -220,6 +227,26 @@ class Durability:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
 
+    def attached_ttl(self, entry: _Entry) -> float:
+        """An attached session's keys expire this long after its owner stops renewing
+        them (a crash): its lifetime once the lease is gone, as if it had detached."""
+        snap_lifetime = entry.core.server_snapshot().lifetime
+        return snap_lifetime + self.store.lease_ttl + 2 * self.refresh_every
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_every)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Renew the TTL of every attached session this process holds (with the next
+        commit: one pipelined round trip)."""
+        for entry, stored in self._stored.items():
+            if entry.protocol is not None and not stored.fenced:
+                self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
+        if self.store.pending:
+            self._kick()
+
     # ------------------------------------------------------- session events
 
     def created(self, entry: _Entry) -> None:
@@ -227,16 +254,18 @@ class Durability:
         self._stored[entry] = _Stored(1, 0, 0)
         meta = to_meta(entry)
         self._before.append(lambda: self.store.create(meta))
+        self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
         self._kick()
 
     def resumed(self, entry: _Entry) -> None:
         """A resume rotated the credential: stored before the WELCOME carrying it leaves;
-        an attached session has no TTL."""
+        the keys get an attached session's TTL (renewed by :meth:`refresh`)."""
         stored = self._stored.get(entry)
         if stored is None:
             return
         meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
-        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=0))
+        ttl = self.attached_ttl(entry)
+        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=ttl))
         self._kick()
 
     def detached(self, entry: _Entry) -> None:
@@ -383,5 +412,6 @@ class Durability:
 
     async def close(self) -> None:
         self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        self._refresher.cancel()
+        await asyncio.gather(self._writer, self._refresher, return_exceptions=True)
         await self.store.close()

@@ -206,3 +206,31 @@ async def test_a_node_cut_off_from_redis_detaches_and_another_takes_over(
         await exchange(client, 20, 20)
         assert client.received == expected(40)
         await client.close()
+
+
+async def test_an_attached_sessions_keys_expire_if_its_owner_dies(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a = await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    sid = client.session.id
+    assert sid is not None and a.durable is not None
+    redis = a.durable.store.client
+    meta, stream = f"t:{{{sid.hex()}}}:m", f"t:{{{sid.hex()}}}:o"
+    # Renewed by the owner while it lives; after a crash, gone a lifetime later.
+    entry = a.sessions.find(sid)
+    assert entry is not None
+    limit = a.durable.attached_ttl(entry) * 1000
+    async with asyncio.timeout(10):
+        while not 0 < await redis.pttl(meta) <= limit:
+            await asyncio.sleep(0.02)
+    await redis.pexpire(meta, 10**9)
+    a.durable.refresh()
+    async with asyncio.timeout(10):
+        while not 0 < await redis.pttl(meta) <= limit:
+            await asyncio.sleep(0.02)
+    assert 0 < await redis.pttl(stream) <= limit
+    await client.close()

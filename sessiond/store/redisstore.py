@@ -16,6 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -34,6 +35,14 @@ log = logging.getLogger("sessiond.store")
 
 #: Entries trimmable (entirely acknowledged) before an XTRIM is queued with an append.
 TRIM_BATCH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Commands taken for one commit, and per command the session it writes (or None)."""
+
+    commands: list[tuple[Any, ...]]
+    owners: list[bytes | None]
 
 
 class RedisStore:
@@ -248,13 +257,28 @@ class RedisStore:
             self._commands.append(("XTRIM", key, "MINID", minid))
             self._owners.append(None)
 
+    def refresh(self, sid: bytes, ttl: float) -> None:
+        """Queue a TTL of *ttl* seconds on the session's keys (with the next commit): an
+        attached session's keys outlive a crash of its owner by its lifetime, no more."""
+        ms = int(ttl * 1000)
+        self._commands.append(("PEXPIRE", keys.meta_key(self.prefix, sid), ms))
+        self._commands.append(("PEXPIRE", keys.stream_key(self.prefix, sid), ms))
+        self._owners += [None, None]
+
     @property
     def pending(self) -> bool:
         """True when appends are waiting for a :meth:`commit`."""
         return bool(self._commands)
 
-    async def commit(self) -> None:
-        """Send everything appended so far in one pipelined round trip.
+    def take(self) -> Batch:
+        """Everything appended so far, for :meth:`commit` (a caller that must do other
+        writes first takes the batch at the moment it takes its other work)."""
+        batch = Batch(self._commands, self._owners)
+        self._commands, self._owners = [], []
+        return batch
+
+    async def commit(self, batch: Batch | None = None) -> None:
+        """Send *batch* (default: everything appended so far) in one pipelined round trip.
 
         Returns once it is stored. A session whose entry Redis refused (fenced
         out, or its keys expired) is reported to :attr:`on_fenced`. Raises
@@ -262,10 +286,11 @@ class RedisStore:
         applied is then unknown: treat the batch's sessions as lost here).
         """
         async with self._commit_lock:
-            commands, owners = self._commands, self._owners
+            if batch is None:
+                batch = self.take()
+            commands, owners = batch.commands, batch.owners
             if not commands:
                 return
-            self._commands, self._owners = [], []
             try:
                 if self._wire is not None:
                     results = await self._wire.execute(commands)
