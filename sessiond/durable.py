@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sessiond_client.protocol import CloseCode, Connection, ConnectionState, ServerSnapshot
 from sessiond_client.protocol import Session as CoreSession
+from sessiond_client.protocol.credentials import digest, matches
 
 from .store import (
     Fenced,
@@ -51,6 +52,14 @@ RELEASE_TIMEOUT = 2.0
 REFRESH_EVERY = 10.0
 #: retry_after given to a client refused because the store is unavailable.
 STORE_RETRY_AFTER = 1.0
+
+
+class Forged(Exception):
+    """A resume presented a credential the stored session never had."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        super().__init__("unknown credential")
+        self.loaded = loaded
 
 
 class _Stored:
@@ -298,8 +307,16 @@ class Durability:
     ) -> None:
         """A RESUME of a session this process does not hold: claim it from the store."""
         server = self.server
+        hello = conn.hello
+        presented = digest(hello.resume.credential) if hello and hello.resume else b""
         try:
-            entry = await self._claim(sid)
+            entry = await self._claim(sid, presented)
+        except Forged as forged:
+            if conn.state is ConnectionState.HELLO_RECEIVED:
+                decoy = CoreSession.restore_server(to_snapshot(forged.loaded), server.config.params)
+                server.answer_hello(protocol, conn, identity, decoy=decoy)
+                protocol.flush()
+            return
         except Gone as gone:
             if conn.state is ConnectionState.HELLO_RECEIVED:
                 server.answer_hello(protocol, conn, identity, gone.code)
@@ -319,9 +336,15 @@ class Durability:
         else:
             self.detached(entry)  # the client left meanwhile: it may come back here
 
-    async def _claim(self, sid: bytes) -> _Entry:
+    async def _claim(self, sid: bytes, presented: bytes) -> _Entry:
         store = self.store
         loaded = await store.load(sid)
+        meta = loaded.meta
+        known = (meta.credential_digest, meta.previous_digest, *meta.retired)
+        if not any(matches(presented, stored) for stored in known):
+            # A credential this session never had: answered by a copy of the session,
+            # without disturbing the owner (a forger must not make the owner let go).
+            raise Forged(loaded)
         if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
             if not await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT):
                 raise TimeoutError(f"owner {loaded.owner} did not release it")
