@@ -112,6 +112,14 @@ class ServerSection:
         unit="s",
         reload=True,
     )
+    workers: int = setting(
+        1,
+        doc="worker processes sharing the listening port (SO_REUSEPORT) under a supervisor "
+        "that restarts crashed ones and replaces them one at a time on SIGHUP; more than 1 "
+        "needs a shared store ([store] url)",
+        low=1,
+        high=256,
+    )
     log_format: str = setting(
         "text",
         doc="log lines as text, or one JSON object per line",
@@ -311,6 +319,7 @@ FLAGS = {
     "auth.token_file": "--token-file",
     "metrics.listen": "--metrics",
     "admin.socket": "--admin-socket",
+    "server.workers": "--workers",
     "store.url": "--store",
 }
 

@@ -30,6 +30,8 @@ from .server import Server, ServerConfig
 from .store import StoreError, parse_store_url
 from .systemd import Notifier
 from .tls import CertificateReloader, describe, server_context
+from .workers import WorkerLink
+from .workers import check as check_workers
 
 if TYPE_CHECKING:
     from .store.redisstore import RedisStore
@@ -104,6 +106,7 @@ def prepare(settings: Settings) -> Prepared:
     """Check *settings* as far as possible without listening (app importable, TLS files
     and token file readable and valid); ``ValueError`` names what is wrong."""
     listens = [parse_listen(value) for value in settings.server.listen]
+    check_workers(settings)
     load_app(settings.server.app, settings)
     tls = tls_setup(settings.tls, listens)
     socket = settings.admin.socket
@@ -144,10 +147,17 @@ class Daemon:
     """One ``sessiond serve`` process: its server, signals and reloads.
 
     *load_again* reads the configuration again the way start-up did (file, environment,
-    flags): SIGHUP calls it.
+    flags): SIGHUP calls it. A worker of ``--workers`` has its *worker* link to the
+    supervisor (sessiond/workers.py).
     """
 
-    def __init__(self, loaded: Loaded, prepared: Prepared, load_again: Callable[[], Loaded]):
+    def __init__(
+        self,
+        loaded: Loaded,
+        prepared: Prepared,
+        load_again: Callable[[], Loaded],
+        worker: WorkerLink | None = None,
+    ):
         self.settings = loaded.settings
         self.prepared = prepared
         self.load_again = load_again
@@ -158,6 +168,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.admin: AdminServer | None = None
         self.notifier = Notifier()
+        self.worker = worker
         #: More conditions for /readyz (a store's reachability, ...): each returns why the
         #: daemon is not ready, or None.
         self.readiness_checks: list[Callable[[], str | None]] = []
@@ -176,6 +187,8 @@ class Daemon:
         hangup = getattr(signal, "SIGHUP", None)
         if hangup is not None:
             loop.add_signal_handler(hangup, self.reload)
+        if self.worker is not None:
+            self.worker.watch(loop, stop.set)
         try:
             store = await open_store(settings)
         except StoreError as exc:
@@ -192,7 +205,9 @@ class Daemon:
         for address in self.prepared.listens:
             context = tls.context if address.scheme == "tls" and tls is not None else None
             try:
-                listener = await server.listen(address.host, address.port, ssl=context)
+                listener = await server.listen(
+                    address.host, address.port, ssl=context, reuse_port=self.worker is not None
+                )
             except OSError as exc:
                 why = exc.strerror or str(exc)
                 log.error(
@@ -216,6 +231,8 @@ class Daemon:
                 )
         self.listening = True
         self.notifier.ready(self._status())
+        if self.worker is not None:
+            self.worker.ready()
         self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:
