@@ -336,7 +336,7 @@ def gen_cert_main(args: argparse.Namespace) -> int:
         print(f"a daemon run with --tls-client-ca {ca} accepts them as they are")
     else:
         command = serve_command(files, args.host)
-        url = command[3]
+        url = client_url(args.host)
         print("run the daemon with:")
         print("  " + shlex.join(command))
     if clients:
@@ -360,6 +360,13 @@ def serve_command(files: GeneratedFiles, hosts: Sequence[str]) -> list[str]:
     if files.clients or files.ca_key is not None:
         command += ["--tls-client-ca", str(files.ca), "--auth", "mutual-tls"]
     return command
+
+
+def client_url(hosts: Sequence[str]) -> str:
+    """The URL a client connects to :func:`serve_command`'s listener with: a name the
+    server certificate is for (its address if one was given, else its first name)."""
+    ips = [h.strip("[]") for h in hosts if _is_ip(h)]
+    return f"tls://{format_host(ips[0] if ips else hosts[0])}:7443"
 
 
 def hash_token_main(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sessiond_client.protocol import CloseCode, Connection, ConnectionState, ServerSnapshot
 from sessiond_client.protocol import Session as CoreSession
+from sessiond_client.protocol.credentials import digest, matches
 
 from .store import (
     Fenced,
@@ -47,8 +48,18 @@ log = logging.getLogger("sessiond.store")
 
 #: How long a resume waits for a live owner to release the session.
 RELEASE_TIMEOUT = 2.0
+#: How often the TTL of attached sessions' keys is renewed (seconds).
+REFRESH_EVERY = 10.0
 #: retry_after given to a client refused because the store is unavailable.
 STORE_RETRY_AFTER = 1.0
+
+
+class Forged(Exception):
+    """A resume presented a credential the stored session never had."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        super().__init__("unknown credential")
+        self.loaded = loaded
 
 
 class _Stored:
@@ -125,6 +136,8 @@ class Durability:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer = server.loop.create_task(self._write_forever())
+        self._refresher = server.loop.create_task(self._refresh_forever())
+        self.refresh_every = REFRESH_EVERY
         self._failed = False  # the last commit failed (cleared by the next success)
 
     @property
@@ -181,13 +194,16 @@ class Durability:
             self._idle.set()
 
     async def _write_batch(self) -> None:
+        # Everything of this moment goes in this batch: a new session's creation (in
+        # before) always precedes its first append (NOMKSTREAM would refuse it).
         staged, self._staged = self._staged, []
         before, self._before = self._before, []
         after, self._after = self._after, []
+        appends = self.store.take()
         try:
             for operation in before:
                 await operation()
-            await self.store.commit()
+            await self.store.commit(appends)
             self._failed = False
         except StoreError as exc:
             self._failed = True
@@ -220,6 +236,26 @@ class Durability:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
 
+    def attached_ttl(self, entry: _Entry) -> float:
+        """An attached session's keys expire this long after its owner stops renewing
+        them (a crash): its lifetime once the lease is gone, as if it had detached."""
+        snap_lifetime = entry.core.server_snapshot().lifetime
+        return snap_lifetime + self.store.lease_ttl + 2 * self.refresh_every
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_every)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Renew the TTL of every attached session this process holds (with the next
+        commit: one pipelined round trip)."""
+        for entry, stored in self._stored.items():
+            if entry.protocol is not None and not stored.fenced:
+                self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
+        if self.store.pending:
+            self._kick()
+
     # ------------------------------------------------------- session events
 
     def created(self, entry: _Entry) -> None:
@@ -227,16 +263,18 @@ class Durability:
         self._stored[entry] = _Stored(1, 0, 0)
         meta = to_meta(entry)
         self._before.append(lambda: self.store.create(meta))
+        self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
         self._kick()
 
     def resumed(self, entry: _Entry) -> None:
         """A resume rotated the credential: stored before the WELCOME carrying it leaves;
-        an attached session has no TTL."""
+        the keys get an attached session's TTL (renewed by :meth:`refresh`)."""
         stored = self._stored.get(entry)
         if stored is None:
             return
         meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
-        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=0))
+        ttl = self.attached_ttl(entry)
+        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=ttl))
         self._kick()
 
     def detached(self, entry: _Entry) -> None:
@@ -269,8 +307,16 @@ class Durability:
     ) -> None:
         """A RESUME of a session this process does not hold: claim it from the store."""
         server = self.server
+        hello = conn.hello
+        presented = digest(hello.resume.credential) if hello and hello.resume else b""
         try:
-            entry = await self._claim(sid)
+            entry = await self._claim(sid, presented)
+        except Forged as forged:
+            if conn.state is ConnectionState.HELLO_RECEIVED:
+                decoy = CoreSession.restore_server(to_snapshot(forged.loaded), server.config.params)
+                server.answer_hello(protocol, conn, identity, decoy=decoy)
+                protocol.flush()
+            return
         except Gone as gone:
             if conn.state is ConnectionState.HELLO_RECEIVED:
                 server.answer_hello(protocol, conn, identity, gone.code)
@@ -290,9 +336,15 @@ class Durability:
         else:
             self.detached(entry)  # the client left meanwhile: it may come back here
 
-    async def _claim(self, sid: bytes) -> _Entry:
+    async def _claim(self, sid: bytes, presented: bytes) -> _Entry:
         store = self.store
         loaded = await store.load(sid)
+        meta = loaded.meta
+        known = (meta.credential_digest, meta.previous_digest, *meta.retired)
+        if not any(matches(presented, stored) for stored in known):
+            # A credential this session never had: answered by a copy of the session,
+            # without disturbing the owner (a forger must not make the owner let go).
+            raise Forged(loaded)
         if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
             if not await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT):
                 raise TimeoutError(f"owner {loaded.owner} did not release it")
@@ -383,5 +435,6 @@ class Durability:
 
     async def close(self) -> None:
         self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        self._refresher.cancel()
+        await asyncio.gather(self._writer, self._refresher, return_exceptions=True)
         await self.store.close()

@@ -206,3 +206,75 @@ async def test_a_node_cut_off_from_redis_detaches_and_another_takes_over(
         await exchange(client, 20, 20)
         assert client.received == expected(40)
         await client.close()
+
+
+async def test_an_attached_sessions_keys_expire_if_its_owner_dies(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a = await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    sid = client.session.id
+    assert sid is not None and a.durable is not None
+    redis = a.durable.store.client
+    meta, stream = f"t:{{{sid.hex()}}}:m", f"t:{{{sid.hex()}}}:o"
+    # Renewed by the owner while it lives; after a crash, gone a lifetime later.
+    entry = a.sessions.find(sid)
+    assert entry is not None
+    limit = a.durable.attached_ttl(entry) * 1000
+    async with asyncio.timeout(10):
+        while not 0 < await redis.pttl(meta) <= limit:
+            await asyncio.sleep(0.02)
+    await redis.pexpire(meta, 10**9)
+    a.durable.refresh()
+    async with asyncio.timeout(10):
+        while not 0 < await redis.pttl(meta) <= limit:
+            await asyncio.sleep(0.02)
+    assert 0 < await redis.pttl(stream) <= limit
+    await client.close()
+
+
+async def test_a_stolen_credential_across_servers_ends_the_session(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    await client.kill()
+    thief = client.clone()  # a copy of the credential, taken before it rotates
+    client.port = port(b)
+    assert await client.connect(10.0)  # resumed at B: the credential rotated
+    await exchange(client, 3, 3)
+    # The copy comes back at A: a rotated-out credential is theft (protocol.md §10).
+    thief.port = port(a)
+    await thief.connect(10.0)
+    lost = [e for e in thief.events if isinstance(e, SessionLostEvent)]
+    assert lost and lost[0].reason is CloseCode.CREDENTIAL_REUSED
+    await client.run_until(lambda: not client.attached, 10.0)
+    assert client.conn is not None
+    assert client.conn.close_code in (CloseCode.TAKEN_OVER, CloseCode.CREDENTIAL_REUSED)
+    await thief.close()
+
+
+async def test_a_wrong_credential_at_another_server_does_not_disturb_the_owner(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    forger = CoreClient("127.0.0.1", port(b))
+    forger.session.id = client.session.id
+    forger.session._credential = bytes(32)
+    await forger.connect(10.0)
+    lost = [e for e in forger.events if isinstance(e, SessionLostEvent)]
+    assert lost and lost[0].reason is CloseCode.CREDENTIAL_INVALID
+    assert client.attached
+    await exchange(client, 3, 3)
+    assert client.received == expected(6)
+    await client.close()
