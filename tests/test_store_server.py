@@ -89,6 +89,7 @@ async def test_resume_on_another_server_after_a_transport_loss(
         while app.moved < 1:
             await asyncio.sleep(0.01)
     assert app.recovered == [False, True]
+    assert sum(a.stats.store_seconds.counts) > 0  # commits are timed (metrics)
     sid = client.session.id
     assert sid is not None
     assert b.sessions.find(sid) is not None
@@ -193,6 +194,7 @@ async def test_a_node_cut_off_from_redis_detaches_and_another_takes_over(
         # (the client is told GOING_AWAY) and refuses new ones with the same typed code.
         await client.run_until(lambda: not client.attached, 10.0)
         assert client.conn is not None and client.conn.close_code is CloseCode.GOING_AWAY
+        assert a.stats.store_errors.get("lease") == 1
         newcomer = CoreClient("127.0.0.1", port(a))
         assert not await newcomer.connect()
         assert newcomer.conn is not None and newcomer.conn.close_code is CloseCode.GOING_AWAY
