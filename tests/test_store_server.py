@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sessiond_client.protocol import CloseCode, SessionLostEvent, SessionResumed
 
 import sessiond
@@ -280,3 +282,43 @@ async def test_a_wrong_credential_at_another_server_does_not_disturb_the_owner(
     await exchange(client, 3, 3)
     assert client.received == expected(6)
     await client.close()
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    targets=st.lists(st.sampled_from([0, 1]), min_size=1, max_size=5),
+    per_hop=st.integers(1, 8),
+)
+def test_alternating_resume_targets_keep_exactly_once(
+    redis_server: RedisServer, targets: list[int], per_hop: int
+) -> None:
+    async def scenario() -> None:
+        app = Echo()
+        async with AsyncExitStack() as stack:
+            servers = []
+            for _ in range(2):
+                store = RedisStore(redis_server.url, "h:")
+                await store.start()
+                servers.append(
+                    await stack.enter_async_context(
+                        sessiond.serve(app, "127.0.0.1", 0, store=store)
+                    )
+                )
+            client = CoreClient("127.0.0.1", port(servers[0]))
+            assert await client.connect()
+            sent = 0
+            for target in targets:
+                await exchange(client, sent, per_hop)
+                sent += per_hop
+                await client.kill()
+                client.port = port(servers[target])
+                assert await client.connect(10.0)
+            await exchange(client, sent, per_hop)
+            assert client.received == expected(sent + per_hop)
+            await client.close()
+
+    asyncio.run(scenario())
