@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -200,12 +201,16 @@ class Durability:
         before, self._before = self._before, []
         after, self._after = self._after, []
         appends = self.store.take()
+        stats = self.server.stats
         try:
             for operation in before:
                 await operation()
+            started = time.perf_counter()
             await self.store.commit(appends)
+            stats.store_seconds.observe(time.perf_counter() - started)
             self._failed = False
         except StoreError as exc:
+            stats.store_error("commit")
             self._failed = True
             log.error("session store write failed: %s; dropping the batch's sessions", exc)
             for entry, protocol, _ in staged:
@@ -323,6 +328,7 @@ class Durability:
                 protocol.flush()
             return
         except (Fenced, StoreUnavailable, TimeoutError) as exc:
+            server.stats.store_error("resume")
             log.warning("resume of %s refused: %s", sid.hex()[:8], exc)
             if conn.state is ConnectionState.HELLO_RECEIVED:
                 conn.reject(
@@ -392,6 +398,7 @@ class Durability:
 
     def _fenced(self, sid: bytes) -> None:
         entry = self.server.sessions.find(sid)
+        self.server.stats.store_error("fenced")
         if entry is not None:
             log.warning("session %s: fenced out by another owner; dropped here", sid.hex()[:8])
             self._drop(entry, CloseCode.TAKEN_OVER)
@@ -413,6 +420,7 @@ class Durability:
                 protocol.abort_unwritten()
 
     def _lease_lost(self) -> None:
+        self.server.stats.store_error("lease")
         for entry in list(self.server.sessions.values()):
             self._drop(entry, CloseCode.GOING_AWAY)
 
