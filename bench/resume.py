@@ -168,6 +168,8 @@ class ResumeEcho(SessionEcho):
                 batch = self.next_batch(now)
                 if batch:
                     self.sent += session.send_many(batch, now)
+                elif self.check_end():
+                    return  # the time bound came as the whole window was back
         except BenchError as exc:
             self.fail(str(exc))
             return
