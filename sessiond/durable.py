@@ -223,11 +223,16 @@ class Durability:
             stored = self._stored.get(entry)
             if stored is not None and stored.fenced:
                 continue  # dropped: its CLOSE is written, its unstored output never
-            else:
-                try:
-                    protocol.write_out(data)
-                except OSError:  # reset meanwhile: connection_lost follows
-                    protocol.abort_unwritten()
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                # Reset meanwhile (connection_lost follows): nothing to write to, and
+                # uvloop would raise RuntimeError on the closed handle, ending the batch
+                # before the other sessions' output and the after-operations.
+                continue
+            try:
+                protocol.write_out(data)
+            except OSError:  # reset meanwhile: connection_lost follows
+                protocol.abort_unwritten()
         for operation in after:
             try:
                 await operation()
