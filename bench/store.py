@@ -30,12 +30,13 @@ import argparse
 import dataclasses
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from . import BenchError
+from . import BenchError, resume
 from .core import POOL, make_pool
 from .harness import (
     Context,
@@ -51,7 +52,7 @@ from .harness import (
     summarise,
 )
 from .loadgen import EchoResult, echo
-from .processes import HOST, bound_by, daemon_argv, free_port
+from .processes import HOST, ServerProcess, bound_by, daemon_argv, free_port
 from .results import Json, markdown_table, spread
 from .summary import Headline, Target, cpu_cell, judged, values_range
 
@@ -197,6 +198,15 @@ def ratios(by_store: Json) -> list[float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--move-cuts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also cut one session N times and resume it each time on the other of two "
+        "daemons on the same Redis while its owner is alive (bench/resume.py's client, "
+        "window 1000); cut -> first message p50/p99 (default 0: not measured)",
+    )
+    parser.add_argument(
         "--sessions",
         metavar="N,N",
         help="sessions per pass, comma-separated (default "
@@ -299,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
         runs = [run for n in sessions for run in measure(n)]
+        moves = move(ctx, args.move_cuts, daemons[REDIS], url) if args.move_cuts > 0 else None
         keys_after = stats.keys()
         entry: Json = {
             "config": {
@@ -322,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
             "other_load_share": other_load([run.echo.others for run in runs]),
             "echo": {str(n): summarise_passes(runs, n) for n in sessions},
             "redis_keys_after": keys_after,
+            "move": moves,
             "markdown": markdown,
         }
         entry["targets"] = [
@@ -330,6 +342,33 @@ def run(args: argparse.Namespace) -> int:
         return entry
 
     return scenario(args, SCENARIO, banner, body)
+
+
+def move(ctx: Context, cuts: int, owner: ServerProcess, url: str) -> Json:
+    """One session of ``bench resume``'s client cut *cuts* times, each resume on the
+    other daemon of the same store while the owner is alive (a takeover, README)."""
+    other = ctx.server("daemon-redis-2", [*daemon_argv(), "--store", url])
+    messages = max(resume.MIN_GAP * (cuts + 1) * 2, 20_000)
+    coroutine = resume.resume_pass(
+        owner.port,
+        make_pool(SIZE),
+        messages,
+        resume.DEFAULT_WINDOW,
+        cuts,
+        resume.TIME_LIMIT,
+        resume.SEED,
+        owner.cpu_seconds,
+        resume_ports=(other.port, owner.port),
+    )
+    result = cast(resume.ResumePass, ctx.run(coroutine))
+    out: Json = result.to_json()
+    first = out["from_cut_us"]["first_message"]
+    print(
+        f"  {SCENARIO} move  {result.cuts} cuts across two daemons, cut -> first message "
+        f"p50 {first.get('p50', 0) / 1e3:.2f} ms p99 {first.get('p99', 0) / 1e3:.2f} ms",
+        file=sys.stderr,
+    )
+    return out
 
 
 # -------------------------------------------------------------------- summary
@@ -426,6 +465,21 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     ]
     lines += [f"- {t['target']}: {t['measured']}, {t['verdict']}" for t in entry.get("targets", [])]
     lines += [""]
+    moves = entry.get("move")
+    if moves:
+        steps = moves["from_cut_us"]
+        lines += [
+            f"Resume on another process: one session (window {moves['window_per_session']:,}) "
+            f"cut {moves['cuts']} times with a reset, each resume on the other of two Redis-store "
+            "daemons while the owner is alive (`bench/resume.py`'s client, every echo checked, "
+            "exactly once). From the cut, µs: "
+            + "; ".join(
+                f"{step} p50 {steps[step]['p50']:,.0f}, p99 {steps[step]['p99']:,.0f}"
+                for step in ("connected", "resumed", "first_message")
+            )
+            + f" ({moves['received']:,} echoes, {moves['lost']} lost).",
+            "",
+        ]
     lines += other_load_note(entry["other_load_share"])
     lines += notes_lines(entry)
     return "\n".join(lines)
