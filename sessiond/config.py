@@ -53,6 +53,11 @@ def _http_address(value: str) -> None:
         parse_listen(value, ("http",))
 
 
+def _socket_path(value: str) -> None:
+    if len(value.encode()) > 107:  # sun_path holds 108 bytes, NUL included
+        raise ValueError("a unix socket path holds at most 107 bytes")
+
+
 def _not_empty(value: str) -> None:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -175,6 +180,8 @@ class AdminSection:
     socket: str = setting(
         "",
         doc="path of a unix socket (mode 0600) for sessiond sessions list/end; empty: off",
+        check=_socket_path,
+        check_doc="empty or a path of at most 107 bytes",
     )
 
 
@@ -488,6 +495,30 @@ def load_with_sources(
             raise ConfigError(f"[{section}]: {exc}") from None
     sources = {name: layers.sources.get(name, "default") for name in names()}
     return Loaded(Settings(**built), sources, layers.warnings)
+
+
+def best_effort(
+    name: str,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Any:
+    """``section.key`` from the highest layer that sets it, ignoring every error; the
+    default if none does. For reporting a configuration error in the format it asked
+    for (``server.log_format``) when the configuration as a whole does not load."""
+    if flags and name in flags:
+        return flags[name]
+    if env and env_name(name) in env:
+        return env[env_name(name)]
+    if file is not None:
+        section, _, key = name.partition(".")
+        try:
+            table = tomllib.loads(file.read_text()).get(section, {})
+            if isinstance(table, dict) and key in table:
+                return table[key]
+        except (OSError, ValueError):
+            pass
+    return default(name)
 
 
 def load(

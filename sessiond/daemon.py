@@ -102,6 +102,9 @@ def prepare(settings: Settings) -> Prepared:
     listens = [parse_listen(value) for value in settings.server.listen]
     load_app(settings.server.app, settings)
     tls = tls_setup(settings.tls, listens)
+    socket = settings.admin.socket
+    if socket and not Path(socket).parent.is_dir():
+        raise ValueError(f"admin.socket {socket}: no directory {Path(socket).parent}")
     return Prepared(listens, tls, authenticator(settings))
 
 
@@ -127,6 +130,9 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.admin: AdminServer | None = None
         self.notifier = Notifier()
+        #: More conditions for /readyz (a store's reachability, ...): each returns why the
+        #: daemon is not ready, or None.
+        self.readiness_checks: list[Callable[[], str | None]] = []
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
 
@@ -178,9 +184,18 @@ class Daemon:
         self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:
-            log.info("TLS certificate %s", describe(tls.reloader.certificate))
+            described = describe(tls.reloader.certificate)
+            log.info(
+                "TLS certificate %s",
+                described,
+                extra=_fields("tls-certificate", certificate=described),
+            )
             if tls.client_ca is not None:
-                log.info("TLS client certificates required, CA file %s", tls.client_ca)
+                log.info(
+                    "TLS client certificates required, CA file %s",
+                    tls.client_ca,
+                    extra=_fields("tls-client-ca", file=tls.client_ca),
+                )
         await stop.wait()
         self.draining = True
         self.notifier.stopping("draining")
@@ -201,6 +216,10 @@ class Daemon:
             return False, "draining"
         if not self.listening:
             return False, "starting"
+        for check in self.readiness_checks:
+            why = check()
+            if why is not None:
+                return False, why
         return True, "ready"
 
     async def _start_metrics(self) -> bool:
@@ -283,10 +302,19 @@ class Daemon:
             self.notifier.ready(self._status())
 
     def _reload(self) -> None:
+        old = self.settings
         try:
             loaded = self.load_again()
-            prepared = prepare(loaded.settings)
-            certificate = self._reload_certificate(loaded.settings.tls)
+            new = loaded.settings
+            prepare(new)  # everything the new configuration names is there and valid
+            changed = config.changed(old, new)
+            restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
+            live = [name for name in changed if name not in restart]
+            effective = _keep(new, old, restart)
+            # From what will be in force (e.g. mutual-tls needs the client CA the running
+            # listeners were started with), not merely from the file.
+            auth = authenticator(effective)
+            certificate = self._reload_certificate(effective.tls)  # last: it changes things
         except ValueError as exc:
             log.error(
                 "SIGHUP: configuration not reloaded, the old settings stay in force: %s",
@@ -294,16 +322,11 @@ class Daemon:
                 extra=_fields("reload-failed", error=str(exc)),
             )
             return
-        old, new = self.settings, loaded.settings
-        changed = config.changed(old, new)
-        restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
-        live = [name for name in changed if name not in restart]
-        effective = _keep(new, old, restart)
         self.settings = effective
         server = self.server
         if server is not None:
             server.config = dataclasses.replace(
-                server_config(effective, prepared.auth),
+                server_config(effective, auth),
                 remembered_ended=server.config.remembered_ended,
                 close_grace=server.config.close_grace,
             )
@@ -315,10 +338,8 @@ class Daemon:
         done = []
         if certificate is not None:
             done.append(f"TLS certificate {certificate}")
-        if isinstance(prepared.auth, TokenFileAuthenticator):
-            done.append(
-                f"token file {prepared.auth.path} ({len(prepared.auth.entries)} identities)"
-            )
+        if isinstance(auth, TokenFileAuthenticator):
+            done.append(f"token file {auth.path} ({len(auth.entries)} identities)")
         shown = [f"{name}={_text(config.value(new, name))}" for name in live]
         done.append(f"changed: {', '.join(shown)}" if shown else "no live setting changed")
         waiting = f"; needs a restart: {', '.join(restart)}" if restart else ""

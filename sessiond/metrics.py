@@ -33,6 +33,7 @@ log = logging.getLogger("sessiond")
 REQUEST_LIMIT = 8192  # bytes of request line and headers
 MAX_CLIENTS = 32  # concurrent HTTP connections; more are closed at once
 REQUEST_TIMEOUT = 10.0
+SCAN_SLICE = 2000  # sessions scanned per loop iteration during a scrape
 
 
 class Source(Protocol):
@@ -57,6 +58,20 @@ class Collector(CollectorBase):
 
     def __init__(self, source: Source) -> None:
         self.source = source
+        self.scan: Scan | None = None  # the latest, made by refresh(); None: scan in collect
+
+    async def refresh(self) -> None:
+        """Scan the sessions for the next :meth:`collect`, a slice per loop iteration, so
+        that a scrape of a daemon with many sessions never stalls it for long."""
+        server = self.source.server
+        if server is None:
+            return
+        entries = list(server.sessions.values())
+        scan = Scan()
+        for start in range(0, len(entries), SCAN_SLICE):
+            scan.add(entries[start : start + SCAN_SLICE])
+            await asyncio.sleep(0)
+        self.scan = scan
 
     def collect(self) -> Iterator[Metric]:
         source = self.source
@@ -67,18 +82,9 @@ class Collector(CollectorBase):
         if server is None:
             return
         stats = server.stats
-        states: dict[str, int] = {"attached": 0, "detached": 0}
-        replay = inbox = sent = received = 0
-        for entry in server.sessions.values():
-            core = entry.core
-            state = core.state.value
-            states[state] = states.get(state, 0) + 1
-            kept, waiting = core.buffered_bytes
-            replay += kept
-            inbox += waiting
-            out, _, got, _ = core.sequence_numbers
-            sent += out
-            received += got
+        scan = self.scan if self.scan is not None else Scan.of(list(server.sessions.values()))
+        states, replay, inbox = scan.states, scan.replay, scan.inbox
+        sent, received = scan.sent, scan.received
         sessions = GaugeMetricFamily(
             "sessiond_sessions", "live sessions by state", labels=["state"]
         )
@@ -115,6 +121,13 @@ class Collector(CollectorBase):
             "from accepting a transport (after its TLS handshake) to resuming a session on it",
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
+        )
+        yield _counter_by(
+            "sessiond_resume_failures",
+            "resumes answered with a new session instead, by why (UNKNOWN_SESSION, "
+            "SESSION_EXPIRED, ...)",
+            "reason",
+            stats.resume_failed,
         )
         yield _counter(
             "sessiond_takeovers",
@@ -172,6 +185,35 @@ class Collector(CollectorBase):
             )
 
 
+class Scan:
+    """What the live sessions hold: counts by state, buffered bytes, messages each way."""
+
+    __slots__ = ("inbox", "received", "replay", "sent", "states")
+
+    def __init__(self) -> None:
+        self.states: dict[str, int] = {"attached": 0, "detached": 0}
+        self.replay = self.inbox = self.sent = self.received = 0
+
+    @classmethod
+    def of(cls, entries: list[Any]) -> Scan:
+        scan = cls()
+        scan.add(entries)
+        return scan
+
+    def add(self, entries: list[Any]) -> None:
+        states = self.states
+        for entry in entries:
+            core = entry.core
+            state = core.state.value
+            states[state] = states.get(state, 0) + 1
+            kept, waiting = core.buffered_bytes
+            self.replay += kept
+            self.inbox += waiting
+            out, _, got, _ = core.sequence_numbers
+            self.sent += out
+            self.received += got
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
@@ -187,10 +229,10 @@ def _counter_by(name: str, doc: str, label: str, counts: dict[str, int]) -> Coun
     return family
 
 
-def registry(source: Source) -> CollectorRegistry:
+def registry(collector: Collector) -> CollectorRegistry:
     """A registry of the daemon's metrics and the process's (CPU, memory, file descriptors)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(Collector(source))
+    reg.register(collector)
     ProcessCollector(registry=reg)
     return reg
 
@@ -200,7 +242,8 @@ class MetricsServer:
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.registry = registry(source)
+        self.collector = Collector(source)
+        self.registry = registry(self.collector)
         self.listener: asyncio.Server | None = None
         self._clients = 0
 
@@ -243,7 +286,10 @@ class MetricsServer:
             if len(request) != 3 or not request[2].startswith("HTTP/"):
                 status, kind, body = 400, "text/plain", b"bad request\n"
             else:
+                if request[1].split("?", 1)[0] == "/metrics":
+                    await self.collector.refresh()
                 status, kind, body = self.respond(request[0], request[1])
+                self.collector.scan = None  # the next scrape scans again
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                 f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"

@@ -10,12 +10,13 @@ answers HELLOs and runs one handler task per session.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import contextvars
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,9 +34,10 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
-from .budgets import Limits
+from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
 from .logs import lifecycle
+from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
 from .session import Session
 from .stats import Stats
@@ -72,6 +74,7 @@ class _Entry:
         "core",
         "created",
         "dirty",
+        "owner",
         "peer_host",
         "peer_port",
         "protocol",
@@ -94,6 +97,7 @@ class _Entry:
         self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
         self.created = server.loop.time()  # for operators (sessiond sessions list)
+        self.owner = ""  # the address that opened it: its budgets (budgets.py) count it
 
     @property
     def peer(self) -> str:
@@ -120,6 +124,13 @@ class Server:
         self.sessions: Registry[_Entry] = registry or MemoryRegistry(self.config.remembered_ended)
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
+        self.tls_pending = 0  # TLS handshakes in progress (each holds a descriptor)
+        # Accepting fails silently once descriptors run out (uvloop's accept closes the
+        # connection, asyncio's pauses): refuse typed, while some are left.
+        self.transport_limit = _descriptor_limit() - self.config.limits.fd_reserve
+        self.partial_bytes = 0  # held for incomplete frames, all transports
+        self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
+        self.budgets = Budgets(self.config.limits)  # per address and identity
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
@@ -137,24 +148,19 @@ class Server:
 
     async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
         """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
-        # A TLS transport reaches ServerProtocol only once its handshake is done, so
-        # the TLS handshake needs its own timeout (asyncio's default is 60 s).
-        timeout = self.config.params.handshake_timeout if ssl is not None else None
+        # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
+        # (loop.start_tls), so the transport counts against its address's limit from
+        # accept, not only once its handshake is done.
+        factory: Callable[[], asyncio.Protocol]
+        if ssl is None:
+            factory = lambda: ServerProtocol(self)  # noqa: E731
+        else:
+            factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         listener = await self.loop.create_server(
-            self._accept_tls if ssl is not None else lambda: ServerProtocol(self),
-            host,
-            port,
-            ssl=ssl,
-            reuse_address=True,
-            ssl_handshake_timeout=timeout,
-            backlog=LISTEN_BACKLOG,
+            factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
         )
         self.listeners.append(listener)
         return listener
-
-    def _accept_tls(self) -> ServerProtocol:
-        self.stats.tls_accepted += 1  # connection_made counts the completed handshakes
-        return ServerProtocol(self)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -214,6 +220,16 @@ class Server:
         await asyncio.gather(*tasks, return_exceptions=True)
         for listener in self.listeners:
             await listener.wait_closed()
+        self.refusals.close()
+
+    def out_of_descriptors(self, peer: str) -> bool:
+        """True (and logged, rate-limited) when a new transport would eat the reserve
+        of file descriptors (``limits.fd_reserve``)."""
+        if len(self.protocols) + self.tls_pending <= self.transport_limit:
+            return False
+        why = "file descriptors nearly exhausted (limits.fd_reserve)"
+        self.refusals.note("limit", peer, why, logging.WARNING, limit="fd_reserve")
+        return True
 
     # -------------------------------------------------------------- sessions
 
@@ -221,6 +237,14 @@ class Server:
         """Authenticate a HELLO, then answer it (now, or when an async authenticator is done)."""
         hello = conn.hello
         assert hello is not None
+        try:
+            now = self.loop.time()
+            self.budgets.check_auth(protocol.host, now)
+            if hello.resume is not None:
+                self.budgets.check_resume(protocol.host, now)
+        except LimitExceeded as exc:
+            self._limit(protocol, conn, exc)
+            return
         try:
             result = self.config.authenticator(hello.credentials, protocol.peer_info())
         except AuthenticationFailed as exc:
@@ -250,13 +274,15 @@ class Server:
             protocol.flush()
 
     def _refuse(self, protocol: ServerProtocol, conn: Connection, why: str) -> None:
-        log.info(
-            "refused peer=%s: %s",
-            protocol.peer,
-            why,
-            extra={"fields": {"event": "refused", "peer": protocol.peer, "why": why}},
-        )
-        conn.reject(self.loop.time(), CloseCode.AUTH_FAILED, "authentication failed")
+        self.refusals.note("refused", protocol.peer, why)
+        now = self.loop.time()
+        self.budgets.failed_auth(protocol.host, now)
+        conn.reject(now, CloseCode.AUTH_FAILED, "authentication failed")
+        protocol.flush()
+
+    def _limit(self, protocol: ServerProtocol, conn: Connection, exc: LimitExceeded) -> None:
+        self.refusals.note("limit", protocol.peer, exc.reason, logging.WARNING, limit=exc.limit)
+        conn.reject(self.loop.time(), CloseCode.LIMIT_EXCEEDED, exc.reason, exc.retry_after)
         protocol.flush()
 
     def answer_hello(self, protocol: ServerProtocol, conn: Connection, identity: Any) -> None:
@@ -271,19 +297,23 @@ class Server:
             if existing is None:
                 missing = self.sessions.missing_reason(hello.resume.session_id)
         if existing is None and len(self.sessions) >= self.config.max_sessions:
-            log.warning(
-                "refused peer=%s: max_sessions (%d) reached",
-                protocol.peer,
-                self.config.max_sessions,
-                extra={
-                    "fields": {"event": "limit", "limit": "max_sessions", "peer": protocol.peer}
-                },
-            )
+            why = f"max_sessions ({self.config.max_sessions}) reached"
+            self.refusals.note("limit", protocol.peer, why, logging.WARNING, limit="max_sessions")
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
+        if existing is None:  # a new session: within the address's and identity's budgets?
+            try:
+                self.budgets.open(protocol.host, _budget_key(identity), now)
+            except LimitExceeded as exc:
+                self._limit(protocol, conn, exc)
+                return
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
+        if hello.resume is not None and (existing is None or core is not existing.core):
+            self.budgets.failed_resume(protocol.host, now)
+            if existing is not None and core is not None:  # a new session after all
+                self.budgets.open(protocol.host, _budget_key(identity), now, check=False)
         if existing is not None and core is existing.core:
             self.stats.resume_seconds.observe(now - conn.opened_at)
             if previous is not None:
@@ -310,6 +340,7 @@ class Server:
         entry = self.sessions.find(sid)
         if entry is None:
             entry = _Entry(core, self)
+            entry.owner = protocol.host
             self.sessions.create(sid, entry)
         self.sessions.attach(sid)
         entry.protocol = protocol
@@ -325,6 +356,7 @@ class Server:
         that leaves them unread must not keep the loop busy.
         """
         core = entry.core
+        evict: list[bytes] = []
         for event in core.events():
             self._count(entry, event)
             if isinstance(event, SessionStarted):
@@ -337,11 +369,14 @@ class Server:
             elif isinstance(event, SessionResumed):
                 what = "taken over" if entry.taken_over else "resumed"
                 entry.taken_over = False
+                self.budgets.attach(core.id or b"", entry.owner)
                 self._log(entry, what, replayed=event.replayed)
             elif isinstance(event, TransportLost):
                 self._log(entry, "detached", code=event.code)
                 entry.protocol = None
                 self.sessions.detach(core.id or b"", self.loop.time())
+                if core.end_code is None:
+                    evict = self.budgets.detach(core.id or b"", entry.owner, core.held_bytes)
             elif isinstance(event, SessionEnded):
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
@@ -352,9 +387,25 @@ class Server:
             # replies in that same iteration instead of one later (echo latency).
             self.schedule_flush(entry)
         self._arm(entry)
+        for sid in evict:
+            self._evict(sid)
+
+    def _evict(self, sid: bytes) -> None:
+        """End a detached session that its memory budget no longer holds: it expires
+        early, and the returning client learns SESSION_EXPIRED (protocol.md §12.1)."""
+        entry = self.sessions.find(sid)
+        if entry is None or entry.protocol is not None:
+            return
+        why = "detached sessions over their memory budget"
+        self.refusals.note("evicted", entry.peer, why, logging.WARNING, session=sid.hex()[:8])
+        entry.core.close(self.loop.time(), CloseCode.SESSION_EXPIRED, f"evicted: {why}")
+        self.process(entry)
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:
         sid = entry.core.id or b""
+        if entry.owner:
+            self.budgets.close(sid, entry.owner, _budget_key(entry.core.identity))
+            entry.owner = ""
         if self.sessions.find(sid) is entry:
             self.sessions.expire(sid, code)
         self._deadlines.release(entry.slot)
@@ -380,6 +431,8 @@ class Server:
         if isinstance(event, SessionEnded):
             sent, _, received, _ = entry.core.sequence_numbers
             self.stats.session_ended(event.code.name, sent, received)
+        elif isinstance(event, SessionStarted) and event.replaces is not None:
+            self.stats.resume_failed_as(event.replaces.name)
 
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
         self.stats.event(what)
@@ -445,6 +498,10 @@ class ServerProtocol(asyncio.Protocol):
         "_backlog",
         "_closing",
         "_continue_handle",
+        "_fed",
+        "_held",
+        "_partial_boundary",
+        "_partial_timer",
         "_read_paused",
         "_stall_timer",
         "_timer",
@@ -471,6 +528,10 @@ class ServerProtocol(asyncio.Protocol):
         self._backlog = b""  # input read but not yet processed (beyond one slice)
         self._continue_handle: asyncio.Handle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._fed = 0  # bytes received so far (a stream offset)
+        self._held = 0  # of which held for an incomplete frame (counted in server.partial)
+        self._partial_boundary = -1  # where that frame started when its timer was armed
+        self._partial_timer: asyncio.TimerHandle | None = None
 
     @property
     def peer(self) -> str:
@@ -493,9 +554,18 @@ class ServerProtocol(asyncio.Protocol):
             server.stats.tls_handshakes += 1
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
+        if server.out_of_descriptors(self.peer):
+            retry_after = server.config.limits.retry_after
+            self.conn.reject(
+                server.loop.time(), CloseCode.LIMIT_EXCEEDED, "server busy", retry_after
+            )
+            self.flush()
+            return
         if count > server.config.max_transports_per_peer:
-            if count == server.config.max_transports_per_peer + 1:
-                log.warning("peer %s reached max_transports_per_peer", self.host)
+            why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
+            server.refusals.note(
+                "limit", self.peer, why, logging.WARNING, limit="max_transports_per_peer"
+            )
             self.conn.reject(
                 server.loop.time(), CloseCode.LIMIT_EXCEEDED, "too many transports", 5.0
             )
@@ -523,12 +593,56 @@ class ServerProtocol(asyncio.Protocol):
         server = self.server
         server.stats.bytes_in += len(data)
         conn.receive_data(data, server.loop.time())
+        self._fed += len(data)
+        held = conn.buffered_input
+        if held or self._held:
+            self._check_partial(conn, held)
         if self.entry is None and conn.hello is not None and not conn.closed:
             self._cancel_timer()
             server.on_hello(self, conn)
         self.flush()
         if self.entry is not None:
             server.process(self.entry)
+
+    def _check_partial(self, conn: Connection, held: int) -> None:
+        """Bound what an incomplete frame may hold: per transport before the handshake,
+        over all transports, and in time (whatever the heartbeat)."""
+        server = self.server
+        limits = server.config.limits
+        server.partial_bytes += held - self._held
+        self._held = held
+        if not held or conn.closed:
+            return
+        now = server.loop.time()
+        if conn.session is None and held > limits.max_hello_size:
+            why = f"handshake frame above {limits.max_hello_size} bytes"
+            conn.close(now, CloseCode.FRAME_TOO_LARGE, why)
+        elif server.partial_bytes > limits.max_partial_bytes:
+            why = "max_partial_bytes reached"
+            server.refusals.note("limit", self.peer, why, limit="max_partial_bytes")
+            conn.close(now, CloseCode.LIMIT_EXCEEDED, "server busy", limits.retry_after)
+        elif self._partial_timer is None:
+            self._partial_boundary = self._fed - held
+            self._partial_timer = server.loop.call_later(
+                limits.partial_frame_timeout, self._on_partial_timer
+            )
+
+    def _on_partial_timer(self) -> None:
+        """A frame started partial_frame_timeout ago: still the same one? Then the
+        transport is closed (IDLE_TIMEOUT: the session detaches)."""
+        self._partial_timer = None
+        conn = self.conn
+        if conn is None or conn.closed or not self._held:
+            return
+        if self._fed - self._held != self._partial_boundary:  # frames completed since
+            self._check_partial(conn, self._held)  # re-armed for the frame now partial
+            return
+        timeout = self.server.config.limits.partial_frame_timeout
+        why = f"frame not completed within {timeout:.0f} s"
+        conn.close(self.server.loop.time(), CloseCode.IDLE_TIMEOUT, why)
+        self.flush()
+        if self.entry is not None:
+            self.server.process(self.entry)
 
     def _continue_later(self) -> None:
         if self._continue_handle is None and not self._write_paused:
@@ -594,9 +708,8 @@ class ServerProtocol(asyncio.Protocol):
         if conn is None or transport is None or not self._write_paused:
             return
         limits = self.server.config.limits
-        log.info(
-            "closed peer=%s: output not read for %.0f s", self.peer, limits.write_stall_timeout
-        )
+        why = f"output not read for {limits.write_stall_timeout:.0f} s"
+        self.server.refusals.note("limit", self.peer, why, limit="write_stall_timeout")
         conn.close(
             self.server.loop.time(),
             CloseCode.LIMIT_EXCEEDED,
@@ -692,10 +805,12 @@ class ServerProtocol(asyncio.Protocol):
                 server.per_host.pop(self.host, None)
         self._cancel_timer()
         self._backlog = b""
-        for handle in (self._continue_handle, self._stall_timer):
+        for handle in (self._continue_handle, self._stall_timer, self._partial_timer):
             if handle is not None:
                 handle.cancel()
-        self._continue_handle = self._stall_timer = None
+        self._continue_handle = self._stall_timer = self._partial_timer = None
+        server.partial_bytes -= self._held
+        self._held = 0
         conn = self.conn
         if conn is not None:
             code = conn.close_code
@@ -718,6 +833,115 @@ class ServerProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+class TlsAccept(asyncio.Protocol):
+    """A TCP transport of a TLS listener until its TLS handshake is done, then handed to
+    a :class:`ServerProtocol`. It counts against its address's ``max_transports_per_peer``
+    from accept: over the limit it is closed at once (no CLOSE frame can be sent before
+    TLS, and the handshake is the costly part); the handshake has ``handshake_timeout``.
+
+    The loop's own TLS protocol (uvloop's when running on uvloop) is installed here,
+    in ``connection_made``, as ``loop.start_tls`` would: before the first read, which
+    uvloop starts right after ``connection_made`` returns (so a ``start_tls`` from a
+    task could miss the ClientHello).
+    """
+
+    def __init__(self, server: Server, ssl: Any) -> None:
+        self.server = server
+        self.ssl = ssl
+        self.host = ""
+        self.pending = False  # counted in server.tls_pending
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        server = self.server
+        server.stats.tls_accepted += 1  # ServerProtocol.connection_made counts completed ones
+        peer = transport.get_extra_info("peername")
+        self.host = sys.intern(str(peer[0] if isinstance(peer, tuple) else peer))
+        count = server.per_host.get(self.host, 0) + 1
+        server.per_host[self.host] = count
+        if server.out_of_descriptors(self.host):
+            server.stats.refusal(CloseCode.LIMIT_EXCEEDED.name)
+            self._uncount()
+            raw.abort()
+            return
+        if count > server.config.max_transports_per_peer:
+            why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
+            server.refusals.note(
+                "limit", self.host, why, logging.WARNING, limit="max_transports_per_peer"
+            )
+            server.stats.refusal(CloseCode.LIMIT_EXCEEDED.name)
+            self._uncount()
+            raw.abort()
+            return
+        server.tls_pending += 1
+        self.pending = True
+        loop = server.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        protocol = _TlsServerProtocol(server, self)
+        tls = _tls_protocol_class(loop)(
+            loop,
+            protocol,
+            self.ssl,
+            waiter,
+            True,  # server side
+            None,
+            ssl_handshake_timeout=server.config.params.handshake_timeout,
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+        task = loop.create_task(self._handshake(raw, waiter))
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    async def _handshake(self, raw: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
+        """Uncount a transport whose handshake fails (one that succeeds was handed over)."""
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raw.abort()
+            raise
+        except Exception as exc:  # a failed handshake: SSLError, reset, timeout
+            log.debug("TLS handshake with %s failed: %r", self.host, exc)
+            raw.abort()
+        finally:
+            self._uncount()
+
+    def _uncount(self) -> None:
+        if self.pending:
+            self.server.tls_pending -= 1
+            self.pending = False
+        if self.host:
+            left = self.server.per_host.get(self.host, 1) - 1
+            if left:
+                self.server.per_host[self.host] = left
+            else:
+                self.server.per_host.pop(self.host, None)
+            self.host = ""
+
+
+class _TlsServerProtocol(ServerProtocol):
+    """A ServerProtocol whose transport its TlsAccept counted until the handshake ended."""
+
+    __slots__ = ("accept",)
+
+    def __init__(self, server: Server, accept: TlsAccept) -> None:
+        super().__init__(server)
+        self.accept = accept
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accept._uncount()  # counted again just below, in the same call
+        super().connection_made(transport)
+
+
+def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS protocol class ``loop.start_tls`` uses on *loop*."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop  # noqa: PLC0415  (a uvloop loop runs: uvloop is installed)
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    return asyncio.sslproto.SSLProtocol
+
+
 @contextlib.asynccontextmanager
 async def serve(
     handler: Handler,
@@ -738,6 +962,25 @@ async def serve(
         yield server
     finally:
         await server.close()
+
+
+def _descriptor_limit() -> int:
+    """This process's soft limit of open file descriptors (a large number if unknown)."""
+    try:
+        import resource  # noqa: PLC0415  (not on Windows)
+    except ImportError:
+        return 1 << 30
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+
+
+def _budget_key(identity: Any) -> Hashable:
+    """The identity as per-identity budgets count it (None: anonymous or unhashable)."""
+    try:
+        hash(identity)
+    except TypeError:
+        return None
+    return cast(Hashable, identity)
 
 
 def _peer_text(host: str, port: int | None) -> str:

@@ -1,9 +1,10 @@
 """README's guarantees table: every figure is produced by a command named beside it.
 
 Each row's last cell names at least one command in backticks, ``[VAR=value ...]
-python -m pytest ...`` or ``python -m tests.fuzz ...``; this checks that what the
-commands name exists: the test files, a test matching every word of ``-k``, the
-environment variables the test files read, and the options of ``tests/fuzz.py``.
+python -m pytest ...``, ``python -m tests.fuzz ...`` or ``python -m bench.NAME ...``;
+this checks that what the commands name exists: the test files, a test matching every
+word of ``-k``, the environment variables the test files read, the options of
+``tests/fuzz.py`` and the benchmark modules.
 It does not run them (they take minutes); their figures are re-measured by hand when
 the code they describe changes.
 """
@@ -31,7 +32,7 @@ def commands(cell: str) -> list[str]:
     return [
         code
         for code in re.findall(r"`([^`]+)`", cell)
-        if re.match(r"^([A-Z_]+=\S+ )*python -m (pytest|tests\.fuzz)\b", code)
+        if re.match(r"^([A-Z_]+=\S+ )*python -m (pytest|tests\.fuzz|bench\.\w+)\b", code)
     ]
 
 
@@ -72,6 +73,9 @@ def test_every_guarantee_names_commands_that_exist() -> None:
             words = words[len(env) :]
             if words[2] == "pytest":
                 check_pytest(words, env, command)
-            else:
+            elif words[2] == "tests.fuzz":
                 check_fuzz(words, command)
+            else:
+                module = ROOT / (words[2].replace(".", "/") + ".py")
+                assert module.is_file(), f"no module {module}: {command}"
     assert 'os.environ.get("CI")' in (ROOT / "tests" / "conftest.py").read_text()

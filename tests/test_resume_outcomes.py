@@ -22,6 +22,8 @@ from sessiond_client.protocol import (
 )
 from sessiond_client.protocol.frames import Welcome
 
+from .coreclient import CoreClient
+from .test_faults import CLIENT_PARAMS, echo_daemon
 from .test_session import connected, decode, present, resume_hello, stolen, welcome_of
 from .test_spec import SPEC
 
@@ -138,3 +140,20 @@ def test_a_client_accepts_any_reason_from_a_v1_server() -> None:
     assert [e.reason for e in lost] == [CloseCode.NORMAL]
     assert pair.client.state is SessionState.ATTACHED
     assert pair.client.id == b"\x09" * 16
+
+
+async def test_the_daemon_answers_a_resume_of_a_closed_session_with_session_revoked() -> None:
+    """D1 as the second client met it, over a real socket: a copy of a client's state
+    resumes after that client closed the session with CLOSE NORMAL."""
+    async with echo_daemon() as server:
+        host, port = server.addresses[0]
+        client = CoreClient(host, port, CLIENT_PARAMS)
+        assert await client.connect()
+        await client.kill()  # detached: its state can be copied
+        copy = client.clone()
+        assert await client.connect()
+        await client.close()  # CLOSE NORMAL: the session ends for good
+        assert await copy.connect()  # a new session ...
+        lost = [e for e in copy.events if isinstance(e, SessionLostEvent)]
+        assert [e.reason for e in lost] == [CloseCode.SESSION_REVOKED]  # ... saying why
+        await copy.close()

@@ -69,3 +69,24 @@ def test_restored_credential_rotation_and_theft_still_hold() -> None:
 def test_only_a_server_session_has_a_server_snapshot() -> None:
     with pytest.raises(InvalidState):
         Session(Role.CLIENT).server_snapshot()
+
+
+def test_a_restored_unconfirmed_rotation_answers_a_lost_welcome_with_the_same_credential() -> None:
+    """protocol.md §10.3: the rotation salt travels in the snapshot, so a session restored
+    while its current credential is unconfirmed answers the previous one idempotently."""
+    pair = Pair()
+    pair.connect()
+    pair.pump()
+    pair.cut()
+    pair.connect()
+    pair.cut(to_server=1 << 20, to_client=0)  # HELLO arrives, WELCOME is lost
+    sid = pair.client.id
+    assert sid is not None
+    snapshot = pair.server.server_snapshot()
+    assert snapshot.rotation_salt is not None and not snapshot.confirmed
+    pending = snapshot.credential_digest
+    pair.registry.sessions[sid] = restored = Session.restore_server(snapshot, pair.registry.params)
+    pair.connect()  # presents the previous credential again
+    pair.pump()
+    assert any(isinstance(e, SessionResumed) for e in pair.client_events)
+    assert restored._credential_digest == pending  # the same credential, not a new one

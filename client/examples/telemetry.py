@@ -13,6 +13,7 @@ instead, the readings never acknowledged are listed and the exit status is 1.
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
@@ -30,6 +31,8 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--state-file", default=None)
     args = parser.parse_args()
+    # The client's own log (stderr): connects, reconnects and resumes, losses.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     try:
         session = sessiond_client.connect_sync(args.url, state_file=args.state_file)

@@ -247,6 +247,12 @@ class Session:
         return len(self._inbox) if self._inbox is not None else 0
 
     @property
+    def held_bytes(self) -> int:
+        """Payload bytes held: sent and unacknowledged (replay buffer) plus received and
+        not yet taken (inbox)."""
+        return self._unacked_bytes + self._inbox_bytes
+
+    @property
     def unacked_count(self) -> int:
         """Messages sent (or queued while detached) that the peer has not acknowledged."""
         return self._next_seq - 1 - self._acked
@@ -330,6 +336,7 @@ class Session:
             acked=self._acked,
             consumed=self._consumed,
             unacked=tuple(self._replay or ()),
+            rotation_salt=self._rotation_salt,
         )
 
     @classmethod
@@ -346,6 +353,7 @@ class Session:
         session._previous_digest = snapshot.previous_digest
         session._retired = snapshot.retired
         session._confirmed = snapshot.confirmed
+        session._rotation_salt = snapshot.rotation_salt
         session._heartbeat = _shared(snapshot.heartbeat)
         session._idle_timeout = _shared(snapshot.idle_timeout)
         session._lifetime = _shared(snapshot.lifetime)
@@ -985,6 +993,11 @@ class Connection:
             self._out = [frame]
         else:
             out.append(frame)
+
+    @property
+    def buffered_input(self) -> int:
+        """Bytes held for an incomplete frame (at most ``max_frame_size``)."""
+        return self._decoder.buffered
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes from the transport; peer faults close it with their code (never raise)."""

@@ -62,6 +62,10 @@ class ServerSnapshot:
     acked: int
     consumed: int
     unacked: tuple[bytes, ...]
+    #: The salt the current credential was derived with while it is unconfirmed
+    #: (protocol.md §10.3): without it a resume with the previous credential rotates
+    #: again instead of being answered with the same credential (still accepted).
+    rotation_salt: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.acked < self.next_seq or self.consumed < 0:
