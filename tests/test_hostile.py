@@ -45,6 +45,7 @@ from sessiond import config
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
 from sessiond.channels import ChannelsConfig
+from sessiond.channels.outbox import RUN_WEIGHT, Outbox
 from sessiond.channels.subscriptions import Subscriptions
 from sessiond.config import ConfigError
 from sessiond.server import ServerConfig
@@ -535,3 +536,24 @@ async def test_retained_messages_for_a_hash_subscriber_that_reads_nothing_cost_l
         for sock in silent:
             sock.close()
         await shut(publisher, reader)
+
+
+def test_a_retained_run_is_taken_in_order_and_weighs_on_the_control_limit() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        outbox = Outbox(loop, 10, 1000, lambda why: None)
+        outbox.put_control(b"ok")
+        outbox.put_retained([f"c/{n}" for n in range(640)], [b"%d" % n for n in range(640)])
+        assert len(outbox) == 2 and outbox.control == 1 + 1 + 640 // RUN_WEIGHT
+        assert outbox.room_for_control() is None  # 12 < CONTROL_LIMIT
+        outbox.put_retained([f"d/{n}" for n in range(64 * 60)], [b"d"] * (64 * 60))
+        room = outbox.room_for_control()
+        assert room is not None and not room.done()  # the handler stops reading requests
+        taken = [outbox.take() for _ in range(1 + 640)]
+        assert taken[0] == (b"ok", None)
+        assert taken[1:] == [(b"%d" % n, f"c/{n}") for n in range(640)]
+        for _ in range(64 * 60):
+            assert outbox.take() is not None
+        assert room.done() and outbox.control == 0 and outbox.take() is None
+    finally:
+        loop.close()

@@ -19,8 +19,9 @@ Two kinds of entries:
   :attr:`Outbox.control` is at :data:`CONTROL_LIMIT` (see :meth:`room_for_control`).
   The retained messages one subscribe matches are one control entry, a
   :class:`RetainedRun` (two lists of references: 16 bytes per message, where an
-  entry each cost about 80): a ``#`` subscriber that reads nothing holds at most
-  ``channels.max_retained`` x 16 bytes of them (issue 12).
+  entry each cost about 80), weighing one control entry per :data:`RUN_WEIGHT`
+  messages: a session that reads nothing holds at most about CONTROL_LIMIT x
+  RUN_WEIGHT of them queued, plus one run (at most ``channels.max_retained``) (issue 12).
 """
 
 from __future__ import annotations
@@ -34,17 +35,21 @@ from sessiond_client import envelopes
 
 #: Control entries (replies, retained messages) above which the handler stops reading.
 CONTROL_LIMIT = 64
+#: A run of retained messages counts as one control entry per this many messages (and
+#: one more), so runs too keep a session that reads nothing from queueing without bound.
+RUN_WEIGHT = 64
 
 
 class RetainedRun:
     """The retained messages of one subscribe, taken one at a time (a control entry)."""
 
-    __slots__ = ("channels", "envelopes", "next")
+    __slots__ = ("channels", "envelopes", "next", "weight")
 
     def __init__(self, channels: list[str], envelopes: list[bytes]) -> None:
         self.channels = channels
         self.envelopes = envelopes
         self.next = 0
+        self.weight = 1 + len(channels) // RUN_WEIGHT  # in control entries
 
 
 # (payload, channel or None, droppable, counted: a channel entry rather than a control
@@ -121,8 +126,9 @@ class Outbox:
         as one control entry."""
         if self.closed or not channels:
             return
-        self._append(RetainedRun(channels, envelopes))
-        self.control += 1
+        run = RetainedRun(channels, envelopes)
+        self._append(run)
+        self.control += run.weight
 
     def put(self, payload: bytes, channel: str, droppable: bool) -> None:
         """Queue a message or presence event of *channel*; apply the policy if it is full."""
@@ -214,12 +220,14 @@ class Outbox:
             return None
         first = entries[0]
         channel: str | None
+        weight = 1
         if isinstance(first, RetainedRun):
             index = first.next
             first.next = index + 1
             if first.next < len(first.channels):
                 return first.envelopes[index], first.channels[index]
             payload, channel, counted = first.envelopes[index], first.channels[index], False
+            weight = first.weight
             entries.popleft()
         else:
             payload, channel, _, counted = first
@@ -227,7 +235,7 @@ class Outbox:
         if not entries:
             self._entries = None
         if not counted:
-            self.control -= 1
+            self.control -= weight
             waiter = self._room_waiter
             if waiter is not None and not waiter.done() and self.control < CONTROL_LIMIT:
                 waiter.set_result(None)
