@@ -27,7 +27,9 @@ from .admin import request as admin_request
 from .auth import TokenFileAuthenticator
 from .daemon import Daemon, prepare
 from .logs import configure as configure_logging
+from .logs import tag_process
 from .tls import GeneratedFiles, generate, issue_clients
+from .workers import Supervisor, WorkerLink
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 
@@ -79,10 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics (Prometheus), /healthz and /readyz over HTTP here (default off)",
     )
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where sessions live: memory (default), redis://HOST:PORT/DB, rediss://... or "
+        "unix:///path/redis.sock (sessions then survive restarts and move between processes)",
+    )
+    serve.add_argument(
         "--admin-socket",
         metavar="PATH",
         help="unix socket (mode 0600) for sessiond sessions list/end (default off)",
     )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="N worker processes on the same port, supervised (default 1: no supervisor; "
+        "more needs a shared store, README.md 'Several workers')",
+    )
+    # A worker of --workers: its slot and its end of the supervisor's socket pair.
+    serve.add_argument("--worker-link", metavar="SLOT:FD", help=argparse.SUPPRESS)
     tls = serve.add_argument_group("TLS (for tls:// listeners; SIGHUP reloads cert and key)")
     tls.add_argument("--tls-cert", metavar="FILE", help="server certificate chain, PEM")
     tls.add_argument("--tls-key", metavar="FILE", help="server private key, PEM")
@@ -205,8 +221,12 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> config.Lo
     return config.load_with_sources(Path(file) if file else None, env, serve_flags(args))
 
 
-def serve_main(args: argparse.Namespace) -> int:
+def serve_main(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """``sessiond serve``; *argv* (its command line) starts workers of ``--workers``."""
     try:
+        worker = WorkerLink.parse(args.worker_link) if args.worker_link else None
+        if worker is not None:
+            tag_process(worker=worker.slot, pid=os.getpid())
         loaded = load_settings(args, os.environ)
         settings = loaded.settings
         configure_logging(settings.server.log_format, settings.server.log_level)
@@ -219,7 +239,10 @@ def serve_main(args: argparse.Namespace) -> int:
     sys.excepthook = _log_uncaught  # in JSON mode, even a crash is one JSON line
     sys.unraisablehook = _log_unraisable
     logging.captureWarnings(True)
-    daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ))
+    if worker is None and settings.server.workers > 1:
+        supervisor = Supervisor(argv, settings, lambda: load_settings(args, os.environ).settings)
+        return asyncio.run(supervisor.run())
+    daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ), worker)
     if uvloop is not None:
         return uvloop.run(daemon.run())
     return asyncio.run(daemon.run())
@@ -313,7 +336,7 @@ def gen_cert_main(args: argparse.Namespace) -> int:
         print(f"a daemon run with --tls-client-ca {ca} accepts them as they are")
     else:
         command = serve_command(files, args.host)
-        url = command[3]
+        url = client_url(args.host)
         print("run the daemon with:")
         print("  " + shlex.join(command))
     if clients:
@@ -337,6 +360,13 @@ def serve_command(files: GeneratedFiles, hosts: Sequence[str]) -> list[str]:
     if files.clients or files.ca_key is not None:
         command += ["--tls-client-ca", str(files.ca), "--auth", "mutual-tls"]
     return command
+
+
+def client_url(hosts: Sequence[str]) -> str:
+    """The URL a client connects to :func:`serve_command`'s listener with: a name the
+    server certificate is for (its address if one was given, else its first name)."""
+    ips = [h.strip("[]") for h in hosts if _is_ip(h)]
+    return f"tls://{format_host(ips[0] if ips else hosts[0])}:7443"
 
 
 def hash_token_main(args: argparse.Namespace) -> int:
@@ -400,6 +430,7 @@ def sessions_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "gen-cert":
         return gen_cert_main(args)
@@ -409,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_main(args)
     if args.command == "sessions":
         return sessions_main(args)
-    return serve_main(args)
+    return serve_main(args, argv)
 
 
 if __name__ == "__main__":

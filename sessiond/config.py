@@ -32,6 +32,7 @@ from .addresses import parse_listen
 from .budgets import Limits
 from .channels.config import ChannelsConfig
 from .schema import Spec, setting, spec_of
+from .store.urls import parse_store_url
 
 ENV_PREFIX = "SESSIOND_"
 #: ``SESSIOND_*`` variables that are not settings.
@@ -111,6 +112,14 @@ class ServerSection:
         unit="s",
         reload=True,
     )
+    workers: int = setting(
+        1,
+        doc="worker processes sharing the listening port (SO_REUSEPORT) under a supervisor "
+        "that restarts crashed ones and replaces them one at a time on SIGHUP; more than 1 "
+        "needs a shared store ([store] url)",
+        low=1,
+        high=256,
+    )
     log_format: str = setting(
         "text",
         doc="log lines as text, or one JSON object per line",
@@ -185,6 +194,35 @@ class AdminSection:
     )
 
 
+def _store_url(value: str) -> None:
+    parse_store_url(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    """``[store]``: where sessions live (README, "The session store")."""
+
+    url: str = setting(
+        "memory",
+        doc="memory (this process only), redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
+        "unix:///path/redis.sock (sessions survive restarts and move between processes)",
+        check=_store_url,
+        check_doc="memory or a redis://, rediss:// or unix:// URL",
+    )
+    key_prefix: str = setting(
+        "sessiond:",
+        doc="prefix of every Redis key and channel (one daemon cluster per prefix)",
+        check=_not_empty,
+    )
+    lease_ttl: float = setting(
+        3.0,
+        doc="a process's lease in Redis: its sessions are claimable this long after it dies",
+        low=0.5,
+        high=60.0,
+        unit="s",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon is configured with."""
@@ -194,6 +232,7 @@ class Settings:
     auth: AuthSection = field(default_factory=AuthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    store: StoreSection = field(default_factory=StoreSection)
     protocol: Params = field(default_factory=Params)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     limits: Limits = field(default_factory=Limits)
@@ -205,6 +244,7 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSection,
     "metrics": MetricsSection,
     "admin": AdminSection,
+    "store": StoreSection,
     "protocol": Params,
     "channels": ChannelsConfig,
     "limits": Limits,
@@ -279,6 +319,8 @@ FLAGS = {
     "auth.token_file": "--token-file",
     "metrics.listen": "--metrics",
     "admin.socket": "--admin-socket",
+    "server.workers": "--workers",
+    "store.url": "--store",
 }
 
 

@@ -27,6 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as CollectorBase
 
 from .server import Server
+from .stats import Stats
 
 log = logging.getLogger("sessiond")
 
@@ -67,7 +68,7 @@ class Collector(CollectorBase):
         if server is None:
             return
         entries = list(server.sessions.values())
-        scan = Scan()
+        scan = Scan(server.stats)
         for start in range(0, len(entries), SCAN_SLICE):
             scan.add(entries[start : start + SCAN_SLICE])
             await asyncio.sleep(0)
@@ -82,7 +83,10 @@ class Collector(CollectorBase):
         if server is None:
             return
         stats = server.stats
-        scan = self.scan if self.scan is not None else Scan.of(list(server.sessions.values()))
+        scan = self.scan
+        if scan is None:
+            scan = Scan(stats)
+            scan.add(list(server.sessions.values()))
         states, replay, inbox = scan.states, scan.replay, scan.inbox
         sent, received = scan.sent, scan.received
         sessions = GaugeMetricFamily(
@@ -144,8 +148,8 @@ class Collector(CollectorBase):
         messages = CounterMetricFamily(
             "sessiond_messages", "session messages, in (from clients) and out", labels=["direction"]
         )
-        messages.add_metric(["in"], stats.ended_messages_in + received)
-        messages.add_metric(["out"], stats.ended_messages_out + sent)
+        messages.add_metric(["in"], scan.ended_in + received)
+        messages.add_metric(["out"], scan.ended_out + sent)
         yield messages
         wire = CounterMetricFamily(
             "sessiond_transport_bytes",
@@ -186,19 +190,19 @@ class Collector(CollectorBase):
 
 
 class Scan:
-    """What the live sessions hold: counts by state, buffered bytes, messages each way."""
+    """What the live sessions hold: counts by state, buffered bytes, messages each way.
 
-    __slots__ = ("inbox", "received", "replay", "sent", "states")
+    The messages of sessions that had ended are read when the scan starts: a session
+    scanned and then ended before the scan is over is counted once, by the scan, so the
+    ``sessiond_messages`` counter never goes down from one scrape to the next.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("ended_in", "ended_out", "inbox", "received", "replay", "sent", "states")
+
+    def __init__(self, stats: Stats) -> None:
         self.states: dict[str, int] = {"attached": 0, "detached": 0}
         self.replay = self.inbox = self.sent = self.received = 0
-
-    @classmethod
-    def of(cls, entries: list[Any]) -> Scan:
-        scan = cls()
-        scan.add(entries)
-        return scan
+        self.ended_in, self.ended_out = stats.ended_messages_in, stats.ended_messages_out
 
     def add(self, entries: list[Any]) -> None:
         states = self.states

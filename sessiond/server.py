@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sessiond_client.protocol import (
     CloseCode,
@@ -36,12 +36,16 @@ from sessiond_client.protocol import Session as CoreSession
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
+from .durable import Durability
 from .logs import lifecycle
 from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
 from .session import Session
 from .stats import Stats
 from .tls import peer_identity
+
+if TYPE_CHECKING:  # redis is an optional dependency (the [redis] extra)
+    from .store.redisstore import RedisStore
 
 log = logging.getLogger("sessiond")
 #: Connections the kernel queues before accept (asyncio's default is 100): after a
@@ -116,6 +120,7 @@ class Server:
         handler: Handler,
         config: ServerConfig | None = None,
         registry: Registry[_Entry] | None = None,
+        store: RedisStore | None = None,
     ) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
@@ -143,11 +148,17 @@ class Server:
         self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
         #: Event counters for metrics (sessiond.metrics reads them, and live state, on scrape).
         self.stats = Stats()
+        #: With a shared store (started already; the server closes it): write-through of
+        #: every session, resumes of sessions held by other processes (sessiond/durable.py).
+        self.durable = Durability(self, store) if store is not None else None
 
     # ------------------------------------------------------------- listening
 
-    async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
-        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
+    async def listen(
+        self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
+    ) -> asyncio.Server:
+        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext); with
+        *reuse_port*, beside other processes on the same port (sessiond/workers.py)."""
         # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
         # (loop.start_tls), so the transport counts against its address's limit from
         # accept, not only once its handshake is done.
@@ -157,7 +168,12 @@ class Server:
         else:
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         listener = await self.loop.create_server(
-            factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            factory,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=LISTEN_BACKLOG,
         )
         self.listeners.append(listener)
         return listener
@@ -204,9 +220,12 @@ class Server:
         return drained
 
     async def close(self, retry_after: float = 1.0) -> None:
-        """Stop listening and close every transport with GOING_AWAY (sessions are dropped)."""
+        """Stop listening and close every transport with GOING_AWAY (sessions are dropped,
+        or, with a store, released for another process to resume)."""
         for listener in self.listeners:
             listener.close()
+        if self.durable is not None:
+            await self.durable.release_all(retry_after)
         now = self.loop.time()
         for protocol in list(self.protocols):
             if protocol.conn is not None:
@@ -221,6 +240,8 @@ class Server:
         for listener in self.listeners:
             await listener.wait_closed()
         self.refusals.close()
+        if self.durable is not None:
+            await self.durable.close()
 
     def out_of_descriptors(self, peer: str) -> bool:
         """True (and logged, rate-limited) when a new transport would eat the reserve
@@ -285,17 +306,34 @@ class Server:
         conn.reject(self.loop.time(), CloseCode.LIMIT_EXCEEDED, exc.reason, exc.retry_after)
         protocol.flush()
 
-    def answer_hello(self, protocol: ServerProtocol, conn: Connection, identity: Any) -> None:
-        """Resume the session a HELLO names, or open a new one, for *identity*."""
+    def answer_hello(
+        self,
+        protocol: ServerProtocol,
+        conn: Connection,
+        identity: Any,
+        gone: CloseCode | None = None,
+    ) -> None:
+        """Resume the session a HELLO names, or open a new one, for *identity*
+        (*gone*: the store said why the named session cannot be resumed)."""
         hello = conn.hello
         assert hello is not None
         now = self.loop.time()
         existing: _Entry | None = None
         missing = CloseCode.UNKNOWN_SESSION
+        if self.durable is not None and not self.durable.accepting:
+            # Nothing could be stored: no new session, no resume (protocol.md §12:
+            # GOING_AWAY is retried after retry_after, the session is kept).
+            conn.reject(now, CloseCode.GOING_AWAY, "session store unavailable", 1.0)
+            return
         if hello.resume is not None:
             existing = self.sessions.find(hello.resume.session_id)
+            if existing is None and self.durable is not None and gone is None:
+                self._spawn(
+                    self.durable.resume_elsewhere(protocol, conn, identity, hello.resume.session_id)
+                )
+                return
             if existing is None:
-                missing = self.sessions.missing_reason(hello.resume.session_id)
+                missing = gone or self.sessions.missing_reason(hello.resume.session_id)
         if existing is None and len(self.sessions) >= self.config.max_sessions:
             why = f"max_sessions ({self.config.max_sessions}) reached"
             self.refusals.note("limit", protocol.peer, why, logging.WARNING, limit="max_sessions")
@@ -320,7 +358,10 @@ class Server:
                 existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
-            previous.flush()
+            if self.durable is not None and existing is not None:
+                self.durable.stage(existing, previous)
+            else:
+                previous.flush()
         if existing is not None:
             if existing.core.end_code is CloseCode.CREDENTIAL_REUSED:
                 # A retired credential came back: someone copied it (protocol.md §10).
@@ -342,6 +383,10 @@ class Server:
             entry = _Entry(core, self)
             entry.owner = protocol.host
             self.sessions.create(sid, entry)
+            if self.durable is not None:
+                self.durable.created(entry)
+        elif self.durable is not None and existing is not None and core is existing.core:
+            self.durable.resumed(entry)
         self.sessions.attach(sid)
         entry.protocol = protocol
         entry.peer_host, entry.peer_port = protocol.host, protocol.port
@@ -361,11 +406,7 @@ class Server:
             self._count(entry, event)
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
-                # The handler's coroutine is the task itself, and one callback sees
-                # it end: no wrapper coroutine per session (idle memory, see bench/).
-                entry.task = task = self.loop.create_task(self.handler(entry.session))
-                self._handlers[task] = entry
-                task.add_done_callback(self._on_handler_done, context=self._callback_context)
+                self._start_handler(entry)
             elif isinstance(event, SessionResumed):
                 what = "taken over" if entry.taken_over else "resumed"
                 entry.taken_over = False
@@ -377,6 +418,8 @@ class Server:
                 self.sessions.detach(core.id or b"", self.loop.time())
                 if core.end_code is None:
                     evict = self.budgets.detach(core.id or b"", entry.owner, core.held_bytes)
+                if self.durable is not None:
+                    self.durable.detached(entry)
             elif isinstance(event, SessionEnded):
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
@@ -401,19 +444,67 @@ class Server:
         entry.core.close(self.loop.time(), CloseCode.SESSION_EXPIRED, f"evicted: {why}")
         self.process(entry)
 
+    def _start_handler(self, entry: _Entry) -> None:
+        # The handler's coroutine is the task itself, and one callback sees it end:
+        # no wrapper coroutine per session (idle memory, see bench/).
+        entry.task = task = self.loop.create_task(self.handler(entry.session))
+        self._handlers[task] = entry
+        task.add_done_callback(self._on_handler_done, context=self._callback_context)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def adopt(self, core: CoreSession, data: dict[str, Any]) -> _Entry:
+        """A session recovered from the store (detached): register it and start its
+        handler, with the stored ``data`` and ``session.recovered`` set."""
+        entry = _Entry(core, self)
+        entry.session.recovered = True
+        entry.session.data.update(data)
+        sid = core.id or b""
+        self.sessions.create(sid, entry)
+        self.sessions.detach(sid, self.loop.time())
+        self._log(entry, "recovered")
+        self._start_handler(entry)
+        self._arm(entry)
+        return entry
+
+    def let_go(self, entry: _Entry) -> None:
+        """The session moved to another process: forget it here; its handler ends with
+        :class:`~sessiond.session.SessionMoved`."""
+        sid = entry.core.id or b""
+        self._release_budget(entry)
+        if self.sessions.find(sid) is entry:
+            self.sessions.remove(sid)
+        self._deadlines.release(entry.slot)
+        protocol = entry.protocol
+        entry.protocol = None
+        if protocol is not None:
+            protocol.entry = None
+        self._log(entry, "moved")
+        entry.session.move_away()
+
     def _forget(self, entry: _Entry, code: CloseCode) -> None:
         sid = entry.core.id or b""
-        if entry.owner:
-            self.budgets.close(sid, entry.owner, _budget_key(entry.core.identity))
-            entry.owner = ""
+        self._release_budget(entry)
         if self.sessions.find(sid) is entry:
             self.sessions.expire(sid, code)
         self._deadlines.release(entry.slot)
         entry.protocol = None
+        if self.durable is not None:
+            self.durable.ended(entry, code)
+
+    def _release_budget(self, entry: _Entry) -> None:
+        """The session no longer counts against its address's and identity's budgets."""
+        if entry.owner:
+            sid = entry.core.id or b""
+            self.budgets.close(sid, entry.owner, _budget_key(entry.core.identity))
+            entry.owner = ""
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         session = self._handlers.pop(task).session
-        if task.cancelled():
+        if task.cancelled() or session.moved:
             return
         exc = task.exception()
         if exc is None:
@@ -477,6 +568,9 @@ class Server:
         self._flush_scheduled = False
         dirty = self._dirty
         self._dirty = []
+        if self.durable is not None:
+            self.durable.flush(dirty)
+            return
         for entry in dirty:
             entry.dirty = False
             protocol = entry.protocol
@@ -736,14 +830,31 @@ class ServerProtocol(asyncio.Protocol):
         return self.conn is not None and self.conn.closed
 
     def flush(self) -> None:
-        """Write the core's pending output; close the transport if the core closed it."""
+        """Write the core's pending output; close the transport if the core closed it.
+
+        With a store, a session's output is written only once stored: it is taken at
+        the end of this loop tick (sessiond/durable.py)."""
+        conn = self.conn
+        if conn is None or self.transport is None:
+            return
+        if self.entry is not None and self.server.durable is not None:
+            self.server.schedule_flush(self.entry)
+            return
+        if self._write_paused and not conn.closed:
+            return  # the core holds it (bounded by the window) until resume_writing
+        self.write_out(conn.data_to_send())
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's output is above its high water mark: the core keeps output."""
+        return self._write_paused
+
+    def write_out(self, data: bytes) -> None:
+        """Write *data* (taken from the core); close the transport if the core closed it."""
         conn = self.conn
         transport = self.transport
         if conn is None or transport is None:
             return
-        if self._write_paused and not conn.closed:
-            return  # the core holds it (bounded by the window) until resume_writing
-        data = conn.data_to_send()
         if data:
             self.server.stats.bytes_out += len(data)
             transport.write(data)
@@ -824,6 +935,11 @@ class ServerProtocol(asyncio.Protocol):
             if entry.protocol is self:
                 entry.protocol = None
             server.process(entry)
+
+    def abort_unwritten(self) -> None:
+        """Drop the transport without writing what is queued (its session was not stored)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def abort(self) -> None:
         """Close the transport now, after writing what the core has queued."""
@@ -949,13 +1065,16 @@ async def serve(
     *,
     ssl: Any = None,
     config: ServerConfig | None = None,
+    store: RedisStore | None = None,
 ) -> AsyncIterator[Server]:
     """Run a server for the duration of the ``async with`` block.
 
     ``handler(session)`` runs once per session, across reconnects.
-    Port 0 picks a free port; read it from ``server.addresses``.
+    Port 0 picks a free port; read it from ``server.addresses``. With a *store*
+    (started; the server closes it), sessions are written through to it and can
+    move between the processes that share it.
     """
-    server = Server(handler, config)
+    server = Server(handler, config, store=store)
     await server.listen(host, port, ssl)
     try:
         yield server

@@ -5,6 +5,7 @@ non-loopback listener is warned about."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import shlex
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sessiond_client
 
 from tests.daemonproc import DaemonProcess, clean_environment
@@ -69,6 +71,34 @@ async def test_gen_cert_prints_a_working_mutual_tls_command_and_adds_clients_lat
         assert more.returncode == 0, more.stderr
         async with await connect_as(url, out, "dev2"):
             await daemon.until("created .*identity=dev2")
+        assert await asyncio.to_thread(daemon.stop) == 0
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("hosts", [["localhost"], ["localhost", "127.0.0.1"], ["::1"]])
+async def test_gen_cert_printed_command_and_client_line_work_together(
+    tmp_path: Path, hosts: list[str]
+) -> None:
+    """The serve command and the client line gen-cert prints, run as printed, connect
+    (the client's URL names a host the server certificate is for)."""
+    out = tmp_path / "certs"
+    host_args = [arg for host in hosts for arg in ("--host", host)]
+    made = cli("gen-cert", *host_args, "--client", "dev1", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.splitlines()
+    command = shlex.split(lines[lines.index("run the daemon with:") + 1])
+    client_line = lines[lines.index("a client connects with:") + 1].strip()
+    prefix = "sessiond_client.connect("
+    assert client_line.startswith(prefix) and client_line.endswith(")"), client_line
+    url = ast.literal_eval(client_line[len(prefix) :].split(",", 1)[0])
+    daemon = DaemonProcess(
+        *[a.replace(":7443", ":0") for a in command[2:]], log_file=tmp_path / "daemon.log"
+    )
+    try:
+        port = (await daemon.until(r"listening on tls://\S+:(\d+)"))[1]
+        async with await connect_as(url.replace(":7443", f":{port}"), out, "dev1"):
+            await daemon.until("created .*identity=dev1")
         assert await asyncio.to_thread(daemon.stop) == 0
     finally:
         daemon.close()
