@@ -312,9 +312,11 @@ class Server:
         conn: Connection,
         identity: Any,
         gone: CloseCode | None = None,
+        decoy: CoreSession | None = None,
     ) -> None:
         """Resume the session a HELLO names, or open a new one, for *identity*
-        (*gone*: the store said why the named session cannot be resumed)."""
+        (*gone*: the store said why the named session cannot be resumed; *decoy*: a
+        copy of it from the store, only to answer a credential it never had)."""
         hello = conn.hello
         assert hello is not None
         now = self.loop.time()
@@ -327,7 +329,7 @@ class Server:
             return
         if hello.resume is not None:
             existing = self.sessions.find(hello.resume.session_id)
-            if existing is None and self.durable is not None and gone is None:
+            if existing is None and self.durable is not None and gone is None and decoy is None:
                 self._spawn(
                     self.durable.resume_elsewhere(protocol, conn, identity, hello.resume.session_id)
                 )
@@ -346,7 +348,7 @@ class Server:
                 self._limit(protocol, conn, exc)
                 return
         previous = existing.protocol if existing is not None else None
-        core = conn.accept(now, identity, existing.core if existing else None, missing)
+        core = conn.accept(now, identity, existing.core if existing else decoy, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
         if hello.resume is not None and (existing is None or core is not existing.core):
             self.budgets.failed_resume(protocol.host, now)
