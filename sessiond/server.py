@@ -230,7 +230,7 @@ class Server:
         for protocol in list(self.protocols):
             if protocol.conn is not None:
                 protocol.conn.close(now, CloseCode.GOING_AWAY, "server shutting down", retry_after)
-            protocol.abort()
+            protocol.close_now()
         self._deadlines.clear()
         self.sessions.clear()
         tasks = [*self.tasks, *self._handlers]
@@ -943,8 +943,9 @@ class ServerProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def abort(self) -> None:
-        """Close the transport now, after writing what the core has queued."""
+    def close_now(self) -> None:
+        """Write what the core has queued, then close the transport (asyncio sends the
+        buffered bytes first: not an abort, which would drop them)."""
         self.flush()
         if self.transport is not None:
             self.transport.close()
