@@ -392,8 +392,12 @@ class Durability:
         """Hand the session over after its last append; drop it here."""
         meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
         ttl = meta.terms.lifetime + self.store.lease_ttl
+        # One instant for both directions: a handler that went on while detached (no
+        # appends then) consumed input and answered it; releasing its replies with the
+        # consumed position of the last append would have them asked for, and answered,
+        # again by the new owner.
         snap = entry.core.server_snapshot()
-        positions = Positions(snap.next_seq, snap.acked, stored.consumed, snap.unacked)
+        positions = Positions(snap.next_seq, snap.acked, snap.consumed, snap.unacked)
         self._stored.pop(entry, None)
         self._after.append(
             lambda: self.store.save(sid, epoch, meta, positions, ttl=ttl, release=True)
