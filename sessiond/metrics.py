@@ -170,6 +170,11 @@ class Collector(CollectorBase):
                 "messages dropped by drop-oldest policies (as gaps)",
                 channels.drops,
             )
+            yield _counter(
+                "sessiond_channels_bus_lost",
+                "publishes the Redis channels bus could not carry to other processes",
+                channels.bus_lost,
+            )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -19,6 +19,7 @@ from sessiond_client.envelopes import ChannelError
 
 from ..session import Session
 from .broker import Broker, Member
+from .bus import Bus
 from .config import ChannelsConfig
 
 log = logging.getLogger("sessiond.channels")
@@ -33,12 +34,14 @@ class ChannelsApp:
     """The built-in publish/subscribe app (protocol.md §15): ``sessiond serve --app channels``.
 
     Embedding: ``sessiond.serve(ChannelsApp(ChannelsConfig(...)), host, port)``.
-    Each instance holds its own channels; every session it serves shares them.
+    Each instance holds its own channels; every session it serves shares them. With
+    *bus* a started :class:`~.bus.RedisBus`, they are shared with every process on
+    that Redis server instead (bus.py).
     """
 
-    def __init__(self, config: ChannelsConfig | None = None) -> None:
+    def __init__(self, config: ChannelsConfig | None = None, bus: Bus | None = None) -> None:
         self.config = config or ChannelsConfig()
-        self.broker = Broker(self.config)
+        self.broker = Broker(self.config, bus)
 
     def reconfigure(self, config: ChannelsConfig) -> None:
         """New settings (SIGHUP): see :meth:`Broker.reconfigure` for what applies when."""
