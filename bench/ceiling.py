@@ -5,7 +5,9 @@
 from each read, takes every payload out as ``bytes`` (what an application would
 be handed), frames it again and writes all of a read's echoes with one
 ``transport.write``. No sessions, sequence numbers, acknowledgements, windows
-or timers: what the daemon is measured against, over the same sockets.
+or timers: what the daemon is measured against, over the same sockets. With
+``--tls-cert`` and ``--tls-key`` it listens over TLS: ``python -m bench idle``
+measures a bare uvloop TLS connection's memory against it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import struct
 import sys
 from collections.abc import Sequence
@@ -64,9 +67,11 @@ class FramedEchoServer(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, context: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(FramedEchoServer, host, port, reuse_address=True)
+    server = await loop.create_server(
+        FramedEchoServer, host, port, reuse_address=True, ssl=context, backlog=4096
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -78,12 +83,19 @@ async def serve(host: str, port: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__)
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
+    parser.add_argument("--tls-cert", metavar="PEM", help="listen over TLS with this chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="and this key")
     args = parser.parse_args(argv)
     host, _, port = str(args.listen).rpartition(":")
+    context = None
+    if args.tls_cert:  # as the daemon makes its own (sessiond.tls.server_context)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     if uvloop is not None:
-        uvloop.run(serve(host, int(port)))
+        uvloop.run(serve(host, int(port), context))
     else:
-        asyncio.run(serve(host, int(port)))
+        asyncio.run(serve(host, int(port), context))
     return 0
 
 

@@ -23,8 +23,6 @@ loop, for every system alike, so no system can count a message it lost.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
 import random
 import struct
 import sys
@@ -37,18 +35,9 @@ import msgpack
 from sessiond_client.protocol import Connection, Params, Role, Session, SessionState
 
 from . import BenchError
+from .harness import Context, positive, scenario
 from .profiling import Profile, profile
-from .results import (
-    Json,
-    command_line,
-    commit_info,
-    display_path,
-    entry_head,
-    machine_info,
-    markdown_table,
-    publish,
-    spread,
-)
+from .results import Json, display_path, markdown_table, spread
 from .summary import Headline, Target, judged, values_range, verdict
 
 HELP = "messages/s through a paired client/server core, against a bare msgpack framing loop"
@@ -424,29 +413,6 @@ SYSTEMS: dict[str, tuple[Runner, str]] = {
 }
 
 
-def measure(sizes: Iterable[int], messages: int, repeat: int, batch: int, warmup: int) -> list[Run]:
-    """Run every system *repeat* times per size, rotating their order each repetition."""
-    names = list(SYSTEMS)
-    runs: list[Run] = []
-    for size in sizes:
-        pool = make_pool(size)
-        for name in names:
-            SYSTEMS[name][0](pool, warmup, batch)
-        for rep in range(repeat):
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
-                gc.collect()
-                result = SYSTEMS[name][0](pool, messages, batch)
-                runs.append(result)
-                print(
-                    f"  {size:>5} B  rep {rep + 1}/{repeat}  {name:<14} "
-                    f"{result.rate:>13,.0f} msg/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return runs
-
-
 def summarise(runs: list[Run], sizes: Iterable[int]) -> Json:
     """Per size: every system's rates and phases, which bare is faster, and core/bare."""
     by_size: Json = {}
@@ -500,59 +466,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quick: bool = args.quick
-    messages: int = _given(args.messages, QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = _given(args.repeat, QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    positive(args, "messages", "repeat", "batch")
+    quick = bool(args.quick)
+    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
+    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
     batch: int = args.batch
-    if messages < 1 or repeat < 1 or batch < 1:
-        raise BenchError("--messages, --repeat and --batch must be at least 1")
     warmup = min(messages, WARMUP_MESSAGES)
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    print(
-        f"bench core: {messages:,} messages x {repeat} repetitions, batch {batch}, "
-        f"payloads {', '.join(f'{s} B' for s in SIZES)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    banner = f"{messages:,} messages x {repeat}, batch {batch}, {SIZES} B, no sockets"
 
-    runs = measure(SIZES, messages, repeat, batch, warmup)
-    sizes = summarise(runs, SIZES)
-    ratio = float(sizes[str(TARGET_SIZE)]["ratio"])
-    hot: Profile | None = None
-    if args.profile == "always" or (args.profile == "auto" and not quick and ratio < TARGET):
-        count = min(messages, PROFILE_MESSAGES)
-        print(f"  profiling the core at {TARGET_SIZE} B ({count:,} messages)", file=sys.stderr)
-        pool = make_pool(TARGET_SIZE)
-        hot = profile(lambda: run_core(pool, count, batch))
+    def body(ctx: Context) -> Json:
+        runs: list[Run] = []
+        for size in SIZES:
+            pool = make_pool(size)
 
-    entry: Json = {
-        **entry_head(command, started, begun, quick, machine),
-        "config": {
-            "messages": messages,
-            "repeat": repeat,
-            "batch": batch,
-            "warmup_messages": warmup,
-            "payload_sizes": list(SIZES),
-            "distinct_payloads": POOL,
-            "core_params": asdict(Params()),
-            "timer": "time.perf_counter",
-            "gc": "enabled; gc.collect() before each pass",
-        },
-        "systems": {name: description for name, (_, description) in SYSTEMS.items()},
-        "phases": PHASE_NOTES,
-        "sizes": sizes,
-        "target": {"payload": TARGET_SIZE, "ratio": TARGET, "met": ratio >= TARGET},
-        "profile": None if hot is None else _profile_json(hot, min(messages, PROFILE_MESSAGES)),
-    }
-    return publish(args, CORE, entry, commit, markdown)
+            def one(name: str, _rep: int, pool: list[bytes] = pool) -> Run:
+                return SYSTEMS[name][0](pool, messages, batch)
 
+            def warm(name: str, pool: list[bytes] = pool) -> Run:
+                return SYSTEMS[name][0](pool, warmup, batch)
 
-def _given(value: int | None, default: int) -> int:
-    return default if value is None else value
+            def show(run: Run) -> str:
+                return f"{run.size:>5} B  {run.system:<14} {run.rate:>13,.0f} msg/s"
+
+            runs += ctx.passes(list(SYSTEMS), one, repeat, warm, show)
+        sizes = summarise(runs, SIZES)
+        ratio = float(sizes[str(TARGET_SIZE)]["ratio"])
+        hot: Profile | None = None
+        if args.profile == "always" or (args.profile == "auto" and not quick and ratio < TARGET):
+            count = min(messages, PROFILE_MESSAGES)
+            print(f"  profiling the core at {TARGET_SIZE} B ({count:,} messages)", file=sys.stderr)
+            pool = make_pool(TARGET_SIZE)
+            hot = profile(lambda: run_core(pool, count, batch))
+        return {
+            "config": {
+                "messages": messages,
+                "repeat": repeat,
+                "batch": batch,
+                "warmup_messages": warmup,
+                "payload_sizes": list(SIZES),
+                "distinct_payloads": POOL,
+                "core_params": asdict(Params()),
+                "timer": "time.perf_counter",
+            },
+            "systems": {name: description for name, (_, description) in SYSTEMS.items()},
+            "phases": PHASE_NOTES,
+            "sizes": sizes,
+            "target": {"payload": TARGET_SIZE, "ratio": TARGET, "met": ratio >= TARGET},
+            "profile": None if hot is None else _profile_json(hot, min(messages, PROFILE_MESSAGES)),
+            "markdown": markdown,
+        }
+
+    return scenario(args, CORE, banner, body)
 
 
 def headlines(entry: Json) -> list[Headline]:

@@ -102,6 +102,15 @@ def summarise(reps: Sequence[Json]) -> Json:
     return out
 
 
+def quantiles(values: Sequence[float], points: int = 50) -> list[float]:
+    """*points* + 1 nearest-rank quantiles of *values* (0 %, ..., 100 %), for a plot."""
+    ordered = sorted(values)
+    if not ordered:
+        return []
+    last = len(ordered) - 1
+    return [ordered[round(last * k / points)] for k in range(points + 1)]
+
+
 def other_load(others: Sequence[Sequence[float] | None]) -> Json | None:
     """The spread of what other processes took of the server's and the loadgen's cores."""
     measured = [pair for pair in others if pair is not None]

@@ -14,6 +14,7 @@ uses the same ones at small sizes.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from sessiond_client import envelopes
 from sessiond_client.protocol import Params, Role, Session
 from sessiond_client.protocol.codec import encode_ack, encode_data, encode_ping
 from sessiond_client.protocol.frames import Hello
@@ -167,9 +169,83 @@ def ping_flooder(port: int, seconds: float) -> str:
     return outcome
 
 
+def hello_looper(port: int, seconds: float) -> str:
+    """HELLO, read the WELCOME, drop the connection; again, from one address."""
+    until = time.monotonic() + seconds
+    opened = refused = 0
+    while time.monotonic() < until:
+        try:
+            sock = socket.create_connection((HOST, port), 5)
+            sock.sendall(hello())
+            answer = sock.recv(200)
+            sock.close()
+        except OSError:
+            continue
+        if answer[2:3] == b"\x8a":  # a WELCOME (a map of 10), else a CLOSE
+            opened += 1
+        else:
+            refused += 1
+    return f"opened={opened} refused={refused}"
+
+
+def partial_framer(port: int, seconds: float, connections: int = 100) -> str:
+    """*connections* sessions each send all but 10 bytes of a 1 MiB frame, then wait."""
+    socks = []
+    frame = encode_data(1, b"x" * ((1 << 20) - 64))[:-10]
+    for _ in range(connections):
+        try:
+            sock = open_raw(port, rcvbuf=65536)
+            sock.sendall(frame)
+            socks.append(sock)
+        except OSError:
+            break
+    time.sleep(seconds)
+    closed = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            while sock.recv(65536):  # what the daemon sent, then its end (EOF or reset)
+                pass
+            closed += 1
+        except BlockingIOError:
+            pass  # still open
+        except OSError:
+            closed += 1
+        sock.close()
+    return f"held={len(socks)} closed_by_daemon={closed}"
+
+
+def retained_hash_subscribers(
+    port: int, seconds: float, retained: int = 2000, subscribers: int = 100
+) -> str:
+    """Channels app with ``retained = ["#"]``: *retained* messages of 1 KiB are retained,
+    then *subscribers* sessions subscribe to ``#`` and never read (nor ACK) anything."""
+    publisher = Canary(port)  # a session whose replies are read (and acknowledged)
+    for number in range(retained):
+        payload = envelopes.request("pub", f"r/{number}", None, b"r" * 1024)
+        while not publisher.session.can_send(len(payload)):
+            publisher.wait_for_credit()
+        publisher.session.send(payload, time.monotonic())
+        publisher._flush()
+    publisher.close()
+    socks = []
+    subscribe = encode_data(1, envelopes.request("sub", "#", 1))
+    for _ in range(subscribers):
+        sock = open_raw(port)
+        sock.sendall(subscribe)
+        socks.append(sock)
+    time.sleep(seconds)
+    for sock in socks:
+        sock.close()
+    return f"retained={retained} subscribers={len(socks)}"
+
+
 ATTACKS: dict[str, Callable[[int, float], str]] = {
+    "retained-hash": retained_hash_subscribers,
     "blind-ack": blind_acker,
     "ping-flood": ping_flooder,
+    "hello-loop": hello_looper,
+    "partial-frames": partial_framer,
 }
 
 
@@ -229,6 +305,15 @@ class Canary:
         self._flush()
         return rtt
 
+    def wait_for_credit(self) -> None:
+        """Read until the peer's ACKs open the window again (replies are taken)."""
+
+        def credit() -> bool:
+            self.session.take_messages(time.monotonic())
+            return self.session.can_send(1100)
+
+        self._read_until(credit, 30)
+
     def run(self, seconds: float) -> None:
         until = time.monotonic() + seconds
         while time.monotonic() < until:
@@ -247,22 +332,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+#: Attacks against the channels app, with the settings they need.
+CHANNELS = {"retained-hash": '[channels]\nretained = ["#"]\n'}
+
+
 def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
     attack = ATTACKS[name]
-    with daemon(config) as (proc, port):
+    app = "channels" if name in CHANNELS else "echo"
+    with daemon(CHANNELS.get(name, "") + config, app) as (proc, port):
         canary = Canary(port)
         canary.run(1.0)
         quiet = list(canary.rtts)
         canary.rtts.clear()
         baseline = rss_kib(proc.pid)
-        child = multiprocessing.Process(target=attack, args=(port, seconds), daemon=True)
-        child.start()
+        pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
+        outcome = pool.submit(attack, port, seconds)
         peak = baseline
-        until = time.monotonic() + seconds + 1
-        while time.monotonic() < until and (child.is_alive() or time.monotonic() < until - 1):
+        until = time.monotonic() + seconds + 60
+        while time.monotonic() < until and not outcome.done():
             canary.run(0.1)
             peak = max(peak, rss_kib(proc.pid))
-        child.join(seconds + 30)
+        print(f"{name}: the attacker ended: {outcome.result(30)}", flush=True)
+        pool.shutdown()
         time.sleep(1.0)
         after = rss_kib(proc.pid)
         alive = canary.round_trip() is not None

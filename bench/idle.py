@@ -24,7 +24,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 
+from sessiond_client import tls_context
 from sessiond_client.protocol import Params
 
 from . import BenchError
@@ -45,15 +47,24 @@ from .loadgen import (
     sessions_per_address,
     source_addresses,
 )
-from .processes import ServerProcess, daemon_argv
+from .processes import HOST, ServerProcess, ceiling_argv, daemon_argv, free_port
 from .results import Json, markdown_table, spread
 from .summary import NOT_MEASURED, Headline, Target, cpu_cell, judged, values_range, verdict
+from .tls import make_certificate, tls_daemon_argv
 
-HELP = "1,000 and 10,000 idle sessions with heartbeats on: server RSS per session, CPU"
+HELP = "1,000 and 10,000 idle sessions (1,000 and 3,000 over TLS), heartbeats on: RSS/session, CPU"
 
 SCENARIO = "idle"
 COUNTS = (1_000, 10_000)
 QUICK_COUNTS = (20, 100)
+#: Idle sessions over TLS (devices connect over TLS in production): what a fleet pays.
+TLS_COUNTS = (1_000, 3_000)
+QUICK_TLS_COUNTS = (20,)
+TCP, TLS = "tcp", "tls"
+#: A bare TLS connection to the ceiling (bench/ceiling.py), no session: the transport's share.
+CEILING_TLS = "tls-ceiling"
+#: A TLS handshake per session, many at once, on a loaded machine: a generous bound.
+HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
 DEFAULT_IDLE_SECONDS = 15.0  # one default heartbeat interval: every session beats once
@@ -67,6 +78,9 @@ NOFILE_MARGIN = 64
 #: The target: server RSS per idle session under this, at TARGET_COUNT sessions.
 TARGET_KIB = 4.0
 TARGET_COUNT = 10_000
+#: Issue 18's goal over TLS: at most this much server RSS per idle TLS session.
+TLS_TARGET_KIB = 12.0
+TLS_TARGET_COUNT = 3_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +91,30 @@ class IdlePlan:
     heartbeat: float
     per_address: int
     settle_seconds: float = SETTLE_SECONDS
+    transport: str = TCP
 
 
-async def measure_idle(proc: ServerProcess, plan: IdlePlan) -> Json:
-    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close."""
+async def measure_idle(
+    proc: ServerProcess, plan: IdlePlan, port: int | None = None, ssl: SSLContext | None = None
+) -> Json:
+    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close.
+
+    The sessions connect to *port* (the process's own by default), over TLS with *ssl*."""
+    port = port or proc.port
     params = Params(heartbeat_interval=plan.heartbeat)
     sources = source_addresses(plan.per_address)
     rss_fresh = proc.rss_kib()
     # One session first, so that what its first use allocates (lazy imports,
     # caches) is not counted as the cost of each of the N.
-    await close_idle(await open_idle(proc.port, 1, 1, params, sources), 5.0)
+    await close_idle(await open_idle(port, 1, 1, params, sources, ssl=ssl), 5.0)
     await asyncio.sleep(plan.settle_seconds)
     rss_before = proc.rss_kib()
 
     print(f"  idle: opening {plan.sessions:,} sessions", file=sys.stderr, flush=True)
     t0, cpu0, lg0 = time.perf_counter(), proc.cpu_seconds(), time.process_time()
-    sessions = await open_idle(proc.port, plan.sessions, plan.concurrency, params, sources)
+    sessions = await open_idle(
+        port, plan.sessions, plan.concurrency, params, sources, HANDSHAKE_TIMEOUT, ssl
+    )
     open_seconds = time.perf_counter() - t0
     open_cpu = proc.cpu_seconds() - cpu0
     open_lg = time.process_time() - lg0
@@ -130,6 +152,7 @@ async def measure_idle(proc: ServerProcess, plan: IdlePlan) -> Json:
     rss_closed = proc.rss_kib()
     delta = rss_idle - rss_before
     return {
+        "transport": plan.transport,
         "sessions": plan.sessions,
         "concurrency": plan.concurrency,
         "heartbeat_s": plan.heartbeat,
@@ -159,6 +182,42 @@ async def measure_idle(proc: ServerProcess, plan: IdlePlan) -> Json:
         "still_open_after_idle": still_open,
         "close_seconds": close_seconds,
         "transports_not_closed": not_closed,
+    }
+
+
+async def measure_bare(proc: ServerProcess, plan: IdlePlan, ssl: SSLContext) -> Json:
+    """The ceiling's RSS per idle TLS connection: no session, only uvloop's TLS transport
+    and OpenSSL's state (the same certificate, client and handshakes as the daemon's)."""
+    loop = asyncio.get_running_loop()
+    sources = source_addresses(plan.per_address)
+    semaphore = asyncio.Semaphore(plan.concurrency)
+    transports: list[asyncio.Transport] = []
+
+    async def one(index: int) -> None:
+        async with semaphore:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    asyncio.Protocol, HOST, proc.port, ssl=ssl, local_addr=(sources(index), 0)
+                ),
+                HANDSHAKE_TIMEOUT,
+            )
+            transports.append(transport)
+
+    await one(0)  # the first connection's allocations are not each one's
+    await asyncio.sleep(plan.settle_seconds)
+    before = proc.rss_kib()
+    try:
+        await asyncio.gather(*(one(index) for index in range(1, plan.sessions + 1)))
+        await asyncio.sleep(plan.settle_seconds + plan.idle_seconds)
+        after = proc.rss_kib()
+    finally:
+        for transport in transports:
+            transport.abort()
+    return {
+        "transport": "tls-ceiling",
+        "sessions": plan.sessions,
+        "rss_kib": {"before": before, "idle": after},
+        "rss_per_session_kib": (after - before) / plan.sessions,
     }
 
 
@@ -192,6 +251,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONCURRENCY,
         help=f"handshakes in flight while opening (default {DEFAULT_CONCURRENCY})",
     )
+    parser.add_argument(
+        "--tls-sessions",
+        metavar="N,N",
+        help="idle sessions over TLS per measurement, comma-separated; 0: none (default "
+        f"{','.join(map(str, TLS_COUNTS))}; --quick {','.join(map(str, QUICK_TLS_COUNTS))})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,24 +267,54 @@ def run(args: argparse.Namespace) -> int:
     repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
     idle: float = args.idle_seconds or (QUICK_IDLE_SECONDS if quick else DEFAULT_IDLE_SECONDS)
     settle = QUICK_SETTLE_SECONDS if quick else SETTLE_SECONDS
-    banner = f"{', '.join(f'{c:,}' for c in sizes)} sessions x {repeat}, idle for {idle:g} s"
+    tls_given = args.tls_sessions
+    tls_sizes = (
+        tuple(n for n in map(int, tls_given.split(",")) if n > 0)
+        if tls_given
+        else (QUICK_TLS_COUNTS if quick else TLS_COUNTS)
+    )
+    banner = (
+        f"{', '.join(f'{c:,}' for c in sizes)} sessions (TLS: "
+        f"{', '.join(f'{c:,}' for c in tls_sizes) or 'none'}) x {repeat}, idle for {idle:g} s"
+    )
 
     def body(ctx: Context) -> Json:
         fit = ctx.nofile[0] - NOFILE_MARGIN
-        if max(sizes) > fit:
+        if max([*sizes, *tls_sizes]) > fit:
             ctx.notes.append(f"idle sessions cut to {fit:,} to fit RLIMIT_NOFILE {ctx.nofile[0]:,}")
+        per_address = sessions_per_address()
         plans = [
-            IdlePlan(n, args.concurrency, idle, args.heartbeat, sessions_per_address(), settle)
-            for n in dict.fromkeys(min(n, fit) for n in sizes)
+            IdlePlan(n, args.concurrency, idle, args.heartbeat, per_address, settle, transport)
+            for transport, wanted in ((TCP, sizes), (TLS, tls_sizes), (CEILING_TLS, tls_sizes))
+            for n in dict.fromkeys(min(n, fit) for n in wanted)
         ]
+        certificate = make_certificate(ctx.tmp / "certs") if tls_sizes else None
 
         def one(plan: IdlePlan, rep: int) -> Json:
-            with ctx.fresh_server(f"daemon-idle-{plan.sessions}-{rep + 1}", daemon_argv()) as proc:
-                return dict(ctx.run(measure_idle(proc, plan)))
+            name = f"daemon-idle-{plan.transport}-{plan.sessions}-{rep + 1}".replace("-tcp", "")
+            if certificate is not None and plan.transport == CEILING_TLS:
+                argv = [*ceiling_argv(), "--tls-cert", str(certificate.cert)]
+                argv += ["--tls-key", str(certificate.key)]
+                name = name.replace("daemon", "ceiling")
+                with ctx.fresh_server(name, argv) as proc:
+                    return dict(ctx.run(measure_bare(proc, plan, tls_context(certificate.ca))))
+            if certificate is None or plan.transport == TCP:
+                with ctx.fresh_server(name, daemon_argv()) as proc:
+                    return dict(ctx.run(measure_idle(proc, plan)))
+            port = free_port()
+            context = tls_context(certificate.ca)
+            with ctx.fresh_server(name, tls_daemon_argv(port, certificate)) as proc:
+                return dict(ctx.run(measure_idle(proc, plan, port, context)))
 
         def show(result: Json) -> str:
+            if result["transport"] == CEILING_TLS:
+                return (
+                    f"{result['sessions']:>6,} bare TLS connections to the ceiling  "
+                    f"{result['rss_per_session_kib']:6.2f} KiB/connection"
+                )
             return (
-                f"{result['sessions']:>6,} sessions  {result['rss_per_session_kib']:6.2f} "
+                f"{result['sessions']:>6,} {result['transport']} sessions  "
+                f"{result['rss_per_session_kib']:6.2f} "
                 f"KiB/session  server CPU {result['idle_server_cpu_percent']:5.2f} %  "
                 f"{result['handshakes_per_s']:7,.0f} handshakes/s"
             )
@@ -227,7 +322,9 @@ def run(args: argparse.Namespace) -> int:
         results = ctx.passes(plans, one, repeat, show=show)
         return {
             "config": {
-                "counts": [plan.sessions for plan in plans],
+                "counts": [plan.sessions for plan in plans if plan.transport == TCP],
+                "tls_counts": [plan.sessions for plan in plans if plan.transport == TLS],
+                "tls": None if certificate is None else certificate.to_json(),
                 "repeat": repeat,
                 "idle_seconds": idle,
                 "heartbeat_s": args.heartbeat,
@@ -236,14 +333,38 @@ def run(args: argparse.Namespace) -> int:
                 "settle_seconds": settle,
                 "server": "a fresh daemon per measurement",
             },
-            "sessions": {
-                str(plan.sessions): summary([r for r in results if r["sessions"] == plan.sessions])
-                for plan in plans
+            "sessions": by_count(results, TCP),
+            "tls_sessions": by_count(results, TLS),
+            "tls_ceiling": {
+                str(n): {
+                    "rss_per_session_kib": spread(
+                        [
+                            r["rss_per_session_kib"]
+                            for r in results
+                            if r["transport"] == CEILING_TLS and r["sessions"] == n
+                        ]
+                    ),
+                    "repetitions": [
+                        r for r in results if r["transport"] == CEILING_TLS and r["sessions"] == n
+                    ],
+                }
+                for n in dict.fromkeys(
+                    r["sessions"] for r in results if r["transport"] == CEILING_TLS
+                )
             },
             "markdown": markdown,
         }
 
     return scenario(args, SCENARIO, banner, body)
+
+
+def by_count(results: list[Json], transport: str) -> Json:
+    """The measurements over *transport*, summarised per session count."""
+    mine = [r for r in results if r["transport"] == transport]
+    return {
+        str(n): summary([r for r in mine if r["sessions"] == n])
+        for n in dict.fromkeys(r["sessions"] for r in mine)
+    }
 
 
 def summary(results: list[Json]) -> Json:
@@ -259,11 +380,11 @@ def summary(results: list[Json]) -> Json:
 
 
 def headlines(entry: Json) -> list[Headline]:
-    """The daemon's RSS per idle session and its CPU on heartbeats, per count."""
+    """The daemon's RSS per idle session and its CPU on heartbeats, per transport and count."""
     return [
         Headline(
             SCENARIO,
-            f"{int(count):,} idle sessions",
+            f"{int(count):,} idle {label}sessions",
             "RSS/session, server CPU",
             {
                 "daemon": f"{stats['rss_per_session_kib']['median']:.2f} KiB, "
@@ -272,44 +393,46 @@ def headlines(entry: Json) -> list[Headline]:
                 )
             },
         )
-        for count, stats in entry["sessions"].items()
+        for key, label in (("sessions", ""), ("tls_sessions", "TLS "))
+        for count, stats in entry.get(key, {}).items()
     ]
 
 
 def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
-    """Under 4 KiB of RSS per session at 10,000 sessions (judged at the largest count run,
-    each measurement on its own)."""
-    if not entry["sessions"]:
-        return []
-    count = max(entry["sessions"], key=int)
-    stats = entry["sessions"][count]["rss_per_session_kib"]
-    exact = int(count) == TARGET_COUNT
-    return [
-        Target(
-            SCENARIO,
-            f"< {TARGET_KIB:g} KiB server RSS per idle session at {TARGET_COUNT:,} sessions",
-            f"{stats['median']:.2f} KiB at {int(count):,} (measurements "
-            f"{values_range(stats['values'], '{:.2f}')})"
-            + ("" if exact else " (not the target's count)"),
-            judged(entry, stats["values"], TARGET_KIB, higher=False)
-            if exact or entry.get("quick")
-            else NOT_MEASURED,
+    """Under 4 KiB of RSS per session at 10,000 sessions, at most 12 KiB per idle TLS session
+    at 3,000 (each judged at the largest count run, each measurement on its own)."""
+    out = []
+    for key, goal, at, below, label in (
+        ("sessions", TARGET_KIB, TARGET_COUNT, "<", ""),
+        ("tls_sessions", TLS_TARGET_KIB, TLS_TARGET_COUNT, "≤", "TLS "),
+    ):
+        if not entry.get(key):
+            continue
+        count = max(entry[key], key=int)
+        stats = entry[key][count]["rss_per_session_kib"]
+        exact = int(count) == at
+        judgement = judged(entry, stats["values"], goal, higher=False)
+        out.append(
+            Target(
+                SCENARIO,
+                f"{below} {goal:g} KiB server RSS per idle {label}session at {at:,} sessions",
+                f"{stats['median']:.2f} KiB at {int(count):,} (measurements "
+                f"{values_range(stats['values'], '{:.2f}')})"
+                + ("" if exact else " (not the target's count)"),
+                judgement if exact or entry.get("quick") else NOT_MEASURED,
+            )
         )
-    ]
+    return out
 
 
-def markdown(entry: Json, commit: Json, path: Path) -> str:
-    """The ``## idle`` section of RESULTS.md."""
-    config = entry["config"]
-    rows = [
+def _rows(by_count: Json, label: str) -> list[list[str]]:
+    return [
         [
-            f"{int(count):,}",
+            f"{int(count):,}{label}",
             spread_cell(stats["rss_per_session_kib"], 2, " KiB"),
-            cpu_cell(
-                spread_cell(stats["idle_server_cpu_percent"], 2, " %"), stats["idle_window_s"]
-            ),
-            cpu_cell(
-                spread_cell(stats["idle_loadgen_cpu_percent"], 2, " %"), stats["idle_window_s"]
+            *(
+                cpu_cell(spread_cell(stats[key], 2, " %"), stats["idle_window_s"])
+                for key in ("idle_server_cpu_percent", "idle_loadgen_cpu_percent")
             ),
             f"{stats['rss_before_kib']['median'] / 1024:,.1f} MiB",
             f"{stats['rss_idle_kib']['median'] / 1024:,.1f} MiB",
@@ -317,7 +440,18 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             f"{stats['open_server_cpu_ms_per_handshake']['median']:.3f}",
             str(stats["lost"]),
         ]
-        for count, stats in entry["sessions"].items()
+        for count, stats in by_count.items()
+    ]
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## idle`` section of RESULTS.md."""
+    config = entry["config"]
+    rows = [*_rows(entry["sessions"], ""), *_rows(entry.get("tls_sessions", {}), " over TLS")]
+    rows += [
+        [f"{int(n):,} bare TLS connections", spread_cell(stats["rss_per_session_kib"], 2, " KiB")]
+        + ["-"] * 7
+        for n, stats in entry.get("tls_ceiling", {}).items()
     ]
     lines = [
         *header(entry, commit, path),
@@ -330,7 +464,13 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "by the clients. RSS is the server's VmRSS; *per session*: (RSS after the idle window "
         "- RSS before) / sessions. CPU shares are of one core, over the idle window. "
         f"{config['repeat']} measurements per count; median [min-max]. *lost*: sessions not "
-        "still open after the idle window; then each was closed with CLOSE NORMAL.",
+        "still open after the idle window; then each was closed with CLOSE NORMAL. *over "
+        "TLS*: the same daemon with a `tls://` listener and a `sessiond gen-cert` certificate "
+        "(ECDSA P-256), the clients verifying it; the RSS per session then includes each "
+        "connection's TLS state. *bare TLS connections*: as many idle TLS connections to the "
+        "ceiling (`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no "
+        "session), the same certificate, client and handshakes: the transport's own share of "
+        "a TLS session's memory.",
         "",
         markdown_table(
             [

@@ -779,14 +779,16 @@ async def open_idle(
     params: Params,
     sources: Callable[[int], str],
     timeout: float = 10.0,
+    ssl: SSLContext | None = None,
 ) -> list[IdleSession]:
-    """Open *count* idle sessions, at most *concurrency* handshakes at a time.
+    """Open *count* idle sessions, at most *concurrency* handshakes at a time (over TLS
+    with *ssl*).
 
     Session *i* connects from source address ``sources(i)`` (to 127.0.0.1).
     Returns once every handshake is complete; raises :class:`BenchError` if one fails.
     """
     return await open_sessions(
-        port, count, concurrency, lambda _index: IdleSession(params), sources, timeout
+        port, count, concurrency, lambda _index: IdleSession(params), sources, timeout, ssl=ssl
     )
 
 

@@ -1,17 +1,28 @@
-"""The PNG of a run: throughput bars per system, latency percentiles per system.
+"""The PNG of a run: one panel per figure worth a picture, for every scenario that ran.
 
-:func:`plot` draws what a run's ``throughput`` and ``latency`` entries hold: one
-panel per payload size of messages per second per system, grouped by session
-count (median, with the repetitions' range as the error bar, on a log scale:
-the systems differ a hundredfold), and one panel per offered rate of the round
-trip against the percentile (HdrHistogram's percentile-distribution plot, from
-every pass's histogram merged). matplotlib draws with its Agg canvas: no
+:func:`plot` draws, from a run's entries, as many of these as there are:
+
+* ``throughput``: messages/s per system, grouped by session count, one panel per
+  payload size (median, the repetitions' range as the error bar, on a log
+  scale: the systems differ a hundredfold);
+* ``latency``: the round trip against the percentile (HdrHistogram's
+  percentile-distribution plot, every pass's histogram merged), one panel per
+  offered rate;
+* ``resume``: the distribution of each step of a resume (cut → connected,
+  resumed, first message) over every cut;
+* ``storm``: the storm's timeline, the share of sessions resumed and caught up
+  against the seconds since the cut, one line per size and storm;
+* ``fanout``: deliveries/s per system (windowed passes), and the delivery
+  latency's percentile distribution (paced passes).
+
+Panels are laid out three to a row. matplotlib draws with its Agg canvas: no
 display, no pyplot state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +38,11 @@ COLOURS = {
     "nats": "#2ca02c",
 }
 OTHER_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#d62728")
-#: Percentiles marked on the latency panels' axis.
+#: Percentiles marked on the percentile axes.
 TICKS = (50.0, 90.0, 99.0, 99.9, 99.99)
+COLUMNS = 3
+
+Panel = Callable[[Any], None]
 
 
 def _colour(name: str, names: Sequence[str]) -> str:
@@ -38,108 +52,164 @@ def _colour(name: str, names: Sequence[str]) -> str:
     return OTHER_COLOURS[others.index(name) % len(OTHER_COLOURS)]
 
 
-def plot(entries: Mapping[str, Json], path: Path, title: str) -> Path | None:
-    """Draw the ``throughput`` and ``latency`` entries of a run into *path*; None if neither ran."""
+def panels(entries: Mapping[str, Json]) -> list[Panel]:
+    """Every panel the *entries* of a run have figures for, in scenario order."""
+    out: list[Panel] = []
     throughput = entries.get("throughput")
+    if throughput and throughput.get("echo"):
+        sizes = dict.fromkeys(s for by_size in throughput["echo"].values() for s in by_size)
+        out += [partial(_throughput, entry=throughput, size=size) for size in sizes]
     latency = entries.get("latency")
-    rows: list[str] = []
-    if throughput is not None and throughput.get("echo"):
-        rows.append("throughput")
-    if latency is not None and latency.get("rates"):
-        rows.append("latency")
-    if not rows:
+    for rate, by_system in (latency or {}).get("rates", {}).items():
+        title = f"latency: ping-pong at {int(rate):,}/s offered"
+        out.append(partial(_percentiles, by_system=by_system, title=title, what="round trip"))
+    resume = entries.get("resume")
+    if resume and resume["resume"].get("from_cut_ms_quantiles"):
+        out.append(partial(_resume, summary=resume["resume"]))
+    storm = entries.get("storm")
+    if storm and storm.get("storms"):
+        out.append(partial(_storm, storms=storm["storms"]))
+    fanout = entries.get("fanout")
+    for size, by_load in (fanout or {}).get("fanout", {}).items():
+        for key, by_system in by_load.items():
+            if key == "window":
+                out.append(partial(_deliveries, by_system=by_system, size=size))
+            elif all("histogram_ns" in stats for stats in by_system.values()):
+                title = f"fanout: delivery latency, {key} published, {size} B"
+                out.append(partial(_percentiles, by_system=by_system, title=title, what="delivery"))
+    return out
+
+
+def plot(entries: Mapping[str, Json], path: Path, title: str) -> Path | None:
+    """Draw every panel of a run's *entries* into *path*; None if there is none."""
+    drawn = panels(entries)
+    if not drawn:
         return None
     # Imported here: only a run that plots needs matplotlib (the `bench` extra).
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    sizes = _sizes(throughput) if "throughput" in rows and throughput is not None else []
-    rates = list(latency["rates"]) if "latency" in rows and latency is not None else []
-    width = max(len(sizes), len(rates), 1)
-    figure = Figure(figsize=(6.5 * width, 4.8 * len(rows)), layout="constrained")
+    columns = min(COLUMNS, len(drawn))
+    rows = -(-len(drawn) // columns)
+    figure = Figure(figsize=(6.5 * columns, 4.8 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    grid = figure.subplots(len(rows), width, squeeze=False)
-    for row, kind in enumerate(rows):
-        panels = sizes if kind == "throughput" else rates
-        for column in range(width):
-            axes = grid[row][column]
-            if column >= len(panels):
-                axes.set_visible(False)
-            elif kind == "throughput" and throughput is not None:
-                _throughput_panel(axes, throughput, panels[column])
-            elif latency is not None:
-                _latency_panel(axes, latency, panels[column])
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for index, axes in enumerate(axes for row in grid for axes in row):
+        if index < len(drawn):
+            drawn[index](axes)
+        else:
+            axes.set_visible(False)
     figure.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     return path
 
 
-def _sizes(entry: Json) -> list[str]:
-    return list(dict.fromkeys(size for by_size in entry["echo"].values() for size in by_size))
-
-
-def _throughput_panel(axes: Any, entry: Json, size: str) -> None:
-    counts = [count for count, by_size in entry["echo"].items() if size in by_size]
-    names = order(name for count in counts for name in entry["echo"][count][size])
-    bar = 0.8 / max(1, len(names))
+def _bars(axes: Any, groups: Sequence[str], by_group: Mapping[str, Json], key: str) -> None:
+    """Bars of the spread *key* per system, grouped; the range as the error bar."""
+    names = order(name for stats in by_group.values() for name in stats)
+    width = 0.8 / max(1, len(names))
     for index, name in enumerate(names):
         xs, medians, below, above = [], [], [], []
-        for position, count in enumerate(counts):
-            stats = entry["echo"][count][size].get(name)
+        for position, group in enumerate(groups):
+            stats = by_group[group].get(name)
             if stats is None:
                 continue
-            rate = stats["rate"]
-            xs.append(position + (index - (len(names) - 1) / 2) * bar)
-            medians.append(rate["median"])
-            below.append(rate["median"] - rate["min"])
-            above.append(rate["max"] - rate["median"])
+            spread = stats[key]
+            xs.append(position + (index - (len(names) - 1) / 2) * width)
+            medians.append(spread["median"])
+            below.append(spread["median"] - spread["min"])
+            above.append(spread["max"] - spread["median"])
         axes.bar(
             xs,
             medians,
-            bar,
+            width,
             yerr=[below, above],
             capsize=2,
             label=name,
             color=_colour(name, names),
         )
-    axes.set_xticks(range(len(counts)))
-    axes.set_xticklabels([f"{int(c):,} session" + ("" if c == "1" else "s") for c in counts])
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels(groups)
     axes.set_yscale("log")
-    axes.set_ylabel("messages/s (median, range)")
-    axes.set_title(f"throughput: windowed echo, {size} B")
     axes.grid(axis="y", which="both", alpha=0.3)
     axes.legend(fontsize="small")
 
 
-def _latency_panel(axes: Any, entry: Json, rate: str) -> None:
-    by_system = entry["rates"][rate]
+def _throughput(axes: Any, entry: Json, size: str) -> None:
+    counts = [count for count, by_size in entry["echo"].items() if size in by_size]
+    labels = [f"{int(c):,} session" + ("" if c == "1" else "s") for c in counts]
+    by_label = {label: entry["echo"][c][size] for label, c in zip(labels, counts, strict=True)}
+    _bars(axes, labels, by_label, "rate")
+    axes.set_ylabel("messages/s (median, range)")
+    axes.set_title(f"throughput: windowed echo, {size} B")
+
+
+def _deliveries(axes: Any, by_system: Json, size: str) -> None:
+    _bars(axes, ["window"], {"window": by_system}, "deliveries_per_s")
+    axes.set_ylabel("deliveries/s (median, range)")
+    axes.set_title(f"fanout: 1 → many, as fast as the window allows, {size} B")
+
+
+def _percentiles(axes: Any, by_system: Json, title: str, what: str) -> None:
     names = order(by_system)
+    top = _x(99.0)
     for name in names:
-        points = by_system[name]["histogram_ns"]["percentile_distribution"]
-        xs = [_x(percent) for percent, _ in points if percent < 100.0]
-        ys = [value / 1000 for percent, value in points if percent < 100.0]
+        points = [
+            (percent, value)
+            for percent, value in by_system[name]["histogram_ns"]["percentile_distribution"]
+            if percent < 100.0
+        ]
+        xs = [_x(percent) for percent, _ in points]
+        top = max([top, *xs])
+        ys = [value / 1000 for _, value in points]
         axes.step(xs, ys, where="post", label=name, color=_colour(name, names))
-    top = max((_x(percent) for percent, _ in _points(by_system)), default=_x(99.0))
+    _percentile_axis(axes, top)
+    axes.set_ylabel(f"{what}, µs")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+
+
+def _percentile_axis(axes: Any, top: float) -> None:
     shown = [p for p in TICKS if _x(p) <= top * 1.001]
     axes.set_xscale("log")
     axes.set_xticks([_x(p) for p in shown])
     axes.set_xticklabels([f"{p:g}%" for p in shown])
     axes.set_yscale("log")
-    axes.set_xlabel("percentile (all passes)")
-    axes.set_ylabel("round trip, µs")
-    axes.set_title(f"latency: ping-pong at {int(rate):,}/s offered")
+    axes.set_xlabel("percentile")
     axes.grid(which="both", alpha=0.3)
+
+
+def _resume(axes: Any, summary: Json) -> None:
+    top = _x(99.0)
+    for step, values in summary["from_cut_ms_quantiles"].items():
+        percents = [100.0 * k / (len(values) - 1) for k in range(len(values) - 1)]
+        xs = [_x(p) for p in percents]
+        top = max([top, *xs])
+        axes.step(xs, values[:-1], where="post", label=step.replace("_", " "))
+    _percentile_axis(axes, top)
+    axes.set_ylabel("from the cut, ms")
+    axes.set_title(f"resume: {summary['cuts']:,} cuts, {summary['window']:,} in flight")
     axes.legend(fontsize="small")
 
 
-def _points(by_system: Json) -> list[tuple[float, int]]:
-    return [
-        (percent, value)
-        for stats in by_system.values()
-        for percent, value in stats["histogram_ns"]["percentile_distribution"]
-        if percent < 100.0
-    ]
+def _storm(axes: Any, storms: Json) -> None:
+    for count, stats in storms.items():
+        for rep, run in enumerate(stats["repetitions"]):
+            line = run.get("timeline_s")
+            if line is None:
+                continue
+            shares = [
+                100.0 * k / (len(line["caught_up"]) - 1) for k in range(len(line["caught_up"]))
+            ]
+            label = f"{int(count):,} sessions" if rep == 0 else None
+            (caught,) = axes.plot(line["caught_up"], shares, label=label)
+            axes.plot(line["resumed"], shares, linestyle=":", color=caught.get_color())
+    axes.set_xlabel("seconds since the cut (dotted: resumed; solid: caught up)")
+    axes.set_ylabel("sessions, %")
+    axes.set_title("storm: every session cut at once")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
 
 
 def _x(percent: float) -> float:

@@ -55,6 +55,7 @@ from .harness import (
     other_load,
     other_load_note,
     positive,
+    quantiles,
     scenario,
 )
 from .loadgen import HOST, CpuClock, EchoResult, SessionEcho
@@ -345,6 +346,9 @@ def summarise(passes: list[ResumePass]) -> Json:
         "passes": len(passes),
         "cuts": sum(p.cuts for p in passes),
         "from_cut_us": {step: summary_us(pooled[step]) for step in STEPS},
+        "from_cut_ms_quantiles": {
+            step: [ns / 1e6 for ns in quantiles(pooled[step], 100)] for step in STEPS
+        },
         "from_cut_us_per_pass": {
             step: {
                 key: spread([s[key] for s in per_pass[step] if s["count"]])

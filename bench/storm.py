@@ -48,7 +48,15 @@ from sessiond_client.protocol import ConnectionState, Params, SessionResumed
 
 from . import BenchError
 from .core import POOL, make_pool
-from .harness import Context, full_cores_cell, header, other_load, other_load_note, scenario
+from .harness import (
+    Context,
+    full_cores_cell,
+    header,
+    other_load,
+    other_load_note,
+    quantiles,
+    scenario,
+)
 from .loadgen import (
     DEFAULT_CONCURRENCY,
     IdleSession,
@@ -293,6 +301,10 @@ class StormResult:
             "all_replayed_s": self.seconds,
             "per_session_done_us": summary_us(self.per_session_ns),
             "per_session_resumed_us": summary_us(self.resumed_ns),
+            "timeline_s": {  # cut → each session resumed / caught up, as quantiles
+                "resumed": [ns / 1e9 for ns in quantiles(self.resumed_ns)],
+                "caught_up": [ns / 1e9 for ns in quantiles(self.per_session_ns)],
+            },
             "messages": self.sessions * self.in_flight,
             "echoes_received": self.echoes,
             "lost": self.lost,

@@ -262,7 +262,7 @@ def markdown(
     if plot_path is not None:
         # RESULTS.md sits in bench/, the plot in bench/results/.
         relative = display_path(plot_path).removeprefix("bench/")
-        lines += [f"![throughput and latency per system]({relative})", ""]
+        lines += [f"![every scenario with a figure worth a picture]({relative})", ""]
     return "\n".join(lines)
 
 

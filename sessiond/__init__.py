@@ -7,7 +7,7 @@ from sessiond_client.protocol import CloseCode, SessiondError, SessionLost
 __version__ = "0.1.0"
 
 from .server import Server, ServerConfig, serve
-from .session import Session
+from .session import Session, SessionMoved
 
 __all__ = [
     "CloseCode",
@@ -15,6 +15,7 @@ __all__ = [
     "ServerConfig",
     "Session",
     "SessionLost",
+    "SessionMoved",
     "SessiondError",
     "__version__",
     "serve",

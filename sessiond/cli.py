@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,9 +24,12 @@ from . import __version__, config
 from .addresses import ListenAddress, format_host, parse_listen
 from .admin import AdminError, format_table
 from .admin import request as admin_request
+from .auth import TokenFileAuthenticator
 from .daemon import Daemon, prepare
 from .logs import configure as configure_logging
-from .tls import generate
+from .logs import tag_process
+from .tls import GeneratedFiles, generate, issue_clients
+from .workers import Supervisor, WorkerLink
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 
@@ -45,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the daemon",
         description="Run the daemon. Settings come from embedded defaults, then --config, "
-        "then SESSIOND_SECTION_KEY environment variables, then these flags (README.md).",
+        "then SESSIOND_SECTION_KEY environment variables, then these flags (every setting: "
+        "CONFIG.md). SIGTERM drains and exits 0; SIGHUP reloads what can change live and "
+        "never stops the daemon (README.md, Operating sessiond).",
     )
     serve.add_argument(
         "--config",
@@ -75,10 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics (Prometheus), /healthz and /readyz over HTTP here (default off)",
     )
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="where sessions live: memory (default), redis://HOST:PORT/DB, rediss://... or "
+        "unix:///path/redis.sock (sessions then survive restarts and move between processes)",
+    )
+    serve.add_argument(
         "--admin-socket",
         metavar="PATH",
         help="unix socket (mode 0600) for sessiond sessions list/end (default off)",
     )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="N worker processes on the same port, supervised (default 1: no supervisor; "
+        "more needs a shared store, README.md 'Several workers')",
+    )
+    # A worker of --workers: its slot and its end of the supervisor's socket pair.
+    serve.add_argument("--worker-link", metavar="SLOT:FD", help=argparse.SUPPRESS)
     tls = serve.add_argument_group("TLS (for tls:// listeners; SIGHUP reloads cert and key)")
     tls.add_argument("--tls-cert", metavar="FILE", help="server certificate chain, PEM")
     tls.add_argument("--tls-key", metavar="FILE", help="server private key, PEM")
@@ -90,14 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     gen = commands.add_parser(
-        "gen-cert", help="write a development CA, server and client certificates"
+        "gen-cert",
+        help="write a development CA, server and client certificates",
+        description="Write a CA, a server certificate for --host and client certificates "
+        "for --client. With --ca-key (a CA kept by --keep-ca-key), only issue more client "
+        "certificates from that CA.",
     )
     gen.add_argument(
         "--host",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME",
-        help="DNS name or IP address the server certificate is for, repeatable",
+        help="DNS name or IP address the server certificate is for, repeatable (required "
+        "unless --ca-key)",
     )
     gen.add_argument("--out", required=True, metavar="DIR", help="directory to write to")
     gen.add_argument(
@@ -108,6 +133,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="also a client certificate with commonName NAME (mutual TLS), repeatable",
     )
     gen.add_argument("--force", action="store_true", help="replace existing files")
+    gen.add_argument(
+        "--keep-ca-key",
+        action="store_true",
+        help="also write the CA's private key (ca.key, mode 0600) to issue more client "
+        "certificates later with --ca-key; keep it offline",
+    )
+    gen.add_argument(
+        "--ca-key",
+        metavar="FILE",
+        help="issue only the --client certificates, signed by this kept CA key",
+    )
+    gen.add_argument(
+        "--ca", metavar="FILE", help="with --ca-key: its certificate (default: ca.pem beside it)"
+    )
+
+    token = commands.add_parser(
+        "hash-token",
+        help="make a bearer token and its token-file line for --auth token-file",
+        description="Print a new random token for IDENTITY (give it to that client) and "
+        "the line to add to the token file (only the SHA-256 is stored); SIGHUP reloads "
+        "the file.",
+    )
+    token.add_argument("identity", metavar="IDENTITY", help="who the token stands for")
+    token.add_argument(
+        "--stdin",
+        action="store_true",
+        help="hash a token read from standard input instead of making one",
+    )
 
     conf = commands.add_parser(
         "config", help="check or show the settings", description="Settings: see CONFIG.md."
@@ -168,21 +221,56 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> config.Lo
     return config.load_with_sources(Path(file) if file else None, env, serve_flags(args))
 
 
-def serve_main(args: argparse.Namespace) -> int:
+def serve_main(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """``sessiond serve``; *argv* (its command line) starts workers of ``--workers``."""
     try:
+        worker = WorkerLink.parse(args.worker_link) if args.worker_link else None
+        if worker is not None:
+            tag_process(worker=worker.slot, pid=os.getpid())
         loaded = load_settings(args, os.environ)
         settings = loaded.settings
         configure_logging(settings.server.log_format, settings.server.log_level)
         for warning in loaded.warnings:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra={"fields": {"event": "config-warning"}})
         prepared = prepare(settings)
     except ValueError as exc:
-        print(f"sessiond: {exc}", file=sys.stderr)
+        start_up_error(args, exc)
         return 2
-    daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ))
+    sys.excepthook = _log_uncaught  # in JSON mode, even a crash is one JSON line
+    sys.unraisablehook = _log_unraisable
+    logging.captureWarnings(True)
+    if worker is None and settings.server.workers > 1:
+        supervisor = Supervisor(argv, settings, lambda: load_settings(args, os.environ).settings)
+        return asyncio.run(supervisor.run())
+    daemon = Daemon(loaded, prepared, lambda: load_settings(args, os.environ), worker)
     if uvloop is not None:
         return uvloop.run(daemon.run())
     return asyncio.run(daemon.run())
+
+
+def start_up_error(args: argparse.Namespace, exc: Exception) -> None:
+    """Report a configuration error: a JSON log line if JSON logs were asked for (even
+    if that request is in the configuration that failed), else a line of text."""
+    file = getattr(args, "config", None) or os.environ.get("SESSIOND_CONFIG")
+    wanted = config.best_effort(
+        "server.log_format", Path(file) if file else None, os.environ, serve_flags(args)
+    )
+    if wanted != "json":
+        print(f"sessiond: {exc}", file=sys.stderr)
+        return
+    configure_logging("json")
+    log.error("%s", exc, extra={"fields": {"event": "config-error"}})
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    log.critical("uncaught exception, exiting", exc_info=(kind, exc, tb))
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """An exception Python could not raise (in a finalizer, say): a log line, not stderr."""
+    exc = unraisable.exc_value
+    info = (type(exc), exc, unraisable.exc_traceback) if exc is not None else None
+    log.error("%s: %r", unraisable.err_msg or "exception ignored", unraisable.object, exc_info=info)
 
 
 # ------------------------------------------------------------------- config
@@ -215,31 +303,88 @@ def config_main(args: argparse.Namespace) -> int:
 
 def gen_cert_main(args: argparse.Namespace) -> int:
     try:
-        files = generate(args.out, args.host, args.client, force=args.force)
+        if args.ca_key:
+            ca = Path(args.ca) if args.ca else Path(args.ca_key).with_name("ca.pem")
+            clients = issue_clients(ca, args.ca_key, args.out, args.client, force=args.force)
+            files = None
+        else:
+            if not args.host:
+                raise ValueError("--host NAME is required (or --ca-key to add clients)")
+            files = generate(
+                args.out, args.host, args.client, force=args.force, keep_ca_key=args.keep_ca_key
+            )
+            ca, clients = files.ca, files.clients
     except FileExistsError as exc:
         print(f"sessiond gen-cert: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
         print(f"sessiond gen-cert: {exc}", file=sys.stderr)
         return 2
-    hosts = ", ".join(args.host)
     print("wrote:")
-    print(f"  {files.ca}  CA certificate: clients trust it (its private key was not kept)")
-    print(f"  {files.server_cert}  server certificate for {hosts}")
-    print(f"  {files.server_key}  server private key (mode 0600)")
-    for client in files.clients:
+    if files is not None:
+        kept = "" if files.ca_key else " (its private key was not kept)"
+        print(f"  {files.ca}  CA certificate: clients trust it{kept}")
+        if files.ca_key is not None:
+            print(f"  {files.ca_key}  CA private key (mode 0600): signs more clients, keep it safe")
+        print(f"  {files.server_cert}  server certificate for {', '.join(args.host)}")
+        print(f"  {files.server_key}  server private key (mode 0600)")
+    for client in clients:
         print(f"  {client.cert}  client certificate, commonName {client.name}")
         print(f"  {client.key}  client private key (mode 0600)")
-    ips = [h for h in args.host if _is_ip(h)]
+    url = "tls://HOST:PORT"
+    if files is None:
+        print(f"a daemon run with --tls-client-ca {ca} accepts them as they are")
+    else:
+        command = serve_command(files, args.host)
+        url = client_url(args.host)
+        print("run the daemon with:")
+        print("  " + shlex.join(command))
+    if clients:
+        first = clients[0]
+        print("a client connects with:")
+        print(
+            f"  sessiond_client.connect({url!r}, ca_file={str(ca)!r}, "
+            f"cert_file={str(first.cert)!r}, key_file={str(first.key)!r})"
+        )
+    return 0
+
+
+def serve_command(files: GeneratedFiles, hosts: Sequence[str]) -> list[str]:
+    """A ``sessiond serve`` command line that serves with what gen-cert wrote."""
+    ips = [h for h in hosts if _is_ip(h)]
     listen = f"tls://{format_host(ips[0].strip('[]')) if ips else '127.0.0.1'}:7443"
     command = [
         "sessiond", "serve", "--listen", listen,
         "--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key),
     ]  # fmt: skip
-    if files.clients:
-        command += ["--tls-client-ca", str(files.ca)]
-    print("run the daemon with:")
-    print("  " + shlex.join(command))
+    if files.clients or files.ca_key is not None:
+        command += ["--tls-client-ca", str(files.ca), "--auth", "mutual-tls"]
+    return command
+
+
+def client_url(hosts: Sequence[str]) -> str:
+    """The URL a client connects to :func:`serve_command`'s listener with: a name the
+    server certificate is for (its address if one was given, else its first name)."""
+    ips = [h.strip("[]") for h in hosts if _is_ip(h)]
+    return f"tls://{format_host(ips[0] if ips else hosts[0])}:7443"
+
+
+def hash_token_main(args: argparse.Namespace) -> int:
+    identity = args.identity
+    if not identity or any(c.isspace() for c in identity) or "#" in identity:
+        print("sessiond hash-token: IDENTITY must be one word without #", file=sys.stderr)
+        return 2
+    if args.stdin:
+        token = sys.stdin.readline().rstrip("\r\n")
+        if not token:
+            print("sessiond hash-token: no token on standard input", file=sys.stderr)
+            return 2
+    else:
+        token = secrets.token_urlsafe(32)
+        print(f"token for {identity} (give it to the client; it is stored nowhere):")
+        print(f"  {token}")
+    print("token file line:" if args.stdin else "token file line (--token-file, then SIGHUP):")
+    print(f"{identity} {TokenFileAuthenticator.hash_token(token)}")
     return 0
 
 
@@ -285,14 +430,17 @@ def sessions_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "gen-cert":
         return gen_cert_main(args)
+    if args.command == "hash-token":
+        return hash_token_main(args)
     if args.command == "config":
         return config_main(args)
     if args.command == "sessions":
         return sessions_main(args)
-    return serve_main(args)
+    return serve_main(args, argv)
 
 
 if __name__ == "__main__":

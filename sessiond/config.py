@@ -32,6 +32,7 @@ from .addresses import parse_listen
 from .budgets import Limits
 from .channels.config import ChannelsConfig
 from .schema import Spec, setting, spec_of
+from .store.urls import parse_store_url
 
 ENV_PREFIX = "SESSIOND_"
 #: ``SESSIOND_*`` variables that are not settings.
@@ -51,6 +52,11 @@ def _listen_address(value: str) -> None:
 def _http_address(value: str) -> None:
     if value:
         parse_listen(value, ("http",))
+
+
+def _socket_path(value: str) -> None:
+    if len(value.encode()) > 107:  # sun_path holds 108 bytes, NUL included
+        raise ValueError("a unix socket path holds at most 107 bytes")
 
 
 def _not_empty(value: str) -> None:
@@ -105,6 +111,14 @@ class ServerSection:
         high=DAY,
         unit="s",
         reload=True,
+    )
+    workers: int = setting(
+        1,
+        doc="worker processes sharing the listening port (SO_REUSEPORT) under a supervisor "
+        "that restarts crashed ones and replaces them one at a time on SIGHUP; more than 1 "
+        "needs a shared store ([store] url)",
+        low=1,
+        high=256,
     )
     log_format: str = setting(
         "text",
@@ -175,6 +189,37 @@ class AdminSection:
     socket: str = setting(
         "",
         doc="path of a unix socket (mode 0600) for sessiond sessions list/end; empty: off",
+        check=_socket_path,
+        check_doc="empty or a path of at most 107 bytes",
+    )
+
+
+def _store_url(value: str) -> None:
+    parse_store_url(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    """``[store]``: where sessions live (README, "The session store")."""
+
+    url: str = setting(
+        "memory",
+        doc="memory (this process only), redis://HOST:PORT/DB, rediss://HOST:PORT/DB or "
+        "unix:///path/redis.sock (sessions survive restarts and move between processes)",
+        check=_store_url,
+        check_doc="memory or a redis://, rediss:// or unix:// URL",
+    )
+    key_prefix: str = setting(
+        "sessiond:",
+        doc="prefix of every Redis key and channel (one daemon cluster per prefix)",
+        check=_not_empty,
+    )
+    lease_ttl: float = setting(
+        3.0,
+        doc="a process's lease in Redis: its sessions are claimable this long after it dies",
+        low=0.5,
+        high=60.0,
+        unit="s",
     )
 
 
@@ -187,6 +232,7 @@ class Settings:
     auth: AuthSection = field(default_factory=AuthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     admin: AdminSection = field(default_factory=AdminSection)
+    store: StoreSection = field(default_factory=StoreSection)
     protocol: Params = field(default_factory=Params)
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     limits: Limits = field(default_factory=Limits)
@@ -198,6 +244,7 @@ SECTIONS: dict[str, type[Any]] = {
     "auth": AuthSection,
     "metrics": MetricsSection,
     "admin": AdminSection,
+    "store": StoreSection,
     "protocol": Params,
     "channels": ChannelsConfig,
     "limits": Limits,
@@ -272,6 +319,8 @@ FLAGS = {
     "auth.token_file": "--token-file",
     "metrics.listen": "--metrics",
     "admin.socket": "--admin-socket",
+    "server.workers": "--workers",
+    "store.url": "--store",
 }
 
 
@@ -488,6 +537,30 @@ def load_with_sources(
             raise ConfigError(f"[{section}]: {exc}") from None
     sources = {name: layers.sources.get(name, "default") for name in names()}
     return Loaded(Settings(**built), sources, layers.warnings)
+
+
+def best_effort(
+    name: str,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Any:
+    """``section.key`` from the highest layer that sets it, ignoring every error; the
+    default if none does. For reporting a configuration error in the format it asked
+    for (``server.log_format``) when the configuration as a whole does not load."""
+    if flags and name in flags:
+        return flags[name]
+    if env and env_name(name) in env:
+        return env[env_name(name)]
+    if file is not None:
+        section, _, key = name.partition(".")
+        try:
+            table = tomllib.loads(file.read_text()).get(section, {})
+            if isinstance(table, dict) and key in table:
+                return table[key]
+        except (OSError, ValueError):
+            pass
+    return default(name)
 
 
 def load(

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config
 from .addresses import ListenAddress, format_host, parse_listen
@@ -27,8 +27,14 @@ from .config import Loaded, Settings, TlsSection
 from .logs import configure as configure_logging
 from .metrics import MetricsServer
 from .server import Server, ServerConfig
+from .store import StoreError, parse_store_url
 from .systemd import Notifier
 from .tls import CertificateReloader, describe, server_context
+from .workers import WorkerLink
+from .workers import check as check_workers
+
+if TYPE_CHECKING:
+    from .store.redisstore import RedisStore
 
 log = logging.getLogger("sessiond")
 
@@ -100,9 +106,37 @@ def prepare(settings: Settings) -> Prepared:
     """Check *settings* as far as possible without listening (app importable, TLS files
     and token file readable and valid); ``ValueError`` names what is wrong."""
     listens = [parse_listen(value) for value in settings.server.listen]
+    check_workers(settings)
     load_app(settings.server.app, settings)
     tls = tls_setup(settings.tls, listens)
+    socket = settings.admin.socket
+    if socket and not Path(socket).parent.is_dir():
+        raise ValueError(f"admin.socket {socket}: no directory {Path(socket).parent}")
     return Prepared(listens, tls, authenticator(settings))
+
+
+async def open_store(settings: Settings) -> RedisStore | None:
+    """The started session store ``[store] url`` names (None: memory);
+    :class:`StoreError` saying why it cannot be used."""
+    url = parse_store_url(settings.store.url)
+    if not url.shared:
+        return None
+    try:
+        from .store.redisstore import RedisStore  # noqa: PLC0415 - an optional dependency
+    except ImportError:
+        raise StoreError(
+            f"--store {url.url} needs the redis extra: pip install 'sessiond[redis]'"
+        ) from None
+    store = RedisStore(url.url, settings.store.key_prefix, lease_ttl=settings.store.lease_ttl)
+    await store.start()
+    log.info(
+        "session store %s (node %s, key prefix %s)",
+        url.url,
+        store.node,
+        settings.store.key_prefix,
+        extra=_fields("store", url=url.url, node=store.node),
+    )
+    return store
 
 
 def _fields(event: str, **more: Any) -> dict[str, Any]:
@@ -113,10 +147,17 @@ class Daemon:
     """One ``sessiond serve`` process: its server, signals and reloads.
 
     *load_again* reads the configuration again the way start-up did (file, environment,
-    flags): SIGHUP calls it.
+    flags): SIGHUP calls it. A worker of ``--workers`` has its *worker* link to the
+    supervisor (sessiond/workers.py).
     """
 
-    def __init__(self, loaded: Loaded, prepared: Prepared, load_again: Callable[[], Loaded]):
+    def __init__(
+        self,
+        loaded: Loaded,
+        prepared: Prepared,
+        load_again: Callable[[], Loaded],
+        worker: WorkerLink | None = None,
+    ):
         self.settings = loaded.settings
         self.prepared = prepared
         self.load_again = load_again
@@ -127,6 +168,10 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.admin: AdminServer | None = None
         self.notifier = Notifier()
+        self.worker = worker
+        #: More conditions for /readyz (a store's reachability, ...): each returns why the
+        #: daemon is not ready, or None.
+        self.readiness_checks: list[Callable[[], str | None]] = []
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
 
@@ -142,7 +187,16 @@ class Daemon:
         hangup = getattr(signal, "SIGHUP", None)
         if hangup is not None:
             loop.add_signal_handler(hangup, self.reload)
-        self.server = server = Server(self.app, server_config(settings, self.prepared.auth))
+        if self.worker is not None:
+            self.worker.watch(loop, stop.set)
+        try:
+            store = await open_store(settings)
+        except StoreError as exc:
+            log.error("%s", exc, extra=_fields("store-failed", error=str(exc)))
+            return 1
+        self.server = server = Server(
+            self.app, server_config(settings, self.prepared.auth), store=store
+        )
         if not await self._start_metrics() or not await self._start_admin(server):
             await server.close()
             await self._stop_side_doors()
@@ -151,7 +205,9 @@ class Daemon:
         for address in self.prepared.listens:
             context = tls.context if address.scheme == "tls" and tls is not None else None
             try:
-                listener = await server.listen(address.host, address.port, ssl=context)
+                listener = await server.listen(
+                    address.host, address.port, ssl=context, reuse_port=self.worker is not None
+                )
             except OSError as exc:
                 why = exc.strerror or str(exc)
                 log.error(
@@ -175,12 +231,23 @@ class Daemon:
                 )
         self.listening = True
         self.notifier.ready(self._status())
+        if self.worker is not None:
+            self.worker.ready()
         self.notifier.start_watchdog(loop)
         self._warn_open_auth()
         if tls is not None:
-            log.info("TLS certificate %s", describe(tls.reloader.certificate))
+            described = describe(tls.reloader.certificate)
+            log.info(
+                "TLS certificate %s",
+                described,
+                extra=_fields("tls-certificate", certificate=described),
+            )
             if tls.client_ca is not None:
-                log.info("TLS client certificates required, CA file %s", tls.client_ca)
+                log.info(
+                    "TLS client certificates required, CA file %s",
+                    tls.client_ca,
+                    extra=_fields("tls-client-ca", file=tls.client_ca),
+                )
         await stop.wait()
         self.draining = True
         self.notifier.stopping("draining")
@@ -201,6 +268,10 @@ class Daemon:
             return False, "draining"
         if not self.listening:
             return False, "starting"
+        for check in self.readiness_checks:
+            why = check()
+            if why is not None:
+                return False, why
         return True, "ready"
 
     async def _start_metrics(self) -> bool:
@@ -283,10 +354,19 @@ class Daemon:
             self.notifier.ready(self._status())
 
     def _reload(self) -> None:
+        old = self.settings
         try:
             loaded = self.load_again()
-            prepared = prepare(loaded.settings)
-            certificate = self._reload_certificate(loaded.settings.tls)
+            new = loaded.settings
+            prepare(new)  # everything the new configuration names is there and valid
+            changed = config.changed(old, new)
+            restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
+            live = [name for name in changed if name not in restart]
+            effective = _keep(new, old, restart)
+            # From what will be in force (e.g. mutual-tls needs the client CA the running
+            # listeners were started with), not merely from the file.
+            auth = authenticator(effective)
+            certificate = self._reload_certificate(effective.tls)  # last: it changes things
         except ValueError as exc:
             log.error(
                 "SIGHUP: configuration not reloaded, the old settings stay in force: %s",
@@ -294,16 +374,11 @@ class Daemon:
                 extra=_fields("reload-failed", error=str(exc)),
             )
             return
-        old, new = self.settings, loaded.settings
-        changed = config.changed(old, new)
-        restart = [name for name in changed if not config.spec(*name.split(".", 1)).reload]
-        live = [name for name in changed if name not in restart]
-        effective = _keep(new, old, restart)
         self.settings = effective
         server = self.server
         if server is not None:
             server.config = dataclasses.replace(
-                server_config(effective, prepared.auth),
+                server_config(effective, auth),
                 remembered_ended=server.config.remembered_ended,
                 close_grace=server.config.close_grace,
             )
@@ -315,10 +390,8 @@ class Daemon:
         done = []
         if certificate is not None:
             done.append(f"TLS certificate {certificate}")
-        if isinstance(prepared.auth, TokenFileAuthenticator):
-            done.append(
-                f"token file {prepared.auth.path} ({len(prepared.auth.entries)} identities)"
-            )
+        if isinstance(auth, TokenFileAuthenticator):
+            done.append(f"token file {auth.path} ({len(auth.entries)} identities)")
         shown = [f"{name}={_text(config.value(new, name))}" for name in live]
         done.append(f"changed: {', '.join(shown)}" if shown else "no live setting changed")
         waiting = f"; needs a restart: {', '.join(restart)}" if restart else ""

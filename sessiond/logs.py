@@ -15,6 +15,17 @@ from typing import Any
 
 FORMATS = ("text", "json")
 
+#: Which process of ``--workers`` writes (sessiond/workers.py): empty in a lone daemon.
+#: Text lines show it after the logger name, JSON lines as fields.
+_process: dict[str, Any] = {}
+
+
+def tag_process(**fields: Any) -> None:
+    """Mark every log line of this process with *fields* (a worker's slot and PID);
+    applies from the next :func:`configure`."""
+    _process.clear()
+    _process.update(fields)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the record's fields."""
@@ -26,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        line.update(_process)
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -41,7 +53,9 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        tag = " ".join(f"{k}={v}" for k, v in _process.items())
+        tag = f"[{tag}]" if tag else ""
+        formatter = logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -27,12 +27,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as CollectorBase
 
 from .server import Server
+from .stats import Stats
 
 log = logging.getLogger("sessiond")
 
 REQUEST_LIMIT = 8192  # bytes of request line and headers
 MAX_CLIENTS = 32  # concurrent HTTP connections; more are closed at once
 REQUEST_TIMEOUT = 10.0
+SCAN_SLICE = 2000  # sessions scanned per loop iteration during a scrape
 
 
 class Source(Protocol):
@@ -57,6 +59,20 @@ class Collector(CollectorBase):
 
     def __init__(self, source: Source) -> None:
         self.source = source
+        self.scan: Scan | None = None  # the latest, made by refresh(); None: scan in collect
+
+    async def refresh(self) -> None:
+        """Scan the sessions for the next :meth:`collect`, a slice per loop iteration, so
+        that a scrape of a daemon with many sessions never stalls it for long."""
+        server = self.source.server
+        if server is None:
+            return
+        entries = list(server.sessions.values())
+        scan = Scan(server.stats)
+        for start in range(0, len(entries), SCAN_SLICE):
+            scan.add(entries[start : start + SCAN_SLICE])
+            await asyncio.sleep(0)
+        self.scan = scan
 
     def collect(self) -> Iterator[Metric]:
         source = self.source
@@ -67,18 +83,12 @@ class Collector(CollectorBase):
         if server is None:
             return
         stats = server.stats
-        states: dict[str, int] = {"attached": 0, "detached": 0}
-        replay = inbox = sent = received = 0
-        for entry in server.sessions.values():
-            core = entry.core
-            state = core.state.value
-            states[state] = states.get(state, 0) + 1
-            kept, waiting = core.buffered_bytes
-            replay += kept
-            inbox += waiting
-            out, _, got, _ = core.sequence_numbers
-            sent += out
-            received += got
+        scan = self.scan
+        if scan is None:
+            scan = Scan(stats)
+            scan.add(list(server.sessions.values()))
+        states, replay, inbox = scan.states, scan.replay, scan.inbox
+        sent, received = scan.sent, scan.received
         sessions = GaugeMetricFamily(
             "sessiond_sessions", "live sessions by state", labels=["state"]
         )
@@ -116,6 +126,13 @@ class Collector(CollectorBase):
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
         )
+        yield _counter_by(
+            "sessiond_resume_failures",
+            "resumes answered with a new session instead, by why (UNKNOWN_SESSION, "
+            "SESSION_EXPIRED, ...)",
+            "reason",
+            stats.resume_failed,
+        )
         yield _counter(
             "sessiond_takeovers",
             "resumes that took a session over from a live transport",
@@ -131,8 +148,8 @@ class Collector(CollectorBase):
         messages = CounterMetricFamily(
             "sessiond_messages", "session messages, in (from clients) and out", labels=["direction"]
         )
-        messages.add_metric(["in"], stats.ended_messages_in + received)
-        messages.add_metric(["out"], stats.ended_messages_out + sent)
+        messages.add_metric(["in"], scan.ended_in + received)
+        messages.add_metric(["out"], scan.ended_out + sent)
         yield messages
         wire = CounterMetricFamily(
             "sessiond_transport_bytes",
@@ -177,6 +194,35 @@ class Collector(CollectorBase):
             )
 
 
+class Scan:
+    """What the live sessions hold: counts by state, buffered bytes, messages each way.
+
+    The messages of sessions that had ended are read when the scan starts: a session
+    scanned and then ended before the scan is over is counted once, by the scan, so the
+    ``sessiond_messages`` counter never goes down from one scrape to the next.
+    """
+
+    __slots__ = ("ended_in", "ended_out", "inbox", "received", "replay", "sent", "states")
+
+    def __init__(self, stats: Stats) -> None:
+        self.states: dict[str, int] = {"attached": 0, "detached": 0}
+        self.replay = self.inbox = self.sent = self.received = 0
+        self.ended_in, self.ended_out = stats.ended_messages_in, stats.ended_messages_out
+
+    def add(self, entries: list[Any]) -> None:
+        states = self.states
+        for entry in entries:
+            core = entry.core
+            state = core.state.value
+            states[state] = states.get(state, 0) + 1
+            kept, waiting = core.buffered_bytes
+            self.replay += kept
+            self.inbox += waiting
+            out, _, got, _ = core.sequence_numbers
+            self.sent += out
+            self.received += got
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
@@ -192,10 +238,10 @@ def _counter_by(name: str, doc: str, label: str, counts: dict[str, int]) -> Coun
     return family
 
 
-def registry(source: Source) -> CollectorRegistry:
+def registry(collector: Collector) -> CollectorRegistry:
     """A registry of the daemon's metrics and the process's (CPU, memory, file descriptors)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(Collector(source))
+    reg.register(collector)
     ProcessCollector(registry=reg)
     return reg
 
@@ -205,7 +251,8 @@ class MetricsServer:
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.registry = registry(source)
+        self.collector = Collector(source)
+        self.registry = registry(self.collector)
         self.listener: asyncio.Server | None = None
         self._clients = 0
 
@@ -248,7 +295,10 @@ class MetricsServer:
             if len(request) != 3 or not request[2].startswith("HTTP/"):
                 status, kind, body = 400, "text/plain", b"bad request\n"
             else:
+                if request[1].split("?", 1)[0] == "/metrics":
+                    await self.collector.refresh()
                 status, kind, body = self.respond(request[0], request[1])
+                self.collector.scan = None  # the next scrape scans again
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                 f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"

@@ -39,6 +39,9 @@ class Registry(Protocol[T]):
     def missing_reason(self, session_id: bytes) -> CloseCode:
         """Why a resume of an ID that :meth:`find` does not know fails."""
 
+    def remove(self, session_id: bytes) -> None:
+        """The session moved to another process: forget it without an end code."""
+
     def values(self) -> Iterable[T]:
         """Every live session (for draining, shutdown and operations)."""
 
@@ -84,6 +87,10 @@ class MemoryRegistry(Generic[T], Mapping[bytes, T]):
 
     def missing_reason(self, session_id: bytes) -> CloseCode:
         return self._ended.get(session_id, CloseCode.UNKNOWN_SESSION)
+
+    def remove(self, session_id: bytes) -> None:
+        self._live.pop(session_id, None)
+        self._detached_at.pop(session_id, None)
 
     @property
     def detached(self) -> int:

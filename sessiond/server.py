@@ -10,14 +10,15 @@ answers HELLOs and runs one handler task per session.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import contextvars
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sessiond_client.protocol import (
     CloseCode,
@@ -33,13 +34,18 @@ from sessiond_client.protocol import (
 from sessiond_client.protocol import Session as CoreSession
 
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
-from .budgets import Limits
+from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
+from .durable import Durability
 from .logs import lifecycle
+from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
 from .session import Session
 from .stats import Stats
 from .tls import peer_identity
+
+if TYPE_CHECKING:  # redis is an optional dependency (the [redis] extra)
+    from .store.redisstore import RedisStore
 
 log = logging.getLogger("sessiond")
 #: Connections the kernel queues before accept (asyncio's default is 100): after a
@@ -72,6 +78,7 @@ class _Entry:
         "core",
         "created",
         "dirty",
+        "owner",
         "peer_host",
         "peer_port",
         "protocol",
@@ -94,6 +101,7 @@ class _Entry:
         self.peer_port: int | None = None  # per session until a log line needs one)
         self.taken_over = False
         self.created = server.loop.time()  # for operators (sessiond sessions list)
+        self.owner = ""  # the address that opened it: its budgets (budgets.py) count it
 
     @property
     def peer(self) -> str:
@@ -112,6 +120,7 @@ class Server:
         handler: Handler,
         config: ServerConfig | None = None,
         registry: Registry[_Entry] | None = None,
+        store: RedisStore | None = None,
     ) -> None:
         self.handler = handler
         self.config = config or ServerConfig()
@@ -120,6 +129,13 @@ class Server:
         self.sessions: Registry[_Entry] = registry or MemoryRegistry(self.config.remembered_ended)
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
+        self.tls_pending = 0  # TLS handshakes in progress (each holds a descriptor)
+        # Accepting fails silently once descriptors run out (uvloop's accept closes the
+        # connection, asyncio's pauses): refuse typed, while some are left.
+        self.transport_limit = _descriptor_limit() - self.config.limits.fd_reserve
+        self.partial_bytes = 0  # held for incomplete frames, all transports
+        self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
+        self.budgets = Budgets(self.config.limits)  # per address and identity
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
@@ -132,29 +148,35 @@ class Server:
         self._deadlines: Deadlines[_Entry] = Deadlines(self.loop, self._on_timer)
         #: Event counters for metrics (sessiond.metrics reads them, and live state, on scrape).
         self.stats = Stats()
+        #: With a shared store (started already; the server closes it): write-through of
+        #: every session, resumes of sessions held by other processes (sessiond/durable.py).
+        self.durable = Durability(self, store) if store is not None else None
 
     # ------------------------------------------------------------- listening
 
-    async def listen(self, host: str, port: int, ssl: Any = None) -> asyncio.Server:
-        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext)."""
-        # A TLS transport reaches ServerProtocol only once its handshake is done, so
-        # the TLS handshake needs its own timeout (asyncio's default is 60 s).
-        timeout = self.config.params.handshake_timeout if ssl is not None else None
+    async def listen(
+        self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
+    ) -> asyncio.Server:
+        """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext); with
+        *reuse_port*, beside other processes on the same port (sessiond/workers.py)."""
+        # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
+        # (loop.start_tls), so the transport counts against its address's limit from
+        # accept, not only once its handshake is done.
+        factory: Callable[[], asyncio.Protocol]
+        if ssl is None:
+            factory = lambda: ServerProtocol(self)  # noqa: E731
+        else:
+            factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         listener = await self.loop.create_server(
-            self._accept_tls if ssl is not None else lambda: ServerProtocol(self),
+            factory,
             host,
             port,
-            ssl=ssl,
             reuse_address=True,
-            ssl_handshake_timeout=timeout,
+            reuse_port=reuse_port or None,
             backlog=LISTEN_BACKLOG,
         )
         self.listeners.append(listener)
         return listener
-
-    def _accept_tls(self) -> ServerProtocol:
-        self.stats.tls_accepted += 1  # connection_made counts the completed handshakes
-        return ServerProtocol(self)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -198,9 +220,12 @@ class Server:
         return drained
 
     async def close(self, retry_after: float = 1.0) -> None:
-        """Stop listening and close every transport with GOING_AWAY (sessions are dropped)."""
+        """Stop listening and close every transport with GOING_AWAY (sessions are dropped,
+        or, with a store, released for another process to resume)."""
         for listener in self.listeners:
             listener.close()
+        if self.durable is not None:
+            await self.durable.release_all(retry_after)
         now = self.loop.time()
         for protocol in list(self.protocols):
             if protocol.conn is not None:
@@ -214,6 +239,18 @@ class Server:
         await asyncio.gather(*tasks, return_exceptions=True)
         for listener in self.listeners:
             await listener.wait_closed()
+        self.refusals.close()
+        if self.durable is not None:
+            await self.durable.close()
+
+    def out_of_descriptors(self, peer: str) -> bool:
+        """True (and logged, rate-limited) when a new transport would eat the reserve
+        of file descriptors (``limits.fd_reserve``)."""
+        if len(self.protocols) + self.tls_pending <= self.transport_limit:
+            return False
+        why = "file descriptors nearly exhausted (limits.fd_reserve)"
+        self.refusals.note("limit", peer, why, logging.WARNING, limit="fd_reserve")
+        return True
 
     # -------------------------------------------------------------- sessions
 
@@ -221,6 +258,14 @@ class Server:
         """Authenticate a HELLO, then answer it (now, or when an async authenticator is done)."""
         hello = conn.hello
         assert hello is not None
+        try:
+            now = self.loop.time()
+            self.budgets.check_auth(protocol.host, now)
+            if hello.resume is not None:
+                self.budgets.check_resume(protocol.host, now)
+        except LimitExceeded as exc:
+            self._limit(protocol, conn, exc)
+            return
         try:
             result = self.config.authenticator(hello.credentials, protocol.peer_info())
         except AuthenticationFailed as exc:
@@ -250,47 +295,73 @@ class Server:
             protocol.flush()
 
     def _refuse(self, protocol: ServerProtocol, conn: Connection, why: str) -> None:
-        log.info(
-            "refused peer=%s: %s",
-            protocol.peer,
-            why,
-            extra={"fields": {"event": "refused", "peer": protocol.peer, "why": why}},
-        )
-        conn.reject(self.loop.time(), CloseCode.AUTH_FAILED, "authentication failed")
+        self.refusals.note("refused", protocol.peer, why)
+        now = self.loop.time()
+        self.budgets.failed_auth(protocol.host, now)
+        conn.reject(now, CloseCode.AUTH_FAILED, "authentication failed")
         protocol.flush()
 
-    def answer_hello(self, protocol: ServerProtocol, conn: Connection, identity: Any) -> None:
-        """Resume the session a HELLO names, or open a new one, for *identity*."""
+    def _limit(self, protocol: ServerProtocol, conn: Connection, exc: LimitExceeded) -> None:
+        self.refusals.note("limit", protocol.peer, exc.reason, logging.WARNING, limit=exc.limit)
+        conn.reject(self.loop.time(), CloseCode.LIMIT_EXCEEDED, exc.reason, exc.retry_after)
+        protocol.flush()
+
+    def answer_hello(
+        self,
+        protocol: ServerProtocol,
+        conn: Connection,
+        identity: Any,
+        gone: CloseCode | None = None,
+    ) -> None:
+        """Resume the session a HELLO names, or open a new one, for *identity*
+        (*gone*: the store said why the named session cannot be resumed)."""
         hello = conn.hello
         assert hello is not None
         now = self.loop.time()
         existing: _Entry | None = None
         missing = CloseCode.UNKNOWN_SESSION
+        if self.durable is not None and not self.durable.accepting:
+            # Nothing could be stored: no new session, no resume (protocol.md §12:
+            # GOING_AWAY is retried after retry_after, the session is kept).
+            conn.reject(now, CloseCode.GOING_AWAY, "session store unavailable", 1.0)
+            return
         if hello.resume is not None:
             existing = self.sessions.find(hello.resume.session_id)
+            if existing is None and self.durable is not None and gone is None:
+                self._spawn(
+                    self.durable.resume_elsewhere(protocol, conn, identity, hello.resume.session_id)
+                )
+                return
             if existing is None:
-                missing = self.sessions.missing_reason(hello.resume.session_id)
+                missing = gone or self.sessions.missing_reason(hello.resume.session_id)
         if existing is None and len(self.sessions) >= self.config.max_sessions:
-            log.warning(
-                "refused peer=%s: max_sessions (%d) reached",
-                protocol.peer,
-                self.config.max_sessions,
-                extra={
-                    "fields": {"event": "limit", "limit": "max_sessions", "peer": protocol.peer}
-                },
-            )
+            why = f"max_sessions ({self.config.max_sessions}) reached"
+            self.refusals.note("limit", protocol.peer, why, logging.WARNING, limit="max_sessions")
             conn.reject(now, CloseCode.LIMIT_EXCEEDED, "too many sessions", 5.0)
             return
+        if existing is None:  # a new session: within the address's and identity's budgets?
+            try:
+                self.budgets.open(protocol.host, _budget_key(identity), now)
+            except LimitExceeded as exc:
+                self._limit(protocol, conn, exc)
+                return
         previous = existing.protocol if existing is not None else None
         core = conn.accept(now, identity, existing.core if existing else None, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
+        if hello.resume is not None and (existing is None or core is not existing.core):
+            self.budgets.failed_resume(protocol.host, now)
+            if existing is not None and core is not None:  # a new session after all
+                self.budgets.open(protocol.host, _budget_key(identity), now, check=False)
         if existing is not None and core is existing.core:
             self.stats.resume_seconds.observe(now - conn.opened_at)
             if previous is not None:
                 existing.taken_over = previous is not protocol
         if previous is not None and previous is not protocol and previous.closed:
             previous.entry = None  # taken over (or ended): write its CLOSE and drop it
-            previous.flush()
+            if self.durable is not None and existing is not None:
+                self.durable.stage(existing, previous)
+            else:
+                previous.flush()
         if existing is not None:
             if existing.core.end_code is CloseCode.CREDENTIAL_REUSED:
                 # A retired credential came back: someone copied it (protocol.md §10).
@@ -310,7 +381,12 @@ class Server:
         entry = self.sessions.find(sid)
         if entry is None:
             entry = _Entry(core, self)
+            entry.owner = protocol.host
             self.sessions.create(sid, entry)
+            if self.durable is not None:
+                self.durable.created(entry)
+        elif self.durable is not None and existing is not None and core is existing.core:
+            self.durable.resumed(entry)
         self.sessions.attach(sid)
         entry.protocol = protocol
         entry.peer_host, entry.peer_port = protocol.host, protocol.port
@@ -325,23 +401,25 @@ class Server:
         that leaves them unread must not keep the loop busy.
         """
         core = entry.core
+        evict: list[bytes] = []
         for event in core.events():
             self._count(entry, event)
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
-                # The handler's coroutine is the task itself, and one callback sees
-                # it end: no wrapper coroutine per session (idle memory, see bench/).
-                entry.task = task = self.loop.create_task(self.handler(entry.session))
-                self._handlers[task] = entry
-                task.add_done_callback(self._on_handler_done, context=self._callback_context)
+                self._start_handler(entry)
             elif isinstance(event, SessionResumed):
                 what = "taken over" if entry.taken_over else "resumed"
                 entry.taken_over = False
+                self.budgets.attach(core.id or b"", entry.owner)
                 self._log(entry, what, replayed=event.replayed)
             elif isinstance(event, TransportLost):
                 self._log(entry, "detached", code=event.code)
                 entry.protocol = None
                 self.sessions.detach(core.id or b"", self.loop.time())
+                if core.end_code is None:
+                    evict = self.budgets.detach(core.id or b"", entry.owner, core.held_bytes)
+                if self.durable is not None:
+                    self.durable.detached(entry)
             elif isinstance(event, SessionEnded):
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
@@ -352,17 +430,81 @@ class Server:
             # replies in that same iteration instead of one later (echo latency).
             self.schedule_flush(entry)
         self._arm(entry)
+        for sid in evict:
+            self._evict(sid)
+
+    def _evict(self, sid: bytes) -> None:
+        """End a detached session that its memory budget no longer holds: it expires
+        early, and the returning client learns SESSION_EXPIRED (protocol.md §12.1)."""
+        entry = self.sessions.find(sid)
+        if entry is None or entry.protocol is not None:
+            return
+        why = "detached sessions over their memory budget"
+        self.refusals.note("evicted", entry.peer, why, logging.WARNING, session=sid.hex()[:8])
+        entry.core.close(self.loop.time(), CloseCode.SESSION_EXPIRED, f"evicted: {why}")
+        self.process(entry)
+
+    def _start_handler(self, entry: _Entry) -> None:
+        # The handler's coroutine is the task itself, and one callback sees it end:
+        # no wrapper coroutine per session (idle memory, see bench/).
+        entry.task = task = self.loop.create_task(self.handler(entry.session))
+        self._handlers[task] = entry
+        task.add_done_callback(self._on_handler_done, context=self._callback_context)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def adopt(self, core: CoreSession, data: dict[str, Any]) -> _Entry:
+        """A session recovered from the store (detached): register it and start its
+        handler, with the stored ``data`` and ``session.recovered`` set."""
+        entry = _Entry(core, self)
+        entry.session.recovered = True
+        entry.session.data.update(data)
+        sid = core.id or b""
+        self.sessions.create(sid, entry)
+        self.sessions.detach(sid, self.loop.time())
+        self._log(entry, "recovered")
+        self._start_handler(entry)
+        self._arm(entry)
+        return entry
+
+    def let_go(self, entry: _Entry) -> None:
+        """The session moved to another process: forget it here; its handler ends with
+        :class:`~sessiond.session.SessionMoved`."""
+        sid = entry.core.id or b""
+        self._release_budget(entry)
+        if self.sessions.find(sid) is entry:
+            self.sessions.remove(sid)
+        self._deadlines.release(entry.slot)
+        protocol = entry.protocol
+        entry.protocol = None
+        if protocol is not None:
+            protocol.entry = None
+        self._log(entry, "moved")
+        entry.session.move_away()
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:
         sid = entry.core.id or b""
+        self._release_budget(entry)
         if self.sessions.find(sid) is entry:
             self.sessions.expire(sid, code)
         self._deadlines.release(entry.slot)
         entry.protocol = None
+        if self.durable is not None:
+            self.durable.ended(entry, code)
+
+    def _release_budget(self, entry: _Entry) -> None:
+        """The session no longer counts against its address's and identity's budgets."""
+        if entry.owner:
+            sid = entry.core.id or b""
+            self.budgets.close(sid, entry.owner, _budget_key(entry.core.identity))
+            entry.owner = ""
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         session = self._handlers.pop(task).session
-        if task.cancelled():
+        if task.cancelled() or session.moved:
             return
         exc = task.exception()
         if exc is None:
@@ -380,6 +522,8 @@ class Server:
         if isinstance(event, SessionEnded):
             sent, _, received, _ = entry.core.sequence_numbers
             self.stats.session_ended(event.code.name, sent, received)
+        elif isinstance(event, SessionStarted) and event.replaces is not None:
+            self.stats.resume_failed_as(event.replaces.name)
 
     def _log(self, entry: _Entry, what: str, **details: Any) -> None:
         self.stats.event(what)
@@ -424,6 +568,9 @@ class Server:
         self._flush_scheduled = False
         dirty = self._dirty
         self._dirty = []
+        if self.durable is not None:
+            self.durable.flush(dirty)
+            return
         for entry in dirty:
             entry.dirty = False
             protocol = entry.protocol
@@ -445,6 +592,10 @@ class ServerProtocol(asyncio.Protocol):
         "_backlog",
         "_closing",
         "_continue_handle",
+        "_fed",
+        "_held",
+        "_partial_boundary",
+        "_partial_timer",
         "_read_paused",
         "_stall_timer",
         "_timer",
@@ -471,6 +622,10 @@ class ServerProtocol(asyncio.Protocol):
         self._backlog = b""  # input read but not yet processed (beyond one slice)
         self._continue_handle: asyncio.Handle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._fed = 0  # bytes received so far (a stream offset)
+        self._held = 0  # of which held for an incomplete frame (counted in server.partial)
+        self._partial_boundary = -1  # where that frame started when its timer was armed
+        self._partial_timer: asyncio.TimerHandle | None = None
 
     @property
     def peer(self) -> str:
@@ -493,9 +648,18 @@ class ServerProtocol(asyncio.Protocol):
             server.stats.tls_handshakes += 1
         count = server.per_host.get(self.host, 0) + 1
         server.per_host[self.host] = count
+        if server.out_of_descriptors(self.peer):
+            retry_after = server.config.limits.retry_after
+            self.conn.reject(
+                server.loop.time(), CloseCode.LIMIT_EXCEEDED, "server busy", retry_after
+            )
+            self.flush()
+            return
         if count > server.config.max_transports_per_peer:
-            if count == server.config.max_transports_per_peer + 1:
-                log.warning("peer %s reached max_transports_per_peer", self.host)
+            why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
+            server.refusals.note(
+                "limit", self.peer, why, logging.WARNING, limit="max_transports_per_peer"
+            )
             self.conn.reject(
                 server.loop.time(), CloseCode.LIMIT_EXCEEDED, "too many transports", 5.0
             )
@@ -523,12 +687,56 @@ class ServerProtocol(asyncio.Protocol):
         server = self.server
         server.stats.bytes_in += len(data)
         conn.receive_data(data, server.loop.time())
+        self._fed += len(data)
+        held = conn.buffered_input
+        if held or self._held:
+            self._check_partial(conn, held)
         if self.entry is None and conn.hello is not None and not conn.closed:
             self._cancel_timer()
             server.on_hello(self, conn)
         self.flush()
         if self.entry is not None:
             server.process(self.entry)
+
+    def _check_partial(self, conn: Connection, held: int) -> None:
+        """Bound what an incomplete frame may hold: per transport before the handshake,
+        over all transports, and in time (whatever the heartbeat)."""
+        server = self.server
+        limits = server.config.limits
+        server.partial_bytes += held - self._held
+        self._held = held
+        if not held or conn.closed:
+            return
+        now = server.loop.time()
+        if conn.session is None and held > limits.max_hello_size:
+            why = f"handshake frame above {limits.max_hello_size} bytes"
+            conn.close(now, CloseCode.FRAME_TOO_LARGE, why)
+        elif server.partial_bytes > limits.max_partial_bytes:
+            why = "max_partial_bytes reached"
+            server.refusals.note("limit", self.peer, why, limit="max_partial_bytes")
+            conn.close(now, CloseCode.LIMIT_EXCEEDED, "server busy", limits.retry_after)
+        elif self._partial_timer is None:
+            self._partial_boundary = self._fed - held
+            self._partial_timer = server.loop.call_later(
+                limits.partial_frame_timeout, self._on_partial_timer
+            )
+
+    def _on_partial_timer(self) -> None:
+        """A frame started partial_frame_timeout ago: still the same one? Then the
+        transport is closed (IDLE_TIMEOUT: the session detaches)."""
+        self._partial_timer = None
+        conn = self.conn
+        if conn is None or conn.closed or not self._held:
+            return
+        if self._fed - self._held != self._partial_boundary:  # frames completed since
+            self._check_partial(conn, self._held)  # re-armed for the frame now partial
+            return
+        timeout = self.server.config.limits.partial_frame_timeout
+        why = f"frame not completed within {timeout:.0f} s"
+        conn.close(self.server.loop.time(), CloseCode.IDLE_TIMEOUT, why)
+        self.flush()
+        if self.entry is not None:
+            self.server.process(self.entry)
 
     def _continue_later(self) -> None:
         if self._continue_handle is None and not self._write_paused:
@@ -594,9 +802,8 @@ class ServerProtocol(asyncio.Protocol):
         if conn is None or transport is None or not self._write_paused:
             return
         limits = self.server.config.limits
-        log.info(
-            "closed peer=%s: output not read for %.0f s", self.peer, limits.write_stall_timeout
-        )
+        why = f"output not read for {limits.write_stall_timeout:.0f} s"
+        self.server.refusals.note("limit", self.peer, why, limit="write_stall_timeout")
         conn.close(
             self.server.loop.time(),
             CloseCode.LIMIT_EXCEEDED,
@@ -623,14 +830,31 @@ class ServerProtocol(asyncio.Protocol):
         return self.conn is not None and self.conn.closed
 
     def flush(self) -> None:
-        """Write the core's pending output; close the transport if the core closed it."""
+        """Write the core's pending output; close the transport if the core closed it.
+
+        With a store, a session's output is written only once stored: it is taken at
+        the end of this loop tick (sessiond/durable.py)."""
+        conn = self.conn
+        if conn is None or self.transport is None:
+            return
+        if self.entry is not None and self.server.durable is not None:
+            self.server.schedule_flush(self.entry)
+            return
+        if self._write_paused and not conn.closed:
+            return  # the core holds it (bounded by the window) until resume_writing
+        self.write_out(conn.data_to_send())
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's output is above its high water mark: the core keeps output."""
+        return self._write_paused
+
+    def write_out(self, data: bytes) -> None:
+        """Write *data* (taken from the core); close the transport if the core closed it."""
         conn = self.conn
         transport = self.transport
         if conn is None or transport is None:
             return
-        if self._write_paused and not conn.closed:
-            return  # the core holds it (bounded by the window) until resume_writing
-        data = conn.data_to_send()
         if data:
             self.server.stats.bytes_out += len(data)
             transport.write(data)
@@ -692,10 +916,12 @@ class ServerProtocol(asyncio.Protocol):
                 server.per_host.pop(self.host, None)
         self._cancel_timer()
         self._backlog = b""
-        for handle in (self._continue_handle, self._stall_timer):
+        for handle in (self._continue_handle, self._stall_timer, self._partial_timer):
             if handle is not None:
                 handle.cancel()
-        self._continue_handle = self._stall_timer = None
+        self._continue_handle = self._stall_timer = self._partial_timer = None
+        server.partial_bytes -= self._held
+        self._held = 0
         conn = self.conn
         if conn is not None:
             code = conn.close_code
@@ -710,11 +936,125 @@ class ServerProtocol(asyncio.Protocol):
                 entry.protocol = None
             server.process(entry)
 
+    def abort_unwritten(self) -> None:
+        """Drop the transport without writing what is queued (its session was not stored)."""
+        if self.transport is not None:
+            self.transport.abort()
+
     def abort(self) -> None:
         """Close the transport now, after writing what the core has queued."""
         self.flush()
         if self.transport is not None:
             self.transport.close()
+
+
+class TlsAccept(asyncio.Protocol):
+    """A TCP transport of a TLS listener until its TLS handshake is done, then handed to
+    a :class:`ServerProtocol`. It counts against its address's ``max_transports_per_peer``
+    from accept: over the limit it is closed at once (no CLOSE frame can be sent before
+    TLS, and the handshake is the costly part); the handshake has ``handshake_timeout``.
+
+    The loop's own TLS protocol (uvloop's when running on uvloop) is installed here,
+    in ``connection_made``, as ``loop.start_tls`` would: before the first read, which
+    uvloop starts right after ``connection_made`` returns (so a ``start_tls`` from a
+    task could miss the ClientHello).
+    """
+
+    def __init__(self, server: Server, ssl: Any) -> None:
+        self.server = server
+        self.ssl = ssl
+        self.host = ""
+        self.pending = False  # counted in server.tls_pending
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)
+        server = self.server
+        server.stats.tls_accepted += 1  # ServerProtocol.connection_made counts completed ones
+        peer = transport.get_extra_info("peername")
+        self.host = sys.intern(str(peer[0] if isinstance(peer, tuple) else peer))
+        count = server.per_host.get(self.host, 0) + 1
+        server.per_host[self.host] = count
+        if server.out_of_descriptors(self.host):
+            server.stats.refusal(CloseCode.LIMIT_EXCEEDED.name)
+            self._uncount()
+            raw.abort()
+            return
+        if count > server.config.max_transports_per_peer:
+            why = f"max_transports_per_peer ({server.config.max_transports_per_peer}) reached"
+            server.refusals.note(
+                "limit", self.host, why, logging.WARNING, limit="max_transports_per_peer"
+            )
+            server.stats.refusal(CloseCode.LIMIT_EXCEEDED.name)
+            self._uncount()
+            raw.abort()
+            return
+        server.tls_pending += 1
+        self.pending = True
+        loop = server.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        protocol = _TlsServerProtocol(server, self)
+        tls = _tls_protocol_class(loop)(
+            loop,
+            protocol,
+            self.ssl,
+            waiter,
+            True,  # server side
+            None,
+            ssl_handshake_timeout=server.config.params.handshake_timeout,
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+        task = loop.create_task(self._handshake(raw, waiter))
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    async def _handshake(self, raw: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
+        """Uncount a transport whose handshake fails (one that succeeds was handed over)."""
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            raw.abort()
+            raise
+        except Exception as exc:  # a failed handshake: SSLError, reset, timeout
+            log.debug("TLS handshake with %s failed: %r", self.host, exc)
+            raw.abort()
+        finally:
+            self._uncount()
+
+    def _uncount(self) -> None:
+        if self.pending:
+            self.server.tls_pending -= 1
+            self.pending = False
+        if self.host:
+            left = self.server.per_host.get(self.host, 1) - 1
+            if left:
+                self.server.per_host[self.host] = left
+            else:
+                self.server.per_host.pop(self.host, None)
+            self.host = ""
+
+
+class _TlsServerProtocol(ServerProtocol):
+    """A ServerProtocol whose transport its TlsAccept counted until the handshake ended."""
+
+    __slots__ = ("accept",)
+
+    def __init__(self, server: Server, accept: TlsAccept) -> None:
+        super().__init__(server)
+        self.accept = accept
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.accept._uncount()  # counted again just below, in the same call
+        super().connection_made(transport)
+
+
+def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS protocol class ``loop.start_tls`` uses on *loop*."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop  # noqa: PLC0415  (a uvloop loop runs: uvloop is installed)
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    return asyncio.sslproto.SSLProtocol
 
 
 @contextlib.asynccontextmanager
@@ -725,18 +1065,40 @@ async def serve(
     *,
     ssl: Any = None,
     config: ServerConfig | None = None,
+    store: RedisStore | None = None,
 ) -> AsyncIterator[Server]:
     """Run a server for the duration of the ``async with`` block.
 
     ``handler(session)`` runs once per session, across reconnects.
-    Port 0 picks a free port; read it from ``server.addresses``.
+    Port 0 picks a free port; read it from ``server.addresses``. With a *store*
+    (started; the server closes it), sessions are written through to it and can
+    move between the processes that share it.
     """
-    server = Server(handler, config)
+    server = Server(handler, config, store=store)
     await server.listen(host, port, ssl)
     try:
         yield server
     finally:
         await server.close()
+
+
+def _descriptor_limit() -> int:
+    """This process's soft limit of open file descriptors (a large number if unknown)."""
+    try:
+        import resource  # noqa: PLC0415  (not on Windows)
+    except ImportError:
+        return 1 << 30
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 30
+
+
+def _budget_key(identity: Any) -> Hashable:
+    """The identity as per-identity budgets count it (None: anonymous or unhashable)."""
+    try:
+        hash(identity)
+    except TypeError:
+        return None
+    return cast(Hashable, identity)
 
 
 def _peer_text(host: str, port: int | None) -> str:

@@ -23,6 +23,14 @@ class Flushable(Protocol):
     def flush(self) -> None: ...
 
 
+class SessionMoved(Exception):
+    """The session moved to another daemon process (resumed there, or this one shut
+    down and released it): ``send()`` and ``recv()`` raise it and async iteration
+    stops. The handler should just return; the session goes on there, with a new
+    handler (``session.recovered`` true). Not a :class:`~sessiond_client.SessionLost`:
+    nothing ended."""
+
+
 class Session(Handoff):
     """One session, as the application handler sees it.
 
@@ -31,7 +39,7 @@ class Session(Handoff):
     coroutine per message, and no separate object per idle session).
     """
 
-    __slots__ = ("_data", "_entry", "identity")
+    __slots__ = ("_data", "_entry", "_moved", "identity", "recovered")
 
     def __init__(
         self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
@@ -40,6 +48,12 @@ class Session(Handoff):
         self._entry = entry
         self.identity: Any = core.identity
         self._data: dict[str, Any] | None = None
+        #: True when this handler runs for a session recovered from the session store
+        #: (it began in another process, or before a restart): ``data`` is what was
+        #: stored, and messages consumed but not yet stored may come again (README,
+        #: "The session store").
+        self.recovered = False
+        self._moved = False
 
     @property
     def data(self) -> dict[str, Any]:
@@ -62,9 +76,30 @@ class Session(Handoff):
     def ended(self) -> bool:
         return self._core.end_code is not None
 
+    @property
+    def moved(self) -> bool:
+        """True once the session moved to another process (see :class:`SessionMoved`)."""
+        return self._moved
+
+    def move_away(self) -> None:
+        """The daemon: this process no longer holds the session; end the handler."""
+        self._moved = True
+        # What the handler has not taken stays unconsumed: the new owner gets it again
+        # from the client; taking it here as well would process it twice.
+        self._local = None
+        self._core.take_messages(self._loop.time())
+        self.wake()
+
     def _failure(self) -> SessionLost | None:
         code = self._core.end_code
+        if code is None and self._moved:
+            return SessionLost(CloseCode.GOING_AWAY)  # only tested for presence
         return None if code is None else SessionLost(code)
+
+    def _raise_failure(self) -> None:
+        if self._moved:
+            raise SessionMoved(f"session {self.id[:8]} moved to another process")
+        super()._raise_failure()
 
     def _flush(self) -> None:
         self._entry.flush()

@@ -49,6 +49,7 @@ class Stats:
         "ended_messages_out",
         "events",
         "refused",
+        "resume_failed",
         "resume_seconds",
         "tls_accepted",
         "tls_handshakes",
@@ -60,6 +61,7 @@ class Stats:
         self.events: dict[str, int] = {}  # lifecycle event (created, resumed, ...) -> count
         self.ended: dict[str, int] = {}  # close code of ended sessions -> count
         self.refused: dict[str, int] = {}  # transports that never carried a session, by code
+        self.resume_failed: dict[str, int] = {}  # resumes answered with a new session, by why
         self.tls_accepted = 0  # TCP connections accepted on TLS listeners
         self.tls_handshakes = 0  # of those, TLS handshakes completed
         self.ended_messages_in = 0  # messages received by sessions that have ended
@@ -73,6 +75,9 @@ class Stats:
         self.ended[code] = self.ended.get(code, 0) + 1
         self.ended_messages_out += sent
         self.ended_messages_in += received
+
+    def resume_failed_as(self, reason: str) -> None:
+        self.resume_failed[reason] = self.resume_failed.get(reason, 0) + 1
 
     def refusal(self, code: str) -> None:
         self.refused[code] = self.refused.get(code, 0) + 1

@@ -192,16 +192,19 @@ class ClientFiles:
 
 @dataclass(frozen=True, slots=True)
 class GeneratedFiles:
-    """What :func:`generate` wrote. The CA's private key is not kept (see there)."""
+    """What :func:`generate` wrote. The CA's private key only with ``keep_ca_key``."""
 
     ca: Path
     server_cert: Path
     server_key: Path
     clients: tuple[ClientFiles, ...] = ()
+    ca_key: Path | None = None
 
     def paths(self) -> list[Path]:
         """Every file written, certificates before their keys."""
         paths = [self.ca, self.server_cert, self.server_key]
+        if self.ca_key is not None:
+            paths.append(self.ca_key)
         for client in self.clients:
             paths += [client.cert, client.key]
         return paths
@@ -213,6 +216,7 @@ def generate(
     client_names: Sequence[str] = (),
     *,
     force: bool = False,
+    keep_ca_key: bool = False,
 ) -> GeneratedFiles:
     """Write a development CA and certificates (ECDSA P-256) into *out_dir*.
 
@@ -223,35 +227,21 @@ def generate(
     - ``client-NAME.pem`` / ``client-NAME.key`` per name in *client_names* (commonName NAME).
 
     The CA's private key is thrown away once everything is signed, so the CA can never
-    sign anything else; to add a client later, generate everything again. Key files
+    sign anything else, unless *keep_ca_key*: then it is written to ``ca.key`` (mode
+    0600) and :func:`issue_clients` can sign more client certificates later. Key files
     are created with mode 0600. Existing files raise ``FileExistsError`` unless
     *force*; then each file is replaced atomically.
     """
     sans = _host_names(hosts)
-    names = list(dict.fromkeys(client_names))
-    for name in names:
-        if not _NAME.fullmatch(name):
-            raise ValueError(
-                f"client name {name!r}: use 1-64 letters, digits and . _ @ - "
-                "(it becomes a file name and the certificate's commonName)"
-            )
     out = Path(out_dir)
     files = GeneratedFiles(
         ca=out / "ca.pem",
         server_cert=out / "server.pem",
         server_key=out / "server.key",
-        clients=tuple(
-            ClientFiles(name, out / f"client-{name}.pem", out / f"client-{name}.key")
-            for name in names
-        ),
+        clients=_client_files(out, client_names),
+        ca_key=out / "ca.key" if keep_ca_key else None,
     )
-    if not force:
-        existing = [str(p) for p in files.paths() if p.exists() or p.is_symlink()]
-        if existing:
-            raise FileExistsError(
-                f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-                "use --force (force=True) to replace them"
-            )
+    _check_absent(files.paths(), force)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     now = datetime.datetime.now(datetime.UTC)
@@ -275,6 +265,8 @@ def generate(
         .sign(ca_key, hashes.SHA256())
     )
     _write(files.ca, _pem(ca_cert), 0o644, force)
+    if files.ca_key is not None:
+        _write(files.ca_key, _private_pem(ca_key), 0o600, force)
 
     first = str(sans[0].value)
     subject = x509.Name(
@@ -283,14 +275,87 @@ def generate(
     cert_pem, key_pem = _issue(ca_key, ca_name, now, subject, ExtendedKeyUsageOID.SERVER_AUTH, sans)
     _write(files.server_key, key_pem, 0o600, force)
     _write(files.server_cert, cert_pem, 0o644, force)
-    for client in files.clients:
+    _issue_clients(ca_key, ca_name, now, files.clients, force)
+    return files
+
+
+def issue_clients(
+    ca_file: StrPath,
+    ca_key_file: StrPath,
+    out_dir: StrPath,
+    client_names: Sequence[str],
+    *,
+    force: bool = False,
+) -> tuple[ClientFiles, ...]:
+    """More client certificates from a CA kept by ``generate(..., keep_ca_key=True)``:
+    ``client-NAME.pem`` / ``client-NAME.key`` in *out_dir*; a daemon that trusts the CA
+    (``--tls-client-ca``) accepts them without a restart."""
+    ca_path, key_path = Path(ca_file), Path(ca_key_file)
+    ca_cert = read_certificate(ca_path)
+    try:
+        ca_key = serialization.load_pem_private_key(_read(key_path, "CA private key"), None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"CA key file {key_path}: {_reason(exc)}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"CA key file {key_path}: not an EC private key")
+    if ca_key.public_key().public_numbers() != ca_cert.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ValueError(f"CA key file {key_path} does not match the certificate {ca_path}")
+    clients = _client_files(Path(out_dir), client_names)
+    if not clients:
+        raise ValueError("name at least one client (--client NAME)")
+    _check_absent([p for c in clients for p in (c.cert, c.key)], force)
+    Path(out_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    _issue_clients(ca_key, ca_cert.subject, now, clients, force)
+    return clients
+
+
+def _client_files(out: Path, client_names: Sequence[str]) -> tuple[ClientFiles, ...]:
+    names = list(dict.fromkeys(client_names))
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                f"client name {name!r}: use 1-64 letters, digits and . _ @ - "
+                "(it becomes a file name and the certificate's commonName)"
+            )
+    return tuple(
+        ClientFiles(name, out / f"client-{name}.pem", out / f"client-{name}.key") for name in names
+    )
+
+
+def _check_absent(paths: Sequence[Path], force: bool) -> None:
+    if force:
+        return
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
+    if existing:
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "use --force (force=True) to replace them"
+        )
+
+
+def _issue_clients(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    now: datetime.datetime,
+    clients: Sequence[ClientFiles],
+    force: bool,
+) -> None:
+    for client in clients:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, client.name)])
         cert_pem, key_pem = _issue(
             ca_key, ca_name, now, subject, ExtendedKeyUsageOID.CLIENT_AUTH, []
         )
         _write(client.key, key_pem, 0o600, force)
         _write(client.cert, cert_pem, 0o644, force)
-    return files
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 # ----------------------------------------------------------------- internals

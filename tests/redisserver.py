@@ -91,7 +91,7 @@ class RedisServer:
         ]
 
     def start(self) -> None:
-        """Start the process and wait until it answers PING."""
+        """Start the process and wait until it serves data commands."""
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a killed server leaves its socket file
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
@@ -106,10 +106,12 @@ class RedisServer:
             time.sleep(0.02)
 
     def _pong(self) -> bool:
+        # Not PING: Redis answers it while still loading its AOF, and refuses data
+        # commands (-LOADING) until the file is read.
         try:
             with socket.create_connection((HOST, self.port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                sock.sendall(b"EXISTS redisserver:probe\r\n")
+                return sock.recv(64).startswith(b":")
         except OSError:
             return False
 

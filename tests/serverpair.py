@@ -71,6 +71,7 @@ class MemoryTransport(asyncio.Transport):
         self.eof_written = False
         self.closing = False
         self.lost = False  # connection_lost was called
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._peer if name == "peername" else default
@@ -82,8 +83,7 @@ class MemoryTransport(asyncio.Transport):
     def can_write_eof(self) -> bool:
         return True
 
-    # What is written is kept at once (never buffered), so the daemon's write-buffer
-    # marks (sessiond/budgets.py) are never crossed; reading is driven by the test.
+    # Everything written is taken at once: the buffer never reaches a high-water mark.
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
@@ -91,10 +91,13 @@ class MemoryTransport(asyncio.Transport):
         return 0
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
 
     def write_eof(self) -> None:
         self.eof_written = True
@@ -219,6 +222,8 @@ class ServerPair:
     def deliver(self, to_server: int | None = None, to_client: int | None = None) -> None:
         """Deliver up to the given number of pending bytes each way (all if None)."""
         n = len(self.to_server) if to_server is None else min(to_server, len(self.to_server))
+        if self.transport is not None and not self.transport.reading:
+            n = 0  # the server stopped reading: the bytes wait (as in the kernel's buffer)
         if n:
             chunk = bytes(self.to_server[:n])
             del self.to_server[:n]

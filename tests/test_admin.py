@@ -116,6 +116,17 @@ def test_a_second_daemon_does_not_steal_a_live_admin_socket(tmp_path: Path) -> N
         finally:
             second.close()
         assert sessions("list", "--socket", str(sock)).returncode == 0  # the first's
-        assert first.stop() == 0
+        first.proc.kill()  # SIGKILL: the socket file stays behind, with nobody listening
+        first.proc.wait()
+        assert sock.exists()
+        third = DaemonProcess(
+            "--listen", "127.0.0.1:0", "--admin-socket", str(sock), log_file=tmp_path / "3.log"
+        )
+        try:
+            third.wait_for("admin socket")  # the stale file was replaced
+            assert sessions("list", "--socket", str(sock)).returncode == 0
+            assert third.stop() == 0
+        finally:
+            third.close()
     finally:
         first.close()

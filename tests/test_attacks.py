@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -811,6 +811,41 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def open_fds(pid: int) -> int:
+    """File descriptors process *pid* holds (its listening and accepted sockets among them)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def wait_fds(pid: int, done: Callable[[int], bool], what: str, timeout: float = 30) -> None:
+    """Wait until ``done(open_fds(pid))``: the daemon accepted, or let go of, sockets."""
+    async with asyncio.timeout(timeout):
+        while not done(open_fds(pid)):
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def rss_peak(pid: int) -> AsyncIterator[list[int]]:
+    """Sample the RSS of *pid* every 5 ms while the block runs; yields a list whose only
+    item is, after the block, the highest sample (so a peak is not missed between reads)."""
+    samples = [rss_kib(pid)]
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            samples.append(rss_kib(pid))
+
+    task = asyncio.create_task(sample())
+    peak: list[int] = []
+    try:
+        yield peak
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        samples.append(rss_kib(pid))
+        peak.append(max(samples))
+
+
 @contextlib.contextmanager
 def daemon_process(tmp_path: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """``python -m sessiond serve`` with *config* (TOML), its log in ``tmp_path/daemon.log``."""
@@ -887,28 +922,30 @@ async def test_handshake_flood_memory_is_bounded(tmp_path: Path) -> None:
     """Rounds of FLOOD connections that never finish the handshake: half silent, half
     holding the first 40 bytes of a HELLO (a partial frame, which costs the daemon a
     decoder). Each is closed with HANDSHAKE_TIMEOUT; the daemon's RSS while they are
-    held stays within a generous per-connection bound, the second round costs no more
-    than the first (nothing kept), and a canary session works throughout."""
+    held (sampled throughout) stays within a per-connection bound, the second round
+    costs no more than the first (nothing kept), and a canary session works throughout.
+    Bounds are about 2.5x what was measured (24 KiB per held connection; 1.1 MiB more
+    after round 2 than after round 1)."""
     config = "[server]\nmax_transports_per_peer = 2000\n[protocol]\nhandshake_timeout = 1.5\n"
     partial = Hello((1,), 15000, 1024, 1 << 20, 1 << 20, 0, "t" * 200).encode()[:40]
     with daemon_process(tmp_path, config) as (proc, port):
         canary = await started(port, proc)
         for i in range(20):
             await echo(canary, b"warm-up %d" % i)
-        await asyncio.sleep(0.2)
+        fds = open_fds(proc.pid)
         baseline = rss_kib(proc.pid)
         figures: list[tuple[int, int]] = []
         for round_number in range(2):
             held = []
-            for i in range(FLOOD):
-                reader, writer = await asyncio.open_connection(HOST, port)
-                if i % 2:
-                    writer.write(partial)
-                held.append((reader, writer))
-            await echo(canary, b"during round %d" % round_number)
-            await asyncio.sleep(0.3)  # let the daemon take every byte
-            peak = rss_kib(proc.pid)
-            closes = await asyncio.gather(*(read_close(reader, 15) for reader, _ in held))
+            async with rss_peak(proc.pid) as peak:
+                for i in range(FLOOD):
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                    if i % 2:
+                        writer.write(partial)
+                    held.append((reader, writer))
+                await wait_fds(proc.pid, lambda n: n >= fds + FLOOD, "flood not accepted")
+                await echo(canary, b"during round %d" % round_number)
+                closes = await asyncio.gather(*(read_close(reader, 15) for reader, _ in held))
             for _, writer in held:
                 writer.close()
             codes = collections.Counter(
@@ -916,8 +953,8 @@ async def test_handshake_flood_memory_is_bounded(tmp_path: Path) -> None:
             )
             assert codes == {"HANDSHAKE_TIMEOUT": FLOOD}, codes
             await echo(canary, b"after round %d" % round_number)
-            await asyncio.sleep(0.2)
-            figures.append((peak, rss_kib(proc.pid)))
+            await wait_fds(proc.pid, lambda n: n <= fds, "flood not released")
+            figures.append((peak[0], rss_kib(proc.pid)))
         await canary.close()
     (peak1, after1), (peak2, after2) = figures
     print(
@@ -925,16 +962,17 @@ async def test_handshake_flood_memory_is_bounded(tmp_path: Path) -> None:
         f" round 1 peak {peak1} / after {after1}, round 2 peak {peak2} / after {after2} KiB"
         f" ({(peak1 - baseline) / FLOOD:.1f} KiB per held connection)"
     )
-    assert peak1 - baseline < FLOOD * 256, "more than 256 KiB per half-open connection"
-    assert peak2 - baseline < FLOOD * 256
-    assert after2 <= after1 + FLOOD * 16, "memory not reused after the first flood"
+    assert peak1 - baseline < FLOOD * 64, "more than 64 KiB per half-open connection"
+    assert peak2 - baseline < FLOOD * 64
+    assert after2 <= after1 + FLOOD * 7, "memory not reused after the first flood"
 
 
 async def test_one_client_opening_sessions_in_a_loop_meets_typed_limits(tmp_path: Path) -> None:
     """One client keeps transports open until max_transports_per_peer refuses the next
     one with LIMIT_EXCEEDED at once; then opens and drops sessions until max_sessions
     refuses a HELLO with LIMIT_EXCEEDED. Both carry a retry-after, the count of sessions
-    is exact, the existing sessions still resume at the limit, and RSS stays bounded."""
+    is exact, the existing sessions still resume at the limit, and RSS (sampled
+    throughout) stays within about 4x what was measured (1.9 KiB per idle session)."""
     transports, sessions = 32, 300
     config = (
         f"[server]\nmax_sessions = {sessions}\nmax_transports_per_peer = {transports}\n"
@@ -943,42 +981,40 @@ async def test_one_client_opening_sessions_in_a_loop_meets_typed_limits(tmp_path
     with daemon_process(tmp_path, config) as (proc, port):
         canary = await started(port, proc)
         await echo(canary, b"first")
-        await asyncio.sleep(0.2)
         baseline = rss_kib(proc.pid)
+        async with rss_peak(proc.pid) as peak:
+            held = []
+            for _ in range(transports - 1):  # the canary holds one
+                client = CoreClient(HOST, port)
+                await client.open()
+                assert client.attached, client.events
+                held.append(client)
+            for _ in range(3):  # at the limit: refused before any HELLO, with a retry-after
+                reader, writer = await asyncio.open_connection(HOST, port)
+                close = await read_close(reader, 10)
+                writer.close()
+                assert close is not None and close.code == CloseCode.LIMIT_EXCEEDED, close
+                assert close.retry_after_ms > 0
+            await echo(canary, b"at the transport limit")
+            for client in held:
+                await client.kill()  # detached: the sessions stay
 
-        held = []
-        for _ in range(transports - 1):  # the canary holds one
-            client = CoreClient(HOST, port)
-            await client.open()
-            assert client.attached, client.events
-            held.append(client)
-        for _ in range(3):  # at the limit: refused before any HELLO, with a retry-after
-            reader, writer = await asyncio.open_connection(HOST, port)
-            close = await read_close(reader, 10)
-            writer.close()
-            assert close is not None and close.code == CloseCode.LIMIT_EXCEEDED, close
-            assert close.retry_after_ms > 0
-        await echo(canary, b"at the transport limit")
-        for client in held:
-            await client.kill()  # detached: the sessions stay
-
-        created = len(held) + 1
-        refused: list[CloseCode | None] = []
-        for _ in range(sessions + 10):  # bounded: the limit must come before
-            client = await open_session(port)
-            if client.attached:
-                created += 1
-                await client.kill()
-                continue
-            assert client.conn is not None
-            refused.append(client.conn.close_code)
-            assert client.conn.close_code is CloseCode.LIMIT_EXCEEDED, client.events
-            assert client.conn.close_reason == "too many sessions"
-            assert client.conn.retry_after > 0
-            if len(refused) == 5:
-                break
-        assert created == sessions, (created, refused)
-        peak = rss_kib(proc.pid)
+            created = len(held) + 1
+            refused: list[CloseCode | None] = []
+            for _ in range(sessions + 10):  # bounded: the limit must come before
+                client = await open_session(port)
+                if client.attached:
+                    created += 1
+                    await client.kill()
+                    continue
+                assert client.conn is not None
+                refused.append(client.conn.close_code)
+                assert client.conn.close_code is CloseCode.LIMIT_EXCEEDED, client.events
+                assert client.conn.close_reason == "too many sessions"
+                assert client.conn.retry_after > 0
+                if len(refused) == 5:
+                    break
+            assert created == sessions, (created, refused)
 
         survivor = held[0]  # an existing session resumes at the limit
         await survivor.open()
@@ -990,6 +1026,6 @@ async def test_one_client_opening_sessions_in_a_loop_meets_typed_limits(tmp_path
     print(
         f"\nsession loop: {created} sessions (max_sessions {sessions}), then {len(refused)}"
         f" refusals LIMIT_EXCEEDED; {transports} transports then refused; RSS {baseline} ->"
-        f" {peak} KiB ({(peak - baseline) / created:.1f} KiB per session)"
+        f" {peak[0]} KiB ({(peak[0] - baseline) / created:.1f} KiB per session)"
     )
-    assert peak - baseline < sessions * 128, "more than 128 KiB per idle session"
+    assert peak[0] - baseline < sessions * 8, "more than 8 KiB per idle session"

@@ -162,8 +162,10 @@ async def test_transports_per_peer_limit() -> None:
         writer.close()
         for _, w in held:
             w.close()
-        await asyncio.sleep(0.05)
-        client = CoreClient(host, port)  # the others are gone: room again
+        async with asyncio.timeout(10):  # the daemon notices they are gone: room again
+            while server.per_host:
+                await asyncio.sleep(0.01)
+        client = CoreClient(host, port)
         await client.open()
         await client.close()
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench.__main__ import REGISTRY
+from bench.plot import panels
 from bench.summary import lost_fields
 from bench.systems import PEERS, find_binary
 from tests.benchrun import BenchRun, run_bench, whole_quick_run
@@ -66,6 +67,11 @@ def test_the_summary_is_printed_and_kept_with_the_plot(whole: BenchRun) -> None:
     plot = whole.json_path.with_suffix(".png")
     assert plot.read_bytes().startswith(PNG)
     assert run["plot"].endswith(plot.name)
+    # a panel per payload size, per offered rate, resume, storm, and per kind of fanout pass
+    entries = whole.document["scenarios"]
+    sizes = {size for by_size in entries["throughput"]["echo"].values() for size in by_size}
+    fanouts = sum(len(by_load) for by_load in entries["fanout"]["fanout"].values())
+    assert len(panels(entries)) == len(sizes) + len(entries["latency"]["rates"]) + 2 + fanouts
 
 
 def _echo_passes(stats: dict[str, Any], repeat: int, messages: int, sessions: int) -> None:
@@ -136,18 +142,26 @@ def test_latency_pings_every_system_and_keeps_the_histograms(whole: BenchRun) ->
 def test_idle_opens_every_session_each_time_against_a_fresh_daemon(whole: BenchRun) -> None:
     entry = whole.document["scenarios"]["idle"]
     config = entry["config"]
-    assert len(config["counts"]) == 2
+    assert len(config["counts"]) == 2 and config["tls_counts"]
     assert set(entry["sessions"]) == {str(count) for count in config["counts"]}
-    for count, stats in entry["sessions"].items():
-        repetitions = stats["repetitions"]
-        assert len(repetitions) == config["repeat"] >= 3, count
-        for rep in repetitions:
-            assert rep["sessions"] == rep["still_open_after_idle"] == int(count)
-            assert rep["rss_kib"]["before"] > 0 and rep["rss_kib"]["idle"] > 0
-            assert isinstance(rep["rss_per_session_kib"], float)
-            assert rep["idle_server_cpu_percent"] >= 0
-        assert stats["lost"] == 0
-    assert len(entry["servers"]) == len(config["counts"]) * config["repeat"]
+    assert set(entry["tls_sessions"]) == {str(count) for count in config["tls_counts"]}
+    for transport, key in (("tcp", "sessions"), ("tls", "tls_sessions")):
+        for count, stats in entry[key].items():
+            repetitions = stats["repetitions"]
+            assert len(repetitions) == config["repeat"] >= 3, count
+            for rep in repetitions:
+                assert rep["transport"] == transport
+                assert rep["sessions"] == rep["still_open_after_idle"] == int(count)
+                assert rep["rss_kib"]["before"] > 0 and rep["rss_kib"]["idle"] > 0
+                assert isinstance(rep["rss_per_session_kib"], float)
+                assert rep["idle_server_cpu_percent"] >= 0
+            assert stats["lost"] == 0
+    assert set(entry["tls_ceiling"]) == set(entry["tls_sessions"])  # the bare TLS baseline
+    for count, stats in entry["tls_ceiling"].items():
+        assert len(stats["repetitions"]) == config["repeat"], count
+        assert all(rep["sessions"] == int(count) for rep in stats["repetitions"])
+    measured = len(config["counts"]) + 2 * len(config["tls_counts"])  # daemon, ceiling
+    assert len(entry["servers"]) == measured * config["repeat"]
     for server in entry["servers"].values():
         assert server["exit_code"] == 0, server["log"]
 

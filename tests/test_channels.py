@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import msgpack
 import pytest
 import sessiond_client
-from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, State
+from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, SessionLostEvent, State
 from sessiond_client.channels import (
     ChannelError,
     Channels,
@@ -170,6 +170,8 @@ async def test_a_fresh_session_ends_the_helper_and_a_new_one_subscribes_again() 
                 await sub.recv()
         assert lost.value.reason is CloseCode.UNKNOWN_SESSION
         assert sub.session.id != first and sub.session.state is State.ACTIVE
+        (told,) = [n for n in sub.session.notices if isinstance(n, SessionLostEvent)]
+        assert lost.value.undelivered == told.unacked  # the old session's requests in doubt
         with pytest.raises(SessionLost):
             await sub.subscribe("fleet/commands")  # this helper is over
 

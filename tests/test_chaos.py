@@ -12,7 +12,7 @@
   never receives cost the daemon their window and no more; the app sending to them is
   held back (its ``send`` waits); other sessions on the daemon carry on.
 
-Helpers come from tests/test_faults.py (short timers: heartbeat 0.2 s, idle timeout 0.6 s)
+Helpers come from tests/test_faults.py (short timers: heartbeat 0.5 s, idle timeout 1.5 s)
 and tests/test_client.py. Randomised tests name their seed in every failure; rerun one
 with ``TEST_FAULT_SEED=<seed>``. ``TEST_CHAOS_SECONDS`` lengthens the chaos run;
 ``pytest -s`` prints its figures.
@@ -48,7 +48,7 @@ import sessiond
 from sessiond.server import Handler, Server, ServerProtocol
 from sessiond.server import ServerConfig as DaemonConfig
 from tests.coreclient import CoreClient
-from tests.faultproxy import C2S, DIRECTIONS, S2C, FaultProxy
+from tests.faultproxy import C2S, DIRECTIONS, S2C, Direction, FaultProxy
 from tests.test_client import FAST, url_of
 from tests.test_faults import (
     CLIENT_PARAMS,
@@ -157,7 +157,9 @@ class FaultInjector:
 
     A connection already cut, cut one way or blackholed is not picked again (its client
     still has to notice); delays and byte-by-byte chunking are switched off again after
-    a random while. :attr:`counts` tallies the faults by kind.
+    a random while. :attr:`counts` tallies the faults by kind; :attr:`killed` records, per
+    broken connection, the directions the fault stopped and what they had forwarded then,
+    so that :meth:`check` can tell that each fault happened.
     """
 
     KINDS = ("cut", "cut-one-way", "blackhole", "delay", "chunk-1-byte")
@@ -168,6 +170,7 @@ class FaultInjector:
         self.rng = rng
         self.counts: Counter[str] = Counter()
         self.broken: set[int] = set()
+        self.killed: dict[int, dict[Direction, int]] = {}  # index -> {direction: forwarded}
         self._undo: list[asyncio.TimerHandle] = []
 
     async def run(self, seconds: float) -> None:
@@ -187,15 +190,16 @@ class FaultInjector:
         conn = rng.choice(candidates)
         kind = rng.choices(self.KINDS, self.WEIGHTS)[0]
         loop = asyncio.get_running_loop()
+        if kind in ("cut", "cut-one-way", "blackhole"):
+            stopped = (rng.choice(DIRECTIONS),) if kind == "cut-one-way" else DIRECTIONS
+            self.killed[conn.index] = {d: conn.forwarded(d) for d in stopped}
+            self.broken.add(conn.index)
         if kind == "cut":
             conn.cut(rst=rng.random() < 0.7)
-            self.broken.add(conn.index)
         elif kind == "cut-one-way":
-            conn.cut_one_way(rng.choice(DIRECTIONS), fin=rng.random() < 0.3)
-            self.broken.add(conn.index)
+            conn.cut_one_way(stopped[0], fin=rng.random() < 0.3)
         elif kind == "blackhole":
             conn.blackhole()
-            self.broken.add(conn.index)
         elif kind == "delay":
             direction = rng.choice((C2S, S2C, None))
             conn.delay(rng.uniform(0.005, 0.15), direction)
@@ -205,6 +209,16 @@ class FaultInjector:
             conn.chunk(1, direction)
             self._undo.append(loop.call_later(rng.uniform(0.1, 1.0), conn.chunk, None, direction))
         self.counts[kind] += 1
+
+    def check(self, sessions: int, why: str) -> None:
+        """Every kind of fault was injected, and each one took effect: a stopped direction
+        forwarded nothing more, and every broken transport was replaced by a new one."""
+        assert set(self.counts) == set(self.KINDS), f"{self.counts} {why}"
+        for index, stopped in self.killed.items():
+            conn = self.proxy.connections[index]
+            after = {d: conn.forwarded(d) for d in stopped}
+            assert after == stopped, f"fault on {conn} did not stop {stopped}: {after} {why}"
+        assert len(self.proxy.connections) >= sessions + len(self.broken), why
 
     def calm(self) -> None:
         """No more faults: delays and chunking off everywhere (broken paths stay broken)."""
@@ -222,6 +236,12 @@ class ChaosClient:
         self.rng = rng
         self.sent: list[bytes] = []
         self.received: list[bytes] = []
+        self.resumes = 0  # back to ACTIVE after RECONNECTING
+        session.on_state_change(self._on_state)
+
+    def _on_state(self, state: State) -> None:
+        if state is State.ACTIVE:
+            self.resumes += 1
 
     @property
     def sid(self) -> str:
@@ -282,6 +302,9 @@ async def _chaos(seed: int, why: str) -> None:
             for task in [*talkers, *listeners]:
                 task.cancel()
 
+        injector.check(CHAOS_SESSIONS, why)
+        resumes = sum(client.resumes for client in clients)
+        assert resumes >= 1, why
         for client in clients:
             sid = client.sid
             assert app.received[sid] == client.sent, f"client→server of {sid[:8]}: {why}"
@@ -313,7 +336,8 @@ async def _chaos(seed: int, why: str) -> None:
             f"\nchaos: seed={seed} sessions={CHAOS_SESSIONS} faults for {CHAOS_SECONDS:.0f} s:"
             f" {sum(injector.counts.values())} {dict(injector.counts)};"
             f" transports={len(proxy.connections)} (resumes and retries beyond the first"
-            f" {CHAOS_SESSIONS}); messages client→server={up} server→client={down}"
+            f" {CHAOS_SESSIONS}); resumes={resumes};"
+            f" messages client→server={up} server→client={down}"
             f" (echoes {down - pushed}, app's own {pushed}), total={up + down};"
             f" {time.monotonic() - started:.1f} s"
         )

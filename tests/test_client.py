@@ -14,7 +14,7 @@ from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, State
 from sessiond_client.client import parse_url
 from sessiond_client.protocol import GoawayReceived, SessionLostEvent
 
-from tests.faultproxy import C2S, S2C, FaultProxy
+from tests.faultproxy import C2S, S2C, Direction, FaultProxy, ProxyConnection
 from tests.test_faults import CLIENT_PARAMS, IDLE_TIMEOUT, MARGIN, daemon_and_proxy, echo_daemon
 
 FAST = ReconnectPolicy(base=0.01, cap=0.1)
@@ -51,15 +51,20 @@ async def test_echo_survives_random_cuts_exactly_once_in_order() -> None:
                     return
 
         task = asyncio.create_task(reader())
+        cut: set[int] = set()  # the proxy connections a cut hit
         for i, payload in enumerate(sent):
             await session.send(payload, timeout=10)
-            if rng.random() < 0.004:
+            if i == 1_500 or rng.random() < 0.004:
+                cut.update(conn.index for conn in proxy.active)
                 proxy.cut()  # both directions, messages in flight both ways
             if i % 200 == 0:
                 await asyncio.sleep(0)
         await asyncio.wait_for(task, 30)
         assert received == sent, f"seed={seed}"
-        assert State.RECONNECTING in states and session.state is State.ACTIVE
+        # The cuts happened: each connection cut was replaced, and the session resumed.
+        assert cut and len(proxy.connections) >= len(cut) + 1, f"seed={seed}"
+        assert all(proxy.connections[index].closed for index in cut), f"seed={seed}"
+        assert states.count(State.ACTIVE) >= 1 and session.state is State.ACTIVE
         await session.close()
         assert states[-1] is State.CLOSED  # the listener saw every change
 
@@ -164,6 +169,11 @@ def test_urls_are_checked() -> None:
 FAULTS = ["cut", "one-way-to-client", "one-way-to-server", "blackhole", "chunk-1-byte"]
 
 
+def stopped_by(fault: str) -> tuple[Direction, ...]:
+    """The directions *fault* stops for good."""
+    return {"one-way-to-client": (S2C,), "one-way-to-server": (C2S,)}.get(fault, (C2S, S2C))
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_ten_thousand_each_way_through_faults(fault: str) -> None:
     """10,000 messages to the echo app and 10,000 back while the proxy injects *fault*
@@ -182,10 +192,16 @@ async def test_ten_thousand_each_way_through_faults(fault: str) -> None:
                 if len(received) == count:
                     return
 
+        states: list[State] = []
+        session.on_state_change(states.append)
         task = asyncio.create_task(reader())
+        faulted: list[ProxyConnection] = []  # the transport each fault hit
+        stops: list[dict[Direction, int]] = []  # what it had forwarded where it stopped
         for i, payload in enumerate(sent):
             await session.send(payload, timeout=IDLE_TIMEOUT + MARGIN + 10)
-            if i % 2_500 == 1_000:
+            if i % 2_500 == 1_000 and fault != "chunk-1-byte":
+                faulted.append(proxy.last)
+                stopped = {d: proxy.last.forwarded(d) for d in stopped_by(fault)}
                 if fault == "cut":
                     proxy.cut()
                 elif fault == "one-way-to-client":
@@ -194,12 +210,26 @@ async def test_ten_thousand_each_way_through_faults(fault: str) -> None:
                     proxy.cut_one_way(C2S)
                 elif fault == "blackhole":
                     proxy.blackhole()
+                stops.append(stopped)
             if i % 100 == 0:
                 await asyncio.sleep(0)
         await asyncio.wait_for(task, 60)
         assert received == sent
         (entry,) = server.sessions.values()  # one session throughout: never replaced
         assert entry.core.sequence_numbers[2] == count  # the daemon received each once
+        if fault == "chunk-1-byte":  # one byte per write, both ways
+            for direction in (C2S, S2C):
+                assert proxy.forwarded(direction) > 2 * count
+                for conn in proxy.connections:
+                    assert conn.writes(direction) == conn.forwarded(direction)
+        else:
+            # Four faults, each on a transport that carried messages since the last one;
+            # each stopped what it was meant to, and each was followed by a resume.
+            assert len({id(conn) for conn in faulted}) == 4
+            for conn, stopped in zip(faulted, stops, strict=True):
+                assert {d: conn.forwarded(d) for d in stopped} == stopped, conn
+            assert len(proxy.connections) >= 5
+            assert states.count(State.ACTIVE) >= 4, states
         await session.close()
 
 

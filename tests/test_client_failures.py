@@ -99,6 +99,21 @@ async def test_close_after_sigkill_raises_with_the_undelivered_messages(
     assert again.value is lost.value
 
 
+async def test_concurrent_closes_both_wait_and_raise_the_same() -> None:
+    async with echo_daemon() as server, FaultProxy(*server.addresses[0]) as proxy:
+        url = "tcp://{}:{}".format(*proxy.address)
+        session = await sessiond_client.connect(url, params=CLIENT_PARAMS, policy=FAST)
+        await echoed(session, [b"through"])
+        proxy.blackhole()  # half-open: nothing is acknowledged any more
+        await session.send(b"swallowed")
+        outcomes = await asyncio.gather(
+            session.close(timeout=0.5), session.close(timeout=0.5), return_exceptions=True
+        )
+    first, second = outcomes
+    assert isinstance(first, SessionLost) and first is second
+    assert first.undelivered == (b"swallowed",)
+
+
 async def test_close_returns_when_everything_was_acknowledged(tmp_path: Path) -> None:
     port = free_port()
     async with daemon(port, tmp_path / "daemon.log") as process:

@@ -61,6 +61,7 @@ def test_every_flag_is_an_option_of_serve() -> None:
         ),
         ("[server]\nlog_level = 'verbose'\n", ["server.log_level", "verbose", "DEBUG | INFO"]),
         ("[metrics]\nlisten = 'nowhere'\n", ["metrics.listen", "nowhere", "HOST:PORT"]),
+        (f"[admin]\nsocket = '/{'x' * 120}'\n", ["admin.socket", "at most 107 bytes"]),
         ("[channels]\nacl = ['alice may a/#']\n", ["channels.acl", "acl rule"]),
         ("[channels]\nretained = ['a/#/b']\n", ["channels.retained", "a/#/b"]),
         ("[server]\nlisten_on = []\n", ["unknown setting server.listen_on", "server.listen?"]),
@@ -149,6 +150,10 @@ def test_config_check_and_show_as_commands(tmp_path: Path) -> None:
     tokens.write_text("[auth]\nmode = 'token-file'\ntoken_file = '/nonexistent/tokens'\n")
     result = sessiond("config", "check", str(tokens))
     assert result.returncode == 2 and "/nonexistent/tokens" in result.stderr
+    admin = tmp_path / "admin.toml"
+    admin.write_text("[admin]\nsocket = '/nonexistent/run/admin.sock'\n")
+    result = sessiond("config", "check", str(admin))
+    assert result.returncode == 2 and "no directory /nonexistent/run" in result.stderr
     result = sessiond(
         "config", "show", "--config", str(good), env={"SESSIOND_PROTOCOL_WINDOW_MESSAGES": "64"}
     )
@@ -188,3 +193,14 @@ def test_serve_names_the_setting_of_a_bad_flag_and_starts_despite_a_stray_variab
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    path = tmp_path / "readme.toml"
+    path.write_text(example)
+    loaded = config.load_with_sources(path)
+    assert loaded.sources["server.max_sessions"] == f"file {path}"
+    assert loaded.settings == config.load()  # the example shows the defaults

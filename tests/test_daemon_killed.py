@@ -223,6 +223,8 @@ async def _drain_and_restart(port: int, tmp_path: Path, tasks: list[asyncio.Task
             assert time.monotonic() < deadline, "the bursts do not go out"
             await asyncio.sleep(0)
         first.proc.send_signal(signal.SIGTERM)  # with messages in flight both ways
+        at_term = sum(len(t.sent) for t in talkers)
+        in_flight = at_term - sum(len(t.echoes) for t in talkers)  # not yet echoed back
         await asyncio.wait_for(asyncio.gather(*senders), 30)
         assert await first.wait_exit(30) == 0, first.output()
         assert "drained: all acknowledged" in first.output()
@@ -247,6 +249,8 @@ async def _drain_and_restart(port: int, tmp_path: Path, tasks: list[asyncio.Task
             doubt += len(lost.unacked)
         sent = sum(len(t.sent) for t in talkers)
         print(
-            f"\nSIGTERM: {SESSIONS} clients, {sent} messages sent, all acknowledged ones"
-            f" echoed; {doubt} sent after the drain reported as never acknowledged"
+            f"\nSIGTERM: {SESSIONS} clients; at SIGTERM {at_term} messages sent of"
+            f" {SESSIONS * burst}, {in_flight} of them not yet echoed; {sent} sent in all,"
+            f" all acknowledged ones echoed; {doubt} sent after the drain reported as never"
+            " acknowledged"
         )

@@ -118,10 +118,8 @@ async def run_example(
         stderr=asyncio.subprocess.PIPE,
     )
     communicate = asyncio.ensure_future(proc.communicate())
-    if cuts:  # the schedule starts once the example is connected (start-up may be slow)
-        async with asyncio.timeout(TIMEOUT):
-            while not quick.proxy.connections and not communicate.done():
-                await asyncio.sleep(0.01)
+    if cuts:  # the cuts count from its first connection (a loaded machine starts it slowly)
+        await quick.proxy.wait_connections(1, TIMEOUT)
     for _ in range(cuts):
         await asyncio.wait([communicate], timeout=cut_every)
         if communicate.done():
@@ -152,6 +150,7 @@ async def test_telemetry_keeps_publishing_through_network_loss(tmp_path: Path) -
     assert {m.channel for m in got} == {"devices/sensor-1/telemetry"}
     assert "reading 149 queued" in run.stdout
     assert run.transports > 1  # it did lose the network, and reconnected
+    assert "connection lost" in run.stderr and "resumed in" in run.stderr  # its log
 
 
 async def test_telemetry_prints_the_commands_it_receives(tmp_path: Path) -> None:
@@ -228,3 +227,43 @@ def test_the_readme_shows_the_examples_verbatim() -> None:
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     for example in sorted(EXAMPLES.glob("*.py")):
         assert example.read_text() in blocks, f"README lacks {example.name} verbatim"
+
+
+async def test_telemetry_publishes_again_what_its_state_file_kept_for_a_lost_session(
+    tmp_path: Path,
+) -> None:
+    """The README's ``--state-file`` run: the daemon SIGKILLed with readings unacknowledged,
+    the device rebooted (the example SIGKILLed too), a new daemon: the next run publishes
+    the readings its state file kept, then its own, instead of a traceback."""
+    state = str(tmp_path / "tele.db")
+    async with quick_start(tmp_path, "devices/+/telemetry") as quick:
+        example = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "telemetry.py"), quick.url,
+            "--count", "1000", "--interval", "0.05", "--state-file", state,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await observed(quick, 3)
+            quick.proc.send_signal(signal.SIGKILL)
+            assert example.stdout is not None
+            async with asyncio.timeout(TIMEOUT):
+                queued = 0
+                while queued < 3:  # readings queued after the daemon died: kept on disk
+                    line = await example.stdout.readline()
+                    assert line, "the example ended"
+                    queued += b"reconnecting" in line
+        finally:
+            example.kill()
+            await example.wait()
+    again = tmp_path / "again"
+    again.mkdir()
+    async with quick_start(again, "devices/+/telemetry") as quick:
+        run = await run_example(quick, "telemetry.py", "--count", "2", "--state-file", state)
+        assert run.returncode == 0, run.stderr
+        assert "publishing them again" in run.stderr
+        kept = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("   {")]
+        assert len(kept) >= 3, run.stderr
+        got = await observed(quick, len(kept) + 2)
+    readings = [json.loads(m.payload) for m in got]
+    assert readings[: len(kept)] == kept  # the saved ones first, oldest first
+    assert [r["n"] for r in readings[len(kept) :]] == [0, 1]

@@ -11,16 +11,51 @@ and the canary's latency. Nothing here asserts a timing.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import random
+import ssl as ssl_module
+import string
+import subprocess
+import sys
 import time
+import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from sessiond_client.protocol.codec import encode_ping
+import pytest
+from sessiond_client.channels import ErrorCode
+from sessiond_client.protocol import (
+    CloseCode,
+    FrameDecoder,
+    Params,
+    SessionResumed,
+    SessionStarted,
+    parse_frame,
+)
+from sessiond_client.protocol.codec import encode_data, encode_ping
+from sessiond_client.protocol.frames import Close, Hello, Resume, Welcome
 
+import sessiond
+import sessiond.apps
 from bench.hostile import blind_acker, open_raw, ping_flooder, send_bounded
+from sessiond import config
+from sessiond.auth import TokenFileAuthenticator
+from sessiond.budgets import Limits
+from sessiond.channels import ChannelsConfig
+from sessiond.channels.subscriptions import Subscriptions
+from sessiond.config import ConfigError
+from sessiond.server import ServerConfig
+from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
-from tests.test_attacks import daemon_process, echo, rss_kib, started
+from tests.test_attacks import daemon_process, echo, recording_logs, rss_kib, started
+from tests.test_auth import token_file
+from tests.test_channels import channels_daemon, open_channels, refused, shut, url_of
+from tests.test_daemon import free_port
 
 MIB = 1024
+HOST = "127.0.0.1"
 
 
 async def canary_during(canary: CoreClient, attack: asyncio.Future[str]) -> int:
@@ -102,3 +137,347 @@ async def test_a_transport_whose_output_is_not_read_is_closed_and_its_session_de
     assert outcome == "closed", outcome
     assert "output not read" in log
     assert "detached" in log and "code=LIMIT_EXCEEDED" in log, log[-2000:]
+
+
+# ------------------------------------------------------------------ the handshake phase
+
+
+@contextlib.asynccontextmanager
+async def echo_server(
+    limits: Limits, ssl: Any = None, **config: Any
+) -> AsyncIterator[sessiond.Server]:
+    server_config = ServerConfig(params=Params(heartbeat_max=300.0), limits=limits, **config)
+    async with sessiond.serve(sessiond.apps.echo, HOST, 0, ssl=ssl, config=server_config) as server:
+        yield server
+
+
+async def read_close(reader: asyncio.StreamReader, timeout: float = 20.0) -> Close | None:
+    """Read to EOF (or reset, or *timeout*): the CLOSE frame that ended the stream, if any."""
+    data = b""
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        data = await asyncio.wait_for(reader.read(), timeout)
+    frames = [parse_frame(frame) for frame in FrameDecoder(1 << 20).feed(data)]
+    closes = [frame for frame in frames if isinstance(frame, Close)]
+    return closes[-1] if closes else None
+
+
+async def test_a_transport_sitting_on_a_partial_frame_is_closed_whatever_the_heartbeat() -> None:
+    """After HELLO, all but 10 bytes of a large frame, then nothing (the heartbeat asked
+    for is 300 s: the idle timeout would be 900 s). The transport is closed with
+    IDLE_TIMEOUT after partial_frame_timeout; the session detaches, then resumes."""
+    async with echo_server(Limits(partial_frame_timeout=1.0)) as server:
+        client = CoreClient(HOST, server.addresses[0][1], Params(heartbeat_interval=300.0))
+        await client.open()
+        await echo(client, b"before")
+        assert client.writer is not None
+        client.writer.write(encode_data(2, b"x" * 200_000)[:-10])
+        await client.pump_until(lambda: False, 20)  # until the daemon closes it
+        assert client.conn is not None and client.conn.close_code is CloseCode.IDLE_TIMEOUT
+        assert "not completed" in client.conn.close_reason
+        assert server.partial_bytes == 0
+        client.conn = None
+        await client.open()  # the session was detached, not ended
+        assert isinstance(client.events[-1], SessionResumed), client.events
+        await echo(client, b"after")
+        await client.close()
+
+
+async def test_a_frame_arriving_slowly_but_steadily_in_many_frames_is_not_cut() -> None:
+    """Frames that each complete in time are not cut, however long the stream stays
+    mid-frame at read boundaries."""
+    async with echo_server(Limits(partial_frame_timeout=1.0)) as server:
+        client = CoreClient(HOST, server.addresses[0][1])
+        await client.open()
+        assert client.writer is not None and client.conn is not None
+        for i in range(8):
+            client.session.send(b"%03d" % i * 30, client.now())  # 106-byte frames
+        frames = client.conn.data_to_send()
+        for start in range(0, len(frames), 37):  # mid-frame between writes, 0.3 s a frame
+            client.writer.write(frames[start : start + 37])
+            await asyncio.sleep(0.1)  # 2.3 s in all, more than the timeout
+        await client.pump_until(lambda: len(client.received) == 8, 10)
+        assert client.attached
+        await client.close()
+
+
+async def test_bytes_held_before_the_handshake_and_over_all_transports_are_bounded() -> None:
+    """A HELLO-sized partial frame above max_hello_size is refused (FRAME_TOO_LARGE);
+    partial frames over all transports above max_partial_bytes: LIMIT_EXCEEDED."""
+    limits = Limits(max_hello_size=4096, max_partial_bytes=1 << 20)
+    async with echo_server(limits) as server:
+        port = server.addresses[0][1]
+        reader, writer = await asyncio.open_connection(HOST, port)
+        hello = Hello((1,), 15000, 8, 2048, 1 << 20, 0, "t" * 10_000).encode()
+        writer.write(hello[:-10])
+        close = await read_close(reader)
+        writer.close()
+        assert close is not None and close.code == CloseCode.FRAME_TOO_LARGE, close
+
+        clients = []
+        for _ in range(6):  # 6 x 300 kB of partial DATA frames: > 1 MiB
+            client = CoreClient(HOST, port)
+            await client.open()
+            assert client.writer is not None
+            client.writer.write(encode_data(1, b"x" * 300_000)[:-10])
+            clients.append(client)
+        codes = []
+        for client in clients:
+            with contextlib.suppress(TimeoutError):
+                await client.pump_until(lambda: False, 1.0)
+            assert client.conn is not None
+            codes.append(client.conn.close_code)
+        assert CloseCode.LIMIT_EXCEEDED in codes, codes
+        assert server.partial_bytes <= 1 << 20
+        for client in clients:
+            if client.writer is not None:
+                client.writer.close()
+
+
+class FromAddress(CoreClient):
+    """A client connecting from 127.0.0.2: another address of the loopback network."""
+
+    async def open_transport(self, timeout: float = 5.0) -> None:
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.host, self.port, ssl=self.ssl, local_addr=("127.0.0.2", 0)
+            ),
+            timeout,
+        )
+
+
+async def test_tls_handshakes_in_progress_count_against_the_address_limit(tmp_path: Path) -> None:
+    """TCP connections to a TLS listener that never send a ClientHello count against
+    max_transports_per_peer from accept: beyond it they are closed at once. Another
+    address (a client from 127.0.0.2) still completes TLS and echoes. Scale: 40 connections, limit 8
+    (the issue's attack: 2,000)."""
+    certs = generate(tmp_path / "certs", [HOST])
+    context = server_context(certs.server_cert, certs.server_key)
+    async with echo_server(Limits(), ssl=context, max_transports_per_peer=8) as server:
+        port = server.addresses[0][1]
+        held = [await asyncio.open_connection(HOST, port) for _ in range(40)]
+        ends = await asyncio.gather(*(read_close(reader, 3.0) for reader, _ in held))
+        assert all(end is None for end in ends)
+        closed = sum(reader.at_eof() for reader, _ in held)
+        assert closed >= 32, closed  # refused at accept (the 8 first wait for a ClientHello)
+        assert server.per_host.get(HOST, 0) <= 8
+        canary = FromAddress(
+            HOST, port, ssl=ssl_module.create_default_context(cafile=str(certs.ca))
+        )
+        await canary.open()
+        await echo(canary, b"another address is not locked out")
+        await canary.close()
+        for _, writer in held:
+            writer.close()
+
+
+# ------------------------------------------------------------------ budgets
+
+
+async def hello_answer(
+    port: int, credentials: Any = None, source: str = HOST, resume: Resume | None = None
+) -> Welcome | Close | None:
+    """Send one HELLO from *source* and return the WELCOME or CLOSE that answers it."""
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+    writer.write(Hello((1,), 15000, 64, 65536, 1 << 20, 0, credentials, resume).encode())
+    decoder = FrameDecoder(1 << 20)
+    answer: Welcome | Close | None = None
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        while answer is None:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            if not data:
+                break
+            for frame in decoder.feed(data):
+                parsed = parse_frame(frame)
+                if isinstance(parsed, Welcome | Close):
+                    answer = parsed
+                    break
+    writer.transport.abort()
+    return answer
+
+
+async def test_hello_then_drop_in_a_loop_cannot_lock_other_addresses_out() -> None:
+    """One address opens sessions and drops them in a loop: past its burst of new
+    sessions it is refused (LIMIT_EXCEEDED, with a retry-after), and never holds more
+    than max_sessions_per_address; a client from another address (127.0.0.2) still gets
+    a session. Scale: 120 HELLOs, burst 40, per-address cap 60 (the issue's: 100,000)."""
+    limits = Limits(new_sessions_rate=5.0, new_sessions_burst=40, max_sessions_per_address=60)
+    async with echo_server(limits) as server:
+        port = server.addresses[0][1]
+        answers = [await hello_answer(port) for _ in range(120)]
+        welcomed = sum(isinstance(answer, Welcome) for answer in answers)
+        refusals = [answer for answer in answers if isinstance(answer, Close)]
+        assert 40 <= welcomed <= 60, welcomed
+        assert refusals and all(c.code == CloseCode.LIMIT_EXCEEDED for c in refusals)
+        assert all(c.retry_after_ms > 0 for c in refusals)
+        assert server.budgets.per_address[HOST] <= 60
+        other = await hello_answer(port, source="127.0.0.2")
+        assert isinstance(other, Welcome), other
+
+
+async def test_failed_authentications_are_throttled_and_their_log_lines_counted(
+    tmp_path: Path,
+) -> None:
+    """500 wrong tokens from one address: after failed_auth_burst the address is refused
+    with LIMIT_EXCEEDED before its token is even checked; the log holds at most a burst
+    of refusal lines (plus a summary with the count, once the period ends); the right
+    token from another address still works."""
+    auth = TokenFileAuthenticator(token_file(tmp_path, {"alice": "a-secret"}))
+    limits = Limits(failed_auth_rate=1.0, failed_auth_burst=10)
+    with recording_logs() as logs:
+        async with echo_server(limits, authenticator=auth) as server:
+            port = server.addresses[0][1]
+            started_at = time.monotonic()
+            answers = await asyncio.gather(
+                *(hello_answer(port, {"token": f"wrong {i}"}) for i in range(500))
+            )
+            refilled = int(time.monotonic() - started_at) + 1  # 1 token a second
+            codes = collections.Counter(
+                CloseCode(answer.code).name if isinstance(answer, Close) else None
+                for answer in answers
+            )
+            assert codes["AUTH_FAILED"] <= 10 + refilled, codes  # the burst, and refills
+            assert codes["LIMIT_EXCEEDED"] >= 490 - refilled, codes
+            good = await hello_answer(port, {"token": "a-secret"}, source="127.0.0.2")
+            assert isinstance(good, Welcome), good
+            server.refusals.close()  # the summary line, without waiting 10 s
+            assert server.refusals.counts["refused"] + server.refusals.counts["limit"] >= 500
+    lines = [r.getMessage() for r in logs.records if r.name == "sessiond"]
+    refusal_lines = [line for line in lines if line.startswith("refused")]
+    periods = 1 + refilled // 10  # each kind: 10 lines and a summary per 10 s
+    assert len(refusal_lines) <= 2 * 11 * periods, refusal_lines
+    assert any("more in the last 10 s" in line for line in refusal_lines), refusal_lines
+
+
+async def test_detached_sessions_from_one_address_are_bounded_by_its_byte_budget() -> None:
+    """Sessions from one address fill their replay buffers (echoes never acknowledged)
+    and detach: past max_detached_bytes_per_address the oldest is evicted, and its
+    client, coming back, gets a new session with the reason SESSION_EXPIRED (never a
+    silent hole). Scale: 6 sessions x 96 KiB, budget 256 KiB (the issue's: 200 x 6 MiB)."""
+    limits = Limits(max_detached_bytes_per_address=256 * 1024)
+    async with echo_server(limits) as server:
+        port = server.addresses[0][1]
+        clients = []
+        for _ in range(6):
+            client = CoreClient(HOST, port)
+            await client.open()
+            assert client.conn is not None and client.writer is not None
+            for i in range(12):
+                client.session.send(b"%d" % i * 8192, client.now())
+            client.writer.write(client.conn.data_to_send())  # and never read the echoes
+            entry = server.sessions.find(client.session.id or b"")
+            assert entry is not None
+            deadline = time.monotonic() + 10
+            while entry.core.unacked_count < 12:
+                assert time.monotonic() < deadline, "the echoes were not sent"
+                await asyncio.sleep(0.01)
+            await client.kill()
+            clients.append(client)
+        deadline = time.monotonic() + 10
+        while server.budgets.detached_from(HOST) > 256 * 1024 or len(server.sessions) > 4:
+            assert time.monotonic() < deadline, (server.budgets.detached_from(HOST), 1)
+            await asyncio.sleep(0.01)
+        first = clients[0]
+        await first.open()
+        started = [e for e in first.events if isinstance(e, SessionStarted)]
+        assert started[-1].replaces is CloseCode.SESSION_EXPIRED, first.events
+        last = clients[-1]
+        await last.open()
+        assert isinstance(last.events[-1], SessionResumed), last.events
+        await first.close()
+        await last.close()
+
+
+# ------------------------------------------------------------------ channels
+
+
+def test_deep_subscriptions_cost_kilobytes_not_megabytes() -> None:
+    """20 sessions x 256 wildcard patterns of the most levels allowed (16), none sharing
+    a branch: the index holds them in under 32 MiB (before: 126-level patterns cost
+    about 80 KiB each, 20 x 256 of them 400 MiB). Measured with tracemalloc."""
+    levels = ChannelsConfig().max_pattern_levels
+    chooser = random.Random(12)
+    patterns = [
+        "/".join(chooser.choice(string.ascii_lowercase) for _ in range(levels - 1)) + "/#"
+        for _ in range(20 * 256)
+    ]
+    tracemalloc.start()
+    try:
+        index: Subscriptions[int] = Subscriptions()
+        for number, pattern in enumerate(patterns):
+            index.add(pattern, number // 256)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"\n20 x 256 patterns of {levels} levels: {held / MIB / 1024:.1f} MiB")
+    assert held < 32 << 20
+    assert index.match(patterns[0][:-2] + "/x") == {0}
+    for number, pattern in enumerate(patterns):
+        index.remove(pattern, number // 256)
+    assert len(index) == 0 and index.match(patterns[0][:-2]) == set()
+
+
+async def test_a_pattern_deeper_than_the_limit_is_refused_with_limit_exceeded() -> None:
+    async with channels_daemon(ChannelsConfig(max_pattern_levels=4)) as (server, _):
+        helper = await open_channels(url_of(server.addresses[0]))
+        await helper.subscribe("a/b/c/#")
+        assert await refused(helper.subscribe("a/b/c/d/#")) == ErrorCode.LIMIT_EXCEEDED
+        await helper.subscribe("a/b/c/d/e/f")  # an exact name costs no index node
+        await shut(helper)
+
+
+def test_an_acl_rule_that_can_never_match_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """``{identity}`` in the identity position compares each identity with that text: the
+    rule would silently deny everything. It is refused when the settings load."""
+    rule = "{identity} all users/{identity}/#"
+    (tmp_path / "bad.toml").write_text(f"[channels]\nacl = [{rule!r}]\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(tmp_path / "bad.toml")
+    assert rule in str(error.value) and "never matches" in str(error.value)
+    (tmp_path / "good.toml").write_text('[channels]\nacl = ["* all users/{identity}/#"]\n')
+    assert config.load(tmp_path / "good.toml").channels.acl == ("* all users/{identity}/#",)
+
+
+# ------------------------------------------------------------------ file descriptors
+
+
+async def test_running_out_of_file_descriptors_is_refused_typed_and_logged(
+    tmp_path: Path,
+) -> None:
+    """``sessiond serve`` with 160 descriptors (limits.fd_reserve 64) and 150 connections
+    from 127.0.0.1 held open: past about 90 transports each new one is refused with
+    LIMIT_EXCEEDED "server busy" (instead of a silent reset), a few log lines say so,
+    rate-limited, and the canary keeps working; once they close, new sessions work."""
+    port = free_port()
+    (tmp_path / "sessiond.toml").write_text("[server]\nmax_transports_per_peer = 1000\n")
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                *("sh", "-c", 'ulimit -n 160 && exec "$@"', "sh"),
+                *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
+                *("--app", "echo", "--config", str(tmp_path / "sessiond.toml")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        canary = await started(port, proc)
+        held = [await asyncio.open_connection(HOST, port) for _ in range(150)]
+        ends = await asyncio.gather(*(read_close(reader, 2.0) for reader, _ in held))
+        busy = [end for end in ends if end is not None and end.reason == "server busy"]
+        assert len(busy) >= 40, collections.Counter(e.reason if e else None for e in ends)
+        assert all(end.code == CloseCode.LIMIT_EXCEEDED and end.retry_after_ms for end in busy)
+        await echo(canary, b"still here")
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.5)
+        fresh = await hello_answer(port)
+        assert isinstance(fresh, Welcome), fresh
+        await canary.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    text = log_path.read_text()
+    lines = [line for line in text.splitlines() if "file descriptors nearly exhausted" in line]
+    assert 1 <= len(lines) <= 10, text[-2000:]
+    assert "Traceback" not in text

@@ -19,6 +19,7 @@ from sessiond_client.protocol import Params
 from sessiond.tls import generate
 from tests.coreclient import CoreClient
 from tests.daemonproc import DaemonProcess
+from tests.faultproxy import FaultProxy
 
 TIMEOUT = 30.0
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -133,6 +134,40 @@ async def test_metrics_health_and_readiness_over_a_session_lifecycle(tmp_path: P
     finally:
         daemon.close()
     assert "Traceback" not in daemon.log
+
+
+async def test_takeover_expiry_and_a_failed_resume_are_counted(tmp_path: Path) -> None:
+    conf = tmp_path / "sessiond.toml"
+    conf.write_text("[protocol]\ndetached_lifetime = 0.5\ndetached_lifetime_max = 0.5\n")
+    daemon = DaemonProcess(
+        *("--config", str(conf), "--app", "echo", "--metrics", "127.0.0.1:0"),
+        *("--listen", "127.0.0.1:0"),
+        log_file=tmp_path / "daemon.log",
+    )
+    try:
+        base = metrics_base(daemon)
+        host, port = daemon.address()
+        async with FaultProxy(host, port) as proxy:
+            client = CoreClient(*proxy.address)
+            await client.open(TIMEOUT)
+            proxy.blackhole()  # the daemon's transport stays open, dead: half-open
+            await client.kill()
+            client.host, client.port = host, port
+            await client.open(TIMEOUT)  # resumes directly, over the half-open one
+            await until_metric(base, "sessiond_takeovers_total", 1)
+        await client.kill()
+        samples = await until_metric(base, "sessiond_expiries_total", 1)
+        assert value(samples, "sessiond_sessions_ended_total", code="SESSION_EXPIRED") == 1
+        await client.open(TIMEOUT)  # the resume finds the session gone: a new one
+        samples = await until_metric(
+            base, "sessiond_resume_failures_total", 1, reason="SESSION_EXPIRED"
+        )
+        assert value(samples, "sessiond_handshakes_total", result="new") == 2
+        assert value(samples, "sessiond_resume_duration_seconds_count") == 1  # the takeover
+        await client.close()
+        assert await asyncio.to_thread(daemon.stop) == 0
+    finally:
+        daemon.close()
 
 
 async def test_channels_metrics(tmp_path: Path) -> None:

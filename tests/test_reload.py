@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import sessiond_client
 from sessiond_client import Channels, CloseCode, ReconnectPolicy, SessionLost
 from sessiond_client.envelopes import ChannelError
 
+from sessiond.tls import generate
 from tests.daemonproc import DaemonProcess
 
 TIMEOUT = 30.0
@@ -152,5 +154,59 @@ async def test_sighup_applies_new_channel_access_rules(tmp_path: Path) -> None:
             event = await asyncio.wait_for(reader.recv(), TIMEOUT)
             assert getattr(event, "payload", None) == b"yes", event
         assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+async def test_sighup_with_a_bad_certificate_keeps_serving_the_old_one(tmp_path: Path) -> None:
+    live = generate(tmp_path / "live", ["127.0.0.1"])
+    other = generate(tmp_path / "other", ["127.0.0.1"])
+    daemon = DaemonProcess(
+        *("--listen", "tls://127.0.0.1:0", "--app", "echo"),
+        *("--tls-cert", str(live.server_cert), "--tls-key", str(live.server_key)),
+        log_file=tmp_path / "daemon.log",
+    )
+    try:
+        url = daemon.url("tls")
+        session = await sessiond_client.connect(url, ca_file=live.ca)
+        await echo(session, b"before")
+        shutil.copyfile(other.server_key, live.server_key)  # the key of another certificate
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*ERROR.*SIGHUP: configuration not reloaded.*")).group(0)
+        assert str(live.server_key) in line or str(live.server_cert) in line, line
+        await echo(session, b"after the failed reload")  # attached all along
+        async with await sessiond_client.connect(url, ca_file=live.ca) as fresh:  # old cert
+            await echo(fresh, b"still the old certificate")
+        shutil.copyfile(other.server_cert, live.server_cert)  # now a matching pair
+        daemon.signal(signal.SIGHUP)
+        await daemon.until("SIGHUP: reloaded TLS certificate")
+        async with await sessiond_client.connect(url, ca_file=other.ca) as renewed:
+            await echo(renewed, b"the new certificate")
+        await echo(session, b"across both reloads")
+        await session.close()
+        assert await asyncio.to_thread(daemon.stop) == 0
+    finally:
+        daemon.close()
+
+
+async def test_sighup_refuses_mutual_tls_that_needs_a_restart(tmp_path: Path) -> None:
+    certs = generate(tmp_path / "certs", ["127.0.0.1"], ["dev1"])
+    conf = tmp_path / "sessiond.toml"
+    tls = f"[tls]\ncert = '{certs.server_cert}'\nkey = '{certs.server_key}'\n"
+    conf.write_text("[server]\nlisten = ['tls://127.0.0.1:0']\napp = 'echo'\n" + tls)
+    daemon = DaemonProcess("--config", str(conf), log_file=tmp_path / "daemon.log")
+    try:
+        url = daemon.url("tls")
+        # The listeners were started without a client CA: switching to mutual-tls live
+        # would refuse every client, so the whole reload is refused until a restart.
+        conf.write_text(
+            conf.read_text() + f"client_ca = '{certs.ca}'\n[auth]\nmode = 'mutual-tls'\n"
+        )
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*SIGHUP: configuration not reloaded.*")).group(0)
+        assert "mutual-tls needs --tls-client-ca" in line, line
+        async with await sessiond_client.connect(url, ca_file=certs.ca) as session:
+            await echo(session, b"open auth still in force")
+        assert await asyncio.to_thread(daemon.stop) == 0
     finally:
         daemon.close()

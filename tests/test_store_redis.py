@@ -15,8 +15,8 @@ import pytest
 from sessiond_client.protocol import CloseCode
 from sessiond_client.protocol.credentials import digest, new_session_id
 
-from sessiond.store import Fenced, Positions, SessionMeta, StoreUnavailable, Terms
-from sessiond.store.redisstore import Gone, RedisStore
+from sessiond.store import Fenced, Gone, Positions, SessionMeta, StoreUnavailable, Terms
+from sessiond.store.redisstore import RedisStore
 
 from .redisserver import RedisServer, free_port, proxied
 

@@ -13,10 +13,13 @@ Exceptions (all :class:`SessiondError`)::
 
 plus ``TypeError`` from ``send`` for a payload that is not bytes-like, and
 ``TimeoutError`` from a call given a ``timeout``. Logs go to the
-``sessiond_client`` logger (never payloads or credentials).
+``sessiond_client`` logger (never payloads or credentials): configure logging
+(``logging.basicConfig(level=logging.INFO)``) to see them.
 """
 
 from __future__ import annotations
+
+import logging
 
 from .backoff import ReconnectPolicy
 from .client import ConnectFailed, Credentials, Notice, Session, State, connect, tls_context
@@ -59,3 +62,7 @@ __all__ = [
 from .channels import ChannelError, Channels, SyncChannels
 
 __all__ += ["ChannelError", "Channels", "SyncChannels"]
+
+# A library configures no output of its own: the application's logging setup decides
+# (without one, Python would print WARNING records to stderr through its last resort).
+logging.getLogger("sessiond_client").addHandler(logging.NullHandler())

@@ -55,7 +55,7 @@ from .envelopes import (
     Refused,
     Reply,
 )
-from .protocol import CloseCode, SessionLost, SessionStarted
+from .protocol import CloseCode, SessionLost, SessionLostEvent, SessionStarted
 from .sync import SyncSession
 
 __all__ = [
@@ -493,7 +493,12 @@ def _replaced(bound: str | None, session: _Carrier) -> SessionLost | None:
     if bound is None or current is None or current == bound:
         return None
     reason = CloseCode.UNKNOWN_SESSION
+    undelivered: tuple[bytes, ...] = ()
     for notice in session.notices:
         if isinstance(notice, SessionStarted) and notice.replaces is not None:
             reason = notice.replaces
-    return SessionLost(reason, "replaced by a fresh session: its subscriptions are gone")
+        elif isinstance(notice, SessionLostEvent):
+            undelivered = notice.unacked  # the old session's requests in doubt
+    return SessionLost(
+        reason, "replaced by a fresh session: its subscriptions are gone", undelivered
+    )

@@ -7,6 +7,13 @@ both sides replay what the other missed. Sends made while offline wait in the
 window and go out after the replay. When the server cannot resume the session,
 ``send``/``recv`` raise :class:`SessionLost` with the reason.
 
+Never silent: the first connection is one attempt (unless ``wait_for_server``), and
+its failure raises :class:`ConnectFailed` naming the address and the cause;
+``close()`` returns only once everything sent was acknowledged, else raises
+:class:`SessionLost` whose ``undelivered`` lists what was not; ``send`` refuses a
+payload that is not bytes-like. What happens is logged to the ``sessiond_client``
+logger (DEBUG: frame summaries from :mod:`sessiond_client.framelog`).
+
 The protocol decisions are the core's (:mod:`sessiond_client.protocol`); this
 module moves bytes, runs one timer per session and sleeps only between
 reconnect attempts.
@@ -198,6 +205,7 @@ class Session:
         self._closing = False
         self._established = False  # a handshake completed on this object
         self._close_called = False
+        self._closed: asyncio.Future[None] | None = None  # for a second, concurrent close()
         self._reconnect: asyncio.Task[None] | None = None
         self._handshake: asyncio.Future[CloseCode | None] | None = None
         self._retry_after = 0.0
@@ -278,8 +286,14 @@ class Session:
         if not self._close_called:
             self._close_called = True
             if self._state is not State.CLOSED:
-                await self._handoff.acknowledged(timeout)
-                self._end(timeout)
+                try:
+                    await self._handoff.acknowledged(timeout)
+                finally:  # cancelled meanwhile too: the session ends
+                    self._end(timeout)
+        elif self._state is not State.CLOSED:  # another close() is waiting: so does this one
+            if self._closed is None:
+                self._closed = self._loop.create_future()
+            await asyncio.shield(self._closed)
         lost = self._lost
         if lost is not None and lost.undelivered:
             raise lost
@@ -411,7 +425,10 @@ class Session:
             self._last_error = _describe(exc)
             self._last_exc = exc
             if isinstance(exc, TimeoutError):
-                self._last_error = f"no connection within {self._core.params.handshake_timeout:g} s"
+                self._last_error = (
+                    f"no connection within {self._core.params.handshake_timeout:g} s"
+                    + (" (TCP connect or TLS handshake)" if self._ssl else " (TCP connect)")
+                )
             if self._proto is proto:
                 conn.connection_lost(self._loop.time())
                 self._after_input()
@@ -423,6 +440,8 @@ class Session:
                 self._set_lost(failed)
                 return None
             return CloseCode.TRANSPORT_LOST
+        if self._proto is not proto and proto.transport is not None:
+            proto.transport.close()  # the core's handshake deadline passed meanwhile
         self._last_error = ""
         self._last_exc = None
         outcome = await self._handshake
@@ -562,6 +581,8 @@ class Session:
             proto.transport.close()
         self._set_state(State.CLOSED)
         self._wake()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         if self._store is not None:
             self._persist()
             self._store.close()

@@ -22,7 +22,14 @@ from typing import Any
 from sessiond_client import envelopes
 from sessiond_client.envelopes import ChannelError, ErrorCode, Request
 from sessiond_client.protocol import CloseCode, SessionLost
-from sessiond_client.topics import InvalidChannel, check_name, check_pattern, is_pattern, matches
+from sessiond_client.topics import (
+    SEPARATOR,
+    InvalidChannel,
+    check_name,
+    check_pattern,
+    is_pattern,
+    matches,
+)
 
 from ..session import Session
 from .acl import Acl, Grants
@@ -288,6 +295,11 @@ class Broker:
             check_pattern(pattern, self.config.max_name_length)
         except InvalidChannel as exc:
             raise _error(ErrorCode.INVALID_CHANNEL, str(exc), request) from None
+        levels = self.config.max_pattern_levels
+        if is_pattern(pattern) and pattern.count(SEPARATOR) >= levels:
+            raise _error(
+                ErrorCode.LIMIT_EXCEEDED, f"a pattern may have at most {levels} levels", request
+            )
         if not self.grants(member).may_subscribe(pattern):
             raise _error(ErrorCode.DENIED, f"may not subscribe to {pattern}", request)
         assert request.id is not None

@@ -43,6 +43,12 @@ class AclRule:
         if len(parts) != 3 or parts[1] not in ACTIONS:
             raise ValueError(f"acl rule {text!r}: expected IDENTITY publish|subscribe|all PATTERN")
         identity, action, pattern = parts
+        if IDENTITY_PLACEHOLDER in identity:
+            # It would compare the session's identity with the text "{identity}": never.
+            raise ValueError(
+                f"acl rule {text!r}: {IDENTITY_PLACEHOLDER} in the identity position never "
+                f"matches; write {ANYONE} there to apply the rule to every session"
+            )
         try:
             check_pattern(pattern.replace(IDENTITY_PLACEHOLDER, "x"), RULE_PATTERN_LIMIT)
         except InvalidChannel as exc:
@@ -74,6 +80,13 @@ class ChannelsConfig:
         low=1,
         high=MAX_STR,
         unit="bytes",
+        reload=True,
+    )
+    max_pattern_levels: int = setting(
+        16,
+        doc="levels of one wildcard pattern (each level of each pattern costs an index node)",
+        low=1,
+        high=4096,
         reload=True,
     )
     max_subscriptions: int = setting(

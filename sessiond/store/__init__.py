@@ -8,12 +8,13 @@ which gives a :class:`~sessiond.store.redisstore.RedisStore`.
 
 from __future__ import annotations
 
-from .errors import Fenced, StoreError, StoreUnavailable
+from .errors import Fenced, Gone, StoreError, StoreUnavailable
 from .records import Loaded, Positions, SessionMeta, Terms
 from .urls import StoreUrl, parse_store_url
 
 __all__ = [
     "Fenced",
+    "Gone",
     "Loaded",
     "Positions",
     "SessionMeta",

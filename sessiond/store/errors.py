@@ -4,10 +4,13 @@ Exception tree::
 
     StoreError                  the store could not do what was asked
     ├── StoreUnavailable        unreachable, timed out or refused: retry later
-    └── Fenced                  another process claimed the session (its epoch moved on)
+    ├── Fenced                  another process claimed the session (its epoch moved on)
+    └── Gone                    the session is not in the store; ``code`` says why
 """
 
 from __future__ import annotations
+
+from sessiond_client.protocol import CloseCode
 
 
 class StoreError(Exception):
@@ -20,3 +23,11 @@ class StoreUnavailable(StoreError):
 
 class Fenced(StoreError):
     """The session's epoch moved on: another process owns it now; drop it here."""
+
+
+class Gone(StoreError):
+    """The session is not in the store; ``code`` says why (unknown, expired, ended)."""
+
+    def __init__(self, code: CloseCode) -> None:
+        super().__init__(code.name)
+        self.code = code

@@ -63,6 +63,7 @@ IDENTITY = "i"  # msgpack of the authenticated identity
 DIGEST = "d"  # SHA-256 of the current resume credential
 PREVIOUS = "pd"  # digest of the credential presented to get the current one
 RETIRED = "r"  # rotated-out digests, concatenated (32 bytes each)
+SALT = "rs"  # the rotation salt of an unconfirmed credential (protocol.md §10.3)
 CONFIRMED = "cf"  # b"1" once the client proved it holds the current credential
 TERMS = "t"  # msgpack of the negotiated terms
 DATA = "data"  # msgpack of session.data

@@ -45,6 +45,7 @@ class SessionMeta:
     confirmed: bool
     terms: Terms
     data: dict[str, Any] = field(default_factory=dict)
+    rotation_salt: bytes | None = None  # while the current credential is unconfirmed
 
 
 @dataclass(frozen=True, slots=True)

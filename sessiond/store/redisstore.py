@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from sessiond_client.protocol import CloseCode
 
 from . import keys
-from .errors import Fenced, StoreUnavailable
+from .errors import Fenced, Gone, StoreUnavailable
 from .records import Loaded, Positions, SessionMeta, Terms
 from .streams import StreamLog
 
@@ -32,14 +32,6 @@ log = logging.getLogger("sessiond.store")
 
 #: Entries trimmable (entirely acknowledged) before an XTRIM is queued with an append.
 TRIM_BATCH = 8
-
-
-class Gone(Exception):
-    """The session is not in the store; ``code`` says why (unknown, expired, ended)."""
-
-    def __init__(self, code: CloseCode) -> None:
-        super().__init__(code.name)
-        self.code = code
 
 
 class RedisStore:
@@ -109,6 +101,7 @@ class RedisStore:
         self._asked: dict[bytes, str] = {}  # session -> node that asked for its release
         self._lease_renewed = 0.0
         self._lease_lost = False
+        self._renew_failed = False
         self._scripts: dict[str, Any] = {}
 
     # ------------------------------------------------------------- lifecycle
@@ -173,8 +166,15 @@ class RedisStore:
             await asyncio.sleep(self.renew_every)
             try:
                 await asyncio.wait_for(self._renew(), self.renew_every)
+                self._renew_failed = False
+                if self._lease_lost:
+                    # Every session was dropped when the lease was lost; others may
+                    # have claimed them since. This process can take new ones again.
+                    log.warning("session store: reachable again, lease taken anew")
+                    self._lease_lost = False
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("session store: lease renewal failed: %s", exc)
+                self._renew_failed = True
+                log.warning("session store: lease renewal failed: %s", exc or type(exc).__name__)
             # Give up one renewal period before the lease runs out: sessions this
             # process can no longer write must be detached while it still owns them.
             if (
@@ -188,6 +188,11 @@ class RedisStore:
     @property
     def lease_lost(self) -> bool:
         return self._lease_lost
+
+    @property
+    def healthy(self) -> bool:
+        """False while the lease cannot be renewed (Redis unreachable or too slow)."""
+        return not self._renew_failed and not self._lease_lost
 
     async def owner_alive(self, node: str) -> bool:
         """True while *node* holds its lease."""
@@ -431,6 +436,7 @@ class RedisStore:
             keys.PREVIOUS: meta.previous_digest or b"",
             keys.RETIRED: keys.join_digests(meta.retired),
             keys.CONFIRMED: b"1" if meta.confirmed else b"",
+            keys.SALT: meta.rotation_salt or b"",
             keys.TERMS: keys.pack(meta.terms.to_list()),
             keys.DATA: keys.pack(meta.data),
         }
@@ -468,6 +474,7 @@ def _decode(
         confirmed=bool(fields.get(b"cf")),
         terms=Terms.from_list(keys.unpack(fields[b"t"])),
         data=keys.unpack(fields[b"data"]),
+        rotation_salt=fields.get(b"rs") or None,
     )
     next_seq, acked, consumed = 1, 0, 0
     payloads: dict[int, bytes] = {}

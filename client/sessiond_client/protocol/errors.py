@@ -12,7 +12,7 @@ Exception tree::
     │   ├── WindowFull                send() without credit (wait, then retry)
     │   ├── PayloadTooLarge           payload above the negotiated frame limit
     │   └── InvalidState              call not allowed in the current state
-    └── SessionLost                   the session ended; carries the reason code
+    └── SessionLost                   the session ended: reason code, undelivered payloads
 """
 
 from __future__ import annotations

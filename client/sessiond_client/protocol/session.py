@@ -242,6 +242,12 @@ class Session:
         return len(self._inbox) if self._inbox is not None else 0
 
     @property
+    def held_bytes(self) -> int:
+        """Payload bytes held: sent and unacknowledged (replay buffer) plus received and
+        not yet taken (inbox)."""
+        return self._unacked_bytes + self._inbox_bytes
+
+    @property
     def unacked_count(self) -> int:
         """Messages sent (or queued while detached) that the peer has not acknowledged."""
         return self._next_seq - 1 - self._acked
@@ -974,6 +980,11 @@ class Connection:
             self._out = [frame]
         else:
             out.append(frame)
+
+    @property
+    def buffered_input(self) -> int:
+        """Bytes held for an incomplete frame (at most ``max_frame_size``)."""
+        return self._decoder.buffered
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes from the transport; peer faults close it with their code (never raise)."""

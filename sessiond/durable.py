@@ -1,0 +1,387 @@
+"""Write-through of a server's sessions to a shared store (ARCHITECTURE.md guarantee 10).
+
+With a store, a session's output does not go to its socket when the core makes
+it. Once per loop iteration, :meth:`Durability.flush` takes every dirty
+session's bytes from its connection and, in the same instant, appends to the
+store the payloads sent since the last append and the inbound position the
+handler consumed (one entry per session). A single writer task then, per
+batch: runs the metadata writes that must precede it (a new session, a rotated
+credential), commits all appends in one pipelined round trip, and only then
+writes the bytes to the sockets. So no DATA frame leaves before the store has
+it, and no ACK (which can only acknowledge what was consumed when the bytes
+were taken) leaves before the consumed position is stored.
+
+A RESUME of a session this process does not hold loads it from the store: a
+live owner is asked to release it first; then this process claims it (epoch +
+1, which fences the old owner out), rebuilds the core with
+``Session.restore_server`` and starts a handler with ``session.recovered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from sessiond_client.protocol import CloseCode, Connection, ConnectionState, ServerSnapshot
+from sessiond_client.protocol import Session as CoreSession
+
+from .store import (
+    Fenced,
+    Gone,
+    Loaded,
+    Positions,
+    SessionMeta,
+    StoreError,
+    StoreUnavailable,
+    Terms,
+)
+
+if TYPE_CHECKING:
+    from .server import Server, ServerProtocol, _Entry
+    from .store.redisstore import RedisStore
+
+log = logging.getLogger("sessiond.store")
+
+#: How long a resume waits for a live owner to release the session.
+RELEASE_TIMEOUT = 2.0
+#: retry_after given to a client refused because the store is unavailable.
+STORE_RETRY_AFTER = 1.0
+
+
+class _Stored:
+    """What this process knows of one session's presence in the store."""
+
+    __slots__ = ("consumed", "epoch", "fenced", "sent")
+
+    def __init__(self, epoch: int, sent: int, consumed: int) -> None:
+        self.epoch = epoch
+        self.sent = sent  # the last outbound sequence number appended
+        self.consumed = consumed  # the inbound position last appended
+        self.fenced = False
+
+
+def to_snapshot(loaded: Loaded) -> ServerSnapshot:
+    meta, positions, terms = loaded.meta, loaded.positions, loaded.meta.terms
+    return ServerSnapshot(
+        session_id=meta.session_id,
+        identity=meta.identity,
+        credential_digest=meta.credential_digest,
+        previous_digest=meta.previous_digest,
+        retired=meta.retired,
+        confirmed=meta.confirmed,
+        heartbeat=terms.heartbeat,
+        idle_timeout=terms.idle_timeout,
+        lifetime=terms.lifetime,
+        window_messages=terms.window_messages,
+        window_bytes=terms.window_bytes,
+        max_payload=terms.max_payload,
+        next_seq=positions.next_seq,
+        acked=positions.acked,
+        consumed=positions.consumed,
+        unacked=positions.unacked,
+        rotation_salt=meta.rotation_salt,
+    )
+
+
+def to_meta(entry: _Entry) -> SessionMeta:
+    snap = entry.core.server_snapshot()
+    return SessionMeta(
+        session_id=snap.session_id,
+        identity=snap.identity,
+        credential_digest=snap.credential_digest,
+        previous_digest=snap.previous_digest,
+        retired=snap.retired,
+        confirmed=snap.confirmed,
+        terms=Terms(
+            snap.heartbeat,
+            snap.idle_timeout,
+            snap.lifetime,
+            snap.window_messages,
+            snap.window_bytes,
+            snap.max_payload,
+        ),
+        data=dict(entry.session.data),
+        rotation_salt=snap.rotation_salt,
+    )
+
+
+class Durability:
+    """The write-through path of one :class:`~sessiond.server.Server` to a store."""
+
+    def __init__(self, server: Server, store: RedisStore) -> None:
+        self.server = server
+        self.store = store
+        store.on_fenced = self._fenced
+        store.on_release_request = self._release_requested
+        store.on_lease_lost = self._lease_lost
+        self._stored: dict[_Entry, _Stored] = {}
+        self._staged: list[tuple[_Entry, ServerProtocol, bytes]] = []
+        self._before: list[Callable[[], Awaitable[Any]]] = []  # metadata, before appends
+        self._after: list[Callable[[], Awaitable[Any]]] = []  # releases, ends, TTLs
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer = server.loop.create_task(self._write_forever())
+        self._failed = False  # the last commit failed (cleared by the next success)
+
+    @property
+    def accepting(self) -> bool:
+        """False while the store is unavailable: HELLOs are refused (typed, retryable)."""
+        return self.store.healthy and not self._failed
+
+    # ------------------------------------------------------------- hot path
+
+    def flush(self, dirty: list[_Entry]) -> None:
+        """Stage every dirty session's output and append its state (one loop tick)."""
+        process = self.server.process
+        for entry in dirty:
+            entry.dirty = False
+            protocol = entry.protocol
+            if protocol is not None:
+                self.stage(entry, protocol)
+            process(entry, False)
+
+    def stage(self, entry: _Entry, protocol: ServerProtocol) -> None:
+        """Take *protocol*'s output now, append what it carries, write it after commit."""
+        conn = protocol.conn
+        if conn is None:
+            return
+        # A transport above its high water mark keeps its output in the core (issue 12's
+        # backpressure); the state is stored anyway, the bytes go once it drains.
+        data = b"" if protocol.write_paused and not conn.closed else conn.data_to_send()
+        stored = self._stored.get(entry)
+        if stored is not None:
+            sent, acked, _, consumed = entry.core.sequence_numbers
+            if sent > stored.sent or consumed > stored.consumed:
+                unacked = entry.core.unacked_messages()
+                payloads = unacked[stored.sent - acked :] if sent > stored.sent else []
+                sid = entry.core.id or b""
+                self.store.append(sid, stored.epoch, stored.sent + 1, payloads, consumed, acked)
+                stored.sent, stored.consumed = sent, consumed
+        if data or conn.closed:
+            self._staged.append((entry, protocol, data))
+            self._kick()
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._staged or self._before or self._after or self.store.pending:
+                try:
+                    await self._write_batch()
+                except Exception:  # a bug: never leave the sessions without a writer
+                    log.exception("session store writer failed")
+            self._idle.set()
+
+    async def _write_batch(self) -> None:
+        staged, self._staged = self._staged, []
+        before, self._before = self._before, []
+        after, self._after = self._after, []
+        try:
+            for operation in before:
+                await operation()
+            await self.store.commit()
+            self._failed = False
+        except StoreError as exc:
+            self._failed = True
+            log.error("session store write failed: %s; dropping the batch's sessions", exc)
+            for entry, protocol, _ in staged:
+                if protocol.entry is entry:
+                    self._drop(entry, CloseCode.GOING_AWAY)
+                else:
+                    protocol.abort_unwritten()  # a transport taken over this batch
+            return
+        for entry, protocol, data in staged:
+            stored = self._stored.get(entry)
+            if stored is not None and stored.fenced:
+                continue  # dropped: its CLOSE is written, its unstored output never
+            else:
+                try:
+                    protocol.write_out(data)
+                except OSError:  # reset meanwhile: connection_lost follows
+                    protocol.abort_unwritten()
+        for operation in after:
+            try:
+                await operation()
+            except StoreError as exc:
+                log.warning("session store: %s", exc)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait (at most *timeout*) until everything staged so far is stored and written."""
+        self._kick()
+        await asyncio.sleep(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+    # ------------------------------------------------------- session events
+
+    def created(self, entry: _Entry) -> None:
+        """A new session: stored (epoch 1) before its WELCOME leaves."""
+        self._stored[entry] = _Stored(1, 0, 0)
+        meta = to_meta(entry)
+        self._before.append(lambda: self.store.create(meta))
+        self._kick()
+
+    def resumed(self, entry: _Entry) -> None:
+        """A resume rotated the credential: stored before the WELCOME carrying it leaves;
+        an attached session has no TTL."""
+        stored = self._stored.get(entry)
+        if stored is None:
+            return
+        meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
+        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=0))
+        self._kick()
+
+    def detached(self, entry: _Entry) -> None:
+        """The transport is gone: the keys expire with the session unless it comes back."""
+        stored = self._stored.get(entry)
+        if stored is None or stored.fenced:
+            return
+        meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
+        ttl = meta.terms.lifetime + self.store.lease_ttl
+        self._after.append(lambda: self._save_quietly(sid, epoch, meta, ttl))
+        self._kick()
+
+    async def _save_quietly(self, sid: bytes, epoch: int, meta: SessionMeta, ttl: float) -> None:
+        with contextlib.suppress(Fenced):  # someone else holds it: its next append drops it
+            await self.store.save(sid, epoch, meta, ttl=ttl)
+
+    def ended(self, entry: _Entry, code: CloseCode) -> None:
+        """The session ended for good: the store answers later resumes with *code*."""
+        stored = self._stored.pop(entry, None)
+        if stored is None or stored.fenced:
+            return
+        sid, epoch = entry.core.id or b"", stored.epoch
+        self._after.append(lambda: self.store.end(sid, epoch, code))
+        self._kick()
+
+    # -------------------------------------------------------------- resume
+
+    async def resume_elsewhere(
+        self, protocol: ServerProtocol, conn: Connection, identity: Any, sid: bytes
+    ) -> None:
+        """A RESUME of a session this process does not hold: claim it from the store."""
+        server = self.server
+        try:
+            entry = await self._claim(sid)
+        except Gone as gone:
+            if conn.state is ConnectionState.HELLO_RECEIVED:
+                server.answer_hello(protocol, conn, identity, gone.code)
+                protocol.flush()
+            return
+        except (Fenced, StoreUnavailable, TimeoutError) as exc:
+            log.warning("resume of %s refused: %s", sid.hex()[:8], exc)
+            if conn.state is ConnectionState.HELLO_RECEIVED:
+                conn.reject(
+                    server.loop.time(), CloseCode.GOING_AWAY, "session busy", STORE_RETRY_AFTER
+                )
+                protocol.flush()
+            return
+        if conn.state is ConnectionState.HELLO_RECEIVED and not protocol.closed:
+            server.answer_hello(protocol, conn, identity)
+            protocol.flush()
+        else:
+            self.detached(entry)  # the client left meanwhile: it may come back here
+
+    async def _claim(self, sid: bytes) -> _Entry:
+        store = self.store
+        loaded = await store.load(sid)
+        if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
+            if not await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT):
+                raise TimeoutError(f"owner {loaded.owner} did not release it")
+            loaded = await store.load(sid)
+        epoch = await store.claim(sid, loaded.epoch)
+        server = self.server
+        existing = server.sessions.find(sid)
+        if existing is not None:  # a concurrent resume here got it first
+            return existing
+        core = CoreSession.restore_server(
+            to_snapshot(loaded), server.config.params, server.loop.time()
+        )
+        entry = server.adopt(core, loaded.meta.data)
+        positions: Positions = loaded.positions
+        self._stored[entry] = _Stored(epoch, positions.next_seq - 1, positions.consumed)
+        return entry
+
+    # ------------------------------------------------- losing the session
+
+    def _release_requested(self, sid: bytes) -> None:
+        entry = self.server.sessions.find(sid)
+        stored = self._stored.get(entry) if entry is not None else None
+        if entry is None or stored is None:
+            return
+        server = self.server
+        now = server.loop.time()
+        protocol = entry.protocol
+        if protocol is not None and protocol.conn is not None and not protocol.conn.closed:
+            protocol.conn.close(now, CloseCode.TAKEN_OVER, "resumed on another process")
+            self.stage(entry, protocol)
+        self._release(entry, stored)
+
+    def _release(self, entry: _Entry, stored: _Stored) -> None:
+        """Hand the session over after its last append; drop it here."""
+        meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
+        ttl = meta.terms.lifetime + self.store.lease_ttl
+        snap = entry.core.server_snapshot()
+        positions = Positions(snap.next_seq, snap.acked, stored.consumed, snap.unacked)
+        self._stored.pop(entry, None)
+        self._after.append(
+            lambda: self.store.save(sid, epoch, meta, positions, ttl=ttl, release=True)
+        )
+        self._kick()
+        self.server.let_go(entry)
+
+    def _fenced(self, sid: bytes) -> None:
+        entry = self.server.sessions.find(sid)
+        if entry is not None:
+            log.warning("session %s: fenced out by another owner; dropped here", sid.hex()[:8])
+            self._drop(entry, CloseCode.TAKEN_OVER)
+
+    def _drop(self, entry: _Entry, code: CloseCode) -> None:
+        stored = self._stored.pop(entry, None)
+        if stored is not None:
+            stored.fenced = True
+        self.store.forget(entry.core.id or b"")
+        protocol = entry.protocol
+        conn = protocol.conn if protocol is not None else None
+        self.server.let_go(entry)
+        if protocol is not None and conn is not None and not conn.closed:
+            conn.data_to_send()  # not stored: never written
+            conn.close(self.server.loop.time(), code, "session moved", STORE_RETRY_AFTER)
+            try:
+                protocol.write_out(conn.data_to_send())  # the CLOSE frame only
+            except OSError:
+                protocol.abort_unwritten()
+
+    def _lease_lost(self) -> None:
+        for entry in list(self.server.sessions.values()):
+            self._drop(entry, CloseCode.GOING_AWAY)
+
+    # ------------------------------------------------------------- shutdown
+
+    async def release_all(self, retry_after: float) -> None:
+        """Shutdown: close every transport with GOING_AWAY, store the last output and
+        positions, and release every session for another process to resume."""
+        now = self.server.loop.time()
+        for entry in list(self.server.sessions.values()):
+            protocol = entry.protocol
+            if protocol is not None and protocol.conn is not None and not protocol.conn.closed:
+                protocol.conn.close(now, CloseCode.GOING_AWAY, "server restarting", retry_after)
+                self.stage(entry, protocol)
+        for entry in list(self.server.sessions.values()):
+            stored = self._stored.get(entry)
+            if stored is not None and not stored.fenced:
+                self._release(entry, stored)
+        await self.settle()
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+        await self.store.close()

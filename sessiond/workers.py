@@ -1,0 +1,463 @@
+"""``sessiond serve --workers N``: N worker processes on one port, under a supervisor.
+
+The supervisor (:class:`Supervisor`) listens on nothing itself. Each worker is an
+ordinary ``sessiond serve`` started with the supervisor's own arguments (so the
+same config file, environment and flags) plus a hidden ``--worker-link SLOT:FD``:
+it binds every listener with ``SO_REUSEPORT`` (the kernel spreads new connections
+over the workers), writes one byte on its end of a socket pair once it listens
+(:meth:`WorkerLink.ready`) and drains when that socket reaches end of file, that
+is when the supervisor is gone (:meth:`WorkerLink.watch`).
+
+A session belongs to whichever worker holds it in the shared store, not to a
+connection: a client that reconnects after its worker died or drained lands on
+any worker and resumes there by the store's rule (a live owner is asked to
+release; a dead owner's sessions are claimed once its lease has expired). That
+is why more than one worker needs a shared store (:func:`check`).
+
+Signals to the supervisor: SIGTERM and SIGINT send SIGTERM to every worker (each
+drains and releases its sessions to the store, protocol.md §11) and exit 0 once
+all have exited cleanly. SIGHUP replaces the workers one at a time: start a new
+one, wait until it listens, then SIGTERM the old one; a new worker that does not
+come up stops the replacement and the old ones keep serving. A worker that exits
+unasked is restarted at once, then with a doubling delay while it keeps crashing
+within :data:`STABLE_AFTER` seconds of its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .addresses import parse_listen
+from .config import Settings
+from .systemd import Notifier
+
+log = logging.getLogger("sessiond.workers")
+
+#: Delay before the second restart of a crash-looping worker; doubles up to BACKOFF_MAX.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+#: A worker that ran this long before exiting was not crash-looping: its next restart
+#: is immediate again.
+STABLE_AFTER = 10.0
+#: How long a new worker may take to listen.
+READY_TIMEOUT = 60.0
+#: On stop, beyond the drain timeout, before a worker still running is killed.
+STOP_MARGIN = 30.0
+#: Set by the supervisor for its workers' environment: systemd hears from it alone.
+_SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def check(settings: Settings) -> None:
+    """``ValueError`` if *settings* ask for several workers without what they need."""
+    count = settings.server.workers
+    if count == 1:
+        return
+    if settings.store.url == "memory":
+        raise ValueError(
+            f"server.workers = {count} (--workers) needs a shared store: set store.url "
+            "(--store redis://HOST:PORT/DB); the memory store keeps sessions inside one "
+            "process, so a client could not resume on another worker"
+        )
+    for name, value in (("metrics.listen (--metrics)", settings.metrics.listen),
+                        ("admin.socket (--admin-socket)", settings.admin.socket)):  # fmt: skip
+        if value:
+            raise ValueError(
+                f"{name} cannot be used with server.workers = {count} yet: it is one "
+                "address per process, and each worker would need its own"
+            )
+    for value in settings.server.listen:
+        if parse_listen(value).port == 0:
+            raise ValueError(
+                f"server.workers = {count} needs a fixed port in server.listen, not {value}: "
+                "with port 0 every worker would listen on a port of its own"
+            )
+
+
+def describe_status(code: int) -> str:
+    """A process's exit status in words: ``exit status 3``, ``killed by SIGKILL``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _fields(event: str, **more: Any) -> dict[str, Any]:
+    return {"fields": {"event": event, **more}}
+
+
+# ------------------------------------------------------------------- worker side
+
+
+class WorkerLink:
+    """A worker's end of its socket pair with the supervisor."""
+
+    def __init__(self, slot: int, fd: int) -> None:
+        self.slot = slot
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(False)
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerLink:
+        """From ``--worker-link SLOT:FD``."""
+        slot, _, fd = text.partition(":")
+        return cls(int(slot), int(fd))
+
+    def ready(self) -> None:
+        """Tell the supervisor this worker listens (then it may retire another)."""
+        with contextlib.suppress(OSError):  # it is gone: watch() will drain us
+            self.sock.send(b"R")
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[], None]) -> None:
+        """Call *on_lost* (drain) once the supervisor is gone, even after a kill -9."""
+        fd = self.sock.fileno()
+
+        def readable() -> None:
+            try:
+                data = self.sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+                log.warning("supervisor gone: draining", extra=_fields("supervisor-gone"))
+                on_lost()
+
+        loop.add_reader(fd, readable)
+
+
+# --------------------------------------------------------------- supervisor side
+
+
+class _Worker:
+    """One worker process as the supervisor sees it."""
+
+    def __init__(self, slot: int, proc: asyncio.subprocess.Process, link: socket.socket) -> None:
+        self.slot = slot
+        self.proc = proc
+        self.link = link
+        self.started = time.monotonic()
+        self.ready = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.retiring = False  # we sent SIGTERM: its exit is expected
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def terminate(self) -> None:
+        self.retiring = True
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+
+
+class Supervisor:
+    """Runs *count* workers (``python -m sessiond ARGV --worker-link ...``) and keeps
+    them running; :meth:`run` returns the supervisor's exit status."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        settings: Settings,
+        load_again: Callable[[], Settings] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.count = settings.server.workers
+        self.drain_timeout = settings.server.drain_timeout
+        self.load_again = load_again
+        self.current: list[_Worker | None] = [None] * self.count
+        self.live: set[_Worker] = set()
+        self.failures = [0] * self.count
+        self.notifier = Notifier()
+        self.serving = False
+        self.stopping = False
+        self.clean = True  # every worker asked to stop exited with status 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rolling: asyncio.Task[None] | None = None
+        self._roll_again = False
+        env = dict(os.environ)
+        for name in _SYSTEMD_VARIABLES:
+            env.pop(name, None)
+        self._env = env
+
+    # ----------------------------------------------------------------- running
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.replace_all)
+        log.info(
+            "supervisor pid=%d starting %d workers",
+            os.getpid(),
+            self.count,
+            extra=_fields("supervisor-started", pid=os.getpid(), workers=self.count),
+        )
+        started = [await self._spawn(slot) for slot in range(self.count)]
+        for worker in started:
+            if not await self._until_ready(worker) and not stop.is_set():
+                log.error(
+                    "worker %d pid=%d did not start: stopping",
+                    worker.slot,
+                    worker.pid,
+                    extra=_fields("worker-failed", slot=worker.slot, pid=worker.pid),
+                )
+                await self._stop_all()
+                return 1
+        self.serving = True
+        if not stop.is_set():
+            log.info(
+                "supervising %d workers: %s",
+                self.count,
+                " ".join(f"{w.slot}:pid={w.pid}" for w in started),
+                extra=_fields("supervising", pids=[w.pid for w in started]),
+            )
+            self.notifier.ready(f"{self.count} workers")
+        await stop.wait()
+        self.notifier.stopping("draining workers")
+        await self._stop_all()
+        log.info(
+            "supervisor stopped%s",
+            "" if self.clean else " (a worker did not exit cleanly)",
+            extra=_fields("supervisor-stopped", clean=self.clean),
+        )
+        return 0 if self.clean else 1
+
+    async def _spawn(self, slot: int, current: bool = True) -> _Worker:
+        """Start a worker for *slot* (the slot's current one unless *current* is False)."""
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sessiond",
+                *self.argv,
+                "--worker-link",
+                f"{slot}:{theirs.fileno()}",
+                pass_fds=(theirs.fileno(),),
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        worker = _Worker(slot, proc, ours)
+        self.live.add(worker)
+        if current:
+            self.current[slot] = worker
+        log.info(
+            "worker %d started pid=%d",
+            slot,
+            worker.pid,
+            extra=_fields("worker-started", slot=slot, pid=worker.pid),
+        )
+        self._task(self._listen_link(worker))
+        self._task(self._watch(worker))
+        return worker
+
+    def _task(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _listen_link(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.sock_recv(worker.link, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if not worker.ready.is_set():
+                worker.ready.set()
+                log.info(
+                    "worker %d ready pid=%d",
+                    worker.slot,
+                    worker.pid,
+                    extra=_fields("worker-ready", slot=worker.slot, pid=worker.pid),
+                )
+
+    async def _until_ready(self, worker: _Worker) -> bool:
+        """Wait until *worker* listens: False if it exits or takes too long first."""
+        waits = [
+            asyncio.ensure_future(worker.ready.wait()),
+            asyncio.ensure_future(worker.exited.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return worker.ready.is_set() and not worker.exited.is_set()
+
+    async def _watch(self, worker: _Worker) -> None:
+        code = await worker.proc.wait()
+        ran = time.monotonic() - worker.started
+        self.live.discard(worker)
+        worker.exited.set()
+        worker.link.close()
+        expected = worker.retiring or self.stopping
+        if expected and code != 0:
+            self.clean = False
+        log.log(
+            logging.INFO if expected and code == 0 else logging.WARNING,
+            "worker %d pid=%d exited: %s after %.1f s",
+            worker.slot,
+            worker.pid,
+            describe_status(code),
+            ran,
+            extra=_fields(
+                "worker-exited", slot=worker.slot, pid=worker.pid, status=code, seconds=ran
+            ),
+        )
+        if expected or not self.serving or self.current[worker.slot] is not worker:
+            return
+        slot = worker.slot
+        self.current[slot] = None
+        self.failures[slot] = 1 if ran >= STABLE_AFTER else self.failures[slot] + 1
+        failures = self.failures[slot]
+        delay = 0.0 if failures == 1 else min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (failures - 2))
+        log.warning(
+            "worker %d restarting in %.1f s (%d unasked exit%s in a row)",
+            slot,
+            delay,
+            failures,
+            "" if failures == 1 else "s",
+            extra=_fields("worker-restart", slot=slot, delay=delay, failures=failures),
+        )
+        await asyncio.sleep(delay)
+        if not self.stopping and self.current[slot] is None:
+            await self._spawn(slot)
+
+    # ------------------------------------------------------------------ SIGHUP
+
+    def replace_all(self) -> None:
+        """SIGHUP: replace every worker, one at a time (again after one under way)."""
+        if self.stopping:
+            return
+        if self._rolling is not None and not self._rolling.done():
+            self._roll_again = True
+            log.info("SIGHUP: a replacement is under way; another follows it")
+            return
+        self._rolling = self._task(self._replace_all())
+
+    async def _replace_all(self) -> None:
+        self._roll_again = True
+        while self._roll_again and not self.stopping:
+            self._roll_again = False
+            if not self._check_again():
+                return
+            self.notifier.reloading()
+            log.info(
+                "SIGHUP: replacing %d workers one at a time",
+                self.count,
+                extra=_fields("workers-replacing", workers=self.count),
+            )
+            for slot in range(self.count):
+                if not await self._replace(slot):
+                    break
+            else:
+                log.info("SIGHUP: every worker replaced", extra=_fields("workers-replaced"))
+            self.notifier.ready(f"{self.count} workers")
+
+    def _check_again(self) -> bool:
+        if self.load_again is None:
+            return True
+        try:
+            settings = self.load_again()
+            check(settings)
+        except ValueError as exc:
+            log.error(
+                "SIGHUP: configuration not valid, the workers keep running: %s",
+                exc,
+                extra=_fields("reload-failed", error=str(exc)),
+            )
+            return False
+        if settings.server.workers != self.count:
+            log.warning(
+                "SIGHUP: server.workers = %d needs a restart of the supervisor; still %d",
+                settings.server.workers,
+                self.count,
+            )
+        self.drain_timeout = settings.server.drain_timeout
+        return True
+
+    async def _replace(self, slot: int) -> bool:
+        """Start a new worker for *slot*, then retire the old one once the new listens."""
+        new = await self._spawn(slot, current=False)
+        if not await self._until_ready(new):
+            log.error(
+                "SIGHUP: new worker %d pid=%d did not start; replacement stopped, "
+                "the other workers keep serving",
+                slot,
+                new.pid,
+                extra=_fields("worker-failed", slot=slot, pid=new.pid),
+            )
+            new.terminate()
+            return False
+        old = self.current[slot]
+        self.current[slot] = new
+        if old is not None:
+            log.info(
+                "SIGHUP: worker %d pid=%d replaces pid=%d",
+                slot,
+                new.pid,
+                old.pid,
+                extra=_fields("worker-replaced", slot=slot, pid=new.pid, old=old.pid),
+            )
+            old.terminate()
+            await old.exited.wait()
+        return True
+
+    # -------------------------------------------------------------------- stop
+
+    async def _stop_all(self) -> None:
+        """SIGTERM every worker; wait until all exited (SIGKILL past the drain timeout)."""
+        self.stopping = True
+        if self._rolling is not None:
+            self._rolling.cancel()
+        workers = list(self.live)
+        log.info(
+            "stopping %d workers",
+            len(workers),
+            extra=_fields("workers-stopping", pids=[w.pid for w in workers]),
+        )
+        for worker in workers:
+            worker.terminate()
+        waits = [asyncio.ensure_future(w.exited.wait()) for w in workers]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self.drain_timeout + STOP_MARGIN)
+            for wait in late:
+                wait.cancel()
+        for worker in list(self.live):
+            log.error(
+                "worker %d pid=%d still running after the drain timeout: killed",
+                worker.slot,
+                worker.pid,
+                extra=_fields("worker-killed", slot=worker.slot, pid=worker.pid),
+            )
+            self.clean = False
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            await worker.exited.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,208 @@
+"""Two in-process servers on one Redis (tests/redisserver.py): a session moves between
+them as one ordinary resume, exactly once both ways (ARCHITECTURE.md guarantee 10)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import pytest
+from sessiond_client.protocol import CloseCode, SessionLostEvent, SessionResumed
+
+import sessiond
+from sessiond.server import Server
+from sessiond.session import SessionMoved
+from sessiond.store.redisstore import RedisStore
+
+from .coreclient import CoreClient
+from .faultproxy import FaultProxy
+from .redisserver import RedisServer, proxied
+
+Start = Callable[[], Awaitable[Server]]
+
+
+class Echo:
+    """An echo app that records what its handlers saw."""
+
+    def __init__(self) -> None:
+        self.recovered: list[bool] = []
+        self.moved = 0
+        self.lost = 0
+
+    async def __call__(self, session: sessiond.Session) -> None:
+        self.recovered.append(session.recovered)
+        session.data["handlers"] = session.data.get("handlers", 0) + 1
+        try:
+            while True:
+                await session.send(await session.recv())
+        except SessionMoved:
+            self.moved += 1
+        except sessiond.SessionLost:
+            self.lost += 1
+
+
+@pytest.fixture
+async def start(redis_server: RedisServer) -> AsyncIterator[Callable[[Echo], Awaitable[Server]]]:
+    async with AsyncExitStack() as stack:
+
+        async def make(app: Echo, url: str | None = None, **options: float) -> Server:
+            store = RedisStore(url or redis_server.url, "t:", **options)  # type: ignore[arg-type]
+            await store.start()
+            server = await stack.enter_async_context(
+                sessiond.serve(app, "127.0.0.1", 0, store=store)
+            )
+            return server
+
+        yield make
+
+
+def port(server: Server) -> int:
+    return server.addresses[0][1]
+
+
+async def exchange(client: CoreClient, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        client.send(b"m%d" % n)
+    await client.run_until(lambda: len(client.received) >= first + count, 20.0)
+
+
+def expected(count: int) -> list[bytes]:
+    return [b"m%d" % n for n in range(count)]
+
+
+async def test_resume_on_another_server_after_a_transport_loss(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 50)
+    await client.kill()
+    client.port = port(b)
+    assert await client.connect(10.0)
+    assert any(isinstance(e, SessionResumed) for e in client.events)
+    await exchange(client, 50, 50)
+    assert client.received == expected(100)  # exactly once, in order, both ways
+    async with asyncio.timeout(10):
+        while app.moved < 1:
+            await asyncio.sleep(0.01)
+    assert app.recovered == [False, True]
+    sid = client.session.id
+    assert sid is not None
+    assert b.sessions.find(sid) is not None
+    assert a.sessions.find(sid) is None
+    moved = b.sessions.find(sid)
+    assert moved is not None and moved.session.data["handlers"] == 2
+    await client.close()
+
+
+async def test_resume_on_another_server_while_attached_takes_over(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a, b = await start(app), await start(app)
+    async with FaultProxy("127.0.0.1", port(a)) as proxy:
+        client = CoreClient(*proxy.address)
+        assert await client.connect()
+        await exchange(client, 0, 20)
+        sid = client.session.id
+        assert sid is not None
+        entry = a.sessions.find(sid)
+        assert entry is not None and entry.protocol is not None
+        old = entry.protocol.conn
+        assert old is not None
+        # The client's network changes: the old path goes dead without a close, so
+        # A still holds the session attached when the client resumes at B.
+        proxy.blackhole()
+        await client.kill()
+        client.host, client.port = "127.0.0.1", port(b)
+        assert await client.connect(10.0)
+        await exchange(client, 20, 20)
+        assert client.received == expected(40)
+        assert old.close_code is CloseCode.TAKEN_OVER
+        assert a.sessions.find(sid) is None
+        await client.close()
+
+
+async def test_moving_back_and_forth_keeps_exactly_once(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    servers = [await start(app), await start(app)]
+    client = CoreClient("127.0.0.1", port(servers[0]))
+    assert await client.connect()
+    sent = 0
+    for hop in range(6):
+        await exchange(client, sent, 10)
+        sent += 10
+        await client.kill()
+        client.port = port(servers[(hop + 1) % 2])
+        assert await client.connect(10.0)
+    await exchange(client, sent, 10)
+    assert client.received == expected(sent + 10)
+    assert not any(isinstance(e, SessionLostEvent) for e in client.events)
+    await client.close()
+
+
+async def test_a_session_ended_elsewhere_is_answered_with_its_reason(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    sid = client.session.id
+    assert sid is not None
+    entry = a.sessions.find(sid)
+    assert entry is not None
+    await client.kill()
+    entry.session.close(CloseCode.SESSION_REVOKED, "admin")
+    async with asyncio.timeout(10):
+        while not await _ended_in_store(b, sid):
+            await asyncio.sleep(0.02)
+    client.port = port(b)
+    await client.connect(10.0)
+    lost = [e for e in client.events if isinstance(e, SessionLostEvent)]
+    assert lost and lost[0].reason is CloseCode.SESSION_REVOKED
+
+
+async def _ended_in_store(server: Server, sid: bytes) -> bool:
+    assert server.durable is not None
+    exists = await server.durable.store.client.hexists(f"t:{{{sid.hex()}}}:m", "x")
+    return bool(exists)
+
+
+async def test_a_node_cut_off_from_redis_detaches_and_another_takes_over(
+    start: Callable[..., Awaitable[Server]], redis_server: RedisServer
+) -> None:
+    app = Echo()
+    async with proxied(redis_server) as proxy:
+        host, proxy_port = proxy.address
+        a = await start(
+            app, f"redis://{host}:{proxy_port}/0", lease_ttl=1.0, renew_every=0.2, timeout=0.3
+        )
+        b = await start(app)
+        client = CoreClient("127.0.0.1", port(a))
+        assert await client.connect()
+        await exchange(client, 0, 20)
+        proxy.blackhole(later=True)
+        # A cannot renew its lease: it lets every session go before the lease runs out
+        # (the client is told GOING_AWAY) and refuses new ones with the same typed code.
+        await client.run_until(lambda: not client.attached, 10.0)
+        assert client.conn is not None and client.conn.close_code is CloseCode.GOING_AWAY
+        newcomer = CoreClient("127.0.0.1", port(a))
+        assert not await newcomer.connect()
+        assert newcomer.conn is not None and newcomer.conn.close_code is CloseCode.GOING_AWAY
+        # B resumes the session once A's lease is gone (until then it says "retry").
+        client.port = port(b)
+        async with asyncio.timeout(20):
+            while not await client.connect(10.0):
+                assert client.conn is not None
+                assert client.conn.close_code is CloseCode.GOING_AWAY
+                await asyncio.sleep(0.2)
+        await exchange(client, 20, 20)
+        assert client.received == expected(40)
+        await client.close()
