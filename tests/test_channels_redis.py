@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest
 from sessiond_client.channels import Channels, Message
@@ -20,6 +21,7 @@ from sessiond.channels import ChannelsApp, ChannelsConfig
 from sessiond.channels.redisbus import RedisBus
 from sessiond.server import Server, ServerConfig
 
+from .daemonproc import DaemonProcess
 from .redisserver import RedisServer
 from .test_channels import SERVER_PARAMS, messages, next_event, open_channels, shut, url_of
 
@@ -151,3 +153,29 @@ async def test_retained_messages_are_shared_and_outlive_a_server(
         while "status/door" in app_c.broker.retained:
             await asyncio.sleep(0.01)
     await shut(publisher, watcher, late, newcomer, clearer)
+
+
+async def test_two_daemons_on_one_store_are_one_channels_space(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``sessiond serve --store redis://...`` twice (the default app, channels): a
+    publish on one reaches a subscriber on the other."""
+    daemons = [
+        DaemonProcess(
+            "--listen", "127.0.0.1:0", "--store", redis_server.url, log_file=tmp_path / f"{n}.log"
+        )
+        for n in range(2)
+    ]
+    try:
+        urls = [await asyncio.to_thread(d.url) for d in daemons]
+        subscriber = await open_channels(urls[1])
+        await subscriber.subscribe("rooms/lobby")
+        publisher = await open_channels(urls[0])
+        await publisher.publish("rooms/lobby", b"hello across processes")
+        assert [m.payload for m in await messages(subscriber, 1)] == [b"hello across processes"]
+        await shut(subscriber, publisher)
+        for daemon in daemons:
+            assert await asyncio.to_thread(daemon.stop) == 0
+    finally:
+        for daemon in daemons:
+            daemon.close()

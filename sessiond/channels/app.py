@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from sessiond_client import envelopes
 from sessiond_client.envelopes import ChannelError
@@ -42,6 +43,25 @@ class ChannelsApp:
     def __init__(self, config: ChannelsConfig | None = None, bus: Bus | None = None) -> None:
         self.config = config or ChannelsConfig()
         self.broker = Broker(self.config, bus)
+        self._shared: Any = None  # the RedisBus share() started
+
+    async def share(self, url: str, key_prefix: str) -> None:
+        """Make the channels one space with every process on the Redis server at *url*
+        (the daemon calls this when its ``[store]`` is Redis): from now on publishes and
+        retained messages go through a :class:`~.redisbus.RedisBus`."""
+        from .redisbus import RedisBus  # noqa: PLC0415 - redis is an optional dependency
+
+        bus = RedisBus(url, key_prefix)
+        self.broker.bus = bus
+        bus.attach(self.broker)
+        await bus.start()
+        self._shared = bus
+
+    async def close(self) -> None:
+        """Stop sharing (send what is queued to Redis, disconnect)."""
+        if self._shared is not None:
+            await self._shared.close()
+            self._shared = None
 
     def reconfigure(self, config: ChannelsConfig) -> None:
         """New settings (SIGHUP): see :meth:`Broker.reconfigure` for what applies when."""

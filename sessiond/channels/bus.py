@@ -10,7 +10,7 @@ message and fills the matching subscribers' outboxes.
   synchronously inside ``publish``, exactly as the single-process broker always
   behaved.
 * :class:`~.redisbus.RedisBus` (a Redis store): one Redis stream,
-  ``P channels:bus``, for the whole channels space. Every process appends each
+  ``P{channels}:bus``, for the whole channels space. Every process appends each
   of its publishes there (one ``XADD`` per publish, all of one loop iteration in one pipelined round
   trip) and reads every entry once, on one connection (``XREAD BLOCK``): one
   Redis message per publish per process, never per subscriber, and every

@@ -30,12 +30,16 @@ READ_BLOCK = 1.0
 RETRY_EVERY = 0.5
 
 
+# One hash tag for both keys: a retained update and its entry are one MULTI, which
+# Redis Cluster allows only within one slot.
+
+
 def stream_key(prefix: str) -> str:
-    return f"{prefix}channels:bus"
+    return f"{prefix}{{channels}}:bus"
 
 
 def retained_key(prefix: str) -> str:
-    return f"{prefix}channels:retained"
+    return f"{prefix}{{channels}}:retained"
 
 
 class RedisBus:
