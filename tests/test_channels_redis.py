@@ -20,8 +20,10 @@ import sessiond
 from sessiond.channels import ChannelsApp, ChannelsConfig
 from sessiond.channels.redisbus import RedisBus
 from sessiond.server import Server, ServerConfig
+from sessiond.store.redisstore import RedisStore
 
 from .daemonproc import DaemonProcess
+from .faultproxy import FaultProxy
 from .redisserver import RedisServer
 from .test_channels import SERVER_PARAMS, messages, next_event, open_channels, shut, url_of
 
@@ -179,3 +181,56 @@ async def test_two_daemons_on_one_store_are_one_channels_space(
     finally:
         for daemon in daemons:
             daemon.close()
+
+
+async def test_a_subscriber_moving_to_another_server_keeps_its_subscriptions(
+    redis_server: RedisServer,
+) -> None:
+    """Two servers sharing a session store and a bus: a subscriber's transport is cut
+    and it resumes on the other server, which recovers the session with its
+    subscriptions. Everything published before the move and after the resume arrives,
+    exactly once and in order, without the client subscribing again."""
+    async with AsyncExitStack() as stack:
+        servers: list[Server] = []
+        for _ in range(2):
+            store = RedisStore(redis_server.url, "t:")
+            await store.start()
+            bus = RedisBus(redis_server.url, "t:")
+            app = ChannelsApp(bus=bus)
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            servers.append(
+                await stack.enter_async_context(
+                    sessiond.serve(
+                        app,
+                        "127.0.0.1",
+                        0,
+                        config=ServerConfig(params=SERVER_PARAMS),
+                        store=store,
+                    )
+                )
+            )
+        a, b = servers
+        proxy = await stack.enter_async_context(FaultProxy(*a.addresses[0]))
+        sub = await open_channels(url_of(proxy.address))
+        await sub.subscribe("rooms/lobby")
+        publisher = await open_channels(url(a))
+        for n in range(20):
+            await publisher.publish("rooms/lobby", b"%d" % n)
+        assert [m.payload for m in await messages(sub, 20)] == [b"%d" % n for n in range(20)]
+        sid = bytes.fromhex(sub.session.id or "")
+        proxy.target_port = b.addresses[0][1]
+        proxy.cut()
+        async with asyncio.timeout(20):
+            while b.sessions.find(sid) is None:
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):  # the recovered handler subscribed it again
+            while not any(
+                m.session.id == sid.hex()
+                for m in b.handler.broker.subscriptions.exact("rooms/lobby")  # type: ignore[attr-defined]
+            ):
+                await asyncio.sleep(0.01)
+        for n in range(20, 40):
+            await publisher.publish("rooms/lobby", b"%d" % n)
+        assert [m.payload for m in await messages(sub, 20)] == [b"%d" % n for n in range(20, 40)]
+        await shut(sub, publisher)

@@ -25,6 +25,8 @@ from .config import ChannelsConfig
 
 log = logging.getLogger("sessiond.channels")
 
+#: The key of session.data that holds a session's subscriptions.
+SUBSCRIPTIONS = "channels.subscriptions"
 #: Requests handled in a row before the handler lets other sessions run (their
 #: sender tasks drain their outboxes meanwhile, so a burst of publishes from one
 #: session does not fill its subscribers' outboxes in a single loop tick).
@@ -69,7 +71,16 @@ class ChannelsApp:
         self.broker.reconfigure(config)
 
     async def __call__(self, session: Session) -> None:
+        # A session recovered from a shared store (it moved from another process, or
+        # this one restarted) keeps the subscriptions its data carried there.
+        held = session.data.get(SUBSCRIPTIONS) if session.recovered else None
         member = self.broker.join(session)
+        # The member's ordered set of patterns is itself in session.data, so the store
+        # saves it with the session (when the session is created, resumed, detached
+        # or released: sessiond/durable.py); msgpack keeps it as a map to nil.
+        session.data[SUBSCRIPTIONS] = member.patterns
+        if held:
+            self.broker.restore(member, list(held))
         handled = 0
         try:
             async for payload in session:

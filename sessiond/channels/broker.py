@@ -192,9 +192,38 @@ class Broker:
             member.grants = grants = self.acl.grants(member.identity)
         return grants
 
+    def restore(self, member: Member, patterns: list[str]) -> None:
+        """Subscribe a recovered session again to what it held, without replies or
+        retained messages (its client saw those already); a pattern the current rules
+        no longer allow is dropped (logged). Presence members of this process see it
+        join (presence is per process: see bus.py)."""
+        for pattern in patterns:
+            if not isinstance(pattern, str) or pattern in member.patterns:
+                continue
+            try:
+                check_pattern(pattern, self.config.max_name_length)
+            except InvalidChannel:
+                continue
+            if not self.grants(member).may_subscribe(pattern) or (
+                len(member.patterns) >= self.config.max_subscriptions
+            ):
+                log.warning("recovered session %s: %s not restored", member.session.id[:8], pattern)
+                continue
+            member.patterns[pattern] = None
+            self.subscriptions.add(pattern, member)
+            self.stats.subscriptions += 1
+            if not is_pattern(pattern) and self.info(pattern).presence:
+                present = self.members.setdefault(pattern, {})
+                self._announce(envelopes.JOIN, pattern, member, present)
+                present[member] = None
+
     def leave(self, member: Member) -> None:
         """The session ended: drop its subscriptions; presence channels see it leave."""
-        for pattern in list(member.patterns):
+        patterns = list(member.patterns)
+        # session.data holds the original set (app.py), which a store may be saving
+        # right now for the process the session moved to: it must stay whole.
+        member.patterns = dict(member.patterns)
+        for pattern in patterns:
             self._remove(member, pattern)
         member.outbox.close()
 
