@@ -192,6 +192,11 @@ class Collector(CollectorBase):
                 "publishes the Redis channels bus could not carry to other processes",
                 channels.bus_lost,
             )
+            yield _counter(
+                "sessiond_channels_moved_lost",
+                "channel messages queued for sessions that moved to another process",
+                channels.moved_lost,
+            )
 
 
 class Scan:

@@ -94,6 +94,16 @@ class ChannelsApp:
                 elif handled % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
         finally:
+            if session.moved and member.outbox.count:
+                # Queued here, not yet in the session: the process it moved to cannot
+                # have them (the guarantee across a move, README "Channels across
+                # processes"): never silently.
+                self.broker.stats.moved_lost += member.outbox.count
+                log.warning(
+                    "session %s moved with %d channel messages not yet in it",
+                    session.id[:8],
+                    member.outbox.count,
+                )
             self.broker.leave(member)
             sender = member.sender
             if sender is not None:
