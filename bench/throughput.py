@@ -58,6 +58,8 @@ HELP = "windowed echo msg/s, 1 and 100 sessions: sessiond vs the raw ceiling, mo
 SCENARIO = "throughput"
 SIZES = (64, 1024)
 SESSIONS = (1, 100)
+#: A toy run opens fewer connections per many-session pass (opening them is most of it).
+QUICK_SESSIONS = (1, 10)
 #: A full pass is bounded by time (TIME_LIMIT): a second or more of every system, so
 #: that its CPU figures rest on more than a few scheduler ticks; this only caps it.
 DEFAULT_MESSAGES = 20_000_000
@@ -98,10 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     systems.add_arguments(parser)
     parser.add_argument(
         "--sessions",
-        default=",".join(str(count) for count in SESSIONS),
         metavar="N,N",
         help="sessions (connections) per pass, comma-separated; the messages are shared out "
-        f"over them (default {','.join(str(count) for count in SESSIONS)})",
+        f"over them (default {','.join(map(str, SESSIONS))}; --quick "
+        f"{','.join(map(str, QUICK_SESSIONS))})",
     )
     parser.add_argument(
         "--window",
@@ -127,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
     repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    sessions = counts(args.sessions, "--sessions")
+    sessions = (
+        counts(args.sessions, "--sessions")
+        if args.sessions
+        else (QUICK_SESSIONS if quick else SESSIONS)
+    )
     windows = {count: window_for(count, args.window) for count in sessions}
     if not all(1 <= window <= POOL // 2 for window in windows.values()):
         raise BenchError(f"--window must be 1..{POOL // 2}")

@@ -92,12 +92,12 @@ def _echo_passes(stats: dict[str, Any], repeat: int, messages: int, sessions: in
 def test_throughput_measures_every_system_at_1_and_100_sessions(whole: BenchRun) -> None:
     entry = whole.document["scenarios"]["throughput"]
     config = entry["config"]
-    assert config["sessions"] == [1, 100]
+    assert config["sessions"] == [1, 10]  # one session and many (100 in a full run)
     ran = config["systems"]
     assert ran[:3] == ["daemon", "client", "ceiling"]
     for name in PEERS:
         assert (name in ran) == _available(name), (name, entry["skipped"])
-    assert set(entry["echo"]) == {"1", "100"}
+    assert set(entry["echo"]) == {"1", "10"}
     for count, by_size in entry["echo"].items():
         assert set(by_size) == {"64", "1024"}, count
         for size, by_system in by_size.items():
