@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import core, fanout, idle, latency, resume, storm, throughput, tls
+from . import core, fanout, idle, latency, resume, store, storm, throughput, tls
 from .runner import Registry, Scenario, run
 
 SCENARIOS: dict[str, Scenario] = {
@@ -29,14 +29,16 @@ SCENARIOS: dict[str, Scenario] = {
     "storm": storm,
     "tls": tls,
     "fanout": fanout,
+    "store": store,
 }
 #: The order of a default run: the steady-state figures first, on a machine not yet
 #: warmed by the heavier scenarios; storm (10,000 sessions cut at once) after resume.
 ORDER = ("throughput", "latency", "resume", "storm", "idle", "tls", "fanout")
 #: Registered but run only when named. `core` measures the protocol core alone, in one
 #: process without sockets: a tool for the hot path, not one of issue 5's end-to-end
-#: comparisons (no system to compare it with), and a minute of a full run.
-ON_DEMAND = ("core",)
+#: comparisons (no system to compare it with), and a minute of a full run. `store` needs
+#: redis-server and the `redis` extra; tests/test_bench_store.py runs its --quick.
+ON_DEMAND = ("core", "store")
 #: The names of earlier scenarios, which are now split across these.
 ALIASES = {"daemon": ("throughput", "idle"), "peers": ("throughput", "latency")}
 

@@ -216,7 +216,7 @@ def partial_framer(port: int, seconds: float, connections: int = 100) -> str:
 
 
 def retained_hash_subscribers(
-    port: int, seconds: float, retained: int = 2000, subscribers: int = 100
+    port: int, seconds: float, retained: int = 10_000, subscribers: int = 100
 ) -> str:
     """Channels app with ``retained = ["#"]``: *retained* messages of 1 KiB are retained,
     then *subscribers* sessions subscribe to ``#`` and never read (nor ACK) anything."""

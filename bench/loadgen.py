@@ -205,7 +205,11 @@ class _Echo(asyncio.Protocol):
         self.stop_at = self.loop.time() + self.time_limit
 
     def next_batch(self, now: float) -> list[bytes]:
-        """The payloads the window has room for (empty once the limit is reached)."""
+        """The payloads the window has room for (empty once the limit is reached).
+
+        At the time bound the limit drops to what was sent: a caller that gets
+        nothing must then :meth:`check_end`, since the window may already be back.
+        """
         sent = self.sent
         room = self.window - (sent - self.checker.taken)
         if room <= 0 or sent >= self.limit:
@@ -358,6 +362,8 @@ class SessionEcho(_Echo):
             batch = self.next_batch(now) if self.started else None
             if batch:
                 self.sent += session.send_many(batch, now)
+            elif self.started and self.check_end():
+                return  # the time bound came as the whole window was back
         except BenchError as exc:
             self.fail(str(exc))
             return
@@ -475,7 +481,10 @@ class FramedEcho(_Echo):
 
     def _send(self, now: float) -> None:
         batch = self.next_batch(now)
-        if not batch or self.transport is None:
+        if not batch:
+            self.check_end()  # the time bound may have come as the whole window was back
+            return
+        if self.transport is None:
             return
         prefix = LENGTH.pack
         parts: list[bytes] = []

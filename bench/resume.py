@@ -119,9 +119,13 @@ class ResumeEcho(SessionEcho):
         server_cpu: CpuClock,
         port: int,
         gaps: list[int],
+        resume_ports: Sequence[int] = (),
     ) -> None:
         super().__init__(pool, messages, window, time_limit, server_cpu, Params())
         self.port = port
+        #: Where each resume connects in turn (``bench store``: another daemon on the same
+        #: store, while the owner is alive); none: the same daemon, *port*.
+        self.resume_ports = resume_ports
         self.gaps = gaps
         self.next_cut = gaps[0] if gaps else 0  # a cut once this many echoes are checked
         self.handshaking = True
@@ -168,6 +172,8 @@ class ResumeEcho(SessionEcho):
                 batch = self.next_batch(now)
                 if batch:
                     self.sent += session.send_many(batch, now)
+                elif self.check_end():
+                    return  # the time bound came as the whole window was back
         except BenchError as exc:
             self.fail(str(exc))
             return
@@ -220,7 +226,8 @@ class ResumeEcho(SessionEcho):
 
     async def _reconnect(self) -> None:
         try:
-            await connect(self, self.port)
+            ports = self.resume_ports
+            await connect(self, ports[(self.cuts - 1) % len(ports)] if ports else self.port)
         except (OSError, TimeoutError) as exc:
             self.fail(f"reconnecting after cut {self.cuts}: {exc!r}")
 
@@ -297,10 +304,14 @@ async def resume_pass(
     time_limit: float,
     seed: int,
     server_cpu: CpuClock,
+    resume_ports: Sequence[int] = (),
 ) -> ResumePass:
-    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked."""
+    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked.
+
+    With *resume_ports*, the resumes connect to those ports in turn (see :class:`ResumeEcho`).
+    """
     gaps = cut_gaps(messages, cuts, random.Random(seed))
-    client = ResumeEcho(pool, messages, window, time_limit, server_cpu, port, gaps)
+    client = ResumeEcho(pool, messages, window, time_limit, server_cpu, port, gaps, resume_ports)
     try:
         await connect(client, port)
         echo = await asyncio.wait_for(client.done, time_limit + DRAIN_SECONDS)

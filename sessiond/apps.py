@@ -51,6 +51,10 @@ def load_app(spec: str, settings: Settings | None = None) -> Handler:
         handler = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"--app {spec!r}: {exc}") from None
+    except Exception as exc:  # the module itself failed (SyntaxError, an error at import)
+        raise ValueError(
+            f"--app {spec!r}: importing {module_name} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(handler):
         raise ValueError(f"--app {spec!r} is not callable")
     return handler  # type: ignore[no-any-return]

@@ -85,19 +85,19 @@ class Limits:
         unit="bytes",
     )
     max_sessions_per_address: int = setting(
-        10_000,
+        50_000,
         doc="live and detached sessions opened from one IP address",
         low=1,
         high=10_000_000,
     )
     max_sessions_per_identity: int = setting(
-        1_000,
+        10_000,
         doc="live and detached sessions of one authenticated identity (anonymous: no limit)",
         low=1,
         high=10_000_000,
     )
     new_sessions_rate: float = setting(
-        50.0,
+        1000.0,
         doc="new sessions per second from one IP address (token bucket rate)",
         low=0,
         above=True,
@@ -105,7 +105,7 @@ class Limits:
         unit="/s",
     )
     new_sessions_burst: int = setting(
-        500, doc="new sessions one IP address may open at once", low=1, high=10_000_000
+        20_000, doc="new sessions one IP address may open at once", low=1, high=10_000_000
     )
     failed_auth_rate: float = setting(
         2.0,
@@ -119,7 +119,7 @@ class Limits:
         20, doc="failed authentications one IP address may make at once", low=1, high=1_000_000
     )
     failed_resume_rate: float = setting(
-        20.0,
+        200.0,
         doc="failed resumes (unknown session, wrong credential) per second from one address",
         low=0,
         above=True,
@@ -127,7 +127,7 @@ class Limits:
         unit="/s",
     )
     failed_resume_burst: int = setting(
-        200, doc="failed resumes one IP address may make at once", low=1, high=10_000_000
+        2_000, doc="failed resumes one IP address may make at once", low=1, high=10_000_000
     )
     max_detached_bytes_per_address: int = setting(
         64 << 20,

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         metavar="N",
         help="N worker processes on the same port, supervised (default 1: no supervisor; "
-        "more needs a shared store, README.md 'Several workers')",
+        "more needs a shared store: README.md, 'Several workers on one host')",
     )
     # A worker of --workers: its slot and its end of the supervisor's socket pair.
     serve.add_argument("--worker-link", metavar="SLOT:FD", help=argparse.SUPPRESS)

@@ -357,6 +357,9 @@ class Daemon:
         other change is reported as waiting for a restart. If anything in the new
         configuration is wrong, nothing is applied and an ERROR says what.
         """
+        if self.draining:  # stopping: nothing to reload, and READY=1 would contradict STOPPING=1
+            log.warning("SIGHUP ignored while draining", extra=_fields("reload-ignored"))
+            return
         self.notifier.reloading()
         try:
             self._reload()

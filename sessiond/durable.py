@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from sessiond_client.protocol import CloseCode, Connection, ConnectionState, ServerSnapshot
 from sessiond_client.protocol import Session as CoreSession
+from sessiond_client.protocol.credentials import digest, matches
 
 from .store import (
     Fenced,
@@ -47,8 +49,18 @@ log = logging.getLogger("sessiond.store")
 
 #: How long a resume waits for a live owner to release the session.
 RELEASE_TIMEOUT = 2.0
+#: How often the TTL of attached sessions' keys is renewed (seconds).
+REFRESH_EVERY = 10.0
 #: retry_after given to a client refused because the store is unavailable.
 STORE_RETRY_AFTER = 1.0
+
+
+class Forged(Exception):
+    """A resume presented a credential the stored session never had."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        super().__init__("unknown credential")
+        self.loaded = loaded
 
 
 class _Stored:
@@ -125,6 +137,8 @@ class Durability:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer = server.loop.create_task(self._write_forever())
+        self._refresher = server.loop.create_task(self._refresh_forever())
+        self.refresh_every = REFRESH_EVERY
         self._failed = False  # the last commit failed (cleared by the next success)
 
     @property
@@ -181,15 +195,22 @@ class Durability:
             self._idle.set()
 
     async def _write_batch(self) -> None:
+        # Everything of this moment goes in this batch: a new session's creation (in
+        # before) always precedes its first append (NOMKSTREAM would refuse it).
         staged, self._staged = self._staged, []
         before, self._before = self._before, []
         after, self._after = self._after, []
+        appends = self.store.take()
+        stats = self.server.stats
         try:
             for operation in before:
                 await operation()
-            await self.store.commit()
+            started = time.perf_counter()
+            await self.store.commit(appends)
+            stats.store_seconds.observe(time.perf_counter() - started)
             self._failed = False
         except StoreError as exc:
+            stats.store_error("commit")
             self._failed = True
             log.error("session store write failed: %s; dropping the batch's sessions", exc)
             for entry, protocol, _ in staged:
@@ -202,11 +223,16 @@ class Durability:
             stored = self._stored.get(entry)
             if stored is not None and stored.fenced:
                 continue  # dropped: its CLOSE is written, its unstored output never
-            else:
-                try:
-                    protocol.write_out(data)
-                except OSError:  # reset meanwhile: connection_lost follows
-                    protocol.abort_unwritten()
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                # Reset meanwhile (connection_lost follows): nothing to write to, and
+                # uvloop would raise RuntimeError on the closed handle, ending the batch
+                # before the other sessions' output and the after-operations.
+                continue
+            try:
+                protocol.write_out(data)
+            except OSError:  # reset meanwhile: connection_lost follows
+                protocol.abort_unwritten()
         for operation in after:
             try:
                 await operation()
@@ -220,6 +246,26 @@ class Durability:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
 
+    def attached_ttl(self, entry: _Entry) -> float:
+        """An attached session's keys expire this long after its owner stops renewing
+        them (a crash): its lifetime once the lease is gone, as if it had detached."""
+        snap_lifetime = entry.core.server_snapshot().lifetime
+        return snap_lifetime + self.store.lease_ttl + 2 * self.refresh_every
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_every)
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Renew the TTL of every attached session this process holds (with the next
+        commit: one pipelined round trip)."""
+        for entry, stored in self._stored.items():
+            if entry.protocol is not None and not stored.fenced:
+                self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
+        if self.store.pending:
+            self._kick()
+
     # ------------------------------------------------------- session events
 
     def created(self, entry: _Entry) -> None:
@@ -227,16 +273,18 @@ class Durability:
         self._stored[entry] = _Stored(1, 0, 0)
         meta = to_meta(entry)
         self._before.append(lambda: self.store.create(meta))
+        self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
         self._kick()
 
     def resumed(self, entry: _Entry) -> None:
         """A resume rotated the credential: stored before the WELCOME carrying it leaves;
-        an attached session has no TTL."""
+        the keys get an attached session's TTL (renewed by :meth:`refresh`)."""
         stored = self._stored.get(entry)
         if stored is None:
             return
         meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
-        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=0))
+        ttl = self.attached_ttl(entry)
+        self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=ttl))
         self._kick()
 
     def detached(self, entry: _Entry) -> None:
@@ -269,14 +317,23 @@ class Durability:
     ) -> None:
         """A RESUME of a session this process does not hold: claim it from the store."""
         server = self.server
+        hello = conn.hello
+        presented = digest(hello.resume.credential) if hello and hello.resume else b""
         try:
-            entry = await self._claim(sid)
+            entry = await self._claim(sid, presented)
+        except Forged as forged:
+            if conn.state is ConnectionState.HELLO_RECEIVED:
+                decoy = CoreSession.restore_server(to_snapshot(forged.loaded), server.config.params)
+                server.answer_hello(protocol, conn, identity, decoy=decoy)
+                protocol.flush()
+            return
         except Gone as gone:
             if conn.state is ConnectionState.HELLO_RECEIVED:
                 server.answer_hello(protocol, conn, identity, gone.code)
                 protocol.flush()
             return
         except (Fenced, StoreUnavailable, TimeoutError) as exc:
+            server.stats.store_error("resume")
             log.warning("resume of %s refused: %s", sid.hex()[:8], exc)
             if conn.state is ConnectionState.HELLO_RECEIVED:
                 conn.reject(
@@ -290,9 +347,15 @@ class Durability:
         else:
             self.detached(entry)  # the client left meanwhile: it may come back here
 
-    async def _claim(self, sid: bytes) -> _Entry:
+    async def _claim(self, sid: bytes, presented: bytes) -> _Entry:
         store = self.store
         loaded = await store.load(sid)
+        meta = loaded.meta
+        known = (meta.credential_digest, meta.previous_digest, *meta.retired)
+        if not any(matches(presented, stored) for stored in known):
+            # A credential this session never had: answered by a copy of the session,
+            # without disturbing the owner (a forger must not make the owner let go).
+            raise Forged(loaded)
         if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
             if not await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT):
                 raise TimeoutError(f"owner {loaded.owner} did not release it")
@@ -340,6 +403,7 @@ class Durability:
 
     def _fenced(self, sid: bytes) -> None:
         entry = self.server.sessions.find(sid)
+        self.server.stats.store_error("fenced")
         if entry is not None:
             log.warning("session %s: fenced out by another owner; dropped here", sid.hex()[:8])
             self._drop(entry, CloseCode.TAKEN_OVER)
@@ -361,6 +425,7 @@ class Durability:
                 protocol.abort_unwritten()
 
     def _lease_lost(self) -> None:
+        self.server.stats.store_error("lease")
         for entry in list(self.server.sessions.values()):
             self._drop(entry, CloseCode.GOING_AWAY)
 
@@ -383,5 +448,6 @@ class Durability:
 
     async def close(self) -> None:
         self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        self._refresher.cancel()
+        await asyncio.gather(self._writer, self._refresher, return_exceptions=True)
         await self.store.close()

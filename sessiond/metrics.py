@@ -126,6 +126,19 @@ class Collector(CollectorBase):
             buckets=histogram.cumulative(),
             sum_value=histogram.total,
         )
+        store = stats.store_seconds
+        yield HistogramMetricFamily(
+            "sessiond_store_commit_seconds",
+            "session store (--store redis://...): one commit of every session's appends",
+            buckets=store.cumulative(),
+            sum_value=store.total,
+        )
+        yield _counter_by(
+            "sessiond_store_errors",
+            "session store failures, by kind (commit, fenced, lease, resume)",
+            "kind",
+            stats.store_errors,
+        )
         yield _counter_by(
             "sessiond_resume_failures",
             "resumes answered with a new session instead, by why (UNKNOWN_SESSION, "

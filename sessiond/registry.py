@@ -1,10 +1,11 @@
 """Where the daemon keeps its sessions: a small interface and the in-memory store.
 
-The server talks to sessions only through :class:`Registry`: ``create``,
-``find``, ``attach``, ``detach`` and ``expire`` (plus why an unknown ID is
-unknown). A durable or Redis-backed store, or a handover between worker
-processes, implements the same five calls; neither the adapter nor the
-protocol core changes.
+The server talks to sessions only through :class:`Registry`: the life cycle
+``create``, ``find``, ``attach``, ``detach`` and ``expire``; ``missing_reason``
+(why an unknown ID is unknown); and the views ``values``, ``clear``, ``len``,
+``in`` and ``[]`` for draining, shutdown and operations. A durable or
+Redis-backed store, or a handover between worker processes, implements the
+same interface; neither the adapter nor the protocol core changes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ T = TypeVar("T")
 
 
 class Registry(Protocol[T]):
-    """The five operations the server needs from a session store."""
+    """What the server needs from a session store: five life-cycle operations,
+    ``missing_reason``, and the views for draining, shutdown and operations."""
 
     def create(self, session_id: bytes, entry: T) -> None:
         """Register a new session."""

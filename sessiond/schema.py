@@ -18,6 +18,7 @@ their specs in a table in :mod:`sessiond.config` instead.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,8 @@ class Spec:
         if self.choices is not None and value not in self.choices:
             return f"expected {self.allowed()}"
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isnan(value):  # NaN passes every comparison below
+                return f"allowed: {self.allowed()}"
             too_low = self.low is not None and (
                 value <= self.low if self.above else value < self.low
             )

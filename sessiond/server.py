@@ -230,7 +230,7 @@ class Server:
         for protocol in list(self.protocols):
             if protocol.conn is not None:
                 protocol.conn.close(now, CloseCode.GOING_AWAY, "server shutting down", retry_after)
-            protocol.abort()
+            protocol.close_now()
         self._deadlines.clear()
         self.sessions.clear()
         tasks = [*self.tasks, *self._handlers]
@@ -312,9 +312,11 @@ class Server:
         conn: Connection,
         identity: Any,
         gone: CloseCode | None = None,
+        decoy: CoreSession | None = None,
     ) -> None:
         """Resume the session a HELLO names, or open a new one, for *identity*
-        (*gone*: the store said why the named session cannot be resumed)."""
+        (*gone*: the store said why the named session cannot be resumed; *decoy*: a
+        copy of it from the store, only to answer a credential it never had)."""
         hello = conn.hello
         assert hello is not None
         now = self.loop.time()
@@ -327,7 +329,7 @@ class Server:
             return
         if hello.resume is not None:
             existing = self.sessions.find(hello.resume.session_id)
-            if existing is None and self.durable is not None and gone is None:
+            if existing is None and self.durable is not None and gone is None and decoy is None:
                 self._spawn(
                     self.durable.resume_elsewhere(protocol, conn, identity, hello.resume.session_id)
                 )
@@ -346,7 +348,7 @@ class Server:
                 self._limit(protocol, conn, exc)
                 return
         previous = existing.protocol if existing is not None else None
-        core = conn.accept(now, identity, existing.core if existing else None, missing)
+        core = conn.accept(now, identity, existing.core if existing else decoy, missing)
         conn.hello = None  # answered: neither its credentials nor its memory are kept
         if hello.resume is not None and (existing is None or core is not existing.core):
             self.budgets.failed_resume(protocol.host, now)
@@ -504,9 +506,13 @@ class Server:
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         session = self._handlers.pop(task).session
-        if task.cancelled() or session.moved:
+        if task.cancelled():
             return
+        # Retrieved in every case, SessionMoved included: asyncio logs an exception
+        # never retrieved as an error ("Task exception was never retrieved").
         exc = task.exception()
+        if session.moved:
+            return
         if exc is None:
             if not session.ended:
                 session.close(CloseCode.NORMAL, "handler returned")
@@ -941,8 +947,9 @@ class ServerProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def abort(self) -> None:
-        """Close the transport now, after writing what the core has queued."""
+    def close_now(self) -> None:
+        """Write what the core has queued, then close the transport (asyncio sends the
+        buffered bytes first: not an abort, which would drop them)."""
         self.flush()
         if self.transport is not None:
             self.transport.close()

@@ -13,6 +13,8 @@ from bisect import bisect_left
 
 #: Upper bounds (seconds) of the resume-duration histogram's buckets.
 RESUME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Upper bounds (seconds) of the session store's commit-latency histogram.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Histogram:
@@ -51,6 +53,8 @@ class Stats:
         "refused",
         "resume_failed",
         "resume_seconds",
+        "store_errors",
+        "store_seconds",
         "tls_accepted",
         "tls_handshakes",
     )
@@ -67,6 +71,11 @@ class Stats:
         self.ended_messages_in = 0  # messages received by sessions that have ended
         self.ended_messages_out = 0  # messages sent by sessions that have ended
         self.resume_seconds = Histogram(RESUME_BUCKETS)
+        self.store_seconds = Histogram(STORE_BUCKETS)  # one per commit (all sessions' appends)
+        self.store_errors: dict[str, int] = {}  # session store failures, by kind
+
+    def store_error(self, kind: str) -> None:
+        self.store_errors[kind] = self.store_errors.get(kind, 0) + 1
 
     def event(self, what: str) -> None:
         self.events[what] = self.events.get(what, 0) + 1

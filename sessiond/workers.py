@@ -343,9 +343,22 @@ class Supervisor:
             "" if failures == 1 else "s",
             extra=_fields("worker-restart", slot=slot, delay=delay, failures=failures),
         )
-        await asyncio.sleep(delay)
-        if not self.stopping and self.current[slot] is None:
-            await self._spawn(slot)
+        while True:
+            await asyncio.sleep(delay)
+            if self.stopping or self.current[slot] is not None:
+                return  # stopping, or a SIGHUP replacement filled the slot meanwhile
+            try:
+                await self._spawn(slot)
+                return
+            except OSError as exc:  # out of processes or memory: try again later
+                delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, delay * 2))
+                log.error(
+                    "worker %d cannot be started (%s); trying again in %.1f s",
+                    slot,
+                    exc,
+                    delay,
+                    extra=_fields("worker-failed", slot=slot, error=str(exc), delay=delay),
+                )
 
     # ------------------------------------------------------------------ SIGHUP
 
@@ -402,7 +415,16 @@ class Supervisor:
 
     async def _replace(self, slot: int) -> bool:
         """Start a new worker for *slot*, then retire the old one once the new listens."""
-        new = await self._spawn(slot, current=False)
+        try:
+            new = await self._spawn(slot, current=False)
+        except OSError as exc:
+            log.error(
+                "SIGHUP: a new worker %d cannot be started (%s); replacement stopped",
+                slot,
+                exc,
+                extra=_fields("worker-failed", slot=slot, error=str(exc)),
+            )
+            return False
         if not await self._until_ready(new):
             log.error(
                 "SIGHUP: new worker %d pid=%d did not start; replacement stopped, "

@@ -214,6 +214,10 @@ class FaultInjector:
         """Every kind of fault was injected, and each one took effect: a stopped direction
         forwarded nothing more, and every broken transport was replaced by a new one."""
         assert set(self.counts) == set(self.KINDS), f"{self.counts} {why}"
+        # About 10 per second measured on a loaded 2-core machine (README); a quarter of
+        # that still proves the run was not fault-free.
+        minimum = int(CHAOS_SECONDS * 2.5)
+        assert sum(self.counts.values()) >= minimum, f"{self.counts} < {minimum} {why}"
         for index, stopped in self.killed.items():
             conn = self.proxy.connections[index]
             after = {d: conn.forwarded(d) for d in stopped}

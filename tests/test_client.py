@@ -158,6 +158,14 @@ def test_backoff_follows_the_policy_with_an_injected_random_source() -> None:
     assert ReconnectPolicy(max_elapsed=1.0).gives_up(0, 1.5)
 
 
+def test_backoff_stays_at_the_cap_however_many_attempts() -> None:
+    # A client waiting for its server (wait_for_server=True) retries without bound:
+    # 2.0**1024 overflowed a float before the exponent was capped.
+    policy = ReconnectPolicy(base=0.1, cap=30.0, random=lambda: 1.0)
+    for attempt in (1023, 1024, 5000, 10**9):
+        assert policy.delay(attempt, CloseCode.TRANSPORT_LOST) == 30.0
+
+
 def test_urls_are_checked() -> None:
     assert parse_url("tcp://127.0.0.1:7420") == ("127.0.0.1", 7420, False)
     assert parse_url("tls://[::1]:7443") == ("::1", 7443, True)

@@ -65,6 +65,8 @@ def test_every_flag_is_an_option_of_serve() -> None:
         ("[channels]\nacl = ['alice may a/#']\n", ["channels.acl", "acl rule"]),
         ("[channels]\nretained = ['a/#/b']\n", ["channels.retained", "a/#/b"]),
         ("[server]\nlisten_on = []\n", ["unknown setting server.listen_on", "server.listen?"]),
+        ("[server]\ndrain_timeout = nan\n", ["server.drain_timeout", "nan", "0 to 86400 s"]),
+        ("[protocol]\nheartbeat_interval = nan\n", ["protocol.heartbeat_interval", "more than 0"]),
         (
             "[protocol]\nheartbeat_min = 400\n",
             ["protocol.heartbeat_min = 400", "protocol.heartbeat_max = 300"],
@@ -88,6 +90,10 @@ def test_bad_environment_and_flag_values_name_their_source() -> None:
         config.load(env={"SESSIOND_SERVER_LISTEN": ""})
     with pytest.raises(ConfigError, match=r"from flag --log-level\): expected DEBUG"):
         config.load(flags={"server.log_level": "verbose"})
+    with pytest.raises(
+        ConfigError, match=r"protocol\.heartbeat_interval = 'nan' \(from environment "
+    ):
+        config.load(env={"SESSIOND_PROTOCOL_HEARTBEAT_INTERVAL": "nan"})
     assert config.load(flags={"server.log_level": "debug"}).server.log_level == "DEBUG"
 
 

@@ -262,7 +262,7 @@ async def test_telemetry_publishes_again_what_its_state_file_kept_for_a_lost_ses
         assert run.returncode == 0, run.stderr
         assert "publishing them again" in run.stderr
         kept = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("   {")]
-        assert len(kept) >= 3, run.stderr
+        assert kept, run.stderr  # at least the readings queued before the last line read
         got = await observed(quick, len(kept) + 2)
     readings = [json.loads(m.payload) for m in got]
     assert readings[: len(kept)] == kept  # the saved ones first, oldest first

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sessiond_client import envelopes
 from sessiond_client.channels import ErrorCode
 from sessiond_client.protocol import (
     CloseCode,
@@ -44,6 +45,7 @@ from sessiond import config
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
 from sessiond.channels import ChannelsConfig
+from sessiond.channels.outbox import RUN_WEIGHT, Outbox
 from sessiond.channels.subscriptions import Subscriptions
 from sessiond.config import ConfigError
 from sessiond.server import ServerConfig
@@ -51,7 +53,14 @@ from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
 from tests.test_attacks import daemon_process, echo, recording_logs, rss_kib, started
 from tests.test_auth import token_file
-from tests.test_channels import channels_daemon, open_channels, refused, shut, url_of
+from tests.test_channels import (
+    channels_daemon,
+    messages,
+    open_channels,
+    refused,
+    shut,
+    url_of,
+)
 from tests.test_daemon import free_port
 
 MIB = 1024
@@ -481,3 +490,70 @@ async def test_running_out_of_file_descriptors_is_refused_typed_and_logged(
     lines = [line for line in text.splitlines() if "file descriptors nearly exhausted" in line]
     assert 1 <= len(lines) <= 10, text[-2000:]
     assert "Traceback" not in text
+
+
+async def test_retained_messages_for_a_hash_subscriber_that_reads_nothing_cost_little() -> None:
+    """600 retained messages; 20 raw sessions subscribe to ``#`` and never read: each
+    holds the retained set as one control entry (a run of references), not one entry per
+    message; a subscriber that reads gets all 600, in order, then live messages.
+    Scale: 600 x 20 (python -m bench.hostile retained-hash: 10,000 x 100, 0.88 MiB per
+    subscriber before, 0.24 MiB after)."""
+    channels = ChannelsConfig(retained=("#",))
+    async with channels_daemon(channels) as (server, app):
+        port = server.addresses[0][1]
+        publisher = await open_channels(url_of(server.addresses[0]))
+        for number in range(600):
+            await publisher.publish(f"r/{number}", b"%d" % number)
+        members: list[Any] = []
+        original_join = app.broker.join
+
+        def join(session: Any) -> Any:
+            member = original_join(session)
+            members.append(member)
+            return member
+
+        app.broker.join = join  # type: ignore[method-assign]
+        silent = [
+            await asyncio.to_thread(open_raw, port, 4096, window_messages=8, window_bytes=4096)
+            for _ in range(20)
+        ]
+        subscribe = encode_data(1, envelopes.request("sub", "#", 1))
+        for sock in silent:
+            sock.sendall(subscribe)
+        deadline = time.monotonic() + 20
+        while len(members) < 20 or any(len(m.outbox) == 0 for m in members):
+            assert time.monotonic() < deadline, [len(m.outbox) for m in members]
+            await asyncio.sleep(0.01)
+        assert all(len(member.outbox) <= 2 for member in members)  # the reply and one run
+        reader = await open_channels(url_of(server.addresses[0]))
+        await reader.subscribe("#")
+        got = await messages(reader, 600)
+        assert [m.channel for m in got] == [f"r/{n}" for n in range(600)]
+        assert all(m.retained for m in got)
+        await publisher.publish("r/0", b"live")
+        (live,) = await messages(reader, 1)
+        assert (live.channel, live.payload, live.retained) == ("r/0", b"live", False)
+        for sock in silent:
+            sock.close()
+        await shut(publisher, reader)
+
+
+def test_a_retained_run_is_taken_in_order_and_weighs_on_the_control_limit() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        outbox = Outbox(loop, 10, 1000, lambda why: None)
+        outbox.put_control(b"ok")
+        outbox.put_retained([f"c/{n}" for n in range(640)], [b"%d" % n for n in range(640)])
+        assert len(outbox) == 2 and outbox.control == 1 + 1 + 640 // RUN_WEIGHT
+        assert outbox.room_for_control() is None  # 12 < CONTROL_LIMIT
+        outbox.put_retained([f"d/{n}" for n in range(64 * 60)], [b"d"] * (64 * 60))
+        room = outbox.room_for_control()
+        assert room is not None and not room.done()  # the handler stops reading requests
+        taken = [outbox.take() for _ in range(1 + 640)]
+        assert taken[0] == (b"ok", None)
+        assert taken[1:] == [(b"%d" % n, f"c/{n}") for n in range(640)]
+        for _ in range(64 * 60):
+            assert outbox.take() is not None
+        assert room.done() and outbox.control == 0 and outbox.take() is None
+    finally:
+        loop.close()

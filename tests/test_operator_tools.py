@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -186,3 +187,33 @@ def test_open_auth_on_a_non_loopback_listener_is_warned_about(tmp_path: Path) ->
     finally:
         quiet.close()
     assert "only loopback clients" not in quiet.log
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [("def handler(session)\n", "SyntaxError"), ("raise RuntimeError('no DB')\n", "RuntimeError")],
+)
+def test_an_app_module_that_fails_to_import_is_a_configuration_error(
+    tmp_path: Path, source: str, error: str
+) -> None:
+    """``--app module:callable`` whose module raises on import: one JSON ERROR line naming
+    --app and the error (not a Python traceback), exit 2; ``config check`` says the same."""
+    (tmp_path / "brokenapp.py").write_text(source)
+    pythonpath = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    conf = tmp_path / "sessiond.toml"
+    conf.write_text("[server]\napp = 'brokenapp:handler'\n")
+    for args in (
+        ["serve", "--listen", "127.0.0.1:0", "--app", "brokenapp:handler", "--log-format", "json"],
+        ["config", "check", str(conf)],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "sessiond", *args],
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+            env=clean_environment(PYTHONPATH=pythonpath),
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "brokenapp:handler" in result.stderr and error in result.stderr
+        if args[0] == "serve":
+            lines = result.stderr.splitlines()
+            assert [json.loads(line)["level"] for line in lines] == ["ERROR"], lines

@@ -86,14 +86,6 @@ def test_invalid_vector_closes_with_its_code(vector: dict[str, Any]) -> None:
     assert isinstance(close, frames.Close) and close.code == vector["code"]
 
 
-def test_readme_core_example_runs() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert blocks, "README lacks its python example"
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
-
-
 @pytest.mark.parametrize("vector", VECTORS["invalid"], ids=lambda v: v["name"])
 def test_early_marks_exactly_the_incomplete_invalid_vectors(vector: dict[str, Any]) -> None:
     """§14, §1.4: an entry is marked ``early`` if and only if it is an incomplete frame,

@@ -304,3 +304,17 @@ async def test_without_aof_a_restarted_redis_answers_with_a_typed_reason(
     with pytest.raises(Gone) as caught:
         await fresh.load(sid)
     assert caught.value.code is CloseCode.UNKNOWN_SESSION
+
+
+async def test_the_database_number_of_the_url_is_used_by_every_connection(
+    stores: MakeStore, redis_server: RedisServer
+) -> None:
+    store = await stores(f"redis://127.0.0.1:{redis_server.port}/3")
+    sid = new_session_id()
+    await store.create(meta(sid))
+    store.append(sid, 1, 1, [b"in db 3"], consumed=0, acked=0)  # the hiredis connection
+    await store.commit()
+    assert (await store.load(sid)).positions.unacked == (b"in db 3",)
+    default = await stores()
+    with pytest.raises(Gone):
+        await default.load(sid)

@@ -3,6 +3,8 @@ test binds, and the shipped unit file checked with ``systemd-analyze verify``.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import signal
@@ -15,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from sessiond.systemd import Notifier
+from tests.coreclient import CoreClient
 from tests.daemonproc import DaemonProcess, clean_environment
+from tests.test_metrics import metrics_base, until_metric
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "sessiond.service"
@@ -102,3 +106,36 @@ def test_unit_file_is_hardened_and_verifies(tmp_path: Path) -> None:
     )
     problems = [line for line in result.stderr.splitlines() if "sessiond.service" in line]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+async def test_a_sighup_while_draining_is_ignored_and_never_says_ready(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """After STOPPING=1 a SIGHUP must not reload nor tell systemd READY=1 again."""
+    env = clean_environment(NOTIFY_SOCKET=notify_socket.getsockname())
+    daemon = DaemonProcess(
+        *("--listen", "127.0.0.1:0", "--app", "echo", "--metrics", "127.0.0.1:0"),
+        log_file=tmp_path / "log",
+        env=env,
+    )
+    try:
+        await asyncio.to_thread(next_message, notify_socket, "READY=1")
+        stuck = CoreClient(*daemon.address())  # its echo is never acknowledged: holds the drain
+        await stuck.open(TIMEOUT)
+        stuck.send(b"held")
+        await until_metric(metrics_base(daemon), "sessiond_replay_bytes", len(b"held"))
+        daemon.signal(signal.SIGTERM)
+        await asyncio.to_thread(next_message, notify_socket, "STOPPING=1")
+        daemon.signal(signal.SIGHUP)
+        await daemon.until("SIGHUP ignored while draining")
+        notify_socket.settimeout(0.5)
+        after: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                after.append(notify_socket.recv(4096).decode())
+        assert not any("READY=1" in m.splitlines() for m in after), after
+        await stuck.kill()
+        assert await asyncio.to_thread(daemon.proc.wait, TIMEOUT) == 0
+    finally:
+        daemon.close()
+    assert "SIGHUP: reloaded" not in daemon.log

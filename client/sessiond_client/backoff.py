@@ -38,7 +38,9 @@ class ReconnectPolicy:
         kind = CODE_TABLE.get(code)
         if kind is not None and kind.backoff is Backoff.IMMEDIATE and attempt == 0:
             return retry_after
-        jittered = self.random() * min(self.cap, self.base * 2.0**attempt)
+        # The exponent is capped: 2.0**1024 overflows, and a client told to wait for its
+        # server (wait_for_server=True) may make that many attempts.
+        jittered = self.random() * min(self.cap, self.base * 2.0 ** min(attempt, 64))
         if kind is not None and kind.backoff is Backoff.RETRY_AFTER:
             return max(retry_after, jittered) if attempt == 0 else retry_after + jittered
         return max(retry_after, jittered) if attempt == 0 else jittered

@@ -31,8 +31,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from os import PathLike
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
 
+from .addresses import parse_address
 from .backoff import ReconnectPolicy
 from .framelog import FrameLog
 from .handoff import Handoff
@@ -99,11 +99,10 @@ class State(enum.Enum):
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
-    """``tcp://host:port`` or ``tls://host:port`` to (host, port, tls)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
-        raise ValueError(f"expected tcp://HOST:PORT or tls://HOST:PORT, got {url!r}")
-    return parts.hostname, parts.port, parts.scheme == "tls"
+    """``tcp://host:port`` or ``tls://host:port`` to (host, port, tls)
+    (:func:`~sessiond_client.addresses.parse_address`, as the daemon's ``--listen``)."""
+    address = parse_address(url)
+    return address.host, address.port, address.tls
 
 
 class _Protocol(asyncio.Protocol):

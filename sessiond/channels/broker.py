@@ -403,9 +403,13 @@ class Broker:
             if found is not None:
                 member.outbox.put_control(found.envelope, pattern)
             return
+        channels: list[str] = []
+        envelopes_found: list[bytes] = []
         for channel, retained in self.retained.items():
             if matches(pattern, channel):
-                member.outbox.put_control(retained.envelope, channel)
+                channels.append(channel)
+                envelopes_found.append(retained.envelope)
+        member.outbox.put_retained(channels, envelopes_found)
 
 
 def _error(code: ErrorCode, reason: str, request: Request) -> ChannelError:

@@ -17,6 +17,11 @@ Two kinds of entries:
 * *control entries* (replies, retained messages on subscribe) are never dropped.
   They are bounded by the handler instead: it reads no further request while
   :attr:`Outbox.control` is at :data:`CONTROL_LIMIT` (see :meth:`room_for_control`).
+  The retained messages one subscribe matches are one control entry, a
+  :class:`RetainedRun` (two lists of references: 16 bytes per message, where an
+  entry each cost about 80), weighing one control entry per :data:`RUN_WEIGHT`
+  messages: a session that reads nothing holds at most about CONTROL_LIMIT x
+  RUN_WEIGHT of them queued, plus one run (at most ``channels.max_retained``) (issue 12).
 """
 
 from __future__ import annotations
@@ -24,14 +29,32 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from sessiond_client import envelopes
 
 #: Control entries (replies, retained messages) above which the handler stops reading.
 CONTROL_LIMIT = 64
+#: A run of retained messages counts as one control entry per this many messages (and
+#: one more), so runs too keep a session that reads nothing from queueing without bound.
+RUN_WEIGHT = 64
 
-# (payload, channel or None, droppable, counted: a channel entry rather than a control one)
-Entry = tuple[bytes, str | None, bool, bool]
+
+class RetainedRun:
+    """The retained messages of one subscribe, taken one at a time (a control entry)."""
+
+    __slots__ = ("channels", "envelopes", "next", "weight")
+
+    def __init__(self, channels: list[str], envelopes: list[bytes]) -> None:
+        self.channels = channels
+        self.envelopes = envelopes
+        self.next = 0
+        self.weight = 1 + len(channels) // RUN_WEIGHT  # in control entries
+
+
+# (payload, channel or None, droppable, counted: a channel entry rather than a control
+# one), or a run of retained messages
+Entry = tuple[bytes, str | None, bool, bool] | RetainedRun
 
 
 class ChannelStats:
@@ -100,6 +123,15 @@ class Outbox:
         self._append((payload, channel, False, False))
         self.control += 1
 
+    def put_retained(self, channels: list[str], envelopes: list[bytes]) -> None:
+        """Queue the retained messages of one subscribe (envelopes of *channels*, in order)
+        as one control entry."""
+        if self.closed or not channels:
+            return
+        run = RetainedRun(channels, envelopes)
+        self._append(run)
+        self.control += run.weight
+
     def put(self, payload: bytes, channel: str, droppable: bool) -> None:
         """Queue a message or presence event of *channel*; apply the policy if it is full."""
         if self.closed:
@@ -136,7 +168,10 @@ class Outbox:
         entries = self._entries
         if entries is None:
             return False
-        for index, (payload, channel, droppable, _) in enumerate(entries):
+        for index, entry in enumerate(entries):
+            if entry.__class__ is RetainedRun:
+                continue
+            payload, channel, droppable, _ = cast(tuple[bytes, str | None, bool, bool], entry)
             if droppable:
                 assert channel is not None
                 del entries[index]
@@ -185,11 +220,24 @@ class Outbox:
         entries = self._entries
         if not entries:
             return None
-        payload, channel, _, counted = entries.popleft()
+        first = entries[0]
+        channel: str | None
+        weight = 1
+        if isinstance(first, RetainedRun):
+            index = first.next
+            first.next = index + 1
+            if first.next < len(first.channels):
+                return first.envelopes[index], first.channels[index]
+            payload, channel, counted = first.envelopes[index], first.channels[index], False
+            weight = first.weight
+            entries.popleft()
+        else:
+            payload, channel, _, counted = first
+            entries.popleft()
         if not entries:
             self._entries = None
         if not counted:
-            self.control -= 1
+            self.control -= weight
             waiter = self._room_waiter
             if waiter is not None and not waiter.done() and self.control < CONTROL_LIMIT:
                 waiter.set_result(None)

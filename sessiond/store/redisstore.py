@@ -16,8 +16,10 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
@@ -27,11 +29,20 @@ from . import keys
 from .errors import Fenced, Gone, StoreUnavailable
 from .records import Loaded, Positions, SessionMeta, Terms
 from .streams import StreamLog
+from .wire import Wire, WireError
 
 log = logging.getLogger("sessiond.store")
 
 #: Entries trimmable (entirely acknowledged) before an XTRIM is queued with an append.
 TRIM_BATCH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Commands taken for one commit, and per command the session it writes (or None)."""
+
+    commands: list[tuple[Any, ...]]
+    owners: list[bytes | None]
 
 
 class RedisStore:
@@ -85,6 +96,9 @@ class RedisStore:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
+        #: The hot path's connection: hiredis encoding and parsing (sessiond/store/wire.py)
+        #: where the URL allows, else redis-py on a connection of its own.
+        self._wire = Wire(url, timeout) if Wire.supports(url) else None
         self._leaser = aioredis.Redis.from_url(
             url,
             single_connection_client=True,
@@ -149,6 +163,8 @@ class RedisStore:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
             self._pubsub = None
+        if self._wire is not None:
+            self._wire.close()
         for client in (self.client, self._writer, self._leaser):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -241,13 +257,28 @@ class RedisStore:
             self._commands.append(("XTRIM", key, "MINID", minid))
             self._owners.append(None)
 
+    def refresh(self, sid: bytes, ttl: float) -> None:
+        """Queue a TTL of *ttl* seconds on the session's keys (with the next commit): an
+        attached session's keys outlive a crash of its owner by its lifetime, no more."""
+        ms = int(ttl * 1000)
+        self._commands.append(("PEXPIRE", keys.meta_key(self.prefix, sid), ms))
+        self._commands.append(("PEXPIRE", keys.stream_key(self.prefix, sid), ms))
+        self._owners += [None, None]
+
     @property
     def pending(self) -> bool:
         """True when appends are waiting for a :meth:`commit`."""
         return bool(self._commands)
 
-    async def commit(self) -> None:
-        """Send everything appended so far in one pipelined round trip.
+    def take(self) -> Batch:
+        """Everything appended so far, for :meth:`commit` (a caller that must do other
+        writes first takes the batch at the moment it takes its other work)."""
+        batch = Batch(self._commands, self._owners)
+        self._commands, self._owners = [], []
+        return batch
+
+    async def commit(self, batch: Batch | None = None) -> None:
+        """Send *batch* (default: everything appended so far) in one pipelined round trip.
 
         Returns once it is stored. A session whose entry Redis refused (fenced
         out, or its keys expired) is reported to :attr:`on_fenced`. Raises
@@ -255,19 +286,27 @@ class RedisStore:
         applied is then unknown: treat the batch's sessions as lost here).
         """
         async with self._commit_lock:
-            commands, owners = self._commands, self._owners
+            if batch is None:
+                batch = self.take()
+            commands, owners = batch.commands, batch.owners
             if not commands:
                 return
-            self._commands, self._owners = [], []
-            pipe = self._writer.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
             try:
-                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout)
-            except (RedisError, OSError, TimeoutError) as exc:
+                if self._wire is not None:
+                    results = await self._wire.execute(commands)
+                else:
+                    pipe = self._writer.pipeline(transaction=False)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    results = await asyncio.wait_for(
+                        pipe.execute(raise_on_error=False), self.timeout
+                    )
+            except (RedisError, OSError, TimeoutError, WireError) as exc:
                 raise StoreUnavailable(f"session store: {exc}") from None
             for sid, result in zip(owners, results, strict=True):
-                if sid is not None and (result is None or isinstance(result, Exception)):
+                if sid is not None and (
+                    result is None or isinstance(result, Exception | hiredis.ReplyError)
+                ):
                     self._logs.pop(sid, None)
                     self.on_fenced(sid)
 

@@ -137,6 +137,11 @@ def _shared(value: _N) -> _N:
     return value
 
 
+def _no_push(payload: bytes) -> None:
+    """The fast path's push while there is no fast path (never called)."""
+    raise AssertionError("no session takes DATA here")
+
+
 def _inbox_push(session: Session) -> Callable[[bytes], None]:
     """The append of *session*'s inbox, made now if it is None (see ``_receive_piece``)."""
     inbox = session._inbox
@@ -821,6 +826,14 @@ class Session:
         self._inbox_bytes += len(payload)
         self._check_window()
 
+    def _count(self, received: int, added: int, check: bool = True) -> None:
+        """Store what the fast path of ``Connection._receive_piece`` counted in locals:
+        the last sequence number received and the bytes added to the inbox."""
+        self._received = received
+        self._inbox_bytes += added
+        if check:
+            self._check_window()
+
     def _check_window(self) -> None:
         p = self.params
         if self._received - self._ack_sent > p.window_messages or (
@@ -1020,22 +1033,21 @@ class Connection:
         boundary = decoder.boundary
         limit = decoder.max_frame_size
         session = self.session
-        fast = session is not None and self._confirmed and self.state is _OPEN
+        # The session whose next DATA frames take the fast path (None: every frame is
+        # dispatched); *received* and *added* are its counters, stored back by _count.
+        live = session if session is not None and self._confirmed and self.state is _OPEN else None
         received = session._received if session is not None else 0
-        push = _inbox_push(session) if fast and session is not None else None
+        push = _inbox_push(live) if live is not None else _no_push
         added = 0
+        error: RemoteProtocolError | None = None
         try:
             for frame in unpacker:
                 end = tell()
                 if end - boundary > limit:
-                    if fast and session is not None:  # as if DATA before it came alone
-                        session._received = received
-                        session._inbox_bytes += added
-                        added = 0
-                        session._check_window()
-                    raise decoder.too_large(end - boundary)
+                    error = decoder.too_large(end - boundary)
+                    break
                 boundary = end
-                if fast:
+                if live is not None:
                     try:
                         kind, seq, payload = frame
                     except (TypeError, ValueError):
@@ -1048,39 +1060,38 @@ class Connection:
                         and payload.__class__ is bytes
                     ):
                         received = seq
-                        push(payload)  # type: ignore[misc]
+                        push(payload)
                         added += len(payload)
                         continue
-                    session._received = received  # type: ignore[union-attr]
-                    session._inbox_bytes += added  # type: ignore[union-attr]
-                    added = 0
                     # The window is checked as if each frame came in its own read: the
                     # outcome must not depend on how reads split the bytes (§1.5).
-                    session._check_window()  # type: ignore[union-attr]
+                    count, added = added, 0  # (zero first: _count may raise)
+                    live._count(received, count)
                 self._dispatch([frame], now)
                 if self.state is _CLOSED:
                     return  # frames after CLOSE are never processed
                 session = self.session
-                fast = session is not None and self._confirmed and self.state is _OPEN
-                if fast:
-                    received = session._received  # type: ignore[union-attr]
-                    push = _inbox_push(session)  # type: ignore[arg-type]
+                live = (
+                    session
+                    if session is not None and self._confirmed and self.state is _OPEN
+                    else None
+                )
+                if live is not None:
+                    received = live._received
+                    push = _inbox_push(live)
         except (ValueError, UnpackException) as exc:
-            if fast and session is not None:  # as if DATA before it came alone
-                session._received = received
-                session._inbox_bytes += added
-                added = 0
-                session._check_window()
-            raise decoder.undecodable(piece, boundary, exc) from None
+            error = decoder.undecodable(piece, boundary, exc)
         finally:
-            if fast and session is not None:
-                session._received = received
-                session._inbox_bytes += added
+            if live is not None:
+                live._count(received, added, check=False)
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
-        decoder.settle(piece, boundary)
-        if fast and session is not None:
-            session._check_window()
+        if error is None:
+            decoder.settle(piece, boundary)
+        if live is not None:
+            live._check_window()  # before an error: as if the DATA before it came alone
+        if error is not None:
+            raise error
 
     def _dispatch(self, frames: list[Any], now: float) -> None:
         session = self.session
