@@ -23,6 +23,7 @@ from .addresses import ListenAddress, format_host, parse_listen
 from .admin import AdminError, AdminServer
 from .apps import load_app
 from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
+from .channels import ChannelsApp
 from .config import Loaded, Settings, TlsSection
 from .logs import configure as configure_logging
 from .metrics import MetricsServer
@@ -194,6 +195,13 @@ class Daemon:
         except StoreError as exc:
             log.error("%s", exc, extra=_fields("store-failed", error=str(exc)))
             return 1
+        if store is not None and isinstance(self.app, ChannelsApp):
+            try:  # one channels space across every process on the store (issue 17)
+                await self.app.share(store.url, store.prefix)
+            except ConnectionError as exc:
+                log.error("%s", exc, extra=_fields("store-failed", error=str(exc)))
+                await store.close()
+                return 1
         self.server = server = Server(
             self.app, server_config(settings, self.prepared.auth), store=store
         )
@@ -254,6 +262,8 @@ class Daemon:
         timeout = self.settings.server.drain_timeout
         log.info("draining (at most %.1f s)", timeout, extra=_fields("draining", timeout=timeout))
         await server.drain(timeout, self.settings.server.retry_after)
+        if isinstance(self.app, ChannelsApp):
+            await self.app.close()
         await self._stop_side_doors()
         self.notifier.stop_watchdog()
         log.info("stopped", extra=_fields("stopped"))

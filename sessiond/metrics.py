@@ -200,6 +200,16 @@ class Collector(CollectorBase):
                 "messages dropped by drop-oldest policies (as gaps)",
                 channels.drops,
             )
+            yield _counter(
+                "sessiond_channels_bus_lost",
+                "publishes the Redis channels bus could not carry to other processes",
+                channels.bus_lost,
+            )
+            yield _counter(
+                "sessiond_channels_moved_lost",
+                "channel messages queued for sessions that moved to another process",
+                channels.moved_lost,
+            )
 
 
 class Scan:

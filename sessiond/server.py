@@ -506,9 +506,13 @@ class Server:
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
         session = self._handlers.pop(task).session
-        if task.cancelled() or session.moved:
+        if task.cancelled():
             return
+        # Retrieved in every case, SessionMoved included: asyncio logs an exception
+        # never retrieved as an error ("Task exception was never retrieved").
         exc = task.exception()
+        if session.moved:
+            return
         if exc is None:
             if not session.ended:
                 session.close(CloseCode.NORMAL, "handler returned")

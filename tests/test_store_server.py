@@ -4,8 +4,10 @@ them as one ordinary resume, exactly once both ways (ARCHITECTURE.md guarantee 1
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from sessiond_client.protocol import CloseCode, SessionLostEvent, SessionResumed
 
 import sessiond
+from sessiond.apps import echo
 from sessiond.server import Server
 from sessiond.session import SessionMoved
 from sessiond.store.redisstore import RedisStore
@@ -322,3 +325,32 @@ def test_alternating_resume_targets_keep_exactly_once(
             await client.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_handler_ending_with_session_moved_is_not_reported_as_unretrieved(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    # The built-in echo app lets SessionMoved end its handler: the server retrieves it,
+    # so asyncio never logs "Task exception was never retrieved" for a moved session.
+    unhandled: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    a = await start(echo)  # type: ignore[arg-type]
+    b = await start(echo)  # type: ignore[arg-type]
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 10)
+    sid = client.session.id
+    assert sid is not None
+    await client.kill()
+    client.port = port(b)
+    assert await client.connect(10.0)
+    await exchange(client, 10, 10)
+    assert client.received == expected(20)
+    async with asyncio.timeout(10):
+        while a.sessions.find(sid) is not None or a._handlers:
+            await asyncio.sleep(0.01)
+    gc.collect()  # an unretrieved exception is reported when its task is collected
+    await asyncio.sleep(0)
+    assert not unhandled, unhandled
+    await client.close()

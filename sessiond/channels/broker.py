@@ -33,8 +33,10 @@ from sessiond_client.topics import (
 
 from ..session import Session
 from .acl import Acl, Grants
+from .bus import Bus, LocalBus
 from .config import ChannelsConfig
 from .outbox import ChannelStats, Outbox
+from .retained import Retained
 from .subscriptions import Subscriptions
 
 log = logging.getLogger("sessiond.channels")
@@ -52,14 +54,6 @@ class ChannelInfo:
     presence: bool
     retained: bool
     drop_oldest: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Retained:
-    """A channel's last message, encoded once as a retained delivery."""
-
-    envelope: bytes
-    size: int  # payload bytes, counted against retained_bytes
 
 
 class Member:
@@ -161,8 +155,10 @@ def identity_text(identity: Any) -> str | None:
 class Broker:
     """Subscriptions, presence and retained messages shared by every channels session."""
 
-    def __init__(self, config: ChannelsConfig) -> None:
+    def __init__(self, config: ChannelsConfig, bus: Bus | None = None) -> None:
         self.config = config
+        #: Where publishes go (bus.py): this process only, or every process on a Redis store.
+        self.bus: Bus = bus if bus is not None else LocalBus()
         self.acl = Acl(config.rules())
         self.subscriptions: Subscriptions[Member] = Subscriptions()
         self.members: dict[str, dict[Member, None]] = {}  # presence channel -> members, in order
@@ -170,6 +166,7 @@ class Broker:
         self.retained_size = 0
         self._info: dict[str, ChannelInfo] = {}
         self.stats = ChannelStats()
+        self.bus.attach(self)
 
     def reconfigure(self, config: ChannelsConfig) -> None:
         """New settings: limits, channel features and access rules apply to every request
@@ -195,9 +192,38 @@ class Broker:
             member.grants = grants = self.acl.grants(member.identity)
         return grants
 
+    def restore(self, member: Member, patterns: list[str]) -> None:
+        """Subscribe a recovered session again to what it held, without replies or
+        retained messages (its client saw those already); a pattern the current rules
+        no longer allow is dropped (logged). Presence members of this process see it
+        join (presence is per process: see bus.py)."""
+        for pattern in patterns:
+            if not isinstance(pattern, str) or pattern in member.patterns:
+                continue
+            try:
+                check_pattern(pattern, self.config.max_name_length)
+            except InvalidChannel:
+                continue
+            if not self.grants(member).may_subscribe(pattern) or (
+                len(member.patterns) >= self.config.max_subscriptions
+            ):
+                log.warning("recovered session %s: %s not restored", member.session.id[:8], pattern)
+                continue
+            member.patterns[pattern] = None
+            self.subscriptions.add(pattern, member)
+            self.stats.subscriptions += 1
+            if not is_pattern(pattern) and self.info(pattern).presence:
+                present = self.members.setdefault(pattern, {})
+                self._announce(envelopes.JOIN, pattern, member, present)
+                present[member] = None
+
     def leave(self, member: Member) -> None:
         """The session ended: drop its subscriptions; presence channels see it leave."""
-        for pattern in list(member.patterns):
+        patterns = list(member.patterns)
+        # session.data holds the original set (app.py), which a store may be saving
+        # right now for the process the session moved to: it must stay whole.
+        member.patterns = dict(member.patterns)
+        for pattern in patterns:
             self._remove(member, pattern)
         member.outbox.close()
 
@@ -243,33 +269,54 @@ class Broker:
             )
         if not self.grants(member).may_publish(channel):
             raise _error(ErrorCode.DENIED, f"may not publish to {channel}", request)
-        if info.retained:
-            self._retain(member, channel, data, request)
+        retain = None
+        if info.retained and data:
+            retain = self._retain(member, channel, data, request)
         envelope = envelopes.message(channel, data, member.identity, member.tag)
-        drop = info.drop_oldest
+        # An empty payload clears a retained message (protocol.md §15.5).
+        self.bus.publish(channel, envelope, retain, info.retained and not data)
+        if request.id is not None:
+            member.outbox.put_control(envelopes.ok(request.id))
+
+    def received(
+        self,
+        channel: str,
+        envelope: bytes,
+        retain: Retained | None,
+        clear: bool,
+        deliver: bool = True,
+    ) -> None:
+        """The bus carried a publish of *channel* here (from this process or another):
+        keep *retain* as its retained message (or *clear* it), then queue *envelope* for
+        every matching subscriber of this process."""
+        if retain is not None or clear:
+            old = self.retained.pop(channel, None)
+            if old is not None:
+                self.retained_size -= old.size
+            if retain is not None:
+                self.retained[channel] = retain
+                self.retained_size += retain.size
+        if not deliver:
+            return
+        drop = self.info(channel).drop_oldest
         subscribers = self.subscriptions.match(channel)
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
             subscriber.outbox.put(envelope, channel, drop)
-        if request.id is not None:
-            member.outbox.put_control(envelopes.ok(request.id))
 
-    def _retain(self, member: Member, channel: str, data: bytes, request: Request) -> None:
+    def _retain(self, member: Member, channel: str, data: bytes, request: Request) -> Retained:
+        """The retained message a publish of *data* makes, if the limits allow it (with
+        a Redis bus, checked against what this process holds: processes publishing at
+        once may together exceed them by what they published meanwhile)."""
         old = self.retained.get(channel)
         freed = old.size if old is not None else 0
-        if not data:  # an empty payload clears the retained message (protocol.md §15.5)
-            if old is not None:
-                del self.retained[channel]
-                self.retained_size -= freed
-            return
         config = self.config
         if (old is None and len(self.retained) >= config.max_retained) or (
             self.retained_size - freed + len(data) > config.retained_bytes
         ):
             raise _error(ErrorCode.LIMIT_EXCEEDED, "retained messages are full", request)
         envelope = envelopes.message(channel, data, member.identity, member.tag, retained=True)
-        self.retained[channel] = Retained(envelope, len(data))
-        self.retained_size += len(data) - freed
+        return Retained(envelope, len(data))
 
     def subscribe(self, member: Member, request: Request) -> None:
         pattern = request.channel

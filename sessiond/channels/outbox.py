@@ -61,12 +61,14 @@ class ChannelStats:
     """Counters of one broker, for metrics: deliveries and drops since start, and the
     subscriptions held now."""
 
-    __slots__ = ("deliveries", "drops", "subscriptions")
+    __slots__ = ("bus_lost", "deliveries", "drops", "moved_lost", "subscriptions")
 
     def __init__(self) -> None:
         self.deliveries = 0  # channel messages queued for subscribers
         self.drops = 0  # of those, dropped by a drop-oldest policy (told as gaps)
         self.subscriptions = 0
+        self.bus_lost = 0  # publishes a Redis bus could not carry (bus.py)
+        self.moved_lost = 0  # queued for a session when it moved to another process
 
 
 class Outbox:

@@ -1,0 +1,68 @@
+"""``python -m bench.connect_fail``: how long the client's first ``connect()`` takes to fail
+(issue 13): against a closed port, and against a TLS server whose CA the client does not
+trust (with the system store loaded per call, and with a ready ``ssl=`` context).
+
+Each case connects ``--count`` times (bounded, loopback only) and prints the median and
+the maximum, with the error message the application gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sessiond_client
+
+import sessiond
+import sessiond.apps
+from sessiond.tls import generate, server_context
+
+
+async def timed(url: str, count: int, **options: Any) -> str:
+    """Median and maximum time for ``connect(url)`` to raise, and its message."""
+    times: list[float] = []
+    message = ""
+    for _ in range(count):
+        start = time.perf_counter()
+        try:
+            session = await sessiond_client.connect(url, **options)
+        except sessiond_client.ConnectFailed as exc:
+            message = str(exc)
+        else:  # something answered: not the case this measures
+            await session.close()
+            raise SystemExit(f"{url}: connect() succeeded")
+        times.append(time.perf_counter() - start)
+    median, worst = statistics.median(times) * 1e3, max(times) * 1e3
+    return f"median {median:.2f} ms, max {worst:.2f} ms: {message}"
+
+
+async def run(count: int) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    print("closed port:", await timed(f"tcp://127.0.0.1:{port}", count))
+    with tempfile.TemporaryDirectory() as directory:
+        certs = generate(Path(directory) / "certs", ["127.0.0.1"], [])
+        context = server_context(certs.server_cert, certs.server_key)
+        async with sessiond.serve(sessiond.apps.echo, "127.0.0.1", 0, ssl=context) as server:
+            host, port = server.addresses[0]
+            url = f"tls://{host}:{port}"
+            print("unverified TLS server:", await timed(url, count))
+            ready = sessiond_client.tls_context()  # the system store, loaded once
+            print("unverified TLS server, ssl= given:", await timed(url, count, ssl=ready))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.connect_fail", description=__doc__)
+    parser.add_argument("--count", type=int, default=20, help="connects per case")
+    asyncio.run(run(parser.parse_args().count))
+
+
+if __name__ == "__main__":
+    main()
