@@ -396,8 +396,17 @@ class Durability:
         # appends then) consumed input and answered it; releasing its replies with the
         # consumed position of the last append would have them asked for, and answered,
         # again by the new owner.
+        # A handler waiting for window (none opens here now) has taken input whose replies
+        # it has yet to queue: they go with the session, past the window (the new owner
+        # replays within the window), else that input would be consumed and never answered.
         snap = entry.core.server_snapshot()
-        positions = Positions(snap.next_seq, snap.acked, snap.consumed, snap.unacked)
+        unsent = entry.session.unsent
+        limit = entry.core.max_payload
+        if any(len(payload) > limit for payload in unsent):  # the core would refuse it
+            unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
+        positions = Positions(
+            snap.next_seq + len(unsent), snap.acked, snap.consumed, snap.unacked + unsent
+        )
         self._stored.pop(entry, None)
         self._after.append(
             lambda: self.store.save(sid, epoch, meta, positions, ttl=ttl, release=True)

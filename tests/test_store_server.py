@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sessiond_client.protocol import CloseCode, SessionLostEvent, SessionResumed
+from sessiond_client.protocol import CloseCode, Params, SessionLostEvent, SessionResumed
 
 import sessiond
 from sessiond.apps import echo
@@ -353,4 +353,47 @@ async def test_a_handler_ending_with_session_moved_is_not_reported_as_unretrieve
     gc.collect()  # an unretrieved exception is reported when its task is collected
     await asyncio.sleep(0)
     assert not unhandled, unhandled
+    await client.close()
+
+
+class BatchEcho(Echo):
+    """The built-in echo's loop (recv_many, send_many): waits for window mid-batch."""
+
+    async def __call__(self, session: sessiond.Session) -> None:
+        self.recovered.append(session.recovered)
+        try:
+            while True:
+                await session.send_many(await session.recv_many())
+        except SessionMoved:
+            self.moved += 1
+        except sessiond.SessionLost:
+            self.lost += 1
+
+
+async def test_a_handler_waiting_for_window_moves_with_its_unsent_replies(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    # The client's window (4) fills with echoes it does not acknowledge (it reads
+    # nothing), so A's handler has taken 10 messages and waits to send 6 replies when
+    # the session moves to B. Those replies go with it (sent by B as the window
+    # opens): taken input whose replies were dropped would be consumed, never answered.
+    app = BatchEcho()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a), Params(window_messages=4))
+    assert await client.connect()
+    for n in range(10):
+        client.send(b"m%d" % n)
+    sid = client.session.id
+    assert sid is not None
+    entry = a.sessions.find(sid)
+    assert entry is not None
+    async with asyncio.timeout(10):
+        while entry.core.sequence_numbers[3] < 10:  # consumed: all 10 taken by the handler
+            await asyncio.sleep(0.01)
+    await client.kill()
+    client.port = port(b)
+    assert await client.connect(10.0)
+    await client.run_until(lambda: len(client.received) >= 10, 20.0)
+    await exchange(client, 10, 10)
+    assert client.received == expected(20)  # exactly once, in order
     await client.close()

@@ -30,6 +30,7 @@ class Handoff:
         "_recv_waiter",
         "_send_waiter",
         "_take_limit",
+        "_unsent",
     )
 
     def __init__(
@@ -52,6 +53,8 @@ class Handoff:
         self._local: list[bytes] | None = None
         self._recv_waiter: asyncio.Future[None] | None = None
         self._send_waiter: asyncio.Future[None] | None = None
+        # What a send()/send_many() waiting for window has yet to queue (None otherwise).
+        self._unsent: Sequence[bytes] | None = None
 
     def _flush(self) -> None:
         """Write what the core queued (now or soon)."""
@@ -75,7 +78,11 @@ class Handoff:
         try:
             core.send(payload, self._loop.time())
         except WindowFull:
-            await self._window_for(len(payload))
+            self._unsent = (payload,)
+            try:
+                await self._window_for(len(payload))
+            finally:
+                self._unsent = None
             core.send(payload, self._loop.time())
         except InvalidState:
             self._raise_failure()
@@ -94,7 +101,16 @@ class Handoff:
                 raise
             self._flush()
             if sent < len(payloads):
-                await self._window_for(len(payloads[sent]))
+                self._unsent = payloads[sent:]
+                try:
+                    await self._window_for(len(payloads[sent]))
+                finally:
+                    self._unsent = None
+
+    @property
+    def unsent(self) -> tuple[bytes, ...]:
+        """What a send waiting for window has yet to queue, in order (usually nothing)."""
+        return tuple(self._unsent) if self._unsent else ()
 
     async def _window_for(self, size: int) -> None:
         core = self._core
