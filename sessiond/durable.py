@@ -53,6 +53,8 @@ RELEASE_TIMEOUT = 2.0
 REFRESH_EVERY = 10.0
 #: retry_after given to a client refused because the store is unavailable.
 STORE_RETRY_AFTER = 1.0
+#: How long shutdown waits for the store to disconnect (and drop the lease).
+CLOSE_TIMEOUT = 2.0
 
 
 class Forged(Exception):
@@ -463,4 +465,11 @@ class Durability:
         self._writer.cancel()
         self._refresher.cancel()
         await asyncio.gather(self._writer, self._refresher, return_exceptions=True)
-        await self.store.close()
+        # Bounded: a redis-py connection whose command was cancelled mid-flight can keep
+        # its lock, and the lease's DELETE would then wait for ever (the lease expires by
+        # its TTL anyway). Seen as a worker that never exited after a SIGHUP roll.
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.store.close()
+        except TimeoutError:
+            log.warning("session store: disconnect took over %.1f s; abandoned", CLOSE_TIMEOUT)

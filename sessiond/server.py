@@ -138,6 +138,7 @@ class Server:
         self.budgets = Budgets(self.config.limits)  # per address and identity
         self.listeners: list[asyncio.Server] = []
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False  # close() has begun: no HELLO is answered any more
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
         # One bound method and one (empty) context for every handler's done callback,
         # instead of a new pair per session.
@@ -222,6 +223,7 @@ class Server:
     async def close(self, retry_after: float = 1.0) -> None:
         """Stop listening and close every transport with GOING_AWAY (sessions are dropped,
         or, with a store, released for another process to resume)."""
+        self.closing = True
         for listener in self.listeners:
             listener.close()
         if self.durable is not None:
@@ -237,8 +239,18 @@ class Server:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for listener in self.listeners:
-            await listener.wait_closed()
+        # wait_closed() waits for every transport the listener accepted; one still
+        # lingering (a peer that neither reads nor closes) is aborted after close_grace,
+        # so shutdown is bounded.
+        try:
+            async with asyncio.timeout(self.config.close_grace + 1.0):
+                for listener in self.listeners:
+                    await listener.wait_closed()
+        except TimeoutError:
+            log.warning("transports still open after close_grace: aborted")
+            for protocol in list(self.protocols):
+                if protocol.transport is not None:
+                    protocol.transport.abort()
         self.refusals.close()
         if self.durable is not None:
             await self.durable.close()
@@ -322,6 +334,11 @@ class Server:
         now = self.loop.time()
         existing: _Entry | None = None
         missing = CloseCode.UNKNOWN_SESSION
+        if self.closing:
+            # Shutting down: a session taken on now (a claim from the store finishing
+            # after release_all) would be neither served nor released.
+            conn.reject(now, CloseCode.GOING_AWAY, "server shutting down", 1.0)
+            return
         if self.durable is not None and not self.durable.accepting:
             # Nothing could be stored: no new session, no resume (protocol.md §12:
             # GOING_AWAY is retried after retry_after, the session is kept).

@@ -210,3 +210,35 @@ async def test_sighup_refuses_mutual_tls_that_needs_a_restart(tmp_path: Path) ->
         assert await asyncio.to_thread(daemon.stop) == 0
     finally:
         daemon.close()
+
+
+def sighup_ignored(pid: int) -> bool:
+    """True once the process ignores SIGHUP (its SigIgn mask in /proc has bit 0 set)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGHUP - 1)))
+
+
+async def test_a_sighup_while_the_daemon_is_still_starting_does_not_kill_it(
+    tmp_path: Path,
+) -> None:
+    daemon = DaemonProcess(
+        "--listen", "tcp://127.0.0.1:0", "--app", "echo", log_file=tmp_path / "log"
+    )
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not sighup_ignored(daemon.proc.pid):  # the entry point's first act
+                await asyncio.sleep(0.001)
+        starting = "listening on" not in daemon.log  # still loading its modules: the window
+        daemon.signal(signal.SIGHUP)
+        await daemon.until("listening on")
+        url = daemon.url()
+        async with await sessiond_client.connect(url) as session:
+            await echo(session, b"still here")
+        daemon.signal(signal.SIGHUP)  # and once it runs, SIGHUP reloads
+        await daemon.until("SIGHUP")
+        assert daemon.proc.poll() is None
+        assert daemon.stop() == 0
+        print(f"SIGHUP sent while still starting: {starting}")
+    finally:
+        daemon.close()

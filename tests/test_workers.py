@@ -263,6 +263,9 @@ async def test_sigterm_drains_every_worker_and_a_new_supervisor_resumes_all(
         assert "supervisor stopped" in first.log
         second = supervisor(tmp_path, redis_server, port, "second")
         await supervising(second)
+        # Every session comes back through the store, also those whose stream ended during
+        # the drain (an idle client reconnects too); waited for before finish() closes them.
+        await second.until(r"session [0-9a-f]+ recovered", count=8, timeout=60)
         await streams.finish()
         assert second.stop() == 0
         assert len(re.findall(r"session [0-9a-f]+ recovered", second.log)) == 8
