@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from . import BenchError, resume
+from . import BenchError, resume, throughput
 from .core import POOL, make_pool
 from .harness import (
     Context,
@@ -71,11 +71,11 @@ DEFAULT_MESSAGES = 20_000_000
 QUICK_MESSAGES = 500
 DEFAULT_REPEAT = 3
 QUICK_REPEAT = 3
-TIME_LIMIT = 2.0
 WARMUP_MESSAGES = 5_000
-#: Messages in flight per session, as bench/throughput.py keeps them.
-ONE_SESSION_WINDOW = 1024
-MANY_SESSIONS_WINDOW = 128
+#: Messages in flight per session and the time a pass may take, as bench/throughput.py has them.
+ONE_SESSION_WINDOW = throughput.ONE_SESSION_WINDOW
+MANY_SESSIONS_WINDOW = throughput.MANY_SESSIONS_WINDOW
+TIME_LIMIT = throughput.TIME_LIMIT
 #: The Redis store's share of the memory store's msg/s, by sessions (one, and more).
 TARGET = {1: 0.40, 100: 0.50}
 
@@ -212,20 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sessions per pass, comma-separated (default "
         f"{','.join(map(str, SESSIONS))}; --quick {','.join(map(str, QUICK_SESSIONS))})",
     )
-    parser.add_argument(
-        "--window",
-        type=int,
-        metavar="W",
-        help=f"messages in flight per session (default {ONE_SESSION_WINDOW} with one session, "
-        f"{MANY_SESSIONS_WINDOW} each with more)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"at most this many seconds per pass (default {TIME_LIMIT:g})",
-    )
+    throughput.add_pass_arguments(parser)
     parser.add_argument(
         "--redis-server",
         default=REDIS_SERVER,

@@ -96,15 +96,8 @@ def plural(count: int) -> str:
 # ---------------------------------------------------------------- options
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    systems.add_arguments(parser)
-    parser.add_argument(
-        "--sessions",
-        metavar="N,N",
-        help="sessions (connections) per pass, comma-separated; the messages are shared out "
-        f"over them (default {','.join(map(str, SESSIONS))}; --quick "
-        f"{','.join(map(str, QUICK_SESSIONS))})",
-    )
+def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--window`` and ``--time-limit``: an echo pass's shape (bench/store.py too)."""
     parser.add_argument(
         "--window",
         type=int,
@@ -119,6 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"at most this many seconds per pass (default {TIME_LIMIT:g})",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    systems.add_arguments(parser)
+    parser.add_argument(
+        "--sessions",
+        metavar="N,N",
+        help="sessions (connections) per pass, comma-separated; the messages are shared out "
+        f"over them (default {','.join(map(str, SESSIONS))}; --quick "
+        f"{','.join(map(str, QUICK_SESSIONS))})",
+    )
+    add_pass_arguments(parser)
 
 
 # -------------------------------------------------------------------- run
