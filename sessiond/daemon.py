@@ -197,7 +197,7 @@ class Daemon:
             return 1
         if store is not None and isinstance(self.app, ChannelsApp):
             try:  # one channels space across every process on the store (issue 17)
-                await self.app.share(store.url, store.prefix)
+                await self.app.share(store.url, store.prefix, store.node, store.lease_ttl)
             except ConnectionError as exc:
                 log.error("%s", exc, extra=_fields("store-failed", error=str(exc)))
                 await store.close()

@@ -175,7 +175,12 @@ class Durability:
                 unacked = entry.core.unacked_messages()
                 payloads = unacked[stored.sent - acked :] if sent > stored.sent else []
                 sid = entry.core.id or b""
-                self.store.append(sid, stored.epoch, stored.sent + 1, payloads, consumed, acked)
+                session = entry.session
+                marker = session.marker
+                mark = marker(len(session.unsent)) if marker is not None else None
+                self.store.append(
+                    sid, stored.epoch, stored.sent + 1, payloads, consumed, acked, mark
+                )
                 stored.sent, stored.consumed = sent, consumed
         if data or conn.closed:
             self._staged.append((entry, protocol, data))
@@ -289,6 +294,11 @@ class Durability:
         self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=ttl))
         self._kick()
 
+    def data_changed(self, entry: _Entry) -> None:
+        """The handler asked to store ``session.data`` (``Session.save_data``): stored
+        before the output that follows, as a resume's metadata is."""
+        self.resumed(entry)
+
     def detached(self, entry: _Entry) -> None:
         """The transport is gone: the keys expire with the session unless it comes back."""
         stored = self._stored.get(entry)
@@ -372,6 +382,8 @@ class Durability:
         )
         entry = server.adopt(core, loaded.meta.data)
         positions: Positions = loaded.positions
+        # Read by the handler, which adopt() started as a task: it has not run yet.
+        entry.session.recovered_mark = positions.mark
         self._stored[entry] = _Stored(epoch, positions.next_seq - 1, positions.consumed)
         return entry
 
@@ -406,8 +418,13 @@ class Durability:
         limit = entry.core.max_payload
         if any(len(payload) > limit for payload in unsent):  # the core would refuse it
             unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
+        marker = entry.session.marker
         positions = Positions(
-            snap.next_seq + len(unsent), snap.acked, snap.consumed, snap.unacked + unsent
+            snap.next_seq + len(unsent),
+            snap.acked,
+            snap.consumed,
+            snap.unacked + unsent,
+            marker(len(entry.session.unsent) - len(unsent)) if marker is not None else None,
         )
         self._stored.pop(entry, None)
         self._after.append(

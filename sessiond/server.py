@@ -111,6 +111,11 @@ class _Entry:
         if not self.dirty:  # called for every message sent: once per tick is enough
             self.server.schedule_flush(self)
 
+    def save_data(self) -> None:
+        durable = self.server.durable
+        if durable is not None:
+            durable.data_changed(self)
+
 
 class Server:
     """Sessions, handlers and listeners of one daemon process."""

@@ -9,7 +9,7 @@ iteration simply stops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from sessiond_client.handoff import Handoff
@@ -21,6 +21,8 @@ class Flushable(Protocol):
     """What owns a session's transport: writes what the core queued, once per tick."""
 
     def flush(self) -> None: ...
+
+    def save_data(self) -> None: ...
 
 
 class SessionMoved(Exception):
@@ -39,7 +41,7 @@ class Session(Handoff):
     coroutine per message, and no separate object per idle session).
     """
 
-    __slots__ = ("_data", "_entry", "_moved", "identity", "recovered")
+    __slots__ = ("_data", "_entry", "_moved", "identity", "marker", "recovered", "recovered_mark")
 
     def __init__(
         self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
@@ -54,6 +56,14 @@ class Session(Handoff):
         #: "The session store").
         self.recovered = False
         self._moved = False
+        #: An app that feeds the session from a Redis stream of its own (the channels
+        #: bus) sets this: called with how many payloads handed to ``send_many`` still
+        #: wait for window, it returns the stream entry of the last payload queued in
+        #: the session. A shared store keeps it with the payloads, atomically, and
+        #: gives the greatest kept back as :attr:`recovered_mark` to the handler of the
+        #: recovered session, which can resend what followed (issue 17).
+        self.marker: Callable[[int], str | None] | None = None
+        self.recovered_mark: str | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -103,6 +113,13 @@ class Session(Handoff):
 
     def _flush(self) -> None:
         self._entry.flush()
+
+    def save_data(self) -> None:
+        """Store ``data`` as it is now, before any output that follows leaves (with a
+        shared store; nothing otherwise). The store saves it by itself only when the
+        session is created, resumed, detached or released: call this after a change
+        that must survive a crash (a kill -9) of this process."""
+        self._entry.save_data()
 
     # send, recv, send_many and recv_many are the handoff's.
 

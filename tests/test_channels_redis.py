@@ -1,7 +1,9 @@
 """The channels app across processes (issue 17): two in-process servers, each with its
 own :class:`~sessiond.channels.bus.RedisBus`, on one real redis-server
 (tests/redisserver.py). A publish on either reaches every matching subscriber on both,
-exactly once and in order; retained messages outlive a server.
+exactly once and in order; retained messages outlive a server; presence is one room,
+and a dead process's members leave; a subscriber that moves mid-stream misses nothing
+and gets nothing twice; policies and access rules apply where the subscriber is.
 
 Every wait is bounded; nothing asserts a timing.
 """
@@ -14,18 +16,30 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from sessiond_client.channels import Channels, Message
+from prometheus_client import generate_latest
+from sessiond_client import CloseCode, SessionLost
+from sessiond_client.channels import ChannelError, Channels, Gap, Joined, Left, Message
+from sessiond_client.envelopes import ErrorCode
 
 import sessiond
 from sessiond.channels import ChannelsApp, ChannelsConfig
 from sessiond.channels.redisbus import RedisBus
+from sessiond.metrics import Collector, registry
 from sessiond.server import Server, ServerConfig
 from sessiond.store.redisstore import RedisStore
 
 from .daemonproc import DaemonProcess
 from .faultproxy import FaultProxy
-from .redisserver import RedisServer
-from .test_channels import SERVER_PARAMS, messages, next_event, open_channels, shut, url_of
+from .redisserver import RedisServer, proxied
+from .test_channels import (
+    SERVER_PARAMS,
+    messages,
+    next_event,
+    open_channels,
+    shut,
+    slow_params,
+    url_of,
+)
 
 Start = Callable[..., Awaitable[tuple[Server, ChannelsApp]]]
 
@@ -36,9 +50,10 @@ async def start(redis_server: RedisServer) -> AsyncIterator[Start]:
     async with AsyncExitStack() as stack:
 
         async def make(
-            channels: ChannelsConfig | None = None,
+            channels: ChannelsConfig | None = None, redis_url: str | None = None
         ) -> tuple[Server, ChannelsApp]:
-            bus = RedisBus(redis_server.url, "t:")
+            # A short lease: a crashed bus's members are left about a second later.
+            bus = RedisBus(redis_url or redis_server.url, "t:", lease_ttl=1.0)
             app = ChannelsApp(channels, bus=bus)
             await bus.start()
             stack.push_async_callback(bus.close)
@@ -234,3 +249,145 @@ async def test_a_subscriber_moving_to_another_server_keeps_its_subscriptions(
             await publisher.publish("rooms/lobby", b"%d" % n)
         assert [m.payload for m in await messages(sub, 20)] == [b"%d" % n for n in range(20, 40)]
         await shut(sub, publisher)
+
+
+# ---------------------------------------------------------------------- presence
+
+PRESENCE = ChannelsConfig(presence=("rooms/+",))
+
+
+async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_presence_is_one_room_across_servers(start: Start) -> None:
+    """Members on A and B are listed to each other and see each other join and leave,
+    once each."""
+    (a, _), (b, app_b) = await start(PRESENCE), await start(PRESENCE)
+    alice = await open_channels(url(a))
+    (alice_member,) = (await alice.subscribe("rooms/lobby")).members or ()
+    await until(lambda: app_b.broker.remote.get("rooms/lobby"))  # B read alice's join
+    bob = await open_channels(url(b))
+    joined = await bob.subscribe("rooms/lobby")
+    assert joined.count == 2 and alice_member in (joined.members or ())
+    seen = await next_event(alice, Joined)  # bob, from the other process
+    assert seen.channel == "rooms/lobby"
+    await bob.unsubscribe("rooms/lobby")
+    assert (await next_event(alice, Left)).member == seen.member
+    await bob.publish("rooms/lobby", b"barrier")  # nothing else came before it
+    assert (await next_event(alice, Message)).payload == b"barrier"
+    await shut(alice, bob)
+
+
+async def test_a_crashed_process_members_leave_within_its_lease(
+    redis_server: RedisServer, start: Start
+) -> None:
+    """A's process dies (its bus stops without a word: no leave, no lease renewal):
+    once its lease (1 s here) is gone, B's member is told that A's member left, once,
+    and Redis no longer lists it."""
+    (a, app_a), (b, app_b) = await start(PRESENCE), await start(PRESENCE)
+    alice = await open_channels(url(a))
+    (alice_member,) = (await alice.subscribe("rooms/lobby")).members or ()
+    await until(lambda: app_b.broker.remote.get("rooms/lobby"))  # B read alice's join
+    bob = await open_channels(url(b))
+    assert (await bob.subscribe("rooms/lobby")).count == 2
+    await next_event(alice, Joined)
+    bus_a = app_a.broker.bus
+    assert isinstance(bus_a, RedisBus)
+    bus_a.crash()
+    assert (await next_event(bob, Left)).member == alice_member.member
+    await bob.publish("rooms/lobby", b"barrier")  # no second leave before it
+    assert (await next_event(bob, Message)).payload == b"barrier"
+    checker = RedisBus(redis_server.url, "t:")
+    try:
+        present = await checker._checker.hvals("t:{channels}:presence")
+        assert len(present) == 1  # bob
+    finally:
+        await checker.close()
+    await shut(alice, bob)
+
+
+# ---------------------------------------------------------------------- policies
+
+
+async def test_policies_and_access_rules_apply_where_the_subscriber_is(start: Start) -> None:
+    """A publisher on A floods feed/x and feed/drop: on B the fast subscriber gets all,
+    the slow one on a disconnect channel ends SLOW_CONSUMER with a clean prefix, the
+    slow one on a drop-oldest channel gets gap notices that account for every message.
+    Access rules refuse on either process alike."""
+    count = 300
+    config = ChannelsConfig(queue_messages=16, drop_oldest=("feed/drop",), acl=("* all feed/#",))
+    (a, _), (b, _) = await start(config), await start(config)
+    fast = await open_channels(url(b))
+    slow = await open_channels(url(b), max_events=4, params=slow_params())
+    dropping = await open_channels(url(b), max_events=4, params=slow_params())
+    await fast.subscribe("feed/x")
+    await slow.subscribe("feed/x")
+    await dropping.subscribe("feed/drop")
+    publisher = await open_channels(url(a))
+    with pytest.raises(ChannelError) as denied:
+        await publisher.publish("other/x", b"no")
+    assert denied.value.code is ErrorCode.DENIED
+    with pytest.raises(ChannelError) as denied:
+        await fast.subscribe("other/#")
+    assert denied.value.code is ErrorCode.DENIED
+    fast_got = asyncio.create_task(messages(fast, count, timeout=60))
+    for n in range(count):
+        await publisher.publish("feed/x", b"%d" % n)
+        await publisher.publish("feed/drop", b"%d" % n)
+    assert [m.payload for m in await fast_got] == [b"%d" % n for n in range(count)]
+    got: list[bytes] = []
+    with pytest.raises(SessionLost) as lost:
+        async with asyncio.timeout(20):
+            for _ in range(count + 1):
+                got.append((await next_event(slow, Message)).payload)
+    assert lost.value.reason is CloseCode.SLOW_CONSUMER
+    assert 0 < len(got) < count and got == [b"%d" % n for n in range(len(got))]
+    expected = 0
+    async with asyncio.timeout(20):
+        while expected < count:
+            event = await dropping.recv()
+            if isinstance(event, Gap):
+                expected += event.dropped
+            else:
+                assert isinstance(event, Message) and event.payload == b"%d" % expected
+                expected += 1
+    assert expected == count
+    await shut(fast, slow, dropping, publisher)
+
+
+async def test_a_publish_the_bus_could_not_carry_is_counted_not_silent(
+    redis_server: RedisServer, start: Start
+) -> None:
+    """Redis unreachable from A: A's publisher is answered (the publish was valid), but
+    the bus counts it as lost (sessiond_channels_bus_lost), and B's subscriber never got it."""
+    async with proxied(redis_server) as proxy:
+        host, port = proxy.address
+        (a, app_a), (b, _) = await start(None, f"redis://{host}:{port}/0"), await start()
+        subscriber = await open_channels(url(b))
+        await subscriber.subscribe("rooms/lobby")
+        publisher = await open_channels(url(a))
+        await publisher.publish("rooms/lobby", b"before")
+        assert (await next_event(subscriber, Message)).payload == b"before"
+        proxy.blackhole()
+        await publisher.publish("rooms/lobby", b"lost")
+        await until(lambda: app_a.broker.stats.bus_lost == 1, timeout=30)
+        text = metrics_text(a, app_a)
+        assert "sessiond_channels_bus_lost_total 1.0" in text
+        await shut(subscriber, publisher)
+
+
+def metrics_text(server: Server, app: ChannelsApp) -> str:
+    class Source:
+        draining = False
+
+        def __init__(self) -> None:
+            self.server = server
+            self.app = app
+
+        def readiness(self) -> tuple[bool, str]:
+            return True, "ready"
+
+    return generate_latest(registry(Collector(Source()))).decode()

@@ -64,7 +64,18 @@ class Member:
     arrives) starts one, and it ends as soon as the outbox is empty again.
     """
 
-    __slots__ = ("grants", "identity", "outbox", "patterns", "sender", "session", "tag")
+    __slots__ = (
+        "grants",
+        "identity",
+        "mark",
+        "outbox",
+        "patterns",
+        "paused",
+        "sender",
+        "sending",
+        "session",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -73,11 +84,19 @@ class Member:
         grants: Grants,
         config: ChannelsConfig,
         stats: ChannelStats | None = None,
+        tag: str | None = None,
     ):
         self.session = session
         self.identity = identity
         self.grants = grants
-        self.tag = secrets.token_hex(8)  # shown to others instead of the session ID
+        # Shown to others instead of the session ID; kept across a move (app.py).
+        self.tag = tag or secrets.token_hex(8)
+        #: The bus entry of the last delivery handed to the session (a Redis bus), and
+        #: while a batch is being handed over, the entry of each payload of it: the
+        #: session store keeps the position with the payloads (:meth:`position`).
+        self.mark: str | None = None
+        self.sending: list[str | None] | None = None
+        self.paused = False  # catching up after a move: the sender waits (app.py)
         self.patterns: dict[str, None] = {}  # an ordered set (an empty set costs 3x a dict)
         self.sender: asyncio.Task[None] | None = None
         self.outbox = Outbox(
@@ -101,7 +120,7 @@ class Member:
 
     def ready(self) -> None:
         """Something was queued: start the sender unless one is running."""
-        if self.sender is None and not self.outbox.closed:
+        if self.sender is None and not self.outbox.closed and not self.paused:
             self.sender = asyncio.get_running_loop().create_task(self._send())
             self.sender.add_done_callback(self._sender_done)
 
@@ -113,6 +132,7 @@ class Member:
         while True:
             limit = session.core.max_payload
             batch: list[bytes] = []
+            marks: list[str | None] = []
             while len(batch) < SEND_BATCH and (taken := outbox.take()) is not None:
                 payload, channel = taken
                 if len(payload) > limit:
@@ -122,15 +142,29 @@ class Member:
                         outbox.note_undeliverable(channel)
                     continue
                 batch.append(payload)
+                marks.append(outbox.mark)
             if not batch:
                 self.sender = None  # in the same step as the empty check: no entry missed
                 return
+            self.sending = marks
             try:
                 await session.send_many(batch)  # waits while the client's window is full
             except SessionLost:
                 outbox.close()  # frees a handler waiting for room_for_control
                 self.sender = None
                 return
+            finally:
+                self.sending = None
+            self.mark = marks[-1]
+
+    def position(self, unsent: int) -> str | None:
+        """The bus entry of the last delivery in the session, while *unsent* payloads
+        handed to ``send_many`` wait for window (``Session.marker``)."""
+        marks = self.sending
+        if marks is None:
+            return self.mark
+        queued = len(marks) - unsent
+        return marks[queued - 1] if queued > 0 else self.mark
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -164,6 +198,9 @@ class Broker:
         self.members: dict[str, dict[Member, None]] = {}  # presence channel -> members, in order
         self.retained: dict[str, Retained] = {}
         self.retained_size = 0
+        #: Presence channel -> members held by other processes (tag -> identity), as the
+        #: bus told (always empty with the local bus).
+        self.remote: dict[str, dict[str, str | None]] = {}
         self._info: dict[str, ChannelInfo] = {}
         self.stats = ChannelStats()
         self.bus.attach(self)
@@ -179,11 +216,14 @@ class Broker:
 
     # ------------------------------------------------------------ sessions
 
-    def join(self, session: Session) -> Member:
+    def join(self, session: Session, tag: str | None = None) -> Member:
         """A new channels session: its member object, with an outbox that ends the
-        session with SLOW_CONSUMER when a disconnect-policy channel overflows it."""
+        session with SLOW_CONSUMER when a disconnect-policy channel overflows it
+        (*tag*: the one it had before it moved here)."""
         identity = identity_text(session.identity)
-        return Member(session, identity, self.acl.grants(identity), self.config, self.stats)
+        member = Member(session, identity, self.acl.grants(identity), self.config, self.stats, tag)
+        member.mark = self.bus.position
+        return member
 
     def grants(self, member: Member) -> Grants:
         """*member*'s permissions under the current rules (recomputed after a reload)."""
@@ -195,8 +235,9 @@ class Broker:
     def restore(self, member: Member, patterns: list[str]) -> None:
         """Subscribe a recovered session again to what it held, without replies or
         retained messages (its client saw those already); a pattern the current rules
-        no longer allow is dropped (logged). Presence members of this process see it
-        join (presence is per process: see bus.py)."""
+        no longer allow is dropped (logged). A presence member that was present
+        before the move (its tag known from the bus) is taken over silently; others
+        see it join."""
         for pattern in patterns:
             if not isinstance(pattern, str) or pattern in member.patterns:
                 continue
@@ -214,17 +255,25 @@ class Broker:
             self.stats.subscriptions += 1
             if not is_pattern(pattern) and self.info(pattern).presence:
                 present = self.members.setdefault(pattern, {})
-                self._announce(envelopes.JOIN, pattern, member, present)
+                remote = self.remote.get(pattern)
+                if remote is not None and remote.pop(member.tag, 0) != 0:
+                    if not remote:
+                        del self.remote[pattern]
+                    self.bus.presence(envelopes.JOIN, pattern, member.tag, member.identity)
+                else:
+                    self._announce(envelopes.JOIN, pattern, member, present)
                 present[member] = None
 
-    def leave(self, member: Member) -> None:
-        """The session ended: drop its subscriptions; presence channels see it leave."""
+    def leave(self, member: Member, moved: bool = False) -> None:
+        """The session ended: drop its subscriptions; presence channels see it leave.
+        One that *moved* to another process is no longer here but goes on there: its
+        presence is kept (the new owner takes it over: :meth:`restore`)."""
         patterns = list(member.patterns)
         # session.data holds the original set (app.py), which a store may be saving
         # right now for the process the session moved to: it must stay whole.
         member.patterns = dict(member.patterns)
         for pattern in patterns:
-            self._remove(member, pattern)
+            self._remove(member, pattern, announce=not moved)
         member.outbox.close()
 
     # ------------------------------------------------------------ requests
@@ -285,10 +334,11 @@ class Broker:
         retain: Retained | None,
         clear: bool,
         deliver: bool = True,
+        mark: str | None = None,
     ) -> None:
-        """The bus carried a publish of *channel* here (from this process or another):
-        keep *retain* as its retained message (or *clear* it), then queue *envelope* for
-        every matching subscriber of this process."""
+        """The bus carried a publish of *channel* here (from this process or another;
+        *mark*: its bus entry): keep *retain* as its retained message (or *clear* it),
+        then queue *envelope* for every matching subscriber of this process."""
         if retain is not None or clear:
             old = self.retained.pop(channel, None)
             if old is not None:
@@ -302,7 +352,7 @@ class Broker:
         subscribers = self.subscriptions.match(channel)
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
-            subscriber.outbox.put(envelope, channel, drop)
+            subscriber.outbox.put(envelope, channel, drop, mark)
 
     def _retain(self, member: Member, channel: str, data: bytes, request: Request) -> Retained:
         """The retained message a publish of *data* makes, if the limits allow it (with
@@ -350,7 +400,7 @@ class Broker:
             if fresh:
                 self._announce(envelopes.JOIN, pattern, member, present)
                 present[member] = None
-            fields = self._member_list(member, present)
+            fields = self._member_list(member, pattern, present)
         member.outbox.put_control(envelopes.ok(request.id, ch=pattern, **fields))
         if fresh:
             self._send_retained(member, pattern)
@@ -365,7 +415,7 @@ class Broker:
 
     # ------------------------------------------------------------- helpers
 
-    def _remove(self, member: Member, pattern: str) -> None:
+    def _remove(self, member: Member, pattern: str, announce: bool = True) -> None:
         if pattern in member.patterns:
             del member.patterns[pattern]
             self.stats.subscriptions -= 1
@@ -375,25 +425,77 @@ class Broker:
             del present[member]
             if not present:
                 del self.members[pattern]
-            self._announce(envelopes.LEAVE, pattern, member, present)
+            if announce:
+                self._announce(envelopes.LEAVE, pattern, member, present)
 
     def _announce(self, op: str, channel: str, member: Member, present: dict[Member, None]) -> None:
-        """Tell the other members of a presence channel that *member* joined or left."""
+        """Tell the other members of a presence channel that *member* joined or left
+        (those of other processes through the bus)."""
+        self.bus.presence(op, channel, member.tag, member.identity)
+        self._tell(op, channel, member.identity, member.tag, present, member)
+
+    def _tell(
+        self,
+        op: str,
+        channel: str,
+        identity: str | None,
+        tag: str,
+        present: dict[Member, None] | None,
+        member: Member | None = None,
+    ) -> None:
         if not present:
             return
-        envelope = envelopes.presence(op, channel, member.identity, member.tag)
+        envelope = envelopes.presence(op, channel, identity, tag)
         drop = self.info(channel).drop_oldest
         for other in present:
             if other is not member:
                 other.outbox.put(envelope, channel, drop)
 
-    def _member_list(self, member: Member, present: dict[Member, None]) -> dict[str, Any]:
-        """``members`` (as many as fit in one message to *member*) and their ``count``."""
+    def remote_presence(
+        self,
+        op: str,
+        channel: str,
+        tag: str,
+        identity: str | None,
+        announce: bool = True,
+        here: bool = False,
+    ) -> None:
+        """The bus says a member of another process joined, left or moved (a session
+        that moved between processes: no event) on presence channel *channel*; *here*:
+        it moved to this process, which holds it now."""
+        remote = self.remote.setdefault(channel, {})
+        if op == envelopes.LEAVE:
+            if remote.pop(tag, 0) == 0:  # unknown, or already left: told once
+                if not remote:
+                    del self.remote[channel]
+                return
+        elif here:  # moved here: restore() took it over
+            remote.pop(tag, None)
+        elif tag not in remote:
+            remote[tag] = identity
+            if op != envelopes.JOIN:  # moved between other processes, or away from here
+                return
+        else:
+            return
+        if not remote:
+            del self.remote[channel]
+        if announce and not here:
+            self._tell(op, channel, identity, tag, self.members.get(channel))
+
+    def _member_list(
+        self, member: Member, channel: str, present: dict[Member, None]
+    ) -> dict[str, Any]:
+        """``members`` (as many as fit in one message to *member*: those of this
+        process first) and their ``count`` (on every process)."""
         listed = [envelopes.member_map(m.identity, m.tag) for m in present]
+        remote = self.remote.get(channel)
+        if remote:
+            listed += [envelopes.member_map(identity, tag) for tag, identity in remote.items()]
+        count = len(listed)
         limit = member.session.core.max_payload - 256  # room for the rest of the reply
         while listed and len(envelopes.ok(0, members=listed)) > limit:
             listed = listed[: len(listed) // 2]
-        return {"members": listed, "count": len(present)}
+        return {"members": listed, "count": count}
 
     def _send_retained(self, member: Member, pattern: str) -> None:
         if not self.retained:

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 class Bus(Protocol):
     """What the broker needs from a bus."""
 
+    @property
+    def position(self) -> str | None:
+        """The entry of the last publish received (a Redis bus), so that a session that
+        moves can catch up from it; None for a bus without entries."""
+
     def attach(self, broker: Broker) -> None:
         """Deliver every publish to *broker* from now on."""
 
@@ -48,12 +53,26 @@ class Bus(Protocol):
         With *retain* it becomes the channel's retained message; with *clear* the
         retained message is removed (an empty ``pub`` on a retained channel)."""
 
+    async def reach(self, entry: str) -> bool:
+        """Wait until this process has received the bus up to *entry* (bounded); False
+        if it did not in time."""
+
+    async def replay(self, after: str, upto: str) -> list[tuple[str, str, bytes]] | None:
+        """The publishes after entry *after* up to entry *upto* (entry, channel,
+        envelope); None if the bus no longer holds them all."""
+
+    def presence(self, op: str, channel: str, tag: str, identity: str | None) -> None:
+        """A member of this process joined (or, restored after a move, took over) or
+        left presence channel *channel*: tell the other processes
+        (:meth:`Broker.remote_presence <.broker.Broker.remote_presence>`)."""
+
 
 class LocalBus:
     """One process: a publish is received at once (today's behaviour)."""
 
     def __init__(self) -> None:
         self.broker: Broker | None = None
+        self.position: str | None = None
 
     def attach(self, broker: Broker) -> None:
         self.broker = broker
@@ -61,3 +80,12 @@ class LocalBus:
     def publish(self, channel: str, envelope: bytes, retain: Retained | None, clear: bool) -> None:
         assert self.broker is not None
         self.broker.received(channel, envelope, retain, clear)
+
+    def presence(self, op: str, channel: str, tag: str, identity: str | None) -> None:
+        """No other process to tell."""
+
+    async def reach(self, entry: str) -> bool:
+        return True
+
+    async def replay(self, after: str, upto: str) -> list[tuple[str, str, bytes]] | None:
+        return None

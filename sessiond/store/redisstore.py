@@ -228,9 +228,10 @@ class RedisStore:
         payloads: Sequence[bytes],
         consumed: int,
         acked: int,
+        mark: str | None = None,
     ) -> None:
         """Queue one entry: the session's payloads numbered from *first_seq* (maybe
-        none) and its positions. Sent by the next :meth:`commit`."""
+        none), its positions and its app's *mark*. Sent by the next :meth:`commit`."""
         stream = self._logs.get(sid)
         if stream is None:
             self._logs[sid] = stream = StreamLog(epoch)
@@ -250,6 +251,8 @@ class RedisStore:
         )
         if payloads:
             command = (*command, keys.PAYLOADS, keys.pack(list(payloads)))
+        if mark is not None:
+            command = (*command, keys.MARK, mark)
         self._commands.append(command)
         self._owners.append(sid)
         minid = stream.trim(acked, TRIM_BATCH)
@@ -492,9 +495,19 @@ class RedisStore:
 
 
 def _pack_positions(positions: Positions) -> bytes:
-    return keys.pack(
-        [positions.next_seq, positions.acked, positions.consumed, list(positions.unacked)]
-    )
+    fields = [positions.next_seq, positions.acked, positions.consumed, list(positions.unacked)]
+    if positions.mark is not None:
+        fields.append(positions.mark)
+    return keys.pack(fields)
+
+
+def _later(mark: str | None, other: str | None) -> str | None:
+    """The greater of two stream entry IDs (None is smallest)."""
+    if other is None:
+        return mark
+    if mark is None:
+        return other
+    return max(mark, other, key=lambda m: tuple(int(part) for part in m.split("-")))
 
 
 def _decode(
@@ -516,9 +529,11 @@ def _decode(
         rotation_salt=fields.get(b"rs") or None,
     )
     next_seq, acked, consumed = 1, 0, 0
+    mark: str | None = None
     payloads: dict[int, bytes] = {}
     if b"pos" in fields:
-        next_seq, acked, consumed, unacked = keys.unpack(fields[b"pos"])
+        next_seq, acked, consumed, unacked, *more = keys.unpack(fields[b"pos"])
+        mark = more[0] if more else None
         for index, payload in enumerate(unacked):
             payloads[acked + 1 + index] = payload
     stream = StreamLog(epoch)
@@ -534,6 +549,8 @@ def _decode(
         next_seq = max(next_seq, first + len(batch))
         acked = max(acked, int(entry[b"a"]))
         consumed = max(consumed, int(entry[b"c"]))
+        if b"k" in entry:
+            mark = _later(mark, entry[b"k"].decode())
         stream.loaded(entry_epoch, counter, first + len(batch) - 1)
     try:
         unacked_payloads = tuple(payloads[seq] for seq in range(acked + 1, next_seq))
@@ -544,5 +561,5 @@ def _decode(
         epoch=epoch,
         owner=fields.get(b"o", b"").decode(),
         meta=meta,
-        positions=Positions(next_seq, acked, consumed, unacked_payloads),
+        positions=Positions(next_seq, acked, consumed, unacked_payloads, mark),
     )
