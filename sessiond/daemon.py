@@ -128,7 +128,12 @@ async def open_store(settings: Settings) -> RedisStore | None:
         raise StoreError(
             f"--store {url.url} needs the redis extra: pip install 'sessiond[redis]'"
         ) from None
-    store = RedisStore(url.url, settings.store.key_prefix, lease_ttl=settings.store.lease_ttl)
+    ttl = settings.store.lease_ttl
+    # Renewed well within its TTL: a lease of 1 s renewed every second was always "about
+    # to run out", and the daemon detached every session each second.
+    store = RedisStore(
+        url.url, settings.store.key_prefix, lease_ttl=ttl, renew_every=min(1.0, ttl / 3)
+    )
     await store.start()
     log.info(
         "session store %s (node %s, key prefix %s)",

@@ -11,6 +11,7 @@ Every wait is bounded; nothing asserts a timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -172,27 +173,55 @@ async def test_retained_messages_are_shared_and_outlive_a_server(
     await shut(publisher, watcher, late, newcomer, clearer)
 
 
-async def test_two_daemons_on_one_store_are_one_channels_space(
+async def test_two_daemons_on_one_store_and_a_kill_9(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """``sessiond serve --store redis://...`` twice (the default app, channels): a
-    publish on one reaches a subscriber on the other."""
+    """``sessiond serve --store redis://...`` twice (the default app, channels; lease
+    1 s). A publish on B reaches a subscriber on A. Then A is killed (SIGKILL) while B
+    publishes 200 messages: B's presence member is told that A's member left (once A's
+    lease is gone), and A's subscriber, whose client comes back at B, resumes there
+    with its subscription and receives every message once, in order, with no gap."""
+    config = tmp_path / "sessiond.toml"
+    config.write_text(
+        f'[store]\nurl = "{redis_server.url}"\nlease_ttl = 1.0\n'
+        '[channels]\npresence = ["rooms/+"]\n'
+    )
     daemons = [
         DaemonProcess(
-            "--listen", "127.0.0.1:0", "--store", redis_server.url, log_file=tmp_path / f"{n}.log"
+            "--listen", "127.0.0.1:0", "--config", str(config), log_file=tmp_path / f"{n}.log"
         )
         for n in range(2)
     ]
+    count = 200
     try:
-        urls = [await asyncio.to_thread(d.url) for d in daemons]
-        subscriber = await open_channels(urls[1])
-        await subscriber.subscribe("rooms/lobby")
-        publisher = await open_channels(urls[0])
-        await publisher.publish("rooms/lobby", b"hello across processes")
-        assert [m.payload for m in await messages(subscriber, 1)] == [b"hello across processes"]
-        await shut(subscriber, publisher)
-        for daemon in daemons:
-            assert await asyncio.to_thread(daemon.stop) == 0
+        url_a, url_b = [await asyncio.to_thread(d.url) for d in daemons]
+        async with FaultProxy(*daemons[0].address()) as proxy:
+            subscriber = await open_channels(url_of(proxy.address), max_events=count + 16)
+            await subscriber.subscribe("feed/x")
+            alice = await open_channels(url_a)
+            (alice_member,) = (await alice.subscribe("rooms/lobby")).members or ()
+            bob = await open_channels(url_b)
+            async with asyncio.timeout(20):  # B has read alice's join
+                while (await bob.subscribe("rooms/lobby")).count != 2:
+                    await bob.unsubscribe("rooms/lobby")
+                    await asyncio.sleep(0.05)
+            publisher = await open_channels(url_b)
+            await publisher.publish("feed/x", b"0")
+            assert [m.payload for m in await messages(subscriber, 1)] == [b"0"]
+            proxy.target_port = daemons[1].address()[1]  # where the client comes back to
+            daemons[0].proc.kill()
+            for n in range(1, count):
+                await publisher.publish("feed/x", b"%d" % n)
+            left = await next_event(bob, Left, timeout=30)
+            assert left.member == alice_member.member
+            got = [m.payload for m in await messages(subscriber, count - 1, timeout=60)]
+            assert got == [b"%d" % n for n in range(1, count)]
+            await publisher.publish("feed/x", b"barrier")
+            assert (await next_event(subscriber, Message)).payload == b"barrier"
+            await shut(subscriber, bob, publisher)
+            with contextlib.suppress(SessionLost, TimeoutError):  # its daemon is dead
+                await asyncio.wait_for(shut(alice), 5)
+        assert await asyncio.to_thread(daemons[1].stop) == 0
     finally:
         for daemon in daemons:
             daemon.close()
@@ -391,3 +420,70 @@ def metrics_text(server: Server, app: ChannelsApp) -> str:
             return True, "ready"
 
     return generate_latest(registry(Collector(Source()))).decode()
+
+
+# ------------------------------------------------------------------------- moves
+
+
+async def test_a_subscriber_moving_mid_stream_misses_nothing_and_gets_nothing_twice(
+    redis_server: RedisServer,
+) -> None:
+    """A publisher on A publishes 300 messages without pause while its subscriber's
+    session moves from A to B twice (transport cut, resume at the other server, which
+    takes it over from the live owner): the subscriber receives all 300, once each, in
+    order, with no gap notice, without subscribing again. What was queued on the old
+    server, and what the new one read before the session arrived, is sent from the bus
+    after the last delivery the session's stored stream held."""
+    count = 300
+    async with AsyncExitStack() as stack:
+        servers: list[Server] = []
+        apps: list[ChannelsApp] = []
+        for _ in range(2):
+            store = RedisStore(redis_server.url, "t:")
+            await store.start()
+            bus = RedisBus(redis_server.url, "t:", node=store.node)
+            app = ChannelsApp(bus=bus)
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            apps.append(app)
+            servers.append(
+                await stack.enter_async_context(
+                    sessiond.serve(
+                        app, "127.0.0.1", 0, config=ServerConfig(params=SERVER_PARAMS), store=store
+                    )
+                )
+            )
+        a, b = servers
+        proxy = await stack.enter_async_context(FaultProxy(*a.addresses[0]))
+        sub = await open_channels(url_of(proxy.address), max_events=count + 16)
+        await sub.subscribe("feed/x")
+        publisher = await open_channels(url(a))
+
+        async def publish() -> None:
+            for n in range(count):
+                await publisher.publish("feed/x", b"%d" % n)
+                if n % 10 == 0:
+                    await asyncio.sleep(0.005)
+
+        publishing = asyncio.create_task(publish())
+        got: list[bytes] = []
+
+        async def receive(upto: int) -> None:
+            while len(got) < upto:
+                event = await sub.recv()
+                assert isinstance(event, Message), event  # no gap notice
+                got.append(event.payload)
+
+        sid = bytes.fromhex(sub.session.id or "")
+        async with asyncio.timeout(60):
+            for target, after in ((b, 40), (a, 120)):
+                await receive(after)
+                proxy.target_port = target.addresses[0][1]
+                proxy.cut()
+                await until(lambda target=target: target.sessions.find(sid) is not None)  # type: ignore[misc]
+            await receive(count)
+        await publishing
+        assert got == [b"%d" % n for n in range(count)]
+        await publisher.publish("feed/x", b"barrier")  # nothing twice: the next is it
+        assert (await next_event(sub, Message)).payload == b"barrier"
+        await shut(sub, publisher)
