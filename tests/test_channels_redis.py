@@ -29,9 +29,9 @@ from sessiond.metrics import Collector, registry
 from sessiond.server import Server, ServerConfig
 from sessiond.store.redisstore import RedisStore
 
-from .daemonproc import DaemonProcess
+from .daemonproc import DaemonProcess, clean_environment
 from .faultproxy import FaultProxy
-from .redisserver import RedisServer, proxied
+from .redisserver import RedisServer, free_port, proxied
 from .test_channels import (
     SERVER_PARAMS,
     messages,
@@ -41,6 +41,7 @@ from .test_channels import (
     slow_params,
     url_of,
 )
+from .test_workers import created_by
 
 Start = Callable[..., Awaitable[tuple[Server, ChannelsApp]]]
 
@@ -233,7 +234,9 @@ async def test_a_subscriber_moving_to_another_server_keeps_its_subscriptions(
     """Two servers sharing a session store and a bus: a subscriber's transport is cut
     and it resumes on the other server, which recovers the session with its
     subscriptions. Everything published before the move and after the resume arrives,
-    exactly once and in order, without the client subscribing again."""
+    exactly once and in order, without the client subscribing again. A subscriber that
+    had received nothing yet gets, after the move, nothing published before it
+    subscribed, and no gap notice."""
     async with AsyncExitStack() as stack:
         servers: list[Server] = []
         for _ in range(2):
@@ -259,6 +262,13 @@ async def test_a_subscriber_moving_to_another_server_keeps_its_subscriptions(
         sub = await open_channels(url_of(proxy.address))
         await sub.subscribe("rooms/lobby")
         publisher = await open_channels(url(a))
+        quiet = await open_channels(url_of(proxy.address))
+        watcher = await open_channels(url(a))
+        await watcher.subscribe("rooms/quiet")
+        for n in range(5):  # before quiet subscribes (A has read them: watcher got them)
+            await publisher.publish("rooms/quiet", b"early %d" % n)
+        assert len(await messages(watcher, 5)) == 5
+        await quiet.subscribe("rooms/quiet")
         for n in range(20):
             await publisher.publish("rooms/lobby", b"%d" % n)
         assert [m.payload for m in await messages(sub, 20)] == [b"%d" % n for n in range(20)]
@@ -277,7 +287,10 @@ async def test_a_subscriber_moving_to_another_server_keeps_its_subscriptions(
         for n in range(20, 40):
             await publisher.publish("rooms/lobby", b"%d" % n)
         assert [m.payload for m in await messages(sub, 20)] == [b"%d" % n for n in range(20, 40)]
-        await shut(sub, publisher)
+        await until(lambda: b.sessions.find(bytes.fromhex(quiet.session.id or "")) is not None)
+        await publisher.publish("rooms/quiet", b"after the move")
+        assert (await next_event(quiet, Message)).payload == b"after the move"
+        await shut(sub, publisher, quiet, watcher)
 
 
 # ---------------------------------------------------------------------- presence
@@ -487,3 +500,36 @@ async def test_a_subscriber_moving_mid_stream_misses_nothing_and_gets_nothing_tw
         await publisher.publish("feed/x", b"barrier")  # nothing twice: the next is it
         assert (await next_event(sub, Message)).payload == b"barrier"
         await shut(sub, publisher)
+
+
+async def test_two_workers_are_one_channels_space(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``sessiond serve --workers 2`` (the channels app): 16 subscribers spread over both
+    workers by SO_REUSEPORT; one publish reaches every one of them."""
+    port = free_port()
+    proc = DaemonProcess(
+        "--workers",
+        "2",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--store",
+        redis_server.url,
+        log_file=tmp_path / "workers.log",
+        env=clean_environment(SESSIOND_SERVER_DRAIN_TIMEOUT="2"),
+    )
+    try:
+        await proc.until(r"supervising 2 workers")
+        subscribers = [await open_channels(f"tcp://127.0.0.1:{port}") for _ in range(16)]
+        for subscriber in subscribers:
+            await subscriber.subscribe("rooms/lobby")
+        await proc.until(r"session [0-9a-f]+ created", count=16)
+        # 16 all on one worker: about once in 32,000 runs.
+        assert set(created_by(proc.log).values()) == {0, 1}
+        await subscribers[0].publish("rooms/lobby", b"to both workers")
+        for subscriber in subscribers:
+            assert (await next_event(subscriber, Message)).payload == b"to both workers"
+        await shut(*subscribers)
+        assert await asyncio.to_thread(proc.stop) == 0
+    finally:
+        proc.close()

@@ -23,6 +23,7 @@ from ..session import Session
 from .broker import Broker, Member
 from .bus import Bus
 from .config import ChannelsConfig
+from .rediskeys import id_tuple
 
 log = logging.getLogger("sessiond.channels")
 
@@ -93,8 +94,8 @@ class ChannelsApp:
             session.marker = member.position
         handled = 0
         try:
-            if held:
-                await self._restore(member, list(held))
+            if isinstance(held, dict) and held:
+                await self._restore(member, held)
             async for payload in session:
                 if self._handle(member, payload):
                     session.save_data()  # before the reply: survives a kill -9
@@ -128,7 +129,7 @@ class ChannelsApp:
             return False
         return request.op != envelopes.PUB and len(member.patterns) != count
 
-    async def _restore(self, member: Member, held: list[str]) -> None:
+    async def _restore(self, member: Member, held: dict[str, str | None]) -> None:
         """A session that moved here: subscribe it again, then queue, ahead of what this
         process delivers from then on, what the bus carried after the last delivery
         the session's stored stream holds (``recovered_mark``): so a move loses and
@@ -141,7 +142,9 @@ class ChannelsApp:
         if bus.position is None:  # one process: nothing was delivered elsewhere
             broker.restore(member, held)
             return
-        if after is not None:
+        if after is not None:  # what came before its oldest subscription does not matter
+            starts = (start if isinstance(start, str) else "0-0" for start in held.values())
+            after = max(after, min(starts, key=id_tuple), key=id_tuple)
             member.mark = after  # stored with the session until more is delivered
         known = after is not None and await bus.reach(after)
         upto = bus.position
@@ -164,8 +167,12 @@ class ChannelsApp:
                 outbox.gaps.setdefault(pattern, 0)  # sent first, as gaps are
         else:
             missed = []
+            since = {
+                pattern: id_tuple(start or "0-0") for pattern, start in member.patterns.items()
+            }
             for mark, channel, envelope in found:
-                if any(matches(pattern, channel) for pattern in member.patterns):
+                entry = id_tuple(mark)
+                if any(entry > start and matches(p, channel) for p, start in since.items()):
                     missed.append((envelope, channel, broker.info(channel).drop_oldest, mark))
             broker.stats.caught_up += len(missed)
             outbox.put_first(missed)

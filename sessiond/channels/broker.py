@@ -97,7 +97,10 @@ class Member:
         self.mark: str | None = None
         self.sending: list[str | None] | None = None
         self.paused = False  # catching up after a move: the sender waits (app.py)
-        self.patterns: dict[str, None] = {}  # an ordered set (an empty set costs 3x a dict)
+        # Pattern -> the bus entry it was subscribed at (None with the local bus): an
+        # ordered set, kept in session.data, that also tells a session that moved where
+        # each subscription began (app.py).
+        self.patterns: dict[str, str | None] = {}
         self.sender: asyncio.Task[None] | None = None
         self.outbox = Outbox(
             asyncio.get_running_loop(),
@@ -232,13 +235,13 @@ class Broker:
             member.grants = grants = self.acl.grants(member.identity)
         return grants
 
-    def restore(self, member: Member, patterns: list[str]) -> None:
+    def restore(self, member: Member, patterns: dict[str, str | None]) -> None:
         """Subscribe a recovered session again to what it held, without replies or
         retained messages (its client saw those already); a pattern the current rules
         no longer allow is dropped (logged). A presence member that was present
         before the move (its tag known from the bus) is taken over silently; others
         see it join."""
-        for pattern in patterns:
+        for pattern, since in patterns.items():
             if not isinstance(pattern, str) or pattern in member.patterns:
                 continue
             try:
@@ -250,7 +253,7 @@ class Broker:
             ):
                 log.warning("recovered session %s: %s not restored", member.session.id[:8], pattern)
                 continue
-            member.patterns[pattern] = None
+            member.patterns[pattern] = since if isinstance(since, str) else None
             self.subscriptions.add(pattern, member)
             self.stats.subscriptions += 1
             if not is_pattern(pattern) and self.info(pattern).presence:
@@ -391,7 +394,7 @@ class Broker:
             )
         presence = not is_pattern(pattern) and self.info(pattern).presence
         if fresh:
-            member.patterns[pattern] = None
+            member.patterns[pattern] = self.bus.position
             self.subscriptions.add(pattern, member)
             self.stats.subscriptions += 1
         fields: dict[str, Any] = {}

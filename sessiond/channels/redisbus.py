@@ -269,13 +269,15 @@ class RedisBus:
         envelope); None when the stream no longer holds them all (trimmed) or Redis
         cannot be read (the caller then tells its subscriber about a gap)."""
         try:
-            first: Any = await self._checker.xrange(self.stream, count=1)
+            info: Any = await self._checker.xinfo_stream(self.stream)
             found: Any = await self._checker.xrange(self.stream, "(" + after, upto)
         except (RedisError, OSError) as exc:
             log.warning("channels bus %s: catch-up read failed: %s", self.url, exc)
             return None
-        if not first or keys.id_tuple(first[0][0].decode()) > keys.id_tuple(after):
-            return None  # what followed *after* may have been trimmed away
+        if info.get("entries-added") != info.get("length"):  # trimmed (or Redis < 7)
+            first = info.get("first-entry")
+            if first is None or keys.id_tuple(_text(first[0])) > keys.id_tuple(after):
+                return None  # what followed *after* may have been trimmed away
         replayed: list[tuple[str, str, bytes]] = []
         for entry_id, fields in found:
             publish = fields.get(b"e")
@@ -329,3 +331,7 @@ class RedisBus:
         if removed:
             log.info("channels: %d members of %d ended processes left", removed, len(dead))
         return removed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
