@@ -449,24 +449,7 @@ async def test_a_subscriber_moving_mid_stream_misses_nothing_and_gets_nothing_tw
     after the last delivery the session's stored stream held."""
     count = 300
     async with AsyncExitStack() as stack:
-        servers: list[Server] = []
-        apps: list[ChannelsApp] = []
-        for _ in range(2):
-            store = RedisStore(redis_server.url, "t:")
-            await store.start()
-            bus = RedisBus(redis_server.url, "t:", node=store.node)
-            app = ChannelsApp(bus=bus)
-            await bus.start()
-            stack.push_async_callback(bus.close)
-            apps.append(app)
-            servers.append(
-                await stack.enter_async_context(
-                    sessiond.serve(
-                        app, "127.0.0.1", 0, config=ServerConfig(params=SERVER_PARAMS), store=store
-                    )
-                )
-            )
-        a, b = servers
+        a, b = await stored_pair(stack, redis_server)
         proxy = await stack.enter_async_context(FaultProxy(*a.addresses[0]))
         sub = await open_channels(url_of(proxy.address), max_events=count + 16)
         await sub.subscribe("feed/x")
@@ -533,3 +516,57 @@ async def test_two_workers_are_one_channels_space(
         assert await asyncio.to_thread(proc.stop) == 0
     finally:
         proc.close()
+
+
+async def stored_pair(
+    stack: AsyncExitStack, redis_server: RedisServer, config: ChannelsConfig | None = None
+) -> tuple[Server, Server]:
+    """Two channels servers sharing a session store and a bus (the store's node lease)."""
+    servers: list[Server] = []
+    for _ in range(2):
+        store = RedisStore(redis_server.url, "t:")
+        await store.start()
+        bus = RedisBus(redis_server.url, "t:", node=store.node)
+        app = ChannelsApp(config, bus=bus)
+        await bus.start()
+        stack.push_async_callback(bus.close)
+        servers.append(
+            await stack.enter_async_context(
+                sessiond.serve(
+                    app, "127.0.0.1", 0, config=ServerConfig(params=SERVER_PARAMS), store=store
+                )
+            )
+        )
+    return servers[0], servers[1]
+
+
+async def test_a_member_moving_between_processes_neither_leaves_nor_joins(
+    redis_server: RedisServer,
+) -> None:
+    """Alice's session moves from A to B: Bob (on B) sees no leave and no join, and the
+    room still counts two; when Alice then unsubscribes on B, Bob sees her leave once."""
+    async with AsyncExitStack() as stack:
+        a, b = await stored_pair(stack, redis_server, PRESENCE)
+        proxy = await stack.enter_async_context(FaultProxy(*a.addresses[0]))
+        alice = await open_channels(url_of(proxy.address))
+        (alice_member,) = (await alice.subscribe("rooms/lobby")).members or ()
+        bob = await open_channels(url(b))
+        async with asyncio.timeout(20):  # B has read alice's join
+            while (await bob.subscribe("rooms/lobby")).count != 2:
+                await bob.unsubscribe("rooms/lobby")
+                await asyncio.sleep(0.05)
+        await next_event(alice, Joined)
+        sid = bytes.fromhex(alice.session.id or "")
+        proxy.target_port = b.addresses[0][1]
+        proxy.cut()
+        await until(lambda: b.sessions.find(sid) is not None)
+        app_b: ChannelsApp = b.handler  # type: ignore[assignment]
+        await until(lambda: len(app_b.broker.members.get("rooms/lobby", ())) == 2)
+        await alice.publish("rooms/lobby", b"moved")  # nothing came before it
+        assert (await next_event(bob, Message)).payload == b"moved"
+        watcher = await open_channels(url(a))
+        assert (await watcher.subscribe("rooms/lobby")).count == 3
+        await next_event(bob, Joined)  # the watcher
+        await alice.unsubscribe("rooms/lobby")
+        assert (await next_event(bob, Left)).member == alice_member.member
+        await shut(alice, bob, watcher)

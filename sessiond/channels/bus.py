@@ -20,6 +20,14 @@ message and fills the matching subscribers' outboxes.
   loads the hash and reads the stream from the entry the hash reflects.
   Chosen by measurement over pub/sub: ``python -m bench.channelbus``.
 
+  Presence rides the same stream: a member's join, leave or move (a session that
+  moved between processes, seen by nobody) is one entry, and the members are kept
+  in a hash, so a process that starts knows the room; a process whose session
+  store lease is gone has its members left by the others (rediskeys.py).
+  Every delivery carries its entry: a session that moves to another process is
+  sent again what followed the last delivery its stored stream holds
+  (``Session.marker``; app.py ``_restore``).
+
 A publish the bus could not append (Redis unreachable or refusing) is counted
 in ``ChannelStats.bus_lost`` (``sessiond_channels_bus_lost``) and logged. A
 reader that loses its connection reads on from its last entry once Redis is
