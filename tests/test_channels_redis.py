@@ -403,8 +403,9 @@ async def test_policies_and_access_rules_apply_where_the_subscriber_is(start: St
 async def test_a_publish_the_bus_could_not_carry_is_counted_not_silent(
     redis_server: RedisServer, start: Start
 ) -> None:
-    """Redis unreachable from A: A's publisher is answered (the publish was valid), but
-    the bus counts it as lost (sessiond_channels_bus_lost), and B's subscriber never got it."""
+    """Redis unreachable from A: A's publisher is answered only once the bus gave up on
+    the append and counted it as lost (sessiond_channels_bus_lost); B's subscriber never
+    got it."""
     async with proxied(redis_server) as proxy:
         host, port = proxy.address
         (a, app_a), (b, _) = await start(None, f"redis://{host}:{port}/0"), await start()
@@ -415,7 +416,7 @@ async def test_a_publish_the_bus_could_not_carry_is_counted_not_silent(
         assert (await next_event(subscriber, Message)).payload == b"before"
         proxy.blackhole()
         await publisher.publish("rooms/lobby", b"lost")
-        await until(lambda: app_a.broker.stats.bus_lost == 1, timeout=30)
+        assert app_a.broker.stats.bus_lost == 1  # the ok waited for the bus
         text = metrics_text(a, app_a)
         assert "sessiond_channels_bus_lost_total 1.0" in text
         await shut(subscriber, publisher)

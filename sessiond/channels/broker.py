@@ -66,6 +66,7 @@ class Member:
 
     __slots__ = (
         "grants",
+        "held",
         "identity",
         "mark",
         "outbox",
@@ -97,6 +98,9 @@ class Member:
         self.mark: str | None = None
         self.sending: list[str | None] | None = None
         self.paused = False  # catching up after a move: the sender waits (app.py)
+        #: Publishes answered ``ok`` that the bus has yet to append: the sender waits, so
+        #: that an ``ok`` (and what follows it) leaves only once the publish is on the bus.
+        self.held = 0
         # Pattern -> the bus entry it was subscribed at (None with the local bus): an
         # ordered set, kept in session.data, that also tells a session that moved where
         # each subscription began (app.py).
@@ -123,7 +127,7 @@ class Member:
 
     def ready(self) -> None:
         """Something was queued: start the sender unless one is running."""
-        if self.sender is None and not self.outbox.closed and not self.paused:
+        if self.sender is None and not self.outbox.closed and not self.paused and not self.held:
             self.sender = asyncio.get_running_loop().create_task(self._send())
             self.sender.add_done_callback(self._sender_done)
 
@@ -133,6 +137,9 @@ class Member:
         outbox = self.outbox
         session = self.session
         while True:
+            if self.held:  # a publish's ok must wait for the bus: release() restarts us
+                self.sender = None
+                return
             limit = session.core.max_payload
             batch: list[bytes] = []
             marks: list[str | None] = []
@@ -159,6 +166,12 @@ class Member:
             finally:
                 self.sending = None
             self.mark = marks[-1]
+
+    def release(self) -> None:
+        """The bus appended one of this member's publishes (or gave up: counted)."""
+        self.held -= 1
+        if not self.held:
+            self.ready()
 
     def position(self, unsent: int) -> str | None:
         """The bus entry of the last delivery in the session, while *unsent* payloads
@@ -326,9 +339,13 @@ class Broker:
             retain = self._retain(member, channel, data, request)
         envelope = envelopes.message(channel, data, member.identity, member.tag)
         # An empty payload clears a retained message (protocol.md §15.5).
-        self.bus.publish(channel, envelope, retain, info.retained and not data)
+        done = None
         if request.id is not None:
+            if self.bus.position is not None:  # a Redis bus: the ok waits for the append
+                member.held += 1
+                done = member.release
             member.outbox.put_control(envelopes.ok(request.id))
+        self.bus.publish(channel, envelope, retain, info.retained and not data, done)
 
     def received(
         self,

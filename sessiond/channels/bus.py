@@ -36,6 +36,7 @@ back (nothing lost while the stream still holds it: :data:`~.redisbus.STREAM_LEN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .retained import Retained
@@ -55,11 +56,19 @@ class Bus(Protocol):
     def attach(self, broker: Broker) -> None:
         """Deliver every publish to *broker* from now on."""
 
-    def publish(self, channel: str, envelope: bytes, retain: Retained | None, clear: bool) -> None:
+    def publish(
+        self,
+        channel: str,
+        envelope: bytes,
+        retain: Retained | None,
+        clear: bool,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         """Carry *envelope* (a ``msg`` of *channel*) to every process, in order.
 
         With *retain* it becomes the channel's retained message; with *clear* the
-        retained message is removed (an empty ``pub`` on a retained channel)."""
+        retained message is removed (an empty ``pub`` on a retained channel). *done* is
+        called once it is appended (or could not be: counted as lost)."""
 
     async def reach(self, entry: str) -> bool:
         """Wait until this process has received the bus up to *entry* (bounded); False
@@ -85,9 +94,18 @@ class LocalBus:
     def attach(self, broker: Broker) -> None:
         self.broker = broker
 
-    def publish(self, channel: str, envelope: bytes, retain: Retained | None, clear: bool) -> None:
+    def publish(
+        self,
+        channel: str,
+        envelope: bytes,
+        retain: Retained | None,
+        clear: bool,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         assert self.broker is not None
         self.broker.received(channel, envelope, retain, clear)
+        if done is not None:
+            done()
 
     def presence(self, op: str, channel: str, tag: str, identity: str | None) -> None:
         """No other process to tell."""

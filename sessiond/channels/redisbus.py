@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -80,6 +81,7 @@ class RedisBus:
             url, single_connection_client=True, socket_timeout=timeout
         )
         self._pending: list[tuple[Any, ...]] = []
+        self._done: list[Callable[[], None]] = []  # of the publishes pending
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.position = "0-0"  # the last entry received
@@ -139,6 +141,11 @@ class RedisBus:
         for client in (self._writer, self._reader, self._checker):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.aclose(), self.timeout)
+            connection = client.connection
+            if connection is not None:  # the close timed out (Redis unreachable): drop it
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
+                client.connection = None
         if tasks:
             done, _ = await asyncio.wait(tasks, timeout=self.timeout)
             for task in done:
@@ -154,10 +161,19 @@ class RedisBus:
 
     # ------------------------------------------------------------- publish
 
-    def publish(self, channel: str, envelope: bytes, retain: Retained | None, clear: bool) -> None:
+    def publish(
+        self,
+        channel: str,
+        envelope: bytes,
+        retain: Retained | None,
+        clear: bool,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         kept = [retain.envelope, retain.size] if retain is not None else None
         fields = msgpack.packb([channel, envelope, kept, clear], use_bin_type=True)
         self._queue((channel, fields, retain, clear))
+        if done is not None:
+            self._done.append(done)
 
     def presence(self, op: str, channel: str, tag: str, identity: str | None) -> None:
         """A member of this process joined (or moved here) or left *channel*: record it
@@ -181,8 +197,16 @@ class RedisBus:
         """Append everything published so far: one pipelined round trip (a retained
         update rides in a MULTI with its entry)."""
         pending, self._pending = self._pending, []
+        done, self._done = self._done, []
         if not pending:
             return
+        try:
+            await self._append(pending)
+        finally:
+            for callback in done:
+                callback()
+
+    async def _append(self, pending: list[tuple[Any, ...]]) -> None:
         pipe = self._writer.pipeline(transaction=False)
         publishes = 0
         for item in pending:
