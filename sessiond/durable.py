@@ -401,11 +401,15 @@ class Durability:
         # A handler waiting for window (none opens here now) has taken input whose replies
         # it has yet to queue: they go with the session, past the window (the new owner
         # replays within the window), else that input would be consumed and never answered.
-        snap = entry.core.server_snapshot()
         unsent = entry.session.unsent
         limit = entry.core.max_payload
         if any(len(payload) > limit for payload in unsent):  # the core would refuse it
             unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
+        # As if they entered the core now: each settles one message handed over (the
+        # input it answers). Messages handed over and not settled otherwise, and those
+        # taken but not handed over, stay unconsumed: the client replays them there.
+        entry.session.settle_unsent(len(unsent))
+        snap = entry.core.server_snapshot()
         positions = Positions(
             snap.next_seq + len(unsent), snap.acked, snap.consumed, snap.unacked + unsent
         )

@@ -40,7 +40,7 @@ from .durable import Durability
 from .logs import lifecycle
 from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
-from .session import Session
+from .session import DurableSession, Session
 from .stats import Stats
 from .tls import peer_identity
 
@@ -92,7 +92,9 @@ class _Entry:
     def __init__(self, core: CoreSession, server: Server) -> None:
         self.core = core
         self.server = server
-        self.session = Session(core, server.loop, self)
+        # With a store, a message counts as consumed once the handler is done with it.
+        kind = Session if server.durable is None else DurableSession
+        self.session = kind(core, server.loop, self)
         self.protocol: ServerProtocol | None = None
         self.task: asyncio.Task[None] | None = None
         self.slot = Slot(self)  # its place in the server's Deadlines
