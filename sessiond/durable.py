@@ -40,6 +40,7 @@ from .store import (
     StoreUnavailable,
     Terms,
 )
+from .store.keys import pack
 
 if TYPE_CHECKING:
     from .server import Server, ServerProtocol, _Entry
@@ -68,12 +69,13 @@ class Forged(Exception):
 class _Stored:
     """What this process knows of one session's presence in the store."""
 
-    __slots__ = ("consumed", "epoch", "fenced", "sent")
+    __slots__ = ("consumed", "data", "epoch", "fenced", "sent")
 
-    def __init__(self, epoch: int, sent: int, consumed: int) -> None:
+    def __init__(self, epoch: int, sent: int, consumed: int, data: bytes) -> None:
         self.epoch = epoch
         self.sent = sent  # the last outbound sequence number appended
         self.consumed = consumed  # the inbound position last appended
+        self.data = data  # session.data as last written (msgpack)
         self.fenced = False
 
 
@@ -177,6 +179,12 @@ class Durability:
                 sid = entry.core.id or b""
                 self.store.append(sid, stored.epoch, stored.sent + 1, payloads, consumed, acked)
                 stored.sent, stored.consumed = sent, consumed
+                used = entry.session.touched_data()
+                if used is not None:  # written after the entry, in the same round trip
+                    packed = pack(used)
+                    if packed != stored.data:
+                        stored.data = packed
+                        self.store.put_data(sid, stored.epoch, packed, self.attached_ttl(entry))
         if data or conn.closed:
             self._staged.append((entry, protocol, data))
             self._kick()
@@ -272,8 +280,8 @@ class Durability:
 
     def created(self, entry: _Entry) -> None:
         """A new session: stored (epoch 1) before its WELCOME leaves."""
-        self._stored[entry] = _Stored(1, 0, 0)
         meta = to_meta(entry)
+        self._stored[entry] = _Stored(1, 0, 0, pack(meta.data))
         self._before.append(lambda: self.store.create(meta))
         self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
         self._kick()
@@ -372,7 +380,9 @@ class Durability:
         )
         entry = server.adopt(core, loaded.meta.data)
         positions: Positions = loaded.positions
-        self._stored[entry] = _Stored(epoch, positions.next_seq - 1, positions.consumed)
+        self._stored[entry] = _Stored(
+            epoch, positions.next_seq - 1, positions.consumed, pack(loaded.meta.data)
+        )
         return entry
 
     # ------------------------------------------------- losing the session

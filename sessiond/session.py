@@ -77,6 +77,10 @@ class Session(Handoff):
     def ended(self) -> bool:
         return self._core.end_code is not None
 
+    def touched_data(self) -> dict[str, Any] | None:
+        """With a store (:class:`DurableSession`): ``data`` if used since the last call."""
+        return None
+
     @property
     def moved(self) -> bool:
         """True once the session moved to another process (see :class:`SessionMoved`)."""
@@ -133,6 +137,29 @@ class DurableSession(Session, SettlingHandoff):
     """A :class:`Session` of a daemon with a shared session store: a message counts as
     consumed (acknowledged and stored) once the handler is done with it, so a crash
     re-delivers what it was working on (README, "The session store";
-    :class:`~sessiond_client.handoff.SettlingHandoff` says when)."""
+    :class:`~sessiond_client.handoff.SettlingHandoff` says when). ``data`` is stored
+    with the session's next append once the handler has used it."""
 
-    __slots__ = ()
+    __slots__ = ("_touched",)
+
+    def __init__(
+        self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
+    ) -> None:
+        super().__init__(core, loop, entry)
+        self._touched = False  # data was used since the last append: maybe changed
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Application data that lives as long as the session, moves with it and is
+        stored with its next append after each use (msgpack-serializable)."""
+        self._touched = True
+        if self._data is None:
+            self._data = {}
+        return self._data
+
+    def touched_data(self) -> dict[str, Any] | None:
+        """``data`` if it was used since the last call (it may have changed), else None."""
+        if not self._touched:
+            return None
+        self._touched = False
+        return self._data

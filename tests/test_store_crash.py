@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sessiond_client.protocol import Params
 
 import sessiond
@@ -32,31 +34,36 @@ STALL = b"m5"  # the message a first handler never answers
 
 
 class App:
-    """Echo, one reply per message, taking input with *style*; a handler that is not
-    recovered stops at *stall* (handed it, it awaits something that never comes)."""
+    """Echo, one reply per message, taking input with *style*, counting its replies in
+    ``session.data``; a handler handed one of *stall* awaits something that never
+    comes (the tests clear *stall* before the next owner is handed it again)."""
 
-    def __init__(self, style: str, stall: bytes | None = None) -> None:
+    def __init__(self, style: str, *stall: bytes) -> None:
         self.style = style
-        self.stall = stall
+        self.stall = set(stall)
         self.stalled = asyncio.Event()
         self.go = asyncio.Event()  # never set by the crash and move tests
+        self.answered: list[int] = []  # what each handler found in data at its start
 
     async def __call__(self, session: sessiond.Session) -> None:
+        self.answered.append(session.data.get("answered", 0))
         try:
             while True:
                 if self.style == "recv":
                     payload = await session.recv()
                     await self._hold(session, [payload])
                     await session.send(payload)
+                    session.data["answered"] = session.data.get("answered", 0) + 1
                 else:
                     batch = await session.recv_many()
                     await self._hold(session, batch)
                     await session.send_many(batch)
+                    session.data["answered"] = session.data.get("answered", 0) + len(batch)
         except (SessionMoved, sessiond.SessionLost):
             return
 
     async def _hold(self, session: sessiond.Session, batch: list[bytes]) -> None:
-        if self.stall in batch and not session.recovered:
+        if self.stall.intersection(batch):
             self.stalled.set()
             await self.go.wait()
 
@@ -117,6 +124,10 @@ async def entry_of(server: Server, client: CoreClient) -> _Entry:
     return entry
 
 
+def answered(client: CoreClient, count: int) -> Callable[[], bool]:
+    return lambda: len(client.received) >= count
+
+
 async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(20):
         while not condition():
@@ -152,7 +163,7 @@ async def waiting_for_window(app: App, a: Server) -> CoreClient:
 
 
 SCENARIOS = {"stalled": stalled_mid_work, "window": waiting_for_window}
-STALLS = {"stalled": STALL, "window": None}
+STALLS = {"stalled": (STALL,), "window": ()}
 
 
 @pytest.mark.parametrize("style", ["recv", "recv_many"])
@@ -161,13 +172,14 @@ STALLS = {"stalled": STALL, "window": None}
 async def test_work_in_progress_is_answered_once_by_the_next_owner(
     start: Callable[[App], Awaitable[Server]], how: str, scenario: str, style: str
 ) -> None:
-    app = App(style, STALLS[scenario])
+    app = App(style, *STALLS[scenario])
     a, b = await start(app), await start(app)
     client = await SCENARIOS[scenario](app, a)
     if how == "kill -9":
         assert a.durable is not None
         await a.durable.settle()  # what it has done so far is stored (ACKs written)
         await crash(a)
+    app.stall = set()  # the next owner answers everything
     await client.kill()
     client.port = port(b)  # move: b asks a, still alive, to let the session go
     async with asyncio.timeout(20):
@@ -179,6 +191,8 @@ async def test_work_in_progress_is_answered_once_by_the_next_owner(
     assert client.received == expected(0, 15)  # every request answered, exactly once
     entry = await entry_of(b, client)
     assert entry.session.recovered
+    if scenario == "stalled":  # session.data as of the last reply stored, crash or not
+        assert app.answered == [0, 5]
     await client.close()
 
 
@@ -200,3 +214,69 @@ async def test_a_resume_on_the_same_process_keeps_what_the_handler_holds(
     await client.run_until(lambda: len(client.received) >= 15, 20.0)
     assert client.received == expected(0, 15)
     await client.close()
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    hops=st.lists(
+        st.tuples(st.sampled_from(["kill -9", "move"]), st.integers(1, 6), st.booleans()),
+        min_size=1,
+        max_size=3,
+    ),
+    style=st.sampled_from(["recv", "recv_many"]),
+)
+def test_crashes_and_moves_mid_work_keep_exactly_once(
+    redis_server: RedisServer, hops: list[tuple[str, int, bool]], style: str
+) -> None:
+    """Each hop: *count* requests, the last one left unanswered by a stalled handler or
+    all answered, then the owner killed (a fresh process takes over) or the session
+    moved to the other live one."""
+
+    async def scenario() -> None:
+        app = App(style)
+        async with AsyncExitStack() as stack:
+
+            async def server() -> Server:
+                store = RedisStore(redis_server.url, "p:")
+                await store.start()
+                return await stack.enter_async_context(
+                    sessiond.serve(app, "127.0.0.1", 0, store=store)
+                )
+
+            servers = [await server(), await server()]
+            client = CoreClient("127.0.0.1", port(servers[0]))
+            assert await client.connect()
+            sent = 0
+            for how, count, stall in hops:
+                owner = next(s for s in servers if s.addresses and port(s) == client.port)
+                if stall:
+                    app.stall = {b"m%d" % (sent + count - 1)}
+                    app.stalled.clear()
+                send_together(client, expected(sent, count))
+                sent += count
+                if stall:
+                    await until(app.stalled.is_set)
+                else:
+                    await client.run_until(answered(client, sent), 20.0)
+                if how == "kill -9":
+                    assert owner.durable is not None
+                    await owner.durable.settle()
+                    await crash(owner)
+                    servers[servers.index(owner)] = await server()
+                await client.kill()
+                client.port = port(next(s for s in servers if s is not owner))
+                async with asyncio.timeout(20):
+                    while not await client.connect(10.0):
+                        await asyncio.sleep(0.1)
+                app.stall = set()
+            await client.run_until(lambda: len(client.received) >= sent, 20.0)
+            send_together(client, expected(sent, 3))
+            await client.run_until(lambda: len(client.received) >= sent + 3, 20.0)
+            assert client.received == expected(0, sent + 3)
+            await client.close()
+
+    asyncio.run(scenario())
