@@ -5,8 +5,8 @@ repository root), at toy size, then checks what it wrote: an entry for every
 default scenario, every figure with its repetitions, no message lost anywhere,
 the summary and the machine in the JSON, the PNG, RESULTS.md untouched. Then the
 structure of the scenarios this package owns (throughput, latency, idle), a
-peer skipped when missing, and a failing scenario that does not hide the others.
-Never checks a timing.
+peer skipped when missing, and a failing scenario that does not hide the others
+(beside ``core``, which runs only when named). Never checks a timing.
 """
 
 from __future__ import annotations
@@ -207,3 +207,21 @@ def test_a_failing_scenario_fails_the_run_but_hides_no_other(tmp_path: Path) -> 
     assert set(done.document["scenarios"]) == {"core", "idle"}
     assert done.document["run"]["full"] is False
     assert "**failed**" in done.stdout
+    _core_figures(done.document["scenarios"]["core"], 2000)
+
+
+def _core_figures(core: dict[str, Any], messages: int) -> None:
+    """``core`` (run only when named) measured the core and both bare decoders honestly."""
+    assert core["quick"] is True and core["config"]["messages"] == messages
+    assert set(core["sizes"]) == {"64", "1024"}
+    for size, systems in core["sizes"].items():
+        assert systems["bare"] in ("bare-unpacker", "bare-struct")
+        assert systems["ratio"] > 0
+        for name in ("core", "bare-unpacker", "bare-struct"):
+            repetitions = systems[name]["repetitions"]
+            assert len(repetitions) == core["config"]["repeat"] >= 3, (size, name)
+            for rep in repetitions:
+                assert rep["rate"] > 0, (size, name)
+                assert rep["messages"] == rep["received"] == messages, (size, name)
+                assert rep["lost"] == 0, (size, name)
+            assert systems[name]["rate"]["median"] > 0
