@@ -122,6 +122,14 @@ def other_load(others: Sequence[Sequence[float] | None]) -> Json | None:
     }
 
 
+def given(args: argparse.Namespace, name: str, full: R, quick: R) -> R:
+    """Option *name* if given, else its full-run or ``--quick`` default."""
+    value: R | None = getattr(args, name, None)
+    if value is None:
+        return quick if args.quick else full
+    return value
+
+
 # ----------------------------------------------------------------- running
 
 
@@ -145,11 +153,7 @@ class Context:
         return bool(self.args.quick)
 
     def given(self, name: str, full: R, quick: R) -> R:
-        """Option *name* if given, else its full-run or ``--quick`` default."""
-        value: R | None = getattr(self.args, name, None)
-        if value is None:
-            return quick if self.quick else full
-        return value
+        return given(self.args, name, full, quick)
 
     def run(self, coroutine: Any) -> Any:
         return self.runner.run(coroutine)
@@ -256,6 +260,16 @@ def scenario(
     entry["notes"] = [*entry.get("notes", []), *context.notes, *exits]
     published: int = publish(args, name, entry, commit, markdown)
     return published
+
+
+def option(
+    parser: argparse.ArgumentParser, name: str, kind: Any, full: Any, quick: Any = None, **kw: Any
+) -> None:
+    """``--NAME`` (default None: the scenario reads it with :meth:`Context.given`); its help
+    ends with the full-run and ``--quick`` defaults."""
+    shown = f"default {full}" + ("" if quick is None else f"; --quick {quick}")
+    kw["help"] = f"{kw.get('help', '')} ({shown})".lstrip()
+    parser.add_argument(f"--{name.replace('_', '-')}", type=kind, **kw)
 
 
 def positive(args: argparse.Namespace, *names: str) -> None:

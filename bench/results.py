@@ -228,8 +228,12 @@ def display_path(path: Path | str) -> str:
         return path.as_posix()
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """A GitHub markdown table; the first *left* columns left-aligned, the rest right-aligned."""
+def markdown_table(
+    headers: str | Sequence[str], rows: Sequence[Sequence[str]], left: int = 1
+) -> str:
+    """A GitHub markdown table (*headers* a list or ``a|b|c``); the first *left* columns
+    left-aligned, the rest right-aligned."""
+    headers = headers.split("|") if isinstance(headers, str) else headers
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join([":---"] * left + ["---:"] * (len(headers) - left)) + "|",
