@@ -125,15 +125,7 @@ def make_pool(size: int, count: int = POOL) -> list[bytes]:
 
 class Checker:
     """Compares each batch a receiver takes with the payloads sent, in order, and counts
-    what it finds missing and repeated (never derives them from totals).
-
-    :attr:`taken` is how far the sequence sent has been accounted for: each
-    position either arrived (:attr:`received`) or was skipped by a later payload
-    (:attr:`missing`). A payload from earlier in the sequence is counted in
-    :attr:`duplicates`; one that is no payload of the pool raises
-    :class:`BenchError`. Payloads begin with their pool index (:func:`make_pool`),
-    so a window below half the pool tells a gap from a repeat.
-    """
+    what it finds missing and repeated (never derives them from totals)."""
 
     __slots__ = ("_mask", "_pool", "_ring", "_size", "duplicates", "missing", "system", "taken")
 

@@ -89,11 +89,7 @@ HEAD = struct.Struct(">QQ")
 
 
 class Fanout:
-    """One pass: what the publisher sent, what every subscriber took, and when.
-
-    Subscribers call :meth:`take` with what each read brought; the publisher's
-    client is *send*, called with the payloads to publish in order.
-    """
+    """One pass: what the publisher sent, what every subscriber took, and when."""
 
     def __init__(
         self,

@@ -12,13 +12,7 @@ each pass, the other processes' share of the pinned cores measured around it,
 one progress line per pass) and keeps notes. The body returns the scenario's
 figures; the harness adds how, when and where they were measured, writes the
 results JSON, prints the markdown and, for a clean default run only, replaces
-the scenario's section of RESULTS.md (:func:`bench.results.publish`).
-
-Also here, for every socket scenario's tables: what set a pass's pace
-(:func:`bound_by`), which pinned cores were full (:func:`full_cores`), the
-spread of a list of passes (:func:`summarise`), and the section's opening
-lines (:func:`header`).
-"""
+the scenario's section of RESULTS.md (:func:`bench.results.publish`)."""
 
 from __future__ import annotations
 
@@ -214,11 +208,7 @@ class Context:
 def scenario(
     args: argparse.Namespace, name: str, banner: str, body: Callable[[Context], Json]
 ) -> int:
-    """Run *body* in a :class:`Context`; publish what it returns with its circumstances.
-
-    *body* returns the entry's own fields and ``"markdown"``: the function that
-    writes its section (``markdown(entry, commit, path)``).
-    """
+    """Run *body* in a :class:`Context`; publish what it returns with its circumstances."""
     command = command_line()
     started = datetime.datetime.now(datetime.UTC)
     begun = time.perf_counter()

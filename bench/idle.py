@@ -97,9 +97,7 @@ class IdlePlan:
 async def measure_idle(
     proc: ServerProcess, plan: IdlePlan, port: int | None = None, ssl: SSLContext | None = None
 ) -> Json:
-    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close.
-
-    The sessions connect to *port* (the process's own by default), over TLS with *ssl*."""
+    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close."""
     port = port or proc.port
     params = Params(heartbeat_interval=plan.heartbeat)
     sources = source_addresses(plan.per_address)

@@ -39,13 +39,7 @@ async def client_echo(
     *,
     sessions: int = 1,
 ) -> EchoResult:
-    """One windowed echo pass through *sessions* library sessions, as bench/loadgen.py's ``echo``.
-
-    In each session up to *window* messages are out (sent, echo not yet back);
-    after each batch of echoes (``await recv()`` plus ``received()``), the window
-    is filled again. The *messages* are shared out over the sessions, all opened
-    before the clocks start.
-    """
+    """One windowed echo pass through *sessions* library sessions, as loadgen's ``echo``."""
     if len(pool) != POOL or not 1 <= window <= POOL // 2:
         raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
     opened: list[sessiond_client.Session] = []

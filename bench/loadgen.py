@@ -122,12 +122,7 @@ class EchoResult:
 
 
 class _Echo(asyncio.Protocol):
-    """What both echo clients share: the window, the check, the clocks, the end.
-
-    A client begins (starts its clocks and sends) as soon as its connection can
-    carry payloads; a *held* one only sets :attr:`ready` then, and begins when
-    :meth:`go` is called, so that :func:`echo` can start many together.
-    """
+    """What both echo clients share: the window, the check, the clocks, the end."""
 
     system = ""
 
@@ -205,11 +200,7 @@ class _Echo(asyncio.Protocol):
         self.stop_at = self.loop.time() + self.time_limit
 
     def next_batch(self, now: float) -> list[bytes]:
-        """The payloads the window has room for (empty once the limit is reached).
-
-        At the time bound the limit drops to what was sent: a caller that gets
-        nothing must then :meth:`check_end`, since the window may already be back.
-        """
+        """The payloads the window has room for (empty once the limit is reached)."""
         sent = self.sent
         room = self.window - (sent - self.checker.taken)
         if room <= 0 or sent >= self.limit:
@@ -509,11 +500,7 @@ async def echo(
     ssl: SSLContext | None = None,
     sessions: int = 1,
 ) -> EchoResult:
-    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*.
-
-    With *ssl*, over TLS: the handshake is done before the clocks start. With
-    *sessions* above one, :func:`echo_many`.
-    """
+    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*."""
     if sessions > 1:
         return await echo_many(
             system, port, pool, messages, window, time_limit, server_cpu, sessions, ssl=ssl
@@ -572,13 +559,7 @@ async def echo_many(
     *,
     ssl: SSLContext | None = None,
 ) -> EchoResult:
-    """One echo pass over *sessions* connections, each up to *window* messages in flight.
-
-    The *messages* are shared out (:func:`split`); every connection is opened
-    (and its handshake done) before the clocks start, then all begin at once,
-    and the pass ends when the last one has every echo back. The clocks and
-    both processes' CPU are read here, around the whole group.
-    """
+    """One echo pass over *sessions* connections, each up to *window* messages in flight."""
     loop = asyncio.get_running_loop()
     kind = _echo_kind(system)
     # The clients' own clocks are not read: only the group's figures count.
@@ -650,12 +631,7 @@ DEFAULT_CONCURRENCY = 100
 
 
 def source_addresses(per_address: int) -> Callable[[int], str]:
-    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions.
-
-    The daemon allows ``max_transports_per_peer`` transports per IP address; the
-    whole of 127.0.0.0/8 is loopback, so many sessions come from several of its
-    addresses (all of them connect to 127.0.0.1).
-    """
+    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions."""
 
     def source(index: int) -> str:
         number = 1 + index // per_address
@@ -791,11 +767,7 @@ async def open_idle(
     ssl: SSLContext | None = None,
 ) -> list[IdleSession]:
     """Open *count* idle sessions, at most *concurrency* handshakes at a time (over TLS
-    with *ssl*).
-
-    Session *i* connects from source address ``sources(i)`` (to 127.0.0.1).
-    Returns once every handshake is complete; raises :class:`BenchError` if one fails.
-    """
+    with *ssl*)."""
     return await open_sessions(
         port, count, concurrency, lambda _index: IdleSession(params), sources, timeout, ssl=ssl
     )
@@ -813,16 +785,7 @@ async def open_sessions(
     keep: bool = True,
     deadline: float | None = None,
 ) -> list[S]:
-    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time.
-
-    Session *i* connects from ``sources(i)`` when given (to 127.0.0.1), over TLS
-    with *ssl*. Returns them once every handshake is complete; raises
-    :class:`BenchError` if one fails. With *keep* false each session is closed
-    (CLOSE NORMAL) as soon as its handshake completes, so that at most
-    *concurrency* are open at a time (a handshake-rate loop); then await
-    :func:`close_idle` on what it returns to see every transport closed. No
-    handshake starts after *deadline* (the loop's clock), if given.
-    """
+    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time."""
     loop = asyncio.get_running_loop()
     opened: list[S] = []
     next_index = 0

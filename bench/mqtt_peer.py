@@ -6,20 +6,7 @@ listener on 127.0.0.1:PORT, anonymous clients, sessions in memory only
 true`` (mosquitto leaves Nagle on by default, which would add delayed-ACK
 stalls to every round trip), and the QoS 1 in-flight and queue limits raised
 to the echo window so that the broker, not its defaults (20 in flight), holds
-as many messages as sessiond's window.
-
-Client: paho-mqtt 2.x (``CallbackAPIVersion.VERSION2``), MQTT 3.1.1, a
-persistent session (``clean_session=False``, a client ID of its own per pass),
-QoS 1 both ways, ``TCP_NODELAY`` on its socket, ``max_inflight_messages`` set to the window
-(as many messages in flight as sessiond's clients keep). Its network
-loop runs on the bench's asyncio loop through paho's own external-loop hooks
-(``on_socket_open``, ``loop_read``, ``on_socket_register_write``,
-``loop_write``, ``loop_misc``: paho's documented asyncio integration), so no
-thread is involved and the process's CPU time is the client's. A client
-subscribes (QoS 1) to its own topic and publishes to it: the broker delivers
-each message back to the client that sent it, which acknowledges it (PUBACK),
-as the broker acknowledged the publish.
-"""
+as many messages as sessiond's window."""
 
 from __future__ import annotations
 
@@ -84,11 +71,7 @@ def _client_id() -> str:
 
 class MqttConnection:
     """One paho client on the running asyncio loop, subscribed to its own topic
-    (or to *topic*, which several clients may share).
-
-    *on_payloads(payloads, now_ns)* gets what each read delivered, with the
-    clock read when the socket became readable.
-    """
+    (or to *topic*, which several clients may share)."""
 
     def __init__(
         self,

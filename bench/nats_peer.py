@@ -3,17 +3,7 @@
 Server: ``nats-server -c CONFIG`` with a temporary config (:func:`config`):
 127.0.0.1:PORT and its defaults otherwise (no JetStream: core NATS, at most
 once). Pinned to one core with ``taskset``, the Go runtime sizes GOMAXPROCS to
-that one core.
-
-Client: nats-py on the bench's asyncio loop (uvloop), used as its documentation
-shows for throughput: ``await nc.publish(subject, payload)`` (buffered; its
-flusher task writes), and a subscription callback ``cb(msg)`` per message. A
-connection subscribes to a subject of its own and publishes to it: the server
-delivers each message back to the connection that sent it (NATS echoes a
-connection's own messages unless ``no_echo``). Nothing is acknowledged:
-core NATS is at-most-once, so a message the server drops (slow consumer) would
-show as a lost message, which fails the pass.
-"""
+that one core."""
 
 from __future__ import annotations
 

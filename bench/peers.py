@@ -7,11 +7,7 @@ messages in flight per session (sent, not yet back), each message checked in
 order when it returns, a pass ending once every message sent is back.
 :func:`measure_echo` runs every system *repeat* times per payload size, their
 order rotated each repetition; :func:`summarise_echo` reduces the passes to the
-median and spread of each figure, keeping every repetition.
-
-(The module is named for where it began, mosquitto and NATS beside sessiond;
-the scenarios import it under this name.)
-"""
+median and spread of each figure, keeping every repetition."""
 
 from __future__ import annotations
 

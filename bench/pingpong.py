@@ -7,25 +7,7 @@ period``, ``period = connections / rate``, so the connections' pings interleave
 evenly. A ping goes to the server, comes back (the daemon's echo app, the
 ceiling, or a broker delivering it to the subscriber that sent it) and its round
 trip is counted, in nanoseconds, in one :class:`~bench.histogram.Histogram` per
-pass.
-
-When a ping's scheduled time comes while the previous one is still out, it
-waits for that reply and goes at once; its round trip is then counted from its
-*scheduled* time, so that a slow reply also shows in the pings it held back
-(HdrHistogram's correction for coordinated omission). Otherwise it is counted
-from the moment it was actually handed to the transport: the event loop's
-timers fire up to a millisecond off, and that jitter is the load generator's,
-not the server's.
-
-Every echo is compared with the ping sent; a pass fails (:class:`BenchError`)
-on a wrong, extra or missing echo, and is bounded in time: no ping is sent past
-``duration + time_limit`` seconds. :class:`Pinger` holds the schedule for the
-callback-driven clients (:class:`SessionPing` for the daemon through the core,
-:class:`FramedPing` for the ceiling, the paho-mqtt client of
-:mod:`bench.mqtt_peer`); :func:`coroutine_pinger` does the same for clients
-with an awaitable API (the library client of :mod:`bench.library_client`,
-nats-py in :mod:`bench.nats_peer`).
-"""
+pass."""
 
 from __future__ import annotations
 
@@ -154,12 +136,7 @@ class PingPlan:
 
 
 class Pinger:
-    """One connection's pings, driven by a timer and by the echoes (callback clients).
-
-    A subclass implements :meth:`transmit` (hand one payload to the transport)
-    and calls :meth:`on_echo` for every payload that comes back, with the clock
-    read once per read; then calls :meth:`finish_failed` if its connection breaks.
-    """
+    """One connection's pings, driven by a timer and by the echoes (callback clients)."""
 
     def __init__(self, plan: PingPlan, index: int) -> None:
         self.plan = plan

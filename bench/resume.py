@@ -12,24 +12,7 @@ held for the other is dropped, and the echoes on their way are lost) and at
 once, with no backoff, connects again and resumes: HELLO with its last received
 sequence number (protocol.md §4.1), WELCOME, then each side replays what the
 other lacks (§4.4) and the flow goes on. A pass echoes at least ``--messages``
-messages: it goes on until its last cut, then drains.
-
-The load generator drives the protocol core itself, not the client library, so
-the figures are the daemon's and the protocol's (three round trips on
-loopback: TCP connect, HELLO/WELCOME, the client's ACK that confirms the
-transport before the server replays, §4.4) rather than the library's Python
-overhead. Per cut, from the instant before ``abort()``:
-
-* *connected*: the new TCP connection is up (``connection_made``);
-* *resumed*: WELCOME received, the core reports ``SessionResumed``;
-* *first message*: the first echo delivered after the resume, replayed or new.
-
-Every echo is compared, in order, with the payload sent; a gap or a duplicate
-fails the pass (the core closes with SEQUENCE_ERROR, the checker compares every
-payload), and a pass ends only when every message sent is back and the core's
-sequence numbers agree: sent = received = consumed = checked. Target (issue 5):
-cut → first message p99 under 5 ms on loopback.
-"""
+messages: it goes on until its last cut, then drains."""
 
 from __future__ import annotations
 
@@ -96,11 +79,7 @@ _OPEN = ConnectionState.OPEN
 
 def cut_gaps(messages: int, cuts: int, rng: random.Random) -> list[int]:
     """Messages echoed before each cut, counted from the start or from the previous
-    resume's first message: *messages* spread evenly, each gap jittered by up to a quarter.
-
-    Echoes come back in batches of up to a window, so a cut falls at the end of
-    the first read that reaches its gap.
-    """
+    resume's first message: *messages* spread evenly, each gap jittered by up to a quarter."""
     gap = messages / (cuts + 1)
     if gap < MIN_GAP:
         raise BenchError(f"{cuts} cuts need at least {(cuts + 1) * MIN_GAP:,} messages")
@@ -306,10 +285,7 @@ async def resume_pass(
     server_cpu: CpuClock,
     resume_ports: Sequence[int] = (),
 ) -> ResumePass:
-    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked.
-
-    With *resume_ports*, the resumes connect to those ports in turn (see :class:`ResumeEcho`).
-    """
+    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked."""
     gaps = cut_gaps(messages, cuts, random.Random(seed))
     client = ResumeEcho(pool, messages, window, time_limit, server_cpu, port, gaps, resume_ports)
     try:

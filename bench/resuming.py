@@ -56,12 +56,7 @@ def reset_on_close(transport: asyncio.BaseTransport) -> None:
 
 
 def cut(client: Cuttable) -> None:
-    """Abort *client*'s transport now and report it to the core (the session detaches).
-
-    The transport's ``connection_lost`` goes to a protocol that ignores it, so
-    *client* may be given its next transport at once. (uvloop closes the socket
-    on the loop's next iteration.)
-    """
+    """Abort *client*'s transport now and report it to the core (the session detaches)."""
     transport = client.transport
     conn = client.conn
     client.transport = None

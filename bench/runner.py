@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 from . import BenchError
 from .plot import plot, title
-from .progress import display
 from .results import (
     QUICK_DIR,
     RESULTS_DIR,
@@ -61,11 +60,7 @@ SUMMARY = "summary"
 
 
 class Scenario(Protocol):
-    """What ``python -m bench`` needs from a scenario module.
-
-    It may also define ``headlines(entry)`` and ``targets(entry, run)`` for the
-    summary (see :mod:`bench.summary`).
-    """
+    """What ``python -m bench`` needs from a scenario module."""
 
     HELP: str
 
@@ -149,11 +144,7 @@ class Selection:
 
 
 def select(argv: Sequence[str], registry: Registry) -> Selection:
-    """The scenarios *argv* names (leading words) and the options each one gets.
-
-    Exits through argparse (status 2) on an unknown scenario or an option no
-    selected scenario takes, and with status 0 after ``--help``.
-    """
+    """The scenarios *argv* names (leading words) and the options each one gets."""
     words = list(argv)
     named: list[str] = []
     while words and not words[0].startswith("-"):
@@ -241,33 +232,31 @@ def run(argv: Sequence[str], registry: Registry) -> int:
     json_path = results_path(out, commit)
     outcomes: list[Outcome] = []
     interrupted = False
-    with display(selection.names) as shown:
-        for name in selection.names:
-            if interrupted:
-                outcomes.append(Outcome(name, "not run", 0.0))
-                continue
-            before = _entry(json_path, name)
-            shown.start(name)
-            t0 = time.perf_counter()
-            try:
-                status, error = run_scenario(
-                    name, registry.scenarios[name], selection.namespaces[name]
-                )
-            except KeyboardInterrupt:
-                status, error, interrupted = "interrupted", "interrupted (^C)", True
-            after = _entry(json_path, name)
-            lost: list[tuple[str, float]] = []
-            if status == "ok":
-                if after is None or after == before:
-                    status = "failed"
-                    error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
-                else:
-                    lost = lost_fields(after)
-                    if lost:
-                        status, error = "failed", f"{len(lost)} figure(s) show lost messages"
-            outcome = Outcome(name, status, time.perf_counter() - t0, error, tuple(lost))
-            outcomes.append(outcome)
-            shown.finish(outcome)
+    for index, name in enumerate(selection.names, 1):
+        if interrupted:
+            outcomes.append(Outcome(name, "not run", 0.0))
+            continue
+        before = _entry(json_path, name)
+        where = f"bench [{index}/{len(selection.names)}] {name}"
+        print(f"{where}: starting", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            status, error = run_scenario(name, registry.scenarios[name], selection.namespaces[name])
+        except KeyboardInterrupt:
+            status, error, interrupted = "interrupted", "interrupted (^C)", True
+        after = _entry(json_path, name)
+        lost: list[tuple[str, float]] = []
+        if status == "ok":
+            if after is None or after == before:
+                status = "failed"
+                error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
+            else:
+                lost = lost_fields(after)
+                if lost:
+                    status, error = "failed", f"{len(lost)} figure(s) show lost messages"
+        outcome = Outcome(name, status, time.perf_counter() - t0, error, tuple(lost))
+        outcomes.append(outcome)
+        print(f"{where}: {_ended(outcome)}", file=sys.stderr, flush=True)
     ok = [outcome.scenario for outcome in outcomes if outcome.status == "ok"]
     document = read_document(json_path) or {}
     entries = run_entries(document, ok)
@@ -332,6 +321,13 @@ def run(argv: Sequence[str], registry: Registry) -> int:
     if interrupted:
         return 130
     return 1 if failed or any(note.startswith("the plot failed") for note in notes) else 0
+
+
+def _ended(outcome: Outcome) -> str:
+    if outcome.status == "ok":
+        return f"ok in {outcome.seconds:,.1f} s"
+    why = f": {outcome.error.splitlines()[0]}" if outcome.error else ""
+    return f"{outcome.status.upper()} after {outcome.seconds:,.1f} s{why}"
 
 
 def _entry(path: Path, name: str) -> Json | None:

@@ -100,12 +100,7 @@ _OPEN = ConnectionState.OPEN
 
 
 class StormSession(IdleSession):
-    """An idle session that is loaded with a few messages, cut, and resumed.
-
-    :attr:`opened` is the handshake of the current transport: the first one
-    (a new session), then the resume's. :attr:`done` resolves once every echo
-    of the load is back, in order.
-    """
+    """An idle session that is loaded with a few messages, cut, and resumed."""
 
     __slots__ = (
         "done",

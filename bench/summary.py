@@ -78,11 +78,7 @@ def cpu_cell(text: str, stats: Json) -> str:
 
 def judge(values: Sequence[float], goal: float, higher: bool = True) -> str:
     """:data:`MET` when every repetition clears *goal*, :data:`NOT_MET` when none does,
-    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing.
-
-    *values* are per-repetition figures (a ratio paired within its repetition,
-    a per-pass percentile); *higher*: the goal is a floor, else a ceiling.
-    """
+    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing."""
     if not values:
         return NOT_MEASURED
     cleared = [value >= goal if higher else value <= goal for value in values]
@@ -227,10 +223,7 @@ def markdown(
     plot_path: Path | None,
     sections: bool,
 ) -> str:
-    """The ``## summary`` section: how each scenario ended, the headlines, the targets, the plot.
-
-    *sections*: the scenarios' own sections are in RESULTS.md (a full run).
-    """
+    """The ``## summary`` section: how each scenario ended, the headlines, the targets, the plot."""
     machine = run["machine"]
     commit = run["commit"]
     state = " with uncommitted changes" if commit["dirty"] else ""

@@ -189,11 +189,7 @@ def parse_systems(text: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class System:
-    """A system under test: its server process and its two load generators.
-
-    *port*: where its clients connect, when not the port *proc* was started on
-    (a second listener of the same process); *ping*: None when not pinged.
-    """
+    """A system under test: its server process and its two load generators."""
 
     name: str
     proc: ServerProcess
@@ -224,11 +220,7 @@ def start(
     ctx: Context, wanted: Sequence[str], binaries: dict[str, str], window: int
 ) -> tuple[list[System], Json]:
     """Start the servers of the *wanted* systems (peers from *binaries*) for the scenario;
-    return the systems and what the results say of each peer.
-
-    *window* is the most messages a client keeps in flight (mosquitto's queue
-    limits are raised to it).
-    """
+    return the systems and what the results say of each peer."""
     started: list[System] = []
     if DAEMON in wanted or CLIENT in wanted:
         daemon = ctx.server("daemon", daemon_argv())

@@ -10,13 +10,7 @@ sessions the messages are shared out over 100 connections, all opened before
 the clocks start (:func:`bench.loadgen.echo_many` and its twins for the other
 clients). Figures: messages per second delivered and acknowledged end to end,
 and the server's CPU seconds per million messages; each the median and spread
-of the repetitions, every repetition kept.
-
-Targets (issue 5): the daemon at 64 B keeps ≥ 60 % of the ceiling's rate with
-one session and ≥ 75 % with 100; sessiond echoes ≥ 5x mosquitto's and ≥ 2x
-NATS's rate at an equal or better p99 (the p99 from ``python -m bench latency``
-in the same run, when it ran).
-"""
+of the repetitions, every repetition kept."""
 
 from __future__ import annotations
 
@@ -262,13 +256,7 @@ def paired(by_system: Json, ours: str, other: str, key: str = "rate") -> list[fl
 
 def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     """The daemon's share of the ceiling; the client library against each peer's client at an
-    equal or better p99: each judged on the passes paired within their repetition.
-
-    The peers are judged library against library (``client``: sessiond's
-    client library; paho-mqtt, nats-py), not against the bench's own batching
-    driver (``daemon``), whose ratios the table shows. The p99 comes from *run*'s
-    ``latency`` entry: without it, a peer target is judged on the rate alone.
-    """
+    equal or better p99: each judged on the passes paired within their repetition."""
     size = str(TARGET_SIZE)
     out: list[Target] = []
     for count, by_size in entry["echo"].items():
