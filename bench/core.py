@@ -1,23 +1,11 @@
 """``python -m bench core``: the protocol core alone, against the barest msgpack framing.
 
-Three systems move the same payloads, in the same batches, in one process, with no
-sockets and no event loop, taking turns within each repetition:
-
-* ``core``: a client :class:`Session` sends to a server session over a pair of
-  :class:`Connection` objects joined in memory, as an adapter would drive them:
-  ``can_send``/``send`` per message, one ``data_to_send()`` per batch into the
-  peer's ``receive_data()``, ``take_messages()`` on the receiver (which coalesces
-  ACKs), and the ACK bytes carried back. Encode, decode, sequence numbers, acks,
-  windows and the replay buffer are all inside the figure.
-* ``bare-unpacker``: each payload packed as a msgpack ``bin`` (whose header is
-  its length prefix) into one reused ``Packer``, the batch fed to a streaming
-  ``Unpacker``.
-* ``bare-struct``: a 4-byte big-endian length, then the msgpack body from a
-  reused ``Packer``; decoded with ``struct.unpack_from`` and ``msgpack.unpackb``.
-
-"bare" is whichever bare system is faster at that payload size. Every message a
-receiver takes is compared with the payload sent, in order, inside the timed
-loop, for every system alike, so no system can count a message it lost.
+In one process, no sockets, taking turns per repetition: ``core`` (a client
+:class:`Session` to a server session over two in-memory :class:`Connection` objects,
+driven as an adapter would: encode, decode, sequence numbers, ACKs, windows and replay
+buffer inside the figure), ``bare-unpacker`` (msgpack ``bin`` into a streaming
+``Unpacker``) and ``bare-struct`` (4-byte length + ``unpackb``). "bare" is the faster of
+the two. Every message a receiver takes is checked against the payload sent, in order.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """The scenario harness: everything a scenario does besides its own measurement.
 
-A scenario module (``throughput.py``, ``idle.py``...) says what to run: its
-options, one pass, its table. :func:`scenario` does the rest, in the spirit of
-pyperf's ``Runner`` (STYLE.md habit 15): it reads the machine and the commit,
-pins the load generator (this process) to its core, opens a temporary
-directory and an asyncio runner on uvloop, and hands the body a
-:class:`Context` that starts pinned servers (:meth:`Context.server`, stopped and
-described at the end), runs repetitions (:meth:`Context.passes`: a warm-up,
-then the systems in an order rotated each repetition, ``gc.collect()`` before
-each pass, the other processes' share of the pinned cores measured around it,
-one progress line per pass) and keeps notes. The body returns the scenario's
-figures; the harness adds how, when and where they were measured, writes the
-results JSON, prints the markdown and, for a clean default run only, replaces
-the scenario's section of RESULTS.md (:func:`bench.results.publish`)."""
+In the spirit of pyperf's ``Runner`` (STYLE.md habit 15), :func:`scenario` reads the
+machine and commit, pins the load generator, opens a temporary directory and a uvloop
+runner, and hands the body a :class:`Context` (pinned servers, repetitions with warm-up
+and rotation, notes); then it writes the JSON, prints the markdown and, for a clean
+default run, replaces the scenario's section of RESULTS.md. Also the shared pieces of
+every section (:func:`header`, :func:`legend`, the cells).
+"""
 
 from __future__ import annotations
 
@@ -347,6 +341,16 @@ def spread_cell(stats: Json, digits: int = 0, unit: str = "") -> str:
     if stats["max"] - stats["min"] < 0.5 * 10**-digits:
         return median
     return f"{median} [{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+
+
+def legend(entry: Json) -> str:
+    """What *bound* and *cores full* mean, for a section's prose."""
+    threshold = entry["config"].get("client_bound_threshold", 0.9)
+    return (
+        f"*bound*: `client` when the load generator kept more than {threshold:.0%} of its core "
+        "busy (then the client set the pace), `server` likewise, else `round-trip`; *cores "
+        "full*: passes in which a pinned core was more than 90 % busy counting other processes."
+    )
 
 
 def notes_lines(entry: Json) -> list[str]:

@@ -1,31 +1,12 @@
 """``python -m bench latency``: round trips at a fixed offered rate, as percentiles.
 
-Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000
-messages per second in total by default) for a bounded duration, 64-byte
-payloads, at most one ping in flight per connection and as many connections as
-the rate needs at :data:`PER_CONNECTION_RATE` each (so 1 and 10), against every
-system of :mod:`bench.systems`:
-
-* ``daemon``: ``python -m sessiond serve`` (echo app), the load generator
-  driving the protocol core in an ``asyncio.Protocol`` as ``bench/loadgen.py``
-  does (:class:`~bench.pingpong.SessionPing`);
-* ``client``: the same daemon through the client library,
-  ``sessiond_client.connect`` then ``await send()`` / ``await recv()`` per ping:
-  what an application sees;
-* ``ceiling``: ``bench/ceiling.py``, the raw uvloop framed echo, with the
-  barest framed client (:class:`~bench.pingpong.FramedPing`);
-* ``mosquitto`` (QoS 1, paho-mqtt) and ``nats`` (nats-py), each client
-  publishing to a topic (subject) it is subscribed to; skipped, with a line
-  saying how to install them, where missing.
-
-Servers run in their own processes pinned to one core, the load generator (this
-process) on another (:mod:`bench.processes`). Round trips go into an HDR-style
-histogram (:mod:`bench.histogram`); p50, p99, p99.9 and max are reported per
-repetition, then as the median and range over the repetitions. Targets: the
-daemon's p50 within 1.3x the ceiling's; sessiond's p99 against each peer's
-(the rate half of that target is ``python -m bench throughput``'s). The helpers
-below (:func:`header`, :func:`other_load`, :func:`full_cores`...) also serve the
-other socket scenarios.
+Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000/s in all),
+64-byte payloads, one ping in flight per connection and as many connections as the rate
+needs (:data:`PER_CONNECTION_RATE` each), against every system of :mod:`bench.systems`
+(the core-driven ``daemon``, the ``client`` library, the raw ``ceiling``, ``mosquitto``
+QoS 1, ``nats``). Round trips go into HDR-style histograms (:mod:`bench.histogram`): p50,
+p99, p99.9 and max per repetition, then the median and range. Targets: the daemon's p50
+within 1.3x the ceiling's; sessiond's p99 against each peer's.
 """
 
 from __future__ import annotations

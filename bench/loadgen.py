@@ -1,26 +1,9 @@
-"""Load-generating clients for ``python -m bench throughput`` and ``idle``, over loopback.
-
-Each client is an :class:`asyncio.Protocol` (on uvloop's loop when it is
-installed) that does as little as an honest client can:
-
-* :class:`SessionEcho` drives the protocol core's client :class:`Session`: one
-  ``send_many`` per batch to fill the window, one ``take_messages`` per read,
-  one ``transport.write`` per read (or timer tick), and one timer per
-  connection armed at ``session.next_deadline()`` so coalesced ACKs and
-  heartbeats go out as they would in a real client.
-* :class:`FramedEcho` does the same over the barest framing (a 4-byte
-  big-endian length, then the payload) against the ceiling server of
-  ``bench/ceiling.py``.
-* :class:`IdleSession` opens a session, completes its handshake and then only
-  answers and sends heartbeats.
-
-Every echoed payload is compared, in order, with the payload sent (payloads
-begin with their index, and :class:`~bench.core.Checker` compares whole batches
-in C), and a run ends only when every message sent has come back: a lost,
-repeated or reordered message raises :class:`~bench.BenchError` instead of
-producing a figure. :func:`echo` runs one pass over one session or many
-(:func:`split` shares the messages out), all opened before the clocks start
-and started together.
+"""Load-generating clients over loopback: :class:`SessionEcho` (the protocol core: one
+``send_many`` per batch, one ``take_messages`` and one write per read, one timer at
+``next_deadline()``), :class:`FramedEcho` (4-byte length framing, against the ceiling)
+and :class:`IdleSession` (handshake, then heartbeats only). Every echo is checked in order
+(:class:`~bench.core.Checker`); a lost, repeated or reordered message raises
+:class:`~bench.BenchError` instead of giving a figure.
 """
 
 from __future__ import annotations

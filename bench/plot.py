@@ -1,22 +1,10 @@
 """The PNG of a run: one panel per figure worth a picture, for every scenario that ran.
 
-:func:`plot` draws, from a run's entries, as many of these as there are:
-
-* ``throughput``: messages/s per system, grouped by session count, one panel per
-  payload size (median, the repetitions' range as the error bar, on a log
-  scale: the systems differ a hundredfold);
-* ``latency``: the round trip against the percentile (HdrHistogram's
-  percentile-distribution plot, every pass's histogram merged), one panel per
-  offered rate;
-* ``resume``: the distribution of each step of a resume (cut → connected,
-  resumed, first message) over every cut;
-* ``storm``: the storm's timeline, the share of sessions resumed and caught up
-  against the seconds since the cut, one line per size and storm;
-* ``fanout``: deliveries/s per system (windowed passes), and the delivery
-  latency's percentile distribution (paced passes).
-
-Panels are laid out three to a row. matplotlib draws with its Agg canvas: no
-display, no pyplot state.
+Throughput (msg/s per system by session count, per payload size, log scale), latency
+(round trip against percentile, per offered rate), resume (distribution of cut →
+connected / resumed / first message), storm (share of sessions resumed and caught up
+against seconds since the cut) and fanout (deliveries/s; paced delivery latency by
+percentile); three to a row, drawn on matplotlib's Agg canvas.
 """
 
 from __future__ import annotations

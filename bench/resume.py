@@ -1,18 +1,10 @@
 """``python -m bench resume``: one session's transport cut again and again while messages flow.
 
-One session against the daemon's echo app (``python -m sessiond serve --app
-echo``, its own process, pinned as :mod:`bench.processes` does), about 1,000
-64-byte messages in flight (sent, echo not yet back), the window refilled after
-every read as :class:`~bench.loadgen.SessionEcho` does. *cuts* times per pass
-(200 by default), each after about ``--messages / (cuts + 1)`` echoes since the
-previous resume and right after a batch was written, the client cuts its
-transport (:func:`bench.resuming.cut`: ``SO_LINGER`` 0, then
-``transport.abort()``: the daemon gets a reset, whatever either kernel still
-held for the other is dropped, and the echoes on their way are lost) and at
-once, with no backoff, connects again and resumes: HELLO with its last received
-sequence number (protocol.md §4.1), WELCOME, then each side replays what the
-other lacks (§4.4) and the flow goes on. A pass echoes at least ``--messages``
-messages: it goes on until its last cut, then drains."""
+One session against the echo app with about 1,000 64-byte messages in flight; *cuts*
+times per pass (200), right after a batch was written, the client resets its transport
+(:func:`bench.resuming.cut`) and at once resumes (protocol.md §4.1, §4.4: each side
+replays what the other lacks). Figures: cut → connected, resumed, first message.
+"""
 
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
 """Running scenarios one after another: the options, the failures, the summary, the plot.
 
-``python -m bench [SCENARIO ...] [options]`` (:mod:`bench.__main__` holds the
-registry). The scenario names come first; without one, every default scenario
-runs, in order. Each scenario parses the options itself (the common ones, then
-its own from ``add_arguments``): an option goes to every scenario of the run
-that takes it and is ignored by the others; an option that none of them takes
-is an error. Then each scenario runs in turn: one that fails (an exception, or
-a non-zero return) is reported and the run goes on with the next, the exit
-status saying it failed. At the end the run reads back what the scenarios wrote
-to the results JSON, checks that each wrote its entry and lost no message
-(:func:`bench.summary.lost_fields`), and prints the summary across scenarios
-(headline per system per scenario, targets), adds it and the machine to the
-JSON, draws the PNG (:mod:`bench.plot`) and, for a full run that is not
-``--quick``, rewrites the ``## summary`` section of RESULTS.md.
+Scenario names come first; each scenario parses the common options and its own (an
+option no selected scenario takes is an error). A failing scenario is reported and the
+run goes on. At the end: every entry checked for lost messages, the summary printed and
+added to the JSON, the PNG drawn and, for a clean full run, ``## summary`` of RESULTS.md
+rewritten.
 """
 
 from __future__ import annotations

@@ -1,36 +1,13 @@
 """``python -m bench storm``: every session's transport cut at once, then all resume.
 
-Per pass, a fresh daemon (``python -m sessiond serve --app echo``, its own
-process, pinned as :mod:`bench.processes` does) and N sessions opened against
-it (1,000 and 10,000 by default) from this process, the load generator,
-pinned to the other core. Then:
-
-1. *load*: every session sends a few messages (4 by default) to the echo app,
-   and its socket is set to reset when closed (``SO_LINGER`` 0);
-2. *cut*: right after, every transport is aborted, in one loop, without
-   reading anything: the echoes already on their way, and whatever the server
-   had not yet read, are lost with the transports, so each session has
-   messages in flight or unacknowledged in both directions;
-3. *storm*: at once, every session reconnects and resumes (protocol.md §4),
-   with no backoff (the client library's would spread the reconnects out; this
-   measures the server), at most *concurrency* handshakes in flight (100 by
-   default: one load-generator process cannot usefully keep more going; the
-   daemon's listen backlog is 4096), each from a fresh loopback
-   source address (127.x.y.z, fewer sessions per address than the daemon's
-   ``max_transports_per_peer`` of 256, and not the addresses of the cut
-   transports, which the server may not have closed yet).
-
-Measured from the start of the cut: until every session is resumed (WELCOME
-in), and until every session has received all its echoes, replayed or new,
-each compared with the payloads it sent, in order; per session, the same
-(p50, p99, max). Lost messages must be 0: a pass fails if any session was
-answered with a new session instead of its own, or saw a gap or a duplicate
-(the core closes with SEQUENCE_ERROR), or did not get every echo, and each
-session's core must end with sent = received = consumed. The server's RSS
-before the cut, its peak during the storm (``VmHWM`` after resetting it through
-``/proc/PID/clear_refs`` just before the load) and after, and both processes'
-CPU seconds over the storm. Target (issue 5): 10,000 sessions fully resumed
-within 5 s with zero loss.
+Per pass a fresh daemon (echo app) and N sessions (1,000 and 10,000): each sends a few
+messages with ``SO_LINGER`` 0 set, every transport is aborted in one loop (echoes and
+unread input lost with them), then every session reconnects and resumes at once
+(protocol.md §4; no backoff, at most ``--concurrency`` handshakes in flight, fresh
+127.x.y.z source addresses). Measured from the cut: until all are resumed and until all
+have every echo back (checked in order; a new session, a gap or a duplicate fails the
+pass), per session p50/p99/max, the server's RSS (before, peak ``VmHWM``, after) and both
+sides' CPU. Target (issue 5): 10,000 sessions resumed within 5 s with zero loss.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """The summary across scenarios: headline figures, targets, and what every run must show.
 
-A scenario module may define two optional functions that a run of
-``python -m bench`` calls on the entry it wrote to the results JSON:
-
-* ``headlines(entry) -> list[Headline]``: its headline figure per system, one
-  :class:`Headline` per case (``1 session, 64 B``, ``10,000/s``...), each cell
-  already formatted;
-* ``targets(entry, run) -> list[Target]``: the issue's targets it can judge;
-  *run* holds every entry of the same run by scenario name, so a target that
-  needs another scenario's figure (a rate at an equal or better p99) can use it.
-
-A scenario without them still gets a row saying where its figures are.
-:func:`lost_fields` checks any entry for messages lost, whatever its layout:
-every number under a key named ``lost`` (or ending in ``_lost``) must be 0.
-:func:`markdown` writes the ``## summary`` section.
+A scenario may define ``headlines(entry) -> list[Headline]`` (its headline figure per
+system and case) and ``targets(entry, run) -> list[Target]`` (*run*: every entry of the
+run by scenario, for targets needing another scenario's figure). :func:`lost_fields`
+finds any non-zero ``lost``/``duplicates``; :func:`markdown` writes ``## summary``.
 """
 
 from __future__ import annotations
