@@ -588,15 +588,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         )
     lines += [
         markdown_table(
-            [
-                "payload",
-                "core msg/s",
-                "bare msg/s",
-                "bare is",
-                "core/bare",
-                "core-batch msg/s",
-                "core-batch/bare",
-            ],
+            "payload|core msg/s|bare msg/s|bare is|core/bare|core-batch msg/s|core-batch/bare",
             rows,
         )
     ]

@@ -464,17 +464,8 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "a TLS session's memory.",
         "",
         markdown_table(
-            [
-                "sessions",
-                "RSS per session",
-                "server CPU idle",
-                "loadgen CPU idle",
-                "RSS before",
-                "RSS with sessions",
-                "handshakes/s",
-                "server ms CPU/handshake",
-                "lost",
-            ],
+            "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"
+            "|RSS with sessions|handshakes/s|server ms CPU/handshake|lost",
             rows,
         ),
         "",

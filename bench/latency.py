@@ -184,23 +184,8 @@ def latency_table(by_rate: Json, names: Sequence[str]) -> str:
                 ]
             )
     return markdown_table(
-        [
-            "payload",
-            "offered",
-            "system",
-            "conns",
-            "achieved msg/s",
-            "p50 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "max µs",
-            "server core busy",
-            "loadgen core busy",
-            "loadgen µs CPU/msg",
-            "cores full",
-            "late",
-            "lost",
-        ],
+        "payload|offered|system|conns|achieved msg/s|p50 µs|p99 µs|p99.9 µs|max µs"
+        "|server core busy|loadgen core busy|loadgen µs CPU/msg|cores full|late|lost",
         rows,
     )
 

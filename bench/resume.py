@@ -590,20 +590,8 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "likewise, else `round-trip`.",
         "",
         markdown_table(
-            [
-                "payload",
-                "pass",
-                "cuts",
-                "in flight",
-                "client replayed",
-                "sent / echoed",
-                "core seq sent / received",
-                "lost / duplicates",
-                "echo msg/s",
-                "server CPU",
-                "loadgen CPU",
-                "bound",
-            ],
+            "payload|pass|cuts|in flight|client replayed|sent / echoed|core seq sent / received"
+            "|lost / duplicates|echo msg/s|server CPU|loadgen CPU|bound",
             rows,
         ),
         "",

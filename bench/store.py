@@ -422,17 +422,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             )
     lines += [
         markdown_table(
-            [
-                "sessions",
-                "store",
-                "msg/s",
-                "÷ memory",
-                "daemon µs CPU/msg",
-                "redis µs CPU/msg",
-                "cmd/msg",
-                "bound",
-                "lost",
-            ],
+            "sessions|store|msg/s|÷ memory|daemon µs CPU/msg|redis µs CPU/msg|cmd/msg|bound|lost",
             rows,
             left=2,
         ),

@@ -661,22 +661,9 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         )
     lines += [
         markdown_table(
-            [
-                "payload",
-                "sessions",
-                "msgs each",
-                "handshakes in flight",
-                "cut → all resumed (s)",
-                "cut → all caught up (s)",
-                "per session p50 / p99",
-                "resumes/s",
-                "lost",
-                "server CPU",
-                "server ms CPU/session",
-                "server RSS before / peak / after",
-                "loadgen core busy",
-                "cores full",
-            ],
+            "payload|sessions|msgs each|handshakes in flight|cut → all resumed (s)"
+            "|cut → all caught up (s)|per session p50 / p99|resumes/s|lost|server CPU"
+            "|server ms CPU/session|server RSS before / peak / after|loadgen core busy|cores full",
             rows,
         ),
         "",

@@ -372,23 +372,8 @@ def echo_table(entry: Json) -> str:
                     ]
                 )
     return markdown_table(
-        [
-            "sessions",
-            "payload",
-            "system",
-            "msg/s",
-            "÷ ceiling",
-            "÷ mosquitto",
-            "÷ nats",
-            "server CPU s/M msg",
-            "server core busy",
-            "loadgen core busy",
-            "loadgen µs CPU/msg",
-            "msgs/read",
-            "bound",
-            "cores full",
-            "lost",
-        ],
+        "sessions|payload|system|msg/s|÷ ceiling|÷ mosquitto|÷ nats|server CPU s/M msg"
+        "|server core busy|loadgen core busy|loadgen µs CPU/msg|msgs/read|bound|cores full|lost",
         rows,
     )
 
