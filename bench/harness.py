@@ -249,11 +249,12 @@ def scenario(
 def option(
     parser: argparse.ArgumentParser, name: str, kind: Any, full: Any, quick: Any = None, **kw: Any
 ) -> None:
-    """``--NAME`` (default None: the scenario reads it with :meth:`Context.given`); its help
-    ends with the full-run and ``--quick`` defaults."""
+    """``--NAME``, its help ending with the full-run and ``--quick`` defaults. Without a
+    *quick* default a number defaults to *full*, else None (read it with :func:`given`)."""
     shown = f"default {full}" + ("" if quick is None else f"; --quick {quick}")
     kw["help"] = f"{kw.get('help', '')} ({shown})".lstrip()
-    parser.add_argument(f"--{name.replace('_', '-')}", type=kind, **kw)
+    default = full if quick is None and not isinstance(full, str) else None
+    parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, **kw)
 
 
 def positive(args: argparse.Namespace, *names: str) -> None:

@@ -27,10 +27,14 @@ from . import BenchError
 from .core import POOL, make_pool
 from .harness import (
     Context,
+    counts,
     full_cores_cell,
+    given,
     header,
+    option,
     other_load,
     other_load_note,
+    positive,
     quantiles,
     scenario,
 )
@@ -62,13 +66,7 @@ HELP = "1,000 and 10,000 sessions cut at once, then all resume: seconds, loss, s
 
 SCENARIO = "storm"
 SIZE = 64
-DEFAULT_SESSIONS = (1_000, 10_000)
-QUICK_SESSIONS = (20, 100)
-DEFAULT_IN_FLIGHT = 4
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 2
 SETTLE_SECONDS = 0.5  # after opening, before the load: the server's handshake work is done
-TIME_LIMIT = 60.0  # the storm must be over (every echo back) within this
 HANDSHAKE_TIMEOUT = 10.0  # per connection and handshake
 #: Target (issue 5): this many sessions fully resumed within TARGET_SECONDS, nothing lost.
 TARGET_SESSIONS = 10_000
@@ -421,62 +419,22 @@ def summarise(results: list[StormResult], sizes: Sequence[int]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sessions",
-        default=None,
-        metavar="N,N",
-        help="sessions per storm, comma-separated (default "
-        f"{','.join(map(str, DEFAULT_SESSIONS))}; --quick {','.join(map(str, QUICK_SESSIONS))}); "
-        "--messages: at most this many messages in flight per storm, over all its sessions "
-        "(fewer per session than --in-flight where needed)",
-    )
-    parser.add_argument(
-        "--in-flight",
-        type=int,
-        default=DEFAULT_IN_FLIGHT,
-        metavar="N",
-        help=f"messages each session sends just before the cut (default {DEFAULT_IN_FLIGHT})",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        help=f"handshakes in flight while opening and while resuming (default "
-        f"{DEFAULT_CONCURRENCY}; the daemon's listen backlog is 4096)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"a storm fails unless every echo is back within this (default {TIME_LIMIT:g})",
-    )
+    option(parser, "sessions", str, "1000,10000", "20,100", metavar="N,N",
+           help="sessions per storm (--messages: most in flight per storm)")  # fmt: skip
+    option(parser, "in_flight", int, 4, metavar="N", help="messages per session at the cut")
+    option(parser, "concurrency", int, DEFAULT_CONCURRENCY, help="handshakes in flight")
+    option(parser, "time_limit", float, 60.0, metavar="S", help="seconds for every echo back")
 
 
 def plan_from(args: argparse.Namespace) -> StormPlan:
-    quick: bool = args.quick
-    sizes: tuple[int, ...]
-    if args.sessions is None:
-        sizes = QUICK_SESSIONS if quick else DEFAULT_SESSIONS
-    else:
-        try:
-            sizes = tuple(int(part) for part in args.sessions.split(","))
-        except ValueError:
-            raise BenchError(f"--sessions {args.sessions!r}: expected N or N,N,...") from None
-    in_flight: int = args.in_flight
-    repeat: int = (
-        (QUICK_REPEAT if quick else DEFAULT_REPEAT) if args.repeat is None else args.repeat
+    sizes = counts(given(args, "sessions", "1000,10000", "20,100"), "--sessions")
+    repeat = given(args, "repeat", 3, 2)
+    positive(args, "repeat", "concurrency", "messages", "time_limit")
+    if not 1 <= args.in_flight <= Params().window_messages:
+        raise BenchError(f"--in-flight must be 1..{Params().window_messages}")
+    return StormPlan(
+        sizes, args.in_flight, repeat, args.concurrency, args.time_limit, args.messages
     )
-    window = Params().window_messages
-    if not sizes or min(sizes) < 1 or repeat < 1 or args.concurrency < 1:
-        raise BenchError("--sessions, --repeat and --concurrency must be at least 1")
-    if not 1 <= in_flight <= window:
-        raise BenchError(f"--in-flight must be 1..{window}")
-    if args.messages is not None and args.messages < 1:
-        raise BenchError("--messages must be at least 1")
-    if args.time_limit <= 0:
-        raise BenchError("--time-limit must be positive")
-    return StormPlan(sizes, in_flight, repeat, args.concurrency, args.time_limit, args.messages)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -608,24 +566,15 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     config = entry["config"]
     lines = header(entry, commit, path)
     lines += [
-        f"Per storm, a fresh daemon (echo app) and N sessions opened from one load-generator "
-        "process; then each session sends a few messages (*msgs each*) of "
-        f"{config['payload_size']} B and, right after, every transport is cut in one loop "
-        "(`SO_LINGER` 0 and `transport.abort()`: a reset), nothing read in between, so "
-        "messages are in flight or unacknowledged both ways. At once, with no backoff (the "
-        "client library would spread its reconnects; this measures the server), every session "
-        f"reconnects and resumes, at most {config['concurrency']} handshakes in flight (the "
-        "bench's bound; the daemon's listen backlog is 4096), each from a fresh loopback source "
-        f"address (≤ {config['sessions_per_source_address']} sessions per 127.x.y.z: the "
-        "daemon's `max_transports_per_peer` is 256). Times from the start of the cut loop: "
-        "*all resumed*: the last WELCOME; *all caught up*: the last session has every echo of "
-        "its messages, replayed or new, compared in order with what it sent. Seconds: median "
-        f"[min-max] over {config['repeat']} storms per size; *per session*: median of each "
-        "storm's percentile of cut → that session's last echo. *lost*: echoes the sessions "
-        "found missing, counted as they came (a storm with a lost session, a gap or a "
-        "duplicate fails instead). Server "
-        "RSS (MiB, median): before the load, peak during the storm (`VmHWM`, reset just "
-        "before), after; CPU seconds over the storm (share of one core: busy / wall).",
+        "Per storm, a fresh daemon (echo app) and N sessions; each sends *msgs each* messages "
+        f"of {config['payload_size']} B and every transport is then reset in one loop, "
+        "nothing read in between. At once, with no backoff, every session resumes, at most "
+        f"{config['concurrency']} handshakes in flight, each from a fresh 127.x.y.z address "
+        f"(≤ {config['sessions_per_source_address']} sessions each). From the cut: *all "
+        "resumed* (the last WELCOME) and *all caught up* (the last session has every echo, "
+        f"checked in order); median [min-max] over {config['repeat']} storms per size; *per "
+        "session*: medians of each storm's percentiles; *lost*: echoes found missing. Server "
+        "RSS (MiB): before the load, peak (`VmHWM`, reset before), after; CPU over the storm.",
         "",
     ]
     rows = []
