@@ -26,7 +26,10 @@ from .core import POOL, make_pool
 from .harness import (
     Context,
     full_cores_cell,
+    given,
     header,
+    legend,
+    option,
     other_load,
     other_load_note,
     positive,
@@ -43,18 +46,12 @@ HELP = "one session, ~1,000 messages in flight, its transport cut 200 times: tim
 
 SCENARIO = "resume"
 SIZE = 64
-DEFAULT_CUTS = 200
-QUICK_CUTS = 5
-DEFAULT_MESSAGES = 200_000
-QUICK_MESSAGES = 6_000
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 DEFAULT_WINDOW = 1000
+TIME_LIMIT = 60.0  # seconds of sending per pass; then it drains
 #: Messages echoed between two cuts at the least (on average, more).
 MIN_GAP = 100
 WARMUP_CUTS = 5
 WARMUP_MESSAGES = 6_000
-TIME_LIMIT = 60.0  # seconds per pass: no message is sent after this; then the pass drains
 CONNECT_TIMEOUT = 10.0
 DRAIN_SECONDS = 30.0
 SEED = 20261122
@@ -355,36 +352,15 @@ def summarise(passes: list[ResumePass]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cuts",
-        type=int,
-        metavar="N",
-        help=f"cuts per pass (default {DEFAULT_CUTS}; --quick {QUICK_CUTS}); "
-        f"--messages: messages echoed per pass (default {DEFAULT_MESSAGES:,}; "
-        f"--quick {QUICK_MESSAGES:,})",
-    )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=DEFAULT_WINDOW,
-        help=f"messages in flight, sent and not yet echoed (default {DEFAULT_WINDOW})",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"at most this many seconds of sending per pass (default {TIME_LIMIT:g})",
-    )
+    option(parser, "cuts", int, 200, 5, metavar="N", help="cuts per pass (--messages: echoed)")
+    option(parser, "window", int, DEFAULT_WINDOW, metavar="W", help="messages in flight")
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds of sending")
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "cuts", "repeat", "window", "time_limit")
-    quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    cuts: int = args.cuts or (QUICK_CUTS if quick else DEFAULT_CUTS)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    window: int = args.window
+    messages, cuts = given(args, "messages", 200_000, 6_000), given(args, "cuts", 200, 5)
+    repeat, window = given(args, "repeat", 3, 3), args.window
     if window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
     cut_gaps(messages, cuts, random.Random(SEED))  # enough messages?
@@ -514,19 +490,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     lines = header(entry, commit, path)
     lines += [
         f"One session (echo app), {config['window']:,} messages of {config['payload_size']} B "
-        f"in flight, {config['cuts']} cuts per pass, each after about "
-        f"{config['messages'] // (config['cuts'] + 1):,} echoes since the previous resume "
-        f"(at least {config['messages']:,} messages per pass: a pass goes on until its last "
-        f"cut), {config['repeat']} passes after a warm-up pass. A cut: the client "
-        "cuts its transport right after writing a batch (`SO_LINGER` 0 and "
-        "`transport.abort()`: the daemon gets a reset; whatever either kernel still held for "
-        "the other is lost) and at once, with no backoff, connects again and resumes (HELLO "
-        "with its last received sequence number, protocol.md §4). The load generator drives "
-        "the protocol core "
-        "(`bench/resume.py`, `bench/resuming.py`), not the client library, "
-        "so the figures are the daemon's and the protocol's. Times from the instant before "
-        "`abort()`; percentiles over every cut of every pass (nearest rank); *per pass*: "
-        "median [min-max] of each pass's own percentile.",
+        f"in flight, {config['cuts']} cuts per pass (one every "
+        f"{config['messages'] // (config['cuts'] + 1):,} echoes or so, at least "
+        f"{config['messages']:,} messages per pass), {config['repeat']} passes after a warm-up. "
+        "A cut: right after writing a batch the client resets its transport (`SO_LINGER` 0, "
+        "`abort()`) and at once resumes (HELLO with its last received sequence number, "
+        "protocol.md §4), driving the protocol core (`bench/resuming.py`), not the client "
+        "library. Times from just before `abort()`; percentiles over every cut (nearest rank); "
+        "*per pass*: median [min-max] of each pass's percentile.",
         "",
     ]
     rows = []
@@ -576,18 +547,10 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             ]
         )
     lines += [
-        "Per pass. *in flight*: messages sent and not yet echoed back at a cut (median); "
-        "*client replayed*: messages the client sent again after a resume because the "
-        "server had not received them (median); *sent / echoed*: messages sent and "
-        "echoes checked in order; *core seq*: the client core's last sent and last received "
-        "sequence numbers at the end; *lost / duplicates*: echoes the checker found missing "
-        "or repeated, counted as each came back (the core also closes the transport with "
-        "SEQUENCE_ERROR on a gap or a duplicate, which fails the pass); CPU seconds "
-        "over the whole pass "
-        "(share of one "
-        f"core); *bound*: `client` when the load generator kept more than "
-        f"{config['client_bound_threshold']:.0%} of its core busy (client-bound), `server` "
-        "likewise, else `round-trip`.",
+        "Per pass. *in flight*: sent, not yet echoed at a cut (median); *client replayed*: "
+        "sent again after a resume (median); *core seq*: the client core's last sent and "
+        "received sequence numbers; *lost / duplicates*: counted as each echo came back; CPU "
+        "over the whole pass (share of one core). " + legend(entry),
         "",
         markdown_table(
             "payload|pass|cuts|in flight|client replayed|sent / echoed|core seq sent / received"
@@ -599,12 +562,6 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         f"{full_cores_cell(summary['cores_full'])}.",
         "",
         *other_load_note(summary["other_load_share"]),
-    ]
-    lines += [
-        "The daemon runs with every setting at its default. A resume that reaches it "
-        "before it has read the old transport up to its reset takes over (protocol.md "
-        "§9.1); a takeover by a valid resume is never refused (§9.2).",
-        "",
     ]
     target = entry["target"]
     lines.append(
