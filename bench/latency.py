@@ -23,8 +23,11 @@ from . import BenchError, systems
 from .core import make_pool
 from .harness import (
     Context,
+    counts,
     full_cores_cell,
+    given,
     header,
+    option,
     other_load,
     other_load_note,
     scenario,
@@ -47,10 +50,6 @@ RATES = (1_000, 10_000)
 #: the event loop timers' resolution.
 PER_CONNECTION_RATE = 1_000
 SIZE = 64
-DEFAULT_DURATION = 5.0
-QUICK_DURATION = 0.1
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 WARMUP_SECONDS = 0.5
 #: Beyond its duration, a pass may run this long (slow replies) before no more pings go.
 TIME_LIMIT = 10.0
@@ -191,18 +190,12 @@ def latency_table(by_rate: Json, names: Sequence[str]) -> str:
 
 
 LATENCY_NOTES = (
-    "Round trip: from the moment a ping is handed to the transport until its echo is read "
-    "back (for a ping held back because the previous reply came after its scheduled time "
-    "- *late* - from its scheduled time instead, so slow replies also show in the pings "
-    "they delayed). Percentiles from an HDR-style log-linear histogram (< 0.8 % bucket "
-    "error, a bucket's highest value reported); each cell is the median [min-max] over "
-    "the passes. *server/loadgen core busy*: CPU seconds over wall seconds of the pass "
-    "(server: `/proc/PID/task/*/schedstat`, ns; loadgen: `time.process_time`); "
-    "*client-bound*: passes whose "
-    "load generator kept more than 90 % of its core busy, where the figure says more about "
-    "the client than the server; *cores full*: passes in which a pinned core was more than "
-    "90 % busy counting other processes on it (see below), so that side could not go faster "
-    "on this machine."
+    "Round trip: from the ping handed to the transport until its echo is read (for a "
+    "*late* ping, held back by a slow reply, from its scheduled time). Percentiles from an "
+    "HDR-style histogram (< 0.8 % bucket error, a bucket's highest value); median [min-max] "
+    "over the passes. *core busy*: CPU over wall seconds of the pass; *client-bound*: the "
+    "load generator above 90 % of its core; *cores full*: a pinned core above 90 % "
+    "counting other processes."
 )
 
 
@@ -210,63 +203,23 @@ LATENCY_NOTES = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--rates",
-        default=",".join(str(rate) for rate in RATES),
-        metavar="R,R",
-        help="offered messages/s in total, comma-separated (default "
-        f"{','.join(str(rate) for rate in RATES)})",
-    )
-    parser.add_argument(
-        "--per-connection-rate",
-        type=int,
-        default=PER_CONNECTION_RATE,
-        metavar="R",
-        help="messages/s per connection: connections = rate / this, rounded up "
-        f"(default {PER_CONNECTION_RATE})",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        metavar="S",
-        help=f"seconds per pass (default {DEFAULT_DURATION:g}; --quick {QUICK_DURATION:g})",
-    )
-    parser.add_argument(
-        "--size", type=int, default=SIZE, help=f"payload bytes (default {SIZE}, at least 8)"
-    )
+    option(parser, "rates", str, "1000,10000", metavar="R,R", help="offered messages/s in all")
+    option(parser, "per_connection_rate", int, PER_CONNECTION_RATE, metavar="R",
+           help="messages/s per connection: connections = rate / this, rounded up")  # fmt: skip
+    option(parser, "duration", float, 5.0, 0.1, metavar="S", help="seconds per pass")
+    option(parser, "size", int, SIZE, help="payload bytes, at least 8")
     systems.add_arguments(parser)
 
 
-def parse_rates(text: str) -> tuple[int, ...]:
-    try:
-        rates = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BenchError(f"--rates {text!r}: expected integers separated by commas") from None
-    if not rates or any(rate < 1 for rate in rates):
-        raise BenchError("--rates: at least one rate, each at least 1")
-    return rates
-
-
 def plan_from(args: argparse.Namespace) -> LatencyPlan:
-    """The latency plan the options ask for (``--messages`` does not apply: a pass is
-    ``--duration`` at each rate)."""
-    quick: bool = args.quick
-    duration: float = args.duration
-    if duration is None:
-        duration = QUICK_DURATION if quick else DEFAULT_DURATION
-    repeat: int = args.repeat
-    if repeat is None:
-        repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
+    """The plan the options ask for (a pass is ``--duration`` at each rate)."""
+    duration, repeat = given(args, "duration", 5.0, 0.1), given(args, "repeat", 3, 3)
     if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
         raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
+    rates = counts(args.rates or ",".join(map(str, RATES)), "--rates")
+    warmup = 0.0 if args.quick else min(duration, WARMUP_SECONDS)
     return LatencyPlan(
-        parse_rates(args.rates),
-        args.per_connection_rate,
-        args.size,
-        duration,
-        repeat,
-        TIME_LIMIT,
-        0.0 if quick else min(duration, WARMUP_SECONDS),
+        rates, args.per_connection_rate, args.size, duration, repeat, TIME_LIMIT, warmup
     )
 
 
