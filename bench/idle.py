@@ -26,8 +26,10 @@ from . import BenchError
 from .harness import (
     Context,
     counts,
+    given,
     header,
     notes_lines,
+    option,
     positive,
     scenario,
     spread_cell,
@@ -48,21 +50,11 @@ from .tls import make_certificate, tls_daemon_argv
 HELP = "1,000 and 10,000 idle sessions (1,000 and 3,000 over TLS), heartbeats on: RSS/session, CPU"
 
 SCENARIO = "idle"
-COUNTS = (1_000, 10_000)
-QUICK_COUNTS = (20, 100)
-#: Idle sessions over TLS (devices connect over TLS in production): what a fleet pays.
-TLS_COUNTS = (1_000, 3_000)
-QUICK_TLS_COUNTS = (20,)
 TCP, TLS = "tcp", "tls"
 #: A bare TLS connection to the ceiling (bench/ceiling.py), no session: the transport's share.
 CEILING_TLS = "tls-ceiling"
 #: A TLS handshake per session, many at once, on a loaded machine: a generous bound.
 HANDSHAKE_TIMEOUT = 30.0
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
-DEFAULT_IDLE_SECONDS = 15.0  # one default heartbeat interval: every session beats once
-QUICK_IDLE_SECONDS = 0.2
-DEFAULT_HEARTBEAT = Params().heartbeat_interval
 #: Waits for the server to settle before reading its RSS.
 SETTLE_SECONDS = 1.0
 QUICK_SETTLE_SECONDS = 0.1
@@ -216,54 +208,23 @@ async def measure_bare(proc: ServerProcess, plan: IdlePlan, ssl: SSLContext) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--idle-sessions",
-        metavar="N,N",
-        help="idle sessions per measurement, comma-separated (default "
-        f"{','.join(str(c) for c in COUNTS)}; --quick {','.join(str(c) for c in QUICK_COUNTS)})",
-    )
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        metavar="S",
-        help=f"the CPU window (default {DEFAULT_IDLE_SECONDS:g}; --quick {QUICK_IDLE_SECONDS:g})",
-    )
-    parser.add_argument(
-        "--heartbeat",
-        type=float,
-        default=DEFAULT_HEARTBEAT,
-        metavar="S",
-        help="heartbeat interval the clients propose in HELLO "
-        f"(default {DEFAULT_HEARTBEAT:g}, the protocol default)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        help=f"handshakes in flight while opening (default {DEFAULT_CONCURRENCY})",
-    )
-    parser.add_argument(
-        "--tls-sessions",
-        metavar="N,N",
-        help="idle sessions over TLS per measurement, comma-separated; 0: none (default "
-        f"{','.join(map(str, TLS_COUNTS))}; --quick {','.join(map(str, QUICK_TLS_COUNTS))})",
-    )
+    option(parser, "idle_sessions", str, "1000,10000", "20,100", metavar="N,N",
+           help="idle sessions per measurement")  # fmt: skip
+    option(parser, "idle_seconds", float, 15.0, 0.2, metavar="S", help="the CPU window")
+    option(parser, "heartbeat", float, Params().heartbeat_interval, metavar="S",
+           help="heartbeat interval the clients propose")  # fmt: skip
+    option(parser, "concurrency", int, DEFAULT_CONCURRENCY, help="handshakes in flight")
+    option(parser, "tls_sessions", str, "1000,3000", "20", metavar="N,N",
+           help="idle sessions over TLS per measurement; 0: none")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "repeat", "concurrency", "idle_seconds", "heartbeat")
-    quick = bool(args.quick)
-    given = args.idle_sessions
-    sizes = counts(given, "--idle-sessions") if given else (QUICK_COUNTS if quick else COUNTS)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    idle: float = args.idle_seconds or (QUICK_IDLE_SECONDS if quick else DEFAULT_IDLE_SECONDS)
-    settle = QUICK_SETTLE_SECONDS if quick else SETTLE_SECONDS
-    tls_given = args.tls_sessions
-    tls_sizes = (
-        tuple(n for n in map(int, tls_given.split(",")) if n > 0)
-        if tls_given
-        else (QUICK_TLS_COUNTS if quick else TLS_COUNTS)
-    )
+    sizes = counts(given(args, "idle_sessions", "1000,10000", "20,100"), "--idle-sessions")
+    repeat, idle = given(args, "repeat", 3, 3), given(args, "idle_seconds", 15.0, 0.2)
+    settle = QUICK_SETTLE_SECONDS if args.quick else SETTLE_SECONDS
+    tls = given(args, "tls_sessions", "1000,3000", "20")
+    tls_sizes = () if tls.strip() == "0" else counts(tls, "--tls-sessions")
     banner = (
         f"{', '.join(f'{c:,}' for c in sizes)} sessions (TLS: "
         f"{', '.join(f'{c:,}' for c in tls_sizes) or 'none'}) x {repeat}, idle for {idle:g} s"
