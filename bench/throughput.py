@@ -26,7 +26,9 @@ from .harness import (
     Context,
     counts,
     full_cores_cell,
+    given,
     header,
+    option,
     other_load,
     other_load_note,
     positive,
@@ -51,15 +53,10 @@ HELP = "windowed echo msg/s, 1 and 100 sessions: sessiond vs the raw ceiling, mo
 
 SCENARIO = "throughput"
 SIZES = (64, 1024)
-SESSIONS = (1, 100)
-#: A toy run opens fewer connections per many-session pass (opening them is most of it).
-QUICK_SESSIONS = (1, 10)
 #: A full pass is bounded by time (TIME_LIMIT): a second or more of every system, so
 #: that its CPU figures rest on more than a few scheduler ticks; this only caps it.
 DEFAULT_MESSAGES = 20_000_000
 QUICK_MESSAGES = 1_000
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 #: Messages in flight per session: one session keeps a deep window; with many,
 #: each keeps less (100 x 128 is still 12,800 in flight, 12.5 MiB at 1 KiB).
 ONE_SESSION_WINDOW = 1024
@@ -92,31 +89,15 @@ def plural(count: int) -> str:
 
 def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
     """``--window`` and ``--time-limit``: an echo pass's shape (bench/store.py too)."""
-    parser.add_argument(
-        "--window",
-        type=int,
-        metavar="W",
-        help=f"messages in flight per session (default {ONE_SESSION_WINDOW} with one session, "
-        f"{MANY_SESSIONS_WINDOW} each with more)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"at most this many seconds per pass (default {TIME_LIMIT:g})",
-    )
+    shown = f"{ONE_SESSION_WINDOW} with one session, {MANY_SESSIONS_WINDOW} each with more"
+    option(parser, "window", int, shown, metavar="W", help="messages in flight per session")
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds per pass")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     systems.add_arguments(parser)
-    parser.add_argument(
-        "--sessions",
-        metavar="N,N",
-        help="sessions (connections) per pass, comma-separated; the messages are shared out "
-        f"over them (default {','.join(map(str, SESSIONS))}; --quick "
-        f"{','.join(map(str, QUICK_SESSIONS))})",
-    )
+    option(parser, "sessions", str, "1,100", "1,10", metavar="N,N",
+           help="sessions per pass, the messages shared out over them")  # fmt: skip
     add_pass_arguments(parser)
 
 
@@ -126,13 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "time_limit")
     quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    sessions = (
-        counts(args.sessions, "--sessions")
-        if args.sessions
-        else (QUICK_SESSIONS if quick else SESSIONS)
-    )
+    messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
+    repeat = given(args, "repeat", 3, 3)
+    sessions = counts(given(args, "sessions", "1,100", "1,10"), "--sessions")
     windows = {count: window_for(count, args.window) for count in sessions}
     if not all(1 <= window <= POOL // 2 for window in windows.values()):
         raise BenchError(f"--window must be 1..{POOL // 2}")
