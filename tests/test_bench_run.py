@@ -67,11 +67,11 @@ def test_the_summary_is_printed_and_kept_with_the_plot(whole: BenchRun) -> None:
     plot = whole.json_path.with_suffix(".png")
     assert plot.read_bytes().startswith(PNG)
     assert run["plot"].endswith(plot.name)
-    # a panel per payload size, per offered rate, resume, storm, and per kind of fanout pass
+    # a panel per payload size, per offered rate, resume, storm, idle, tls, per kind of fanout pass
     entries = whole.document["scenarios"]
     sizes = {size for by_size in entries["throughput"]["echo"].values() for size in by_size}
     fanouts = sum(len(by_load) for by_load in entries["fanout"]["fanout"].values())
-    assert len(panels(entries)) == len(sizes) + len(entries["latency"]["rates"]) + 2 + fanouts
+    assert len(panels(entries)) == len(sizes) + len(entries["latency"]["rates"]) + 4 + fanouts
 
 
 def _echo_passes(stats: dict[str, Any], repeat: int, messages: int, sessions: int) -> None:
