@@ -659,7 +659,7 @@ def _numbers(text: str, option: str) -> tuple[float, ...]:
 
 def _plan(args: argparse.Namespace) -> FanoutPlan:
     messages = given(args, "messages", 1_000, 100)
-    repeat, subscribers = given(args, "repeat", 3, 3), given(args, "subscribers", 1_000, 20)
+    repeat, subscribers = given(args, "repeat", 3, 2), given(args, "subscribers", 1_000, 20)
     window, time_limit = given(args, "window", WINDOW, WINDOW), args.time_limit or TIME_LIMIT
     if min(messages, repeat, subscribers, window) < 1:
         raise BenchError("--messages, --repeat, --subscribers and --window must be >= 1")

@@ -221,7 +221,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     positive(args, "repeat", "concurrency", "idle_seconds", "heartbeat")
     sizes = counts(given(args, "idle_sessions", "1000,10000", "20,100"), "--idle-sessions")
-    repeat, idle = given(args, "repeat", 3, 3), given(args, "idle_seconds", 15.0, 0.2)
+    repeat, idle = given(args, "repeat", 3, 2), given(args, "idle_seconds", 15.0, 0.2)
     settle = QUICK_SETTLE_SECONDS if args.quick else SETTLE_SECONDS
     tls = given(args, "tls_sessions", "1000,3000", "20")
     tls_sizes = () if tls.strip() == "0" else counts(tls, "--tls-sessions")

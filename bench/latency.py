@@ -213,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan_from(args: argparse.Namespace) -> LatencyPlan:
     """The plan the options ask for (a pass is ``--duration`` at each rate)."""
-    duration, repeat = given(args, "duration", 5.0, 0.1), given(args, "repeat", 3, 3)
+    duration, repeat = given(args, "duration", 5.0, 0.1), given(args, "repeat", 3, 2)
     if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
         raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
     rates = counts(args.rates or ",".join(map(str, RATES)), "--rates")

@@ -360,7 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "cuts", "repeat", "window", "time_limit")
     messages, cuts = given(args, "messages", 200_000, 6_000), given(args, "cuts", 200, 5)
-    repeat, window = given(args, "repeat", 3, 3), args.window
+    repeat, window = given(args, "repeat", 3, 2), args.window
     if window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
     cut_gaps(messages, cuts, random.Random(SEED))  # enough messages?

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "time_limit")
     quick = bool(args.quick)
     messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
-    repeat = given(args, "repeat", 3, 3)
+    repeat = given(args, "repeat", 3, 2)
     sessions = counts(given(args, "sessions", "1,100", "1,10"), "--sessions")
     windows = {count: window_for(count, args.window) for count in sessions}
     if not all(1 <= window <= POOL // 2 for window in windows.values()):

@@ -76,7 +76,7 @@ def test_the_summary_is_printed_and_kept_with_the_plot(whole: BenchRun) -> None:
 
 def _echo_passes(stats: dict[str, Any], repeat: int, messages: int, sessions: int) -> None:
     repetitions = stats["repetitions"]
-    assert len(repetitions) == repeat >= 3
+    assert len(repetitions) == repeat >= 2
     for rep in repetitions:
         assert rep["sessions"] == sessions
         assert rep["rate"] > 0
@@ -122,7 +122,7 @@ def test_latency_pings_every_system_and_keeps_the_histograms(whole: BenchRun) ->
         for name, stats in by_system.items():
             assert stats["connections"] == config["connections"][rate]
             repetitions = stats["repetitions"]
-            assert len(repetitions) == config["repeat"] >= 3, (rate, name)
+            assert len(repetitions) == config["repeat"] >= 2, (rate, name)
             for rep in repetitions:
                 assert rep["sent"] == rep["received"] > 0, (rate, name)
                 trips = rep["round_trip_us"]
@@ -148,7 +148,7 @@ def test_idle_opens_every_session_each_time_against_a_fresh_daemon(whole: BenchR
     for transport, key in (("tcp", "sessions"), ("tls", "tls_sessions")):
         for count, stats in entry[key].items():
             repetitions = stats["repetitions"]
-            assert len(repetitions) == config["repeat"] >= 3, count
+            assert len(repetitions) == config["repeat"] >= 2, count
             for rep in repetitions:
                 assert rep["transport"] == transport
                 assert rep["sessions"] == rep["still_open_after_idle"] == int(count)
@@ -195,7 +195,15 @@ def test_a_missing_peer_is_skipped_with_a_line_saying_how_to_install_it(tmp_path
 
 def test_a_failing_scenario_fails_the_run_but_hides_no_other(tmp_path: Path) -> None:
     done = run_bench(
-        ["core", "latency", "idle", "--messages=2000", "--rates=0", "--idle-sessions=5"],
+        [
+            "core",
+            "latency",
+            "idle",
+            "--messages=2000",
+            "--rates=0",
+            "--idle-sessions=5",
+            "--tls-sessions=0",
+        ],
         tmp_path,
         timeout=120,
         returncode=1,
