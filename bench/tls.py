@@ -34,9 +34,11 @@ from .harness import (
     Context,
     bounds_cell,
     full_cores_cell,
+    given,
     header,
     legend,
     notes_lines,
+    option,
     other_load,
     other_load_note,
     positive,
@@ -60,14 +62,9 @@ SIZES = (64, 1024)
 
 DEFAULT_MESSAGES = 20_000_000  # a cap: a full echo pass is bounded by TIME_LIMIT
 QUICK_MESSAGES = 1_000
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 2
 DEFAULT_WINDOW = 1024
 TIME_LIMIT = 2.0  # seconds per echo pass, whichever of this and --messages comes first
 WARMUP_MESSAGES = 10_000
-DEFAULT_CONNECTIONS = 50_000  # a cap: a full handshake pass is bounded by HANDSHAKE_TIME
-QUICK_CONNECTIONS = 60
-DEFAULT_CONCURRENCY = 50
 HANDSHAKE_TIME = 2.0  # seconds per handshake pass, whichever of this and --connections first
 WARMUP_CONNECTIONS = 100
 HANDSHAKE_TIMEOUT = 10.0  # for one connection: connect, TLS, HELLO/WELCOME
@@ -265,49 +262,20 @@ def summarise_echo(runs: list[EchoResult]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--connections",
-        type=int,
-        metavar="N",
-        help="handshakes: connections per pass (default "
-        f"{DEFAULT_CONNECTIONS:,}; --quick {QUICK_CONNECTIONS})",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        metavar="N",
-        help=f"handshakes: connections in flight (default {DEFAULT_CONCURRENCY})",
-    )
-    parser.add_argument(
-        "--handshake-time",
-        type=float,
-        default=HANDSHAKE_TIME,
-        metavar="S",
-        help=f"handshakes: at most this many seconds per pass (default {HANDSHAKE_TIME:g})",
-    )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=DEFAULT_WINDOW,
-        help=f"echo: messages in flight, sent and not yet echoed (default {DEFAULT_WINDOW})",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"echo: at most this many seconds per pass (default {TIME_LIMIT:g})",
-    )
+    option(parser, "connections", int, 50_000, 60, metavar="N", help="handshakes per pass")
+    option(parser, "concurrency", int, 50, metavar="N", help="handshakes in flight")
+    option(parser, "handshake_time", float, HANDSHAKE_TIME, metavar="S",
+           help="seconds per handshake pass")  # fmt: skip
+    option(parser, "window", int, DEFAULT_WINDOW, metavar="W", help="echo: messages in flight")
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds per echo pass")
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "connections", "concurrency", "time_limit")
     positive(args, "handshake_time", "window")
     quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    connections: int = args.connections or (QUICK_CONNECTIONS if quick else DEFAULT_CONNECTIONS)
+    messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
+    repeat, connections = given(args, "repeat", 3, 2), given(args, "connections", 50_000, 60)
     if args.window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
     hs_plan = HandshakePlan(
