@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -253,8 +253,8 @@ def run(argv: Sequence[str], registry: Registry) -> int:
     document = read_document(json_path) or {}
     entries = run_entries(document, ok)
     notes: list[str] = []
-    heads = _gather(ok, registry, entries, notes)
-    goals = _targets(ok, registry, entries, notes)
+    heads: list[Headline] = _hook("headlines", ok, registry, entries, notes)
+    goals: list[Target] = _hook("targets", ok, registry, entries, notes)
     plot_path: Path | None = None
     try:
         plot_path = plot(
@@ -335,36 +335,25 @@ def _put_run(document: Json, run: Json) -> None:
     document["run"] = {key: value for key, value in run.items() if key not in ("machine", "commit")}
 
 
-def _gather(
-    names: Sequence[str], registry: Registry, entries: Mapping[str, Json], notes: list[str]
-) -> list[Headline]:
-    out: list[Headline] = []
+def _hook(
+    hook: str,
+    names: Sequence[str],
+    registry: Registry,
+    entries: Mapping[str, Json],
+    notes: list[str],
+) -> list[Any]:
+    """Every scenario's ``headlines(entry)`` or ``targets(entry, entries)``; a scenario
+    without ``headlines`` gets a row pointing to its section."""
+    out: list[Any] = []
     for name in names:
-        hook: Callable[[Json], list[Headline]] | None = getattr(
-            registry.scenarios[name], "headlines", None
-        )
-        if hook is None or name not in entries:
-            out.append(Headline(name, "-", f"see `## {name}`", {}))
+        function = getattr(registry.scenarios[name], hook, None)
+        if function is None or name not in entries:
+            if hook == "headlines":
+                out.append(Headline(name, "-", f"see `## {name}`", {}))
             continue
         try:
-            out += hook(entries[name])
+            args = (entries[name],) if hook == "headlines" else (entries[name], entries)
+            out += function(*args)
         except Exception as exc:  # the summary is not worth a lost run
-            notes.append(f"{name}.headlines failed: {type(exc).__name__}: {exc}")
-    return out
-
-
-def _targets(
-    names: Sequence[str], registry: Registry, entries: Mapping[str, Json], notes: list[str]
-) -> list[Target]:
-    out: list[Target] = []
-    for name in names:
-        hook: Callable[[Json, Mapping[str, Json]], list[Target]] | None = getattr(
-            registry.scenarios[name], "targets", None
-        )
-        if hook is None or name not in entries:
-            continue
-        try:
-            out += hook(entries[name], entries)
-        except Exception as exc:  # the summary is not worth a lost run
-            notes.append(f"{name}.targets failed: {type(exc).__name__}: {exc}")
+            notes.append(f"{name}.{hook} failed: {type(exc).__name__}: {exc}")
     return out
