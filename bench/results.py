@@ -52,21 +52,8 @@ SECTION_ORDER = (
     "core",
 )
 
-_INTRO = """\
-# Benchmark results
-
-Figures measured by `python -m bench` (every scenario) or `python -m bench
-SCENARIO ...`, run from the repository root (see `bench/__init__.py`). The
-`## summary` section is rewritten by a run of every default scenario: the
-headline figure of each system in each scenario, the targets and the plot.
-Each `## SCENARIO` section below it is rewritten by the command it quotes and
-names the results JSON in `bench/results/` that holds every repetition, the
-machine and the commit; a run replaces only its own sections, and only a clean
-default run replaces any (not `--quick`, not `--out` elsewhere, no option but
-`--repeat`, no peer skipped, no uncommitted change: `bench/results.py`
-`partial_reasons`). A section whose heading says *notes* is written by hand
-and dated.
-"""
+#: A new RESULTS.md's first lines (the intro of the one in the repository says the rules).
+_INTRO = "# Benchmark results\n"
 
 
 def command_line() -> str:
