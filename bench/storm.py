@@ -32,11 +32,11 @@ from .harness import (
     given,
     header,
     option,
-    other_load,
     other_load_note,
     positive,
     quantiles,
     scenario,
+    summarise,
 )
 from .loadgen import (
     DEFAULT_CONCURRENCY,
@@ -232,69 +232,7 @@ class StormPlan:
         return max(1, min(self.in_flight, self.messages // count))
 
 
-@dataclass(frozen=True, slots=True)
-class StormResult:
-    """One storm: N sessions cut at once and resumed."""
-
-    sessions: int
-    in_flight: int
-    concurrency: int
-    cut_loop_s: float  # the load generator aborting every transport
-    all_resumed_s: float  # cut → the last WELCOME
-    seconds: float  # cut → the last echo: every session resumed and caught up
-    per_session_ns: list[int]  # cut → each session's last echo
-    resumed_ns: list[int]  # cut → each session's WELCOME
-    replayed_by_clients: int
-    echoes: int
-    missing: int  # counted by the sessions: echoes skipped over, or never back
-    duplicates: int
-    sessions_lost: int
-    server_cpu: float
-    client_cpu: float
-    rss_kib: dict[str, int]
-    peak_reset: bool
-    source_addresses: int
-    others: tuple[float, float] | None
-
-    @property
-    def lost(self) -> int:
-        return self.missing
-
-    def to_json(self) -> Json:
-        share = self.client_cpu / self.seconds
-        return {
-            "sessions": self.sessions,
-            "in_flight_per_session": self.in_flight,
-            "concurrency": self.concurrency,
-            "cut_loop_s": self.cut_loop_s,
-            "all_resumed_s": self.all_resumed_s,
-            "all_replayed_s": self.seconds,
-            "per_session_done_us": summary_us(self.per_session_ns),
-            "per_session_resumed_us": summary_us(self.resumed_ns),
-            "timeline_s": {  # cut → each session resumed / caught up, as quantiles
-                "resumed": [ns / 1e9 for ns in quantiles(self.resumed_ns)],
-                "caught_up": [ns / 1e9 for ns in quantiles(self.per_session_ns)],
-            },
-            "messages": self.sessions * self.in_flight,
-            "echoes_received": self.echoes,
-            "lost": self.lost,
-            "duplicates": self.duplicates,
-            "sessions_lost": self.sessions_lost,
-            "replayed_by_clients": self.replayed_by_clients,
-            "server_cpu_s": self.server_cpu,
-            "server_cpu_share": self.server_cpu / self.seconds,
-            "client_cpu_s": self.client_cpu,
-            "client_cpu_share": share,
-            "client_bound": share > CLIENT_BOUND,
-            "cores_full": full_cores(self.server_cpu, self.client_cpu, self.seconds, self.others),
-            "server_rss_kib": self.rss_kib,
-            "peak_is_storm_only": self.peak_reset,
-            "source_addresses": self.source_addresses,
-            **({} if self.others is None else {"other_load_share": list(self.others)}),
-        }
-
-
-async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad) -> StormResult:
+async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad) -> Json:
     """Open *count* sessions, load them, cut them all, and time their resumes."""
     loop = asyncio.get_running_loop()
     params = Params()
@@ -357,64 +295,65 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
         await close_idle(sessions, 30.0)
     done = [s.done_ns - t0 for s in sessions]
     resumed = [s.resumed_ns - t0 for s in sessions]
-    return StormResult(
-        sessions=count,
-        in_flight=in_flight,
-        concurrency=plan.concurrency,
-        cut_loop_s=cut_loop / 1e9,
-        all_resumed_s=max(resumed) / 1e9,
-        seconds=max(done) / 1e9,
-        per_session_ns=done,
-        resumed_ns=resumed,
-        replayed_by_clients=sum(s.replayed for s in sessions),
-        echoes=sum(len(s.got) for s in sessions),
-        missing=sum(s.missing + len(s.expected) - s.position for s in sessions),
-        duplicates=sum(s.duplicates for s in sessions),
-        sessions_lost=sum(s.session_lost for s in sessions),
-        server_cpu=server_cpu,
-        client_cpu=client_cpu,
-        rss_kib={"before": rss_before, "peak": peak, "after": rss_after},
-        peak_reset=peak_reset,
-        source_addresses=2 * (offset // per_address),
-        others=others,
-    )
+    seconds = max(done) / 1e9
+    return {
+        "sessions": count,
+        "in_flight_per_session": in_flight,
+        "concurrency": plan.concurrency,
+        "cut_loop_s": cut_loop / 1e9,
+        "all_resumed_s": max(resumed) / 1e9,
+        "all_replayed_s": seconds,
+        "per_session_done_us": summary_us(done),
+        "per_session_resumed_us": summary_us(resumed),
+        "timeline_s": {  # cut → each session resumed / caught up, as quantiles
+            "resumed": [ns / 1e9 for ns in quantiles(resumed)],
+            "caught_up": [ns / 1e9 for ns in quantiles(done)],
+        },
+        "messages": count * in_flight,
+        "echoes_received": sum(len(s.got) for s in sessions),
+        "lost": sum(s.missing + len(s.expected) - s.position for s in sessions),
+        "duplicates": sum(s.duplicates for s in sessions),
+        "sessions_lost": sum(s.session_lost for s in sessions),
+        "replayed_by_clients": sum(s.replayed for s in sessions),
+        "server_cpu_s": server_cpu,
+        "server_cpu_share": server_cpu / seconds,
+        "client_cpu_s": client_cpu,
+        "client_cpu_share": client_cpu / seconds,
+        "client_bound": client_cpu / seconds > CLIENT_BOUND,
+        "cores_full": full_cores(server_cpu, client_cpu, seconds, others),
+        "server_rss_kib": {"before": rss_before, "peak": peak, "after": rss_after},
+        "peak_is_storm_only": peak_reset,
+        "source_addresses": 2 * (offset // per_address),
+        **({} if others is None else {"other_load_share": list(others)}),
+    }
 
 
-def summarise(results: list[StormResult], sizes: Sequence[int]) -> Json:
+def per_size(results: list[Json], sizes: Sequence[int]) -> Json:
     """Per size: the spread of each figure over the storms, and every storm."""
     by_size: Json = {}
     for count in sizes:
-        mine = [r for r in results if r.sessions == count]
-        per = [summary_us(r.per_session_ns) for r in mine]
-        by_size[str(count)] = {
-            "sessions": count,
+        mine = [r for r in results if r["sessions"] == count]
+        out = summarise(mine)
+        for key in ("cut_loop_s", "echoes_received", "replayed_by_clients", "client_cpu_s"):
+            out.pop(key, None)
+        out |= {
+            "in_flight_per_session": mine[0]["in_flight_per_session"],
+            "concurrency": mine[0]["concurrency"],
             "payload_size": SIZE,
-            "in_flight_per_session": mine[0].in_flight,
-            "concurrency": mine[0].concurrency,
-            "all_resumed_s": spread([r.all_resumed_s for r in mine]),
-            "all_replayed_s": spread([r.seconds for r in mine]),
+            "messages": sum(r["messages"] for r in mine),
             "per_session_done_ms": {
-                key: spread([p[key] / 1000 for p in per]) for key in ("p50", "p99", "max")
+                key: spread([r["per_session_done_us"][key] / 1000 for r in mine])
+                for key in ("p50", "p99", "max")
             },
-            "resumes_per_s": spread([r.sessions / r.all_resumed_s for r in mine]),
-            "lost": sum(r.lost for r in mine),
-            "duplicates": sum(r.duplicates for r in mine),
-            "sessions_lost": sum(r.sessions_lost for r in mine),
-            "messages": sum(r.sessions * r.in_flight for r in mine),
-            "server_cpu_s": spread([r.server_cpu for r in mine]),
-            "server_cpu_ms_per_session": spread([r.server_cpu * 1e3 / r.sessions for r in mine]),
-            "server_cpu_share": spread([r.server_cpu / r.seconds for r in mine]),
-            "client_cpu_share": spread([r.client_cpu / r.seconds for r in mine]),
-            "client_bound": [r.client_cpu / r.seconds > CLIENT_BOUND for r in mine],
-            "cores_full": [
-                full_cores(r.server_cpu, r.client_cpu, r.seconds, r.others) for r in mine
-            ],
+            "resumes_per_s": spread([count / r["all_resumed_s"] for r in mine]),
+            "server_cpu_ms_per_session": spread([r["server_cpu_s"] * 1e3 / count for r in mine]),
+            "client_bound": [r["client_bound"] for r in mine],
             "server_rss_kib": {
-                key: spread([r.rss_kib[key] for r in mine]) for key in ("before", "peak", "after")
+                key: spread([r["server_rss_kib"][key] for r in mine])
+                for key in ("before", "peak", "after")
             },
-            "other_load_share": other_load([r.others for r in mine]),
-            "repetitions": [r.to_json() for r in mine],
         }
+        by_size[str(count)] = out
     return by_size
 
 
@@ -450,22 +389,22 @@ def run(args: argparse.Namespace) -> int:
         if max(plan.sessions) + 64 > ctx.nofile[0]:
             raise BenchError(f"{max(plan.sessions):,} sessions do not fit RLIMIT_NOFILE")
 
-        def one(count: int, rep: int) -> StormResult:
+        def one(count: int, rep: int) -> Json:
             with ctx.fresh_server(f"daemon-storm-{count}-{rep + 1}", daemon_argv()) as proc:
                 try:
-                    result: StormResult = ctx.run(storm(proc, count, plan, ctx.load))
+                    result: Json = ctx.run(storm(proc, count, plan, ctx.load))
                 except BenchError:
                     proc.check_alive()  # a dead server explains more than a lost connection
                     raise
             return result
 
-        def show(result: StormResult) -> str:
-            per = summary_us(result.per_session_ns)
+        def show(r: Json) -> str:
+            per = r["per_session_done_us"]
             return (
-                f"{result.sessions:>6,} sessions: all resumed {result.all_resumed_s:.2f} s, all "
-                f"replayed {result.seconds:.2f} s (per session p50 {per['p50'] / 1000:.1f} ms "
-                f"p99 {per['p99'] / 1000:.1f} ms), lost {result.lost}, server CPU "
-                f"{result.server_cpu:.2f} s, peak RSS {result.rss_kib['peak'] / 1024:.1f} MiB"
+                f"{r['sessions']:>6,} sessions: all resumed {r['all_resumed_s']:.2f} s, all "
+                f"replayed {r['all_replayed_s']:.2f} s (per session p50 {per['p50'] / 1000:.1f} ms "
+                f"p99 {per['p99'] / 1000:.1f} ms), lost {r['lost']}, server CPU "
+                f"{r['server_cpu_s']:.2f} s, peak RSS {r['server_rss_kib']['peak'] / 1024:.1f} MiB"
             )
 
         results = [
@@ -473,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
             for count in plan.sessions
             for result in ctx.passes([count], one, plan.repeat, show=show)
         ]
-        by_size = summarise(results, plan.sessions)
+        by_size = per_size(results, plan.sessions)
         target = by_size.get(str(TARGET_SESSIONS))
         return {
             "config": {
