@@ -31,10 +31,11 @@ from .harness import (
     other_load,
     other_load_note,
     scenario,
+    summarise,
 )
 from .histogram import Histogram, percentile_key
 from .pingpong import PingPlan, PingResult
-from .processes import CLIENT_BOUND, bound_by, full_cores
+from .processes import CLIENT_BOUND, bound_by
 from .results import Json, markdown_table, spread
 from .summary import Headline, cpu_cell, judged, values_range, verdict
 from .summary import Target as TargetResult
@@ -87,11 +88,11 @@ class LatencyPlan:
         }
 
 
-def summarise(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]) -> Json:
+def per_rate(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]) -> Json:
     """Per rate and system: each percentile's spread over the passes, the merged histogram."""
     by_rate: Json = {}
     for rate in rates:
-        entry: Json = {}
+        by_rate[str(rate)] = entry = {}
         for name in names:
             mine = [run for run in runs if run.rate == rate and run.system == name]
             if not mine:
@@ -99,38 +100,22 @@ def summarise(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]
             merged = Histogram()
             for run in mine:
                 merged.merge(run.histogram)
-            summaries = [run.histogram.summary() for run in mine]
-            entry[name] = {
+            trips = [run.histogram.summary() for run in mine]
+            keys = ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
+            entry[name] = summarise([run.to_json() for run in mine]) | {
                 "payload_size": mine[0].size,
                 "connections": mine[0].connections,
-                "round_trip_us": {
-                    key: spread([s[key] / 1000 for s in summaries])
-                    for key in ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
-                },
+                "round_trip_us": {key: spread([t[key] / 1000 for t in trips]) for key in keys},
                 "all_passes_us": {
                     key: value / 1000 if key != "count" else value
                     for key, value in merged.summary().items()
                 },
-                "achieved_rate": spread([run.achieved for run in mine]),
-                "seconds": spread([run.seconds for run in mine]),
-                "server_cpu_share": spread([run.server_cpu / run.seconds for run in mine]),
-                "client_cpu_share": spread([run.client_cpu / run.seconds for run in mine]),
                 "client_cpu_us_per_message": spread(
                     [run.client_cpu * 1e6 / run.received for run in mine]
                 ),
-                "client_bound": [run.client_cpu / run.seconds > CLIENT_BOUND for run in mine],
-                "other_load_share": other_load([run.others for run in mine]),
-                "cores_full": [
-                    full_cores(run.server_cpu, run.client_cpu, run.seconds, run.others)
-                    for run in mine
-                ],
-                "late": sum(run.late for run in mine),
-                "lost": sum(run.sent - run.received for run in mine),
                 "samples": sum(run.received for run in mine),
-                "repetitions": [run.to_json() for run in mine],
                 "histogram_ns": merged.to_json(),
             }
-        by_rate[str(rate)] = entry
     return by_rate
 
 
@@ -268,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
             first = plan.warmup and index == 0
             runs += ctx.passes(pinged, timed, plan.repeat, warm if first else None, show)
         ran = [system.name for system in pinged]
-        by_rate = summarise(runs, ran, plan.rates)
+        by_rate = per_rate(runs, ran, plan.rates)
         entry: Json = {
             "config": {
                 "systems": ran,
