@@ -5,7 +5,7 @@ every system of :mod:`bench.systems` (the daemon through the protocol core, the
 same daemon through the client library, the raw ceiling, mosquitto QoS 1, NATS)
 echoes 64-byte and 1 KiB payloads: up to a window of messages in flight per
 session (sent, not yet back), every message checked in order when it returns, a
-pass ending once every message sent is back (:mod:`bench.peers`). With 100
+pass ending once every message sent is back (:mod:`bench.systems`). With 100
 sessions the messages are shared out over 100 connections, all opened before
 the clocks start (:func:`bench.loadgen.echo_many` and its twins for the other
 clients). Figures: messages per second delivered and acknowledged end to end,
@@ -34,7 +34,6 @@ from .harness import (
     positive,
     scenario,
 )
-from .peers import EchoPlan, measure_echo, summarise_echo
 from .processes import CLIENT_BOUND
 from .results import Json, markdown_table
 from .summary import (
@@ -47,7 +46,17 @@ from .summary import (
     values_range,
     verdict,
 )
-from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND
+from .systems import (
+    CEILING,
+    CLIENT,
+    DAEMON,
+    MOSQUITTO,
+    NATS,
+    SESSIOND,
+    EchoPlan,
+    measure_echo,
+    summarise_echo,
+)
 
 HELP = "windowed echo msg/s, 1 and 100 sessions: sessiond vs the raw ceiling, mosquitto, NATS"
 

@@ -28,7 +28,7 @@ from sessiond_client.protocol import Params
 
 from sessiond.tls import read_certificate
 
-from . import BenchError, peers
+from . import BenchError
 from .core import POOL
 from .harness import (
     Context,
@@ -50,7 +50,8 @@ from .loadgen import HOST, CpuClock, EchoResult, IdleSession, close_idle, echo, 
 from .processes import CLIENT_BOUND, bound_by, daemon_argv, free_port, pace
 from .results import REPO_ROOT, Json, markdown_table, spread
 from .summary import Headline, cpu_cell
-from .systems import System
+from .systems import EchoPlan, System, measure_echo
+from .systems import summarise_echo as summarise_systems
 
 HELP = "the daemon over TLS beside plain TCP: full handshakes/s and echo throughput ratio"
 
@@ -252,7 +253,7 @@ def _ratio(tls: list[Json], tcp: list[Json]) -> Json:
 
 
 def summarise_echo(runs: list[EchoResult]) -> Json:
-    by_size = peers.summarise_echo(runs, TRANSPORTS, SIZES)
+    by_size = summarise_systems(runs, TRANSPORTS, SIZES)
     for entry in by_size.values():
         entry["ratio"] = _ratio(entry[TLS]["repetitions"], entry[TCP]["repetitions"])
     return by_size
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         repeat,
         0 if quick else min(connections, WARMUP_CONNECTIONS),  # toy figures need no warm-up
     )
-    echo_plan = peers.EchoPlan(
+    echo_plan = EchoPlan(
         messages,
         repeat,
         args.window,
@@ -329,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
             System(TCP, daemon, functools.partial(echo, "daemon")),
             System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
         ]
-        echo_runs = peers.measure_echo(ctx, echo_plan, systems)
+        echo_runs = measure_echo(ctx, echo_plan, systems)
         return {
             "config": {
                 "tls": {**describe_tls(tls_port, context), **certificate.to_json()},
