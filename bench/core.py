@@ -23,7 +23,7 @@ import msgpack
 from sessiond_client.protocol import Connection, Params, Role, Session, SessionState
 
 from . import BenchError
-from .harness import Context, positive, scenario
+from .harness import Context, given, option, positive, scenario
 from .profiling import Profile, profile
 from .results import Json, display_path, markdown_table, spread
 from .summary import Headline, Target, judged, values_range, verdict
@@ -38,10 +38,8 @@ POOL = 4096
 TARGET = 0.5
 TARGET_SIZE = 64
 DEFAULT_MESSAGES = 500_000
-DEFAULT_REPEAT = 7
 DEFAULT_BATCH = 256
 QUICK_MESSAGES = 20_000
-QUICK_REPEAT = 3
 WARMUP_MESSAGES = 20_000
 PROFILE_MESSAGES = 300_000
 
@@ -431,12 +429,7 @@ def summarise(runs: list[Run], sizes: Iterable[int]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=DEFAULT_BATCH,
-        help=f"messages per write / data_to_send (default {DEFAULT_BATCH})",
-    )
+    option(parser, "batch", int, DEFAULT_BATCH, help="messages per write / data_to_send")
     parser.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -447,10 +440,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "batch")
-    quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    batch: int = args.batch
+    quick, batch = bool(args.quick), args.batch
+    messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
+    repeat = given(args, "repeat", 7, 3)
     warmup = min(messages, WARMUP_MESSAGES)
     banner = f"{messages:,} messages x {repeat}, batch {batch}, {SIZES} B, no sockets"
 
@@ -563,12 +555,10 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         f"msgpack {machine['msgpack']} ({impl}); uvloop {machine['uvloop']} (not used here).",
         "",
         f"{config['messages']:,} messages per pass, {config['repeat']} passes per system and "
-        f"payload size, systems interleaved; {config['batch']} messages per write "
-        f"(`data_to_send` / `feed`); {config['distinct_payloads']:,} distinct payloads cycled. "
-        "Every message the receiver takes is compared with the one sent, in order, inside the "
-        "timed loop of every system. No sockets: one process, one thread. "
-        "Figures: median [min-max] messages/s; core/bare is the ratio of the medians "
-        "[min-max of the ratio within each repetition].",
+        f"size, interleaved; {config['batch']} messages per write; "
+        f"{config['distinct_payloads']:,} distinct payloads cycled, every message taken checked "
+        "in order inside the timed loop. One process, no sockets. Median [min-max] msg/s; "
+        "core/bare: ratio of the medians [min-max within each repetition].",
         "",
     ]
     rows = []
