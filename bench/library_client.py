@@ -37,12 +37,13 @@ async def client_echo(
     """One windowed echo pass through *sessions* library sessions, as loadgen's ``echo``."""
     shares = [Share(system, pool, quota, window) for quota in split(messages, sessions)]
     opened: list[sessiond_client.Session] = []
-    reads = [0]
+    reads = 0  # batches from recv() + received()
 
     async def open_one(index: int) -> None:
         opened.append(await sessiond_client.connect(f"tcp://{HOST}:{port}"))
 
     async def echo(session: sessiond_client.Session, share: Share) -> None:
+        nonlocal reads
         send, recv, received = session.send, session.recv, session.received
         try:
             while True:
@@ -52,7 +53,7 @@ async def client_echo(
                     return
                 got = [await recv()]
                 got += received()
-                reads[0] += 1  # batches from recv() + received()
+                reads += 1
                 if not share.take(got):
                     return
         except Exception as exc:  # a library error ends the pass with its reason
@@ -69,7 +70,7 @@ async def client_echo(
 
     try:
         await open_all(sessions, open_one)
-        return await shares_pass(system, shares, start, server_cpu, time_limit, lambda: reads[0])
+        return await shares_pass(system, shares, start, server_cpu, time_limit, lambda: reads)
     finally:
         for task in tasks:
             task.cancel()
