@@ -24,15 +24,19 @@ from . import BenchError, latency, systems
 from .core import POOL
 from .harness import (
     Context,
+    bounds_cell,
     counts,
     full_cores_cell,
     given,
     header,
+    legend,
+    notes_lines,
     option,
     other_load,
     other_load_note,
     positive,
     scenario,
+    spread_cell,
 )
 from .processes import CLIENT_BOUND
 from .results import Json, markdown_table
@@ -299,60 +303,37 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
 # --------------------------------------------------------------- markdown
 
 
-def _rate(stats: Json) -> str:
-    return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
-
-
-def _times(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}x"
-
-
-def _over(by_system: Json, name: str, other: str) -> float | None:
+def _over(by_system: Json, name: str, other: str, fmt: str = "{:.2f}x") -> str:
     if other not in by_system or other == name:
-        return None
-    ratio: float = by_system[name]["rate"]["median"] / by_system[other]["rate"]["median"]
-    return ratio
+        return ""
+    return fmt.format(by_system[name]["rate"]["median"] / by_system[other]["rate"]["median"])
 
 
 def echo_table(entry: Json) -> str:
     rows = []
-    ran: list[str] = entry["config"]["systems"]
     for count, by_size in entry["echo"].items():
         for size, by_system in by_size.items():
-            for name in ran:
-                if name not in by_system:
-                    continue
+            for name in (n for n in entry["config"]["systems"] if n in by_system):
                 stats = by_system[name]
-                bounds = stats["bound"]
-                over_ceiling = _over(by_system, name, CEILING)
+                cpu = (
+                    f"{stats['server_cpu_s_per_million']['median']:.2f}",
+                    f"{stats['server_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_us_per_message']['median']:.1f}",
+                )
+                per_read = stats.get("messages_per_read")
                 rows.append(
                     [
                         f"{int(count):,}",
                         f"{size} B",
                         f"`{name}`",
-                        _rate(stats["rate"]),
-                        "" if over_ceiling is None else f"{over_ceiling:.1%}",
-                        _times(_over(by_system, name, MOSQUITTO)),
-                        _times(_over(by_system, name, NATS)),
-                        *(
-                            cpu_cell(text, stats["seconds"])
-                            for text in (
-                                f"{stats['server_cpu_s_per_million']['median']:.2f}",
-                                f"{stats['server_cpu_share']['median']:.0%}",
-                                f"{stats['client_cpu_share']['median']:.0%}",
-                                f"{stats['client_cpu_us_per_message']['median']:.1f}",
-                            )
-                        ),
-                        "-"
-                        if stats.get("messages_per_read") is None
-                        else f"{stats['messages_per_read']['median']:,.0f}",
-                        cpu_cell(
-                            ", ".join(
-                                f"{b} {bounds.count(b)}/{len(bounds)}"
-                                for b in dict.fromkeys(bounds)
-                            ),
-                            stats["seconds"],
-                        ),
+                        spread_cell(stats["rate"]),
+                        _over(by_system, name, CEILING, "{:.1%}"),
+                        _over(by_system, name, MOSQUITTO),
+                        _over(by_system, name, NATS),
+                        *(cpu_cell(text, stats["seconds"]) for text in cpu),
+                        "-" if per_read is None else f"{per_read['median']:,.0f}",
+                        cpu_cell(bounds_cell(stats["bound"]), stats["seconds"]),
                         full_cores_cell(stats["cores_full"]),
                         str(stats["lost"]),
                     ]
@@ -379,18 +360,12 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         )
         + f"; up to {config['messages']:,} messages per pass (shared out over its sessions) or "
         f"{config['time_limit_s']:g} s, {config['repeat']} passes per system, sessions and "
-        "size, interleaved, after a warm-up pass. Every session is open before the clocks "
-        "start; every message is checked, in order, when it comes back, and a pass ends once "
-        "every message sent is back. *msg/s*: median [min-max]; *÷ ceiling* etc.: this "
-        "system's median over the other's; *server CPU s/M msg*: the server's CPU seconds (all "
-        "threads) per million messages; *core busy*: CPU seconds over wall seconds of the "
-        "pass; *loadgen µs CPU/msg*: the load generator's (the Python client's) CPU per "
-        "message; *msgs/read*: messages per read in the load generator (- where its client "
-        "reads out of sight, as nats-py does); *bound*: `client` "
-        f"when the load generator kept more than {config['client_bound_threshold']:.0%} of "
-        "its core busy (then the client, not the server, set the pace), `server` likewise, "
-        "else `round-trip` (each side mostly waited for the other's batch); *cores full*: "
-        "passes in which a pinned core was more than 90 % busy counting other processes.",
+        "size, interleaved, after a warm-up. Every session is open before the clocks start; "
+        "every message is checked in order when it comes back. *msg/s*: median [min-max]; *÷ "
+        "ceiling* etc.: the medians' ratio; *server CPU s/M msg*: server CPU (all threads) per "
+        "million messages; *core busy*: CPU over wall seconds; *loadgen µs CPU/msg*: the "
+        "Python client's CPU per message; *msgs/read*: per read in the load generator (- "
+        "where the client reads out of sight, as nats-py does); " + legend(entry),
         "",
         echo_table(entry),
         "",
@@ -399,14 +374,11 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     lines += other_load_note(entry["other_load_share"])
     if entry["targets"]:
         lines += ["Targets:", ""]
-        for target in entry["targets"]:
-            lines.append(
-                f"- {target['target']}: {target['measured']}: {verdict(target['verdict'])}."
-            )
+        lines += [
+            f"- {t['target']}: {t['measured']}: {verdict(t['verdict'])}." for t in entry["targets"]
+        ]
         lines.append("")
-    if entry["notes"]:
-        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + notes_lines(entry))
 
 
 def _bound_notes(entry: Json) -> list[str]:
@@ -439,12 +411,10 @@ def _bound_notes(entry: Json) -> list[str]:
     ]
     if turns:
         lines += [
-            "Round-trip-bound with one session: the window travels in a few large batches "
-            "(msgs/read), each side waiting while the other works, so the rate is set by both "
-            "sides' work per batch, not by the server alone. At the measured CPU per message, "
-            f"a server kept fully busy would echo about {'; '.join(turns)} msg/s: an "
-            "extrapolation (1 / server CPU per message), not a measurement; the many-session "
-            "rows measure it.",
+            "Round-trip-bound with one session: the window travels in a few large batches, each "
+            "side waiting while the other works. A fully busy server would echo about "
+            f"{'; '.join(turns)} msg/s: an extrapolation (1 / server CPU per message), not a "
+            "measurement; the many-session rows measure it.",
             "",
         ]
     return lines
