@@ -202,7 +202,11 @@ class Context:
 def scenario(
     args: argparse.Namespace, name: str, banner: str, body: Callable[[Context], Json]
 ) -> int:
-    """Run *body* in a :class:`Context`; publish what it returns with its circumstances."""
+    """Run *body* in a :class:`Context`; publish what it returns with its circumstances.
+
+    *body* returns the entry's own fields and ``"markdown"``: the function that
+    writes its section (``markdown(entry, commit, path)``).
+    """
     command = command_line()
     started = datetime.datetime.now(datetime.UTC)
     begun = time.perf_counter()
