@@ -1,9 +1,26 @@
-"""Load-generating clients over loopback: :class:`SessionEcho` (the protocol core: one
-``send_many`` per batch, one ``take_messages`` and one write per read, one timer at
-``next_deadline()``), :class:`FramedEcho` (4-byte length framing, against the ceiling)
-and :class:`IdleSession` (handshake, then heartbeats only). Every echo is checked in order
-(:class:`~bench.core.Checker`); a lost, repeated or reordered message raises
-:class:`~bench.BenchError` instead of giving a figure.
+"""Load-generating clients for ``python -m bench throughput`` and ``idle``, over loopback.
+
+Each client is an :class:`asyncio.Protocol` (on uvloop's loop when it is
+installed) that does as little as an honest client can:
+
+* :class:`SessionEcho` drives the protocol core's client :class:`Session`: one
+  ``send_many`` per batch to fill the window, one ``take_messages`` per read,
+  one ``transport.write`` per read (or timer tick), and one timer per
+  connection armed at ``session.next_deadline()`` so coalesced ACKs and
+  heartbeats go out as they would in a real client.
+* :class:`FramedEcho` does the same over the barest framing (a 4-byte
+  big-endian length, then the payload) against the ceiling server of
+  ``bench/ceiling.py``.
+* :class:`IdleSession` opens a session, completes its handshake and then only
+  answers and sends heartbeats.
+
+Every echoed payload is compared, in order, with the payload sent (payloads
+begin with their index, and :class:`~bench.core.Checker` compares whole batches
+in C), and a run ends only when every message sent has come back: a lost,
+repeated or reordered message raises :class:`~bench.BenchError` instead of
+producing a figure. :func:`echo` runs one pass over one session or many
+(:func:`split` shares the messages out), all opened before the clocks start
+and started together.
 """
 
 from __future__ import annotations
@@ -105,7 +122,12 @@ class EchoResult:
 
 
 class _Echo(asyncio.Protocol):
-    """What both echo clients share: the window, the check, the clocks, the end."""
+    """What both echo clients share: the window, the check, the clocks, the end.
+
+    A client begins (starts its clocks and sends) as soon as its connection can
+    carry payloads; a *held* one only sets :attr:`ready` then, and begins when
+    :meth:`go` is called, so that :func:`echo` can start many together.
+    """
 
     system = ""
 
@@ -183,7 +205,11 @@ class _Echo(asyncio.Protocol):
         self.stop_at = self.loop.time() + self.time_limit
 
     def next_batch(self, now: float) -> list[bytes]:
-        """The payloads the window has room for (empty once the limit is reached)."""
+        """The payloads the window has room for (empty once the limit is reached).
+
+        At the time bound the limit drops to what was sent: a caller that gets
+        nothing must then :meth:`check_end`, since the window may already be back.
+        """
         sent = self.sent
         room = self.window - (sent - self.checker.taken)
         if room <= 0 or sent >= self.limit:
@@ -483,7 +509,11 @@ async def echo(
     ssl: SSLContext | None = None,
     sessions: int = 1,
 ) -> EchoResult:
-    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*."""
+    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*.
+
+    With *ssl*, over TLS: the handshake is done before the clocks start. With
+    *sessions* above one, :func:`echo_many`.
+    """
     if sessions > 1:
         return await echo_many(
             system, port, pool, messages, window, time_limit, server_cpu, sessions, ssl=ssl
@@ -638,7 +668,13 @@ async def echo_many(
     *,
     ssl: SSLContext | None = None,
 ) -> EchoResult:
-    """One echo pass over *sessions* connections, each up to *window* messages in flight."""
+    """One echo pass over *sessions* connections, each up to *window* messages in flight.
+
+    The *messages* are shared out (:func:`split`); every connection is opened
+    (and its handshake done) before the clocks start, then all begin at once,
+    and the pass ends when the last one has every echo back. The clocks and
+    both processes' CPU are read here, around the whole group.
+    """
     loop = asyncio.get_running_loop()
     kind = _echo_kind(system)
     # The clients' own clocks are not read: only the group's figures count.
@@ -710,7 +746,12 @@ DEFAULT_CONCURRENCY = 100
 
 
 def source_addresses(per_address: int) -> Callable[[int], str]:
-    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions."""
+    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions.
+
+    The daemon allows ``max_transports_per_peer`` transports per IP address; the
+    whole of 127.0.0.0/8 is loopback, so many sessions come from several of its
+    addresses (all of them connect to 127.0.0.1).
+    """
 
     def source(index: int) -> str:
         number = 1 + index // per_address
@@ -846,7 +887,11 @@ async def open_idle(
     ssl: SSLContext | None = None,
 ) -> list[IdleSession]:
     """Open *count* idle sessions, at most *concurrency* handshakes at a time (over TLS
-    with *ssl*)."""
+    with *ssl*).
+
+    Session *i* connects from source address ``sources(i)`` (to 127.0.0.1).
+    Returns once every handshake is complete; raises :class:`BenchError` if one fails.
+    """
     return await open_sessions(
         port, count, concurrency, lambda _index: IdleSession(params), sources, timeout, ssl=ssl
     )
@@ -864,7 +909,16 @@ async def open_sessions(
     keep: bool = True,
     deadline: float | None = None,
 ) -> list[S]:
-    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time."""
+    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time.
+
+    Session *i* connects from ``sources(i)`` when given (to 127.0.0.1), over TLS
+    with *ssl*. Returns them once every handshake is complete; raises
+    :class:`BenchError` if one fails. With *keep* false each session is closed
+    (CLOSE NORMAL) as soon as its handshake completes, so that at most
+    *concurrency* are open at a time (a handshake-rate loop); then await
+    :func:`close_idle` on what it returns to see every transport closed. No
+    handshake starts after *deadline* (the loop's clock), if given.
+    """
     loop = asyncio.get_running_loop()
     opened: list[S] = []
     next_index = 0
