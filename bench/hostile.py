@@ -5,7 +5,11 @@ while a canary session in this process exchanges one message at a time with it. 
 per attack: the daemon's RSS before, at its peak during the attack and after it (from
 ``/proc``), and the canary's round-trip p50/p99. Attackers run in a child process, so
 they do not share this process's GIL with the canary. Timings depend on the machine and
-its load: state both next to any figure taken from here."""
+its load: state both next to any figure taken from here.
+
+The attackers are plain blocking sockets, bounded in time; ``tests/test_hostile.py``
+uses the same ones at small sizes.
+"""
 
 from __future__ import annotations
 
