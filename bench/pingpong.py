@@ -7,7 +7,11 @@ period``, ``period = connections / rate``, so the connections' pings interleave
 evenly. A ping goes to the server, comes back (the daemon's echo app, the
 ceiling, or a broker delivering it to the subscriber that sent it) and its round
 trip is counted, in nanoseconds, in one :class:`~bench.histogram.Histogram` per
-pass."""
+pass. A ping whose time comes while the previous one is still out goes as soon as that reply
+is in and counts from its *scheduled* time (HdrHistogram's correction for coordinated
+omission); otherwise from when it was handed to the transport (the loop's timers fire up to a
+millisecond off: the load generator's jitter, not the server's).
+"""
 
 from __future__ import annotations
 
@@ -136,7 +140,11 @@ class PingPlan:
 
 
 class Pinger:
-    """One connection's pings, driven by a timer and by the echoes (callback clients)."""
+    """One connection's pings, driven by a timer and by the echoes (callback clients).
+
+    A subclass implements :meth:`transmit` and calls :meth:`on_echo` for every payload
+    that comes back (the clock read once per read), :meth:`finish_failed` if it breaks.
+    """
 
     def __init__(self, plan: PingPlan, index: int) -> None:
         self.plan = plan
