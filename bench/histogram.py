@@ -8,7 +8,9 @@ has a bucket of its own and above that a bucket spans less than
 is one counter per occupied bucket, whatever the range: a 60 s outlier costs as
 much as a 60 µs one. A percentile is reported, as HdrHistogram does, as the
 highest value its bucket holds, so it never understates a latency; ``min`` and
-``max`` are kept exactly."""
+``max`` are kept exactly. Call :meth:`Histogram.record` per sample, then ``percentile``
+or ``summary``; ``merge`` adds repetitions, ``to_json`` keeps the distribution.
+"""
 
 from __future__ import annotations
 

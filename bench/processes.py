@@ -103,7 +103,11 @@ def pinned_loadgen(pinning: Pinning) -> Iterator[None]:
 
 
 class CoreLoad:
-    """How busy the pinned cores were, to tell what other processes took of them."""
+    """How busy the pinned cores were, to tell what other processes took of them.
+
+    :meth:`start` and :meth:`others` read ``/proc/stat`` (busy: user, nice, system, irq,
+    softirq, steal) around a pass, less what the server and the load generator used.
+    """
 
     def __init__(self, pinning: Pinning) -> None:
         self.cpus = (pinning.server_cpu, pinning.loadgen_cpu)
@@ -161,7 +165,9 @@ def timed_pass(
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU seconds process *pid* has run so far, in nanoseconds' resolution."""
+    """CPU seconds process *pid* has run so far, in nanoseconds' resolution: the first field
+    of ``/proc/PID/task/*/schedstat`` summed over its threads (``/proc/PID/stat`` ticks where
+    a kernel has no schedstats)."""
     total = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -266,7 +272,12 @@ def python_command(argv: list[str], port: int) -> list[str]:
 
 
 class ServerProcess:
-    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked."""
+    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked.
+
+    *command* must make the server listen on *port*; its output goes to
+    ``<log_dir>/<name>.log``. :meth:`stop` sends *stop_signal* (nats-server exits with 1
+    on SIGTERM and 0 on SIGINT).
+    """
 
     def __init__(
         self,
