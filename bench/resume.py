@@ -30,14 +30,14 @@ from .harness import (
     header,
     legend,
     option,
-    other_load,
     other_load_note,
     positive,
     quantiles,
     scenario,
 )
+from .harness import summarise as summarise_passes
 from .loadgen import HOST, CpuClock, EchoResult, SessionEcho
-from .processes import CLIENT_BOUND, bound_by, daemon_argv, full_cores
+from .processes import CLIENT_BOUND, bound_by, daemon_argv
 from .results import Json, markdown_table, spread
 from .resuming import cut, handshake_event, reset_on_close
 from .summary import NOT_MET, Headline, Target, cpu_cell, judged, values_range, verdict
@@ -314,9 +314,7 @@ def summarise(passes: list[ResumePass]) -> Json:
     pooled = {step: [ns for p in passes for ns in p.samples[step]] for step in STEPS}
     per_pass = {step: [summary_us(p.samples[step]) for p in passes] for step in STEPS}
     echoes = [p.echo for p in passes]
-    sent = sum(e.messages for e in echoes)
-    received = sum(e.received for e in echoes)
-    return {
+    return summarise_passes([p.to_json() for p in passes]) | {
         "payload_size": echoes[0].size,
         "window": echoes[0].window,
         "passes": len(passes),
@@ -335,19 +333,9 @@ def summarise(passes: list[ResumePass]) -> Json:
         },
         "in_flight_at_cut": spread([n for p in passes for n in p.in_flight]),
         "client_replayed": spread([n for p in passes for n in p.replayed]),
-        "sent": sent,
-        "received": received,
-        "lost": sum(e.lost for e in echoes),
-        "duplicates": sum(e.duplicates for e in echoes),
+        "sent": sum(e.messages for e in echoes),
+        "received": sum(e.received for e in echoes),
         "echo_rate": spread([e.rate for e in echoes]),
-        "server_cpu_s": spread([e.server_cpu for e in echoes]),
-        "client_cpu_s": spread([e.client_cpu for e in echoes]),
-        "server_cpu_share": spread([e.server_cpu / e.seconds for e in echoes]),
-        "client_cpu_share": spread([e.client_cpu / e.seconds for e in echoes]),
-        "client_bound": [e.client_cpu / e.seconds > CLIENT_BOUND for e in echoes],
-        "cores_full": [full_cores(e.server_cpu, e.client_cpu, e.seconds, e.others) for e in echoes],
-        "other_load_share": other_load([e.others for e in echoes]),
-        "repetitions": [p.to_json() for p in passes],
     }
 
 
