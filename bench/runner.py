@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,11 +41,8 @@ from .summary import (
     Headline,
     Outcome,
     Target,
-    headlines_json,
     lost_fields,
     markdown,
-    run_entries,
-    targets_json,
 )
 
 SUMMARY = "summary"
@@ -251,7 +248,8 @@ def run(argv: Sequence[str], registry: Registry) -> int:
         print(f"{where}: {_ended(outcome)}", file=sys.stderr, flush=True)
     ok = [outcome.scenario for outcome in outcomes if outcome.status == "ok"]
     document = read_document(json_path) or {}
-    entries = run_entries(document, ok)
+    scenarios = document.get("scenarios", {})
+    entries = {name: scenarios[name] for name in ok if name in scenarios}
     notes: list[str] = []
     heads: list[Headline] = _hook("headlines", ok, registry, entries, notes)
     goals: list[Target] = _hook("targets", ok, registry, entries, notes)
@@ -276,8 +274,8 @@ def run(argv: Sequence[str], registry: Registry) -> int:
         "full": selection.full,
         "scenarios": selection.names,
         "outcomes": {outcome.scenario: outcome.to_json() for outcome in outcomes},
-        "headlines": headlines_json(heads),
-        "targets": targets_json(goals),
+        "headlines": [asdict(headline) for headline in heads],
+        "targets": [asdict(target) for target in goals],
         "plot": None if plot_path is None else display_path(plot_path),
         "notes": notes,
         "machine": machine_info(),

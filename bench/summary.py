@@ -8,7 +8,7 @@ finds any non-zero ``lost``/``duplicates``; :func:`markdown` writes ``## summary
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -249,17 +249,3 @@ def markdown(
         relative = display_path(plot_path).removeprefix("bench/")
         lines += [f"![every scenario with a figure worth a picture]({relative})", ""]
     return "\n".join(lines)
-
-
-def headlines_json(headlines: Sequence[Headline]) -> list[Json]:
-    return [asdict(headline) for headline in headlines]
-
-
-def targets_json(targets: Sequence[Target]) -> list[Json]:
-    return [asdict(target) for target in targets]
-
-
-def run_entries(document: Json, names: Sequence[str]) -> Mapping[str, Json]:
-    """The entries of *names* in a results *document* (those present)."""
-    scenarios: Json = document.get("scenarios", {})
-    return {name: scenarios[name] for name in names if name in scenarios}
