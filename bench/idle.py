@@ -287,23 +287,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "sessions": by_count(results, TCP),
             "tls_sessions": by_count(results, TLS),
-            "tls_ceiling": {
-                str(n): {
-                    "rss_per_session_kib": spread(
-                        [
-                            r["rss_per_session_kib"]
-                            for r in results
-                            if r["transport"] == CEILING_TLS and r["sessions"] == n
-                        ]
-                    ),
-                    "repetitions": [
-                        r for r in results if r["transport"] == CEILING_TLS and r["sessions"] == n
-                    ],
-                }
-                for n in dict.fromkeys(
-                    r["sessions"] for r in results if r["transport"] == CEILING_TLS
-                )
-            },
+            "tls_ceiling": by_count(results, CEILING_TLS),
             "markdown": markdown,
         }
 
@@ -324,7 +308,9 @@ def summary(results: list[Json]) -> Json:
     out = summarise(results)
     out["rss_idle_kib"] = spread([r["rss_kib"]["idle"] for r in results])
     out["rss_before_kib"] = spread([r["rss_kib"]["before"] for r in results])
-    out["lost"] = sum(r["sessions"] - r["still_open_after_idle"] for r in results)
+    out["lost"] = sum(
+        r["sessions"] - r.get("still_open_after_idle", r["sessions"]) for r in results
+    )
     return out
 
 
