@@ -4,7 +4,9 @@ With a store, a session's output does not go to its socket when the core makes
 it. Once per loop iteration, :meth:`Durability.flush` takes every dirty
 session's bytes from its connection and, in the same instant, appends to the
 store the payloads sent since the last append and the inbound position the
-handler consumed (one entry per session). A single writer task then, per
+handler consumed, i.e. is done with (one entry per session; when a message counts
+as consumed: :class:`~sessiond_client.handoff.SettlingHandoff`), and
+``session.data`` when the handler used it and it changed. A single writer task then, per
 batch: runs the metadata writes that must precede it (a new session, a rotated
 credential), commits all appends in one pipelined round trip, and only then
 writes the bytes to the sockets. So no DATA frame leaves before the store has
