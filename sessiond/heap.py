@@ -14,7 +14,6 @@ glibc only; elsewhere (musl, macOS, Windows) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 #: glibc's ``M_MMAP_THRESHOLD`` (malloc.h).
@@ -29,8 +28,8 @@ def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (musl has no such symbol)
+        libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them
+        libc.gnu_get_libc_version  # noqa: B018  (glibc's: musl has no such symbol)
     except (OSError, AttributeError):
         return None
     return libc

@@ -9,6 +9,7 @@ well below what it paid before sessiond/heap.py and TlsAccept's deferred TLS sta
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from sessiond_client.protocol import Params
 import sessiond
 import sessiond.apps
 from bench.loadgen import close_idle, open_idle
+from sessiond import heap
 from sessiond.server import ServerConfig
 from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
@@ -157,3 +159,57 @@ async def test_tls_state_waits_for_the_client_hello_within_the_handshake_timeout
                 await asyncio.sleep(0.01)
         await late.close()
         silent.close()
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
+            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
+        )
+    ]
+
+
+def mapped_blocks(size: int, count: int) -> int:
+    """Of *count* blocks of *size* bytes malloc'd at once, how many got their own mapping
+    (``mallinfo2().hblks``), after :func:`sessiond.heap.map_large_blocks`."""
+    libc = heap._glibc()
+    assert libc is not None
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # As in a daemon that has run a while: a freed 1 MiB mapping raises glibc's dynamic
+    # threshold to 1 MiB (without the fix, 256 KiB blocks would then come from the heap).
+    libc.free(libc.malloc(1 << 20))
+    assert heap.map_large_blocks()
+    before = libc.mallinfo2().hblks
+    blocks = [libc.malloc(size) for _ in range(count)]
+    mapped = int(libc.mallinfo2().hblks - before)
+    for block in blocks:
+        libc.free(block)
+    return mapped
+
+
+def test_with_large_blocks_mapped_tls_read_buffers_get_their_own_mappings() -> None:
+    """After :func:`sessiond.heap.map_large_blocks` (which a TLS listener calls), blocks
+    the size of uvloop's TLS read buffer are mmapped on their own (only their touched
+    pages are resident), except the few that free heap space can hold (glibc maps only
+    what the heap cannot serve); a 256,000-byte TCP read's copy still comes from the heap.
+    In a fresh interpreter, whose heap has little free space."""
+    libc = heap._glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc 2.33+ only")
+    code = (
+        "from tests.test_tls_memory import mapped_blocks; "
+        "print(mapped_blocks(256 * 1024, 32), mapped_blocks(256_000, 32))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    tls_buffers, tcp_reads = map(int, out.stdout.split())
+    assert tls_buffers >= 28, out.stdout  # uvloop's SSL_READ_MAX_SIZE
+    assert tcp_reads == 0, out.stdout  # uvloop's UV_STREAM_RECV_BUF_SIZE
