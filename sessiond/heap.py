@@ -4,9 +4,17 @@ Every TLS transport of uvloop allocates a 256 KiB read buffer (``SSL_READ_MAX_SI
 with ``malloc`` and keeps it for its life. Only the pages a read touched are resident
 (one, for an idle session), but only if glibc serves the block with its own ``mmap``:
 once glibc has freed one such block its dynamic threshold rises above 256 KiB, and later
-buffers come from the heap, between small objects, where far more of their pages end up
-resident. :func:`map_large_blocks` fixes the threshold at 256 KiB (measured: 36.7 KiB of
-RSS per idle TLS session before, 27.4 KiB after, 1,000 sessions; README, "Memory").
+buffers are carved out of the heap, out of space a handshake's temporaries have just
+touched and freed, so that far more of their pages stay resident.
+:func:`map_large_blocks` fixes the threshold at 256 KiB (measured: 36.7 KiB of RSS per
+idle TLS session before, 27.4 KiB after, 1,000 sessions; README, "Memory over TLS").
+
+The price: every block of 256 KiB or more is then mapped and unmapped each time, fresh
+pages faulted in, instead of being reused from the heap; a batch of output that large (a
+window of 1 KiB messages) is one. Measured: about 1 us more server CPU per 1 KiB echoed
+message over TCP and 2-3 us over TLS (of 5 and 8-9 us), within noise at 64 B. Only a
+threshold set just while each TLS transport is made avoids that, and keeps little of the
+saving (34.8 KiB per session: the buffers then fill the heap's free space).
 
 glibc only; elsewhere (musl, macOS, Windows) it does nothing.
 """
