@@ -98,7 +98,10 @@ class ChannelsApp:
                 await self._restore(member, held)
             async for payload in session:
                 if self._handle(member, payload):
-                    session.save_data()  # before the reply: survives a kill -9
+                    # Used, so stored with the session's next append, at the latest
+                    # with the reply's: a subscription the client was told of survives
+                    # a kill -9 (sessiond/durable.py).
+                    session.data[SUBSCRIPTIONS] = member.patterns
                 handled += 1
                 room = member.outbox.room_for_control()
                 if room is not None:  # the client is not reading its replies: stop reading
