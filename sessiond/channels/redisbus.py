@@ -85,6 +85,7 @@ class RedisBus:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.position = "0-0"  # the last entry received
+        self._crashed = False
 
     def attach(self, broker: Broker) -> None:
         self.broker = broker
@@ -123,7 +124,7 @@ class RedisBus:
 
     async def close(self) -> None:
         """Send what is queued, stop reading and disconnect."""
-        if self._tasks:
+        if self._tasks and not self._crashed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush(), self.timeout)
         for task in self._tasks:
@@ -157,7 +158,7 @@ class RedisBus:
         expire)."""
         for task in self._tasks:
             task.cancel()
-        self._tasks = []
+        self._crashed = True  # close() only disconnects (and collects the tasks)
 
     # ------------------------------------------------------------- publish
 
