@@ -537,8 +537,12 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             "its port and store (its start counts in the time); the clients resume there once "
             f"the dead lease ({kill['lease_ttl_s']:g} s, the default) has run out: "
             f"{kill['resumed']:,} resumed, {kill['sent']:,} sent, {kill['lost']} lost, "
-            f"{kill['duplicates']} duplicated, last resumed "
-            f"{kill['kill_to_last_resumed_s'] or float('nan'):.2f} s after the kill.",
+            f"{kill['duplicates']} duplicated; from the kill, s: heir listening "
+            f"{kill['kill_to_heir_listening_s']:.2f}, sessions resumed first "
+            f"{kill['kill_to_first_resumed_s'] or float('nan'):.2f}, median "
+            f"{kill['kill_to_median_resumed_s'] or float('nan'):.2f}, last "
+            f"{kill['kill_to_last_resumed_s'] or float('nan'):.2f} (the load generator "
+            f"meanwhile busy {kill['client_cpu_share']:.0%} of its core).",
             "",
         ]
     workers = entry.get("workers")
