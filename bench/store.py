@@ -326,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
             messages,
             MANY_SESSIONS_WINDOW,
             repeat,
+            args.time_limit,
         )
         keys_after = stats.keys()
         entry: Json = {

@@ -188,7 +188,9 @@ def listeners(port: int) -> int:
         )
 
 
-def workers(ctx: Context, url: str, sessions: int, messages: int, window: int, repeat: int) -> Json:
+def workers(
+    ctx: Context, url: str, sessions: int, messages: int, window: int, repeat: int, limit: float
+) -> Json:
     """Echo msg/s and CPU per message of ``--workers 2`` and of one daemon, unpinned."""
     unpinned = Pinning(None, None, "unpinned")
     base = [*daemon_argv(), "--store", url]
@@ -210,7 +212,7 @@ def workers(ctx: Context, url: str, sessions: int, messages: int, window: int, r
     def one(name: str, _rep: int) -> EchoResult:
         daemon, clock = daemons[name]
         coroutine = echo(
-            "daemon", daemon.port, pool, messages, window, 10.0, clock, sessions=sessions
+            "daemon", daemon.port, pool, messages, window, limit, clock, sessions=sessions
         )
         echoed: EchoResult = ctx.run(coroutine)
         result = dataclasses.replace(echoed, system=f"{name} worker(s)")
