@@ -150,6 +150,15 @@ class Limits:
         low=0,
         high=1 << 20,
     )
+    accept_pause: float = setting(
+        1.0,
+        doc="after accept fails for want of descriptors or memory (EMFILE, ENFILE), "
+        "seconds before accepting again (pending connections wait in the backlog)",
+        low=0,
+        above=True,
+        high=60,
+        unit="s",
+    )
     retry_after: float = setting(
         5.0,
         doc="retry-after told to clients refused by a limit",
@@ -168,6 +177,7 @@ class Limits:
             "max_hello_size": self.max_hello_size >= 1024,
             "max_partial_bytes": self.max_partial_bytes >= 1 << 20,
             "retry_after": self.retry_after >= 0,
+            "accept_pause": self.accept_pause > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -33,6 +33,7 @@ from sessiond_client.protocol import (
 )
 from sessiond_client.protocol import Session as CoreSession
 
+from .accept import Listener, bind
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
@@ -130,13 +131,13 @@ class Server:
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
         self.tls_pending = 0  # TLS handshakes in progress (each holds a descriptor)
-        # Accepting fails silently once descriptors run out (uvloop's accept closes the
-        # connection, asyncio's pauses): refuse typed, while some are left.
+        # Refuse new transports typed while some descriptors are left: once none is,
+        # accept itself fails (logged and paused by accept.py, but untyped).
         self.transport_limit = _descriptor_limit() - self.config.limits.fd_reserve
         self.partial_bytes = 0  # held for incomplete frames, all transports
         self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
         self.budgets = Budgets(self.config.limits)  # per address and identity
-        self.listeners: list[asyncio.Server] = []
+        self.listeners: list[Listener] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False  # close() has begun: no HELLO is answered any more
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
@@ -157,7 +158,7 @@ class Server:
 
     async def listen(
         self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
-    ) -> asyncio.Server:
+    ) -> Listener:
         """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext); with
         *reuse_port*, beside other processes on the same port (sessiond/workers.py)."""
         # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
@@ -168,14 +169,9 @@ class Server:
             factory = lambda: ServerProtocol(self)  # noqa: E731
         else:
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
-        listener = await self.loop.create_server(
-            factory,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            backlog=LISTEN_BACKLOG,
-        )
+        # Our own accept (accept.py): running out of descriptors is logged and waited out.
+        sockets = bind(host, port, LISTEN_BACKLOG, reuse_port)
+        listener = Listener(self, sockets, factory)
         self.listeners.append(listener)
         return listener
 
@@ -239,14 +235,13 @@ class Server:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # wait_closed() waits for every transport the listener accepted; one still
-        # lingering (a peer that neither reads nor closes) is aborted after close_grace,
-        # so shutdown is bounded.
-        try:
-            async with asyncio.timeout(self.config.close_grace + 1.0):
-                for listener in self.listeners:
-                    await listener.wait_closed()
-        except TimeoutError:
+        # Every transport closes (connection_lost takes it out of self.protocols); one
+        # still lingering (a peer that neither reads nor closes) is aborted after
+        # close_grace, so shutdown is bounded. Polled: this runs once, at shutdown.
+        deadline = self.loop.time() + self.config.close_grace + 1.0
+        while self.protocols and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.protocols:
             log.warning("transports still open after close_grace: aborted")
             for protocol in list(self.protocols):
                 if protocol.transport is not None:

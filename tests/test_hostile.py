@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import random
 import ssl as ssl_module
 import string
@@ -489,6 +490,74 @@ async def test_running_out_of_file_descriptors_is_refused_typed_and_logged(
     text = log_path.read_text()
     lines = [line for line in text.splitlines() if "file descriptors nearly exhausted" in line]
     assert 1 <= len(lines) <= 10, text[-2000:]
+    assert "Traceback" not in text
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process *pid* has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_accept_out_of_descriptors_is_logged_rate_limited_and_paused_not_spun(
+    tmp_path: Path,
+) -> None:
+    """With the reserve off (fd_reserve 0) and 120 descriptors, 150 held connections
+    make accept fail with EMFILE. The daemon logs it (at most a burst of lines, the rest
+    counted), stops accepting for accept_pause instead of spinning on a listener that
+    stays readable (CPU over 3 s of exhaustion, with clients still knocking, bounded
+    generously: a spin would use the whole 3 s), and once the connections close it
+    serves again (the clients that waited in the backlog meanwhile included). Before
+    (uvloop's accept): every pending client got an EOF and nothing was logged."""
+    port = free_port()
+    (tmp_path / "sessiond.toml").write_text(
+        "[server]\nmax_transports_per_peer = 1000\n[limits]\nfd_reserve = 0\naccept_pause = 0.1\n"
+    )
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                *("sh", "-c", 'ulimit -n 120 && exec "$@"', "sh"),  # 120 descriptors
+                *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
+                *("--app", "echo", "--config", str(tmp_path / "sessiond.toml")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        canary = await started(port, proc)
+        for _ in range(150):  # beyond 120: the rest wait in the backlog
+            held.append(await asyncio.open_connection(HOST, port))
+        deadline = time.monotonic() + 20
+        while "accept failed" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            await asyncio.sleep(0.05)
+        before = cpu_seconds(proc.pid)
+        for _ in range(6):  # clients keep knocking while it is exhausted
+            held.append(await asyncio.open_connection(HOST, port))
+            await asyncio.sleep(0.5)
+        used = cpu_seconds(proc.pid) - before
+        for _, writer in held:
+            writer.close()
+        held.clear()
+        fresh = None
+        deadline = time.monotonic() + 30
+        while not isinstance(fresh, Welcome):  # once the backlog's dead clients are gone
+            assert time.monotonic() < deadline, fresh
+            fresh = await hello_answer(port)
+        await echo(canary, b"still here")
+        await canary.close()
+    finally:
+        for _, writer in held:
+            writer.close()
+        proc.terminate()
+        proc.wait(20)
+    text = log_path.read_text()
+    lines = [line for line in text.splitlines() if "accept failed: Too many open files" in line]
+    print(f"\nEMFILE: {len(lines)} log lines; daemon CPU {used:.2f} s over 3 s of exhaustion")
+    assert 1 <= len(lines) <= 10 + 2, text[-3000:]  # 10 per 10 s per kind (and a summary)
+    assert used < 1.0, used
     assert "Traceback" not in text
 
 
