@@ -626,3 +626,71 @@ def test_a_retained_run_is_taken_in_order_and_weighs_on_the_control_limit() -> N
         assert room.done() and outbox.control == 0 and outbox.take() is None
     finally:
         loop.close()
+
+
+def test_control_entries_are_bounded_in_bytes_as_well_as_in_count() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        outbox = Outbox(loop, 10, 1000, lambda why: None, max_control_bytes=4096)
+        for _ in range(3):
+            outbox.put_control(b"r" * 1500, "big")  # 3 entries, 4,500 bytes
+        room = outbox.room_for_control()
+        assert room is not None and not room.done()  # 3 < CONTROL_LIMIT, but the bytes
+        assert outbox.take() == (b"r" * 1500, "big")
+        assert room.done() and outbox.control_size == 3000
+        outbox.put_retained(["a", "b"], [b"a" * 2000, b"b" * 100])  # one run always fits
+        assert outbox.control_size == 5100 and outbox.room_for_control() is not None
+        for _ in range(3):
+            outbox.take()
+        assert outbox.control_size == 100 and outbox.room_for_control() is None
+        outbox.take()
+        assert outbox.control_size == 0 and outbox.control == 0 and outbox.take() is None
+    finally:
+        loop.close()
+
+
+async def test_a_session_that_reads_no_replies_holds_at_most_control_bytes_of_them() -> None:
+    """A raw channels session subscribes and unsubscribes, 60 times, to a channel whose
+    retained message is 32 KiB, and never reads: each subscribe queues that message. Past
+    channels.control_bytes (256 KiB here) its requests are no longer read, so what is
+    queued for it stays under the limit plus one message (before: bounded by the
+    64-entry count alone, about 690 KiB here, 1.4 MiB with 64 KiB messages), and the
+    daemon serves others meanwhile."""
+    channels = ChannelsConfig(retained=("big",), control_bytes=256 * 1024)
+    async with channels_daemon(channels) as (server, app):
+        port = server.addresses[0][1]
+        publisher = await open_channels(url_of(server.addresses[0]))
+        await publisher.publish("big", b"b" * 32 * 1024)
+        members: list[Any] = []
+        original_join = app.broker.join
+
+        def join(session: Any) -> Any:
+            member = original_join(session)
+            members.append(member)
+            return member
+
+        app.broker.join = join  # type: ignore[method-assign]
+        sock = await asyncio.to_thread(open_raw, port, 4096, window_messages=8, window_bytes=4096)
+        requests = b"".join(
+            encode_data(
+                n + 1,
+                envelopes.request(envelopes.SUB if n % 2 == 0 else envelopes.UNSUB, "big", n + 1),
+            )
+            for n in range(120)
+        )
+        sock.sendall(requests)
+        deadline = time.monotonic() + 20
+        while not members or members[0].outbox.room_for_control() is None:
+            assert time.monotonic() < deadline, [m.outbox.control_size for m in members]
+            await asyncio.sleep(0.01)
+        (member,) = members
+        await asyncio.sleep(0.2)  # nothing more is taken meanwhile
+        print(f"\ncontrol bytes held: {member.outbox.control_size}")
+        assert 256 * 1024 <= member.outbox.control_size <= (256 + 33) * 1024
+        assert member.outbox.control < 60  # most of its 120 requests wait, unread
+        reader = await open_channels(url_of(server.addresses[0]))
+        await reader.subscribe("big")
+        (got,) = await messages(reader, 1)
+        assert got.retained and len(got.payload) == 32 * 1024
+        sock.close()
+        await shut(publisher, reader)
