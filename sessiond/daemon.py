@@ -390,10 +390,12 @@ class Daemon:
         self.settings = effective
         server = self.server
         if server is not None:
-            server.config = dataclasses.replace(
-                server_config(effective, auth),
-                remembered_ended=server.config.remembered_ended,
-                close_grace=server.config.close_grace,
+            server.reconfigure(
+                dataclasses.replace(
+                    server_config(effective, auth),
+                    remembered_ended=server.config.remembered_ended,
+                    close_grace=server.config.close_grace,
+                )
             )
         reconfigure = getattr(self.app, "reconfigure", None)
         if reconfigure is not None and any(name.startswith("channels.") for name in live):

@@ -250,6 +250,14 @@ class Server:
         if self.durable is not None:
             await self.durable.close()
 
+    def reconfigure(self, config: ServerConfig) -> None:
+        """New settings (SIGHUP): ``limits`` apply at once (budgets.py: budgets keep their
+        counts; detached sessions above a lowered byte budget are evicted now)."""
+        self.config = config
+        self.transport_limit = _descriptor_limit() - config.limits.fd_reserve
+        for sid in self.budgets.reconfigure(config.limits, self.loop.time()):
+            self._evict(sid)
+
     def out_of_descriptors(self, peer: str) -> bool:
         """True (and logged, rate-limited) when a new transport would eat the reserve
         of file descriptors (``limits.fd_reserve``)."""
