@@ -14,6 +14,7 @@ uses the same ones at small sizes.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import multiprocessing
@@ -240,8 +241,53 @@ def retained_hash_subscribers(
     return f"retained={retained} subscribers={len(socks)}"
 
 
+def hash_blind_acker(
+    port: int, seconds: float, payload: int = 1024, lag: float = 0.5, rate: float = 3000.0
+) -> str:
+    """Channels app: a session subscribes to ``#``, never reads, and ACKs every message it
+    assumes the daemon sent it (what was published *lag* seconds ago: a daemon without
+    backpressure has sent those), while a publisher (a session that reads what it is
+    sent) floods one channel with *rate* messages of *payload* bytes a second (as many
+    as the daemon's replay buffer lets it have unacknowledged at that lag: faster, and
+    the subscriber is ended as a slow consumer whatever the write path does). Returns
+    how the subscriber ended (see :func:`send_bounded`) and how many were published."""
+    # A window as large as the protocol allows: the daemon may have that much in flight
+    # to it, which only its write path (backpressure) can hold back.
+    sock = open_raw(port, window_messages=0xFFFFFFFF, window_bytes=0xFFFFFFFF)
+    sock.sendall(encode_data(1, envelopes.request(envelopes.SUB, "#", 1)))
+    sock.setblocking(False)
+    publisher = Canary(port)
+    request = envelopes.request(envelopes.PUB, "flood/x", None, b"f" * payload)
+    published = 0
+    history: collections.deque[tuple[float, int]] = collections.deque()
+    start = time.monotonic()
+    until = start + seconds
+    outcome = "time"
+    while time.monotonic() < until:
+        time.sleep(max(0.0, start + published / rate - time.monotonic()))
+        for _ in range(64):
+            while not publisher.session.can_send(len(request)):
+                publisher.wait_for_credit()
+            publisher.session.send(request, time.monotonic())
+            published += 1
+        publisher._flush()
+        now = time.monotonic()
+        history.append((now, published))
+        acked = 0
+        while history and history[0][0] <= now - lag:
+            acked = history.popleft()[1]
+        if acked:  # seq 1 is the subscribe's reply; delivery n is seq n + 1
+            outcome = send_bounded(sock, encode_ack(1 + acked), until)
+            if outcome != "sent":
+                break
+    publisher.close()
+    sock.close()
+    return f"subscriber {outcome}, published={published}"
+
+
 ATTACKS: dict[str, Callable[[int, float], str]] = {
     "retained-hash": retained_hash_subscribers,
+    "hash-blind-ack": hash_blind_acker,
     "blind-ack": blind_acker,
     "ping-flood": ping_flooder,
     "hello-loop": hello_looper,
@@ -333,7 +379,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 #: Attacks against the channels app, with the settings they need.
-CHANNELS = {"retained-hash": '[channels]\nretained = ["#"]\n'}
+CHANNELS = {"retained-hash": '[channels]\nretained = ["#"]\n', "hash-blind-ack": ""}
 
 
 def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:

@@ -41,7 +41,15 @@ from sessiond_client.protocol.frames import Close, Hello, Resume, Welcome
 
 import sessiond
 import sessiond.apps
-from bench.hostile import blind_acker, open_raw, ping_flooder, send_bounded
+from bench.hostile import (
+    Canary,
+    blind_acker,
+    hash_blind_acker,
+    open_raw,
+    ping_flooder,
+    send_bounded,
+)
+from bench.hostile import daemon as hostile_daemon
 from sessiond import config
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
@@ -694,3 +702,26 @@ async def test_a_session_that_reads_no_replies_holds_at_most_control_bytes_of_th
         assert got.retained and len(got.payload) == 32 * 1024
         sock.close()
         await shut(publisher, reader)
+
+
+def test_a_hash_subscriber_that_blind_acks_a_flood_is_ended_not_buffered() -> None:
+    """Channels: a ``#`` subscriber that never reads but ACKs what it assumes it was sent,
+    while a publisher sends 3,000 messages of 1 KiB a second. Its ACKs are not read once
+    its output passes the high water mark, so its window fills, its queue overflows and
+    it is ended (SLOW_CONSUMER); RSS stays within a few MiB; others are served. Scale: at
+    most 8 s (``python -m bench.hostile hash-blind-ack``, 10 s: before the fix the
+    subscriber was never stopped and RSS grew 37 -> 69 MiB, 3 MiB a second; after: +7 MiB)."""
+    with hostile_daemon("", "channels") as (proc, port):
+        log_path = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
+        canary = Canary(port)
+        assert canary.round_trip() is not None  # an error reply: a round trip all the same
+        baseline = rss_kib(proc.pid)
+        outcome = hash_blind_acker(port, 8.0)
+        peak = rss_kib(proc.pid)
+        assert canary.round_trip() is not None
+        canary.close()
+        log = log_path.read_text()
+    print(f"\n# blind ACKs: {outcome}; RSS {baseline} -> {peak} KiB")
+    assert outcome.startswith("subscriber closed"), outcome
+    assert "code=SLOW_CONSUMER" in log, log[-2000:]
+    assert peak - baseline < 16 * MIB
