@@ -33,6 +33,8 @@ from sessiond_client.protocol import Params, Role, Session
 from sessiond_client.protocol.codec import encode_ack, encode_data, encode_ping
 from sessiond_client.protocol.frames import Hello
 
+from sessiond.tls import generate
+
 HOST = "127.0.0.1"
 
 
@@ -51,10 +53,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def daemon(config: str = "", app: str = "echo") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``python -m sessiond serve`` on a free port with *config* (TOML); stopped at the end."""
+def daemon(
+    config: str = "", app: str = "echo", tls_port: int = 0
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m sessiond serve`` on a free port with *config* (TOML), and with
+    *tls_port* a tls:// listener there too (a development certificate); stopped at the
+    end."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
+        tls: list[str] = []
+        if tls_port:
+            files = generate(Path(tmp) / "certs", [HOST])
+            tls = [f"--listen=tls://{HOST}:{tls_port}", f"--tls-cert={files.server_cert}"]
+            tls.append(f"--tls-key={files.server_key}")
         path = Path(tmp) / "sessiond.toml"
         path.write_text(config)
         log = (Path(tmp) / "daemon.log").open("wb")
@@ -62,6 +73,7 @@ def daemon(config: str = "", app: str = "echo") -> Iterator[tuple[subprocess.Pop
             [
                 *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
                 *("--app", app, "--config", str(path)),
+                *tls,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -285,6 +297,36 @@ def hash_blind_acker(
     return f"subscriber {outcome}, published={published}"
 
 
+def _closed(sock: socket.socket) -> bool:
+    """True when the daemon ended this connection (EOF or reset); nothing is read else."""
+    sock.setblocking(False)
+    try:
+        return not sock.recv(65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def tls_handshake_holder(port: int, seconds: float, connections: int = 2000) -> str:
+    """*connections* TCP connections from one address to a TLS listener (*port*), none of
+    which ever sends a ClientHello, held for *seconds*: how many the daemon closed within
+    1 s (at accept: the per-address limit) and how many by the end."""
+    socks = []
+    for _ in range(connections):
+        try:
+            socks.append(socket.create_connection((HOST, port), 5))
+        except OSError:
+            break
+    time.sleep(1.0)
+    at_once = sum(_closed(sock) for sock in socks)
+    time.sleep(max(0.0, seconds - 1.0))
+    by_end = sum(_closed(sock) for sock in socks)
+    for sock in socks:
+        sock.close()
+    return f"opened={len(socks)} closed_within_1s={at_once} closed_by_end={by_end}"
+
+
 ATTACKS: dict[str, Callable[[int, float], str]] = {
     "retained-hash": retained_hash_subscribers,
     "hash-blind-ack": hash_blind_acker,
@@ -292,7 +334,10 @@ ATTACKS: dict[str, Callable[[int, float], str]] = {
     "ping-flood": ping_flooder,
     "hello-loop": hello_looper,
     "partial-frames": partial_framer,
+    "tls-handshakes": tls_handshake_holder,
 }
+#: Attacks on a tls:// listener (the canary stays on the plain one).
+TLS = {"tls-handshakes"}
 
 
 # ------------------------------------------------------------------ the canary
@@ -385,14 +430,15 @@ CHANNELS = {"retained-hash": '[channels]\nretained = ["#"]\n', "hash-blind-ack":
 def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
     attack = ATTACKS[name]
     app = "channels" if name in CHANNELS else "echo"
-    with daemon(CHANNELS.get(name, "") + config, app) as (proc, port):
+    tls_port = free_port() if name in TLS else 0
+    with daemon(CHANNELS.get(name, "") + config, app, tls_port) as (proc, port):
         canary = Canary(port)
         canary.run(1.0)
         quiet = list(canary.rtts)
         canary.rtts.clear()
         baseline = rss_kib(proc.pid)
         pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
-        outcome = pool.submit(attack, port, seconds)
+        outcome = pool.submit(attack, tls_port or port, seconds)
         peak = baseline
         until = time.monotonic() + seconds + 60
         while time.monotonic() < until and not outcome.done():
