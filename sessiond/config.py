@@ -42,7 +42,12 @@ DAY = 86_400.0
 
 
 class ConfigError(ValueError):
-    """A setting is unknown or invalid; the message names it and its source."""
+    """A setting is unknown or invalid; the message names it and its source. Loading
+    reports every bad setting at once: *problems* lists them (the message joins them)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 def _listen_address(value: str) -> None:
@@ -431,8 +436,24 @@ class _Layers:
         self.values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         self.sources: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.errors: list[str] = []  # every bad setting, reported together
 
     def merge(self, section: str, key: str, value: Any, source: str) -> None:
+        """Take one value, or note why it cannot be taken (see :meth:`check`)."""
+        try:
+            self._merge(section, key, value, source)
+        except ConfigError as exc:
+            self.errors.append(str(exc))
+
+    def check(self) -> None:
+        """Raise one ConfigError naming every problem noted so far."""
+        errors = self.errors
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        if errors:
+            raise ConfigError(f"{len(errors)} problems: {'; '.join(errors)}", list(errors))
+
+    def _merge(self, section: str, key: str, value: Any, source: str) -> None:
         if section not in SECTIONS:
             raise ConfigError(
                 f"unknown section {section!r} (from {source}); known: {', '.join(SECTIONS)}"
@@ -488,12 +509,14 @@ def from_environment(env: Mapping[str, str], into: _Layers) -> None:
             close = difflib.get_close_matches(name, list(variables), n=1, cutoff=0.85)
             if section is not None:
                 key = rest[len(section) + 1 :]
-                raise ConfigError(
+                into.errors.append(
                     f"unknown setting {section}.{key} (from environment {name})"
                     f"{_suggest(section, key)}"
                 )
+                continue
             if close:
-                raise ConfigError(f"environment {name} is not a setting; did you mean {close[0]}?")
+                into.errors.append(f"environment {name} is not a setting; did you mean {close[0]}?")
+                continue
             into.warnings.append(f"environment {name} is not a setting: ignored")
             continue
         section, _, key = setting_name.partition(".")
@@ -526,9 +549,10 @@ def load_with_sources(
         high = values[hs].get(hk, default(high_name))
         if low > high:
             where = layers.sources.get(low_name) or layers.sources.get(high_name, "default")
-            raise ConfigError(
+            layers.errors.append(
                 f"{low_name} = {low!r} is more than {high_name} = {high!r} (from {where})"
             )
+    layers.check()
     built: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         try:

@@ -151,6 +151,12 @@ def test_config_check_and_show_as_commands(tmp_path: Path) -> None:
     result = sessiond("config", "check", str(bad))
     assert result.returncode == 2
     assert "server.drain_timeout = -5" in result.stderr and str(bad) in result.stderr
+    bad.write_text("[server]\ndrain_timeout = -5\nmax_sessions = 0\n[limits]\nread_slce = 1\n")
+    result = sessiond("config", "check", str(bad), env={"SESSIOND_LIMITS_RETRY_AFTER": "x"})
+    problems = result.stderr.splitlines()  # every bad setting, one line each
+    assert result.returncode == 2 and len(problems) == 4, result.stderr
+    assert "server.drain_timeout = -5" in problems[0] and "server.max_sessions = 0" in problems[1]
+    assert "limits.read_slice?" in problems[2] and "SESSIOND_LIMITS_RETRY_AFTER" in problems[3]
     # check goes as far as serve would before listening: a missing token file is found
     tokens = tmp_path / "tokens.toml"
     tokens.write_text("[auth]\nmode = 'token-file'\ntoken_file = '/nonexistent/tokens'\n")
