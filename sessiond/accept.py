@@ -93,8 +93,28 @@ class Listener:
         self.paused = False  # accepting is paused after a failure (accept_pause)
         self._resume: asyncio.TimerHandle | None = None
         self._closed = False
-        for sock in sockets:
-            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        self._fallback: list[asyncio.Server] = []  # the loop's own accept, see start()
+
+    @classmethod
+    async def start(
+        cls,
+        server: Server,
+        sockets: list[socket.socket],
+        factory: Callable[[], asyncio.Protocol],
+        backlog: int,
+    ) -> Listener:
+        """Accept on *sockets* from now on. A loop that cannot watch a socket
+        (``add_reader``: Windows' proactor loop) accepts with its own servers instead,
+        without the log line and the pause."""
+        listener = cls(server, sockets, factory)
+        try:
+            listener._resume_accepting()
+        except NotImplementedError:
+            listener._fallback = [
+                await server.loop.create_server(factory, sock=sock, backlog=backlog)
+                for sock in sockets
+            ]
+        return listener
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -164,8 +184,10 @@ class Listener:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        for fallback in self._fallback:
+            fallback.close()
         for sock in self.sockets:
-            if not self.paused:
+            if not self.paused and not self._fallback:
                 self.loop.remove_reader(sock.fileno())
             sock.close()
 

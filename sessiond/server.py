@@ -171,7 +171,7 @@ class Server:
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         # Our own accept (accept.py): running out of descriptors is logged and waited out.
         sockets = bind(host, port, LISTEN_BACKLOG, reuse_port)
-        listener = Listener(self, sockets, factory)
+        listener = await Listener.start(self, sockets, factory, LISTEN_BACKLOG)
         self.listeners.append(listener)
         return listener
 

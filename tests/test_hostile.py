@@ -569,6 +569,25 @@ async def test_accept_out_of_descriptors_is_logged_rate_limited_and_paused_not_s
     assert "Traceback" not in text
 
 
+class LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """A loop that cannot watch a socket, as Windows' proactor loop."""
+
+    def add_reader(self, *args: Any) -> None:  # type: ignore[override]
+        raise NotImplementedError
+
+
+def test_a_loop_without_add_reader_accepts_with_its_own_server() -> None:
+    async def serve_and_echo() -> None:
+        async with echo_server(Limits()) as server:
+            client = CoreClient(HOST, server.addresses[0][1])
+            await client.open()
+            await echo(client, b"accepted by the loop's own server")
+            await client.close()
+
+    with asyncio.Runner(loop_factory=LoopWithoutReaders) as runner:
+        runner.run(serve_and_echo())
+
+
 async def test_retained_messages_for_a_hash_subscriber_that_reads_nothing_cost_little() -> None:
     """600 retained messages; 20 raw sessions subscribe to ``#`` and never read: each
     holds the retained set as one control entry (a run of references), not one entry per
