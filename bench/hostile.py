@@ -17,10 +17,13 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing
 import os
+import random
 import select
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -29,9 +32,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sessiond_client import envelopes
-from sessiond_client.protocol import Params, Role, Session
+from sessiond_client.protocol import FrameDecoder, Params, Role, Session, parse_frame
 from sessiond_client.protocol.codec import encode_ack, encode_data, encode_ping
-from sessiond_client.protocol.frames import Hello
+from sessiond_client.protocol.frames import Ack, Hello, Welcome
 
 from sessiond.tls import generate
 
@@ -297,6 +300,74 @@ def hash_blind_acker(
     return f"subscriber {outcome}, published={published}"
 
 
+def detached_filler(port: int, seconds: float, sessions: int = 40, fill: int = 6 << 20) -> str:
+    """*sessions* sessions from one address, each asking for the longest detached lifetime,
+    send DATA (as the daemon's window allows, watching its ACKs) and never acknowledge an
+    echo, until *fill* bytes are sent or the daemon stops acknowledging (its replay buffer
+    and inbox are full); then each drops its connection (the session detaches holding
+    them), and nothing happens for *seconds*. Returns the MiB sent per session (median)."""
+    payload = b"d" * 16000
+    sent_bytes = []
+    for _ in range(sessions):
+        sock = socket.create_connection((HOST, port), 10)
+        sock.sendall(hello(0xFFFFFFFF, 0xFFFFFFFF, lifetime_ms=3_600_000))
+        decoder = FrameDecoder(1 << 21)
+        acked = sent = 0
+        welcome = False
+        progress = time.monotonic()
+        while sent * len(payload) < fill and time.monotonic() - progress < 1.0:
+            while welcome and sent - acked < 48:  # 768 kB: within its window (1 MiB)
+                sent += 1
+                sock.sendall(encode_data(sent, payload))
+            readable, _, _ = select.select([sock], [], [], 0.2)
+            if readable:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    parsed = parse_frame(frame)
+                    if isinstance(parsed, Welcome):
+                        welcome = True
+                        progress = time.monotonic()
+                    elif isinstance(parsed, Ack) and parsed.seq > acked:
+                        acked = parsed.seq
+                        progress = time.monotonic()
+        sock.close()
+        sent_bytes.append(sent * len(payload))
+    time.sleep(seconds)
+    median = sorted(sent_bytes)[len(sent_bytes) // 2] / (1 << 20)
+    return f"sessions={sessions} sent={median:.1f} MiB each (median), never acknowledged"
+
+
+def deep_subscribers(port: int, seconds: float, sessions: int = 20, levels: int = 126) -> str:
+    """Channels app: *sessions* sessions each subscribe to 256 wildcard patterns of
+    *levels* one-character levels sharing no branch, then hold them for *seconds*.
+    Returns how many subscribes were refused (LIMIT_EXCEEDED beyond max_pattern_levels)."""
+    chooser = random.Random(12)
+    socks = []
+    for _ in range(sessions):
+        sock = open_raw(port, rcvbuf=1 << 20)
+        requests = []
+        for number in range(256):
+            pattern = "/".join(chooser.choice(string.ascii_lowercase) for _ in range(levels - 1))
+            requests.append(
+                encode_data(
+                    number + 1, envelopes.request(envelopes.SUB, pattern + "/#", number + 1)
+                )
+            )
+        sock.sendall(b"".join(requests))
+        socks.append(sock)
+    time.sleep(seconds)
+    refused = 0
+    for sock in socks:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            while data := sock.recv(1 << 20):
+                refused += data.count(b" levels")  # "a pattern may have at most N levels"
+        sock.close()
+    return f"sessions={sessions} patterns={sessions * 256} levels={levels} refusals~{refused}"
+
+
 def _closed(sock: socket.socket) -> bool:
     """True when the daemon ended this connection (EOF or reset); nothing is read else."""
     sock.setblocking(False)
@@ -335,6 +406,9 @@ ATTACKS: dict[str, Callable[[int, float], str]] = {
     "hello-loop": hello_looper,
     "partial-frames": partial_framer,
     "tls-handshakes": tls_handshake_holder,
+    "deep-subs": deep_subscribers,
+    "deep-subs-16": functools.partial(deep_subscribers, levels=16),  # the most allowed now
+    "detached-fill": detached_filler,
 }
 #: Attacks on a tls:// listener (the canary stays on the plain one).
 TLS = {"tls-handshakes"}
@@ -424,7 +498,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 #: Attacks against the channels app, with the settings they need.
-CHANNELS = {"retained-hash": '[channels]\nretained = ["#"]\n', "hash-blind-ack": ""}
+CHANNELS = {
+    "retained-hash": '[channels]\nretained = ["#"]\n',
+    "hash-blind-ack": "",
+    "deep-subs": "",
+    "deep-subs-16": "",
+}
 
 
 def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
