@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import multiprocessing
 import os
 import random
@@ -32,9 +33,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sessiond_client import envelopes
-from sessiond_client.protocol import FrameDecoder, Params, Role, Session, parse_frame
+from sessiond_client.protocol import CloseCode, FrameDecoder, Params, Role, Session, parse_frame
 from sessiond_client.protocol.codec import encode_ack, encode_data, encode_ping
-from sessiond_client.protocol.frames import Ack, Hello, Welcome
+from sessiond_client.protocol.frames import Ack, Close, Hello, Welcome
 
 from sessiond.tls import generate
 
@@ -368,6 +369,39 @@ def deep_subscribers(port: int, seconds: float, sessions: int = 20, levels: int 
     return f"sessions={sessions} patterns={sessions * 256} levels={levels} refusals~{refused}"
 
 
+def wrong_tokens(port: int, seconds: float, count: int = 10_000, parallel: int = 200) -> str:
+    """*count* HELLOs with wrong tokens from one address, *parallel* at a time, as fast as
+    they are answered (at most *seconds*): how each was answered."""
+    answers: collections.Counter[str] = collections.Counter()
+    until = time.monotonic() + seconds
+    sent = 0
+    while sent < count and time.monotonic() < until:
+        batch = []
+        for _ in range(min(parallel, count - sent)):
+            try:
+                sock = socket.create_connection((HOST, port), 5)
+            except OSError:
+                answers["connect failed"] += 1
+                continue
+            sent += 1
+            credentials = {"token": f"wrong {sent}"}
+            sock.sendall(Hello((1,), 15000, 64, 65536, 1 << 20, 0, credentials).encode())
+            batch.append(sock)
+        for sock in batch:
+            sock.settimeout(max(0.1, until - time.monotonic()))
+            answer = "none"
+            with contextlib.suppress(OSError):
+                for frame in FrameDecoder(1 << 20).feed(sock.recv(4096)):
+                    parsed = parse_frame(frame)
+                    if isinstance(parsed, Close):
+                        answer = CloseCode(parsed.code).name
+                    elif isinstance(parsed, Welcome):
+                        answer = "WELCOME"
+            answers[answer] += 1
+            sock.close()
+    return f"sent={sent} " + " ".join(f"{k}={v}" for k, v in sorted(answers.items()))
+
+
 def _closed(sock: socket.socket) -> bool:
     """True when the daemon ended this connection (EOF or reset); nothing is read else."""
     sock.setblocking(False)
@@ -409,7 +443,11 @@ ATTACKS: dict[str, Callable[[int, float], str]] = {
     "deep-subs": deep_subscribers,
     "deep-subs-16": functools.partial(deep_subscribers, levels=16),  # the most allowed now
     "detached-fill": detached_filler,
+    "wrong-tokens": wrong_tokens,
 }
+#: Attacks on a daemon with token-file authentication (the canary has the right token).
+AUTH = {"wrong-tokens"}
+CANARY_TOKEN = "canary-token"
 #: Attacks on a tls:// listener (the canary stays on the plain one).
 TLS = {"tls-handshakes"}
 
@@ -420,10 +458,10 @@ TLS = {"tls-handshakes"}
 class Canary:
     """One session on a blocking socket: one message out, wait for its echo, repeat."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, credentials: object = None) -> None:
         self.session = Session(Role.CLIENT, Params(heartbeat_interval=5.0))
         self.sock = socket.create_connection((HOST, port), 10)
-        self.conn = self.session.connect(time.monotonic())
+        self.conn = self.session.connect(time.monotonic(), credentials)
         self.rtts: list[float] = []
         self._flush()
         self._read_until(lambda: self.session.max_payload > 0, 10)
@@ -510,8 +548,16 @@ def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
     attack = ATTACKS[name]
     app = "channels" if name in CHANNELS else "echo"
     tls_port = free_port() if name in TLS else 0
-    with daemon(CHANNELS.get(name, "") + config, app, tls_port) as (proc, port):
-        canary = Canary(port)
+    credentials = None
+    tokens = tempfile.NamedTemporaryFile("w", suffix=".tokens")  # noqa: SIM115
+    if name in AUTH:
+        tokens.write(f"canary {hashlib.sha256(CANARY_TOKEN.encode()).hexdigest()}\n")
+        tokens.flush()
+        config += f"[auth]\nmode = 'token-file'\ntoken_file = '{tokens.name}'\n"
+        credentials = CANARY_TOKEN
+    with tokens, daemon(CHANNELS.get(name, "") + config, app, tls_port) as (proc, port):
+        log_path = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
+        canary = Canary(port, credentials)
         canary.run(1.0)
         quiet = list(canary.rtts)
         canary.rtts.clear()
@@ -527,6 +573,7 @@ def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
         pool.shutdown()
         time.sleep(1.0)
         after = rss_kib(proc.pid)
+        log_lines = len(log_path.read_text().splitlines())
         alive = canary.round_trip() is not None
         canary.close()
     return {
@@ -538,6 +585,7 @@ def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
         "p99_ms": percentile(canary.rtts, 0.99) * 1000,
         "round_trips": len(canary.rtts),
         "canary_alive": float(alive),
+        "daemon_log_lines": log_lines,
     }
 
 
