@@ -70,12 +70,7 @@ class PingResult:
             "received": self.received,
             "lost": self.sent - self.received,
             "late": self.late,
-            "seconds": self.seconds,
             "achieved_rate": self.achieved,
-            "client_cpu_s": self.client_cpu,
-            "client_cpu_share": self.client_cpu / self.seconds,
-            "server_cpu_s": self.server_cpu,
-            "server_cpu_share": self.server_cpu / self.seconds,
             "round_trip_us": {
                 key: value / 1000 if key != "count" else value
                 for key, value in self.histogram.summary().items()
