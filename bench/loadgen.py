@@ -116,6 +116,31 @@ class EchoResult:
         }
 
 
+def frame(payloads: Sequence[bytes]) -> bytes:
+    """*payloads* in the ceiling's framing."""
+    prefix = LENGTH.pack
+    return b"".join([part for payload in payloads for part in (prefix(len(payload)), payload)])
+
+
+def unframe(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The whole frames at the head of *buffer* (the ceiling's framing), and the rest."""
+    got: list[bytes] = []
+    keep = got.append
+    unpack_from = LENGTH.unpack_from
+    size = len(buffer)
+    pos = 0
+    while size - pos >= 4:
+        (length,) = unpack_from(buffer, pos)
+        if length > MAX_FRAME:
+            raise BenchError(f"frame of {length} bytes")
+        stop = pos + 4 + length
+        if stop > size:
+            break
+        keep(buffer[pos + 4 : stop])
+        pos = stop
+    return got, buffer[pos:]
+
+
 class _Echo(asyncio.Protocol):
     """What both echo clients share: the window, the check, the clocks, the end.
 
@@ -447,24 +472,8 @@ class FramedEcho(_Echo):
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
-        buffer = self.tail + data if self.tail else data
-        got: list[bytes] = []
-        keep = got.append
-        unpack_from = LENGTH.unpack_from
-        size = len(buffer)
-        pos = 0
-        while size - pos >= 4:
-            (length,) = unpack_from(buffer, pos)
-            if length > MAX_FRAME:
-                self.fail(f"frame of {length} bytes")
-                return
-            stop = pos + 4 + length
-            if stop > size:
-                break
-            keep(buffer[pos + 4 : stop])
-            pos = stop
-        self.tail = buffer[pos:]
         try:
+            got, self.tail = unframe(self.tail + data if self.tail else data)
             if got:
                 self.checker.check(got)
                 if self.check_end():
@@ -481,13 +490,7 @@ class FramedEcho(_Echo):
             return
         if self.transport is None:
             return
-        prefix = LENGTH.pack
-        parts: list[bytes] = []
-        append = parts.append
-        for payload in batch:
-            append(prefix(len(payload)))
-            append(payload)
-        self.transport.write(b"".join(parts))
+        self.transport.write(frame(batch))
         self.writes += 1
         self.sent += len(batch)
 

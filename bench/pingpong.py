@@ -26,7 +26,7 @@ from sessiond_client.protocol import Params
 from . import BenchError
 from .core import POOL
 from .histogram import Histogram
-from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, IdleSession
+from .loadgen import HOST, CpuClock, IdleSession, frame, unframe
 from .processes import pace
 
 #: The first pings go this long after the pass starts (connections are open by then).
@@ -270,24 +270,17 @@ class FramedPing(Pinger, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now_ns = time.perf_counter_ns()
-        buffer = self.tail + data if self.tail else data
-        size = len(buffer)
-        pos = 0
-        while size - pos >= 4:
-            (length,) = LENGTH.unpack_from(buffer, pos)
-            if length > MAX_FRAME:
-                self.finish_failed(f"frame of {length} bytes")
-                return
-            stop = pos + 4 + length
-            if stop > size:
-                break
-            self.on_echo(buffer[pos + 4 : stop], now_ns)
-            pos = stop
-        self.tail = buffer[pos:]
+        try:
+            got, self.tail = unframe(self.tail + data if self.tail else data)
+        except BenchError as exc:
+            self.finish_failed(str(exc))
+            return
+        for payload in got:
+            self.on_echo(payload, now_ns)
 
     def transmit(self, payload: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(LENGTH.pack(len(payload)) + payload)
+        self.transport.write(frame([payload]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing and not self.finished.done():
