@@ -448,19 +448,7 @@ class FramedEcho(_Echo):
     """The ceiling's client: 4-byte length + payload frames, nothing else."""
 
     system = "ceiling"
-
-    def __init__(
-        self,
-        pool: list[bytes],
-        messages: int,
-        window: int,
-        time_limit: float,
-        server_cpu: CpuClock,
-        *,
-        held: bool = False,
-    ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu, held=held)
-        self.tail = b""
+    tail = b""  # the start of a frame the last read did not complete
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
