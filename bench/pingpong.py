@@ -39,43 +39,32 @@ CONNECT_CONCURRENCY = 50
 
 @dataclass(frozen=True, slots=True)
 class PingResult:
-    """One pass of one system at one offered rate."""
+    """One pass of one system at one offered rate: its plan (the counts, the histogram of
+    round trips in ns) and its clocks, from the first scheduled ping to the last reply."""
 
-    system: str
-    size: int
-    rate: float  # offered, messages/s over all connections
-    connections: int
-    planned: int  # pings in the schedule
-    sent: int
-    received: int  # echoed back and found equal to the ping
-    late: int  # pings held back past their time by the previous reply
-    seconds: float  # from the first scheduled ping to the last reply
+    plan: PingPlan
+    seconds: float
     client_cpu: float  # load generator CPU seconds over the same span
     server_cpu: float
-    histogram: Histogram  # round trips, ns
-    stopped_by: str  # "count" or "time"
     #: Share of the server's and the load generator's cores other processes used.
     others: tuple[float, float] | None = None
 
-    @property
-    def achieved(self) -> float:
-        return self.received / self.seconds
-
     def to_json(self) -> dict[str, Any]:
+        plan = self.plan
         return {
-            "offered_rate": self.rate,
-            "connections": self.connections,
-            "planned": self.planned,
-            "sent": self.sent,
-            "received": self.received,
-            "lost": self.sent - self.received,
-            "late": self.late,
-            "achieved_rate": self.achieved,
+            "offered_rate": plan.rate,
+            "connections": plan.connections,
+            "planned": plan.planned,
+            "sent": plan.sent,
+            "received": plan.received,
+            "lost": plan.sent - plan.received,
+            "late": plan.late,
+            "achieved_rate": plan.received / self.seconds,
             "round_trip_us": {
                 key: value / 1000 if key != "count" else value
-                for key, value in self.histogram.summary().items()
+                for key, value in plan.histogram.summary().items()
             },
-            "stopped_by": self.stopped_by,
+            "stopped_by": plan.stopped_by,
             **pace(self, self.others),
         }
 
@@ -363,21 +352,7 @@ async def run_pass(
         raise BenchError(f"{plan.failure} ({plan.sent:,} sent, {plan.received:,} echoed back)")
     if plan.received != plan.sent:
         raise BenchError(f"{plan.system}: {plan.sent:,} pings sent, {plan.received:,} came back")
-    return PingResult(
-        plan.system,
-        plan.size,
-        plan.rate,
-        plan.connections,
-        plan.planned,
-        plan.sent,
-        plan.received,
-        plan.late,
-        (end_ns - begun) / 1e9,
-        cpu,
-        server,
-        plan.histogram,
-        plan.stopped_by,
-    )
+    return PingResult(plan, (end_ns - begun) / 1e9, cpu, server)
 
 
 async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> None:
