@@ -407,8 +407,8 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "(ECDSA P-256), the clients verifying it; the RSS per session then includes each "
         "connection's TLS state. *bare TLS connections*: as many idle TLS connections to the "
         "ceiling (`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no "
-        "session), the same certificate, client and handshakes: the transport's own share of "
-        "a TLS session's memory.",
+        "session, the daemon's malloc setting from `sessiond/heap.py`), the same certificate, "
+        "client and handshakes: the transport's own share of a TLS session's memory.",
         "",
         markdown_table(
             "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"
