@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sessiond_client.protocol import (
     Connection,
@@ -339,19 +339,9 @@ class SessionEcho(_Echo):
 
     system = "daemon"
 
-    def __init__(
-        self,
-        pool: list[bytes],
-        messages: int,
-        window: int,
-        time_limit: float,
-        server_cpu: CpuClock,
-        params: Params | None = None,
-        *,
-        held: bool = False,
-    ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu, held=held)
-        self.session = Session(Role.CLIENT, params or Params())
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # _Echo's
+        super().__init__(*args, **kwargs)
+        self.session = Session(Role.CLIENT, Params())
         self.conn: Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
