@@ -142,7 +142,7 @@ class ServerSection:
 
 @dataclass(frozen=True, slots=True)
 class TlsSection:
-    """``[tls]``: certificate and key for ``tls://`` listeners; a client CA for mutual TLS."""
+    """``[tls]``: certificate and key for ``tls://`` listeners, client CA, idle memory."""
 
     cert: str = setting(
         "", doc="server certificate chain (PEM) for tls:// listeners; SIGHUP re-reads it",
@@ -153,6 +153,15 @@ class TlsSection:
     )
     client_ca: str = setting(
         "", doc="CA file (PEM): require client certificates it signed (mutual TLS)"
+    )
+    idle_memory: str = setting(
+        "compact",
+        doc="compact: a tls:// listener fixes glibc's mmap threshold at 256 KiB for the whole "
+        "process, so an idle TLS session costs ~27 KiB of RSS instead of ~37 KiB, but every "
+        "block of 256 KiB+ (a large output batch) is mapped and unmapped each time: ~1 us "
+        "more CPU per 1 KiB message over TCP, 2-3 us over TLS; fast: glibc's default, "
+        "no such cost, more memory per idle TLS session (sessiond/heap.py)",
+        choices=("compact", "fast"),
     )
 
 

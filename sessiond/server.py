@@ -71,6 +71,9 @@ class ServerConfig:
     drain_timeout: float = 10.0
     close_grace: float = 2.0  # how long a closed transport may take to flush its output
     limits: Limits = field(default_factory=Limits)  # what one client may cost (budgets.py)
+    # A TLS listener fixes glibc's mmap threshold: less memory per idle TLS session, more
+    # CPU per large output batch (sessiond/heap.py; the daemon's tls.idle_memory).
+    map_large_blocks: bool = True
 
 
 class _Entry:
@@ -171,7 +174,8 @@ class Server:
         if ssl is None:
             factory = lambda: ServerProtocol(self)  # noqa: E731
         else:
-            map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
+            if self.config.map_large_blocks:  # tls.idle_memory = "compact"
+                map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         # Our own accept (accept.py): running out of descriptors is logged and waited out.
         sockets = bind(host, port, LISTEN_BACKLOG, reuse_port)

@@ -60,6 +60,7 @@ def test_every_flag_is_an_option_of_serve() -> None:
             ["protocol.heartbeat_interval", "-1", "more than 0 s"],
         ),
         ("[server]\nlog_level = 'verbose'\n", ["server.log_level", "verbose", "DEBUG | INFO"]),
+        ("[tls]\nidle_memory = 'small'\n", ["tls.idle_memory", "small", "compact | fast"]),
         ("[metrics]\nlisten = 'nowhere'\n", ["metrics.listen", "nowhere", "HOST:PORT"]),
         (f"[admin]\nsocket = '/{'x' * 120}'\n", ["admin.socket", "at most 107 bytes"]),
         ("[channels]\nacl = ['alice may a/#']\n", ["channels.acl", "acl rule"]),
@@ -83,6 +84,16 @@ def test_bad_file_values_name_setting_value_range_and_file(
     message = str(caught.value)
     for part in [*parts, str(path)]:
         assert part in message, (part, message)
+
+
+def test_tls_idle_memory_is_compact_unless_set_to_fast(tmp_path: Path) -> None:
+    assert config.load().tls.idle_memory == "compact"
+    path = tmp_path / "fast.toml"
+    path.write_text("[tls]\nidle_memory = 'fast'\n")
+    assert config.load(path).tls.idle_memory == "fast"
+    assert config.load(env={"SESSIOND_TLS_IDLE_MEMORY": "fast"}).tls.idle_memory == "fast"
+    with pytest.raises(ConfigError, match=r"tls\.idle_memory = 'Fast' \(from environment "):
+        config.load(env={"SESSIOND_TLS_IDLE_MEMORY": "Fast"})
 
 
 def test_bad_environment_and_flag_values_name_their_source() -> None:
