@@ -6,7 +6,10 @@ for window. The adapter calls :meth:`Handoff.wake` after each input. Two hooks,
 given as callables or overridden by a subclass (the daemon's sessions, which
 saves two bound-method objects per idle session): :meth:`Handoff._flush` writes
 what the core queued, :meth:`Handoff._failure` says when waiting must end with
-an exception.
+an exception. A third, optional, :meth:`Handoff._parking`, runs when ``recv()``
+is about to wait for input: what the coroutine queued before it waits can be
+written at once instead of at the end of the loop iteration (a reply then
+leaves in the iteration its handler ran, not one later).
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class Handoff:
         """The exception that ends waiting, once the session has ended."""
         assert self._failure_hook is not None, "give failure or override _failure"
         return self._failure_hook()
+
+    def _parking(self) -> None:
+        """``recv()`` is about to wait for input (nothing by default; see the module)."""
 
     async def send(self, payload: bytes | bytearray | memoryview) -> None:
         """Queue one message; waits while the peer's window is full (backpressure).
@@ -140,6 +146,7 @@ class Handoff:
                 payload = batch.pop()
                 self._local = batch
                 return payload
+            self._parking()
             if stop and self._failure() is not None:
                 raise StopAsyncIteration
             self._raise_failure()
@@ -153,6 +160,7 @@ class Handoff:
             ready = self._take_all()
             if ready is not None:
                 return ready  # (None, not an empty list, stays in this frame while it waits)
+            self._parking()
             self._raise_failure()
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
             await waiter  # not in a helper coroutine: a parked frame less per session
