@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from itertools import islice
+from itertools import islice, repeat
 from typing import Any, TypeVar, cast
 
 from msgpack import UnpackException
@@ -475,9 +475,36 @@ class Session:
         # the window's last sequence number, and never one above 2**64-1 (protocol.md §5.1)
         last_seq = min(acked + self._send_window_messages, U64_MAX)
         unacked = self._unacked_bytes
-        frames: list[bytes] = []
+        frames: list[bytes]
+        count = min(len(payloads), last_seq - seq + 1)
+        batch = payloads if count == len(payloads) else payloads[: max(0, count)]
+        sizes = list(map(len, batch))
+        total = sum(sizes)
+        if batch and unacked + total <= window_bytes and max(sizes) <= max_payload:
+            # All that the message window takes fit the byte window: every header made
+            # in one C-level map, headers and payloads interleaved by slice assignment
+            # (about half the cost per message of the checked loop below).
+            frames = [b""] * (2 * count)
+            frames[0::2] = list(
+                map(
+                    _pack_data_head,
+                    repeat(0x93, count),
+                    repeat(_DATA),
+                    repeat(0xCF),
+                    range(seq, seq + count),
+                    repeat(0xC6),
+                    sizes,
+                )
+            )
+            frames[1::2] = batch
+            seq += count
+            unacked += total
+            rest: list[bytes] = []
+        else:
+            frames = []
+            rest = payloads
         write = frames.append
-        for payload in payloads:
+        for payload in rest:
             size = len(payload)
             if size > max_payload or seq > last_seq or unacked + size > window_bytes:
                 if size > max_payload:
@@ -491,7 +518,7 @@ class Session:
             seq += 1
             unacked += size
         if seq > first:
-            accepted = payloads[: seq - first]
+            accepted = payloads[: seq - first]  # a copy: the caller may reuse its list
             self._next_seq = seq
             self._unacked_bytes = unacked
             if self._replay is None:
