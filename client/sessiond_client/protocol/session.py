@@ -108,6 +108,8 @@ _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
 _pack_data_head = codec.DATA_HEAD.pack
+#: From this many messages on, send_many builds headers in bulk (below, its set-up costs more).
+_BULK = 8
 _HANDSHAKING = frozenset(
     {ConnectionState.AWAIT_HELLO, ConnectionState.HELLO_RECEIVED, ConnectionState.AWAIT_WELCOME}
 )
@@ -475,12 +477,14 @@ class Session:
         # the window's last sequence number, and never one above 2**64-1 (protocol.md §5.1)
         last_seq = min(acked + self._send_window_messages, U64_MAX)
         unacked = self._unacked_bytes
-        frames: list[bytes]
+        frames: list[bytes] = []
+        rest = payloads
         count = min(len(payloads), last_seq - seq + 1)
-        batch = payloads if count == len(payloads) else payloads[: max(0, count)]
-        sizes = list(map(len, batch))
-        total = sum(sizes)
-        if batch and unacked + total <= window_bytes and max(sizes) <= max_payload:
+        if count >= _BULK:
+            batch = payloads if count == len(payloads) else payloads[:count]
+            sizes = list(map(len, batch))
+            total = sum(sizes)
+        if count >= _BULK and unacked + total <= window_bytes and max(sizes) <= max_payload:
             # All that the message window takes fit the byte window: every header made
             # in one C-level map, headers and payloads interleaved by slice assignment
             # (about half the cost per message of the checked loop below).
@@ -499,10 +503,7 @@ class Session:
             frames[1::2] = batch
             seq += count
             unacked += total
-            rest: list[bytes] = []
-        else:
-            frames = []
-            rest = payloads
+            rest = []
         write = frames.append
         for payload in rest:
             size = len(payload)
