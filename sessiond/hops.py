@@ -46,6 +46,9 @@ class HopTrace:
         self.pending: dict[Any, list[tuple[int, int, int, int]]] = {}
         self.records: list[tuple[int, float, int]] = []  # hops, µs, messages
         self.dropped = 0
+        self.other_reads = 0
+        self.other_writes = 0
+        self.started = time.monotonic()
 
     def _tick(self) -> None:
         self.tick += 1
@@ -67,11 +70,14 @@ class HopTrace:
         if after > before:
             self.pending.setdefault(protocol, []).append((after, tick, started_ns, after - before))
             self._waiting += 1
+        else:
+            self.other_reads += 1  # no DATA in it
 
     def written(self, protocol: Any, sent: int) -> None:
         """A write left the session with *sent* messages sent."""
         waiting = self.pending.get(protocol)
-        if not waiting:
+        if not waiting or waiting[0][0] > sent:
+            self.other_writes += 1  # no reply in it: an ACK, a PONG, a PING alone
             return
         now = time.perf_counter_ns()
         while waiting and waiting[0][0] <= sent:
@@ -94,7 +100,12 @@ class HopTrace:
         for hops, micros, count in self.records:
             by_hops.setdefault(hops, []).append(micros)
             messages[hops] = messages.get(hops, 0) + count
-        lines = [f"# {ENV}: {len(self.records)} reads with DATA traced, {self.dropped} not kept"]
+        seconds = time.monotonic() - self.started
+        lines = [
+            f"# {ENV}: {len(self.records)} reads with DATA traced, {self.dropped} not kept;"
+            f" over {seconds:.1f} s, {self.other_reads} reads without DATA and"
+            f" {self.other_writes} writes without a reply (ACK, PING, PONG alone)"
+        ]
         lines.append("hops reads messages p50_us p90_us p99_us max_us")
         for hops in sorted(by_hops):
             values = sorted(by_hops[hops])

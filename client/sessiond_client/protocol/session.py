@@ -454,6 +454,8 @@ class Session:
             out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
             out.append(payload)
             conn._last_send = now
+            if self._ack_deadline is not None:
+                self._ack_with_data(conn, now)
         return seq
 
     def send_many(self, payloads: Iterable[bytes], now: float) -> int:
@@ -533,6 +535,8 @@ class Session:
                 else:
                     conn._out.extend(frames)
                 conn._last_send = now
+                if self._ack_deadline is not None:
+                    self._ack_with_data(conn, now)
         return seq - first
 
     def take_messages(self, now: float, limit: int | None = None) -> list[bytes]:
@@ -829,6 +833,14 @@ class Session:
             self._send_ack(conn, now)
         elif self._ack_deadline is None:
             self._ack_deadline = now + p.ack_delay
+
+    def _ack_with_data(self, conn: Connection, now: float) -> None:
+        """A coalesced ACK half its ``ack_delay`` old rides with the DATA just queued
+        (protocol.md §5.4): the same write, and no timer wakes to send it alone (in a
+        steady request/response both ways, none ever does)."""
+        deadline = self._ack_deadline
+        if deadline is not None and now >= deadline - self.params.ack_delay / 2:
+            self._send_ack(conn, now)
 
     def _send_ack(self, conn: Connection, now: float) -> None:
         conn._queue(codec.encode_ack(self._consumed))
