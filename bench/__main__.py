@@ -1,8 +1,8 @@
 """``python -m bench [SCENARIO ...] [options]``: run every benchmark scenario, or those named.
 
 Without a scenario, every scenario of issue 5 runs, in :data:`ORDER` (then any
-other registered scenario, except those :data:`ON_DEMAND`), with a progress
-display, a summary table across scenarios at the end, every figure in
+other registered scenario, except those :data:`ON_DEMAND`), a line as each starts
+and ends, a summary table across scenarios at the end, every figure in
 ``bench/results/<date>-<commit>.json`` and a plot beside it
 (:mod:`bench.runner`). ``python -m bench latency resume`` runs those two;
 ``--quick`` (toy sizes, seconds) and the other common options apply to every

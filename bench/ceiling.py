@@ -20,6 +20,8 @@ import struct
 import sys
 from collections.abc import Sequence
 
+from sessiond import heap
+
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -92,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(args.tls_cert, args.tls_key)
+        heap.map_large_blocks()  # and the same malloc setting (only bench idle uses TLS here)
     if uvloop is not None:
         uvloop.run(serve(host, int(port), context))
     else:

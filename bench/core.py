@@ -1,23 +1,11 @@
 """``python -m bench core``: the protocol core alone, against the barest msgpack framing.
 
-Three systems move the same payloads, in the same batches, in one process, with no
-sockets and no event loop, taking turns within each repetition:
-
-* ``core``: a client :class:`Session` sends to a server session over a pair of
-  :class:`Connection` objects joined in memory, as an adapter would drive them:
-  ``can_send``/``send`` per message, one ``data_to_send()`` per batch into the
-  peer's ``receive_data()``, ``take_messages()`` on the receiver (which coalesces
-  ACKs), and the ACK bytes carried back. Encode, decode, sequence numbers, acks,
-  windows and the replay buffer are all inside the figure.
-* ``bare-unpacker``: each payload packed as a msgpack ``bin`` (whose header is
-  its length prefix) into one reused ``Packer``, the batch fed to a streaming
-  ``Unpacker``.
-* ``bare-struct``: a 4-byte big-endian length, then the msgpack body from a
-  reused ``Packer``; decoded with ``struct.unpack_from`` and ``msgpack.unpackb``.
-
-"bare" is whichever bare system is faster at that payload size. Every message a
-receiver takes is compared with the payload sent, in order, inside the timed
-loop, for every system alike, so no system can count a message it lost.
+In one process, no sockets, taking turns per repetition: ``core`` (a client
+:class:`Session` to a server session over two in-memory :class:`Connection` objects,
+driven as an adapter would: encode, decode, sequence numbers, ACKs, windows and replay
+buffer inside the figure), ``bare-unpacker`` (msgpack ``bin`` into a streaming
+``Unpacker``) and ``bare-struct`` (4-byte length + ``unpackb``). "bare" is the faster of
+the two. Every message a receiver takes is checked against the payload sent, in order.
 """
 
 from __future__ import annotations
@@ -35,7 +23,7 @@ import msgpack
 from sessiond_client.protocol import Connection, Params, Role, Session, SessionState
 
 from . import BenchError
-from .harness import Context, positive, scenario
+from .harness import Context, given, option, positive, scenario
 from .profiling import Profile, profile
 from .results import Json, display_path, markdown_table, spread
 from .summary import Headline, Target, judged, values_range, verdict
@@ -50,10 +38,8 @@ POOL = 4096
 TARGET = 0.5
 TARGET_SIZE = 64
 DEFAULT_MESSAGES = 500_000
-DEFAULT_REPEAT = 7
 DEFAULT_BATCH = 256
 QUICK_MESSAGES = 20_000
-QUICK_REPEAT = 3
 WARMUP_MESSAGES = 20_000
 PROFILE_MESSAGES = 300_000
 
@@ -125,15 +111,7 @@ def make_pool(size: int, count: int = POOL) -> list[bytes]:
 
 class Checker:
     """Compares each batch a receiver takes with the payloads sent, in order, and counts
-    what it finds missing and repeated (never derives them from totals).
-
-    :attr:`taken` is how far the sequence sent has been accounted for: each
-    position either arrived (:attr:`received`) or was skipped by a later payload
-    (:attr:`missing`). A payload from earlier in the sequence is counted in
-    :attr:`duplicates`; one that is no payload of the pool raises
-    :class:`BenchError`. Payloads begin with their pool index (:func:`make_pool`),
-    so a window below half the pool tells a gap from a repeat.
-    """
+    what it finds missing and repeated (never derives them from totals)."""
 
     __slots__ = ("_mask", "_pool", "_ring", "_size", "duplicates", "missing", "system", "taken")
 
@@ -451,12 +429,7 @@ def summarise(runs: list[Run], sizes: Iterable[int]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=DEFAULT_BATCH,
-        help=f"messages per write / data_to_send (default {DEFAULT_BATCH})",
-    )
+    option(parser, "batch", int, DEFAULT_BATCH, help="messages per write / data_to_send")
     parser.add_argument(
         "--profile",
         choices=("auto", "always", "never"),
@@ -467,10 +440,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "batch")
-    quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    batch: int = args.batch
+    quick, batch = bool(args.quick), args.batch
+    messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
+    repeat = given(args, "repeat", 7, 3)
     warmup = min(messages, WARMUP_MESSAGES)
     banner = f"{messages:,} messages x {repeat}, batch {batch}, {SIZES} B, no sockets"
 
@@ -583,12 +555,10 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         f"msgpack {machine['msgpack']} ({impl}); uvloop {machine['uvloop']} (not used here).",
         "",
         f"{config['messages']:,} messages per pass, {config['repeat']} passes per system and "
-        f"payload size, systems interleaved; {config['batch']} messages per write "
-        f"(`data_to_send` / `feed`); {config['distinct_payloads']:,} distinct payloads cycled. "
-        "Every message the receiver takes is compared with the one sent, in order, inside the "
-        "timed loop of every system. No sockets: one process, one thread. "
-        "Figures: median [min-max] messages/s; core/bare is the ratio of the medians "
-        "[min-max of the ratio within each repetition].",
+        f"size, interleaved; {config['batch']} messages per write; "
+        f"{config['distinct_payloads']:,} distinct payloads cycled, every message taken checked "
+        "in order inside the timed loop. One process, no sockets. Median [min-max] msg/s; "
+        "core/bare: ratio of the medians [min-max within each repetition].",
         "",
     ]
     rows = []
@@ -608,15 +578,7 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         )
     lines += [
         markdown_table(
-            [
-                "payload",
-                "core msg/s",
-                "bare msg/s",
-                "bare is",
-                "core/bare",
-                "core-batch msg/s",
-                "core-batch/bare",
-            ],
+            "payload|core msg/s|bare msg/s|bare is|core/bare|core-batch msg/s|core-batch/bare",
             rows,
         )
     ]

@@ -1,54 +1,17 @@
 """``python -m bench fanout``: one publisher, many subscribers on one channel.
 
-Systems, each a server in its own pinned process on 127.0.0.1 and its clients
-in the load generator (this process, pinned to the other core), on one asyncio
-loop:
-
-* ``daemon``: ``python -m sessiond serve --app channels`` (protocol.md §15)
-  with its default settings. Every client is the protocol core driven directly
-  (:class:`~bench.loadgen.IdleSession`, as the echo load generator does) with
-  the channels envelopes of :mod:`sessiond_client.envelopes`: each subscriber
-  sends ``sub`` for the channel and decodes every delivery with
-  ``envelopes.parse_server``; the publisher sends ``pub`` without a request ID
-  (no reply). Each delivery is exactly once and in order on the subscriber's
-  session. The daemon allows ``max_transports_per_peer`` (256) transports per
-  IP address, so the sessions come from several 127.0.0.x source addresses
-  (:func:`bench.daemon.source_addresses`), all to 127.0.0.1.
-* ``mosquitto``: MQTT 3.1.1, QoS 1 both ways: the publisher publishes at QoS 1
-  (the broker acknowledges), the subscribers hold persistent sessions
-  (``clean_session=False``) subscribed at QoS 1 and acknowledge every delivery;
-  the paho-mqtt clients of :mod:`bench.mqtt_peer`, all on the same loop.
-  Skipped, with a message saying how to install it, where mosquitto or
-  paho-mqtt is missing.
-
-The publisher keeps at most ``--window`` messages *outstanding*: published and
-not yet received by every subscriber, so no subscriber is ever more than that
-behind (below the daemon's per-subscriber queue, ``queue_messages``, whose
-overflow would end the subscriber's session as a slow consumer, and below
-mosquitto's queue, whose overflow would drop messages). Two kinds of pass:
-
-* *window*: as fast as the window allows, ``--messages`` messages (or
-  ``--time-limit`` seconds of publishing): deliveries per second, all the
-  messages taken by all the subscribers over the pass's wall time, first
-  publish to the last delivery;
-* *paced*: ``--rates`` messages per second for ``--duration`` seconds, a load
-  both systems carry, for the delivery latency when it is not a queue's. A
-  message the window holds back past its time counts from when it was due
-  (the correction for coordinated omission of :mod:`bench.pingpong`).
-
-Each payload begins with its sequence number and the ``time.perf_counter_ns()``
-at which it was handed to the publisher's client; a subscriber reads the clock
-once per read, and the difference is its delivery latency (one process, one
-clock), counted in an HDR-style histogram. Every subscriber must receive every
-message once, in order: a repeated, missing or reordered one fails the pass,
-and so does a subscriber or publisher whose connection ends (a slow-consumer
-close included). Sequence numbers run on across passes, so nothing may leak
-from one pass into the next either.
-
-Both systems' clients stay connected for the whole run (the passes are
-interleaved), so each system's idle clients share the load generator with the
-other's passes: the paho clients' one-second housekeeping timers, the
-sessions' heartbeats.
+Systems: ``daemon`` (``python -m sessiond serve --app channels``, protocol.md §15;
+clients: the protocol core driven directly with :mod:`sessiond_client.envelopes`,
+from several 127.0.0.x source addresses because of ``max_transports_per_peer``)
+and ``mosquitto`` (MQTT 3.1.1, QoS 1 publish, QoS 1 persistent subscriptions;
+paho-mqtt clients, :mod:`bench.mqtt_peer`; skipped with an install hint where
+missing). The publisher keeps at most ``--window`` messages outstanding (not
+yet received by every subscriber), below either system's per-subscriber queue.
+Passes: *window* (as fast as that allows: deliveries/s) and *paced* at
+``--rates`` for ``--duration`` seconds (delivery latency at a load both carry; a
+message the window held back counts from when it was due). Every payload
+carries its sequence number and publish time (``perf_counter_ns``); every
+subscriber must take every message once and in order, across passes too.
 """
 
 from __future__ import annotations
@@ -73,11 +36,16 @@ from sessiond.channels import ChannelsConfig
 from . import BenchError, systems
 from .harness import (
     Context,
+    bounds_cell,
     full_cores_cell,
+    given,
     header,
+    notes_lines,
+    option,
     other_load,
     other_load_note,
     scenario,
+    spread_cell,
     summarise,
 )
 from .histogram import Histogram
@@ -101,18 +69,12 @@ SYSTEMS = (DAEMON, MOSQUITTO)
 CHANNEL = "bench/fanout"
 SIZES = (64,)
 
-DEFAULT_SUBSCRIBERS = 1_000
-QUICK_SUBSCRIBERS = 20
-DEFAULT_MESSAGES = 1_000
-QUICK_MESSAGES = 100
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
-DEFAULT_WINDOW = 128
+WINDOW = 128
 TIME_LIMIT = 5.0  # seconds of publishing per pass, whichever of this and --messages first
 DRAIN_SECONDS = 30.0  # beyond the time limit, for the last deliveries
 WARMUP_MESSAGES = 20
-#: Paced passes: publishes/s, and seconds each (1,000 subscribers: 10,000 deliveries/s,
-#: below what either system's clients can take, so the latency is not a queue's).
+#: Paced passes: publishes/s (1,000 subscribers: 10,000 deliveries/s, below what either
+#: system's clients can take, so the latency is not a queue's), and seconds each.
 RATES = (10.0,)
 QUICK_RATES = (50.0,)
 DURATION = 3.0
@@ -127,11 +89,7 @@ HEAD = struct.Struct(">QQ")
 
 
 class Fanout:
-    """One pass: what the publisher sent, what every subscriber took, and when.
-
-    Subscribers call :meth:`take` with what each read brought; the publisher's
-    client is *send*, called with the payloads to publish in order.
-    """
+    """One pass: what the publisher sent, what every subscriber took, and when."""
 
     def __init__(
         self,
@@ -534,57 +492,42 @@ def load_key(offered: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FanoutResult:
-    """One pass of one system."""
+    """One pass of one system (its wall seconds: first publish to the last delivery)."""
 
     system: str
     size: int
     offered: float  # publishes/s of a paced pass; 0: as fast as the window allows
-    subscribers: int
-    published: int
-    deliveries: int  # messages taken by all the subscribers, each checked in order
-    seconds: float  # first publish to the last delivery
+    fanout: Fanout
+    seconds: float
     client_cpu: float
     server_cpu: float
-    stopped_by: str
-    late: int  # paced: messages the window held back past their time
-    histogram: Histogram
-    missing: int  # counted by the subscribers (Fanout.take)
-    duplicates: int
-    reordered: int
     others: tuple[float, float] | None = None
 
     @property
     def rate(self) -> float:
-        return self.deliveries / self.seconds
-
-    @property
-    def lost(self) -> int:
-        return self.missing
+        return self.fanout.deliveries / self.seconds
 
     def to_json(self) -> Json:
-        summary = self.histogram.summary()
+        f, summary = self.fanout, self.fanout.histogram.summary()
+        per = 1e6 / f.deliveries
         return {
-            "published": self.published,
-            "deliveries": self.deliveries,
-            "lost": self.lost,
-            "duplicates": self.duplicates,
-            "out_of_order": self.reordered,
+            "published": f.published,
+            "deliveries": f.deliveries,
+            "lost": f.missing,
+            "duplicates": f.duplicates,
+            "out_of_order": f.reordered,
             "seconds": self.seconds,
             "deliveries_per_s": self.rate,
-            "publishes_per_s": self.published / self.seconds,
+            "publishes_per_s": f.published / self.seconds,
             "latency_us": {k: v / 1e3 for k, v in summary.items() if k != "count"},
             "latency_samples": summary.get("count", 0),
             "client_cpu_s": self.client_cpu,
-            "client_cpu_share": self.client_cpu / self.seconds,
-            "client_cpu_us_per_delivery": self.client_cpu * 1e6 / self.deliveries,
+            "client_cpu_us_per_delivery": self.client_cpu * per,
             "server_cpu_s": self.server_cpu,
-            "server_cpu_share": self.server_cpu / self.seconds,
-            "server_cpu_us_per_delivery": self.server_cpu * 1e6 / self.deliveries,
-            "stopped_by": self.stopped_by,
-            "late": self.late,
-            "p50_us": summary.get("p50", 0) / 1e3,
-            "p99_us": summary.get("p99", 0) / 1e3,
-            "max_us": summary.get("max", 0) / 1e3,
+            "server_cpu_us_per_delivery": self.server_cpu * per,
+            "stopped_by": f.stopped_by,
+            "late": f.late,
+            **{f"{k}_us": summary.get(k, 0) / 1e3 for k in ("p50", "p99", "max")},
             **pace(self, self.others),
         }
 
@@ -595,23 +538,15 @@ async def fanout_pass(
     """Publish up to *messages* to every subscriber of *system* (*offered* per second
     if not 0); every delivery is checked."""
     loop = asyncio.get_running_loop()
-    proc = system.proc
-    subscribers = system.subscribers
+    proc, subscribers = system.proc, system.subscribers
 
     def clocks() -> tuple[float, float, float]:
         return time.perf_counter(), time.process_time(), proc.cpu_seconds()
 
     fanout = Fanout(
-        len(subscribers),
-        system.sequence,
-        messages,
-        plan.window,
-        offered,
-        plan.time_limit,
-        size,
-        system.publish,
-        clocks,
-    )
+        len(subscribers), system.sequence, messages, plan.window, offered, plan.time_limit,
+        size, system.publish, clocks,
+    )  # fmt: skip
     for subscriber in subscribers:
         subscriber.fanout = fanout
     deadline = loop.time() + plan.time_limit + DRAIN_SECONDS
@@ -620,12 +555,15 @@ async def fanout_pass(
         while not fanout.done.done():
             await asyncio.wait([fanout.done], timeout=WATCH_INTERVAL)
             failed = [s.failure for s in subscribers if s.failure is not None]
-            publisher = system.publisher_failure()
-            if publisher is not None or failed:
-                why = publisher or f"{len(failed)} subscriber(s) failed, the first: {failed[0]}"
-                fanout.fail(why)
+            if (publisher := system.publisher_failure()) is not None or failed:
+                fanout.fail(publisher or f"{len(failed)} subscriber(s) failed: {failed[0]}")
             elif loop.time() > deadline:
-                fanout.fail(_stalled(fanout, subscribers))
+                target = fanout.base + fanout.published
+                short = [target - s.expected for s in subscribers if s.expected < target]
+                fanout.fail(
+                    f"no progress: {fanout.published:,} published, {fanout.complete:,} received "
+                    f"by all; {len(short)} subscribers short of {sum(short):,} messages"
+                )
         fanout.done.result()
     except BenchError as exc:
         raise BenchError(f"{system.name}: {exc}") from None
@@ -633,39 +571,12 @@ async def fanout_pass(
         system.sequence += fanout.published
         for subscriber in subscribers:
             subscriber.fanout = None
-    expected = system.sequence
-    behind = [s.expected for s in subscribers if s.expected != expected]
-    if behind:
+    if behind := [s for s in subscribers if s.expected != system.sequence]:
         raise BenchError(f"{system.name}: {len(behind)} subscribers short after the pass")
     if not fanout.deliveries:
         raise BenchError(f"{system.name}: nothing was published (--time-limit too short?)")
-    wall = fanout.ended[0] - fanout.started[0]
-    return FanoutResult(
-        system.name,
-        size,
-        offered,
-        len(subscribers),
-        fanout.published,
-        fanout.deliveries,
-        wall,
-        fanout.ended[1] - fanout.started[1],
-        fanout.ended[2] - fanout.started[2],
-        fanout.stopped_by,
-        fanout.late,
-        fanout.histogram,
-        fanout.missing,
-        fanout.duplicates,
-        fanout.reordered,
-    )
-
-
-def _stalled(fanout: Fanout, subscribers: Sequence[Receiver]) -> str:
-    target = fanout.base + fanout.published
-    short = [target - s.expected for s in subscribers if s.expected < target]
-    return (
-        f"no progress: {fanout.published:,} published, {fanout.complete:,} received by every "
-        f"subscriber; {len(short)} subscribers short of {sum(short):,} messages in all"
-    )
+    (t0, cpu0, server0), (t1, cpu1, server1) = fanout.started, fanout.ended
+    return FanoutResult(system.name, size, offered, fanout, t1 - t0, cpu1 - cpu0, server1 - server0)
 
 
 def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) -> Json:
@@ -677,12 +588,12 @@ def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) 
         result, others = ctx.timed(system.proc, lambda: ctx.run(coroutine))
         return dataclasses.replace(cast(FanoutResult, result), others=others)
 
-    def show(result: FanoutResult) -> str:
-        trips = result.histogram.summary()
+    def show(r: FanoutResult) -> str:
+        trips = r.fanout.histogram.summary()
         return (
-            f"fanout {result.size:>5} B  {load_key(result.offered):>8}  {result.system:<9} "
-            f"{result.rate:>10,.0f} deliveries/s  p50 {trips['p50'] / 1e3:8,.0f} µs  p99 "
-            f"{trips['p99'] / 1e3:8,.0f} µs  {bound_by(result)}-bound"
+            f"fanout {r.size:>5} B  {load_key(r.offered):>8}  {r.system:<9} {r.rate:>10,.0f} "
+            f"deliveries/s  p50 {trips['p50'] / 1e3:8,.0f} µs  p99 {trips['p99'] / 1e3:8,.0f} "
+            f"µs  {bound_by(r)}-bound"
         )
 
     by_size: Json = {}
@@ -691,13 +602,11 @@ def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) 
         by_size[str(size)] = {}
         for offered in plan.loads:
 
-            def timed(
-                system: FanoutSystem, _rep: int, size: int = size, offered: float = offered
-            ) -> FanoutResult:
-                return one(system, size, offered, plan.messages_at(offered))
+            def timed(system: FanoutSystem, _rep: int, s: int = size, o: float = offered) -> Any:
+                return one(system, s, o, plan.messages_at(o))
 
-            def warm(system: FanoutSystem, size: int = size) -> FanoutResult:
-                return one(system, size, 0.0, plan.warmup)
+            def warm(system: FanoutSystem, s: int = size) -> FanoutResult:
+                return one(system, s, 0.0, plan.warmup)
 
             first = index == 0 and not offered
             mine = ctx.passes(under_test, timed, plan.repeat, warm if first else None, show)
@@ -713,9 +622,9 @@ def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) 
 def _summary(mine: list[FanoutResult]) -> Json:
     merged = Histogram()
     for run in mine:
-        merged.merge(run.histogram)
+        merged.merge(run.fanout.histogram)
     out = summarise([run.to_json() for run in mine])
-    out["published"] = mine[0].published
+    out["published"] = mine[0].fanout.published
     out["latency_all_passes_us"] = {k: v / 1e3 for k, v in merged.summary().items() if k != "count"}
     out["held_back_by_window"] = out.pop("late")
     out["histogram_ns"] = merged.to_json()
@@ -726,47 +635,14 @@ def _summary(mine: list[FanoutResult]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--subscribers",
-        type=int,
-        metavar="N",
-        help=f"subscribers per system (default {DEFAULT_SUBSCRIBERS:,}; --quick "
-        f"{QUICK_SUBSCRIBERS})",
-    )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=DEFAULT_WINDOW,
-        metavar="W",
-        help="messages published and not yet received by every subscriber, at most "
-        f"(default {DEFAULT_WINDOW})",
-    )
-    parser.add_argument(
-        "--rates",
-        metavar="R,R",
-        help="publishes/s of the paced passes, after the windowed ones; empty: none "
-        f"(default {_csv(RATES)}; --quick {_csv(QUICK_RATES)})",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        metavar="S",
-        help=f"seconds of a paced pass (default {DURATION:g}; --quick {QUICK_DURATION:g})",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"publish for at most this many seconds per pass (default {TIME_LIMIT:g})",
-    )
-    parser.add_argument(
-        "--sizes",
-        default=",".join(str(size) for size in SIZES),
-        metavar="B,B",
-        help=f"payload sizes in bytes, at least {HEAD.size} (default "
-        f"{','.join(str(size) for size in SIZES)})",
-    )
+    option(parser, "subscribers", int, 1_000, 20, metavar="N", help="subscribers per system")
+    option(parser, "window", int, WINDOW, metavar="W", help="most messages outstanding")
+    option(parser, "rates", str, _csv(RATES), _csv(QUICK_RATES), metavar="R,R",
+           help="publishes/s of the paced passes (empty: none)")  # fmt: skip
+    option(parser, "duration", float, DURATION, QUICK_DURATION, metavar="S",
+           help="seconds of a paced pass")  # fmt: skip
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds of publishing")
+    option(parser, "sizes", str, _csv(SIZES), metavar="B,B", help="payload sizes in bytes")
     systems.add_arguments(parser)  # --systems (of them: daemon, mosquitto), --mosquitto
 
 
@@ -781,38 +657,24 @@ def _numbers(text: str, option: str) -> tuple[float, ...]:
         raise BenchError(f"{option}: not a list of numbers: {text!r}") from None
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    sizes = tuple(int(size) for size in _numbers(text, "--sizes"))
-    limit = ChannelsConfig().max_message_size
-    if not sizes or min(sizes) < HEAD.size or max(sizes) > limit:
-        raise BenchError(f"--sizes must be {HEAD.size}..{limit} bytes")
-    return sizes
-
-
 def _plan(args: argparse.Namespace) -> FanoutPlan:
-    quick: bool = args.quick
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    subscribers: int = args.subscribers or (QUICK_SUBSCRIBERS if quick else DEFAULT_SUBSCRIBERS)
-    if min(messages, repeat, subscribers, args.window) < 1:
+    messages = given(args, "messages", 1_000, 100)
+    repeat, subscribers = given(args, "repeat", 3, 2), given(args, "subscribers", 1_000, 20)
+    window, time_limit = given(args, "window", WINDOW, WINDOW), args.time_limit or TIME_LIMIT
+    if min(messages, repeat, subscribers, window) < 1:
         raise BenchError("--messages, --repeat, --subscribers and --window must be >= 1")
     rates = _numbers(args.rates, "--rates") if args.rates is not None else None
-    if rates is None:
-        rates = QUICK_RATES if quick else RATES
-    duration: float = args.duration or (QUICK_DURATION if quick else DURATION)
-    if any(rate <= 0 for rate in rates) or duration <= 0 or args.time_limit <= 0:
+    rates = (QUICK_RATES if args.quick else RATES) if rates is None else rates
+    duration = given(args, "duration", DURATION, QUICK_DURATION)
+    if any(rate <= 0 for rate in rates) or duration <= 0 or time_limit <= 0:
         raise BenchError("--rates, --duration and --time-limit must be positive")
+    sizes = tuple(int(size) for size in _numbers(args.sizes or _csv(SIZES), "--sizes"))
+    if not sizes or min(sizes) < HEAD.size or max(sizes) > ChannelsConfig().max_message_size:
+        raise BenchError(f"--sizes must be {HEAD.size}..{ChannelsConfig().max_message_size} bytes")
     return FanoutPlan(
-        subscribers,
-        messages,
-        repeat,
-        args.window,
-        rates,
-        duration,
-        args.time_limit,
-        min(messages, WARMUP_MESSAGES),
-        _sizes(args.sizes),
-    )
+        subscribers, messages, repeat, window, rates, duration, time_limit,
+        min(messages, WARMUP_MESSAGES), sizes,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -823,9 +685,8 @@ def run(args: argparse.Namespace) -> int:
     banner = (
         f"{', '.join(wanted)}; 1 publisher to {plan.subscribers:,} subscribers, "
         f"{plan.messages:,} messages (or {plan.time_limit:g} s) x {plan.repeat}, window "
-        f"{plan.window}"
-        + (f"; paced at {_csv(plan.rates)}/s for {plan.duration:g} s" if plan.rates else "")
-        + f"; {', '.join(f'{s} B' for s in plan.sizes)}"
+        f"{plan.window}; paced at {_csv(plan.rates) or '-'}/s for {plan.duration:g} s; "
+        f"{_csv(plan.sizes)} B"
     )
 
     def body(ctx: Context) -> Json:
@@ -852,7 +713,6 @@ def run(args: argparse.Namespace) -> int:
         finally:
             for system in opened:
                 ctx.run(system.close())
-        load = by_size.pop("other_load_share")
         ctx.notes += [note for system in opened for note in system.notes]
         return {
             "config": {
@@ -870,214 +730,143 @@ def run(args: argparse.Namespace) -> int:
             "skipped": skipped,
             "systems": {system.name: SYSTEM_NOTES[system.name] for system in opened},
             "setup_s": {system.name: system.setup_seconds for system in opened},
-            "other_load_share": load,
+            "other_load_share": by_size.pop("other_load_share"),
             "fanout": by_size,
-            "ratios": _ratios(by_size),
+            "ratios": {
+                f"{size}/{key}": {
+                    "deliveries_per_s": ours["deliveries_per_s"]["median"]
+                    / peer["deliveries_per_s"]["median"],
+                    "p99": ours["p99_us"]["median"] / peer["p99_us"]["median"],
+                }
+                for size, by_load in by_size.items()
+                for key, entry in by_load.items()
+                if (ours := entry.get(DAEMON)) and (peer := entry.get(MOSQUITTO))
+            },
             "markdown": markdown,
         }
 
     return scenario(args, SCENARIO, banner, body)
 
 
-def _ratios(by_size: Json) -> Json:
-    """The daemon over mosquitto, per size and kind of pass: deliveries/s and p99."""
-    out: Json = {}
-    for size, by_load in by_size.items():
-        for key, entry in by_load.items():
-            if DAEMON in entry and MOSQUITTO in entry:
-                ours, peer = entry[DAEMON], entry[MOSQUITTO]
-                out[f"{size}/{key}"] = {
-                    "deliveries_per_s": ours["deliveries_per_s"]["median"]
-                    / peer["deliveries_per_s"]["median"],
-                    "p99": ours["p99_us"]["median"] / peer["p99_us"]["median"],
-                }
-    return out
-
-
 SYSTEM_NOTES = {
     DAEMON: "`python -m sessiond serve --app channels` (default settings); clients: the "
-    "protocol core driven directly with the channels envelopes (bench/fanout.py "
-    "ChannelSubscriber, ChannelPublisher); exactly once, in order, acknowledged per session",
+    "protocol core driven directly with the channels envelopes (bench/fanout.py); exactly "
+    "once, in order, acknowledged per session",
     MOSQUITTO: "mosquitto, MQTT 3.1.1, QoS 1 publish and QoS 1 subscriptions in persistent "
     "sessions (clean_session=False), in memory; clients: paho-mqtt on the asyncio loop "
     "(bench/mqtt_peer.py)",
 }
 
 
-# ------------------------------------------------------------------- summary
-
-
 def headlines(entry: Json) -> list[Headline]:
     """Deliveries/s of the windowed passes, then p50 / p99 of each paced one, per system."""
     subscribers = entry["config"]["fanout"]["subscribers"]
-    out = []
-    for size, by_load in entry["fanout"].items():
-        for key, by_system in by_load.items():
-            windowed = key == load_key(0)
-            out.append(
-                Headline(
-                    SCENARIO,
-                    f"1 → {subscribers:,} subscribers, {size} B, "
-                    + ("as fast as the window allows" if windowed else f"{key} published"),
-                    "deliveries/s" if windowed else "p50 / p99 µs",
-                    {
-                        name: f"{stats['deliveries_per_s']['median']:,.0f}"
-                        if windowed
-                        else f"{stats['p50_us']['median']:,.0f} / {stats['p99_us']['median']:,.0f}"
-                        for name, stats in by_system.items()
-                    },
-                )
-            )
-    return out
-
-
-# ------------------------------------------------------------------ markdown
-
-
-def _spread(stats: Json, digits: int = 0) -> str:
-    return f"{stats['median']:,.{digits}f} [{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+    return [
+        Headline(
+            SCENARIO,
+            f"1 → {subscribers:,} subscribers, {size} B, "
+            + ("as fast as the window allows" if key == "window" else f"{key} published"),
+            "deliveries/s" if key == "window" else "p50 / p99 µs",
+            {
+                name: f"{stats['deliveries_per_s']['median']:,.0f}"
+                if key == "window"
+                else f"{stats['p50_us']['median']:,.0f} / {stats['p99_us']['median']:,.0f}"
+                for name, stats in by_system.items()
+            },
+        )
+        for size, by_load in entry["fanout"].items()
+        for key, by_system in by_load.items()
+    ]
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## fanout`` section of RESULTS.md."""
-    config = entry["config"]
-    plan = config["fanout"]
-    channels = config["channels_app"]
-    subscribers = plan["subscribers"]
-    lines = header(entry, commit, path)
-    for reason in entry["skipped"].values():
-        lines += [f"**{reason}.**", ""]
-    paced = ", ".join(f"{rate:g}" for rate in plan["rates"])
+    config, plan = entry["config"], entry["config"]["fanout"]
+    channels, n = config["channels_app"], plan["subscribers"]
+    rates = ", ".join(f"{rate:g}" for rate in plan["rates"])
+    lines = header(entry, commit, path) + systems.markdown_lines(entry)
     lines += [
-        f"One publisher and {subscribers:,} subscribers on one channel "
-        f"(`{config['channel']}`), all in the load generator on one asyncio loop. The "
-        f"publisher keeps at most {plan['window']} messages outstanding (published and not "
-        "yet received by every subscriber). Two kinds of pass: *window*, as fast as that "
-        f"allows, up to {plan['messages']:,} messages or {plan['time_limit']:g} s of "
-        "publishing (throughput; its latency is mostly the wait behind the messages ahead)"
+        f"One publisher and {n:,} subscribers on one channel (`{config['channel']}`), all in "
+        f"the load generator on one asyncio loop; at most {plan['window']} messages "
+        "outstanding (published, not yet received by every subscriber). *window* passes: as "
+        f"fast as that allows, up to {plan['messages']:,} messages or {plan['time_limit']:g} "
+        "s (throughput; the latency is mostly the wait behind the messages ahead)"
         + (
-            f"; *R/s*, paced at R = {paced} messages/s for {plan['duration']:g} s "
-            f"({', '.join(f'{rate * subscribers:,.0f}' for rate in plan['rates'])} "
-            "deliveries/s offered), for the latency at a load both systems carry (a message "
-            "the window held back counts from when it was due)"
-            if plan["rates"]
+            f"; *R/s*: paced at R = {rates} messages/s for {plan['duration']:g} s, for the "
+            "latency at a load both carry (a message the window held back counts from when "
+            "it was due)"
+            if rates
             else ""
         )
-        + f". {plan['repeat']} passes per system, size and kind, interleaved, after a "
-        "warm-up pass. Every subscriber must take every message once and in order (a "
-        "repeated, missing or reordered message, or a client whose connection ends, fails "
-        "the pass instead of giving a figure). *deliveries/s*: messages taken by all the "
-        "subscribers over the pass's wall time, first publish to last delivery; "
-        "*latency*: from the moment the publisher's client was handed the message to the "
-        "subscriber's read (one clock, `time.perf_counter_ns`), every delivery counted. "
-        "Median [min-max] over the passes. *÷ mosquitto*: the daemon's deliveries/s over "
-        "mosquitto's in the windowed passes, its p99 over mosquitto's in the paced ones. "
-        "*µs CPU/delivery*: the server's and the load "
-        "generator's CPU per delivery; *bound*: `client` when the load generator kept more "
-        f"than {config['client_bound_threshold']:.0%} of its core busy, `server` likewise, "
-        "else `round-trip`; *cores full*: passes in which a pinned core was more than 90 % "
-        "busy counting other processes on it.",
+        + f". {plan['repeat']} passes per system, size and kind, interleaved, after a warm-up. "
+        "Every subscriber must take every message once, in order (else the pass fails). "
+        "*deliveries/s*: messages taken by all subscribers over first publish to last "
+        "delivery; *latency*: publisher's client handed the message to the subscriber's read "
+        "(`time.perf_counter_ns`). *÷ mosquitto*: deliveries/s (window) or p99 (paced) over "
+        f"mosquitto's; *bound*: a side above {config['client_bound_threshold']:.0%} of its "
+        "core, else `round-trip`; *cores full*: a pinned core above 90 % counting others. "
+        f"Channels app: per-subscriber queue {channels['queue_messages']:,} messages / "
+        f"{channels['queue_bytes']:,} bytes, slow subscribers: "
+        f"{config['slow_subscriber_policy']}.",
         "",
-        "Systems: " + "; ".join(f"*{n}*: {note}" for n, note in entry["systems"].items()) + ".",
-        "",
-        f"Channels app: per-subscriber queue of {channels['queue_messages']:,} messages / "
-        f"{channels['queue_bytes']:,} bytes beyond the session's window, slow-subscriber "
-        f"policy {config['slow_subscriber_policy']}; the publisher's window keeps every "
-        "subscriber within it, so no subscriber was closed as a slow consumer (one would "
-        "have failed its pass).",
-        "",
-    ]
-    for name, peer in entry["peers"].items():
-        lines += [
-            f"*{name}*: `{peer['version']}` (`{peer['binary']}`), client {peer['client']}; "
-            "config: `" + " · ".join(peer["config"].strip().splitlines()) + "`.",
-            "",
-        ]
-    lines += [
         markdown_table(
-            [
-                "payload",
-                "pass",
-                "system",
-                "deliveries/s",
-                "÷ mosquitto",
-                "p50 µs",
-                "p99 µs",
-                "server µs CPU/delivery",
-                "loadgen µs CPU/delivery",
-                "server core busy",
-                "loadgen core busy",
-                "bound",
-                "cores full",
-                "lost / dup / reordered",
-            ],
+            "payload|pass|system|deliveries/s|÷ mosquitto|p50 µs|p99 µs|server µs CPU/delivery"
+            "|loadgen µs CPU/delivery|server core busy|loadgen core busy|bound|cores full"
+            "|lost / dup / reordered",
             _rows(entry),
         ),
         "",
     ]
     windowed = [
-        (size, name, stats)
+        (name, stats)
         for size, by_load in entry["fanout"].items()
-        for name, stats in by_load[load_key(0)].items()
+        for name, stats in by_load["window"].items()
+        if any(stats["client_bound"]) and stats["server_cpu_us_per_delivery"]["median"] > 0
     ]
-    limited = [f"{name} ({size} B)" for size, name, stats in windowed if any(stats["client_bound"])]
-    if limited:
-        extrapolated = "; ".join(
-            f"{name} {1e6 / stats['server_cpu_us_per_delivery']['median']:,.0f}"
-            for _size, name, stats in windowed
-            if stats["server_cpu_us_per_delivery"]["median"] > 0
-        )
+    if windowed:
         lines += [
-            f"Client-bound windowed passes: {', '.join(limited)}. There the subscribers' "
-            "clients (all of them in one Python process on one core), not the server, set "
-            "the pace; the server's CPU per delivery is the figure to compare. At that cost "
-            f"a fully busy server core would deliver about {extrapolated} messages/s: an "
-            "extrapolation (1 / server CPU per delivery), not a measurement.",
+            "Client-bound windowed passes: there the subscribers' clients (one Python process, "
+            "one core) set the pace, and a fully busy server core would deliver about "
+            + "; ".join(
+                f"{name} {1e6 / stats['server_cpu_us_per_delivery']['median']:,.0f}"
+                for name, stats in windowed
+            )
+            + " messages/s: an extrapolation (1 / server CPU per delivery), not a measurement.",
             "",
         ]
-    lines += other_load_note(entry["other_load_share"])
-    if entry["notes"]:
-        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + other_load_note(entry["other_load_share"]) + notes_lines(entry))
 
 
 def _rows(entry: Json) -> list[list[str]]:
-    window = entry["config"]["fanout"]["window"]
     rows = []
     for size, by_load in entry["fanout"].items():
         for key, by_system in by_load.items():
             ratios = entry["ratios"].get(f"{size}/{key}")
-            against = ""
-            if ratios is not None:  # windowed: throughput; paced: p99 at the same load
-                against = (
-                    f"{ratios['deliveries_per_s']:.2f}x"
-                    if key == load_key(0)
-                    else f"p99 {ratios['p99']:.2f}x"
-                )
+            against = (
+                ""
+                if ratios is None
+                else f"{ratios['deliveries_per_s']:.2f}x"
+                if key == "window"
+                else f"p99 {ratios['p99']:.2f}x"
+            )
             for name, stats in by_system.items():
-                bounds = stats["bound"]
+                cpu = (
+                    f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
+                    f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
+                    f"{stats['server_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_share']['median']:.0%}",
+                    bounds_cell(stats["bound"]),
+                )
                 rows.append(
                     [
                         f"{size} B",
-                        f"window {window}" if key == load_key(0) else key,
+                        f"window {entry['config']['fanout']['window']}" if key == "window" else key,
                         f"`{name}`",
-                        _spread(stats["deliveries_per_s"]),
+                        spread_cell(stats["deliveries_per_s"]),
                         against if name == DAEMON else "",
-                        _spread(stats["p50_us"]),
-                        _spread(stats["p99_us"]),
-                        *(
-                            cpu_cell(text, stats["seconds"])
-                            for text in (
-                                f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
-                                f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
-                                f"{stats['server_cpu_share']['median']:.0%}",
-                                f"{stats['client_cpu_share']['median']:.0%}",
-                                ", ".join(
-                                    f"{b} {bounds.count(b)}/{len(bounds)}"
-                                    for b in dict.fromkeys(bounds)
-                                ),
-                            )
-                        ),
+                        spread_cell(stats["p50_us"]),
+                        spread_cell(stats["p99_us"]),
+                        *(cpu_cell(text, stats["seconds"]) for text in cpu),
                         full_cores_cell(stats["cores_full"]),
                         f"{stats['lost']} / {stats['duplicates']} / {stats['out_of_order']}",
                     ]

@@ -1,23 +1,11 @@
 """The scenario harness: everything a scenario does besides its own measurement.
 
-A scenario module (``throughput.py``, ``idle.py``...) says what to run: its
-options, one pass, its table. :func:`scenario` does the rest, in the spirit of
-pyperf's ``Runner`` (STYLE.md habit 15): it reads the machine and the commit,
-pins the load generator (this process) to its core, opens a temporary
-directory and an asyncio runner on uvloop, and hands the body a
-:class:`Context` that starts pinned servers (:meth:`Context.server`, stopped and
-described at the end), runs repetitions (:meth:`Context.passes`: a warm-up,
-then the systems in an order rotated each repetition, ``gc.collect()`` before
-each pass, the other processes' share of the pinned cores measured around it,
-one progress line per pass) and keeps notes. The body returns the scenario's
-figures; the harness adds how, when and where they were measured, writes the
-results JSON, prints the markdown and, for a clean default run only, replaces
-the scenario's section of RESULTS.md (:func:`bench.results.publish`).
-
-Also here, for every socket scenario's tables: what set a pass's pace
-(:func:`bound_by`), which pinned cores were full (:func:`full_cores`), the
-spread of a list of passes (:func:`summarise`), and the section's opening
-lines (:func:`header`).
+In the spirit of pyperf's ``Runner`` (STYLE.md habit 15), :func:`scenario` reads the
+machine and commit, pins the load generator, opens a temporary directory and a uvloop
+runner, and hands the body a :class:`Context` (pinned servers, repetitions with warm-up
+and rotation, notes); then it writes the JSON, prints the markdown and, for a clean
+default run, replaces the scenario's section of RESULTS.md. Also the shared pieces of
+every section (:func:`header`, :func:`legend`, the cells).
 """
 
 from __future__ import annotations
@@ -122,6 +110,14 @@ def other_load(others: Sequence[Sequence[float] | None]) -> Json | None:
     }
 
 
+def given(args: argparse.Namespace, name: str, full: R, quick: R) -> R:
+    """Option *name* if given, else its full-run or ``--quick`` default."""
+    value: R | None = getattr(args, name, None)
+    if value is None:
+        return quick if args.quick else full
+    return value
+
+
 # ----------------------------------------------------------------- running
 
 
@@ -145,11 +141,7 @@ class Context:
         return bool(self.args.quick)
 
     def given(self, name: str, full: R, quick: R) -> R:
-        """Option *name* if given, else its full-run or ``--quick`` default."""
-        value: R | None = getattr(self.args, name, None)
-        if value is None:
-            return quick if self.quick else full
-        return value
+        return given(self.args, name, full, quick)
 
     def run(self, coroutine: Any) -> Any:
         return self.runner.run(coroutine)
@@ -258,6 +250,17 @@ def scenario(
     return published
 
 
+def option(
+    parser: argparse.ArgumentParser, name: str, kind: Any, full: Any, quick: Any = None, **kw: Any
+) -> None:
+    """``--NAME``, its help ending with the full-run and ``--quick`` defaults. Without a
+    *quick* default a number defaults to *full*, else None (read it with :func:`given`)."""
+    shown = f"default {full}" + ("" if quick is None else f"; --quick {quick}")
+    kw["help"] = f"{kw.get('help', '')} ({shown})".lstrip()
+    default = full if quick is None and not isinstance(full, str) else None
+    parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, **kw)
+
+
 def positive(args: argparse.Namespace, *names: str) -> None:
     """Raise :class:`BenchError` unless every option *names* given is positive."""
     bad = [n for n in names if getattr(args, n, None) is not None and getattr(args, n) <= 0]
@@ -343,6 +346,16 @@ def spread_cell(stats: Json, digits: int = 0, unit: str = "") -> str:
     if stats["max"] - stats["min"] < 0.5 * 10**-digits:
         return median
     return f"{median} [{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
+
+
+def legend(entry: Json) -> str:
+    """What *bound* and *cores full* mean, for a section's prose."""
+    threshold = entry["config"].get("client_bound_threshold", 0.9)
+    return (
+        f"*bound*: `client` when the load generator kept more than {threshold:.0%} of its core "
+        "busy (then the client set the pace), `server` likewise, else `round-trip`; *cores "
+        "full*: passes in which a pinned core was more than 90 % busy counting other processes."
+    )
 
 
 def notes_lines(entry: Json) -> list[str]:

@@ -8,11 +8,8 @@ has a bucket of its own and above that a bucket spans less than
 is one counter per occupied bucket, whatever the range: a 60 s outlier costs as
 much as a 60 µs one. A percentile is reported, as HdrHistogram does, as the
 highest value its bucket holds, so it never understates a latency; ``min`` and
-``max`` are kept exactly.
-
-Call :meth:`Histogram.record` per sample, then :meth:`Histogram.percentile` or
-:meth:`Histogram.summary`; :meth:`Histogram.merge` adds repetitions together and
-:meth:`Histogram.to_json` keeps the percentile distribution for the results file.
+``max`` are kept exactly. Call :meth:`Histogram.record` per sample, then ``percentile``
+or ``summary``; ``merge`` adds repetitions, ``to_json`` keeps the distribution.
 """
 
 from __future__ import annotations
@@ -82,10 +79,7 @@ class Histogram:
             self.max = other.max
 
     def percentile(self, percent: float) -> int:
-        """The value that *percent* % of the samples are at or below (bucket's highest value).
-
-        Raises :class:`ValueError` on an empty histogram.
-        """
+        """The value that *percent* % of the samples are at or below (bucket's highest value)."""
         if not self.count or self.max is None:
             raise ValueError("no samples")
         if not 0.0 <= percent <= 100.0:
@@ -114,12 +108,7 @@ class Histogram:
         return out
 
     def distribution(self, ticks_per_half: int = 2) -> list[tuple[float, int]]:
-        """``(percentile, value)`` pairs as HdrHistogram prints its percentile distribution.
-
-        The steps halve each time the remaining share halves (0, 25, 50, 62.5, 75,
-        81.25, ... with 2 ticks per half), down to the last sample, so the tail is
-        drawn as finely as the body in a few dozen points.
-        """
+        """``(percentile, value)`` pairs as HdrHistogram prints its percentile distribution."""
         if not self.count or self.max is None:
             return []
         points: list[tuple[float, int]] = []

@@ -1,18 +1,11 @@
 """``python -m bench idle``: many idle sessions with heartbeats on: RSS per session, CPU.
 
-For each count (1,000 and 10,000 sessions by default; this machine allows
-20,000 open files per process, so 10,000 is the practical maximum), a fresh
-daemon (``python -m sessiond serve``, echo app, pinned like every server) is
-given one warm-up session, then N sessions are opened, at most
-``--concurrency`` handshakes at a time, from several loopback source addresses
-(:func:`bench.daemon.source_addresses`: the daemon limits transports per peer
-address), and left idle with their heartbeats running for ``--idle-seconds``
-(one heartbeat interval by default, so every session beats once). Figures: the
-server's RSS before and with them (per session), its CPU share of one core over
-the idle window (what heartbeats cost), the handshake rate while opening; each
-repeated ``--repeat`` times (a fresh daemon each time), as the median and
-spread, every repetition kept. Target (issue 5): under 4 KiB of server RSS per
-session at 10,000 sessions (a bare uvloop connection costs about 1.3 KiB here).
+Per count (1,000 and 10,000 sessions; TLS: 1,000 and 3,000), a fresh daemon, one warm-up
+session, then N sessions opened (``--concurrency`` handshakes at a time, several loopback
+source addresses) and left idle for ``--idle-seconds``. Figures: the server's RSS per
+session, its CPU over the idle window, the handshake rate; over TLS also bare TLS
+connections to the ceiling (the transport's own share). Targets (issue 5, 18): under 4 KiB
+per session at 10,000 sessions, 12 KiB per idle TLS session.
 """
 
 from __future__ import annotations
@@ -33,8 +26,10 @@ from . import BenchError
 from .harness import (
     Context,
     counts,
+    given,
     header,
     notes_lines,
+    option,
     positive,
     scenario,
     spread_cell,
@@ -55,21 +50,11 @@ from .tls import make_certificate, tls_daemon_argv
 HELP = "1,000 and 10,000 idle sessions (1,000 and 3,000 over TLS), heartbeats on: RSS/session, CPU"
 
 SCENARIO = "idle"
-COUNTS = (1_000, 10_000)
-QUICK_COUNTS = (20, 100)
-#: Idle sessions over TLS (devices connect over TLS in production): what a fleet pays.
-TLS_COUNTS = (1_000, 3_000)
-QUICK_TLS_COUNTS = (20,)
 TCP, TLS = "tcp", "tls"
 #: A bare TLS connection to the ceiling (bench/ceiling.py), no session: the transport's share.
 CEILING_TLS = "tls-ceiling"
 #: A TLS handshake per session, many at once, on a loaded machine: a generous bound.
 HANDSHAKE_TIMEOUT = 30.0
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
-DEFAULT_IDLE_SECONDS = 15.0  # one default heartbeat interval: every session beats once
-QUICK_IDLE_SECONDS = 0.2
-DEFAULT_HEARTBEAT = Params().heartbeat_interval
 #: Waits for the server to settle before reading its RSS.
 SETTLE_SECONDS = 1.0
 QUICK_SETTLE_SECONDS = 0.1
@@ -97,9 +82,7 @@ class IdlePlan:
 async def measure_idle(
     proc: ServerProcess, plan: IdlePlan, port: int | None = None, ssl: SSLContext | None = None
 ) -> Json:
-    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close.
-
-    The sessions connect to *port* (the process's own by default), over TLS with *ssl*."""
+    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close."""
     port = port or proc.port
     params = Params(heartbeat_interval=plan.heartbeat)
     sources = source_addresses(plan.per_address)
@@ -225,54 +208,23 @@ async def measure_bare(proc: ServerProcess, plan: IdlePlan, ssl: SSLContext) -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--idle-sessions",
-        metavar="N,N",
-        help="idle sessions per measurement, comma-separated (default "
-        f"{','.join(str(c) for c in COUNTS)}; --quick {','.join(str(c) for c in QUICK_COUNTS)})",
-    )
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        metavar="S",
-        help=f"the CPU window (default {DEFAULT_IDLE_SECONDS:g}; --quick {QUICK_IDLE_SECONDS:g})",
-    )
-    parser.add_argument(
-        "--heartbeat",
-        type=float,
-        default=DEFAULT_HEARTBEAT,
-        metavar="S",
-        help="heartbeat interval the clients propose in HELLO "
-        f"(default {DEFAULT_HEARTBEAT:g}, the protocol default)",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        help=f"handshakes in flight while opening (default {DEFAULT_CONCURRENCY})",
-    )
-    parser.add_argument(
-        "--tls-sessions",
-        metavar="N,N",
-        help="idle sessions over TLS per measurement, comma-separated; 0: none (default "
-        f"{','.join(map(str, TLS_COUNTS))}; --quick {','.join(map(str, QUICK_TLS_COUNTS))})",
-    )
+    option(parser, "idle_sessions", str, "1000,10000", "20,100", metavar="N,N",
+           help="idle sessions per measurement")  # fmt: skip
+    option(parser, "idle_seconds", float, 15.0, 0.2, metavar="S", help="the CPU window")
+    option(parser, "heartbeat", float, Params().heartbeat_interval, metavar="S",
+           help="heartbeat interval the clients propose")  # fmt: skip
+    option(parser, "concurrency", int, DEFAULT_CONCURRENCY, help="handshakes in flight")
+    option(parser, "tls_sessions", str, "1000,3000", "20", metavar="N,N",
+           help="idle sessions over TLS per measurement; 0: none")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "repeat", "concurrency", "idle_seconds", "heartbeat")
-    quick = bool(args.quick)
-    given = args.idle_sessions
-    sizes = counts(given, "--idle-sessions") if given else (QUICK_COUNTS if quick else COUNTS)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    idle: float = args.idle_seconds or (QUICK_IDLE_SECONDS if quick else DEFAULT_IDLE_SECONDS)
-    settle = QUICK_SETTLE_SECONDS if quick else SETTLE_SECONDS
-    tls_given = args.tls_sessions
-    tls_sizes = (
-        tuple(n for n in map(int, tls_given.split(",")) if n > 0)
-        if tls_given
-        else (QUICK_TLS_COUNTS if quick else TLS_COUNTS)
-    )
+    sizes = counts(given(args, "idle_sessions", "1000,10000", "20,100"), "--idle-sessions")
+    repeat, idle = given(args, "repeat", 3, 2), given(args, "idle_seconds", 15.0, 0.2)
+    settle = QUICK_SETTLE_SECONDS if args.quick else SETTLE_SECONDS
+    tls = given(args, "tls_sessions", "1000,3000", "20")
+    tls_sizes = () if tls.strip() == "0" else counts(tls, "--tls-sessions")
     banner = (
         f"{', '.join(f'{c:,}' for c in sizes)} sessions (TLS: "
         f"{', '.join(f'{c:,}' for c in tls_sizes) or 'none'}) x {repeat}, idle for {idle:g} s"
@@ -335,23 +287,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "sessions": by_count(results, TCP),
             "tls_sessions": by_count(results, TLS),
-            "tls_ceiling": {
-                str(n): {
-                    "rss_per_session_kib": spread(
-                        [
-                            r["rss_per_session_kib"]
-                            for r in results
-                            if r["transport"] == CEILING_TLS and r["sessions"] == n
-                        ]
-                    ),
-                    "repetitions": [
-                        r for r in results if r["transport"] == CEILING_TLS and r["sessions"] == n
-                    ],
-                }
-                for n in dict.fromkeys(
-                    r["sessions"] for r in results if r["transport"] == CEILING_TLS
-                )
-            },
+            "tls_ceiling": by_count(results, CEILING_TLS),
             "markdown": markdown,
         }
 
@@ -372,7 +308,9 @@ def summary(results: list[Json]) -> Json:
     out = summarise(results)
     out["rss_idle_kib"] = spread([r["rss_kib"]["idle"] for r in results])
     out["rss_before_kib"] = spread([r["rss_kib"]["before"] for r in results])
-    out["lost"] = sum(r["sessions"] - r["still_open_after_idle"] for r in results)
+    out["lost"] = sum(
+        r["sessions"] - r.get("still_open_after_idle", r["sessions"]) for r in results
+    )
     return out
 
 
@@ -469,21 +407,12 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "(ECDSA P-256), the clients verifying it; the RSS per session then includes each "
         "connection's TLS state. *bare TLS connections*: as many idle TLS connections to the "
         "ceiling (`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no "
-        "session), the same certificate, client and handshakes: the transport's own share of "
-        "a TLS session's memory.",
+        "session, the daemon's malloc setting from `sessiond/heap.py`), the same certificate, "
+        "client and handshakes: the transport's own share of a TLS session's memory.",
         "",
         markdown_table(
-            [
-                "sessions",
-                "RSS per session",
-                "server CPU idle",
-                "loadgen CPU idle",
-                "RSS before",
-                "RSS with sessions",
-                "handshakes/s",
-                "server ms CPU/handshake",
-                "lost",
-            ],
+            "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"
+            "|RSS with sessions|handshakes/s|server ms CPU/handshake|lost",
             rows,
         ),
         "",

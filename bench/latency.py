@@ -1,31 +1,12 @@
 """``python -m bench latency``: round trips at a fixed offered rate, as percentiles.
 
-Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000
-messages per second in total by default) for a bounded duration, 64-byte
-payloads, at most one ping in flight per connection and as many connections as
-the rate needs at :data:`PER_CONNECTION_RATE` each (so 1 and 10), against every
-system of :mod:`bench.systems`:
-
-* ``daemon``: ``python -m sessiond serve`` (echo app), the load generator
-  driving the protocol core in an ``asyncio.Protocol`` as ``bench/loadgen.py``
-  does (:class:`~bench.pingpong.SessionPing`);
-* ``client``: the same daemon through the client library,
-  ``sessiond_client.connect`` then ``await send()`` / ``await recv()`` per ping:
-  what an application sees;
-* ``ceiling``: ``bench/ceiling.py``, the raw uvloop framed echo, with the
-  barest framed client (:class:`~bench.pingpong.FramedPing`);
-* ``mosquitto`` (QoS 1, paho-mqtt) and ``nats`` (nats-py), each client
-  publishing to a topic (subject) it is subscribed to; skipped, with a line
-  saying how to install them, where missing.
-
-Servers run in their own processes pinned to one core, the load generator (this
-process) on another (:mod:`bench.processes`). Round trips go into an HDR-style
-histogram (:mod:`bench.histogram`); p50, p99, p99.9 and max are reported per
-repetition, then as the median and range over the repetitions. Targets: the
-daemon's p50 within 1.3x the ceiling's; sessiond's p99 against each peer's
-(the rate half of that target is ``python -m bench throughput``'s). The helpers
-below (:func:`header`, :func:`other_load`, :func:`full_cores`...) also serve the
-other socket scenarios.
+Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000/s in all),
+64-byte payloads, one ping in flight per connection and as many connections as the rate
+needs (:data:`PER_CONNECTION_RATE` each), against every system of :mod:`bench.systems`
+(the core-driven ``daemon``, the ``client`` library, the raw ``ceiling``, ``mosquitto``
+QoS 1, ``nats``). Round trips go into HDR-style histograms (:mod:`bench.histogram`): p50,
+p99, p99.9 and max per repetition, then the median and range. Targets: the daemon's p50
+within 1.3x the ceiling's; sessiond's p99 against each peer's.
 """
 
 from __future__ import annotations
@@ -42,15 +23,19 @@ from . import BenchError, systems
 from .core import make_pool
 from .harness import (
     Context,
+    counts,
     full_cores_cell,
+    given,
     header,
+    option,
     other_load,
     other_load_note,
     scenario,
+    summarise,
 )
 from .histogram import Histogram, percentile_key
 from .pingpong import PingPlan, PingResult
-from .processes import CLIENT_BOUND, bound_by, full_cores
+from .processes import CLIENT_BOUND, bound_by
 from .results import Json, markdown_table, spread
 from .summary import Headline, cpu_cell, judged, values_range, verdict
 from .summary import Target as TargetResult
@@ -66,10 +51,6 @@ RATES = (1_000, 10_000)
 #: the event loop timers' resolution.
 PER_CONNECTION_RATE = 1_000
 SIZE = 64
-DEFAULT_DURATION = 5.0
-QUICK_DURATION = 0.1
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 WARMUP_SECONDS = 0.5
 #: Beyond its duration, a pass may run this long (slow replies) before no more pings go.
 TIME_LIMIT = 10.0
@@ -107,11 +88,11 @@ class LatencyPlan:
         }
 
 
-def summarise(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]) -> Json:
+def per_rate(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]) -> Json:
     """Per rate and system: each percentile's spread over the passes, the merged histogram."""
     by_rate: Json = {}
     for rate in rates:
-        entry: Json = {}
+        by_rate[str(rate)] = entry = {}
         for name in names:
             mine = [run for run in runs if run.rate == rate and run.system == name]
             if not mine:
@@ -119,38 +100,22 @@ def summarise(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]
             merged = Histogram()
             for run in mine:
                 merged.merge(run.histogram)
-            summaries = [run.histogram.summary() for run in mine]
-            entry[name] = {
+            trips = [run.histogram.summary() for run in mine]
+            keys = ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
+            entry[name] = summarise([run.to_json() for run in mine]) | {
                 "payload_size": mine[0].size,
                 "connections": mine[0].connections,
-                "round_trip_us": {
-                    key: spread([s[key] / 1000 for s in summaries])
-                    for key in ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
-                },
+                "round_trip_us": {key: spread([t[key] / 1000 for t in trips]) for key in keys},
                 "all_passes_us": {
                     key: value / 1000 if key != "count" else value
                     for key, value in merged.summary().items()
                 },
-                "achieved_rate": spread([run.achieved for run in mine]),
-                "seconds": spread([run.seconds for run in mine]),
-                "server_cpu_share": spread([run.server_cpu / run.seconds for run in mine]),
-                "client_cpu_share": spread([run.client_cpu / run.seconds for run in mine]),
                 "client_cpu_us_per_message": spread(
                     [run.client_cpu * 1e6 / run.received for run in mine]
                 ),
-                "client_bound": [run.client_cpu / run.seconds > CLIENT_BOUND for run in mine],
-                "other_load_share": other_load([run.others for run in mine]),
-                "cores_full": [
-                    full_cores(run.server_cpu, run.client_cpu, run.seconds, run.others)
-                    for run in mine
-                ],
-                "late": sum(run.late for run in mine),
-                "lost": sum(run.sent - run.received for run in mine),
                 "samples": sum(run.received for run in mine),
-                "repetitions": [run.to_json() for run in mine],
                 "histogram_ns": merged.to_json(),
             }
-        by_rate[str(rate)] = entry
     return by_rate
 
 
@@ -203,40 +168,19 @@ def latency_table(by_rate: Json, names: Sequence[str]) -> str:
                 ]
             )
     return markdown_table(
-        [
-            "payload",
-            "offered",
-            "system",
-            "conns",
-            "achieved msg/s",
-            "p50 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "max µs",
-            "server core busy",
-            "loadgen core busy",
-            "loadgen µs CPU/msg",
-            "cores full",
-            "late",
-            "lost",
-        ],
+        "payload|offered|system|conns|achieved msg/s|p50 µs|p99 µs|p99.9 µs|max µs"
+        "|server core busy|loadgen core busy|loadgen µs CPU/msg|cores full|late|lost",
         rows,
     )
 
 
 LATENCY_NOTES = (
-    "Round trip: from the moment a ping is handed to the transport until its echo is read "
-    "back (for a ping held back because the previous reply came after its scheduled time "
-    "- *late* - from its scheduled time instead, so slow replies also show in the pings "
-    "they delayed). Percentiles from an HDR-style log-linear histogram (< 0.8 % bucket "
-    "error, a bucket's highest value reported); each cell is the median [min-max] over "
-    "the passes. *server/loadgen core busy*: CPU seconds over wall seconds of the pass "
-    "(server: `/proc/PID/task/*/schedstat`, ns; loadgen: `time.process_time`); "
-    "*client-bound*: passes whose "
-    "load generator kept more than 90 % of its core busy, where the figure says more about "
-    "the client than the server; *cores full*: passes in which a pinned core was more than "
-    "90 % busy counting other processes on it (see below), so that side could not go faster "
-    "on this machine."
+    "Round trip: from the ping handed to the transport until its echo is read (for a "
+    "*late* ping, held back by a slow reply, from its scheduled time). Percentiles from an "
+    "HDR-style histogram (< 0.8 % bucket error, a bucket's highest value); median [min-max] "
+    "over the passes. *core busy*: CPU over wall seconds of the pass; *client-bound*: the "
+    "load generator above 90 % of its core; *cores full*: a pinned core above 90 % "
+    "counting other processes."
 )
 
 
@@ -244,63 +188,23 @@ LATENCY_NOTES = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--rates",
-        default=",".join(str(rate) for rate in RATES),
-        metavar="R,R",
-        help="offered messages/s in total, comma-separated (default "
-        f"{','.join(str(rate) for rate in RATES)})",
-    )
-    parser.add_argument(
-        "--per-connection-rate",
-        type=int,
-        default=PER_CONNECTION_RATE,
-        metavar="R",
-        help="messages/s per connection: connections = rate / this, rounded up "
-        f"(default {PER_CONNECTION_RATE})",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        metavar="S",
-        help=f"seconds per pass (default {DEFAULT_DURATION:g}; --quick {QUICK_DURATION:g})",
-    )
-    parser.add_argument(
-        "--size", type=int, default=SIZE, help=f"payload bytes (default {SIZE}, at least 8)"
-    )
+    option(parser, "rates", str, "1000,10000", metavar="R,R", help="offered messages/s in all")
+    option(parser, "per_connection_rate", int, PER_CONNECTION_RATE, metavar="R",
+           help="messages/s per connection: connections = rate / this, rounded up")  # fmt: skip
+    option(parser, "duration", float, 5.0, 0.1, metavar="S", help="seconds per pass")
+    option(parser, "size", int, SIZE, help="payload bytes, at least 8")
     systems.add_arguments(parser)
 
 
-def parse_rates(text: str) -> tuple[int, ...]:
-    try:
-        rates = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise BenchError(f"--rates {text!r}: expected integers separated by commas") from None
-    if not rates or any(rate < 1 for rate in rates):
-        raise BenchError("--rates: at least one rate, each at least 1")
-    return rates
-
-
 def plan_from(args: argparse.Namespace) -> LatencyPlan:
-    """The latency plan the options ask for (``--messages`` does not apply: a pass is
-    ``--duration`` at each rate)."""
-    quick: bool = args.quick
-    duration: float = args.duration
-    if duration is None:
-        duration = QUICK_DURATION if quick else DEFAULT_DURATION
-    repeat: int = args.repeat
-    if repeat is None:
-        repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
+    """The plan the options ask for (a pass is ``--duration`` at each rate)."""
+    duration, repeat = given(args, "duration", 5.0, 0.1), given(args, "repeat", 3, 2)
     if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
         raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
+    rates = counts(args.rates or ",".join(map(str, RATES)), "--rates")
+    warmup = 0.0 if args.quick else min(duration, WARMUP_SECONDS)
     return LatencyPlan(
-        parse_rates(args.rates),
-        args.per_connection_rate,
-        args.size,
-        duration,
-        repeat,
-        TIME_LIMIT,
-        0.0 if quick else min(duration, WARMUP_SECONDS),
+        rates, args.per_connection_rate, args.size, duration, repeat, TIME_LIMIT, warmup
     )
 
 
@@ -349,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
             first = plan.warmup and index == 0
             runs += ctx.passes(pinged, timed, plan.repeat, warm if first else None, show)
         ran = [system.name for system in pinged]
-        by_rate = summarise(runs, ran, plan.rates)
+        by_rate = per_rate(runs, ran, plan.rates)
         entry: Json = {
             "config": {
                 "systems": ran,

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import sessiond_client
 
-from . import BenchError
-from .core import POOL, Checker
-from .loadgen import HOST, CpuClock, EchoResult, split
+from .loadgen import HOST, CpuClock, EchoResult, Share, shares_pass, split
 from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 
 SYSTEM = "client"
-#: Waiting for the last echoes, beyond the pass's own time bound.
-DRAIN_SECONDS = 30.0
 
 
 async def client_echo(
@@ -39,108 +34,48 @@ async def client_echo(
     *,
     sessions: int = 1,
 ) -> EchoResult:
-    """One windowed echo pass through *sessions* library sessions, as bench/loadgen.py's ``echo``.
-
-    In each session up to *window* messages are out (sent, echo not yet back);
-    after each batch of echoes (``await recv()`` plus ``received()``), the window
-    is filled again. The *messages* are shared out over the sessions, all opened
-    before the clocks start.
-    """
-    if len(pool) != POOL or not 1 <= window <= POOL // 2:
-        raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
+    """One windowed echo pass through *sessions* library sessions, as loadgen's ``echo``."""
+    shares = [Share(system, pool, quota, window) for quota in split(messages, sessions)]
     opened: list[sessiond_client.Session] = []
+    reads = 0  # batches from recv() + received()
 
     async def open_one(index: int) -> None:
         opened.append(await sessiond_client.connect(f"tcp://{HOST}:{port}"))
 
+    async def echo(session: sessiond_client.Session, share: Share) -> None:
+        nonlocal reads
+        send, recv, received = session.send, session.recv, session.received
+        try:
+            while True:
+                for payload in share.batch():
+                    await send(payload)
+                if share.ended():
+                    return
+                got = [await recv()]
+                got += received()
+                reads += 1
+                if not share.take(got):
+                    return
+        except Exception as exc:  # a library error ends the pass with its reason
+            if not share.done.done():
+                share.done.set_exception(exc)
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        loop = asyncio.get_running_loop()
+        tasks.extend(
+            loop.create_task(echo(s, share)) for s, share in zip(opened, shares, strict=True)
+        )
+
     try:
         await open_all(sessions, open_one)
-        server0 = server_cpu()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        stop_at = t0 + time_limit
-        try:
-            counts = await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        _echo(session, pool, quota, window, stop_at, system)
-                        for session, quota in zip(opened, split(messages, sessions), strict=True)
-                    )
-                ),
-                time_limit + DRAIN_SECONDS,
-            )
-        except TimeoutError:
-            raise BenchError(f"{system}: no progress, timed out") from None
-        seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        server = server_cpu() - server0
+        return await shares_pass(system, shares, start, server_cpu, time_limit, lambda: reads)
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(s.close(timeout=5.0) for s in opened), return_exceptions=True)
-    return EchoResult(
-        system,
-        len(pool[0]),
-        window,
-        sum(count.sent for count in counts),
-        sum(count.received for count in counts),
-        seconds,
-        cpu,
-        server,
-        sum(count.reads for count in counts),  # batches from recv() + received()
-        0,
-        0,
-        0,
-        "time" if any(count.stopped_by == "time" for count in counts) else "count",
-        sessions=sessions,
-        lost=sum(count.lost for count in counts),
-        duplicates=sum(count.duplicates for count in counts),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Counts:
-    sent: int
-    received: int
-    reads: int
-    stopped_by: str
-    lost: int
-    duplicates: int
-
-
-async def _echo(
-    session: sessiond_client.Session,
-    pool: list[bytes],
-    messages: int,
-    window: int,
-    stop_at: float,
-    system: str,
-) -> _Counts:
-    checker = Checker(system, pool)
-    ring = pool + pool
-    mask = POOL - 1
-    send = session.send
-    recv = session.recv
-    received = session.received
-    limit = messages
-    sent = reads = 0
-    stopped_by = "count"
-    while checker.taken < limit:
-        if sent < limit and time.perf_counter() >= stop_at:
-            limit = sent  # the time bound: drain what is in flight, send no more
-            stopped_by = "time"
-        room = min(window - (sent - checker.taken), limit - sent)
-        if room > 0:
-            start = sent & mask
-            for payload in ring[start : start + room]:
-                await send(payload)
-            sent += room
-        if checker.taken >= limit:
-            break
-        got = [await recv()]
-        got += received()
-        reads += 1
-        checker.check(got)
-    lost = checker.missing + sent - checker.taken
-    return _Counts(sent, checker.received, reads, stopped_by, lost, checker.duplicates)
 
 
 async def client_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:

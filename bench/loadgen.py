@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Protocol, TypeVar
@@ -554,6 +554,102 @@ def split(messages: int, sessions: int) -> list[int]:
     """*messages* shared out over *sessions* as evenly as can be, at least one each."""
     share, extra = divmod(max(messages, sessions), sessions)
     return [share + (1 if index < extra else 0) for index in range(sessions)]
+
+
+class Share:
+    """One client's share of a windowed echo pass through a client library (paho, nats-py,
+    sessiond_client): its window, its check, its end (:attr:`done`)."""
+
+    def __init__(self, system: str, pool: list[bytes], messages: int, window: int) -> None:
+        if len(pool) != POOL or not 1 <= window <= POOL // 2:
+            raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
+        self.checker = Checker(system, pool)
+        self.ring = pool + pool
+        self.window = window
+        self.limit = messages
+        self.sent = 0
+        self.stopped_by = "count"
+        self.stop_at = 0.0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def batch(self) -> list[bytes]:
+        """The payloads the window has room for now, counted as sent (none after the time
+        bound, which drops the limit to what was sent)."""
+        sent = self.sent
+        if sent < self.limit and time.perf_counter() >= self.stop_at:
+            self.limit = sent
+            self.stopped_by = "time"
+        room = min(self.window - (sent - self.checker.taken), self.limit - sent)
+        if room <= 0:
+            return []
+        self.sent = sent + room
+        start = sent & (POOL - 1)
+        return self.ring[start : start + room]
+
+    def take(self, payloads: list[bytes]) -> bool:
+        """Check what came back; True while more is wanted (else :attr:`done` is set)."""
+        if self.done.done():
+            return False
+        try:
+            self.checker.check(payloads)
+        except BenchError as exc:
+            self.done.set_exception(exc)
+            return False
+        return not self.ended()
+
+    def ended(self) -> bool:
+        if self.checker.taken < self.limit:
+            return False
+        if not self.done.done():
+            self.done.set_result(None)
+        return True
+
+
+async def shares_pass(
+    system: str,
+    shares: Sequence[Share],
+    start: Callable[[], Awaitable[object]],
+    server_cpu: CpuClock,
+    time_limit: float,
+    reads: Callable[[], int | None],
+    writes: Callable[[], int] = lambda: 0,
+) -> EchoResult:
+    """Time *shares* (every client connected): *start* sends the first windows; the pass
+    ends when every share is back. *reads* and *writes* count the clients' I/O after."""
+    server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
+    for share in shares:
+        share.stop_at = t0 + time_limit
+    await start()
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(asyncio.shield(share.done) for share in shares)), time_limit + 30.0
+        )
+    except TimeoutError:
+        raise BenchError(
+            f"{system}: no progress, timed out with {sum(s.sent for s in shares):,} sent, "
+            f"{sum(s.checker.taken for s in shares):,} echoed back"
+        ) from None
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    server = server_cpu() - server0
+    checkers = [share.checker for share in shares]
+    return EchoResult(
+        system,
+        len(shares[0].ring[0]),
+        shares[0].window,
+        sum(share.sent for share in shares),
+        sum(c.received for c in checkers),
+        seconds,
+        cpu,
+        server,
+        reads(),
+        writes(),
+        0,
+        0,
+        "time" if any(share.stopped_by == "time" for share in shares) else "count",
+        sessions=len(shares),
+        lost=sum(c.missing + s.sent - c.taken for c, s in zip(checkers, shares, strict=True)),
+        duplicates=sum(c.duplicates for c in checkers),
+    )
 
 
 def _no_clock() -> float:

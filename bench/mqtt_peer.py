@@ -6,20 +6,7 @@ listener on 127.0.0.1:PORT, anonymous clients, sessions in memory only
 true`` (mosquitto leaves Nagle on by default, which would add delayed-ACK
 stalls to every round trip), and the QoS 1 in-flight and queue limits raised
 to the echo window so that the broker, not its defaults (20 in flight), holds
-as many messages as sessiond's window.
-
-Client: paho-mqtt 2.x (``CallbackAPIVersion.VERSION2``), MQTT 3.1.1, a
-persistent session (``clean_session=False``, a client ID of its own per pass),
-QoS 1 both ways, ``TCP_NODELAY`` on its socket, ``max_inflight_messages`` set to the window
-(as many messages in flight as sessiond's clients keep). Its network
-loop runs on the bench's asyncio loop through paho's own external-loop hooks
-(``on_socket_open``, ``loop_read``, ``on_socket_register_write``,
-``loop_write``, ``loop_misc``: paho's documented asyncio integration), so no
-thread is involved and the process's CPU time is the client's. A client
-subscribes (QoS 1) to its own topic and publishes to it: the broker delivers
-each message back to the client that sent it, which acknowledges it (PUBACK),
-as the broker acknowledged the publish.
-"""
+as many messages as sessiond's window."""
 
 from __future__ import annotations
 
@@ -36,8 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import BenchError
-from .core import POOL, Checker
-from .loadgen import HOST, CpuClock, EchoResult, split
+from .loadgen import HOST, CpuClock, EchoResult, Share, shares_pass, split
 from .pingpong import Pinger, PingPlan, PingResult, open_all, run_pass
 
 SYSTEM = "mosquitto"
@@ -51,7 +37,6 @@ QOS = 1
 PAHO_INFLIGHT = 128
 #: paho's own periodic work (keepalive PINGREQ, retries), as its asyncio example does.
 MISC_INTERVAL = 1.0
-DRAIN_SECONDS = 30.0
 
 _ids = itertools.count()
 
@@ -84,11 +69,7 @@ def _client_id() -> str:
 
 class MqttConnection:
     """One paho client on the running asyncio loop, subscribed to its own topic
-    (or to *topic*, which several clients may share).
-
-    *on_payloads(payloads, now_ns)* gets what each read delivered, with the
-    clock read when the socket became readable.
-    """
+    (or to *topic*, which several clients may share)."""
 
     def __init__(
         self,
@@ -274,100 +255,43 @@ async def mqtt_echo(
     sessions: int = 1,
 ) -> EchoResult:
     """One windowed echo pass over *sessions* clients, each up to *window* QoS 1 messages
-    published and not yet back; the *messages* are shared out, all clients connected and
-    subscribed before the clocks start."""
-    if len(pool) != POOL or not 1 <= window <= POOL // 2:
-        raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
-    loop = asyncio.get_running_loop()
-    clients = [_EchoClient(loop, pool, quota, window) for quota in split(messages, sessions)]
+    published and not yet back; all connected and subscribed before the clocks start."""
+    pairs = [
+        (Share(SYSTEM, pool, quota, window), MqttConnection(window))
+        for quota in split(messages, sessions)
+    ]
+    conns = [conn for _share, conn in pairs]
+
+    def refill(share: Share, conn: MqttConnection) -> None:
+        for payload in share.batch():
+            conn.publish(payload)
+
+    for share, conn in pairs:
+
+        def back(got: list[bytes], _now: int, s: Share = share, c: MqttConnection = conn) -> None:
+            if s.take(got):
+                refill(s, c)
+
+        conn.on_payloads = back
+
+    async def start() -> None:
+        for share, conn in pairs:
+            refill(share, conn)
+            share.ended()
+
     try:
-        await open_all(sessions, lambda index: clients[index].conn.open(port))
-        server0 = server_cpu()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        for client in clients:
-            client.stop_at = t0 + time_limit
-            client.refill()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(client.done) for client in clients)),
-                time_limit + DRAIN_SECONDS,
-            )
-        except TimeoutError:
-            failures = [client.conn.failure for client in clients if client.conn.failure]
-            raise BenchError(
-                f"{SYSTEM}: no progress, timed out with {sum(c.sent for c in clients):,} sent, "
-                f"{sum(c.checker.taken for c in clients):,} echoed back"
-                + (f" ({failures[0]})" if failures else "")
-            ) from None
-        seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        server = server_cpu() - server0
+        await open_all(sessions, lambda index: conns[index].open(port))
+        return await shares_pass(
+            SYSTEM,
+            [share for share, _conn in pairs],
+            start,
+            server_cpu,
+            time_limit,
+            lambda: sum(c.reads for c in conns),
+            lambda: sum(c.writes for c in conns),
+        )
     finally:
-        await asyncio.gather(*(client.conn.close() for client in clients), return_exceptions=True)
-    return EchoResult(
-        SYSTEM,
-        len(pool[0]),
-        window,
-        sum(client.sent for client in clients),
-        sum(client.checker.received for client in clients),
-        seconds,
-        cpu,
-        server,
-        sum(client.conn.reads for client in clients),
-        sum(client.conn.writes for client in clients),
-        0,
-        0,
-        "time" if any(client.stopped_by == "time" for client in clients) else "count",
-        sessions=sessions,
-        lost=sum(c.checker.missing + c.sent - c.checker.taken for c in clients),
-        duplicates=sum(client.checker.duplicates for client in clients),
-    )
-
-
-class _EchoClient:
-    """One client's share of an echo pass: its window, its check, its end."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, pool: list[bytes], messages: int, window: int
-    ) -> None:
-        self.checker = Checker(SYSTEM, pool)
-        self.ring = pool + pool
-        self.window = window
-        self.sent = 0
-        self.limit = messages
-        self.stopped_by = "count"
-        self.stop_at = 0.0
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.conn = MqttConnection(window, self.on_payloads)
-
-    def refill(self) -> None:
-        sent, limit = self.sent, self.limit
-        if sent < limit and time.perf_counter() >= self.stop_at:
-            self.limit = limit = sent  # the time bound: drain, send no more
-            self.stopped_by = "time"
-        room = min(self.window - (sent - self.checker.taken), limit - sent)
-        if room > 0:
-            start = sent & (POOL - 1)
-            publish = self.conn.publish
-            for payload in self.ring[start : start + room]:
-                publish(payload)
-            self.sent = sent + room
-        if self.checker.taken >= self.limit and not self.done.done():
-            self.done.set_result(None)
-
-    def on_payloads(self, payloads: list[bytes], now_ns: int) -> None:
-        if self.done.done():
-            return
-        try:
-            self.checker.check(payloads)
-        except BenchError as exc:
-            self.done.set_exception(exc)
-            return
-        if self.checker.taken >= self.limit:
-            self.done.set_result(None)
-        else:
-            self.refill()
+        await asyncio.gather(*(conn.close() for conn in conns), return_exceptions=True)
 
 
 # ------------------------------------------------------------------- ping

@@ -3,17 +3,7 @@
 Server: ``nats-server -c CONFIG`` with a temporary config (:func:`config`):
 127.0.0.1:PORT and its defaults otherwise (no JetStream: core NATS, at most
 once). Pinned to one core with ``taskset``, the Go runtime sizes GOMAXPROCS to
-that one core.
-
-Client: nats-py on the bench's asyncio loop (uvloop), used as its documentation
-shows for throughput: ``await nc.publish(subject, payload)`` (buffered; its
-flusher task writes), and a subscription callback ``cb(msg)`` per message. A
-connection subscribes to a subject of its own and publishes to it: the server
-delivers each message back to the connection that sent it (NATS echoes a
-connection's own messages unless ``no_echo``). Nothing is acknowledged:
-core NATS is at-most-once, so a message the server drops (slow consumer) would
-show as a lost message, which fails the pass.
-"""
+that one core."""
 
 from __future__ import annotations
 
@@ -29,14 +19,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from . import BenchError
-from .core import POOL, Checker
-from .loadgen import HOST, CpuClock, EchoResult, split
+from .loadgen import HOST, CpuClock, EchoResult, Share, shares_pass, split
 from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 
 SYSTEM = "nats"
 BINARY = "nats-server"
 INSTALL = "apt-get install nats-server (the Debian package `nats-server`)"
-DRAIN_SECONDS = 30.0
 #: nats-server exits with 1 on SIGTERM, with 0 on SIGINT (both shut it down cleanly).
 STOP_SIGNAL = signal.SIGINT
 
@@ -89,110 +77,35 @@ async def nats_echo(
     sessions: int = 1,
 ) -> EchoResult:
     """One windowed echo pass over *sessions* connections, each up to *window* messages
-    published and not yet back; the *messages* are shared out, every connection
-    subscribed before the clocks start."""
-    if len(pool) != POOL or not 1 <= window <= POOL // 2:
-        raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
-    loop = asyncio.get_running_loop()
-    clients = [_EchoClient(loop, pool, quota, window) for quota in split(messages, sessions)]
-    try:
-        await open_all(sessions, lambda index: clients[index].open(port))
-        server0 = server_cpu()
-        cpu0 = time.process_time()
-        t0 = time.perf_counter()
-        for client in clients:
-            client.stop_at = t0 + time_limit
-        await asyncio.gather(*(client.refill() for client in clients))
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(client.done) for client in clients)),
-                time_limit + DRAIN_SECONDS,
-            )
-        except TimeoutError:
-            raise BenchError(
-                f"{SYSTEM}: no progress, timed out with {sum(c.sent for c in clients):,} sent, "
-                f"{sum(c.checker.taken for c in clients):,} echoed back (lost by the server?)"
-            ) from None
-        seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        server = server_cpu() - server0
-    finally:
-        await asyncio.gather(
-            *(client.nc.close() for client in clients if client.nc is not None),
-            return_exceptions=True,
-        )
-    return EchoResult(
-        SYSTEM,
-        len(pool[0]),
-        window,
-        sum(client.sent for client in clients),
-        sum(client.checker.received for client in clients),
-        seconds,
-        cpu,
-        server,
-        None,  # nats-py reads its socket out of sight: not measured
-        0,
-        0,
-        0,
-        "time" if any(client.stopped_by == "time" for client in clients) else "count",
-        sessions=sessions,
-        lost=sum(c.checker.missing + c.sent - c.checker.taken for c in clients),
-        duplicates=sum(client.checker.duplicates for client in clients),
-    )
+    published and not yet back; every connection subscribed before the clocks start."""
+    shares = [Share(SYSTEM, pool, quota, window) for quota in split(messages, sessions)]
+    subjects = [_subject() for _ in shares]
+    clients: dict[int, Client] = {}
 
+    async def refill(index: int) -> None:
+        publish, subject = clients[index].publish, subjects[index]
+        for payload in shares[index].batch():  # counted first: callbacks run while it awaits
+            await publish(subject, payload)
+        shares[index].ended()
 
-class _EchoClient:
-    """One connection's share of an echo pass: its subject, window, check and end."""
+    async def open_one(index: int) -> None:
+        async def back(msg: Msg) -> None:
+            if shares[index].take([msg.data]):
+                await refill(index)
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, pool: list[bytes], messages: int, window: int
-    ) -> None:
-        self.checker = Checker(SYSTEM, pool)
-        self.ring = pool + pool
-        self.window = window
-        self.subject = _subject()
-        self.sent = 0
-        self.limit = messages
-        self.stopped_by = "count"
-        self.stop_at = 0.0
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.nc: Client | None = None
-
-    async def open(self, port: int) -> None:
-        self.nc = nc = await connect(port)
-        await nc.subscribe(self.subject, cb=self.on_message)
+        clients[index] = nc = await connect(port)
+        await nc.subscribe(subjects[index], cb=back)
         await nc.flush()  # the subscription is in place before the first publish
 
-    async def refill(self) -> None:
-        assert self.nc is not None
-        sent, limit = self.sent, self.limit
-        if sent < limit and time.perf_counter() >= self.stop_at:
-            self.limit = limit = sent  # the time bound: drain, send no more
-            self.stopped_by = "time"
-        room = min(self.window - (sent - self.checker.taken), limit - sent)
-        if room > 0:
-            start = sent & (POOL - 1)
-            batch = self.ring[start : start + room]
-            self.sent = sent + room  # counted first: the callback may run while publish awaits
-            publish = self.nc.publish
-            subject = self.subject
-            for payload in batch:
-                await publish(subject, payload)
-        if self.checker.taken >= self.limit and not self.done.done():
-            self.done.set_result(None)
+    async def start() -> None:
+        await asyncio.gather(*(refill(index) for index in range(sessions)))
 
-    async def on_message(self, msg: Msg) -> None:
-        if self.done.done():
-            return
-        try:
-            self.checker.check([msg.data])
-        except BenchError as exc:
-            self.done.set_exception(exc)
-            return
-        if self.checker.taken >= self.limit:
-            self.done.set_result(None)
-        else:
-            await self.refill()
+    try:
+        await open_all(sessions, open_one)
+        # nats-py reads its socket out of sight: reads not measured
+        return await shares_pass(SYSTEM, shares, start, server_cpu, time_limit, lambda: None)
+    finally:
+        await asyncio.gather(*(nc.close() for nc in clients.values()), return_exceptions=True)
 
 
 # ------------------------------------------------------------------- ping

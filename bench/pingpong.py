@@ -7,24 +7,10 @@ period``, ``period = connections / rate``, so the connections' pings interleave
 evenly. A ping goes to the server, comes back (the daemon's echo app, the
 ceiling, or a broker delivering it to the subscriber that sent it) and its round
 trip is counted, in nanoseconds, in one :class:`~bench.histogram.Histogram` per
-pass.
-
-When a ping's scheduled time comes while the previous one is still out, it
-waits for that reply and goes at once; its round trip is then counted from its
-*scheduled* time, so that a slow reply also shows in the pings it held back
-(HdrHistogram's correction for coordinated omission). Otherwise it is counted
-from the moment it was actually handed to the transport: the event loop's
-timers fire up to a millisecond off, and that jitter is the load generator's,
-not the server's.
-
-Every echo is compared with the ping sent; a pass fails (:class:`BenchError`)
-on a wrong, extra or missing echo, and is bounded in time: no ping is sent past
-``duration + time_limit`` seconds. :class:`Pinger` holds the schedule for the
-callback-driven clients (:class:`SessionPing` for the daemon through the core,
-:class:`FramedPing` for the ceiling, the paho-mqtt client of
-:mod:`bench.mqtt_peer`); :func:`coroutine_pinger` does the same for clients
-with an awaitable API (the library client of :mod:`bench.library_client`,
-nats-py in :mod:`bench.nats_peer`).
+pass. A ping whose time comes while the previous one is still out goes as soon as that reply
+is in and counts from its *scheduled* time (HdrHistogram's correction for coordinated
+omission); otherwise from when it was handed to the transport (the loop's timers fire up to a
+millisecond off: the load generator's jitter, not the server's).
 """
 
 from __future__ import annotations
@@ -35,12 +21,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sessiond_client.protocol import Connection, ConnectionState, Params, Role, Session
+from sessiond_client.protocol import Params
 
 from . import BenchError
 from .core import POOL
 from .histogram import Histogram
-from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, arm_timer, send_close
+from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, IdleSession
 from .processes import pace
 
 #: The first pings go this long after the pass starts (connections are open by then).
@@ -156,9 +142,8 @@ class PingPlan:
 class Pinger:
     """One connection's pings, driven by a timer and by the echoes (callback clients).
 
-    A subclass implements :meth:`transmit` (hand one payload to the transport)
-    and calls :meth:`on_echo` for every payload that comes back, with the clock
-    read once per read; then calls :meth:`finish_failed` if its connection breaks.
+    A subclass implements :meth:`transmit` and calls :meth:`on_echo` for every payload
+    that comes back (the clock read once per read), :meth:`finish_failed` if it breaks.
     """
 
     def __init__(self, plan: PingPlan, index: int) -> None:
@@ -179,9 +164,9 @@ class Pinger:
 
     def start(self) -> None:
         """Arm the timer for the first ping (after :meth:`PingPlan.begin`)."""
-        self._arm(time.perf_counter_ns())
+        self._schedule(time.perf_counter_ns())
 
-    def _arm(self, now_ns: int) -> None:
+    def _schedule(self, now_ns: int) -> None:
         delay = (self.plan.due(self.index, self.k) - now_ns) / 1e9
         self.ping_timer = self.loop.call_later(max(0.0, delay), self._on_timer)
 
@@ -229,7 +214,7 @@ class Pinger:
             plan.late += 1
             self._send(due)
         else:
-            self._arm(now_ns)
+            self._schedule(now_ns)
 
     def _finish(self) -> None:
         if self.ping_timer is not None:
@@ -246,84 +231,31 @@ class Pinger:
 # ------------------------------------------------------------------ sessiond
 
 
-class SessionPing(Pinger, asyncio.Protocol):
+class SessionPing(Pinger, IdleSession):
     """A sessiond client session (the core in a Protocol, as bench/loadgen.py drives it)."""
 
     def __init__(self, plan: PingPlan, index: int, params: Params | None = None) -> None:
-        super().__init__(plan, index)
-        self.session = Session(Role.CLIENT, params or Params())
-        self.conn: Connection | None = None
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None  # the core's own timer
-        self.timer_at = 0.0
-        self.opened: asyncio.Future[None] = self.loop.create_future()
-        self.lost: asyncio.Future[None] = self.loop.create_future()
-        self.closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.conn = self.session.connect(self.loop.time())
-        self._flush()
+        Pinger.__init__(self, plan, index)
+        IdleSession.__init__(self, params or Params())
+        self.read_ns = 0
 
     def data_received(self, data: bytes) -> None:
-        now_ns = time.perf_counter_ns()
-        conn = self.conn
-        assert conn is not None
-        now = self.loop.time()
-        conn.receive_data(data, now)
-        if not self.opened.done():
-            if conn.state is ConnectionState.OPEN:
-                self.session.events()
-                self.opened.set_result(None)
-        else:
-            for payload in self.session.take_messages(now):
-                self.on_echo(payload, now_ns)
-        self._flush()
+        self.read_ns = time.perf_counter_ns()  # the echo is back: the clock before decoding
+        super().data_received(data)
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        for payload in messages:
+            self.on_echo(payload, self.read_ns)
 
     def transmit(self, payload: bytes) -> None:
         self.session.send(payload, self.loop.time())
         self._flush()
+        self._arm()
 
-    def _flush(self) -> None:
-        conn = self.conn
-        if conn is None or self.transport is None:
-            return
-        out = conn.data_to_send()
-        if out:
-            self.transport.write(out)
-        if conn.closed and not self.closing:
-            self._broken(f"the core closed the connection: {conn.close_code!s}")
-            return
-        arm_timer(self, self._on_core_timer, off=self.closing)
-
-    def _on_core_timer(self) -> None:
-        self.timer = None
-        self.session.handle_timer(self.loop.time())
-        self._flush()
-
-    def _broken(self, why: str) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(BenchError(f"{self.plan.system}: {why}"))
+    def _fail(self, why: str) -> None:
+        super()._fail(why)
         if not self.finished.done():
             self.finish_failed(why)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if not self.closing:
-            self._broken(f"connection lost ({exc or 'EOF'})")
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def close(self) -> None:
-        """CLOSE NORMAL (the daemon forgets the session), then close the transport."""
-        self.closing = True
-        send_close(self)
-        if self.transport is not None:
-            self.transport.close()
 
 
 class FramedPing(Pinger, asyncio.Protocol):

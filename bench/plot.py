@@ -1,22 +1,12 @@
 """The PNG of a run: one panel per figure worth a picture, for every scenario that ran.
 
-:func:`plot` draws, from a run's entries, as many of these as there are:
-
-* ``throughput``: messages/s per system, grouped by session count, one panel per
-  payload size (median, the repetitions' range as the error bar, on a log
-  scale: the systems differ a hundredfold);
-* ``latency``: the round trip against the percentile (HdrHistogram's
-  percentile-distribution plot, every pass's histogram merged), one panel per
-  offered rate;
-* ``resume``: the distribution of each step of a resume (cut → connected,
-  resumed, first message) over every cut;
-* ``storm``: the storm's timeline, the share of sessions resumed and caught up
-  against the seconds since the cut, one line per size and storm;
-* ``fanout``: deliveries/s per system (windowed passes), and the delivery
-  latency's percentile distribution (paced passes).
-
-Panels are laid out three to a row. matplotlib draws with its Agg canvas: no
-display, no pyplot state.
+Throughput (msg/s per system by session count, per payload size, log scale), latency
+(round trip against percentile, per offered rate), resume (distribution of cut →
+connected / resumed / first message), storm (share of sessions resumed and caught up
+against seconds since the cut), idle (server RSS per idle session against the count,
+over TCP, over TLS and bare TLS), tls (handshakes/s and echo msg/s, TLS beside TCP) and
+fanout (deliveries/s; paced delivery latency by percentile); three to a row, drawn on
+matplotlib's Agg canvas.
 """
 
 from __future__ import annotations
@@ -69,6 +59,12 @@ def panels(entries: Mapping[str, Json]) -> list[Panel]:
     storm = entries.get("storm")
     if storm and storm.get("storms"):
         out.append(partial(_storm, storms=storm["storms"]))
+    idle = entries.get("idle")
+    if idle and (idle.get("sessions") or idle.get("tls_sessions")):
+        out.append(partial(_idle, entry=idle))
+    tls = entries.get("tls")
+    if tls and tls.get("handshakes") and tls.get("echo"):
+        out.append(partial(_tls, entry=tls))
     fanout = entries.get("fanout")
     for size, by_load in (fanout or {}).get("fanout", {}).items():
         for key, by_system in by_load.items():
@@ -210,6 +206,36 @@ def _storm(axes: Any, storms: Json) -> None:
     axes.set_title("storm: every session cut at once")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
+
+
+def _idle(axes: Any, entry: Json) -> None:
+    for key, label in (
+        ("sessions", "session over TCP"),
+        ("tls_sessions", "session over TLS"),
+        ("tls_ceiling", "bare TLS connection (ceiling)"),
+    ):
+        points = sorted((int(n), s["rss_per_session_kib"]) for n, s in entry.get(key, {}).items())
+        if points:
+            ns, stats = [n for n, _ in points], [s for _, s in points]
+            below = [s["median"] - s["min"] for s in stats]
+            above = [s["max"] - s["median"] for s in stats]
+            medians = [s["median"] for s in stats]
+            axes.errorbar(ns, medians, yerr=[below, above], marker="o", capsize=2, label=label)
+    axes.set_xscale("log")
+    axes.set_xlabel("idle sessions (connections)")
+    axes.set_ylabel("server RSS per session, KiB (median, range)")
+    axes.set_title("idle: server memory per idle session")
+    axes.grid(which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+
+
+def _tls(axes: Any, entry: Json) -> None:
+    groups = {"handshakes/s": entry["handshakes"]}
+    groups |= {f"echo {size} B, msg/s": by for size, by in entry["echo"].items()}
+    by_group = {g: {t: by[t] for t in ("tcp", "tls") if t in by} for g, by in groups.items()}
+    _bars(axes, list(by_group), by_group, "rate")
+    axes.set_ylabel("per second (median, range)")
+    axes.set_title("tls: the daemon over TLS and plain TCP")
 
 
 def _x(percent: float) -> float:

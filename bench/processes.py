@@ -105,11 +105,8 @@ def pinned_loadgen(pinning: Pinning) -> Iterator[None]:
 class CoreLoad:
     """How busy the pinned cores were, to tell what other processes took of them.
 
-    On a shared machine another process may run on the server's or the load
-    generator's core; a pass then measures the contention as much as the system.
-    :meth:`start` and :meth:`others` read ``/proc/stat`` (busy = user, nice,
-    system, irq, softirq and steal ticks of each core) around a pass; the time the
-    server and the load generator themselves used is taken out.
+    :meth:`start` and :meth:`others` read ``/proc/stat`` (busy: user, nice, system, irq,
+    softirq, steal) around a pass, less what the server and the load generator used.
     """
 
     def __init__(self, pinning: Pinning) -> None:
@@ -136,11 +133,7 @@ class CoreLoad:
         self._t0 = time.perf_counter()
 
     def others(self, server_cpu: float, loadgen_cpu: float) -> tuple[float, float] | None:
-        """Share of each core (server's, load generator's) that others used since :meth:`start`.
-
-        *server_cpu* and *loadgen_cpu* are the CPU seconds our two processes used
-        over the same span. None when unpinned or unreadable.
-        """
+        """Share of each core (server's, load generator's) that others used since :meth:`start`."""
         seconds = time.perf_counter() - self._t0
         ticks = self.busy_ticks()
         server, loadgen = self.cpus
@@ -156,11 +149,7 @@ class CoreLoad:
 def timed_pass(
     proc: ServerProcess, load: CoreLoad | None, body: Callable[[], T]
 ) -> tuple[T, tuple[float, float] | None]:
-    """Run *body*, one pass against *proc*, and what others took of the pinned cores.
-
-    The second item is :meth:`CoreLoad.others` over the pass (None without *load*).
-    A :class:`BenchError` from *body* is replaced by the server's exit, if it died.
-    """
+    """Run *body*, one pass against *proc*, and what others took of the pinned cores."""
     proc.check_alive()
     server0, cpu0 = proc.cpu_seconds(), time.process_time()
     if load is not None:
@@ -176,12 +165,9 @@ def timed_pass(
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU seconds process *pid* has run so far, in nanoseconds' resolution.
-
-    The sum of the first field of ``/proc/PID/task/TID/schedstat`` (time on a
-    CPU, ns) over its live threads; where schedstat is missing (a kernel
-    without schedstats), ``utime + stime`` of ``/proc/PID/stat`` in clock ticks.
-    """
+    """CPU seconds process *pid* has run so far, in nanoseconds' resolution: the first field
+    of ``/proc/PID/task/*/schedstat`` summed over its threads (``/proc/PID/stat`` ticks where
+    a kernel has no schedstats)."""
     total = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -288,10 +274,9 @@ def python_command(argv: list[str], port: int) -> list[str]:
 class ServerProcess:
     """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked.
 
-    *command* is the whole command line (the pinning prefix is added here); it
-    must make the server listen on *port*. The process's stdout and stderr go to
-    ``<log_dir>/<name>.log``. :meth:`stop` sends *stop_signal* (nats-server exits
-    with 1 on SIGTERM and 0 on SIGINT).
+    *command* must make the server listen on *port*; its output goes to
+    ``<log_dir>/<name>.log``. :meth:`stop` sends *stop_signal* (nats-server exits with 1
+    on SIGTERM and 0 on SIGINT).
     """
 
     def __init__(
@@ -345,11 +330,7 @@ class ServerProcess:
             raise BenchError(f"{self.name} exited with {code}: {self.log_tail() or '(no output)'}")
 
     def cpu_seconds(self) -> float:
-        """CPU seconds of the server process so far, all its threads, to the nanosecond.
-
-        :func:`cpu_seconds` of its PID: a pass of a second is not measured in
-        the 10 ms ticks of ``/proc/PID/stat``.
-        """
+        """CPU seconds of the server process so far, all its threads, to the nanosecond."""
         return cpu_seconds(self.pid)
 
     def status(self, key: str) -> str:

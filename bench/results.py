@@ -52,21 +52,8 @@ SECTION_ORDER = (
     "core",
 )
 
-_INTRO = """\
-# Benchmark results
-
-Figures measured by `python -m bench` (every scenario) or `python -m bench
-SCENARIO ...`, run from the repository root (see `bench/__init__.py`). The
-`## summary` section is rewritten by a run of every default scenario: the
-headline figure of each system in each scenario, the targets and the plot.
-Each `## SCENARIO` section below it is rewritten by the command it quotes and
-names the results JSON in `bench/results/` that holds every repetition, the
-machine and the commit; a run replaces only its own sections, and only a clean
-default run replaces any (not `--quick`, not `--out` elsewhere, no option but
-`--repeat`, no peer skipped, no uncommitted change: `bench/results.py`
-`partial_reasons`). A section whose heading says *notes* is written by hand
-and dated.
-"""
+#: A new RESULTS.md's first lines (the intro of the one in the repository says the rules).
+_INTRO = "# Benchmark results\n"
 
 
 def command_line() -> str:
@@ -136,10 +123,7 @@ def _git(*args: str) -> str | None:
 
 
 def commit_info() -> Json:
-    """The commit measured; ``dirty`` means tracked files differ from it (see ``status``).
-
-    Read once per process, so that every scenario of a run names the same commit.
-    """
+    """The commit measured; ``dirty`` means tracked files differ from it (see ``status``)."""
     return dict(_commit_info())
 
 
@@ -186,11 +170,7 @@ def read_document(path: Path) -> Json | None:
 
 
 def update_document(out_dir: Path, commit: Json, change: Callable[[Json], None]) -> Path:
-    """Apply *change* to the document of :func:`results_path` and write it back whole.
-
-    What that file already holds for the same commit (other scenarios, an earlier
-    run's summary) is kept unless *change* replaces it.
-    """
+    """Apply *change* to the document of :func:`results_path` and write it back whole."""
     path = results_path(out_dir, commit)
     document: Json = {"schema": 2, "date": run_date(), **commit, "scenarios": {}}
     previous = read_document(path)
@@ -206,10 +186,7 @@ def update_document(out_dir: Path, commit: Json, change: Callable[[Json], None])
 
 
 def write_json(out_dir: Path, scenario: str, entry: Json, commit: Json) -> Path:
-    """Write *entry* as ``scenarios[scenario]`` of ``<out_dir>/<date>-<commit>.json``.
-
-    Other scenarios already in that file (same day, same commit) are kept.
-    """
+    """Write *entry* as ``scenarios[scenario]`` of ``<out_dir>/<date>-<commit>.json``."""
 
     def put(document: Json) -> None:
         document["scenarios"][scenario] = entry
@@ -228,8 +205,12 @@ def display_path(path: Path | str) -> str:
         return path.as_posix()
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """A GitHub markdown table; the first *left* columns left-aligned, the rest right-aligned."""
+def markdown_table(
+    headers: str | Sequence[str], rows: Sequence[Sequence[str]], left: int = 1
+) -> str:
+    """A GitHub markdown table (*headers* a list or ``a|b|c``); the first *left* columns
+    left-aligned, the rest right-aligned."""
+    headers = headers.split("|") if isinstance(headers, str) else headers
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join([":---"] * left + ["---:"] * (len(headers) - left)) + "|",
@@ -239,12 +220,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: 
 
 
 def update_results_md(heading: str, body: str, path: Path = RESULTS_MD) -> None:
-    """Replace the ``## {heading}`` section of *path* with *body*, or add it.
-
-    The intro above the first section and every other section stay as they are.
-    A new section goes where :data:`SECTION_ORDER` puts it: before the first
-    section that comes after it there, else at the end.
-    """
+    """Replace the ``## {heading}`` section of *path* with *body*, or add it."""
     text = path.read_text(encoding="utf-8") if path.exists() else _INTRO
     lines = text.splitlines()
     title = f"## {heading}"
@@ -299,14 +275,7 @@ NEUTRAL_OPTIONS = frozenset({"repeat", "scenario", "out", "quick", "changed"})
 
 
 def partial_reasons(args: Any, commit: Json, entries: Sequence[Json] = ()) -> list[str]:
-    """Why a run's figures must not replace RESULTS.md (empty: they may).
-
-    A ``--quick`` run, results written elsewhere (``--out``), a tree with
-    uncommitted changes, an option other than ``--repeat`` set (a subset of
-    systems, other sizes: ``args.changed``, filled in by :func:`bench.runner.select`)
-    or a peer skipped for being absent (an entry's ``skipped``): each makes a
-    partial run, whose figures stay in its JSON.
-    """
+    """Why a run's figures must not replace RESULTS.md (empty: they may)."""
     reasons = []
     if args.quick:
         reasons.append("a --quick run")

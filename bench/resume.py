@@ -1,34 +1,9 @@
 """``python -m bench resume``: one session's transport cut again and again while messages flow.
 
-One session against the daemon's echo app (``python -m sessiond serve --app
-echo``, its own process, pinned as :mod:`bench.processes` does), about 1,000
-64-byte messages in flight (sent, echo not yet back), the window refilled after
-every read as :class:`~bench.loadgen.SessionEcho` does. *cuts* times per pass
-(200 by default), each after about ``--messages / (cuts + 1)`` echoes since the
-previous resume and right after a batch was written, the client cuts its
-transport (:func:`bench.resuming.cut`: ``SO_LINGER`` 0, then
-``transport.abort()``: the daemon gets a reset, whatever either kernel still
-held for the other is dropped, and the echoes on their way are lost) and at
-once, with no backoff, connects again and resumes: HELLO with its last received
-sequence number (protocol.md §4.1), WELCOME, then each side replays what the
-other lacks (§4.4) and the flow goes on. A pass echoes at least ``--messages``
-messages: it goes on until its last cut, then drains.
-
-The load generator drives the protocol core itself, not the client library, so
-the figures are the daemon's and the protocol's (three round trips on
-loopback: TCP connect, HELLO/WELCOME, the client's ACK that confirms the
-transport before the server replays, §4.4) rather than the library's Python
-overhead. Per cut, from the instant before ``abort()``:
-
-* *connected*: the new TCP connection is up (``connection_made``);
-* *resumed*: WELCOME received, the core reports ``SessionResumed``;
-* *first message*: the first echo delivered after the resume, replayed or new.
-
-Every echo is compared, in order, with the payload sent; a gap or a duplicate
-fails the pass (the core closes with SEQUENCE_ERROR, the checker compares every
-payload), and a pass ends only when every message sent is back and the core's
-sequence numbers agree: sent = received = consumed = checked. Target (issue 5):
-cut → first message p99 under 5 ms on loopback.
+One session against the echo app with about 1,000 64-byte messages in flight; *cuts*
+times per pass (200), right after a batch was written, the client resets its transport
+(:func:`bench.resuming.cut`) and at once resumes (protocol.md §4.1, §4.4: each side
+replays what the other lacks). Figures: cut → connected, resumed, first message.
 """
 
 from __future__ import annotations
@@ -51,15 +26,18 @@ from .core import POOL, make_pool
 from .harness import (
     Context,
     full_cores_cell,
+    given,
     header,
-    other_load,
+    legend,
+    option,
     other_load_note,
     positive,
     quantiles,
     scenario,
 )
+from .harness import summarise as summarise_passes
 from .loadgen import HOST, CpuClock, EchoResult, SessionEcho
-from .processes import CLIENT_BOUND, bound_by, daemon_argv, full_cores
+from .processes import CLIENT_BOUND, bound_by, daemon_argv
 from .results import Json, markdown_table, spread
 from .resuming import cut, handshake_event, reset_on_close
 from .summary import NOT_MET, Headline, Target, cpu_cell, judged, values_range, verdict
@@ -68,18 +46,12 @@ HELP = "one session, ~1,000 messages in flight, its transport cut 200 times: tim
 
 SCENARIO = "resume"
 SIZE = 64
-DEFAULT_CUTS = 200
-QUICK_CUTS = 5
-DEFAULT_MESSAGES = 200_000
-QUICK_MESSAGES = 6_000
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 DEFAULT_WINDOW = 1000
+TIME_LIMIT = 60.0  # seconds of sending per pass; then it drains
 #: Messages echoed between two cuts at the least (on average, more).
 MIN_GAP = 100
 WARMUP_CUTS = 5
 WARMUP_MESSAGES = 6_000
-TIME_LIMIT = 60.0  # seconds per pass: no message is sent after this; then the pass drains
 CONNECT_TIMEOUT = 10.0
 DRAIN_SECONDS = 30.0
 SEED = 20261122
@@ -96,11 +68,7 @@ _OPEN = ConnectionState.OPEN
 
 def cut_gaps(messages: int, cuts: int, rng: random.Random) -> list[int]:
     """Messages echoed before each cut, counted from the start or from the previous
-    resume's first message: *messages* spread evenly, each gap jittered by up to a quarter.
-
-    Echoes come back in batches of up to a window, so a cut falls at the end of
-    the first read that reaches its gap.
-    """
+    resume's first message: *messages* spread evenly, each gap jittered by up to a quarter."""
     gap = messages / (cuts + 1)
     if gap < MIN_GAP:
         raise BenchError(f"{cuts} cuts need at least {(cuts + 1) * MIN_GAP:,} messages")
@@ -306,10 +274,7 @@ async def resume_pass(
     server_cpu: CpuClock,
     resume_ports: Sequence[int] = (),
 ) -> ResumePass:
-    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked.
-
-    With *resume_ports*, the resumes connect to those ports in turn (see :class:`ResumeEcho`).
-    """
+    """One session, *messages* echoed with *cuts* cuts along the way; every echo checked."""
     gaps = cut_gaps(messages, cuts, random.Random(seed))
     client = ResumeEcho(pool, messages, window, time_limit, server_cpu, port, gaps, resume_ports)
     try:
@@ -349,9 +314,7 @@ def summarise(passes: list[ResumePass]) -> Json:
     pooled = {step: [ns for p in passes for ns in p.samples[step]] for step in STEPS}
     per_pass = {step: [summary_us(p.samples[step]) for p in passes] for step in STEPS}
     echoes = [p.echo for p in passes]
-    sent = sum(e.messages for e in echoes)
-    received = sum(e.received for e in echoes)
-    return {
+    return summarise_passes([p.to_json() for p in passes]) | {
         "payload_size": echoes[0].size,
         "window": echoes[0].window,
         "passes": len(passes),
@@ -370,53 +333,22 @@ def summarise(passes: list[ResumePass]) -> Json:
         },
         "in_flight_at_cut": spread([n for p in passes for n in p.in_flight]),
         "client_replayed": spread([n for p in passes for n in p.replayed]),
-        "sent": sent,
-        "received": received,
-        "lost": sum(e.lost for e in echoes),
-        "duplicates": sum(e.duplicates for e in echoes),
+        "sent": sum(e.messages for e in echoes),
+        "received": sum(e.received for e in echoes),
         "echo_rate": spread([e.rate for e in echoes]),
-        "server_cpu_s": spread([e.server_cpu for e in echoes]),
-        "client_cpu_s": spread([e.client_cpu for e in echoes]),
-        "server_cpu_share": spread([e.server_cpu / e.seconds for e in echoes]),
-        "client_cpu_share": spread([e.client_cpu / e.seconds for e in echoes]),
-        "client_bound": [e.client_cpu / e.seconds > CLIENT_BOUND for e in echoes],
-        "cores_full": [full_cores(e.server_cpu, e.client_cpu, e.seconds, e.others) for e in echoes],
-        "other_load_share": other_load([e.others for e in echoes]),
-        "repetitions": [p.to_json() for p in passes],
     }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cuts",
-        type=int,
-        metavar="N",
-        help=f"cuts per pass (default {DEFAULT_CUTS}; --quick {QUICK_CUTS}); "
-        f"--messages: messages echoed per pass (default {DEFAULT_MESSAGES:,}; "
-        f"--quick {QUICK_MESSAGES:,})",
-    )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=DEFAULT_WINDOW,
-        help=f"messages in flight, sent and not yet echoed (default {DEFAULT_WINDOW})",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"at most this many seconds of sending per pass (default {TIME_LIMIT:g})",
-    )
+    option(parser, "cuts", int, 200, 5, metavar="N", help="cuts per pass (--messages: echoed)")
+    option(parser, "window", int, DEFAULT_WINDOW, metavar="W", help="messages in flight")
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds of sending")
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "cuts", "repeat", "window", "time_limit")
-    quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    cuts: int = args.cuts or (QUICK_CUTS if quick else DEFAULT_CUTS)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    window: int = args.window
+    messages, cuts = given(args, "messages", 200_000, 6_000), given(args, "cuts", 200, 5)
+    repeat, window = given(args, "repeat", 3, 2), args.window
     if window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
     cut_gaps(messages, cuts, random.Random(SEED))  # enough messages?
@@ -546,19 +478,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     lines = header(entry, commit, path)
     lines += [
         f"One session (echo app), {config['window']:,} messages of {config['payload_size']} B "
-        f"in flight, {config['cuts']} cuts per pass, each after about "
-        f"{config['messages'] // (config['cuts'] + 1):,} echoes since the previous resume "
-        f"(at least {config['messages']:,} messages per pass: a pass goes on until its last "
-        f"cut), {config['repeat']} passes after a warm-up pass. A cut: the client "
-        "cuts its transport right after writing a batch (`SO_LINGER` 0 and "
-        "`transport.abort()`: the daemon gets a reset; whatever either kernel still held for "
-        "the other is lost) and at once, with no backoff, connects again and resumes (HELLO "
-        "with its last received sequence number, protocol.md §4). The load generator drives "
-        "the protocol core "
-        "(`bench/resume.py`, `bench/resuming.py`), not the client library, "
-        "so the figures are the daemon's and the protocol's. Times from the instant before "
-        "`abort()`; percentiles over every cut of every pass (nearest rank); *per pass*: "
-        "median [min-max] of each pass's own percentile.",
+        f"in flight, {config['cuts']} cuts per pass (one every "
+        f"{config['messages'] // (config['cuts'] + 1):,} echoes or so, at least "
+        f"{config['messages']:,} messages per pass), {config['repeat']} passes after a warm-up. "
+        "A cut: right after writing a batch the client resets its transport (`SO_LINGER` 0, "
+        "`abort()`) and at once resumes (HELLO with its last received sequence number, "
+        "protocol.md §4), driving the protocol core (`bench/resuming.py`), not the client "
+        "library. Times from just before `abort()`; percentiles over every cut (nearest rank); "
+        "*per pass*: median [min-max] of each pass's percentile.",
         "",
     ]
     rows = []
@@ -608,34 +535,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             ]
         )
     lines += [
-        "Per pass. *in flight*: messages sent and not yet echoed back at a cut (median); "
-        "*client replayed*: messages the client sent again after a resume because the "
-        "server had not received them (median); *sent / echoed*: messages sent and "
-        "echoes checked in order; *core seq*: the client core's last sent and last received "
-        "sequence numbers at the end; *lost / duplicates*: echoes the checker found missing "
-        "or repeated, counted as each came back (the core also closes the transport with "
-        "SEQUENCE_ERROR on a gap or a duplicate, which fails the pass); CPU seconds "
-        "over the whole pass "
-        "(share of one "
-        f"core); *bound*: `client` when the load generator kept more than "
-        f"{config['client_bound_threshold']:.0%} of its core busy (client-bound), `server` "
-        "likewise, else `round-trip`.",
+        "Per pass. *in flight*: sent, not yet echoed at a cut (median); *client replayed*: "
+        "sent again after a resume (median); *core seq*: the client core's last sent and "
+        "received sequence numbers; *lost / duplicates*: counted as each echo came back; CPU "
+        "over the whole pass (share of one core). " + legend(entry),
         "",
         markdown_table(
-            [
-                "payload",
-                "pass",
-                "cuts",
-                "in flight",
-                "client replayed",
-                "sent / echoed",
-                "core seq sent / received",
-                "lost / duplicates",
-                "echo msg/s",
-                "server CPU",
-                "loadgen CPU",
-                "bound",
-            ],
+            "payload|pass|cuts|in flight|client replayed|sent / echoed|core seq sent / received"
+            "|lost / duplicates|echo msg/s|server CPU|loadgen CPU|bound",
             rows,
         ),
         "",
@@ -643,12 +550,6 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         f"{full_cores_cell(summary['cores_full'])}.",
         "",
         *other_load_note(summary["other_load_share"]),
-    ]
-    lines += [
-        "The daemon runs with every setting at its default. A resume that reaches it "
-        "before it has read the old transport up to its reset takes over (protocol.md "
-        "§9.1); a takeover by a valid resume is never refused (§9.2).",
-        "",
     ]
     target = entry["target"]
     lines.append(

@@ -1,18 +1,9 @@
 """Cutting a client session's transport and resuming it at once (``resume``, ``storm``).
 
-A load-generating client of :mod:`bench.loadgen` drives one core client
-:class:`~sessiond_client.protocol.Session` in an ``asyncio.Protocol``. To cut
-its transport as a network failure would, :func:`reset_on_close` first makes
-the socket's close a reset (``SO_LINGER`` 0: what is queued in the kernel is
-dropped and the daemon gets RST rather than an orderly FIN), then :func:`cut`
-hands the transport a protocol that ignores its last callbacks, aborts it and
-tells the core at once, as the client library does when its transport fails.
-The client object is then free to be the protocol of its next transport at
-once (``loop.create_connection(lambda: client, ...)``), whose HELLO carries
-the resume (protocol.md §4.1). :func:`handshake_event` checks that each
-handshake ended as it must: a new session on the first transport, the same
-session resumed on every later one; a resume answered with a new session is a
-lost session and fails the pass.
+:func:`reset_on_close` makes the socket's close a reset (``SO_LINGER`` 0); :func:`cut`
+aborts the transport and tells the core at once, as the client library does; the client
+is then the protocol of its next transport, whose HELLO resumes (protocol.md §4.1).
+:func:`handshake_event` checks each handshake: new session first, the same one after.
 """
 
 from __future__ import annotations
@@ -56,12 +47,7 @@ def reset_on_close(transport: asyncio.BaseTransport) -> None:
 
 
 def cut(client: Cuttable) -> None:
-    """Abort *client*'s transport now and report it to the core (the session detaches).
-
-    The transport's ``connection_lost`` goes to a protocol that ignores it, so
-    *client* may be given its next transport at once. (uvloop closes the socket
-    on the loop's next iteration.)
-    """
+    """Abort *client*'s transport now and report it to the core (the session detaches)."""
     transport = client.transport
     conn = client.conn
     client.transport = None

@@ -1,18 +1,10 @@
 """Running scenarios one after another: the options, the failures, the summary, the plot.
 
-``python -m bench [SCENARIO ...] [options]`` (:mod:`bench.__main__` holds the
-registry). The scenario names come first; without one, every default scenario
-runs, in order. Each scenario parses the options itself (the common ones, then
-its own from ``add_arguments``): an option goes to every scenario of the run
-that takes it and is ignored by the others; an option that none of them takes
-is an error. Then each scenario runs in turn: one that fails (an exception, or
-a non-zero return) is reported and the run goes on with the next, the exit
-status saying it failed. At the end the run reads back what the scenarios wrote
-to the results JSON, checks that each wrote its entry and lost no message
-(:func:`bench.summary.lost_fields`), and prints the summary across scenarios
-(headline per system per scenario, targets), adds it and the machine to the
-JSON, draws the PNG (:mod:`bench.plot`) and, for a full run that is not
-``--quick``, rewrites the ``## summary`` section of RESULTS.md.
+Scenario names come first; each scenario parses the common options and its own (an
+option no selected scenario takes is an error). A failing scenario is reported and the
+run goes on. At the end: every entry checked for lost messages, the summary printed and
+added to the JSON, the PNG drawn and, for a clean full run, ``## summary`` of RESULTS.md
+rewritten.
 """
 
 from __future__ import annotations
@@ -24,14 +16,13 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import BenchError
 from .plot import plot, title
-from .progress import display
 from .results import (
     QUICK_DIR,
     RESULTS_DIR,
@@ -50,22 +41,15 @@ from .summary import (
     Headline,
     Outcome,
     Target,
-    headlines_json,
     lost_fields,
     markdown,
-    run_entries,
-    targets_json,
 )
 
 SUMMARY = "summary"
 
 
 class Scenario(Protocol):
-    """What ``python -m bench`` needs from a scenario module.
-
-    It may also define ``headlines(entry)`` and ``targets(entry, run)`` for the
-    summary (see :mod:`bench.summary`).
-    """
+    """What ``python -m bench`` needs from a scenario module."""
 
     HELP: str
 
@@ -149,11 +133,7 @@ class Selection:
 
 
 def select(argv: Sequence[str], registry: Registry) -> Selection:
-    """The scenarios *argv* names (leading words) and the options each one gets.
-
-    Exits through argparse (status 2) on an unknown scenario or an option no
-    selected scenario takes, and with status 0 after ``--help``.
-    """
+    """The scenarios *argv* names (leading words) and the options each one gets."""
     words = list(argv)
     named: list[str] = []
     while words and not words[0].startswith("-"):
@@ -241,39 +221,38 @@ def run(argv: Sequence[str], registry: Registry) -> int:
     json_path = results_path(out, commit)
     outcomes: list[Outcome] = []
     interrupted = False
-    with display(selection.names) as shown:
-        for name in selection.names:
-            if interrupted:
-                outcomes.append(Outcome(name, "not run", 0.0))
-                continue
-            before = _entry(json_path, name)
-            shown.start(name)
-            t0 = time.perf_counter()
-            try:
-                status, error = run_scenario(
-                    name, registry.scenarios[name], selection.namespaces[name]
-                )
-            except KeyboardInterrupt:
-                status, error, interrupted = "interrupted", "interrupted (^C)", True
-            after = _entry(json_path, name)
-            lost: list[tuple[str, float]] = []
-            if status == "ok":
-                if after is None or after == before:
-                    status = "failed"
-                    error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
-                else:
-                    lost = lost_fields(after)
-                    if lost:
-                        status, error = "failed", f"{len(lost)} figure(s) show lost messages"
-            outcome = Outcome(name, status, time.perf_counter() - t0, error, tuple(lost))
-            outcomes.append(outcome)
-            shown.finish(outcome)
+    for index, name in enumerate(selection.names, 1):
+        if interrupted:
+            outcomes.append(Outcome(name, "not run", 0.0))
+            continue
+        before = _entry(json_path, name)
+        where = f"bench [{index}/{len(selection.names)}] {name}"
+        print(f"{where}: starting", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            status, error = run_scenario(name, registry.scenarios[name], selection.namespaces[name])
+        except KeyboardInterrupt:
+            status, error, interrupted = "interrupted", "interrupted (^C)", True
+        after = _entry(json_path, name)
+        lost: list[tuple[str, float]] = []
+        if status == "ok":
+            if after is None or after == before:
+                status = "failed"
+                error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
+            else:
+                lost = lost_fields(after)
+                if lost:
+                    status, error = "failed", f"{len(lost)} figure(s) show lost messages"
+        outcome = Outcome(name, status, time.perf_counter() - t0, error, tuple(lost))
+        outcomes.append(outcome)
+        print(f"{where}: {_ended(outcome)}", file=sys.stderr, flush=True)
     ok = [outcome.scenario for outcome in outcomes if outcome.status == "ok"]
     document = read_document(json_path) or {}
-    entries = run_entries(document, ok)
+    scenarios = document.get("scenarios", {})
+    entries = {name: scenarios[name] for name in ok if name in scenarios}
     notes: list[str] = []
-    heads = _gather(ok, registry, entries, notes)
-    goals = _targets(ok, registry, entries, notes)
+    heads: list[Headline] = _hook("headlines", ok, registry, entries, notes)
+    goals: list[Target] = _hook("targets", ok, registry, entries, notes)
     plot_path: Path | None = None
     try:
         plot_path = plot(
@@ -295,8 +274,8 @@ def run(argv: Sequence[str], registry: Registry) -> int:
         "full": selection.full,
         "scenarios": selection.names,
         "outcomes": {outcome.scenario: outcome.to_json() for outcome in outcomes},
-        "headlines": headlines_json(heads),
-        "targets": targets_json(goals),
+        "headlines": [asdict(headline) for headline in heads],
+        "targets": [asdict(target) for target in goals],
         "plot": None if plot_path is None else display_path(plot_path),
         "notes": notes,
         "machine": machine_info(),
@@ -334,6 +313,13 @@ def run(argv: Sequence[str], registry: Registry) -> int:
     return 1 if failed or any(note.startswith("the plot failed") for note in notes) else 0
 
 
+def _ended(outcome: Outcome) -> str:
+    if outcome.status == "ok":
+        return f"ok in {outcome.seconds:,.1f} s"
+    why = f": {outcome.error.splitlines()[0]}" if outcome.error else ""
+    return f"{outcome.status.upper()} after {outcome.seconds:,.1f} s{why}"
+
+
 def _entry(path: Path, name: str) -> Json | None:
     document = read_document(path)
     if document is None:
@@ -347,36 +333,25 @@ def _put_run(document: Json, run: Json) -> None:
     document["run"] = {key: value for key, value in run.items() if key not in ("machine", "commit")}
 
 
-def _gather(
-    names: Sequence[str], registry: Registry, entries: Mapping[str, Json], notes: list[str]
-) -> list[Headline]:
-    out: list[Headline] = []
+def _hook(
+    hook: str,
+    names: Sequence[str],
+    registry: Registry,
+    entries: Mapping[str, Json],
+    notes: list[str],
+) -> list[Any]:
+    """Every scenario's ``headlines(entry)`` or ``targets(entry, entries)``; a scenario
+    without ``headlines`` gets a row pointing to its section."""
+    out: list[Any] = []
     for name in names:
-        hook: Callable[[Json], list[Headline]] | None = getattr(
-            registry.scenarios[name], "headlines", None
-        )
-        if hook is None or name not in entries:
-            out.append(Headline(name, "-", f"see `## {name}`", {}))
+        function = getattr(registry.scenarios[name], hook, None)
+        if function is None or name not in entries:
+            if hook == "headlines":
+                out.append(Headline(name, "-", f"see `## {name}`", {}))
             continue
         try:
-            out += hook(entries[name])
+            args = (entries[name],) if hook == "headlines" else (entries[name], entries)
+            out += function(*args)
         except Exception as exc:  # the summary is not worth a lost run
-            notes.append(f"{name}.headlines failed: {type(exc).__name__}: {exc}")
-    return out
-
-
-def _targets(
-    names: Sequence[str], registry: Registry, entries: Mapping[str, Json], notes: list[str]
-) -> list[Target]:
-    out: list[Target] = []
-    for name in names:
-        hook: Callable[[Json, Mapping[str, Json]], list[Target]] | None = getattr(
-            registry.scenarios[name], "targets", None
-        )
-        if hook is None or name not in entries:
-            continue
-        try:
-            out += hook(entries[name], entries)
-        except Exception as exc:  # the summary is not worth a lost run
-            notes.append(f"{name}.targets failed: {type(exc).__name__}: {exc}")
+            notes.append(f"{name}.{hook} failed: {type(exc).__name__}: {exc}")
     return out

@@ -1,36 +1,13 @@
 """``python -m bench storm``: every session's transport cut at once, then all resume.
 
-Per pass, a fresh daemon (``python -m sessiond serve --app echo``, its own
-process, pinned as :mod:`bench.processes` does) and N sessions opened against
-it (1,000 and 10,000 by default) from this process, the load generator,
-pinned to the other core. Then:
-
-1. *load*: every session sends a few messages (4 by default) to the echo app,
-   and its socket is set to reset when closed (``SO_LINGER`` 0);
-2. *cut*: right after, every transport is aborted, in one loop, without
-   reading anything: the echoes already on their way, and whatever the server
-   had not yet read, are lost with the transports, so each session has
-   messages in flight or unacknowledged in both directions;
-3. *storm*: at once, every session reconnects and resumes (protocol.md §4),
-   with no backoff (the client library's would spread the reconnects out; this
-   measures the server), at most *concurrency* handshakes in flight (100 by
-   default: one load-generator process cannot usefully keep more going; the
-   daemon's listen backlog is 4096), each from a fresh loopback
-   source address (127.x.y.z, fewer sessions per address than the daemon's
-   ``max_transports_per_peer`` of 256, and not the addresses of the cut
-   transports, which the server may not have closed yet).
-
-Measured from the start of the cut: until every session is resumed (WELCOME
-in), and until every session has received all its echoes, replayed or new,
-each compared with the payloads it sent, in order; per session, the same
-(p50, p99, max). Lost messages must be 0: a pass fails if any session was
-answered with a new session instead of its own, or saw a gap or a duplicate
-(the core closes with SEQUENCE_ERROR), or did not get every echo, and each
-session's core must end with sent = received = consumed. The server's RSS
-before the cut, its peak during the storm (``VmHWM`` after resetting it through
-``/proc/PID/clear_refs`` just before the load) and after, and both processes'
-CPU seconds over the storm. Target (issue 5): 10,000 sessions fully resumed
-within 5 s with zero loss.
+Per pass a fresh daemon (echo app) and N sessions (1,000 and 10,000): each sends a few
+messages with ``SO_LINGER`` 0 set, every transport is aborted in one loop (echoes and
+unread input lost with them), then every session reconnects and resumes at once
+(protocol.md §4; no backoff, at most ``--concurrency`` handshakes in flight, fresh
+127.x.y.z source addresses). Measured from the cut: until all are resumed and until all
+have every echo back (checked in order; a new session, a gap or a duplicate fails the
+pass), per session p50/p99/max, the server's RSS (before, peak ``VmHWM``, after) and both
+sides' CPU. Target (issue 5): 10,000 sessions resumed within 5 s with zero loss.
 """
 
 from __future__ import annotations
@@ -50,12 +27,16 @@ from . import BenchError
 from .core import POOL, make_pool
 from .harness import (
     Context,
+    counts,
     full_cores_cell,
+    given,
     header,
-    other_load,
+    option,
     other_load_note,
+    positive,
     quantiles,
     scenario,
+    summarise,
 )
 from .loadgen import (
     DEFAULT_CONCURRENCY,
@@ -85,13 +66,7 @@ HELP = "1,000 and 10,000 sessions cut at once, then all resume: seconds, loss, s
 
 SCENARIO = "storm"
 SIZE = 64
-DEFAULT_SESSIONS = (1_000, 10_000)
-QUICK_SESSIONS = (20, 100)
-DEFAULT_IN_FLIGHT = 4
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 2
 SETTLE_SECONDS = 0.5  # after opening, before the load: the server's handshake work is done
-TIME_LIMIT = 60.0  # the storm must be over (every echo back) within this
 HANDSHAKE_TIMEOUT = 10.0  # per connection and handshake
 #: Target (issue 5): this many sessions fully resumed within TARGET_SECONDS, nothing lost.
 TARGET_SESSIONS = 10_000
@@ -100,12 +75,7 @@ _OPEN = ConnectionState.OPEN
 
 
 class StormSession(IdleSession):
-    """An idle session that is loaded with a few messages, cut, and resumed.
-
-    :attr:`opened` is the handshake of the current transport: the first one
-    (a new session), then the resume's. :attr:`done` resolves once every echo
-    of the load is back, in order.
-    """
+    """An idle session that is loaded with a few messages, cut, and resumed."""
 
     __slots__ = (
         "done",
@@ -262,69 +232,7 @@ class StormPlan:
         return max(1, min(self.in_flight, self.messages // count))
 
 
-@dataclass(frozen=True, slots=True)
-class StormResult:
-    """One storm: N sessions cut at once and resumed."""
-
-    sessions: int
-    in_flight: int
-    concurrency: int
-    cut_loop_s: float  # the load generator aborting every transport
-    all_resumed_s: float  # cut → the last WELCOME
-    seconds: float  # cut → the last echo: every session resumed and caught up
-    per_session_ns: list[int]  # cut → each session's last echo
-    resumed_ns: list[int]  # cut → each session's WELCOME
-    replayed_by_clients: int
-    echoes: int
-    missing: int  # counted by the sessions: echoes skipped over, or never back
-    duplicates: int
-    sessions_lost: int
-    server_cpu: float
-    client_cpu: float
-    rss_kib: dict[str, int]
-    peak_reset: bool
-    source_addresses: int
-    others: tuple[float, float] | None
-
-    @property
-    def lost(self) -> int:
-        return self.missing
-
-    def to_json(self) -> Json:
-        share = self.client_cpu / self.seconds
-        return {
-            "sessions": self.sessions,
-            "in_flight_per_session": self.in_flight,
-            "concurrency": self.concurrency,
-            "cut_loop_s": self.cut_loop_s,
-            "all_resumed_s": self.all_resumed_s,
-            "all_replayed_s": self.seconds,
-            "per_session_done_us": summary_us(self.per_session_ns),
-            "per_session_resumed_us": summary_us(self.resumed_ns),
-            "timeline_s": {  # cut → each session resumed / caught up, as quantiles
-                "resumed": [ns / 1e9 for ns in quantiles(self.resumed_ns)],
-                "caught_up": [ns / 1e9 for ns in quantiles(self.per_session_ns)],
-            },
-            "messages": self.sessions * self.in_flight,
-            "echoes_received": self.echoes,
-            "lost": self.lost,
-            "duplicates": self.duplicates,
-            "sessions_lost": self.sessions_lost,
-            "replayed_by_clients": self.replayed_by_clients,
-            "server_cpu_s": self.server_cpu,
-            "server_cpu_share": self.server_cpu / self.seconds,
-            "client_cpu_s": self.client_cpu,
-            "client_cpu_share": share,
-            "client_bound": share > CLIENT_BOUND,
-            "cores_full": full_cores(self.server_cpu, self.client_cpu, self.seconds, self.others),
-            "server_rss_kib": self.rss_kib,
-            "peak_is_storm_only": self.peak_reset,
-            "source_addresses": self.source_addresses,
-            **({} if self.others is None else {"other_load_share": list(self.others)}),
-        }
-
-
-async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad) -> StormResult:
+async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad) -> Json:
     """Open *count* sessions, load them, cut them all, and time their resumes."""
     loop = asyncio.get_running_loop()
     params = Params()
@@ -387,124 +295,85 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
         await close_idle(sessions, 30.0)
     done = [s.done_ns - t0 for s in sessions]
     resumed = [s.resumed_ns - t0 for s in sessions]
-    return StormResult(
-        sessions=count,
-        in_flight=in_flight,
-        concurrency=plan.concurrency,
-        cut_loop_s=cut_loop / 1e9,
-        all_resumed_s=max(resumed) / 1e9,
-        seconds=max(done) / 1e9,
-        per_session_ns=done,
-        resumed_ns=resumed,
-        replayed_by_clients=sum(s.replayed for s in sessions),
-        echoes=sum(len(s.got) for s in sessions),
-        missing=sum(s.missing + len(s.expected) - s.position for s in sessions),
-        duplicates=sum(s.duplicates for s in sessions),
-        sessions_lost=sum(s.session_lost for s in sessions),
-        server_cpu=server_cpu,
-        client_cpu=client_cpu,
-        rss_kib={"before": rss_before, "peak": peak, "after": rss_after},
-        peak_reset=peak_reset,
-        source_addresses=2 * (offset // per_address),
-        others=others,
-    )
+    seconds = max(done) / 1e9
+    return {
+        "sessions": count,
+        "in_flight_per_session": in_flight,
+        "concurrency": plan.concurrency,
+        "cut_loop_s": cut_loop / 1e9,
+        "all_resumed_s": max(resumed) / 1e9,
+        "all_replayed_s": seconds,
+        "per_session_done_us": summary_us(done),
+        "per_session_resumed_us": summary_us(resumed),
+        "timeline_s": {  # cut → each session resumed / caught up, as quantiles
+            "resumed": [ns / 1e9 for ns in quantiles(resumed)],
+            "caught_up": [ns / 1e9 for ns in quantiles(done)],
+        },
+        "messages": count * in_flight,
+        "echoes_received": sum(len(s.got) for s in sessions),
+        "lost": sum(s.missing + len(s.expected) - s.position for s in sessions),
+        "duplicates": sum(s.duplicates for s in sessions),
+        "sessions_lost": sum(s.session_lost for s in sessions),
+        "replayed_by_clients": sum(s.replayed for s in sessions),
+        "server_cpu_s": server_cpu,
+        "server_cpu_share": server_cpu / seconds,
+        "client_cpu_s": client_cpu,
+        "client_cpu_share": client_cpu / seconds,
+        "client_bound": client_cpu / seconds > CLIENT_BOUND,
+        "cores_full": full_cores(server_cpu, client_cpu, seconds, others),
+        "server_rss_kib": {"before": rss_before, "peak": peak, "after": rss_after},
+        "peak_is_storm_only": peak_reset,
+        "source_addresses": 2 * (offset // per_address),
+        **({} if others is None else {"other_load_share": list(others)}),
+    }
 
 
-def summarise(results: list[StormResult], sizes: Sequence[int]) -> Json:
+def per_size(results: list[Json], sizes: Sequence[int]) -> Json:
     """Per size: the spread of each figure over the storms, and every storm."""
     by_size: Json = {}
     for count in sizes:
-        mine = [r for r in results if r.sessions == count]
-        per = [summary_us(r.per_session_ns) for r in mine]
-        by_size[str(count)] = {
-            "sessions": count,
+        mine = [r for r in results if r["sessions"] == count]
+        out = summarise(mine)
+        for key in ("cut_loop_s", "echoes_received", "replayed_by_clients", "client_cpu_s"):
+            out.pop(key, None)
+        out |= {
+            "in_flight_per_session": mine[0]["in_flight_per_session"],
+            "concurrency": mine[0]["concurrency"],
             "payload_size": SIZE,
-            "in_flight_per_session": mine[0].in_flight,
-            "concurrency": mine[0].concurrency,
-            "all_resumed_s": spread([r.all_resumed_s for r in mine]),
-            "all_replayed_s": spread([r.seconds for r in mine]),
+            "messages": sum(r["messages"] for r in mine),
             "per_session_done_ms": {
-                key: spread([p[key] / 1000 for p in per]) for key in ("p50", "p99", "max")
+                key: spread([r["per_session_done_us"][key] / 1000 for r in mine])
+                for key in ("p50", "p99", "max")
             },
-            "resumes_per_s": spread([r.sessions / r.all_resumed_s for r in mine]),
-            "lost": sum(r.lost for r in mine),
-            "duplicates": sum(r.duplicates for r in mine),
-            "sessions_lost": sum(r.sessions_lost for r in mine),
-            "messages": sum(r.sessions * r.in_flight for r in mine),
-            "server_cpu_s": spread([r.server_cpu for r in mine]),
-            "server_cpu_ms_per_session": spread([r.server_cpu * 1e3 / r.sessions for r in mine]),
-            "server_cpu_share": spread([r.server_cpu / r.seconds for r in mine]),
-            "client_cpu_share": spread([r.client_cpu / r.seconds for r in mine]),
-            "client_bound": [r.client_cpu / r.seconds > CLIENT_BOUND for r in mine],
-            "cores_full": [
-                full_cores(r.server_cpu, r.client_cpu, r.seconds, r.others) for r in mine
-            ],
+            "resumes_per_s": spread([count / r["all_resumed_s"] for r in mine]),
+            "server_cpu_ms_per_session": spread([r["server_cpu_s"] * 1e3 / count for r in mine]),
+            "client_bound": [r["client_bound"] for r in mine],
             "server_rss_kib": {
-                key: spread([r.rss_kib[key] for r in mine]) for key in ("before", "peak", "after")
+                key: spread([r["server_rss_kib"][key] for r in mine])
+                for key in ("before", "peak", "after")
             },
-            "other_load_share": other_load([r.others for r in mine]),
-            "repetitions": [r.to_json() for r in mine],
         }
+        by_size[str(count)] = out
     return by_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sessions",
-        default=None,
-        metavar="N,N",
-        help="sessions per storm, comma-separated (default "
-        f"{','.join(map(str, DEFAULT_SESSIONS))}; --quick {','.join(map(str, QUICK_SESSIONS))}); "
-        "--messages: at most this many messages in flight per storm, over all its sessions "
-        "(fewer per session than --in-flight where needed)",
-    )
-    parser.add_argument(
-        "--in-flight",
-        type=int,
-        default=DEFAULT_IN_FLIGHT,
-        metavar="N",
-        help=f"messages each session sends just before the cut (default {DEFAULT_IN_FLIGHT})",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        help=f"handshakes in flight while opening and while resuming (default "
-        f"{DEFAULT_CONCURRENCY}; the daemon's listen backlog is 4096)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"a storm fails unless every echo is back within this (default {TIME_LIMIT:g})",
-    )
+    option(parser, "sessions", str, "1000,10000", "20,100", metavar="N,N",
+           help="sessions per storm (--messages: most in flight per storm)")  # fmt: skip
+    option(parser, "in_flight", int, 4, metavar="N", help="messages per session at the cut")
+    option(parser, "concurrency", int, DEFAULT_CONCURRENCY, help="handshakes in flight")
+    option(parser, "time_limit", float, 60.0, metavar="S", help="seconds for every echo back")
 
 
 def plan_from(args: argparse.Namespace) -> StormPlan:
-    quick: bool = args.quick
-    sizes: tuple[int, ...]
-    if args.sessions is None:
-        sizes = QUICK_SESSIONS if quick else DEFAULT_SESSIONS
-    else:
-        try:
-            sizes = tuple(int(part) for part in args.sessions.split(","))
-        except ValueError:
-            raise BenchError(f"--sessions {args.sessions!r}: expected N or N,N,...") from None
-    in_flight: int = args.in_flight
-    repeat: int = (
-        (QUICK_REPEAT if quick else DEFAULT_REPEAT) if args.repeat is None else args.repeat
+    sizes = counts(given(args, "sessions", "1000,10000", "20,100"), "--sessions")
+    repeat = given(args, "repeat", 3, 2)
+    positive(args, "repeat", "concurrency", "messages", "time_limit")
+    if not 1 <= args.in_flight <= Params().window_messages:
+        raise BenchError(f"--in-flight must be 1..{Params().window_messages}")
+    return StormPlan(
+        sizes, args.in_flight, repeat, args.concurrency, args.time_limit, args.messages
     )
-    window = Params().window_messages
-    if not sizes or min(sizes) < 1 or repeat < 1 or args.concurrency < 1:
-        raise BenchError("--sessions, --repeat and --concurrency must be at least 1")
-    if not 1 <= in_flight <= window:
-        raise BenchError(f"--in-flight must be 1..{window}")
-    if args.messages is not None and args.messages < 1:
-        raise BenchError("--messages must be at least 1")
-    if args.time_limit <= 0:
-        raise BenchError("--time-limit must be positive")
-    return StormPlan(sizes, in_flight, repeat, args.concurrency, args.time_limit, args.messages)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -520,22 +389,22 @@ def run(args: argparse.Namespace) -> int:
         if max(plan.sessions) + 64 > ctx.nofile[0]:
             raise BenchError(f"{max(plan.sessions):,} sessions do not fit RLIMIT_NOFILE")
 
-        def one(count: int, rep: int) -> StormResult:
+        def one(count: int, rep: int) -> Json:
             with ctx.fresh_server(f"daemon-storm-{count}-{rep + 1}", daemon_argv()) as proc:
                 try:
-                    result: StormResult = ctx.run(storm(proc, count, plan, ctx.load))
+                    result: Json = ctx.run(storm(proc, count, plan, ctx.load))
                 except BenchError:
                     proc.check_alive()  # a dead server explains more than a lost connection
                     raise
             return result
 
-        def show(result: StormResult) -> str:
-            per = summary_us(result.per_session_ns)
+        def show(r: Json) -> str:
+            per = r["per_session_done_us"]
             return (
-                f"{result.sessions:>6,} sessions: all resumed {result.all_resumed_s:.2f} s, all "
-                f"replayed {result.seconds:.2f} s (per session p50 {per['p50'] / 1000:.1f} ms "
-                f"p99 {per['p99'] / 1000:.1f} ms), lost {result.lost}, server CPU "
-                f"{result.server_cpu:.2f} s, peak RSS {result.rss_kib['peak'] / 1024:.1f} MiB"
+                f"{r['sessions']:>6,} sessions: all resumed {r['all_resumed_s']:.2f} s, all "
+                f"replayed {r['all_replayed_s']:.2f} s (per session p50 {per['p50'] / 1000:.1f} ms "
+                f"p99 {per['p99'] / 1000:.1f} ms), lost {r['lost']}, server CPU "
+                f"{r['server_cpu_s']:.2f} s, peak RSS {r['server_rss_kib']['peak'] / 1024:.1f} MiB"
             )
 
         results = [
@@ -543,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
             for count in plan.sessions
             for result in ctx.passes([count], one, plan.repeat, show=show)
         ]
-        by_size = summarise(results, plan.sessions)
+        by_size = per_size(results, plan.sessions)
         target = by_size.get(str(TARGET_SESSIONS))
         return {
             "config": {
@@ -636,24 +505,15 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     config = entry["config"]
     lines = header(entry, commit, path)
     lines += [
-        f"Per storm, a fresh daemon (echo app) and N sessions opened from one load-generator "
-        "process; then each session sends a few messages (*msgs each*) of "
-        f"{config['payload_size']} B and, right after, every transport is cut in one loop "
-        "(`SO_LINGER` 0 and `transport.abort()`: a reset), nothing read in between, so "
-        "messages are in flight or unacknowledged both ways. At once, with no backoff (the "
-        "client library would spread its reconnects; this measures the server), every session "
-        f"reconnects and resumes, at most {config['concurrency']} handshakes in flight (the "
-        "bench's bound; the daemon's listen backlog is 4096), each from a fresh loopback source "
-        f"address (≤ {config['sessions_per_source_address']} sessions per 127.x.y.z: the "
-        "daemon's `max_transports_per_peer` is 256). Times from the start of the cut loop: "
-        "*all resumed*: the last WELCOME; *all caught up*: the last session has every echo of "
-        "its messages, replayed or new, compared in order with what it sent. Seconds: median "
-        f"[min-max] over {config['repeat']} storms per size; *per session*: median of each "
-        "storm's percentile of cut → that session's last echo. *lost*: echoes the sessions "
-        "found missing, counted as they came (a storm with a lost session, a gap or a "
-        "duplicate fails instead). Server "
-        "RSS (MiB, median): before the load, peak during the storm (`VmHWM`, reset just "
-        "before), after; CPU seconds over the storm (share of one core: busy / wall).",
+        "Per storm, a fresh daemon (echo app) and N sessions; each sends *msgs each* messages "
+        f"of {config['payload_size']} B and every transport is then reset in one loop, "
+        "nothing read in between. At once, with no backoff, every session resumes, at most "
+        f"{config['concurrency']} handshakes in flight, each from a fresh 127.x.y.z address "
+        f"(≤ {config['sessions_per_source_address']} sessions each). From the cut: *all "
+        "resumed* (the last WELCOME) and *all caught up* (the last session has every echo, "
+        f"checked in order); median [min-max] over {config['repeat']} storms per size; *per "
+        "session*: medians of each storm's percentiles; *lost*: echoes found missing. Server "
+        "RSS (MiB): before the load, peak (`VmHWM`, reset before), after; CPU over the storm.",
         "",
     ]
     rows = []
@@ -689,22 +549,9 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         )
     lines += [
         markdown_table(
-            [
-                "payload",
-                "sessions",
-                "msgs each",
-                "handshakes in flight",
-                "cut → all resumed (s)",
-                "cut → all caught up (s)",
-                "per session p50 / p99",
-                "resumes/s",
-                "lost",
-                "server CPU",
-                "server ms CPU/session",
-                "server RSS before / peak / after",
-                "loadgen core busy",
-                "cores full",
-            ],
+            "payload|sessions|msgs each|handshakes in flight|cut → all resumed (s)"
+            "|cut → all caught up (s)|per session p50 / p99|resumes/s|lost|server CPU"
+            "|server ms CPU/session|server RSS before / peak / after|loadgen core busy|cores full",
             rows,
         ),
         "",

@@ -1,24 +1,14 @@
 """The summary across scenarios: headline figures, targets, and what every run must show.
 
-A scenario module may define two optional functions that a run of
-``python -m bench`` calls on the entry it wrote to the results JSON:
-
-* ``headlines(entry) -> list[Headline]``: its headline figure per system, one
-  :class:`Headline` per case (``1 session, 64 B``, ``10,000/s``...), each cell
-  already formatted;
-* ``targets(entry, run) -> list[Target]``: the issue's targets it can judge;
-  *run* holds every entry of the same run by scenario name, so a target that
-  needs another scenario's figure (a rate at an equal or better p99) can use it.
-
-A scenario without them still gets a row saying where its figures are.
-:func:`lost_fields` checks any entry for messages lost, whatever its layout:
-every number under a key named ``lost`` (or ending in ``_lost``) must be 0.
-:func:`markdown` writes the ``## summary`` section.
+A scenario may define ``headlines(entry) -> list[Headline]`` (its headline figure per
+system and case) and ``targets(entry, run) -> list[Target]`` (*run*: every entry of the
+run by scenario, for targets needing another scenario's figure). :func:`lost_fields`
+finds any non-zero ``lost``/``duplicates``; :func:`markdown` writes ``## summary``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +68,7 @@ def cpu_cell(text: str, stats: Json) -> str:
 
 def judge(values: Sequence[float], goal: float, higher: bool = True) -> str:
     """:data:`MET` when every repetition clears *goal*, :data:`NOT_MET` when none does,
-    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing.
-
-    *values* are per-repetition figures (a ratio paired within its repetition,
-    a per-pass percentile); *higher*: the goal is a floor, else a ceiling.
-    """
+    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing."""
     if not values:
         return NOT_MEASURED
     cleared = [value >= goal if higher else value <= goal for value in values]
@@ -227,10 +213,7 @@ def markdown(
     plot_path: Path | None,
     sections: bool,
 ) -> str:
-    """The ``## summary`` section: how each scenario ended, the headlines, the targets, the plot.
-
-    *sections*: the scenarios' own sections are in RESULTS.md (a full run).
-    """
+    """The ``## summary`` section: how each scenario ended, the headlines, the targets, the plot."""
     machine = run["machine"]
     commit = run["commit"]
     state = " with uncommitted changes" if commit["dirty"] else ""
@@ -266,17 +249,3 @@ def markdown(
         relative = display_path(plot_path).removeprefix("bench/")
         lines += [f"![every scenario with a figure worth a picture]({relative})", ""]
     return "\n".join(lines)
-
-
-def headlines_json(headlines: Sequence[Headline]) -> list[Json]:
-    return [asdict(headline) for headline in headlines]
-
-
-def targets_json(targets: Sequence[Target]) -> list[Json]:
-    return [asdict(target) for target in targets]
-
-
-def run_entries(document: Json, names: Sequence[str]) -> Mapping[str, Json]:
-    """The entries of *names* in a results *document* (those present)."""
-    scenarios: Json = document.get("scenarios", {})
-    return {name: scenarios[name] for name in names if name in scenarios}

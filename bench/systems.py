@@ -1,30 +1,19 @@
-"""The systems under test, side by side: sessiond, the raw ceiling, mosquitto and NATS.
+"""The systems under test, side by side, and the windowed echo passes over them.
 
-``python -m bench throughput`` and ``python -m bench latency`` run the same
-systems, started here in their own processes on free ports of 127.0.0.1,
-pinned like the daemon (:mod:`bench.processes`), and stopped at the end:
-
-* ``daemon``: the sessiond daemon, the protocol core driven by the bench
-  (:mod:`bench.loadgen`, :class:`bench.pingpong.SessionPing`): exactly once,
-  acknowledged both ways;
-* ``client``: the same daemon through the client library
-  (:mod:`bench.library_client`): what an application gets;
-* ``ceiling``: the raw framed uvloop echo (no sessions, no acknowledgements);
-* ``mosquitto``: QoS 1 publish to the client's own topic, to which it is
-  subscribed at QoS 1 in a persistent session (:mod:`bench.mqtt_peer`, paho-mqtt);
-* ``nats``: core NATS publish to the connection's own subject, delivered back by
-  the server, nothing acknowledged: at most once (:mod:`bench.nats_peer`, nats-py).
-
-A peer whose binary (or Python client) is missing is skipped with a one-line
-message saying how to install it; the bench installs nothing. Enter
-:func:`running` for the body of a scenario, then call :meth:`Running.stop` to
-keep the servers' exit codes and logs.
+``daemon`` (the protocol core driven by the bench), ``client`` (the same daemon through
+the client library), ``ceiling`` (the raw framed uvloop echo), ``mosquitto`` (QoS 1,
+paho-mqtt) and ``nats`` (core NATS, nats-py), each server in its own pinned process on
+127.0.0.1 (:func:`start`); a peer whose binary or Python client is missing is skipped
+with a line saying how to install it. :func:`measure_echo` runs every system *repeat*
+times per payload size, their order rotated each repetition; :func:`summarise_echo`
+gives each figure's median and spread, every repetition kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -35,14 +24,15 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 from . import BenchError
-from .harness import Context
+from .core import make_pool
+from .harness import Context, summarise
 from .library_client import client_echo, client_ping
 from .loadgen import CpuClock, EchoResult, echo
 from .pingpong import PingPlan, PingResult, ping_protocols
-from .processes import ServerProcess, ceiling_argv, daemon_argv, free_port
+from .processes import ServerProcess, bound_by, ceiling_argv, daemon_argv, free_port
 from .results import Json
 
 DAEMON = "daemon"
@@ -189,11 +179,7 @@ def parse_systems(text: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class System:
-    """A system under test: its server process and its two load generators.
-
-    *port*: where its clients connect, when not the port *proc* was started on
-    (a second listener of the same process); *ping*: None when not pinged.
-    """
+    """A system under test: its server process and its two load generators."""
 
     name: str
     proc: ServerProcess
@@ -224,11 +210,7 @@ def start(
     ctx: Context, wanted: Sequence[str], binaries: dict[str, str], window: int
 ) -> tuple[list[System], Json]:
     """Start the servers of the *wanted* systems (peers from *binaries*) for the scenario;
-    return the systems and what the results say of each peer.
-
-    *window* is the most messages a client keeps in flight (mosquitto's queue
-    limits are raised to it).
-    """
+    return the systems and what the results say of each peer."""
     started: list[System] = []
     if DAEMON in wanted or CLIENT in wanted:
         daemon = ctx.server("daemon", daemon_argv())
@@ -291,3 +273,68 @@ def markdown_lines(state: Json) -> list[str]:
             "config: `" + " · ".join(peer["config"].strip().splitlines()) + "`.",
         ]
     return [*lines, ""]
+
+
+# ------------------------------------------------------------ echo passes
+
+
+@dataclass(frozen=True, slots=True)
+class EchoPlan:
+    """*messages* per pass (or *time_limit* seconds), shared out over *sessions* sessions,
+    each with up to *window* messages in flight."""
+
+    messages: int
+    repeat: int
+    window: int
+    time_limit: float
+    warmup: int
+    sizes: tuple[int, ...] = (64, 1024)
+    sessions: int = 1
+
+
+def measure_echo(ctx: Context, plan: EchoPlan, systems: Sequence[System]) -> list[EchoResult]:
+    """Every system, *repeat* passes per payload size, their order rotated each repetition."""
+    runs: list[EchoResult] = []
+    many = f"{plan.sessions} sessions " if plan.sessions > 1 else ""
+    for size in plan.sizes:
+        pool = make_pool(size)
+
+        def one(system: System, messages: int, pool: list[bytes] = pool) -> EchoResult:
+            proc, port = system.proc, system.port or system.proc.port
+            # Only a many-session pass names its sessions: an echo function written for
+            # one connection (tls's) need not take the argument.
+            kwargs = {"sessions": plan.sessions} if plan.sessions > 1 else {}
+            coroutine = system.echo(
+                port, pool, messages, plan.window, plan.time_limit, proc.cpu_seconds, **kwargs
+            )
+            result, others = ctx.timed(proc, lambda: ctx.run(coroutine))
+            # Every echo function reports under its own name; the tables use the system's.
+            return dataclasses.replace(cast(EchoResult, result), system=system.name, others=others)
+
+        def show(result: EchoResult) -> str:
+            return (
+                f"echo {many}{result.size:>5} B  {result.system:<9} {result.rate:>11,.0f} msg/s  "
+                f"server {result.server_cpu / result.seconds:4.0%}  "
+                f"loadgen {result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound"
+            )
+
+        runs += ctx.passes(
+            systems,
+            lambda system, _rep: one(system, plan.messages),
+            plan.repeat,
+            warmup=(lambda system: one(system, plan.warmup)) if plan.warmup else None,
+            show=show,
+        )
+    return runs
+
+
+def summarise_echo(runs: list[EchoResult], names: Sequence[str], sizes: Sequence[int]) -> Json:
+    """Per payload size and system: every figure's median and spread, and every repetition."""
+    return {
+        str(size): {
+            name: summarise([run.to_json() for run in mine])
+            for name in names
+            if (mine := [run for run in runs if run.size == size and run.system == name])
+        }
+        for size in sizes
+    }

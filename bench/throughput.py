@@ -5,18 +5,12 @@ every system of :mod:`bench.systems` (the daemon through the protocol core, the
 same daemon through the client library, the raw ceiling, mosquitto QoS 1, NATS)
 echoes 64-byte and 1 KiB payloads: up to a window of messages in flight per
 session (sent, not yet back), every message checked in order when it returns, a
-pass ending once every message sent is back (:mod:`bench.peers`). With 100
+pass ending once every message sent is back (:mod:`bench.systems`). With 100
 sessions the messages are shared out over 100 connections, all opened before
 the clocks start (:func:`bench.loadgen.echo_many` and its twins for the other
 clients). Figures: messages per second delivered and acknowledged end to end,
 and the server's CPU seconds per million messages; each the median and spread
-of the repetitions, every repetition kept.
-
-Targets (issue 5): the daemon at 64 B keeps ≥ 60 % of the ceiling's rate with
-one session and ≥ 75 % with 100; sessiond echoes ≥ 5x mosquitto's and ≥ 2x
-NATS's rate at an equal or better p99 (the p99 from ``python -m bench latency``
-in the same run, when it ran).
-"""
+of the repetitions, every repetition kept."""
 
 from __future__ import annotations
 
@@ -30,15 +24,20 @@ from . import BenchError, latency, systems
 from .core import POOL
 from .harness import (
     Context,
+    bounds_cell,
     counts,
     full_cores_cell,
+    given,
     header,
+    legend,
+    notes_lines,
+    option,
     other_load,
     other_load_note,
     positive,
     scenario,
+    spread_cell,
 )
-from .peers import EchoPlan, measure_echo, summarise_echo
 from .processes import CLIENT_BOUND
 from .results import Json, markdown_table
 from .summary import (
@@ -51,21 +50,26 @@ from .summary import (
     values_range,
     verdict,
 )
-from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND
+from .systems import (
+    CEILING,
+    CLIENT,
+    DAEMON,
+    MOSQUITTO,
+    NATS,
+    SESSIOND,
+    EchoPlan,
+    measure_echo,
+    summarise_echo,
+)
 
 HELP = "windowed echo msg/s, 1 and 100 sessions: sessiond vs the raw ceiling, mosquitto, NATS"
 
 SCENARIO = "throughput"
 SIZES = (64, 1024)
-SESSIONS = (1, 100)
-#: A toy run opens fewer connections per many-session pass (opening them is most of it).
-QUICK_SESSIONS = (1, 10)
 #: A full pass is bounded by time (TIME_LIMIT): a second or more of every system, so
 #: that its CPU figures rest on more than a few scheduler ticks; this only caps it.
 DEFAULT_MESSAGES = 20_000_000
 QUICK_MESSAGES = 1_000
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 #: Messages in flight per session: one session keeps a deep window; with many,
 #: each keeps less (100 x 128 is still 12,800 in flight, 12.5 MiB at 1 KiB).
 ONE_SESSION_WINDOW = 1024
@@ -98,31 +102,15 @@ def plural(count: int) -> str:
 
 def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
     """``--window`` and ``--time-limit``: an echo pass's shape (bench/store.py too)."""
-    parser.add_argument(
-        "--window",
-        type=int,
-        metavar="W",
-        help=f"messages in flight per session (default {ONE_SESSION_WINDOW} with one session, "
-        f"{MANY_SESSIONS_WINDOW} each with more)",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"at most this many seconds per pass (default {TIME_LIMIT:g})",
-    )
+    shown = f"{ONE_SESSION_WINDOW} with one session, {MANY_SESSIONS_WINDOW} each with more"
+    option(parser, "window", int, shown, metavar="W", help="messages in flight per session")
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds per pass")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     systems.add_arguments(parser)
-    parser.add_argument(
-        "--sessions",
-        metavar="N,N",
-        help="sessions (connections) per pass, comma-separated; the messages are shared out "
-        f"over them (default {','.join(map(str, SESSIONS))}; --quick "
-        f"{','.join(map(str, QUICK_SESSIONS))})",
-    )
+    option(parser, "sessions", str, "1,100", "1,10", metavar="N,N",
+           help="sessions per pass, the messages shared out over them")  # fmt: skip
     add_pass_arguments(parser)
 
 
@@ -132,13 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "time_limit")
     quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    sessions = (
-        counts(args.sessions, "--sessions")
-        if args.sessions
-        else (QUICK_SESSIONS if quick else SESSIONS)
-    )
+    messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
+    repeat = given(args, "repeat", 3, 2)
+    sessions = counts(given(args, "sessions", "1,100", "1,10"), "--sessions")
     windows = {count: window_for(count, args.window) for count in sessions}
     if not all(1 <= window <= POOL // 2 for window in windows.values()):
         raise BenchError(f"--window must be 1..{POOL // 2}")
@@ -262,13 +246,7 @@ def paired(by_system: Json, ours: str, other: str, key: str = "rate") -> list[fl
 
 def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     """The daemon's share of the ceiling; the client library against each peer's client at an
-    equal or better p99: each judged on the passes paired within their repetition.
-
-    The peers are judged library against library (``client``: sessiond's
-    client library; paho-mqtt, nats-py), not against the bench's own batching
-    driver (``daemon``), whose ratios the table shows. The p99 comes from *run*'s
-    ``latency`` entry: without it, a peer target is judged on the rate alone.
-    """
+    equal or better p99: each judged on the passes paired within their repetition."""
     size = str(TARGET_SIZE)
     out: list[Target] = []
     for count, by_size in entry["echo"].items():
@@ -325,82 +303,44 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
 # --------------------------------------------------------------- markdown
 
 
-def _rate(stats: Json) -> str:
-    return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
-
-
-def _times(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}x"
-
-
-def _over(by_system: Json, name: str, other: str) -> float | None:
+def _over(by_system: Json, name: str, other: str, fmt: str = "{:.2f}x") -> str:
     if other not in by_system or other == name:
-        return None
-    ratio: float = by_system[name]["rate"]["median"] / by_system[other]["rate"]["median"]
-    return ratio
+        return ""
+    return fmt.format(by_system[name]["rate"]["median"] / by_system[other]["rate"]["median"])
 
 
 def echo_table(entry: Json) -> str:
     rows = []
-    ran: list[str] = entry["config"]["systems"]
     for count, by_size in entry["echo"].items():
         for size, by_system in by_size.items():
-            for name in ran:
-                if name not in by_system:
-                    continue
+            for name in (n for n in entry["config"]["systems"] if n in by_system):
                 stats = by_system[name]
-                bounds = stats["bound"]
-                over_ceiling = _over(by_system, name, CEILING)
+                cpu = (
+                    f"{stats['server_cpu_s_per_million']['median']:.2f}",
+                    f"{stats['server_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_us_per_message']['median']:.1f}",
+                )
+                per_read = stats.get("messages_per_read")
                 rows.append(
                     [
                         f"{int(count):,}",
                         f"{size} B",
                         f"`{name}`",
-                        _rate(stats["rate"]),
-                        "" if over_ceiling is None else f"{over_ceiling:.1%}",
-                        _times(_over(by_system, name, MOSQUITTO)),
-                        _times(_over(by_system, name, NATS)),
-                        *(
-                            cpu_cell(text, stats["seconds"])
-                            for text in (
-                                f"{stats['server_cpu_s_per_million']['median']:.2f}",
-                                f"{stats['server_cpu_share']['median']:.0%}",
-                                f"{stats['client_cpu_share']['median']:.0%}",
-                                f"{stats['client_cpu_us_per_message']['median']:.1f}",
-                            )
-                        ),
-                        "-"
-                        if stats.get("messages_per_read") is None
-                        else f"{stats['messages_per_read']['median']:,.0f}",
-                        cpu_cell(
-                            ", ".join(
-                                f"{b} {bounds.count(b)}/{len(bounds)}"
-                                for b in dict.fromkeys(bounds)
-                            ),
-                            stats["seconds"],
-                        ),
+                        spread_cell(stats["rate"]),
+                        _over(by_system, name, CEILING, "{:.1%}"),
+                        _over(by_system, name, MOSQUITTO),
+                        _over(by_system, name, NATS),
+                        *(cpu_cell(text, stats["seconds"]) for text in cpu),
+                        "-" if per_read is None else f"{per_read['median']:,.0f}",
+                        cpu_cell(bounds_cell(stats["bound"]), stats["seconds"]),
                         full_cores_cell(stats["cores_full"]),
                         str(stats["lost"]),
                     ]
                 )
     return markdown_table(
-        [
-            "sessions",
-            "payload",
-            "system",
-            "msg/s",
-            "÷ ceiling",
-            "÷ mosquitto",
-            "÷ nats",
-            "server CPU s/M msg",
-            "server core busy",
-            "loadgen core busy",
-            "loadgen µs CPU/msg",
-            "msgs/read",
-            "bound",
-            "cores full",
-            "lost",
-        ],
+        "sessions|payload|system|msg/s|÷ ceiling|÷ mosquitto|÷ nats|server CPU s/M msg"
+        "|server core busy|loadgen core busy|loadgen µs CPU/msg|msgs/read|bound|cores full|lost",
         rows,
     )
 
@@ -420,18 +360,12 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         )
         + f"; up to {config['messages']:,} messages per pass (shared out over its sessions) or "
         f"{config['time_limit_s']:g} s, {config['repeat']} passes per system, sessions and "
-        "size, interleaved, after a warm-up pass. Every session is open before the clocks "
-        "start; every message is checked, in order, when it comes back, and a pass ends once "
-        "every message sent is back. *msg/s*: median [min-max]; *÷ ceiling* etc.: this "
-        "system's median over the other's; *server CPU s/M msg*: the server's CPU seconds (all "
-        "threads) per million messages; *core busy*: CPU seconds over wall seconds of the "
-        "pass; *loadgen µs CPU/msg*: the load generator's (the Python client's) CPU per "
-        "message; *msgs/read*: messages per read in the load generator (- where its client "
-        "reads out of sight, as nats-py does); *bound*: `client` "
-        f"when the load generator kept more than {config['client_bound_threshold']:.0%} of "
-        "its core busy (then the client, not the server, set the pace), `server` likewise, "
-        "else `round-trip` (each side mostly waited for the other's batch); *cores full*: "
-        "passes in which a pinned core was more than 90 % busy counting other processes.",
+        "size, interleaved, after a warm-up. Every session is open before the clocks start; "
+        "every message is checked in order when it comes back. *msg/s*: median [min-max]; *÷ "
+        "ceiling* etc.: the medians' ratio; *server CPU s/M msg*: server CPU (all threads) per "
+        "million messages; *core busy*: CPU over wall seconds; *loadgen µs CPU/msg*: the "
+        "Python client's CPU per message; *msgs/read*: per read in the load generator (- "
+        "where the client reads out of sight, as nats-py does); " + legend(entry),
         "",
         echo_table(entry),
         "",
@@ -440,14 +374,11 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     lines += other_load_note(entry["other_load_share"])
     if entry["targets"]:
         lines += ["Targets:", ""]
-        for target in entry["targets"]:
-            lines.append(
-                f"- {target['target']}: {target['measured']}: {verdict(target['verdict'])}."
-            )
+        lines += [
+            f"- {t['target']}: {t['measured']}: {verdict(t['verdict'])}." for t in entry["targets"]
+        ]
         lines.append("")
-    if entry["notes"]:
-        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + notes_lines(entry))
 
 
 def _bound_notes(entry: Json) -> list[str]:
@@ -480,12 +411,10 @@ def _bound_notes(entry: Json) -> list[str]:
     ]
     if turns:
         lines += [
-            "Round-trip-bound with one session: the window travels in a few large batches "
-            "(msgs/read), each side waiting while the other works, so the rate is set by both "
-            "sides' work per batch, not by the server alone. At the measured CPU per message, "
-            f"a server kept fully busy would echo about {'; '.join(turns)} msg/s: an "
-            "extrapolation (1 / server CPU per message), not a measurement; the many-session "
-            "rows measure it.",
+            "Round-trip-bound with one session: the window travels in a few large batches, each "
+            "side waiting while the other works. A fully busy server would echo about "
+            f"{'; '.join(turns)} msg/s: an extrapolation (1 / server CPU per message), not a "
+            "measurement; the many-session rows measure it.",
             "",
         ]
     return lines

@@ -1,25 +1,10 @@
 """``python -m bench tls``: the daemon over TLS beside plain TCP, in one process, in one run.
 
-One daemon (``python -m sessiond serve --app echo``) listens on both
-``tls://127.0.0.1:PORT`` and ``tcp://127.0.0.1:PORT``, with a development
-certificate written by ``python -m sessiond gen-cert`` (ECDSA P-256) into a
-temporary directory; it is pinned like every bench server and the load
-generator (this process) to the other core. Clients verify the certificate
-against the CA gen-cert wrote and check the host name, as a real client does
-(:func:`sessiond_client.tls_context`). Two measurements, each over plain TCP
-and over TLS, interleaved, *repeat* passes each:
-
-* ``handshakes``: new connections with at most ``--concurrency`` (50) in
-  flight, each a TCP connect, for TLS a full handshake (no resumption: the
-  client never offers a saved TLS session), then the session's HELLO/WELCOME
-  (:class:`~bench.loadgen.IdleSession`), then at once CLOSE NORMAL and the
-  transport closed; ``--connections`` of them or ``--handshake-time`` seconds,
-  whichever comes first. The pass ends when every transport is closed. Per
-  second, and CPU milliseconds per connection on each side.
-* ``echo``: the windowed echo of ``python -m bench throughput``
-  (:class:`~bench.loadgen.SessionEcho`, every message checked in order, none
-  lost) over one session, 64-byte and 1 KiB payloads; the TLS handshake is done
-  before the clocks start. Reported as the TLS rate over the TCP rate.
+One daemon listens on ``tls://`` and plain TCP with a ``gen-cert`` certificate; clients
+verify it as a real client does (:func:`sessiond_client.tls_context`). Interleaved,
+*repeat* passes per transport: ``handshakes`` (connect, full TLS handshake, HELLO/WELCOME,
+CLOSE; per second and CPU ms per connection each side) and ``echo`` (throughput's windowed
+echo over one session, the handshake done before the clocks start).
 """
 
 from __future__ import annotations
@@ -43,24 +28,30 @@ from sessiond_client.protocol import Params
 
 from sessiond.tls import read_certificate
 
-from . import BenchError, peers
+from . import BenchError
 from .core import POOL
 from .harness import (
     Context,
     bounds_cell,
     full_cores_cell,
+    given,
     header,
+    legend,
+    notes_lines,
+    option,
     other_load,
     other_load_note,
     positive,
     scenario,
+    spread_cell,
     summarise,
 )
 from .loadgen import HOST, CpuClock, EchoResult, IdleSession, close_idle, echo, open_sessions
 from .processes import CLIENT_BOUND, bound_by, daemon_argv, free_port, pace
 from .results import REPO_ROOT, Json, markdown_table, spread
 from .summary import Headline, cpu_cell
-from .systems import System
+from .systems import EchoPlan, System, measure_echo
+from .systems import summarise_echo as summarise_systems
 
 HELP = "the daemon over TLS beside plain TCP: full handshakes/s and echo throughput ratio"
 
@@ -72,14 +63,9 @@ SIZES = (64, 1024)
 
 DEFAULT_MESSAGES = 20_000_000  # a cap: a full echo pass is bounded by TIME_LIMIT
 QUICK_MESSAGES = 1_000
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
 DEFAULT_WINDOW = 1024
 TIME_LIMIT = 2.0  # seconds per echo pass, whichever of this and --messages comes first
 WARMUP_MESSAGES = 10_000
-DEFAULT_CONNECTIONS = 50_000  # a cap: a full handshake pass is bounded by HANDSHAKE_TIME
-QUICK_CONNECTIONS = 60
-DEFAULT_CONCURRENCY = 50
 HANDSHAKE_TIME = 2.0  # seconds per handshake pass, whichever of this and --connections first
 WARMUP_CONNECTIONS = 100
 HANDSHAKE_TIMEOUT = 10.0  # for one connection: connect, TLS, HELLO/WELCOME
@@ -267,7 +253,7 @@ def _ratio(tls: list[Json], tcp: list[Json]) -> Json:
 
 
 def summarise_echo(runs: list[EchoResult]) -> Json:
-    by_size = peers.summarise_echo(runs, TRANSPORTS, SIZES)
+    by_size = summarise_systems(runs, TRANSPORTS, SIZES)
     for entry in by_size.values():
         entry["ratio"] = _ratio(entry[TLS]["repetitions"], entry[TCP]["repetitions"])
     return by_size
@@ -277,49 +263,20 @@ def summarise_echo(runs: list[EchoResult]) -> Json:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--connections",
-        type=int,
-        metavar="N",
-        help="handshakes: connections per pass (default "
-        f"{DEFAULT_CONNECTIONS:,}; --quick {QUICK_CONNECTIONS})",
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=DEFAULT_CONCURRENCY,
-        metavar="N",
-        help=f"handshakes: connections in flight (default {DEFAULT_CONCURRENCY})",
-    )
-    parser.add_argument(
-        "--handshake-time",
-        type=float,
-        default=HANDSHAKE_TIME,
-        metavar="S",
-        help=f"handshakes: at most this many seconds per pass (default {HANDSHAKE_TIME:g})",
-    )
-    parser.add_argument(
-        "--window",
-        type=int,
-        default=DEFAULT_WINDOW,
-        help=f"echo: messages in flight, sent and not yet echoed (default {DEFAULT_WINDOW})",
-    )
-    parser.add_argument(
-        "--time-limit",
-        type=float,
-        default=TIME_LIMIT,
-        metavar="S",
-        help=f"echo: at most this many seconds per pass (default {TIME_LIMIT:g})",
-    )
+    option(parser, "connections", int, 50_000, 60, metavar="N", help="handshakes per pass")
+    option(parser, "concurrency", int, 50, metavar="N", help="handshakes in flight")
+    option(parser, "handshake_time", float, HANDSHAKE_TIME, metavar="S",
+           help="seconds per handshake pass")  # fmt: skip
+    option(parser, "window", int, DEFAULT_WINDOW, metavar="W", help="echo: messages in flight")
+    option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds per echo pass")
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "connections", "concurrency", "time_limit")
     positive(args, "handshake_time", "window")
     quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    connections: int = args.connections or (QUICK_CONNECTIONS if quick else DEFAULT_CONNECTIONS)
+    messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
+    repeat, connections = given(args, "repeat", 3, 2), given(args, "connections", 50_000, 60)
     if args.window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
     hs_plan = HandshakePlan(
@@ -329,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         repeat,
         0 if quick else min(connections, WARMUP_CONNECTIONS),  # toy figures need no warm-up
     )
-    echo_plan = peers.EchoPlan(
+    echo_plan = EchoPlan(
         messages,
         repeat,
         args.window,
@@ -373,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
             System(TCP, daemon, functools.partial(echo, "daemon")),
             System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
         ]
-        echo_runs = peers.measure_echo(ctx, echo_plan, systems)
+        echo_runs = measure_echo(ctx, echo_plan, systems)
         return {
             "config": {
                 "tls": {**describe_tls(tls_port, context), **certificate.to_json()},
@@ -439,163 +396,100 @@ def headlines(entry: Json) -> list[Headline]:
 # ---------------------------------------------------------------- markdown
 
 
-def _spread(stats: Json, unit: str = "", digits: int = 0) -> str:
-    return (
-        f"{stats['median']:,.{digits}f}{unit} "
-        f"[{stats['min']:,.{digits}f}-{stats['max']:,.{digits}f}]"
-    )
-
-
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## tls`` section of RESULTS.md."""
-    config = entry["config"]
-    tls = config["tls"]
-    hs_config = config["handshakes"]
-    echo_config = config["echo"]
-    lines = header(entry, commit, path)
-    lines += [
-        "One daemon, `python -m sessiond serve --app echo --log-level WARNING --listen "
-        "tls://127.0.0.1:PORT --tls-cert server.pem --tls-key server.key --listen "
-        "127.0.0.1:PORT`, serves both transports; its certificate is written by "
-        f"`{tls['written_by']}` ({tls['key']}). Negotiated: {tls['version']}, "
-        f"`{tls['cipher']}`. The client (`sessiond_client.tls_context`, "
-        "the ssl module of the load generator) verifies the certificate against the "
-        "gen-cert CA and checks the host name.",
+    config, hs = entry["config"], entry["handshakes"]
+    tls, hs_config, echo_config = config["tls"], config["handshakes"], config["echo"]
+    lines = [
+        *header(entry, commit, path),
+        "One daemon serves both transports (`serve --app echo --listen tls://127.0.0.1:PORT "
+        "--tls-cert server.pem --tls-key server.key --listen 127.0.0.1:PORT`), its "
+        f"certificate from `{tls['written_by']}` ({tls['key']}); negotiated {tls['version']}, "
+        f"`{tls['cipher']}`; the client (`sessiond_client.tls_context`) verifies it and the "
+        "host name.",
         "",
         "### handshakes",
         "",
-        f"Connections opened with at most {hs_config['concurrency']} in flight, up to "
+        f"At most {hs_config['concurrency']} connections in flight, up to "
         f"{hs_config['connections']:,} or {hs_config['time_limit_s']:g} s per pass, "
         f"{hs_config['repeat']} passes per transport, interleaved, after a warm-up. Each "
-        "connection: TCP connect, for `tls` a full TLS handshake (no session resumption), "
-        "the session's HELLO/WELCOME, then CLOSE NORMAL and the transport closed; the pass "
-        "ends when every transport is closed. Median [min-max] over the passes; *ms "
-        "CPU/conn*: CPU milliseconds (user + system) per connection of the server process "
-        "(`/proc/PID/task/*/schedstat`, ns) and of the load generator; *bound*: `client` "
-        "when the load "
-        f"generator kept more than {config['client_bound_threshold']:.0%} of its core busy "
-        "(then the client, not the daemon, set the pace), `server` likewise, else "
-        "`round-trip`; *cores full*: passes in which a pinned core was more than 90 % busy "
-        "counting other processes on it.",
+        "connection: TCP connect, a full TLS handshake for `tls` (no resumption), HELLO/"
+        "WELCOME, CLOSE NORMAL, the transport closed. Median [min-max]; *ms CPU/conn*: "
+        "server and load generator CPU per connection; " + legend(entry),
         "",
     ]
-    hs = entry["handshakes"]
-    rows = []
-    for name in TRANSPORTS:
-        stats = hs[name]
-        rows.append(
-            [
-                f"`{name}`",
-                _spread(stats["rate"]),
-                f"{stats['rate']['median'] / hs[TCP]['rate']['median']:.2f}x",
-                *(
-                    cpu_cell(text, stats["seconds"])
-                    for text in (
-                        _spread(stats["server_cpu_ms_per_handshake"], digits=3),
-                        _spread(stats["client_cpu_ms_per_handshake"], digits=3),
-                        f"{stats['server_cpu_share']['median']:.0%}",
-                        f"{stats['client_cpu_share']['median']:.0%}",
-                        bounds_cell(stats["bound"]),
-                    )
-                ),
-                full_cores_cell(stats["cores_full"]),
-            ]
-        )
+    rows = [
+        [
+            f"`{name}`",
+            spread_cell(stats["rate"]),
+            f"{stats['rate']['median'] / hs[TCP]['rate']['median']:.2f}x",
+            *(
+                cpu_cell(text, stats["seconds"])
+                for text in (
+                    spread_cell(stats["server_cpu_ms_per_handshake"], 3),
+                    spread_cell(stats["client_cpu_ms_per_handshake"], 3),
+                    f"{stats['server_cpu_share']['median']:.0%}",
+                    f"{stats['client_cpu_share']['median']:.0%}",
+                    bounds_cell(stats["bound"]),
+                )
+            ),
+            full_cores_cell(stats["cores_full"]),
+        ]
+        for name, stats in ((name, hs[name]) for name in TRANSPORTS)
+    ]
     ratio = hs["ratio"]["per_repetition"]
     tls_ms = hs[TLS]["server_cpu_ms_per_handshake"]["median"]
     tcp_ms = hs[TCP]["server_cpu_ms_per_handshake"]["median"]
     lines += [
         markdown_table(
-            [
-                "transport",
-                "connections/s",
-                "÷ tcp",
-                "server ms CPU/conn",
-                "loadgen ms CPU/conn",
-                "server core busy",
-                "loadgen core busy",
-                "bound",
-                "cores full",
-            ],
+            "transport|connections/s|÷ tcp|server ms CPU/conn|loadgen ms CPU/conn"
+            "|server core busy|loadgen core busy|bound|cores full",
             rows,
         ),
         "",
         f"TLS: {hs['ratio']['of_medians']:.2f}x the plain-TCP connection rate "
         f"[{ratio['min']:.2f}-{ratio['max']:.2f}x within each repetition]; the daemon spends "
         f"{tls_ms:.3f} ms of CPU per TLS connection against {tcp_ms:.3f} ms per plain one "
-        f"({hs['server_cpu_ratio']:.1f}x). At that cost one fully busy core would accept "
-        f"about {1e3 / tls_ms:,.0f} TLS connections/s with their sessions "
-        f"({1e3 / tcp_ms:,.0f} plain): an extrapolation (1 / server CPU per connection), "
-        "not a measurement.",
+        f"({hs['server_cpu_ratio']:.1f}x): a fully busy core would accept about "
+        f"{1e3 / tls_ms:,.0f} TLS connections/s ({1e3 / tcp_ms:,.0f} plain), an extrapolation "
+        "(1 / server CPU per connection), not a measurement.",
         "",
-    ]
-    client_limited = [name for name in TRANSPORTS if any(hs[name]["client_bound"])]
-    if client_limited:
-        lines += [
-            f"Client-bound handshake passes ({', '.join(client_limited)}): the load "
-            "generator's own side of each handshake (for TLS: key exchange and verifying the "
-            "server's certificate chain and signature, in one Python process) set the pace; "
-            "the server CPU per connection is the figure to compare.",
-            "",
-        ]
-    lines += [
         "### echo",
         "",
         f"One session per transport, {echo_config['window']:,} messages in flight, up to "
         f"{echo_config['messages']:,} messages or {echo_config['time_limit_s']:g} s per "
         f"pass, {echo_config['repeat']} passes per transport and size, interleaved, after a "
-        "warm-up pass, as `python -m bench throughput` measures the echo (the protocol "
-        "core driven by `bench/loadgen.py`, every message checked in order; a pass ends once "
-        "every message sent is back). Rates: median [min-max] "
-        "messages/s; *tls/tcp*: ratio of the medians [min-max of the ratio within each "
-        "repetition].",
+        "warm-up, as `python -m bench throughput` measures it. Median [min-max] messages/s; "
+        "*tls/tcp*: ratio of the medians [min-max within each repetition].",
         "",
     ]
     rows = []
     for size, by_transport in entry["echo"].items():
-        tcp, tls_stats = by_transport[TCP], by_transport[TLS]
-        paired = by_transport["ratio"]["per_repetition"]
+        tcp, tls_stats, paired = by_transport[TCP], by_transport[TLS], by_transport["ratio"]
+        both = [
+            f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
+            f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
+            f"{tcp['client_cpu_share']['median']:.0%} / "
+            f"{tls_stats['client_cpu_share']['median']:.0%}",
+            f"{bounds_cell(tcp['bound'])} / {bounds_cell(tls_stats['bound'])}",
+        ]
         rows.append(
             [
                 f"{size} B",
-                _spread(tcp["rate"]),
-                _spread(tls_stats["rate"]),
-                f"{by_transport['ratio']['of_medians']:.2f}x "
-                f"[{paired['min']:.2f}-{paired['max']:.2f}]",
-                cpu_cell(
-                    f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
-                    f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
-                    tcp["seconds"],
-                ),
-                cpu_cell(
-                    f"{tcp['client_cpu_share']['median']:.0%} / "
-                    f"{tls_stats['client_cpu_share']['median']:.0%}",
-                    tcp["seconds"],
-                ),
-                cpu_cell(
-                    f"{bounds_cell(tcp['bound'])} / {bounds_cell(tls_stats['bound'])}",
-                    tcp["seconds"],
-                ),
+                spread_cell(tcp["rate"]),
+                spread_cell(tls_stats["rate"]),
+                f"{paired['of_medians']:.2f}x [{paired['per_repetition']['min']:.2f}-"
+                f"{paired['per_repetition']['max']:.2f}]",
+                *(cpu_cell(text, tcp["seconds"]) for text in both),
                 f"{tcp['lost']} / {tls_stats['lost']}",
             ]
         )
     lines += [
         markdown_table(
-            [
-                "payload",
-                "tcp msg/s",
-                "tls msg/s",
-                "tls/tcp",
-                "server CPU s/M msg (tcp / tls)",
-                "loadgen core busy (tcp / tls)",
-                "bound (tcp / tls)",
-                "lost (tcp / tls)",
-            ],
+            "payload|tcp msg/s|tls msg/s|tls/tcp|server CPU s/M msg (tcp / tls)"
+            "|loadgen core busy (tcp / tls)|bound (tcp / tls)|lost (tcp / tls)",
             rows,
         ),
         "",
     ]
-    lines += other_load_note(entry["other_load_share"])
-    if entry["notes"]:
-        lines += ["Notes: " + "; ".join(entry["notes"]) + ".", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + other_load_note(entry["other_load_share"]) + notes_lines(entry))

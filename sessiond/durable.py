@@ -4,7 +4,9 @@ With a store, a session's output does not go to its socket when the core makes
 it. Once per loop iteration, :meth:`Durability.flush` takes every dirty
 session's bytes from its connection and, in the same instant, appends to the
 store the payloads sent since the last append and the inbound position the
-handler consumed (one entry per session). A single writer task then, per
+handler consumed, i.e. is done with (one entry per session; when a message counts
+as consumed: :class:`~sessiond_client.handoff.SettlingHandoff`), and
+``session.data`` when the handler used it and it changed. A single writer task then, per
 batch: runs the metadata writes that must precede it (a new session, a rotated
 credential), commits all appends in one pipelined round trip, and only then
 writes the bytes to the sockets. So no DATA frame leaves before the store has
@@ -40,6 +42,7 @@ from .store import (
     StoreUnavailable,
     Terms,
 )
+from .store.keys import pack
 
 if TYPE_CHECKING:
     from .server import Server, ServerProtocol, _Entry
@@ -68,12 +71,13 @@ class Forged(Exception):
 class _Stored:
     """What this process knows of one session's presence in the store."""
 
-    __slots__ = ("consumed", "epoch", "fenced", "sent")
+    __slots__ = ("consumed", "data", "epoch", "fenced", "sent")
 
-    def __init__(self, epoch: int, sent: int, consumed: int) -> None:
+    def __init__(self, epoch: int, sent: int, consumed: int, data: bytes) -> None:
         self.epoch = epoch
         self.sent = sent  # the last outbound sequence number appended
         self.consumed = consumed  # the inbound position last appended
+        self.data = data  # session.data as last written (msgpack)
         self.fenced = False
 
 
@@ -177,6 +181,12 @@ class Durability:
                 sid = entry.core.id or b""
                 self.store.append(sid, stored.epoch, stored.sent + 1, payloads, consumed, acked)
                 stored.sent, stored.consumed = sent, consumed
+                used = entry.session.touched_data()
+                if used is not None:  # written after the entry, in the same round trip
+                    packed = pack(used)
+                    if packed != stored.data:
+                        stored.data = packed
+                        self.store.put_data(sid, stored.epoch, packed, self.attached_ttl(entry))
         if data or conn.closed:
             self._staged.append((entry, protocol, data))
             self._kick()
@@ -272,8 +282,8 @@ class Durability:
 
     def created(self, entry: _Entry) -> None:
         """A new session: stored (epoch 1) before its WELCOME leaves."""
-        self._stored[entry] = _Stored(1, 0, 0)
         meta = to_meta(entry)
+        self._stored[entry] = _Stored(1, 0, 0, pack(meta.data))
         self._before.append(lambda: self.store.create(meta))
         self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
         self._kick()
@@ -372,7 +382,9 @@ class Durability:
         )
         entry = server.adopt(core, loaded.meta.data)
         positions: Positions = loaded.positions
-        self._stored[entry] = _Stored(epoch, positions.next_seq - 1, positions.consumed)
+        self._stored[entry] = _Stored(
+            epoch, positions.next_seq - 1, positions.consumed, pack(loaded.meta.data)
+        )
         return entry
 
     # ------------------------------------------------- losing the session
@@ -401,11 +413,15 @@ class Durability:
         # A handler waiting for window (none opens here now) has taken input whose replies
         # it has yet to queue: they go with the session, past the window (the new owner
         # replays within the window), else that input would be consumed and never answered.
-        snap = entry.core.server_snapshot()
         unsent = entry.session.unsent
         limit = entry.core.max_payload
         if any(len(payload) > limit for payload in unsent):  # the core would refuse it
             unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
+        # As if they entered the core now: each settles one message handed over (the
+        # input it answers). Messages handed over and not settled otherwise, and those
+        # taken but not handed over, stay unconsumed: the client replays them there.
+        entry.session.settle_unsent(len(unsent))
+        snap = entry.core.server_snapshot()
         positions = Positions(
             snap.next_seq + len(unsent), snap.acked, snap.consumed, snap.unacked + unsent
         )

@@ -37,11 +37,12 @@ from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
 from .durable import Durability
+from .heap import map_large_blocks
 from .hops import protocol_class
 from .logs import lifecycle
 from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
-from .session import Session
+from .session import DurableSession, Session
 from .stats import Stats
 from .tls import peer_identity
 
@@ -93,7 +94,9 @@ class _Entry:
     def __init__(self, core: CoreSession, server: Server) -> None:
         self.core = core
         self.server = server
-        self.session = Session(core, server.loop, self)
+        # With a store, a message counts as consumed once the handler is done with it.
+        kind = Session if server.durable is None else DurableSession
+        self.session = kind(core, server.loop, self)
         self.protocol: ServerProtocol | None = None
         self.task: asyncio.Task[None] | None = None
         self.slot = Slot(self)  # its place in the server's Deadlines
@@ -178,6 +181,7 @@ class Server:
         if ssl is None:
             factory = lambda: self._protocol_class(self)  # noqa: E731
         else:
+            map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         listener = await self.loop.create_server(
             factory,
@@ -991,17 +995,25 @@ class TlsAccept(asyncio.Protocol):
     from accept: over the limit it is closed at once (no CLOSE frame can be sent before
     TLS, and the handshake is the costly part); the handshake has ``handshake_timeout``.
 
-    The loop's own TLS protocol (uvloop's when running on uvloop) is installed here,
-    in ``connection_made``, as ``loop.start_tls`` would: before the first read, which
-    uvloop starts right after ``connection_made`` returns (so a ``start_tls`` from a
-    task could miss the ClientHello).
+    Nothing of TLS exists until the client's first bytes (its ClientHello) arrive: a
+    transport that says nothing costs a TCP transport, not an SSL object with its
+    handshake buffers and uvloop's 256 KiB read buffer (about 50 KiB of RSS each, issue
+    18). The loop's own TLS protocol (uvloop's when running on uvloop) is then installed
+    from ``data_received``, as ``loop.start_tls`` would do it, and handed those bytes: a
+    ``start_tls`` from a task could miss the ClientHello. Its decrypted input goes
+    through :class:`_TlsReader`.
     """
+
+    __slots__ = ("_silence", "_waiter", "host", "pending", "server", "ssl", "transport")
 
     def __init__(self, server: Server, ssl: Any) -> None:
         self.server = server
         self.ssl = ssl
         self.host = ""
         self.pending = False  # counted in server.tls_pending
+        self.transport: asyncio.Transport | None = None  # until the first bytes
+        self._waiter: asyncio.Future[None] | None = None
+        self._silence: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)
@@ -1027,23 +1039,65 @@ class TlsAccept(asyncio.Protocol):
             return
         server.tls_pending += 1
         self.pending = True
+        self.transport = raw
         loop = server.loop
-        waiter: asyncio.Future[None] = loop.create_future()
-        protocol = _TlsServerProtocol(server, self)
-        tls = _tls_protocol_class(loop)(
-            loop,
-            protocol,
+        self._waiter = loop.create_future()
+        self._silence = loop.call_later(server.config.params.handshake_timeout, self._silent)
+        task = loop.create_task(self._handshake(raw, self._waiter))
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    def data_received(self, data: bytes) -> None:
+        """The ClientHello (or its start): install the TLS protocol and hand it *data*."""
+        raw, waiter = self.transport, self._waiter
+        if raw is None or waiter is None or waiter.done():
+            return
+        self.transport = None
+        remaining = self._silence.when() - self.server.loop.time() if self._silence else 0.0
+        self._cancel_silence()
+        server = self.server
+        tls = _tls_protocol_class(server.loop)(
+            server.loop,
+            _TlsReader(_TlsServerProtocol(server, self)),
             self.ssl,
             waiter,
             True,  # server side
             None,
-            ssl_handshake_timeout=server.config.params.handshake_timeout,
+            ssl_handshake_timeout=max(remaining, 0.1),
         )
         raw.set_protocol(tls)
         tls.connection_made(raw)
-        task = loop.create_task(self._handshake(raw, waiter))
-        server.tasks.add(task)
-        task.add_done_callback(server.tasks.discard)
+        view = memoryview(data)
+        while view and not raw.is_closing():
+            buffer = tls.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            tls.buffer_updated(size)
+            view = view[size:]
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionResetError("the peer closed before its ClientHello"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(exc or ConnectionResetError("the peer closed before its ClientHello"))
+
+    def _silent(self) -> None:
+        self._silence = None
+        timeout = self.server.config.params.handshake_timeout
+        self._fail(TimeoutError(f"no ClientHello within {timeout:g} s"))
+
+    def _fail(self, exc: BaseException) -> None:
+        """Before the ClientHello: end the handshake (the task aborts and uncounts)."""
+        self._cancel_silence()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    def _cancel_silence(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
 
     async def _handshake(self, raw: asyncio.Transport, waiter: asyncio.Future[None]) -> None:
         """Uncount a transport whose handshake fails (one that succeeds was handed over)."""
@@ -1056,7 +1110,9 @@ class TlsAccept(asyncio.Protocol):
             log.debug("TLS handshake with %s failed: %r", self.host, exc)
             raw.abort()
         finally:
+            self._cancel_silence()
             self._uncount()
+            self._waiter = None
 
     def _uncount(self) -> None:
         if self.pending:
@@ -1071,6 +1127,54 @@ class TlsAccept(asyncio.Protocol):
             self.host = ""
 
 
+class _TlsReader(asyncio.BufferedProtocol):
+    """Between the loop's TLS protocol and a :class:`ServerProtocol`: decrypted input is
+    read into one buffer that every TLS transport shares, then handed on as bytes.
+
+    Given a plain ``asyncio.Protocol``, uvloop reads each record with
+    ``SSLObject.read(256 KiB)``: a 256 KiB block allocated, then shrunk, per read (with
+    :func:`sessiond.heap.map_large_blocks`, a mapping made and unmade per read).
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: ServerProtocol) -> None:
+        self.protocol = protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.protocol.connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _tls_read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.protocol.data_received(_tls_read_buffer()[:nbytes].tobytes())
+
+    def eof_received(self) -> bool | None:
+        return self.protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.protocol.resume_writing()
+
+
+#: Decrypted TLS input, one read at a time (uvloop's own limit per read, SSL_READ_MAX_SIZE).
+TLS_READ_BUFFER = 256 * 1024
+_READ_BUFFER: list[memoryview] = []
+
+
+def _tls_read_buffer() -> memoryview:
+    """The buffer :class:`_TlsReader` lends out: made once per process, when first needed."""
+    if not _READ_BUFFER:
+        _READ_BUFFER.append(memoryview(bytearray(TLS_READ_BUFFER)))
+    return _READ_BUFFER[0]
+
+
 class _TlsServerProtocol(ServerProtocol):
     """A ServerProtocol whose transport its TlsAccept counted until the handshake ended."""
 
@@ -1078,10 +1182,12 @@ class _TlsServerProtocol(ServerProtocol):
 
     def __init__(self, server: Server, accept: TlsAccept) -> None:
         super().__init__(server)
-        self.accept = accept
+        self.accept: TlsAccept | None = accept
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.accept._uncount()  # counted again just below, in the same call
+        accept, self.accept = self.accept, None  # nothing of the handshake is kept
+        if accept is not None:
+            accept._uncount()  # counted again just below, in the same call
         super().connection_made(transport)
 
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from sessiond_client.handoff import Handoff
+from sessiond_client.handoff import Handoff, SettlingHandoff
 from sessiond_client.protocol import CloseCode, InvalidState, SessionLost
 from sessiond_client.protocol import Session as CoreSession
 
@@ -52,8 +52,9 @@ class Session(Handoff):
         self._data: dict[str, Any] | None = None
         #: True when this handler runs for a session recovered from the session store
         #: (it began in another process, or before a restart): ``data`` is what was
-        #: stored, and messages consumed but not yet stored may come again (README,
-        #: "The session store").
+        #: stored. After a crash the messages the previous handler was handed and had
+        #: not finished with come again: those it had sent no reply for and had not
+        #: come back for more after (README, "The session store"); none it answered.
         self.recovered = False
         self._moved = False
 
@@ -78,6 +79,10 @@ class Session(Handoff):
     def ended(self) -> bool:
         return self._core.end_code is not None
 
+    def touched_data(self) -> dict[str, Any] | None:
+        """With a store (:class:`DurableSession`): ``data`` if used since the last call."""
+        return None
+
     @property
     def moved(self) -> bool:
         """True once the session moved to another process (see :class:`SessionMoved`)."""
@@ -89,7 +94,7 @@ class Session(Handoff):
         # What the handler has not taken stays unconsumed: the new owner gets it again
         # from the client; taking it here as well would process it twice.
         self._local = None
-        self._core.take_messages(self._loop.time())
+        self._core.take_unsettled(self._loop.time())
         self.wake()
 
     def _failure(self) -> SessionLost | None:
@@ -119,6 +124,8 @@ class Session(Handoff):
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """End the session for good; the client is told with *code* if it is connected."""
+        if self._handed:  # done with what it was handed (the session ends anyway)
+            self._settle(self._handed)
         try:
             self._core.close(self._loop.time(), code, reason)
         except InvalidState:
@@ -129,3 +136,35 @@ class Session(Handoff):
         return (
             f"<sessiond.Session {self.id[:8]} {self._core.state.value} identity={self.identity!r}>"
         )
+
+
+class DurableSession(Session, SettlingHandoff):
+    """A :class:`Session` of a daemon with a shared session store: a message counts as
+    consumed (acknowledged and stored) once the handler is done with it, so a crash
+    re-delivers what it was working on (README, "The session store";
+    :class:`~sessiond_client.handoff.SettlingHandoff` says when). ``data`` is stored
+    with the session's next append once the handler has used it."""
+
+    __slots__ = ("_touched",)
+
+    def __init__(
+        self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
+    ) -> None:
+        super().__init__(core, loop, entry)
+        self._touched = False  # data was used since the last append: maybe changed
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Application data that lives as long as the session, moves with it and is
+        stored with its next append after each use (msgpack-serializable)."""
+        self._touched = True
+        if self._data is None:
+            self._data = {}
+        return self._data
+
+    def touched_data(self) -> dict[str, Any] | None:
+        """``data`` if it was used since the last call (it may have changed), else None."""
+        if not self._touched:
+            return None
+        self._touched = False
+        return self._data

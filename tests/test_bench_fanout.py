@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.systems import MOSQUITTO, PEERS, find_binary
-from tests.benchrun import run_quick
+from tests.benchrun import run_quick, whole_quick_run
 
 
 def _check(fanout: dict[str, Any], names: list[str]) -> None:
@@ -37,8 +37,8 @@ def _check(fanout: dict[str, Any], names: list[str]) -> None:
                 assert len(stats["bound"]) == len(repetitions), where
 
 
-def test_quick_fanout_bench_delivers_every_message_to_every_subscriber(tmp_path: Path) -> None:
-    document = run_quick("fanout", tmp_path, timeout=120)
+def test_quick_fanout_bench_delivers_every_message_to_every_subscriber() -> None:
+    document = whole_quick_run().document
     fanout = document["scenarios"]["fanout"]
     assert fanout["quick"] is True
     ran = fanout["config"]["systems"]

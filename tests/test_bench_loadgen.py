@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,11 +23,13 @@ from bench.processes import Pinning, ServerProcess, ceiling_argv, daemon_argv, s
 UNPINNED = Pinning(None, None, "unpinned: a test")
 
 
-@pytest.fixture(params=["ceiling", "daemon"])
-def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, ServerProcess]]:
+@pytest.fixture(scope="module", params=["ceiling", "daemon"])
+def system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, ServerProcess]]:
     name: str = request.param
     argv = ceiling_argv() if name == "ceiling" else daemon_argv()
-    with server(name, argv, UNPINNED, tmp_path) as proc:
+    with server(name, argv, UNPINNED, tmp_path_factory.mktemp(name)) as proc:
         yield name, proc
 
 

@@ -1,7 +1,8 @@
 """``python -m bench resume --quick`` cuts one session's transport while messages flow, and
 loses nothing.
 
-Runs the scenario as a user would (a subprocess, from the repository root): the
+Checks the scenario's entry in the suite's one ``python -m bench --quick`` run
+(tests/benchrun.py, a subprocess from the repository root, as a user would): the
 daemon in its own process, one session with a window of messages in flight,
 its transport aborted a few times and resumed at once. Checks that every cut
 produced its figures and that every message came back exactly once, in order;
@@ -10,15 +11,13 @@ never a timing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.benchrun import run_quick
+from tests.benchrun import whole_quick_run
 
 STEPS = ("connected", "resumed", "first_message")
 
 
-def test_quick_resume_bench_writes_its_results(tmp_path: Path) -> None:
-    document = run_quick("resume", tmp_path, timeout=60)
+def test_quick_resume_bench_writes_its_results() -> None:
+    document = whole_quick_run().document
     resume = document["scenarios"]["resume"]
     assert resume["quick"] is True
     config = resume["config"]

@@ -1,6 +1,7 @@
 """``python -m bench storm --quick`` cuts every session at once, resumes them all, loses nothing.
 
-Runs the scenario as a user would (a subprocess, from the repository root): a
+Checks the scenario's entry in the suite's one ``python -m bench --quick`` run
+(tests/benchrun.py, a subprocess from the repository root, as a user would): a
 fresh daemon per storm, a few dozen sessions each with messages in flight, every
 transport aborted in one loop, then every session resumed at once. Checks that
 every storm produced its figures, that every session got every echo and that
@@ -9,13 +10,11 @@ no message was lost; never a timing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.benchrun import run_quick
+from tests.benchrun import whole_quick_run
 
 
-def test_quick_storm_bench_writes_its_results(tmp_path: Path) -> None:
-    document = run_quick("storm", tmp_path, timeout=60)
+def test_quick_storm_bench_writes_its_results() -> None:
+    document = whole_quick_run().document
     storm = document["scenarios"]["storm"]
     assert storm["quick"] is True
     config = storm["config"]

@@ -6,15 +6,13 @@ was closed and that no echoed message was lost.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.benchrun import run_quick
+from tests.benchrun import whole_quick_run
 
 TRANSPORTS = ("tcp", "tls")
 
 
-def test_quick_tls_bench_measures_handshakes_and_echo(tmp_path: Path) -> None:
-    document = run_quick("tls", tmp_path, timeout=120)
+def test_quick_tls_bench_measures_handshakes_and_echo() -> None:
+    document = whole_quick_run().document
     tls = document["scenarios"]["tls"]
     assert tls["quick"] is True
     config = tls["config"]

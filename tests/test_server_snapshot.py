@@ -90,3 +90,49 @@ def test_a_restored_unconfirmed_rotation_answers_a_lost_welcome_with_the_same_cr
     pair.pump()
     assert any(isinstance(e, SessionResumed) for e in pair.client_events)
     assert restored._credential_digest == pending  # the same credential, not a new one
+
+
+def test_taken_but_unsettled_messages_are_neither_acknowledged_nor_stored() -> None:
+    """take_unsettled/settle (a daemon with a store): an ACK and a snapshot cover what
+    was settled only; a resume on the same core does not ask for the rest again, a
+    restored core does (protocol.md §5.3)."""
+    pair = Pair()
+    pair.connect()
+    pair.pump()
+    for n in range(6):
+        pair.client.send(b"up%d" % n, pair.clock.now)
+    pair.pump()
+    server = pair.server
+    assert server.take_unsettled(pair.clock.now, 4) == [b"up%d" % n for n in range(4)]
+    assert server.sequence_numbers[3] == 0  # taken is not consumed
+    assert server.settle(pair.clock.now, 9) == 4  # never beyond what was taken
+    assert server.settle(pair.clock.now, 1) == 0
+    pair.tick(1.0)  # the coalesced ACK is due
+    pair.pump()
+    assert pair.client.sequence_numbers[1] == 4  # the client holds up4, up5 for replay
+    assert server.take_unsettled(pair.clock.now) == [b"up4", b"up5"]
+    assert server.settle(pair.clock.now, 1) == 1
+    assert server.server_snapshot().consumed == 5
+    # Resumed on the same core: up5 is held by the application, not asked for again.
+    pair.cut()
+    pair.connect()
+    pair.pump()
+    assert server.messages_waiting == 0
+    assert server.settle(pair.clock.now, 1) == 1
+    pair.tick(1.0)
+    pair.pump()
+    assert pair.client.sequence_numbers[1] == 6
+    # Restored from a snapshot taken with up6 unsettled: the client replays up6.
+    pair.client.send(b"up6", pair.clock.now)
+    pair.pump()
+    assert server.take_unsettled(pair.clock.now) == [b"up6"]
+    snapshot = server.server_snapshot()
+    sid = pair.client.id
+    assert sid is not None and snapshot.consumed == 6
+    pair.cut()
+    pair.registry.sessions[sid] = Session.restore_server(
+        snapshot, pair.registry.params, pair.clock.now
+    )
+    pair.connect()
+    pair.pump()
+    assert pair.take_server() == [b"up6"]

@@ -9,7 +9,9 @@ what the core queued, :meth:`Handoff._failure` says when waiting must end with
 an exception. A third, optional, :meth:`Handoff._parking`, runs when ``recv()``
 is about to wait for input: what the coroutine queued before it waits can be
 written at once instead of at the end of the loop iteration (a reply then
-leaves in the iteration its handler ran, not one later).
+leaves in the iteration its handler ran, not one later). :class:`SettlingHandoff`
+counts a message as consumed only once its user is done with it (a daemon with a
+shared session store).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Handoff:
         "_core",
         "_failure_hook",
         "_flush_hook",
+        "_handed",
         "_local",
         "_loop",
         "_recv_waiter",
@@ -58,6 +61,9 @@ class Handoff:
         self._send_waiter: asyncio.Future[None] | None = None
         # What a send()/send_many() waiting for window has yet to queue (None otherwise).
         self._unsent: Sequence[bytes] | None = None
+        # SettlingHandoff: how many messages were handed over and not yet settled (None
+        # here: the core counts what it hands over as consumed at once).
+        self._handed: int | None = None
 
     def _flush(self) -> None:
         """Write what the core queued (now or soon)."""
@@ -93,6 +99,8 @@ class Handoff:
         except InvalidState:
             self._raise_failure()
             raise
+        if self._handed:  # the reply to the oldest message handed over
+            self._settle(1)
         self._flush()
 
     async def send_many(self, payloads: Sequence[bytes]) -> None:
@@ -101,10 +109,13 @@ class Handoff:
         sent = 0
         while sent < len(payloads):
             try:
-                sent += core.send_many(payloads[sent:] if sent else payloads, self._loop.time())
+                count = core.send_many(payloads[sent:] if sent else payloads, self._loop.time())
             except InvalidState:
                 self._raise_failure()
                 raise
+            sent += count
+            if self._handed:  # one reply each to the oldest messages handed over
+                self._settle(count)
             self._flush()
             if sent < len(payloads):
                 self._unsent = payloads[sent:]
@@ -112,6 +123,19 @@ class Handoff:
                     await self._window_for(len(payloads[sent]))
                 finally:
                     self._unsent = None
+
+    def _settle(self, count: int) -> None:
+        """Count *count* of the messages handed over (at most all) as consumed."""
+        handed = self._handed or 0
+        count = min(count, handed)
+        self._handed = handed - count
+        self._core.settle(self._loop.time(), count)
+
+    def settle_unsent(self, count: int) -> None:
+        """The session is let go with *count* payloads of :attr:`unsent` stored as if
+        sent now: settle as many of the messages handed over (their inputs)."""
+        if self._handed and count:
+            self._settle(count)
 
     @property
     def unsent(self) -> tuple[bytes, ...]:
@@ -175,16 +199,26 @@ class Handoff:
 
     def _take_all(self) -> list[bytes] | None:
         """Every message waiting, in order; None if there is none."""
+        handed = self._handed
+        if handed is None:
+            batch = self._core.take_messages(self._loop.time())
+        else:  # SettlingHandoff: coming back settles what was handed over
+            if handed:
+                self._settle(handed)
+                self._flush()  # the ACK may be due
+            batch = self._core.take_unsettled(self._loop.time())
         ready = self._local
         if ready is not None:
             ready.reverse()
             self._local = None
-        batch = self._core.take_messages(self._loop.time())
         if batch:
             self._flush()
             if ready is None:
-                return batch
-            ready.extend(batch)
+                ready = batch
+            else:
+                ready.extend(batch)
+        if ready is not None and handed is not None:
+            self._handed = len(ready)
         return ready
 
     async def acknowledged(self, timeout: float) -> None:
@@ -222,6 +256,64 @@ class Handoff:
         failure = self._failure()
         if failure is not None:
             raise failure
+
+
+class SettlingHandoff(Handoff):
+    """A :class:`Handoff` whose messages count as consumed (acknowledged, and stored by
+    a daemon with a shared session store) once their user is done with them, not when
+    they are taken from the core (``Session.take_unsettled``, ``Session.settle``).
+
+    That is when it comes back for more (``recv``, ``recv_many``, ``take_ready``, and
+    so async iteration): everything handed over before is settled; and when a payload
+    it sends enters the core: each settles one message handed over and not yet
+    settled, oldest first. So a user that answers each message with one reply has the
+    reply recorded in the same instant as the consumption of the input it answers.
+    Messages taken into the local buffer and not handed over are never settled: a
+    process that dies or lets the session go leaves them for the peer to replay.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        core: CoreSession,
+        loop: asyncio.AbstractEventLoop,
+        flush: Callable[[], None] | None = None,
+        failure: Callable[[], SessionLost | None] | None = None,
+        take_limit: int | None = None,
+    ) -> None:
+        super().__init__(core, loop, flush, failure, take_limit)
+        self._handed = 0
+
+    async def recv(self, stop: bool = False) -> bytes:
+        """:meth:`Handoff.recv`, settling what was handed over before."""
+        handed = self._handed
+        if handed:
+            self._settle(handed)
+            self._flush()  # the ACK may be due
+        local = self._local
+        if local:
+            payload = local.pop()
+            if not local:
+                self._local = None
+            self._handed = 1
+            return payload
+        while True:
+            batch = self._core.take_unsettled(self._loop.time(), self._take_limit)
+            if batch:
+                self._flush()
+                self._handed = 1
+                if len(batch) == 1:
+                    return batch[0]
+                batch.reverse()
+                payload = batch.pop()
+                self._local = batch
+                return payload
+            if stop and self._failure() is not None:
+                raise StopAsyncIteration
+            self._raise_failure()
+            self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
+            await waiter
 
 
 def _as_bytes(payload: object) -> bytes:

@@ -257,6 +257,17 @@ class RedisStore:
             self._commands.append(("XTRIM", key, "MINID", minid))
             self._owners.append(None)
 
+    def put_data(self, sid: bytes, epoch: int, data: bytes, ttl: float) -> None:
+        """Queue ``session.data`` (*data*, msgpack) for the next commit, after the
+        session's append: written only while *epoch* is current (a script, queued only
+        when the data changed), with the keys' TTL set to *ttl* seconds."""
+        meta, stream = keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)
+        ms = int(ttl * 1000)
+        self._commands.append(
+            ("EVAL", keys.FENCED_HSET, 2, meta, stream, epoch, ms, keys.DATA, data)
+        )
+        self._owners.append(None)  # fenced out: the append before it reports it
+
     def refresh(self, sid: bytes, ttl: float) -> None:
         """Queue a TTL of *ttl* seconds on the session's keys (with the next commit): an
         attached session's keys outlive a crash of its owner by its lifetime, no more."""

@@ -564,6 +564,42 @@ class Session:
         self._schedule_ack(now)
         return taken
 
+    def take_unsettled(self, now: float, limit: int | None = None) -> list[bytes]:
+        """Take messages like :meth:`take_messages`, without counting them as consumed
+        until :meth:`settle` says the application is done with them.
+
+        For a server whose consumed position is durable (a shared session store): an
+        ACK never covers a message that was taken but not settled, so the peer keeps
+        it for replay (a restored session asks for it again) and it holds the window.
+        Their bytes count towards the next ACK's coalescing at once (protocol.md §5.4).
+        """
+        inbox = self._inbox
+        if inbox is None:
+            return []
+        if limit is None or limit >= len(inbox):
+            taken = inbox
+            self._inbox = None
+            size = self._inbox_bytes
+        else:
+            taken = inbox[:limit]
+            del inbox[:limit]
+            size = sum(map(len, taken))
+        self._inbox_bytes -= size
+        self._ack_pending_bytes += size
+        return taken
+
+    def settle(self, now: float, count: int) -> int:
+        """Count the next *count* messages taken with :meth:`take_unsettled` as consumed
+        (never more than were taken); return how many. The ACK is scheduled as by
+        :meth:`take_messages`: then call ``data_to_send()``."""
+        unsettled = self._received - len(self._inbox or ()) - self._consumed
+        count = min(count, unsettled)
+        if count <= 0:
+            return 0
+        self._consumed += count
+        self._schedule_ack(now)
+        return count
+
     def close(self, now: float, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """End the session for good with a terminal *code*; the peer is told if attached."""
         if not is_terminal(code):
