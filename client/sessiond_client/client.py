@@ -159,6 +159,9 @@ class _Handoff(Handoff):
     def _parking(self) -> None:
         self.owner._write_pending()
 
+    def _now(self) -> float:
+        return self.owner._send_clock()
+
 
 class Session:
     """A client session; open one with :func:`connect` (its docstring lists the options).
@@ -213,6 +216,7 @@ class Session:
         self._handoff = _Handoff(self._core, self._loop, flush, self._failure, take_limit)
         self._handoff.owner = self
         self._flush_pending = False
+        self._send_now: float | None = None  # see _send_clock
         self._state = State.CONNECTING
         self._listeners: list[Callable[[State], None]] = []
         self._lost: SessionLost | None = None
@@ -654,7 +658,19 @@ class Session:
     def _flush_soon(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
+            self._send_now = None
             self._loop.call_soon(self._deferred_flush)
+
+    def _send_clock(self) -> float:
+        """The clock for send(): read once per loop iteration while a flush is pending
+        (it cleared the last reading), not per message: reading it is a syscall
+        (0.6 µs per send on the issue-18 machine). Never older than this iteration."""
+        if not self._flush_pending:
+            return self._loop.time()
+        now = self._send_now
+        if now is None:
+            now = self._send_now = self._loop.time()
+        return now
 
     def _deferred_flush(self) -> None:
         self._flush_pending = False

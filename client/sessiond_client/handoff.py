@@ -78,6 +78,10 @@ class Handoff:
     def _parking(self) -> None:
         """``recv()`` is about to wait for input (nothing by default; see the module)."""
 
+    def _now(self) -> float:
+        """The clock for a ``send()`` (the loop's; an adapter may read it less often)."""
+        return self._loop.time()
+
     async def send(self, payload: bytes | bytearray | memoryview) -> None:
         """Queue one message; waits while the peer's window is full (backpressure).
 
@@ -88,7 +92,7 @@ class Handoff:
             payload = _as_bytes(payload)
         core = self._core
         try:
-            core.send(payload, self._loop.time())
+            core.send(payload, self._now())
         except WindowFull:
             self._unsent = (payload,)
             try:
