@@ -39,6 +39,7 @@ from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
 from .durable import Durability
 from .heap import map_large_blocks
+from .hops import protocol_class
 from .logs import lifecycle
 from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
@@ -118,6 +119,14 @@ class _Entry:
         if not self.dirty:  # called for every message sent: once per tick is enough
             self.server.schedule_flush(self)
 
+    def write_now(self) -> None:
+        """The handler waits for input: write what it queued now, not at the end of the
+        tick (its flush may be queued ahead of it, see hops.py). Not with a store: the
+        tick's commit comes first. The tick's flush still runs (timer, events)."""
+        protocol = self.protocol
+        if self.dirty and protocol is not None and self.server.durable is None:
+            protocol.flush()
+
 
 class Server:
     """Sessions, handlers and listeners of one daemon process."""
@@ -159,6 +168,8 @@ class Server:
         #: With a shared store (started already; the server closes it): write-through of
         #: every session, resumes of sessions held by other processes (sessiond/durable.py).
         self.durable = Durability(self, store) if store is not None else None
+        # The plain-TCP transport class: a traced subclass with TRACE_SESSIOND_HOPS (hops.py).
+        self._protocol_class, self.hop_trace = protocol_class(ServerProtocol, self.loop)
 
     # ------------------------------------------------------------- listening
 
@@ -172,7 +183,7 @@ class Server:
         # accept, not only once its handshake is done.
         factory: Callable[[], asyncio.Protocol]
         if ssl is None:
-            factory = lambda: ServerProtocol(self)  # noqa: E731
+            factory = lambda: self._protocol_class(self)  # noqa: E731
         else:
             if self.config.map_large_blocks:  # tls.idle_memory = "compact"
                 map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
@@ -255,6 +266,8 @@ class Server:
                 if protocol.transport is not None:
                     protocol.transport.abort()
         self.refusals.close()
+        if self.hop_trace is not None:
+            self.hop_trace.dump()
         if self.durable is not None:
             await self.durable.close()
 
