@@ -87,6 +87,7 @@ class Member:
             self.overflow,
             self.ready,
             stats,
+            config.control_bytes,
         )
 
     def __repr__(self) -> str:
