@@ -228,7 +228,7 @@ def scenario(
     exits = [
         f"server {n} exited with {s['exit_code']}"
         for n, s in context.servers.items()
-        if s.get("exit_code") not in (0, None)
+        if s.get("exit_code") not in (0, None) and not s.get("killed")
     ]
     config = fields.pop("config", {})
     entry: Json = {

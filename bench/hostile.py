@@ -14,12 +14,17 @@ uses the same ones at small sizes.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
+import functools
+import hashlib
 import multiprocessing
 import os
+import random
 import select
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -28,9 +33,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sessiond_client import envelopes
-from sessiond_client.protocol import Params, Role, Session
+from sessiond_client.protocol import CloseCode, FrameDecoder, Params, Role, Session, parse_frame
 from sessiond_client.protocol.codec import encode_ack, encode_data, encode_ping
-from sessiond_client.protocol.frames import Hello
+from sessiond_client.protocol.frames import Ack, Close, Hello, Welcome
+
+from sessiond.tls import generate
 
 HOST = "127.0.0.1"
 
@@ -50,10 +57,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def daemon(config: str = "", app: str = "echo") -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``python -m sessiond serve`` on a free port with *config* (TOML); stopped at the end."""
+def daemon(
+    config: str = "", app: str = "echo", tls_port: int = 0
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``python -m sessiond serve`` on a free port with *config* (TOML), and with
+    *tls_port* a tls:// listener there too (a development certificate); stopped at the
+    end."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
+        tls: list[str] = []
+        if tls_port:
+            files = generate(Path(tmp) / "certs", [HOST])
+            tls = [f"--listen=tls://{HOST}:{tls_port}", f"--tls-cert={files.server_cert}"]
+            tls.append(f"--tls-key={files.server_key}")
         path = Path(tmp) / "sessiond.toml"
         path.write_text(config)
         log = (Path(tmp) / "daemon.log").open("wb")
@@ -61,6 +77,7 @@ def daemon(config: str = "", app: str = "echo") -> Iterator[tuple[subprocess.Pop
             [
                 *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
                 *("--app", app, "--config", str(path)),
+                *tls,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -240,13 +257,199 @@ def retained_hash_subscribers(
     return f"retained={retained} subscribers={len(socks)}"
 
 
+def hash_blind_acker(
+    port: int, seconds: float, payload: int = 1024, lag: float = 0.5, rate: float = 3000.0
+) -> str:
+    """Channels app: a session subscribes to ``#``, never reads, and ACKs every message it
+    assumes the daemon sent it (what was published *lag* seconds ago: a daemon without
+    backpressure has sent those), while a publisher (a session that reads what it is
+    sent) floods one channel with *rate* messages of *payload* bytes a second (as many
+    as the daemon's replay buffer lets it have unacknowledged at that lag: faster, and
+    the subscriber is ended as a slow consumer whatever the write path does). Returns
+    how the subscriber ended (see :func:`send_bounded`) and how many were published."""
+    # A window as large as the protocol allows: the daemon may have that much in flight
+    # to it, which only its write path (backpressure) can hold back.
+    sock = open_raw(port, window_messages=0xFFFFFFFF, window_bytes=0xFFFFFFFF)
+    sock.sendall(encode_data(1, envelopes.request(envelopes.SUB, "#", 1)))
+    sock.setblocking(False)
+    publisher = Canary(port)
+    request = envelopes.request(envelopes.PUB, "flood/x", None, b"f" * payload)
+    published = 0
+    history: collections.deque[tuple[float, int]] = collections.deque()
+    start = time.monotonic()
+    until = start + seconds
+    outcome = "time"
+    while time.monotonic() < until:
+        time.sleep(max(0.0, start + published / rate - time.monotonic()))
+        for _ in range(64):
+            while not publisher.session.can_send(len(request)):
+                publisher.wait_for_credit()
+            publisher.session.send(request, time.monotonic())
+            published += 1
+        publisher._flush()
+        now = time.monotonic()
+        history.append((now, published))
+        acked = 0
+        while history and history[0][0] <= now - lag:
+            acked = history.popleft()[1]
+        if acked:  # seq 1 is the subscribe's reply; delivery n is seq n + 1
+            outcome = send_bounded(sock, encode_ack(1 + acked), until)
+            if outcome != "sent":
+                break
+    publisher.close()
+    sock.close()
+    return f"subscriber {outcome}, published={published}"
+
+
+def detached_filler(port: int, seconds: float, sessions: int = 40, fill: int = 6 << 20) -> str:
+    """*sessions* sessions from one address, each asking for the longest detached lifetime,
+    send DATA (as the daemon's window allows, watching its ACKs) and never acknowledge an
+    echo, until *fill* bytes are sent or the daemon stops acknowledging (its replay buffer
+    and inbox are full); then each drops its connection (the session detaches holding
+    them), and nothing happens for *seconds*. Returns the MiB sent per session (median)."""
+    payload = b"d" * 16000
+    sent_bytes = []
+    for _ in range(sessions):
+        sock = socket.create_connection((HOST, port), 10)
+        sock.sendall(hello(0xFFFFFFFF, 0xFFFFFFFF, lifetime_ms=3_600_000))
+        decoder = FrameDecoder(1 << 21)
+        acked = sent = 0
+        welcome = False
+        progress = time.monotonic()
+        while sent * len(payload) < fill and time.monotonic() - progress < 1.0:
+            while welcome and sent - acked < 48:  # 768 kB: within its window (1 MiB)
+                sent += 1
+                sock.sendall(encode_data(sent, payload))
+            readable, _, _ = select.select([sock], [], [], 0.2)
+            if readable:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    parsed = parse_frame(frame)
+                    if isinstance(parsed, Welcome):
+                        welcome = True
+                        progress = time.monotonic()
+                    elif isinstance(parsed, Ack) and parsed.seq > acked:
+                        acked = parsed.seq
+                        progress = time.monotonic()
+        sock.close()
+        sent_bytes.append(sent * len(payload))
+    time.sleep(seconds)
+    median = sorted(sent_bytes)[len(sent_bytes) // 2] / (1 << 20)
+    return f"sessions={sessions} sent={median:.1f} MiB each (median), never acknowledged"
+
+
+def deep_subscribers(port: int, seconds: float, sessions: int = 20, levels: int = 126) -> str:
+    """Channels app: *sessions* sessions each subscribe to 256 wildcard patterns of
+    *levels* one-character levels sharing no branch, then hold them for *seconds*.
+    Returns how many subscribes were refused (LIMIT_EXCEEDED beyond max_pattern_levels)."""
+    chooser = random.Random(12)
+    socks = []
+    for _ in range(sessions):
+        sock = open_raw(port, rcvbuf=1 << 20)
+        requests = []
+        for number in range(256):
+            pattern = "/".join(chooser.choice(string.ascii_lowercase) for _ in range(levels - 1))
+            requests.append(
+                encode_data(
+                    number + 1, envelopes.request(envelopes.SUB, pattern + "/#", number + 1)
+                )
+            )
+        sock.sendall(b"".join(requests))
+        socks.append(sock)
+    time.sleep(seconds)
+    refused = 0
+    for sock in socks:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            while data := sock.recv(1 << 20):
+                refused += data.count(b" levels")  # "a pattern may have at most N levels"
+        sock.close()
+    return f"sessions={sessions} patterns={sessions * 256} levels={levels} refusals~{refused}"
+
+
+def wrong_tokens(port: int, seconds: float, count: int = 10_000, parallel: int = 200) -> str:
+    """*count* HELLOs with wrong tokens from one address, *parallel* at a time, as fast as
+    they are answered (at most *seconds*): how each was answered."""
+    answers: collections.Counter[str] = collections.Counter()
+    until = time.monotonic() + seconds
+    sent = 0
+    while sent < count and time.monotonic() < until:
+        batch = []
+        for _ in range(min(parallel, count - sent)):
+            try:
+                sock = socket.create_connection((HOST, port), 5)
+            except OSError:
+                answers["connect failed"] += 1
+                continue
+            sent += 1
+            credentials = {"token": f"wrong {sent}"}
+            sock.sendall(Hello((1,), 15000, 64, 65536, 1 << 20, 0, credentials).encode())
+            batch.append(sock)
+        for sock in batch:
+            sock.settimeout(max(0.1, until - time.monotonic()))
+            answer = "none"
+            with contextlib.suppress(OSError):
+                for frame in FrameDecoder(1 << 20).feed(sock.recv(4096)):
+                    parsed = parse_frame(frame)
+                    if isinstance(parsed, Close):
+                        answer = CloseCode(parsed.code).name
+                    elif isinstance(parsed, Welcome):
+                        answer = "WELCOME"
+            answers[answer] += 1
+            sock.close()
+    return f"sent={sent} " + " ".join(f"{k}={v}" for k, v in sorted(answers.items()))
+
+
+def _closed(sock: socket.socket) -> bool:
+    """True when the daemon ended this connection (EOF or reset); nothing is read else."""
+    sock.setblocking(False)
+    try:
+        return not sock.recv(65536)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def tls_handshake_holder(port: int, seconds: float, connections: int = 2000) -> str:
+    """*connections* TCP connections from one address to a TLS listener (*port*), none of
+    which ever sends a ClientHello, held for *seconds*: how many the daemon closed within
+    1 s (at accept: the per-address limit) and how many by the end."""
+    socks = []
+    for _ in range(connections):
+        try:
+            socks.append(socket.create_connection((HOST, port), 5))
+        except OSError:
+            break
+    time.sleep(1.0)
+    at_once = sum(_closed(sock) for sock in socks)
+    time.sleep(max(0.0, seconds - 1.0))
+    by_end = sum(_closed(sock) for sock in socks)
+    for sock in socks:
+        sock.close()
+    return f"opened={len(socks)} closed_within_1s={at_once} closed_by_end={by_end}"
+
+
 ATTACKS: dict[str, Callable[[int, float], str]] = {
     "retained-hash": retained_hash_subscribers,
+    "hash-blind-ack": hash_blind_acker,
     "blind-ack": blind_acker,
     "ping-flood": ping_flooder,
     "hello-loop": hello_looper,
     "partial-frames": partial_framer,
+    "tls-handshakes": tls_handshake_holder,
+    "deep-subs": deep_subscribers,
+    "deep-subs-16": functools.partial(deep_subscribers, levels=16),  # the most allowed now
+    "detached-fill": detached_filler,
+    "wrong-tokens": wrong_tokens,
 }
+#: Attacks on a daemon with token-file authentication (the canary has the right token).
+AUTH = {"wrong-tokens"}
+CANARY_TOKEN = "canary-token"
+#: Attacks on a tls:// listener (the canary stays on the plain one).
+TLS = {"tls-handshakes"}
 
 
 # ------------------------------------------------------------------ the canary
@@ -255,10 +458,10 @@ ATTACKS: dict[str, Callable[[int, float], str]] = {
 class Canary:
     """One session on a blocking socket: one message out, wait for its echo, repeat."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, credentials: object = None) -> None:
         self.session = Session(Role.CLIENT, Params(heartbeat_interval=5.0))
         self.sock = socket.create_connection((HOST, port), 10)
-        self.conn = self.session.connect(time.monotonic())
+        self.conn = self.session.connect(time.monotonic(), credentials)
         self.rtts: list[float] = []
         self._flush()
         self._read_until(lambda: self.session.max_payload > 0, 10)
@@ -333,20 +536,34 @@ def percentile(values: list[float], q: float) -> float:
 
 
 #: Attacks against the channels app, with the settings they need.
-CHANNELS = {"retained-hash": '[channels]\nretained = ["#"]\n'}
+CHANNELS = {
+    "retained-hash": '[channels]\nretained = ["#"]\n',
+    "hash-blind-ack": "",
+    "deep-subs": "",
+    "deep-subs-16": "",
+}
 
 
 def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
     attack = ATTACKS[name]
     app = "channels" if name in CHANNELS else "echo"
-    with daemon(CHANNELS.get(name, "") + config, app) as (proc, port):
-        canary = Canary(port)
+    tls_port = free_port() if name in TLS else 0
+    credentials = None
+    tokens = tempfile.NamedTemporaryFile("w", suffix=".tokens")  # noqa: SIM115
+    if name in AUTH:
+        tokens.write(f"canary {hashlib.sha256(CANARY_TOKEN.encode()).hexdigest()}\n")
+        tokens.flush()
+        config += f"[auth]\nmode = 'token-file'\ntoken_file = '{tokens.name}'\n"
+        credentials = CANARY_TOKEN
+    with tokens, daemon(CHANNELS.get(name, "") + config, app, tls_port) as (proc, port):
+        log_path = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
+        canary = Canary(port, credentials)
         canary.run(1.0)
         quiet = list(canary.rtts)
         canary.rtts.clear()
         baseline = rss_kib(proc.pid)
         pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
-        outcome = pool.submit(attack, port, seconds)
+        outcome = pool.submit(attack, tls_port or port, seconds)
         peak = baseline
         until = time.monotonic() + seconds + 60
         while time.monotonic() < until and not outcome.done():
@@ -356,6 +573,7 @@ def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
         pool.shutdown()
         time.sleep(1.0)
         after = rss_kib(proc.pid)
+        log_lines = len(log_path.read_text().splitlines())
         alive = canary.round_trip() is not None
         canary.close()
     return {
@@ -367,6 +585,7 @@ def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
         "p99_ms": percentile(canary.rtts, 0.99) * 1000,
         "round_trips": len(canary.rtts),
         "canary_alive": float(alive),
+        "daemon_log_lines": log_lines,
     }
 
 

@@ -94,26 +94,26 @@ def per_rate(runs: list[PingResult], names: Sequence[str], rates: Sequence[int])
     for rate in rates:
         by_rate[str(rate)] = entry = {}
         for name in names:
-            mine = [run for run in runs if run.rate == rate and run.system == name]
+            mine = [run for run in runs if run.plan.rate == rate and run.plan.system == name]
             if not mine:
                 continue
             merged = Histogram()
             for run in mine:
-                merged.merge(run.histogram)
-            trips = [run.histogram.summary() for run in mine]
+                merged.merge(run.plan.histogram)
+            trips = [run.plan.histogram.summary() for run in mine]
             keys = ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
             entry[name] = summarise([run.to_json() for run in mine]) | {
-                "payload_size": mine[0].size,
-                "connections": mine[0].connections,
+                "payload_size": mine[0].plan.size,
+                "connections": mine[0].plan.connections,
                 "round_trip_us": {key: spread([t[key] / 1000 for t in trips]) for key in keys},
                 "all_passes_us": {
                     key: value / 1000 if key != "count" else value
                     for key, value in merged.summary().items()
                 },
                 "client_cpu_us_per_message": spread(
-                    [run.client_cpu * 1e6 / run.received for run in mine]
+                    [run.client_cpu * 1e6 / run.plan.received for run in mine]
                 ),
-                "samples": sum(run.received for run in mine),
+                "samples": sum(run.plan.received for run in mine),
                 "histogram_ns": merged.to_json(),
             }
     return by_rate
@@ -233,9 +233,9 @@ def run(args: argparse.Namespace) -> int:
             return dataclasses.replace(cast(PingResult, result), others=others)
 
         def show(result: PingResult) -> str:
-            trips = result.histogram.summary()
+            ping, trips = result.plan, result.plan.histogram.summary()
             return (
-                f"ping {result.rate:>6,.0f}/s  {result.system:<9} p50 {trips['p50'] / 1e3:7.0f} "
+                f"ping {ping.rate:>6,.0f}/s  {ping.system:<9} p50 {trips['p50'] / 1e3:7.0f} "
                 f"µs  p99 {trips['p99'] / 1e3:7.0f} µs  p99.9 {trips['p99.9'] / 1e3:7.0f} µs  "
                 f"server {result.server_cpu / result.seconds:4.0%}  "
                 f"loadgen {result.client_cpu / result.seconds:4.0%}  {bound_by(result)}-bound"

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sessiond_client.protocol import (
     Connection,
@@ -103,12 +103,7 @@ class EchoResult:
             "received": self.received,
             "lost": self.lost,
             "duplicates": self.duplicates,
-            "seconds": self.seconds,
             "rate": self.rate,
-            "client_cpu_s": self.client_cpu,
-            "client_cpu_share": self.client_cpu / self.seconds,
-            "server_cpu_s": self.server_cpu,
-            "server_cpu_share": self.server_cpu / self.seconds,
             "server_cpu_s_per_million": self.server_cpu * 1e6 / self.received,
             "client_cpu_us_per_message": self.client_cpu * 1e6 / self.received,
             "reads": self.reads,
@@ -119,6 +114,31 @@ class EchoResult:
             "stopped_by": self.stopped_by,
             **pace(self, self.others),
         }
+
+
+def frame(payloads: Sequence[bytes]) -> bytes:
+    """*payloads* in the ceiling's framing."""
+    prefix = LENGTH.pack
+    return b"".join([part for payload in payloads for part in (prefix(len(payload)), payload)])
+
+
+def unframe(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The whole frames at the head of *buffer* (the ceiling's framing), and the rest."""
+    got: list[bytes] = []
+    keep = got.append
+    unpack_from = LENGTH.unpack_from
+    size = len(buffer)
+    pos = 0
+    while size - pos >= 4:
+        (length,) = unpack_from(buffer, pos)
+        if length > MAX_FRAME:
+            raise BenchError(f"frame of {length} bytes")
+        stop = pos + 4 + length
+        if stop > size:
+            break
+        keep(buffer[pos + 4 : stop])
+        pos = stop
+    return got, buffer[pos:]
 
 
 class _Echo(asyncio.Protocol):
@@ -319,19 +339,9 @@ class SessionEcho(_Echo):
 
     system = "daemon"
 
-    def __init__(
-        self,
-        pool: list[bytes],
-        messages: int,
-        window: int,
-        time_limit: float,
-        server_cpu: CpuClock,
-        params: Params | None = None,
-        *,
-        held: bool = False,
-    ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu, held=held)
-        self.session = Session(Role.CLIENT, params or Params())
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # _Echo's
+        super().__init__(*args, **kwargs)
+        self.session = Session(Role.CLIENT, Params())
         self.conn: Connection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -428,19 +438,7 @@ class FramedEcho(_Echo):
     """The ceiling's client: 4-byte length + payload frames, nothing else."""
 
     system = "ceiling"
-
-    def __init__(
-        self,
-        pool: list[bytes],
-        messages: int,
-        window: int,
-        time_limit: float,
-        server_cpu: CpuClock,
-        *,
-        held: bool = False,
-    ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu, held=held)
-        self.tail = b""
+    tail = b""  # the start of a frame the last read did not complete
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -452,24 +450,8 @@ class FramedEcho(_Echo):
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
-        buffer = self.tail + data if self.tail else data
-        got: list[bytes] = []
-        keep = got.append
-        unpack_from = LENGTH.unpack_from
-        size = len(buffer)
-        pos = 0
-        while size - pos >= 4:
-            (length,) = unpack_from(buffer, pos)
-            if length > MAX_FRAME:
-                self.fail(f"frame of {length} bytes")
-                return
-            stop = pos + 4 + length
-            if stop > size:
-                break
-            keep(buffer[pos + 4 : stop])
-            pos = stop
-        self.tail = buffer[pos:]
         try:
+            got, self.tail = unframe(self.tail + data if self.tail else data)
             if got:
                 self.checker.check(got)
                 if self.check_end():
@@ -486,13 +468,7 @@ class FramedEcho(_Echo):
             return
         if self.transport is None:
             return
-        prefix = LENGTH.pack
-        parts: list[bytes] = []
-        append = parts.append
-        for payload in batch:
-            append(prefix(len(payload)))
-            append(payload)
-        self.transport.write(b"".join(parts))
+        self.transport.write(frame(batch))
         self.writes += 1
         self.sent += len(batch)
 

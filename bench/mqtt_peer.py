@@ -27,8 +27,6 @@ from .loadgen import HOST, CpuClock, EchoResult, Share, shares_pass, split
 from .pingpong import Pinger, PingPlan, PingResult, open_all, run_pass
 
 SYSTEM = "mosquitto"
-BINARY = "mosquitto"
-INSTALL = "apt-get install mosquitto (the Debian package `mosquitto`)"
 QOS = 1
 #: paho's in-flight limit for a ping-pong client (one ping is out at a time). An echo
 #: client's is its window, as sessiond's clients have: paho re-scans its whole table

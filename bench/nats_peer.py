@@ -23,8 +23,6 @@ from .loadgen import HOST, CpuClock, EchoResult, Share, shares_pass, split
 from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 
 SYSTEM = "nats"
-BINARY = "nats-server"
-INSTALL = "apt-get install nats-server (the Debian package `nats-server`)"
 #: nats-server exits with 1 on SIGTERM, with 0 on SIGINT (both shut it down cleanly).
 STOP_SIGNAL = signal.SIGINT
 

@@ -26,7 +26,7 @@ from sessiond_client.protocol import Params
 from . import BenchError
 from .core import POOL
 from .histogram import Histogram
-from .loadgen import HOST, LENGTH, MAX_FRAME, CpuClock, IdleSession
+from .loadgen import HOST, CpuClock, IdleSession, frame, unframe
 from .processes import pace
 
 #: The first pings go this long after the pass starts (connections are open by then).
@@ -39,48 +39,32 @@ CONNECT_CONCURRENCY = 50
 
 @dataclass(frozen=True, slots=True)
 class PingResult:
-    """One pass of one system at one offered rate."""
+    """One pass of one system at one offered rate: its plan (the counts, the histogram of
+    round trips in ns) and its clocks, from the first scheduled ping to the last reply."""
 
-    system: str
-    size: int
-    rate: float  # offered, messages/s over all connections
-    connections: int
-    planned: int  # pings in the schedule
-    sent: int
-    received: int  # echoed back and found equal to the ping
-    late: int  # pings held back past their time by the previous reply
-    seconds: float  # from the first scheduled ping to the last reply
+    plan: PingPlan
+    seconds: float
     client_cpu: float  # load generator CPU seconds over the same span
     server_cpu: float
-    histogram: Histogram  # round trips, ns
-    stopped_by: str  # "count" or "time"
     #: Share of the server's and the load generator's cores other processes used.
     others: tuple[float, float] | None = None
 
-    @property
-    def achieved(self) -> float:
-        return self.received / self.seconds
-
     def to_json(self) -> dict[str, Any]:
+        plan = self.plan
         return {
-            "offered_rate": self.rate,
-            "connections": self.connections,
-            "planned": self.planned,
-            "sent": self.sent,
-            "received": self.received,
-            "lost": self.sent - self.received,
-            "late": self.late,
-            "seconds": self.seconds,
-            "achieved_rate": self.achieved,
-            "client_cpu_s": self.client_cpu,
-            "client_cpu_share": self.client_cpu / self.seconds,
-            "server_cpu_s": self.server_cpu,
-            "server_cpu_share": self.server_cpu / self.seconds,
+            "offered_rate": plan.rate,
+            "connections": plan.connections,
+            "planned": plan.planned,
+            "sent": plan.sent,
+            "received": plan.received,
+            "lost": plan.sent - plan.received,
+            "late": plan.late,
+            "achieved_rate": plan.received / self.seconds,
             "round_trip_us": {
                 key: value / 1000 if key != "count" else value
-                for key, value in self.histogram.summary().items()
+                for key, value in plan.histogram.summary().items()
             },
-            "stopped_by": self.stopped_by,
+            "stopped_by": plan.stopped_by,
             **pace(self, self.others),
         }
 
@@ -275,24 +259,17 @@ class FramedPing(Pinger, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now_ns = time.perf_counter_ns()
-        buffer = self.tail + data if self.tail else data
-        size = len(buffer)
-        pos = 0
-        while size - pos >= 4:
-            (length,) = LENGTH.unpack_from(buffer, pos)
-            if length > MAX_FRAME:
-                self.finish_failed(f"frame of {length} bytes")
-                return
-            stop = pos + 4 + length
-            if stop > size:
-                break
-            self.on_echo(buffer[pos + 4 : stop], now_ns)
-            pos = stop
-        self.tail = buffer[pos:]
+        try:
+            got, self.tail = unframe(self.tail + data if self.tail else data)
+        except BenchError as exc:
+            self.finish_failed(str(exc))
+            return
+        for payload in got:
+            self.on_echo(payload, now_ns)
 
     def transmit(self, payload: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(LENGTH.pack(len(payload)) + payload)
+        self.transport.write(frame([payload]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closing and not self.finished.done():
@@ -375,21 +352,7 @@ async def run_pass(
         raise BenchError(f"{plan.failure} ({plan.sent:,} sent, {plan.received:,} echoed back)")
     if plan.received != plan.sent:
         raise BenchError(f"{plan.system}: {plan.sent:,} pings sent, {plan.received:,} came back")
-    return PingResult(
-        plan.system,
-        plan.size,
-        plan.rate,
-        plan.connections,
-        plan.planned,
-        plan.sent,
-        plan.received,
-        plan.late,
-        (end_ns - begun) / 1e9,
-        cpu,
-        server,
-        plan.histogram,
-        plan.stopped_by,
-    )
+    return PingResult(plan, (end_ns - begun) / 1e9, cpu, server)
 
 
 async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> None:

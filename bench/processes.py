@@ -240,8 +240,12 @@ def full_cores(
 
 
 def pace(result: Timed, others: Sequence[float] | None) -> Json:
-    """A pass's CPU shares, what bound it, which cores were full, and others' share."""
+    """A pass's seconds, CPU seconds and shares, what bound it, which cores were full, and
+    others' share."""
     return {
+        "seconds": result.seconds,
+        "client_cpu_s": result.client_cpu,
+        "server_cpu_s": result.server_cpu,
         "server_cpu_share": result.server_cpu / result.seconds,
         "client_cpu_share": result.client_cpu / result.seconds,
         "client_bound": result.client_cpu / result.seconds > CLIENT_BOUND,

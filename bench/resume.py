@@ -89,7 +89,7 @@ class ResumeEcho(SessionEcho):
         gaps: list[int],
         resume_ports: Sequence[int] = (),
     ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu, Params())
+        super().__init__(pool, messages, window, time_limit, server_cpu)
         self.port = port
         #: Where each resume connects in turn (``bench store``: another daemon on the same
         #: store, while the owner is alive); none: the same daemon, *port*.

@@ -20,6 +20,9 @@ which the Redis store needs anyway). Targets: the Redis store keeps at least
 the ratio paired within each repetition. Then (``--move-cuts``, 100 by default, none
 with ``--quick``) one session is cut and resumed on the other of two daemons on the
 same Redis while its owner is alive, each time; target: cut -> resumed p99 < 10 ms.
+Then (bench/store_cluster.py) ``--kill-sessions`` sessions (1,000; --quick 20) on a
+daemon killed with SIGKILL resume on a second one (target: all, 0 lost, within the
+lease TTL + 2 s), and ``--workers 2`` against one daemon at 100 sessions (--quick 10).
 
 Registered on demand only (``python -m bench store``): it needs redis-server and
 the ``redis`` extra, and the suite's ``python -m bench --quick`` stays as it was;
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from . import BenchError, resume, throughput
+from . import BenchError, resume, store_cluster, throughput
 from .core import POOL, make_pool
 from .harness import (
     Context,
@@ -82,6 +85,10 @@ TIME_LIMIT = throughput.TIME_LIMIT
 TARGET = {1: 0.40, 100: 0.50}
 MOVE_CUTS = 100  # resumes of one session on the other live daemon (--move-cuts)
 MOVE_P99_MS = 10.0  # the target for them, cut -> resumed
+KILL_SESSIONS = 1_000  # sessions on the owner killed with SIGKILL (--kill-sessions)
+QUICK_KILL_SESSIONS = 20
+WORKERS_SESSIONS = 100  # sessions of the --workers 2 vs 1 echo (--quick 10)
+QUICK_WORKERS_SESSIONS = 10
 
 
 def target_for(sessions: int) -> float:
@@ -211,6 +218,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{MOVE_CUTS}; --quick 0: not measured)",
     )
     parser.add_argument(
+        "--kill-sessions",
+        type=int,
+        metavar="N",
+        help="sessions of the library client on a daemon killed with SIGKILL, then resumed "
+        f"on a second daemon on the same Redis (default {KILL_SESSIONS:,}; --quick "
+        f"{QUICK_KILL_SESSIONS}; 0: not measured)",
+    )
+    parser.add_argument(
         "--sessions",
         metavar="N,N",
         help="sessions per pass, comma-separated (default "
@@ -302,6 +317,17 @@ def run(args: argparse.Namespace) -> int:
         runs = [run for n in sessions for run in measure(n)]
         cuts = (0 if quick else MOVE_CUTS) if args.move_cuts is None else args.move_cuts
         moves = move(ctx, cuts, daemons[REDIS], url) if cuts > 0 else None
+        kills = ctx.given("kill_sessions", KILL_SESSIONS, QUICK_KILL_SESSIONS)
+        killed = store_cluster.kill_owner(ctx, kills, url) if kills > 0 else None
+        workers = store_cluster.workers(
+            ctx,
+            url,
+            QUICK_WORKERS_SESSIONS if quick else WORKERS_SESSIONS,
+            messages,
+            MANY_SESSIONS_WINDOW,
+            repeat,
+            args.time_limit,
+        )
         keys_after = stats.keys()
         entry: Json = {
             "config": {
@@ -326,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
             "echo": {str(n): summarise_passes(runs, n) for n in sessions},
             "redis_keys_after": keys_after,
             "move": moves,
+            "kill": killed,
+            "workers": workers,
             "markdown": markdown,
         }
         entry["targets"] = [
@@ -396,6 +424,21 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
                 f"(cut -> resumed, {moves['cuts']} cuts)",
                 f"{p99:.1f} ms",
                 judged(entry, [p99], MOVE_P99_MS, higher=False),
+            )
+        )
+    kill = entry.get("kill")
+    if kill:
+        limit = kill["lease_ttl_s"] + store_cluster.GRACE
+        took = kill["kill_to_last_resumed_s"]
+        whole = kill["resumed"] == kill["sessions"] and kill["lost"] == kill["duplicates"] == 0
+        out.append(
+            Target(
+                SCENARIO,
+                f"kill -9 of the owner of {kill['sessions']:,} sessions: all resumed, 0 lost, "
+                f"within lease TTL {kill['lease_ttl_s']:g} s + {store_cluster.GRACE:g} s",
+                f"{kill['resumed']:,} resumed, {kill['lost']} lost, {kill['duplicates']} "
+                f"duplicated, last {took if took is not None else float('nan'):.2f} s",
+                judged(entry, [took if whole and took is not None else 1e9], limit, higher=False),
             )
         )
     for count, by_store in entry["echo"].items():
@@ -483,6 +526,49 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
                 for step in ("connected", "resumed", "first_message")
             )
             + f" ({moves['received']:,} echoes, {moves['lost']} lost).",
+            "",
+        ]
+    kill = entry.get("kill")
+    if kill:
+        lines += [
+            f"kill -9 of the owner: {kill['sessions']:,} sessions of the library client "
+            "(`sessiond_client`, reconnect backoff 0.05-0.5 s) on one Redis-store daemon, "
+            f"each sending a {SIZE} B payload every {kill['send_gap_s']:g} s (echoes checked "
+            "per payload); the daemon is killed with SIGKILL and a second daemon is started on "
+            "its port and store (its start counts in the time); the clients resume there once "
+            f"the dead lease ({kill['lease_ttl_s']:g} s, the default) has run out: "
+            f"{kill['resumed']:,} resumed, {kill['sent']:,} sent, {kill['lost']} lost, "
+            f"{kill['duplicates']} duplicated; from the kill, s: heir listening "
+            f"{kill['kill_to_heir_listening_s']:.2f}, sessions resumed first "
+            f"{kill['kill_to_first_resumed_s'] or float('nan'):.2f}, median "
+            f"{kill['kill_to_median_resumed_s'] or float('nan'):.2f}, last "
+            f"{kill['kill_to_last_resumed_s'] or float('nan'):.2f} (the load generator "
+            f"meanwhile busy {kill['client_cpu_share']:.0%} of its core).",
+            "",
+        ]
+    workers = entry.get("workers")
+    if workers:
+        lines += [
+            f"`--workers 2` vs one daemon, Redis store, {workers['sessions']} sessions, the echo "
+            "above; CPU summed over the daemon's processes (supervisor and workers). Core "
+            "budget, honestly: this machine has 2 cores; these two daemons are *not* pinned, so "
+            "the 2 workers share both cores with redis-server (pinned to one) and the load "
+            "generator (pinned to the other): the 2-worker figure says what a second worker "
+            "gains when nothing is spare, not what it gains on a machine with a core per worker.",
+            "",
+            markdown_table(
+                ["daemon", "msg/s", "µs CPU/msg", "lost"],
+                [
+                    [
+                        f"{name} worker" + ("s" if name == "2" else ""),
+                        spread_cell(workers[name]["rate"]),
+                        spread_cell(workers[name]["server_cpu_us_per_message"], 1),
+                        str(workers[name]["lost"]),
+                    ]
+                    for name in ("1", "2")
+                ],
+                left=1,
+            ),
             "",
         ]
     lines += other_load_note(entry["other_load_share"])

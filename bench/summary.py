@@ -47,10 +47,6 @@ class Target:
     measured: str  # what was measured, formatted
     verdict: str  # MET, NOT_MET, NOISE, NOT_MEASURED or TOY
 
-    @property
-    def met(self) -> bool | None:
-        return {MET: True, NOT_MET: False}.get(self.verdict)
-
 
 #: A pass shorter than this gives CPU shares made of scheduling noise and start-up (a toy
 #: pass lasts milliseconds): its CPU figures are printed as :data:`TOO_SHORT` (the JSON

@@ -181,10 +181,7 @@ class HandshakeResult:
     def to_json(self) -> Json:
         return {
             "connections": self.connections,
-            "seconds": self.seconds,
             "rate": self.rate,
-            "client_cpu_s": self.client_cpu,
-            "server_cpu_s": self.server_cpu,
             "server_cpu_ms_per_handshake": self.server_cpu * 1e3 / self.connections,
             "client_cpu_ms_per_handshake": self.client_cpu * 1e3 / self.connections,
             "stopped_by": self.stopped_by,

@@ -30,22 +30,32 @@ from .schema import setting
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-transport, per-address, per-identity and global bounds (protocol.md §12:
-    every refusal is LIMIT_EXCEEDED with a retry-after)."""
+    """What one client may cost: per-transport, per-address, per-identity and global bounds.
+
+    Every refusal is LIMIT_EXCEEDED with a retry-after (protocol.md §12).
+
+    All are live on SIGHUP (:meth:`Budgets.reconfigure`, ``Server.reconfigure``): each is
+    read where it is used, except the write-buffer marks, which a transport is given
+    when it is accepted (asyncio has no way to change them for every transport at once
+    and a transport above a lowered mark would only pause at its next write anyway)."""
 
     write_buffer_high: int = setting(
         256 * 1024,
-        doc="bytes queued for one transport above which the daemon stops reading it",
+        doc="bytes queued for one transport above which the daemon stops reading it "
+        "(a reload applies to transports accepted after it)",
         low=1024,
         high=1 << 30,
         unit="bytes",
+        reload=True,
     )
     write_buffer_low: int = setting(
         64 * 1024,
-        doc="bytes a paused transport's output must drain to before it is read again",
+        doc="bytes a paused transport's output must drain to before it is read again "
+        "(a reload applies to transports accepted after it)",
         low=0,
         high=1 << 30,
         unit="bytes",
+        reload=True,
     )
     write_stall_timeout: float = setting(
         30.0,
@@ -54,6 +64,7 @@ class Limits:
         above=True,
         high=86_400,
         unit="s",
+        reload=True,
     )
     read_slice: int = setting(
         64 * 1024,
@@ -61,6 +72,7 @@ class Limits:
         low=1024,
         high=1 << 30,
         unit="bytes",
+        reload=True,
     )
     partial_frame_timeout: float = setting(
         30.0,
@@ -69,6 +81,7 @@ class Limits:
         above=True,
         high=86_400,
         unit="s",
+        reload=True,
     )
     max_hello_size: int = setting(
         64 * 1024,
@@ -76,6 +89,7 @@ class Limits:
         low=1024,
         high=1 << 30,
         unit="bytes",
+        reload=True,
     )
     max_partial_bytes: int = setting(
         256 << 20,
@@ -83,18 +97,21 @@ class Limits:
         low=1 << 20,
         high=1 << 40,
         unit="bytes",
+        reload=True,
     )
     max_sessions_per_address: int = setting(
         50_000,
         doc="live and detached sessions opened from one IP address",
         low=1,
         high=10_000_000,
+        reload=True,
     )
     max_sessions_per_identity: int = setting(
         10_000,
         doc="live and detached sessions of one authenticated identity (anonymous: no limit)",
         low=1,
         high=10_000_000,
+        reload=True,
     )
     new_sessions_rate: float = setting(
         1000.0,
@@ -103,9 +120,14 @@ class Limits:
         above=True,
         high=1e9,
         unit="/s",
+        reload=True,
     )
     new_sessions_burst: int = setting(
-        20_000, doc="new sessions one IP address may open at once", low=1, high=10_000_000
+        20_000,
+        doc="new sessions one IP address may open at once",
+        low=1,
+        high=10_000_000,
+        reload=True,
     )
     failed_auth_rate: float = setting(
         2.0,
@@ -114,9 +136,14 @@ class Limits:
         above=True,
         high=1e9,
         unit="/s",
+        reload=True,
     )
     failed_auth_burst: int = setting(
-        20, doc="failed authentications one IP address may make at once", low=1, high=1_000_000
+        20,
+        doc="failed authentications one IP address may make at once",
+        low=1,
+        high=1_000_000,
+        reload=True,
     )
     failed_resume_rate: float = setting(
         200.0,
@@ -125,9 +152,14 @@ class Limits:
         above=True,
         high=1e9,
         unit="/s",
+        reload=True,
     )
     failed_resume_burst: int = setting(
-        2_000, doc="failed resumes one IP address may make at once", low=1, high=10_000_000
+        2_000,
+        doc="failed resumes one IP address may make at once",
+        low=1,
+        high=10_000_000,
+        reload=True,
     )
     max_detached_bytes_per_address: int = setting(
         64 << 20,
@@ -135,6 +167,7 @@ class Limits:
         low=0,
         high=1 << 40,
         unit="bytes",
+        reload=True,
     )
     max_detached_bytes: int = setting(
         1 << 30,
@@ -142,6 +175,7 @@ class Limits:
         low=0,
         high=1 << 44,
         unit="bytes",
+        reload=True,
     )
     fd_reserve: int = setting(
         64,
@@ -149,6 +183,17 @@ class Limits:
         "(LIMIT_EXCEEDED) instead of failing at accept",
         low=0,
         high=1 << 20,
+        reload=True,
+    )
+    accept_pause: float = setting(
+        1.0,
+        doc="after accept fails for want of descriptors or memory (EMFILE, ENFILE), "
+        "seconds before accepting again (pending connections wait in the backlog)",
+        low=0,
+        above=True,
+        high=60,
+        unit="s",
+        reload=True,
     )
     retry_after: float = setting(
         5.0,
@@ -156,6 +201,7 @@ class Limits:
         low=0,
         high=86_400,
         unit="s",
+        reload=True,
     )
 
     def __post_init__(self) -> None:
@@ -168,6 +214,7 @@ class Limits:
             "max_hello_size": self.max_hello_size >= 1024,
             "max_partial_bytes": self.max_partial_bytes >= 1 << 20,
             "retry_after": self.retry_after >= 0,
+            "accept_pause": self.accept_pause > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -243,6 +290,16 @@ class _Buckets:
         bucket = self._buckets.get(key)
         return 0.0 if bucket is None else bucket.wait(now)
 
+    def reconfigure(self, rate: float, burst: int, now: float) -> None:
+        """New rate and burst for every bucket, from *now* (tokens held: at most *burst*)."""
+        self.rate = rate
+        self.burst = burst
+        for bucket in self._buckets.values():
+            bucket._refill(now)  # what was earned at the old rate
+            bucket.rate = rate
+            bucket.burst = float(burst)
+            bucket.tokens = min(bucket.tokens, bucket.burst)
+
     def __len__(self) -> int:
         return len(self._buckets)
 
@@ -262,7 +319,7 @@ class Budgets:
     """
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+        self.limits = limits  # replaced by reconfigure (SIGHUP)
         self._new = _Buckets(limits.new_sessions_rate, limits.new_sessions_burst)
         self._auth = _Buckets(limits.failed_auth_rate, limits.failed_auth_burst)
         self._resume = _Buckets(limits.failed_resume_rate, limits.failed_resume_burst)
@@ -272,6 +329,21 @@ class Budgets:
         self._detached: dict[str, OrderedDict[bytes, int]] = {}
         self._detached_bytes: dict[str, int] = {}
         self.detached_bytes = 0
+
+    def reconfigure(self, limits: Limits, now: float) -> list[bytes]:
+        """New limits (SIGHUP), in force at once for every address and identity: the
+        buckets keep their tokens (at most the new burst) and refill at the new rate;
+        sessions already open stay open even above a lowered cap (only new ones are
+        refused); detached sessions above lowered byte budgets are returned to evict,
+        in the eviction order."""
+        self.limits = limits
+        self._new.reconfigure(limits.new_sessions_rate, limits.new_sessions_burst, now)
+        self._auth.reconfigure(limits.failed_auth_rate, limits.failed_auth_burst, now)
+        self._resume.reconfigure(limits.failed_resume_rate, limits.failed_resume_burst, now)
+        victims: list[bytes] = []
+        for address in list(self._detached_bytes):
+            victims += self._over_budget(address)
+        return victims + self._over_budget(None)
 
     # ---------------------------------------------------------- rates
 
@@ -344,10 +416,16 @@ class Budgets:
         sessions[session_id] = held
         self._detached_bytes[address] = self._detached_bytes.get(address, 0) + held
         self.detached_bytes += held
+        return self._over_budget(address)
+
+    def _over_budget(self, address: str | None) -> list[bytes]:
+        """Evict from *address* while it is over its budget, then (with *address* None,
+        or after) from the heaviest address while all are over the global one."""
         victims: list[bytes] = []
         limits = self.limits
-        while self._detached_bytes.get(address, 0) > limits.max_detached_bytes_per_address:
-            victims.append(self._evict(address))
+        if address is not None:
+            while self._detached_bytes.get(address, 0) > limits.max_detached_bytes_per_address:
+                victims.append(self._evict(address))
         while self.detached_bytes > limits.max_detached_bytes:
             heaviest = max(self._detached_bytes, key=self._detached_bytes.__getitem__)
             victims.append(self._evict(heaviest))

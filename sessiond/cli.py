@@ -287,7 +287,8 @@ def config_main(args: argparse.Namespace) -> int:
         if args.config_command == "check":
             prepare(loaded.settings)
     except ValueError as exc:
-        print(f"sessiond config: {exc}", file=sys.stderr)
+        for problem in getattr(exc, "problems", None) or [str(exc)]:  # one line each
+            print(f"sessiond config: {problem}", file=sys.stderr)
         return 2
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)

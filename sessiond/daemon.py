@@ -91,6 +91,7 @@ def server_config(settings: Settings, auth: Authenticator | None = None) -> Serv
         max_transports_per_peer=settings.server.max_transports_per_peer,
         drain_timeout=settings.server.drain_timeout,
         limits=settings.limits,
+        map_large_blocks=settings.tls.idle_memory == "compact",
     )
 
 
@@ -395,10 +396,12 @@ class Daemon:
         self.settings = effective
         server = self.server
         if server is not None:
-            server.config = dataclasses.replace(
-                server_config(effective, auth),
-                remembered_ended=server.config.remembered_ended,
-                close_grace=server.config.close_grace,
+            server.reconfigure(
+                dataclasses.replace(
+                    server_config(effective, auth),
+                    remembered_ended=server.config.remembered_ended,
+                    close_grace=server.config.close_grace,
+                )
             )
         reconfigure = getattr(self.app, "reconfigure", None)
         if reconfigure is not None and any(name.startswith("channels.") for name in live):

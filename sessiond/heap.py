@@ -16,6 +16,10 @@ message over TCP and 2-3 us over TLS (of 5 and 8-9 us), within noise at 64 B. On
 threshold set just while each TLS transport is made avoids that, and keeps little of the
 saving (34.8 KiB per session: the buffers then fill the heap's free space).
 
+So it is the operator's choice: ``tls.idle_memory = "compact"`` (the default) makes a
+``tls://`` listener call :func:`map_large_blocks`, ``"fast"`` leaves glibc's dynamic
+threshold alone (``ServerConfig.map_large_blocks`` for embedders; CONFIG.md).
+
 glibc only; elsewhere (musl, macOS, Windows) it does nothing.
 """
 

@@ -33,11 +33,13 @@ from sessiond_client.protocol import (
 )
 from sessiond_client.protocol import Session as CoreSession
 
+from .accept import Listener, bind
 from .auth import AuthenticationFailed, Authenticator, OpenAuthenticator, Peer
 from .budgets import Budgets, LimitExceeded, Limits
 from .deadlines import Deadlines, Slot
 from .durable import Durability
 from .heap import map_large_blocks
+from .hops import protocol_class
 from .logs import lifecycle
 from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
@@ -70,6 +72,9 @@ class ServerConfig:
     drain_timeout: float = 10.0
     close_grace: float = 2.0  # how long a closed transport may take to flush its output
     limits: Limits = field(default_factory=Limits)  # what one client may cost (budgets.py)
+    # A TLS listener fixes glibc's mmap threshold: less memory per idle TLS session, more
+    # CPU per large output batch (sessiond/heap.py; the daemon's tls.idle_memory).
+    map_large_blocks: bool = True
 
 
 class _Entry:
@@ -114,6 +119,14 @@ class _Entry:
         if not self.dirty:  # called for every message sent: once per tick is enough
             self.server.schedule_flush(self)
 
+    def write_now(self) -> None:
+        """The handler waits for input: write what it queued now, not at the end of the
+        tick (its flush may be queued ahead of it, see hops.py). Not with a store: the
+        tick's commit comes first. The tick's flush still runs (timer, events)."""
+        protocol = self.protocol
+        if self.dirty and protocol is not None and self.server.durable is None:
+            protocol.flush()
+
 
 class Server:
     """Sessions, handlers and listeners of one daemon process."""
@@ -133,13 +146,13 @@ class Server:
         self.protocols: set[ServerProtocol] = set()
         self.per_host: dict[str, int] = {}
         self.tls_pending = 0  # TLS handshakes in progress (each holds a descriptor)
-        # Accepting fails silently once descriptors run out (uvloop's accept closes the
-        # connection, asyncio's pauses): refuse typed, while some are left.
+        # Refuse new transports typed while some descriptors are left: once none is,
+        # accept itself fails (logged and paused by accept.py, but untyped).
         self.transport_limit = _descriptor_limit() - self.config.limits.fd_reserve
         self.partial_bytes = 0  # held for incomplete frames, all transports
         self.refusals = Refusals(log)  # refusal log lines, rate-limited with counts
         self.budgets = Budgets(self.config.limits)  # per address and identity
-        self.listeners: list[asyncio.Server] = []
+        self.listeners: list[Listener] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False  # close() has begun: no HELLO is answered any more
         self._handlers: dict[asyncio.Task[None], _Entry] = {}
@@ -155,12 +168,14 @@ class Server:
         #: With a shared store (started already; the server closes it): write-through of
         #: every session, resumes of sessions held by other processes (sessiond/durable.py).
         self.durable = Durability(self, store) if store is not None else None
+        # The plain-TCP transport class: a traced subclass with TRACE_SESSIOND_HOPS (hops.py).
+        self._protocol_class, self.hop_trace = protocol_class(ServerProtocol, self.loop)
 
     # ------------------------------------------------------------- listening
 
     async def listen(
         self, host: str, port: int, ssl: Any = None, reuse_port: bool = False
-    ) -> asyncio.Server:
+    ) -> Listener:
         """Accept transports on *host*:*port* (TLS when *ssl* is an SSLContext); with
         *reuse_port*, beside other processes on the same port (sessiond/workers.py)."""
         # TLS: the listener accepts plain TCP and TlsAccept runs the TLS handshake
@@ -168,18 +183,14 @@ class Server:
         # accept, not only once its handshake is done.
         factory: Callable[[], asyncio.Protocol]
         if ssl is None:
-            factory = lambda: ServerProtocol(self)  # noqa: E731
+            factory = lambda: self._protocol_class(self)  # noqa: E731
         else:
-            map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
+            if self.config.map_large_blocks:  # tls.idle_memory = "compact"
+                map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
-        listener = await self.loop.create_server(
-            factory,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            backlog=LISTEN_BACKLOG,
-        )
+        # Our own accept (accept.py): running out of descriptors is logged and waited out.
+        sockets = bind(host, port, LISTEN_BACKLOG, reuse_port)
+        listener = await Listener.start(self, sockets, factory, LISTEN_BACKLOG)
         self.listeners.append(listener)
         return listener
 
@@ -243,21 +254,30 @@ class Server:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        # wait_closed() waits for every transport the listener accepted; one still
-        # lingering (a peer that neither reads nor closes) is aborted after close_grace,
-        # so shutdown is bounded.
-        try:
-            async with asyncio.timeout(self.config.close_grace + 1.0):
-                for listener in self.listeners:
-                    await listener.wait_closed()
-        except TimeoutError:
+        # Every transport closes (connection_lost takes it out of self.protocols); one
+        # still lingering (a peer that neither reads nor closes) is aborted after
+        # close_grace, so shutdown is bounded. Polled: this runs once, at shutdown.
+        deadline = self.loop.time() + self.config.close_grace + 1.0
+        while self.protocols and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.protocols:
             log.warning("transports still open after close_grace: aborted")
             for protocol in list(self.protocols):
                 if protocol.transport is not None:
                     protocol.transport.abort()
         self.refusals.close()
+        if self.hop_trace is not None:
+            self.hop_trace.dump()
         if self.durable is not None:
             await self.durable.close()
+
+    def reconfigure(self, config: ServerConfig) -> None:
+        """New settings (SIGHUP): ``limits`` apply at once (budgets.py: budgets keep their
+        counts; detached sessions above a lowered byte budget are evicted now)."""
+        self.config = config
+        self.transport_limit = _descriptor_limit() - config.limits.fd_reserve
+        for sid in self.budgets.reconfigure(config.limits, self.loop.time()):
+            self._evict(sid)
 
     def out_of_descriptors(self, peer: str) -> bool:
         """True (and logged, rate-limited) when a new transport would eat the reserve

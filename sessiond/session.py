@@ -22,6 +22,8 @@ class Flushable(Protocol):
 
     def flush(self) -> None: ...
 
+    def write_now(self) -> None: ...
+
 
 class SessionMoved(Exception):
     """The session moved to another daemon process (resumed there, or this one shut
@@ -116,6 +118,9 @@ class Session(Handoff):
 
     def _flush(self) -> None:
         self._entry.flush()
+
+    def _parking(self) -> None:
+        self._entry.write_now()
 
     # send, recv, send_many and recv_many are the handoff's.
 

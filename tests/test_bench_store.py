@@ -4,7 +4,9 @@ Runs the scenario as a user would (a real redis-server started and stopped by th
 bench), then checks what it wrote: both stores at both session counts, every pass
 with its messages back and none lost, the Redis store's passes reaching Redis
 (commands and CPU measured), the ratio and a target per
-session count, every server exited cleanly. Never checks a timing.
+session count, the kill -9 of an owner (all resumed, nothing lost or repeated),
+``--workers 2`` beside one daemon, every server but the killed one exited cleanly.
+Never checks a timing.
 """
 
 from __future__ import annotations
@@ -39,8 +41,24 @@ def test_quick_store_bench_compares_redis_with_memory(tmp_path: Path) -> None:
                 if name == "redis":
                     assert rep["redis_commands"] > 0, count
         assert by_store["ratio"]["of_medians"] > 0, count
-    assert [t["verdict"] for t in entry["targets"]] == ["not judged at toy size"] * 2
-    assert {"redis", "daemon-memory", "daemon-redis"} <= set(entry["servers"])
+    assert [t["verdict"] for t in entry["targets"]] == ["not judged at toy size"] * 3
+    # kill -9 of the owner: every session resumed on the heir, every payload back once.
+    kill = entry["kill"]
+    assert kill["resumed"] == kill["sessions"] == 20
+    assert kill["sent"] > 0 and kill["received"] == kill["sent"]
+    assert kill["lost"] == kill["duplicates"] == 0
+    assert kill["kill_to_last_resumed_s"] > 0 and kill["lease_ttl_s"] > 0
+    # --workers 2 vs 1: both measured, two listeners behind the port of the two workers.
+    workers = entry["workers"]
+    assert workers["listeners_2"] == 2
+    for name in ("1", "2"):
+        assert workers[name]["rate"]["median"] > 0, name
+        assert workers[name]["server_cpu_us_per_message"]["median"] > 0, name
+        assert workers[name]["lost"] == workers[name]["duplicates"] == 0, name
+    assert {"redis", "daemon-memory", "daemon-redis", "daemon-heir"} <= set(entry["servers"])
+    owner = entry["servers"].pop("daemon-owner")
+    assert owner["exit_code"] == -9 and owner["killed"]
+    assert not entry["notes"]  # the killed owner is not reported as a failed server
     for name, server in entry["servers"].items():
         assert server["exit_code"] == 0, (name, server["log"])
 

@@ -98,3 +98,34 @@ def test_refusal_lines_are_rate_limited_with_a_count() -> None:
     refusals.close()
     assert len(records) == 5  # nothing suppressed since
     assert refusals.counts == {"refused": 1001}
+
+
+def test_reconfigured_limits_apply_at_once_and_keep_what_is_counted() -> None:
+    """SIGHUP: buckets keep their tokens (capped at the new burst) and refill at the new
+    rate; open sessions stay counted (a lowered cap refuses only new ones); detached
+    sessions above a lowered byte budget are evicted, oldest first."""
+    budgets = Budgets(Limits(new_sessions_rate=1.0, new_sessions_burst=10, retry_after=0.0))
+    for _ in range(4):
+        budgets.open("a", None, 0.0)
+    budgets.detach(b"s1", "a", 300)
+    budgets.detach(b"s2", "a", 300)
+    budgets.detach(b"s3", "b", 100)
+    lowered = Limits(
+        new_sessions_rate=100.0,
+        new_sessions_burst=2,
+        max_sessions_per_address=4,
+        max_detached_bytes_per_address=400,
+        max_detached_bytes=350,
+        retry_after=0.0,
+    )
+    victims = budgets.reconfigure(lowered, 0.0)
+    assert victims == [b"s1", b"s2"]  # "a" over its 400 (s1), then all over 350: heaviest
+    assert budgets.detached_bytes == 100 and budgets.detached_from("b") == 100
+    assert budgets.per_address == {"a": 4}  # still open, still counted
+    with pytest.raises(LimitExceeded, match="too many sessions from this address"):
+        budgets.open("a", None, 0.0)
+    budgets.open("c", None, 0.0)
+    budgets.open("c", None, 0.0)  # a new bucket: the new burst of 2 ...
+    with pytest.raises(LimitExceeded) as refused:
+        budgets.open("c", None, 0.0)
+    assert refused.value.retry_after == pytest.approx(0.01)  # ... and the new rate

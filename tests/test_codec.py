@@ -36,3 +36,26 @@ def test_connection_keeps_an_unpacker_only_for_a_partial_frame() -> None:
     conn.receive_data(frame[7:], pair.clock.now)
     assert conn._decoder._unpacker is None
     assert pair.server.take_messages(pair.clock.now) == [b"split"]
+
+
+def test_a_released_unpacker_serves_the_next_read_of_any_decoder() -> None:
+    first, second = FrameDecoder(1 << 20), FrameDecoder(1 << 20)
+    frame = codec.encode_data(1, b"payload")
+    assert first.feed(frame) == [(codec.DATA, 1, b"payload")]
+    assert first.release() is True
+    spare = codec._SPARE[1 << 20]
+    # the other decoder takes it, with its offsets; a frame split over two reads
+    assert second.feed(codec.encode_ack(2) + frame[:9]) == [(codec.ACK, 2)]
+    assert second._unpacker is spare and second.buffered == 9
+    assert (1 << 20) not in codec._SPARE  # in use: no one else gets it
+    assert first.feed(frame[:4]) == []  # so the first makes a new one
+    assert first._unpacker is not spare
+    assert second.feed(frame[9:]) == [(codec.DATA, 1, b"payload")]
+    assert second.release() is True
+    assert first.feed(frame[4:]) == [(codec.DATA, 1, b"payload")]
+    assert first.release() is True  # the spare is now the first's; one kept per limit
+    assert codec._SPARE[1 << 20] is not spare
+    # a decoder with another limit never gets it
+    other = FrameDecoder(4096)
+    assert other.feed(frame) == [(codec.DATA, 1, b"payload")]
+    assert other._unpacker is not codec._SPARE[1 << 20]

@@ -60,6 +60,7 @@ def test_every_flag_is_an_option_of_serve() -> None:
             ["protocol.heartbeat_interval", "-1", "more than 0 s"],
         ),
         ("[server]\nlog_level = 'verbose'\n", ["server.log_level", "verbose", "DEBUG | INFO"]),
+        ("[tls]\nidle_memory = 'small'\n", ["tls.idle_memory", "small", "compact | fast"]),
         ("[metrics]\nlisten = 'nowhere'\n", ["metrics.listen", "nowhere", "HOST:PORT"]),
         (f"[admin]\nsocket = '/{'x' * 120}'\n", ["admin.socket", "at most 107 bytes"]),
         ("[channels]\nacl = ['alice may a/#']\n", ["channels.acl", "acl rule"]),
@@ -83,6 +84,16 @@ def test_bad_file_values_name_setting_value_range_and_file(
     message = str(caught.value)
     for part in [*parts, str(path)]:
         assert part in message, (part, message)
+
+
+def test_tls_idle_memory_is_compact_unless_set_to_fast(tmp_path: Path) -> None:
+    assert config.load().tls.idle_memory == "compact"
+    path = tmp_path / "fast.toml"
+    path.write_text("[tls]\nidle_memory = 'fast'\n")
+    assert config.load(path).tls.idle_memory == "fast"
+    assert config.load(env={"SESSIOND_TLS_IDLE_MEMORY": "fast"}).tls.idle_memory == "fast"
+    with pytest.raises(ConfigError, match=r"tls\.idle_memory = 'Fast' \(from environment "):
+        config.load(env={"SESSIOND_TLS_IDLE_MEMORY": "Fast"})
 
 
 def test_bad_environment_and_flag_values_name_their_source() -> None:
@@ -151,6 +162,12 @@ def test_config_check_and_show_as_commands(tmp_path: Path) -> None:
     result = sessiond("config", "check", str(bad))
     assert result.returncode == 2
     assert "server.drain_timeout = -5" in result.stderr and str(bad) in result.stderr
+    bad.write_text("[server]\ndrain_timeout = -5\nmax_sessions = 0\n[limits]\nread_slce = 1\n")
+    result = sessiond("config", "check", str(bad), env={"SESSIOND_LIMITS_RETRY_AFTER": "x"})
+    problems = result.stderr.splitlines()  # every bad setting, one line each
+    assert result.returncode == 2 and len(problems) == 4, result.stderr
+    assert "server.drain_timeout = -5" in problems[0] and "server.max_sessions = 0" in problems[1]
+    assert "limits.read_slice?" in problems[2] and "SESSIOND_LIMITS_RETRY_AFTER" in problems[3]
     # check goes as far as serve would before listening: a missing token file is found
     tokens = tmp_path / "tokens.toml"
     tokens.write_text("[auth]\nmode = 'token-file'\ntoken_file = '/nonexistent/tokens'\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import random
 import ssl as ssl_module
 import string
@@ -40,7 +41,15 @@ from sessiond_client.protocol.frames import Close, Hello, Resume, Welcome
 
 import sessiond
 import sessiond.apps
-from bench.hostile import blind_acker, open_raw, ping_flooder, send_bounded
+from bench.hostile import (
+    Canary,
+    blind_acker,
+    hash_blind_acker,
+    open_raw,
+    ping_flooder,
+    send_bounded,
+)
+from bench.hostile import daemon as hostile_daemon
 from sessiond import config
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
@@ -492,6 +501,93 @@ async def test_running_out_of_file_descriptors_is_refused_typed_and_logged(
     assert "Traceback" not in text
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process *pid* has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_accept_out_of_descriptors_is_logged_rate_limited_and_paused_not_spun(
+    tmp_path: Path,
+) -> None:
+    """With the reserve off (fd_reserve 0) and 120 descriptors, 150 held connections
+    make accept fail with EMFILE. The daemon logs it (at most a burst of lines, the rest
+    counted), stops accepting for accept_pause instead of spinning on a listener that
+    stays readable (CPU over 3 s of exhaustion, with clients still knocking, bounded
+    generously: a spin would use the whole 3 s), and once the connections close it
+    serves again (the clients that waited in the backlog meanwhile included). Before
+    (uvloop's accept): every pending client got an EOF and nothing was logged."""
+    port = free_port()
+    (tmp_path / "sessiond.toml").write_text(
+        "[server]\nmax_transports_per_peer = 1000\n[limits]\nfd_reserve = 0\naccept_pause = 0.1\n"
+    )
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                *("sh", "-c", 'ulimit -n 120 && exec "$@"', "sh"),  # 120 descriptors
+                *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
+                *("--app", "echo", "--config", str(tmp_path / "sessiond.toml")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        canary = await started(port, proc)
+        for _ in range(150):  # beyond 120: the rest wait in the backlog
+            held.append(await asyncio.open_connection(HOST, port))
+        deadline = time.monotonic() + 20
+        while "accept failed" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            await asyncio.sleep(0.05)
+        before = cpu_seconds(proc.pid)
+        for _ in range(6):  # clients keep knocking while it is exhausted
+            held.append(await asyncio.open_connection(HOST, port))
+            await asyncio.sleep(0.5)
+        used = cpu_seconds(proc.pid) - before
+        for _, writer in held:
+            writer.close()
+        held.clear()
+        fresh = None
+        deadline = time.monotonic() + 30
+        while not isinstance(fresh, Welcome):  # once the backlog's dead clients are gone
+            assert time.monotonic() < deadline, fresh
+            fresh = await hello_answer(port)
+        await echo(canary, b"still here")
+        await canary.close()
+    finally:
+        for _, writer in held:
+            writer.close()
+        proc.terminate()
+        proc.wait(20)
+    text = log_path.read_text()
+    lines = [line for line in text.splitlines() if "accept failed: Too many open files" in line]
+    print(f"\nEMFILE: {len(lines)} log lines; daemon CPU {used:.2f} s over 3 s of exhaustion")
+    assert 1 <= len(lines) <= 10 + 2, text[-3000:]  # 10 per 10 s per kind (and a summary)
+    assert used < 1.0, used
+    assert "Traceback" not in text
+
+
+class LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """A loop that cannot watch a socket, as Windows' proactor loop."""
+
+    def add_reader(self, *args: Any) -> None:  # type: ignore[override]
+        raise NotImplementedError
+
+
+def test_a_loop_without_add_reader_accepts_with_its_own_server() -> None:
+    async def serve_and_echo() -> None:
+        async with echo_server(Limits()) as server:
+            client = CoreClient(HOST, server.addresses[0][1])
+            await client.open()
+            await echo(client, b"accepted by the loop's own server")
+            await client.close()
+
+    with asyncio.Runner(loop_factory=LoopWithoutReaders) as runner:
+        runner.run(serve_and_echo())
+
+
 async def test_retained_messages_for_a_hash_subscriber_that_reads_nothing_cost_little() -> None:
     """600 retained messages; 20 raw sessions subscribe to ``#`` and never read: each
     holds the retained set as one control entry (a run of references), not one entry per
@@ -557,3 +653,94 @@ def test_a_retained_run_is_taken_in_order_and_weighs_on_the_control_limit() -> N
         assert room.done() and outbox.control == 0 and outbox.take() is None
     finally:
         loop.close()
+
+
+def test_control_entries_are_bounded_in_bytes_as_well_as_in_count() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        outbox = Outbox(loop, 10, 1000, lambda why: None, max_control_bytes=4096)
+        for _ in range(3):
+            outbox.put_control(b"r" * 1500, "big")  # 3 entries, 4,500 bytes
+        room = outbox.room_for_control()
+        assert room is not None and not room.done()  # 3 < CONTROL_LIMIT, but the bytes
+        assert outbox.take() == (b"r" * 1500, "big")
+        assert room.done() and outbox.control_size == 3000
+        outbox.put_retained(["a", "b"], [b"a" * 2000, b"b" * 100])  # one run always fits
+        assert outbox.control_size == 5100 and outbox.room_for_control() is not None
+        for _ in range(3):
+            outbox.take()
+        assert outbox.control_size == 100 and outbox.room_for_control() is None
+        outbox.take()
+        assert outbox.control_size == 0 and outbox.control == 0 and outbox.take() is None
+    finally:
+        loop.close()
+
+
+async def test_a_session_that_reads_no_replies_holds_at_most_control_bytes_of_them() -> None:
+    """A raw channels session subscribes and unsubscribes, 60 times, to a channel whose
+    retained message is 32 KiB, and never reads: each subscribe queues that message. Past
+    channels.control_bytes (256 KiB here) its requests are no longer read, so what is
+    queued for it stays under the limit plus one message (before: bounded by the
+    64-entry count alone, about 690 KiB here, 1.4 MiB with 64 KiB messages), and the
+    daemon serves others meanwhile."""
+    channels = ChannelsConfig(retained=("big",), control_bytes=256 * 1024)
+    async with channels_daemon(channels) as (server, app):
+        port = server.addresses[0][1]
+        publisher = await open_channels(url_of(server.addresses[0]))
+        await publisher.publish("big", b"b" * 32 * 1024)
+        members: list[Any] = []
+        original_join = app.broker.join
+
+        def join(session: Any, tag: str | None = None) -> Any:
+            member = original_join(session, tag)
+            members.append(member)
+            return member
+
+        app.broker.join = join  # type: ignore[method-assign]
+        sock = await asyncio.to_thread(open_raw, port, 4096, window_messages=8, window_bytes=4096)
+        requests = b"".join(
+            encode_data(
+                n + 1,
+                envelopes.request(envelopes.SUB if n % 2 == 0 else envelopes.UNSUB, "big", n + 1),
+            )
+            for n in range(120)
+        )
+        sock.sendall(requests)
+        deadline = time.monotonic() + 20
+        while not members or members[0].outbox.room_for_control() is None:
+            assert time.monotonic() < deadline, [m.outbox.control_size for m in members]
+            await asyncio.sleep(0.01)
+        (member,) = members
+        await asyncio.sleep(0.2)  # nothing more is taken meanwhile
+        print(f"\ncontrol bytes held: {member.outbox.control_size}")
+        assert 256 * 1024 <= member.outbox.control_size <= (256 + 33) * 1024
+        assert member.outbox.control < 60  # most of its 120 requests wait, unread
+        reader = await open_channels(url_of(server.addresses[0]))
+        await reader.subscribe("big")
+        (got,) = await messages(reader, 1)
+        assert got.retained and len(got.payload) == 32 * 1024
+        sock.close()
+        await shut(publisher, reader)
+
+
+def test_a_hash_subscriber_that_blind_acks_a_flood_is_ended_not_buffered() -> None:
+    """Channels: a ``#`` subscriber that never reads but ACKs what it assumes it was sent,
+    while a publisher sends 3,000 messages of 1 KiB a second. Its ACKs are not read once
+    its output passes the high water mark, so its window fills, its queue overflows and
+    it is ended (SLOW_CONSUMER); RSS stays within a few MiB; others are served. Scale: at
+    most 8 s (``python -m bench.hostile hash-blind-ack``, 10 s: before the fix the
+    subscriber was never stopped and RSS grew 37 -> 69 MiB, 3 MiB a second; after: +7 MiB)."""
+    with hostile_daemon("", "channels") as (proc, port):
+        log_path = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
+        canary = Canary(port)
+        assert canary.round_trip() is not None  # an error reply: a round trip all the same
+        baseline = rss_kib(proc.pid)
+        outcome = hash_blind_acker(port, 8.0)
+        peak = rss_kib(proc.pid)
+        assert canary.round_trip() is not None
+        canary.close()
+        log = log_path.read_text()
+    print(f"\n# blind ACKs: {outcome}; RSS {baseline} -> {peak} KiB")
+    assert outcome.startswith("subscriber closed"), outcome
+    assert "code=SLOW_CONSUMER" in log, log[-2000:]
+    assert peak - baseline < 16 * MIB

@@ -242,3 +242,38 @@ async def test_a_sighup_while_the_daemon_is_still_starting_does_not_kill_it(
         print(f"SIGHUP sent while still starting: {starting}")
     finally:
         daemon.close()
+
+
+async def test_sighup_applies_new_limits_to_the_running_budgets(tmp_path: Path) -> None:
+    """[limits] is live: a lowered per-address cap refuses the next new session at once
+    (the sessions already open stay attached and counted), and nothing waits for a
+    restart."""
+    conf = tmp_path / "sessiond.toml"
+    base = "[server]\nlisten = ['tcp://127.0.0.1:0']\napp = 'echo'\n[limits]\n"
+    conf.write_text(base + "max_sessions_per_address = 100\n")
+    daemon = DaemonProcess("--config", str(conf), log_file=tmp_path / "daemon.log")
+    sessions: list[sessiond_client.Session] = []
+    try:
+        url = daemon.url()
+        for _ in range(2):
+            sessions.append(await sessiond_client.connect(url))
+        conf.write_text(base + "max_sessions_per_address = 2\nwrite_stall_timeout = 5.0\n")
+        daemon.signal(signal.SIGHUP)
+        line = (await daemon.until(r".*SIGHUP: reloaded.*")).group(0)
+        assert "limits.max_sessions_per_address=2" in line, line
+        assert "limits.write_stall_timeout=5.0" in line and "restart" not in line, line
+        assert await refused(url, "") is CloseCode.LIMIT_EXCEEDED
+        await daemon.until("too many sessions from this address")
+        for session in sessions:
+            await echo(session, b"still attached")
+        await sessions.pop().close()  # one place free again
+        async with await sessiond_client.connect(url) as third:
+            await echo(third, b"in the freed place")
+        for session in sessions:
+            await session.close()
+        assert daemon.stop() == 0
+    finally:
+        for session in sessions:
+            await session.close()
+        daemon.close()
+    assert "Traceback" not in daemon.log

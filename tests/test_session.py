@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sessiond_client.protocol import (
     PROTOCOL_VERSION,
     CloseCode,
@@ -1171,3 +1173,45 @@ def test_replay_counts_against_the_window_announced_on_the_new_transport(bound: 
     pair.client.send(b"after", pair.clock.now)
     pair.pump()
     assert pair.take_server() == [b"after"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=40),
+    in_flight=st.integers(0, 6),
+    window_messages=st.integers(1, 12),
+    window_bytes=st.integers(1, 2000),
+)
+def test_send_many_sends_what_send_one_at_a_time_would(
+    sizes: list[int], in_flight: int, window_messages: int, window_bytes: int
+) -> None:
+    """send_many (its unchecked fast path when the whole batch fits, else the checked
+    loop) writes the same frames and keeps the same replay as send() per payload."""
+    server = Params(window_messages=window_messages, window_bytes=window_bytes)
+    results = []
+    for batch in (True, False):
+        pair = connected(server=server)
+        client, conn = pair.client, pair.client_conn
+        assert conn is not None
+        sent_before = 0
+        for i in range(in_flight):  # unacknowledged already
+            try:
+                client.send(b"f%d" % i, pair.clock.now)
+                sent_before += 1
+            except WindowFull:
+                break
+        conn.data_to_send()
+        payloads = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+        if batch:
+            count = client.send_many(payloads, pair.clock.now)
+        else:
+            count = 0
+            for payload in payloads:
+                try:
+                    client.send(payload, pair.clock.now)
+                except WindowFull:
+                    break
+                count += 1
+        payloads.clear()  # the caller reusing its list changes nothing kept
+        results.append((count, conn.data_to_send(), client.unacked_messages()))
+    assert results[0] == results[1]

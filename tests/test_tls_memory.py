@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ import sessiond
 import sessiond.apps
 from bench.loadgen import close_idle, open_idle
 from sessiond import heap
+from sessiond.config import load
+from sessiond.daemon import server_config
 from sessiond.server import ServerConfig
 from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
@@ -173,9 +176,9 @@ class MallInfo2(ctypes.Structure):
     ]
 
 
-def mapped_blocks(size: int, count: int) -> int:
+def mapped_blocks(size: int, count: int, fix: bool = True) -> int:
     """Of *count* blocks of *size* bytes malloc'd at once, how many got their own mapping
-    (``mallinfo2().hblks``), after :func:`sessiond.heap.map_large_blocks`."""
+    (``mallinfo2().hblks``), after :func:`sessiond.heap.map_large_blocks` (with *fix*)."""
     libc = heap._glibc()
     assert libc is not None
     libc.mallinfo2.restype = MallInfo2
@@ -185,7 +188,8 @@ def mapped_blocks(size: int, count: int) -> int:
     # As in a daemon that has run a while: a freed 1 MiB mapping raises glibc's dynamic
     # threshold to 1 MiB (without the fix, 256 KiB blocks would then come from the heap).
     libc.free(libc.malloc(1 << 20))
-    assert heap.map_large_blocks()
+    if fix:
+        assert heap.map_large_blocks()
     before = libc.mallinfo2().hblks
     blocks = [libc.malloc(size) for _ in range(count)]
     mapped = int(libc.mallinfo2().hblks - before)
@@ -213,3 +217,43 @@ def test_with_large_blocks_mapped_tls_read_buffers_get_their_own_mappings() -> N
     tls_buffers, tcp_reads = map(int, out.stdout.split())
     assert tls_buffers >= 28, out.stdout  # uvloop's SSL_READ_MAX_SIZE
     assert tcp_reads == 0, out.stdout  # uvloop's UV_STREAM_RECV_BUF_SIZE
+
+
+def mapped_blocks_with_a_tls_listener(idle_memory: str) -> int:
+    """:func:`mapped_blocks` of uvloop's TLS read buffer's size after a daemon-configured
+    server (``tls.idle_memory`` from the environment, as ``serve`` reads it) has listened
+    on tls:// (no certificate needed: nothing connects)."""
+    settings = load(env={"SESSIOND_TLS_IDLE_MEMORY": idle_memory})
+
+    async def listen() -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server = sessiond.Server(sessiond.apps.echo, server_config(settings))
+        await server.listen(HOST, 0, ssl=context)
+        await server.close()
+
+    asyncio.run(listen())
+    return mapped_blocks(256 * 1024, 32, fix=False)
+
+
+@pytest.mark.parametrize(("idle_memory", "mapped"), [("compact", True), ("fast", False)])
+def test_tls_idle_memory_fast_leaves_glibc_mmap_threshold_alone(
+    idle_memory: str, mapped: bool
+) -> None:
+    """``tls.idle_memory = "compact"`` (the default): a tls:// listener fixes the threshold,
+    as above; ``"fast"``: it does not, so with glibc's dynamic threshold raised by a freed
+    1 MiB block, 256 KiB blocks come from the heap (no mmap/munmap per large batch)."""
+    libc = heap._glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc 2.33+ only")
+    code = (
+        "from tests.test_tls_memory import mapped_blocks_with_a_tls_listener as m; "
+        f"print(m({idle_memory!r}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    count = int(out.stdout)
+    if mapped:
+        assert count >= 28, out.stdout
+    else:
+        assert count == 0, out.stdout

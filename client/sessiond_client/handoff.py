@@ -6,8 +6,12 @@ for window. The adapter calls :meth:`Handoff.wake` after each input. Two hooks,
 given as callables or overridden by a subclass (the daemon's sessions, which
 saves two bound-method objects per idle session): :meth:`Handoff._flush` writes
 what the core queued, :meth:`Handoff._failure` says when waiting must end with
-an exception. :class:`SettlingHandoff` counts a message as consumed only once
-its user is done with it (a daemon with a shared session store).
+an exception. A third, optional, :meth:`Handoff._parking`, runs when ``recv()``
+is about to wait for input: what the coroutine queued before it waits can be
+written at once instead of at the end of the loop iteration (a reply then
+leaves in the iteration its handler ran, not one later). :class:`SettlingHandoff`
+counts a message as consumed only once its user is done with it (a daemon with a
+shared session store).
 """
 
 from __future__ import annotations
@@ -71,6 +75,13 @@ class Handoff:
         assert self._failure_hook is not None, "give failure or override _failure"
         return self._failure_hook()
 
+    def _parking(self) -> None:
+        """``recv()`` is about to wait for input (nothing by default; see the module)."""
+
+    def _now(self) -> float:
+        """The clock for a ``send()`` (the loop's; an adapter may read it less often)."""
+        return self._loop.time()
+
     async def send(self, payload: bytes | bytearray | memoryview) -> None:
         """Queue one message; waits while the peer's window is full (backpressure).
 
@@ -81,7 +92,7 @@ class Handoff:
             payload = _as_bytes(payload)
         core = self._core
         try:
-            core.send(payload, self._loop.time())
+            core.send(payload, self._now())
         except WindowFull:
             self._unsent = (payload,)
             try:
@@ -163,6 +174,7 @@ class Handoff:
                 payload = batch.pop()
                 self._local = batch
                 return payload
+            self._parking()
             if stop and self._failure() is not None:
                 raise StopAsyncIteration
             self._raise_failure()
@@ -176,6 +188,7 @@ class Handoff:
             ready = self._take_all()
             if ready is not None:
                 return ready  # (None, not an empty list, stays in this frame while it waits)
+            self._parking()
             self._raise_failure()
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
             await waiter  # not in a helper coroutine: a parked frame less per session

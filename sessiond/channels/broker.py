@@ -113,6 +113,7 @@ class Member:
             self.overflow,
             self.ready,
             stats,
+            config.control_bytes,
         )
 
     def __repr__(self) -> str:

@@ -112,6 +112,17 @@ class ChannelsConfig:
         unit="bytes",
         reload=True,
     )
+    control_bytes: int = setting(
+        1 << 20,
+        doc="bytes of replies and retained messages queued for one session (beyond its "
+        "window) above which its requests are no longer read until they drain; one "
+        "subscribe's retained messages always fit; a reload applies to sessions started "
+        "after it",
+        low=1024,
+        high=1 << 32,
+        unit="bytes",
+        reload=True,
+    )
     presence: tuple[str, ...] = setting(
         (),
         doc=f"{_PATTERNS} with presence: member lists, join and leave events",

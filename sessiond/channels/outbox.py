@@ -16,7 +16,10 @@ Two kinds of entries:
   the sender emits before the next entry.
 * *control entries* (replies, retained messages on subscribe) are never dropped.
   They are bounded by the handler instead: it reads no further request while
-  :attr:`Outbox.control` is at :data:`CONTROL_LIMIT` (see :meth:`room_for_control`).
+  :attr:`Outbox.control` is at :data:`CONTROL_LIMIT` entries or
+  :attr:`Outbox.control_size` at ``channels.control_bytes`` (see
+  :meth:`room_for_control`), so they hold at most that plus one entry; the session's
+  unread requests then wait within its window, and its client's sends wait.
   The retained messages one subscribe matches are one control entry, a
   :class:`RetainedRun` (two lists of references: 16 bytes per message, where an
   entry each cost about 80), weighing one control entry per :data:`RUN_WEIGHT`
@@ -43,13 +46,15 @@ RUN_WEIGHT = 64
 class RetainedRun:
     """The retained messages of one subscribe, taken one at a time (a control entry)."""
 
-    __slots__ = ("channels", "envelopes", "next", "weight")
+    __slots__ = ("channels", "envelopes", "next", "size", "weight")
 
     def __init__(self, channels: list[str], envelopes: list[bytes]) -> None:
         self.channels = channels
         self.envelopes = envelopes
         self.next = 0
         self.weight = 1 + len(channels) // RUN_WEIGHT  # in control entries
+        # the bytes it keeps alive (shared with the retained set, until replaced there)
+        self.size = sum(map(len, envelopes))
 
 
 # (payload, channel or None, droppable, counted: a channel entry rather than a control
@@ -93,10 +98,12 @@ class Outbox:
         "_stats",
         "closed",
         "control",
+        "control_size",
         "count",
         "gaps",
         "mark",
         "max_bytes",
+        "max_control_bytes",
         "max_messages",
         "size",
     )
@@ -109,11 +116,13 @@ class Outbox:
         on_overflow: Callable[[str], None],
         on_ready: Callable[[], None] | None = None,
         stats: ChannelStats | None = None,
+        max_control_bytes: int = 1 << 20,
     ) -> None:
         self._loop = loop
         self._stats = stats
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.max_control_bytes = max_control_bytes
         self._on_overflow = on_overflow
         self._on_ready = on_ready
         # None while empty: an empty deque costs 624 bytes, and most outboxes are empty.
@@ -121,6 +130,7 @@ class Outbox:
         self.count = 0  # channel entries queued
         self.size = 0  # their bytes
         self.control = 0  # control entries queued
+        self.control_size = 0  # their bytes (a run's: those not yet taken)
         self.gaps: dict[str, int] = {}  # channel -> messages dropped, not yet told
         self.closed = False
         self._room_waiter: asyncio.Future[None] | None = None
@@ -135,6 +145,7 @@ class Outbox:
             return
         self._append((payload, channel, False, False, None))
         self.control += 1
+        self.control_size += len(payload)
 
     def put_retained(self, channels: list[str], envelopes: list[bytes]) -> None:
         """Queue the retained messages of one subscribe (envelopes of *channels*, in order)
@@ -144,6 +155,7 @@ class Outbox:
         run = RetainedRun(channels, envelopes)
         self._append(run)
         self.control += run.weight
+        self.control_size += run.size
 
     def put(self, payload: bytes, channel: str, droppable: bool, mark: str | None = None) -> None:
         """Queue a message (*mark*: its bus entry) or presence event of *channel*; apply
@@ -239,7 +251,7 @@ class Outbox:
         self.closed = True
         self._entries = None
         self.gaps.clear()
-        self.count = self.size = self.control = 0
+        self.count = self.size = self.control = self.control_size = 0
         waiter = self._room_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -257,39 +269,47 @@ class Outbox:
             return None
         first = entries[0]
         channel: str | None
-        weight = 1
         if isinstance(first, RetainedRun):
             index = first.next
             first.next = index + 1
+            payload, channel = first.envelopes[index], first.channels[index]
             if first.next < len(first.channels):
-                return first.envelopes[index], first.channels[index]
-            payload, channel, counted = first.envelopes[index], first.channels[index], False
-            weight = first.weight
+                self._control_taken(0, len(payload))
+                return payload, channel
             entries.popleft()
+            self._control_taken(first.weight, len(payload))
         else:
             payload, channel, _, counted, mark = first
             entries.popleft()
             if mark is not None:
                 self.mark = mark
+            if counted:
+                self.count -= 1
+                self.size -= len(payload)
+            else:
+                self._control_taken(1, len(payload))
         if not entries:
             self._entries = None
-        if not counted:
-            self.control -= weight
-            waiter = self._room_waiter
-            if waiter is not None and not waiter.done() and self.control < CONTROL_LIMIT:
-                waiter.set_result(None)
-        else:
-            self.count -= 1
-            self.size -= len(payload)
         return payload, channel
+
+    def _control_taken(self, weight: int, size: int) -> None:
+        self.control -= weight
+        self.control_size -= size
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done() and self._room():
+            waiter.set_result(None)
+
+    def _room(self) -> bool:
+        return self.control < CONTROL_LIMIT and self.control_size < self.max_control_bytes
 
     def note_undeliverable(self, channel: str) -> None:
         """A taken entry could not be sent (larger than the session's frame limit)."""
         self._gap(channel, 1)
 
     def room_for_control(self) -> asyncio.Future[None] | None:
-        """A future done once control entries fall below CONTROL_LIMIT; None if they are."""
-        if self.control < CONTROL_LIMIT or self.closed:
+        """A future done once control entries are below CONTROL_LIMIT and their bytes
+        below ``max_control_bytes``; None if they are now."""
+        if self._room() or self.closed:
             return None
         if self._room_waiter is None or self._room_waiter.done():
             self._room_waiter = self._loop.create_future()

@@ -1,0 +1,62 @@
+"""Loop iterations between a read and the write of its reply (sessiond/hops.py).
+
+The daemon's per-tick flush is queued by the first session that gets input in a
+loop iteration; handlers woken by later reads in that iteration run after it, so
+their replies used to wait one more iteration. A handler's output now leaves
+when it waits for input again. The trace is the developer's switch
+(TRACE_SESSIOND_HOPS), set here for one server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+import sessiond
+from sessiond import hops
+from sessiond.apps import echo
+
+from .coreclient import CoreClient
+
+SESSIONS = 5
+ROUNDS = 20
+
+
+def answered(client: CoreClient, count: int) -> bool:
+    return len(client.received) >= count
+
+
+async def test_replies_to_reads_of_one_iteration_leave_in_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = tmp_path / "hops.txt"
+    monkeypatch.setattr(hops, "PATH", str(summary))
+    async with sessiond.serve(echo, "127.0.0.1", 0) as server:
+        host, port = server.addresses[0]
+        clients = [CoreClient(host, port) for _ in range(SESSIONS)]
+        for client in clients:
+            await client.open()
+        for round_ in range(ROUNDS):
+            for client in clients:  # written before the server's loop reads any of them
+                client.send(b"ping %d" % round_)
+            for client in clients:
+                await client.pump_until(partial(answered, client, round_ + 1), 10.0)
+        assert all(c.received == [b"ping %d" % r for r in range(ROUNDS)] for c in clients)
+        trace = server.hop_trace
+        assert trace is not None
+        counted = [hops_ for hops_, _, _ in trace.records]
+        assert len(counted) == SESSIONS * ROUNDS  # every read carried one ping
+        assert set(counted) == {1}, trace.summary()
+        for client in clients:
+            await client.close()
+    assert summary.read_text().splitlines()[2].startswith(f"1 {SESSIONS * ROUNDS} ")
+
+
+async def test_the_trace_is_off_without_its_variable() -> None:
+    assert hops.PATH is None  # the suite runs without TRACE_SESSIOND_HOPS
+    async with sessiond.serve(echo, "127.0.0.1", 0) as server:
+        assert server.hop_trace is None
+        await asyncio.sleep(0)
