@@ -374,7 +374,9 @@ class Durability:
             # without disturbing the owner (a forger must not make the owner let go).
             raise Forged(loaded)
         if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
-            if not await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT):
+            # A live owner answers; a dead one (no answer) lets go when its lease ends.
+            released = await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT)
+            if not released and not await store.lease_gone(loaded.owner, store.lease_ttl):
                 raise TimeoutError(f"owner {loaded.owner} did not release it")
             loaded = await store.load(sid)
         epoch = await store.claim(sid, loaded.epoch)

@@ -218,6 +218,23 @@ class RedisStore:
             return not self._lease_lost
         return bool(await self._call(self.client.exists(keys.lease_key(self.prefix, node))))
 
+    async def lease_gone(self, node: str, timeout: float) -> bool:
+        """Wait (at most *timeout*) until *node*'s lease has run out; True if it has.
+
+        A process killed with its lease still valid answers no release request: its
+        sessions can be claimed as soon as the lease expires, not a timeout later.
+        """
+        deadline = time.monotonic() + timeout
+        key = keys.lease_key(self.prefix, node)
+        while True:
+            left = await self._call(self.client.pttl(key))  # -2: gone, -1: no expiry
+            if left == -2:
+                return True
+            wait = deadline - time.monotonic()
+            if left < 0 or wait <= 0:
+                return False
+            await asyncio.sleep(min(left / 1000 + 0.005, wait))
+
     # --------------------------------------------------------------- hot path
 
     def append(
@@ -436,11 +453,13 @@ class RedisStore:
             waiter = asyncio.get_running_loop().create_future()
             self._released[sid] = waiter
         try:
-            await self._call(
+            listeners = await self._call(
                 self.client.publish(
                     keys.release_channel(self.prefix, owner), self.node + ":" + sid.hex()
                 )
             )
+            if not listeners:  # its process is gone (a kill -9): only its lease is left
+                return False
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
             return True
         except TimeoutError:
