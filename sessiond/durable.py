@@ -373,13 +373,14 @@ class Durability:
             # A credential this session never had: answered by a copy of the session,
             # without disturbing the owner (a forger must not make the owner let go).
             raise Forged(loaded)
-        if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
+        if loaded.owner and loaded.owner != store.node:
             # A live owner answers; a dead one (no answer) lets go when its lease ends.
-            released = await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT)
+            released = await store.release_from(loaded.owner, sid, RELEASE_TIMEOUT)
             if not released and not await store.lease_gone(loaded.owner, store.lease_ttl):
                 raise TimeoutError(f"owner {loaded.owner} did not release it")
-            loaded = await store.load(sid)
-        epoch = await store.claim(sid, loaded.epoch)
+        # A release keeps the epoch: claimed from the one loaded, and read again (with
+        # what the owner stored before letting go) in the claim's own round trip.
+        epoch, loaded = await store.claim_loaded(sid, loaded.epoch)
         server = self.server
         existing = server.sessions.find(sid)
         if existing is not None:  # a concurrent resume here got it first

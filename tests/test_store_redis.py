@@ -8,6 +8,7 @@ what survives a ``kill -9`` of Redis with and without an append-only file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -258,6 +259,39 @@ async def test_live_owner_releases_on_request(stores: MakeStore) -> None:
     assert loaded.meta.data["moved"] is True
     assert loaded.positions.consumed == 4
     assert await asker.claim(sid, loaded.epoch) == 2
+
+
+async def test_a_release_answers_in_its_own_round_trip_and_the_claim_reads_it(
+    stores: MakeStore,
+) -> None:
+    """release_from + claim_loaded (the move path): the owner's release script answers
+    the asker; the claim and the read of what it stored are one transaction. A
+    fenced release answers nobody (the asker must not take a session someone holds)."""
+    owner, asker = await stores(), await stores()
+    sid, other = new_session_id(), new_session_id()
+    await owner.create(meta(sid))
+    await owner.create(meta(other))
+    assert await asker.claim(other, 1) == 2  # *other* is no longer the owner's
+
+    def release(requested: bytes) -> None:
+        meta_now = meta(requested)
+        meta_now.data["moved"] = True
+        asyncio.get_running_loop().create_task(save(requested, meta_now))
+
+    async def save(requested: bytes, meta_now: SessionMeta) -> None:
+        with contextlib.suppress(Fenced):  # *other*: fenced out
+            await owner.save(requested, 1, meta_now, Positions(1, 0, 4, ()), ttl=60.0, release=True)
+
+    owner.on_release_request = release
+    assert await asker.release_from(owner.node, sid, timeout=5.0)
+    epoch, loaded = await asker.claim_loaded(sid, 1)
+    assert epoch == loaded.epoch == 2
+    assert loaded.owner == asker.node and loaded.meta.data["moved"] is True
+    assert loaded.positions.consumed == 4
+    with pytest.raises(Fenced):
+        await asker.claim_loaded(sid, 1)  # the epoch moved on
+    assert not await asker.release_from(owner.node, other, timeout=0.3)  # fenced: no answer
+    assert await asker.release_from("no-lease", sid, timeout=600.0)  # no lease: at once
 
 
 async def test_ask_release_of_a_silent_owner_times_out(

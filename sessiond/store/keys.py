@@ -135,6 +135,19 @@ end
 return 1
 """
 
+#: KEYS: meta, stream. ARGV: epoch, ttl in ms, channel, message, then field, value
+#: pairs. FENCED_HSET, then (if the epoch was ours) PUBLISH *message* on *channel*:
+#: a release and its answer to the node that asked for it, in one round trip; no
+#: answer when fenced out (the asker must not take a session someone else holds).
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
 #: KEYS: meta, stream. ARGV: epoch, end code, ttl in ms of the remembered end.
 #: Replaces the session by its end code; returns 1, or 0 when fenced out. The
 #: stream gets the marker of the next epoch and is emptied, not deleted: its last

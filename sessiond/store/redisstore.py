@@ -130,6 +130,7 @@ class RedisStore:
             for name, source in (
                 ("claim", keys.CLAIM),
                 ("fenced_hset", keys.FENCED_HSET),
+                ("release", keys.RELEASE),
                 ("end", keys.END),
             ):
                 self._scripts[name] = self.client.register_script(source)
@@ -395,6 +396,28 @@ class RedisStore:
             self._logs[sid] = StreamLog(result)
         return result
 
+    async def claim_loaded(self, sid: bytes, expected_epoch: int) -> tuple[int, Loaded]:
+        """:meth:`claim`, and the session as the claim left it (:meth:`load`), in one
+        MULTI/EXEC round trip: what a released owner stored is read after the epoch
+        moved on, so no later write of that owner can be missing from it."""
+        meta_key, stream_key = keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)
+        pipe = self.client.pipeline(transaction=True)
+        await self._scripts["claim"](  # queued (the pipeline loads the script if need be)
+            keys=[meta_key, stream_key], args=[str(expected_epoch), self.node], client=pipe
+        )
+        pipe.hgetall(meta_key)
+        pipe.xrange(stream_key)
+        result, fields, entries = await self._call(pipe.execute())
+        epoch = int(result)
+        if epoch == 0:
+            raise Fenced(f"session {sid.hex()[:8]}: epoch moved past {expected_epoch}")
+        if epoch == -1:
+            raise Gone(CloseCode.UNKNOWN_SESSION)
+        if epoch == -2:
+            raise Gone(CloseCode.SESSION_REVOKED)
+        # The stream read ends with this claim's marker: the log starts the new epoch.
+        return epoch, _decode(sid, fields, entries, self._logs)
+
     async def save(
         self,
         sid: bytes,
@@ -415,19 +438,19 @@ class RedisStore:
             fields += [keys.POSITIONS, _pack_positions(positions)]
         if release:
             fields += [keys.OWNER, ""]
-        done = await self._call(
-            self._scripts["fenced_hset"](
-                keys=[keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)],
-                args=[str(epoch), int(ttl * 1000), *fields],
-            )
-        )
+        waiter = self._pubsub_reply(sid) if release else None
+        meta_key, stream_key = keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)
+        if waiter is not None and ttl > 0:  # the asker is answered in the same round trip
+            script, args = self._scripts["release"], [str(epoch), int(ttl * 1000), *waiter]
+        else:
+            script, args = self._scripts["fenced_hset"], [str(epoch), int(ttl * 1000)]
+        done = await self._call(script(keys=[meta_key, stream_key], args=[*args, *fields]))
         if not done:
             self._logs.pop(sid, None)
             raise Fenced(f"session {sid.hex()[:8]}: epoch {epoch} is no longer current")
         if release:
             self._logs.pop(sid, None)
-            waiter = self._pubsub_reply(sid)
-            if waiter is not None:
+            if waiter is not None and ttl <= 0:
                 await self._call(self.client.publish(*waiter))
 
     async def end(self, sid: bytes, epoch: int, code: CloseCode) -> None:
@@ -448,16 +471,31 @@ class RedisStore:
 
     async def ask_release(self, owner: str, sid: bytes, timeout: float) -> bool:
         """Ask live node *owner* to release *sid*; True once it says it has."""
+        return await self._ask(owner, sid, timeout, alive_check=False)
+
+    async def release_from(self, owner: str, sid: bytes, timeout: float) -> bool:
+        """Have node *owner* let go of *sid*: True once it released it, or at once if
+        it holds no lease (then no one serves it). One round trip asks both: the
+        lease is checked in the request's pipeline (:meth:`owner_alive`, then
+        :meth:`ask_release`, without the wait between them)."""
+        return await self._ask(owner, sid, timeout, alive_check=True)
+
+    async def _ask(self, owner: str, sid: bytes, timeout: float, alive_check: bool) -> bool:
         waiter = self._released.get(sid)
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
             self._released[sid] = waiter
         try:
-            listeners = await self._call(
-                self.client.publish(
-                    keys.release_channel(self.prefix, owner), self.node + ":" + sid.hex()
-                )
-            )
+            pipe = self.client.pipeline(transaction=False)
+            if alive_check:
+                pipe.exists(keys.lease_key(self.prefix, owner))
+            pipe.publish(keys.release_channel(self.prefix, owner), self.node + ":" + sid.hex())
+            *alive, listeners = await self._call(pipe.execute())
+            if alive and not alive[0]:
+                # No lease: as when it was checked first, it is claimable now (a process
+                # left alive without its lease has dropped its sessions; the request it
+                # may get is answered by a fenced release, which changes nothing).
+                return True
             if not listeners:  # its process is gone (a kill -9): only its lease is left
                 return False
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
