@@ -640,6 +640,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            help="seconds of a paced pass")  # fmt: skip
     option(parser, "time_limit", float, TIME_LIMIT, metavar="S", help="seconds of publishing")
     option(parser, "sizes", str, _csv(SIZES), metavar="B,B", help="payload sizes in bytes")
+    parser.add_argument(
+        "--two-processes",
+        action=argparse.BooleanOptionalAction,
+        help="also the daemon as 2 processes on one redis-server (bench/fanout_nodes.py; "
+        "default: on, off with --quick)",
+    )
     systems.add_arguments(parser)  # --systems (of them: daemon, mosquitto), --mosquitto
 
 
@@ -679,8 +685,15 @@ def run(args: argparse.Namespace) -> int:
     wanted = [name for name in systems.parse_systems(args.systems) if name in SYSTEMS]
     if not wanted:
         raise BenchError(f"--systems: fanout runs {' and '.join(SYSTEMS)}")
+    from . import fanout_nodes  # noqa: PLC0415 - it imports this module
+
+    two = DAEMON in wanted and (
+        args.two_processes or (args.two_processes is None and not args.quick)
+    )
+
     banner = (
-        f"{', '.join(wanted)}; 1 publisher to {plan.subscribers:,} subscribers, "
+        f"{', '.join(wanted + [fanout_nodes.DAEMON2] * two)}; 1 publisher to "
+        f"{plan.subscribers:,} subscribers, "
         f"{plan.messages:,} messages (or {plan.time_limit:g} s) x {plan.repeat}, window "
         f"{plan.window}; paced at {_csv(plan.rates) or '-'}/s for {plan.duration:g} s; "
         f"{_csv(plan.sizes)} B"
@@ -688,7 +701,7 @@ def run(args: argparse.Namespace) -> int:
 
     def body(ctx: Context) -> Json:
         nonlocal plan
-        fits = (ctx.nofile[0] - 64) // len(wanted) - 1
+        fits = (ctx.nofile[0] - 64) // (len(wanted) + two) - 1
         if plan.subscribers > fits:
             ctx.notes.append(f"subscribers cut from {plan.subscribers:,} to {fits:,} (NOFILE)")
             plan = dataclasses.replace(plan, subscribers=fits)
@@ -699,6 +712,11 @@ def run(args: argparse.Namespace) -> int:
             if DAEMON in wanted:
                 proc = ctx.server("daemon-channels", daemon_argv("channels"))
                 opened.append(ctx.run(open_daemon(proc, plan.subscribers)))
+            if two and (why := fanout_nodes.missing()) is None:
+                procs = fanout_nodes.start(ctx)
+                opened.append(ctx.run(fanout_nodes.open_two(procs, plan.subscribers)))
+            elif two and why is not None:
+                skipped[fanout_nodes.DAEMON2] = why
             if MOSQUITTO in binaries:
                 proc, peers[MOSQUITTO] = start_peer(
                     ctx, PEERS[MOSQUITTO], binaries[MOSQUITTO], plan.window
@@ -725,7 +743,9 @@ def run(args: argparse.Namespace) -> int:
             },
             "peers": peers,
             "skipped": skipped,
-            "systems": {system.name: SYSTEM_NOTES[system.name] for system in opened},
+            "systems": {
+                system.name: SYSTEM_NOTES.get(system.name, fanout_nodes.NOTE) for system in opened
+            },
             "setup_s": {system.name: system.setup_seconds for system in opened},
             "other_load_share": by_size.pop("other_load_share"),
             "fanout": by_size,

@@ -129,7 +129,12 @@ async def open_store(settings: Settings) -> RedisStore | None:
         raise StoreError(
             f"--store {url.url} needs the redis extra: pip install 'sessiond[redis]'"
         ) from None
-    store = RedisStore(url.url, settings.store.key_prefix, lease_ttl=settings.store.lease_ttl)
+    ttl = settings.store.lease_ttl
+    # Renewed well within its TTL: a lease of 1 s renewed every second was always "about
+    # to run out", and the daemon detached every session each second.
+    store = RedisStore(
+        url.url, settings.store.key_prefix, lease_ttl=ttl, renew_every=min(1.0, ttl / 3)
+    )
     await store.start()
     log.info(
         "session store %s (node %s, key prefix %s)",
@@ -198,7 +203,7 @@ class Daemon:
             return 1
         if store is not None and isinstance(self.app, ChannelsApp):
             try:  # one channels space across every process on the store (issue 17)
-                await self.app.share(store.url, store.prefix)
+                await self.app.share(store.url, store.prefix, store.node, store.lease_ttl)
             except ConnectionError as exc:
                 log.error("%s", exc, extra=_fields("store-failed", error=str(exc)))
                 await store.close()

@@ -179,7 +179,12 @@ class Durability:
                 unacked = entry.core.unacked_messages()
                 payloads = unacked[stored.sent - acked :] if sent > stored.sent else []
                 sid = entry.core.id or b""
-                self.store.append(sid, stored.epoch, stored.sent + 1, payloads, consumed, acked)
+                session = entry.session
+                marker = session.marker
+                mark = marker(len(session.unsent)) if marker is not None else None
+                self.store.append(
+                    sid, stored.epoch, stored.sent + 1, payloads, consumed, acked, mark
+                )
                 stored.sent, stored.consumed = sent, consumed
                 used = entry.session.touched_data()
                 if used is not None:  # written after the entry, in the same round trip
@@ -369,7 +374,9 @@ class Durability:
             # without disturbing the owner (a forger must not make the owner let go).
             raise Forged(loaded)
         if loaded.owner and loaded.owner != store.node and await store.owner_alive(loaded.owner):
-            if not await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT):
+            # A live owner answers; a dead one (no answer) lets go when its lease ends.
+            released = await store.ask_release(loaded.owner, sid, RELEASE_TIMEOUT)
+            if not released and not await store.lease_gone(loaded.owner, store.lease_ttl):
                 raise TimeoutError(f"owner {loaded.owner} did not release it")
             loaded = await store.load(sid)
         epoch = await store.claim(sid, loaded.epoch)
@@ -382,6 +389,8 @@ class Durability:
         )
         entry = server.adopt(core, loaded.meta.data)
         positions: Positions = loaded.positions
+        # Read by the handler, which adopt() started as a task: it has not run yet.
+        entry.session.recovered_mark = positions.mark
         self._stored[entry] = _Stored(
             epoch, positions.next_seq - 1, positions.consumed, pack(loaded.meta.data)
         )
@@ -417,13 +426,19 @@ class Durability:
         limit = entry.core.max_payload
         if any(len(payload) > limit for payload in unsent):  # the core would refuse it
             unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
+        marker = entry.session.marker
+        mark = marker(len(entry.session.unsent) - len(unsent)) if marker is not None else None
         # As if they entered the core now: each settles one message handed over (the
         # input it answers). Messages handed over and not settled otherwise, and those
         # taken but not handed over, stay unconsumed: the client replays them there.
         entry.session.settle_unsent(len(unsent))
         snap = entry.core.server_snapshot()
         positions = Positions(
-            snap.next_seq + len(unsent), snap.acked, snap.consumed, snap.unacked + unsent
+            snap.next_seq + len(unsent),
+            snap.acked,
+            snap.consumed,
+            snap.unacked + unsent,
+            mark,
         )
         self._stored.pop(entry, None)
         self._after.append(

@@ -206,9 +206,20 @@ class Collector(CollectorBase):
                 channels.bus_lost,
             )
             yield _counter(
-                "sessiond_channels_moved_lost",
-                "channel messages queued for sessions that moved to another process",
-                channels.moved_lost,
+                "sessiond_channels_moved_queued",
+                "channel messages queued for sessions that moved to another process "
+                "(sent there again from the bus)",
+                channels.moved_queued,
+            )
+            yield _counter(
+                "sessiond_channels_caught_up",
+                "channel messages sent again from the bus to sessions that moved here",
+                channels.caught_up,
+            )
+            yield _counter(
+                "sessiond_channels_presence_lost",
+                "presence changes the Redis channels bus could not carry to other processes",
+                channels.presence_lost,
             )
 
 

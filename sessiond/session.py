@@ -9,7 +9,7 @@ iteration simply stops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from sessiond_client.handoff import Handoff, SettlingHandoff
@@ -41,7 +41,7 @@ class Session(Handoff):
     coroutine per message, and no separate object per idle session).
     """
 
-    __slots__ = ("_data", "_entry", "_moved", "identity", "recovered")
+    __slots__ = ("_data", "_entry", "_moved", "identity", "marker", "recovered", "recovered_mark")
 
     def __init__(
         self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
@@ -57,6 +57,14 @@ class Session(Handoff):
         #: come back for more after (README, "The session store"); none it answered.
         self.recovered = False
         self._moved = False
+        #: An app that feeds the session from a Redis stream of its own (the channels
+        #: bus) sets this: called with how many payloads handed to ``send_many`` still
+        #: wait for window, it returns the stream entry of the last payload queued in
+        #: the session. A shared store keeps it with the payloads, atomically, and
+        #: gives the greatest kept back as :attr:`recovered_mark` to the handler of the
+        #: recovered session, which can resend what followed (issue 17).
+        self.marker: Callable[[int], str | None] | None = None
+        self.recovered_mark: str | None = None
 
     @property
     def data(self) -> dict[str, Any]:

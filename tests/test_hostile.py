@@ -603,8 +603,8 @@ async def test_retained_messages_for_a_hash_subscriber_that_reads_nothing_cost_l
         members: list[Any] = []
         original_join = app.broker.join
 
-        def join(session: Any) -> Any:
-            member = original_join(session)
+        def join(session: Any, tag: str | None = None) -> Any:
+            member = original_join(session, tag)
             members.append(member)
             return member
 
@@ -691,8 +691,8 @@ async def test_a_session_that_reads_no_replies_holds_at_most_control_bytes_of_th
         members: list[Any] = []
         original_join = app.broker.join
 
-        def join(session: Any) -> Any:
-            member = original_join(session)
+        def join(session: Any, tag: str | None = None) -> Any:
+            member = original_join(session, tag)
             members.append(member)
             return member
 

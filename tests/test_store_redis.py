@@ -15,7 +15,7 @@ import pytest
 from sessiond_client.protocol import CloseCode
 from sessiond_client.protocol.credentials import digest, new_session_id
 
-from sessiond.store import Fenced, Gone, Positions, SessionMeta, StoreUnavailable, Terms
+from sessiond.store import Fenced, Gone, Positions, SessionMeta, StoreUnavailable, Terms, keys
 from sessiond.store.redisstore import RedisStore
 
 from .redisserver import RedisServer, free_port, proxied
@@ -265,6 +265,26 @@ async def test_ask_release_of_a_silent_owner_times_out(
 ) -> None:
     asker = await stores()
     assert not await asker.ask_release("nobody", new_session_id(), timeout=0.2)
+
+
+async def test_a_killed_owner_is_not_waited_for_beyond_its_lease(
+    stores: MakeStore,
+) -> None:
+    """A process killed with its lease still valid has nobody listening for release
+    requests: the ask fails at once (not after its timeout), and the claimer waits for
+    the lease's end instead."""
+    asker = await stores()
+    ghost = "ghost-node"  # what a kill -9 leaves: a lease, and nobody subscribed
+    await asker.client.set(keys.lease_key(asker.prefix, ghost), ghost, px=600)
+    assert await asker.owner_alive(ghost)
+    asked = asyncio.get_running_loop().create_task(
+        asker.ask_release(ghost, new_session_id(), timeout=600.0)
+    )
+    assert not await asyncio.wait_for(asked, 60.0)  # answered well before its timeout
+    assert await asker.lease_gone(ghost, timeout=60.0)
+    assert not await asker.owner_alive(ghost)
+    await asker.client.set(keys.lease_key(asker.prefix, "forever"), "forever")
+    assert not await asker.lease_gone("forever", timeout=0.2)  # no expiry: never gone
 
 
 async def test_unreachable_redis_is_a_clear_start_up_error() -> None:

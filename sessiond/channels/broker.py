@@ -64,7 +64,19 @@ class Member:
     arrives) starts one, and it ends as soon as the outbox is empty again.
     """
 
-    __slots__ = ("grants", "identity", "outbox", "patterns", "sender", "session", "tag")
+    __slots__ = (
+        "grants",
+        "held",
+        "identity",
+        "mark",
+        "outbox",
+        "patterns",
+        "paused",
+        "sender",
+        "sending",
+        "session",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -73,12 +85,26 @@ class Member:
         grants: Grants,
         config: ChannelsConfig,
         stats: ChannelStats | None = None,
+        tag: str | None = None,
     ):
         self.session = session
         self.identity = identity
         self.grants = grants
-        self.tag = secrets.token_hex(8)  # shown to others instead of the session ID
-        self.patterns: dict[str, None] = {}  # an ordered set (an empty set costs 3x a dict)
+        # Shown to others instead of the session ID; kept across a move (app.py).
+        self.tag = tag or secrets.token_hex(8)
+        #: The bus entry of the last delivery handed to the session (a Redis bus), and
+        #: while a batch is being handed over, the entry of each payload of it: the
+        #: session store keeps the position with the payloads (:meth:`position`).
+        self.mark: str | None = None
+        self.sending: list[str | None] | None = None
+        self.paused = False  # catching up after a move: the sender waits (app.py)
+        #: Publishes answered ``ok`` that the bus has yet to append: the sender waits, so
+        #: that an ``ok`` (and what follows it) leaves only once the publish is on the bus.
+        self.held = 0
+        # Pattern -> the bus entry it was subscribed at (None with the local bus): an
+        # ordered set, kept in session.data, that also tells a session that moved where
+        # each subscription began (app.py).
+        self.patterns: dict[str, str | None] = {}
         self.sender: asyncio.Task[None] | None = None
         self.outbox = Outbox(
             asyncio.get_running_loop(),
@@ -102,7 +128,7 @@ class Member:
 
     def ready(self) -> None:
         """Something was queued: start the sender unless one is running."""
-        if self.sender is None and not self.outbox.closed:
+        if self.sender is None and not self.outbox.closed and not self.paused and not self.held:
             self.sender = asyncio.get_running_loop().create_task(self._send())
             self.sender.add_done_callback(self._sender_done)
 
@@ -112,8 +138,12 @@ class Member:
         outbox = self.outbox
         session = self.session
         while True:
+            if self.held:  # a publish's ok must wait for the bus: release() restarts us
+                self.sender = None
+                return
             limit = session.core.max_payload
             batch: list[bytes] = []
+            marks: list[str | None] = []
             while len(batch) < SEND_BATCH and (taken := outbox.take()) is not None:
                 payload, channel = taken
                 if len(payload) > limit:
@@ -123,15 +153,35 @@ class Member:
                         outbox.note_undeliverable(channel)
                     continue
                 batch.append(payload)
+                marks.append(outbox.mark)
             if not batch:
                 self.sender = None  # in the same step as the empty check: no entry missed
                 return
+            self.sending = marks
             try:
                 await session.send_many(batch)  # waits while the client's window is full
             except SessionLost:
                 outbox.close()  # frees a handler waiting for room_for_control
                 self.sender = None
                 return
+            finally:
+                self.sending = None
+            self.mark = marks[-1]
+
+    def release(self) -> None:
+        """The bus appended one of this member's publishes (or gave up: counted)."""
+        self.held -= 1
+        if not self.held:
+            self.ready()
+
+    def position(self, unsent: int) -> str | None:
+        """The bus entry of the last delivery in the session, while *unsent* payloads
+        handed to ``send_many`` wait for window (``Session.marker``)."""
+        marks = self.sending
+        if marks is None:
+            return self.mark
+        queued = len(marks) - unsent
+        return marks[queued - 1] if queued > 0 else self.mark
 
     def _sender_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -165,6 +215,9 @@ class Broker:
         self.members: dict[str, dict[Member, None]] = {}  # presence channel -> members, in order
         self.retained: dict[str, Retained] = {}
         self.retained_size = 0
+        #: Presence channel -> members held by other processes (tag -> identity), as the
+        #: bus told (always empty with the local bus).
+        self.remote: dict[str, dict[str, str | None]] = {}
         self._info: dict[str, ChannelInfo] = {}
         self.stats = ChannelStats()
         self.bus.attach(self)
@@ -180,11 +233,14 @@ class Broker:
 
     # ------------------------------------------------------------ sessions
 
-    def join(self, session: Session) -> Member:
+    def join(self, session: Session, tag: str | None = None) -> Member:
         """A new channels session: its member object, with an outbox that ends the
-        session with SLOW_CONSUMER when a disconnect-policy channel overflows it."""
+        session with SLOW_CONSUMER when a disconnect-policy channel overflows it
+        (*tag*: the one it had before it moved here)."""
         identity = identity_text(session.identity)
-        return Member(session, identity, self.acl.grants(identity), self.config, self.stats)
+        member = Member(session, identity, self.acl.grants(identity), self.config, self.stats, tag)
+        member.mark = self.bus.position
+        return member
 
     def grants(self, member: Member) -> Grants:
         """*member*'s permissions under the current rules (recomputed after a reload)."""
@@ -193,12 +249,13 @@ class Broker:
             member.grants = grants = self.acl.grants(member.identity)
         return grants
 
-    def restore(self, member: Member, patterns: list[str]) -> None:
+    def restore(self, member: Member, patterns: dict[str, str | None]) -> None:
         """Subscribe a recovered session again to what it held, without replies or
         retained messages (its client saw those already); a pattern the current rules
-        no longer allow is dropped (logged). Presence members of this process see it
-        join (presence is per process: see bus.py)."""
-        for pattern in patterns:
+        no longer allow is dropped (logged). A presence member that was present
+        before the move (its tag known from the bus) is taken over silently; others
+        see it join."""
+        for pattern, since in patterns.items():
             if not isinstance(pattern, str) or pattern in member.patterns:
                 continue
             try:
@@ -210,22 +267,30 @@ class Broker:
             ):
                 log.warning("recovered session %s: %s not restored", member.session.id[:8], pattern)
                 continue
-            member.patterns[pattern] = None
+            member.patterns[pattern] = since if isinstance(since, str) else None
             self.subscriptions.add(pattern, member)
             self.stats.subscriptions += 1
             if not is_pattern(pattern) and self.info(pattern).presence:
                 present = self.members.setdefault(pattern, {})
-                self._announce(envelopes.JOIN, pattern, member, present)
+                remote = self.remote.get(pattern)
+                if remote is not None and remote.pop(member.tag, 0) != 0:
+                    if not remote:
+                        del self.remote[pattern]
+                    self.bus.presence(envelopes.JOIN, pattern, member.tag, member.identity)
+                else:
+                    self._announce(envelopes.JOIN, pattern, member, present)
                 present[member] = None
 
-    def leave(self, member: Member) -> None:
-        """The session ended: drop its subscriptions; presence channels see it leave."""
+    def leave(self, member: Member, moved: bool = False) -> None:
+        """The session ended: drop its subscriptions; presence channels see it leave.
+        One that *moved* to another process is no longer here but goes on there: its
+        presence is kept (the new owner takes it over: :meth:`restore`)."""
         patterns = list(member.patterns)
         # session.data holds the original set (app.py), which a store may be saving
         # right now for the process the session moved to: it must stay whole.
         member.patterns = dict(member.patterns)
         for pattern in patterns:
-            self._remove(member, pattern)
+            self._remove(member, pattern, announce=not moved)
         member.outbox.close()
 
     # ------------------------------------------------------------ requests
@@ -275,9 +340,13 @@ class Broker:
             retain = self._retain(member, channel, data, request)
         envelope = envelopes.message(channel, data, member.identity, member.tag)
         # An empty payload clears a retained message (protocol.md §15.5).
-        self.bus.publish(channel, envelope, retain, info.retained and not data)
+        done = None
         if request.id is not None:
+            if self.bus.position is not None:  # a Redis bus: the ok waits for the append
+                member.held += 1
+                done = member.release
             member.outbox.put_control(envelopes.ok(request.id))
+        self.bus.publish(channel, envelope, retain, info.retained and not data, done)
 
     def received(
         self,
@@ -286,10 +355,11 @@ class Broker:
         retain: Retained | None,
         clear: bool,
         deliver: bool = True,
+        mark: str | None = None,
     ) -> None:
-        """The bus carried a publish of *channel* here (from this process or another):
-        keep *retain* as its retained message (or *clear* it), then queue *envelope* for
-        every matching subscriber of this process."""
+        """The bus carried a publish of *channel* here (from this process or another;
+        *mark*: its bus entry): keep *retain* as its retained message (or *clear* it),
+        then queue *envelope* for every matching subscriber of this process."""
         if retain is not None or clear:
             old = self.retained.pop(channel, None)
             if old is not None:
@@ -303,7 +373,7 @@ class Broker:
         subscribers = self.subscriptions.match(channel)
         self.stats.deliveries += len(subscribers)
         for subscriber in subscribers:
-            subscriber.outbox.put(envelope, channel, drop)
+            subscriber.outbox.put(envelope, channel, drop, mark)
 
     def _retain(self, member: Member, channel: str, data: bytes, request: Request) -> Retained:
         """The retained message a publish of *data* makes, if the limits allow it (with
@@ -342,7 +412,7 @@ class Broker:
             )
         presence = not is_pattern(pattern) and self.info(pattern).presence
         if fresh:
-            member.patterns[pattern] = None
+            member.patterns[pattern] = self.bus.position
             self.subscriptions.add(pattern, member)
             self.stats.subscriptions += 1
         fields: dict[str, Any] = {}
@@ -351,7 +421,7 @@ class Broker:
             if fresh:
                 self._announce(envelopes.JOIN, pattern, member, present)
                 present[member] = None
-            fields = self._member_list(member, present)
+            fields = self._member_list(member, pattern, present)
         member.outbox.put_control(envelopes.ok(request.id, ch=pattern, **fields))
         if fresh:
             self._send_retained(member, pattern)
@@ -366,7 +436,7 @@ class Broker:
 
     # ------------------------------------------------------------- helpers
 
-    def _remove(self, member: Member, pattern: str) -> None:
+    def _remove(self, member: Member, pattern: str, announce: bool = True) -> None:
         if pattern in member.patterns:
             del member.patterns[pattern]
             self.stats.subscriptions -= 1
@@ -376,25 +446,77 @@ class Broker:
             del present[member]
             if not present:
                 del self.members[pattern]
-            self._announce(envelopes.LEAVE, pattern, member, present)
+            if announce:
+                self._announce(envelopes.LEAVE, pattern, member, present)
 
     def _announce(self, op: str, channel: str, member: Member, present: dict[Member, None]) -> None:
-        """Tell the other members of a presence channel that *member* joined or left."""
+        """Tell the other members of a presence channel that *member* joined or left
+        (those of other processes through the bus)."""
+        self.bus.presence(op, channel, member.tag, member.identity)
+        self._tell(op, channel, member.identity, member.tag, present, member)
+
+    def _tell(
+        self,
+        op: str,
+        channel: str,
+        identity: str | None,
+        tag: str,
+        present: dict[Member, None] | None,
+        member: Member | None = None,
+    ) -> None:
         if not present:
             return
-        envelope = envelopes.presence(op, channel, member.identity, member.tag)
+        envelope = envelopes.presence(op, channel, identity, tag)
         drop = self.info(channel).drop_oldest
         for other in present:
             if other is not member:
                 other.outbox.put(envelope, channel, drop)
 
-    def _member_list(self, member: Member, present: dict[Member, None]) -> dict[str, Any]:
-        """``members`` (as many as fit in one message to *member*) and their ``count``."""
+    def remote_presence(
+        self,
+        op: str,
+        channel: str,
+        tag: str,
+        identity: str | None,
+        announce: bool = True,
+        here: bool = False,
+    ) -> None:
+        """The bus says a member of another process joined, left or moved (a session
+        that moved between processes: no event) on presence channel *channel*; *here*:
+        it moved to this process, which holds it now."""
+        remote = self.remote.setdefault(channel, {})
+        if op == envelopes.LEAVE:
+            if remote.pop(tag, 0) == 0:  # unknown, or already left: told once
+                if not remote:
+                    del self.remote[channel]
+                return
+        elif here:  # moved here: restore() took it over
+            remote.pop(tag, None)
+        elif tag not in remote:
+            remote[tag] = identity
+            if op != envelopes.JOIN:  # moved between other processes, or away from here
+                return
+        else:
+            return
+        if not remote:
+            del self.remote[channel]
+        if announce and not here:
+            self._tell(op, channel, identity, tag, self.members.get(channel))
+
+    def _member_list(
+        self, member: Member, channel: str, present: dict[Member, None]
+    ) -> dict[str, Any]:
+        """``members`` (as many as fit in one message to *member*: those of this
+        process first) and their ``count`` (on every process)."""
         listed = [envelopes.member_map(m.identity, m.tag) for m in present]
+        remote = self.remote.get(channel)
+        if remote:
+            listed += [envelopes.member_map(identity, tag) for tag, identity in remote.items()]
+        count = len(listed)
         limit = member.session.core.max_payload - 256  # room for the rest of the reply
         while listed and len(envelopes.ok(0, members=listed)) > limit:
             listed = listed[: len(listed) // 2]
-        return {"members": listed, "count": len(present)}
+        return {"members": listed, "count": count}
 
     def _send_retained(self, member: Member, pattern: str) -> None:
         if not self.retained:

@@ -20,6 +20,14 @@ message and fills the matching subscribers' outboxes.
   loads the hash and reads the stream from the entry the hash reflects.
   Chosen by measurement over pub/sub: ``python -m bench.channelbus``.
 
+  Presence rides the same stream: a member's join, leave or move (a session that
+  moved between processes, seen by nobody) is one entry, and the members are kept
+  in a hash, so a process that starts knows the room; a process whose session
+  store lease is gone has its members left by the others (rediskeys.py).
+  Every delivery carries its entry: a session that moves to another process is
+  sent again what followed the last delivery its stored stream holds
+  (``Session.marker``; app.py ``_restore``).
+
 A publish the bus could not append (Redis unreachable or refusing) is counted
 in ``ChannelStats.bus_lost`` (``sessiond_channels_bus_lost``) and logged. A
 reader that loses its connection reads on from its last entry once Redis is
@@ -28,6 +36,7 @@ back (nothing lost while the stream still holds it: :data:`~.redisbus.STREAM_LEN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .retained import Retained
@@ -39,14 +48,40 @@ if TYPE_CHECKING:
 class Bus(Protocol):
     """What the broker needs from a bus."""
 
+    @property
+    def position(self) -> str | None:
+        """The entry of the last publish received (a Redis bus), so that a session that
+        moves can catch up from it; None for a bus without entries."""
+
     def attach(self, broker: Broker) -> None:
         """Deliver every publish to *broker* from now on."""
 
-    def publish(self, channel: str, envelope: bytes, retain: Retained | None, clear: bool) -> None:
+    def publish(
+        self,
+        channel: str,
+        envelope: bytes,
+        retain: Retained | None,
+        clear: bool,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         """Carry *envelope* (a ``msg`` of *channel*) to every process, in order.
 
         With *retain* it becomes the channel's retained message; with *clear* the
-        retained message is removed (an empty ``pub`` on a retained channel)."""
+        retained message is removed (an empty ``pub`` on a retained channel). *done* is
+        called once it is appended (or could not be: counted as lost)."""
+
+    async def reach(self, entry: str) -> bool:
+        """Wait until this process has received the bus up to *entry* (bounded); False
+        if it did not in time."""
+
+    async def replay(self, after: str, upto: str) -> list[tuple[str, str, bytes]] | None:
+        """The publishes after entry *after* up to entry *upto* (entry, channel,
+        envelope); None if the bus no longer holds them all."""
+
+    def presence(self, op: str, channel: str, tag: str, identity: str | None) -> None:
+        """A member of this process joined (or, restored after a move, took over) or
+        left presence channel *channel*: tell the other processes
+        (:meth:`Broker.remote_presence <.broker.Broker.remote_presence>`)."""
 
 
 class LocalBus:
@@ -54,10 +89,29 @@ class LocalBus:
 
     def __init__(self) -> None:
         self.broker: Broker | None = None
+        self.position: str | None = None
 
     def attach(self, broker: Broker) -> None:
         self.broker = broker
 
-    def publish(self, channel: str, envelope: bytes, retain: Retained | None, clear: bool) -> None:
+    def publish(
+        self,
+        channel: str,
+        envelope: bytes,
+        retain: Retained | None,
+        clear: bool,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         assert self.broker is not None
         self.broker.received(channel, envelope, retain, clear)
+        if done is not None:
+            done()
+
+    def presence(self, op: str, channel: str, tag: str, identity: str | None) -> None:
+        """No other process to tell."""
+
+    async def reach(self, entry: str) -> bool:
+        return True
+
+    async def replay(self, after: str, upto: str) -> list[tuple[str, str, bytes]] | None:
+        return None

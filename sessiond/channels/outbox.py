@@ -58,22 +58,32 @@ class RetainedRun:
 
 
 # (payload, channel or None, droppable, counted: a channel entry rather than a control
-# one), or a run of retained messages
-Entry = tuple[bytes, str | None, bool, bool] | RetainedRun
+# one, bus entry of a delivery or None), or a run of retained messages
+Entry = tuple[bytes, str | None, bool, bool, str | None] | RetainedRun
 
 
 class ChannelStats:
     """Counters of one broker, for metrics: deliveries and drops since start, and the
     subscriptions held now."""
 
-    __slots__ = ("bus_lost", "deliveries", "drops", "moved_lost", "subscriptions")
+    __slots__ = (
+        "bus_lost",
+        "caught_up",
+        "deliveries",
+        "drops",
+        "moved_queued",
+        "presence_lost",
+        "subscriptions",
+    )
 
     def __init__(self) -> None:
         self.deliveries = 0  # channel messages queued for subscribers
         self.drops = 0  # of those, dropped by a drop-oldest policy (told as gaps)
         self.subscriptions = 0
         self.bus_lost = 0  # publishes a Redis bus could not carry (bus.py)
-        self.moved_lost = 0  # queued for a session when it moved to another process
+        self.moved_queued = 0  # queued for a session when it moved to another process
+        self.caught_up = 0  # delivered again from the bus to sessions that moved here
+        self.presence_lost = 0  # joins and leaves a Redis bus could not carry
 
 
 class Outbox:
@@ -91,6 +101,7 @@ class Outbox:
         "control_size",
         "count",
         "gaps",
+        "mark",
         "max_bytes",
         "max_control_bytes",
         "max_messages",
@@ -123,6 +134,8 @@ class Outbox:
         self.gaps: dict[str, int] = {}  # channel -> messages dropped, not yet told
         self.closed = False
         self._room_waiter: asyncio.Future[None] | None = None
+        #: The bus entry of the last delivery taken (with a Redis bus; else None).
+        self.mark: str | None = None
 
     # ------------------------------------------------------------ producers
 
@@ -130,7 +143,7 @@ class Outbox:
         """Queue a reply, or a retained message of *channel*: never dropped, never refused."""
         if self.closed:
             return
-        self._append((payload, channel, False, False))
+        self._append((payload, channel, False, False, None))
         self.control += 1
         self.control_size += len(payload)
 
@@ -144,8 +157,9 @@ class Outbox:
         self.control += run.weight
         self.control_size += run.size
 
-    def put(self, payload: bytes, channel: str, droppable: bool) -> None:
-        """Queue a message or presence event of *channel*; apply the policy if it is full."""
+    def put(self, payload: bytes, channel: str, droppable: bool, mark: str | None = None) -> None:
+        """Queue a message (*mark*: its bus entry) or presence event of *channel*; apply
+        the policy if it is full."""
         if self.closed:
             return
         size = len(payload)
@@ -161,7 +175,26 @@ class Outbox:
                 return
         self.count += 1
         self.size += size
-        self._append((payload, channel, droppable, True))
+        self._append((payload, channel, droppable, True, mark))
+
+    def put_first(self, deliveries: list[tuple[bytes, str, bool, str]]) -> None:
+        """Queue *deliveries* (payload, channel, droppable, bus entry), in order, before
+        everything queued: what a session that moved here missed, found after later
+        deliveries were queued (app.py). They count against the limits; the next
+        delivery that does not fit meets the channel's policy."""
+        if self.closed or not deliveries:
+            return
+        entries = self._entries
+        if entries is None:
+            self._entries = entries = deque()
+        entries.extendleft(
+            (payload, channel, droppable, True, mark)
+            for payload, channel, droppable, mark in reversed(deliveries)
+        )
+        self.count += len(deliveries)
+        self.size += sum(len(delivery[0]) for delivery in deliveries)
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _append(self, entry: Entry) -> None:
         entries = self._entries
@@ -183,7 +216,9 @@ class Outbox:
         for index, entry in enumerate(entries):
             if entry.__class__ is RetainedRun:
                 continue
-            payload, channel, droppable, _ = cast(tuple[bytes, str | None, bool, bool], entry)
+            payload, channel, droppable, _, _ = cast(
+                tuple[bytes, str | None, bool, bool, str | None], entry
+            )
             if droppable:
                 assert channel is not None
                 del entries[index]
@@ -244,8 +279,10 @@ class Outbox:
             entries.popleft()
             self._control_taken(first.weight, len(payload))
         else:
-            payload, channel, _, counted = first
+            payload, channel, _, counted, mark = first
             entries.popleft()
+            if mark is not None:
+                self.mark = mark
             if counted:
                 self.count -= 1
                 self.size -= len(payload)

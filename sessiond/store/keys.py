@@ -76,6 +76,7 @@ FIRST = "s"  # sequence number of the entry's first payload
 PAYLOADS = "p"  # msgpack array of payloads
 CONSUMED = "c"  # inbound position consumed by the handler so far
 ACKED = "a"  # outbound position the client acknowledged so far
+MARK = "k"  # the app's stream entry as of the payloads (Session.marker), if it has one
 CLAIMED = "claim"  # marker entry <epoch>-0: the node that claimed
 
 DIGEST_SIZE = 32

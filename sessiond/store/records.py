@@ -59,6 +59,9 @@ class Positions:
     acked: int = 0
     consumed: int = 0
     unacked: tuple[bytes, ...] = ()
+    #: The app's position in a stream of its own (``Session.marker``), as of the
+    #: payloads stored: a stream entry ID, the greatest stored winning.
+    mark: str | None = None
 
 
 @dataclass(slots=True)

@@ -218,6 +218,23 @@ class RedisStore:
             return not self._lease_lost
         return bool(await self._call(self.client.exists(keys.lease_key(self.prefix, node))))
 
+    async def lease_gone(self, node: str, timeout: float) -> bool:
+        """Wait (at most *timeout*) until *node*'s lease has run out; True if it has.
+
+        A process killed with its lease still valid answers no release request: its
+        sessions can be claimed as soon as the lease expires, not a timeout later.
+        """
+        deadline = time.monotonic() + timeout
+        key = keys.lease_key(self.prefix, node)
+        while True:
+            left = await self._call(self.client.pttl(key))  # -2: gone, -1: no expiry
+            if left == -2:
+                return True
+            wait = deadline - time.monotonic()
+            if left < 0 or wait <= 0:
+                return False
+            await asyncio.sleep(min(left / 1000 + 0.005, wait))
+
     # --------------------------------------------------------------- hot path
 
     def append(
@@ -228,9 +245,10 @@ class RedisStore:
         payloads: Sequence[bytes],
         consumed: int,
         acked: int,
+        mark: str | None = None,
     ) -> None:
         """Queue one entry: the session's payloads numbered from *first_seq* (maybe
-        none) and its positions. Sent by the next :meth:`commit`."""
+        none), its positions and its app's *mark*. Sent by the next :meth:`commit`."""
         stream = self._logs.get(sid)
         if stream is None:
             self._logs[sid] = stream = StreamLog(epoch)
@@ -250,6 +268,8 @@ class RedisStore:
         )
         if payloads:
             command = (*command, keys.PAYLOADS, keys.pack(list(payloads)))
+        if mark is not None:
+            command = (*command, keys.MARK, mark)
         self._commands.append(command)
         self._owners.append(sid)
         minid = stream.trim(acked, TRIM_BATCH)
@@ -433,11 +453,13 @@ class RedisStore:
             waiter = asyncio.get_running_loop().create_future()
             self._released[sid] = waiter
         try:
-            await self._call(
+            listeners = await self._call(
                 self.client.publish(
                     keys.release_channel(self.prefix, owner), self.node + ":" + sid.hex()
                 )
             )
+            if not listeners:  # its process is gone (a kill -9): only its lease is left
+                return False
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
             return True
         except TimeoutError:
@@ -503,9 +525,19 @@ class RedisStore:
 
 
 def _pack_positions(positions: Positions) -> bytes:
-    return keys.pack(
-        [positions.next_seq, positions.acked, positions.consumed, list(positions.unacked)]
-    )
+    fields = [positions.next_seq, positions.acked, positions.consumed, list(positions.unacked)]
+    if positions.mark is not None:
+        fields.append(positions.mark)
+    return keys.pack(fields)
+
+
+def _later(mark: str | None, other: str | None) -> str | None:
+    """The greater of two stream entry IDs (None is smallest)."""
+    if other is None:
+        return mark
+    if mark is None:
+        return other
+    return max(mark, other, key=lambda m: tuple(int(part) for part in m.split("-")))
 
 
 def _decode(
@@ -527,9 +559,11 @@ def _decode(
         rotation_salt=fields.get(b"rs") or None,
     )
     next_seq, acked, consumed = 1, 0, 0
+    mark: str | None = None
     payloads: dict[int, bytes] = {}
     if b"pos" in fields:
-        next_seq, acked, consumed, unacked = keys.unpack(fields[b"pos"])
+        next_seq, acked, consumed, unacked, *more = keys.unpack(fields[b"pos"])
+        mark = more[0] if more else None
         for index, payload in enumerate(unacked):
             payloads[acked + 1 + index] = payload
     stream = StreamLog(epoch)
@@ -545,6 +579,8 @@ def _decode(
         next_seq = max(next_seq, first + len(batch))
         acked = max(acked, int(entry[b"a"]))
         consumed = max(consumed, int(entry[b"c"]))
+        if b"k" in entry:
+            mark = _later(mark, entry[b"k"].decode())
         stream.loaded(entry_epoch, counter, first + len(batch) - 1)
     try:
         unacked_payloads = tuple(payloads[seq] for seq in range(acked + 1, next_seq))
@@ -555,5 +591,5 @@ def _decode(
         epoch=epoch,
         owner=fields.get(b"o", b"").decode(),
         meta=meta,
-        positions=Positions(next_seq, acked, consumed, unacked_payloads),
+        positions=Positions(next_seq, acked, consumed, unacked_payloads, mark),
     )
