@@ -95,5 +95,7 @@ class Deadlines(Generic[T]):
         for slot in due:
             if slot.item is not None:
                 self._fire(slot.item)
-        if heap and self._handle is None:
+        # A callback that asked for a later deadline (its next heartbeat) armed the
+        # timer for it: arm it for the earliest one still queued (another slot's ACK).
+        if heap and (self._handle is None or heap[0][0] < self._armed_at):
             self._arm(heap[0][0])

@@ -61,3 +61,27 @@ async def test_a_released_item_is_not_kept_alive() -> None:
     gc.collect()
     assert ref() is None
     deadlines.clear()
+
+
+async def test_a_callback_that_asks_for_a_later_deadline_does_not_delay_an_earlier_one() -> None:
+    """A session's timer fires and asks for its next deadline (a heartbeat, far away)
+    while another session's earlier one (a 20 ms ACK) is still in the heap: the loop
+    timer must stay armed for the earlier one (it once was armed for the heartbeat, so
+    that ACK waited a heartbeat: a client's clean close timed out)."""
+    loop = asyncio.get_running_loop()
+    b_fired = asyncio.Event()
+    a, b = Slot(Item("a")), Slot(Item("b"))
+
+    def fire(item: Item) -> None:
+        if item.name == "a":
+            deadlines.schedule(a, loop.time() + 60)  # its next heartbeat
+        else:
+            b_fired.set()
+
+    deadlines: Deadlines[Item] = Deadlines(loop, fire)
+    now = loop.time()
+    deadlines.schedule(a, now + 0.01)
+    deadlines.schedule(b, now + 0.05)
+    async with asyncio.timeout(10):  # generous: it is due after 50 ms
+        await b_fired.wait()
+    deadlines.clear()
