@@ -65,8 +65,8 @@ class Stream:
             self.sent += 1
             await asyncio.sleep(GAP)
 
-    async def read(self, done: asyncio.Event) -> None:
-        while not (done.is_set() and self.checker.taken >= self.sent):
+    async def read(self) -> None:
+        while True:
             self.checker.check([await self.session.recv()])
 
 
@@ -129,9 +129,9 @@ async def kill_run(daemon: ServerProcess, count: int) -> Json:
 
     for stream in streams:
         stream.session.on_state_change(watch(stream))
-    stop, done = asyncio.Event(), asyncio.Event()
+    stop = asyncio.Event()
     tasks = [asyncio.create_task(s.send(stop)) for s in streams]
-    readers = [asyncio.create_task(s.read(done)) for s in streams]
+    readers = [asyncio.create_task(s.read()) for s in streams]
     await asyncio.sleep(BEFORE_KILL)
     per_worker = {pid: held(pid, daemon.port) for pid in children(daemon.pid)}
     victim = max(per_worker, key=lambda pid: per_worker[pid])
@@ -155,12 +155,13 @@ async def kill_run(daemon: ServerProcess, count: int) -> Json:
     await asyncio.sleep(BEFORE_KILL)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    done.set()
-    with contextlib.suppress(TimeoutError):
+    with contextlib.suppress(TimeoutError):  # every echo back (a lost one: 30 s, then counted)
         async with asyncio.timeout(30.0):
-            await asyncio.gather(*readers, return_exceptions=True)
+            while any(s.checker.taken < s.sent for s in streams):
+                await asyncio.sleep(0.02)
     for task in readers:
         task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
     active = sessiond_client.State.ACTIVE
     alive = sum(s.session.state is active and s.session.id == s.id for s in streams)
     for stream in streams:
