@@ -373,11 +373,14 @@ class Durability:
             # A credential this session never had: answered by a copy of the session,
             # without disturbing the owner (a forger must not make the owner let go).
             raise Forged(loaded)
-        if loaded.owner and loaded.owner != store.node:
-            # A live owner answers; a dead one (no answer) lets go when its lease ends.
-            released = await store.release_from(loaded.owner, sid, RELEASE_TIMEOUT)
-            if not released and not await store.lease_gone(loaded.owner, store.lease_ttl):
-                raise TimeoutError(f"owner {loaded.owner} did not release it")
+        # A live owner answers; a killed one lets go when its lease ends.
+        owner = loaded.owner
+        if (
+            owner
+            and owner != store.node
+            and not await store.release_from(owner, sid, RELEASE_TIMEOUT)
+        ):
+            raise TimeoutError(f"owner {owner} did not release it")
         # A release keeps the epoch: claimed from the one loaded, and read again (with
         # what the owner stored before letting go) in the claim's own round trip.
         epoch, loaded = await store.claim_loaded(sid, loaded.epoch)

@@ -317,6 +317,10 @@ async def test_a_killed_owner_is_not_waited_for_beyond_its_lease(
     assert not await asyncio.wait_for(asked, 60.0)  # answered well before its timeout
     assert await asker.lease_gone(ghost, timeout=60.0)
     assert not await asker.owner_alive(ghost)
+    killed = "killed-node"  # the move path: release_from waits for the lease, then says yes
+    await asker.client.set(keys.lease_key(asker.prefix, killed), killed, px=600)
+    assert await asker.release_from(killed, new_session_id(), timeout=600.0)
+    assert not await asker.owner_alive(killed)
     await asker.client.set(keys.lease_key(asker.prefix, "forever"), "forever")
     assert not await asker.lease_gone("forever", timeout=0.2)  # no expiry: never gone
 

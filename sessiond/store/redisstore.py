@@ -474,8 +474,9 @@ class RedisStore:
         return await self._ask(owner, sid, timeout, alive_check=False)
 
     async def release_from(self, owner: str, sid: bytes, timeout: float) -> bool:
-        """Have node *owner* let go of *sid*: True once it released it, or at once if
-        it holds no lease (then no one serves it). One round trip asks both: the
+        """Have node *owner* let go of *sid*: True once it released it, at once if it
+        holds no lease (then no one serves it), or, if nobody listens for its requests
+        (killed), once its lease runs out (within ``lease_ttl``). One round trip asks both: the
         lease is checked in the request's pipeline (:meth:`owner_alive`, then
         :meth:`ask_release`, without the wait between them)."""
         return await self._ask(owner, sid, timeout, alive_check=True)
@@ -497,7 +498,8 @@ class RedisStore:
                 # may get is answered by a fenced release, which changes nothing).
                 return True
             if not listeners:  # its process is gone (a kill -9): only its lease is left
-                return False
+                # Nobody will answer: claimable once the lease runs out, not a timeout later.
+                return alive_check and await self.lease_gone(owner, self.lease_ttl)
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
             return True
         except TimeoutError:
