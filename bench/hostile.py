@@ -39,6 +39,8 @@ from sessiond_client.protocol.frames import Ack, Close, Hello, Welcome
 
 from sessiond.tls import generate
 
+from .processes import free_port
+
 HOST = "127.0.0.1"
 
 
@@ -48,12 +50,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import resource
 import shutil
 import signal
@@ -263,11 +264,40 @@ def raise_nofile() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
+#: Where :func:`free_port` starts looking (below it: well-known and registered services).
+FIRST_FREE_PORT = 20000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (and of port 0)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):  # not Linux: Linux's default
+        return 32768, 60999
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nothing uses on *host* now, for a server started next (by a process of
+    its own, so the port cannot be bound here and handed over).
+
+    Random below the kernel's ephemeral range, checked by binding it. Not port 0: that
+    picks an ephemeral port, which any outgoing connection (a client, a store's
+    connection, another test's) may take as its local port between this check and the
+    server's bind; below the range, only a listener binds a port, on purpose.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = ephemeral_ports()[0]
+    first = FIRST_FREE_PORT if low > FIRST_FREE_PORT + 1000 else 1024
+    for _ in range(200):
+        port = random.randrange(first, low)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): another one
         return port
+    raise OSError(f"no free port found on {host} in {first}..{low - 1}")
 
 
 def python_command(argv: list[str], port: int) -> list[str]:

@@ -24,18 +24,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench.processes import free_port
+
 from .faultproxy import FaultProxy
 
 REDIS_SERVER = "/usr/bin/redis-server"
 HOST = "127.0.0.1"
 READY_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

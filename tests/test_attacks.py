@@ -71,11 +71,11 @@ from sessiond_client.protocol.codec import (
 )
 from sessiond_client.protocol.frames import Close, Data, Frame, Goaway, Hello, Resume, Welcome
 
+from bench.processes import free_port
 from sessiond.logs import JsonFormatter
 from sessiond.server import Server, ServerProtocol
 from tests.coreclient import CoreClient
 from tests.fuzz import load_corpus, mutate
-from tests.test_daemon import free_port
 from tests.test_faults import CLIENT_PARAMS, echo_daemon
 from tests.test_fuzz import AWAIT_HELLO, OPEN_EITHER, OPEN_SERVER, welcome
 from tests.test_tls import open_when_up

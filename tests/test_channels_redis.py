@@ -23,6 +23,7 @@ from sessiond_client.channels import ChannelError, Channels, Gap, Joined, Left, 
 from sessiond_client.envelopes import ErrorCode
 
 import sessiond
+from bench.processes import free_port
 from sessiond.channels import ChannelsApp, ChannelsConfig
 from sessiond.channels.redisbus import RedisBus
 from sessiond.metrics import Collector, registry
@@ -31,7 +32,7 @@ from sessiond.store.redisstore import RedisStore
 
 from .daemonproc import DaemonProcess, clean_environment
 from .faultproxy import FaultProxy
-from .redisserver import RedisServer, free_port, proxied
+from .redisserver import RedisServer, proxied
 from .test_channels import (
     SERVER_PARAMS,
     messages,

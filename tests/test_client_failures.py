@@ -37,11 +37,11 @@ from sessiond_client import (
 
 import sessiond
 import sessiond.apps
+from bench.processes import free_port
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.server import ServerConfig
 from sessiond.tls import generate, server_context
 from tests.faultproxy import FaultProxy
-from tests.test_daemon import free_port
 from tests.test_daemon_killed import Daemon, daemon
 from tests.test_faults import CLIENT_PARAMS, echo_daemon
 from tests.test_state_file import Child

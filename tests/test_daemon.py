@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from sessiond_client.protocol.frames import Close, Hello
 
 import sessiond
 import sessiond.apps
+from bench.processes import free_port
 from sessiond.server import ServerConfig
 from tests.coreclient import CoreClient
 
@@ -114,13 +114,6 @@ async def test_wrong_version_and_silence_close_with_their_codes() -> None:
         canary.send(b"fine")
         await canary.pump_until(lambda: canary.received == [b"fine"])
         await canary.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize(

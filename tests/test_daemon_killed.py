@@ -33,8 +33,8 @@ import sessiond_client
 from sessiond_client import CloseCode, SessionLost, State
 from sessiond_client.protocol import GoawayReceived, SessionLostEvent
 
+from bench.processes import free_port
 from tests.test_client import FAST
-from tests.test_daemon import free_port
 from tests.test_faults import CLIENT_PARAMS
 
 SESSIONS = 10

@@ -26,8 +26,8 @@ import sessiond_client
 from sessiond_client import Channels
 from sessiond_client.envelopes import Message
 
+from bench.processes import free_port
 from tests.faultproxy import FaultProxy
-from tests.test_daemon import free_port
 from tests.test_daemon_killed import STARTUP_TIMEOUT
 
 ROOT = Path(__file__).parent.parent

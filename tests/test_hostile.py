@@ -50,6 +50,7 @@ from bench.hostile import (
     send_bounded,
 )
 from bench.hostile import daemon as hostile_daemon
+from bench.processes import free_port
 from sessiond import config
 from sessiond.auth import TokenFileAuthenticator
 from sessiond.budgets import Limits
@@ -70,7 +71,6 @@ from tests.test_channels import (
     shut,
     url_of,
 )
-from tests.test_daemon import free_port
 
 MIB = 1024
 HOST = "127.0.0.1"

@@ -66,6 +66,7 @@ from sessiond_client.protocol.frames import Close, Frame, Hello, Resume, Welcome
 
 import sessiond
 import sessiond.apps
+from bench.processes import free_port
 from sessiond.auth import (
     AuthenticationFailed,
     MutualTLSAuthenticator,
@@ -76,7 +77,6 @@ from sessiond.server import ServerConfig
 from sessiond.tls import GeneratedFiles, client_context, generate, server_context
 from tests.coreclient import CoreClient
 from tests.test_auth import TokenClient, client_for, token_file
-from tests.test_daemon import free_port
 from tests.test_fuzz import output_frames
 from tests.test_tls import HOSTS, echoes, open_when_up, tls_client
 

@@ -13,7 +13,9 @@ import time
 import sessiond_client
 from sessiond_client import ReconnectPolicy
 
-from .redisserver import RedisServer, free_port
+from bench.processes import free_port
+
+from .redisserver import RedisServer
 
 
 def daemon(port: int, store: str, *more: str) -> subprocess.Popen[bytes]:

@@ -16,10 +16,11 @@ import pytest
 from sessiond_client.protocol import CloseCode
 from sessiond_client.protocol.credentials import digest, new_session_id
 
+from bench.processes import free_port
 from sessiond.store import Fenced, Gone, Positions, SessionMeta, StoreUnavailable, Terms, keys
 from sessiond.store.redisstore import RedisStore
 
-from .redisserver import RedisServer, free_port, proxied
+from .redisserver import RedisServer, proxied
 
 MakeStore = Callable[..., Awaitable[RedisStore]]
 TERMS = Terms(15.0, 45.0, 120.0, 1024, 1 << 20, (1 << 20) - 16)

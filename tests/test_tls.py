@@ -29,6 +29,7 @@ from sessiond_client.protocol import ConnectionState, Params, Role, Session, Ses
 
 import sessiond
 import sessiond.apps
+from bench.processes import free_port
 from sessiond.cli import ListenAddress, parse_listen
 from sessiond.tls import (
     CertificateReloader,
@@ -485,13 +486,6 @@ def test_serve_tls_needs_cert_and_key(certs: GeneratedFiles) -> None:
         str(certs.clients[0].key),
     )
     assert result.returncode == 2 and "does not match" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def open_when_up(client: CoreClient, proc: subprocess.Popen[bytes]) -> None:

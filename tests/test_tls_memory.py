@@ -24,6 +24,7 @@ from sessiond_client.protocol import Params
 import sessiond
 import sessiond.apps
 from bench.loadgen import close_idle, open_idle
+from bench.processes import free_port
 from sessiond import heap
 from sessiond.config import load
 from sessiond.daemon import server_config
@@ -31,7 +32,6 @@ from sessiond.server import ServerConfig
 from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
 from tests.test_attacks import echo, rss_kib
-from tests.test_daemon import free_port
 
 HOST = "127.0.0.1"
 SESSIONS = 200

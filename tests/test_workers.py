@@ -18,11 +18,12 @@ import pytest
 import sessiond_client
 from sessiond_client import ReconnectPolicy
 
+from bench.processes import free_port
 from sessiond import config
 from sessiond.workers import check, describe_status
 from tests.daemonproc import DaemonProcess, clean_environment
 from tests.faultproxy import FaultProxy
-from tests.redisserver import RedisServer, free_port
+from tests.redisserver import RedisServer
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
