@@ -537,6 +537,7 @@ class Server:
         entry.protocol = None
         if self.durable is not None:
             self.durable.ended(entry, code)
+        entry.session.release()  # its buffers go now, whatever still refers to it
 
     def _release_budget(self, entry: _Entry) -> None:
         """The session no longer counts against its address's and identity's budgets."""
@@ -546,7 +547,12 @@ class Server:
             entry.owner = ""
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
-        session = self._handlers.pop(task).session
+        entry = self._handlers.pop(task)
+        # The task holds its exception, whose traceback holds the handler's frames (its
+        # batches, the session): with entry.task -> task -> ... -> session -> entry a
+        # cycle, it would all wait for the cyclic garbage collector.
+        entry.task = None
+        session = entry.session
         if task.cancelled():
             return
         # Retrieved in every case, SessionMoved included: asyncio logs an exception

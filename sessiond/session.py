@@ -2,8 +2,9 @@
 
 A handler coroutine gets one Session per *session*, not per connection: it
 never notices transports coming and going. When the session ends, ``recv()``
-raises :class:`~sessiond_client.SessionLost` after the last message, and async
-iteration simply stops.
+raises :class:`~sessiond_client.SessionLost` once the messages it took are returned
+(async iteration simply stops); those still in the session's inbox are dropped with
+its buffers: they were never acknowledged, and the client reports them as undelivered.
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ class Flushable(Protocol):
     def flush(self) -> None: ...
 
     def write_now(self) -> None: ...
+
+
+class _Forgotten:
+    """The owner of an ended session that the daemon forgot: nothing left to write."""
+
+    __slots__ = ()
+
+    def flush(self) -> None:
+        pass
+
+    def write_now(self) -> None:
+        pass
+
+
+_FORGOTTEN = _Forgotten()
 
 
 class SessionMoved(Exception):
@@ -104,6 +120,17 @@ class Session(Handoff):
         self._local = None
         self._core.take_unsettled(self._loop.time())
         self.wake()
+
+    def release(self) -> None:
+        """The daemon: the session ended and is forgotten; let go of its replay buffer
+        and inbox now, not when the cyclic garbage collector next reaches them (the
+        handler may still hold this object, and a finished handler's exception holds
+        its frames). The inbox's messages were never acknowledged (the client counts
+        them as undelivered); what ``recv()`` took already was, and is still returned
+        before :class:`~sessiond_client.SessionLost`. Its link to the daemon's entry
+        goes too (the entry refers to it: a cycle)."""
+        self._core.drop_buffers()
+        self._entry = _FORGOTTEN
 
     def _failure(self) -> SessionLost | None:
         code = self._core.end_code

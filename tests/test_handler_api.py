@@ -65,3 +65,49 @@ async def test_send_many_refuses_a_payload_larger_than_the_peer_takes() -> None:
                 await asyncio.sleep(0.01)
         assert isinstance(outcome[0], PayloadTooLarge)
         await session.close()
+
+
+async def test_an_ended_session_returns_what_was_taken_and_drops_what_was_not() -> None:
+    """The handler took three messages (acknowledged) and returned one; a fourth waits
+    in the inbox, never acknowledged, when the client closes. After the end the handler
+    still gets the two it took, then SessionLost: the fourth went with the session's
+    buffers, and the client lists it as undelivered (not both)."""
+    got: list[bytes] = []
+    ended: list[str] = []
+    took = asyncio.Event()
+    held: list[int] = []
+
+    async def app(session: sessiond.Session) -> None:
+        while session.core.messages_waiting < 3:
+            await asyncio.sleep(0.01)
+        got.append(await session.recv())  # takes all three: two wait in its local buffer
+        took.set()
+        while not session.ended:
+            await asyncio.sleep(0.01)
+        held.append(session.core.held_bytes)  # released: the fourth is gone
+        try:
+            while True:
+                got.append(await session.recv())
+        except SessionLost:
+            ended.append("lost")
+
+    async with sessiond.serve(app, "127.0.0.1", 0) as server:
+        host, port = server.addresses[0]
+        session = await sessiond_client.connect(f"tcp://{host}:{port}")
+        for i in range(3):
+            await session.send(b"m%d" % i)
+        async with asyncio.timeout(5):
+            await took.wait()
+        await session.send(b"m3")
+        try:
+            await session.close(timeout=0.5)
+        except SessionLost as lost:
+            undelivered = lost.undelivered
+        else:
+            raise AssertionError("m3 was acknowledged")
+        async with asyncio.timeout(5):
+            while not ended:
+                await asyncio.sleep(0.01)
+    assert held == [0]
+    assert got == [b"m0", b"m1", b"m2"]
+    assert list(undelivered) == [b"m3"]

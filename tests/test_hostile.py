@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import os
 import random
 import ssl as ssl_module
@@ -32,10 +33,12 @@ from sessiond_client.protocol import (
     CloseCode,
     FrameDecoder,
     Params,
+    Role,
     SessionResumed,
     SessionStarted,
     parse_frame,
 )
+from sessiond_client.protocol import Session as CoreSession
 from sessiond_client.protocol.codec import encode_data, encode_ping
 from sessiond_client.protocol.frames import Close, Hello, Resume, Welcome
 
@@ -58,7 +61,7 @@ from sessiond.channels import ChannelsConfig
 from sessiond.channels.outbox import RUN_WEIGHT, Outbox
 from sessiond.channels.subscriptions import Subscriptions
 from sessiond.config import ConfigError
-from sessiond.server import ServerConfig
+from sessiond.server import ServerConfig, _Entry
 from sessiond.tls import generate, server_context
 from tests.coreclient import CoreClient
 from tests.test_attacks import daemon_process, echo, recording_logs, rss_kib, started
@@ -403,6 +406,62 @@ async def test_detached_sessions_from_one_address_are_bounded_by_its_byte_budget
         assert isinstance(last.events[-1], SessionResumed), last.events
         await first.close()
         await last.close()
+
+
+async def test_evicted_detached_sessions_give_their_memory_back_at_once() -> None:
+    """Each session fills its replay buffer (echoes never acknowledged: the handler
+    waits in send_many with a batch in hand) and its inbox, then detaches and is
+    evicted at once (over a 64 KiB budget). Everything it held is freed when it ends,
+    with the cyclic garbage collector off: nothing is left waiting in a reference
+    cycle (a finished handler's exception holds its frames, and entry and session
+    refer to each other). Before: bench/hostile.py's detached-fill kept all it had
+    evicted (RSS peak = after, +200 MiB). Scale: 6 x ~0.7 MB (the issue's: 200 x 6 MiB)."""
+    payload = 16000
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        limits = Limits(max_detached_bytes_per_address=64 * 1024)
+        async with echo_server(limits) as server:
+            port = server.addresses[0][1]
+            before, _ = tracemalloc.get_traced_memory()
+            for n in range(6):
+                client = CoreClient(HOST, port, Params(window_messages=4))
+                await client.open()
+                sid = client.session.id or b""
+                core = server.sessions.find(sid)
+                assert core is not None
+                for i in range(40):  # 4 echoed, the rest in the handler's hands and inbox
+                    client.send(bytes([n, i]) * (payload // 2))
+                deadline = time.monotonic() + 10
+                while core.core.unacked_count < 4 or core.core.sequence_numbers[2] < 40:
+                    assert time.monotonic() < deadline, core.core.sequence_numbers
+                    await asyncio.sleep(0.01)
+                assert core.core.messages_waiting > 0
+                await client.kill()
+                core = None
+                del client  # its own copies of what it sent go with it
+                deadline = time.monotonic() + 10
+                while server.sessions.find(sid) is not None:
+                    assert time.monotonic() < deadline, "not evicted"
+                    await asyncio.sleep(0.01)
+            for _ in range(5):  # the woken handlers end (SessionLost from send_many)
+                await asyncio.sleep(0.01)
+            held, _ = tracemalloc.get_traced_memory()
+            alive = [
+                obj
+                for obj in gc.get_objects()
+                if isinstance(obj, sessiond.Session | _Entry)
+                or (isinstance(obj, CoreSession) and obj.role is Role.SERVER)
+            ]
+            assert alive == [], alive
+            # 6 x (40 payloads held by the core and the handler) = 3.8 MB before.
+            assert held - before < 512 * 1024, held - before
+    finally:
+        tracemalloc.stop()
+        if gc_was_enabled:
+            gc.enable()
 
 
 # ------------------------------------------------------------------ channels

@@ -341,6 +341,39 @@ def test_detached_server_session_expires_exactly_at_lifetime() -> None:
     assert state_of(pair.client) is SessionState.DETACHED
 
 
+def test_an_ended_session_drops_its_replay_buffer_and_inbox_on_request() -> None:
+    """A server keeps an ended session object while its handler runs: drop_buffers()
+    lets go of what it held (issue 12: evicted detached sessions held their memory);
+    refused before the end, when a resume still needs them. The counts stay."""
+    pair = connected()
+    server = pair.server
+    for i in range(3):
+        server.send(b"out %d" % i * 100, pair.clock.now)  # the client takes none: no ACK
+        pair.client.send(b"in %d" % i * 100, pair.clock.now)  # the server takes none
+    pair.pump()
+    assert server.buffered_bytes == (1500, 1200)
+    with pytest.raises(InvalidState):
+        server.drop_buffers()
+    assert server.buffered_bytes == (1500, 1200)
+    pair.cut()
+    run_until(pair, T0 + 120.0)
+    assert server.end_code is CloseCode.SESSION_EXPIRED
+    assert server.buffered_bytes == (1500, 1200)  # held until asked (or garbage collected)
+
+    server.drop_buffers()
+    assert server.buffered_bytes == (0, 0)
+    assert server.held_bytes == 0
+    assert server._replay is None and server._inbox is None
+    assert server.messages_waiting == 0
+    assert server.unacked_messages() == []
+    assert server.take_messages(pair.clock.now) == []
+    assert server.sequence_numbers == (3, 0, 3, 0)
+    server.drop_buffers()  # again: nothing more to drop
+    assert server.buffered_bytes == (0, 0)
+    # The client still has what it sent, unacknowledged: its loss reports them.
+    assert pair.client.unacked_messages() == [b"in %d" % i * 100 for i in range(3)]
+
+
 def test_resume_after_expiry_gets_a_new_session_with_the_reason() -> None:
     pair = connected()
     old_id = pair.client.id

@@ -259,7 +259,13 @@ class Handoff:
     def _raise_failure(self) -> None:
         failure = self._failure()
         if failure is not None:
-            raise failure
+            try:
+                raise failure
+            finally:
+                # Not left in this frame: the exception's traceback holds the frame, and
+                # the cycle would keep every frame below (the user's, holding this
+                # session and its messages) until the cyclic garbage collector runs.
+                failure = None
 
 
 class SettlingHandoff(Handoff):

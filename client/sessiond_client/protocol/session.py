@@ -600,6 +600,24 @@ class Session:
         self._schedule_ack(now)
         return count
 
+    def drop_buffers(self) -> None:
+        """An ended session: let go of the replay buffer and the inbox now.
+
+        Nothing is lost that was promised: no resume will ask for a replay, and the
+        inbox holds only messages that were never acknowledged (an ACK covers what was
+        taken, protocol.md §5), which the peer reports as undelivered. For an owner that
+        keeps an ended session object around for a while (a server until its handler
+        is gone); a client keeps them for ``SessionLost.undelivered`` and never calls
+        this. The sequence numbers stay as they were. Raises :class:`InvalidState`
+        while the session has not ended.
+        """
+        if self.state is not _ENDED:
+            raise InvalidState("only an ended session drops its buffers")
+        self._replay = None
+        self._unacked_bytes = 0
+        self._inbox = None
+        self._inbox_bytes = 0
+
     def close(self, now: float, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         """End the session for good with a terminal *code*; the peer is told if attached."""
         if not is_terminal(code):
