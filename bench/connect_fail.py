@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import tempfile
 import time
@@ -22,6 +21,8 @@ import sessiond_client
 import sessiond
 import sessiond.apps
 from sessiond.tls import generate, server_context
+
+from .processes import free_port
 
 
 async def timed(url: str, count: int, **options: Any) -> str:
@@ -43,9 +44,7 @@ async def timed(url: str, count: int, **options: Any) -> str:
 
 
 async def run(count: int) -> None:
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     print("closed port:", await timed(f"tcp://127.0.0.1:{port}", count))
     with tempfile.TemporaryDirectory() as directory:
         certs = generate(Path(directory) / "certs", ["127.0.0.1"], [])
