@@ -179,27 +179,15 @@ class Fanout:
                     self._refill = self.loop.call_later(max(due / rate - elapsed, 0.0), self.refill)
         if room <= 0:
             return
-        now_ns, first, pack, padding = (
-            time.perf_counter_ns(),
-            self.base + published,
-            HEAD.pack,
-            self.padding,
-        )
+        now_ns, first, padding = time.perf_counter_ns(), self.base + published, self.padding
         self.published = published + room
         # Coordinated omission: a message the window held back is late by then.
         late = min(room, held - published) if rate and published < held else 0
         self.late += late
-        period = 1e9 / rate if rate else 0.0
-        self.send(
-            [
-                pack(
-                    first + i,
-                    self.start_ns + round((published + i) * period) if i < late else now_ns,
-                )
-                + padding
-                for i in range(room)
-            ]
-        )
+        period, start_ns, pack = 1e9 / (rate or 1.0), self.start_ns, HEAD.pack
+        stamps = [start_ns + round((published + i) * period) for i in range(late)]
+        stamps += [now_ns] * (room - late)
+        self.send([pack(first + i, stamp) + padding for i, stamp in enumerate(stamps)])
 
     def take(self, receiver: Receiver, payloads: Sequence[bytes], now_ns: int) -> None:
         """A subscriber's read: check the order, count what is missing, repeated or late
@@ -800,7 +788,7 @@ COLUMNS: tuple[tuple[str, Callable[[Json], str], bool], ...] = (
     ("cores full", lambda s: full_cores_cell(s["cores_full"]), False),
     (
         "lost / dup / reordered",
-        lambda s: f"{s['lost']} / {s['duplicates']} / {s['out_of_order']}",
+        lambda s: "{lost} / {duplicates} / {out_of_order}".format(**s),
         False,
     ),
 )
@@ -825,13 +813,7 @@ def _rows(entry: Json) -> list[list[str]]:
                 ]
                 window = f"window {entry['config']['fanout']['window']}"
                 pass_ = window if key == "window" else key
-                head = [
-                    f"{size} B",
-                    pass_,
-                    f"`{name}`",
-                    cells[0],
-                    against if name == DAEMON else "",
-                ]
+                head = [f"{size} B", pass_, f"`{name}`", cells[0], against * (name == DAEMON)]
                 rows.append(head + cells[1:])
     return rows
 
