@@ -92,18 +92,13 @@ def make_certificate(out: Path) -> Certificate:
     """A development CA and a server certificate for 127.0.0.1, by ``sessiond gen-cert``."""
     argv = [sys.executable, "-m", "sessiond", "gen-cert", "--host", HOST, "--out", str(out)]
     try:
-        done = subprocess.run(
-            argv,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=GEN_CERT_TIMEOUT,
-            check=False,
-        )
+        subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=GEN_CERT_TIMEOUT, check=True)  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        why = f"exited with {exc.returncode}: {exc.stderr.strip()}"
+        raise BenchError(f"sessiond gen-cert {why}") from None
     except (OSError, subprocess.SubprocessError) as exc:
         raise BenchError(f"sessiond gen-cert: {exc}") from None
-    if done.returncode != 0:
-        raise BenchError(f"sessiond gen-cert exited with {done.returncode}: {done.stderr.strip()}")
     cert = out / "server.pem"
     key = read_certificate(cert).public_key()
     kind = f"ECDSA {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else "other"
@@ -113,15 +108,8 @@ def make_certificate(out: Path) -> Certificate:
 def tls_daemon_argv(tls_port: int, cert: Certificate) -> list[str]:
     """The echo daemon with a ``tls://`` listener; :func:`~bench.processes.server` adds the
     TCP one after it, so both listen by the time the TCP port answers."""
-    return [
-        *daemon_argv(),
-        "--listen",
-        f"tls://{HOST}:{tls_port}",
-        "--tls-cert",
-        str(cert.cert),
-        "--tls-key",
-        str(cert.key),
-    ]
+    tls = [f"tls://{HOST}:{tls_port}", "--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
+    return [*daemon_argv(), "--listen", *tls]
 
 
 def describe_tls(port: int, context: SSLContext) -> Json:
