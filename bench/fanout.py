@@ -396,36 +396,47 @@ class FanoutSystem:
     notes: list[str] = field(default_factory=list)
 
 
-async def open_daemon(proc: ServerProcess, count: int) -> FanoutSystem:
-    """*count* subscribers and one publisher on the daemon's channels app."""
+async def open_daemon(
+    name: str, daemons: Sequence[ServerProcess], count: int, measured: ServerProcess | None = None
+) -> FanoutSystem:
+    """*count* subscribers and one publisher on the channels app of *daemons*: one takes
+    them all; two (``daemon-2p``) take half (rounded down) and the rest, the publisher on
+    the first. The server CPU is *measured*'s (default: the first daemon's)."""
     params, per_address = Params(), sessions_per_address()
     sources = source_addresses(per_address)
     t0 = time.perf_counter()
-    subscribers = await open_sessions(
-        proc.port, count, 50, lambda _index: ChannelSubscriber(params), sources
-    )
-    opened: list[IdleSession] = list(subscribers)
+    half = max(1, count // 2)
+    shares = [half, count - half] if daemons[1:] else [count]
+    subscribers: list[ChannelSubscriber] = []
+    opened: list[IdleSession] = []
+    notes = [f"{name}: {' + '.join(f'{n:,}' for n in shares)} subscribers"] if daemons[1:] else []
     try:
-        for subscriber in subscribers:
-            subscriber.subscribe(CHANNEL)
-        await asyncio.wait_for(asyncio.gather(*(s.subscribed for s in subscribers)), SETUP_TIMEOUT)
+        for proc, share in zip(daemons, shares, strict=True):
+            mine = await open_sessions(
+                proc.port, share, 50, lambda _index: ChannelSubscriber(params), sources
+            )
+            subscribers += mine
+            opened += mine
+            for subscriber in mine:
+                subscriber.subscribe(CHANNEL)
+            await asyncio.wait_for(asyncio.gather(*(s.subscribed for s in mine)), SETUP_TIMEOUT)
+            addresses = 1 + share // per_address
+            notes.append(
+                f"{share + (proc is daemons[0]):,} sessions from {addresses} loopback source "
+                f"address{'es' if addresses > 1 else ''} (127.0.0.x, at most {per_address} "
+                "each: the daemon's default max_transports_per_peer is 256)"
+            )
         publishers = await open_sessions(
-            proc.port, 1, 1, lambda _index: ChannelPublisher(params), lambda _: sources(count)
+            daemons[0].port, 1, 1, lambda _: ChannelPublisher(params), lambda _: sources(shares[0])
         )
         opened += publishers
     except (BenchError, TimeoutError) as exc:
         await close_idle(opened, 5.0)
-        raise BenchError(f"{DAEMON}: subscribing: {exc!r}") from None
-    addresses = 1 + count // per_address
+        raise BenchError(f"{name}: subscribing: {exc!r}") from None
     publisher = publishers[0]
     return FanoutSystem(
-        DAEMON, proc, subscribers, publisher.publish, lambda: publisher.failure,
-        lambda: close_idle(opened, 10.0), time.perf_counter() - t0,
-        notes=[
-            f"{count + 1:,} sessions from {addresses} loopback source "
-            f"address{'es' if addresses > 1 else ''} (127.0.0.x, at most {per_address} "
-            "each: the daemon's default max_transports_per_peer is 256)"
-        ],
+        name, measured or daemons[0], subscribers, publisher.publish, lambda: publisher.failure,
+        lambda: close_idle(opened, 10.0), time.perf_counter() - t0, notes=["; ".join(notes)],
     )  # fmt: skip
 
 
@@ -482,40 +493,15 @@ def missing_two() -> str | None:
     return None
 
 
-def start_two(ctx: Context) -> list[ServerProcess]:
-    """redis-server, then two channels daemons on it."""
+def open_two(ctx: Context, count: int) -> FanoutSystem:
+    """redis-server, two channels daemons on it, and :func:`open_daemon` over both."""
     port = free_port()
     (ctx.tmp / "redis-fanout").mkdir()
     redis = ctx.process("redis-fanout", redis_command(port, ctx.tmp / "redis-fanout"), port)
     argv = [*daemon_argv("channels"), "--store", f"redis://{HOST}:{port}/0"]
-    return [redis, ctx.server("daemon-2p-a", argv), ctx.server("daemon-2p-b", argv)]
-
-
-async def open_two(procs: list[ServerProcess], count: int) -> FanoutSystem:
-    """*count* subscribers over the two daemons of :func:`start_two`, the publisher on
-    the first."""
-    first = await open_daemon(procs[1], max(1, count // 2))
-    rest = count - len(first.subscribers)
-    try:
-        second = await open_daemon(procs[2], rest) if rest else None
-    except BaseException:
-        await first.close()
-        raise
-    close_first = first.close
-
-    async def close() -> None:
-        await close_first()
-        if second is not None:
-            await second.close()
-
-    first.name, first.proc, first.close = DAEMON2, cast(ServerProcess, Servers(procs)), close
-    first.subscribers = [*first.subscribers, *(second.subscribers if second else ())]
-    first.setup_seconds += second.setup_seconds if second else 0.0
-    first.notes = [
-        f"{DAEMON2}: {len(first.subscribers) - rest:,} + {rest:,} subscribers; "
-        + "; ".join(first.notes)
-    ]
-    return first
+    daemons = [ctx.server("daemon-2p-a", argv), ctx.server("daemon-2p-b", argv)]
+    measured = cast(ServerProcess, Servers([redis, *daemons]))
+    return cast(FanoutSystem, ctx.run(open_daemon(DAEMON2, daemons, count, measured)))
 
 
 # ---------------------------------------------------------------- measuring
@@ -686,9 +672,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             if DAEMON in wanted:
                 proc = ctx.server("daemon-channels", daemon_argv("channels"))
-                opened.append(ctx.run(open_daemon(proc, plan.subscribers)))
+                opened.append(ctx.run(open_daemon(DAEMON, [proc], plan.subscribers)))
             if two and (why := missing_two()) is None:
-                opened.append(ctx.run(open_two(start_two(ctx), plan.subscribers)))
+                opened.append(open_two(ctx, plan.subscribers))
             elif two and why is not None:
                 skipped[DAEMON2] = why
             if MOSQUITTO in binaries:
