@@ -4,6 +4,7 @@ its configuration: bench/systems.py's PEERS)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import socket
@@ -190,40 +191,30 @@ async def echo(
 ) -> EchoResult:
     """One windowed echo pass over *sessions* clients, each up to *window* QoS 1 messages
     published and not yet back; all connected and subscribed before the clocks start."""
-    pairs = [
-        (Share(SYSTEM, pool, quota, window), MqttConnection(window))
-        for quota in split(messages, sessions)
-    ]
-    conns = [conn for _share, conn in pairs]
+    shares = [Share(SYSTEM, pool, quota, window) for quota in split(messages, sessions)]
+    conns = [MqttConnection(window) for _ in shares]
 
-    def refill(share: Share, conn: MqttConnection) -> None:
-        for payload in share.batch():
-            conn.publish(payload)
+    def refill(index: int) -> None:
+        for payload in shares[index].batch():
+            conns[index].publish(payload)
 
-    for share, conn in pairs:
-
-        def back(got: list[bytes], _now: int, s: Share = share, c: MqttConnection = conn) -> None:
-            if s.take(got):
-                refill(s, c)
-
-        conn.on_payloads = back
+    def back(index: int, got: list[bytes], _now: int) -> None:
+        if shares[index].take(got):
+            refill(index)
 
     async def start() -> None:
-        for share, conn in pairs:
-            refill(share, conn)
+        for index, share in enumerate(shares):
+            refill(index)
             share.ended()
 
+    for index, conn in enumerate(conns):
+        conn.on_payloads = functools.partial(back, index)
     try:
         await open_all(sessions, lambda index: conns[index].open(port))
         return await shares_pass(
-            SYSTEM,
-            [share for share, _conn in pairs],
-            start,
-            server_cpu,
-            time_limit,
-            lambda: sum(c.reads for c in conns),
-            lambda: sum(c.writes for c in conns),
-        )
+            SYSTEM, shares, start, server_cpu, time_limit,
+            lambda: sum(c.reads for c in conns), lambda: sum(c.writes for c in conns),
+        )  # fmt: skip
     finally:
         await asyncio.gather(*(conn.close() for conn in conns), return_exceptions=True)
 
