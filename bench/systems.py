@@ -91,7 +91,7 @@ class Peer:
     module: str  # the client library's import name
     package: str  # its PyPI distribution
     config: Callable[[int, int], str]  # (port, window) -> the config file's text
-    driver: str  # bench.DRIVER
+    driver: str  # its module in bench/
     stop_signal: signal.Signals = signal.SIGTERM
 
     def skip_reason(self, binary: str | None) -> str | None:
@@ -242,7 +242,7 @@ def start(
     peers: Json = {}
     for name, binary in binaries.items():
         proc, peers[name] = start_peer(ctx, PEERS[name], binary, window)
-        # Imported only now: it imports the peer's client library, installed or not.
+        # Imported here, once find_peers has seen the client library installed.
         driver = importlib.import_module(f"{__package__}.{PEERS[name].driver}")
         started.append(System(name, proc, driver.echo, driver.ping))
     return started, peers
