@@ -131,7 +131,7 @@ def describe_tls(port: int, context: SSLContext) -> Json:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeResult:
-    """One pass: connections opened (with a session), then closed, *concurrency* at a time;
+    """One pass: connections opened (with a session), then closed, ``--concurrency`` at a time;
     its seconds: first connect to the last transport closed."""
 
     system: str
