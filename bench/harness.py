@@ -146,9 +146,11 @@ class Context:
     def run(self, coroutine: Any) -> Any:
         return self.runner.run(coroutine)
 
-    def server(self, name: str, argv: list[str]) -> ServerProcess:
-        """``python -m ARGV`` pinned on a free port, until the scenario ends."""
-        return self._keep(self.stack.enter_context(server(name, argv, self.pinning, self.tmp)))
+    def server(self, name: str, argv: list[str], pinning: Pinning | None = None) -> ServerProcess:
+        """``python -m ARGV`` on a free port, pinned (unless *pinning* says otherwise), until
+        the scenario ends."""
+        proc = server(name, argv, pinning or self.pinning, self.tmp)
+        return self._keep(self.stack.enter_context(proc))
 
     def process(self, name: str, command: list[str], port: int, **kwargs: Any) -> ServerProcess:
         """Any server command, pinned, until the scenario ends."""
