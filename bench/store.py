@@ -540,32 +540,27 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             "",
         ]
     if kill := entry.get("kill"):
+        at = {k: nan(kill[f"kill_to_{k}_resumed_s"]) for k in ("first", "median", "last")}
         lines += [
-            f"kill -9 of a worker: {kill['sessions']:,} sessions of the library client "
-            "(`sessiond_client`, reconnect backoff 0.05-0.5 s) on one Redis-store daemon "
-            "`--workers 2` (SO_REUSEPORT, supervised: the heir is already running), "
-            f"each sending a {SIZE} B payload every {kill['send_gap_s']:g} s (echoes checked "
-            f"per payload); the worker holding {kill['on_killed_worker']:,} of them gets "
+            f"kill -9 of a worker: {kill['sessions']:,} library-client sessions (reconnect "
+            "backoff 0.05-0.5 s) on one Redis-store daemon `--workers 2` (SO_REUSEPORT, "
+            f"supervised), each echoing a {SIZE} B payload every {kill['send_gap_s']:g} s, "
+            f"every echo checked; the worker holding {kill['on_killed_worker']:,} of them gets "
             "SIGKILL; they reconnect to the same port and resume on the other worker or the "
-            f"restarted one once the dead lease ({kill['lease_ttl_s']:g} s, the default) has "
-            f"run out: {kill['resumed']:,} resumed ({kill['moved']:,} moved), "
-            f"{kill['sent']:,} sent, {kill['lost']} lost, {kill['duplicates']} duplicated; "
-            "from the kill, s: moved sessions resumed first "
-            f"{nan(kill['kill_to_first_resumed_s']):.2f}, median "
-            f"{nan(kill['kill_to_median_resumed_s']):.2f}, last "
-            f"{nan(kill['kill_to_last_resumed_s']):.2f}; worker restarted "
-            f"{nan(kill['kill_to_worker_restarted_s']):.2f} (the load generator "
-            f"meanwhile busy {kill['client_cpu_share']:.0%} of its core).",
+            f"restarted one once the dead lease ({kill['lease_ttl_s']:g} s) has run out: "
+            f"{kill['resumed']:,} resumed ({kill['moved']:,} moved), {kill['sent']:,} sent, "
+            f"{kill['lost']} lost, {kill['duplicates']} duplicated; from the kill, s: moved "
+            f"sessions resumed first {at['first']:.2f}, median {at['median']:.2f}, last "
+            f"{at['last']:.2f}; worker restarted {nan(kill['kill_to_worker_restarted_s']):.2f} "
+            f"(the load generator meanwhile busy {kill['client_cpu_share']:.0%} of its core).",
             "",
         ]
     if workers := entry.get("workers"):
         lines += [
             f"`--workers 2` vs one daemon, Redis store, {workers['sessions']} sessions, the echo "
-            "above; CPU summed over the daemon's processes (supervisor and workers). Core "
-            "budget, honestly: this machine has 2 cores; these two daemons are *not* pinned, so "
-            "the 2 workers share both cores with redis-server (pinned to one) and the load "
-            "generator (pinned to the other): the 2-worker figure says what a second worker "
-            "gains when nothing is spare, not what it gains on a machine with a core per worker.",
+            "above, CPU summed over the daemon's processes. Both daemons are *not* pinned: on "
+            "2 cores, the workers share them with redis-server and the load generator, so this "
+            "says what a second worker gains when no core is spare.",
             "",
             markdown_table("daemon|msg/s|µs CPU/msg|lost", [worker_row(n, workers) for n in "12"]),
             "",
