@@ -35,17 +35,14 @@ from .processes import (
     loop_name,
     new_loop,
     pinned_loadgen,
-    process,
     raise_nofile,
     server,
-    timed_pass,
 )
 from .results import (
     Json,
     command_line,
     commit_info,
     display_path,
-    entry_head,
     machine_info,
     publish,
     spread,
@@ -142,7 +139,7 @@ class Context:
 
     def process(self, name: str, command: list[str], port: int, **kwargs: Any) -> ServerProcess:
         """Any server command, pinned, until the scenario ends."""
-        proc = process(name, command, port, self.pinning, self.tmp, **kwargs)
+        proc = ServerProcess(name, command, port, self.pinning, self.tmp, **kwargs)
         return self._keep(self.stack.enter_context(proc))
 
     @contextlib.contextmanager
@@ -163,7 +160,15 @@ class Context:
     ) -> tuple[R, tuple[float, float] | None]:
         """*body*, one pass against *proc*, and what others took of the pinned cores."""
         gc.collect()
-        return timed_pass(proc, self.load, body)
+        proc.check_alive()
+        server0, cpu0 = proc.cpu_seconds(), time.process_time()
+        self.load.start()
+        try:
+            result = body()
+        except BenchError:
+            proc.check_alive()  # a dead server explains more than a lost connection
+            raise
+        return result, self.load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
 
     def passes(
         self,
@@ -226,7 +231,12 @@ def scenario(
     ]
     config = fields.pop("config", {})
     entry: Json = {
-        **entry_head(command, started, begun, context.quick, machine),
+        "command": command,
+        "argv": sys.argv[1:],
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - begun, 3),
+        "quick": context.quick,
+        "machine": machine,
         "pinning": {**pinning.to_json(), "loadgen_affinity": affinity},
         "config": {
             "host": HOST,

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -129,24 +129,6 @@ class CoreLoad:
         return shares[0], shares[1]
 
 
-def timed_pass(
-    proc: ServerProcess, load: CoreLoad | None, body: Callable[[], T]
-) -> tuple[T, tuple[float, float] | None]:
-    """Run *body*, one pass against *proc*, and what others took of the pinned cores."""
-    proc.check_alive()
-    server0, cpu0 = proc.cpu_seconds(), time.process_time()
-    if load is not None:
-        load.start()
-    try:
-        result = body()
-    except BenchError:
-        proc.check_alive()  # a dead server explains more than a lost connection
-        raise
-    if load is None:
-        return result, None
-    return result, load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU seconds process *pid* has run so far, in nanoseconds' resolution: the first field
     of ``/proc/PID/task/*/schedstat`` summed over its threads (``/proc/PID/stat`` ticks where
@@ -237,7 +219,8 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked.
+    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked; as a
+    context manager, stopped when the body ends however it ends.
 
     *command* must make the server listen on *port*; its output goes to
     ``<log_dir>/<name>.log``. :meth:`stop` sends *stop_signal* (nats-server exits with 1
@@ -279,6 +262,13 @@ class ServerProcess:
                     self.stop()
                     raise BenchError(f"{self.name}: not listening after 20 s") from None
                 time.sleep(0.05)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.returncode is None:
+            self.stop()
 
     def check_alive(self) -> None:
         if (code := self.proc.poll()) is not None:
@@ -337,29 +327,11 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def process(
-    name: str,
-    command: list[str],
-    port: int,
-    pinning: Pinning,
-    log_dir: Path,
-    stop_signal: signal.Signals = signal.SIGTERM,
-) -> Iterator[ServerProcess]:
-    """A :class:`ServerProcess` for the body, stopped after it however it ends."""
-    proc = ServerProcess(name, command, port, pinning, log_dir, stop_signal)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.stop()
-
-
-@contextlib.contextmanager
 def server(name: str, argv: list[str], pinning: Pinning, log_dir: Path) -> Iterator[ServerProcess]:
     """``python -m ARGV --listen 127.0.0.1:PORT`` on a free port, for the body."""
     port = free_port()
     command = [sys.executable, "-m", *argv, "--listen", f"{HOST}:{port}"]
-    with process(name, command, port, pinning, log_dir) as proc:
+    with ServerProcess(name, command, port, pinning, log_dir) as proc:
         yield proc
 
 

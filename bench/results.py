@@ -18,7 +18,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -198,21 +197,6 @@ def update_results_md(heading: str, body: str, path: Path = RESULTS_MD) -> None:
             lines.pop()
         lines += ["", *section]
     path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
-
-
-def entry_head(
-    command: str, started: datetime.datetime, begun: float, quick: bool, machine: Json
-) -> Json:
-    """The fields every results entry starts with: how it was run, when, for how long (from
-    *begun*, a ``time.perf_counter()`` reading) and on what."""
-    return {
-        "command": command,
-        "argv": sys.argv[1:],
-        "started_at": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.perf_counter() - begun, 3),
-        "quick": quick,
-        "machine": machine,
-    }
 
 
 def partial_reasons(args: Any, commit: Json, entries: Sequence[Json] = ()) -> list[str]:
