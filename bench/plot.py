@@ -1,12 +1,9 @@
 """The PNG of a run: one panel per figure worth a picture, for every scenario that ran.
 
-Throughput (msg/s per system by session count, per payload size, log scale), latency
-(round trip against percentile, per offered rate), resume (distribution of cut →
-connected / resumed / first message), storm (share of sessions resumed and caught up
-against seconds since the cut), idle (server RSS per idle session against the count,
-over TCP, over TLS and bare TLS), tls (handshakes/s and echo msg/s, TLS beside TCP) and
-fanout (deliveries/s; paced delivery latency by percentile); three to a row, drawn on
-matplotlib's Agg canvas.
+Bars of a spread per system (throughput per payload size, tls, fanout as fast as the
+window allows) and curves against percentile on HdrHistogram's axis (latency per offered
+rate, resume, paced fanout), storm's timeline and idle's RSS per session against the count;
+three to a row, drawn on matplotlib's Agg canvas (:func:`panels` lists them).
 """
 
 from __future__ import annotations
