@@ -3,9 +3,11 @@
 Nothing is counted per message for this. :class:`Collector` builds every metric
 when it is scraped, from the server's event counters (:mod:`sessiond.stats`) and
 its live state: sessions by state, transports, replay and inbox bytes, and the
-messages each way (the live sessions' sequence numbers plus those of ended
-sessions). The HTTP side is a small asyncio server on the daemon's own loop, so a
-scrape reads that state between two callbacks, never while it changes.
+messages each way (the live sessions' sequence numbers plus those of sessions
+that ended or moved to another process, less what sessions adopted from another
+process had counted there: each process counts the messages that went through it).
+The HTTP side is a small asyncio server on the daemon's own loop, so a scrape
+reads that state between two callbacks, never while it changes.
 """
 
 from __future__ import annotations
