@@ -36,8 +36,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .addresses import parse_listen
+from .addresses import format_host, parse_listen
+from .admin import AdminError
 from .config import Settings
+from .gather import Gatherer, Occupant, SupervisorAdmin, SupervisorMetrics, socket_directory_problem
 from .systemd import Notifier
 
 log = logging.getLogger("sessiond.workers")
@@ -67,13 +69,11 @@ def check(settings: Settings) -> None:
             "(--store redis://HOST:PORT/DB); the memory store keeps sessions inside one "
             "process, so a client could not resume on another worker"
         )
-    for name, value in (("metrics.listen (--metrics)", settings.metrics.listen),
-                        ("admin.socket (--admin-socket)", settings.admin.socket)):  # fmt: skip
-        if value:
-            raise ValueError(
-                f"{name} cannot be used with server.workers = {count} yet: it is one "
-                "address per process, and each worker would need its own"
-            )
+    if settings.metrics.listen or settings.admin.socket:
+        # The supervisor serves them, through a private socket per worker.
+        problem = socket_directory_problem()
+        if problem is not None:
+            raise ValueError(f"server.workers = {count} with metrics or an admin socket: {problem}")
     for value in settings.server.listen:
         if parse_listen(value).port == 0:
             raise ValueError(
@@ -102,16 +102,20 @@ def _fields(event: str, **more: Any) -> dict[str, Any]:
 class WorkerLink:
     """A worker's end of its socket pair with the supervisor."""
 
-    def __init__(self, slot: int, fd: int) -> None:
+    def __init__(self, slot: int, fd: int, door: str | None = None) -> None:
         self.slot = slot
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(False)
+        #: Where to answer the supervisor's metrics and admin requests (sessiond/gather.py);
+        #: None when it serves neither.
+        self.door = door
 
     @classmethod
     def parse(cls, text: str) -> WorkerLink:
-        """From ``--worker-link SLOT:FD``."""
-        slot, _, fd = text.partition(":")
-        return cls(int(slot), int(fd))
+        """From ``--worker-link SLOT:FD[:DOOR]``."""
+        slot, _, rest = text.partition(":")
+        fd, _, door = rest.partition(":")
+        return cls(int(slot), int(fd), door or None)
 
     def ready(self) -> None:
         """Tell the supervisor this worker listens (then it may retire another)."""
@@ -143,10 +147,13 @@ class WorkerLink:
 class _Worker:
     """One worker process as the supervisor sees it."""
 
-    def __init__(self, slot: int, proc: asyncio.subprocess.Process, link: socket.socket) -> None:
+    def __init__(
+        self, slot: int, proc: asyncio.subprocess.Process, link: socket.socket, door: str
+    ) -> None:
         self.slot = slot
         self.proc = proc
         self.link = link
+        self.door = door  # its private socket ("" without metrics or an admin socket)
         self.started = time.monotonic()
         self.ready = asyncio.Event()
         self.exited = asyncio.Event()
@@ -174,12 +181,17 @@ class Supervisor:
         load_again: Callable[[], Settings] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.settings = settings
         self.count = settings.server.workers
         self.drain_timeout = settings.server.drain_timeout
         self.load_again = load_again
         self.current: list[_Worker | None] = [None] * self.count
         self.live: set[_Worker] = set()
         self.failures = [0] * self.count
+        self.restarted = [0] * self.count  # workers started after one exited unasked
+        self.gatherer: Gatherer | None = None  # with --metrics or --admin-socket
+        self.metrics: SupervisorMetrics | None = None
+        self.admin: SupervisorAdmin | None = None
         self.notifier = Notifier()
         self.serving = False
         self.stopping = False
@@ -206,6 +218,14 @@ class Supervisor:
             self.count,
             extra=_fields("supervisor-started", pid=os.getpid(), workers=self.count),
         )
+        try:
+            if not await self._open_doors():
+                return 1
+            return await self._supervise(stop)
+        finally:
+            await self._close_doors()
+
+    async def _supervise(self, stop: asyncio.Event) -> int:
         started = [await self._spawn(slot) for slot in range(self.count)]
         for worker in started:
             if not await self._until_ready(worker) and not stop.is_set():
@@ -240,6 +260,7 @@ class Supervisor:
         """Start a worker for *slot* (the slot's current one unless *current* is False)."""
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
+        door = self.gatherer.door_for(slot) if self.gatherer is not None else ""
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -247,7 +268,7 @@ class Supervisor:
                 "sessiond",
                 *self.argv,
                 "--worker-link",
-                f"{slot}:{theirs.fileno()}",
+                f"{slot}:{theirs.fileno()}" + (f":{door}" if door else ""),
                 pass_fds=(theirs.fileno(),),
                 env=self._env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -257,7 +278,7 @@ class Supervisor:
             raise
         finally:
             theirs.close()
-        worker = _Worker(slot, proc, ours)
+        worker = _Worker(slot, proc, ours, door)
         self.live.add(worker)
         if current:
             self.current[slot] = worker
@@ -312,6 +333,11 @@ class Supervisor:
         code = await worker.proc.wait()
         ran = time.monotonic() - worker.started
         self.live.discard(worker)
+        if self.gatherer is not None:
+            self.gatherer.retire(worker.pid)
+            if worker.door:  # left by a worker that was killed
+                with contextlib.suppress(OSError):
+                    os.unlink(worker.door)
         worker.exited.set()
         worker.link.close()
         expected = worker.retiring or self.stopping
@@ -349,6 +375,7 @@ class Supervisor:
                 return  # stopping, or a SIGHUP replacement filled the slot meanwhile
             try:
                 await self._spawn(slot)
+                self.restarted[slot] += 1
                 return
             except OSError as exc:  # out of processes or memory: try again later
                 delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, delay * 2))
@@ -359,6 +386,84 @@ class Supervisor:
                     delay,
                     extra=_fields("worker-failed", slot=slot, error=str(exc), delay=delay),
                 )
+
+    # ------------------------------------------------------------------- doors
+
+    async def _open_doors(self) -> bool:
+        """Serve --metrics and --admin-socket for every worker (sessiond/gather.py);
+        False (logged) if one cannot be opened."""
+        where, path = self.settings.metrics.listen, self.settings.admin.socket
+        if not where and not path:
+            return True
+        try:
+            self.gatherer = gatherer = Gatherer(self.count, self)
+        except (ValueError, OSError) as exc:
+            log.error("%s", exc, extra=_fields("doors-failed", error=str(exc)))
+            return False
+        log.info(
+            "workers answer metrics and admin requests on private sockets in %s",
+            gatherer.directory,
+            extra=_fields("worker-doors", directory=str(gatherer.directory)),
+        )
+        if where:
+            address = parse_listen(where, ("http",))
+            self.metrics = SupervisorMetrics(gatherer)
+            try:
+                host, port = await self.metrics.start(address.host, address.port)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                log.error(
+                    "cannot serve metrics on %s: %s",
+                    where,
+                    why,
+                    extra=_fields("listen-failed", address=where, error=why),
+                )
+                return False
+            url = f"http://{format_host(host)}:{port}"
+            log.info(
+                "metrics on %s/metrics (also /healthz, /readyz) for %d workers",
+                url,
+                self.count,
+                extra=_fields("metrics", address=url),
+            )
+        if path:
+            self.admin = SupervisorAdmin(gatherer, path)
+            try:
+                await self.admin.start()
+            except AdminError as exc:
+                self.admin = None
+                log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
+                return False
+            log.info(
+                "admin socket %s (mode 0600) for %d workers",
+                path,
+                self.count,
+                extra=_fields("admin", address=path),
+            )
+        return True
+
+    async def _close_doors(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.gatherer is not None:
+            self.gatherer.close()
+
+    def occupants(self) -> list[Occupant]:
+        """Every live worker process with a door (for the gatherer)."""
+        return [
+            Occupant(w.slot, w.pid, w.door, self.current[w.slot] is w)
+            for w in sorted(self.live, key=lambda w: (w.slot, w.started))
+            if w.door
+        ]
+
+    def phase(self) -> str:
+        """``starting``, ``serving`` or ``draining`` (for /readyz)."""
+        return "draining" if self.stopping else "serving" if self.serving else "starting"
+
+    def restarts(self, slot: int) -> int:
+        return self.restarted[slot]
 
     # ------------------------------------------------------------------ SIGHUP
 
