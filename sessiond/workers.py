@@ -21,6 +21,10 @@ one, wait until it listens, then SIGTERM the old one; a new worker that does not
 come up stops the replacement and the old ones keep serving. A worker that exits
 unasked is restarted at once, then with a doubling delay while it keeps crashing
 within :data:`STABLE_AFTER` seconds of its start.
+
+``--metrics`` and ``--admin-socket`` are the supervisor's: it serves them for every
+worker, asking each over a private unix socket (sessiond/gather.py); a worker opens
+neither itself.
 """
 
 from __future__ import annotations
