@@ -446,3 +446,29 @@ async def test_a_moved_session_stays_counted_where_its_messages_went(
         while b.sessions.find(client.session.id or b"") is not None:
             await asyncio.sleep(0.01)
     assert messages(b) == {"in": 20, "out": 20}  # ended there: still its 20
+
+
+async def test_a_failed_commit_refuses_new_sessions_only_until_the_store_answers_again(
+    start: Callable[..., Awaitable[Server]], redis_server: RedisServer
+) -> None:
+    app = Echo()
+    a = await start(app, lease_ttl=2.0, renew_every=0.2)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 1)
+    redis_server.kill()
+    client.send(b"lost with redis")  # its commit fails: the session is dropped here
+    assert a.durable is not None
+    async with asyncio.timeout(10):
+        while a.durable.accepting:
+            await asyncio.sleep(0.05)
+    redis_server.start()
+    # No session is left to commit anything; the lease's renewal shows Redis is back.
+    async with asyncio.timeout(10):
+        while not a.durable.accepting:
+            await asyncio.sleep(0.05)
+    fresh = CoreClient("127.0.0.1", port(a))
+    assert await fresh.connect(10.0)
+    await exchange(fresh, 0, 3)
+    await fresh.close()
+    await client.close()
