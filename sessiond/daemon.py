@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import signal
 import ssl
@@ -280,6 +281,9 @@ class Daemon:
         await server.drain(timeout, self.settings.server.retry_after)
         if isinstance(self.app, ChannelsApp):
             await self.app.close()
+        if self.worker is not None and isinstance(self.admin, WorkerDoor):
+            # What it counted since the supervisor's last scrape stays in the sums.
+            self.worker.report(json.dumps(await self.admin.families()).encode())
         await self._stop_side_doors()
         self.notifier.stop_watchdog()
         log.info("stopped", extra=_fields("stopped"))

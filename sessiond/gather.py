@@ -10,9 +10,10 @@ supervisor asks every worker when it is asked itself (:class:`Gatherer`):
 * ``/metrics`` (:class:`SupervisorMetrics`): each worker's series with a
   ``worker="N"`` label, N its *slot* (0 to N-1, the same across restarts of that slot).
   A counter (histograms too) is summed over every process that has occupied the slot:
-  a process that exited is counted with its last scraped values, so a restarted
-  worker's counters never go down. What a worker counted after its last scrape and
-  before it exited (a kill -9, or the end of a drain) is lost. Gauges are the slot's
+  a process that exited is counted with the values it sent as it exited after a drain
+  (over its link, sessiond/workers.py), else with those of its last scrape, so a
+  restarted worker's counters never go down. What a worker killed or crashed counted
+  after its last scrape is lost. Gauges are the slot's
   current worker's. Then the supervisor's own: ``sessiond_workers``,
   ``sessiond_worker_up``, ``sessiond_worker_restarts_total``,
   ``sessiond_worker_scrape_failures_total`` and its process's
@@ -27,6 +28,7 @@ supervisor asks every worker when it is asked itself (:class:`Gatherer`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -137,13 +139,17 @@ class WorkerDoor(AdminServer):
             ready, why = self.source.readiness()
             answer: dict[str, Any] = {"ok": True, "ready": ready, "why": why}
             if op == "metrics":
-                await self.collector.refresh()
-                try:
-                    answer["families"] = to_wire(self.registry)
-                finally:
-                    self.collector.scan = None
+                answer["families"] = await self.families()
             return answer
         return self.answer(request)
+
+    async def families(self) -> list[dict[str, Any]]:
+        """Every family this worker would serve, as :func:`to_wire` gives them."""
+        await self.collector.refresh()
+        try:
+            return to_wire(self.registry)
+        finally:
+            self.collector.scan = None
 
 
 # -------------------------------------------------------------- supervisor side
@@ -210,10 +216,15 @@ class Gatherer:
         self._serial += 1
         return str(self.directory / f"{slot}-{self._serial}.sock")
 
-    def retire(self, pid: int) -> None:
-        """Process *pid* has exited: its last counters stay in its slot's sums."""
+    def retire(self, pid: int, slot: int, report: Any = None) -> None:
+        """Process *pid* of *slot* has exited: its last counters stay in the slot's sums,
+        those of its *report* (its families as it exited after a drain) if it sent one,
+        else those of its last scrape."""
         self._retired.add(pid)
         scraped = self.last.pop(pid, None)
+        if isinstance(report, list):
+            with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+                scraped = self._read(slot, report)
         if scraped is not None:
             carried = self.carried[scraped.slot]
             for key, value in scraped.counters.items():

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -58,6 +59,9 @@ STABLE_AFTER = 10.0
 READY_TIMEOUT = 60.0
 #: On stop, beyond the drain timeout, before a worker still running is killed.
 STOP_MARGIN = 30.0
+#: How long a worker's last metrics may take to arrive; the most they may hold.
+REPORT_TIMEOUT = 5.0
+REPORT_LIMIT = 64 * 1024 * 1024
 #: Set by the supervisor for its workers' environment: systemd hears from it alone.
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -113,6 +117,7 @@ class WorkerLink:
         #: Where to answer the supervisor's metrics and admin requests (sessiond/gather.py);
         #: None when it serves neither.
         self.door = door
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def parse(cls, text: str) -> WorkerLink:
@@ -143,6 +148,16 @@ class WorkerLink:
                 on_lost()
 
         loop.add_reader(fd, readable)
+        self._loop = loop
+
+    def report(self, metrics: bytes) -> None:
+        """Exiting after a drain: send the supervisor this worker's last metrics (JSON),
+        which it adds to the slot's sums instead of those of its last scrape."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(REPORT_TIMEOUT)  # blocking, bounded: the loop is done
+            self.sock.sendall(b"M" + metrics)
 
 
 # --------------------------------------------------------------- supervisor side
@@ -158,6 +173,8 @@ class _Worker:
         self.proc = proc
         self.link = link
         self.door = door  # its private socket ("" without metrics or an admin socket)
+        self.link_closed = asyncio.Event()
+        self.report: Any = None  # its last metrics, sent as it exits after a drain
         self.started = time.monotonic()
         self.ready = asyncio.Event()
         self.exited = asyncio.Event()
@@ -303,22 +320,39 @@ class Supervisor:
         return task
 
     async def _listen_link(self, worker: _Worker) -> None:
+        """``R`` when the worker listens; ``M`` and its last metrics (JSON) when it exits
+        after a drain (:meth:`WorkerLink.report`); end of file when it has exited."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = await loop.sock_recv(worker.link, 64)
-            except OSError:
-                return
-            if not data:
-                return
-            if not worker.ready.is_set():
-                worker.ready.set()
-                log.info(
-                    "worker %d ready pid=%d",
-                    worker.slot,
-                    worker.pid,
-                    extra=_fields("worker-ready", slot=worker.slot, pid=worker.pid),
-                )
+        said = bytearray()
+        try:
+            while True:
+                try:
+                    data = await loop.sock_recv(worker.link, 65536)
+                except OSError:
+                    return
+                if not data:
+                    break
+                said += data
+                if len(said) > REPORT_LIMIT:
+                    return
+                if said.startswith(b"R"):
+                    self._ready(worker)
+            report = said.removeprefix(b"R")
+            if report.startswith(b"M"):
+                with contextlib.suppress(ValueError):
+                    worker.report = json.loads(report[1:])
+        finally:
+            worker.link_closed.set()
+
+    def _ready(self, worker: _Worker) -> None:
+        if not worker.ready.is_set():
+            worker.ready.set()
+            log.info(
+                "worker %d ready pid=%d",
+                worker.slot,
+                worker.pid,
+                extra=_fields("worker-ready", slot=worker.slot, pid=worker.pid),
+            )
 
     async def _until_ready(self, worker: _Worker) -> bool:
         """Wait until *worker* listens: False if it exits or takes too long first."""
@@ -338,7 +372,11 @@ class Supervisor:
         ran = time.monotonic() - worker.started
         self.live.discard(worker)
         if self.gatherer is not None:
-            self.gatherer.retire(worker.pid)
+            # Its last metrics, if it drained, came before the end of file on its link.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPORT_TIMEOUT):
+                    await worker.link_closed.wait()
+            self.gatherer.retire(worker.pid, worker.slot, worker.report)
             if worker.door:  # left by a worker that was killed
                 with contextlib.suppress(OSError):
                     os.unlink(worker.door)

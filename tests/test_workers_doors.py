@@ -164,6 +164,19 @@ async def test_metrics_and_admin_socket_cover_every_worker(
             assert sum(counts.values()) == 12 * SENT + 11 * 2
             assert all(counts[w] >= messages(before, direction)[w] for w in ("0", "1"))
 
+        # SIGHUP replaces both workers: each sends its last metrics as it exits, so what
+        # it counted after the last scrape (three more echoes each) stays counted.
+        await asyncio.wait_for(asyncio.gather(*(exchange(s, 3) for s in sessions)), TIMEOUT)
+        proc.signal(signal.SIGHUP)
+        await proc.until("SIGHUP: every worker replaced")
+        await asyncio.wait_for(asyncio.gather(*(exchange(s, 1) for s in sessions)), TIMEOUT)
+        rolled = await scraped(base)
+        for direction in ("in", "out"):
+            counts = messages(rolled, direction)
+            assert sum(counts.values()) == 12 * SENT + 11 * (2 + 3 + 1)
+            assert all(counts[w] >= messages(final, direction)[w] for w in ("0", "1"))
+        assert value(rolled, "sessiond_worker_restarts_total", worker="0") == 1  # not a restart
+
         for session in sessions:
             await session.close()
         sessions.clear()
