@@ -208,7 +208,6 @@ class Gatherer:
         self.kinds: dict[str, tuple[str, str, str]] = {}  # family -> (type, help, unit)
         self.up = [False] * count  # the slot's current worker answered the last scrape
         self.failures = [0] * count
-        self._retired: set[int] = set()
         self._serial = 0
 
     def door_for(self, slot: int) -> str:
@@ -220,7 +219,6 @@ class Gatherer:
         """Process *pid* of *slot* has exited: its last counters stay in the slot's sums,
         those of its *report* (its families as it exited after a drain) if it sent one,
         else those of its last scrape."""
-        self._retired.add(pid)
         scraped = self.last.pop(pid, None)
         if isinstance(report, list):
             with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
@@ -252,12 +250,14 @@ class Gatherer:
     async def scrape(self) -> None:
         """Ask every worker for its metrics; keep them for :meth:`collect`."""
         up = [False] * self.count
-        for occupant, answer in await self.ask_all({"op": "metrics"}):
+        answers = await self.ask_all({"op": "metrics"})
+        live = {o.pid for o in self.supervised.occupants()}
+        for occupant, answer in answers:
             if answer is None:
                 self.failures[occupant.slot] += 1
                 continue
-            if occupant.pid in self._retired:
-                continue  # it exited meanwhile: its last scrape is in its slot's sums
+            if occupant.pid not in live:
+                continue  # it exited meanwhile: retire() keeps its last counts
             self.last[occupant.pid] = self._read(occupant.slot, answer.get("families", []))
             if occupant.current:
                 up[occupant.slot] = True
