@@ -57,8 +57,9 @@ MAX_SOCKET_PATH = 107
 #: the longest name mkdtemp gives the directory.
 _LONGEST_NAME = len("99999-99999999.sock")
 _LONGEST_DIRECTORY = len("sessiond-xxxxxxxx")
-#: Family types whose samples only grow (summed over a slot's processes).
-_CUMULATIVE = ("counter", "histogram", "summary")
+#: Family types whose samples only grow (summed over a slot's processes), but for
+#: their ``_created`` timestamps; of a summary, only ``_sum`` and ``_count`` do.
+_CUMULATIVE = ("counter", "histogram")
 
 Key = tuple[str, str, tuple[tuple[str, str], ...]]  # family, sample, labels
 
@@ -268,9 +269,12 @@ class Gatherer:
         for family in families:
             name, kind = str(family["name"]), str(family["type"])
             self.kinds.setdefault(name, (kind, str(family["help"]), str(family.get("unit", ""))))
-            for sample_name, labels, value in family["samples"]:
-                key = (name, str(sample_name), tuple(sorted(labels.items())))
-                cumulative = kind in _CUMULATIVE and not str(sample_name).endswith("_created")
+            for raw_name, labels, value in family["samples"]:
+                sample_name = str(raw_name)
+                key = (name, sample_name, tuple(sorted(labels.items())))
+                cumulative = (kind in _CUMULATIVE and not sample_name.endswith("_created")) or (
+                    kind == "summary" and sample_name.endswith(("_sum", "_count"))
+                )
                 (scraped.counters if cumulative else scraped.gauges)[key] = float(value)
         return scraped
 
