@@ -148,6 +148,7 @@ async def test_metrics_and_admin_socket_cover_every_worker(
         before = await scraped(base)
         os.kill(pids[0], signal.SIGKILL)
         await proc.until(rf"worker 0 pid={pids[0]} exited: killed by SIGKILL")
+        await proc.until(rf"worker 0 started pid=(?!{pids[0]})\d+")
         during = await scraped(base)
         assert messages(during, "in") == messages(before, "in")
         assert value(during, "sessiond_worker_restarts_total", worker="0") == 1
