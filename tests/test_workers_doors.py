@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from tests.test_workers import created_by, supervising
 
 LEASE_TTL = 2.0
 TIMEOUT = 30.0
+#: Sessions of a killed worker wait out its lease; the rest is a loaded machine's slack
+#: (as in tests/test_workers.py).
+RECOVERY = LEASE_TTL + 45.0
 SENT = 5  # messages each session echoes before the checks
 
 
@@ -158,7 +162,7 @@ async def test_metrics_and_admin_socket_cover_every_worker(
         assert messages(after, "in") == messages(before, "in")  # the new process starts at 0
         # Every session goes on (those of the killed worker once its lease is over):
         # two more echoes each, counted by whichever worker now holds it.
-        await asyncio.wait_for(asyncio.gather(*(exchange(s, 2) for s in sessions)), TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*(exchange(s, 2) for s in sessions)), RECOVERY)
         final = await scraped(base)
         for direction in ("in", "out"):
             counts = messages(final, direction)
@@ -170,7 +174,7 @@ async def test_metrics_and_admin_socket_cover_every_worker(
         await asyncio.wait_for(asyncio.gather(*(exchange(s, 3) for s in sessions)), TIMEOUT)
         proc.signal(signal.SIGHUP)
         await proc.until("SIGHUP: every worker replaced")
-        await asyncio.wait_for(asyncio.gather(*(exchange(s, 1) for s in sessions)), TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*(exchange(s, 1) for s in sessions)), RECOVERY)
         rolled = await scraped(base)
         for direction in ("in", "out"):
             counts = messages(rolled, direction)
@@ -192,6 +196,9 @@ async def test_metrics_and_admin_socket_cover_every_worker(
         assert proc.stop() == 0
         assert not doors.exists()  # the private directory goes with the supervisor
         assert not os.path.exists(admin)
+    except BaseException:
+        print(proc.log[-20000:])  # shown with the failure
+        raise
     finally:
         proc.close()
         for session in sessions:
@@ -219,3 +226,28 @@ def test_a_temporary_directory_too_long_for_the_private_sockets_is_a_start_up_er
     assert done.returncode == 2, done.stderr
     assert re.search(r"temporary directory .* is too long .* set TMPDIR", done.stderr)
     assert "Traceback" not in done.stderr
+
+
+def test_a_metrics_address_in_use_stops_the_supervisor_before_any_worker(
+    short_tmpdir: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "sessiond", "serve", "--workers", "2"),
+                *("--listen", "127.0.0.1:7999", "--store", "redis://127.0.0.1:1/0"),
+                *("--metrics", f"127.0.0.1:{port}"),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=clean_environment(TMPDIR=str(short_tmpdir)),
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
+    assert "worker 0 started" not in done.stderr
+    assert list(short_tmpdir.iterdir()) == []  # its private directory is gone too
