@@ -113,19 +113,31 @@ class Checker:
     """Compares each batch a receiver takes with the payloads sent, in order, and counts
     what it finds missing and repeated (never derives them from totals)."""
 
-    __slots__ = ("_mask", "_pool", "_ring", "_size", "duplicates", "missing", "system", "taken")
+    __slots__ = (
+        "_first",
+        "_mask",
+        "_pool",
+        "_ring",
+        "_size",
+        "duplicates",
+        "missing",
+        "system",
+        "taken",
+    )
 
-    def __init__(self, system: str, pool: list[bytes]) -> None:
+    def __init__(
+        self, system: str, pool: list[bytes], first: int = 0, ring: list[bytes] | None = None
+    ) -> None:
+        """Expect ``pool[first]``, ``pool[first + 1]``, ... (*ring*: ``pool + pool``, shared)."""
         if len(pool) & (len(pool) - 1):
             raise ValueError("the pool size must be a power of two")
         self.system = system
-        self.taken = 0
-        self.missing = 0
-        self.duplicates = 0
+        self.taken = self.missing = self.duplicates = 0
         self._size = len(pool)
         self._mask = len(pool) - 1
+        self._first = first
         self._pool = pool
-        self._ring = pool + pool  # any run of len(pool) payloads is one slice of it
+        self._ring = ring or pool + pool  # any run of len(pool) payloads is one slice of it
 
     @property
     def received(self) -> int:
@@ -138,7 +150,7 @@ class Checker:
         size = self._size
         for offset in range(0, len(got), size):
             chunk = got[offset : offset + size] if len(got) > size else got
-            start = (taken + offset) & self._mask
+            start = (self._first + taken + offset) & self._mask
             if chunk != self._ring[start : start + len(chunk)]:
                 self._count(got)
                 return
@@ -153,7 +165,7 @@ class Checker:
                     f"{self.system}: message {self.taken + 1} is no payload sent "
                     f"(got {payload[:8].hex()}..., {len(payload)} bytes)"
                 )
-            ahead = (index - self.taken) & mask
+            ahead = (index - self._first - self.taken) & mask
             if ahead > mask // 2:  # from behind: a repeat
                 self.duplicates += 1
             else:

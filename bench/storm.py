@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sessiond_client.protocol import ConnectionState, Params, SessionResumed
+from sessiond_client.protocol import Params, SessionResumed, SessionStarted
 
 from . import BenchError
-from .core import POOL, make_pool
+from .core import POOL, Checker, make_pool
 from .harness import (
     Context,
     counts,
@@ -40,7 +40,7 @@ from .harness import (
 )
 from .loadgen import (
     DEFAULT_CONCURRENCY,
-    IdleSession,
+    Driver,
     close_idle,
     open_sessions,
     sessions_per_address,
@@ -49,7 +49,6 @@ from .loadgen import (
 from .processes import CLIENT_BOUND, CoreLoad, ServerProcess, daemon_argv, full_cores
 from .results import Json, markdown_table, spread
 from .resume import summary_us
-from .resuming import cut, handshake_event, reset_on_close
 from .summary import (
     NOT_MEASURED,
     NOT_MET,
@@ -71,113 +70,50 @@ HANDSHAKE_TIMEOUT = 10.0  # per connection and handshake
 #: Target (issue 5): this many sessions fully resumed within TARGET_SECONDS, nothing lost.
 TARGET_SESSIONS = 10_000
 TARGET_SECONDS = 5.0
-_OPEN = ConnectionState.OPEN
 
 
-class StormSession(IdleSession):
-    """An idle session that is loaded with a few messages, cut, and resumed."""
+class StormSession(Driver):
+    """A session loaded with *count* messages (``pool[index * count]`` on), cut, resumed;
+    *ring* is ``pool + pool``, shared (10,000 copies would take 640 MB)."""
 
-    __slots__ = (
-        "done",
-        "done_ns",
-        "duplicates",
-        "expected",
-        "got",
-        "index",
-        "missing",
-        "position",
-        "replayed",
-        "resumed_ns",
-        "resuming",
-        "session_lost",
-    )
+    __slots__ = ("checker", "count", "done", "done_ns", "payloads", "replayed", "resumed_ns")
 
-    def __init__(self, index: int, params: Params, payloads: list[bytes]) -> None:
+    def __init__(
+        self, index: int, params: Params, pool: list[bytes], ring: list[bytes], count: int
+    ):
         super().__init__(params)
-        self.index = index
-        self.expected = payloads
-        self.got: list[bytes] = []  # echoes that came in their place
-        self.position = 0  # echoes accounted for: came, or skipped over (missing)
-        self.missing = 0
-        self.duplicates = 0  # echoes of a payload already accounted for
-        self.session_lost = False  # the resume was answered with a new session
-        self.resuming = False
-        self.resumed_ns = 0
-        self.done_ns = 0
+        self.count = count
+        self.checker = Checker(SCENARIO, pool, index * count, ring)
+        start = (index * count) & (POOL - 1)
+        self.payloads = ring[start : start + count]
+        self.resumed_ns = self.done_ns = 0
         self.replayed = 0  # messages this client sent again after the resume
         self.done: asyncio.Future[None] = self.loop.create_future()
 
     def load(self, now: float) -> None:
         """Send every payload (they fit the window) and arm the reset for the cut."""
-        if self.transport is None or self.session.send_many(self.expected, now) != len(
-            self.expected
-        ):
+        if self.transport is None or self.session.send_many(self.payloads, now) != self.count:
             raise BenchError("storm: a session could not send its load")
-        reset_on_close(self.transport)
+        self.reset_on_close()
         self._flush()
 
-    def cut(self) -> None:
-        """Abort the transport; the next one (see :func:`open_sessions`) resumes."""
-        self.resuming = True
-        self.opened = self.loop.create_future()
-        cut(self)
-        if not self.lost.done():  # its connection_lost goes elsewhere (resuming.cut)
-            self.lost.set_result(None)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.lost.done():  # the transport after a cut
-            self.lost = self.loop.create_future()
-        super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.resuming:
-            super().data_received(data)  # the first handshake, as any idle session's
-            return
-        conn = self.conn
-        assert conn is not None
-        now = self.loop.time()
-        self.reads += 1
-        conn.receive_data(data, now)
-        if conn.state is _OPEN and not self.opened.done():
-            self._resumed()
-        messages = self.session.take_messages(now)
-        if messages:
-            self.on_messages(messages, now)
-        self._flush()
-        self._arm()
-
-    def _resumed(self) -> None:
-        try:
-            event = handshake_event(self.session, resuming=True)
-        except BenchError as exc:
-            self.session_lost = True
-            self._fail(str(exc))
-            return
-        assert isinstance(event, SessionResumed)
-        self.resumed_ns = time.perf_counter_ns()
-        self.replayed = event.replayed
-        self.opened.set_result(None)
+    def on_open(self, event: SessionStarted | SessionResumed) -> None:
+        if isinstance(event, SessionResumed):
+            self.resumed_ns = self.read_ns
+            self.replayed = event.replayed
 
     def on_messages(self, messages: list[bytes], now: float) -> None:
-        if not self.resuming:
-            self._fail("an echo came back before the cut")
+        checker = self.checker
+        try:
+            if not self.resuming:
+                raise BenchError("an echo came back before the cut")
+            checker.check(messages)
+        except BenchError as exc:
+            self._fail(str(exc))
             return
-        expected = self.expected
-        for payload in messages:
-            try:
-                place = expected.index(payload)
-            except ValueError:
-                self._fail(f"echo {self.position + 1} is no payload this session sent")
-                return
-            if place < self.position:
-                self.duplicates += 1
-            else:
-                self.missing += place - self.position
-                self.position = place + 1
-                self.got.append(payload)
-        if self.missing or self.duplicates:
-            self._fail(f"{self.missing} echoes missing, {self.duplicates} repeated")
-        elif self.position == len(expected) and not self.done.done():
+        if checker.missing or checker.duplicates:
+            self._fail(f"{checker.missing} echoes missing, {checker.duplicates} repeated")
+        elif checker.taken >= self.count and not self.done.done():
             self.done_ns = time.perf_counter_ns()
             self.done.set_result(None)
 
@@ -190,19 +126,13 @@ class StormSession(IdleSession):
         """Why this session's end state contradicts its load, or None."""
         if self.failure is not None:
             return self.failure
-        count = len(self.expected)
         sent, _acked, received, consumed = self.session.sequence_numbers
-        if not sent == received == consumed == len(self.got) == count:
+        if not sent == received == consumed == self.checker.received == self.count:
             return (
                 f"sequence numbers: sent {sent}, received {received}, consumed {consumed}, "
-                f"echoes {len(self.got)} of {count}"
+                f"echoes {self.checker.received} of {self.count}"
             )
         return None
-
-
-def payloads(pool: list[bytes], index: int, count: int) -> list[bytes]:
-    """Session *index*'s load: *count* distinct payloads of the pool."""
-    return [pool[(index * count + k) & (POOL - 1)] for k in range(count)]
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -237,6 +167,7 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
     loop = asyncio.get_running_loop()
     params = Params()
     pool = make_pool(plan.size)
+    ring = pool + pool
     in_flight = plan.in_flight_for(count)
     per_address = sessions_per_address()
     sources = source_addresses(per_address)
@@ -247,11 +178,10 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
         proc.port,
         count,
         plan.concurrency,
-        lambda i: StormSession(i, params, payloads(pool, i, in_flight)),
+        lambda i: StormSession(i, params, pool, ring, in_flight),
         sources,
         HANDSHAKE_TIMEOUT,
     )
-    sessions.sort(key=lambda s: s.index)  # open_sessions lists them as their handshakes ended
     try:
         await asyncio.sleep(SETTLE_SECONDS)
         gc.collect()
@@ -310,9 +240,9 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
             "caught_up": [ns / 1e9 for ns in quantiles(done)],
         },
         "messages": count * in_flight,
-        "echoes_received": sum(len(s.got) for s in sessions),
-        "lost": sum(s.missing + len(s.expected) - s.position for s in sessions),
-        "duplicates": sum(s.duplicates for s in sessions),
+        "echoes_received": sum(s.checker.received for s in sessions),
+        "lost": sum(s.checker.missing + s.count - s.checker.taken for s in sessions),
+        "duplicates": sum(s.checker.duplicates for s in sessions),
         "sessions_lost": sum(s.session_lost for s in sessions),
         "replayed_by_clients": sum(s.replayed for s in sessions),
         "server_cpu_s": server_cpu,
@@ -429,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
                 "cut": "SO_LINGER 0, then transport.abort() on every session in one loop, "
                 "right after each sent its messages; nothing read in between",
                 "client": "the protocol core in an asyncio.Protocol per session "
-                "(bench/storm.py StormSession, a bench/loadgen.py IdleSession)",
+                "(bench/storm.py StormSession on bench/loadgen.py's Driver)",
                 "daemon": "a fresh daemon per storm, default settings",
                 "client_bound_threshold": CLIENT_BOUND,
                 "timer": "time.perf_counter_ns from the start of the cut loop",
