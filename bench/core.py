@@ -11,6 +11,7 @@ the two. Every message a receiver takes is checked against the payload sent, in 
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import struct
 import sys
@@ -173,11 +174,6 @@ class Checker:
                 self.taken += ahead + 1
 
 
-def run_core_batch(pool: list[bytes], messages: int, batch: int) -> Run:
-    """As :func:`run_core`, but each batch goes through one ``Session.send_many`` call."""
-    return run_core(pool, messages, batch, batched=True)
-
-
 def run_core(pool: list[bytes], messages: int, batch: int, batched: bool = False) -> Run:
     """Drive a client/server pair of cores through *messages* sends, *batch* per write."""
     params = Params()
@@ -284,79 +280,50 @@ def _check_core_end(
         raise BenchError(f"core: unexpected events {events}")
 
 
-def run_bare_unpacker(pool: list[bytes], messages: int, batch: int) -> Run:
-    """Pack each payload as msgpack bin into one reused Packer; stream the batch to an Unpacker."""
-    packer = msgpack.Packer(autoreset=False)
-    unpacker = msgpack.Unpacker(use_list=False)
-    checker = Checker(BARE_UNPACKER, pool)
-    mask = len(pool) - 1
-    pack = packer.pack
-    feed = unpacker.feed
-    check = checker.check
-    clock = time.perf_counter
-    write = read = checking = 0.0
-    sent = 0
+#: A bare framing for one pass: ``encode(start, stop)`` packs ``pool[start:stop]`` (cycled)
+#: into bytes, ``decode(bytes)`` returns the payloads whole in them.
+Codec = tuple[Callable[[int, int], bytes], Callable[[bytes], list[bytes]]]
 
-    start = clock()
-    while checker.taken < messages:
-        t0 = clock()
-        end = min(sent + batch, messages)
-        while sent < end:
-            pack(pool[sent & mask])
-            sent += 1
-        data = packer.bytes()
+
+def _unpacker(pool: list[bytes]) -> Codec:
+    """msgpack bin per payload into one reused Packer; a streaming Unpacker fed each batch."""
+    packer, unpacker = msgpack.Packer(autoreset=False), msgpack.Unpacker(use_list=False)
+    pack, mask = packer.pack, len(pool) - 1
+
+    def encode(start: int, stop: int) -> bytes:
+        for index in range(start, stop):
+            pack(pool[index & mask])
+        data: bytes = packer.bytes()
         packer.reset()
-        t1 = clock()
-        feed(data)
-        got: list[bytes] = list(unpacker)
-        t2 = clock()
-        check(got)
-        t3 = clock()
-        write += t1 - t0
-        read += t2 - t1
-        checking += t3 - t2
-        if not got and sent == messages:
-            raise BenchError(f"{BARE_UNPACKER}: bytes left undecoded")
-    seconds = clock() - start
+        return data
 
-    phases = {"write": write, "read": read, "check": checking}
-    return Run(BARE_UNPACKER, len(pool[0]), messages, checker.taken, seconds, phases)
+    def decode(data: bytes) -> list[bytes]:
+        unpacker.feed(data)
+        return list(unpacker)
+
+    return encode, decode
 
 
-def run_bare_struct(pool: list[bytes], messages: int, batch: int) -> Run:
-    """A 4-byte length and a msgpack body per payload; decoded with unpack_from + unpackb."""
-    packer = msgpack.Packer()
-    unpackb = msgpack.unpackb
-    checker = Checker(BARE_STRUCT, pool)
-    mask = len(pool) - 1
-    pack = packer.pack
-    prefix = _LENGTH.pack
-    unpack_from = _LENGTH.unpack_from
-    check = checker.check
-    clock = time.perf_counter
-    write = read = checking = 0.0
-    sent = 0
-    tail = b""  # an incomplete frame from the previous batch
+def _struct(pool: list[bytes]) -> Codec:
+    """A 4-byte length and a msgpack body per payload; unpack_from + unpackb per frame."""
+    pack, unpackb, mask = msgpack.Packer().pack, msgpack.unpackb, len(pool) - 1
+    prefix, unpack_from = _LENGTH.pack, _LENGTH.unpack_from
+    tail = [b""]  # an incomplete frame from the previous batch
 
-    start = clock()
-    while checker.taken < messages:
-        t0 = clock()
-        end = min(sent + batch, messages)
+    def encode(start: int, stop: int) -> bytes:
         parts: list[bytes] = []
         append = parts.append
-        while sent < end:
-            body = pack(pool[sent & mask])
+        for index in range(start, stop):
+            body = pack(pool[index & mask])
             append(prefix(len(body)))
             append(body)
-            sent += 1
-        data = b"".join(parts)
-        t1 = clock()
-        buffer = tail + data if tail else data
-        view = memoryview(buffer)
+        return b"".join(parts)
+
+    def decode(data: bytes) -> list[bytes]:
+        buffer = tail[0] + data if tail[0] else data
+        view, size, pos = memoryview(buffer), len(buffer), 0
         got: list[bytes] = []
         keep = got.append
-        size = len(buffer)
-        pos = 0
         while size - pos >= 4:
             (length,) = unpack_from(buffer, pos)
             stop = pos + 4 + length
@@ -364,19 +331,40 @@ def run_bare_struct(pool: list[bytes], messages: int, batch: int) -> Run:
                 break
             keep(unpackb(view[pos + 4 : stop]))
             pos = stop
-        tail = buffer[pos:]
-        t2 = clock()
-        check(got)
-        t3 = clock()
-        write += t1 - t0
-        read += t2 - t1
-        checking += t3 - t2
-        if not got and sent == messages:
-            raise BenchError(f"{BARE_STRUCT}: bytes left undecoded")
-    seconds = clock() - start
+        tail[0] = buffer[pos:]
+        return got
 
-    phases = {"write": write, "read": read, "check": checking}
-    return Run(BARE_STRUCT, len(pool[0]), messages, checker.taken, seconds, phases)
+    return encode, decode
+
+
+def bare(system: str, codec: Callable[[list[bytes]], Codec]) -> Runner:
+    """A bare framing loop: encode a batch, decode it, check it; no sessions, no ACKs."""
+
+    def run(pool: list[bytes], messages: int, batch: int) -> Run:
+        encode, decode = codec(pool)
+        checker = Checker(system, pool)
+        check, clock = checker.check, time.perf_counter
+        write = read = checking = 0.0
+        sent = 0
+        start = clock()
+        while checker.taken < messages:
+            t0 = clock()
+            end = min(sent + batch, messages)
+            data = encode(sent, end)
+            sent = end
+            t1 = clock()
+            got = decode(data)
+            t2 = clock()
+            check(got)
+            t3 = clock()
+            write, read, checking = write + t1 - t0, read + t2 - t1, checking + t3 - t2
+            if not got and sent == messages:
+                raise BenchError(f"{system}: bytes left undecoded")
+        seconds = clock() - start
+        phases = {"write": write, "read": read, "check": checking}
+        return Run(system, len(pool[0]), messages, checker.taken, seconds, phases)
+
+    return run
 
 
 SYSTEMS: dict[str, tuple[Runner, str]] = {
@@ -386,17 +374,17 @@ SYSTEMS: dict[str, tuple[Runner, str]] = {
         "ACK bytes carried back; default `Params()` (window 1024 messages / 1 MiB)",
     ),
     CORE_BATCH: (
-        run_core_batch,
+        functools.partial(run_core, batched=True),
         "as `core`, but each batch is offered to one `Session.send_many` call "
         "(what an adapter does with messages queued while it waited)",
     ),
     BARE_UNPACKER: (
-        run_bare_unpacker,
+        bare(BARE_UNPACKER, _unpacker),
         "msgpack bin per payload (its header is the length prefix) into one reused "
         "`Packer(autoreset=False)`; a streaming `Unpacker` fed each batch",
     ),
     BARE_STRUCT: (
-        run_bare_struct,
+        bare(BARE_STRUCT, _struct),
         "4-byte big-endian length + msgpack body from one reused `Packer`; "
         "`struct.unpack_from` + `msgpack.unpackb` on a memoryview per frame",
     ),
