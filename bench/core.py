@@ -253,31 +253,17 @@ def run_core(pool: list[bytes], messages: int, batch: int, batched: bool = False
         client_in(server_out(), now)
     seconds = clock() - start
 
-    _check_core_end(client, server, client_conn, server_conn, messages)
+    if client_conn.closed or server_conn.closed:
+        raise BenchError(f"core: closed ({client_conn.close_code!s}, {server_conn.close_code!s})")
+    sent, received, consumed = client.sequence_numbers[0], *server.sequence_numbers[2:]
+    events = client.events() + server.events()
+    if not sent == received == consumed == messages or events:
+        raise BenchError(
+            f"core: {messages} messages: sent {sent}, received {received}, taken {consumed}; "
+            f"events {events}"
+        )
     phases = {"write": write, "read": read, "take": taking, "check": checking, "ack": acking}
     return Run(system, len(pool[0]), messages, checker.taken, seconds, phases, stalls)
-
-
-def _check_core_end(
-    client: Session,
-    server: Session,
-    client_conn: Connection,
-    server_conn: Connection,
-    messages: int,
-) -> None:
-    if client_conn.closed or server_conn.closed:
-        raise BenchError(
-            f"core: a connection closed ({client_conn.close_code=!s}, {server_conn.close_code=!s})"
-        )
-    sent = client.sequence_numbers[0]
-    received, consumed = server.sequence_numbers[2:]
-    if not sent == received == consumed == messages:
-        raise BenchError(
-            f"core: {messages} messages, but sent {sent}, received {received}, taken {consumed}"
-        )
-    events = client.events() + server.events()
-    if events:
-        raise BenchError(f"core: unexpected events {events}")
 
 
 #: A bare framing for one pass: ``encode(start, stop)`` packs ``pool[start:stop]`` (cycled)
@@ -484,7 +470,15 @@ def run(args: argparse.Namespace) -> int:
             "phases": PHASE_NOTES,
             "sizes": sizes,
             "target": {"payload": TARGET_SIZE, "ratio": TARGET, "met": ratio >= TARGET},
-            "profile": None if hot is None else _profile_json(hot, min(messages, PROFILE_MESSAGES)),
+            "profile": None
+            if hot is None
+            else {
+                "tool": hot.tool,
+                "payload": TARGET_SIZE,
+                "messages": min(messages, PROFILE_MESSAGES),
+                "seconds": hot.seconds,
+                "hotspots": [asdict(spot) for spot in hot.hotspots],
+            },
             "markdown": markdown,
         }
 
@@ -523,29 +517,52 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     ]
 
 
-def _profile_json(hot: Profile, messages: int) -> Json:
-    return {
-        "tool": hot.tool,
-        "payload": TARGET_SIZE,
-        "messages": messages,
-        "seconds": hot.seconds,
-        "hotspots": [asdict(spot) for spot in hot.hotspots],
-    }
-
-
 def _rate(stats: Json) -> str:
     return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## core`` section of RESULTS.md: command, summary, every system, phases, profile."""
-    config = entry["config"]
-    machine = entry["machine"]
-    sizes: Json = entry["sizes"]
+    config, machine, sizes, hot = (
+        entry["config"],
+        entry["machine"],
+        entry["sizes"],
+        entry["profile"],
+    )
     state = " with uncommitted changes" if commit["dirty"] else ""
-    if any(line.startswith("??") for line in commit["status"]):
-        state += " (+ untracked files)"
+    state += (
+        " (+ untracked files)" if any(line.startswith("??") for line in commit["status"]) else ""
+    )
     impl = {"c": "C extension", "python": "pure Python"}.get(machine["msgpack_impl"], "?")
+    summary, systems, phases = [], [], []
+    for size, by in sizes.items():
+        bare, paired = by["bare"], by["ratio_per_repetition"]
+        summary.append(
+            [
+                f"{size} B",
+                _rate(by[CORE]["rate"]),
+                _rate(by[bare]["rate"]),
+                f"`{bare}`",
+                f"{by['ratio']:.1%} [{paired['min']:.1%}-{paired['max']:.1%}]",
+                _rate(by[CORE_BATCH]["rate"]),
+                f"{by['ratio_batch']:.1%}",
+            ]
+        )
+        for name in SYSTEMS:
+            stats, per = by[name]["rate"], by[name]["ns_per_message"]
+            systems.append(
+                [f"{size} B", f"`{name}`"]
+                + [f"{stats[key]:,.0f}" for key in ("median", "min", "max")]
+                + [f"{1e9 / stats['median']:,.0f}"]
+                + [f"{by['ratio_to'][name]:.1%}" if name in BARES else ""]
+                + [str(sum(rep["lost"] for rep in by[name]["repetitions"]))]
+            )
+            phases.append(
+                [f"{size} B", f"`{name}`"]
+                + [f"{per[phase]:,.0f}" if per[phase] >= 0.5 else "-" for phase in PHASES]
+                + [f"{per['other']:,.0f}", f"{sum(per.values()):,.0f}"]
+            )
+    target = targets(entry, {})[0]
     lines = [
         f"Command: `{entry['command']}` · JSON: `{display_path(path)}`",
         "",
@@ -560,78 +577,24 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "in order inside the timed loop. One process, no sockets. Median [min-max] msg/s; "
         "core/bare: ratio of the medians [min-max within each repetition].",
         "",
-    ]
-    rows = []
-    for size, entry_size in sizes.items():
-        bare = entry_size["bare"]
-        paired = entry_size["ratio_per_repetition"]
-        rows.append(
-            [
-                f"{size} B",
-                _rate(entry_size[CORE]["rate"]),
-                _rate(entry_size[bare]["rate"]),
-                f"`{bare}`",
-                f"{entry_size['ratio']:.1%} [{paired['min']:.1%}-{paired['max']:.1%}]",
-                _rate(entry_size[CORE_BATCH]["rate"]),
-                f"{entry_size['ratio_batch']:.1%}",
-            ]
-        )
-    lines += [
         markdown_table(
             "payload|core msg/s|bare msg/s|bare is|core/bare|core-batch msg/s|core-batch/bare",
-            rows,
-        )
-    ]
-    target = targets(entry, {})[0]
-    lines += [
+            summary,
+        ),
         "",
         f"Target: {target.target}: {target.measured}: {verdict(target.verdict)}.",
         "",
         "Every system (msgs/s over all passes; lost = messages sent and never taken):",
         "",
-    ]
-    rows = []
-    for size, entry_size in sizes.items():
-        for name in SYSTEMS:
-            stats = entry_size[name]["rate"]
-            lost = sum(rep["lost"] for rep in entry_size[name]["repetitions"])
-            rows.append(
-                [
-                    f"{size} B",
-                    f"`{name}`",
-                    f"{stats['median']:,.0f}",
-                    f"{stats['min']:,.0f}",
-                    f"{stats['max']:,.0f}",
-                    f"{1e9 / stats['median']:,.0f}",
-                    f"{entry_size['ratio_to'][name]:.1%}" if name in BARES else "",
-                    str(lost),
-                ]
-            )
-    lines += [
-        markdown_table(
-            ["payload", "system", "median", "min", "max", "ns/msg", "core/this", "lost"], rows
-        ),
+        markdown_table("payload|system|median|min|max|ns/msg|core/this|lost", systems),
         "",
         "Where the time goes, measured without a profiler (ns per message, median of the "
         "passes; the clock is read at each phase boundary of every batch):",
         "",
+        markdown_table(["payload", "system", *PHASES, "other", "total"], phases),
+        "",
+        *(f"- *{phase}*: {note}" for phase, note in PHASE_NOTES.items()),
     ]
-    rows = []
-    for size, entry_size in sizes.items():
-        for name in SYSTEMS:
-            per = entry_size[name]["ns_per_message"]
-            rows.append(
-                [
-                    f"{size} B",
-                    f"`{name}`",
-                    *(f"{per[phase]:,.0f}" if per[phase] >= 0.5 else "-" for phase in PHASES),
-                    f"{per['other']:,.0f}",
-                    f"{sum(per.values()):,.0f}",
-                ]
-            )
-    lines += [markdown_table(["payload", "system", *PHASES, "other", "total"], rows), ""]
-    lines += [f"- *{phase}*: {note}" for phase, note in PHASE_NOTES.items()]
-    hot = entry["profile"]
     if hot is not None:
         lines += [
             "",
@@ -642,15 +605,17 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             "the phase split above is the unbiased figure). Top functions by self time, "
             "with their share of the whole pass; *incl.* adds what they call:",
             "",
+            markdown_table(
+                "function|where|self|incl.",
+                [
+                    [
+                        f"`{h['function']}`",
+                        f"`{h['location']}`",
+                        f"{h['self_share']:.1%}",
+                        f"{h['total_share']:.1%}",
+                    ]
+                    for h in hot["hotspots"]
+                ],
+            ),
         ]
-        rows = [
-            [
-                f"`{spot['function']}`",
-                f"`{spot['location']}`",
-                f"{spot['self_share']:.1%}",
-                f"{spot['total_share']:.1%}",
-            ]
-            for spot in hot["hotspots"]
-        ]
-        lines.append(markdown_table(["function", "where", "self", "incl."], rows))
     return "\n".join(lines) + "\n"
