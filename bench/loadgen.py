@@ -1,22 +1,14 @@
 """Load-generating clients over loopback: one :class:`Driver` for every session kind.
 
-A :class:`Driver` is an :class:`asyncio.Protocol` (on uvloop's loop when installed) around
-one client core :class:`Session`, doing what an honest lean client does: one
-``take_messages`` and one ``transport.write`` per read (or timer tick), and one timer at
-``session.next_deadline()``, so coalesced ACKs and heartbeats go out as a real client's
-would. With ``framed=True`` it speaks the ceiling's framing instead (``bench/ceiling.py``:
-a 4-byte big-endian length, then the payload), with no session. Scenarios plug in through
-:meth:`Driver.on_messages`, :meth:`Driver.after_read` and :meth:`Driver.on_open`: an idle
-session is the bare driver; :class:`Echo` keeps a window of messages in flight; ping-pong
-(``bench/pingpong.py``), resume and storm (:meth:`Driver.cut`), and the channels of
-``bench/fanout.py`` are a few lines each.
-
-A windowed echo pass is one :class:`Share` of its messages per connection (the window,
-the check in order by :class:`~bench.core.Checker`, the end) and :func:`shares_pass`
-around them: every connection open before the clocks start, all started together, the
-pass over once every message sent is back. Lost, repeated or reordered messages are
-counted; a foreign one raises :class:`~bench.BenchError`. The client library and the
-peers' Python clients (``bench/mqtt_peer.py``, ``bench/nats_peer.py``) use the same two.
+A :class:`Driver` is an :class:`asyncio.Protocol` around one client core :class:`Session`
+doing what a lean honest client does: one ``take_messages`` and one ``transport.write`` per
+read (or timer tick), one timer at ``session.next_deadline()`` for coalesced ACKs and
+heartbeats; ``framed=True`` speaks the ceiling's framing (a 4-byte length, then the
+payload) instead. Scenarios plug in through :meth:`Driver.on_messages`,
+:meth:`Driver.after_read` and :meth:`Driver.on_open`: idle sessions, :class:`Echo`, ping-pong,
+resume and storm (:meth:`Driver.cut`), fanout's channel clients. A windowed echo pass is a
+:class:`Share` per connection (window, in-order check, end) timed by :func:`shares_pass`,
+which the client library and the peers' Python clients use too.
 """
 
 from __future__ import annotations
@@ -259,13 +251,9 @@ async def shares_pass(
 
 
 class Driver(asyncio.Protocol):
-    """One load-generating client: a core session (or, *framed*, the ceiling's framing).
-
-    Idle as it is: it completes its handshake, then only answers and keeps its heartbeats
-    (:attr:`opened` is set once the handshake is done, :attr:`lost` once the transport is
-    gone). A subclass handles what a read brings in :meth:`on_messages` and sends more in
-    :meth:`after_read`; the read's output is then written once and the timer re-armed.
-    """
+    """One client: a core session (or, *framed*, the ceiling's framing). Idle as it is: it
+    completes its handshake (:attr:`opened`), then only answers and keeps its heartbeats,
+    until its transport is gone (:attr:`lost`)."""
 
     __slots__ = (
         "closing",
@@ -308,8 +296,6 @@ class Driver(asyncio.Protocol):
     def open(self) -> bool:
         return self.conn is not None and self.conn.state is _OPEN
 
-    # -- hooks
-
     def on_open(self, event: SessionStarted | SessionResumed) -> None:
         """The handshake is done (``SessionResumed`` after a :meth:`cut`)."""
 
@@ -319,8 +305,6 @@ class Driver(asyncio.Protocol):
 
     def after_read(self, now: float) -> None:
         """After :meth:`on_messages` (if any), before the read's output is written."""
-
-    # -- asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.lost.done():  # the transport after a cut
@@ -364,8 +348,6 @@ class Driver(asyncio.Protocol):
             self._fail(f"connection lost ({exc or 'EOF'})")
         if not self.lost.done():
             self.lost.set_result(None)
-
-    # -- the core
 
     def send_payloads(self, payloads: list[bytes], now: float) -> int:
         """Hand *payloads* over (the core takes as many as its window allows): how many."""
@@ -434,8 +416,6 @@ class Driver(asyncio.Protocol):
         self._flush()
         self.timer_writes += self.writes - writes
         self._arm()
-
-    # -- ending, cutting
 
     def close(self) -> None:
         """CLOSE NORMAL (the daemon forgets the session), then close the transport."""
