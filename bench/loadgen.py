@@ -37,9 +37,9 @@ from sessiond.server import ServerConfig
 
 from . import BenchError
 from .core import POOL, Checker
-from .processes import HOST, loop_name, new_loop, pace
+from .processes import HOST, pace
 
-__all__ = ["HOST", "loop_name", "new_loop"]
+__all__ = ["HOST"]  # re-exported: the peers' clients import it from here
 
 #: The ceiling's framing: a 4-byte big-endian payload length.
 LENGTH = struct.Struct(">I")
@@ -583,12 +583,8 @@ async def echo(
 
 
 def source_addresses(per_address: int) -> Callable[[int], str]:
-    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions.
-
-    The daemon allows ``max_transports_per_peer`` transports per IP address; the
-    whole of 127.0.0.0/8 is loopback, so many sessions come from several of its
-    addresses (all of them connect to 127.0.0.1).
-    """
+    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions (the
+    daemon allows ``max_transports_per_peer`` per address; all of 127/8 is loopback)."""
 
     def source(index: int) -> str:
         number = 1 + index // per_address
@@ -630,16 +626,11 @@ async def open_sessions(
     keep: bool = True,
     deadline: float | None = None,
 ) -> list[D]:
-    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time.
-
-    Session *i* connects from ``sources(i)`` when given (to 127.0.0.1), over TLS
-    with *ssl*. Returns them once every handshake is complete, in the order they
-    completed; raises :class:`BenchError` if one fails. With *keep* false each session
-    is closed (CLOSE NORMAL) as soon as its handshake completes, so that at most
-    *concurrency* are open at a time (a handshake-rate loop); then await
-    :func:`close_idle` on what it returns to see every transport closed. No
-    handshake starts after *deadline* (the loop's clock), if given.
-    """
+    """Open *count* sessions ``make(i)`` to 127.0.0.1 (from ``sources(i)``, over TLS with
+    *ssl*), at most *concurrency* handshakes at a time, none after *deadline* (loop clock);
+    return them, in the order their handshakes completed, or raise :class:`BenchError`.
+    Without *keep* each is closed as soon as it is open (a handshake-rate loop: then
+    :func:`close_idle` what it returns)."""
     loop = asyncio.get_running_loop()
     opened: list[D] = []
     next_index = 0
