@@ -361,22 +361,21 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     ]
     lines = [
         *harness.header(entry, commit, path),
-        f"For each count, a fresh daemon (`python -m sessiond serve --app echo`), one warm-up "
-        f"session opened and closed, then the sessions opened, at most {config['concurrency']} "
-        "handshakes in flight, from loopback source addresses 127.0.0.x (at most "
-        f"{config['sessions_per_source_address']} sessions each: the daemon's default "
-        "`max_transports_per_peer` is 256), all to 127.0.0.1; then idle for "
-        f"{config['idle_seconds']:g} s with a {config['heartbeat_s']:g} s heartbeat proposed "
-        "by the clients. RSS is the server's VmRSS; *per session*: (RSS after the idle window "
-        "- RSS before) / sessions. CPU shares are of one core, over the idle window. "
-        f"{config['repeat']} measurements per count; median [min-max]. *lost*: sessions not "
-        "still open after the idle window; then each was closed with CLOSE NORMAL. *over "
-        "TLS*: the same daemon with a `tls://` listener and a `sessiond gen-cert` certificate "
-        "(ECDSA P-256), the clients verifying it; the RSS per session then includes each "
-        "connection's TLS state. *bare TLS connections*: as many idle TLS connections to the "
-        "ceiling (`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no "
-        "session, the daemon's malloc setting from `sessiond/heap.py`), the same certificate, "
-        "client and handshakes: the transport's own share of a TLS session's memory.",
+        f"Per count a fresh daemon (`python -m sessiond serve --app echo`), one warm-up session "
+        f"opened and closed, then the sessions opened ({config['concurrency']} handshakes in "
+        "flight, from 127.0.0.x source addresses, at most "
+        f"{config['sessions_per_source_address']} each under the default "
+        "`max_transports_per_peer` of 256) and left idle for "
+        f"{config['idle_seconds']:g} s, the clients proposing a {config['heartbeat_s']:g} s "
+        "heartbeat. *RSS per session*: the server's VmRSS after the idle window less before, "
+        "per session; CPU: share of one core over the idle window; "
+        f"{config['repeat']} measurements per count, median [min-max]; *lost*: sessions not "
+        "open after the window (then each closed with CLOSE NORMAL). *over TLS*: a `tls://` "
+        "listener with a `sessiond gen-cert` certificate (ECDSA P-256) the clients verify. "
+        "*bare TLS connections*: as many idle TLS connections to the ceiling "
+        "(`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no session, the "
+        "daemon's malloc setting from `sessiond/heap.py`), same certificate, client and "
+        "handshakes: the transport's own share of a TLS session's memory.",
         "",
         markdown_table(
             "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"
