@@ -1,15 +1,10 @@
 """``python -m bench [SCENARIO ...] [options]``: run every benchmark scenario, or those named.
 
-Without a scenario, every scenario of issue 5 runs, in :data:`ORDER` (then any
-other registered scenario, except those :data:`ON_DEMAND`), a line as each starts
-and ends, a summary table across scenarios at the end, every figure in
-``bench/results/<date>-<commit>.json`` and a plot beside it
-(:mod:`bench.runner`). ``python -m bench latency resume`` runs those two;
-``--quick`` (toy sizes, seconds) and the other common options apply to every
-scenario run. To add a scenario, write a module with ``HELP``,
-``add_arguments(parser)`` and ``run(args) -> int`` (optionally ``headlines`` and
-``targets`` for the summary, see :mod:`bench.summary`) and list it in
-:data:`SCENARIOS`; it then runs by default, after those in :data:`ORDER`.
+Without a scenario, every scenario runs in :data:`ORDER` (then any other registered one,
+except those :data:`ON_DEMAND`); :mod:`bench.runner` runs them, sums up and plots. A
+scenario is a module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
+(optionally ``headlines`` and ``targets``, see :mod:`bench.summary`), listed in
+:data:`SCENARIOS`.
 """
 
 from __future__ import annotations

@@ -38,28 +38,22 @@ async def _subscriber(url: str, mode: str, count: int, ready: Any, out: Any) -> 
     client: Any = aioredis.Redis.from_url(url)
     latencies: list[float] = []
     deadline = time.monotonic() + TIMEOUT
+    pubsub, last = client.pubsub(), "$"
     if mode == "pubsub":
-        pubsub = client.pubsub()
         await pubsub.subscribe(CHANNEL)
         await pubsub.get_message(timeout=5.0)  # the subscribe confirmation
-        ready.set()
-        while len(latencies) < count and time.monotonic() < deadline:
+    ready.set()
+    while len(latencies) < count and time.monotonic() < deadline:
+        if mode == "pubsub":
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                sent, _ = HEADER.unpack_from(message["data"])
-                latencies.append(time.time() - sent)
-        await pubsub.aclose()
-    else:
-        last = "$"
-        ready.set()
-        while len(latencies) < count and time.monotonic() < deadline:
+            payloads = [] if message is None else [message["data"]]
+        else:
             found: Any = await client.xread({STREAM: last}, count=1000, block=1000)
-            for _, entries in found:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    sent, _ = HEADER.unpack_from(fields[b"m"])
-                    now = time.time()
-                    latencies.append(now - sent)
+            entries = [entry for _, batch in found for entry in batch]
+            last = entries[-1][0] if entries else last
+            payloads = [fields[b"m"] for _, fields in entries]
+        latencies += [time.time() - HEADER.unpack_from(payload)[0] for payload in payloads]
+    await pubsub.aclose()
     await client.aclose()
     out.put(latencies)
 
@@ -68,10 +62,9 @@ def _run_subscriber(url: str, mode: str, count: int, ready: Any, out: Any) -> No
     asyncio.run(_subscriber(url, mode, count, ready, out))
 
 
-async def _publish(url: str, mode: str, count: int, batch: int) -> float:
+async def _publish(url: str, mode: str, count: int, batch: int) -> None:
     client: Any = aioredis.Redis.from_url(url)
     padding = b"x" * (64 - HEADER.size)
-    started = time.monotonic()
     for first in range(0, count, batch):
         pipe = client.pipeline(transaction=False)
         for index in range(first, min(first + batch, count)):
@@ -81,19 +74,14 @@ async def _publish(url: str, mode: str, count: int, batch: int) -> float:
             else:
                 pipe.xadd(STREAM, {"m": payload}, maxlen=10_000, approximate=True)
         await pipe.execute()
-    elapsed = time.monotonic() - started
     await client.aclose()
-    return elapsed
 
 
 def one_pass(url: str, mode: str, processes: int, count: int, batch: int) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     readies = [ctx.Event() for _ in range(processes)]
-    procs = [
-        ctx.Process(target=_run_subscriber, args=(url, mode, count, ready, out))
-        for ready in readies
-    ]
+    procs = [ctx.Process(target=_run_subscriber, args=(url, mode, count, r, out)) for r in readies]
     for proc in procs:
         proc.start()
     for ready in readies:
@@ -101,13 +89,10 @@ def one_pass(url: str, mode: str, processes: int, count: int, batch: int) -> dic
     time.sleep(0.2)  # an XREAD with "$" must be blocking before the first XADD
     started = time.monotonic()
     asyncio.run(_publish(url, mode, count, batch))
-    latencies: list[float] = []
-    for _ in procs:
-        latencies += out.get(timeout=TIMEOUT + 10)
+    latencies = sorted(value for _ in procs for value in out.get(timeout=TIMEOUT + 10))
     elapsed = time.monotonic() - started
     for proc in procs:
         proc.join(10.0)
-    latencies.sort()
     received = len(latencies)
 
     def pct(q: float) -> float:
@@ -137,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for number in range(args.passes):
                 for mode in ("pubsub", "stream"):
-                    result = one_pass(server.url, mode, args.processes, args.messages, args.batch)
+                    r = one_pass(server.url, mode, args.processes, args.messages, args.batch)
                     print(
-                        f"pass {number + 1} {mode:6}: {result['received']}/{result['expected']} "
-                        f"received, {result['deliveries_per_s']:,.0f} deliveries/s, "
-                        f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
+                        f"pass {number + 1} {mode:6}: {r['received']}/{r['expected']} received, "
+                        f"{r['deliveries_per_s']:,.0f} deliveries/s, p50 {r['p50_ms']:.2f} ms, "
+                        f"p99 {r['p99_ms']:.2f} ms",
                         flush=True,
                     )
         finally:

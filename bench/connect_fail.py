@@ -39,8 +39,9 @@ async def timed(url: str, count: int, **options: Any) -> str:
             await session.close()
             raise SystemExit(f"{url}: connect() succeeded")
         times.append(time.perf_counter() - start)
-    median, worst = statistics.median(times) * 1e3, max(times) * 1e3
-    return f"median {median:.2f} ms, max {worst:.2f} ms: {message}"
+    return (
+        f"median {statistics.median(times) * 1e3:.2f} ms, max {max(times) * 1e3:.2f} ms: {message}"
+    )
 
 
 async def run(count: int) -> None:
@@ -50,18 +51,13 @@ async def run(count: int) -> None:
         certs = generate(Path(directory) / "certs", ["127.0.0.1"], [])
         context = server_context(certs.server_cert, certs.server_key)
         async with sessiond.serve(sessiond.apps.echo, "127.0.0.1", 0, ssl=context) as server:
-            host, port = server.addresses[0]
-            url = f"tls://{host}:{port}"
+            url = "tls://{}:{}".format(*server.addresses[0])
             print("unverified TLS server:", await timed(url, count))
             ready = sessiond_client.tls_context()  # the system store, loaded once
             print("unverified TLS server, ssl= given:", await timed(url, count, ssl=ready))
 
 
-def main() -> None:
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.connect_fail", description=__doc__)
     parser.add_argument("--count", type=int, default=20, help="connects per case")
     asyncio.run(run(parser.parse_args().count))
-
-
-if __name__ == "__main__":
-    main()

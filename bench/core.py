@@ -11,6 +11,7 @@ the two. Every message a receiver takes is checked against the payload sent, in 
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import struct
 import sys
@@ -113,19 +114,31 @@ class Checker:
     """Compares each batch a receiver takes with the payloads sent, in order, and counts
     what it finds missing and repeated (never derives them from totals)."""
 
-    __slots__ = ("_mask", "_pool", "_ring", "_size", "duplicates", "missing", "system", "taken")
+    __slots__ = (
+        "_first",
+        "_mask",
+        "_pool",
+        "_ring",
+        "_size",
+        "duplicates",
+        "missing",
+        "system",
+        "taken",
+    )
 
-    def __init__(self, system: str, pool: list[bytes]) -> None:
+    def __init__(
+        self, system: str, pool: list[bytes], first: int = 0, ring: list[bytes] | None = None
+    ) -> None:
+        """Expect ``pool[first]``, ``pool[first + 1]``, ... (*ring*: ``pool + pool``, shared)."""
         if len(pool) & (len(pool) - 1):
             raise ValueError("the pool size must be a power of two")
         self.system = system
-        self.taken = 0
-        self.missing = 0
-        self.duplicates = 0
+        self.taken = self.missing = self.duplicates = 0
         self._size = len(pool)
         self._mask = len(pool) - 1
+        self._first = first
         self._pool = pool
-        self._ring = pool + pool  # any run of len(pool) payloads is one slice of it
+        self._ring = ring or pool + pool  # any run of len(pool) payloads is one slice of it
 
     @property
     def received(self) -> int:
@@ -138,7 +151,7 @@ class Checker:
         size = self._size
         for offset in range(0, len(got), size):
             chunk = got[offset : offset + size] if len(got) > size else got
-            start = (taken + offset) & self._mask
+            start = (self._first + taken + offset) & self._mask
             if chunk != self._ring[start : start + len(chunk)]:
                 self._count(got)
                 return
@@ -153,17 +166,12 @@ class Checker:
                     f"{self.system}: message {self.taken + 1} is no payload sent "
                     f"(got {payload[:8].hex()}..., {len(payload)} bytes)"
                 )
-            ahead = (index - self.taken) & mask
+            ahead = (index - self._first - self.taken) & mask
             if ahead > mask // 2:  # from behind: a repeat
                 self.duplicates += 1
             else:
                 self.missing += ahead
                 self.taken += ahead + 1
-
-
-def run_core_batch(pool: list[bytes], messages: int, batch: int) -> Run:
-    """As :func:`run_core`, but each batch goes through one ``Session.send_many`` call."""
-    return run_core(pool, messages, batch, batched=True)
 
 
 def run_core(pool: list[bytes], messages: int, batch: int, batched: bool = False) -> Run:
@@ -245,106 +253,63 @@ def run_core(pool: list[bytes], messages: int, batch: int, batched: bool = False
         client_in(server_out(), now)
     seconds = clock() - start
 
-    _check_core_end(client, server, client_conn, server_conn, messages)
+    if client_conn.closed or server_conn.closed:
+        raise BenchError(f"core: closed ({client_conn.close_code!s}, {server_conn.close_code!s})")
+    sent, received, consumed = client.sequence_numbers[0], *server.sequence_numbers[2:]
+    events = client.events() + server.events()
+    if not sent == received == consumed == messages or events:
+        raise BenchError(
+            f"core: {messages} messages: sent {sent}, received {received}, taken {consumed}; "
+            f"events {events}"
+        )
     phases = {"write": write, "read": read, "take": taking, "check": checking, "ack": acking}
     return Run(system, len(pool[0]), messages, checker.taken, seconds, phases, stalls)
 
 
-def _check_core_end(
-    client: Session,
-    server: Session,
-    client_conn: Connection,
-    server_conn: Connection,
-    messages: int,
-) -> None:
-    if client_conn.closed or server_conn.closed:
-        raise BenchError(
-            f"core: a connection closed ({client_conn.close_code=!s}, {server_conn.close_code=!s})"
-        )
-    sent = client.sequence_numbers[0]
-    received, consumed = server.sequence_numbers[2:]
-    if not sent == received == consumed == messages:
-        raise BenchError(
-            f"core: {messages} messages, but sent {sent}, received {received}, taken {consumed}"
-        )
-    events = client.events() + server.events()
-    if events:
-        raise BenchError(f"core: unexpected events {events}")
+#: A bare framing for one pass: ``encode(start, stop)`` packs ``pool[start:stop]`` (cycled)
+#: into bytes, ``decode(bytes)`` returns the payloads whole in them.
+Codec = tuple[Callable[[int, int], bytes], Callable[[bytes], list[bytes]]]
 
 
-def run_bare_unpacker(pool: list[bytes], messages: int, batch: int) -> Run:
-    """Pack each payload as msgpack bin into one reused Packer; stream the batch to an Unpacker."""
-    packer = msgpack.Packer(autoreset=False)
-    unpacker = msgpack.Unpacker(use_list=False)
-    checker = Checker(BARE_UNPACKER, pool)
-    mask = len(pool) - 1
-    pack = packer.pack
-    feed = unpacker.feed
-    check = checker.check
-    clock = time.perf_counter
-    write = read = checking = 0.0
-    sent = 0
+def _unpacker(pool: list[bytes]) -> Codec:
+    """msgpack bin per payload into one reused Packer; a streaming Unpacker fed each batch."""
+    packer, unpacker = msgpack.Packer(autoreset=False), msgpack.Unpacker(use_list=False)
+    pack, mask = packer.pack, len(pool) - 1
 
-    start = clock()
-    while checker.taken < messages:
-        t0 = clock()
-        end = min(sent + batch, messages)
-        while sent < end:
-            pack(pool[sent & mask])
-            sent += 1
-        data = packer.bytes()
+    def encode(start: int, stop: int) -> bytes:
+        for index in range(start, stop):
+            pack(pool[index & mask])
+        data: bytes = packer.bytes()
         packer.reset()
-        t1 = clock()
-        feed(data)
-        got: list[bytes] = list(unpacker)
-        t2 = clock()
-        check(got)
-        t3 = clock()
-        write += t1 - t0
-        read += t2 - t1
-        checking += t3 - t2
-        if not got and sent == messages:
-            raise BenchError(f"{BARE_UNPACKER}: bytes left undecoded")
-    seconds = clock() - start
+        return data
 
-    phases = {"write": write, "read": read, "check": checking}
-    return Run(BARE_UNPACKER, len(pool[0]), messages, checker.taken, seconds, phases)
+    def decode(data: bytes) -> list[bytes]:
+        unpacker.feed(data)
+        return list(unpacker)
+
+    return encode, decode
 
 
-def run_bare_struct(pool: list[bytes], messages: int, batch: int) -> Run:
-    """A 4-byte length and a msgpack body per payload; decoded with unpack_from + unpackb."""
-    packer = msgpack.Packer()
-    unpackb = msgpack.unpackb
-    checker = Checker(BARE_STRUCT, pool)
-    mask = len(pool) - 1
-    pack = packer.pack
-    prefix = _LENGTH.pack
-    unpack_from = _LENGTH.unpack_from
-    check = checker.check
-    clock = time.perf_counter
-    write = read = checking = 0.0
-    sent = 0
-    tail = b""  # an incomplete frame from the previous batch
+def _struct(pool: list[bytes]) -> Codec:
+    """A 4-byte length and a msgpack body per payload; unpack_from + unpackb per frame."""
+    pack, unpackb, mask = msgpack.Packer().pack, msgpack.unpackb, len(pool) - 1
+    prefix, unpack_from = _LENGTH.pack, _LENGTH.unpack_from
+    tail = [b""]  # an incomplete frame from the previous batch
 
-    start = clock()
-    while checker.taken < messages:
-        t0 = clock()
-        end = min(sent + batch, messages)
+    def encode(start: int, stop: int) -> bytes:
         parts: list[bytes] = []
         append = parts.append
-        while sent < end:
-            body = pack(pool[sent & mask])
+        for index in range(start, stop):
+            body = pack(pool[index & mask])
             append(prefix(len(body)))
             append(body)
-            sent += 1
-        data = b"".join(parts)
-        t1 = clock()
-        buffer = tail + data if tail else data
-        view = memoryview(buffer)
+        return b"".join(parts)
+
+    def decode(data: bytes) -> list[bytes]:
+        buffer = tail[0] + data if tail[0] else data
+        view, size, pos = memoryview(buffer), len(buffer), 0
         got: list[bytes] = []
         keep = got.append
-        size = len(buffer)
-        pos = 0
         while size - pos >= 4:
             (length,) = unpack_from(buffer, pos)
             stop = pos + 4 + length
@@ -352,19 +317,40 @@ def run_bare_struct(pool: list[bytes], messages: int, batch: int) -> Run:
                 break
             keep(unpackb(view[pos + 4 : stop]))
             pos = stop
-        tail = buffer[pos:]
-        t2 = clock()
-        check(got)
-        t3 = clock()
-        write += t1 - t0
-        read += t2 - t1
-        checking += t3 - t2
-        if not got and sent == messages:
-            raise BenchError(f"{BARE_STRUCT}: bytes left undecoded")
-    seconds = clock() - start
+        tail[0] = buffer[pos:]
+        return got
 
-    phases = {"write": write, "read": read, "check": checking}
-    return Run(BARE_STRUCT, len(pool[0]), messages, checker.taken, seconds, phases)
+    return encode, decode
+
+
+def bare(system: str, codec: Callable[[list[bytes]], Codec]) -> Runner:
+    """A bare framing loop: encode a batch, decode it, check it; no sessions, no ACKs."""
+
+    def run(pool: list[bytes], messages: int, batch: int) -> Run:
+        encode, decode = codec(pool)
+        checker = Checker(system, pool)
+        check, clock = checker.check, time.perf_counter
+        write = read = checking = 0.0
+        sent = 0
+        start = clock()
+        while checker.taken < messages:
+            t0 = clock()
+            end = min(sent + batch, messages)
+            data = encode(sent, end)
+            sent = end
+            t1 = clock()
+            got = decode(data)
+            t2 = clock()
+            check(got)
+            t3 = clock()
+            write, read, checking = write + t1 - t0, read + t2 - t1, checking + t3 - t2
+            if not got and sent == messages:
+                raise BenchError(f"{system}: bytes left undecoded")
+        seconds = clock() - start
+        phases = {"write": write, "read": read, "check": checking}
+        return Run(system, len(pool[0]), messages, checker.taken, seconds, phases)
+
+    return run
 
 
 SYSTEMS: dict[str, tuple[Runner, str]] = {
@@ -374,17 +360,17 @@ SYSTEMS: dict[str, tuple[Runner, str]] = {
         "ACK bytes carried back; default `Params()` (window 1024 messages / 1 MiB)",
     ),
     CORE_BATCH: (
-        run_core_batch,
+        functools.partial(run_core, batched=True),
         "as `core`, but each batch is offered to one `Session.send_many` call "
         "(what an adapter does with messages queued while it waited)",
     ),
     BARE_UNPACKER: (
-        run_bare_unpacker,
+        bare(BARE_UNPACKER, _unpacker),
         "msgpack bin per payload (its header is the length prefix) into one reused "
         "`Packer(autoreset=False)`; a streaming `Unpacker` fed each batch",
     ),
     BARE_STRUCT: (
-        run_bare_struct,
+        bare(BARE_STRUCT, _struct),
         "4-byte big-endian length + msgpack body from one reused `Packer`; "
         "`struct.unpack_from` + `msgpack.unpackb` on a memoryview per frame",
     ),
@@ -484,7 +470,15 @@ def run(args: argparse.Namespace) -> int:
             "phases": PHASE_NOTES,
             "sizes": sizes,
             "target": {"payload": TARGET_SIZE, "ratio": TARGET, "met": ratio >= TARGET},
-            "profile": None if hot is None else _profile_json(hot, min(messages, PROFILE_MESSAGES)),
+            "profile": None
+            if hot is None
+            else {
+                "tool": hot.tool,
+                "payload": TARGET_SIZE,
+                "messages": min(messages, PROFILE_MESSAGES),
+                "seconds": hot.seconds,
+                "hotspots": [asdict(spot) for spot in hot.hotspots],
+            },
             "markdown": markdown,
         }
 
@@ -523,29 +517,52 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     ]
 
 
-def _profile_json(hot: Profile, messages: int) -> Json:
-    return {
-        "tool": hot.tool,
-        "payload": TARGET_SIZE,
-        "messages": messages,
-        "seconds": hot.seconds,
-        "hotspots": [asdict(spot) for spot in hot.hotspots],
-    }
-
-
 def _rate(stats: Json) -> str:
     return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## core`` section of RESULTS.md: command, summary, every system, phases, profile."""
-    config = entry["config"]
-    machine = entry["machine"]
-    sizes: Json = entry["sizes"]
+    config, machine, sizes, hot = (
+        entry["config"],
+        entry["machine"],
+        entry["sizes"],
+        entry["profile"],
+    )
     state = " with uncommitted changes" if commit["dirty"] else ""
-    if any(line.startswith("??") for line in commit["status"]):
-        state += " (+ untracked files)"
+    state += (
+        " (+ untracked files)" if any(line.startswith("??") for line in commit["status"]) else ""
+    )
     impl = {"c": "C extension", "python": "pure Python"}.get(machine["msgpack_impl"], "?")
+    summary, systems, phases = [], [], []
+    for size, by in sizes.items():
+        bare, paired = by["bare"], by["ratio_per_repetition"]
+        summary.append(
+            [
+                f"{size} B",
+                _rate(by[CORE]["rate"]),
+                _rate(by[bare]["rate"]),
+                f"`{bare}`",
+                f"{by['ratio']:.1%} [{paired['min']:.1%}-{paired['max']:.1%}]",
+                _rate(by[CORE_BATCH]["rate"]),
+                f"{by['ratio_batch']:.1%}",
+            ]
+        )
+        for name in SYSTEMS:
+            stats, per = by[name]["rate"], by[name]["ns_per_message"]
+            systems.append(
+                [f"{size} B", f"`{name}`"]
+                + [f"{stats[key]:,.0f}" for key in ("median", "min", "max")]
+                + [f"{1e9 / stats['median']:,.0f}"]
+                + [f"{by['ratio_to'][name]:.1%}" if name in BARES else ""]
+                + [str(sum(rep["lost"] for rep in by[name]["repetitions"]))]
+            )
+            phases.append(
+                [f"{size} B", f"`{name}`"]
+                + [f"{per[phase]:,.0f}" if per[phase] >= 0.5 else "-" for phase in PHASES]
+                + [f"{per['other']:,.0f}", f"{sum(per.values()):,.0f}"]
+            )
+    target = targets(entry, {})[0]
     lines = [
         f"Command: `{entry['command']}` · JSON: `{display_path(path)}`",
         "",
@@ -560,78 +577,24 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "in order inside the timed loop. One process, no sockets. Median [min-max] msg/s; "
         "core/bare: ratio of the medians [min-max within each repetition].",
         "",
-    ]
-    rows = []
-    for size, entry_size in sizes.items():
-        bare = entry_size["bare"]
-        paired = entry_size["ratio_per_repetition"]
-        rows.append(
-            [
-                f"{size} B",
-                _rate(entry_size[CORE]["rate"]),
-                _rate(entry_size[bare]["rate"]),
-                f"`{bare}`",
-                f"{entry_size['ratio']:.1%} [{paired['min']:.1%}-{paired['max']:.1%}]",
-                _rate(entry_size[CORE_BATCH]["rate"]),
-                f"{entry_size['ratio_batch']:.1%}",
-            ]
-        )
-    lines += [
         markdown_table(
             "payload|core msg/s|bare msg/s|bare is|core/bare|core-batch msg/s|core-batch/bare",
-            rows,
-        )
-    ]
-    target = targets(entry, {})[0]
-    lines += [
+            summary,
+        ),
         "",
         f"Target: {target.target}: {target.measured}: {verdict(target.verdict)}.",
         "",
         "Every system (msgs/s over all passes; lost = messages sent and never taken):",
         "",
-    ]
-    rows = []
-    for size, entry_size in sizes.items():
-        for name in SYSTEMS:
-            stats = entry_size[name]["rate"]
-            lost = sum(rep["lost"] for rep in entry_size[name]["repetitions"])
-            rows.append(
-                [
-                    f"{size} B",
-                    f"`{name}`",
-                    f"{stats['median']:,.0f}",
-                    f"{stats['min']:,.0f}",
-                    f"{stats['max']:,.0f}",
-                    f"{1e9 / stats['median']:,.0f}",
-                    f"{entry_size['ratio_to'][name]:.1%}" if name in BARES else "",
-                    str(lost),
-                ]
-            )
-    lines += [
-        markdown_table(
-            ["payload", "system", "median", "min", "max", "ns/msg", "core/this", "lost"], rows
-        ),
+        markdown_table("payload|system|median|min|max|ns/msg|core/this|lost", systems),
         "",
         "Where the time goes, measured without a profiler (ns per message, median of the "
         "passes; the clock is read at each phase boundary of every batch):",
         "",
+        markdown_table(["payload", "system", *PHASES, "other", "total"], phases),
+        "",
+        *(f"- *{phase}*: {note}" for phase, note in PHASE_NOTES.items()),
     ]
-    rows = []
-    for size, entry_size in sizes.items():
-        for name in SYSTEMS:
-            per = entry_size[name]["ns_per_message"]
-            rows.append(
-                [
-                    f"{size} B",
-                    f"`{name}`",
-                    *(f"{per[phase]:,.0f}" if per[phase] >= 0.5 else "-" for phase in PHASES),
-                    f"{per['other']:,.0f}",
-                    f"{sum(per.values()):,.0f}",
-                ]
-            )
-    lines += [markdown_table(["payload", "system", *PHASES, "other", "total"], rows), ""]
-    lines += [f"- *{phase}*: {note}" for phase, note in PHASE_NOTES.items()]
-    hot = entry["profile"]
     if hot is not None:
         lines += [
             "",
@@ -642,15 +605,17 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             "the phase split above is the unbiased figure). Top functions by self time, "
             "with their share of the whole pass; *incl.* adds what they call:",
             "",
+            markdown_table(
+                "function|where|self|incl.",
+                [
+                    [
+                        f"`{h['function']}`",
+                        f"`{h['location']}`",
+                        f"{h['self_share']:.1%}",
+                        f"{h['total_share']:.1%}",
+                    ]
+                    for h in hot["hotspots"]
+                ],
+            ),
         ]
-        rows = [
-            [
-                f"`{spot['function']}`",
-                f"`{spot['location']}`",
-                f"{spot['self_share']:.1%}",
-                f"{spot['total_share']:.1%}",
-            ]
-            for spot in hot["hotspots"]
-        ]
-        lines.append(markdown_table(["function", "where", "self", "incl."], rows))
     return "\n".join(lines) + "\n"

@@ -2,28 +2,33 @@
 
 Systems: ``daemon`` (``python -m sessiond serve --app channels``, protocol.md §15;
 clients: the protocol core driven directly with :mod:`sessiond_client.envelopes`,
-from several 127.0.0.x source addresses because of ``max_transports_per_peer``)
-and ``mosquitto`` (MQTT 3.1.1, QoS 1 publish, QoS 1 persistent subscriptions;
-paho-mqtt clients, :mod:`bench.mqtt_peer`; skipped with an install hint where
-missing). The publisher keeps at most ``--window`` messages outstanding (not
-yet received by every subscriber), below either system's per-subscriber queue.
-Passes: *window* (as fast as that allows: deliveries/s) and *paced* at
-``--rates`` for ``--duration`` seconds (delivery latency at a load both carry; a
-message the window held back counts from when it was due). Every payload
-carries its sequence number and publish time (``perf_counter_ns``); every
-subscriber must take every message once and in order, across passes too.
+from several 127.0.0.x source addresses because of ``max_transports_per_peer``);
+``daemon-2p`` (issue 17: two such daemons with ``--store redis://`` on one
+redis-server started for the run, one channels space over the Redis bus; the first
+holds the publisher and half the subscribers; server CPU: both daemons and
+redis-server, all pinned to the server core, so this shows what crossing processes
+costs, not a scale-out; off with ``--quick`` unless ``--two-processes``, skipped
+without redis-server or the ``redis`` extra); and ``mosquitto`` (MQTT 3.1.1, QoS 1
+publish, QoS 1 persistent subscriptions; paho-mqtt clients, :mod:`bench.mqtt_peer`;
+skipped with an install hint where missing). The publisher keeps at most ``--window``
+messages outstanding (not yet received by every subscriber). Passes: *window* (as
+fast as that allows: deliveries/s) and *paced* at ``--rates`` for ``--duration``
+seconds (latency at a load both carry; a message the window held back counts from
+when it was due). Every payload carries its sequence number and publish time
+(``perf_counter_ns``); every subscriber must take every message once and in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import importlib.util
+import shutil
 import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -49,93 +54,104 @@ from .harness import (
     summarise,
 )
 from .histogram import Histogram
-from .loadgen import (
-    IdleSession,
-    close_idle,
-    open_sessions,
-    sessions_per_address,
-    source_addresses,
-)
+from .loadgen import IdleSession, close_idle, open_sessions, sessions_per_address, source_addresses
 from .pingpong import open_all
-from .processes import CLIENT_BOUND, ServerProcess, bound_by, daemon_argv, pace
+from .processes import CLIENT_BOUND, HOST, ServerProcess, bound_by, daemon_argv, free_port, pace
 from .results import Json, markdown_table
+from .store import REDIS_SERVER, redis_command
 from .summary import Headline, cpu_cell
 from .systems import DAEMON, MOSQUITTO, PEERS, start_peer
 
 HELP = "1 publisher to N subscribers on one channel: deliveries/s and latency, vs mosquitto QoS 1"
 
 SCENARIO = "fanout"
+DAEMON2 = "daemon-2p"
 SYSTEMS = (DAEMON, MOSQUITTO)
 CHANNEL = "bench/fanout"
 SIZES = (64,)
-
 WINDOW = 128
 TIME_LIMIT = 5.0  # seconds of publishing per pass, whichever of this and --messages first
 DRAIN_SECONDS = 30.0  # beyond the time limit, for the last deliveries
 WARMUP_MESSAGES = 20
 #: Paced passes: publishes/s (1,000 subscribers: 10,000 deliveries/s, below what either
 #: system's clients can take, so the latency is not a queue's), and seconds each.
-RATES = (10.0,)
-QUICK_RATES = (50.0,)
-DURATION = 3.0
-QUICK_DURATION = 0.3
+RATES, QUICK_RATES = (10.0,), (50.0,)
+DURATION, QUICK_DURATION = 3.0, 0.3
 SETUP_TIMEOUT = 60.0  # for every subscription of a system to be in place
 WATCH_INTERVAL = 0.25  # how often a pass looks for a failed client
 #: Every payload begins with its sequence number and its publish time (perf_counter_ns).
 HEAD = struct.Struct(">QQ")
 
 
+@dataclass(frozen=True, slots=True)
+class FanoutPlan:
+    subscribers: int
+    messages: int  # per windowed pass
+    repeat: int
+    window: int
+    rates: tuple[float, ...]  # publishes/s of the paced passes
+    duration: float  # seconds of a paced pass
+    time_limit: float
+    warmup: int
+    sizes: tuple[int, ...]
+
+    def to_json(self) -> Json:
+        return {**asdict(self), "sizes": list(self.sizes), "rates": list(self.rates)}
+
+
+def load_key(offered: float) -> str:
+    """How the results name a kind of pass: ``window`` or ``10/s``."""
+    return f"{offered:g}/s" if offered else "window"
+
+
 # ------------------------------------------------------------------- a pass
 
 
 class Fanout:
-    """One pass: what the publisher sent, what every subscriber took, and when."""
+    """One pass of one system: what the publisher sent, what every subscriber took, and
+    when (its wall seconds: first publish to the last delivery)."""
 
     def __init__(
-        self,
-        subscribers: int,
-        base: int,
-        messages: int,
-        window: int,
-        rate: float,
-        time_limit: float,
-        size: int,
-        send: Callable[[list[bytes]], None],
-        clocks: Callable[[], tuple[float, float, float]],
+        self, system: FanoutSystem, plan: FanoutPlan, size: int, messages: int, rate: float
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.subscribers = subscribers
-        self.base = base  # the first sequence number of this pass
+        self.system, self.size, self.rate, self.window = system.name, size, rate, plan.window
+        self.proc, self.send = system.proc, system.publish
+        self.subscribers = len(system.subscribers)
+        self.base = system.sequence  # the first sequence number of this pass
         self.limit = messages
-        self.window = window
-        self.rate = rate
-        self.time_limit = time_limit
-        self.send = send
-        self.clocks = clocks  # (wall, our CPU, the server's CPU) seconds
+        self.time_limit = plan.time_limit
         self.padding = bytes(size - HEAD.size)
         self.got = [0] * messages  # per message: subscribers that took it
-        self.published = 0
-        self.complete = 0  # messages every subscriber has taken (a prefix)
-        self.deliveries = 0
-        self.missing = 0  # counted by take(): skipped over and never turned up
-        self.duplicates = 0
-        self.reordered = 0
+        self.published = self.complete = self.deliveries = 0  # complete: taken by all (prefix)
+        self.missing = self.duplicates = self.reordered = 0  # counted by take()
+        self.held = self.late = 0  # messages held back by the window when due (paced passes)
         self.histogram = Histogram()
         self.stopped_by = "count"
-        self.failure: str | None = None
-        self.started = (0.0, 0.0, 0.0)
-        self.ended = (0.0, 0.0, 0.0)
+        self.started = self.ended = (0.0, 0.0, 0.0)
+        self.others: tuple[float, float] | None = None
         self.done: asyncio.Future[None] = self.loop.create_future()
-        self.held = 0  # messages before this one were held back by the window when due
-        self.late = 0  # how many messages were held back (paced passes)
         self.start_ns = 0
-        self._stop_at = 0.0
         self._refill: asyncio.Handle | None = None
+
+    def clocks(self) -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), self.proc.cpu_seconds()
+
+    @property
+    def seconds(self) -> float:
+        return self.ended[0] - self.started[0]
+
+    @property
+    def client_cpu(self) -> float:
+        return self.ended[1] - self.started[1]
+
+    @property
+    def server_cpu(self) -> float:
+        return self.ended[2] - self.started[2]
 
     def start(self) -> None:
         self.started = self.clocks()
         self.start_ns = time.perf_counter_ns()
-        self._stop_at = self.started[0] + self.time_limit
         self.refill()
 
     def refill(self) -> None:
@@ -143,18 +159,16 @@ class Fanout:
         self._refill = None
         if self.done.done():
             return
-        published = self.published
-        wall = time.perf_counter()
-        if published < self.limit and wall >= self._stop_at:
+        published, rate, held = self.published, self.rate, self.held
+        elapsed = time.perf_counter() - self.started[0]
+        if published < self.limit and elapsed >= self.time_limit:
             self.limit = published  # the time bound: publish no more, wait for the rest
             self.stopped_by = "time"
             self._check_end()
             return
         room = min(self.window - (published - self.complete), self.limit - published)
-        rate = self.rate
-        held = self.held  # messages before it were held back when they were due
         if rate:
-            due = min(self.limit, int((wall - self.started[0]) * rate) + 1)
+            due = min(self.limit, int(elapsed * rate) + 1)
             if due - published > room:
                 # The window holds back messages already due: they go when it opens
                 # (take() calls again), and count from when they were due.
@@ -162,35 +176,23 @@ class Fanout:
             else:
                 room = due - published
                 if due < self.limit:  # come back when the next one is due
-                    wait = due / rate - (wall - self.started[0])
-                    self._refill = self.loop.call_later(max(wait, 0.0), self.refill)
+                    self._refill = self.loop.call_later(max(due / rate - elapsed, 0.0), self.refill)
         if room <= 0:
             return
-        now_ns = time.perf_counter_ns()
-        first = self.base + published
-        pack, padding = HEAD.pack, self.padding
+        now_ns, first, padding = time.perf_counter_ns(), self.base + published, self.padding
         self.published = published + room
-        if not rate or published >= held:
-            self.send([pack(first + i, now_ns) + padding for i in range(room)])
-            return
         # Coordinated omission: a message the window held back is late by then.
-        start_ns, period = self.start_ns, 1e9 / rate
-        late = min(room, held - published)
+        late = min(room, held - published) if rate and published < held else 0
         self.late += late
-        self.send(
-            [
-                pack(first + i, start_ns + round((published + i) * period) if i < late else now_ns)
-                + padding
-                for i in range(room)
-            ]
-        )
+        period, start_ns, pack = 1e9 / (rate or 1.0), self.start_ns, HEAD.pack
+        stamps = [start_ns + round((published + i) * period) for i in range(late)]
+        stamps += [now_ns] * (room - late)
+        self.send([pack(first + i, stamp) + padding for i, stamp in enumerate(stamps)])
 
     def take(self, receiver: Receiver, payloads: Sequence[bytes], now_ns: int) -> None:
         """A subscriber's read: check the order, count what is missing, repeated or late
         (:attr:`missing`, :attr:`duplicates`, :attr:`reordered`), record the latency."""
-        got, base = self.got, self.base
-        record = self.histogram.record
-        unpack = HEAD.unpack_from
+        got, base, record, unpack = self.got, self.base, self.histogram.record, HEAD.unpack_from
         expected = receiver.expected
         for data in payloads:
             seq, sent_ns = unpack(data)
@@ -214,9 +216,7 @@ class Fanout:
             got[seq - base] += 1
         receiver.expected = expected
         self.deliveries += len(payloads)
-        complete = self.complete
-        published = self.published
-        subscribers = self.subscribers
+        complete, published, subscribers = self.complete, self.published, self.subscribers
         while complete < published and got[complete] == subscribers:
             complete += 1
         if complete != self.complete:
@@ -232,10 +232,37 @@ class Fanout:
         return True
 
     def fail(self, why: str) -> None:
-        if self.failure is None:
-            self.failure = why
         if not self.done.done():
             self.done.set_exception(BenchError(why))
+
+    def show(self) -> str:
+        trips = self.histogram.summary()
+        return (
+            f"fanout {self.size:>5} B  {load_key(self.rate):>8}  {self.system:<9} "
+            f"{self.deliveries / self.seconds:>10,.0f} deliveries/s  p50 "
+            f"{trips['p50'] / 1e3:8,.0f} µs  p99 {trips['p99'] / 1e3:8,.0f} µs  "
+            f"{bound_by(self)}-bound"
+        )
+
+    def to_json(self) -> Json:
+        summary, per = self.histogram.summary(), 1e6 / self.deliveries
+        return {
+            "published": self.published,
+            "deliveries": self.deliveries,
+            "lost": self.missing,
+            "duplicates": self.duplicates,
+            "out_of_order": self.reordered,
+            "deliveries_per_s": self.deliveries / self.seconds,
+            "publishes_per_s": self.published / self.seconds,
+            "latency_us": {k: v / 1e3 for k, v in summary.items() if k != "count"},
+            "latency_samples": summary.get("count", 0),
+            "client_cpu_us_per_delivery": self.client_cpu * per,
+            "server_cpu_us_per_delivery": self.server_cpu * per,
+            "stopped_by": self.stopped_by,
+            "late": self.late,
+            **{f"{k}_us": summary.get(k, 0) / 1e3 for k in ("p50", "p99", "max")},
+            **pace(self, self.others),
+        }
 
 
 class Receiver(Protocol):
@@ -250,17 +277,16 @@ class Receiver(Protocol):
 
 
 def _deliver(receiver: Receiver, payloads: list[bytes], now_ns: int) -> None:
-    fanout = receiver.fanout
-    if fanout is None:
+    if receiver.fanout is None:
         raise BenchError("a subscriber received a message outside a pass")
-    fanout.take(receiver, payloads, now_ns)
+    receiver.fanout.take(receiver, payloads, now_ns)
 
 
-# ------------------------------------------------------------- the daemon
+# ---------------------------------------------------------------- clients
 
 
 class ChannelSubscriber(IdleSession):
-    """A channels subscriber on the protocol core: ``sub``, then deliveries."""
+    """A channels subscriber on the protocol core: ``sub`` (request ID 1), then deliveries."""
 
     __slots__ = ("expected", "fanout", "gaps", "subscribed")
 
@@ -272,7 +298,6 @@ class ChannelSubscriber(IdleSession):
         self.subscribed: asyncio.Future[None] = self.loop.create_future()
 
     def subscribe(self, channel: str) -> None:
-        """Send ``sub`` (request ID 1); :attr:`subscribed` is done once it is accepted."""
         self.session.send(envelopes.request(envelopes.SUB, channel, 1), self.loop.time())
         self._flush()
         self._arm()
@@ -280,19 +305,16 @@ class ChannelSubscriber(IdleSession):
     def on_messages(self, messages: list[bytes], now: float) -> None:
         now_ns = time.perf_counter_ns()
         payloads: list[bytes] = []
-        keep = payloads.append
-        parse = envelopes.parse_server
         try:
             for envelope in messages:
-                event = parse(envelope)
+                event = envelopes.parse_server(envelope)
                 if type(event) is Message:
-                    keep(event.payload)
+                    payloads.append(event.payload)
                 elif isinstance(event, Reply) and event.error is None and event.id == 1:
                     if not self.subscribed.done():
                         self.subscribed.set_result(None)
                 else:
-                    self._fail(f"unexpected from the channels app: {event!r}")
-                    return
+                    return self._fail(f"unexpected from the channels app: {event!r}")
             if payloads:
                 _deliver(self, payloads, now_ns)
         except (ChannelError, BenchError) as exc:
@@ -322,10 +344,8 @@ class ChannelPublisher(IdleSession):
         """As much of what waits as the daemon's window takes (the rest after its ACK)."""
         if self.failure is not None or self.closing:
             return
-        sent = self.session.send_many(self.pending, self.loop.time())
-        pending = self.pending
-        for _ in range(sent):
-            pending.popleft()
+        for _ in range(self.session.send_many(self.pending, self.loop.time())):
+            self.pending.popleft()
         self._flush()
         self._arm()
 
@@ -333,9 +353,6 @@ class ChannelPublisher(IdleSession):
         super().data_received(data)
         if self.pending:
             self._push()
-
-
-# --------------------------------------------------------------- mosquitto
 
 
 class MqttSubscriber:
@@ -361,7 +378,7 @@ class MqttSubscriber:
             self._failure = str(exc)
 
 
-# ------------------------------------------------------------------ systems
+# ---------------------------------------------------------------- systems
 
 
 @dataclass(slots=True)
@@ -373,55 +390,54 @@ class FanoutSystem:
     subscribers: Sequence[Receiver]
     publish: Callable[[list[bytes]], None]
     publisher_failure: Callable[[], str | None]
-    close: Callable[[], Coroutine[Any, Any, None]]
+    close: Callable[[], Coroutine[Any, Any, object]]
     setup_seconds: float
     sequence: int = 0  # messages published so far, in every pass
     notes: list[str] = field(default_factory=list)
 
 
-async def open_daemon(proc: ServerProcess, count: int) -> FanoutSystem:
-    """*count* subscribers and one publisher on the daemon's channels app."""
-    params = Params()
-    per_address = sessions_per_address()
+async def open_daemon(
+    name: str, daemons: Sequence[ServerProcess], count: int, measured: ServerProcess | None = None
+) -> FanoutSystem:
+    """*count* subscribers and one publisher on the channels app of *daemons*: one takes
+    them all; two (``daemon-2p``) take half (rounded down) and the rest, the publisher on
+    the first. The server CPU is *measured*'s (default: the first daemon's)."""
+    params, per_address = Params(), sessions_per_address()
     sources = source_addresses(per_address)
     t0 = time.perf_counter()
-    subscribers = await open_sessions(
-        proc.port, count, 50, lambda _index: ChannelSubscriber(params), sources
-    )
-    opened: list[IdleSession] = list(subscribers)
+    half = max(1, count // 2)
+    shares = [half, count - half] if daemons[1:] else [count]
+    subscribers: list[ChannelSubscriber] = []
+    opened: list[IdleSession] = []
+    notes = [f"{name}: {' + '.join(f'{n:,}' for n in shares)} subscribers"] if daemons[1:] else []
     try:
-        for subscriber in subscribers:
-            subscriber.subscribe(CHANNEL)
-        await asyncio.wait_for(asyncio.gather(*(s.subscribed for s in subscribers)), SETUP_TIMEOUT)
-        publisher = (
-            await open_sessions(
-                proc.port, 1, 1, lambda _index: ChannelPublisher(params), lambda _: sources(count)
+        for proc, share in zip(daemons, shares, strict=True):
+            mine = await open_sessions(
+                proc.port, share, 50, lambda _index: ChannelSubscriber(params), sources
             )
-        )[0]
-        opened.append(publisher)
+            subscribers += mine
+            opened += mine
+            for subscriber in mine:
+                subscriber.subscribe(CHANNEL)
+            await asyncio.wait_for(asyncio.gather(*(s.subscribed for s in mine)), SETUP_TIMEOUT)
+            addresses = 1 + share // per_address
+            notes.append(
+                f"{share + (proc is daemons[0]):,} sessions from {addresses} loopback source "
+                f"address{'es' if addresses > 1 else ''} (127.0.0.x, at most {per_address} "
+                "each: the daemon's default max_transports_per_peer is 256)"
+            )
+        publishers = await open_sessions(
+            daemons[0].port, 1, 1, lambda _: ChannelPublisher(params), lambda _: sources(shares[0])
+        )
+        opened += publishers
     except (BenchError, TimeoutError) as exc:
         await close_idle(opened, 5.0)
-        raise BenchError(f"{DAEMON}: subscribing: {exc!r}") from None
-    addresses = 1 + count // per_address
-
-    async def close() -> None:
-        await close_idle(opened, 10.0)
-
+        raise BenchError(f"{name}: subscribing: {exc!r}") from None
+    publisher = publishers[0]
     return FanoutSystem(
-        DAEMON,
-        proc,
-        subscribers,
-        publisher.publish,
-        lambda: publisher.failure,
-        close,
-        time.perf_counter() - t0,
-        notes=[
-            f"{count + 1:,} sessions from {addresses} loopback source "
-            f"address{'es' if addresses > 1 else ''} "
-            f"(127.0.0.x, at most {per_address} each: the daemon's default "
-            "max_transports_per_peer is 256)"
-        ],
-    )
+        name, measured or daemons[0], subscribers, publisher.publish, lambda: publisher.failure,
+        lambda: close_idle(opened, 10.0), time.perf_counter() - t0, notes=["; ".join(notes)],
+    )  # fmt: skip
 
 
 async def open_mosquitto(proc: ServerProcess, count: int, window: int) -> FanoutSystem:
@@ -448,102 +464,56 @@ async def open_mosquitto(proc: ServerProcess, count: int, window: int) -> Fanout
             publisher.publish(payload)
 
     return FanoutSystem(
-        MOSQUITTO,
-        proc,
-        subscribers,
-        publish,
-        lambda: publisher.failure,
-        close,
+        MOSQUITTO, proc, subscribers, publish, lambda: publisher.failure, close,
         time.perf_counter() - t0,
-    )
+    )  # fmt: skip
+
+
+class Servers:
+    """Several server processes measured as one: alive if all are, their CPU summed."""
+
+    def __init__(self, procs: Sequence[ServerProcess]) -> None:
+        self.procs, self.port = procs, procs[0].port
+        self.name = "+".join(proc.name for proc in procs)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            proc.check_alive()
+
+    def cpu_seconds(self) -> float:
+        return sum(proc.cpu_seconds() for proc in self.procs)
+
+
+def missing_two() -> str | None:
+    """Why ``daemon-2p`` cannot run here, or None."""
+    if shutil.which(REDIS_SERVER) is None:
+        return f"{DAEMON2}: no {REDIS_SERVER}: `apt-get install redis-server`"
+    if importlib.util.find_spec("redis") is None:
+        return f"{DAEMON2}: no redis-py: pip install -e '.[redis]'"
+    return None
+
+
+def open_two(ctx: Context, count: int) -> FanoutSystem:
+    """redis-server, two channels daemons on it, and :func:`open_daemon` over both."""
+    port = free_port()
+    (ctx.tmp / "redis-fanout").mkdir()
+    redis = ctx.process("redis-fanout", redis_command(port, ctx.tmp / "redis-fanout"), port)
+    argv = [*daemon_argv("channels"), "--store", f"redis://{HOST}:{port}/0"]
+    daemons = [ctx.server("daemon-2p-a", argv), ctx.server("daemon-2p-b", argv)]
+    measured = cast(ServerProcess, Servers([redis, *daemons]))
+    return cast(FanoutSystem, ctx.run(open_daemon(DAEMON2, daemons, count, measured)))
 
 
 # ---------------------------------------------------------------- measuring
 
 
-@dataclass(frozen=True, slots=True)
-class FanoutPlan:
-    subscribers: int
-    messages: int  # per windowed pass
-    repeat: int
-    window: int
-    rates: tuple[float, ...]  # publishes/s of the paced passes
-    duration: float  # seconds of a paced pass
-    time_limit: float
-    warmup: int
-    sizes: tuple[int, ...]
-
-    @property
-    def loads(self) -> tuple[float, ...]:
-        """What each kind of pass offers: 0 (as fast as the window allows), then each rate."""
-        return (0.0, *self.rates)
-
-    def messages_at(self, offered: float) -> int:
-        return self.messages if not offered else max(1, round(offered * self.duration))
-
-    def to_json(self) -> Json:
-        return {**asdict(self), "sizes": list(self.sizes), "rates": list(self.rates)}
-
-
-def load_key(offered: float) -> str:
-    """How the results name a kind of pass: ``window`` or ``10/s``."""
-    return f"{offered:g}/s" if offered else "window"
-
-
-@dataclass(frozen=True, slots=True)
-class FanoutResult:
-    """One pass of one system (its wall seconds: first publish to the last delivery)."""
-
-    system: str
-    size: int
-    offered: float  # publishes/s of a paced pass; 0: as fast as the window allows
-    fanout: Fanout
-    seconds: float
-    client_cpu: float
-    server_cpu: float
-    others: tuple[float, float] | None = None
-
-    @property
-    def rate(self) -> float:
-        return self.fanout.deliveries / self.seconds
-
-    def to_json(self) -> Json:
-        f, summary = self.fanout, self.fanout.histogram.summary()
-        per = 1e6 / f.deliveries
-        return {
-            "published": f.published,
-            "deliveries": f.deliveries,
-            "lost": f.missing,
-            "duplicates": f.duplicates,
-            "out_of_order": f.reordered,
-            "deliveries_per_s": self.rate,
-            "publishes_per_s": f.published / self.seconds,
-            "latency_us": {k: v / 1e3 for k, v in summary.items() if k != "count"},
-            "latency_samples": summary.get("count", 0),
-            "client_cpu_us_per_delivery": self.client_cpu * per,
-            "server_cpu_us_per_delivery": self.server_cpu * per,
-            "stopped_by": f.stopped_by,
-            "late": f.late,
-            **{f"{k}_us": summary.get(k, 0) / 1e3 for k in ("p50", "p99", "max")},
-            **pace(self, self.others),
-        }
-
-
 async def fanout_pass(
     system: FanoutSystem, plan: FanoutPlan, size: int, messages: int, offered: float = 0.0
-) -> FanoutResult:
+) -> Fanout:
     """Publish up to *messages* to every subscriber of *system* (*offered* per second
     if not 0); every delivery is checked."""
-    loop = asyncio.get_running_loop()
-    proc, subscribers = system.proc, system.subscribers
-
-    def clocks() -> tuple[float, float, float]:
-        return time.perf_counter(), time.process_time(), proc.cpu_seconds()
-
-    fanout = Fanout(
-        len(subscribers), system.sequence, messages, plan.window, offered, plan.time_limit,
-        size, system.publish, clocks,
-    )  # fmt: skip
+    loop, subscribers = asyncio.get_running_loop(), system.subscribers
+    fanout = Fanout(system, plan, size, messages, offered)
     for subscriber in subscribers:
         subscriber.fanout = fanout
     deadline = loop.time() + plan.time_limit + DRAIN_SECONDS
@@ -572,41 +542,37 @@ async def fanout_pass(
         raise BenchError(f"{system.name}: {len(behind)} subscribers short after the pass")
     if not fanout.deliveries:
         raise BenchError(f"{system.name}: nothing was published (--time-limit too short?)")
-    (t0, cpu0, server0), (t1, cpu1, server1) = fanout.started, fanout.ended
-    return FanoutResult(system.name, size, offered, fanout, t1 - t0, cpu1 - cpu0, server1 - server0)
+    return fanout
 
 
 def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) -> Json:
-    """Every system, *repeat* passes per size and load, their order rotated each repetition;
-    per size, kind of pass (:func:`load_key`) and system, the spread of every figure."""
+    """Every system, *repeat* passes per size and load (0: the window's pace, then each
+    rate), their order rotated each repetition; per size, :func:`load_key` and system,
+    the spread of every figure."""
 
-    def one(system: FanoutSystem, size: int, offered: float, messages: int) -> FanoutResult:
+    def one(system: FanoutSystem, size: int, offered: float, messages: int) -> Fanout:
         coroutine = fanout_pass(system, plan, size, messages, offered)
         result, others = ctx.timed(system.proc, lambda: ctx.run(coroutine))
-        return dataclasses.replace(cast(FanoutResult, result), others=others)
-
-    def show(r: FanoutResult) -> str:
-        trips = r.fanout.histogram.summary()
-        return (
-            f"fanout {r.size:>5} B  {load_key(r.offered):>8}  {r.system:<9} {r.rate:>10,.0f} "
-            f"deliveries/s  p50 {trips['p50'] / 1e3:8,.0f} µs  p99 {trips['p99'] / 1e3:8,.0f} "
-            f"µs  {bound_by(r)}-bound"
-        )
+        result.others = others
+        return cast(Fanout, result)
 
     by_size: Json = {}
-    runs: list[FanoutResult] = []
+    runs: list[Fanout] = []
     for index, size in enumerate(plan.sizes):
         by_size[str(size)] = {}
-        for offered in plan.loads:
+        for offered in (0.0, *plan.rates):
+            count = max(1, round(offered * plan.duration)) if offered else plan.messages
 
-            def timed(system: FanoutSystem, _rep: int, s: int = size, o: float = offered) -> Any:
-                return one(system, s, o, plan.messages_at(o))
+            def timed(
+                system: FanoutSystem, _rep: int, s: int = size, o: float = offered, n: int = count
+            ) -> Any:
+                return one(system, s, o, n)
 
-            def warm(system: FanoutSystem, s: int = size) -> FanoutResult:
+            def warm(system: FanoutSystem, s: int = size) -> Fanout:
                 return one(system, s, 0.0, plan.warmup)
 
             first = index == 0 and not offered
-            mine = ctx.passes(under_test, timed, plan.repeat, warm if first else None, show)
+            mine = ctx.passes(under_test, timed, plan.repeat, warm if first else None, Fanout.show)
             runs += mine
             by_size[str(size)][load_key(offered)] = {
                 system.name: _summary([r for r in mine if r.system == system.name])
@@ -616,12 +582,12 @@ def measure(ctx: Context, plan: FanoutPlan, under_test: Sequence[FanoutSystem]) 
     return by_size
 
 
-def _summary(mine: list[FanoutResult]) -> Json:
+def _summary(mine: list[Fanout]) -> Json:
     merged = Histogram()
     for run in mine:
-        merged.merge(run.fanout.histogram)
+        merged.merge(run.histogram)
     out = summarise([run.to_json() for run in mine])
-    out["published"] = mine[0].fanout.published
+    out["published"] = mine[0].published
     out["latency_all_passes_us"] = {k: v / 1e3 for k, v in merged.summary().items() if k != "count"}
     out["held_back_by_window"] = out.pop("late")
     out["histogram_ns"] = merged.to_json()
@@ -643,8 +609,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--two-processes",
         action=argparse.BooleanOptionalAction,
-        help="also the daemon as 2 processes on one redis-server (bench/fanout_nodes.py; "
-        "default: on, off with --quick)",
+        help="also the daemon as 2 processes on one redis-server (default: on, off with --quick)",
     )
     systems.add_arguments(parser)  # --systems (of them: daemon, mosquitto), --mosquitto
 
@@ -685,17 +650,13 @@ def run(args: argparse.Namespace) -> int:
     wanted = [name for name in systems.parse_systems(args.systems) if name in SYSTEMS]
     if not wanted:
         raise BenchError(f"--systems: fanout runs {' and '.join(SYSTEMS)}")
-    from . import fanout_nodes  # noqa: PLC0415 - it imports this module
-
     two = DAEMON in wanted and (
         args.two_processes or (args.two_processes is None and not args.quick)
     )
-
     banner = (
-        f"{', '.join(wanted + [fanout_nodes.DAEMON2] * two)}; 1 publisher to "
-        f"{plan.subscribers:,} subscribers, "
-        f"{plan.messages:,} messages (or {plan.time_limit:g} s) x {plan.repeat}, window "
-        f"{plan.window}; paced at {_csv(plan.rates) or '-'}/s for {plan.duration:g} s; "
+        f"{', '.join(wanted + [DAEMON2] * two)}; 1 publisher to {plan.subscribers:,} "
+        f"subscribers, {plan.messages:,} messages (or {plan.time_limit:g} s) x {plan.repeat}, "
+        f"window {plan.window}; paced at {_csv(plan.rates) or '-'}/s for {plan.duration:g} s; "
         f"{_csv(plan.sizes)} B"
     )
 
@@ -704,19 +665,18 @@ def run(args: argparse.Namespace) -> int:
         fits = (ctx.nofile[0] - 64) // (len(wanted) + two) - 1
         if plan.subscribers > fits:
             ctx.notes.append(f"subscribers cut from {plan.subscribers:,} to {fits:,} (NOFILE)")
-            plan = dataclasses.replace(plan, subscribers=fits)
+            plan = replace(plan, subscribers=fits)
         binaries, skipped = systems.find_peers(args, wanted)
         opened: list[FanoutSystem] = []
         peers: Json = {}
         try:
             if DAEMON in wanted:
                 proc = ctx.server("daemon-channels", daemon_argv("channels"))
-                opened.append(ctx.run(open_daemon(proc, plan.subscribers)))
-            if two and (why := fanout_nodes.missing()) is None:
-                procs = fanout_nodes.start(ctx)
-                opened.append(ctx.run(fanout_nodes.open_two(procs, plan.subscribers)))
+                opened.append(ctx.run(open_daemon(DAEMON, [proc], plan.subscribers)))
+            if two and (why := missing_two()) is None:
+                opened.append(open_two(ctx, plan.subscribers))
             elif two and why is not None:
-                skipped[fanout_nodes.DAEMON2] = why
+                skipped[DAEMON2] = why
             if MOSQUITTO in binaries:
                 proc, peers[MOSQUITTO] = start_peer(
                     ctx, PEERS[MOSQUITTO], binaries[MOSQUITTO], plan.window
@@ -743,9 +703,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "peers": peers,
             "skipped": skipped,
-            "systems": {
-                system.name: SYSTEM_NOTES.get(system.name, fanout_nodes.NOTE) for system in opened
-            },
+            "systems": {system.name: SYSTEM_NOTES[system.name] for system in opened},
             "setup_s": {system.name: system.setup_seconds for system in opened},
             "other_load_share": by_size.pop("other_load_share"),
             "fanout": by_size,
@@ -769,6 +727,9 @@ SYSTEM_NOTES = {
     DAEMON: "`python -m sessiond serve --app channels` (default settings); clients: the "
     "protocol core driven directly with the channels envelopes (bench/fanout.py); exactly "
     "once, in order, acknowledged per session",
+    DAEMON2: "two `sessiond serve --app channels --store redis://` processes sharing one "
+    "redis-server (bench/fanout.py): the publisher and half the subscribers on the "
+    "first, the other half on the second; server CPU: both daemons and redis-server",
     MOSQUITTO: "mosquitto, MQTT 3.1.1, QoS 1 publish and QoS 1 subscriptions in persistent "
     "sessions (clean_session=False), in memory; clients: paho-mqtt on the asyncio loop "
     "(bench/mqtt_peer.py)",
@@ -796,62 +757,27 @@ def headlines(entry: Json) -> list[Headline]:
     ]
 
 
-def markdown(entry: Json, commit: Json, path: Path) -> str:
-    """The ``## fanout`` section of RESULTS.md."""
-    config, plan = entry["config"], entry["config"]["fanout"]
-    channels, n = config["channels_app"], plan["subscribers"]
-    rates = ", ".join(f"{rate:g}" for rate in plan["rates"])
-    lines = header(entry, commit, path) + systems.markdown_lines(entry)
-    lines += [
-        f"One publisher and {n:,} subscribers on one channel (`{config['channel']}`), all in "
-        f"the load generator on one asyncio loop; at most {plan['window']} messages "
-        "outstanding (published, not yet received by every subscriber). *window* passes: as "
-        f"fast as that allows, up to {plan['messages']:,} messages or {plan['time_limit']:g} "
-        "s (throughput; the latency is mostly the wait behind the messages ahead)"
-        + (
-            f"; *R/s*: paced at R = {rates} messages/s for {plan['duration']:g} s, for the "
-            "latency at a load both carry (a message the window held back counts from when "
-            "it was due)"
-            if rates
-            else ""
-        )
-        + f". {plan['repeat']} passes per system, size and kind, interleaved, after a warm-up. "
-        "Every subscriber must take every message once, in order (else the pass fails). "
-        "*deliveries/s*: messages taken by all subscribers over first publish to last "
-        "delivery; *latency*: publisher's client handed the message to the subscriber's read "
-        "(`time.perf_counter_ns`). *÷ mosquitto*: deliveries/s (window) or p99 (paced) over "
-        f"mosquitto's; *bound*: a side above {config['client_bound_threshold']:.0%} of its "
-        "core, else `round-trip`; *cores full*: a pinned core above 90 % counting others. "
-        f"Channels app: per-subscriber queue {channels['queue_messages']:,} messages / "
-        f"{channels['queue_bytes']:,} bytes, slow subscribers: "
-        f"{config['slow_subscriber_policy']}.",
-        "",
-        markdown_table(
-            "payload|pass|system|deliveries/s|÷ mosquitto|p50 µs|p99 µs|server µs CPU/delivery"
-            "|loadgen µs CPU/delivery|server core busy|loadgen core busy|bound|cores full"
-            "|lost / dup / reordered",
-            _rows(entry),
-        ),
-        "",
-    ]
-    windowed = [
-        (name, stats)
-        for size, by_load in entry["fanout"].items()
-        for name, stats in by_load["window"].items()
-        if any(stats["client_bound"]) and stats["server_cpu_us_per_delivery"]["median"] > 0
-    ]
-    if windowed:
-        lines += [
-            "Client-bound windowed passes: there the subscribers' clients (one Python process, "
-            "one core) set the pace, and a fully busy server core would deliver about "
-            + "; ".join(
-                f"{name} {1e6 / stats['server_cpu_us_per_delivery']['median']:,.0f}"
-                for name, stats in windowed
-            )
-            + " messages/s: an extrapolation (1 / server CPU per delivery), not a measurement.",
-            "",
-        ]
-    return "\n".join(lines + other_load_note(entry["other_load_share"]) + notes_lines(entry))
+def _median(key: str, form: str) -> Callable[[Json], str]:
+    return lambda stats: format(stats[key]["median"], form)
+
+
+#: The table's columns after payload, pass, system and ÷ mosquitto: (header, cell, is CPU).
+COLUMNS: tuple[tuple[str, Callable[[Json], str], bool], ...] = (
+    ("deliveries/s", lambda s: spread_cell(s["deliveries_per_s"]), False),
+    ("p50 µs", lambda s: spread_cell(s["p50_us"]), False),
+    ("p99 µs", lambda s: spread_cell(s["p99_us"]), False),
+    ("server µs CPU/delivery", _median("server_cpu_us_per_delivery", ".2f"), True),
+    ("loadgen µs CPU/delivery", _median("client_cpu_us_per_delivery", ".2f"), True),
+    ("server core busy", _median("server_cpu_share", ".0%"), True),
+    ("loadgen core busy", _median("client_cpu_share", ".0%"), True),
+    ("bound", lambda s: bounds_cell(s["bound"]), True),
+    ("cores full", lambda s: full_cores_cell(s["cores_full"]), False),
+    (
+        "lost / dup / reordered",
+        lambda s: "{lost} / {duplicates} / {out_of_order}".format(**s),
+        False,
+    ),
+)
 
 
 def _rows(entry: Json) -> list[list[str]]:
@@ -867,25 +793,65 @@ def _rows(entry: Json) -> list[list[str]]:
                 else f"p99 {ratios['p99']:.2f}x"
             )
             for name, stats in by_system.items():
-                cpu = (
-                    f"{stats['server_cpu_us_per_delivery']['median']:.2f}",
-                    f"{stats['client_cpu_us_per_delivery']['median']:.2f}",
-                    f"{stats['server_cpu_share']['median']:.0%}",
-                    f"{stats['client_cpu_share']['median']:.0%}",
-                    bounds_cell(stats["bound"]),
-                )
-                rows.append(
-                    [
-                        f"{size} B",
-                        f"window {entry['config']['fanout']['window']}" if key == "window" else key,
-                        f"`{name}`",
-                        spread_cell(stats["deliveries_per_s"]),
-                        against if name == DAEMON else "",
-                        spread_cell(stats["p50_us"]),
-                        spread_cell(stats["p99_us"]),
-                        *(cpu_cell(text, stats["seconds"]) for text in cpu),
-                        full_cores_cell(stats["cores_full"]),
-                        f"{stats['lost']} / {stats['duplicates']} / {stats['out_of_order']}",
-                    ]
-                )
+                cells = [
+                    cpu_cell(cell(stats), stats["seconds"]) if cpu else cell(stats)
+                    for _, cell, cpu in COLUMNS
+                ]
+                window = f"window {entry['config']['fanout']['window']}"
+                pass_ = window if key == "window" else key
+                head = [f"{size} B", pass_, f"`{name}`", cells[0], against * (name == DAEMON)]
+                rows.append(head + cells[1:])
     return rows
+
+
+def markdown(entry: Json, commit: Json, path: Path) -> str:
+    """The ``## fanout`` section of RESULTS.md."""
+    config, plan = entry["config"], entry["config"]["fanout"]
+    channels, n = config["channels_app"], plan["subscribers"]
+    rates = ", ".join(f"{rate:g}" for rate in plan["rates"])
+    paced = (
+        f"; *R/s*: paced at R = {rates} messages/s for {plan['duration']:g} s, for the "
+        "latency at a load both carry (a message the window held back counts from when "
+        "it was due)"
+    )
+    lines = header(entry, commit, path) + systems.markdown_lines(entry)
+    lines += [
+        f"One publisher and {n:,} subscribers on one channel (`{config['channel']}`), all in "
+        f"the load generator on one asyncio loop; at most {plan['window']} messages "
+        "outstanding (published, not yet received by every subscriber). *window* passes: as "
+        f"fast as that allows, up to {plan['messages']:,} messages or {plan['time_limit']:g} "
+        "s (throughput; the latency is mostly the wait behind the messages ahead)"
+        + (paced if rates else "")
+        + f". {plan['repeat']} passes per system, size and kind, interleaved, after a warm-up. "
+        "Every subscriber must take every message once, in order (else the pass fails). "
+        "*deliveries/s*: messages taken by all subscribers over first publish to last "
+        "delivery; *latency*: publisher's client handed the message to the subscriber's read "
+        "(`time.perf_counter_ns`). *÷ mosquitto*: deliveries/s (window) or p99 (paced) over "
+        f"mosquitto's; *bound*: a side above {config['client_bound_threshold']:.0%} of its "
+        "core, else `round-trip`; *cores full*: a pinned core above 90 % counting others. "
+        f"Channels app: per-subscriber queue {channels['queue_messages']:,} messages / "
+        f"{channels['queue_bytes']:,} bytes, slow subscribers: "
+        f"{config['slow_subscriber_policy']}.",
+        "",
+        markdown_table(
+            ["payload", "pass", "system", COLUMNS[0][0], "÷ mosquitto"]
+            + [title for title, _, _ in COLUMNS[1:]],
+            _rows(entry),
+        ),
+        "",
+    ]
+    windowed = [
+        f"{name} {1e6 / stats['server_cpu_us_per_delivery']['median']:,.0f}"
+        for by_load in entry["fanout"].values()
+        for name, stats in by_load["window"].items()
+        if any(stats["client_bound"]) and stats["server_cpu_us_per_delivery"]["median"] > 0
+    ]
+    if windowed:
+        lines += [
+            "Client-bound windowed passes: there the subscribers' clients (one Python process, "
+            "one core) set the pace, and a fully busy server core would deliver about "
+            + "; ".join(windowed)
+            + " messages/s: an extrapolation (1 / server CPU per delivery), not a measurement.",
+            "",
+        ]
+    return "\n".join(lines + other_load_note(entry["other_load_share"]) + notes_lines(entry))

@@ -35,17 +35,14 @@ from .processes import (
     loop_name,
     new_loop,
     pinned_loadgen,
-    process,
     raise_nofile,
     server,
-    timed_pass,
 )
 from .results import (
     Json,
     command_line,
     commit_info,
     display_path,
-    entry_head,
     machine_info,
     publish,
     spread,
@@ -73,18 +70,15 @@ def summarise(reps: Sequence[Json]) -> Json:
     out: Json = {}
     for key, value in reps[0].items():
         values = [rep.get(key) for rep in reps]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if key in FIXED:
             out[key] = value
         elif key in SUMMED:
             out[key] = sum(v or 0 for v in values)
         elif key in LISTED:
             out[key] = values
-        elif (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and all(isinstance(v, int | float) for v in values)
-        ):
-            out[key] = spread([float(v) for v in values if v is not None])
+        elif len(numbers) == len(values):
+            out[key] = spread([float(v) for v in numbers])
     out["other_load_share"] = other_load([rep.get("other_load_share") for rep in reps])
     out["repetitions"] = list(reps)
     return out
@@ -93,29 +87,20 @@ def summarise(reps: Sequence[Json]) -> Json:
 def quantiles(values: Sequence[float], points: int = 50) -> list[float]:
     """*points* + 1 nearest-rank quantiles of *values* (0 %, ..., 100 %), for a plot."""
     ordered = sorted(values)
-    if not ordered:
-        return []
-    last = len(ordered) - 1
-    return [ordered[round(last * k / points)] for k in range(points + 1)]
+    return [ordered[round((len(ordered) - 1) * k / points)] for k in range(points + 1) if ordered]
 
 
 def other_load(others: Sequence[Sequence[float] | None]) -> Json | None:
     """The spread of what other processes took of the server's and the loadgen's cores."""
     measured = [pair for pair in others if pair is not None]
-    if not measured:
-        return None
-    return {
-        "server_core": spread([pair[0] for pair in measured]),
-        "loadgen_core": spread([pair[1] for pair in measured]),
-    }
+    cores = {"server_core": [p[0] for p in measured], "loadgen_core": [p[1] for p in measured]}
+    return {core: spread(shares) for core, shares in cores.items()} if measured else None
 
 
 def given(args: argparse.Namespace, name: str, full: R, quick: R) -> R:
     """Option *name* if given, else its full-run or ``--quick`` default."""
     value: R | None = getattr(args, name, None)
-    if value is None:
-        return quick if args.quick else full
-    return value
+    return (quick if args.quick else full) if value is None else value
 
 
 # ----------------------------------------------------------------- running
@@ -146,13 +131,15 @@ class Context:
     def run(self, coroutine: Any) -> Any:
         return self.runner.run(coroutine)
 
-    def server(self, name: str, argv: list[str]) -> ServerProcess:
-        """``python -m ARGV`` pinned on a free port, until the scenario ends."""
-        return self._keep(self.stack.enter_context(server(name, argv, self.pinning, self.tmp)))
+    def server(self, name: str, argv: list[str], pinning: Pinning | None = None) -> ServerProcess:
+        """``python -m ARGV`` on a free port, pinned (unless *pinning* says otherwise), until
+        the scenario ends."""
+        proc = server(name, argv, pinning or self.pinning, self.tmp)
+        return self._keep(self.stack.enter_context(proc))
 
     def process(self, name: str, command: list[str], port: int, **kwargs: Any) -> ServerProcess:
         """Any server command, pinned, until the scenario ends."""
-        proc = process(name, command, port, self.pinning, self.tmp, **kwargs)
+        proc = ServerProcess(name, command, port, self.pinning, self.tmp, **kwargs)
         return self._keep(self.stack.enter_context(proc))
 
     @contextlib.contextmanager
@@ -173,7 +160,15 @@ class Context:
     ) -> tuple[R, tuple[float, float] | None]:
         """*body*, one pass against *proc*, and what others took of the pinned cores."""
         gc.collect()
-        return timed_pass(proc, self.load, body)
+        proc.check_alive()
+        server0, cpu0 = proc.cpu_seconds(), time.process_time()
+        self.load.start()
+        try:
+            result = body()
+        except BenchError:
+            proc.check_alive()  # a dead server explains more than a lost connection
+            raise
+        return result, self.load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
 
     def passes(
         self,
@@ -207,13 +202,17 @@ def scenario(
     *body* returns the entry's own fields and ``"markdown"``: the function that
     writes its section (``markdown(entry, commit, path)``).
     """
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    machine = machine_info()
-    commit = commit_info()
-    pinning = choose_pinning()
-    nofile = raise_nofile()
+    command, started, begun = (
+        command_line(),
+        datetime.datetime.now(datetime.UTC),
+        time.perf_counter(),
+    )
+    machine, commit, pinning, nofile = (
+        machine_info(),
+        commit_info(),
+        choose_pinning(),
+        raise_nofile(),
+    )
     print(f"bench {name}: {banner}; {pinning.note}", file=sys.stderr, flush=True)
     with (
         pinned_loadgen(pinning),
@@ -232,7 +231,12 @@ def scenario(
     ]
     config = fields.pop("config", {})
     entry: Json = {
-        **entry_head(command, started, begun, context.quick, machine),
+        "command": command,
+        "argv": sys.argv[1:],
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - begun, 3),
+        "quick": context.quick,
+        "machine": machine,
         "pinning": {**pinning.to_json(), "loadgen_affinity": affinity},
         "config": {
             "host": HOST,
@@ -246,8 +250,7 @@ def scenario(
         **fields,
     }
     entry["notes"] = [*entry.get("notes", []), *context.notes, *exits]
-    published: int = publish(args, name, entry, commit, markdown)
-    return published
+    return publish(args, name, entry, commit, markdown)
 
 
 def option(

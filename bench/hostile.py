@@ -17,19 +17,19 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
-import functools
 import hashlib
+import itertools
 import multiprocessing
 import os
 import random
 import select
 import socket
 import string
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sessiond_client import envelopes
@@ -39,67 +39,31 @@ from sessiond_client.protocol.frames import Ack, Close, Hello, Welcome
 
 from sessiond.tls import generate
 
-from .processes import free_port
+from .processes import HOST, Pinning, ServerProcess, free_port, server
 
-HOST = "127.0.0.1"
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of process *pid*, KiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+UNPINNED = Pinning(None, None, "unpinned")
 
 
 @contextlib.contextmanager
 def daemon(
     config: str = "", app: str = "echo", tls_port: int = 0
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+) -> Iterator[tuple[ServerProcess, int]]:
     """``python -m sessiond serve`` on a free port with *config* (TOML), and with
     *tls_port* a tls:// listener there too (a development certificate); stopped at the
-    end."""
-    port = free_port()
+    end. Its output: ``proc.log_path``."""
     with tempfile.TemporaryDirectory() as tmp:
-        tls: list[str] = []
-        if tls_port:
-            files = generate(Path(tmp) / "certs", [HOST])
-            tls = [f"--listen=tls://{HOST}:{tls_port}", f"--tls-cert={files.server_cert}"]
-            tls.append(f"--tls-key={files.server_key}")
         path = Path(tmp) / "sessiond.toml"
         path.write_text(config)
-        log = (Path(tmp) / "daemon.log").open("wb")
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "sessiond", "serve", "--listen", f"{HOST}:{port}"),
-                *("--app", app, "--config", str(path)),
-                *tls,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection((HOST, port), 1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the daemon did not start") from None
-                    time.sleep(0.05)
-            yield proc, port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        argv = ["sessiond", "serve", "--app", app, "--config", str(path)]
+        if tls_port:
+            files = generate(Path(tmp) / "certs", [HOST])
+            argv += [f"--listen=tls://{HOST}:{tls_port}", f"--tls-cert={files.server_cert}"]
+            argv.append(f"--tls-key={files.server_key}")
+        with server("daemon", argv, UNPINNED, Path(tmp)) as proc:
+            yield proc, proc.port
 
 
-# ------------------------------------------------------------------ a raw session opener
+# ------------------------------------------------------------------ raw sockets
 
 
 def hello(window_messages: int = 1024, window_bytes: int = 1 << 20, lifetime_ms: int = 0) -> bytes:
@@ -142,90 +106,95 @@ def send_bounded(sock: socket.socket, data: bytes, until: float, stall: float = 
     return "sent"
 
 
+def _flood(port: int, seconds: float, batches: Iterable[bytes], pause: float = 0.0) -> str:
+    """A session that never reads, sending *batches* until *seconds* pass or the daemon
+    stops taking them; how the last send ended (see :func:`send_bounded`)."""
+    sock = open_raw(port)
+    sock.setblocking(False)
+    until = time.monotonic() + seconds
+    outcome = "time"
+    for batch in batches:
+        if time.monotonic() >= until:
+            break
+        outcome = send_bounded(sock, batch, until)
+        if outcome != "sent":
+            break
+        time.sleep(pause)
+    sock.close()
+    return outcome
+
+
+def _closed(sock: socket.socket) -> bool:
+    """True when the daemon ended this connection (EOF or reset), reading what it sent."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _hold(socks: list[socket.socket], seconds: float) -> int:
+    """Hold *socks* for *seconds*, then close them: how many the daemon had closed."""
+    time.sleep(seconds)
+    closed = sum(_closed(sock) for sock in socks)
+    for sock in socks:
+        sock.close()
+    return closed
+
+
 # ------------------------------------------------------------------ attacks
 
 
 def blind_acker(port: int, seconds: float, payload: int = 1000) -> str:
     """Never reads; sends DATA and ACKs every echo it assumes the daemon has sent.
     Returns how it ended (see :func:`send_bounded`)."""
-    sock = open_raw(port)
-    sock.setblocking(False)
-    seq = 0
-    until = time.monotonic() + seconds
-    outcome = "time"
-    while time.monotonic() < until:
-        batch = b"".join(encode_data(seq + i + 1, b"x" * payload) for i in range(64))
-        seq += 64
-        # ACK what the daemon has surely echoed by now (an ACK beyond what it has
-        # sent would be a SEQUENCE_ERROR): everything up to a few batches ago.
-        ack = encode_ack(seq - 512) if seq > 512 else b""
-        outcome = send_bounded(sock, batch + ack, until)
-        if outcome != "sent":
-            break
-        time.sleep(0.005)  # the daemon consumes (and acknowledges) in between
-    sock.close()
-    return outcome
+
+    def batches() -> Iterator[bytes]:
+        for seq in itertools.count(64, 64):
+            data = b"".join(encode_data(seq - 63 + i, b"x" * payload) for i in range(64))
+            # ACK what the daemon has surely echoed by now (an ACK beyond what it has
+            # sent would be a SEQUENCE_ERROR): everything up to a few batches ago.
+            yield data + (encode_ack(seq - 512) if seq > 512 else b"")
+
+    return _flood(port, seconds, batches(), pause=0.005)  # the daemon acknowledges meanwhile
 
 
 def ping_flooder(port: int, seconds: float) -> str:
     """Never reads; sends PINGs as fast as the daemon takes them."""
-    sock = open_raw(port)
-    sock.setblocking(False)
-    batch = b"".join(encode_ping(i) for i in range(4096))
-    until = time.monotonic() + seconds
-    outcome = "time"
-    while time.monotonic() < until:
-        outcome = send_bounded(sock, batch, until)
-        if outcome != "sent":
-            break
-    sock.close()
-    return outcome
+    return _flood(port, seconds, itertools.repeat(b"".join(encode_ping(i) for i in range(4096))))
 
 
 def hello_looper(port: int, seconds: float) -> str:
     """HELLO, read the WELCOME, drop the connection; again, from one address."""
     until = time.monotonic() + seconds
-    opened = refused = 0
+    answers = collections.Counter[bool]()
     while time.monotonic() < until:
-        try:
-            sock = socket.create_connection((HOST, port), 5)
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 5) as sock:
             sock.sendall(hello())
-            answer = sock.recv(200)
-            sock.close()
-        except OSError:
-            continue
-        if answer[2:3] == b"\x8a":  # a WELCOME (a map of 10), else a CLOSE
-            opened += 1
-        else:
-            refused += 1
-    return f"opened={opened} refused={refused}"
+            answers[sock.recv(200)[2:3] == b"\x8a"] += 1  # a WELCOME (a map of 10), else CLOSE
+    return f"opened={answers[True]} refused={answers[False]}"
 
 
 def partial_framer(port: int, seconds: float, connections: int = 100) -> str:
     """*connections* sessions each send all but 10 bytes of a 1 MiB frame, then wait."""
     socks = []
     frame = encode_data(1, b"x" * ((1 << 20) - 64))[:-10]
-    for _ in range(connections):
-        try:
+    with contextlib.suppress(OSError):
+        for _ in range(connections):
             sock = open_raw(port, rcvbuf=65536)
             sock.sendall(frame)
             socks.append(sock)
-        except OSError:
-            break
-    time.sleep(seconds)
-    closed = 0
-    for sock in socks:
-        sock.setblocking(False)
-        try:
-            while sock.recv(65536):  # what the daemon sent, then its end (EOF or reset)
-                pass
-            closed += 1
-        except BlockingIOError:
-            pass  # still open
-        except OSError:
-            closed += 1
-        sock.close()
-    return f"held={len(socks)} closed_by_daemon={closed}"
+    return f"held={len(socks)} closed_by_daemon={_hold(socks, seconds)}"
+
+
+def _publish(publisher: Canary, payload: bytes) -> None:
+    while not publisher.session.can_send(len(payload)):
+        publisher.wait_for_credit()
+    publisher.session.send(payload, time.monotonic())
 
 
 def retained_hash_subscribers(
@@ -235,18 +204,13 @@ def retained_hash_subscribers(
     then *subscribers* sessions subscribe to ``#`` and never read (nor ACK) anything."""
     publisher = Canary(port)  # a session whose replies are read (and acknowledged)
     for number in range(retained):
-        payload = envelopes.request("pub", f"r/{number}", None, b"r" * 1024)
-        while not publisher.session.can_send(len(payload)):
-            publisher.wait_for_credit()
-        publisher.session.send(payload, time.monotonic())
+        _publish(publisher, envelopes.request("pub", f"r/{number}", None, b"r" * 1024))
         publisher._flush()
     publisher.close()
     socks = []
-    subscribe = encode_data(1, envelopes.request("sub", "#", 1))
     for _ in range(subscribers):
-        sock = open_raw(port)
-        sock.sendall(subscribe)
-        socks.append(sock)
+        socks.append(open_raw(port))
+        socks[-1].sendall(encode_data(1, envelopes.request("sub", "#", 1)))
     time.sleep(seconds)
     for sock in socks:
         sock.close()
@@ -278,10 +242,8 @@ def hash_blind_acker(
     while time.monotonic() < until:
         time.sleep(max(0.0, start + published / rate - time.monotonic()))
         for _ in range(64):
-            while not publisher.session.can_send(len(request)):
-                publisher.wait_for_credit()
-            publisher.session.send(request, time.monotonic())
-            published += 1
+            _publish(publisher, request)
+        published += 64
         publisher._flush()
         now = time.monotonic()
         history.append((now, published))
@@ -316,19 +278,15 @@ def detached_filler(port: int, seconds: float, sessions: int = 40, fill: int = 6
             while welcome and sent - acked < 48:  # 768 kB: within its window (1 MiB)
                 sent += 1
                 sock.sendall(encode_data(sent, payload))
-            readable, _, _ = select.select([sock], [], [], 0.2)
-            if readable:
+            if select.select([sock], [], [], 0.2)[0]:
                 data = sock.recv(1 << 20)
                 if not data:
                     break
-                for frame in decoder.feed(data):
-                    parsed = parse_frame(frame)
-                    if isinstance(parsed, Welcome):
-                        welcome = True
-                        progress = time.monotonic()
-                    elif isinstance(parsed, Ack) and parsed.seq > acked:
-                        acked = parsed.seq
-                        progress = time.monotonic()
+                for frame in map(parse_frame, decoder.feed(data)):
+                    if isinstance(frame, Welcome):
+                        welcome, progress = True, time.monotonic()
+                    elif isinstance(frame, Ack) and frame.seq > acked:
+                        acked, progress = frame.seq, time.monotonic()
         sock.close()
         sent_bytes.append(sent * len(payload))
     time.sleep(seconds)
@@ -343,17 +301,17 @@ def deep_subscribers(port: int, seconds: float, sessions: int = 20, levels: int 
     chooser = random.Random(12)
     socks = []
     for _ in range(sessions):
-        sock = open_raw(port, rcvbuf=1 << 20)
-        requests = []
-        for number in range(256):
-            pattern = "/".join(chooser.choice(string.ascii_lowercase) for _ in range(levels - 1))
-            requests.append(
-                encode_data(
-                    number + 1, envelopes.request(envelopes.SUB, pattern + "/#", number + 1)
-                )
+        socks.append(open_raw(port, rcvbuf=1 << 20))
+        patterns = (
+            "/".join(chooser.choice(string.ascii_lowercase) for _ in range(levels - 1)) + "/#"
+            for _ in range(256)
+        )
+        socks[-1].sendall(
+            b"".join(
+                encode_data(n, envelopes.request(envelopes.SUB, pattern, n))
+                for n, pattern in enumerate(patterns, 1)
             )
-        sock.sendall(b"".join(requests))
-        socks.append(sock)
+        )
     time.sleep(seconds)
     refused = 0
     for sock in socks:
@@ -387,26 +345,14 @@ def wrong_tokens(port: int, seconds: float, count: int = 10_000, parallel: int =
             sock.settimeout(max(0.1, until - time.monotonic()))
             answer = "none"
             with contextlib.suppress(OSError):
-                for frame in FrameDecoder(1 << 20).feed(sock.recv(4096)):
-                    parsed = parse_frame(frame)
-                    if isinstance(parsed, Close):
-                        answer = CloseCode(parsed.code).name
-                    elif isinstance(parsed, Welcome):
+                for frame in map(parse_frame, FrameDecoder(1 << 20).feed(sock.recv(4096))):
+                    if isinstance(frame, Close):
+                        answer = CloseCode(frame.code).name
+                    elif isinstance(frame, Welcome):
                         answer = "WELCOME"
             answers[answer] += 1
             sock.close()
     return f"sent={sent} " + " ".join(f"{k}={v}" for k, v in sorted(answers.items()))
-
-
-def _closed(sock: socket.socket) -> bool:
-    """True when the daemon ended this connection (EOF or reset); nothing is read else."""
-    sock.setblocking(False)
-    try:
-        return not sock.recv(65536)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def tls_handshake_holder(port: int, seconds: float, connections: int = 2000) -> str:
@@ -414,38 +360,45 @@ def tls_handshake_holder(port: int, seconds: float, connections: int = 2000) -> 
     which ever sends a ClientHello, held for *seconds*: how many the daemon closed within
     1 s (at accept: the per-address limit) and how many by the end."""
     socks = []
-    for _ in range(connections):
-        try:
+    with contextlib.suppress(OSError):
+        for _ in range(connections):
             socks.append(socket.create_connection((HOST, port), 5))
-        except OSError:
-            break
     time.sleep(1.0)
     at_once = sum(_closed(sock) for sock in socks)
-    time.sleep(max(0.0, seconds - 1.0))
-    by_end = sum(_closed(sock) for sock in socks)
-    for sock in socks:
-        sock.close()
+    by_end = _hold(socks, max(0.0, seconds - 1.0))
     return f"opened={len(socks)} closed_within_1s={at_once} closed_by_end={by_end}"
 
 
-ATTACKS: dict[str, Callable[[int, float], str]] = {
-    "retained-hash": retained_hash_subscribers,
-    "hash-blind-ack": hash_blind_acker,
-    "blind-ack": blind_acker,
-    "ping-flood": ping_flooder,
-    "hello-loop": hello_looper,
-    "partial-frames": partial_framer,
-    "tls-handshakes": tls_handshake_holder,
-    "deep-subs": deep_subscribers,
-    "deep-subs-16": functools.partial(deep_subscribers, levels=16),  # the most allowed now
-    "detached-fill": detached_filler,
-    "wrong-tokens": wrong_tokens,
+def deep_subscribers_16(port: int, seconds: float) -> str:
+    return deep_subscribers(port, seconds, levels=16)  # the most allowed now
+
+
+@dataclass(frozen=True, slots=True)
+class Attack:
+    """An attacker and what it runs against: the channels app with *channels* (TOML) if
+    not None, else the echo app; token-file authentication (*auth*, the canary has the
+    right token); a tls:// listener (*tls*, the canary stays on the plain one)."""
+
+    run: Callable[[int, float], str]
+    channels: str | None = None
+    auth: bool = False
+    tls: bool = False
+
+
+ATTACKS = {
+    "retained-hash": Attack(retained_hash_subscribers, '[channels]\nretained = ["#"]\n'),
+    "hash-blind-ack": Attack(hash_blind_acker, ""),
+    "blind-ack": Attack(blind_acker),
+    "ping-flood": Attack(ping_flooder),
+    "hello-loop": Attack(hello_looper),
+    "partial-frames": Attack(partial_framer),
+    "tls-handshakes": Attack(tls_handshake_holder, tls=True),
+    "deep-subs": Attack(deep_subscribers, ""),
+    "deep-subs-16": Attack(deep_subscribers_16, ""),
+    "detached-fill": Attack(detached_filler),
+    "wrong-tokens": Attack(wrong_tokens, auth=True),
 }
-#: Attacks on a daemon with token-file authentication (the canary has the right token).
-AUTH = {"wrong-tokens"}
 CANARY_TOKEN = "canary-token"
-#: Attacks on a tls:// listener (the canary stays on the plain one).
-TLS = {"tls-handshakes"}
 
 
 # ------------------------------------------------------------------ the canary
@@ -463,8 +416,7 @@ class Canary:
         self._read_until(lambda: self.session.max_payload > 0, 10)
 
     def _flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
+        if data := self.conn.data_to_send():
             self.sock.sendall(data)
 
     def _read_until(self, done: Callable[[], bool], timeout: float) -> bool:
@@ -499,10 +451,9 @@ class Canary:
 
         if not self._read_until(echoed, timeout):
             return None
-        rtt = time.monotonic() - start
-        self.rtts.append(rtt)
+        self.rtts.append(time.monotonic() - start)
         self._flush()
-        return rtt
+        return self.rtts[-1]
 
     def wait_for_credit(self) -> None:
         """Read until the peer's ACKs open the window again (replies are taken)."""
@@ -515,9 +466,7 @@ class Canary:
 
     def run(self, seconds: float) -> None:
         until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            if self.round_trip() is None:
-                break
+        while time.monotonic() < until and self.round_trip() is not None:
             time.sleep(0.002)
 
     def close(self) -> None:
@@ -525,51 +474,38 @@ class Canary:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-#: Attacks against the channels app, with the settings they need.
-CHANNELS = {
-    "retained-hash": '[channels]\nretained = ["#"]\n',
-    "hash-blind-ack": "",
-    "deep-subs": "",
-    "deep-subs-16": "",
-}
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def measure(name: str, seconds: float, config: str = "") -> dict[str, float]:
     attack = ATTACKS[name]
-    app = "channels" if name in CHANNELS else "echo"
-    tls_port = free_port() if name in TLS else 0
+    tls_port = free_port() if attack.tls else 0
     credentials = None
     tokens = tempfile.NamedTemporaryFile("w", suffix=".tokens")  # noqa: SIM115
-    if name in AUTH:
+    if attack.auth:
         tokens.write(f"canary {hashlib.sha256(CANARY_TOKEN.encode()).hexdigest()}\n")
         tokens.flush()
         config += f"[auth]\nmode = 'token-file'\ntoken_file = '{tokens.name}'\n"
         credentials = CANARY_TOKEN
-    with tokens, daemon(CHANNELS.get(name, "") + config, app, tls_port) as (proc, port):
-        log_path = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
+    app = "echo" if attack.channels is None else "channels"
+    with tokens, daemon((attack.channels or "") + config, app, tls_port) as (proc, port):
         canary = Canary(port, credentials)
         canary.run(1.0)
         quiet = list(canary.rtts)
         canary.rtts.clear()
-        baseline = rss_kib(proc.pid)
+        baseline = peak = proc.rss_kib()
         pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
-        outcome = pool.submit(attack, tls_port or port, seconds)
-        peak = baseline
+        outcome = pool.submit(attack.run, tls_port or port, seconds)
         until = time.monotonic() + seconds + 60
         while time.monotonic() < until and not outcome.done():
             canary.run(0.1)
-            peak = max(peak, rss_kib(proc.pid))
+            peak = max(peak, proc.rss_kib())
         print(f"{name}: the attacker ended: {outcome.result(30)}", flush=True)
         pool.shutdown()
         time.sleep(1.0)
-        after = rss_kib(proc.pid)
-        log_lines = len(log_path.read_text().splitlines())
+        after = proc.rss_kib()
+        log_lines = len(proc.log_path.read_text().splitlines())
         alive = canary.round_trip() is not None
         canary.close()
     return {
@@ -597,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown attack(s): {', '.join(unknown)}")
     for name in args.attacks or ATTACKS:
         figures = measure(name, args.seconds, args.config)
-        shown = " ".join(f"{k}={v:.1f}" for k, v in figures.items())
-        print(f"{name}: {shown}", flush=True)
+        print(f"{name}: " + " ".join(f"{k}={v:.1f}" for k, v in figures.items()), flush=True)
     return 0
 
 

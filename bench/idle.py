@@ -15,34 +15,24 @@ import asyncio
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
 
 from sessiond_client import tls_context
 from sessiond_client.protocol import Params
 
-from . import BenchError
-from .harness import (
-    Context,
-    counts,
-    given,
-    header,
-    notes_lines,
-    option,
-    positive,
-    scenario,
-    spread_cell,
-    summarise,
-)
+from . import BenchError, harness
+from .harness import Context, given, option, spread_cell
 from .loadgen import (
     DEFAULT_CONCURRENCY,
+    Driver,
     close_idle,
     open_idle,
-    sessions_per_address,
+    open_sessions,
     source_addresses,
 )
-from .processes import HOST, ServerProcess, ceiling_argv, daemon_argv, free_port
+from .loadgen import sessions_per_address as per_address
+from .processes import ServerProcess, ceiling_argv, daemon_argv, free_port
 from .results import Json, markdown_table, spread
 from .summary import NOT_MEASURED, Headline, Target, cpu_cell, judged, values_range, verdict
 from .tls import make_certificate, tls_daemon_argv
@@ -60,63 +50,48 @@ SETTLE_SECONDS = 1.0
 QUICK_SETTLE_SECONDS = 0.1
 #: Below the open-file limit by this margin (listening sockets, logs, the event loop).
 NOFILE_MARGIN = 64
-#: The target: server RSS per idle session under this, at TARGET_COUNT sessions.
-TARGET_KIB = 4.0
-TARGET_COUNT = 10_000
-#: Issue 18's goal over TLS: at most this much server RSS per idle TLS session.
-TLS_TARGET_KIB = 12.0
-TLS_TARGET_COUNT = 3_000
-
-
-@dataclass(frozen=True, slots=True)
-class IdlePlan:
-    sessions: int
-    concurrency: int
-    idle_seconds: float
-    heartbeat: float
-    per_address: int
-    settle_seconds: float = SETTLE_SECONDS
-    transport: str = TCP
+#: The targets: server RSS per idle session (KiB) at a count of sessions, by transport.
+TARGET_KIB, TARGET_COUNT = 4.0, 10_000
+TLS_TARGET_KIB, TLS_TARGET_COUNT = 12.0, 3_000
 
 
 async def measure_idle(
-    proc: ServerProcess, plan: IdlePlan, port: int | None = None, ssl: SSLContext | None = None
+    proc: ServerProcess,
+    count: int,
+    args: argparse.Namespace,
+    port: int | None = None,
+    ssl: SSLContext | None = None,
 ) -> Json:
-    """RSS before and with *sessions* idle sessions, CPU over an idle window, then close."""
-    port = port or proc.port
-    params = Params(heartbeat_interval=plan.heartbeat)
-    sources = source_addresses(plan.per_address)
+    """RSS before and with *count* idle sessions, CPU over an idle window, then close."""
+    port, settle, idle = port or proc.port, args.settle, args.idle
+    params = Params(heartbeat_interval=args.heartbeat)
+    each = per_address()
+    sources = source_addresses(each)
+
     rss_fresh = proc.rss_kib()
     # One session first, so that what its first use allocates (lazy imports,
     # caches) is not counted as the cost of each of the N.
     await close_idle(await open_idle(port, 1, 1, params, sources, ssl=ssl), 5.0)
-    await asyncio.sleep(plan.settle_seconds)
+    await asyncio.sleep(settle)
     rss_before = proc.rss_kib()
-
-    print(f"  idle: opening {plan.sessions:,} sessions", file=sys.stderr, flush=True)
+    print(f"  idle: opening {count:,} sessions", file=sys.stderr, flush=True)
     t0, cpu0, lg0 = time.perf_counter(), proc.cpu_seconds(), time.process_time()
     sessions = await open_idle(
-        port, plan.sessions, plan.concurrency, params, sources, HANDSHAKE_TIMEOUT, ssl
+        port, count, args.concurrency, params, sources, HANDSHAKE_TIMEOUT, ssl
     )
     open_seconds = time.perf_counter() - t0
-    open_cpu = proc.cpu_seconds() - cpu0
-    open_lg = time.process_time() - lg0
+    open_cpu, open_lg = proc.cpu_seconds() - cpu0, time.process_time() - lg0
     try:
-        await asyncio.sleep(plan.settle_seconds)
+        await asyncio.sleep(settle)
         rss_open = proc.rss_kib()
         print(
-            f"  idle: {len(sessions):,} open in {open_seconds:.1f} s; "
-            f"idle for {plan.idle_seconds:g} s",
-            file=sys.stderr,
-            flush=True,
+            f"  idle: {count:,} open in {open_seconds:.1f} s; idle for {idle:g} s", file=sys.stderr
         )
-        reads0 = sum(s.reads for s in sessions)
-        fires0 = sum(s.timer_fires for s in sessions)
+        reads0, fires0 = sum(s.reads for s in sessions), sum(s.timer_fires for s in sessions)
         t1, cpu1, lg1 = time.perf_counter(), proc.cpu_seconds(), time.process_time()
-        await asyncio.sleep(plan.idle_seconds)
+        await asyncio.sleep(idle)
         window = time.perf_counter() - t1
-        idle_cpu = proc.cpu_seconds() - cpu1
-        idle_lg = time.process_time() - lg1
+        idle_cpu, idle_lg = proc.cpu_seconds() - cpu1, time.process_time() - lg1
         reads = sum(s.reads for s in sessions) - reads0
         fires = sum(s.timer_fires for s in sessions) - fires0
         rss_idle = proc.rss_kib()
@@ -126,36 +101,35 @@ async def measure_idle(
         t2 = time.perf_counter()
         not_closed = await close_idle(sessions, 30.0)
         close_seconds = time.perf_counter() - t2
-    if failures or still_open != plan.sessions:
+    if failures or still_open != count:
         raise BenchError(
-            f"idle: {plan.sessions - still_open} of {plan.sessions} sessions did not stay open"
+            f"idle: {count - still_open} of {count} sessions did not stay open"
             + (f" (first: {failures[0]})" if failures else "")
         )
-    await asyncio.sleep(plan.settle_seconds)
-    rss_closed = proc.rss_kib()
+    await asyncio.sleep(settle)
     delta = rss_idle - rss_before
     return {
-        "transport": plan.transport,
-        "sessions": plan.sessions,
-        "concurrency": plan.concurrency,
-        "heartbeat_s": plan.heartbeat,
-        "source_addresses": 1 + (plan.sessions - 1) // plan.per_address,
-        "sessions_per_source_address": plan.per_address,
+        "transport": TCP if ssl is None else TLS,
+        "sessions": count,
+        "concurrency": args.concurrency,
+        "heartbeat_s": args.heartbeat,
+        "source_addresses": 1 + (count - 1) // each,
+        "sessions_per_source_address": each,
         "open_seconds": open_seconds,
-        "handshakes_per_s": plan.sessions / open_seconds,
+        "handshakes_per_s": count / open_seconds,
         "open_server_cpu_s": open_cpu,
-        "open_server_cpu_ms_per_handshake": open_cpu * 1e3 / plan.sessions,
+        "open_server_cpu_ms_per_handshake": open_cpu * 1e3 / count,
         "open_loadgen_cpu_s": open_lg,
         "rss_kib": {
             "fresh": rss_fresh,
             "before": rss_before,
             "open": rss_open,
             "idle": rss_idle,
-            "after_close": rss_closed,
+            "after_close": proc.rss_kib(),
         },
         "rss_delta_kib": delta,
-        "rss_per_session_kib": delta / plan.sessions,
-        "rss_per_session_bytes": delta * 1024 / plan.sessions,
+        "rss_per_session_kib": delta / count,
+        "rss_per_session_bytes": delta * 1024 / count,
         "idle_window_s": window,
         "idle_server_cpu_s": idle_cpu,
         "idle_server_cpu_percent": idle_cpu * 100 / window,
@@ -168,39 +142,38 @@ async def measure_idle(
     }
 
 
-async def measure_bare(proc: ServerProcess, plan: IdlePlan, ssl: SSLContext) -> Json:
+async def measure_bare(
+    proc: ServerProcess, count: int, args: argparse.Namespace, ssl: SSLContext
+) -> Json:
     """The ceiling's RSS per idle TLS connection: no session, only uvloop's TLS transport
     and OpenSSL's state (the same certificate, client and handshakes as the daemon's)."""
-    loop = asyncio.get_running_loop()
-    sources = source_addresses(plan.per_address)
-    semaphore = asyncio.Semaphore(plan.concurrency)
-    transports: list[asyncio.Transport] = []
+    sources = source_addresses(per_address())
 
-    async def one(index: int) -> None:
-        async with semaphore:
-            transport, _ = await asyncio.wait_for(
-                loop.create_connection(
-                    asyncio.Protocol, HOST, proc.port, ssl=ssl, local_addr=(sources(index), 0)
-                ),
-                HANDSHAKE_TIMEOUT,
-            )
-            transports.append(transport)
+    async def open_bare(n: int, first: int) -> list[Driver]:
+        return await open_sessions(
+            proc.port,
+            n,
+            args.concurrency,
+            lambda _i: Driver(framed=True),
+            lambda i: sources(first + i),
+            HANDSHAKE_TIMEOUT,
+            ssl=ssl,
+        )
 
-    await one(0)  # the first connection's allocations are not each one's
-    await asyncio.sleep(plan.settle_seconds)
-    before = proc.rss_kib()
+    opened = await open_bare(1, 0)  # the first connection's allocations are not each one's
     try:
-        await asyncio.gather(*(one(index) for index in range(1, plan.sessions + 1)))
-        await asyncio.sleep(plan.settle_seconds + plan.idle_seconds)
+        await asyncio.sleep(args.settle)
+        before = proc.rss_kib()
+        opened += await open_bare(count, 1)
+        await asyncio.sleep(args.settle + args.idle)
         after = proc.rss_kib()
     finally:
-        for transport in transports:
-            transport.abort()
+        await close_idle(opened, 5.0)
     return {
-        "transport": "tls-ceiling",
-        "sessions": plan.sessions,
+        "transport": CEILING_TLS,
+        "sessions": count,
         "rss_kib": {"before": before, "idle": after},
-        "rss_per_session_kib": (after - before) / plan.sessions,
+        "rss_per_session_kib": (after - before) / count,
     }
 
 
@@ -219,70 +192,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    positive(args, "repeat", "concurrency", "idle_seconds", "heartbeat")
-    sizes = counts(given(args, "idle_sessions", "1000,10000", "20,100"), "--idle-sessions")
-    repeat, idle = given(args, "repeat", 3, 2), given(args, "idle_seconds", 15.0, 0.2)
-    settle = QUICK_SETTLE_SECONDS if args.quick else SETTLE_SECONDS
+    harness.positive(args, "repeat", "concurrency", "idle_seconds", "heartbeat")
+    sizes = harness.counts(given(args, "idle_sessions", "1000,10000", "20,100"), "--idle-sessions")
+    repeat, args.idle = given(args, "repeat", 3, 2), given(args, "idle_seconds", 15.0, 0.2)
+    args.settle = QUICK_SETTLE_SECONDS if args.quick else SETTLE_SECONDS
     tls = given(args, "tls_sessions", "1000,3000", "20")
-    tls_sizes = () if tls.strip() == "0" else counts(tls, "--tls-sessions")
+    tls_sizes = () if tls.strip() == "0" else harness.counts(tls, "--tls-sessions")
     banner = (
         f"{', '.join(f'{c:,}' for c in sizes)} sessions (TLS: "
-        f"{', '.join(f'{c:,}' for c in tls_sizes) or 'none'}) x {repeat}, idle for {idle:g} s"
+        f"{', '.join(f'{c:,}' for c in tls_sizes) or 'none'}) x {repeat}, idle for {args.idle:g} s"
     )
 
     def body(ctx: Context) -> Json:
         fit = ctx.nofile[0] - NOFILE_MARGIN
         if max([*sizes, *tls_sizes]) > fit:
             ctx.notes.append(f"idle sessions cut to {fit:,} to fit RLIMIT_NOFILE {ctx.nofile[0]:,}")
-        per_address = sessions_per_address()
         plans = [
-            IdlePlan(n, args.concurrency, idle, args.heartbeat, per_address, settle, transport)
+            (transport, n)
             for transport, wanted in ((TCP, sizes), (TLS, tls_sizes), (CEILING_TLS, tls_sizes))
             for n in dict.fromkeys(min(n, fit) for n in wanted)
         ]
         certificate = make_certificate(ctx.tmp / "certs") if tls_sizes else None
 
-        def one(plan: IdlePlan, rep: int) -> Json:
-            name = f"daemon-idle-{plan.transport}-{plan.sessions}-{rep + 1}".replace("-tcp", "")
-            if certificate is not None and plan.transport == CEILING_TLS:
+        def one(plan: tuple[str, int], rep: int) -> Json:
+            transport, n = plan
+            name = f"daemon-idle-{transport}-{n}-{rep + 1}".replace("-tcp", "")
+            if certificate is None or transport == TCP:
+                with ctx.fresh_server(name, daemon_argv()) as proc:
+                    return dict(ctx.run(measure_idle(proc, n, args)))
+            context = tls_context(certificate.ca)
+            if transport == CEILING_TLS:
                 argv = [*ceiling_argv(), "--tls-cert", str(certificate.cert)]
                 argv += ["--tls-key", str(certificate.key)]
-                name = name.replace("daemon", "ceiling")
-                with ctx.fresh_server(name, argv) as proc:
-                    return dict(ctx.run(measure_bare(proc, plan, tls_context(certificate.ca))))
-            if certificate is None or plan.transport == TCP:
-                with ctx.fresh_server(name, daemon_argv()) as proc:
-                    return dict(ctx.run(measure_idle(proc, plan)))
+                with ctx.fresh_server(name.replace("daemon", "ceiling"), argv) as proc:
+                    return dict(ctx.run(measure_bare(proc, n, args, context)))
             port = free_port()
-            context = tls_context(certificate.ca)
             with ctx.fresh_server(name, tls_daemon_argv(port, certificate)) as proc:
-                return dict(ctx.run(measure_idle(proc, plan, port, context)))
+                return dict(ctx.run(measure_idle(proc, n, args, port, context)))
 
-        def show(result: Json) -> str:
-            if result["transport"] == CEILING_TLS:
+        def show(r: Json) -> str:
+            if r["transport"] == CEILING_TLS:
                 return (
-                    f"{result['sessions']:>6,} bare TLS connections to the ceiling  "
-                    f"{result['rss_per_session_kib']:6.2f} KiB/connection"
+                    f"{r['sessions']:>6,} bare TLS connections to the ceiling  "
+                    f"{r['rss_per_session_kib']:6.2f} KiB/connection"
                 )
             return (
-                f"{result['sessions']:>6,} {result['transport']} sessions  "
-                f"{result['rss_per_session_kib']:6.2f} "
-                f"KiB/session  server CPU {result['idle_server_cpu_percent']:5.2f} %  "
-                f"{result['handshakes_per_s']:7,.0f} handshakes/s"
+                f"{r['sessions']:>6,} {r['transport']} sessions  {r['rss_per_session_kib']:6.2f} "
+                f"KiB/session  server CPU {r['idle_server_cpu_percent']:5.2f} %  "
+                f"{r['handshakes_per_s']:7,.0f} handshakes/s"
             )
 
         results = ctx.passes(plans, one, repeat, show=show)
         return {
             "config": {
-                "counts": [plan.sessions for plan in plans if plan.transport == TCP],
-                "tls_counts": [plan.sessions for plan in plans if plan.transport == TLS],
+                "counts": [n for transport, n in plans if transport == TCP],
+                "tls_counts": [n for transport, n in plans if transport == TLS],
                 "tls": None if certificate is None else certificate.to_json(),
                 "repeat": repeat,
-                "idle_seconds": idle,
+                "idle_seconds": args.idle,
                 "heartbeat_s": args.heartbeat,
                 "concurrency": args.concurrency,
-                "sessions_per_source_address": sessions_per_address(),
-                "settle_seconds": settle,
+                "sessions_per_source_address": per_address(),
+                "settle_seconds": args.settle,
                 "server": "a fresh daemon per measurement",
             },
             "sessions": by_count(results, TCP),
@@ -291,26 +262,22 @@ def run(args: argparse.Namespace) -> int:
             "markdown": markdown,
         }
 
-    return scenario(args, SCENARIO, banner, body)
+    return harness.scenario(args, SCENARIO, banner, body)
 
 
 def by_count(results: list[Json], transport: str) -> Json:
-    """The measurements over *transport*, summarised per session count."""
-    mine = [r for r in results if r["transport"] == transport]
-    return {
-        str(n): summary([r for r in mine if r["sessions"] == n])
-        for n in dict.fromkeys(r["sessions"] for r in mine)
-    }
-
-
-def summary(results: list[Json]) -> Json:
-    """Each figure's spread over the measurements; sessions that did not stay open."""
-    out = summarise(results)
-    out["rss_idle_kib"] = spread([r["rss_kib"]["idle"] for r in results])
-    out["rss_before_kib"] = spread([r["rss_kib"]["before"] for r in results])
-    out["lost"] = sum(
-        r["sessions"] - r.get("still_open_after_idle", r["sessions"]) for r in results
-    )
+    """The measurements over *transport* per session count: each figure's spread, and the
+    sessions that did not stay open."""
+    out: Json = {}
+    for n in dict.fromkeys(r["sessions"] for r in results if r["transport"] == transport):
+        mine = [r for r in results if r["transport"] == transport and r["sessions"] == n]
+        out[str(n)] = harness.summarise(mine) | {
+            "rss_idle_kib": spread([r["rss_kib"]["idle"] for r in mine]),
+            "rss_before_kib": spread([r["rss_kib"]["before"] for r in mine]),
+            "lost": sum(
+                r["sessions"] - r.get("still_open_after_idle", r["sessions"]) for r in mine
+            ),
+        }
     return out
 
 
@@ -349,7 +316,6 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
         count = max(entry[key], key=int)
         stats = entry[key][count]["rss_per_session_kib"]
         exact = int(count) == at
-        judgement = judged(entry, stats["values"], goal, higher=False)
         out.append(
             Target(
                 SCENARIO,
@@ -357,7 +323,9 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
                 f"{stats['median']:.2f} KiB at {int(count):,} (measurements "
                 f"{values_range(stats['values'], '{:.2f}')})"
                 + ("" if exact else " (not the target's count)"),
-                judgement if exact or entry.get("quick") else NOT_MEASURED,
+                judged(entry, stats["values"], goal, higher=False)
+                if exact or entry.get("quick")
+                else NOT_MEASURED,
             )
         )
     return out
@@ -392,23 +360,22 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         for n, stats in entry.get("tls_ceiling", {}).items()
     ]
     lines = [
-        *header(entry, commit, path),
-        f"For each count, a fresh daemon (`python -m sessiond serve --app echo`), one warm-up "
-        f"session opened and closed, then the sessions opened, at most {config['concurrency']} "
-        "handshakes in flight, from loopback source addresses 127.0.0.x (at most "
-        f"{config['sessions_per_source_address']} sessions each: the daemon's default "
-        "`max_transports_per_peer` is 256), all to 127.0.0.1; then idle for "
-        f"{config['idle_seconds']:g} s with a {config['heartbeat_s']:g} s heartbeat proposed "
-        "by the clients. RSS is the server's VmRSS; *per session*: (RSS after the idle window "
-        "- RSS before) / sessions. CPU shares are of one core, over the idle window. "
-        f"{config['repeat']} measurements per count; median [min-max]. *lost*: sessions not "
-        "still open after the idle window; then each was closed with CLOSE NORMAL. *over "
-        "TLS*: the same daemon with a `tls://` listener and a `sessiond gen-cert` certificate "
-        "(ECDSA P-256), the clients verifying it; the RSS per session then includes each "
-        "connection's TLS state. *bare TLS connections*: as many idle TLS connections to the "
-        "ceiling (`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no "
-        "session, the daemon's malloc setting from `sessiond/heap.py`), the same certificate, "
-        "client and handshakes: the transport's own share of a TLS session's memory.",
+        *harness.header(entry, commit, path),
+        f"Per count a fresh daemon (`python -m sessiond serve --app echo`), one warm-up session "
+        f"opened and closed, then the sessions opened ({config['concurrency']} handshakes in "
+        "flight, from 127.0.0.x source addresses, at most "
+        f"{config['sessions_per_source_address']} each under the default "
+        "`max_transports_per_peer` of 256) and left idle for "
+        f"{config['idle_seconds']:g} s, the clients proposing a {config['heartbeat_s']:g} s "
+        "heartbeat. *RSS per session*: the server's VmRSS after the idle window less before, "
+        "per session; CPU: share of one core over the idle window; "
+        f"{config['repeat']} measurements per count, median [min-max]; *lost*: sessions not "
+        "open after the window (then each closed with CLOSE NORMAL). *over TLS*: a `tls://` "
+        "listener with a `sessiond gen-cert` certificate (ECDSA P-256) the clients verify. "
+        "*bare TLS connections*: as many idle TLS connections to the ceiling "
+        "(`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no session, the "
+        "daemon's malloc setting from `sessiond/heap.py`), same certificate, client and "
+        "handshakes: the transport's own share of a TLS session's memory.",
         "",
         markdown_table(
             "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"
@@ -416,8 +383,6 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             rows,
         ),
         "",
+        *(f"Target: {t.target}: {t.measured}: {verdict(t.verdict)}." for t in targets(entry, {})),
     ]
-    lines += [
-        f"Target: {t.target}: {t.measured}: {verdict(t.verdict)}." for t in targets(entry, {})
-    ]
-    return "\n".join([*lines, "", *notes_lines(entry)])
+    return "\n".join([*lines, "", *harness.notes_lines(entry)])

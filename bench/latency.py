@@ -2,50 +2,36 @@
 
 Ping-pong (:mod:`bench.pingpong`) at each offered rate (1,000 and 10,000/s in all),
 64-byte payloads, one ping in flight per connection and as many connections as the rate
-needs (:data:`PER_CONNECTION_RATE` each), against every system of :mod:`bench.systems`
-(the core-driven ``daemon``, the ``client`` library, the raw ``ceiling``, ``mosquitto``
-QoS 1, ``nats``). Round trips go into HDR-style histograms (:mod:`bench.histogram`): p50,
-p99, p99.9 and max per repetition, then the median and range. Targets: the daemon's p50
-within 1.3x the ceiling's; sessiond's p99 against each peer's.
+needs (:data:`PER_CONNECTION_RATE` each), against every system of :mod:`bench.systems`.
+Round trips go into HDR-style histograms (:mod:`bench.histogram`): p50, p99, p99.9 and max
+per repetition, then the median and range. Targets: the daemon's p50 within 1.3x the
+ceiling's; sessiond's p99 against each peer's.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from . import BenchError, systems
+from . import BenchError, harness, systems
 from .core import make_pool
-from .harness import (
-    Context,
-    counts,
-    full_cores_cell,
-    given,
-    header,
-    option,
-    other_load,
-    other_load_note,
-    scenario,
-    summarise,
-)
+from .harness import Context, given, option
 from .histogram import Histogram, percentile_key
 from .pingpong import PingPlan, PingResult
 from .processes import CLIENT_BOUND, bound_by
 from .results import Json, markdown_table, spread
-from .summary import Headline, cpu_cell, judged, values_range, verdict
-from .summary import Target as TargetResult
+from .summary import Headline, Target, cpu_cell, judged, values_range, verdict
 from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND, System
 
 HELP = "ping-pong at fixed offered rates, p50/p99/p99.9: sessiond vs the ceiling, mosquitto, NATS"
 
 SCENARIO = "latency"
 SYSTEMS = systems.SYSTEMS
-
 RATES = (1_000, 10_000)
 #: Offered messages per second per connection: one ping per millisecond at most,
 #: the event loop timers' resolution.
@@ -58,39 +44,21 @@ TIME_LIMIT = 10.0
 SHOWN = ("p50", "p99", "p99.9", "max")
 #: The target: the daemon's p50 within this factor of the ceiling's.
 TARGET_P50_RATIO = 1.3
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyPlan:
-    rates: tuple[int, ...]
-    per_connection_rate: int
-    size: int
-    duration: float
-    repeat: int
-    time_limit: float
-    warmup: float  # seconds of one warm-up pass per system (0: none, in a toy run)
-
-    def connections(self, rate: int) -> int:
-        return max(1, math.ceil(rate / self.per_connection_rate))
-
-    def to_json(self) -> Json:
-        return {
-            "rates": list(self.rates),
-            "connections": {str(rate): self.connections(rate) for rate in self.rates},
-            "per_connection_rate": self.per_connection_rate,
-            "payload_size": self.size,
-            "duration_s": self.duration,
-            "repeat": self.repeat,
-            "time_limit_s": self.time_limit,
-            "warmup_s": self.warmup,
-            "in_flight_per_connection": 1,
-            "histogram": "log-linear, 128 sub-buckets per power of two (< 0.8 % error), ns",
-        }
+SYSTEM_NOTES = {
+    **systems.SYSTEM_NOTES,
+    DAEMON: "`python -m sessiond serve` (echo app); client: the protocol core in an "
+    "asyncio.Protocol (bench/pingpong.py Ping on bench/loadgen.py's Driver)",
+    CLIENT: "the same daemon; client: the library, `sessiond_client.connect` and "
+    "`await send()` / `await recv()` per ping",
+    CEILING: "bench/ceiling.py (uvloop, 4-byte length prefix); client: bench/pingpong.py "
+    "Ping, framed",
+}
 
 
 def per_rate(runs: list[PingResult], names: Sequence[str], rates: Sequence[int]) -> Json:
     """Per rate and system: each percentile's spread over the passes, the merged histogram."""
     by_rate: Json = {}
+    keys = ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
     for rate in rates:
         by_rate[str(rate)] = entry = {}
         for name in names:
@@ -101,8 +69,7 @@ def per_rate(runs: list[PingResult], names: Sequence[str], rates: Sequence[int])
             for run in mine:
                 merged.merge(run.plan.histogram)
             trips = [run.plan.histogram.summary() for run in mine]
-            keys = ("min", "mean", *map(percentile_key, (50, 90, 99, 99.9)), "max")
-            entry[name] = summarise([run.to_json() for run in mine]) | {
+            entry[name] = harness.summarise([run.to_json() for run in mine]) | {
                 "payload_size": mine[0].plan.size,
                 "connections": mine[0].plan.connections,
                 "round_trip_us": {key: spread([t[key] / 1000 for t in trips]) for key in keys},
@@ -119,69 +86,36 @@ def per_rate(runs: list[PingResult], names: Sequence[str], rates: Sequence[int])
     return by_rate
 
 
-def p50_ratios(by_rate: Json, of: str, to: str) -> Json:
-    """*of*'s median p50 over *to*'s, per rate (where both ran)."""
-    return {
-        rate: entry[of]["round_trip_us"]["p50"]["median"]
-        / entry[to]["round_trip_us"]["p50"]["median"]
-        for rate, entry in by_rate.items()
-        if of in entry and to in entry
+def _median(entry: Json, name: str, key: str) -> float:
+    return float(entry[name]["round_trip_us"][key]["median"])
+
+
+def p99_ratios(by_rate: Json) -> Json:
+    """sessiond's (daemon, client) median p99 over each other system's, per rate."""
+    pairs = {
+        f"{ours}/{other}": {
+            rate: _median(entry, ours, "p99") / _median(entry, other, "p99")
+            for rate, entry in by_rate.items()
+            if ours in entry and other in entry
+        }
+        for ours in SESSIOND
+        for other in (CEILING, MOSQUITTO, NATS)
     }
+    return {pair: by_rate for pair, by_rate in pairs.items() if by_rate}
 
 
-def _us(stats: Json) -> str:
-    if stats["max"] - stats["min"] < 0.5:
-        return f"{stats['median']:,.0f}"
-    return f"{stats['median']:,.0f} [{stats['min']:,.0f}-{stats['max']:,.0f}]"
+def per_pass(by_system: Json, ours: str, other: str, key: str) -> list[float]:
+    """*ours*'s percentile *key* over *other*'s, repetition by repetition."""
+    if ours not in by_system or other not in by_system:
+        return []
+    reps = zip(by_system[ours]["repetitions"], by_system[other]["repetitions"], strict=False)
+    return [mine["round_trip_us"][key] / theirs["round_trip_us"][key] for mine, theirs in reps]
 
 
-def latency_table(by_rate: Json, names: Sequence[str]) -> str:
-    """The markdown table of round trips: one row per rate and system."""
-    rows = []
-    for rate, entry in by_rate.items():
-        for name in names:
-            if name not in entry:
-                continue
-            stats = entry[name]
-            trips = stats["round_trip_us"]
-            bounds = stats["client_bound"]
-            rows.append(
-                [
-                    f"{stats['payload_size']} B",
-                    f"{int(rate):,}/s",
-                    f"`{name}`",
-                    str(stats["connections"]),
-                    f"{stats['achieved_rate']['median']:,.0f}",
-                    *(_us(trips[key]) for key in SHOWN),
-                    cpu_cell(f"{stats['server_cpu_share']['median']:.0%}", stats["seconds"]),
-                    cpu_cell(
-                        f"{stats['client_cpu_share']['median']:.0%}"
-                        + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
-                        stats["seconds"],
-                    ),
-                    cpu_cell(
-                        f"{stats['client_cpu_us_per_message']['median']:,.0f}", stats["seconds"]
-                    ),
-                    full_cores_cell(stats["cores_full"]),
-                    f"{stats['late']:,}",
-                    f"{stats['lost']:,}",
-                ]
-            )
-    return markdown_table(
-        "payload|offered|system|conns|achieved msg/s|p50 µs|p99 µs|p99.9 µs|max µs"
-        "|server core busy|loadgen core busy|loadgen µs CPU/msg|cores full|late|lost",
-        rows,
-    )
-
-
-LATENCY_NOTES = (
-    "Round trip: from the ping handed to the transport until its echo is read (for a "
-    "*late* ping, held back by a slow reply, from its scheduled time). Percentiles from an "
-    "HDR-style histogram (< 0.8 % bucket error, a bucket's highest value); median [min-max] "
-    "over the passes. *core busy*: CPU over wall seconds of the pass; *client-bound*: the "
-    "load generator above 90 % of its core; *cores full*: a pinned core above 90 % "
-    "counting other processes."
-)
+def p99_pairs(entry: Json, ours: str, other: str) -> dict[str, list[float]]:
+    """Per rate of a latency *entry*: *ours*'s p99 over *other*'s, per repetition."""
+    out = {rate: per_pass(by, ours, other, "p99") for rate, by in entry["rates"].items()}
+    return {rate: values for rate, values in out.items() if values}
 
 
 # ----------------------------------------------------------------------- run
@@ -196,24 +130,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     systems.add_arguments(parser)
 
 
-def plan_from(args: argparse.Namespace) -> LatencyPlan:
-    """The plan the options ask for (a pass is ``--duration`` at each rate)."""
+def run(args: argparse.Namespace) -> int:
     duration, repeat = given(args, "duration", 5.0, 0.1), given(args, "repeat", 3, 2)
     if duration <= 0 or repeat < 1 or args.per_connection_rate < 1 or args.size < 8:
         raise BenchError("--duration, --repeat, --per-connection-rate and --size out of range")
-    rates = counts(args.rates or ",".join(map(str, RATES)), "--rates")
+    rates = harness.counts(args.rates or ",".join(map(str, RATES)), "--rates")
     warmup = 0.0 if args.quick else min(duration, WARMUP_SECONDS)
-    return LatencyPlan(
-        rates, args.per_connection_rate, args.size, duration, repeat, TIME_LIMIT, warmup
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    plan = plan_from(args)
+    connections = {rate: max(1, math.ceil(rate / args.per_connection_rate)) for rate in rates}
     wanted = systems.parse_systems(args.systems)
     banner = (
-        f"{', '.join(wanted)}; ping-pong at {', '.join(f'{r:,}/s' for r in plan.rates)} for "
-        f"{plan.duration:g} s x {plan.repeat}, {plan.size} B"
+        f"{', '.join(wanted)}; ping-pong at {', '.join(f'{r:,}/s' for r in rates)} for "
+        f"{duration:g} s x {repeat}, {args.size} B"
     )
 
     def body(ctx: Context) -> Json:
@@ -222,13 +149,13 @@ def run(args: argparse.Namespace) -> int:
         pinged = [system for system in started if system.ping is not None]
         if not pinged:
             raise BenchError("nothing to run: " + "; ".join(skipped.values()))
-        pool = make_pool(plan.size)
+        pool = make_pool(args.size)
 
-        def one(system: System, rate: int, duration: float) -> PingResult:
+        def one(system: System, rate: int, seconds: float) -> PingResult:
             assert system.ping is not None
-            proc, connections = system.proc, plan.connections(rate)
-            ping = PingPlan(system.name, pool, rate, connections, duration, plan.time_limit)
-            coroutine = system.ping(ping, proc.port, proc.cpu_seconds)
+            proc = system.proc
+            plan = PingPlan(system.name, pool, rate, connections[rate], seconds, TIME_LIMIT)
+            coroutine = system.ping(plan, proc.port, proc.cpu_seconds)
             result, others = ctx.timed(proc, lambda: ctx.run(coroutine))
             return dataclasses.replace(cast(PingResult, result), others=others)
 
@@ -242,22 +169,27 @@ def run(args: argparse.Namespace) -> int:
             )
 
         def warm(system: System) -> PingResult:
-            return one(system, plan.rates[0], plan.warmup)
+            return one(system, rates[0], warmup)
 
         runs: list[PingResult] = []
-        for index, rate in enumerate(plan.rates):
-
-            def timed(system: System, _rep: int, rate: int = rate) -> PingResult:
-                return one(system, rate, plan.duration)
-
-            first = plan.warmup and index == 0
-            runs += ctx.passes(pinged, timed, plan.repeat, warm if first else None, show)
+        for index, rate in enumerate(rates):
+            timed = functools.partial(lambda r, s, _rep: one(s, r, duration), rate)
+            runs += ctx.passes(pinged, timed, repeat, warm if warmup and not index else None, show)
         ran = [system.name for system in pinged]
-        by_rate = per_rate(runs, ran, plan.rates)
+        by_rate = per_rate(runs, ran, rates)
         entry: Json = {
             "config": {
                 "systems": ran,
-                **plan.to_json(),
+                "rates": list(rates),
+                "connections": {str(rate): count for rate, count in connections.items()},
+                "per_connection_rate": args.per_connection_rate,
+                "payload_size": args.size,
+                "duration_s": duration,
+                "repeat": repeat,
+                "time_limit_s": TIME_LIMIT,
+                "warmup_s": warmup,
+                "in_flight_per_connection": 1,
+                "histogram": "log-linear, 128 sub-buckets per power of two (< 0.8 % error), ns",
                 "client_bound_threshold": CLIENT_BOUND,
                 "timer": "time.perf_counter_ns",
             },
@@ -265,9 +197,15 @@ def run(args: argparse.Namespace) -> int:
             "skipped": skipped,
             "systems": {name: SYSTEM_NOTES[name] for name in ran},
             "rates": by_rate,
-            "other_load_share": other_load([run.others for run in runs]),
+            "other_load_share": harness.other_load([run.others for run in runs]),
             "p50_ratio_to_ceiling": {
-                name: p50_ratios(by_rate, name, CEILING) for name in SESSIOND if name in ran
+                name: {
+                    rate: _median(entry, name, "p50") / _median(entry, CEILING, "p50")
+                    for rate, entry in by_rate.items()
+                    if name in entry and CEILING in entry
+                }
+                for name in SESSIOND
+                if name in ran
             },
             "p99_ratios": p99_ratios(by_rate),
             "markdown": markdown,
@@ -276,54 +214,7 @@ def run(args: argparse.Namespace) -> int:
         entry["targets"] = [dataclasses.asdict(target) for target in targets(judged_entry, {})]
         return entry
 
-    return scenario(args, SCENARIO, banner, body)
-
-
-def p99_ratios(by_rate: Json) -> Json:
-    """sessiond's (daemon, client) median p99 over each other system's, per rate."""
-    out: Json = {}
-    for ours in SESSIOND:
-        for other in (CEILING, MOSQUITTO, NATS):
-            pair = {
-                rate: entry[ours]["round_trip_us"]["p99"]["median"]
-                / entry[other]["round_trip_us"]["p99"]["median"]
-                for rate, entry in by_rate.items()
-                if ours in entry and other in entry
-            }
-            if pair:
-                out[f"{ours}/{other}"] = pair
-    return out
-
-
-def per_pass(by_system: Json, ours: str, other: str, key: str) -> list[float]:
-    """*ours*'s percentile *key* over *other*'s, repetition by repetition."""
-    if ours not in by_system or other not in by_system:
-        return []
-    return [
-        mine["round_trip_us"][key] / theirs["round_trip_us"][key]
-        for mine, theirs in zip(
-            by_system[ours]["repetitions"], by_system[other]["repetitions"], strict=False
-        )
-    ]
-
-
-def p99_pairs(entry: Json, ours: str, other: str) -> dict[str, list[float]]:
-    """Per rate of a latency *entry*: *ours*'s p99 over *other*'s, per repetition."""
-    out = {
-        rate: per_pass(by_system, ours, other, "p99") for rate, by_system in entry["rates"].items()
-    }
-    return {rate: values for rate, values in out.items() if values}
-
-
-SYSTEM_NOTES = {
-    **systems.SYSTEM_NOTES,
-    DAEMON: "`python -m sessiond serve` (echo app); client: the protocol core in an "
-    "asyncio.Protocol (bench/pingpong.py SessionPing)",
-    CLIENT: "the same daemon; client: the library, `sessiond_client.connect` and "
-    "`await send()` / `await recv()` per ping",
-    CEILING: "bench/ceiling.py (uvloop, 4-byte length prefix); client: bench/pingpong.py "
-    "FramedPing",
-}
+    return harness.scenario(args, SCENARIO, banner, body)
 
 
 # ---------------------------------------------------------------- summary
@@ -334,78 +225,101 @@ def headlines(entry: Json) -> list[Headline]:
     return [
         Headline(
             SCENARIO,
-            f"{int(rate):,}/s offered, {_payload(by_system)}",
+            f"{int(rate):,}/s offered, "
+            + ", ".join(f"{s} B" for s in sorted({v["payload_size"] for v in by_system.values()})),
             "p50 / p99 µs",
             {
-                name: f"{stats['round_trip_us']['p50']['median']:,.0f} / "
-                f"{stats['round_trip_us']['p99']['median']:,.0f}"
-                for name, stats in by_system.items()
+                name: f"{_median(by_system, name, 'p50'):,.0f} / "
+                f"{_median(by_system, name, 'p99'):,.0f}"
+                for name in by_system
             },
         )
         for rate, by_system in entry["rates"].items()
     ]
 
 
-def _payload(by_system: Json) -> str:
-    sizes = {stats["payload_size"] for stats in by_system.values()}
-    return ", ".join(f"{size} B" for size in sorted(sizes))
-
-
-def targets(entry: Json, run: Mapping[str, Json]) -> list[TargetResult]:
+def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     """The daemon's p50 within 1.3x the ceiling's at every rate, judged pass by pass."""
     ratios = entry["p50_ratio_to_ceiling"].get(DAEMON, {})
     if not ratios:
         return []
-    pairs = [
-        value
-        for by_system in entry["rates"].values()
-        for value in per_pass(by_system, DAEMON, CEILING, "p50")
-    ]
+    passes = {rate: per_pass(entry["rates"][rate], DAEMON, CEILING, "p50") for rate in ratios}
     return [
-        TargetResult(
+        Target(
             SCENARIO,
             f"`daemon` p50 ≤ {TARGET_P50_RATIO:g}x the ceiling's",
             "; ".join(
-                f"{ratio:.2f}x at {int(rate):,}/s (passes "
-                f"{values_range(per_pass(entry['rates'][rate], DAEMON, CEILING, 'p50'), '{:.2f}')})"
+                f"{ratio:.2f}x at {int(rate):,}/s (passes {values_range(passes[rate], '{:.2f}')})"
                 for rate, ratio in ratios.items()
             ),
-            judged(entry, pairs, TARGET_P50_RATIO, higher=False),
+            judged(entry, [v for vs in passes.values() for v in vs], TARGET_P50_RATIO, False),
         )
+    ]
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _row(rate: str, name: str, stats: Json) -> list[str]:
+    trips, bounds, seconds = stats["round_trip_us"], stats["client_bound"], stats["seconds"]
+    bound = f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""
+    return [
+        f"{stats['payload_size']} B",
+        f"{int(rate):,}/s",
+        f"`{name}`",
+        str(stats["connections"]),
+        f"{stats['achieved_rate']['median']:,.0f}",
+        *(harness.spread_cell(trips[key]) for key in SHOWN),
+        cpu_cell(f"{stats['server_cpu_share']['median']:.0%}", seconds),
+        cpu_cell(f"{stats['client_cpu_share']['median']:.0%}{bound}", seconds),
+        cpu_cell(f"{stats['client_cpu_us_per_message']['median']:,.0f}", seconds),
+        harness.full_cores_cell(stats["cores_full"]),
+        f"{stats['late']:,}",
+        f"{stats['lost']:,}",
     ]
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## latency`` section of RESULTS.md."""
     config = entry["config"]
-    ran: list[str] = config["systems"]
-    lines = header(entry, commit, path)
-    lines += systems.markdown_lines(entry)
-    connections = ", ".join(
-        f"{int(rate):,}/s: {count}" for rate, count in config["connections"].items()
-    )
-    lines += [
+    rows = [
+        _row(rate, name, by_system[name])
+        for rate, by_system in entry["rates"].items()
+        for name in config["systems"]
+        if name in by_system
+    ]
+    connections = ", ".join(f"{int(r):,}/s: {n}" for r, n in config["connections"].items())
+    lines = [
+        *harness.header(entry, commit, path),
+        *systems.markdown_lines(entry),
         f"Ping-pong, {config['payload_size']} B payloads, at most one ping in flight per "
         f"connection, {config['per_connection_rate']:,} pings/s per connection (connections: "
         f"{connections}), {config['duration_s']:g} s per pass, {config['repeat']} passes per "
         "system and rate, systems interleaved, after a warm-up pass. Every echo is compared "
         "with its ping.",
         "",
-        latency_table(entry["rates"], ran),
+        markdown_table(
+            "payload|offered|system|conns|achieved msg/s|p50 µs|p99 µs|p99.9 µs|max µs"
+            "|server core busy|loadgen core busy|loadgen µs CPU/msg|cores full|late|lost",
+            rows,
+        ),
         "",
-        LATENCY_NOTES,
+        "Round trip: from the ping handed to the transport until its echo is read (for a "
+        "*late* ping, held back by a slow reply, from its scheduled time). Percentiles from an "
+        "HDR-style histogram (< 0.8 % bucket error, a bucket's highest value); median [min-max] "
+        "over the passes. *core busy*: CPU over wall seconds of the pass; *client-bound*: the "
+        "load generator above 90 % of its core; *cores full*: a pinned core above 90 % "
+        "counting other processes.",
         "",
-        *other_load_note(entry["other_load_share"]),
+        *harness.other_load_note(entry["other_load_share"]),
     ]
-    ratios = entry["p50_ratio_to_ceiling"]
-    for target in targets(entry, {}):
-        client = [
-            f"{int(rate):,}/s: {ratio:.2f}x" for rate, ratio in ratios.get(CLIENT, {}).items()
-        ]
-        lines.append(
-            f"Target: {target.target}: {target.measured}: {verdict(target.verdict)}."
-            + (" Through the client library: " + "; ".join(client) + "." if client else "")
-        )
+    client = entry["p50_ratio_to_ceiling"].get(CLIENT, {})
+    through = "; ".join(f"{int(rate):,}/s: {ratio:.2f}x" for rate, ratio in client.items())
+    lines += [
+        f"Target: {t.target}: {t.measured}: {verdict(t.verdict)}."
+        + (f" Through the client library: {through}." if through else "")
+        for t in targets(entry, {})
+    ]
     tails = {
         pair: by_rate
         for pair, by_rate in entry["p99_ratios"].items()
@@ -417,12 +331,9 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             "sessiond's p99 over each peer's (≤ 1: equal or better; the rate half of the "
             "target is in `## throughput`): "
             + "; ".join(
-                f"`{pair}` "
-                + ", ".join(f"{ratio:.2g}x at {int(rate):,}/s" for rate, ratio in by_rate.items())
-                for pair, by_rate in tails.items()
+                f"`{pair}` " + ", ".join(f"{r:.2g}x at {int(rate):,}/s" for rate, r in by.items())
+                for pair, by in tails.items()
             )
             + ".",
         ]
-    if entry["notes"]:
-        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *harness.notes_lines(entry)])

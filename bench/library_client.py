@@ -1,13 +1,11 @@
 """The sessiond client library as a load generator: what an application sees.
 
-:mod:`bench.loadgen` and :class:`bench.pingpong.SessionPing` drive the protocol
-core directly in an ``asyncio.Protocol``, the leanest client possible. Here the
-same daemon is driven through the public API instead, as an application (and as
-the peers' own Python clients) would use it: ``sessiond_client.connect(url)``,
-``await session.send(payload)`` (which waits while the server's window is full),
-``await session.recv()`` and ``session.received()`` (every message already
-there, without waiting). Reconnection, the Handoff buffers and the library's
-timers are all inside the figures.
+The ``daemon`` system drives the protocol core directly (:class:`bench.loadgen.Driver`);
+the ``client`` system drives the same daemon through the public API, as an application
+(and the peers' own Python clients) would: ``sessiond_client.connect(url)``, ``await
+session.send(payload)`` (which waits while the server's window is full), ``await
+session.recv()`` and ``session.received()`` (every message already there, without
+waiting). Reconnection, the Handoff buffers and the library's timers are in the figures.
 """
 
 from __future__ import annotations
@@ -23,6 +21,24 @@ from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 SYSTEM = "client"
 
 
+async def _connect_all(port: int, count: int) -> list[sessiond_client.Session]:
+    sessions: list[sessiond_client.Session] = []
+
+    async def open_one(_index: int) -> None:
+        sessions.append(await sessiond_client.connect(f"tcp://{HOST}:{port}"))
+
+    try:
+        await open_all(count, open_one)
+    except BaseException:
+        await _close_all(sessions)
+        raise
+    return sessions
+
+
+async def _close_all(sessions: list[sessiond_client.Session]) -> None:
+    await asyncio.gather(*(s.close(timeout=5.0) for s in sessions), return_exceptions=True)
+
+
 async def client_echo(
     port: int,
     pool: list[bytes],
@@ -36,11 +52,7 @@ async def client_echo(
 ) -> EchoResult:
     """One windowed echo pass through *sessions* library sessions, as loadgen's ``echo``."""
     shares = [Share(system, pool, quota, window) for quota in split(messages, sessions)]
-    opened: list[sessiond_client.Session] = []
     reads = 0  # batches from recv() + received()
-
-    async def open_one(index: int) -> None:
-        opened.append(await sessiond_client.connect(f"tcp://{HOST}:{port}"))
 
     async def echo(session: sessiond_client.Session, share: Share) -> None:
         nonlocal reads
@@ -60,30 +72,27 @@ async def client_echo(
             if not share.done.done():
                 share.done.set_exception(exc)
 
+    opened = await _connect_all(port, sessions)
+    loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[None]] = []
 
     async def start() -> None:
-        loop = asyncio.get_running_loop()
         tasks.extend(
             loop.create_task(echo(s, share)) for s, share in zip(opened, shares, strict=True)
         )
 
     try:
-        await open_all(sessions, open_one)
         return await shares_pass(system, shares, start, server_cpu, time_limit, lambda: reads)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(s.close(timeout=5.0) for s in opened), return_exceptions=True)
+        await _close_all(opened)
 
 
 async def client_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
     """One ping-pong pass: a ``sessiond_client.connect`` session per connection."""
-    sessions: list[sessiond_client.Session] = []
-
-    async def open_one(index: int) -> None:
-        sessions.append(await sessiond_client.connect(f"tcp://{HOST}:{port}"))
+    sessions = await _connect_all(port, plan.connections)
 
     def pinger(index: int, session: sessiond_client.Session) -> asyncio.Future[None]:
         async def receive() -> tuple[bytes, int]:
@@ -93,10 +102,7 @@ async def client_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingRe
         return asyncio.ensure_future(coroutine_pinger(plan, index, session.send, receive))
 
     try:
-        await open_all(plan.connections, open_one)
         plan.begin()
-        return await run_pass(
-            plan, [pinger(i, session) for i, session in enumerate(sessions)], server_cpu
-        )
+        return await run_pass(plan, [pinger(i, s) for i, s in enumerate(sessions)], server_cpu)
     finally:
-        await asyncio.gather(*(s.close(timeout=5.0) for s in sessions), return_exceptions=True)
+        await _close_all(sessions)

@@ -1,37 +1,26 @@
-"""Load-generating clients for ``python -m bench throughput`` and ``idle``, over loopback.
+"""Load-generating clients over loopback: one :class:`Driver` for every session kind.
 
-Each client is an :class:`asyncio.Protocol` (on uvloop's loop when it is
-installed) that does as little as an honest client can:
-
-* :class:`SessionEcho` drives the protocol core's client :class:`Session`: one
-  ``send_many`` per batch to fill the window, one ``take_messages`` per read,
-  one ``transport.write`` per read (or timer tick), and one timer per
-  connection armed at ``session.next_deadline()`` so coalesced ACKs and
-  heartbeats go out as they would in a real client.
-* :class:`FramedEcho` does the same over the barest framing (a 4-byte
-  big-endian length, then the payload) against the ceiling server of
-  ``bench/ceiling.py``.
-* :class:`IdleSession` opens a session, completes its handshake and then only
-  answers and sends heartbeats.
-
-Every echoed payload is compared, in order, with the payload sent (payloads
-begin with their index, and :class:`~bench.core.Checker` compares whole batches
-in C), and a run ends only when every message sent has come back: a lost,
-repeated or reordered message raises :class:`~bench.BenchError` instead of
-producing a figure. :func:`echo` runs one pass over one session or many
-(:func:`split` shares the messages out), all opened before the clocks start
-and started together.
+A :class:`Driver` is an :class:`asyncio.Protocol` around one client core :class:`Session`
+doing what a lean honest client does: one ``take_messages`` and one ``transport.write`` per
+read (or timer tick), one timer at ``session.next_deadline()`` for coalesced ACKs and
+heartbeats; ``framed=True`` speaks the ceiling's framing (a 4-byte length, then the
+payload) instead. Scenarios plug in through :meth:`Driver.on_messages`,
+:meth:`Driver.after_read` and :meth:`Driver.on_open`: idle sessions, :class:`Echo`, ping-pong,
+resume and storm (:meth:`Driver.cut`), fanout's channel clients. A windowed echo pass is a
+:class:`Share` per connection (window, in-order check, end) timed by :func:`shares_pass`,
+which the client library and the peers' Python clients use too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from sessiond_client.protocol import (
     Connection,
@@ -39,30 +28,36 @@ from sessiond_client.protocol import (
     Params,
     Role,
     Session,
+    SessionResumed,
     SessionStarted,
+    TransportLost,
 )
 
 from sessiond.server import ServerConfig
 
 from . import BenchError
 from .core import POOL, Checker
-from .processes import HOST, loop_name, new_loop, pace
+from .processes import HOST, pace
 
-__all__ = ["HOST", "loop_name", "new_loop"]
+__all__ = ["HOST"]  # re-exported: the peers' clients import it from here
 
 #: The ceiling's framing: a 4-byte big-endian payload length.
 LENGTH = struct.Struct(">I")
 #: Largest frame the framed client accepts from the ceiling server.
 MAX_FRAME = 1 << 20
-#: Connections opened at once when a pass uses many.
+#: Connections opened at once for an echo pass.
 CONNECT_CONCURRENCY = 50
+#: Handshakes in flight when opening many sessions (the daemon's listen backlog is 4096).
+DEFAULT_CONCURRENCY = 100
 _OPEN = ConnectionState.OPEN
-
-#: A session the load generator opens: an IdleSession or one that does more.
-S = TypeVar("S", bound="IdleSession")
+#: ``struct linger`` with l_onoff 1, l_linger 0: close() resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+#: The protocol of a transport that has been cut: its connection_lost is nobody's business.
+_CUT = asyncio.Protocol()
 
 #: The server's CPU seconds so far (read from /proc by the caller).
 CpuClock = Callable[[], float]
+D = TypeVar("D", bound="Driver")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +81,8 @@ class EchoResult:
     #: during the pass (None: not measured); see bench/processes.py CoreLoad.
     others: tuple[float, float] | None = None
     sessions: int = 1  # connections (sessions) the messages were shared out over
-    #: Counted by the receivers' checks (bench/core.py Checker): messages skipped over
-    #: by a later one, or never back by the end; messages that came back twice.
+    #: Counted by the receivers' checks: messages skipped over by a later one, or never
+    #: back by the end; messages that came back twice.
     lost: int = 0
     duplicates: int = 0
 
@@ -141,389 +136,7 @@ def unframe(buffer: bytes) -> tuple[list[bytes], bytes]:
     return got, buffer[pos:]
 
 
-class _Echo(asyncio.Protocol):
-    """What both echo clients share: the window, the check, the clocks, the end.
-
-    A client begins (starts its clocks and sends) as soon as its connection can
-    carry payloads; a *held* one only sets :attr:`ready` then, and begins when
-    :meth:`go` is called, so that :func:`echo` can start many together.
-    """
-
-    system = ""
-
-    def __init__(
-        self,
-        pool: list[bytes],
-        messages: int,
-        window: int,
-        time_limit: float,
-        server_cpu: CpuClock,
-        *,
-        held: bool = False,
-    ) -> None:
-        if len(pool) != POOL or not 1 <= window <= POOL // 2:
-            raise BenchError(f"window must be 1..{POOL // 2} and the pool {POOL} payloads")
-        self.loop = asyncio.get_running_loop()
-        self.size = len(pool[0])
-        self.ring = pool + pool  # any run of up to POOL payloads is one slice
-        self.checker = Checker(self.system, pool)
-        self.limit = messages
-        self.window = window
-        self.time_limit = time_limit
-        self.server_cpu = server_cpu
-        self.transport: asyncio.Transport | None = None
-        self.sent = 0
-        self.reads = 0
-        self.writes = 0
-        self.timer_fires = 0
-        self.timer_writes = 0
-        self.stopped_by = "count"
-        self.started = False
-        self.finished = False
-        self.stop_at = 0.0
-        self._t0 = self._cpu0 = self._server0 = 0.0
-        self.held = held
-        self.ready: asyncio.Future[None] = self.loop.create_future()
-        self.done: asyncio.Future[EchoResult] = self.loop.create_future()
-        self.lost: asyncio.Future[None] = self.loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-
-    def can_begin(self) -> bool:
-        """The connection can carry payloads: set :attr:`ready`; begin unless held."""
-        if not self.ready.done():
-            self.ready.set_result(None)
-        if self.held:
-            return False
-        self.begin()
-        return True
-
-    def go(self) -> None:
-        """Begin a held client (after :attr:`ready`): start its clocks, fill its window."""
-        self.held = False
-        self.begin()
-        self.send_first()
-
-    def send_first(self) -> None:
-        """Send the first window (a held client, from :meth:`go`); each subclass sends
-        it in its own framing."""
-        raise NotImplementedError
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-        if not self.finished:
-            self.fail(f"connection lost ({exc or 'EOF'})")
-
-    def begin(self) -> None:
-        """Start the clocks, just before the first payload is sent."""
-        self.started = True
-        self._server0 = self.server_cpu()
-        self._cpu0 = time.process_time()
-        self._t0 = time.perf_counter()
-        self.stop_at = self.loop.time() + self.time_limit
-
-    def next_batch(self, now: float) -> list[bytes]:
-        """The payloads the window has room for (empty once the limit is reached).
-
-        At the time bound the limit drops to what was sent: a caller that gets
-        nothing must then :meth:`check_end`, since the window may already be back.
-        """
-        sent = self.sent
-        room = self.window - (sent - self.checker.taken)
-        if room <= 0 or sent >= self.limit:
-            return []
-        if now >= self.stop_at:
-            self.limit = sent  # the time bound: drain what is in flight, send no more
-            self.stopped_by = "time"
-            return []
-        start = sent & (POOL - 1)
-        return self.ring[start : start + min(room, self.limit - sent)]
-
-    def check_end(self) -> bool:
-        """Once every payload sent has come back: stop the clocks, report, close."""
-        if self.checker.taken < self.limit or self.finished:
-            return False
-        seconds = time.perf_counter() - self._t0
-        cpu = time.process_time() - self._cpu0
-        server = self.server_cpu() - self._server0
-        self.verify_end()
-        self.finished = True
-        checker = self.checker
-        self.done.set_result(
-            EchoResult(
-                self.system,
-                self.size,
-                self.window,
-                self.sent,
-                checker.received,
-                seconds,
-                cpu,
-                server,
-                self.reads,
-                self.writes,
-                self.timer_fires,
-                self.timer_writes,
-                self.stopped_by,
-                lost=checker.missing + self.sent - checker.taken,
-                duplicates=checker.duplicates,
-            )
-        )
-        self.close()
-        return True
-
-    def verify_end(self) -> None:
-        """Raise :class:`BenchError` if the end state contradicts the count."""
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def fail(self, why: str) -> None:
-        self.finished = True
-        error = BenchError(
-            f"{self.system}: {why} after {self.sent:,} sent, {self.checker.taken:,} echoed back"
-        )
-        if not self.done.done():
-            self.done.set_exception(error)
-        if self.held and not self.ready.done():  # echo_many is waiting for it
-            self.ready.set_exception(error)
-        if self.transport is not None:
-            self.transport.abort()
-
-
-class _Driver(Protocol):
-    """A load-generating protocol driving one client core session."""
-
-    loop: asyncio.AbstractEventLoop
-    session: Session
-    conn: Connection | None
-    transport: asyncio.Transport | None
-    timer: asyncio.TimerHandle | None
-    timer_at: float
-
-
-def arm_timer(driver: _Driver, on_timer: Callable[[], None], off: bool = False) -> None:
-    """Keep the driver's one timer at its core's next deadline (none if *off*)."""
-    deadline = None if off else driver.session.next_deadline()
-    timer = driver.timer
-    if deadline is None:
-        if timer is not None:
-            timer.cancel()
-            driver.timer = None
-        return
-    if timer is not None:
-        if driver.timer_at <= deadline:
-            return  # fires earlier: handle_timer is then a no-op and we re-arm
-        timer.cancel()
-    driver.timer_at = deadline
-    driver.timer = driver.loop.call_at(deadline, on_timer)
-
-
-def send_close(driver: _Driver) -> None:
-    """Stop the timer and send CLOSE NORMAL at once (the daemon forgets the session)."""
-    if driver.timer is not None:
-        driver.timer.cancel()
-        driver.timer = None
-    conn = driver.conn
-    if conn is not None and not conn.closed:
-        driver.session.close(driver.loop.time())
-        out = conn.data_to_send()
-        if out and driver.transport is not None:
-            driver.transport.write(out)
-
-
-class SessionEcho(_Echo):
-    """A sessiond client session echoing *messages* payloads through the daemon."""
-
-    system = "daemon"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # _Echo's
-        super().__init__(*args, **kwargs)
-        self.session = Session(Role.CLIENT, Params())
-        self.conn: Connection | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.conn = self.session.connect(self.loop.time())
-        self._flush()
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        assert conn is not None
-        session = self.session
-        now = self.loop.time()
-        self.reads += 1
-        conn.receive_data(data, now)
-        try:
-            if self.started:
-                got = session.take_messages(now)
-                if got:
-                    self.checker.check(got)
-                    if self.check_end():
-                        return
-            elif not self.ready.done() and conn.state is _OPEN:
-                self._check_events(session)
-                self.can_begin()
-            batch = self.next_batch(now) if self.started else None
-            if batch:
-                self.sent += session.send_many(batch, now)
-            elif self.started and self.check_end():
-                return  # the time bound came as the whole window was back
-        except BenchError as exc:
-            self.fail(str(exc))
-            return
-        self._flush()
-        self._arm()
-
-    def send_first(self) -> None:
-        now = self.loop.time()
-        self.sent += self.session.send_many(self.next_batch(now), now)
-        self._flush()
-        self._arm()
-
-    def _check_events(self, session: Session) -> None:
-        events = session.events()
-        if len(events) != 1 or not isinstance(events[0], SessionStarted):
-            raise BenchError(f"unexpected events at the handshake: {events}")
-
-    def _flush(self) -> None:
-        conn = self.conn
-        transport = self.transport
-        if conn is None or transport is None:
-            return
-        out = conn.data_to_send()
-        if out:
-            transport.write(out)
-            self.writes += 1
-        if conn.closed and not self.finished:
-            self.fail(f"the core closed the connection: {conn.close_code!s} {conn.close_reason}")
-
-    def _arm(self) -> None:
-        arm_timer(self, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.finished:
-            return
-        self.timer_fires += 1
-        self.session.handle_timer(self.loop.time())
-        writes = self.writes
-        self._flush()
-        self.timer_writes += self.writes - writes
-        self._arm()
-
-    def close(self) -> None:
-        """End the session with CLOSE NORMAL (the daemon forgets it), then the transport."""
-        send_close(self)
-        super().close()
-
-    def verify_end(self) -> None:
-        sent, _acked, received, consumed = self.session.sequence_numbers
-        if not sent == received == consumed == self.checker.taken == self.sent:
-            raise BenchError(
-                f"sequence numbers: sent {sent}, received {received}, consumed {consumed}, "
-                f"checked {self.checker.taken}"
-            )
-        events = self.session.events()
-        if events:
-            raise BenchError(f"unexpected events: {events}")
-
-
-class FramedEcho(_Echo):
-    """The ceiling's client: 4-byte length + payload frames, nothing else."""
-
-    system = "ceiling"
-    tail = b""  # the start of a frame the last read did not complete
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.can_begin():
-            self._send(self.loop.time())
-
-    def send_first(self) -> None:
-        self._send(self.loop.time())
-
-    def data_received(self, data: bytes) -> None:
-        self.reads += 1
-        try:
-            got, self.tail = unframe(self.tail + data if self.tail else data)
-            if got:
-                self.checker.check(got)
-                if self.check_end():
-                    return
-        except BenchError as exc:
-            self.fail(str(exc))
-            return
-        self._send(self.loop.time())
-
-    def _send(self, now: float) -> None:
-        batch = self.next_batch(now)
-        if not batch:
-            self.check_end()  # the time bound may have come as the whole window was back
-            return
-        if self.transport is None:
-            return
-        self.transport.write(frame(batch))
-        self.writes += 1
-        self.sent += len(batch)
-
-
-async def echo(
-    system: str,
-    port: int,
-    pool: list[bytes],
-    messages: int,
-    window: int,
-    time_limit: float,
-    server_cpu: CpuClock,
-    *,
-    ssl: SSLContext | None = None,
-    sessions: int = 1,
-) -> EchoResult:
-    """One echo pass of *system* (``daemon`` or ``ceiling``) against 127.0.0.1:*port*.
-
-    With *ssl*, over TLS: the handshake is done before the clocks start. With
-    *sessions* above one, :func:`echo_many`.
-    """
-    if sessions > 1:
-        return await echo_many(
-            system, port, pool, messages, window, time_limit, server_cpu, sessions, ssl=ssl
-        )
-    loop = asyncio.get_running_loop()
-    protocol = _echo_kind(system)(pool, messages, window, time_limit, server_cpu)
-    transport, _ = await asyncio.wait_for(
-        loop.create_connection(lambda: protocol, HOST, port, ssl=ssl), 10.0
-    )
-    try:
-        result = await asyncio.wait_for(protocol.done, time_limit + 30.0)
-    except TimeoutError:
-        raise BenchError(
-            f"{system}: no progress, timed out with {protocol.sent:,} sent, "
-            f"{protocol.checker.taken:,} echoed back"
-        ) from None
-    finally:
-        if not protocol.finished:
-            protocol.finished = True
-            transport.abort()
-    # Let the server see the end before the next pass starts its clocks.
-    try:
-        await asyncio.wait_for(protocol.lost, 5.0)
-    except TimeoutError:
-        transport.abort()
-    return result
-
-
-def _echo_kind(system: str) -> type[_Echo]:
-    """The echo client for *system*: ``daemon`` (the core) or ``ceiling`` (framed)."""
-    for kind in (SessionEcho, FramedEcho):
-        if system == kind.system:
-            return kind
-    raise ValueError(system)
+# ------------------------------------------------------------ windowed echo
 
 
 def split(messages: int, sessions: int) -> list[int]:
@@ -533,8 +146,8 @@ def split(messages: int, sessions: int) -> list[int]:
 
 
 class Share:
-    """One client's share of a windowed echo pass through a client library (paho, nats-py,
-    sessiond_client): its window, its check, its end (:attr:`done`)."""
+    """One client's share of a windowed echo pass: its window, its check, its end
+    (:attr:`done`; *verify*, if set, may refuse the end state with a reason)."""
 
     def __init__(self, system: str, pool: list[bytes], messages: int, window: int) -> None:
         if len(pool) != POOL or not 1 <= window <= POOL // 2:
@@ -546,6 +159,7 @@ class Share:
         self.sent = 0
         self.stopped_by = "count"
         self.stop_at = 0.0
+        self.verify: Callable[[], str | None] | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def batch(self) -> list[bytes]:
@@ -577,7 +191,11 @@ class Share:
         if self.checker.taken < self.limit:
             return False
         if not self.done.done():
-            self.done.set_result(None)
+            why = None if self.verify is None else self.verify()
+            if why is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(BenchError(f"{self.checker.system}: {why}"))
         return True
 
 
@@ -589,9 +207,11 @@ async def shares_pass(
     time_limit: float,
     reads: Callable[[], int | None],
     writes: Callable[[], int] = lambda: 0,
+    timers: Callable[[], tuple[int, int]] = lambda: (0, 0),
 ) -> EchoResult:
     """Time *shares* (every client connected): *start* sends the first windows; the pass
-    ends when every share is back. *reads* and *writes* count the clients' I/O after."""
+    ends when every share is back. *reads*, *writes* and *timers* (fired, wrote) count the
+    clients' I/O after."""
     server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
     for share in shares:
         share.stop_at = t0 + time_limit
@@ -619,8 +239,7 @@ async def shares_pass(
         server,
         reads(),
         writes(),
-        0,
-        0,
+        *timers(),
         "time" if any(share.stopped_by == "time" for share in shares) else "count",
         sessions=len(shares),
         lost=sum(c.missing + s.sent - c.taken for c, s in zip(checkers, shares, strict=True)),
@@ -628,148 +247,47 @@ async def shares_pass(
     )
 
 
-def _no_clock() -> float:
-    return 0.0
+# ------------------------------------------------------------------ driver
 
 
-async def echo_many(
-    system: str,
-    port: int,
-    pool: list[bytes],
-    messages: int,
-    window: int,
-    time_limit: float,
-    server_cpu: CpuClock,
-    sessions: int,
-    *,
-    ssl: SSLContext | None = None,
-) -> EchoResult:
-    """One echo pass over *sessions* connections, each up to *window* messages in flight.
-
-    The *messages* are shared out (:func:`split`); every connection is opened
-    (and its handshake done) before the clocks start, then all begin at once,
-    and the pass ends when the last one has every echo back. The clocks and
-    both processes' CPU are read here, around the whole group.
-    """
-    loop = asyncio.get_running_loop()
-    kind = _echo_kind(system)
-    # The clients' own clocks are not read: only the group's figures count.
-    protocols = [
-        kind(pool, quota, window, time_limit, _no_clock, held=True)
-        for quota in split(messages, sessions)
-    ]
-    semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-    async def open_one(protocol: _Echo) -> None:
-        async with semaphore:
-            await loop.create_connection(lambda: protocol, HOST, port, ssl=ssl)
-            await protocol.ready
-
-    try:
-        try:
-            await asyncio.wait_for(asyncio.gather(*map(open_one, protocols)), 30.0)
-        except (OSError, TimeoutError) as exc:
-            raise BenchError(f"{system}: opening {sessions} sessions: {exc!r}") from None
-        server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
-        for protocol in protocols:
-            protocol.go()
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(protocol.done for protocol in protocols)), time_limit + 30.0
-            )
-        except TimeoutError:
-            sent = sum(protocol.sent for protocol in protocols)
-            taken = sum(protocol.checker.taken for protocol in protocols)
-            raise BenchError(
-                f"{system}: no progress, timed out with {sent:,} sent, {taken:,} echoed back"
-            ) from None
-        seconds = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-        server = server_cpu() - server0
-    finally:
-        for protocol in protocols:
-            if not protocol.finished:
-                protocol.finished = True
-                if protocol.transport is not None:
-                    protocol.transport.abort()
-        lost = [protocol.lost for protocol in protocols if protocol.transport is not None]
-        if lost:
-            await asyncio.wait(lost, timeout=5.0)
-    return EchoResult(
-        system,
-        len(pool[0]),
-        window,
-        sum(result.messages for result in results),
-        sum(result.received for result in results),
-        seconds,
-        cpu,
-        server,
-        sum(result.reads or 0 for result in results),
-        sum(result.writes for result in results),
-        sum(result.timer_fires for result in results),
-        sum(result.timer_writes for result in results),
-        "time" if any(result.stopped_by == "time" for result in results) else "count",
-        sessions=sessions,
-        lost=sum(result.lost for result in results),
-        duplicates=sum(result.duplicates for result in results),
-    )
-
-
-# --------------------------------------------------------------------- idle
-
-#: Handshakes in flight when opening many sessions (the daemon's listen backlog is 4096).
-DEFAULT_CONCURRENCY = 100
-
-
-def source_addresses(per_address: int) -> Callable[[int], str]:
-    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions.
-
-    The daemon allows ``max_transports_per_peer`` transports per IP address; the
-    whole of 127.0.0.0/8 is loopback, so many sessions come from several of its
-    addresses (all of them connect to 127.0.0.1).
-    """
-
-    def source(index: int) -> str:
-        number = 1 + index // per_address
-        return f"127.{(number >> 16) & 255}.{(number >> 8) & 255}.{number & 255}"
-
-    return source
-
-
-def sessions_per_address() -> int:
-    """Sessions per source address: a margin below the daemon's per-peer transport limit."""
-    limit = ServerConfig().max_transports_per_peer
-    return max(1, limit - max(8, limit // 16))
-
-
-class IdleSession(asyncio.Protocol):
-    """A session that completes its handshake and then only keeps its heartbeats."""
+class Driver(asyncio.Protocol):
+    """One client: a core session (or, *framed*, the ceiling's framing). Idle as it is: it
+    completes its handshake (:attr:`opened`), then only answers and keeps its heartbeats,
+    until its transport is gone (:attr:`lost`)."""
 
     __slots__ = (
         "closing",
         "conn",
         "failure",
+        "framed",
         "loop",
         "lost",
         "opened",
+        "read_ns",
         "reads",
+        "resuming",
         "session",
+        "session_lost",
+        "tail",
         "timer",
         "timer_at",
         "timer_fires",
+        "timer_writes",
         "transport",
+        "writes",
     )
 
-    def __init__(self, params: Params) -> None:
+    def __init__(self, params: Params | None = None, *, framed: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
-        self.session = Session(Role.CLIENT, params)
+        self.session = Session(Role.CLIENT, params or Params())
+        self.framed = framed
         self.conn: Connection | None = None
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
-        self.timer_fires = 0
-        self.reads = 0
-        self.closing = False
+        self.tail = b""  # framed: the start of a frame the last read did not complete
+        self.reads = self.writes = self.timer_fires = self.timer_writes = self.read_ns = 0
+        self.closing = self.resuming = self.session_lost = False
         self.failure: str | None = None
         self.opened: asyncio.Future[None] = self.loop.create_future()
         self.lost: asyncio.Future[None] = self.loop.create_future()
@@ -778,34 +296,49 @@ class IdleSession(asyncio.Protocol):
     def open(self) -> bool:
         return self.conn is not None and self.conn.state is _OPEN
 
+    def on_open(self, event: SessionStarted | SessionResumed) -> None:
+        """The handshake is done (``SessionResumed`` after a :meth:`cut`)."""
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        """What one read brought (taken: acknowledged). An idle session expects none."""
+        self._fail("an idle session received a message")
+
+    def after_read(self, now: float) -> None:
+        """After :meth:`on_messages` (if any), before the read's output is written."""
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        if self.lost.done():  # the transport after a cut
+            self.lost = self.loop.create_future()
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        if self.framed:
+            self.opened.set_result(None)
+            return
         self.conn = self.session.connect(self.loop.time())
         self._flush()
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        assert conn is not None
+        self.read_ns = time.perf_counter_ns()  # the bytes are back: the clock before decoding
         now = self.loop.time()
         self.reads += 1
-        conn.receive_data(data, now)
-        if conn.state is _OPEN and not self.opened.done():
-            events = self.session.events()
-            if len(events) != 1 or not isinstance(events[0], SessionStarted):
-                self._fail(f"unexpected events at the handshake: {events}")
-            else:
-                self.opened.set_result(None)
-        messages = self.session.take_messages(now)
+        if self.framed:
+            try:
+                messages, self.tail = unframe(self.tail + data if self.tail else data)
+            except BenchError as exc:
+                self._fail(str(exc))
+                return
+        else:
+            conn = self.conn
+            assert conn is not None
+            conn.receive_data(data, now)
+            if conn.state is _OPEN and not self.opened.done():
+                self._handshake()
+            messages = self.session.take_messages(now)
         if messages:
             self.on_messages(messages, now)
+        self.after_read(now)
         self._flush()
         self._arm()
-
-    def on_messages(self, messages: list[bytes], now: float) -> None:
-        """What one read brought (taken: acknowledged); a subclass that expects messages
-        handles them here, then the read's output is written. An idle session expects none."""
-        self._fail("an idle session received a message")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -815,6 +348,27 @@ class IdleSession(asyncio.Protocol):
             self._fail(f"connection lost ({exc or 'EOF'})")
         if not self.lost.done():
             self.lost.set_result(None)
+
+    def send_payloads(self, payloads: list[bytes], now: float) -> int:
+        """Hand *payloads* over (the core takes as many as its window allows): how many."""
+        if not self.framed:
+            return self.session.send_many(payloads, now)
+        if self.transport is not None:
+            self.transport.write(frame(payloads))
+            self.writes += 1
+        return len(payloads)
+
+    def _handshake(self) -> None:
+        events = self.session.events()
+        event = events[0] if len(events) == 1 else None
+        if not isinstance(event, SessionResumed if self.resuming else SessionStarted):
+            self.session_lost = self.resuming
+            what = "resume (session lost?)" if self.resuming else "handshake"
+            self._fail(f"unexpected events at the {what}: {events}")
+            return
+        self.on_open(event)
+        if not self.opened.done():
+            self.opened.set_result(None)
 
     def _fail(self, why: str) -> None:
         if self.failure is None:
@@ -832,25 +386,217 @@ class IdleSession(asyncio.Protocol):
         out = conn.data_to_send()
         if out:
             self.transport.write(out)
+            self.writes += 1
         if conn.closed and not self.closing:
-            self._fail(f"the core closed the connection: {conn.close_reason}")
+            self._fail(f"the core closed the connection: {conn.close_code!s} {conn.close_reason}")
 
     def _arm(self) -> None:
-        arm_timer(self, self._on_timer, off=self.closing)
+        """Keep the one timer at the core's next deadline."""
+        deadline = None if self.closing or self.conn is None else self.session.next_deadline()
+        timer = self.timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self.timer = None
+            return
+        if timer is not None:
+            if self.timer_at <= deadline:
+                return  # fires earlier: handle_timer is then a no-op and we re-arm
+            timer.cancel()
+        self.timer_at = deadline
+        self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
+        if self.closing:
+            return
         self.timer_fires += 1
         self.session.handle_timer(self.loop.time())
+        writes = self.writes
         self._flush()
+        self.timer_writes += self.writes - writes
         self._arm()
 
     def close(self) -> None:
-        """CLOSE NORMAL (the daemon ends the session), then close the transport."""
+        """CLOSE NORMAL (the daemon forgets the session), then close the transport."""
         self.closing = True
-        send_close(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            self.session.close(self.loop.time())
+            out = conn.data_to_send()
+            if out and self.transport is not None:
+                self.transport.write(out)
         if self.transport is not None:
             self.transport.close()
+
+    def reset_on_close(self) -> None:
+        """Make closing the transport send RST (``SO_LINGER`` 0; before a :meth:`cut`)."""
+        sock = None if self.transport is None else self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+    def cut(self) -> None:
+        """Abort the transport now and report it to the core at once, as the client library
+        does; the session detaches, and the next transport's HELLO resumes (protocol.md
+        §4.1), setting :attr:`opened` again."""
+        transport, conn = self.transport, self.conn
+        self.transport = self.conn = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if transport is not None:
+            transport.abort()
+            transport.set_protocol(_CUT)
+        if conn is not None:
+            conn.connection_lost(self.loop.time())
+        events = self.session.events()
+        if len(events) != 1 or not isinstance(events[0], TransportLost):
+            raise BenchError(f"unexpected events at the cut: {events}")
+        self.resuming = True
+        self.opened = self.loop.create_future()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+#: The name the other bench modules know the bare driver by.
+IdleSession = Driver
+
+
+class Echo(Driver):
+    """A windowed echo of one :class:`Share` (through the daemon, or *framed* through the
+    ceiling): once open, :meth:`go` fills the window; every echo read sends more."""
+
+    __slots__ = ("share", "started")
+
+    def __init__(self, share: Share, params: Params | None = None, *, framed: bool = False):
+        super().__init__(params, framed=framed)
+        self.share = share
+        self.started = False
+        if not framed:
+            share.verify = self.verify
+
+    def go(self) -> None:
+        self.started = True
+        self.after_read(self.loop.time())
+        self._flush()
+        self._arm()
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        if not self.share.take(messages):
+            self.close()
+
+    def after_read(self, now: float) -> None:
+        if not self.started or self.closing:
+            return
+        share = self.share
+        batch = share.batch()
+        if batch:
+            share.sent -= len(batch) - self.send_payloads(batch, now)
+        elif share.ended():  # the time bound came as the whole window was back
+            self.close()
+
+    def verify(self) -> str | None:
+        """Why the core's end state contradicts the count, or None."""
+        sent, _acked, received, consumed = self.session.sequence_numbers
+        taken = self.share.checker.taken
+        if not sent == received == consumed == taken == self.share.sent:
+            return (
+                f"sequence numbers: sent {sent}, received {received}, consumed {consumed}, "
+                f"checked {taken}"
+            )
+        events = self.session.events()
+        return f"unexpected events: {events}" if events else None
+
+    def _fail(self, why: str) -> None:
+        super()._fail(why)
+        share = self.share
+        if not share.done.done():
+            share.done.set_exception(
+                BenchError(
+                    f"{share.checker.system}: {why} after {share.sent:,} sent, "
+                    f"{share.checker.taken:,} echoed back"
+                )
+            )
+
+
+async def echo_pass(
+    system: str,
+    port: int,
+    clients: Sequence[Echo],
+    time_limit: float,
+    server_cpu: CpuClock,
+    *,
+    ssl: SSLContext | None = None,
+) -> EchoResult:
+    """Open *clients* (their handshakes done), then time them together (:func:`shares_pass`)."""
+    opened = await open_sessions(
+        port, len(clients), CONNECT_CONCURRENCY, clients.__getitem__, ssl=ssl
+    )
+
+    async def start() -> None:
+        for client in opened:
+            client.go()
+
+    try:
+        return await shares_pass(
+            system,
+            [client.share for client in clients],
+            start,
+            server_cpu,
+            time_limit,
+            lambda: sum(c.reads for c in opened),
+            lambda: sum(c.writes for c in opened),
+            lambda: (sum(c.timer_fires for c in opened), sum(c.timer_writes for c in opened)),
+        )
+    finally:  # let the server see the end before the next pass starts its clocks
+        await close_idle(opened, 5.0)
+
+
+async def echo(
+    system: str,
+    port: int,
+    pool: list[bytes],
+    messages: int,
+    window: int,
+    time_limit: float,
+    server_cpu: CpuClock,
+    *,
+    ssl: SSLContext | None = None,
+    sessions: int = 1,
+) -> EchoResult:
+    """One echo pass of *system* (``daemon``: the core; ``ceiling``: framed) against
+    127.0.0.1:*port* (TLS with *ssl*), *messages* shared out over *sessions* connections,
+    each with up to *window* in flight."""
+    if system not in ("daemon", "ceiling"):
+        raise ValueError(system)
+    clients = [
+        Echo(Share(system, pool, quota, window), framed=system == "ceiling")
+        for quota in split(messages, sessions)
+    ]
+    return await echo_pass(system, port, clients, time_limit, server_cpu, ssl=ssl)
+
+
+# -------------------------------------------------------------- many sessions
+
+
+def source_addresses(per_address: int) -> Callable[[int], str]:
+    """Session *i*'s source address: a new 127.x.y.z every *per_address* sessions (the
+    daemon allows ``max_transports_per_peer`` per address; all of 127/8 is loopback)."""
+
+    def source(index: int) -> str:
+        number = 1 + index // per_address
+        return f"127.{(number >> 16) & 255}.{(number >> 8) & 255}.{number & 255}"
+
+    return source
+
+
+def sessions_per_address() -> int:
+    """Sessions per source address: a margin below the daemon's per-peer transport limit."""
+    limit = ServerConfig().max_transports_per_peer
+    return max(1, limit - max(8, limit // 16))
 
 
 async def open_idle(
@@ -861,15 +607,10 @@ async def open_idle(
     sources: Callable[[int], str],
     timeout: float = 10.0,
     ssl: SSLContext | None = None,
-) -> list[IdleSession]:
-    """Open *count* idle sessions, at most *concurrency* handshakes at a time (over TLS
-    with *ssl*).
-
-    Session *i* connects from source address ``sources(i)`` (to 127.0.0.1).
-    Returns once every handshake is complete; raises :class:`BenchError` if one fails.
-    """
+) -> list[Driver]:
+    """Open *count* idle sessions (:func:`open_sessions`)."""
     return await open_sessions(
-        port, count, concurrency, lambda _index: IdleSession(params), sources, timeout, ssl=ssl
+        port, count, concurrency, lambda _index: Driver(params), sources, timeout, ssl=ssl
     )
 
 
@@ -877,26 +618,21 @@ async def open_sessions(
     port: int,
     count: int,
     concurrency: int,
-    make: Callable[[int], S],
+    make: Callable[[int], D],
     sources: Callable[[int], str] | None = None,
     timeout: float = 10.0,
     *,
     ssl: SSLContext | None = None,
     keep: bool = True,
     deadline: float | None = None,
-) -> list[S]:
-    """Open *count* sessions ``make(i)``, at most *concurrency* handshakes at a time.
-
-    Session *i* connects from ``sources(i)`` when given (to 127.0.0.1), over TLS
-    with *ssl*. Returns them once every handshake is complete; raises
-    :class:`BenchError` if one fails. With *keep* false each session is closed
-    (CLOSE NORMAL) as soon as its handshake completes, so that at most
-    *concurrency* are open at a time (a handshake-rate loop); then await
-    :func:`close_idle` on what it returns to see every transport closed. No
-    handshake starts after *deadline* (the loop's clock), if given.
-    """
+) -> list[D]:
+    """Open *count* sessions ``make(i)`` to 127.0.0.1 (from ``sources(i)``, over TLS with
+    *ssl*), at most *concurrency* handshakes at a time, none after *deadline* (loop clock);
+    return them, in the order their handshakes completed, or raise :class:`BenchError`.
+    Without *keep* each is closed as soon as it is open (a handshake-rate loop: then
+    :func:`close_idle` what it returns)."""
     loop = asyncio.get_running_loop()
-    opened: list[S] = []
+    opened: list[D] = []
     next_index = 0
 
     async def worker() -> None:
@@ -934,11 +670,11 @@ async def open_sessions(
     return opened
 
 
-def _factory(protocol: S) -> Callable[[], S]:
+def _factory(protocol: D) -> Callable[[], D]:
     return lambda: protocol
 
 
-async def close_idle(sessions: Sequence[IdleSession], timeout: float) -> int:
+async def close_idle(sessions: Sequence[Driver], timeout: float) -> int:
     """Close every session; return how many transports were not closed within *timeout*."""
     for session in sessions:
         session.close()

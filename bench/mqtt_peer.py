@@ -1,25 +1,19 @@
-"""The mosquitto peer: its configuration, and paho-mqtt as its load generator.
-
-Broker: ``mosquitto -c CONFIG`` with a temporary config (:func:`config`): one
-listener on 127.0.0.1:PORT, anonymous clients, sessions in memory only
-(``persistence false``, as the daemon keeps its sessions), ``set_tcp_nodelay
-true`` (mosquitto leaves Nagle on by default, which would add delayed-ACK
-stalls to every round trip), and the QoS 1 in-flight and queue limits raised
-to the echo window so that the broker, not its defaults (20 in flight), holds
-as many messages as sessiond's window."""
+"""The mosquitto peer's load generator, paho-mqtt on the asyncio loop (the broker and
+its configuration: bench/systems.py's PEERS)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import BenchError
@@ -39,32 +33,6 @@ MISC_INTERVAL = 1.0
 _ids = itertools.count()
 
 
-def config(port: int, window: int) -> str:
-    """mosquitto.conf for one bench run on 127.0.0.1:*port*."""
-    return "\n".join(
-        [
-            f"listener {port} {HOST}",
-            "allow_anonymous true",
-            "persistence false",
-            "set_tcp_nodelay true",
-            f"max_inflight_messages {window}",
-            f"max_queued_messages {4 * window}",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "",
-        ]
-    )
-
-
-def command(binary: str, config_path: str) -> list[str]:
-    return [binary, "-c", config_path]
-
-
-def _client_id() -> str:
-    return f"bench-{os.getpid()}-{next(_ids)}"
-
-
 class MqttConnection:
     """One paho client on the running asyncio loop, subscribed to its own topic
     (or to *topic*, which several clients may share)."""
@@ -76,12 +44,11 @@ class MqttConnection:
         topic: str | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.client_id = _client_id()
+        self.client_id = f"bench-{os.getpid()}-{next(_ids)}"
         self.topic = topic or f"bench/{self.client_id}"
         self.on_payloads = on_payloads
         self.got: list[bytes] = []
-        self.reads = 0
-        self.writes = 0
+        self.reads = self.writes = 0
         self.failure: str | None = None
         self.connected: asyncio.Future[None] = self.loop.create_future()
         self.subscribed: asyncio.Future[None] = self.loop.create_future()
@@ -128,46 +95,39 @@ class MqttConnection:
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), 5.0)
         except TimeoutError:
-            sock = self.client.socket()
-            if sock is not None:
+            if (sock := self.client.socket()) is not None:
                 self.loop.remove_reader(sock)
                 self.loop.remove_writer(sock)
                 sock.close()
 
-    # paho's hooks -----------------------------------------------------------
+    # paho's hooks (client, userdata, ...: only the last arguments matter here) --------
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+    def _on_socket_open(self, *args: Any) -> None:
+        sock = args[2]
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.add_reader(sock, self._read)
         self._misc = self.loop.call_later(MISC_INTERVAL, self._on_misc)
 
-    def _on_socket_close(
-        self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike
-    ) -> None:
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
+    def _on_socket_close(self, *args: Any) -> None:
+        self.loop.remove_reader(args[2])
+        self.loop.remove_writer(args[2])
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def _on_register_write(
-        self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike
-    ) -> None:
-        self.loop.add_writer(sock, self._write)
+    def _on_register_write(self, *args: Any) -> None:
+        self.loop.add_writer(args[2], self._write)
 
-    def _on_unregister_write(
-        self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike
-    ) -> None:
-        self.loop.remove_writer(sock)
+    def _on_unregister_write(self, *args: Any) -> None:
+        self.loop.remove_writer(args[2])
 
     def _read(self) -> None:
         now_ns = time.perf_counter_ns()
         rc = self.client.loop_read()
-        got = self.got
-        if got:
+        if got := self.got:
             self.reads += 1
             self.got = []
             if self.on_payloads is not None:
@@ -177,8 +137,7 @@ class MqttConnection:
 
     def _write(self) -> None:
         self.writes += 1
-        rc = self.client.loop_write()
-        if rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if (rc := self.client.loop_write()) is not MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._fail(f"loop_write: {mqtt.error_string(rc)}")
 
     def _on_misc(self) -> None:
@@ -186,50 +145,28 @@ class MqttConnection:
         if self.client.loop_misc() is MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._misc = self.loop.call_later(MISC_INTERVAL, self._on_misc)
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if self.connected.done():
-            return
-        if reason.is_failure:
-            self.connected.set_exception(BenchError(f"{SYSTEM}: CONNACK {reason}"))
-        else:
-            self.connected.set_result(None)
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        if self.subscribed.done():
+    @staticmethod
+    def _settle(future: asyncio.Future[None], what: str, reasons: list[ReasonCode]) -> None:
+        if future.done():
             return
         if any(reason.is_failure for reason in reasons):
-            self.subscribed.set_exception(BenchError(f"{SYSTEM}: SUBACK {reasons}"))
+            future.set_exception(BenchError(f"{SYSTEM}: {what} {reasons}"))
         else:
-            self.subscribed.set_result(None)
+            future.set_result(None)
+
+    def _on_connect(self, *args: Any) -> None:  # (..., flags, reason, properties)
+        self._settle(self.connected, "CONNACK", [args[3]])
+
+    def _on_subscribe(self, *args: Any) -> None:  # (..., mid, reasons, properties)
+        self._settle(self.subscribed, "SUBACK", args[3])
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         payload = message.payload  # bytes, as paho builds it; a bytearray is copied
         self.got.append(payload if isinstance(payload, bytes) else bytes(payload))
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason.is_failure:
-            self._fail(f"disconnected: {reason}")
+    def _on_disconnect(self, *args: Any) -> None:  # (..., flags, reason, properties)
+        if args[3].is_failure:
+            self._fail(f"disconnected: {args[3]}")
 
     def _fail(self, why: str) -> None:
         if self.failure is None:
@@ -242,7 +179,7 @@ class MqttConnection:
 # ------------------------------------------------------------------- echo
 
 
-async def mqtt_echo(
+async def echo(
     port: int,
     pool: list[bytes],
     messages: int,
@@ -254,40 +191,30 @@ async def mqtt_echo(
 ) -> EchoResult:
     """One windowed echo pass over *sessions* clients, each up to *window* QoS 1 messages
     published and not yet back; all connected and subscribed before the clocks start."""
-    pairs = [
-        (Share(SYSTEM, pool, quota, window), MqttConnection(window))
-        for quota in split(messages, sessions)
-    ]
-    conns = [conn for _share, conn in pairs]
+    shares = [Share(SYSTEM, pool, quota, window) for quota in split(messages, sessions)]
+    conns = [MqttConnection(window) for _ in shares]
 
-    def refill(share: Share, conn: MqttConnection) -> None:
-        for payload in share.batch():
-            conn.publish(payload)
+    def refill(index: int) -> None:
+        for payload in shares[index].batch():
+            conns[index].publish(payload)
 
-    for share, conn in pairs:
-
-        def back(got: list[bytes], _now: int, s: Share = share, c: MqttConnection = conn) -> None:
-            if s.take(got):
-                refill(s, c)
-
-        conn.on_payloads = back
+    def back(index: int, got: list[bytes], _now: int) -> None:
+        if shares[index].take(got):
+            refill(index)
 
     async def start() -> None:
-        for share, conn in pairs:
-            refill(share, conn)
+        for index, share in enumerate(shares):
+            refill(index)
             share.ended()
 
+    for index, conn in enumerate(conns):
+        conn.on_payloads = functools.partial(back, index)
     try:
         await open_all(sessions, lambda index: conns[index].open(port))
         return await shares_pass(
-            SYSTEM,
-            [share for share, _conn in pairs],
-            start,
-            server_cpu,
-            time_limit,
-            lambda: sum(c.reads for c in conns),
-            lambda: sum(c.writes for c in conns),
-        )
+            SYSTEM, shares, start, server_cpu, time_limit,
+            lambda: sum(c.reads for c in conns), lambda: sum(c.writes for c in conns),
+        )  # fmt: skip
     finally:
         await asyncio.gather(*(conn.close() for conn in conns), return_exceptions=True)
 
@@ -314,7 +241,7 @@ class MqttPing(Pinger):
             self.on_echo(payload, now_ns)
 
 
-async def mqtt_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
+async def ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
     """One ping-pong pass over *plan.connections* MQTT clients."""
     pingers: list[MqttPing] = []
 

@@ -1,16 +1,10 @@
-"""The NATS peer: nats-server's configuration, and nats-py as its load generator.
-
-Server: ``nats-server -c CONFIG`` with a temporary config (:func:`config`):
-127.0.0.1:PORT and its defaults otherwise (no JetStream: core NATS, at most
-once). Pinned to one core with ``taskset``, the Go runtime sizes GOMAXPROCS to
-that one core."""
+"""The NATS peer's load generator, nats-py (the server: bench/systems.py's PEERS)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import os
-import signal
 import time
 from collections import deque
 
@@ -23,19 +17,8 @@ from .loadgen import HOST, CpuClock, EchoResult, Share, shares_pass, split
 from .pingpong import PingPlan, PingResult, coroutine_pinger, open_all, run_pass
 
 SYSTEM = "nats"
-#: nats-server exits with 1 on SIGTERM, with 0 on SIGINT (both shut it down cleanly).
-STOP_SIGNAL = signal.SIGINT
 
 _ids = itertools.count()
-
-
-def config(port: int) -> str:
-    """nats-server's config for one bench run on 127.0.0.1:*port*."""
-    return f"host: {HOST}\nport: {port}\n"
-
-
-def command(binary: str, config_path: str) -> list[str]:
-    return [binary, "-c", config_path]
 
 
 def _subject() -> str:
@@ -64,7 +47,7 @@ async def connect(port: int) -> Client:
 # ------------------------------------------------------------------- echo
 
 
-async def nats_echo(
+async def echo(
     port: int,
     pool: list[bytes],
     messages: int,
@@ -129,7 +112,7 @@ class _Inbox:
         return self.items.popleft()
 
 
-async def nats_ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
+async def ping(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
     """One ping-pong pass over *plan.connections* nats-py connections."""
     connections: list[tuple[Client, str, _Inbox]] = []
 

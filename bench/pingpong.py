@@ -1,16 +1,13 @@
 """Ping-pong at a fixed offered rate: the load generator of ``python -m bench latency``.
 
-A pass offers *rate* messages per second in total for *duration* seconds, over
-*connections* connections (sessions), each with at most one message in flight:
-connection *i* sends its *k*-th ping at ``start + (i / connections + k) *
-period``, ``period = connections / rate``, so the connections' pings interleave
-evenly. A ping goes to the server, comes back (the daemon's echo app, the
-ceiling, or a broker delivering it to the subscriber that sent it) and its round
-trip is counted, in nanoseconds, in one :class:`~bench.histogram.Histogram` per
-pass. A ping whose time comes while the previous one is still out goes as soon as that reply
-is in and counts from its *scheduled* time (HdrHistogram's correction for coordinated
-omission); otherwise from when it was handed to the transport (the loop's timers fire up to a
-millisecond off: the load generator's jitter, not the server's).
+A pass offers *rate* messages per second for *duration* seconds over *connections*
+connections, each with at most one ping in flight: connection *i* sends its *k*-th ping at
+``start + (i / connections + k) * period``, ``period = connections / rate``, so the pings
+interleave evenly. Each round trip is counted, in nanoseconds, in one
+:class:`~bench.histogram.Histogram` per pass: from when the ping was handed to the
+transport (the loop's timers fire up to a millisecond off: the load generator's jitter,
+not the server's), or, for a ping whose time came while the previous one was still out,
+from its *scheduled* time (HdrHistogram's correction for coordinated omission).
 """
 
 from __future__ import annotations
@@ -21,20 +18,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sessiond_client.protocol import Params
-
 from . import BenchError
 from .core import POOL
 from .histogram import Histogram
-from .loadgen import HOST, CpuClock, IdleSession, frame, unframe
+from .loadgen import CONNECT_CONCURRENCY, CpuClock, Driver, close_idle, open_sessions
 from .processes import pace
 
 #: The first pings go this long after the pass starts (connections are open by then).
 LEAD_NS = 5_000_000
 #: Waiting for the last replies, beyond the pass's own time bound.
 DRAIN_SECONDS = 10.0
-#: Connections opened at once while setting a pass up.
-CONNECT_CONCURRENCY = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +74,8 @@ class PingPlan:
         duration: float,
         time_limit: float,
     ) -> None:
-        if rate <= 0 or connections < 1 or duration <= 0:
-            raise BenchError("rate and duration must be positive, connections at least 1")
-        if len(pool) != POOL:
-            raise BenchError(f"the pool must hold {POOL} payloads")
+        if rate <= 0 or connections < 1 or duration <= 0 or len(pool) != POOL:
+            raise BenchError(f"rate, duration > 0, connections ≥ 1, a pool of {POOL} payloads")
         self.system = system
         self.pool = pool
         self.size = len(pool[0])
@@ -95,25 +86,21 @@ class PingPlan:
         self.planned = self.per_connection * connections
         self.time_limit = time_limit
         self.histogram = Histogram()
-        self.sent = 0
-        self.received = 0
-        self.late = 0
-        self.start_ns = 0
-        self.stop_ns = 0
+        self.sent = self.received = self.late = self.start_ns = self.stop_ns = 0
         self.stopped_by = "count"
         self.failure: str | None = None
 
     def begin(self) -> None:
         """Fix the schedule: the first ping goes :data:`LEAD_NS` from now."""
         self.start_ns = time.perf_counter_ns() + LEAD_NS
-        self.stop_ns = self.start_ns + round(
-            (self.per_connection * self.period_ns / 1e9 + self.time_limit) * 1e9
-        )
+        duration = self.per_connection * self.period_ns / 1e9 + self.time_limit
+        self.stop_ns = self.start_ns + round(duration * 1e9)
 
     def due(self, connection: int, k: int) -> int:
         """When connection *connection* sends its *k*-th ping (perf_counter_ns)."""
-        offset = (connection * self.period_ns) // self.connections
-        return self.start_ns + offset + k * self.period_ns
+        return (
+            self.start_ns + (connection * self.period_ns) // self.connections + k * self.period_ns
+        )
 
     def payload(self, connection: int, k: int) -> bytes:
         return self.pool[(connection * 7919 + k) & (POOL - 1)]
@@ -152,13 +139,12 @@ class Pinger:
 
     def _schedule(self, now_ns: int) -> None:
         delay = (self.plan.due(self.index, self.k) - now_ns) / 1e9
-        self.ping_timer = self.loop.call_later(max(0.0, delay), self._on_timer)
+        self.ping_timer = self.loop.call_later(max(0.0, delay), self._on_ping_timer)
 
-    def _on_timer(self) -> None:
+    def _on_ping_timer(self) -> None:
         self.ping_timer = None
-        if self.outstanding or self.finished.done():
-            return
-        self._send(time.perf_counter_ns())
+        if not self.outstanding and not self.finished.done():
+            self._send(time.perf_counter_ns())
 
     def _send(self, started_ns: int) -> None:
         plan = self.plan
@@ -167,8 +153,7 @@ class Pinger:
             self.count = self.k
             self._finish()
             return
-        payload = plan.payload(self.index, self.k)
-        self.expected = payload
+        self.expected = payload = plan.payload(self.index, self.k)
         self.outstanding = True
         self.sent_ns = started_ns
         self.k += 1
@@ -212,27 +197,20 @@ class Pinger:
         self._finish()
 
 
-# ------------------------------------------------------------------ sessiond
+class Ping(Pinger, Driver):
+    """Pings over a :class:`~bench.loadgen.Driver`: the daemon's core, or *framed* the
+    ceiling's framing; the clock is read as the read arrives, before decoding."""
 
-
-class SessionPing(Pinger, IdleSession):
-    """A sessiond client session (the core in a Protocol, as bench/loadgen.py drives it)."""
-
-    def __init__(self, plan: PingPlan, index: int, params: Params | None = None) -> None:
+    def __init__(self, plan: PingPlan, index: int, *, framed: bool = False) -> None:
         Pinger.__init__(self, plan, index)
-        IdleSession.__init__(self, params or Params())
-        self.read_ns = 0
-
-    def data_received(self, data: bytes) -> None:
-        self.read_ns = time.perf_counter_ns()  # the echo is back: the clock before decoding
-        super().data_received(data)
+        Driver.__init__(self, framed=framed)
 
     def on_messages(self, messages: list[bytes], now: float) -> None:
         for payload in messages:
             self.on_echo(payload, self.read_ns)
 
     def transmit(self, payload: bytes) -> None:
-        self.session.send(payload, self.loop.time())
+        self.send_payloads([payload], self.loop.time())
         self._flush()
         self._arm()
 
@@ -240,50 +218,6 @@ class SessionPing(Pinger, IdleSession):
         super()._fail(why)
         if not self.finished.done():
             self.finish_failed(why)
-
-
-class FramedPing(Pinger, asyncio.Protocol):
-    """The ceiling's client: 4-byte length + payload, nothing else."""
-
-    def __init__(self, plan: PingPlan, index: int) -> None:
-        super().__init__(plan, index)
-        self.transport: asyncio.Transport | None = None
-        self.tail = b""
-        self.opened: asyncio.Future[None] = self.loop.create_future()
-        self.lost: asyncio.Future[None] = self.loop.create_future()
-        self.closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.opened.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        now_ns = time.perf_counter_ns()
-        try:
-            got, self.tail = unframe(self.tail + data if self.tail else data)
-        except BenchError as exc:
-            self.finish_failed(str(exc))
-            return
-        for payload in got:
-            self.on_echo(payload, now_ns)
-
-    def transmit(self, payload: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(frame([payload]))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closing and not self.finished.done():
-            self.finish_failed(f"connection lost ({exc or 'EOF'})")
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def close(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-# ------------------------------------------------------ coroutine clients
 
 
 #: Send one payload, as a client library's ``await send()`` / ``await publish()`` does.
@@ -295,7 +229,6 @@ Receive = Callable[[], Awaitable[tuple[bytes, int]]]
 async def coroutine_pinger(plan: PingPlan, index: int, send: Send, receive: Receive) -> None:
     """One connection's pings through an awaitable API: ``await send(ping)``, then the
     echo from ``await receive()``; the same schedule and counting as :class:`Pinger`."""
-    histogram = plan.histogram
     clock = time.perf_counter_ns
     for k in range(plan.per_connection):
         due = plan.due(index, k)
@@ -304,8 +237,7 @@ async def coroutine_pinger(plan: PingPlan, index: int, send: Send, receive: Rece
             await asyncio.sleep((due - now_ns) / 1e9)
             started = clock()
         else:
-            if k:
-                plan.late += 1
+            plan.late += k > 0
             started = due
         if started > plan.stop_ns:
             plan.stopped_by = "time"
@@ -317,27 +249,19 @@ async def coroutine_pinger(plan: PingPlan, index: int, send: Send, receive: Rece
         if echo != payload:
             plan.fail(f"connection {index}: echo {echo[:8].hex()}... is not the ping sent")
             return
-        histogram.record(now_ns - started)
+        plan.histogram.record(now_ns - started)
         plan.received += 1
 
 
-# -------------------------------------------------------------------- passes
-
-
 async def run_pass(
-    plan: PingPlan,
-    pingers: list[Awaitable[None]],
-    server_cpu: CpuClock,
+    plan: PingPlan, pingers: list[Awaitable[None]], server_cpu: CpuClock
 ) -> PingResult:
     """Wait for every connection's pings (already scheduled by *plan*); measure the span."""
-    server0 = server_cpu()
-    cpu0 = time.process_time()
-    begun = plan.start_ns
+    server0, cpu0 = server_cpu(), time.process_time()
     waiting = [asyncio.ensure_future(pinger) for pinger in pingers]
     limit = plan.stop_ns / 1e9 - time.perf_counter() + DRAIN_SECONDS
     done, pending = await asyncio.wait(waiting, timeout=max(limit, 1.0))
-    end_ns = time.perf_counter_ns()
-    cpu = time.process_time() - cpu0
+    end_ns, cpu = time.perf_counter_ns(), time.process_time() - cpu0
     server = server_cpu() - server0
     for task in pending:
         task.cancel()
@@ -352,10 +276,11 @@ async def run_pass(
         raise BenchError(f"{plan.failure} ({plan.sent:,} sent, {plan.received:,} echoed back)")
     if plan.received != plan.sent:
         raise BenchError(f"{plan.system}: {plan.sent:,} pings sent, {plan.received:,} came back")
-    return PingResult(plan, (end_ns - begun) / 1e9, cpu, server)
+    return PingResult(plan, (end_ns - plan.start_ns) / 1e9, cpu, server)
 
 
 async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> None:
+    """``open_one(i)`` for every *i* < *count*, a few at a time, 10 s each."""
     semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def bounded(index: int) -> None:
@@ -370,28 +295,14 @@ async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> No
 
 async def ping_protocols(plan: PingPlan, port: int, server_cpu: CpuClock) -> PingResult:
     """One pass of the daemon (core sessions) or the ceiling (framed connections)."""
-    loop = asyncio.get_running_loop()
-    clients: list[SessionPing | FramedPing] = []
-
-    async def open_one(index: int) -> None:
-        client: SessionPing | FramedPing
-        if plan.system == "ceiling":
-            client = FramedPing(plan, index)
-        else:
-            client = SessionPing(plan, index)
-        clients.append(client)
-        await loop.create_connection(lambda: client, HOST, port)
-        await client.opened
-
+    framed = plan.system == "ceiling"
+    clients = await open_sessions(
+        port, plan.connections, CONNECT_CONCURRENCY, lambda i: Ping(plan, i, framed=framed)
+    )
     try:
-        await open_all(plan.connections, open_one)
         plan.begin()
         for client in clients:
             client.start()
         return await run_pass(plan, [client.finished for client in clients], server_cpu)
     finally:
-        for client in clients:
-            client.close()
-        lost = [client.lost for client in clients if not client.lost.done()]
-        if lost:
-            await asyncio.wait(lost, timeout=5.0)
+        await close_idle(clients, 5.0)

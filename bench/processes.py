@@ -1,11 +1,11 @@
 """Servers under test in their own processes: pinning, start, readiness, CPU, RSS, stop.
 
-Every socket-level scenario runs its servers (the daemon, the ceiling, the peer
-brokers) as separate processes on 127.0.0.1, pinned to one core with ``taskset``
-while the load generator (the bench process) is pinned to another
-(:func:`choose_pinning`). :class:`ServerProcess` starts one, waits until it
-accepts connections, reads its CPU seconds and RSS from ``/proc`` and stops it
-with SIGTERM (then SIGKILL), keeping its output for the results.
+Every socket-level scenario runs its servers (the daemon, the ceiling, the peer brokers) as
+separate processes on 127.0.0.1, pinned to one core with ``taskset`` while the load
+generator (the bench process) is pinned to another (:func:`choose_pinning`).
+:class:`ServerProcess` starts one, waits until it accepts connections, reads its CPU
+seconds and RSS from ``/proc`` and stops it with SIGTERM (then SIGKILL), keeping its output
+for the results. :func:`pace` says what bound a timed pass.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from . import BenchError
 from .results import REPO_ROOT, Json
@@ -35,16 +35,14 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
     uvloop = None  # type: ignore[assignment]
 
 HOST = "127.0.0.1"
-
-STOP_TIMEOUT = 15.0
-READY_TIMEOUT = 20.0
-
 CPU_TICK = os.sysconf("SC_CLK_TCK")
 #: How the servers' CPU is read, for the results.
 CPU_CLOCK = (
     "servers: /proc/PID/task/*/schedstat (ns, every live thread); load generator: "
     "time.process_time (CLOCK_PROCESS_CPUTIME_ID, ns)"
 )
+#: A pass whose process used more than this share of its core was bound by that side.
+CLIENT_BOUND = 0.9
 
 T = TypeVar("T")
 
@@ -65,22 +63,17 @@ class Pinning:
         return [] if self.server_cpu is None else ["taskset", "-c", str(self.server_cpu)]
 
     def to_json(self) -> Json:
-        return {
-            "pinned": self.pinned,
-            "note": self.note,
-            "server_cpu": self.server_cpu,
-            "server_pinned_with": "taskset -c" if self.pinned else None,
-            "loadgen_cpu": self.loadgen_cpu,
-            "loadgen_pinned_with": "os.sched_setaffinity" if self.pinned else None,
-        }
+        server, loadgen = ("taskset -c", "os.sched_setaffinity") if self.pinned else (None, None)
+        return {"pinned": self.pinned, "note": self.note, "server_cpu": self.server_cpu,
+                "server_pinned_with": server, "loadgen_cpu": self.loadgen_cpu,
+                "loadgen_pinned_with": loadgen}  # fmt: skip
 
 
 def choose_pinning() -> Pinning:
     """Server on core 0 with taskset, load generator on core 1, when both are possible."""
-    try:
-        usable = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
+    if not hasattr(os, "sched_getaffinity"):
         return Pinning(None, None, "unpinned: no sched_setaffinity on this platform")
+    usable = sorted(os.sched_getaffinity(0))
     if shutil.which("taskset") is None:
         return Pinning(None, None, "unpinned: taskset not found")
     if len(usable) < 2:
@@ -92,23 +85,20 @@ def choose_pinning() -> Pinning:
 @contextlib.contextmanager
 def pinned_loadgen(pinning: Pinning) -> Iterator[None]:
     """Run the body on the load generator's core; restore this process's affinity after."""
-    if pinning.loadgen_cpu is None:
-        yield
-        return
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {pinning.loadgen_cpu})
+    affinity = os.sched_getaffinity(0) if pinning.loadgen_cpu is not None else None
+    if pinning.loadgen_cpu is not None:
+        os.sched_setaffinity(0, {pinning.loadgen_cpu})
     try:
         yield
     finally:
-        os.sched_setaffinity(0, affinity)
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
 
 
 class CoreLoad:
-    """How busy the pinned cores were, to tell what other processes took of them.
-
+    """How busy the pinned cores were, to tell what other processes took of them:
     :meth:`start` and :meth:`others` read ``/proc/stat`` (busy: user, nice, system, irq,
-    softirq, steal) around a pass, less what the server and the load generator used.
-    """
+    softirq, steal) around a pass, less what the server and the load generator used."""
 
     def __init__(self, pinning: Pinning) -> None:
         self.cpus = (pinning.server_cpu, pinning.loadgen_cpu)
@@ -117,52 +107,27 @@ class CoreLoad:
 
     @staticmethod
     def busy_ticks() -> dict[int, int]:
-        ticks: dict[int, int] = {}
         try:
             with open("/proc/stat", encoding="ascii") as stat:
-                for line in stat:
-                    name, *fields = line.split()
-                    if name.startswith("cpu") and name != "cpu":
-                        user, nice, system, _idle, _wait, irq, softirq, steal = map(int, fields[:8])
-                        ticks[int(name[3:])] = user + nice + system + irq + softirq + steal
-        except (OSError, ValueError):
+                rows = [line.split() for line in stat if line[:3] == "cpu" and line[3] != " "]
+            # user, nice, system, (not idle, iowait,) irq, softirq, steal
+            return {int(row[0][3:]): sum(int(row[i]) for i in (1, 2, 3, 6, 7, 8)) for row in rows}
+        except (OSError, ValueError, IndexError):
             return {}
-        return ticks
 
     def start(self) -> None:
-        self._ticks = self.busy_ticks()
-        self._t0 = time.perf_counter()
+        self._ticks, self._t0 = self.busy_ticks(), time.perf_counter()
 
     def others(self, server_cpu: float, loadgen_cpu: float) -> tuple[float, float] | None:
         """Share of each core (server's, load generator's) that others used since :meth:`start`."""
-        seconds = time.perf_counter() - self._t0
-        ticks = self.busy_ticks()
+        seconds, ticks = time.perf_counter() - self._t0, self.busy_ticks()
         server, loadgen = self.cpus
         if server is None or loadgen is None or seconds <= 0 or not ticks or not self._ticks:
             return None
-        shares = []
-        for cpu, ours in ((server, server_cpu), (loadgen, loadgen_cpu)):
-            busy = (ticks.get(cpu, 0) - self._ticks.get(cpu, 0)) / CPU_TICK
-            shares.append(max(0.0, min(1.0, (busy - ours) / seconds)))
+        busy = [(ticks.get(c, 0) - self._ticks.get(c, 0)) / CPU_TICK for c in (server, loadgen)]
+        shares = [max(0.0, min(1.0, (b - ours) / seconds))
+                  for b, ours in zip(busy, (server_cpu, loadgen_cpu), strict=True)]  # fmt: skip
         return shares[0], shares[1]
-
-
-def timed_pass(
-    proc: ServerProcess, load: CoreLoad | None, body: Callable[[], T]
-) -> tuple[T, tuple[float, float] | None]:
-    """Run *body*, one pass against *proc*, and what others took of the pinned cores."""
-    proc.check_alive()
-    server0, cpu0 = proc.cpu_seconds(), time.process_time()
-    if load is not None:
-        load.start()
-    try:
-        result = body()
-    except BenchError:
-        proc.check_alive()  # a dead server explains more than a lost connection
-        raise
-    if load is None:
-        return result, None
-    return result, load.others(proc.cpu_seconds() - server0, time.process_time() - cpu0)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,16 +135,11 @@ def cpu_seconds(pid: int) -> float:
     of ``/proc/PID/task/*/schedstat`` summed over its threads (``/proc/PID/stat`` ticks where
     a kernel has no schedstats)."""
     total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        tasks = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
-                total += int(stat.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            path = f"/proc/{pid}/task/{tid}/schedstat"
+            with contextlib.suppress(OSError, ValueError, IndexError), open(path, "rb") as stat:
+                total += int(stat.read().split()[0])  # (a thread that just ended: skipped)
     if total:
         return total / 1e9
     with open(f"/proc/{pid}/stat", "rb") as stat:
@@ -189,18 +149,12 @@ def cpu_seconds(pid: int) -> float:
 
 def new_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop when available, else asyncio's default one."""
-    if uvloop is not None:
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        return loop
-    return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = (uvloop or asyncio).new_event_loop()
+    return loop
 
 
 def loop_name() -> str:
     return "uvloop" if uvloop is not None else "asyncio"
-
-
-#: A pass whose process used more than this share of its core was bound by that side.
-CLIENT_BOUND = 0.9
 
 
 class Timed(Protocol):
@@ -208,10 +162,8 @@ class Timed(Protocol):
 
     @property
     def seconds(self) -> float: ...
-
     @property
     def client_cpu(self) -> float: ...
-
     @property
     def server_cpu(self) -> float: ...
 
@@ -221,9 +173,7 @@ def bound_by(result: Timed) -> str:
     server's, or neither (``round-trip``: they took turns, each waiting for the other)."""
     if result.client_cpu / result.seconds > CLIENT_BOUND:
         return "client"
-    if result.server_cpu / result.seconds > CLIENT_BOUND:
-        return "server"
-    return "round-trip"
+    return "server" if result.server_cpu / result.seconds > CLIENT_BOUND else "round-trip"
 
 
 def full_cores(
@@ -232,24 +182,22 @@ def full_cores(
     """Which pinned cores were more than :data:`CLIENT_BOUND` busy during a pass, counting
     what other processes took of them: that side could not go faster on this machine."""
     server_other, loadgen_other = others if others is not None else (0.0, 0.0)
-    full = []
-    if server_cpu / seconds + server_other > CLIENT_BOUND:
-        full.append("server")
-    if client_cpu / seconds + loadgen_other > CLIENT_BOUND:
-        full.append("loadgen")
-    return full
+    shares = {"server": server_cpu / seconds + server_other}
+    shares["loadgen"] = client_cpu / seconds + loadgen_other
+    return [core for core, share in shares.items() if share > CLIENT_BOUND]
 
 
 def pace(result: Timed, others: Sequence[float] | None) -> Json:
     """A pass's seconds, CPU seconds and shares, what bound it, which cores were full, and
     others' share."""
+    client_share = result.client_cpu / result.seconds
     return {
         "seconds": result.seconds,
         "client_cpu_s": result.client_cpu,
         "server_cpu_s": result.server_cpu,
         "server_cpu_share": result.server_cpu / result.seconds,
-        "client_cpu_share": result.client_cpu / result.seconds,
-        "client_bound": result.client_cpu / result.seconds > CLIENT_BOUND,
+        "client_cpu_share": client_share,
+        "client_bound": client_share > CLIENT_BOUND,
         "bound": bound_by(result),
         "cores_full": full_cores(result.server_cpu, result.client_cpu, result.seconds, others),
         **({} if others is None else {"other_load_share": list(others)}),
@@ -300,13 +248,9 @@ def free_port(host: str = HOST) -> int:
     raise OSError(f"no free port found on {host} in {first}..{low - 1}")
 
 
-def python_command(argv: list[str], port: int) -> list[str]:
-    """``python -m ARGV --listen 127.0.0.1:PORT`` with this interpreter."""
-    return [sys.executable, "-m", *argv, "--listen", f"{HOST}:{port}"]
-
-
 class ServerProcess:
-    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked.
+    """A server in its own process, listening on 127.0.0.1:*port*, pinned as asked; as a
+    context manager, stopped when the body ends however it ends.
 
     *command* must make the server listen on *port*; its output goes to
     ``<log_dir>/<name>.log``. :meth:`stop` sends *stop_signal* (nats-server exits with 1
@@ -322,32 +266,23 @@ class ServerProcess:
         log_dir: Path,
         stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
-        self.name = name
-        self.stop_signal = stop_signal
-        self.port = port
+        self.name, self.port, self.stop_signal, self._command = name, port, stop_signal, command
         self.argv = [*pinning.prefix(), *command]
-        self._command = command
         self.log_path = log_dir / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("w+b")
+        self._log = self.log_path.open("w+b")
         try:
             self.proc = subprocess.Popen(
-                self.argv,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
+                self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=self._log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=raise_nofile,  # noqa: PLW1509 - only setrlimit, and no threads
-            )
+            )  # fmt: skip
         except OSError as exc:
             self._log.close()
             raise BenchError(f"{name}: cannot start {command[0]}: {exc}") from None
         self.pid = self.proc.pid
         self.returncode: int | None = None
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        deadline = time.monotonic() + 20.0
+        while True:  # until it accepts connections
             self.check_alive()
             try:
                 with socket.create_connection((HOST, self.port), timeout=1.0):
@@ -355,12 +290,18 @@ class ServerProcess:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise BenchError(f"{self.name}: not listening after {timeout:.0f} s") from None
+                    raise BenchError(f"{self.name}: not listening after 20 s") from None
                 time.sleep(0.05)
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.returncode is None:
+            self.stop()
+
     def check_alive(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
+        if (code := self.proc.poll()) is not None:
             raise BenchError(f"{self.name} exited with {code}: {self.log_tail() or '(no output)'}")
 
     def cpu_seconds(self) -> float:
@@ -369,8 +310,7 @@ class ServerProcess:
 
     def status(self, key: str) -> str:
         with open(f"/proc/{self.pid}/status", encoding="utf-8") as status:
-            for line in status:
-                name, _, value = line.partition(":")
+            for name, _, value in (line.partition(":") for line in status):
                 if name == key:
                     return value.strip()
         raise BenchError(f"{self.name}: no {key} in /proc/{self.pid}/status")
@@ -381,10 +321,8 @@ class ServerProcess:
 
     def nofile_limit(self) -> str:
         with open(f"/proc/{self.pid}/limits", encoding="utf-8") as limits:
-            for line in limits:
-                if line.startswith("Max open files"):
-                    return " ".join(line.split()[3:5])
-        return "?"
+            found = [line.split()[3:5] for line in limits if line.startswith("Max open files")]
+        return " ".join(found[0]) if found else "?"
 
     def describe(self) -> Json:
         return {
@@ -403,47 +341,27 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> Json:
-        """The stop signal, then SIGKILL after a while; return the exit status and the log."""
+        """The stop signal, then SIGKILL after 15 s; return the exit status and the log."""
         if self.proc.poll() is None:
             self.proc.send_signal(self.stop_signal)
             try:
-                self.proc.wait(STOP_TIMEOUT)
+                self.proc.wait(15.0)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5.0)
         self.returncode = self.proc.returncode
         self._log.close()
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return {
-            "exit_code": self.returncode,
-            "log_lines": len(text.splitlines()),
-            "log": text[-4000:],
-        }
-
-
-@contextlib.contextmanager
-def process(
-    name: str,
-    command: list[str],
-    port: int,
-    pinning: Pinning,
-    log_dir: Path,
-    stop_signal: signal.Signals = signal.SIGTERM,
-) -> Iterator[ServerProcess]:
-    """A :class:`ServerProcess` for the body, stopped after it however it ends."""
-    proc = ServerProcess(name, command, port, pinning, log_dir, stop_signal)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.stop()
+        return {"exit_code": self.returncode, "log_lines": len(text.splitlines()),
+                "log": text[-4000:]}  # fmt: skip
 
 
 @contextlib.contextmanager
 def server(name: str, argv: list[str], pinning: Pinning, log_dir: Path) -> Iterator[ServerProcess]:
     """``python -m ARGV --listen 127.0.0.1:PORT`` on a free port, for the body."""
     port = free_port()
-    with process(name, python_command(argv, port), port, pinning, log_dir) as proc:
+    command = [sys.executable, "-m", *argv, "--listen", f"{HOST}:{port}"]
+    with ServerProcess(name, command, port, pinning, log_dir) as proc:
         yield proc
 
 

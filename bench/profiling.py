@@ -1,10 +1,9 @@
 """Where a benchmark loop spends its time: flat per-function shares from a profiler.
 
-Uses pyinstrument when it is installed (it is not a dependency), else the
-standard library's cProfile. Both add a cost to every Python call, so the shares
-lean towards functions called once per message; the unprofiled per-phase split a
-scenario measures is the figure to trust, the profile says which function inside a
-phase to look at.
+Uses pyinstrument when it is installed (it is not a dependency), else the standard
+library's cProfile. Both add a cost to every Python call, so the shares lean towards
+functions called once per message; the unprofiled per-phase split a scenario measures is
+the figure to trust, the profile says which function inside a phase to look at.
 """
 
 from __future__ import annotations
@@ -40,70 +39,47 @@ class Profile:
 
 def profile(target: Callable[[], object], top: int = 15) -> Profile:
     """Run *target* once under a profiler and return its *top* functions by self time."""
+    # (function, location) -> [self seconds, total seconds]
+    times: dict[tuple[str, str], list[float]] = {}
     try:
         pyinstrument = importlib.import_module("pyinstrument")
     except ImportError:
-        return _with_cprofile(target, top)
-    return _with_pyinstrument(pyinstrument, target, top)
-
-
-def _with_pyinstrument(pyinstrument: Any, target: Callable[[], object], top: int) -> Profile:
-    profiler = pyinstrument.Profiler(interval=0.0001)
-    profiler.start()
-    target()
-    session = profiler.stop()
-    root = session.root_frame()
-    total = float(root.time) or 1.0
-    self_time: dict[tuple[str, str], float] = {}
-    total_time: dict[tuple[str, str], float] = {}
-    for frame, outer in _frames(root, frozenset()):
-        key = _pyinstrument_key(frame)
-        self_time[key] = self_time.get(key, 0.0) + float(frame.total_self_time)
-        if key not in outer:  # a recursive call is already inside its caller's total
-            total_time[key] = total_time.get(key, 0.0) + float(frame.time)
-    ranked = sorted(self_time.items(), key=lambda item: item[1], reverse=True)[:top]
-    hotspots = [
-        Hotspot(name, location, seconds / total, total_time.get((name, location), 0.0) / total)
-        for (name, location), seconds in ranked
-    ]
-    version = getattr(pyinstrument, "__version__", "")
-    return Profile(f"pyinstrument {version}".strip(), total, hotspots)
+        profiler = cProfile.Profile()
+        profiler.runcall(target)
+        stats = pstats.Stats(profiler).get_stats_profile()
+        for name, entry in stats.func_profiles.items():
+            where = f"{display_path(entry.file_name)}:{entry.line_number}"
+            times[name, where] = [entry.tottime, entry.cumtime]
+        tool, total = "cProfile", stats.total_tt or 1.0
+    else:
+        sampler = pyinstrument.Profiler(interval=0.0001)
+        sampler.start()
+        target()
+        root = sampler.stop().root_frame()
+        for frame, outer in _frames(root, frozenset()):
+            key = _key(frame)
+            seconds = times.setdefault(key, [0.0, 0.0])
+            seconds[0] += float(frame.total_self_time)
+            if key not in outer:  # a recursive call is already inside its caller's total
+                seconds[1] += float(frame.time)
+        tool = f"pyinstrument {getattr(pyinstrument, '__version__', '')}".strip()
+        total = float(root.time) or 1.0
+    ranked = sorted(times.items(), key=lambda item: item[1][0], reverse=True)[:top]
+    hotspots = [Hotspot(name, where, s / total, t / total) for (name, where), (s, t) in ranked]
+    return Profile(tool, total, hotspots)
 
 
 def _frames(
     frame: Any, outer: frozenset[tuple[str, str]]
 ) -> Iterator[tuple[Any, frozenset[tuple[str, str]]]]:
     yield frame, outer
-    inner = outer | {_pyinstrument_key(frame)}
     for child in frame.children:
         if not child.is_synthetic:  # "[self]" pseudo-frames: already in total_self_time
-            yield from _frames(child, inner)
+            yield from _frames(child, outer | {_key(frame)})
 
 
-def _pyinstrument_key(frame: Any) -> tuple[str, str]:
-    name = str(frame.function)
-    if frame.class_name:
-        name = f"{frame.class_name}.{name}"
-    line = frame.line_no
+def _key(frame: Any) -> tuple[str, str]:
+    """A pyinstrument frame's ``Class.function`` and ``path:line``."""
+    name = f"{frame.class_name}.{frame.function}" if frame.class_name else str(frame.function)
     location = display_path(str(frame.file_path or ""))
-    if line:
-        location = f"{location}:{line}"
-    return name, location
-
-
-def _with_cprofile(target: Callable[[], object], top: int) -> Profile:
-    profiler = cProfile.Profile()
-    profiler.runcall(target)
-    stats = pstats.Stats(profiler).get_stats_profile()
-    total = stats.total_tt or 1.0
-    ranked = sorted(stats.func_profiles.items(), key=lambda item: item[1].tottime, reverse=True)
-    hotspots = [
-        Hotspot(
-            name,
-            f"{display_path(entry.file_name)}:{entry.line_number}",
-            entry.tottime / total,
-            entry.cumtime / total,
-        )
-        for name, entry in ranked[:top]
-    ]
-    return Profile("cProfile", total, hotspots)
+    return name, f"{location}:{frame.line_no}" if frame.line_no else location

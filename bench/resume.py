@@ -2,8 +2,9 @@
 
 One session against the echo app with about 1,000 64-byte messages in flight; *cuts*
 times per pass (200), right after a batch was written, the client resets its transport
-(:func:`bench.resuming.cut`) and at once resumes (protocol.md §4.1, §4.4: each side
-replays what the other lacks). Figures: cut → connected, resumed, first message.
+(``SO_LINGER`` 0, :meth:`~bench.loadgen.Driver.cut`) and at once resumes (protocol.md
+§4.1, §4.4: each side replays what the other lacks). Figures: cut → connected, resumed,
+first message.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
-from sessiond_client.protocol import ConnectionState, Params, SessionResumed
+from sessiond_client.protocol import Params, SessionResumed, SessionStarted
 
 from . import BenchError
 from .core import POOL, make_pool
@@ -29,6 +30,7 @@ from .harness import (
     given,
     header,
     legend,
+    notes_lines,
     option,
     other_load_note,
     positive,
@@ -36,10 +38,9 @@ from .harness import (
     scenario,
 )
 from .harness import summarise as summarise_passes
-from .loadgen import HOST, CpuClock, EchoResult, SessionEcho
+from .loadgen import HOST, CpuClock, Echo, EchoResult, Share, echo_pass
 from .processes import CLIENT_BOUND, bound_by, daemon_argv
 from .results import Json, markdown_table, spread
-from .resuming import cut, handshake_event, reset_on_close
 from .summary import NOT_MET, Headline, Target, cpu_cell, judged, values_range, verdict
 
 HELP = "one session, ~1,000 messages in flight, its transport cut 200 times: time to resume"
@@ -53,7 +54,6 @@ MIN_GAP = 100
 WARMUP_CUTS = 5
 WARMUP_MESSAGES = 6_000
 CONNECT_TIMEOUT = 10.0
-DRAIN_SECONDS = 30.0
 SEED = 20261122
 #: Target (issue 5): cut → first message delivered, p99, on loopback.
 TARGET_P99_MS = 5.0
@@ -63,7 +63,6 @@ STEPS = {
     "resumed": "resumed (WELCOME in)",
     "first_message": "first message delivered",
 }
-_OPEN = ConnectionState.OPEN
 
 
 def cut_gaps(messages: int, cuts: int, rng: random.Random) -> list[int]:
@@ -75,28 +74,17 @@ def cut_gaps(messages: int, cuts: int, rng: random.Random) -> list[int]:
     return [max(1, round(gap + rng.uniform(-gap / 4, gap / 4))) for _ in range(cuts)]
 
 
-class ResumeEcho(SessionEcho):
-    """A windowed echo whose transport is cut at given points and resumed at once."""
+class ResumeEcho(Echo):
+    """A windowed echo whose transport is cut after given numbers of echoes and resumed at
+    once, on *resume_ports* in turn if given (``bench store``: another daemon on the same
+    store, while the owner is alive), else on *port*."""
 
-    def __init__(
-        self,
-        pool: list[bytes],
-        messages: int,
-        window: int,
-        time_limit: float,
-        server_cpu: CpuClock,
-        port: int,
-        gaps: list[int],
-        resume_ports: Sequence[int] = (),
-    ) -> None:
-        super().__init__(pool, messages, window, time_limit, server_cpu)
+    def __init__(self, share: Share, port: int, gaps: list[int], resume_ports: Sequence[int]):
+        super().__init__(share)
         self.port = port
-        #: Where each resume connects in turn (``bench store``: another daemon on the same
-        #: store, while the owner is alive); none: the same daemon, *port*.
         self.resume_ports = resume_ports
         self.gaps = gaps
         self.next_cut = gaps[0] if gaps else 0  # a cut once this many echoes are checked
-        self.handshaking = True
         self.cut_ns = 0  # when the latest cut happened, until its first message arrives
         self.samples: dict[str, list[int]] = {step: [] for step in STEPS}
         self.in_flight: list[int] = []  # messages sent and not echoed back, at each cut
@@ -108,102 +96,63 @@ class ResumeEcho(SessionEcho):
         return len(self.in_flight)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.finished:  # failed while reconnecting
+        if self.failure is not None:  # failed while reconnecting
             transport.close()
             return
         if self.cut_ns:
             self.samples["connected"].append(time.perf_counter_ns() - self.cut_ns)
         super().connection_made(transport)
 
+    def on_open(self, event: SessionStarted | SessionResumed) -> None:
+        if isinstance(event, SessionResumed):
+            self.samples["resumed"].append(self.read_ns - self.cut_ns)
+            self.replayed.append(event.replayed)
+
+    def on_messages(self, messages: list[bytes], now: float) -> None:
+        share = self.share
+        if self.cuts < len(self.gaps) and share.stopped_by == "count":
+            # Cuts still to come: keep a window in flight past --messages.
+            share.limit = max(share.limit, share.checker.taken + len(messages) + share.window)
+        super().on_messages(messages, now)
+        if self.cut_ns:
+            self.samples["first_message"].append(self.read_ns - self.cut_ns)
+            self.cut_ns = 0
+            if self.cuts < len(self.gaps):
+                self.next_cut = share.checker.taken + self.gaps[self.cuts]
+
     def data_received(self, data: bytes) -> None:
-        arrived = time.perf_counter_ns()
-        conn = self.conn
-        assert conn is not None
-        session = self.session
-        now = self.loop.time()
-        self.reads += 1
-        conn.receive_data(data, now)
-        try:
-            if self.handshaking and conn.state is _OPEN:
-                self._handshake_done(arrived)
-            if not self.handshaking:
-                got = session.take_messages(now)
-                if got:
-                    self.checker.check(got)
-                    if self.cut_ns:
-                        self._first_message(arrived)
-                if self.cuts < len(self.gaps) and self.stopped_by == "count":
-                    # Cuts still to come: keep a window in flight past --messages.
-                    self.limit = max(self.limit, self.checker.taken + self.window)
-                if got and self.check_end():
-                    return
-                batch = self.next_batch(now)
-                if batch:
-                    self.sent += session.send_many(batch, now)
-                elif self.check_end():
-                    return  # the time bound came as the whole window was back
-        except BenchError as exc:
-            self.fail(str(exc))
-            return
-        self._flush()
-        if self.finished:
-            return
-        if self._cut_due():
-            self._cut()
-            return
-        self._arm()
-
-    def _handshake_done(self, arrived: int) -> None:
-        resuming = self.started
-        event = handshake_event(self.session, resuming)
-        self.handshaking = False
-        if not resuming:
-            self.begin()
-            return
-        assert isinstance(event, SessionResumed)
-        self.samples["resumed"].append(arrived - self.cut_ns)
-        self.replayed.append(event.replayed)
-
-    def _first_message(self, arrived: int) -> None:
-        self.samples["first_message"].append(arrived - self.cut_ns)
-        self.cut_ns = 0
-        if self.cuts < len(self.gaps):
-            self.next_cut = self.checker.taken + self.gaps[self.cuts]
-
-    def _cut_due(self) -> bool:
-        return (
+        super().data_received(data)
+        if (
             self.cuts < len(self.gaps)
             and not self.cut_ns
-            and not self.handshaking
-            and self.checker.taken >= self.next_cut
-            and self.stopped_by == "count"
-        )
+            and not self.closing
+            and self.opened.done()
+            and self.share.checker.taken >= self.next_cut
+            and self.share.stopped_by == "count"
+        ):
+            self._cut()
 
     def _cut(self) -> None:
-        self.in_flight.append(self.sent - self.checker.taken)
-        if self.transport is not None:
-            reset_on_close(self.transport)
+        """Right after the read's batch was written: reset, report, reconnect at once."""
+        self.in_flight.append(self.share.sent - self.share.checker.taken)
+        self.reset_on_close()
         self.cut_ns = time.perf_counter_ns()
         try:
-            cut(self)
+            self.cut()
         except BenchError as exc:
-            self.fail(str(exc))
+            self._fail(str(exc))
             return
-        self.handshaking = True
-        self.reconnecting = self.loop.create_task(self._reconnect())
+        ports = self.resume_ports
+        port = ports[(self.cuts - 1) % len(ports)] if ports else self.port
+        self.reconnecting = self.loop.create_task(self._reconnect(port))
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, port: int) -> None:
         try:
-            ports = self.resume_ports
-            await connect(self, ports[(self.cuts - 1) % len(ports)] if ports else self.port)
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: self, HOST, port), CONNECT_TIMEOUT
+            )
         except (OSError, TimeoutError) as exc:
-            self.fail(f"reconnecting after cut {self.cuts}: {exc!r}")
-
-
-async def connect(client: ResumeEcho, port: int) -> None:
-    """Give *client* a new transport to the daemon (its HELLO resumes once a session exists)."""
-    loop = asyncio.get_running_loop()
-    await asyncio.wait_for(loop.create_connection(lambda: client, HOST, port), CONNECT_TIMEOUT)
+            self._fail(f"reconnecting after cut {self.cuts}: {exc!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,42 +171,30 @@ class ResumePass:
         return len(self.in_flight)
 
     def to_json(self) -> Json:
-        sent, acked, received, consumed = self.sequence_numbers
+        keys = ("sent", "acked_by_server", "received", "consumed")
         return {
             **self.echo.to_json(),
             "cuts": self.cuts,
             "planned_cuts": self.planned_cuts,
             "bound": bound_by(self.echo),
-            "core_sequence_numbers": {
-                "sent": sent,
-                "acked_by_server": acked,
-                "received": received,
-                "consumed": consumed,
-            },
+            "core_sequence_numbers": dict(zip(keys, self.sequence_numbers, strict=True)),
             "in_flight_at_cut": spread(self.in_flight) if self.in_flight else None,
             "client_replayed": spread(self.replayed) if self.replayed else None,
             "from_cut_us": {step: summary_us(self.samples[step]) for step in STEPS},
         }
 
 
-def percentile(ordered: Sequence[int], percent: float) -> int:
-    """Nearest-rank percentile of an ascending list (the smallest value with *percent* % at
-    or below it), exact for a few hundred samples."""
-    rank = max(1, math.ceil(percent / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def summary_us(samples_ns: Sequence[int]) -> Json:
-    """Count, min, p50, p90, p99, max and mean of nanosecond samples, in microseconds."""
+    """Count, min, p50, p90, p99 (nearest rank: exact for a few hundred samples), max and
+    mean of nanosecond samples, in microseconds."""
     if not samples_ns:
         return {"count": 0}
     ordered = sorted(samples_ns)
+    rank = {p: ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] / 1000 for p in (50, 90, 99)}
     return {
         "count": len(ordered),
         "min": ordered[0] / 1000,
-        "p50": percentile(ordered, 50) / 1000,
-        "p90": percentile(ordered, 90) / 1000,
-        "p99": percentile(ordered, 99) / 1000,
+        **{f"p{p}": value for p, value in rank.items()},
         "max": ordered[-1] / 1000,
         "mean": sum(ordered) / len(ordered) / 1000,
     }
@@ -276,37 +213,12 @@ async def resume_pass(
 ) -> ResumePass:
     """One session, *messages* echoed with *cuts* cuts along the way; every echo checked."""
     gaps = cut_gaps(messages, cuts, random.Random(seed))
-    client = ResumeEcho(pool, messages, window, time_limit, server_cpu, port, gaps, resume_ports)
-    try:
-        await connect(client, port)
-        echo = await asyncio.wait_for(client.done, time_limit + DRAIN_SECONDS)
-    except OSError as exc:
-        raise BenchError(f"resume: cannot connect: {exc!r}") from None
-    except TimeoutError:
-        raise BenchError(
-            f"resume: no progress, timed out after {client.cuts} cuts with {client.sent:,} "
-            f"sent, {client.checker.taken:,} echoed back"
-        ) from None
-    finally:
-        if not client.finished:
-            client.finished = True
-            if client.transport is not None:
-                client.transport.abort()
-    try:  # let the server see the end before the next pass starts its clocks
-        await asyncio.wait_for(client.lost, 5.0)
-    except TimeoutError:
-        if client.transport is not None:
-            client.transport.abort()
+    client = ResumeEcho(Share("daemon", pool, messages, window), port, gaps, resume_ports)
+    echo = await echo_pass("daemon", port, [client], time_limit, server_cpu)
     if echo.stopped_by == "count" and client.cuts != cuts:
         raise BenchError(f"resume: {client.cuts} cuts made of {cuts} planned")
-    return ResumePass(
-        echo,
-        client.samples,
-        client.in_flight,
-        client.replayed,
-        cuts,
-        client.session.sequence_numbers,
-    )
+    seq = client.session.sequence_numbers
+    return ResumePass(echo, client.samples, client.in_flight, client.replayed, cuts, seq)
 
 
 def summarise(passes: list[ResumePass]) -> Json:
@@ -366,8 +278,7 @@ def run(args: argparse.Namespace) -> int:
                 return cast(ResumePass, ctx.run(coroutine))
 
             result, others = ctx.timed(proc, go)
-            echo = dataclasses.replace(result.echo, others=others)
-            return dataclasses.replace(result, echo=echo)
+            return dataclasses.replace(result, echo=dataclasses.replace(result.echo, others=others))
 
         def show(result: ResumePass) -> str:
             first, echo = summary_us(result.samples["first_message"]), result.echo
@@ -378,13 +289,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{echo.client_cpu / echo.seconds:4.0%} {bound_by(echo)}"
             )
 
+        warm = min(cuts, WARMUP_CUTS), max(WARMUP_MESSAGES, 2 * window), SEED
         passes = ctx.passes(
             [proc],
             lambda _proc, rep: one(cuts, messages, SEED + 1 + rep),
             repeat,
-            warmup=lambda _proc: one(
-                min(cuts, WARMUP_CUTS), max(WARMUP_MESSAGES, 2 * window), SEED
-            ),
+            warmup=lambda _proc: one(*warm),
             show=show,
         )
         summary = summarise(passes)
@@ -397,12 +307,12 @@ def run(args: argparse.Namespace) -> int:
                 "window": window,
                 "payload_size": SIZE,
                 "time_limit_s": args.time_limit,
-                "warmup_cuts": min(cuts, WARMUP_CUTS),
+                "warmup_cuts": warm[0],
                 "seed": SEED,
                 "cut": "SO_LINGER 0 then transport.abort() (RST) right after writing a batch, "
                 "reported to the core at once; then a new connection at once (no backoff)",
                 "client": "the protocol core in an asyncio.Protocol (bench/resume.py "
-                "ResumeEcho, bench/resuming.py), not the client library",
+                "ResumeEcho on bench/loadgen.py's Driver), not the client library",
                 "client_params": asdict(Params()),
                 "daemon_config": "every setting at its default",
                 "client_bound_threshold": CLIENT_BOUND,
@@ -440,13 +350,9 @@ def headlines(entry: Json) -> list[Headline]:
 
 def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     """Resume p99 under 5 ms on loopback (cut → first message), with nothing lost."""
-    summary = entry["resume"]
-    target = entry["target"]
-    goal = target["first_message_p99_ms"] * 1000
+    summary, target = entry["resume"], entry["target"]
     per_pass = [rep["from_cut_us"]["first_message"]["p99"] for rep in summary["repetitions"]]
-    judgement = judged(entry, per_pass, goal, higher=False)
-    if summary["lost"] or summary["duplicates"]:
-        judgement = NOT_MET
+    judgement = judged(entry, per_pass, target["first_message_p99_ms"] * 1000, higher=False)
     return [
         Target(
             SCENARIO,
@@ -455,7 +361,7 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
             f"{target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts (passes "
             f"{values_range([v / 1000 for v in per_pass], '{:.2f}')} ms); lost "
             f"{summary['lost']}, duplicated {summary['duplicates']}",
-            judgement,
+            NOT_MET if summary["lost"] or summary["duplicates"] else judgement,
         )
     ]
 
@@ -471,70 +377,60 @@ def _ms_spread(stats: Json) -> str:
     return f"{stats['median'] / 1000:.2f} [{stats['min'] / 1000:.2f}-{stats['max'] / 1000:.2f}]"
 
 
+def _pass_row(index: int, rep: Json) -> list[str]:
+    """One pass: its cuts, counts, rate and CPU."""
+    seq, seconds = rep["core_sequence_numbers"], {"median": rep["seconds"]}
+    return [
+        str(index + 1),
+        f"{rep['cuts']}",
+        *(
+            f"{rep[k]['median']:,.0f}" if rep[k] else "-"
+            for k in ("in_flight_at_cut", "client_replayed")
+        ),
+        f"{rep['messages']:,} / {rep['received']:,}",
+        f"{seq['sent']:,} / {seq['received']:,}",
+        f"{rep['lost']} / {rep['duplicates']}",
+        f"{rep['rate']:,.0f}",
+        cpu_cell(f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})", seconds),
+        cpu_cell(f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})", seconds),
+        cpu_cell(rep["bound"], seconds),
+    ]
+
+
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## resume`` section of RESULTS.md."""
-    config = entry["config"]
-    summary = entry["resume"]
-    lines = header(entry, commit, path)
-    lines += [
+    config, summary, target = entry["config"], entry["resume"], entry["target"]
+    size = f"{summary['payload_size']} B"
+    steps = []
+    for step, label in STEPS.items():
+        stats, per_pass = summary["from_cut_us"][step], summary["from_cut_us_per_pass"].get(step)
+        steps.append(
+            [
+                size,
+                label,
+                f"{stats['count']:,}",
+                *(_ms(stats[k]) for k in ("p50", "p99", "max")),
+                _ms_spread(per_pass["p99"]) if per_pass else "-",
+            ]
+        )
+    passes = [[size, *_pass_row(i, rep)] for i, rep in enumerate(summary["repetitions"])]
+    lines = [
+        *header(entry, commit, path),
         f"One session (echo app), {config['window']:,} messages of {config['payload_size']} B "
         f"in flight, {config['cuts']} cuts per pass (one every "
         f"{config['messages'] // (config['cuts'] + 1):,} echoes or so, at least "
         f"{config['messages']:,} messages per pass), {config['repeat']} passes after a warm-up. "
         "A cut: right after writing a batch the client resets its transport (`SO_LINGER` 0, "
         "`abort()`) and at once resumes (HELLO with its last received sequence number, "
-        "protocol.md §4), driving the protocol core (`bench/resuming.py`), not the client "
-        "library. Times from just before `abort()`; percentiles over every cut (nearest rank); "
-        "*per pass*: median [min-max] of each pass's percentile.",
+        "protocol.md §4), driving the protocol core (`bench/loadgen.py`'s Driver), not the "
+        "client library. Times from just before `abort()`; percentiles over every cut "
+        "(nearest rank); *per pass*: median [min-max] of each pass's percentile.",
         "",
-    ]
-    rows = []
-    for step, label in STEPS.items():
-        stats = summary["from_cut_us"][step]
-        per_pass = summary["from_cut_us_per_pass"].get(step)
-        rows.append(
-            [
-                f"{summary['payload_size']} B",
-                label,
-                f"{stats['count']:,}",
-                _ms(stats["p50"]),
-                _ms(stats["p99"]),
-                _ms(stats["max"]),
-                _ms_spread(per_pass["p99"]) if per_pass else "-",
-            ]
-        )
-    lines += [
         markdown_table(
             ["payload", "from the cut to", "cuts", "p50", "p99", "max", "p99 per pass (ms)"],
-            rows,
+            steps,
         ),
         "",
-    ]
-    rows = []
-    for index, rep in enumerate(summary["repetitions"]):
-        seq = rep["core_sequence_numbers"]
-        rows.append(
-            [
-                f"{summary['payload_size']} B",
-                str(index + 1),
-                f"{rep['cuts']}",
-                f"{rep['in_flight_at_cut']['median']:,.0f}" if rep["in_flight_at_cut"] else "-",
-                f"{rep['client_replayed']['median']:,.0f}" if rep["client_replayed"] else "-",
-                f"{rep['messages']:,} / {rep['received']:,}",
-                f"{seq['sent']:,} / {seq['received']:,}",
-                f"{rep['lost']} / {rep['duplicates']}",
-                f"{rep['rate']:,.0f}",
-                *(
-                    cpu_cell(text, {"median": rep["seconds"]})
-                    for text in (
-                        f"{rep['server_cpu_s']:.2f} s ({rep['server_cpu_share']:.0%})",
-                        f"{rep['client_cpu_s']:.2f} s ({rep['client_cpu_share']:.0%})",
-                        rep["bound"],
-                    )
-                ),
-            ]
-        )
-    lines += [
         "Per pass. *in flight*: sent, not yet echoed at a cut (median); *client replayed*: "
         "sent again after a resume (median); *core seq*: the client core's last sent and "
         "received sequence numbers; *lost / duplicates*: counted as each echo came back; CPU "
@@ -543,22 +439,18 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         markdown_table(
             "payload|pass|cuts|in flight|client replayed|sent / echoed|core seq sent / received"
             "|lost / duplicates|echo msg/s|server CPU|loadgen CPU|bound",
-            rows,
+            passes,
         ),
         "",
-        f"Cores full (server or load generator core > 90 % busy, others included): "
+        "Cores full (server or load generator core > 90 % busy, others included): "
         f"{full_cores_cell(summary['cores_full'])}.",
         "",
         *other_load_note(summary["other_load_share"]),
-    ]
-    target = entry["target"]
-    lines.append(
         f"Target: cut → first message p99 under {target['first_message_p99_ms']:g} ms on "
         f"loopback: {target['p99_ms']:.2f} ms over {summary['cuts']:,} cuts "
         f"({verdict(targets(entry, {})[0].verdict)}); messages lost {summary['lost']}, "
         f"duplicated {summary['duplicates']} ({summary['sent']:,} sent, "
-        f"{summary['received']:,} echoed back in order)."
-    )
-    if entry["notes"]:
-        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
-    return "\n".join(lines) + "\n"
+        f"{summary['received']:,} echoed back in order).",
+        "",
+    ]
+    return "\n".join(lines + notes_lines(entry))

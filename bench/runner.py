@@ -37,13 +37,7 @@ from .results import (
     update_document,
     update_results_md,
 )
-from .summary import (
-    Headline,
-    Outcome,
-    Target,
-    lost_fields,
-    markdown,
-)
+from .summary import Headline, Outcome, lost_fields, markdown
 
 SUMMARY = "summary"
 
@@ -69,59 +63,7 @@ class Registry:
 
     def default(self) -> list[str]:
         first = [name for name in self.order if name in self.scenarios]
-        rest = [name for name in self.scenarios if name not in first]
-        return first + [name for name in rest if name not in self.on_demand]
-
-
-def common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    common.add_argument(
-        "--quick",
-        action="store_true",
-        help="toy sizes, a few seconds each; results to bench/results/quick/, RESULTS.md untouched",
-    )
-    common.add_argument("--messages", type=int, metavar="N", help="messages per pass")
-    common.add_argument("--repeat", type=int, metavar="K", help="passes per system and size")
-    common.add_argument(
-        "--out", type=Path, metavar="DIR", help="directory for the results JSON and plot"
-    )
-    return common
-
-
-def scenario_parser(name: str, scenario: Scenario, common: argparse.ArgumentParser) -> Any:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench {name}",
-        description=scenario.HELP,
-        parents=[common],
-        allow_abbrev=False,
-    )
-    scenario.add_arguments(parser)
-    return parser
-
-
-def top_parser(registry: Registry) -> argparse.ArgumentParser:
-    default = registry.default()
-    lines = [
-        f"  {name:<12} {registry.scenarios[name].HELP}"
-        + ("" if name in default else "  (only when named)")
-        for name in [*default, *[n for n in registry.scenarios if n not in default]]
-    ]
-    lines += [
-        f"  {alias:<12} the same as: {' '.join(names)}" for alias, names in registry.aliases.items()
-    ]
-    return argparse.ArgumentParser(
-        prog="python -m bench",
-        usage="python -m bench [SCENARIO ...] [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="sessiond benchmarks, run from the repository root. Without a scenario, "
-        f"every default one runs, in this order: {', '.join(default)}.",
-        epilog="scenarios:\n"
-        + "\n".join(lines)
-        + "\n\nAn option goes to every scenario run that takes it; see each one's options "
-        "with `python -m bench SCENARIO --help`.",
-        parents=[common_options()],
-        allow_abbrev=False,
-    )
+        return first + [n for n in self.scenarios if n not in first and n not in self.on_demand]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,61 +74,73 @@ class Selection:
     full: bool  # every default scenario, no more, no fewer
 
 
+def parser(registry: Registry, name: str | None = None, **kw: Any) -> argparse.ArgumentParser:
+    """The common options' parser, with scenario *name*'s own options if given."""
+    common = argparse.ArgumentParser(allow_abbrev=False, **kw)
+    common.add_argument("--quick", action="store_true", help="toy sizes, a few seconds each; "
+                        "results to bench/results/quick/, RESULTS.md untouched")  # fmt: skip
+    common.add_argument("--messages", type=int, metavar="N", help="messages per pass")
+    common.add_argument("--repeat", type=int, metavar="K", help="passes per system and size")
+    common.add_argument("--out", type=Path, metavar="DIR", help="directory for the JSON and plot")
+    if name is not None:
+        registry.scenarios[name].add_arguments(common)
+    return common
+
+
+def top_parser(registry: Registry) -> argparse.ArgumentParser:
+    default = registry.default()
+    lines = [f"  {name:<12} {registry.scenarios[name].HELP}" + "  (only when named)" * (
+             name not in default) for name in [*default, *(n for n in registry.scenarios
+                                                if n not in default)]]  # fmt: skip
+    lines += [f"  {alias:<12} the same as: {' '.join(names)}"
+              for alias, names in registry.aliases.items()]  # fmt: skip
+    return parser(
+        registry,
+        prog="python -m bench",
+        usage="python -m bench [SCENARIO ...] [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="sessiond benchmarks, run from the repository root. Without a scenario, "
+        f"every default one runs, in this order: {', '.join(default)}.",
+        epilog="scenarios:\n" + "\n".join(lines) + "\n\nAn option goes to every scenario run "
+        "that takes it; see each one's options with `python -m bench SCENARIO --help`.",
+    )
+
+
 def select(argv: Sequence[str], registry: Registry) -> Selection:
     """The scenarios *argv* names (leading words) and the options each one gets."""
-    words = list(argv)
-    named: list[str] = []
+    words, named = list(argv), list[str]()
     while words and not words[0].startswith("-"):
         word = words.pop(0)
-        if word in registry.scenarios:
-            named.append(word)
-        elif word in registry.aliases:
-            named += registry.aliases[word]
-        else:
-            known = [*registry.scenarios, *registry.aliases]
-            top_parser(registry).error(
-                f"unknown scenario {word!r} (choose from {', '.join(known)}); "
-                "scenarios come before the options"
-            )
+        if word not in registry.scenarios and word not in registry.aliases:
+            known = ", ".join([*registry.scenarios, *registry.aliases])
+            top_parser(registry).error(f"unknown scenario {word!r} (choose from {known}); "
+                                       "scenarios come before the options")  # fmt: skip
+        named += registry.aliases.get(word, [word])
     names = list(dict.fromkeys(named)) or registry.default()
-    common = common_options()
-    parsers = {name: scenario_parser(name, registry.scenarios[name], common) for name in names}
+    own = {name: parser(registry, name, prog=f"python -m bench {name}",
+                        description=registry.scenarios[name].HELP) for name in names}  # fmt: skip
     if "-h" in words or "--help" in words:
-        if not named:
-            top_parser(registry).print_help()
-        else:
-            for name in names:
-                parsers[name].print_help()
-                print()
+        for help_parser in own.values() if named else [top_parser(registry)]:
+            help_parser.print_help()
+            print()
         raise SystemExit(0)
-    union = argparse.ArgumentParser(
-        prog=" ".join(["python -m bench", *named]),
-        parents=[common],
-        allow_abbrev=False,
-        conflict_handler="resolve",
-    )
+    union = parser(registry, prog=" ".join(["python -m bench", *named]), conflict_handler="resolve")
     for name in names:
         registry.scenarios[name].add_arguments(union)
     options, extra = union.parse_known_args(words)
-    late = [word for word in extra if word in registry.scenarios or word in registry.aliases]
-    if late:
-        union.error(
-            f"scenarios come before the options: python -m bench {' '.join([*named, *late])} ..."
-        )
+    if late := [word for word in extra if word in registry.scenarios or word in registry.aliases]:
+        where = " ".join([*named, *late])
+        union.error(f"scenarios come before the options: python -m bench {where} ...")
     if extra:
         union.error(f"unrecognized arguments: {' '.join(extra)}")
-    out = options.out or (QUICK_DIR if options.quick else RESULTS_DIR)
+    options.out = options.out or (QUICK_DIR if options.quick else RESULTS_DIR)
     namespaces = {}
-    for name, parser in parsers.items():
-        namespace, _others = parser.parse_known_args(words)
-        defaults = vars(parser.parse_known_args([])[0])
-        namespace.changed = [
-            key for key, value in vars(namespace).items() if defaults.get(key) != value
-        ]
-        namespace.scenario = name
-        namespace.out = out
+    for name, own_parser in own.items():
+        namespace = own_parser.parse_known_args(words)[0]
+        defaults = vars(own_parser.parse_known_args([])[0])
+        namespace.changed = [k for k, v in vars(namespace).items() if defaults.get(k) != v]
+        namespace.scenario, namespace.out = name, options.out
         namespaces[name] = namespace
-    options.out = out
     return Selection(names, namespaces, options, names == registry.default())
 
 
@@ -205,67 +159,64 @@ def run_scenario(name: str, scenario: Scenario, args: argparse.Namespace) -> tup
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
         gc.collect()
-    if code != 0:
-        return "failed", f"exited with status {code}"
-    return "ok", None
+    return ("failed", f"exited with status {code}") if code else ("ok", None)
+
+
+def _entry(path: Path, name: str) -> Json | None:
+    entry: Json | None = (read_document(path) or {}).get("scenarios", {}).get(name)
+    return entry
 
 
 def run(argv: Sequence[str], registry: Registry) -> int:
     selection = select(argv, registry)
-    options = selection.options
-    out: Path = options.out
-    command = command_line()
-    started = datetime.datetime.now(datetime.UTC)
-    begun = time.perf_counter()
-    commit = commit_info()
+    options, out = selection.options, selection.options.out
+    command, commit, machine = command_line(), commit_info(), machine_info()
+    started, begun = datetime.datetime.now(datetime.UTC), time.perf_counter()
     json_path = results_path(out, commit)
     outcomes: list[Outcome] = []
-    interrupted = False
     for index, name in enumerate(selection.names, 1):
-        if interrupted:
+        if outcomes and outcomes[-1].status in ("interrupted", "not run"):
             outcomes.append(Outcome(name, "not run", 0.0))
             continue
-        before = _entry(json_path, name)
-        where = f"bench [{index}/{len(selection.names)}] {name}"
+        before, where = _entry(json_path, name), f"bench [{index}/{len(selection.names)}] {name}"
         print(f"{where}: starting", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
+        t0, lost = time.perf_counter(), list[tuple[str, float]]()
         try:
             status, error = run_scenario(name, registry.scenarios[name], selection.namespaces[name])
         except KeyboardInterrupt:
-            status, error, interrupted = "interrupted", "interrupted (^C)", True
+            status, error = "interrupted", "interrupted (^C)"
         after = _entry(json_path, name)
-        lost: list[tuple[str, float]] = []
-        if status == "ok":
-            if after is None or after == before:
-                status = "failed"
-                error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
-            else:
-                lost = lost_fields(after)
-                if lost:
-                    status, error = "failed", f"{len(lost)} figure(s) show lost messages"
-        outcome = Outcome(name, status, time.perf_counter() - t0, error, tuple(lost))
-        outcomes.append(outcome)
-        print(f"{where}: {_ended(outcome)}", file=sys.stderr, flush=True)
+        if status == "ok" and (after is None or after == before):
+            status = "failed"
+            error = f"wrote no results under scenarios.{name} of {display_path(json_path)}"
+        elif status == "ok" and (lost := lost_fields(after)):
+            status, error = "failed", f"{len(lost)} figure(s) show lost messages"
+        outcomes.append(Outcome(name, status, time.perf_counter() - t0, error, tuple(lost)))
+        took = outcomes[-1].seconds
+        why = f": {error.splitlines()[0]}" if error else ""
+        ended = (
+            f"ok in {took:,.1f} s"
+            if status == "ok"
+            else f"{status.upper()} after {took:,.1f} s{why}"
+        )
+        print(f"{where}: {ended}", file=sys.stderr, flush=True)
     ok = [outcome.scenario for outcome in outcomes if outcome.status == "ok"]
-    document = read_document(json_path) or {}
-    scenarios = document.get("scenarios", {})
+    scenarios = (read_document(json_path) or {}).get("scenarios", {})
     entries = {name: scenarios[name] for name in ok if name in scenarios}
     notes: list[str] = []
-    heads: list[Headline] = _hook("headlines", ok, registry, entries, notes)
-    goals: list[Target] = _hook("targets", ok, registry, entries, notes)
+    heads: list[Headline] = _hook("headlines", registry, entries, notes)
+    goals = _hook("targets", registry, entries, notes)
     plot_path: Path | None = None
     try:
-        plot_path = plot(
-            entries, results_path(out, commit, ".png"), title(command, commit, options.quick)
-        )
+        png = results_path(out, commit, ".png")
+        plot_path = plot(entries, png, title(command, commit, options.quick))
     except ImportError as exc:
-        notes.append(
-            f"no plot: {exc.name or 'matplotlib'} is not installed (`pip install -e '.[bench]'`)"
-        )
+        notes.append(f"no plot: {exc.name or 'matplotlib'} is not installed "
+                     "(`pip install -e '.[bench]'`)")  # fmt: skip
     except Exception as exc:  # the figures are written; say why the picture is not
         traceback.print_exc()
         notes.append(f"the plot failed: {type(exc).__name__}: {exc}")
-    run: Json = {
+    summary: Json = {
         "command": command,
         "argv": list(argv),
         "started_at": started.isoformat(timespec="seconds"),
@@ -278,80 +229,51 @@ def run(argv: Sequence[str], registry: Registry) -> int:
         "targets": [asdict(target) for target in goals],
         "plot": None if plot_path is None else display_path(plot_path),
         "notes": notes,
-        "machine": machine_info(),
-        "commit": commit,
     }
-    json_path = update_document(out, commit, lambda doc: _put_run(doc, run))
-    report = markdown(run, heads, goals, outcomes, json_path, plot_path, not options.quick)
-    if notes:
-        report += "\nNotes: " + "; ".join(notes) + ".\n"
+
+    def put(document: Json) -> None:
+        document["machine"], document["run"] = machine, summary
+
+    json_path = update_document(out, commit, put)
+    report = markdown({**summary, "machine": machine, "commit": commit}, heads, goals,
+                      outcomes, json_path, plot_path, not options.quick)  # fmt: skip
+    report += "\nNotes: " + "; ".join(notes) + ".\n" if notes else ""
     print(f"\n## {SUMMARY}\n\n{report}")
     print(f"results: {display_path(json_path)}", file=sys.stderr)
     if plot_path is not None:
         print(f"plot: {display_path(plot_path)}", file=sys.stderr)
-    options.changed = sorted(
-        {key for namespace in selection.namespaces.values() for key in namespace.changed}
-    )
+    options.changed = sorted({key for ns in selection.namespaces.values() for key in ns.changed})
     reasons = partial_reasons(options, commit, list(entries.values()))
-    if not selection.full:
-        reasons.append("not every default scenario ran")
-    if failed_any := [o.scenario for o in outcomes if o.status != "ok"]:
-        reasons.append("failed: " + ", ".join(failed_any))
+    failed = [o for o in outcomes if o.status != "ok"]
+    reasons += ["not every default scenario ran"] * (not selection.full)
+    reasons += ["failed: " + ", ".join(o.scenario for o in failed)] if failed else []
     if reasons:
         print(
-            f"bench/RESULTS.md: ## {SUMMARY} left as it is ({'; '.join(reasons)})",
-            file=sys.stderr,
+            f"bench/RESULTS.md: ## {SUMMARY} left as it is ({'; '.join(reasons)})", file=sys.stderr
         )
     else:
         update_results_md(SUMMARY, report)
         print(f"updated bench/RESULTS.md (## {SUMMARY})", file=sys.stderr)
-    failed = [o for o in outcomes if o.status != "ok"]
     for outcome in failed:
         print(f"bench {outcome.scenario}: {outcome.status}: {outcome.error}", file=sys.stderr)
-    if interrupted:
+    if any(outcome.status == "interrupted" for outcome in outcomes):
         return 130
     return 1 if failed or any(note.startswith("the plot failed") for note in notes) else 0
 
 
-def _ended(outcome: Outcome) -> str:
-    if outcome.status == "ok":
-        return f"ok in {outcome.seconds:,.1f} s"
-    why = f": {outcome.error.splitlines()[0]}" if outcome.error else ""
-    return f"{outcome.status.upper()} after {outcome.seconds:,.1f} s{why}"
-
-
-def _entry(path: Path, name: str) -> Json | None:
-    document = read_document(path)
-    if document is None:
-        return None
-    entry: Json | None = document.get("scenarios", {}).get(name)
-    return entry
-
-
-def _put_run(document: Json, run: Json) -> None:
-    document["machine"] = run["machine"]
-    document["run"] = {key: value for key, value in run.items() if key not in ("machine", "commit")}
-
-
 def _hook(
-    hook: str,
-    names: Sequence[str],
-    registry: Registry,
-    entries: Mapping[str, Json],
-    notes: list[str],
+    hook: str, registry: Registry, entries: Mapping[str, Json], notes: list[str]
 ) -> list[Any]:
     """Every scenario's ``headlines(entry)`` or ``targets(entry, entries)``; a scenario
     without ``headlines`` gets a row pointing to its section."""
     out: list[Any] = []
-    for name in names:
+    for name, entry in entries.items():
         function = getattr(registry.scenarios[name], hook, None)
-        if function is None or name not in entries:
-            if hook == "headlines":
-                out.append(Headline(name, "-", f"see `## {name}`", {}))
+        if function is None:
+            out += [Headline(name, "-", f"see `## {name}`", {})] if hook == "headlines" else []
             continue
         try:
-            args = (entries[name],) if hook == "headlines" else (entries[name], entries)
-            out += function(*args)
+            out += function(entry) if hook == "headlines" else function(entry, entries)
         except Exception as exc:  # the summary is not worth a lost run
             notes.append(f"{name}.{hook} failed: {type(exc).__name__}: {exc}")
     return out

@@ -1,55 +1,49 @@
 """``python -m bench store``: the echo with sessions in Redis beside the memory store, one run.
 
-Two daemons (``python -m sessiond serve --app echo``), one with the default
-``--store memory`` and one with ``--store redis://127.0.0.1:PORT/0`` (the
-session store of issue 16, README "The session store"), carry the windowed echo
-of ``python -m bench throughput`` (:func:`bench.loadgen.echo`, every message
-checked in order, none lost) at 64 B over 100 sessions and over one session,
-*repeat* passes each, the two stores interleaved. Redis is Debian's
-``/usr/bin/redis-server`` started by the harness (:meth:`Context.process`) on a
-free port of 127.0.0.1 in the run's temporary directory, with no persistence
-(no RDB snapshot, no append-only file), and stopped by PID at the end. Like the
-daemons it is pinned to the server core (two cores: the load generator has the
-other), so the daemon and Redis share one core and the pass measures both.
-
-Per pass: messages/s; CPU per message of the daemon and of Redis (each from
-``/proc/PID/task/*/schedstat``, ns); and Redis commands per message
-(``INFO stats`` ``total_commands_processed`` around the pass, through redis-py,
-which the Redis store needs anyway). Targets: the Redis store keeps at least
-50 % of the memory store's msg/s with 100 sessions and 40 % with one, judged on
-the ratio paired within each repetition. Then (``--move-cuts``, 100 by default, none
-with ``--quick``) one session is cut and resumed on the other of two daemons on the
-same Redis while its owner is alive, each time; target: cut -> resumed p99 < 10 ms.
-Then (bench/store_cluster.py) ``--kill-sessions`` sessions (1,000; --quick 20) on a
-``--workers 2`` daemon, one worker killed with SIGKILL, resume on the same port
-(target: all, 0 lost, within the lease TTL + 2 s), and ``--workers 2`` against one
-daemon at 100 sessions (--quick 10).
-
-Registered on demand only (``python -m bench store``): it needs redis-server and
-the ``redis`` extra, and the suite's ``python -m bench --quick`` stays as it was;
-``tests/test_bench_store.py`` runs its ``--quick``.
+Two daemons, ``--store memory`` and ``--store redis://127.0.0.1:PORT/0`` (issue 16), carry the
+windowed echo of ``bench throughput`` (every message checked, none lost) at 64 B over 100
+sessions and over one, the stores interleaved. redis-server (``/usr/bin/redis-server``, no
+persistence) is started by the harness and pinned with the daemons to the server core, so a
+pass measures both. Per pass: msg/s, CPU µs per message of the daemon and of Redis
+(``/proc/PID/task/*/schedstat``), Redis commands per message (``INFO stats``). Targets: the
+Redis store keeps 50 % of the memory store's msg/s at 100 sessions and 40 % at one, paired
+within each repetition. Then one session cut ``--move-cuts`` times, each resume on the other
+of two live daemons (cut -> resumed p99 < 10 ms); ``--kill-sessions`` library-client sessions
+on ``--workers 2`` with one worker SIGKILLed (all resumed, 0 lost, within the lease TTL + 2 s);
+``--workers 2`` against one daemon. Run only when named: it needs redis-server and the
+``redis`` extra (``tests/test_bench_store.py`` runs its ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from . import BenchError, resume, store_cluster, throughput
-from .core import POOL, make_pool
+import sessiond_client
+
+from sessiond.config import StoreSection
+
+from . import BenchError, resume, throughput
+from .core import POOL, Checker, make_pool
 from .harness import (
     Context,
     bounds_cell,
     counts,
+    given,
     header,
     notes_lines,
+    option,
     other_load,
     other_load_note,
     positive,
@@ -57,42 +51,25 @@ from .harness import (
     spread_cell,
     summarise,
 )
-from .loadgen import EchoResult, echo
-from .processes import HOST, ServerProcess, bound_by, daemon_argv, free_port
+from .loadgen import echo
+from .processes import HOST, Pinning, ServerProcess, cpu_seconds, daemon_argv, free_port
 from .results import Json, markdown_table, spread
 from .summary import Headline, Target, cpu_cell, judged, values_range
 
 HELP = "echo msg/s with --store redis:// beside the memory store, 100 sessions and 1"
-
-SCENARIO = "store"
-MEMORY = "memory"
-REDIS = "redis"
+SCENARIO, MEMORY, REDIS = "store", "memory", "redis"
 STORES = (MEMORY, REDIS)
 REDIS_SERVER = "/usr/bin/redis-server"
 SIZE = 64
-SESSIONS = (100, 1)
-QUICK_SESSIONS = (10, 1)
-#: A full pass is bounded by time; this only caps it (as in bench/throughput.py).
-DEFAULT_MESSAGES = 20_000_000
-QUICK_MESSAGES = 500
-DEFAULT_REPEAT = 3
-QUICK_REPEAT = 3
-WARMUP_MESSAGES = 5_000
-#: Messages in flight per session and the time a pass may take, as bench/throughput.py has them.
-ONE_SESSION_WINDOW = throughput.ONE_SESSION_WINDOW
-MANY_SESSIONS_WINDOW = throughput.MANY_SESSIONS_WINDOW
-TIME_LIMIT = throughput.TIME_LIMIT
-#: The Redis store's share of the memory store's msg/s, by sessions (one, and more).
-TARGET = {1: 0.40, 100: 0.50}
-MOVE_CUTS = 100  # resumes of one session on the other live daemon (--move-cuts)
-MOVE_P99_MS = 10.0  # the issue's target for them, cut -> resumed
-KILL_SESSIONS = 1_000  # sessions on --workers 2, one worker killed (--kill-sessions)
-QUICK_KILL_SESSIONS = 20
-WORKERS_SESSIONS = 100  # sessions of the --workers 2 vs 1 echo (--quick 10)
-QUICK_WORKERS_SESSIONS = 10
+TARGET = {1: 0.40, 100: 0.50}  # the Redis store's share of the memory store's msg/s
+MOVE_P99_MS = 10.0  # one session resumed on another live daemon: cut -> resumed p99
+LEASE_TTL = StoreSection().lease_ttl  # the daemons run with the default
+GRACE = 2.0  # kill -9 of a worker: every session resumed within the lease TTL + this
+GAP = 0.2  # seconds between one session's sends in the kill (1,000 sessions: 5,000 msg/s)
+BEFORE_KILL = 1.0  # seconds of traffic before the kill, and after the last resume
 
 
-def target_for(sessions: int) -> float:
+def goal(sessions: int) -> float:
     return TARGET[1] if sessions == 1 else TARGET[100]
 
 
@@ -100,242 +77,109 @@ def plural(count: int) -> str:
     return f"{count:,} session" + ("" if count == 1 else "s")
 
 
-# ------------------------------------------------------------------ redis
-
-
 def redis_command(port: int, directory: Path) -> list[str]:
     """redis-server on 127.0.0.1:*port*, in *directory*, with no persistence."""
-    return [
-        REDIS_SERVER,
-        "--port",
-        str(port),
-        "--bind",
-        HOST,
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--protected-mode",
-        "yes",
-    ]
-
-
-def redis_version() -> str:
-    out = subprocess.run(
-        [REDIS_SERVER, "--version"], capture_output=True, text=True, check=False, timeout=10
-    )
-    return out.stdout.strip()
-
-
-class RedisStats:
-    """``INFO stats`` of the bench's Redis, through redis-py's blocking client."""
-
-    def __init__(self, port: int) -> None:
-        import redis  # noqa: PLC0415 - the `redis` extra: only when this scenario runs
-
-        self._client: Any = redis.Redis(host=HOST, port=port, socket_timeout=10.0)
-
-    def commands(self) -> int:
-        return int(self._client.info("stats")["total_commands_processed"])
-
-    def keys(self) -> int:
-        return int(self._client.dbsize())
-
-    def close(self) -> None:
-        self._client.close()
-
-
-# -------------------------------------------------------------------- passes
-
-
-@dataclass(frozen=True, slots=True)
-class StorePass:
-    """One echo pass against one store, with what Redis did meanwhile."""
-
-    echo: EchoResult
-    #: Redis CPU seconds and commands over the pass; in a memory-store pass, what the idle
-    #: Redis-store daemon asked meanwhile (its lease renewals).
-    redis_cpu: float
-    redis_commands: int
-
-    def to_json(self) -> Json:
-        received = max(1, self.echo.received)
-        return {
-            **self.echo.to_json(),
-            "server_cpu_us_per_message": self.echo.server_cpu * 1e6 / received,
-            "redis_cpu_s": self.redis_cpu,
-            "redis_cpu_us_per_message": self.redis_cpu * 1e6 / received,
-            "redis_commands": self.redis_commands,
-            "redis_commands_per_message": self.redis_commands / received,
-        }
-
-
-def show(result: StorePass) -> str:
-    echo_result = result.echo
-    received = max(1, echo_result.received)
-    return (
-        f"echo {plural(echo_result.sessions):>12} {echo_result.size} B  {echo_result.system:<6} "
-        f"{echo_result.rate:>9,.0f} msg/s  daemon {echo_result.server_cpu * 1e6 / received:5.1f} "
-        f"µs/msg  redis {result.redis_cpu * 1e6 / received:5.1f} µs/msg "
-        f"{result.redis_commands / received:.2f} cmd/msg  {bound_by(echo_result)}-bound"
-    )
-
-
-def summarise_passes(runs: list[StorePass], sessions: int) -> Json:
-    mine = [run for run in runs if run.echo.sessions == sessions]
-    out: Json = {
-        name: summarise([run.to_json() for run in mine if run.echo.system == name])
-        for name in STORES
-    }
-    pairs = ratios(out)
-    out["ratio"] = {
-        "of_medians": out[REDIS]["rate"]["median"] / out[MEMORY]["rate"]["median"],
-        "per_repetition": spread(pairs),
-    }
-    return out
-
-
-def ratios(by_store: Json) -> list[float]:
-    """Redis over memory, repetition by repetition (they ran side by side in each)."""
-    redis_reps, memory_reps = by_store[REDIS]["repetitions"], by_store[MEMORY]["repetitions"]
-    return [r["rate"] / m["rate"] for r, m in zip(redis_reps, memory_reps, strict=True)]
-
-
-# -------------------------------------------------------------------- options
+    flags = f"--port {port} --bind {HOST} --appendonly no --daemonize no --protected-mode yes"
+    return [REDIS_SERVER, *flags.split(), "--dir", str(directory), "--save", ""]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--move-cuts",
-        type=int,
-        metavar="N",
-        help="also cut one session N times and resume it each time on the other of two "
-        "daemons on the same Redis while its owner is alive (bench/resume.py's client, "
-        f"window 1000); cut -> resumed p99, target < {MOVE_P99_MS:g} ms (default "
-        f"{MOVE_CUTS}; --quick 0: not measured)",
-    )
-    parser.add_argument(
-        "--kill-sessions",
-        type=int,
-        metavar="N",
-        help="sessions of the library client on a --workers 2 daemon, one worker killed with "
-        f"SIGKILL, its sessions resumed on the same port (default {KILL_SESSIONS:,}; --quick "
-        f"{QUICK_KILL_SESSIONS}; 0: not measured)",
-    )
-    parser.add_argument(
-        "--sessions",
-        metavar="N,N",
-        help="sessions per pass, comma-separated (default "
-        f"{','.join(map(str, SESSIONS))}; --quick {','.join(map(str, QUICK_SESSIONS))})",
-    )
+    option(parser, "sessions", str, "100,1", "10,1", metavar="N,N", help="sessions per pass")
     throughput.add_pass_arguments(parser)
-    parser.add_argument(
-        "--redis-server",
-        default=REDIS_SERVER,
-        metavar="PATH",
-        help=f"the redis-server binary (default {REDIS_SERVER}, Debian's)",
-    )
-
-
-# ------------------------------------------------------------------------ run
+    option(parser, "move_cuts", int, 100, 0, metavar="N",
+           help="cuts of one session, each resumed on the other of two live daemons on the "
+           f"same Redis (window 1000); cut -> resumed p99 (target {MOVE_P99_MS:g} ms)")  # fmt: skip
+    option(parser, "kill_sessions", int, 1_000, 20, metavar="N",
+           help="library-client sessions on a --workers 2 daemon, one worker killed with "
+           "SIGKILL, its sessions resumed on the same port (0: not measured)")  # fmt: skip
+    option(parser, "redis_server", str, REDIS_SERVER, metavar="PATH", help="redis-server")
 
 
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "time_limit", "window")
     quick = bool(args.quick)
-    messages: int = args.messages or (QUICK_MESSAGES if quick else DEFAULT_MESSAGES)
-    repeat: int = args.repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT)
-    sessions = (
-        counts(args.sessions, "--sessions")
-        if args.sessions
-        else (QUICK_SESSIONS if quick else SESSIONS)
-    )
-    windows = {
-        n: args.window or (ONE_SESSION_WINDOW if n == 1 else MANY_SESSIONS_WINDOW) for n in sessions
-    }
+    messages = given(args, "messages", 20_000_000, 500)  # a full pass is bounded by time
+    repeat = given(args, "repeat", 3, 3)
+    sessions = counts(given(args, "sessions", "100,1", "10,1"), "--sessions")
+    one_window, many_window = throughput.ONE_SESSION_WINDOW, throughput.MANY_SESSIONS_WINDOW
+    windows = {n: args.window or (one_window if n == 1 else many_window) for n in sessions}
     if max(windows.values()) > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
-    binary = shutil.which(args.redis_server)
-    if binary is None:
-        raise BenchError(
-            f"no redis-server at {args.redis_server}: install it with "
-            "`apt-get install redis-server` (Debian package `redis-server`)"
-        )
-    warmup = 0 if quick else min(messages, WARMUP_MESSAGES)
+    wanted = given(args, "redis_server", REDIS_SERVER, REDIS_SERVER)
+    if (binary := shutil.which(wanted)) is None:
+        raise BenchError(f"no redis-server at {wanted}: `apt-get install redis-server`")
+    limit: float = args.time_limit
+    warmup = 0 if quick else min(messages, 5_000)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     banner = (
-        f"memory vs redis store; {', '.join(plural(n) for n in sessions)}; {messages:,} "
+        f"memory vs redis store; {', '.join(map(plural, sessions))}; {messages:,} "
         f"messages (or {args.time_limit:g} s) x {repeat}, {SIZE} B"
     )
 
     def body(ctx: Context) -> Json:
         port = free_port()
         (ctx.tmp / "redis").mkdir()
-        command = redis_command(port, ctx.tmp / "redis")
-        command[0] = binary
+        command = [binary, *redis_command(port, ctx.tmp / "redis")[1:]]
         redis_proc = ctx.process("redis", command, port)
         url = f"redis://{HOST}:{port}/0"
         daemons = {
             MEMORY: ctx.server("daemon-memory", daemon_argv()),
             REDIS: ctx.server("daemon-redis", [*daemon_argv(), "--store", url]),
         }
-        stats = RedisStats(port)
-        ctx.stack.callback(stats.close)
+        import redis  # noqa: PLC0415 - the `redis` extra: only when this scenario runs
+
+        client: Any = redis.Redis(host=HOST, port=port, socket_timeout=10.0)
+        ctx.stack.callback(client.close)
         pool = make_pool(SIZE)
 
-        def one(store: str, count: int, n: int) -> StorePass:
+        def one(store: str, count: int, n: int) -> tuple[str, Json]:
             daemon = daemons[store]
-            coroutine = echo(
-                "daemon",
-                daemon.port,
-                pool,
-                count,
-                windows[n],
-                args.time_limit,
-                daemon.cpu_seconds,
-                sessions=n,
-            )
-            commands0, redis0 = stats.commands(), redis_proc.cpu_seconds()
+            clock, window = daemon.cpu_seconds, windows[n]
+            coroutine = echo("daemon", daemon.port, pool, count, window, limit, clock, sessions=n)
+            commands0 = client.info("stats")["total_commands_processed"]
+            redis0 = redis_proc.cpu_seconds()
             result, others = ctx.timed(daemon, lambda: ctx.run(coroutine))
             redis_cpu = redis_proc.cpu_seconds() - redis0
             # INFO itself is a command: not counted against the pass.
-            commands = stats.commands() - commands0 - 1
-            echoed = dataclasses.replace(cast(EchoResult, result), system=store, others=others)
-            return StorePass(echoed, redis_cpu, commands)
+            commands = client.info("stats")["total_commands_processed"] - commands0 - 1
+            received = max(1, result.received)
+            return store, {
+                **dataclasses.replace(result, system=store, others=others).to_json(),
+                "server_cpu_us_per_message": result.server_cpu * 1e6 / received,
+                "redis_cpu_s": redis_cpu,
+                "redis_cpu_us_per_message": redis_cpu * 1e6 / received,
+                "redis_commands": commands,
+                "redis_commands_per_message": commands / received,
+            }
 
-        def measure(n: int) -> list[StorePass]:
-            return ctx.passes(
-                STORES,
-                lambda store, _rep: one(store, messages, n),
-                repeat,
-                warmup=(lambda store: one(store, warmup, n)) if warmup else None,
-                show=show,
+        def show(got: tuple[str, Json]) -> str:
+            store, rep = got
+            return (
+                f"echo {plural(rep['sessions']):>12} {SIZE} B  {store:<6} {rep['rate']:>9,.0f}"
+                f" msg/s  daemon {rep['server_cpu_us_per_message']:5.1f} µs/msg  redis "
+                f"{rep['redis_cpu_us_per_message']:5.1f} µs/msg "
+                f"{rep['redis_commands_per_message']:.2f} cmd/msg  {rep['bound']}-bound"
             )
 
-        runs = [run for n in sessions for run in measure(n)]
-        cuts = (0 if quick else MOVE_CUTS) if args.move_cuts is None else args.move_cuts
-        moves = move(ctx, cuts, daemons[REDIS], url) if cuts > 0 else None
-        kills = ctx.given("kill_sessions", KILL_SESSIONS, QUICK_KILL_SESSIONS)
-        killed = store_cluster.kill_worker(ctx, kills, url) if kills > 0 else None
-        workers = store_cluster.workers(
-            ctx,
-            url,
-            QUICK_WORKERS_SESSIONS if quick else WORKERS_SESSIONS,
-            messages,
-            MANY_SESSIONS_WINDOW,
-            repeat,
-            args.time_limit,
-        )
-        keys_after = stats.keys()
+        def measure(n: int) -> Json:
+            warm = (lambda store: one(store, warmup, n)) if warmup else None
+            reps = ctx.passes(STORES, lambda s, _: one(s, messages, n), repeat, warm, show)
+            out: Json = {s: summarise([rep for t, rep in reps if t == s]) for s in STORES}
+            of_medians = out[REDIS]["rate"]["median"] / out[MEMORY]["rate"]["median"]
+            out["ratio"] = {"of_medians": of_medians, "per_repetition": spread(ratios(out))}
+            loads.extend(rep.get("other_load_share") for _, rep in reps)
+            return out
+
+        loads: list[Any] = []
+        by_count = {str(n): measure(n) for n in sessions}
+        cuts = given(args, "move_cuts", 100, 0)
+        kills = given(args, "kill_sessions", 1_000, 20)
         entry: Json = {
             "config": {
                 "stores": {MEMORY: "--store memory (default)", REDIS: f"--store {url}"},
                 "redis": {
                     "binary": binary,
-                    "version": redis_version(),
+                    "version": version.stdout.strip(),
                     "persistence": "none (--save '' --appendonly no)",
                     "pinned_with": "the daemons, on the server core",
                 },
@@ -347,22 +191,28 @@ def run(args: argparse.Namespace) -> int:
                 "window_per_session": {str(n): windows[n] for n in sessions},
                 "warmup_messages": warmup,
                 "payload_size": SIZE,
-                "targets": {str(n): target_for(n) for n in sessions},
+                "targets": {str(n): goal(n) for n in sessions},
             },
-            "other_load_share": other_load([run.echo.others for run in runs]),
-            "echo": {str(n): summarise_passes(runs, n) for n in sessions},
-            "redis_keys_after": keys_after,
-            "move": moves,
-            "kill": killed,
-            "workers": workers,
+            "other_load_share": other_load(loads),
+            "echo": by_count,
+            "move": move(ctx, cuts, daemons[REDIS], url) if cuts > 0 else None,
+            "kill": kill_worker(ctx, kills, url) if kills > 0 else None,
+            "workers": workers(
+                ctx, url, 10 if quick else 100, messages, many_window, repeat, limit
+            ),
+            "redis_keys_after": int(client.dbsize()),
             "markdown": markdown,
         }
-        entry["targets"] = [
-            dataclasses.asdict(target) for target in targets({**entry, "quick": quick}, {})
-        ]
+        entry["targets"] = [dataclasses.asdict(t) for t in targets({**entry, "quick": quick}, {})]
         return entry
 
     return scenario(args, SCENARIO, banner, body)
+
+
+def ratios(by_store: Json) -> list[float]:
+    """Redis over memory, repetition by repetition (they ran side by side in each)."""
+    pairs = zip(by_store[REDIS]["repetitions"], by_store[MEMORY]["repetitions"], strict=True)
+    return [redis_rep["rate"] / memory_rep["rate"] for redis_rep, memory_rep in pairs]
 
 
 def move(ctx: Context, cuts: int, owner: ServerProcess, url: str) -> Json:
@@ -370,18 +220,19 @@ def move(ctx: Context, cuts: int, owner: ServerProcess, url: str) -> Json:
     other daemon of the same store while the owner is alive (a takeover, README)."""
     other = ctx.server("daemon-redis-2", [*daemon_argv(), "--store", url])
     messages = max(resume.MIN_GAP * (cuts + 1) * 2, 20_000)
-    coroutine = resume.resume_pass(
-        owner.port,
-        make_pool(SIZE),
-        messages,
-        resume.DEFAULT_WINDOW,
-        cuts,
-        resume.TIME_LIMIT,
-        resume.SEED,
-        owner.cpu_seconds,
-        resume_ports=(other.port, owner.port),
+    result = ctx.run(
+        resume.resume_pass(
+            owner.port,
+            make_pool(SIZE),
+            messages,
+            resume.DEFAULT_WINDOW,
+            cuts,
+            resume.TIME_LIMIT,
+            resume.SEED,
+            owner.cpu_seconds,
+            resume_ports=(other.port, owner.port),
+        )
     )
-    result = cast(resume.ResumePass, ctx.run(coroutine))
     out: Json = result.to_json()
     first = out["from_cut_us"]["first_message"]
     print(
@@ -392,132 +243,289 @@ def move(ctx: Context, cuts: int, owner: ServerProcess, url: str) -> Json:
     return out
 
 
-# -------------------------------------------------------------------- summary
+# ------------------------------------------------------- kill -9 of a worker, --workers 2
+
+
+class Stream:
+    """One library-client session echoing paced payloads, each echo checked; *killed* holds
+    the kill's time once it has happened."""
+
+    def __init__(self, session: sessiond_client.Session, pool: list[bytes], killed: list[float]):
+        self.session, self.id, self.pool, self.killed = session, session.id, pool, killed
+        self.checker = Checker("daemon", pool)
+        self.sent = 0
+        self.moved = self.closed = False  # moved: lost its transport after the kill
+        self.resumed_at: float | None = None
+        session.on_state_change(self.changed)
+
+    def changed(self, state: sessiond_client.State) -> None:
+        if self.killed and state is sessiond_client.State.RECONNECTING:
+            self.moved = True
+        elif self.killed and self.moved and self.resumed_at is None:
+            self.resumed_at = time.monotonic()
+        self.closed = state is sessiond_client.State.CLOSED
+
+    async def send(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.session.send(self.pool[self.sent % len(self.pool)])
+            self.sent += 1
+            await asyncio.sleep(GAP)
+
+    async def read(self) -> None:
+        while True:
+            self.checker.check([await self.session.recv()])
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of *pid* (a supervisor's workers)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as found:
+                pids += map(int, found.read().split())
+    return pids
+
+
+def tcp(port: int, state: str) -> list[str]:
+    """Inodes of the 127.0.0.1:*port* TCP sockets in *state* (0A listen, 01 established)."""
+    with open("/proc/net/tcp", encoding="ascii") as found:
+        rows = [line.split() for line in found.readlines()[1:]]
+    return [row[9] for row in rows if row[1].endswith(f":{port:04X}") and row[3] == state]
+
+
+def held(pid: int, port: int) -> int:
+    """Connections accepted on *port* that process *pid* holds (its sessions' transports)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[")[:-1])
+    return len(inodes.intersection(tcp(port, "01")))
+
+
+def serving(daemon: ServerProcess, workers: int = 2) -> ServerProcess:
+    """*daemon* once each of its *workers* listens on its port (SO_REUSEPORT; <= 60 s)."""
+    deadline = time.monotonic() + 60.0
+    while len(tcp(daemon.port, "0A")) < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return daemon
+
+
+async def kill_run(daemon: ServerProcess, count: int) -> Json:
+    policy = sessiond_client.ReconnectPolicy(base=0.05, cap=0.5)
+    pool, url, killed = make_pool(SIZE), f"tcp://{HOST}:{daemon.port}", list[float]()
+    streams: list[Stream] = []
+    for first in range(0, count, 50):
+        batch = range(first, min(count, first + 50))
+        opened = [sessiond_client.connect(url, policy=policy) for _ in batch]
+        streams += [Stream(session, pool, killed) for session in await asyncio.gather(*opened)]
+    stop = asyncio.Event()
+    senders = [asyncio.create_task(s.send(stop)) for s in streams]
+    readers = [asyncio.create_task(s.read()) for s in streams]
+    await asyncio.sleep(BEFORE_KILL)
+    per_worker = {pid: held(pid, daemon.port) for pid in children(daemon.pid)}
+    victim = max(per_worker, key=lambda pid: per_worker[pid])
+    os.kill(victim, signal.SIGKILL)
+    killed.append(time.monotonic())
+    cpu0, restarted, gone = time.process_time(), list[float](), False
+    while time.monotonic() < killed[0] + LEASE_TTL + 60.0 and (
+        sum(s.moved for s in streams) < per_worker[victim]
+        or any(s.moved and s.resumed_at is None and not s.closed for s in streams)
+    ):
+        if not restarted:  # the victim's listener closed; restarted once there are 2 again
+            up = len(tcp(daemon.port, "0A"))
+            gone = gone or up < 2
+            if gone and up >= 2:
+                restarted.append(time.monotonic() - killed[0])
+        await asyncio.sleep(0.02)
+    client_share = (time.process_time() - cpu0) / (time.monotonic() - killed[0])
+    await asyncio.sleep(BEFORE_KILL)
+    stop.set()
+    await asyncio.gather(*senders, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):  # every echo back (a lost one: 30 s, then counted)
+        async with asyncio.timeout(30.0):
+            while any(s.checker.taken < s.sent for s in streams):
+                await asyncio.sleep(0.02)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    active = sessiond_client.State.ACTIVE
+    alive = sum(s.session.state is active and s.session.id == s.id for s in streams)
+    for stream in streams:
+        await stream.session.close()
+    sent, received = sum(s.sent for s in streams), sum(s.checker.received for s in streams)
+    times = sorted(s.resumed_at - killed[0] for s in streams if s.resumed_at is not None)
+    return {
+        "sessions": count,
+        #: Sessions per worker PID at the kill (its accepted connections, from /proc).
+        "per_worker": {str(pid): n for pid, n in per_worker.items()},
+        "killed_pid": victim,
+        "on_killed_worker": per_worker[victim],
+        "moved": sum(s.moved for s in streams),  # sessions that lost their transport
+        "resumed": alive,  # active with their own session id at the end
+        "sent": sent,
+        "received": received,
+        "lost": sent - received,
+        "duplicates": sum(s.checker.duplicates for s in streams),
+        "lease_ttl_s": LEASE_TTL,
+        "kill_to_last_resumed_s": times[-1] if times else None,
+        "kill_to_first_resumed_s": times[0] if times else None,
+        "kill_to_median_resumed_s": times[len(times) // 2] if times else None,
+        "kill_to_worker_restarted_s": restarted[0] if restarted else None,
+        "send_gap_s": GAP,
+        #: The load generator's CPU over the kill -> last resumed span, in cores.
+        "client_cpu_share": client_share,
+    }
+
+
+def kill_worker(ctx: Context, count: int, url: str) -> Json:
+    """*count* sessions on ``--workers 2`` (supervised: the heir already runs, as deployed);
+    the worker holding most of them gets SIGKILL and they reconnect to the same port."""
+    config = ctx.tmp / "kill.toml"  # one client address holds every session's transport
+    config.write_text(f"[server]\nmax_transports_per_peer = {max(256, 2 * count)}\n")
+    argv = [*daemon_argv(), "--store", url, "--config", str(config), "--workers", "2"]
+    daemon = serving(ctx.server("daemon-kill", argv))
+    out: Json = ctx.run(kill_run(daemon, count))
+    ctx.servers[daemon.name]["killed_worker"] = f"pid {out['killed_pid']}: SIGKILL by the bench"
+    print(
+        f"  store kill -9  {out['resumed']:,}/{count:,} resumed ({out['moved']:,} moved off "
+        f"the killed worker, which held {out['on_killed_worker']:,}), last "
+        f"{out['kill_to_last_resumed_s'] or 0:.2f} s after the kill (lease {LEASE_TTL:g} s), "
+        f"{out['lost']} lost, {out['duplicates']} duplicated",
+        file=sys.stderr,
+    )
+    return out
+
+
+def workers(
+    ctx: Context, url: str, sessions: int, messages: int, window: int, repeat: int, limit: float
+) -> Json:
+    """Echo msg/s and CPU per message (summed over the daemon's processes) of ``--workers 2``
+    and of one daemon, both on the Redis store and unpinned."""
+    unpinned, base = Pinning(None, None, "unpinned"), [*daemon_argv(), "--store", url]
+    daemons = {
+        name: ctx.server(f"daemon-workers-{name}", [*base, *extra], pinning=unpinned)
+        for name, extra in (("1", []), ("2", ["--workers", "2"]))
+    }
+    serving(daemons["2"])
+    pool = make_pool(SIZE)
+
+    def one(name: str, _rep: int) -> tuple[str, Json]:
+        port, pid = daemons[name].port, daemons[name].pid
+
+        def clock() -> float:  # the supervisor and its workers
+            return sum(cpu_seconds(p) for p in [pid, *children(pid)])
+
+        result = ctx.run(
+            echo("daemon", port, pool, messages, window, limit, clock, sessions=sessions)
+        )
+        cost = result.server_cpu * 1e6 / max(1, result.received)
+        return name, {**result.to_json(), "server_cpu_us_per_message": cost}
+
+    def show(got: tuple[str, Json]) -> str:
+        name, rep = got
+        return (
+            f"{name} worker(s) echo {rep['rate']:,.0f} msg/s, "
+            f"{rep['server_cpu_us_per_message']:.1f} µs CPU/msg"
+        )
+
+    reps = ctx.passes(tuple(daemons), one, repeat, show=show)
+    out: Json = {name: summarise([r for n, r in reps if n == name]) for name in daemons}
+    listeners = len(tcp(daemons["2"].port, "0A"))
+    return {"sessions": sessions, "window": window, "listeners_2": listeners, **out}
+
+
+# -------------------------------------------------------------- summary and markdown
 
 
 def headlines(entry: Json) -> list[Headline]:
     """The Redis store's msg/s and its share of the memory store's, per session count."""
-    return [
-        Headline(
-            SCENARIO,
-            f"echo with --store redis, {plural(int(count))}, {SIZE} B",
-            "msg/s (÷ memory store)",
-            {
-                "daemon": f"{by_store[REDIS]['rate']['median']:,.0f} "
-                f"({by_store['ratio']['of_medians']:.0%})"
-            },
-        )
-        for count, by_store in entry["echo"].items()
-    ]
-
-
-def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
-    """The Redis store's share of the memory store's msg/s, paired within each repetition;
-    the p99 from cut to resumed of a session moving between live daemons."""
     out = []
-    moves = entry.get("move")
-    if moves:
-        p99 = moves["from_cut_us"]["resumed"]["p99"] / 1e3
-        out.append(
-            Target(
-                SCENARIO,
-                f"resume on another process, owner alive: p99 < {MOVE_P99_MS:g} ms "
-                f"(cut -> resumed, {moves['cuts']} cuts)",
-                f"{p99:.1f} ms",
-                judged(entry, [p99], MOVE_P99_MS, higher=False),
-            )
-        )
-    kill = entry.get("kill")
-    if kill:
-        limit = kill["lease_ttl_s"] + store_cluster.GRACE
-        took = kill["kill_to_last_resumed_s"]
-        whole = kill["resumed"] == kill["sessions"] and kill["lost"] == kill["duplicates"] == 0
-        whole = whole and kill["moved"] >= kill["on_killed_worker"]
-        out.append(
-            Target(
-                SCENARIO,
-                f"kill -9 of a worker, {kill['sessions']:,} sessions: all resumed, 0 lost, "
-                f"within lease TTL {kill['lease_ttl_s']:g} s + {store_cluster.GRACE:g} s",
-                f"{kill['resumed']:,} resumed ({kill['moved']:,} moved), {kill['lost']} lost, "
-                f"{kill['duplicates']} "
-                f"duplicated, last {took if took is not None else float('nan'):.2f} s",
-                judged(entry, [took if whole and took is not None else 1e9], limit, higher=False),
-            )
-        )
-    for count, by_store in entry["echo"].items():
-        goal = target_for(int(count))
-        pairs = ratios(by_store)
-        out.append(
-            Target(
-                SCENARIO,
-                f"`--store redis` ≥ {goal:.0%} of `--store memory` msg/s "
-                f"({plural(int(count))}, {SIZE} B)",
-                f"{by_store['ratio']['of_medians']:.1%} (passes {values_range(pairs)})",
-                judged(entry, pairs, goal),
-            )
-        )
+    for count, by in entry["echo"].items():
+        cell = f"{by[REDIS]['rate']['median']:,.0f} ({by['ratio']['of_medians']:.0%})"
+        case = f"echo with --store redis, {plural(int(count))}, {SIZE} B"
+        out.append(Headline(SCENARIO, case, "msg/s (÷ memory store)", {"daemon": cell}))
     return out
 
 
-# ------------------------------------------------------------------- markdown
+def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
+    """The p99 from cut to resumed of a session moving between live daemons; the kill -9 of a
+    worker; the Redis store's share of the memory store's msg/s, paired per repetition."""
+    out = []
+    if moves := entry.get("move"):
+        p99 = moves["from_cut_us"]["resumed"]["p99"] / 1e3
+        what = f"p99 < {MOVE_P99_MS:g} ms (cut -> resumed, {moves['cuts']} cuts)"
+        verdict = judged(entry, [p99], MOVE_P99_MS, higher=False)
+        out.append(Target(SCENARIO, f"resume on another process, owner alive: {what}",
+                          f"{p99:.1f} ms", verdict))  # fmt: skip
+    if kill := entry.get("kill"):
+        took, ttl = kill["kill_to_last_resumed_s"], kill["lease_ttl_s"]
+        whole = kill["resumed"] == kill["sessions"] and kill["lost"] == kill["duplicates"] == 0
+        whole = whole and kill["moved"] >= kill["on_killed_worker"] and took is not None
+        what = f"all resumed, 0 lost, within lease TTL {ttl:g} s + {GRACE:g} s"
+        measured = (f"{kill['resumed']:,} resumed ({kill['moved']:,} moved), {kill['lost']} "
+                    f"lost, {kill['duplicates']} duplicated, last {nan(took):.2f} s")  # fmt: skip
+        verdict = judged(entry, [took if whole else 1e9], ttl + GRACE, higher=False)
+        out.append(Target(SCENARIO, f"kill -9 of a worker, {kill['sessions']:,} sessions: {what}",
+                          measured, verdict))  # fmt: skip
+    for count, by in entry["echo"].items():
+        share, pairs = goal(int(count)), ratios(by)
+        what = f"`--store redis` ≥ {share:.0%} of `--store memory` msg/s"
+        measured = f"{by['ratio']['of_medians']:.1%} (passes {values_range(pairs)})"
+        out.append(Target(SCENARIO, f"{what} ({plural(int(count))}, {SIZE} B)", measured,
+                          judged(entry, pairs, share)))  # fmt: skip
+    return out
+
+
+def nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def echo_row(count: str, name: str, by_store: Json) -> list[str]:
+    stats, memory = by_store[name], by_store[MEMORY]["rate"]["median"]
+    return [
+        plural(int(count)),
+        f"`{name}`",
+        spread_cell(stats["rate"]),
+        f"{stats['rate']['median'] / memory:.0%}",
+        cpu_cell(spread_cell(stats["server_cpu_us_per_message"], 1), stats["seconds"]),
+        cpu_cell(spread_cell(stats["redis_cpu_us_per_message"], 1), stats["seconds"]),
+        spread_cell(stats["redis_commands_per_message"], 2),
+        bounds_cell(stats["bound"]),
+        str(stats["lost"]),
+    ]
+
+
+def worker_row(name: str, workers: Json) -> list[str]:
+    stats, plural_s = workers[name], "s" * (name == "2")
+    cpu = spread_cell(stats["server_cpu_us_per_message"], 1)
+    return [f"{name} worker{plural_s}", spread_cell(stats["rate"]), cpu, str(stats["lost"])]
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## store`` section."""
-    config = entry["config"]
-    lines = header(entry, commit, path)
+    config, lines = entry["config"], header(entry, commit, path)
     lines += [
         "Two daemons, `python -m sessiond serve --app echo --log-level WARNING` with "
-        f"`--store memory` and with `--store redis://127.0.0.1:PORT/0`; "
+        "`--store memory` and with `--store redis://127.0.0.1:PORT/0`; "
         f"{config['redis']['version']} with no persistence, pinned to the server core with "
         "the daemons (it shares that core with the Redis store's daemon). The windowed echo "
         f"of `python -m bench throughput`, {SIZE} B, up to {config['messages']:,} messages "
         f"or {config['time_limit_s']:g} s per pass, {config['repeat']} passes per store, "
         "interleaved, after a warm-up. Median [min-max] over the passes; *µs CPU/msg*: "
         "CPU microseconds per message of the daemon and of redis-server "
-        "(`/proc/PID/task/*/schedstat`); *cmd/msg*: Redis commands per message "
-        "(`INFO stats`).",
+        "(`/proc/PID/task/*/schedstat`); *cmd/msg*: Redis commands per message (`INFO stats`).",
         "",
-    ]
-    rows = []
-    for count, by_store in entry["echo"].items():
-        for name in STORES:
-            stats = by_store[name]
-            rows.append(
-                [
-                    plural(int(count)),
-                    f"`{name}`",
-                    spread_cell(stats["rate"]),
-                    f"{stats['rate']['median'] / by_store[MEMORY]['rate']['median']:.0%}",
-                    cpu_cell(spread_cell(stats["server_cpu_us_per_message"], 1), stats["seconds"]),
-                    cpu_cell(spread_cell(stats["redis_cpu_us_per_message"], 1), stats["seconds"]),
-                    spread_cell(stats["redis_commands_per_message"], 2),
-                    bounds_cell(stats["bound"]),
-                    str(stats["lost"]),
-                ]
-            )
-    lines += [
         markdown_table(
-            [
-                "sessions",
-                "store",
-                "msg/s",
-                "÷ memory",
-                "daemon µs CPU/msg",
-                "redis µs CPU/msg",
-                "cmd/msg",
-                "bound",
-                "lost",
-            ],
-            rows,
+            "sessions|store|msg/s|÷ memory|daemon µs CPU/msg|redis µs CPU/msg|cmd/msg|bound|lost",
+            [echo_row(count, name, by) for count, by in entry["echo"].items() for name in STORES],
             left=2,
         ),
         "",
+        *[f"- {t['target']}: {t['measured']}, {t['verdict']}" for t in entry.get("targets", [])],
+        "",
     ]
-    lines += [f"- {t['target']}: {t['measured']}, {t['verdict']}" for t in entry.get("targets", [])]
-    lines += [""]
-    moves = entry.get("move")
-    if moves:
+    if moves := entry.get("move"):
         steps = moves["from_cut_us"]
         lines += [
             f"Resume on another process: one session (window {moves['window_per_session']:,}) "
@@ -531,51 +539,30 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
             + f" ({moves['received']:,} echoes, {moves['lost']} lost).",
             "",
         ]
-    kill = entry.get("kill")
-    if kill:
+    if kill := entry.get("kill"):
+        at = {k: nan(kill[f"kill_to_{k}_resumed_s"]) for k in ("first", "median", "last")}
         lines += [
-            f"kill -9 of a worker: {kill['sessions']:,} sessions of the library client "
-            "(`sessiond_client`, reconnect backoff 0.05-0.5 s) on one Redis-store daemon "
-            "`--workers 2` (SO_REUSEPORT, supervised: the heir is already running), "
-            f"each sending a {SIZE} B payload every {kill['send_gap_s']:g} s (echoes checked "
-            f"per payload); the worker holding {kill['on_killed_worker']:,} of them gets "
+            f"kill -9 of a worker: {kill['sessions']:,} library-client sessions (reconnect "
+            "backoff 0.05-0.5 s) on one Redis-store daemon `--workers 2` (SO_REUSEPORT, "
+            f"supervised), each echoing a {SIZE} B payload every {kill['send_gap_s']:g} s, "
+            f"every echo checked; the worker holding {kill['on_killed_worker']:,} of them gets "
             "SIGKILL; they reconnect to the same port and resume on the other worker or the "
-            f"restarted one once the dead lease ({kill['lease_ttl_s']:g} s, the default) has "
-            f"run out: {kill['resumed']:,} resumed ({kill['moved']:,} moved), "
-            f"{kill['sent']:,} sent, {kill['lost']} lost, {kill['duplicates']} duplicated; "
-            "from the kill, s: moved sessions resumed first "
-            f"{kill['kill_to_first_resumed_s'] or float('nan'):.2f}, median "
-            f"{kill['kill_to_median_resumed_s'] or float('nan'):.2f}, last "
-            f"{kill['kill_to_last_resumed_s'] or float('nan'):.2f}; worker restarted "
-            f"{kill['kill_to_worker_restarted_s'] or float('nan'):.2f} (the load generator "
-            f"meanwhile busy {kill['client_cpu_share']:.0%} of its core).",
+            f"restarted one once the dead lease ({kill['lease_ttl_s']:g} s) has run out: "
+            f"{kill['resumed']:,} resumed ({kill['moved']:,} moved), {kill['sent']:,} sent, "
+            f"{kill['lost']} lost, {kill['duplicates']} duplicated; from the kill, s: moved "
+            f"sessions resumed first {at['first']:.2f}, median {at['median']:.2f}, last "
+            f"{at['last']:.2f}; worker restarted {nan(kill['kill_to_worker_restarted_s']):.2f} "
+            f"(the load generator meanwhile busy {kill['client_cpu_share']:.0%} of its core).",
             "",
         ]
-    workers = entry.get("workers")
-    if workers:
+    if workers := entry.get("workers"):
         lines += [
             f"`--workers 2` vs one daemon, Redis store, {workers['sessions']} sessions, the echo "
-            "above; CPU summed over the daemon's processes (supervisor and workers). Core "
-            "budget, honestly: this machine has 2 cores; these two daemons are *not* pinned, so "
-            "the 2 workers share both cores with redis-server (pinned to one) and the load "
-            "generator (pinned to the other): the 2-worker figure says what a second worker "
-            "gains when nothing is spare, not what it gains on a machine with a core per worker.",
+            "above, CPU summed over the daemon's processes. Both daemons are *not* pinned: on "
+            "2 cores, the workers share them with redis-server and the load generator, so this "
+            "says what a second worker gains when no core is spare.",
             "",
-            markdown_table(
-                ["daemon", "msg/s", "µs CPU/msg", "lost"],
-                [
-                    [
-                        f"{name} worker" + ("s" if name == "2" else ""),
-                        spread_cell(workers[name]["rate"]),
-                        spread_cell(workers[name]["server_cpu_us_per_message"], 1),
-                        str(workers[name]["lost"]),
-                    ]
-                    for name in ("1", "2")
-                ],
-                left=1,
-            ),
+            markdown_table("daemon|msg/s|µs CPU/msg|lost", [worker_row(n, workers) for n in "12"]),
             "",
         ]
-    lines += other_load_note(entry["other_load_share"])
-    lines += notes_lines(entry)
-    return "\n".join(lines)
+    return "\n".join(lines + other_load_note(entry["other_load_share"]) + notes_lines(entry))

@@ -17,39 +17,19 @@ import asyncio
 import gc
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sessiond_client.protocol import ConnectionState, Params, SessionResumed
+from sessiond_client.protocol import Params, SessionResumed, SessionStarted
 
-from . import BenchError
-from .core import POOL, make_pool
-from .harness import (
-    Context,
-    counts,
-    full_cores_cell,
-    given,
-    header,
-    option,
-    other_load_note,
-    positive,
-    quantiles,
-    scenario,
-    summarise,
-)
-from .loadgen import (
-    DEFAULT_CONCURRENCY,
-    IdleSession,
-    close_idle,
-    open_sessions,
-    sessions_per_address,
-    source_addresses,
-)
+from . import BenchError, harness
+from .core import POOL, Checker, make_pool
+from .harness import Context, given, option
+from .loadgen import DEFAULT_CONCURRENCY, Driver, close_idle, open_sessions, source_addresses
+from .loadgen import sessions_per_address as per_address
 from .processes import CLIENT_BOUND, CoreLoad, ServerProcess, daemon_argv, full_cores
 from .results import Json, markdown_table, spread
 from .resume import summary_us
-from .resuming import cut, handshake_event, reset_on_close
 from .summary import (
     NOT_MEASURED,
     NOT_MET,
@@ -71,113 +51,49 @@ HANDSHAKE_TIMEOUT = 10.0  # per connection and handshake
 #: Target (issue 5): this many sessions fully resumed within TARGET_SECONDS, nothing lost.
 TARGET_SESSIONS = 10_000
 TARGET_SECONDS = 5.0
-_OPEN = ConnectionState.OPEN
 
 
-class StormSession(IdleSession):
-    """An idle session that is loaded with a few messages, cut, and resumed."""
+class StormSession(Driver):
+    """A session loaded with *count* messages (``pool[index * count]`` on), cut, resumed;
+    *ring* is ``pool + pool``, shared (10,000 copies would take 640 MB)."""
 
-    __slots__ = (
-        "done",
-        "done_ns",
-        "duplicates",
-        "expected",
-        "got",
-        "index",
-        "missing",
-        "position",
-        "replayed",
-        "resumed_ns",
-        "resuming",
-        "session_lost",
-    )
+    __slots__ = ("checker", "count", "done", "done_ns", "payloads", "replayed", "resumed_ns")
 
-    def __init__(self, index: int, params: Params, payloads: list[bytes]) -> None:
+    def __init__(
+        self, index: int, params: Params, pool: list[bytes], ring: list[bytes], count: int
+    ) -> None:
         super().__init__(params)
-        self.index = index
-        self.expected = payloads
-        self.got: list[bytes] = []  # echoes that came in their place
-        self.position = 0  # echoes accounted for: came, or skipped over (missing)
-        self.missing = 0
-        self.duplicates = 0  # echoes of a payload already accounted for
-        self.session_lost = False  # the resume was answered with a new session
-        self.resuming = False
-        self.resumed_ns = 0
-        self.done_ns = 0
-        self.replayed = 0  # messages this client sent again after the resume
+        self.count = count
+        self.checker = Checker(SCENARIO, pool, index * count, ring)
+        start = (index * count) & (POOL - 1)
+        self.payloads = ring[start : start + count]
+        self.resumed_ns = self.done_ns = self.replayed = 0
         self.done: asyncio.Future[None] = self.loop.create_future()
 
     def load(self, now: float) -> None:
         """Send every payload (they fit the window) and arm the reset for the cut."""
-        if self.transport is None or self.session.send_many(self.expected, now) != len(
-            self.expected
-        ):
+        if self.transport is None or self.session.send_many(self.payloads, now) != self.count:
             raise BenchError("storm: a session could not send its load")
-        reset_on_close(self.transport)
+        self.reset_on_close()
         self._flush()
 
-    def cut(self) -> None:
-        """Abort the transport; the next one (see :func:`open_sessions`) resumes."""
-        self.resuming = True
-        self.opened = self.loop.create_future()
-        cut(self)
-        if not self.lost.done():  # its connection_lost goes elsewhere (resuming.cut)
-            self.lost.set_result(None)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.lost.done():  # the transport after a cut
-            self.lost = self.loop.create_future()
-        super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.resuming:
-            super().data_received(data)  # the first handshake, as any idle session's
-            return
-        conn = self.conn
-        assert conn is not None
-        now = self.loop.time()
-        self.reads += 1
-        conn.receive_data(data, now)
-        if conn.state is _OPEN and not self.opened.done():
-            self._resumed()
-        messages = self.session.take_messages(now)
-        if messages:
-            self.on_messages(messages, now)
-        self._flush()
-        self._arm()
-
-    def _resumed(self) -> None:
-        try:
-            event = handshake_event(self.session, resuming=True)
-        except BenchError as exc:
-            self.session_lost = True
-            self._fail(str(exc))
-            return
-        assert isinstance(event, SessionResumed)
-        self.resumed_ns = time.perf_counter_ns()
-        self.replayed = event.replayed
-        self.opened.set_result(None)
+    def on_open(self, event: SessionStarted | SessionResumed) -> None:
+        if isinstance(event, SessionResumed):
+            self.resumed_ns = self.read_ns
+            self.replayed = event.replayed  # messages this client sent again
 
     def on_messages(self, messages: list[bytes], now: float) -> None:
-        if not self.resuming:
-            self._fail("an echo came back before the cut")
+        checker = self.checker
+        try:
+            if not self.resuming:
+                raise BenchError("an echo came back before the cut")
+            checker.check(messages)
+        except BenchError as exc:
+            self._fail(str(exc))
             return
-        expected = self.expected
-        for payload in messages:
-            try:
-                place = expected.index(payload)
-            except ValueError:
-                self._fail(f"echo {self.position + 1} is no payload this session sent")
-                return
-            if place < self.position:
-                self.duplicates += 1
-            else:
-                self.missing += place - self.position
-                self.position = place + 1
-                self.got.append(payload)
-        if self.missing or self.duplicates:
-            self._fail(f"{self.missing} echoes missing, {self.duplicates} repeated")
-        elif self.position == len(expected) and not self.done.done():
+        if checker.missing or checker.duplicates:
+            self._fail(f"{checker.missing} echoes missing, {checker.duplicates} repeated")
+        elif checker.taken >= self.count and not self.done.done():
             self.done_ns = time.perf_counter_ns()
             self.done.set_result(None)
 
@@ -190,19 +106,13 @@ class StormSession(IdleSession):
         """Why this session's end state contradicts its load, or None."""
         if self.failure is not None:
             return self.failure
-        count = len(self.expected)
         sent, _acked, received, consumed = self.session.sequence_numbers
-        if not sent == received == consumed == len(self.got) == count:
-            return (
-                f"sequence numbers: sent {sent}, received {received}, consumed {consumed}, "
-                f"echoes {len(self.got)} of {count}"
-            )
-        return None
-
-
-def payloads(pool: list[bytes], index: int, count: int) -> list[bytes]:
-    """Session *index*'s load: *count* distinct payloads of the pool."""
-    return [pool[(index * count + k) & (POOL - 1)] for k in range(count)]
+        if sent == received == consumed == self.checker.received == self.count:
+            return None
+        return (
+            f"sequence numbers: sent {sent}, received {received}, consumed {consumed}, "
+            f"echoes {self.checker.received} of {self.count}"
+        )
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -215,48 +125,30 @@ def reset_peak_rss(pid: int) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class StormPlan:
-    sessions: tuple[int, ...]
-    in_flight: int
-    repeat: int
-    concurrency: int
-    time_limit: float
-    messages: int | None = None  # at most this many messages per storm (--messages)
-    size: int = SIZE
-
-    def in_flight_for(self, count: int) -> int:
-        """Messages each of *count* sessions sends before the cut."""
-        if self.messages is None:
-            return self.in_flight
-        return max(1, min(self.in_flight, self.messages // count))
-
-
-async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad) -> Json:
+async def storm(proc: ServerProcess, count: int, args: argparse.Namespace, load: CoreLoad) -> Json:
     """Open *count* sessions, load them, cut them all, and time their resumes."""
     loop = asyncio.get_running_loop()
-    params = Params()
-    pool = make_pool(plan.size)
-    in_flight = plan.in_flight_for(count)
-    per_address = sessions_per_address()
-    sources = source_addresses(per_address)
+    params, pool = Params(), make_pool(SIZE)
+    ring = pool + pool
+    in_flight = args.in_flight if args.messages is None else args.messages // count
+    in_flight = max(1, min(args.in_flight, in_flight))
+    each = per_address()
+    sources = source_addresses(each)
     # Resumes come from the next addresses: the cut ones may still count on the server.
-    offset = -(-count // per_address) * per_address
+    offset = -(-count // each) * each
     print(f"  storm: opening {count:,} sessions", file=sys.stderr, flush=True)
     sessions = await open_sessions(
         proc.port,
         count,
-        plan.concurrency,
-        lambda i: StormSession(i, params, payloads(pool, i, in_flight)),
+        args.concurrency,
+        lambda i: StormSession(i, params, pool, ring, in_flight),
         sources,
         HANDSHAKE_TIMEOUT,
     )
-    sessions.sort(key=lambda s: s.index)  # open_sessions lists them as their handshakes ended
     try:
         await asyncio.sleep(SETTLE_SECONDS)
         gc.collect()
-        rss_before = proc.rss_kib()
-        peak_reset = reset_peak_rss(proc.pid)
+        rss_before, peak_reset = proc.rss_kib(), reset_peak_rss(proc.pid)
         now = loop.time()
         for session in sessions:
             session.load(now)
@@ -269,18 +161,17 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
         await open_sessions(
             proc.port,
             count,
-            plan.concurrency,
-            lambda i: sessions[i],
+            args.concurrency,
+            sessions.__getitem__,
             lambda i: sources(offset + i),
             HANDSHAKE_TIMEOUT,
         )
-        left = plan.time_limit - (time.perf_counter_ns() - t0) / 1e9
+        left = args.time_limit - (time.perf_counter_ns() - t0) / 1e9
         _done, pending = await asyncio.wait([s.done for s in sessions], timeout=max(left, 1.0))
         server_cpu = proc.cpu_seconds() - server0
         client_cpu = time.process_time() - client0
         others = load.others(server_cpu, client_cpu)
-        rss_after = proc.rss_kib()
-        peak = int(proc.status("VmHWM").split()[0])
+        rss_after, peak = proc.rss_kib(), int(proc.status("VmHWM").split()[0])
         failures = [why for s in sessions if (why := s.verify()) is not None]
         for session in sessions:  # retrieved, so that none is logged as never retrieved
             if session.done.done():
@@ -288,7 +179,7 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
         if pending or failures:
             raise BenchError(
                 f"storm of {count:,}: {len(pending):,} sessions did not get every echo "
-                f"within {plan.time_limit:g} s, {len(failures):,} failed"
+                f"within {args.time_limit:g} s, {len(failures):,} failed"
                 + (f" (first: {failures[0]})" if failures else "")
             )
     finally:
@@ -299,20 +190,20 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
     return {
         "sessions": count,
         "in_flight_per_session": in_flight,
-        "concurrency": plan.concurrency,
+        "concurrency": args.concurrency,
         "cut_loop_s": cut_loop / 1e9,
         "all_resumed_s": max(resumed) / 1e9,
         "all_replayed_s": seconds,
         "per_session_done_us": summary_us(done),
         "per_session_resumed_us": summary_us(resumed),
         "timeline_s": {  # cut → each session resumed / caught up, as quantiles
-            "resumed": [ns / 1e9 for ns in quantiles(resumed)],
-            "caught_up": [ns / 1e9 for ns in quantiles(done)],
+            "resumed": [ns / 1e9 for ns in harness.quantiles(resumed)],
+            "caught_up": [ns / 1e9 for ns in harness.quantiles(done)],
         },
         "messages": count * in_flight,
-        "echoes_received": sum(len(s.got) for s in sessions),
-        "lost": sum(s.missing + len(s.expected) - s.position for s in sessions),
-        "duplicates": sum(s.duplicates for s in sessions),
+        "echoes_received": sum(s.checker.received for s in sessions),
+        "lost": sum(s.checker.missing + s.count - s.checker.taken for s in sessions),
+        "duplicates": sum(s.checker.duplicates for s in sessions),
         "sessions_lost": sum(s.session_lost for s in sessions),
         "replayed_by_clients": sum(s.replayed for s in sessions),
         "server_cpu_s": server_cpu,
@@ -323,38 +214,34 @@ async def storm(proc: ServerProcess, count: int, plan: StormPlan, load: CoreLoad
         "cores_full": full_cores(server_cpu, client_cpu, seconds, others),
         "server_rss_kib": {"before": rss_before, "peak": peak, "after": rss_after},
         "peak_is_storm_only": peak_reset,
-        "source_addresses": 2 * (offset // per_address),
+        "source_addresses": 2 * (offset // each),
         **({} if others is None else {"other_load_share": list(others)}),
     }
 
 
-def per_size(results: list[Json], sizes: Sequence[int]) -> Json:
-    """Per size: the spread of each figure over the storms, and every storm."""
-    by_size: Json = {}
-    for count in sizes:
-        mine = [r for r in results if r["sessions"] == count]
-        out = summarise(mine)
-        for key in ("cut_loop_s", "echoes_received", "replayed_by_clients", "client_cpu_s"):
-            out.pop(key, None)
-        out |= {
-            "in_flight_per_session": mine[0]["in_flight_per_session"],
-            "concurrency": mine[0]["concurrency"],
-            "payload_size": SIZE,
-            "messages": sum(r["messages"] for r in mine),
-            "per_session_done_ms": {
-                key: spread([r["per_session_done_us"][key] / 1000 for r in mine])
-                for key in ("p50", "p99", "max")
-            },
-            "resumes_per_s": spread([count / r["all_resumed_s"] for r in mine]),
-            "server_cpu_ms_per_session": spread([r["server_cpu_s"] * 1e3 / count for r in mine]),
-            "client_bound": [r["client_bound"] for r in mine],
-            "server_rss_kib": {
-                key: spread([r["server_rss_kib"][key] for r in mine])
-                for key in ("before", "peak", "after")
-            },
-        }
-        by_size[str(count)] = out
-    return by_size
+def per_size(results: list[Json], count: int) -> Json:
+    """The storms of *count* sessions: the spread of each figure, and every storm."""
+    mine = [r for r in results if r["sessions"] == count]
+    out = harness.summarise(mine)
+    for key in ("cut_loop_s", "echoes_received", "replayed_by_clients", "client_cpu_s"):
+        out.pop(key, None)
+    return out | {
+        "in_flight_per_session": mine[0]["in_flight_per_session"],
+        "concurrency": mine[0]["concurrency"],
+        "payload_size": SIZE,
+        "messages": sum(r["messages"] for r in mine),
+        "per_session_done_ms": {
+            key: spread([r["per_session_done_us"][key] / 1000 for r in mine])
+            for key in ("p50", "p99", "max")
+        },
+        "resumes_per_s": spread([count / r["all_resumed_s"] for r in mine]),
+        "server_cpu_ms_per_session": spread([r["server_cpu_s"] * 1e3 / count for r in mine]),
+        "client_bound": [r["client_bound"] for r in mine],
+        "server_rss_kib": {
+            key: spread([r["server_rss_kib"][key] for r in mine])
+            for key in ("before", "peak", "after")
+        },
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -365,34 +252,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option(parser, "time_limit", float, 60.0, metavar="S", help="seconds for every echo back")
 
 
-def plan_from(args: argparse.Namespace) -> StormPlan:
-    sizes = counts(given(args, "sessions", "1000,10000", "20,100"), "--sessions")
+def run(args: argparse.Namespace) -> int:
+    sizes = harness.counts(given(args, "sessions", "1000,10000", "20,100"), "--sessions")
     repeat = given(args, "repeat", 3, 2)
-    positive(args, "repeat", "concurrency", "messages", "time_limit")
+    harness.positive(args, "repeat", "concurrency", "messages", "time_limit")
     if not 1 <= args.in_flight <= Params().window_messages:
         raise BenchError(f"--in-flight must be 1..{Params().window_messages}")
-    return StormPlan(
-        sizes, args.in_flight, repeat, args.concurrency, args.time_limit, args.messages
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    plan = plan_from(args)
     banner = (
-        f"{', '.join(f'{n:,}' for n in plan.sessions)} sessions x {plan.repeat}, "
-        f"{plan.in_flight} messages of {plan.size} B each at the cut"
-        + ("" if plan.messages is None else f" (at most {plan.messages:,} per storm)")
-        + f", at most {plan.concurrency} handshakes in flight"
+        f"{', '.join(f'{n:,}' for n in sizes)} sessions x {repeat}, "
+        f"{args.in_flight} messages of {SIZE} B each at the cut"
+        + ("" if args.messages is None else f" (at most {args.messages:,} per storm)")
+        + f", at most {args.concurrency} handshakes in flight"
     )
 
     def body(ctx: Context) -> Json:
-        if max(plan.sessions) + 64 > ctx.nofile[0]:
-            raise BenchError(f"{max(plan.sessions):,} sessions do not fit RLIMIT_NOFILE")
+        if max(sizes) + 64 > ctx.nofile[0]:
+            raise BenchError(f"{max(sizes):,} sessions do not fit RLIMIT_NOFILE")
 
         def one(count: int, rep: int) -> Json:
             with ctx.fresh_server(f"daemon-storm-{count}-{rep + 1}", daemon_argv()) as proc:
                 try:
-                    result: Json = ctx.run(storm(proc, count, plan, ctx.load))
+                    result: Json = ctx.run(storm(proc, count, args, ctx.load))
                 except BenchError:
                     proc.check_alive()  # a dead server explains more than a lost connection
                     raise
@@ -407,29 +287,25 @@ def run(args: argparse.Namespace) -> int:
                 f"{r['server_cpu_s']:.2f} s, peak RSS {r['server_rss_kib']['peak'] / 1024:.1f} MiB"
             )
 
-        results = [
-            result
-            for count in plan.sessions
-            for result in ctx.passes([count], one, plan.repeat, show=show)
-        ]
-        by_size = per_size(results, plan.sessions)
+        results = [r for count in sizes for r in ctx.passes([count], one, repeat, show=show)]
+        by_size = {str(count): per_size(results, count) for count in sizes}
         target = by_size.get(str(TARGET_SESSIONS))
         return {
             "config": {
-                "sessions": list(plan.sessions),
-                "in_flight_per_session": plan.in_flight,
-                "messages_per_storm_at_most": plan.messages,
-                "payload_size": plan.size,
-                "repeat": plan.repeat,
-                "concurrency": plan.concurrency,
-                "time_limit_s": plan.time_limit,
-                "sessions_per_source_address": sessions_per_address(),
+                "sessions": list(sizes),
+                "in_flight_per_session": args.in_flight,
+                "messages_per_storm_at_most": args.messages,
+                "payload_size": SIZE,
+                "repeat": repeat,
+                "concurrency": args.concurrency,
+                "time_limit_s": args.time_limit,
+                "sessions_per_source_address": per_address(),
                 "reconnect": "at once, no backoff; at most `concurrency` handshakes in flight; "
                 "each from a fresh 127.x.y.z source address",
                 "cut": "SO_LINGER 0, then transport.abort() on every session in one loop, "
                 "right after each sent its messages; nothing read in between",
                 "client": "the protocol core in an asyncio.Protocol per session "
-                "(bench/storm.py StormSession, a bench/loadgen.py IdleSession)",
+                "(bench/storm.py StormSession on bench/loadgen.py's Driver)",
                 "daemon": "a fresh daemon per storm, default settings",
                 "client_bound_threshold": CLIENT_BOUND,
                 "timer": "time.perf_counter_ns from the start of the cut loop",
@@ -447,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
             "markdown": markdown,
         }
 
-    return scenario(args, SCENARIO, banner, body)
+    return harness.scenario(args, SCENARIO, banner, body)
 
 
 # ---------------------------------------------------------------- summary
@@ -474,17 +350,19 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
         f"< {target['seconds']:g} s, zero loss"
     )
     if not target["measured"]:
-        why = TOY if entry.get("quick") else NOT_MEASURED
-        return [Target(SCENARIO, asked, "not run at that size", why)]
+        return [
+            Target(
+                SCENARIO, asked, "not run at that size", TOY if entry.get("quick") else NOT_MEASURED
+            )
+        ]
     storms = entry["storms"][str(target["sessions"])]["all_replayed_s"]["values"]
-    judgement = NOT_MET if target["lost"] else judged(entry, storms, target["seconds"], False)
     return [
         Target(
             SCENARIO,
             asked,
             f"{target['all_replayed_s']:.2f} s (median; storms "
             f"{values_range(storms, '{:.2f}')} s), {target['lost']} lost",
-            judgement,
+            NOT_MET if target["lost"] else judged(entry, storms, target["seconds"], False),
         )
     ]
 
@@ -492,19 +370,50 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
 # ------------------------------------------------------------------ markdown
 
 
-def _seconds(stats: Json) -> str:
-    return f"{stats['median']:.2f} [{stats['min']:.2f}-{stats['max']:.2f}]"
+def _seconds(key: str) -> str:
+    """The format of a spread of seconds: ``median [min-max]``."""
+    return f"{{{key}[median]:.2f}} [{{{key}[min]:.2f}}-{{{key}[max]:.2f}}]"
 
 
-def _mib(stats: Json) -> str:
-    return f"{stats['median'] / 1024:,.1f}"
+def _loadgen(stats: Json) -> str:
+    bounds = stats["client_bound"]
+    bound = f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""
+    return cpu_cell(f"{stats['client_cpu_share']['median']:.0%}{bound}", stats["all_replayed_s"])
+
+
+#: The storm table: a header and each size's cell, a format of its figures or a function.
+COLUMNS: dict[str, str | Callable[[Json], str]] = {
+    "payload": "{payload_size} B",
+    "sessions": "{sessions:,}",
+    "msgs each": "{in_flight_per_session}",
+    "handshakes in flight": "{concurrency}",
+    "cut → all resumed (s)": _seconds("all_resumed_s"),
+    "cut → all caught up (s)": _seconds("all_replayed_s"),
+    "per session p50 / p99": "{per_session_done_ms[p50][median]:,.1f} / "
+    "{per_session_done_ms[p99][median]:,.1f} ms",
+    "resumes/s": "{resumes_per_s[median]:,.0f}",
+    "lost": "{lost:,} of {messages:,}",
+    "server CPU": lambda s: cpu_cell(
+        f"{s['server_cpu_s']['median']:.2f} s ({s['server_cpu_share']['median']:.0%})",
+        s["all_replayed_s"],
+    ),
+    "server ms CPU/session": "{server_cpu_ms_per_session[median]:.3f}",
+    "server RSS before / peak / after": lambda s: " / ".join(
+        f"{s['server_rss_kib'][k]['median'] / 1024:,.1f}" for k in ("before", "peak", "after")
+    ),
+    "loadgen core busy": _loadgen,
+    "cores full": lambda s: harness.full_cores_cell(s["cores_full"]),
+}
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## storm`` section of RESULTS.md."""
-    config = entry["config"]
-    lines = header(entry, commit, path)
-    lines += [
+    config, target, storms = entry["config"], entry["target"], entry["storms"].values()
+    rows = [
+        [c.format(**s) if isinstance(c, str) else c(s) for c in COLUMNS.values()] for s in storms
+    ]
+    lines = [
+        *harness.header(entry, commit, path),
         "Per storm, a fresh daemon (echo app) and N sessions; each sends *msgs each* messages "
         f"of {config['payload_size']} B and every transport is then reset in one loop, "
         "nothing read in between. At once, with no backoff, every session resumes, at most "
@@ -515,64 +424,20 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "session*: medians of each storm's percentiles; *lost*: echoes found missing. Server "
         "RSS (MiB): before the load, peak (`VmHWM`, reset before), after; CPU over the storm.",
         "",
-    ]
-    rows = []
-    for count, stats in entry["storms"].items():
-        per = stats["per_session_done_ms"]
-        rss = stats["server_rss_kib"]
-        bounds = stats["client_bound"]
-        rows.append(
-            [
-                f"{stats['payload_size']} B",
-                f"{int(count):,}",
-                str(stats["in_flight_per_session"]),
-                str(stats["concurrency"]),
-                _seconds(stats["all_resumed_s"]),
-                _seconds(stats["all_replayed_s"]),
-                f"{per['p50']['median']:,.1f} / {per['p99']['median']:,.1f} ms",
-                f"{stats['resumes_per_s']['median']:,.0f}",
-                f"{stats['lost']:,} of {stats['messages']:,}",
-                cpu_cell(
-                    f"{stats['server_cpu_s']['median']:.2f} s "
-                    f"({stats['server_cpu_share']['median']:.0%})",
-                    stats["all_replayed_s"],
-                ),
-                f"{stats['server_cpu_ms_per_session']['median']:.3f}",
-                f"{_mib(rss['before'])} / {_mib(rss['peak'])} / {_mib(rss['after'])}",
-                cpu_cell(
-                    f"{stats['client_cpu_share']['median']:.0%}"
-                    + (f" (client-bound {sum(bounds)}/{len(bounds)})" if any(bounds) else ""),
-                    stats["all_replayed_s"],
-                ),
-                full_cores_cell(stats["cores_full"]),
-            ]
-        )
-    lines += [
-        markdown_table(
-            "payload|sessions|msgs each|handshakes in flight|cut → all resumed (s)"
-            "|cut → all caught up (s)|per session p50 / p99|resumes/s|lost|server CPU"
-            "|server ms CPU/session|server RSS before / peak / after|loadgen core busy|cores full",
-            rows,
-        ),
+        markdown_table(list(COLUMNS), rows),
         "",
     ]
-    for stats in entry["storms"].values():
-        lines += other_load_note(stats["other_load_share"])[:1]
-        if lines[-1]:
-            lines[-1] = f"{stats['sessions']:,} sessions: " + lines[-1]
-            lines.append("")
-    target = entry["target"]
-    if target["measured"]:
-        lines.append(
-            f"Target: {target['sessions']:,} sessions fully resumed within "
-            f"{target['seconds']:g} s with zero loss: {target['all_replayed_s']:.2f} s "
-            f"(median), {target['lost']} lost ({verdict(targets(entry, {})[0].verdict)})."
-        )
-    else:
-        lines.append(
-            f"Target: {target['sessions']:,} sessions fully resumed within "
-            f"{target['seconds']:g} s with zero loss: not measured in this run."
-        )
-    if entry["notes"]:
-        lines += ["", "Notes: " + "; ".join(entry["notes"]) + "."]
-    return "\n".join(lines) + "\n"
+    for stats in storms:
+        if note := harness.other_load_note(stats["other_load_share"])[:1]:
+            lines += [f"{stats['sessions']:,} sessions: {note[0]}", ""]
+    asked = (
+        f"Target: {target['sessions']:,} sessions fully resumed within {target['seconds']:g} s "
+        "with zero loss: "
+    )
+    lines.append(
+        asked + f"{target['all_replayed_s']:.2f} s (median), {target['lost']} lost "
+        f"({verdict(targets(entry, {})[0].verdict)})."
+        if target["measured"]
+        else asked + "not measured in this run."
+    )
+    return "\n".join([*lines, "", *harness.notes_lines(entry)])

@@ -8,7 +8,7 @@ finds any non-zero ``lost``/``duplicates``; :func:`markdown` writes ``## summary
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,13 @@ from .results import Json, display_path, markdown_table
 
 #: The systems' columns, in this order; a system not listed here gets a column after them.
 COLUMNS = ("daemon", "client", "ceiling", "mosquitto", "nats")
+MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
+NOISE = "within noise"  # the repetitions fall on both sides of the goal: no verdict
+TOY = "not judged at toy size"  # a --quick run
+#: A pass shorter than this gives CPU shares made of scheduling noise and start-up: its CPU
+#: figures are printed as :data:`TOO_SHORT` (the JSON keeps them).
+MIN_CPU_SECONDS = 0.25
+TOO_SHORT = "pass too short"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +36,6 @@ class Headline:
     cells: dict[str, str]  # system -> formatted value
 
 
-MET = "met"
-NOT_MET = "not met"
-#: The repetitions fall on both sides of the goal: no verdict either way.
-NOISE = "within noise"
-NOT_MEASURED = "not measured"
-#: A ``--quick`` run: toy sizes say nothing about a target.
-TOY = "not judged at toy size"
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     """One of the issue's targets and where this run stands (a :func:`judge` verdict)."""
@@ -46,120 +44,6 @@ class Target:
     target: str  # what is asked, e.g. "daemon ≥ 60% of the ceiling's msg/s (1 session, 64 B)"
     measured: str  # what was measured, formatted
     verdict: str  # MET, NOT_MET, NOISE, NOT_MEASURED or TOY
-
-
-#: A pass shorter than this gives CPU shares made of scheduling noise and start-up (a toy
-#: pass lasts milliseconds): its CPU figures are printed as :data:`TOO_SHORT` (the JSON
-#: keeps them). A full resume pass lasts about half a second, and the servers' CPU is read
-#: in nanoseconds, so that is measured.
-MIN_CPU_SECONDS = 0.25
-TOO_SHORT = "pass too short"
-
-
-def cpu_cell(text: str, stats: Json) -> str:
-    """*text* (a CPU figure), or :data:`TOO_SHORT` when the passes' median *stats*
-    (a spread of seconds) is below :data:`MIN_CPU_SECONDS`."""
-    return text if stats["median"] >= MIN_CPU_SECONDS else TOO_SHORT
-
-
-def judge(values: Sequence[float], goal: float, higher: bool = True) -> str:
-    """:data:`MET` when every repetition clears *goal*, :data:`NOT_MET` when none does,
-    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing."""
-    if not values:
-        return NOT_MEASURED
-    cleared = [value >= goal if higher else value <= goal for value in values]
-    if all(cleared):
-        return MET
-    return NOISE if any(cleared) else NOT_MET
-
-
-def judged(entry: Json, values: Sequence[float], goal: float, higher: bool = True) -> str:
-    """:func:`judge` for a scenario's results *entry*; :data:`TOY` for a ``--quick`` one."""
-    return TOY if entry.get("quick") else judge(values, goal, higher)
-
-
-def both(first: str, second: str) -> str:
-    """The verdict of a target with two halves (a rate *and* a tail)."""
-    if TOY in (first, second):
-        return TOY
-    if NOT_MET in (first, second):
-        return NOT_MET
-    if first == second:
-        return first
-    return NOT_MEASURED if NOT_MEASURED in (first, second) else NOISE
-
-
-def verdict(verdict: str | bool | None) -> str:
-    """A verdict as the markdown shows it (a bare bool from an older results file too)."""
-    if isinstance(verdict, bool) or verdict is None:
-        verdict = {True: MET, False: NOT_MET, None: NOT_MEASURED}[verdict]
-    return f"**{verdict}**" if verdict == NOT_MET else verdict
-
-
-def values_range(values: Sequence[float], fmt: str = "{:.1%}") -> str:
-    """``min-max`` of per-repetition values, for a target's *measured* text."""
-    if not values:
-        return "-"
-    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
-
-
-def lost_fields(entry: Any, path: str = "") -> list[tuple[str, float]]:
-    """Every non-zero number under a ``lost`` or ``duplicates`` key (or ``*_lost``,
-    ``*_duplicates``) of *entry*, with its path."""
-    found: list[tuple[str, float]] = []
-    for key, value in _items(entry):
-        where = f"{path}.{key}" if path else str(key)
-        if (
-            isinstance(key, str)
-            and (key in ("lost", "duplicates") or key.endswith(("_lost", "_duplicates")))
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-        ):
-            if value != 0:
-                found.append((where, value))
-        else:
-            found += lost_fields(value, where)
-    return found
-
-
-def _items(value: Any) -> Iterator[tuple[Any, Any]]:
-    if isinstance(value, dict):
-        yield from value.items()
-    elif isinstance(value, list):
-        yield from enumerate(value)
-
-
-def order(names: Iterable[str]) -> list[str]:
-    """*names* once each, those in :data:`COLUMNS` first in its order, then the rest sorted."""
-    seen = set(names)
-    return [name for name in COLUMNS if name in seen] + sorted(seen - set(COLUMNS))
-
-
-def columns(headlines: Sequence[Headline]) -> list[str]:
-    """The systems that have a cell in some headline, in table order."""
-    return order(name for headline in headlines for name in headline.cells)
-
-
-def headline_table(headlines: Sequence[Headline]) -> str:
-    names = columns(headlines)
-    rows = [
-        [
-            f"`{headline.scenario}`",
-            headline.case,
-            headline.figure,
-            *(headline.cells.get(name, "") for name in names),
-        ]
-        for headline in headlines
-    ]
-    return markdown_table(["scenario", "case", "figure", *(f"`{n}`" for n in names)], rows, left=3)
-
-
-def target_table(targets: Sequence[Target]) -> str:
-    rows = [
-        [f"`{target.scenario}`", target.target, target.measured, verdict(target.verdict)]
-        for target in targets
-    ]
-    return markdown_table(["scenario", "target", "measured", "verdict"], rows, left=4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,28 +60,68 @@ class Outcome:
         return {**asdict(self), "lost": [list(pair) for pair in self.lost]}
 
 
-def outcome_table(outcomes: Sequence[Outcome], sections: bool) -> str:
-    rows = []
-    for outcome in outcomes:
-        if outcome.status == "ok":
-            where = f"`## {outcome.scenario}` below" if sections else "printed above"
+def cpu_cell(text: str, stats: Json) -> str:
+    """*text* (a CPU figure), or :data:`TOO_SHORT` when the passes' median *stats*
+    (a spread of seconds) is below :data:`MIN_CPU_SECONDS`."""
+    return text if stats["median"] >= MIN_CPU_SECONDS else TOO_SHORT
+
+
+def judge(values: Sequence[float], goal: float, higher: bool = True) -> str:
+    """:data:`MET` when every repetition clears *goal*, :data:`NOT_MET` when none does,
+    else :data:`NOISE`: the spread straddles the goal, so the median alone decides nothing."""
+    cleared = [value >= goal if higher else value <= goal for value in values]
+    if not values:
+        return NOT_MEASURED
+    return MET if all(cleared) else NOISE if any(cleared) else NOT_MET
+
+
+def judged(entry: Json, values: Sequence[float], goal: float, higher: bool = True) -> str:
+    """:func:`judge` for a scenario's results *entry*; :data:`TOY` for a ``--quick`` one."""
+    return TOY if entry.get("quick") else judge(values, goal, higher)
+
+
+def both(first: str, second: str) -> str:
+    """The verdict of a target with two halves (a rate *and* a tail)."""
+    for worst in (TOY, NOT_MET):
+        if worst in (first, second):
+            return worst
+    if first == second:
+        return first
+    return NOT_MEASURED if NOT_MEASURED in (first, second) else NOISE
+
+
+def verdict(verdict: str | bool | None) -> str:
+    """A verdict as the markdown shows it (a bare bool from an older results file too)."""
+    if isinstance(verdict, bool) or verdict is None:
+        verdict = {True: MET, False: NOT_MET, None: NOT_MEASURED}[verdict]
+    return f"**{verdict}**" if verdict == NOT_MET else verdict
+
+
+def values_range(values: Sequence[float], fmt: str = "{:.1%}") -> str:
+    """``min-max`` of per-repetition values, for a target's *measured* text."""
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}" if values else "-"
+
+
+def lost_fields(entry: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every non-zero number under a ``lost`` or ``duplicates`` key (or ``*_lost``,
+    ``*_duplicates``) of *entry*, with its path."""
+    found: list[tuple[str, float]] = []
+    if not isinstance(entry, dict | list):
+        return found
+    for key, value in entry.items() if isinstance(entry, dict) else enumerate(entry):
+        where = f"{path}.{key}" if path else str(key)
+        counted = isinstance(key, str) and key.rsplit("_", 1)[-1] in ("lost", "duplicates")
+        if counted and isinstance(value, int | float) and not isinstance(value, bool):
+            found += [(where, value)] if value else []
         else:
-            where = (outcome.error or "").splitlines()[0][:160] if outcome.error else ""
-        lost = (
-            ", ".join(f"{path} = {value:g}" for path, value in outcome.lost[:3])
-            if outcome.lost
-            else "0"
-        )
-        rows.append(
-            [
-                f"`{outcome.scenario}`",
-                outcome.status if outcome.status == "ok" else f"**{outcome.status}**",
-                f"{outcome.seconds:,.0f} s",
-                lost,
-                where,
-            ]
-        )
-    return markdown_table(["scenario", "status", "took", "lost", "figures"], rows, left=2)
+            found += lost_fields(value, where)
+    return found
+
+
+def order(names: Iterable[str]) -> list[str]:
+    """*names* once each, those in :data:`COLUMNS` first in its order, then the rest sorted."""
+    seen = set(names)
+    return [name for name in COLUMNS if name in seen] + sorted(seen - set(COLUMNS))
 
 
 def markdown(
@@ -210,38 +134,43 @@ def markdown(
     sections: bool,
 ) -> str:
     """The ``## summary`` section: how each scenario ended, the headlines, the targets, the plot."""
-    machine = run["machine"]
-    commit = run["commit"]
-    state = " with uncommitted changes" if commit["dirty"] else ""
+    machine, commit = run["machine"], run["commit"]
+    rows = []
+    for o in outcomes:
+        where = f"`## {o.scenario}` below" if sections else "printed above"
+        where = where if o.status == "ok" else (o.error or "").split("\n")[0][:160]
+        lost = ", ".join(f"{path} = {value:g}" for path, value in o.lost[:3]) or "0"
+        status = o.status if o.status == "ok" else f"**{o.status}**"
+        rows.append([f"`{o.scenario}`", status, f"{o.seconds:,.0f} s", lost, where])
     lines = [
         f"Command: `{run['command']}` · JSON: `{display_path(json_path)}`"
         + (f" · plot: `{display_path(plot_path)}`" if plot_path is not None else ""),
         "",
-        f"Commit `{commit['commit_short']}`{state}, {run['started_at']}, "
-        f"{run['duration_s']:,.0f} s in all; {machine['cpu_model']}, {machine['cores']} cores; "
-        f"{machine['python_implementation']} {machine['python']}; msgpack {machine['msgpack']}; "
-        f"uvloop {machine['uvloop']}."
-        + (
-            " **Quick run: toy sizes, the figures only show that it works.**"
-            if run["quick"]
-            else ""
-        ),
+        f"Commit `{commit['commit_short']}`{' with uncommitted changes' * commit['dirty']}, "
+        f"{run['started_at']}, {run['duration_s']:,.0f} s in all; {machine['cpu_model']}, "
+        f"{machine['cores']} cores; {machine['python_implementation']} {machine['python']}; "
+        f"msgpack {machine['msgpack']}; uvloop {machine['uvloop']}."
+        + " **Quick run: toy sizes, the figures only show that it works.**"
+        * run["quick"],
         "",
-        outcome_table(outcomes, sections),
+        markdown_table(["scenario", "status", "took", "lost", "figures"], rows, left=2),
         "",
     ]
     if headlines:
+        names = order(name for headline in headlines for name in headline.cells)
+        rows = [[f"`{h.scenario}`", h.case, h.figure, *(h.cells.get(n, "") for n in names)]
+                for h in headlines]  # fmt: skip
         lines += [
             "Headline figure per system and scenario (medians over the repetitions; "
             "each scenario's section has the spread, the CPU and what bound each pass):",
             "",
-            headline_table(headlines),
+            markdown_table(["scenario", "case", "figure", *(f"`{n}`" for n in names)], rows, 3),
             "",
         ]
     if targets:
-        lines += ["Targets:", "", target_table(targets), ""]
-    if plot_path is not None:
-        # RESULTS.md sits in bench/, the plot in bench/results/.
+        rows = [[f"`{t.scenario}`", t.target, t.measured, verdict(t.verdict)] for t in targets]
+        lines += ["Targets:", "", markdown_table("scenario|target|measured|verdict", rows, 4), ""]
+    if plot_path is not None:  # RESULTS.md sits in bench/, the plot in bench/results/
         relative = display_path(plot_path).removeprefix("bench/")
         lines += [f"![every scenario with a figure worth a picture]({relative})", ""]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import importlib
 import importlib.util
 import os
 import shutil
@@ -32,7 +33,7 @@ from .harness import Context, summarise
 from .library_client import client_echo, client_ping
 from .loadgen import CpuClock, EchoResult, echo
 from .pingpong import PingPlan, PingResult, ping_protocols
-from .processes import ServerProcess, bound_by, ceiling_argv, daemon_argv, free_port
+from .processes import HOST, ServerProcess, bound_by, ceiling_argv, daemon_argv, free_port
 from .results import Json
 
 DAEMON = "daemon"
@@ -58,15 +59,40 @@ EchoFunction = Callable[..., Coroutine[Any, Any, EchoResult]]
 PingFunction = Callable[[PingPlan, int, CpuClock], Coroutine[Any, Any, PingResult]]
 
 
+def mosquitto_config(port: int, window: int) -> str:
+    """One listener on 127.0.0.1:*port*, anonymous clients, sessions in memory only (as the
+    daemon keeps its own), Nagle off (mosquitto leaves it on, which would add delayed-ACK
+    stalls to every round trip), and the QoS 1 in-flight and queue limits raised to the
+    echo window, so that the broker, not its defaults (20 in flight), holds as many
+    messages as sessiond's window."""
+    return (
+        f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n"
+        f"set_tcp_nodelay true\nmax_inflight_messages {window}\n"
+        f"max_queued_messages {4 * window}\nlog_dest stderr\nlog_type error\n"
+        "log_type warning\n"
+    )
+
+
+def nats_config(port: int, _window: int) -> str:
+    """127.0.0.1:*port*, defaults otherwise (no JetStream: core NATS, at most once). Pinned
+    to one core with ``taskset``, the Go runtime sizes GOMAXPROCS to that one core."""
+    return f"host: {HOST}\nport: {port}\n"
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """A peer broker: its binary, how to install it, and its Python client."""
+    """A peer broker: its binary (run as ``BINARY -c CONFIG``), how to install it, its
+    config, the signal that stops it cleanly, its Python client and the bench module
+    that drives it (with ``echo`` and ``ping``)."""
 
     name: str
     binary: str
     install: str
     module: str  # the client library's import name
     package: str  # its PyPI distribution
+    config: Callable[[int, int], str]  # (port, window) -> the config file's text
+    driver: str  # its module in bench/
+    stop_signal: signal.Signals = signal.SIGTERM
 
     def skip_reason(self, binary: str | None) -> str | None:
         """Why this peer cannot run here (one line, with the install hint), or None."""
@@ -85,20 +111,15 @@ class Peer:
 
 PEERS = {
     MOSQUITTO: Peer(
-        MOSQUITTO,
-        "mosquitto",
-        "apt-get install mosquitto (Debian package `mosquitto`)",
-        "paho.mqtt",
-        "paho-mqtt",
+        MOSQUITTO, "mosquitto", "apt-get install mosquitto (Debian package `mosquitto`)",
+        "paho.mqtt", "paho-mqtt", mosquitto_config, "mqtt_peer",
     ),
     NATS: Peer(
-        NATS,
-        "nats-server",
-        "apt-get install nats-server (Debian package `nats-server`)",
-        "nats",
-        "nats-py",
+        NATS, "nats-server", "apt-get install nats-server (Debian package `nats-server`)",
+        "nats", "nats-py", nats_config, "nats_peer",
+        signal.SIGINT,  # nats-server exits with 1 on SIGTERM, with 0 on SIGINT
     ),
-}
+}  # fmt: skip
 
 SYSTEM_NOTES = {
     DAEMON: "`python -m sessiond serve` (echo app), exactly once, acknowledged both ways; "
@@ -155,14 +176,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S,S",
         help=f"systems to run, comma-separated (default {','.join(SYSTEMS)})",
     )
-    parser.add_argument(
-        "--mosquitto", metavar="PATH", help="the mosquitto binary (default: found on PATH, sbin)"
-    )
-    parser.add_argument(
-        "--nats-server",
-        metavar="PATH",
-        help="the nats-server binary (default: found on PATH, sbin)",
-    )
+    for peer in PEERS.values():
+        parser.add_argument(
+            f"--{peer.binary}",
+            metavar="PATH",
+            help=f"the {peer.binary} binary (default: found on PATH, sbin)",
+        )
 
 
 def parse_systems(text: str) -> list[str]:
@@ -190,13 +209,12 @@ class System:
 
 def find_peers(args: argparse.Namespace, wanted: Sequence[str]) -> tuple[dict[str, str], Json]:
     """The peers' binaries that can run, and a one-line reason for each that cannot."""
-    given = {MOSQUITTO: args.mosquitto, NATS: args.nats_server}
     binaries: dict[str, str] = {}
     skipped: Json = {}
     for name, peer in PEERS.items():
         if name not in wanted:
             continue
-        binary = find_binary(peer.binary, given[name])
+        binary = find_binary(peer.binary, getattr(args, peer.binary.replace("-", "_")))
         reason = peer.skip_reason(binary)
         if reason is None and binary is not None:
             binaries[name] = binary
@@ -224,31 +242,20 @@ def start(
     peers: Json = {}
     for name, binary in binaries.items():
         proc, peers[name] = start_peer(ctx, PEERS[name], binary, window)
-        if name == MOSQUITTO:
-            from . import mqtt_peer  # noqa: PLC0415 - imports paho-mqtt: only when installed
-
-            started.append(System(MOSQUITTO, proc, mqtt_peer.mqtt_echo, mqtt_peer.mqtt_ping))
-        else:
-            from . import nats_peer  # noqa: PLC0415 - imports nats-py: only when installed
-
-            started.append(System(NATS, proc, nats_peer.nats_echo, nats_peer.nats_ping))
+        # Imported here, once find_peers has seen the client library installed.
+        driver = importlib.import_module(f"{__package__}.{PEERS[name].driver}")
+        started.append(System(name, proc, driver.echo, driver.ping))
     return started, peers
 
 
 def start_peer(ctx: Context, peer: Peer, binary: str, window: int) -> tuple[ServerProcess, Json]:
     """Start *peer*'s broker on a free port with a temporary config, for the scenario."""
     port = free_port()
-    if peer.name == MOSQUITTO:
-        from . import mqtt_peer  # noqa: PLC0415 - imports paho-mqtt: only when it is installed
-
-        text, make, stop = mqtt_peer.config(port, window), mqtt_peer.command, signal.SIGTERM
-    else:
-        from . import nats_peer  # noqa: PLC0415 - imports nats-py: only when it is installed
-
-        text, make, stop = nats_peer.config(port), nats_peer.command, nats_peer.STOP_SIGNAL
+    text = peer.config(port, window)
     path = ctx.tmp / f"{peer.binary}.conf"
     path.write_text(text, encoding="utf-8")
-    proc = ctx.process(peer.name, make(binary, str(path)), port, stop_signal=stop)
+    command = [binary, "-c", str(path)]
+    proc = ctx.process(peer.name, command, port, stop_signal=peer.stop_signal)
     described = {
         "binary": binary,
         "version": binary_version(binary),

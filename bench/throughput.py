@@ -1,16 +1,12 @@
 """``python -m bench throughput``: windowed echo, every system side by side, 1 and 100 sessions.
 
-In one run, on the same machine, sockets and pinning (:mod:`bench.processes`),
-every system of :mod:`bench.systems` (the daemon through the protocol core, the
-same daemon through the client library, the raw ceiling, mosquitto QoS 1, NATS)
-echoes 64-byte and 1 KiB payloads: up to a window of messages in flight per
-session (sent, not yet back), every message checked in order when it returns, a
-pass ending once every message sent is back (:mod:`bench.systems`). With 100
-sessions the messages are shared out over 100 connections, all opened before
-the clocks start (:func:`bench.loadgen.echo_many` and its twins for the other
-clients). Figures: messages per second delivered and acknowledged end to end,
-and the server's CPU seconds per million messages; each the median and spread
-of the repetitions, every repetition kept."""
+In one run, on the same machine, sockets and pinning, every system of :mod:`bench.systems`
+(the daemon through the protocol core and through the client library, the raw ceiling,
+mosquitto QoS 1, NATS) echoes 64-byte and 1 KiB payloads, up to a window in flight per
+session, every message checked in order; with 100 sessions the messages are shared out over
+100 connections, all opened before the clocks start. Figures: messages per second and the
+server's CPU per million messages, each the median and spread of the repetitions.
+"""
 
 from __future__ import annotations
 
@@ -20,47 +16,14 @@ import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import BenchError, latency, systems
+from . import BenchError, harness, latency, systems
 from .core import POOL
-from .harness import (
-    Context,
-    bounds_cell,
-    counts,
-    full_cores_cell,
-    given,
-    header,
-    legend,
-    notes_lines,
-    option,
-    other_load,
-    other_load_note,
-    positive,
-    scenario,
-    spread_cell,
-)
+from .harness import Context, given, option, spread_cell
 from .processes import CLIENT_BOUND
 from .results import Json, markdown_table
-from .summary import (
-    NOT_MEASURED,
-    Headline,
-    Target,
-    both,
-    cpu_cell,
-    judged,
-    values_range,
-    verdict,
-)
-from .systems import (
-    CEILING,
-    CLIENT,
-    DAEMON,
-    MOSQUITTO,
-    NATS,
-    SESSIOND,
-    EchoPlan,
-    measure_echo,
-    summarise_echo,
-)
+from .summary import NOT_MEASURED, Headline, Target, both, cpu_cell, judged, values_range
+from .summary import verdict as shown
+from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND, EchoPlan
 
 HELP = "windowed echo msg/s, 1 and 100 sessions: sessiond vs the raw ceiling, mosquitto, NATS"
 
@@ -83,21 +46,8 @@ CEILING_TARGET = {1: 0.60, 100: 0.75}
 PEER_TARGET = {MOSQUITTO: 5.0, NATS: 2.0}
 
 
-def window_for(sessions: int, given: int | None) -> int:
-    if given is not None:
-        return given
-    return ONE_SESSION_WINDOW if sessions == 1 else MANY_SESSIONS_WINDOW
-
-
-def ceiling_target(sessions: int) -> float:
-    return CEILING_TARGET[1] if sessions == 1 else CEILING_TARGET[100]
-
-
 def plural(count: int) -> str:
     return f"{count:,} session" + ("" if count == 1 else "s")
-
-
-# ---------------------------------------------------------------- options
 
 
 def add_pass_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,24 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pass_arguments(parser)
 
 
-# -------------------------------------------------------------------- run
-
-
 def run(args: argparse.Namespace) -> int:
-    positive(args, "messages", "repeat", "time_limit")
-    quick = bool(args.quick)
+    harness.positive(args, "messages", "repeat", "time_limit")
     messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
     repeat = given(args, "repeat", 3, 2)
-    sessions = counts(given(args, "sessions", "1,100", "1,10"), "--sessions")
-    windows = {count: window_for(count, args.window) for count in sessions}
+    sessions = harness.counts(given(args, "sessions", "1,100", "1,10"), "--sessions")
+    windows = {
+        n: args.window or (ONE_SESSION_WINDOW if n == 1 else MANY_SESSIONS_WINDOW) for n in sessions
+    }
     if not all(1 <= window <= POOL // 2 for window in windows.values()):
         raise BenchError(f"--window must be 1..{POOL // 2}")
     wanted = systems.parse_systems(args.systems)
-    warmup = 0 if quick else min(messages, WARMUP_MESSAGES)  # toy figures need no warm-up
-    plans = {
-        n: EchoPlan(messages, repeat, windows[n], args.time_limit, warmup, SIZES, n)
-        for n in sessions
-    }
+    warmup = 0 if args.quick else min(messages, WARMUP_MESSAGES)  # toy figures need no warm-up
     banner = (
         f"{', '.join(wanted)}; {', '.join(plural(n) for n in sessions)}; {messages:,} messages "
         f"(or {args.time_limit:g} s) x {repeat}, window {', '.join(map(str, windows.values()))} "
@@ -143,9 +87,16 @@ def run(args: argparse.Namespace) -> int:
         started, peers = systems.start(ctx, wanted, binaries, max(windows.values()))
         if not started:
             raise BenchError("nothing to run: " + "; ".join(skipped.values()))
-        runs = {n: measure_echo(ctx, plans[n], started) for n in sessions}
+        runs = {
+            n: systems.measure_echo(
+                ctx,
+                EchoPlan(messages, repeat, windows[n], args.time_limit, warmup, SIZES, n),
+                started,
+            )
+            for n in sessions
+        }
         ran = [system.name for system in started]
-        echo = {str(n): summarise_echo(runs[n], ran, SIZES) for n in sessions}
+        echo = {str(n): systems.summarise_echo(runs[n], ran, SIZES) for n in sessions}
         entry: Json = {
             "config": {
                 "systems": ran,
@@ -163,20 +114,17 @@ def run(args: argparse.Namespace) -> int:
             "peers": peers,
             "skipped": skipped,
             "systems": {name: systems.SYSTEM_NOTES[name] for name in ran},
-            "other_load_share": other_load(
-                [result.others for results in runs.values() for result in results]
-            ),
+            "other_load_share": harness.other_load([r.others for rs in runs.values() for r in rs]),
             "echo": echo,
             "ratios": ratios(echo),
             "markdown": markdown,
         }
-        entry["notes"] = meaningless({**entry, "quick": quick})
-        entry["targets"] = [
-            dataclasses.asdict(target) for target in targets({**entry, "quick": quick}, {})
-        ]
+        judged_entry = {**entry, "quick": bool(args.quick)}
+        entry["notes"] = meaningless(judged_entry)
+        entry["targets"] = [dataclasses.asdict(t) for t in targets(judged_entry, {})]
         return entry
 
-    return scenario(args, SCENARIO, banner, body)
+    return harness.scenario(args, SCENARIO, banner, body)
 
 
 def meaningless(entry: Json) -> list[str]:
@@ -200,19 +148,19 @@ def meaningless(entry: Json) -> list[str]:
 
 def ratios(echo: Json) -> Json:
     """Per sessions and size: sessiond's median rate over the ceiling's and each peer's."""
-    out: Json = {}
-    for count, by_size in echo.items():
-        out[count] = {}
-        for size, by_system in by_size.items():
-            pairs = {
+    return {
+        count: {
+            size: {
                 f"{ours}/{other}": by_system[ours]["rate"]["median"]
                 / by_system[other]["rate"]["median"]
                 for ours in SESSIOND
                 for other in (CEILING, MOSQUITTO, NATS)
                 if ours in by_system and other in by_system
             }
-            out[count][size] = pairs
-    return out
+            for size, by_system in by_size.items()
+        }
+        for count, by_size in echo.items()
+    }
 
 
 # ---------------------------------------------------------------- summary
@@ -236,12 +184,8 @@ def paired(by_system: Json, ours: str, other: str, key: str = "rate") -> list[fl
     """*ours* over *other*, repetition by repetition (they ran side by side in each)."""
     if ours not in by_system or other not in by_system:
         return []
-    return [
-        mine[key] / theirs[key]
-        for mine, theirs in zip(
-            by_system[ours]["repetitions"], by_system[other]["repetitions"], strict=False
-        )
-    ]
+    reps = zip(by_system[ours]["repetitions"], by_system[other]["repetitions"], strict=False)
+    return [mine[key] / theirs[key] for mine, theirs in reps]
 
 
 def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
@@ -250,24 +194,24 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
     size = str(TARGET_SIZE)
     out: list[Target] = []
     for count, by_size in entry["echo"].items():
-        ratios = paired(by_size.get(size, {}), DAEMON, CEILING)
-        goal = ceiling_target(int(count))
+        values = paired(by_size.get(size, {}), DAEMON, CEILING)
+        goal = CEILING_TARGET[1] if count == "1" else CEILING_TARGET[100]
         median = entry["ratios"][count].get(size, {}).get(f"{DAEMON}/{CEILING}")
         out.append(
             Target(
                 SCENARIO,
                 f"`daemon` ≥ {goal:.0%} of the ceiling's msg/s ({plural(int(count))}, {size} B)",
-                "-" if median is None else f"{median:.1%} (passes {values_range(ratios)})",
-                judged(entry, ratios, goal),
+                "-" if median is None else f"{median:.1%} (passes {values_range(values)})",
+                judged(entry, values, goal),
             )
         )
     lat = run.get("latency")
     for peer, goal in PEER_TARGET.items():
         rates = {
-            int(count): paired(by_size.get(size, {}), CLIENT, peer)
+            int(count): values
             for count, by_size in entry["echo"].items()
+            if (values := paired(by_size.get(size, {}), CLIENT, peer))
         }
-        rates = {count: values for count, values in rates.items() if values}
         if not rates:
             continue
         rate_verdict = judged(entry, [v for values in rates.values() for v in values], goal)
@@ -277,24 +221,23 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
             for c, values in rates.items()
         )
         tails = latency.p99_pairs(lat, CLIENT, peer) if lat is not None else {}
-        if tails:
-            measured += "; p99 " + ", ".join(
+        measured += (
+            "; p99 "
+            + ", ".join(
                 f"{statistics.median(values):.2g}x at {int(rate):,}/s"
                 for rate, values in tails.items()
             )
-            tail_verdict = judged(
-                entry, [v for values in tails.values() for v in values], 1.0, False
-            )
-        else:
-            measured += "; p99 not measured (run `latency` too)"
-            tail_verdict = NOT_MEASURED
+            if tails
+            else "; p99 not measured (run `latency` too)"
+        )
+        tail = [v for values in tails.values() for v in values]
         out.append(
             Target(
                 SCENARIO,
                 f"`client` ≥ {goal:g}x `{peer}` msg/s ({size} B, library against library) at an "
                 "equal or better p99",
                 measured,
-                both(rate_verdict, tail_verdict),
+                both(rate_verdict, judged(entry, tail, 1.0, False) if tails else NOT_MEASURED),
             )
         )
     return out
@@ -309,49 +252,43 @@ def _over(by_system: Json, name: str, other: str, fmt: str = "{:.2f}x") -> str:
     return fmt.format(by_system[name]["rate"]["median"] / by_system[other]["rate"]["median"])
 
 
-def echo_table(entry: Json) -> str:
-    rows = []
-    for count, by_size in entry["echo"].items():
-        for size, by_system in by_size.items():
-            for name in (n for n in entry["config"]["systems"] if n in by_system):
-                stats = by_system[name]
-                cpu = (
-                    f"{stats['server_cpu_s_per_million']['median']:.2f}",
-                    f"{stats['server_cpu_share']['median']:.0%}",
-                    f"{stats['client_cpu_share']['median']:.0%}",
-                    f"{stats['client_cpu_us_per_message']['median']:.1f}",
-                )
-                per_read = stats.get("messages_per_read")
-                rows.append(
-                    [
-                        f"{int(count):,}",
-                        f"{size} B",
-                        f"`{name}`",
-                        spread_cell(stats["rate"]),
-                        _over(by_system, name, CEILING, "{:.1%}"),
-                        _over(by_system, name, MOSQUITTO),
-                        _over(by_system, name, NATS),
-                        *(cpu_cell(text, stats["seconds"]) for text in cpu),
-                        "-" if per_read is None else f"{per_read['median']:,.0f}",
-                        cpu_cell(bounds_cell(stats["bound"]), stats["seconds"]),
-                        full_cores_cell(stats["cores_full"]),
-                        str(stats["lost"]),
-                    ]
-                )
-    return markdown_table(
-        "sessions|payload|system|msg/s|÷ ceiling|÷ mosquitto|÷ nats|server CPU s/M msg"
-        "|server core busy|loadgen core busy|loadgen µs CPU/msg|msgs/read|bound|cores full|lost",
-        rows,
-    )
+def _row(count: str, size: str, name: str, by_system: Json) -> list[str]:
+    stats = by_system[name]
+    seconds = stats["seconds"]
+    per_read = stats.get("messages_per_read")
+    return [
+        f"{int(count):,}",
+        f"{size} B",
+        f"`{name}`",
+        spread_cell(stats["rate"]),
+        _over(by_system, name, CEILING, "{:.1%}"),
+        _over(by_system, name, MOSQUITTO),
+        _over(by_system, name, NATS),
+        cpu_cell(f"{stats['server_cpu_s_per_million']['median']:.2f}", seconds),
+        cpu_cell(f"{stats['server_cpu_share']['median']:.0%}", seconds),
+        cpu_cell(f"{stats['client_cpu_share']['median']:.0%}", seconds),
+        cpu_cell(f"{stats['client_cpu_us_per_message']['median']:.1f}", seconds),
+        "-" if per_read is None else f"{per_read['median']:,.0f}",
+        cpu_cell(harness.bounds_cell(stats["bound"]), seconds),
+        harness.full_cores_cell(stats["cores_full"]),
+        str(stats["lost"]),
+    ]
 
 
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## throughput`` section of RESULTS.md."""
-    config = entry["config"]
+    config, echo = entry["config"], entry["echo"]
     windows = config["window_per_session"]
-    lines = header(entry, commit, path)
-    lines += systems.markdown_lines(entry)
-    lines += [
+    rows = [
+        _row(count, size, name, by_system)
+        for count, by_size in echo.items()
+        for size, by_system in by_size.items()
+        for name in config["systems"]
+        if name in by_system
+    ]
+    lines = [
+        *harness.header(entry, commit, path),
+        *systems.markdown_lines(entry),
         f"Windowed echo, {', '.join(plural(count) for count in config['sessions'])} per pass "
         "(one connection each), "
         + ", ".join(
@@ -365,49 +302,42 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "ceiling* etc.: the medians' ratio; *server CPU s/M msg*: server CPU (all threads) per "
         "million messages; *core busy*: CPU over wall seconds; *loadgen µs CPU/msg*: the "
         "Python client's CPU per message; *msgs/read*: per read in the load generator (- "
-        "where the client reads out of sight, as nats-py does); " + legend(entry),
+        "where the client reads out of sight, as nats-py does); " + harness.legend(entry),
         "",
-        echo_table(entry),
+        markdown_table(
+            "sessions|payload|system|msg/s|÷ ceiling|÷ mosquitto|÷ nats|server CPU s/M msg"
+            "|server core busy|loadgen core busy|loadgen µs CPU/msg|msgs/read|bound|cores full"
+            "|lost",
+            rows,
+        ),
         "",
     ]
-    lines += _bound_notes(entry)
-    lines += other_load_note(entry["other_load_share"])
-    if entry["targets"]:
-        lines += ["Targets:", ""]
-        lines += [
-            f"- {t['target']}: {t['measured']}: {verdict(t['verdict'])}." for t in entry["targets"]
-        ]
-        lines.append("")
-    return "\n".join(lines + notes_lines(entry))
-
-
-def _bound_notes(entry: Json) -> list[str]:
-    lines: list[str] = []
-    client_limited = sorted(
-        {
-            f"{name} ({plural(int(count))}, {size} B)"
-            for count, by_size in entry["echo"].items()
-            for size, by_system in by_size.items()
-            for name, stats in by_system.items()
-            if name not in SESSIOND and name != CEILING and any(stats["client_bound"])
-        }
+    client_bound = sorted(
+        f"{name} ({plural(int(count))}, {size} B)"
+        for count, by_size in echo.items()
+        for size, by_system in by_size.items()
+        for name, stats in by_system.items()
+        if name not in (*SESSIOND, CEILING) and any(stats["client_bound"])
     )
-    if client_limited:
+    if client_bound:
         lines += [
-            "Client-bound peers: "
-            + ", ".join(client_limited)
-            + ": there the Python client, not the broker, is the limit (the server CPU per "
-            "message shows how much more the broker could carry).",
+            f"Client-bound peers: {', '.join(client_bound)}: there the Python client, not the "
+            "broker, is the limit (the server CPU per message shows how much more the broker "
+            "could carry).",
             "",
         ]
-    one = entry["echo"].get("1", {})
+    pair = (DAEMON, CEILING)
+
+    def per_million(by_system: Json, name: str) -> float:
+        return float(by_system[name]["server_cpu_s_per_million"]["median"])
+
     turns = [
-        f"{size} B: daemon {1e6 / by_system[DAEMON]['server_cpu_s_per_million']['median']:,.0f}, "
-        f"ceiling {1e6 / by_system[CEILING]['server_cpu_s_per_million']['median']:,.0f}"
-        for size, by_system in one.items()
-        if all(name in by_system for name in (DAEMON, CEILING))
-        and all(b == "round-trip" for n in (DAEMON, CEILING) for b in by_system[n]["bound"])
-        and all(by_system[n]["server_cpu_s_per_million"]["median"] > 0 for n in (DAEMON, CEILING))
+        f"{size} B: daemon {1e6 / per_million(by_system, DAEMON):,.0f}, "
+        f"ceiling {1e6 / per_million(by_system, CEILING):,.0f}"
+        for size, by_system in echo.get("1", {}).items()
+        if all(n in by_system for n in pair)
+        and all(b == "round-trip" for n in pair for b in by_system[n]["bound"])
+        and all(per_million(by_system, n) > 0 for n in pair)
     ]
     if turns:
         lines += [
@@ -417,4 +347,11 @@ def _bound_notes(entry: Json) -> list[str]:
             "measurement; the many-session rows measure it.",
             "",
         ]
-    return lines
+    lines += harness.other_load_note(entry["other_load_share"])
+    if entry["targets"]:
+        lines += ["Targets:", ""]
+        lines += [
+            f"- {t['target']}: {t['measured']}: {shown(t['verdict'])}." for t in entry["targets"]
+        ]
+        lines.append("")
+    return "\n".join(lines + harness.notes_lines(entry))

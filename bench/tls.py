@@ -46,12 +46,11 @@ from .harness import (
     spread_cell,
     summarise,
 )
-from .loadgen import HOST, CpuClock, EchoResult, IdleSession, close_idle, echo, open_sessions
+from .loadgen import HOST, CpuClock, IdleSession, close_idle, echo, open_sessions
 from .processes import CLIENT_BOUND, bound_by, daemon_argv, free_port, pace
 from .results import REPO_ROOT, Json, markdown_table, spread
 from .summary import Headline, cpu_cell
-from .systems import EchoPlan, System, measure_echo
-from .systems import summarise_echo as summarise_systems
+from .systems import EchoPlan, System, measure_echo, summarise_echo
 
 HELP = "the daemon over TLS beside plain TCP: full handshakes/s and echo throughput ratio"
 
@@ -93,18 +92,13 @@ def make_certificate(out: Path) -> Certificate:
     """A development CA and a server certificate for 127.0.0.1, by ``sessiond gen-cert``."""
     argv = [sys.executable, "-m", "sessiond", "gen-cert", "--host", HOST, "--out", str(out)]
     try:
-        done = subprocess.run(
-            argv,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=GEN_CERT_TIMEOUT,
-            check=False,
-        )
+        subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=GEN_CERT_TIMEOUT, check=True)  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        why = f"exited with {exc.returncode}: {exc.stderr.strip()}"
+        raise BenchError(f"sessiond gen-cert {why}") from None
     except (OSError, subprocess.SubprocessError) as exc:
         raise BenchError(f"sessiond gen-cert: {exc}") from None
-    if done.returncode != 0:
-        raise BenchError(f"sessiond gen-cert exited with {done.returncode}: {done.stderr.strip()}")
     cert = out / "server.pem"
     key = read_certificate(cert).public_key()
     kind = f"ECDSA {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else "other"
@@ -114,15 +108,8 @@ def make_certificate(out: Path) -> Certificate:
 def tls_daemon_argv(tls_port: int, cert: Certificate) -> list[str]:
     """The echo daemon with a ``tls://`` listener; :func:`~bench.processes.server` adds the
     TCP one after it, so both listen by the time the TCP port answers."""
-    return [
-        *daemon_argv(),
-        "--listen",
-        f"tls://{HOST}:{tls_port}",
-        "--tls-cert",
-        str(cert.cert),
-        "--tls-key",
-        str(cert.key),
-    ]
+    tls = [f"tls://{HOST}:{tls_port}", "--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
+    return [*daemon_argv(), "--listen", *tls]
 
 
 def describe_tls(port: int, context: SSLContext) -> Json:
@@ -143,45 +130,23 @@ def describe_tls(port: int, context: SSLContext) -> Json:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One of the daemon's listeners, and how its clients connect to it."""
-
-    name: str
-    port: int
-    ssl: SSLContext | None
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakePlan:
-    connections: int
-    concurrency: int
-    time_limit: float
-    repeat: int
-    warmup: int
-
-
-@dataclass(frozen=True, slots=True)
 class HandshakeResult:
-    """One pass: connections opened (with a session), then closed, *concurrency* at a time."""
+    """One pass: connections opened (with a session), then closed, ``--concurrency`` at a time;
+    its seconds: first connect to the last transport closed."""
 
     system: str
     connections: int
-    concurrency: int
-    seconds: float  # first connect to the last transport closed
+    seconds: float
     client_cpu: float
     server_cpu: float
     stopped_by: str  # "count" or "time"
     not_closed: int  # transports still open CLOSE_TIMEOUT after the last handshake
     others: tuple[float, float] | None = None
 
-    @property
-    def rate(self) -> float:
-        return self.connections / self.seconds
-
     def to_json(self) -> Json:
         return {
             "connections": self.connections,
-            "rate": self.rate,
+            "rate": self.connections / self.seconds,
             "server_cpu_ms_per_handshake": self.server_cpu * 1e3 / self.connections,
             "client_cpu_ms_per_handshake": self.client_cpu * 1e3 / self.connections,
             "stopped_by": self.stopped_by,
@@ -189,52 +154,33 @@ class HandshakeResult:
             **pace(self, self.others),
         }
 
+    def show(self) -> str:
+        return (
+            f"handshakes {self.system:<4} {self.connections / self.seconds:>8,.0f}/s  server "
+            f"{self.server_cpu * 1e3 / self.connections:.3f} ms CPU each  {bound_by(self)}-bound"
+        )
+
 
 async def handshakes(
-    endpoint: Endpoint, plan: HandshakePlan, count: int, server_cpu: CpuClock
-) -> HandshakeResult:
-    """Up to *count* sessions opened and closed, *plan.concurrency* at a time."""
-    loop = asyncio.get_running_loop()
-    params = Params()
+    name: str, port: int, ssl: SSLContext | None, count: int, concurrency: int,
+    time_limit: float, server_cpu: CpuClock,
+) -> HandshakeResult:  # fmt: skip
+    """Up to *count* sessions opened and closed, *concurrency* at a time, for at most
+    *time_limit* seconds."""
+    loop, params = asyncio.get_running_loop(), Params()
     server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
     sessions = await open_sessions(
-        endpoint.port,
-        count,
-        plan.concurrency,
-        lambda _index: IdleSession(params),
-        timeout=HANDSHAKE_TIMEOUT,
-        ssl=endpoint.ssl,
-        keep=False,
-        deadline=loop.time() + plan.time_limit,
-    )
+        port, count, concurrency, lambda _index: IdleSession(params), timeout=HANDSHAKE_TIMEOUT,
+        ssl=ssl, keep=False, deadline=loop.time() + time_limit,
+    )  # fmt: skip
     not_closed = await close_idle(sessions, CLOSE_TIMEOUT)
     seconds = time.perf_counter() - t0
-    failures = [s.failure for s in sessions if s.failure is not None]
-    if failures:
-        raise BenchError(f"{endpoint.name}: {len(failures)} sessions failed: {failures[0]}")
+    if failures := [s.failure for s in sessions if s.failure is not None]:
+        raise BenchError(f"{name}: {len(failures)} sessions failed: {failures[0]}")
     return HandshakeResult(
-        endpoint.name,
-        len(sessions),
-        plan.concurrency,
-        seconds,
-        time.process_time() - cpu0,
-        server_cpu() - server0,
-        "count" if len(sessions) == count else "time",
-        not_closed,
-    )
-
-
-def summarise_handshakes(runs: list[HandshakeResult]) -> Json:
-    out: Json = {
-        name: summarise([run.to_json() for run in runs if run.system == name])
-        for name in TRANSPORTS
-    }
-    out["ratio"] = _ratio(out[TLS]["repetitions"], out[TCP]["repetitions"])
-    out["server_cpu_ratio"] = (
-        out[TLS]["server_cpu_ms_per_handshake"]["median"]
-        / out[TCP]["server_cpu_ms_per_handshake"]["median"]
-    )
-    return out
+        name, len(sessions), seconds, time.process_time() - cpu0, server_cpu() - server0,
+        "count" if len(sessions) == count else "time", not_closed,
+    )  # fmt: skip
 
 
 def _ratio(tls: list[Json], tcp: list[Json]) -> Json:
@@ -244,16 +190,6 @@ def _ratio(tls: list[Json], tcp: list[Json]) -> Json:
         "of_medians": median / spread([run["rate"] for run in tcp])["median"],
         "per_repetition": spread([a["rate"] / b["rate"] for a, b in zip(tls, tcp, strict=True)]),
     }
-
-
-# -------------------------------------------------------------------- echo
-
-
-def summarise_echo(runs: list[EchoResult]) -> Json:
-    by_size = summarise_systems(runs, TRANSPORTS, SIZES)
-    for entry in by_size.values():
-        entry["ratio"] = _ratio(entry[TLS]["repetitions"], entry[TCP]["repetitions"])
-    return by_size
 
 
 # --------------------------------------------------------------------- run
@@ -271,26 +207,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     positive(args, "messages", "repeat", "connections", "concurrency", "time_limit")
     positive(args, "handshake_time", "window")
-    quick = bool(args.quick)
     messages = given(args, "messages", DEFAULT_MESSAGES, QUICK_MESSAGES)
     repeat, connections = given(args, "repeat", 3, 2), given(args, "connections", 50_000, 60)
     if args.window > POOL // 2:
         raise BenchError(f"--window must be 1..{POOL // 2}")
-    hs_plan = HandshakePlan(
-        connections,
-        args.concurrency,
-        args.handshake_time,
-        repeat,
-        0 if quick else min(connections, WARMUP_CONNECTIONS),  # toy figures need no warm-up
-    )
-    echo_plan = EchoPlan(
-        messages,
-        repeat,
-        args.window,
-        args.time_limit,
-        0 if quick else min(messages, WARMUP_MESSAGES),
-        SIZES,
-    )
+    # toy figures need no warm-up
+    warm_connections = 0 if args.quick else min(connections, WARMUP_CONNECTIONS)
+    warm_messages = 0 if args.quick else min(messages, WARMUP_MESSAGES)
+    echo_plan = EchoPlan(messages, repeat, args.window, args.time_limit, warm_messages, SIZES)
     banner = (
         f"handshakes {connections:,} (or {args.handshake_time:g} s) x {repeat}, "
         f"{args.concurrency} in flight; echo {messages:,} messages (or {args.time_limit:g} s) "
@@ -302,32 +226,36 @@ def run(args: argparse.Namespace) -> int:
         context = tls_context(certificate.ca)
         tls_port = free_port()
         daemon = ctx.server("daemon", tls_daemon_argv(tls_port, certificate))
-        endpoints = [Endpoint(TCP, daemon.port, None), Endpoint(TLS, tls_port, context)]
+        endpoints = [(TCP, daemon.port, None), (TLS, tls_port, context)]
 
-        def one(endpoint: Endpoint, count: int) -> HandshakeResult:
-            coroutine = handshakes(endpoint, hs_plan, count, daemon.cpu_seconds)
+        def one(endpoint: tuple[str, int, SSLContext | None], count: int) -> HandshakeResult:
+            coroutine = handshakes(
+                *endpoint, count, args.concurrency, args.handshake_time, daemon.cpu_seconds
+            )
             result, others = ctx.timed(daemon, lambda: ctx.run(coroutine))
             return dataclasses.replace(cast(HandshakeResult, result), others=others)
-
-        def show(result: HandshakeResult) -> str:
-            return (
-                f"handshakes {result.system:<4} {result.rate:>8,.0f}/s  server "
-                f"{result.server_cpu * 1e3 / result.connections:.3f} ms CPU each  "
-                f"{bound_by(result)}-bound"
-            )
 
         hs_runs = ctx.passes(
             endpoints,
             lambda endpoint, _rep: one(endpoint, connections),
             repeat,
-            warmup=(lambda endpoint: one(endpoint, hs_plan.warmup)) if hs_plan.warmup else None,
-            show=show,
+            warmup=(lambda endpoint: one(endpoint, warm_connections)) if warm_connections else None,
+            show=HandshakeResult.show,
+        )
+        hs = {n: summarise([r.to_json() for r in hs_runs if r.system == n]) for n in TRANSPORTS}
+        hs["ratio"] = _ratio(hs[TLS]["repetitions"], hs[TCP]["repetitions"])
+        hs["server_cpu_ratio"] = (
+            hs[TLS]["server_cpu_ms_per_handshake"]["median"]
+            / hs[TCP]["server_cpu_ms_per_handshake"]["median"]
         )
         systems = [
             System(TCP, daemon, functools.partial(echo, "daemon")),
             System(TLS, daemon, functools.partial(echo, "daemon", ssl=context), port=tls_port),
         ]
         echo_runs = measure_echo(ctx, echo_plan, systems)
+        by_size = summarise_echo(echo_runs, TRANSPORTS, SIZES)
+        for entry in by_size.values():
+            entry["ratio"] = _ratio(entry[TLS]["repetitions"], entry[TCP]["repetitions"])
         return {
             "config": {
                 "tls": {**describe_tls(tls_port, context), **certificate.to_json()},
@@ -336,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
                     "concurrency": args.concurrency,
                     "time_limit_s": args.handshake_time,
                     "repeat": repeat,
-                    "warmup_connections": hs_plan.warmup,
+                    "warmup_connections": warm_connections,
                     "per_connection": "TCP connect, TLS handshake (tls), HELLO/WELCOME, CLOSE "
                     "NORMAL, transport closed; the pass ends when every transport is closed",
                 },
@@ -345,16 +273,16 @@ def run(args: argparse.Namespace) -> int:
                     "time_limit_s": args.time_limit,
                     "repeat": repeat,
                     "window": args.window,
-                    "warmup_messages": echo_plan.warmup,
+                    "warmup_messages": warm_messages,
                     "payload_sizes": list(SIZES),
                 },
                 "client_bound_threshold": CLIENT_BOUND,
             },
             "other_load_share": other_load(
-                [run.others for run in hs_runs] + [run.others for run in echo_runs]
+                [r.others for r in hs_runs] + [r.others for r in echo_runs]
             ),
-            "handshakes": summarise_handshakes(hs_runs),
-            "echo": summarise_echo(echo_runs),
+            "handshakes": hs,
+            "echo": by_size,
             "markdown": markdown,
         }
 
@@ -366,28 +294,14 @@ def run(args: argparse.Namespace) -> int:
 
 def headlines(entry: Json) -> list[Headline]:
     """The daemon over TLS, and as a share of plain TCP: connections/s, then echo msg/s."""
-    hs = entry["handshakes"]
-    out = [
-        Headline(
-            SCENARIO,
-            "full handshakes (new connection + session)",
-            "TLS conn/s (÷ TCP)",
-            {"daemon": f"{hs[TLS]['rate']['median']:,.0f} ({hs['ratio']['of_medians']:.2f}x)"},
-        )
-    ]
-    out += [
-        Headline(
-            SCENARIO,
-            f"echo, 1 session, {size} B",
-            "TLS msg/s (÷ TCP)",
-            {
-                "daemon": f"{by_transport[TLS]['rate']['median']:,.0f} "
-                f"({by_transport['ratio']['of_medians']:.2f}x)"
-            },
-        )
-        for size, by_transport in entry["echo"].items()
-    ]
-    return out
+    cases = [("full handshakes (new connection + session)", "TLS conn/s", entry["handshakes"])]
+    cases += [(f"echo, 1 session, {size} B", "TLS msg/s", by) for size, by in entry["echo"].items()]
+    return [
+        Headline(SCENARIO, case, f"{figure} (÷ TCP)", {
+            "daemon": f"{by[TLS]['rate']['median']:,.0f} ({by['ratio']['of_medians']:.2f}x)"
+        })
+        for case, figure, by in cases
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- markdown
@@ -464,23 +378,16 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     for size, by_transport in entry["echo"].items():
         tcp, tls_stats, paired = by_transport[TCP], by_transport[TLS], by_transport["ratio"]
         both = [
-            f"{tcp['server_cpu_s_per_million']['median']:.2f} / "
-            f"{tls_stats['server_cpu_s_per_million']['median']:.2f}",
-            f"{tcp['client_cpu_share']['median']:.0%} / "
-            f"{tls_stats['client_cpu_share']['median']:.0%}",
-            f"{bounds_cell(tcp['bound'])} / {bounds_cell(tls_stats['bound'])}",
-        ]
-        rows.append(
-            [
-                f"{size} B",
-                spread_cell(tcp["rate"]),
-                spread_cell(tls_stats["rate"]),
-                f"{paired['of_medians']:.2f}x [{paired['per_repetition']['min']:.2f}-"
-                f"{paired['per_repetition']['max']:.2f}]",
-                *(cpu_cell(text, tcp["seconds"]) for text in both),
-                f"{tcp['lost']} / {tls_stats['lost']}",
-            ]
-        )
+            f"{tcp[key]['median']:{form}} / {tls_stats[key]['median']:{form}}"
+            for key, form in (("server_cpu_s_per_million", ".2f"), ("client_cpu_share", ".0%"))
+        ] + [f"{bounds_cell(tcp['bound'])} / {bounds_cell(tls_stats['bound'])}"]
+        ratio = paired["per_repetition"]
+        rows.append([
+            f"{size} B", spread_cell(tcp["rate"]), spread_cell(tls_stats["rate"]),
+            f"{paired['of_medians']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}]",
+            *(cpu_cell(text, tcp["seconds"]) for text in both),
+            f"{tcp['lost']} / {tls_stats['lost']}",
+        ])  # fmt: skip
     lines += [
         markdown_table(
             "payload|tcp msg/s|tls msg/s|tls/tcp|server CPU s/M msg (tcp / tls)"

@@ -2,7 +2,9 @@
 running daemon (``--admin-socket PATH``, ``[admin] socket``; off by default).
 
 A unix socket created with mode 0600, so only the daemon's own user (and root) can
-use it; it never listens on a network. One JSON request per connection, one JSON
+use it; it never listens on a network. With ``--workers N`` the supervisor serves it
+for every worker (sessiond/gather.py): ``list`` shows each session's worker and
+``end`` finds the session on whichever worker holds it. One JSON request per connection, one JSON
 answer: ``{"op": "list"}`` or ``{"op": "end", "id": PREFIX, "reason": TEXT}``.
 Ending a session closes it with ``SESSION_REVOKED`` (protocol.md §12), the reason
 sent to the client.
@@ -36,11 +38,12 @@ class AdminError(Exception):
     """The admin socket cannot be used (message for the operator)."""
 
 
-class AdminServer:
-    """Answers admin requests for *server* on a unix socket."""
+class UnixDoor:
+    """One JSON request per connection on a unix socket (mode 0600), one JSON answer:
+    :meth:`respond` says what. The admin socket is one; the private sockets between
+    the supervisor of ``--workers`` and its workers are others (sessiond/gather.py)."""
 
-    def __init__(self, server: Server, path: str) -> None:
-        self.server = server
+    def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.listener: asyncio.AbstractServer | None = None
 
@@ -70,6 +73,38 @@ class AdminServer:
                 await self.listener.wait_closed()
             with contextlib.suppress(OSError):
                 self.path.unlink()
+
+    async def respond(self, request: Any) -> dict[str, Any]:
+        """The answer to one decoded request."""
+        raise NotImplementedError
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                line = await reader.readline()
+            try:
+                request = json.loads(line)
+            except ValueError:
+                answer = {"ok": False, "error": "expected one JSON object on one line"}
+            else:
+                answer = await self.respond(request)
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class AdminServer(UnixDoor):
+    """Answers admin requests for *server* on a unix socket."""
+
+    def __init__(self, server: Server, path: str) -> None:
+        super().__init__(path)
+        self.server = server
+
+    async def respond(self, request: Any) -> dict[str, Any]:
+        return self.answer(request)
 
     def answer(self, request: Any) -> dict[str, Any]:
         """The answer to one decoded request."""
@@ -106,8 +141,9 @@ class AdminServer:
     def end(self, prefix: str, reason: str) -> dict[str, Any]:
         """End the one session whose ID starts with *prefix*."""
         prefix = prefix.lower()
-        if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
-            return {"ok": False, "error": f"give at least {MIN_PREFIX} hex digits of a session ID"}
+        problem = prefix_problem(prefix)
+        if problem is not None:
+            return {"ok": False, "error": problem}
         found = [
             e for e in self.server.sessions.values() if (e.core.id or b"").hex().startswith(prefix)
         ]
@@ -132,20 +168,12 @@ class AdminServer:
             return {"ok": False, "error": f"session {sid[:8]}: {exc}"}
         return {"ok": True, "ended": sid}
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                line = await reader.readline()
-            try:
-                answer = self.answer(json.loads(line))
-            except ValueError:
-                answer = {"ok": False, "error": "expected one JSON object on one line"}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-        except (TimeoutError, ValueError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why *prefix* (lower case) cannot name a session for ``end``, or None."""
+    if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+        return f"give at least {MIN_PREFIX} hex digits of a session ID"
+    return None
 
 
 def _alive(path: Path) -> bool:
@@ -182,8 +210,12 @@ def request(path: str, body: dict[str, Any], timeout: float = 10.0) -> dict[str,
 
 
 def format_table(sessions: list[dict[str, Any]]) -> str:
-    """``sessiond sessions list`` output: one session a line."""
-    header = ("ID", "IDENTITY", "STATE", "PEER", "AGE", "REPLAY", "INBOX")
+    """``sessiond sessions list`` output: one session a line (with the worker's slot
+    when a supervisor of ``--workers`` answered)."""
+    workers = any("worker" in s for s in sessions)
+    header = ("ID", "IDENTITY", "STATE", "PEER", "AGE", "REPLAY", "INBOX") + (
+        ("WORKER",) if workers else ()
+    )
     rows = [header] + [
         (
             s["id"][:8],
@@ -194,6 +226,7 @@ def format_table(sessions: list[dict[str, Any]]) -> str:
             str(s["replay_bytes"]),
             str(s["inbox_bytes"]),
         )
+        + ((str(s.get("worker", "-")),) if workers else ())
         for s in sessions
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -421,6 +421,13 @@ def sessions_main(args: argparse.Namespace) -> int:
     if not answer.get("ok"):
         print(f"sessiond sessions: {answer.get('error')}", file=sys.stderr)
         return 1
+    missing = answer.get("unreachable")
+    if missing:  # a supervisor of --workers whose workers did not all answer
+        print(
+            f"sessiond sessions: worker {', '.join(map(str, missing))} did not answer: "
+            "its sessions are not listed",
+            file=sys.stderr,
+        )
     if args.sessions_command == "end":
         print(f"ended {answer['ended']}")
     elif args.json:

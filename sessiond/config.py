@@ -121,7 +121,8 @@ class ServerSection:
         1,
         doc="worker processes sharing the listening port (SO_REUSEPORT) under a supervisor "
         "that restarts crashed ones and replaces them one at a time on SIGHUP; more than 1 "
-        "needs a shared store ([store] url)",
+        "needs a shared store ([store] url); [metrics] and [admin] are then served by the "
+        "supervisor for every worker",
         low=1,
         high=256,
     )
@@ -190,7 +191,11 @@ class MetricsSection:
 
     listen: str = setting(
         "",
-        doc="HOST:PORT for Prometheus /metrics, /healthz and /readyz over HTTP; empty: off",
+        doc="HOST:PORT for Prometheus /metrics, /healthz and /readyz over HTTP; empty: off. "
+        "With server.workers > 1 the supervisor serves it: every worker's series labelled "
+        'worker="SLOT", counters summed over the processes that held the slot (a worker\'s '
+        "counts since the last scrape are lost if it is killed); /readyz is 200 while any "
+        "worker is ready",
         check=_http_address,
         check_doc="empty or HOST:PORT",
     )
@@ -202,7 +207,8 @@ class AdminSection:
 
     socket: str = setting(
         "",
-        doc="path of a unix socket (mode 0600) for sessiond sessions list/end; empty: off",
+        doc="path of a unix socket (mode 0600) for sessiond sessions list/end; empty: off. "
+        "With server.workers > 1 the supervisor serves it for every worker",
         check=_socket_path,
         check_doc="empty or a path of at most 107 bytes",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import signal
 import ssl
@@ -25,6 +26,7 @@ from .apps import load_app
 from .auth import Authenticator, MutualTLSAuthenticator, OpenAuthenticator, TokenFileAuthenticator
 from .channels import ChannelsApp
 from .config import Loaded, Settings, TlsSection
+from .gather import WorkerDoor
 from .logs import configure as configure_logging
 from .metrics import MetricsServer
 from .server import Server, ServerConfig
@@ -173,7 +175,7 @@ class Daemon:
         self.listening = False
         self.draining = False
         self.metrics: MetricsServer | None = None
-        self.admin: AdminServer | None = None
+        self.admin: AdminServer | None = None  # or a worker's door (sessiond/gather.py)
         self.notifier = Notifier()
         self.worker = worker
         #: More conditions for /readyz (a store's reachability, ...): each returns why the
@@ -211,7 +213,16 @@ class Daemon:
         self.server = server = Server(
             self.app, server_config(settings, self.prepared.auth), store=store
         )
-        if not await self._start_metrics() or not await self._start_admin(server):
+        if server.durable is not None:
+            durable = server.durable
+            self.readiness_checks.append(
+                lambda: None if durable.accepting else "session store unavailable"
+            )
+        if self.worker is not None:  # the supervisor serves metrics and the admin socket
+            doors = await self._start_door(server, self.worker.door)
+        else:
+            doors = await self._start_metrics() and await self._start_admin(server)
+        if not doors:
             await server.close()
             await self._stop_side_doors()
             return 1
@@ -270,6 +281,9 @@ class Daemon:
         await server.drain(timeout, self.settings.server.retry_after)
         if isinstance(self.app, ChannelsApp):
             await self.app.close()
+        if self.worker is not None and isinstance(self.admin, WorkerDoor):
+            # What it counted since the supervisor's last scrape stays in the sums.
+            self.worker.report(json.dumps(await self.admin.families()).encode())
         await self._stop_side_doors()
         self.notifier.stop_watchdog()
         log.info("stopped", extra=_fields("stopped"))
@@ -279,7 +293,8 @@ class Daemon:
         return "listening on " + ", ".join(self._bound)
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why) for /readyz: listening and not draining."""
+        """(ready, why) for /readyz: listening, not draining, and its session store (if
+        shared) reachable."""
         if self.draining:
             return False, "draining"
         if not self.listening:
@@ -327,6 +342,19 @@ class Daemon:
             log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
             return False
         log.info("admin socket %s (mode 0600)", path, extra=_fields("admin", address=path))
+        return True
+
+    async def _start_door(self, server: Server, path: str | None) -> bool:
+        """A worker of ``--workers``: answer the supervisor's metrics and admin requests."""
+        if path is None:
+            return True
+        self.admin = door = WorkerDoor(server, path, self)
+        try:
+            await door.start()
+        except AdminError as exc:
+            self.admin = None
+            log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
+            return False
         return True
 
     async def _stop_side_doors(self) -> None:

@@ -145,12 +145,19 @@ class Durability:
         self._writer = server.loop.create_task(self._write_forever())
         self._refresher = server.loop.create_task(self._refresh_forever())
         self.refresh_every = REFRESH_EVERY
-        self._failed = False  # the last commit failed (cleared by the next success)
+        # When the last commit failed (None: it did not), until Redis answers again.
+        self._failed: float | None = None
 
     @property
     def accepting(self) -> bool:
-        """False while the store is unavailable: HELLOs are refused (typed, retryable)."""
-        return self.store.healthy and not self._failed
+        """False while the store is unavailable: HELLOs are refused (typed, retryable).
+
+        After a failed commit, until the next commit succeeds or the lease is renewed
+        (a commit that failed can leave no session to commit again)."""
+        failed = self._failed
+        if failed is not None and self.store.lease_renewed > failed:
+            self._failed = failed = None
+        return self.store.healthy and failed is None
 
     # ------------------------------------------------------------- hot path
 
@@ -225,10 +232,10 @@ class Durability:
             started = time.perf_counter()
             await self.store.commit(appends)
             stats.store_seconds.observe(time.perf_counter() - started)
-            self._failed = False
+            self._failed = None
         except StoreError as exc:
             stats.store_error("commit")
-            self._failed = True
+            self._failed = time.monotonic()
             log.error("session store write failed: %s; dropping the batch's sessions", exc)
             for entry, protocol, _ in staged:
                 if protocol.entry is entry:

@@ -3,9 +3,11 @@
 Nothing is counted per message for this. :class:`Collector` builds every metric
 when it is scraped, from the server's event counters (:mod:`sessiond.stats`) and
 its live state: sessions by state, transports, replay and inbox bytes, and the
-messages each way (the live sessions' sequence numbers plus those of ended
-sessions). The HTTP side is a small asyncio server on the daemon's own loop, so a
-scrape reads that state between two callbacks, never while it changes.
+messages each way (the live sessions' sequence numbers plus those of sessions
+that ended or moved to another process, less what sessions adopted from another
+process had counted there: each process counts the messages that went through it).
+The HTTP side is a small asyncio server on the daemon's own loop, so a scrape
+reads that state between two callbacks, never while it changes.
 """
 
 from __future__ import annotations
@@ -275,15 +277,25 @@ def registry(collector: Collector) -> CollectorRegistry:
     return reg
 
 
-class MetricsServer:
-    """The HTTP listener: ``GET /metrics``, ``/healthz`` (alive), ``/readyz`` (ready)."""
+class HttpDoor:
+    """The HTTP listener: ``GET /metrics`` (*metrics*), ``/healthz`` (alive), ``/readyz``
+    (:meth:`readiness`). :class:`MetricsServer` is the daemon's; the supervisor of
+    ``--workers`` has its own, which gathers its workers' (sessiond/gather.py)."""
 
-    def __init__(self, source: Source) -> None:
-        self.source = source
-        self.collector = Collector(source)
-        self.registry = registry(self.collector)
+    def __init__(self, metrics: CollectorRegistry) -> None:
+        self.registry = metrics
         self.listener: asyncio.Server | None = None
         self._clients = 0
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz."""
+        raise NotImplementedError
+
+    async def prepare(self, path: str) -> None:
+        """Before answering a request for *path*: read what it needs."""
+
+    def done(self) -> None:
+        """After answering a request."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; the (host, port) bound (port 0 picks a free one)."""
@@ -307,7 +319,7 @@ class MetricsServer:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
-            ready, why = self.source.readiness()
+            ready, why = self.readiness()
             return (200 if ready else 503), "text/plain", why.encode() + b"\n"
         return 404, "text/plain", b"try /metrics, /healthz or /readyz\n"
 
@@ -324,10 +336,9 @@ class MetricsServer:
             if len(request) != 3 or not request[2].startswith("HTTP/"):
                 status, kind, body = 400, "text/plain", b"bad request\n"
             else:
-                if request[1].split("?", 1)[0] == "/metrics":
-                    await self.collector.refresh()
+                await self.prepare(request[1].split("?", 1)[0])
                 status, kind, body = self.respond(request[0], request[1])
-                self.collector.scan = None  # the next scrape scans again
+                self.done()
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                 f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
@@ -340,6 +351,25 @@ class MetricsServer:
         finally:
             self._clients -= 1
             writer.close()
+
+
+class MetricsServer(HttpDoor):
+    """The daemon's HTTP listener (``--metrics HOST:PORT``)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.collector = Collector(source)
+        super().__init__(registry(self.collector))
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.source.readiness()
+
+    async def prepare(self, path: str) -> None:
+        if path == "/metrics":
+            await self.collector.refresh()
+
+    def done(self) -> None:
+        self.collector.scan = None  # the next scrape scans again
 
 
 _REASONS = {

@@ -506,6 +506,8 @@ class Server:
         entry.session.recovered = True
         entry.session.data.update(data)
         sid = core.id or b""
+        sent, _, received, _ = core.sequence_numbers
+        self.stats.session_adopted(sent, received)
         self.sessions.create(sid, entry)
         self.sessions.detach(sid, self.loop.time())
         self._log(entry, "recovered")
@@ -526,6 +528,8 @@ class Server:
         if protocol is not None:
             protocol.entry = None
         self._log(entry, "moved")
+        sent, _, received, _ = entry.core.sequence_numbers
+        self.stats.session_moved(sent, received)
         entry.session.move_away()
 
     def _forget(self, entry: _Entry, code: CloseCode) -> None:

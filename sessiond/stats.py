@@ -68,8 +68,11 @@ class Stats:
         self.resume_failed: dict[str, int] = {}  # resumes answered with a new session, by why
         self.tls_accepted = 0  # TCP connections accepted on TLS listeners
         self.tls_handshakes = 0  # of those, TLS handshakes completed
-        self.ended_messages_in = 0  # messages received by sessions that have ended
-        self.ended_messages_out = 0  # messages sent by sessions that have ended
+        # Messages of sessions no longer here (ended, or moved to another process),
+        # less those that adopted sessions had before they came here (counted where
+        # they went through): added to the live sessions' sequence numbers at scrape time.
+        self.ended_messages_in = 0
+        self.ended_messages_out = 0
         self.resume_seconds = Histogram(RESUME_BUCKETS)
         self.store_seconds = Histogram(STORE_BUCKETS)  # one per commit (all sessions' appends)
         self.store_errors: dict[str, int] = {}  # session store failures, by kind
@@ -84,6 +87,17 @@ class Stats:
         self.ended[code] = self.ended.get(code, 0) + 1
         self.ended_messages_out += sent
         self.ended_messages_in += received
+
+    def session_moved(self, sent: int, received: int) -> None:
+        """A session moved to another process: its messages stay counted here."""
+        self.ended_messages_out += sent
+        self.ended_messages_in += received
+
+    def session_adopted(self, sent: int, received: int) -> None:
+        """A session came from another process (or from before a restart) with these
+        sequence numbers: counted where they went through, not again here."""
+        self.ended_messages_out -= sent
+        self.ended_messages_in -= received
 
     def resume_failed_as(self, reason: str) -> None:
         self.resume_failed[reason] = self.resume_failed.get(reason, 0) + 1

@@ -21,12 +21,17 @@ one, wait until it listens, then SIGTERM the old one; a new worker that does not
 come up stops the replacement and the old ones keep serving. A worker that exits
 unasked is restarted at once, then with a doubling delay while it keeps crashing
 within :data:`STABLE_AFTER` seconds of its start.
+
+``--metrics`` and ``--admin-socket`` are the supervisor's: it serves them for every
+worker, asking each over a private unix socket (sessiond/gather.py); a worker opens
+neither itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -36,8 +41,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .addresses import parse_listen
+from .addresses import format_host, parse_listen
+from .admin import AdminError
 from .config import Settings
+from .gather import Gatherer, Occupant, SupervisorAdmin, SupervisorMetrics, socket_directory_problem
 from .systemd import Notifier
 
 log = logging.getLogger("sessiond.workers")
@@ -52,6 +59,9 @@ STABLE_AFTER = 10.0
 READY_TIMEOUT = 60.0
 #: On stop, beyond the drain timeout, before a worker still running is killed.
 STOP_MARGIN = 30.0
+#: How long a worker's last metrics may take to arrive; the most they may hold.
+REPORT_TIMEOUT = 5.0
+REPORT_LIMIT = 64 * 1024 * 1024
 #: Set by the supervisor for its workers' environment: systemd hears from it alone.
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -67,13 +77,11 @@ def check(settings: Settings) -> None:
             "(--store redis://HOST:PORT/DB); the memory store keeps sessions inside one "
             "process, so a client could not resume on another worker"
         )
-    for name, value in (("metrics.listen (--metrics)", settings.metrics.listen),
-                        ("admin.socket (--admin-socket)", settings.admin.socket)):  # fmt: skip
-        if value:
-            raise ValueError(
-                f"{name} cannot be used with server.workers = {count} yet: it is one "
-                "address per process, and each worker would need its own"
-            )
+    if settings.metrics.listen or settings.admin.socket:
+        # The supervisor serves them, through a private socket per worker.
+        problem = socket_directory_problem()
+        if problem is not None:
+            raise ValueError(f"server.workers = {count} with metrics or an admin socket: {problem}")
     for value in settings.server.listen:
         if parse_listen(value).port == 0:
             raise ValueError(
@@ -102,16 +110,21 @@ def _fields(event: str, **more: Any) -> dict[str, Any]:
 class WorkerLink:
     """A worker's end of its socket pair with the supervisor."""
 
-    def __init__(self, slot: int, fd: int) -> None:
+    def __init__(self, slot: int, fd: int, door: str | None = None) -> None:
         self.slot = slot
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(False)
+        #: Where to answer the supervisor's metrics and admin requests (sessiond/gather.py);
+        #: None when it serves neither.
+        self.door = door
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def parse(cls, text: str) -> WorkerLink:
-        """From ``--worker-link SLOT:FD``."""
-        slot, _, fd = text.partition(":")
-        return cls(int(slot), int(fd))
+        """From ``--worker-link SLOT:FD[:DOOR]``."""
+        slot, _, rest = text.partition(":")
+        fd, _, door = rest.partition(":")
+        return cls(int(slot), int(fd), door or None)
 
     def ready(self) -> None:
         """Tell the supervisor this worker listens (then it may retire another)."""
@@ -135,6 +148,16 @@ class WorkerLink:
                 on_lost()
 
         loop.add_reader(fd, readable)
+        self._loop = loop
+
+    def report(self, metrics: bytes) -> None:
+        """Exiting after a drain: send the supervisor this worker's last metrics (JSON),
+        which it adds to the slot's sums instead of those of its last scrape."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(REPORT_TIMEOUT)  # blocking, bounded: the loop is done
+            self.sock.sendall(b"M" + metrics)
 
 
 # --------------------------------------------------------------- supervisor side
@@ -143,10 +166,15 @@ class WorkerLink:
 class _Worker:
     """One worker process as the supervisor sees it."""
 
-    def __init__(self, slot: int, proc: asyncio.subprocess.Process, link: socket.socket) -> None:
+    def __init__(
+        self, slot: int, proc: asyncio.subprocess.Process, link: socket.socket, door: str
+    ) -> None:
         self.slot = slot
         self.proc = proc
         self.link = link
+        self.door = door  # its private socket ("" without metrics or an admin socket)
+        self.link_closed = asyncio.Event()
+        self.report: Any = None  # its last metrics, sent as it exits after a drain
         self.started = time.monotonic()
         self.ready = asyncio.Event()
         self.exited = asyncio.Event()
@@ -174,12 +202,17 @@ class Supervisor:
         load_again: Callable[[], Settings] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.settings = settings
         self.count = settings.server.workers
         self.drain_timeout = settings.server.drain_timeout
         self.load_again = load_again
         self.current: list[_Worker | None] = [None] * self.count
         self.live: set[_Worker] = set()
         self.failures = [0] * self.count
+        self.restarted = [0] * self.count  # workers started after one exited unasked
+        self.gatherer: Gatherer | None = None  # with --metrics or --admin-socket
+        self.metrics: SupervisorMetrics | None = None
+        self.admin: SupervisorAdmin | None = None
         self.notifier = Notifier()
         self.serving = False
         self.stopping = False
@@ -206,6 +239,14 @@ class Supervisor:
             self.count,
             extra=_fields("supervisor-started", pid=os.getpid(), workers=self.count),
         )
+        try:
+            if not await self._open_doors():
+                return 1
+            return await self._supervise(stop)
+        finally:
+            await self._close_doors()
+
+    async def _supervise(self, stop: asyncio.Event) -> int:
         started = [await self._spawn(slot) for slot in range(self.count)]
         for worker in started:
             if not await self._until_ready(worker) and not stop.is_set():
@@ -240,6 +281,7 @@ class Supervisor:
         """Start a worker for *slot* (the slot's current one unless *current* is False)."""
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
+        door = self.gatherer.door_for(slot) if self.gatherer is not None else ""
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -247,7 +289,7 @@ class Supervisor:
                 "sessiond",
                 *self.argv,
                 "--worker-link",
-                f"{slot}:{theirs.fileno()}",
+                f"{slot}:{theirs.fileno()}" + (f":{door}" if door else ""),
                 pass_fds=(theirs.fileno(),),
                 env=self._env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -257,7 +299,7 @@ class Supervisor:
             raise
         finally:
             theirs.close()
-        worker = _Worker(slot, proc, ours)
+        worker = _Worker(slot, proc, ours, door)
         self.live.add(worker)
         if current:
             self.current[slot] = worker
@@ -278,22 +320,39 @@ class Supervisor:
         return task
 
     async def _listen_link(self, worker: _Worker) -> None:
+        """``R`` when the worker listens; ``M`` and its last metrics (JSON) when it exits
+        after a drain (:meth:`WorkerLink.report`); end of file when it has exited."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = await loop.sock_recv(worker.link, 64)
-            except OSError:
-                return
-            if not data:
-                return
-            if not worker.ready.is_set():
-                worker.ready.set()
-                log.info(
-                    "worker %d ready pid=%d",
-                    worker.slot,
-                    worker.pid,
-                    extra=_fields("worker-ready", slot=worker.slot, pid=worker.pid),
-                )
+        said = bytearray()
+        try:
+            while True:
+                try:
+                    data = await loop.sock_recv(worker.link, 65536)
+                except OSError:
+                    return
+                if not data:
+                    break
+                said += data
+                if len(said) > REPORT_LIMIT:
+                    return
+                if said.startswith(b"R"):
+                    self._ready(worker)
+            report = said.removeprefix(b"R")
+            if report.startswith(b"M"):
+                with contextlib.suppress(ValueError):
+                    worker.report = json.loads(report[1:])
+        finally:
+            worker.link_closed.set()
+
+    def _ready(self, worker: _Worker) -> None:
+        if not worker.ready.is_set():
+            worker.ready.set()
+            log.info(
+                "worker %d ready pid=%d",
+                worker.slot,
+                worker.pid,
+                extra=_fields("worker-ready", slot=worker.slot, pid=worker.pid),
+            )
 
     async def _until_ready(self, worker: _Worker) -> bool:
         """Wait until *worker* listens: False if it exits or takes too long first."""
@@ -312,6 +371,15 @@ class Supervisor:
         code = await worker.proc.wait()
         ran = time.monotonic() - worker.started
         self.live.discard(worker)
+        if self.gatherer is not None:
+            # Its last metrics, if it drained, came before the end of file on its link.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPORT_TIMEOUT):
+                    await worker.link_closed.wait()
+            self.gatherer.retire(worker.pid, worker.slot, worker.report)
+            if worker.door:  # left by a worker that was killed
+                with contextlib.suppress(OSError):
+                    os.unlink(worker.door)
         worker.exited.set()
         worker.link.close()
         expected = worker.retiring or self.stopping
@@ -349,6 +417,7 @@ class Supervisor:
                 return  # stopping, or a SIGHUP replacement filled the slot meanwhile
             try:
                 await self._spawn(slot)
+                self.restarted[slot] += 1
                 return
             except OSError as exc:  # out of processes or memory: try again later
                 delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, delay * 2))
@@ -359,6 +428,84 @@ class Supervisor:
                     delay,
                     extra=_fields("worker-failed", slot=slot, error=str(exc), delay=delay),
                 )
+
+    # ------------------------------------------------------------------- doors
+
+    async def _open_doors(self) -> bool:
+        """Serve --metrics and --admin-socket for every worker (sessiond/gather.py);
+        False (logged) if one cannot be opened."""
+        where, path = self.settings.metrics.listen, self.settings.admin.socket
+        if not where and not path:
+            return True
+        try:
+            self.gatherer = gatherer = Gatherer(self.count, self)
+        except (ValueError, OSError) as exc:
+            log.error("%s", exc, extra=_fields("doors-failed", error=str(exc)))
+            return False
+        log.info(
+            "workers answer metrics and admin requests on private sockets in %s",
+            gatherer.directory,
+            extra=_fields("worker-doors", directory=str(gatherer.directory)),
+        )
+        if where:
+            address = parse_listen(where, ("http",))
+            self.metrics = SupervisorMetrics(gatherer)
+            try:
+                host, port = await self.metrics.start(address.host, address.port)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                log.error(
+                    "cannot serve metrics on %s: %s",
+                    where,
+                    why,
+                    extra=_fields("listen-failed", address=where, error=why),
+                )
+                return False
+            url = f"http://{format_host(host)}:{port}"
+            log.info(
+                "metrics on %s/metrics (also /healthz, /readyz) for %d workers",
+                url,
+                self.count,
+                extra=_fields("metrics", address=url),
+            )
+        if path:
+            self.admin = SupervisorAdmin(gatherer, path)
+            try:
+                await self.admin.start()
+            except AdminError as exc:
+                self.admin = None
+                log.error("%s", exc, extra=_fields("listen-failed", address=path, error=str(exc)))
+                return False
+            log.info(
+                "admin socket %s (mode 0600) for %d workers",
+                path,
+                self.count,
+                extra=_fields("admin", address=path),
+            )
+        return True
+
+    async def _close_doors(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.admin is not None:
+            await self.admin.close()
+        if self.gatherer is not None:
+            self.gatherer.close()
+
+    def occupants(self) -> list[Occupant]:
+        """Every live worker process with a door (for the gatherer)."""
+        return [
+            Occupant(w.slot, w.pid, w.door, self.current[w.slot] is w)
+            for w in sorted(self.live, key=lambda w: (w.slot, w.started))
+            if w.door
+        ]
+
+    def phase(self) -> str:
+        """``starting``, ``serving`` or ``draining`` (for /readyz)."""
+        return "draining" if self.stopping else "serving" if self.serving else "starting"
+
+    def restarts(self, slot: int) -> int:
+        return self.restarted[slot]
 
     # ------------------------------------------------------------------ SIGHUP
 

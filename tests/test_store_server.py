@@ -16,6 +16,7 @@ from sessiond_client.protocol import CloseCode, Params, SessionLostEvent, Sessio
 
 import sessiond
 from sessiond.apps import echo
+from sessiond.metrics import Collector
 from sessiond.server import Server
 from sessiond.session import SessionMoved
 from sessiond.store.redisstore import RedisStore
@@ -396,4 +397,78 @@ async def test_a_handler_waiting_for_window_moves_with_its_unsent_replies(
     await client.run_until(lambda: len(client.received) >= 10, 20.0)
     await exchange(client, 10, 10)
     assert client.received == expected(20)  # exactly once, in order
+    await client.close()
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def messages(server: Server) -> dict[str, float]:
+    """``sessiond_messages_total`` of *server*, by direction, as a scrape shows it."""
+
+    class Source:
+        draining = False
+        app = None
+
+        def __init__(self) -> None:
+            self.server = server
+
+        def readiness(self) -> tuple[bool, str]:
+            return True, "ready"
+
+    collector = Collector(Source())
+    family = next(m for m in collector.collect() if m.name == "sessiond_messages")
+    return {sample.labels["direction"]: sample.value for sample in family.samples}
+
+
+async def test_a_moved_session_stays_counted_where_its_messages_went(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    app = Echo()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 30)
+    assert messages(a) == {"in": 30, "out": 30}
+    await client.kill()
+    client.port = port(b)
+    assert await client.connect(10.0)
+    await exchange(client, 30, 20)
+    async with asyncio.timeout(10):
+        while app.moved < 1:
+            await asyncio.sleep(0.01)
+    # Each process counts the messages that went through it: a's do not vanish with
+    # the session, and b does not count them again.
+    assert messages(a) == {"in": 30, "out": 30}
+    assert messages(b) == {"in": 20, "out": 20}
+    await client.close()
+    async with asyncio.timeout(10):
+        while b.sessions.find(client.session.id or b"") is not None:
+            await asyncio.sleep(0.01)
+    assert messages(b) == {"in": 20, "out": 20}  # ended there: still its 20
+
+
+async def test_a_failed_commit_refuses_new_sessions_only_until_the_store_answers_again(
+    start: Callable[..., Awaitable[Server]], redis_server: RedisServer
+) -> None:
+    app = Echo()
+    a = await start(app, lease_ttl=2.0, renew_every=0.2)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 1)
+    redis_server.kill()
+    client.send(b"lost with redis")  # its commit fails: the session is dropped here
+    assert a.durable is not None
+    async with asyncio.timeout(10):
+        while a.durable.accepting:
+            await asyncio.sleep(0.05)
+    redis_server.start()
+    # No session is left to commit anything; the lease's renewal shows Redis is back.
+    async with asyncio.timeout(10):
+        while not a.durable.accepting:
+            await asyncio.sleep(0.05)
+    fresh = CoreClient("127.0.0.1", port(a))
+    assert await fresh.connect(10.0)
+    await exchange(fresh, 0, 3)
+    await fresh.close()
     await client.close()

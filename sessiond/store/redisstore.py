@@ -207,6 +207,11 @@ class RedisStore:
         return self._lease_lost
 
     @property
+    def lease_renewed(self) -> float:
+        """When (``time.monotonic()``) Redis last renewed this process's lease."""
+        return self._lease_renewed
+
+    @property
     def healthy(self) -> bool:
         """False while the lease cannot be renewed (Redis unreachable or too slow)."""
         return not self._renew_failed and not self._lease_lost
