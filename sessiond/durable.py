@@ -49,7 +49,7 @@ from .store import (
     StoreUnavailable,
     Terms,
 )
-from .store.keys import pack
+from .store.keys import later_mark, pack
 
 if TYPE_CHECKING:
     from .server import Server, ServerProtocol, _Entry
@@ -78,7 +78,7 @@ class Forged(Exception):
 class _Stored:
     """What this process knows of one session's presence in the store."""
 
-    __slots__ = ("claimed", "consumed", "data", "epoch", "fenced", "sent")
+    __slots__ = ("claimed", "consumed", "data", "epoch", "fenced", "mark", "sent")
 
     def __init__(self, epoch: int, sent: int, consumed: int, data: bytes) -> None:
         self.epoch = epoch
@@ -86,6 +86,9 @@ class _Stored:
         self.consumed = consumed  # the inbound position last appended
         self.data = data  # session.data as last written (msgpack)
         self.fenced = False
+        #: The greatest app mark stored (Session.marker): a release stores it with the
+        #: positions, so that the next claim needs none of the stream's entries.
+        self.mark: str | None = None
         #: The credential state the claim stored, until the resume that claimed it is
         #: answered: if the core kept it, there is nothing more to store for that resume.
         self.claimed: tuple[Any, ...] | None = None
@@ -246,6 +249,7 @@ class Durability:
                 self.store.append(
                     sid, stored.epoch, stored.sent + 1, payloads, consumed, acked, mark
                 )
+                stored.mark = later_mark(stored.mark, mark)
                 stored.sent, stored.consumed = sent, consumed
                 used = entry.session.touched_data()
                 if used is not None:  # written after the entry, in the same round trip
@@ -466,6 +470,7 @@ class Durability:
         entry.session.recovered_mark = positions.mark
         stored = _Stored(epoch, positions.next_seq - 1, positions.consumed, pack(loaded.meta.data))
         stored.claimed = credential_state(loaded.meta)
+        stored.mark = positions.mark
         self._stored[entry] = stored
         return entry
 
@@ -501,6 +506,7 @@ class Durability:
             unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
         marker = entry.session.marker
         mark = marker(len(entry.session.unsent) - len(unsent)) if marker is not None else None
+        mark = later_mark(stored.mark, mark)  # what the stream holds, too
         # As if they entered the core now: each settles one message handed over (the
         # input it answers). Messages handed over and not settled otherwise, and those
         # taken but not handed over, stay unconsumed: the client replays them there.

@@ -45,6 +45,15 @@ def released_channel(prefix: str, node: str) -> str:
     return f"{prefix}released:{node}"
 
 
+def later_mark(mark: str | None, other: str | None) -> str | None:
+    """The greater of two stream entry IDs (an app's marks, ``MARK``); None is smallest."""
+    if other is None:
+        return mark
+    if mark is None:
+        return other
+    return max(mark, other, key=lambda m: tuple(int(part) for part in m.split("-")))
+
+
 def entry_id(epoch: int, counter: int) -> str:
     return f"{epoch}-{counter}"
 

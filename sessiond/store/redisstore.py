@@ -742,15 +742,6 @@ def _pack_positions(positions: Positions) -> bytes:
     return keys.pack(fields)
 
 
-def _later(mark: str | None, other: str | None) -> str | None:
-    """The greater of two stream entry IDs (None is smallest)."""
-    if other is None:
-        return mark
-    if mark is None:
-        return other
-    return max(mark, other, key=lambda m: tuple(int(part) for part in m.split("-")))
-
-
 def _gather(runs: list[tuple[int, list[bytes]]], start: int, end: int) -> tuple[bytes, ...]:
     """The payloads numbered *start* .. *end* - 1 from *runs* of consecutive ones, each
     ``(number of its first, payloads)``; raises :class:`Gone` if one is in none.
@@ -815,7 +806,7 @@ def _decode(
         acked = max(acked, int(entry[b"a"]))
         consumed = max(consumed, int(entry[b"c"]))
         if b"k" in entry:
-            mark = _later(mark, entry[b"k"].decode())
+            mark = keys.later_mark(mark, entry[b"k"].decode())
         stream.loaded(entry_epoch, counter, first + len(batch) - 1)
     unacked_payloads = _gather(runs, acked + 1, next_seq)
     logs[sid] = stream
