@@ -17,6 +17,10 @@ A RESUME of a session this process does not hold loads it from the store: a
 live owner is asked to release it first; then this process claims it (epoch +
 1, which fences the old owner out), rebuilds the core with
 ``Session.restore_server`` and starts a handler with ``session.recovered``.
+With a live owner that is three round trips to Redis and two pub/sub hops
+(sessiond/store/redisstore.py): the credential check with the release request,
+the owner's release in its next commit, the claim with the rotated credential
+(decided before it, :func:`plan_rotation`) and the read of the session.
 """
 
 from __future__ import annotations
@@ -30,19 +34,22 @@ from typing import TYPE_CHECKING, Any
 
 from sessiond_client.protocol import CloseCode, Connection, ConnectionState, ServerSnapshot
 from sessiond_client.protocol import Session as CoreSession
-from sessiond_client.protocol.credentials import digest, matches
+from sessiond_client.protocol.credentials import digest, matches, new_salt, rotated_credential
+from sessiond_client.protocol.session import RETIRED_CREDENTIALS
 
 from .store import (
+    Claimable,
     Fenced,
     Gone,
     Loaded,
     Positions,
+    Rotation,
     SessionMeta,
     StoreError,
     StoreUnavailable,
     Terms,
 )
-from .store.keys import pack
+from .store.keys import later_mark, pack
 
 if TYPE_CHECKING:
     from .server import Server, ServerProtocol, _Entry
@@ -71,7 +78,7 @@ class Forged(Exception):
 class _Stored:
     """What this process knows of one session's presence in the store."""
 
-    __slots__ = ("consumed", "data", "epoch", "fenced", "sent")
+    __slots__ = ("claimed", "consumed", "data", "epoch", "fenced", "mark", "sent")
 
     def __init__(self, epoch: int, sent: int, consumed: int, data: bytes) -> None:
         self.epoch = epoch
@@ -79,6 +86,63 @@ class _Stored:
         self.consumed = consumed  # the inbound position last appended
         self.data = data  # session.data as last written (msgpack)
         self.fenced = False
+        #: The greatest app mark stored (Session.marker): a release stores it with the
+        #: positions, so that the next claim needs none of the stream's entries.
+        self.mark: str | None = None
+        #: The credential state the claim stored, until the resume that claimed it is
+        #: answered: if the core kept it, there is nothing more to store for that resume.
+        self.claimed: tuple[Any, ...] | None = None
+
+
+def credential_state(
+    snapshot: ServerSnapshot | SessionMeta,
+) -> tuple[bytes, bytes | None, tuple[bytes, ...], bool, bytes | None]:
+    """The credential fields of a core's snapshot or of stored metadata, comparable."""
+    return (
+        snapshot.credential_digest,
+        snapshot.previous_digest,
+        snapshot.retired,
+        snapshot.confirmed,
+        snapshot.rotation_salt,
+    )
+
+
+def plan_rotation(found: Claimable, credential: bytes, identity: Any) -> Rotation | None:
+    """The credential state a resume presenting *credential* leaves, decided before the
+    claim so that the claim stores it (protocol.md §10.4: the rule of the core's
+    ``Session._next_credential``). None when the core would not rotate (a credential
+    it refuses, theft included, or another identity: it judges that after the claim),
+    or when the rotation is already stored (the previous credential, presented while the
+    current one is unconfirmed, gets that one again, §10.3).
+
+    The core restored from the stored result is in the state this rotation leaves: the
+    presented credential is its unconfirmed previous one, and its rotation salt issues
+    the same new credential again, so the core stores nothing more for this resume.
+    """
+    presented = digest(credential)
+    current, confirmed, salt = found.credential_digest, found.confirmed, found.rotation_salt
+    previous = False
+    if not matches(presented, current):
+        previous = not confirmed and matches(presented, found.previous_digest)
+        if not previous:
+            return None
+    if identity != found.identity:
+        return None
+    if (
+        salt is not None
+        and not confirmed
+        and matches(digest(rotated_credential(credential, salt)), current)
+    ):
+        return None
+    salt = new_salt()
+    return Rotation(
+        from_digest=current,
+        from_previous=previous,
+        credential_digest=digest(rotated_credential(credential, salt)),
+        previous_digest=presented,
+        retired=(*found.retired[1 - RETIRED_CREDENTIALS :], current),
+        rotation_salt=salt,
+    )
 
 
 def to_snapshot(loaded: Loaded) -> ServerSnapshot:
@@ -192,6 +256,7 @@ class Durability:
                 self.store.append(
                     sid, stored.epoch, stored.sent + 1, payloads, consumed, acked, mark
                 )
+                stored.mark = later_mark(stored.mark, mark)
                 stored.sent, stored.consumed = sent, consumed
                 used = entry.session.touched_data()
                 if used is not None:  # written after the entry, in the same round trip
@@ -273,8 +338,10 @@ class Durability:
     def attached_ttl(self, entry: _Entry) -> float:
         """An attached session's keys expire this long after its owner stops renewing
         them (a crash): its lifetime once the lease is gone, as if it had detached."""
-        snap_lifetime = entry.core.server_snapshot().lifetime
-        return snap_lifetime + self.store.lease_ttl + 2 * self.refresh_every
+        return self._attached_ttl(entry.core.server_snapshot().lifetime)
+
+    def _attached_ttl(self, lifetime: float) -> float:
+        return lifetime + self.store.lease_ttl + 2 * self.refresh_every
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -306,6 +373,12 @@ class Durability:
         stored = self._stored.get(entry)
         if stored is None:
             return
+        claimed, stored.claimed = stored.claimed, None
+        if claimed is not None and claimed == credential_state(entry.core.server_snapshot()):
+            # The claim stored this resume's credential (and its keys' TTL): the WELCOME
+            # may leave now. The terms the HELLO renegotiated are not stored: every
+            # resume renegotiates them, and the next metadata write carries them.
+            return
         meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
         ttl = self.attached_ttl(entry)
         self._before.append(lambda: self.store.save(sid, epoch, meta, ttl=ttl))
@@ -318,12 +391,9 @@ class Durability:
             return
         meta, sid, epoch = to_meta(entry), entry.core.id or b"", stored.epoch
         ttl = meta.terms.lifetime + self.store.lease_ttl
-        self._after.append(lambda: self._save_quietly(sid, epoch, meta, ttl))
+        # With the next commit (someone else holding it by then: its next append drops it).
+        self.store.save_later(sid, epoch, meta, ttl)
         self._kick()
-
-    async def _save_quietly(self, sid: bytes, epoch: int, meta: SessionMeta, ttl: float) -> None:
-        with contextlib.suppress(Fenced):  # someone else holds it: its next append drops it
-            await self.store.save(sid, epoch, meta, ttl=ttl)
 
     def ended(self, entry: _Entry, code: CloseCode) -> None:
         """The session ended for good: the store answers later resumes with *code*."""
@@ -342,9 +412,9 @@ class Durability:
         """A RESUME of a session this process does not hold: claim it from the store."""
         server = self.server
         hello = conn.hello
-        presented = digest(hello.resume.credential) if hello and hello.resume else b""
+        credential = hello.resume.credential if hello and hello.resume else b""
         try:
-            entry = await self._claim(sid, presented)
+            entry = await self._claim(sid, credential, identity)
         except Forged as forged:
             if conn.state is ConnectionState.HELLO_RECEIVED:
                 decoy = CoreSession.restore_server(to_snapshot(forged.loaded), server.config.params)
@@ -371,26 +441,29 @@ class Durability:
         else:
             self.detached(entry)  # the client left meanwhile: it may come back here
 
-    async def _claim(self, sid: bytes, presented: bytes) -> _Entry:
+    async def _claim(self, sid: bytes, credential: bytes, identity: Any) -> _Entry:
         store = self.store
-        loaded = await store.load(sid)
-        meta = loaded.meta
-        known = (meta.credential_digest, meta.previous_digest, *meta.retired)
-        if not any(matches(presented, stored) for stored in known):
+        # Round trip 1: the credential checked against every one the session had, and
+        # its live owner, if any, asked to release it.
+        found = await store.resume(sid, digest(credential))
+        if found is None:
             # A credential this session never had: answered by a copy of the session,
             # without disturbing the owner (a forger must not make the owner let go).
-            raise Forged(loaded)
-        # A live owner answers; a killed one lets go when its lease ends.
-        owner = loaded.owner
-        if (
-            owner
-            and owner != store.node
-            and not await store.release_from(owner, sid, RELEASE_TIMEOUT)
-        ):
-            raise TimeoutError(f"owner {owner} did not release it")
-        # A release keeps the epoch: claimed from the one loaded, and read again (with
-        # what the owner stored before letting go) in the claim's own round trip.
-        epoch, loaded = await store.claim_loaded(sid, loaded.epoch)
+            raise Forged(await store.load(sid))
+        rotation = plan_rotation(found, credential, identity)  # while the owner lets go
+        # A live owner answers (round trip 2, its own: the release with its next commit);
+        # a killed one lets go when its lease ends.
+        if not await store.released(sid, found, RELEASE_TIMEOUT):
+            raise TimeoutError(f"owner {found.owner} did not release it")
+        existing = self.server.sessions.find(sid)
+        if existing is not None:  # a concurrent resume here claimed it meanwhile
+            return existing
+        # Round trip 3. A release keeps the epoch: claimed from the one found, and read
+        # again (with what the owner stored before letting go) in the claim's own round
+        # trip, with the rotated credential and an attached session's TTL.
+        epoch, loaded = await store.claim_loaded(
+            sid, found.epoch, self._attached_ttl(found.lifetime), rotation
+        )
         server = self.server
         existing = server.sessions.find(sid)
         if existing is not None:  # a concurrent resume here got it first
@@ -402,9 +475,10 @@ class Durability:
         positions: Positions = loaded.positions
         # Read by the handler, which adopt() started as a task: it has not run yet.
         entry.session.recovered_mark = positions.mark
-        self._stored[entry] = _Stored(
-            epoch, positions.next_seq - 1, positions.consumed, pack(loaded.meta.data)
-        )
+        stored = _Stored(epoch, positions.next_seq - 1, positions.consumed, pack(loaded.meta.data))
+        stored.claimed = credential_state(loaded.meta)
+        stored.mark = positions.mark
+        self._stored[entry] = stored
         return entry
 
     # ------------------------------------------------- losing the session
@@ -439,6 +513,7 @@ class Durability:
             unsent = unsent[: next(i for i, p in enumerate(unsent) if len(p) > limit)]
         marker = entry.session.marker
         mark = marker(len(entry.session.unsent) - len(unsent)) if marker is not None else None
+        mark = later_mark(stored.mark, mark)  # what the stream holds, too
         # As if they entered the core now: each settles one message handed over (the
         # input it answers). Messages handed over and not settled otherwise, and those
         # taken but not handed over, stay unconsumed: the client replays them there.
@@ -452,9 +527,8 @@ class Durability:
             mark,
         )
         self._stored.pop(entry, None)
-        self._after.append(
-            lambda: self.store.save(sid, epoch, meta, positions, ttl=ttl, release=True)
-        )
+        # With the next commit, after the session's last append: no round trip of its own.
+        self.store.release_later(sid, epoch, meta, positions, ttl)
         self._kick()
         self.server.let_go(entry)
 

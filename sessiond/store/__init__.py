@@ -9,14 +9,16 @@ which gives a :class:`~sessiond.store.redisstore.RedisStore`.
 from __future__ import annotations
 
 from .errors import Fenced, Gone, StoreError, StoreUnavailable
-from .records import Loaded, Positions, SessionMeta, Terms
+from .records import Claimable, Loaded, Positions, Rotation, SessionMeta, Terms
 from .urls import StoreUrl, parse_store_url
 
 __all__ = [
+    "Claimable",
     "Fenced",
     "Gone",
     "Loaded",
     "Positions",
+    "Rotation",
     "SessionMeta",
     "StoreError",
     "StoreUnavailable",

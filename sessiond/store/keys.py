@@ -45,6 +45,15 @@ def released_channel(prefix: str, node: str) -> str:
     return f"{prefix}released:{node}"
 
 
+def later_mark(mark: str | None, other: str | None) -> str | None:
+    """The greater of two stream entry IDs (an app's marks, ``MARK``); None is smallest."""
+    if other is None:
+        return mark
+    if mark is None:
+        return other
+    return max(mark, other, key=lambda m: tuple(int(part) for part in m.split("-")))
+
+
 def entry_id(epoch: int, counter: int) -> str:
     return f"{epoch}-{counter}"
 
@@ -100,12 +109,17 @@ def split_digests(data: bytes) -> tuple[bytes, ...]:
 
 
 # -------------------------------------------------------------------- scripts
-# Scripts run on the claim, release and end paths only, never per message.
+# Scripts run on the resume, claim, release and end paths only, never per message.
 
-#: KEYS: meta, stream. ARGV: expected epoch, claiming node.
+#: KEYS: meta, stream. ARGV: expected epoch, claiming node; optionally a ttl in ms
+#: (0: none), the credential digest the claimer decided its rotation from, "1" if
+#: it was decided from the previous credential (then only while the current one is
+#: unconfirmed) else "", and the rotation's field, value pairs (protocol.md §10.4).
 #: Returns the new epoch; 0 if the epoch moved meanwhile; -1 if the session is
-#: unknown (never existed or expired); -2 if it ended.
-CLAIM = """
+#: unknown (never existed or expired); -2 if it ended. The rotation is written only
+#: if the credential is still the one it was decided from (else the claimer's core
+#: rotates it again from what the claim reads, and stores that itself).
+_CLAIM_STEPS = """
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return -2 end
@@ -113,9 +127,69 @@ if e ~= ARGV[1] then return 0 end
 local n = tonumber(e) + 1
 redis.call('XADD', KEYS[2], n .. '-0', 'claim', ARGV[2])
 redis.call('HSET', KEYS[1], 'e', tostring(n), 'o', ARGV[2])
-redis.call('PERSIST', KEYS[1])
-redis.call('PERSIST', KEYS[2])
-return n
+if #ARGV > 5 and redis.call('HGET', KEYS[1], 'd') == ARGV[4]
+    and (ARGV[5] == '' or (redis.call('HGET', KEYS[1], 'cf') or '') == '') then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+end
+local ttl = tonumber(ARGV[3] or '0')
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+"""
+CLAIM = _CLAIM_STEPS + "return n\n"
+
+#: :data:`CLAIM`, then the session as the claim left it: returns what CLAIM returns
+#: when it fails, else ``{epoch, the meta hash as HGETALL gives it, stream entries as
+#: XRANGE gives them}``. The entries are left out ({}) when the session had been
+#: released (no owner before the claim, and positions): a release stores them and every
+#: unacknowledged payload, and its owner appends nothing after it, so the stream
+#: would repeat them (a move reads a whole window of payloads once, not twice).
+CLAIM_LOAD = (
+    "local released = redis.call('HGET', KEYS[1], 'o') == ''"
+    + " and redis.call('HEXISTS', KEYS[1], 'pos') == 1\n"
+    + _CLAIM_STEPS
+    + """local entries = {}
+if not released then entries = redis.call('XRANGE', KEYS[2], '-', '+') end
+return {n, redis.call('HGETALL', KEYS[1]), entries}
+"""
+)
+
+#: KEYS: meta. ARGV: SHA-256 of the presented credential, the asking node, the
+#: release channel without its node (``Prelease:``), the request message.
+#: The first step of a resume of a session held elsewhere, in one round trip: reads
+#: what the claim is decided from and, if the credential is one the session ever
+#: had (current, previous or retired: theft is the core's to judge after the claim),
+#: asks its owner, if another node, to release it (PUBLISH, from the script).
+#: Returns ``{-1}`` unknown; ``{-2, code}`` ended; ``{0}`` a credential it never had
+#: (nobody asked: a forger must not make the owner let go); else ``{1, epoch, owner,
+#: listeners (-1: nobody asked), d, pd, r, cf, rs, i, t}``. Digests, not
+#: credentials, are compared here: timing can tell no more than a digest's prefix;
+#: the core compares again, in constant time, after the claim.
+RESUME = """
+local f = redis.call('HMGET', KEYS[1], 'e', 'x', 'o', 'd', 'pd', 'r', 'cf', 'rs', 'i', 't')
+if not f[1] then return {-1} end
+if f[2] then return {-2, f[2]} end
+local p = ARGV[1]
+if #p ~= 32 then return {0} end  -- not a digest: never matches an empty field
+local known = p == f[4] or p == f[5]
+local retired = f[6] or ''
+local i = 1
+while not known and i + 31 <= #retired do
+  known = p == string.sub(retired, i, i + 31)
+  i = i + 32
+end
+if not known then return {0} end
+local owner = f[3] or ''
+local listeners = -1
+if owner ~= '' and owner ~= ARGV[2] then
+  listeners = redis.call('PUBLISH', ARGV[3] .. owner, ARGV[4])
+end
+return {1, f[1], owner, listeners, f[4] or '', f[5] or '', retired, f[7] or '', f[8] or '',
+  f[9] or '', f[10] or ''}
 """
 
 #: KEYS: meta, stream. ARGV: epoch, ttl in ms (0: none), then field, value pairs.
@@ -135,16 +209,17 @@ end
 return 1
 """
 
-#: KEYS: meta, stream. ARGV: epoch, ttl in ms, channel, message, then field, value
-#: pairs. FENCED_HSET, then (if the epoch was ours) PUBLISH *message* on *channel*:
-#: a release and its answer to the node that asked for it, in one round trip; no
-#: answer when fenced out (the asker must not take a session someone else holds).
+#: KEYS: meta, stream. ARGV: epoch, ttl in ms, channel ("": nobody asked), message,
+#: then field, value pairs. FENCED_HSET, then (if the epoch was ours) PUBLISH
+#: *message* on *channel*: a release and its answer to the node that asked for it,
+#: queued with the owner's next pipelined commit (after the session's last append);
+#: no answer when fenced out (the asker must not take a session someone else holds).
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 """
 

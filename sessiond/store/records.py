@@ -72,3 +72,39 @@ class Loaded:
     owner: str  # "" when released
     meta: SessionMeta
     positions: Positions
+
+
+@dataclass(frozen=True, slots=True)
+class Claimable:
+    """What a resume of a session held elsewhere decides its claim from
+    (:meth:`~sessiond.store.redisstore.RedisStore.resume`): the epoch to claim from, the
+    owner and whether it was asked to release, and the credential's state."""
+
+    epoch: int
+    owner: str  # "" when released
+    #: Processes the release request reached: -1 when none was sent (no owner, or
+    #: this process), 0 when nobody listens for the owner's requests (it was killed).
+    listeners: int
+    identity: Any
+    credential_digest: bytes
+    previous_digest: bytes | None
+    retired: tuple[bytes, ...]
+    confirmed: bool
+    rotation_salt: bytes | None
+    lifetime: float  # the stored terms' detached lifetime (seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A resume's new credential state (protocol.md §10.4), decided before its claim
+    and written by it if the current credential is still *from_digest* (and, when the
+    previous one was presented, still unconfirmed: confirmed, that one is theft).
+    Unconfirmed, so the core restored from it issues the credential derived with
+    *rotation_salt* again (§10.3) and changes nothing."""
+
+    from_digest: bytes
+    from_previous: bool  # decided from the previous credential, the current unconfirmed
+    credential_digest: bytes
+    previous_digest: bytes
+    retired: tuple[bytes, ...]
+    rotation_salt: bytes

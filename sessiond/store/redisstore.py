@@ -6,6 +6,15 @@ iteration (its new outbound payloads and both positions in one entry), and
 Commits are serialised (one in flight): appends made while one runs go out in
 the next, so a session's entries reach Redis in counter order. Key names,
 scripts and encodings are in :mod:`sessiond.store.keys`.
+
+A move (a RESUME at this process of a session a live process holds) costs three
+round trips and two pub/sub hops: :meth:`RedisStore.resume` reads what the claim is
+decided from and asks the owner to release (one script); the owner's
+:meth:`RedisStore.release_later` rides in its next pipelined commit, after the
+session's last append, and answers from there; :meth:`RedisStore.claim_loaded`
+claims (writing the rotated credential) and reads the session back in one
+transaction. Both of the claimer's round trips use hiredis connections of their own
+(:class:`~sessiond.store.wire.WirePool`) where the URL allows.
 """
 
 from __future__ import annotations
@@ -27,9 +36,9 @@ from sessiond_client.protocol import CloseCode
 
 from . import keys
 from .errors import Fenced, Gone, StoreUnavailable
-from .records import Loaded, Positions, SessionMeta, Terms
+from .records import Claimable, Loaded, Positions, Rotation, SessionMeta, Terms
 from .streams import StreamLog
-from .wire import Wire, WireError
+from .wire import Wire, WireError, WirePool
 
 log = logging.getLogger("sessiond.store")
 
@@ -43,6 +52,7 @@ class Batch:
 
     commands: list[tuple[Any, ...]]
     owners: list[bytes | None]
+    releases: int = 0  # how many of the commands are releases (release_later)
 
 
 class RedisStore:
@@ -99,6 +109,12 @@ class RedisStore:
         #: The hot path's connection: hiredis encoding and parsing (sessiond/store/wire.py)
         #: where the URL allows, else redis-py on a connection of its own.
         self._wire = Wire(url, timeout) if Wire.supports(url) else None
+        #: The claim path's connections (resume, claim_loaded): hiredis too, a few, so a
+        #: burst of resumes neither waits behind the hot path nor pays redis-py's cost.
+        self._claims = WirePool(url, timeout, max_connections) if Wire.supports(url) else None
+        #: Exchanges with Redis this store made (pub/sub and the lease excluded): each
+        #: a round trip (a first use of a script through redis-py may add two).
+        self.round_trips = 0
         self._leaser = aioredis.Redis.from_url(
             url,
             single_connection_client=True,
@@ -108,6 +124,7 @@ class RedisStore:
         self._logs: dict[bytes, StreamLog] = {}
         self._commands: list[tuple[Any, ...]] = []
         self._owners: list[bytes | None] = []  # per queued command: the session it writes
+        self._releases = 0  # releases among the queued commands
         self._commit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
@@ -129,6 +146,8 @@ class RedisStore:
             await self.client.ping()
             for name, source in (
                 ("claim", keys.CLAIM),
+                ("claim_load", keys.CLAIM_LOAD),
+                ("resume", keys.RESUME),
                 ("fenced_hset", keys.FENCED_HSET),
                 ("release", keys.RELEASE),
                 ("end", keys.END),
@@ -166,6 +185,8 @@ class RedisStore:
             self._pubsub = None
         if self._wire is not None:
             self._wire.close()
+        if self._claims is not None:
+            self._claims.close()
         for client in (self.client, self._writer, self._leaser):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
@@ -310,8 +331,8 @@ class RedisStore:
     def take(self) -> Batch:
         """Everything appended so far, for :meth:`commit` (a caller that must do other
         writes first takes the batch at the moment it takes its other work)."""
-        batch = Batch(self._commands, self._owners)
-        self._commands, self._owners = [], []
+        batch = Batch(self._commands, self._owners, self._releases)
+        self._commands, self._owners, self._releases = [], [], 0
         return batch
 
     async def commit(self, batch: Batch | None = None) -> None:
@@ -328,6 +349,7 @@ class RedisStore:
             commands, owners = batch.commands, batch.owners
             if not commands:
                 return
+            self.round_trips += 1
             try:
                 if self._wire is not None:
                     results = await self._wire.execute(commands)
@@ -346,6 +368,12 @@ class RedisStore:
                 ):
                     self._logs.pop(sid, None)
                     self.on_fenced(sid)
+            if batch.releases:
+                for command, result in zip(commands, results, strict=True):
+                    if command[1] is keys.RELEASE and result != 1:
+                        # Fenced out (someone else holds it): nobody was answered. The
+                        # session was let go here already; its new owner has it.
+                        log.warning("session store: release of %s refused: %s", command[3], result)
 
     # --------------------------------------------------------------- lifecycle
 
@@ -401,18 +429,109 @@ class RedisStore:
             self._logs[sid] = StreamLog(result)
         return result
 
-    async def claim_loaded(self, sid: bytes, expected_epoch: int) -> tuple[int, Loaded]:
+    async def resume(self, sid: bytes, presented: bytes) -> Claimable | None:
+        """The first step of a move, one round trip: what the claim is decided from,
+        and, if *presented* (a credential's digest) is one the session ever had and
+        another node owns it, a request to that owner to release it (answered to
+        :meth:`released`, which must be called next). None: a credential the session
+        never had (nobody was asked). Raises :class:`Gone` with the reason when the
+        session is not there."""
+        meta_key = keys.meta_key(self.prefix, sid)
+        request = f"{self.node}:{sid.hex()}"
+        channels = keys.release_channel(self.prefix, "")
+        # Listening before asking: the answer cannot come before its waiter.
+        waiter = self._released.get(sid)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._released[sid] = waiter
+        asked = False
+        try:
+            args = (presented, self.node, channels, request)
+            if self._claims is not None:
+                (reply,) = await self._claim_path([("EVAL", keys.RESUME, 1, meta_key, *args)])
+            else:
+                reply = await self._call(self._scripts["resume"](keys=[meta_key], args=args))
+            status = int(reply[0])
+            if status == -1:
+                raise Gone(CloseCode.UNKNOWN_SESSION)
+            if status == -2:
+                raise Gone(CloseCode(int(reply[1])))
+            if status == 0:
+                return None
+            _, epoch, owner, listeners, current, previous, retired, confirmed, salt, *rest = reply
+            identity, terms = rest
+            asked = int(listeners) > 0
+            return Claimable(
+                epoch=int(epoch),
+                owner=_text(owner),
+                listeners=int(listeners),
+                identity=keys.unpack(identity),
+                credential_digest=current,
+                previous_digest=previous or None,
+                retired=keys.split_digests(retired),
+                confirmed=bool(confirmed),
+                rotation_salt=salt or None,
+                lifetime=Terms.from_list(keys.unpack(terms)).lifetime,
+            )
+        finally:
+            if not asked and self._released.get(sid) is waiter:
+                del self._released[sid]
+
+    async def released(self, sid: bytes, found: Claimable, timeout: float) -> bool:
+        """After :meth:`resume`: True once *found*'s owner released the session (at once
+        if none was asked); if nobody listened for the request (a killed owner), once its
+        lease runs out (within ``lease_ttl``); if the owner did not answer within
+        *timeout*, only if it holds no lease (alive without it, it dropped its sessions)."""
+        waiter = self._released.get(sid)
+        try:
+            if found.listeners < 0:
+                return True
+            if found.listeners == 0 or waiter is None:
+                return await self.lease_gone(found.owner, self.lease_ttl)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:
+                return not await self.owner_alive(found.owner)
+            return True
+        finally:
+            if waiter is not None and self._released.get(sid) is waiter:
+                del self._released[sid]
+
+    async def claim_loaded(
+        self,
+        sid: bytes,
+        expected_epoch: int,
+        ttl: float = 0.0,
+        rotation: Rotation | None = None,
+    ) -> tuple[int, Loaded]:
         """:meth:`claim`, and the session as the claim left it (:meth:`load`), in one
-        MULTI/EXEC round trip: what a released owner stored is read after the epoch
-        moved on, so no later write of that owner can be missing from it."""
+        round trip (one script): what a released owner stored is read after the epoch
+        moved on, so no later write of that owner can be missing from it. The keys get
+        a TTL of *ttl* seconds (0: none); a *rotation* is written with the claim if the
+        credential is still the one it was decided from (the returned meta says)."""
         meta_key, stream_key = keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)
-        pipe = self.client.pipeline(transaction=True)
-        await self._scripts["claim"](  # queued (the pipeline loads the script if need be)
-            keys=[meta_key, stream_key], args=[str(expected_epoch), self.node], client=pipe
-        )
-        pipe.hgetall(meta_key)
-        pipe.xrange(stream_key)
-        result, fields, entries = await self._call(pipe.execute())
+        args: list[Any] = [str(expected_epoch), self.node]
+        if ttl > 0 or rotation is not None:
+            args.append(int(ttl * 1000))
+        if rotation is not None:
+            args += [rotation.from_digest, b"1" if rotation.from_previous else b""]
+            args += [keys.DIGEST, rotation.credential_digest]
+            args += [keys.PREVIOUS, rotation.previous_digest]
+            args += [keys.RETIRED, keys.join_digests(rotation.retired)]
+            args += [keys.CONFIRMED, b"", keys.SALT, rotation.rotation_salt]
+        if self._claims is not None:
+            (reply,) = await self._claim_path(
+                [("EVAL", keys.CLAIM_LOAD, 2, meta_key, stream_key, *args)]
+            )
+            if isinstance(reply, hiredis.ReplyError):  # the script failed (a bug)
+                raise StoreUnavailable(f"session store: {reply}")
+        else:
+            reply = await self._call(
+                self._scripts["claim_load"](keys=[meta_key, stream_key], args=args)
+            )
+        result, flat, raw = reply if isinstance(reply, list) else (reply, [], [])
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        entries = [(eid, dict(zip(kv[::2], kv[1::2], strict=True))) for eid, kv in raw]
         epoch = int(result)
         if epoch == 0:
             raise Fenced(f"session {sid.hex()[:8]}: epoch moved past {expected_epoch}")
@@ -434,7 +553,10 @@ class RedisStore:
     ) -> None:
         """Write metadata (and the positions) if *epoch* is still current, then set the
         keys' TTL (*ttl* seconds: detached; 0: attached, no TTL). With *release*,
-        ownership is given up. Raises :class:`Fenced` when another node owns it."""
+        ownership is given up, and *positions* are required (the next claim reads them
+        instead of the stream). Raises :class:`Fenced` when another node owns it."""
+        if release and positions is None:
+            raise ValueError("a release stores the positions")
         fields: list[Any] = []
         if meta is not None:
             for name, value in self._meta_fields(meta, epoch).items():
@@ -467,6 +589,42 @@ class RedisStore:
                 args=[str(epoch), int(code), int(self.ended_ttl * 1000)],
             )
         )
+
+    def save_later(self, sid: bytes, epoch: int, meta: SessionMeta, ttl: float) -> None:
+        """:meth:`save` of *meta* with a TTL of *ttl* seconds, queued for the next
+        :meth:`commit` (after the session's appends queued so far) instead of a round
+        trip of its own. Fenced out, it changes nothing and is not reported: whoever
+        holds the session now has it, and this process's next append is refused."""
+        fields: list[Any] = []
+        for name, value in self._meta_fields(meta, epoch).items():
+            fields += [name, value]
+        meta_key, stream_key = keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)
+        ms = int(ttl * 1000)
+        self._commands.append(
+            ("EVAL", keys.FENCED_HSET, 2, meta_key, stream_key, epoch, ms, *fields)
+        )
+        self._owners.append(None)
+
+    def release_later(
+        self, sid: bytes, epoch: int, meta: SessionMeta, positions: Positions, ttl: float
+    ) -> None:
+        """Queue the release of *sid* (its metadata and *positions*, no owner, a TTL of
+        *ttl* seconds) for the next :meth:`commit`, after the session's appends queued
+        so far; fenced by *epoch* like every write. The node that asked for it is
+        answered by the same script: no round trip of its own."""
+        fields: list[Any] = []
+        for name, value in self._meta_fields(meta, epoch).items():
+            fields += [name, value]
+        fields += [keys.POSITIONS, _pack_positions(positions), keys.OWNER, ""]
+        channel, message = self._pubsub_reply(sid) or ("", "")
+        meta_key, stream_key = keys.meta_key(self.prefix, sid), keys.stream_key(self.prefix, sid)
+        ms = int(ttl * 1000)
+        self._commands.append(
+            ("EVAL", keys.RELEASE, 2, meta_key, stream_key, epoch, ms, channel, message, *fields)
+        )
+        self._owners.append(None)  # refused: logged by commit (the session is gone here)
+        self._releases += 1
+        self._logs.pop(sid, None)
 
     def forget(self, sid: bytes) -> None:
         """This process no longer holds the session (fenced, or dropped)."""
@@ -558,15 +716,28 @@ class RedisStore:
             keys.DATA: keys.pack(meta.data),
         }
 
+    async def _claim_path(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        assert self._claims is not None
+        self.round_trips += 1
+        try:
+            return await self._claims.execute(commands)
+        except WireError as exc:
+            raise StoreUnavailable(f"session store: {exc}") from None
+
     async def _call(self, pending: Any) -> Any:
         # The socket timeout bounds each command; a wait for a pooled connection
         # behind a burst of claims is not counted against it.
+        self.round_trips += 1
         try:
             return await pending
         except ResponseError:
             raise
         except (RedisError, OSError, TimeoutError, RedisTimeout) as exc:
             raise StoreUnavailable(f"session store: {exc or type(exc).__name__}") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _pack_positions(positions: Positions) -> bytes:
@@ -576,13 +747,29 @@ def _pack_positions(positions: Positions) -> bytes:
     return keys.pack(fields)
 
 
-def _later(mark: str | None, other: str | None) -> str | None:
-    """The greater of two stream entry IDs (None is smallest)."""
-    if other is None:
-        return mark
-    if mark is None:
-        return other
-    return max(mark, other, key=lambda m: tuple(int(part) for part in m.split("-")))
+def _gather(runs: list[tuple[int, list[bytes]]], start: int, end: int) -> tuple[bytes, ...]:
+    """The payloads numbered *start* .. *end* - 1 from *runs* of consecutive ones, each
+    ``(number of its first, payloads)``; raises :class:`Gone` if one is in none.
+
+    A number is given to one payload only (a fenced owner's append is refused, not
+    stored), so any run holding it will do: slices of the runs, not one dict entry per
+    payload (a move reads a whole window of them twice: the release's and the stream's).
+    """
+    out: list[bytes] = []
+    seq = start
+    while seq < end:
+        best_first, best = 0, None
+        for first, batch in runs:  # of the runs holding seq, the one reaching furthest
+            if first <= seq < first + len(batch) and (
+                best is None or first + len(batch) > best_first + len(best)
+            ):
+                best_first, best = first, batch
+        if best is None:
+            raise Gone(CloseCode.REPLAY_UNAVAILABLE)
+        stop = min(end, best_first + len(best))
+        out += best[seq - best_first : stop - best_first]
+        seq = stop
+    return tuple(out)
 
 
 def _decode(
@@ -605,12 +792,11 @@ def _decode(
     )
     next_seq, acked, consumed = 1, 0, 0
     mark: str | None = None
-    payloads: dict[int, bytes] = {}
+    runs: list[tuple[int, list[bytes]]] = []  # (sequence number of the first, payloads)
     if b"pos" in fields:
         next_seq, acked, consumed, unacked, *more = keys.unpack(fields[b"pos"])
         mark = more[0] if more else None
-        for index, payload in enumerate(unacked):
-            payloads[acked + 1 + index] = payload
+        runs.append((acked + 1, unacked))
     stream = StreamLog(epoch)
     for raw_id, entry in entries:
         entry_epoch, counter = keys.parse_entry_id(raw_id)
@@ -619,18 +805,15 @@ def _decode(
             continue
         first = int(entry[b"s"])
         batch = keys.unpack(entry[b"p"]) if b"p" in entry else []
-        for index, payload in enumerate(batch):
-            payloads[first + index] = payload
+        if batch:
+            runs.append((first, batch))
         next_seq = max(next_seq, first + len(batch))
         acked = max(acked, int(entry[b"a"]))
         consumed = max(consumed, int(entry[b"c"]))
         if b"k" in entry:
-            mark = _later(mark, entry[b"k"].decode())
+            mark = keys.later_mark(mark, entry[b"k"].decode())
         stream.loaded(entry_epoch, counter, first + len(batch) - 1)
-    try:
-        unacked_payloads = tuple(payloads[seq] for seq in range(acked + 1, next_seq))
-    except KeyError:
-        raise Gone(CloseCode.REPLAY_UNAVAILABLE) from None
+    unacked_payloads = _gather(runs, acked + 1, next_seq)
     logs[sid] = stream
     return Loaded(
         epoch=epoch,
