@@ -119,6 +119,9 @@ class Session(Handoff):
         # from the client; taking it here as well would process it twice.
         self._local = None
         self._core.take_unsettled(self._loop.time())
+        # The entry (which the daemon forgets now) and this object refer to each other:
+        # cut the link, so all the session held goes when the handler lets go of it.
+        self._entry = _FORGOTTEN
         self.wake()
 
     def release(self) -> None:

@@ -448,6 +448,47 @@ async def test_a_moved_session_stays_counted_where_its_messages_went(
     assert messages(b) == {"in": 20, "out": 20}  # ended there: still its 20
 
 
+async def test_a_session_that_moved_away_is_freed_at_once_where_it_was(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    """The old process lets go of everything a moved session held (its replay buffer,
+    inbox, handler) when its handler returns, with the cyclic garbage collector off:
+    the daemon's entry and the handler's session object refer to each other, and the
+    move must cut that link as an ended session's release does."""
+    app = Echo()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    sid = client.session.id or b""
+    await exchange(client, 0, 30)
+
+    def moved_here() -> list[object]:
+        return [
+            obj
+            for obj in gc.get_objects()
+            if isinstance(obj, sessiond.Session) and obj.id == sid.hex() and obj.moved
+        ]
+
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        await client.kill()
+        client.port = port(b)
+        assert await client.connect(10.0)
+        async with asyncio.timeout(10):
+            while app.moved < 1:
+                await asyncio.sleep(0.01)
+        for _ in range(5):  # the handler's task finishes and is let go of
+            await asyncio.sleep(0.01)
+        assert moved_here() == []
+        await exchange(client, 30, 5)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    await client.close()
+
+
 async def test_a_failed_commit_refuses_new_sessions_only_until_the_store_answers_again(
     start: Callable[..., Awaitable[Server]], redis_server: RedisServer
 ) -> None:
