@@ -889,7 +889,9 @@ class ServerProtocol(asyncio.Protocol):
             return
         if self._write_paused and not conn.closed:
             return  # the core holds it (bounded by the window) until resume_writing
-        self.write_out(conn.data_to_send())
+        data = conn.data_to_send()
+        if data or conn.closed:  # (most flushes after a read have nothing to write)
+            self.write_out(data)
 
     @property
     def write_paused(self) -> bool:
