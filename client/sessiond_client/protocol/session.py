@@ -108,6 +108,8 @@ _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
 _pack_data_head = codec.DATA_HEAD.pack
+_DATA_LEAD = codec.DATA_LEAD
+_BIN32 = codec.BIN32
 #: From this many messages on, send_many builds headers in bulk (below, its set-up costs more).
 _BULK = 8
 _HANDSHAKING = frozenset(
@@ -451,7 +453,7 @@ class Session:
             out = conn._out
             if out is None:
                 conn._out = out = []
-            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            out.append(_pack_data_head(_DATA_LEAD, seq, _BIN32, size))
             out.append(payload)
             conn._last_send = now
             if self._ack_deadline is not None:
@@ -499,11 +501,9 @@ class Session:
             frames[0::2] = list(
                 map(
                     _pack_data_head,
-                    repeat(0x93, count),
-                    repeat(_DATA),
-                    repeat(0xCF),
+                    repeat(_DATA_LEAD, count),
                     range(seq, seq + count),
-                    repeat(0xC6),
+                    repeat(_BIN32),
                     sizes,
                 )
             )
@@ -521,7 +521,7 @@ class Session:
                     raise PayloadTooLarge(f"{size} bytes > {max_payload}")
                 if seq - 1 - acked:
                     break  # the window is full; with nothing in flight, one always fits
-            write(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            write(_pack_data_head(_DATA_LEAD, seq, _BIN32, size))
             write(payload)
             seq += 1
             unacked += size
@@ -854,7 +854,7 @@ class Session:
                 return
             seq += 1
             in_flight += size
-            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            out.append(_pack_data_head(_DATA_LEAD, seq, _BIN32, size))
             out.append(payload)
         conn._replay_from = seq
         conn._replaying = False
