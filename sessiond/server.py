@@ -445,7 +445,8 @@ class Server:
         """
         core = entry.core
         evict: list[bytes] = []
-        for event in core.events():
+        events = core.events()
+        for event in events:
             self._count(entry, event)
             if isinstance(event, SessionStarted):
                 self._log(entry, "created", replaces=event.replaces)
@@ -467,7 +468,10 @@ class Server:
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
-        entry.session.wake()
+        if events or after_input:
+            # After a flush with nothing new, no waiter can have become ready: messages
+            # and window come with input, an end with an event (one call less per tick).
+            entry.session.wake()
         if after_input and core.messages_waiting and not entry.dirty and entry.protocol is not None:
             # The woken handler runs next iteration; a flush queued behind it writes its
             # replies in that same iteration instead of one later (echo latency).
@@ -899,7 +903,9 @@ class ServerProtocol(asyncio.Protocol):
             return
         if self._write_paused and not conn.closed:
             return  # the core holds it (bounded by the window) until resume_writing
-        self.write_out(conn.data_to_send())
+        data = conn.data_to_send()
+        if data or conn.closed:  # (most flushes after a read have nothing to write)
+            self.write_out(data)
 
     @property
     def write_paused(self) -> bool:

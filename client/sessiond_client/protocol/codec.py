@@ -42,14 +42,19 @@ MAX_ARRAY_LEN = 16
 MAX_MAP_LEN = 32
 MAX_STR_LEN = 4096
 
-#: Header of a DATA frame as we write it: fixarray(3), 3, uint64 seq, bin32 length.
-DATA_HEAD = struct.Struct(">BBBQBI")
+#: Header of a DATA frame as we write it: fixarray(3), 3, uint64 seq, bin32 length,
+#: packed as ``DATA_HEAD.pack(DATA_LEAD, seq, BIN32, size)``: the constant bytes go in as
+#: two strings, cheaper than a range-checked integer conversion each (a quarter of the
+#: header's cost, measured with callgrind).
+DATA_HEAD = struct.Struct(">3sQsI")
+DATA_LEAD = bytes((0x93, DATA, 0xCF))  # fixarray of 3, the type, uint64 marker
+BIN32 = b"\xc6"
 _U64_FRAME = struct.Struct(">BBBQ")
 
 
 def encode_data(seq: int, payload: bytes) -> bytes:
     """Encode a DATA frame: ``[3, seq, payload]`` with uint64 and bin32 headers."""
-    return DATA_HEAD.pack(0x93, DATA, 0xCF, seq, 0xC6, len(payload)) + payload
+    return DATA_HEAD.pack(DATA_LEAD, seq, BIN32, len(payload)) + payload
 
 
 def encode_ack(seq: int) -> bytes:

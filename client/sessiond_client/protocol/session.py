@@ -108,6 +108,8 @@ _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
 _pack_data_head = codec.DATA_HEAD.pack
+_DATA_LEAD = codec.DATA_LEAD
+_BIN32 = codec.BIN32
 #: From this many messages on, send_many builds headers in bulk (below, its set-up costs more).
 _BULK = 8
 _HANDSHAKING = frozenset(
@@ -451,7 +453,7 @@ class Session:
             out = conn._out
             if out is None:
                 conn._out = out = []
-            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            out.append(_pack_data_head(_DATA_LEAD, seq, _BIN32, size))
             out.append(payload)
             conn._last_send = now
             if self._ack_deadline is not None:
@@ -477,11 +479,16 @@ class Session:
             raise InvalidState(_EXHAUSTED)
         acked = self._acked
         # the window's last sequence number, and never one above 2**64-1 (protocol.md §5.1)
-        last_seq = min(acked + self._send_window_messages, U64_MAX)
+        # (conditionals, not min(): a builtin call per batch is a fifth of a small batch)
+        last_seq = acked + self._send_window_messages
+        if last_seq > U64_MAX:  # noqa: PLR1730 (no builtin call)
+            last_seq = U64_MAX
         unacked = self._unacked_bytes
         frames: list[bytes] = []
         rest = payloads
-        count = min(len(payloads), last_seq - seq + 1)
+        count = last_seq - seq + 1
+        if count > len(payloads):  # noqa: PLR1730 (no builtin call)
+            count = len(payloads)
         if count >= _BULK:
             batch = payloads if count == len(payloads) else payloads[:count]
             sizes = list(map(len, batch))
@@ -494,11 +501,9 @@ class Session:
             frames[0::2] = list(
                 map(
                     _pack_data_head,
-                    repeat(0x93, count),
-                    repeat(_DATA),
-                    repeat(0xCF),
+                    repeat(_DATA_LEAD, count),
                     range(seq, seq + count),
-                    repeat(0xC6),
+                    repeat(_BIN32),
                     sizes,
                 )
             )
@@ -516,7 +521,7 @@ class Session:
                     raise PayloadTooLarge(f"{size} bytes > {max_payload}")
                 if seq - 1 - acked:
                     break  # the window is full; with nothing in flight, one always fits
-            write(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            write(_pack_data_head(_DATA_LEAD, seq, _BIN32, size))
             write(payload)
             seq += 1
             unacked += size
@@ -867,7 +872,7 @@ class Session:
                 return
             seq += 1
             in_flight += size
-            out.append(_pack_data_head(0x93, _DATA, 0xCF, seq, 0xC6, size))
+            out.append(_pack_data_head(_DATA_LEAD, seq, _BIN32, size))
             out.append(payload)
         conn._replay_from = seq
         conn._replaying = False
@@ -881,8 +886,9 @@ class Session:
         if conn is None or conn.state is not _OPEN:
             return
         p = self.params
-        if pending >= max(1, p.window_messages // 4) or self._ack_pending_bytes >= max(
-            1, p.window_bytes // 4
+        # (x // 4 or 1 is max(1, x // 4) for x >= 0, without a builtin call per read)
+        if pending >= (p.window_messages // 4 or 1) or self._ack_pending_bytes >= (
+            p.window_bytes // 4 or 1
         ):
             self._send_ack(conn, now)
         elif self._ack_deadline is None:
@@ -1146,10 +1152,12 @@ class Connection:
                         kind, seq, payload = frame
                     except (TypeError, ValueError):
                         kind = None
+                    # `is`: msgpack hands small ints out as CPython's cached objects, so
+                    # this is one pointer test for "the int 3" (3.0 and True fail it and
+                    # take _dispatch, which applies the full rules of frames.py).
                     if (
-                        kind == _DATA
+                        kind is _DATA
                         and seq == received + 1
-                        and kind.__class__ is int
                         and seq.__class__ is int
                         and payload.__class__ is bytes
                     ):
@@ -1390,10 +1398,16 @@ class Connection:
             return None
         if state is not _OPEN:
             return self._opened_at + self.params.handshake_timeout
-        deadline = min(self._last_send + self._heartbeat, self._dead_at())
+        # Called after every read and flush: conditionals, not min() (a builtin call each).
+        deadline = self._last_send + self._heartbeat
+        dead_at = self._last_recv + self._idle_timeout + 4 * (self.rtt or 0.0)  # _dead_at()
+        if dead_at < deadline:  # noqa: PLR1730 (no builtin call)
+            deadline = dead_at
         session = self.session
-        if session is not None and session._ack_deadline is not None:
-            deadline = min(deadline, session._ack_deadline)
+        if session is not None:
+            ack_deadline = session._ack_deadline
+            if ack_deadline is not None and ack_deadline < deadline:
+                deadline = ack_deadline
         return deadline
 
     def _dead_at(self) -> float:
