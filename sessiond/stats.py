@@ -85,11 +85,11 @@ class Stats:
 
     def session_ended(self, code: str, sent: int, received: int) -> None:
         self.ended[code] = self.ended.get(code, 0) + 1
-        self.ended_messages_out += sent
-        self.ended_messages_in += received
+        self.session_moved(sent, received)
 
     def session_moved(self, sent: int, received: int) -> None:
-        """A session moved to another process: its messages stay counted here."""
+        """A session left (ended, or moved to another process): its messages stay
+        counted here."""
         self.ended_messages_out += sent
         self.ended_messages_in += received
 
