@@ -157,11 +157,11 @@ class TlsSection:
     )
     idle_memory: str = setting(
         "compact",
-        doc="compact: a tls:// listener fixes glibc's mmap threshold at 256 KiB for the whole "
-        "process, so an idle TLS session costs ~27 KiB of RSS instead of ~37 KiB, but every "
-        "block of 256 KiB+ (a large output batch) is mapped and unmapped each time: ~1 us "
-        "more CPU per 1 KiB message over TCP, 2-3 us over TLS; fast: glibc's default, "
-        "no such cost, more memory per idle TLS session (sessiond/heap.py)",
+        doc="compact: TLS transports read ciphertext into one shared buffer (asyncio's TLS "
+        "protocol), so an idle TLS session costs ~23 KiB of RSS, for a little more CPU per "
+        "TLS record (tls/tcp server CPU per 64 B message 1.23x against 1.10x); fast: "
+        "uvloop's TLS protocol, a 256 KiB read buffer per transport, ~37 KiB per idle TLS "
+        'session (README, "Memory over TLS")',
         choices=("compact", "fast"),
     )
 

@@ -93,7 +93,7 @@ def server_config(settings: Settings, auth: Authenticator | None = None) -> Serv
         max_transports_per_peer=settings.server.max_transports_per_peer,
         drain_timeout=settings.server.drain_timeout,
         limits=settings.limits,
-        map_large_blocks=settings.tls.idle_memory == "compact",
+        tls_shared_buffer=settings.tls.idle_memory == "compact",
     )
 
 

@@ -16,9 +16,11 @@ message over TCP and 2-3 us over TLS (of 5 and 8-9 us), within noise at 64 B. On
 threshold set just while each TLS transport is made avoids that, and keeps little of the
 saving (34.8 KiB per session: the buffers then fill the heap's free space).
 
-So it is the operator's choice: ``tls.idle_memory = "compact"`` (the default) makes a
-``tls://`` listener call :func:`map_large_blocks`, ``"fast"`` leaves glibc's dynamic
-threshold alone (``ServerConfig.map_large_blocks`` for embedders; CONFIG.md).
+The daemon no longer needs it: its TLS transports share one read buffer
+(``ServerConfig.tls_shared_buffer``, the default; ``tls.idle_memory = "compact"``). An
+embedder that keeps uvloop's TLS protocol (``tls_shared_buffer=False``) can still ask a
+TLS listener for it with ``ServerConfig(map_large_blocks=True)``; ``bench/ceiling.py``
+uses it for its bare uvloop TLS connections.
 
 glibc only; elsewhere (musl, macOS, Windows) it does nothing.
 """

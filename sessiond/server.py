@@ -72,9 +72,15 @@ class ServerConfig:
     drain_timeout: float = 10.0
     close_grace: float = 2.0  # how long a closed transport may take to flush its output
     limits: Limits = field(default_factory=Limits)  # what one client may cost (budgets.py)
-    # A TLS listener fixes glibc's mmap threshold: less memory per idle TLS session, more
-    # CPU per large output batch (sessiond/heap.py; the daemon's tls.idle_memory).
-    map_large_blocks: bool = True
+    # TLS transports read ciphertext into one buffer they all share (asyncio's TLS
+    # protocol, see _SharedBufferTls): about 4 KiB less per idle TLS session than uvloop's
+    # own, which keeps a 256 KiB buffer per transport, for a little more CPU per TLS
+    # record (the daemon's tls.idle_memory = "compact"; issue 18).
+    tls_shared_buffer: bool = True
+    # With uvloop's TLS protocol (tls_shared_buffer False): a TLS listener fixes glibc's
+    # mmap threshold, so that only the touched pages of those buffers are resident, for
+    # more CPU per large output batch (sessiond/heap.py).
+    map_large_blocks: bool = False
 
 
 class _Entry:
@@ -185,7 +191,7 @@ class Server:
         if ssl is None:
             factory = lambda: self._protocol_class(self)  # noqa: E731
         else:
-            if self.config.map_large_blocks:  # tls.idle_memory = "compact"
+            if self.config.map_large_blocks and not self.config.tls_shared_buffer:
                 map_large_blocks()  # each TLS transport's 256 KiB read buffer: sessiond/heap.py
             factory = lambda: TlsAccept(self, ssl)  # noqa: E731
         # Our own accept (accept.py): running out of descriptors is logged and waited out.
@@ -1020,8 +1026,8 @@ class TlsAccept(asyncio.Protocol):
 
     Nothing of TLS exists until the client's first bytes (its ClientHello) arrive: a
     transport that says nothing costs a TCP transport, not an SSL object with its
-    handshake buffers and uvloop's 256 KiB read buffer (about 50 KiB of RSS each, issue
-    18). The loop's own TLS protocol (uvloop's when running on uvloop) is then installed
+    handshake buffers (about 50 KiB of RSS each, issue 18). The TLS protocol
+    (:func:`_tls_protocol_class`) is then installed
     from ``data_received``, as ``loop.start_tls`` would do it, and handed those bytes: a
     ``start_tls`` from a task could miss the ClientHello. Its decrypted input goes
     through :class:`_TlsReader`.
@@ -1079,7 +1085,7 @@ class TlsAccept(asyncio.Protocol):
         remaining = self._silence.when() - self.server.loop.time() if self._silence else 0.0
         self._cancel_silence()
         server = self.server
-        tls = _tls_protocol_class(server.loop)(
+        tls = _tls_protocol_class(server.loop, server.config.tls_shared_buffer)(
             server.loop,
             _TlsReader(_TlsServerProtocol(server, self)),
             self.ssl,
@@ -1214,8 +1220,43 @@ class _TlsServerProtocol(ServerProtocol):
         super().connection_made(transport)
 
 
-def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
-    """The TLS protocol class ``loop.start_tls`` uses on *loop*."""
+class _SharedBufferTls(asyncio.sslproto.SSLProtocol):
+    """asyncio's TLS protocol, reading ciphertext into one buffer every transport shares.
+
+    Each transport of asyncio's (and uvloop's) TLS protocol has a 256 KiB buffer that
+    the socket is read into and that ``buffer_updated`` at once copies into the
+    ``SSLObject``'s input ``MemoryBIO``: nothing is left in it between reads, so one
+    buffer serves every transport. asyncio's is zero-filled (all 256 KiB resident);
+    uvloop's is not, but a page of it stays resident per transport (4 KiB of an idle
+    TLS session's ~27, issue 18; README, "Memory over TLS", has the rest). The write backlog is a
+    list, empty between writes, where asyncio keeps a deque with a 0.5 KiB block.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # An instance value while __init__ makes its buffer (empty), the class's after.
+        self.max_size = 0  # type: ignore[misc]
+        super().__init__(*args, **kwargs)
+        del self.max_size
+        self._ssl_buffer, self._ssl_buffer_view = _shared_ciphertext_buffer()
+        self._write_backlog = []  # type: ignore[assignment]  # append, [0], del [0], clear
+
+
+_CIPHERTEXT: list[tuple[bytearray, memoryview]] = []
+
+
+def _shared_ciphertext_buffer() -> tuple[bytearray, memoryview]:
+    """The buffer :class:`_SharedBufferTls` reads into: made once per process, when needed."""
+    if not _CIPHERTEXT:
+        buffer = bytearray(asyncio.sslproto.SSLProtocol.max_size)
+        _CIPHERTEXT.append((buffer, memoryview(buffer)))
+    return _CIPHERTEXT[0]
+
+
+def _tls_protocol_class(loop: asyncio.AbstractEventLoop, shared_buffer: bool) -> Any:
+    """The TLS protocol for a transport of a TLS listener: :class:`_SharedBufferTls` with
+    *shared_buffer*, else the class ``loop.start_tls`` uses on *loop*."""
+    if shared_buffer:
+        return _SharedBufferTls
     if type(loop).__module__.startswith("uvloop"):
         import uvloop.loop  # noqa: PLC0415  (a uvloop loop runs: uvloop is installed)
 

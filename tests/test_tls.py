@@ -31,6 +31,7 @@ import sessiond
 import sessiond.apps
 from bench.processes import free_port
 from sessiond.cli import ListenAddress, parse_listen
+from sessiond.server import ServerConfig
 from sessiond.tls import (
     CertificateReloader,
     GeneratedFiles,
@@ -132,6 +133,39 @@ async def test_echo_over_tls_and_resume_after_killed_transport(
     await client.pump_until(lambda: len(client.received) >= len(sent), TIMEOUT)
     assert client.received == sent
     await client.close()
+
+
+@pytest.mark.parametrize("shared_buffer", [True, False])
+async def test_tls_transports_read_into_one_shared_buffer(
+    certs: GeneratedFiles, shared_buffer: bool
+) -> None:
+    """``tls_shared_buffer`` (the daemon's ``tls.idle_memory = "compact"``): every TLS
+    transport reads its ciphertext into one buffer; messages of several TLS records,
+    interleaved between two sessions, arrive whole and in order either way."""
+    context = server_context(certs.server_cert, certs.server_key)
+    config = ServerConfig(tls_shared_buffer=shared_buffer)
+    async with sessiond.serve(
+        sessiond.apps.echo, "127.0.0.1", 0, ssl=context, config=config
+    ) as server:
+        clients = [tls_client(server, client_context(certs.ca)) for _ in range(2)]
+        for client in clients:
+            await client.open(TIMEOUT)
+        sent = [bytes([i]) * (40_000 + i) for i in range(6)]  # 3 records each
+        for payload in sent:
+            for client in clients:
+                client.send(payload)
+        for client in clients:
+
+            def done(client: CoreClient = client) -> bool:
+                return len(client.received) >= len(sent)
+
+            await client.pump_until(done, TIMEOUT)
+            assert client.received == sent
+        tls = [p.transport._ssl_protocol for p in server.protocols]  # type: ignore[union-attr]
+        assert len(tls) == 2
+        assert (tls[0]._ssl_buffer is tls[1]._ssl_buffer) is shared_buffer
+        for client in clients:
+            await client.close()
 
 
 async def test_ipv6_listener(certs: GeneratedFiles) -> None:
