@@ -16,6 +16,7 @@ import contextvars
 import inspect
 import logging
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -1194,14 +1195,26 @@ class _TlsReader(asyncio.BufferedProtocol):
 
 #: Decrypted TLS input, one read at a time (uvloop's own limit per read, SSL_READ_MAX_SIZE).
 TLS_READ_BUFFER = 256 * 1024
-_READ_BUFFER: list[memoryview] = []
+
+
+class _SharedBuffers(threading.local):
+    """The buffers every TLS transport of a thread shares, made when first needed. One
+    set per thread, not per process: the socket read and ``SSL_read`` run without the
+    GIL, so loops in two threads (an embedder's) must not fill the same buffer."""
+
+    plaintext: memoryview | None = None  # _TlsReader's
+    ciphertext: tuple[bytearray, memoryview] | None = None  # _SharedBufferTls's
+
+
+_BUFFERS = _SharedBuffers()
 
 
 def _tls_read_buffer() -> memoryview:
-    """The buffer :class:`_TlsReader` lends out: made once per process, when first needed."""
-    if not _READ_BUFFER:
-        _READ_BUFFER.append(memoryview(bytearray(TLS_READ_BUFFER)))
-    return _READ_BUFFER[0]
+    """The buffer :class:`_TlsReader` lends out."""
+    buffer = _BUFFERS.plaintext
+    if buffer is None:
+        buffer = _BUFFERS.plaintext = memoryview(bytearray(TLS_READ_BUFFER))
+    return buffer
 
 
 class _TlsServerProtocol(ServerProtocol):
@@ -1221,7 +1234,8 @@ class _TlsServerProtocol(ServerProtocol):
 
 
 class _SharedBufferTls(asyncio.sslproto.SSLProtocol):
-    """asyncio's TLS protocol, reading ciphertext into one buffer every transport shares.
+    """asyncio's TLS protocol, reading ciphertext into one buffer every transport (of a
+    thread: :class:`_SharedBuffers`) shares.
 
     Each transport of asyncio's (and uvloop's) TLS protocol has a 256 KiB buffer that
     the socket is read into and that ``buffer_updated`` at once copies into the
@@ -1241,15 +1255,13 @@ class _SharedBufferTls(asyncio.sslproto.SSLProtocol):
         self._write_backlog = []  # type: ignore[assignment]  # append, [0], del [0], clear
 
 
-_CIPHERTEXT: list[tuple[bytearray, memoryview]] = []
-
-
 def _shared_ciphertext_buffer() -> tuple[bytearray, memoryview]:
-    """The buffer :class:`_SharedBufferTls` reads into: made once per process, when needed."""
-    if not _CIPHERTEXT:
+    """The buffer :class:`_SharedBufferTls` reads into."""
+    shared = _BUFFERS.ciphertext
+    if shared is None:
         buffer = bytearray(asyncio.sslproto.SSLProtocol.max_size)
-        _CIPHERTEXT.append((buffer, memoryview(buffer)))
-    return _CIPHERTEXT[0]
+        shared = _BUFFERS.ciphertext = (buffer, memoryview(buffer))
+    return shared
 
 
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop, shared_buffer: bool) -> Any:

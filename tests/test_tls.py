@@ -14,6 +14,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from sessiond_client.protocol import ConnectionState, Params, Role, Session, Ses
 
 import sessiond
 import sessiond.apps
+import sessiond.server as server_module
 from bench.processes import free_port
 from sessiond.cli import ListenAddress, parse_listen
 from sessiond.server import ServerConfig
@@ -166,6 +168,25 @@ async def test_tls_transports_read_into_one_shared_buffer(
         assert (tls[0]._ssl_buffer is tls[1]._ssl_buffer) is shared_buffer
         for client in clients:
             await client.close()
+
+
+def test_shared_tls_buffers_are_one_per_thread() -> None:
+    """Loops in two threads never fill the same buffer (the socket read and SSL_read run
+    without the GIL); within a thread every transport gets the same one."""
+    here = (server_module._shared_ciphertext_buffer()[0], server_module._tls_read_buffer())
+    again = (server_module._shared_ciphertext_buffer()[0], server_module._tls_read_buffer())
+    there: list[object] = []
+
+    def other() -> None:
+        there.extend(
+            (server_module._shared_ciphertext_buffer()[0], server_module._tls_read_buffer())
+        )
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert here[0] is again[0] and here[1] is again[1]
+    assert here[0] is not there[0] and here[1] is not there[1]
 
 
 async def test_ipv6_listener(certs: GeneratedFiles) -> None:
