@@ -55,6 +55,7 @@ from .loadgen import echo
 from .processes import HOST, Pinning, ServerProcess, cpu_seconds, daemon_argv, free_port
 from .results import Json, markdown_table, spread
 from .summary import Headline, Target, cpu_cell, judged, values_range
+from .throughput import plural
 
 HELP = "echo msg/s with --store redis:// beside the memory store, 100 sessions and 1"
 SCENARIO, MEMORY, REDIS = "store", "memory", "redis"
@@ -71,10 +72,6 @@ BEFORE_KILL = 1.0  # seconds of traffic before the kill, and after the last resu
 
 def goal(sessions: int) -> float:
     return TARGET[1] if sessions == 1 else TARGET[100]
-
-
-def plural(count: int) -> str:
-    return f"{count:,} session" + ("" if count == 1 else "s")
 
 
 def redis_command(port: int, directory: Path) -> list[str]:
