@@ -309,26 +309,8 @@ class Daemon:
         where = self.settings.metrics.listen
         if not where:
             return True
-        address = parse_listen(where, ("http",))
         self.metrics = MetricsServer(self)
-        try:
-            host, port = await self.metrics.start(address.host, address.port)
-        except OSError as exc:
-            why = exc.strerror or str(exc)
-            log.error(
-                "cannot serve metrics on %s: %s",
-                where,
-                why,
-                extra=_fields("listen-failed", address=where, error=why),
-            )
-            return False
-        url = f"http://{format_host(host)}:{port}"
-        log.info(
-            "metrics on %s/metrics (also /healthz, /readyz)",
-            url,
-            extra=_fields("metrics", address=url),
-        )
-        return True
+        return await self.metrics.listen_at(where, log)
 
     async def _start_admin(self, server: Server) -> bool:
         path = self.settings.admin.socket

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as CollectorBase
 
+from .addresses import format_host, parse_listen
 from .server import Server
 from .stats import Stats
 
@@ -302,6 +303,30 @@ class HttpDoor:
         self.listener = await asyncio.start_server(self._serve, host, port, limit=REQUEST_LIMIT)
         bound = self.listener.sockets[0].getsockname()
         return bound[0], bound[1]
+
+    async def listen_at(self, where: str, logger: logging.Logger, serving: str = "") -> bool:
+        """Listen on *where* (a ``--metrics`` address) and log the URL, *serving* after
+        it; False, with the reason logged, when it cannot."""
+        address = parse_listen(where, ("http",))
+        try:
+            host, port = await self.start(address.host, address.port)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            logger.error(
+                "cannot serve metrics on %s: %s",
+                where,
+                why,
+                extra={"fields": {"event": "listen-failed", "address": where, "error": why}},
+            )
+            return False
+        url = f"http://{format_host(host)}:{port}"
+        logger.info(
+            "metrics on %s/metrics (also /healthz, /readyz)%s",
+            url,
+            serving,
+            extra={"fields": {"event": "metrics", "address": url}},
+        )
+        return True
 
     async def close(self) -> None:
         if self.listener is not None:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .addresses import format_host, parse_listen
+from .addresses import parse_listen
 from .admin import AdminError
 from .config import Settings
 from .gather import Gatherer, Occupant, SupervisorAdmin, SupervisorMetrics, socket_directory_problem
@@ -448,26 +448,9 @@ class Supervisor:
             extra=_fields("worker-doors", directory=str(gatherer.directory)),
         )
         if where:
-            address = parse_listen(where, ("http",))
             self.metrics = SupervisorMetrics(gatherer)
-            try:
-                host, port = await self.metrics.start(address.host, address.port)
-            except OSError as exc:
-                why = exc.strerror or str(exc)
-                log.error(
-                    "cannot serve metrics on %s: %s",
-                    where,
-                    why,
-                    extra=_fields("listen-failed", address=where, error=why),
-                )
+            if not await self.metrics.listen_at(where, log, f" for {self.count} workers"):
                 return False
-            url = f"http://{format_host(host)}:{port}"
-            log.info(
-                "metrics on %s/metrics (also /healthz, /readyz) for %d workers",
-                url,
-                self.count,
-                extra=_fields("metrics", address=url),
-            )
         if path:
             self.admin = SupervisorAdmin(gatherer, path)
             try:
