@@ -111,6 +111,16 @@ def split_digests(data: bytes) -> tuple[bytes, ...]:
 # -------------------------------------------------------------------- scripts
 # Scripts run on the resume, claim, release and end paths only, never per message.
 
+#: Lua: both keys of a session (KEYS[1], KEYS[2]) expire in ``ttl`` ms, or never (0).
+_EXPIRE_BOTH = """if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+"""
+
 #: KEYS: meta, stream. ARGV: expected epoch, claiming node; optionally a ttl in ms
 #: (0: none), the credential digest the claimer decided its rotation from, "1" if
 #: it was decided from the previous credential (then only while the current one is
@@ -119,7 +129,8 @@ def split_digests(data: bytes) -> tuple[bytes, ...]:
 #: unknown (never existed or expired); -2 if it ended. The rotation is written only
 #: if the credential is still the one it was decided from (else the claimer's core
 #: rotates it again from what the claim reads, and stores that itself).
-_CLAIM_STEPS = """
+_CLAIM_STEPS = (
+    """
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then return -1 end
 if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return -2 end
@@ -132,14 +143,9 @@ if #ARGV > 5 and redis.call('HGET', KEYS[1], 'd') == ARGV[4]
   redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 end
 local ttl = tonumber(ARGV[3] or '0')
-if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-else
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
-end
 """
+    + _EXPIRE_BOTH
+)
 CLAIM = _CLAIM_STEPS + "return n\n"
 
 #: :data:`CLAIM`, then the session as the claim left it: returns what CLAIM returns
@@ -195,19 +201,15 @@ return {1, f[1], owner, listeners, f[4] or '', f[5] or '', retired, f[7] or '', 
 #: KEYS: meta, stream. ARGV: epoch, ttl in ms (0: none), then field, value pairs.
 #: Writes the fields if the epoch is still ours, then sets (or clears) the TTL of
 #: both keys. Returns 1, or 0 when fenced out.
-FENCED_HSET = """
+FENCED_HSET = (
+    """
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-else
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
-end
-return 1
 """
+    + _EXPIRE_BOTH
+    + "return 1\n"
+)
 
 #: KEYS: meta, stream. ARGV: epoch, ttl in ms, channel ("": nobody asked), message,
 #: then field, value pairs. FENCED_HSET, then (if the epoch was ours) PUBLISH
