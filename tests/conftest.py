@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from .redisserver import RedisServer
+
+if TYPE_CHECKING:
+    from sessiond.store.redisstore import RedisStore
 
 settings.register_profile(
     "ci",
@@ -40,3 +44,21 @@ def redis_aof(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[RedisStore]]]:
+    """Make started stores on the test's redis-server; all closed at the end."""
+    made: list[RedisStore] = []
+
+    async def make(url: str | None = None, **options: Any) -> RedisStore:
+        from sessiond.store.redisstore import RedisStore  # noqa: PLC0415  (the [redis] extra)
+
+        store = RedisStore(url or redis_server.url, "t:", **options)
+        await store.start()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()

@@ -35,21 +35,6 @@ CREDENTIAL = b"c" * 32  # meta()'s current credential
 RETIRED = b"r" * 32  # meta()'s retired one
 
 
-@pytest.fixture
-async def stores(redis_server: RedisServer) -> AsyncIterator[MakeStore]:
-    made: list[RedisStore] = []
-
-    async def make(url: str | None = None, **options: Any) -> RedisStore:
-        store = RedisStore(url or redis_server.url, "t:", **options)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.close()
-
-
 async def command_calls(store: RedisStore) -> dict[str, int]:
     """Calls per command since Redis started (``INFO commandstats``), scripts' included."""
     info = await store.client.info("commandstats")

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 from sessiond_client.protocol import CloseCode
@@ -37,22 +36,6 @@ def meta(sid: bytes, identity: object = "alice") -> SessionMeta:
         terms=TERMS,
         data={"score": 3, "name": "x"},
     )
-
-
-@pytest.fixture
-async def stores(redis_server: RedisServer) -> AsyncIterator[MakeStore]:
-    """Make started stores on the test's redis-server; all closed at the end."""
-    made: list[RedisStore] = []
-
-    async def make(url: str | None = None, **options: Any) -> RedisStore:
-        store = RedisStore(url or redis_server.url, "t:", **options)
-        await store.start()
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        await store.close()
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
