@@ -10,10 +10,11 @@ import random
 
 import pytest
 import sessiond_client
-from sessiond_client import CloseCode, ReconnectPolicy, SessionLost, State
+from sessiond_client import CloseCode, Params, ReconnectPolicy, SessionLost, State
 from sessiond_client.client import parse_url
 from sessiond_client.protocol import GoawayReceived, SessionLostEvent
 
+import sessiond
 from tests.faultproxy import C2S, S2C, Direction, FaultProxy, ProxyConnection
 from tests.test_faults import CLIENT_PARAMS, IDLE_TIMEOUT, MARGIN, daemon_and_proxy, echo_daemon
 
@@ -319,3 +320,48 @@ async def test_a_session_expiring_during_the_backoff_is_lost_cleanly() -> None:
         reconnect = session._reconnect
         assert reconnect is not None and reconnect.done() and reconnect.exception() is None
     assert errors == []
+
+
+async def test_send_waits_for_window_then_everything_arrives_in_order() -> None:
+    """send()'s fast path (the message fits the window) and its general path (the window
+    is full: it waits) interleave without reordering; async iteration ends with the
+    session; a send after close raises SessionLost."""
+    release = asyncio.Event()
+    got: list[bytes] = []
+
+    async def app(session: sessiond.Session) -> None:
+        await release.wait()  # reads nothing yet: the client's window fills
+        async for payload in session:
+            got.append(payload)
+            await session.send(payload)
+
+    config = sessiond.ServerConfig(params=Params(window_messages=8, window_bytes=4096))
+    async with sessiond.serve(app, "127.0.0.1", 0, config=config) as server:
+        host, port = server.addresses[0]
+        session = await sessiond_client.connect(f"tcp://{host}:{port}")
+        sent = [f"m{i}".encode() for i in range(200)]
+
+        async def sender() -> None:
+            for payload in sent:
+                await session.send(payload)
+
+        task = asyncio.create_task(sender())
+        async with asyncio.timeout(5):
+            while session.core.unacked_count < 8:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert not task.done() and session.core.unacked_count == 8  # waiting: backpressure
+        release.set()
+        echoed: list[bytes] = []
+        async with asyncio.timeout(20):
+            async for payload in session:
+                echoed.append(payload)
+                if len(echoed) == len(sent):
+                    break
+            await task
+        assert echoed == sent and got == sent
+        await session.close()
+        async for _ in session:
+            raise AssertionError("a closed session yields nothing")
+        with pytest.raises(SessionLost):
+            await session.send(b"late")

@@ -434,9 +434,9 @@ class Session:
         if seq > U64_MAX:
             raise InvalidState(_EXHAUSTED)
         in_flight = seq - 1 - self._acked
+        unacked = self._unacked_bytes + size
         if in_flight and (
-            in_flight >= self._send_window_messages
-            or self._unacked_bytes + size > self._send_window_bytes
+            in_flight >= self._send_window_messages or unacked > self._send_window_bytes
         ):
             raise WindowFull("the peer's window is full")
         self._next_seq = seq + 1
@@ -445,7 +445,7 @@ class Session:
             self._replay = [payload]
         else:
             replay.append(payload)
-        self._unacked_bytes += size
+        self._unacked_bytes = unacked
         conn = self.connection
         if conn is not None and conn._streaming:
             # A DATA frame is its header then the payload; writing them as two
