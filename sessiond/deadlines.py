@@ -32,7 +32,9 @@ class Slot(Generic[T]):
 
     def __init__(self, item: T) -> None:
         self.item: T | None = item
-        self.pending: tuple[float, ...] = ()  # its times in the heap
+        # Its times in the heap: None, one float (the usual case: no tuple per idle
+        # session, 64 bytes), or a tuple of two or more, latest first.
+        self.pending: float | tuple[float, ...] | None = None
 
     def __lt__(self, other: Slot[T]) -> bool:  # ties in the heap: any order will do
         return id(self) < id(other)
@@ -54,10 +56,17 @@ class Deadlines(Generic[T]):
     def schedule(self, slot: Slot[T], when: float) -> None:
         """Make sure ``fire(slot.item)`` runs no later than *when*."""
         pending = slot.pending
-        # Called after every read: the first entry usually settles it without min().
-        if pending and (pending[0] <= when or min(pending) <= when):
-            return
-        slot.pending = (*pending, when)
+        # Called after every read: one pending time usually settles it.
+        if pending is None:
+            slot.pending = when
+        elif not isinstance(pending, tuple):
+            if pending <= when:
+                return
+            slot.pending = (pending, when)
+        else:
+            if pending[0] <= when or min(pending) <= when:
+                return
+            slot.pending = (*pending, when)
         heapq.heappush(self._heap, (when, slot))
         if self._handle is None or when < self._armed_at:
             self._arm(when)
@@ -70,7 +79,7 @@ class Deadlines(Generic[T]):
     def clear(self) -> None:
         """Drop every deadline (at shutdown)."""
         for _, slot in self._heap:
-            slot.pending = ()
+            slot.pending = None
         self._heap.clear()
         if self._handle is not None:
             self._handle.cancel()
@@ -89,9 +98,13 @@ class Deadlines(Generic[T]):
         due: dict[Slot[T], None] = {}  # once each, in deadline order
         while heap and heap[0][0] <= horizon:
             when, slot = heapq.heappop(heap)
-            pending = list(slot.pending)
-            pending.remove(when)
-            slot.pending = tuple(pending)
+            pending = slot.pending
+            if isinstance(pending, tuple):  # two or more: one less
+                rest = list(pending)
+                rest.remove(when)
+                slot.pending = rest[0] if len(rest) == 1 else tuple(rest)
+            else:
+                slot.pending = None
             due[slot] = None
         for slot in due:
             if slot.item is not None:
