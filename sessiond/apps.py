@@ -21,7 +21,12 @@ async def echo(session: Session) -> None:
     """
     while True:
         try:
-            batch = await session.recv_many()  # all that arrived: one await, not one each
+            # All that arrived (one call, not one each); recv_many() without its
+            # coroutine: an idle session waits in one Future (wait_ready's docstring).
+            batch = session.take_ready()
+            if not batch:
+                await session.wait_ready()
+                continue
         except SessionLost:
             return
         try:

@@ -152,7 +152,27 @@ class Session(Handoff):
     def _parking(self) -> None:
         self._entry.write_now()
 
-    # send, recv, send_many and recv_many are the handoff's.
+    # send, recv, send_many, recv_many and take_ready are the handoff's.
+
+    def wait_ready(self) -> asyncio.Future[None]:
+        """Wait (``await session.wait_ready()``) until :meth:`take_ready` has messages, or
+        the session ended (then ``take_ready()`` raises the failure); done at once if
+        messages are waiting. ``take_ready()``, and when it gives nothing
+        ``await wait_ready()``, is ``recv_many()`` without a coroutine of its own: a
+        handler parked that way holds one Future, not recv_many's frame too (about
+        0.25 KiB less per idle session; the built-in echo app does this)."""
+        core = self._core
+        ready = bool(self._local) or core.messages_waiting > 0
+        if not ready:
+            self._parking()
+            if core.end_code is not None or self._moved:  # (a call less per message)
+                self._raise_failure()
+        waiter = self._recv_waiter
+        if waiter is None or waiter.done():
+            self._recv_waiter = waiter = self._loop.create_future()
+        if ready:
+            waiter.set_result(None)
+        return waiter
 
     def __aiter__(self) -> Session:
         return self

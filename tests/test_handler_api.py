@@ -111,3 +111,53 @@ async def test_an_ended_session_returns_what_was_taken_and_drops_what_was_not() 
     assert held == [0]
     assert got == [b"m0", b"m1", b"m2"]
     assert list(undelivered) == [b"m3"]
+
+
+async def test_take_ready_and_wait_ready_are_recv_many_without_its_coroutine() -> None:
+    """``wait_ready()`` is pending while nothing waits, done once input came (taken with
+    ``take_ready()``), done at once while messages wait (in the core, or in the local
+    buffer ``recv()`` left), and raises SessionLost once the session ended."""
+    pending: list[bool] = []
+    done_at_once: list[bool] = []
+    ended: list[str] = []
+
+    async def app(session: sessiond.Session) -> None:
+        waiter = session.wait_ready()
+        pending.append(waiter.done())
+        got: list[bytes] = []
+        while len(got) < 2:
+            await waiter
+            got += session.take_ready()
+            waiter = session.wait_ready()
+        await session.send_many(got)
+        while session.core.messages_waiting < 2:
+            await asyncio.sleep(0.01)
+        done_at_once.append(session.wait_ready().done())  # in the core
+        first = await session.recv()  # takes both: the second waits in its local buffer
+        done_at_once.append(session.wait_ready().done())
+        await session.send_many([first, *session.take_ready()])
+        try:
+            while True:
+                await session.wait_ready()
+                assert session.take_ready() == []
+        except SessionLost:
+            try:
+                session.wait_ready()  # ended, nothing waiting: raises too
+            except SessionLost:
+                ended.append("lost")
+
+    async with sessiond.serve(app, "127.0.0.1", 0) as server:
+        host, port = server.addresses[0]
+        session = await sessiond_client.connect(f"tcp://{host}:{port}")
+        await session.send_many([b"a", b"b"])
+        async with asyncio.timeout(5):
+            assert [await session.recv(), await session.recv()] == [b"a", b"b"]
+        await session.send_many([b"c", b"d"])
+        async with asyncio.timeout(5):
+            assert [await session.recv(), await session.recv()] == [b"c", b"d"]
+        await session.close()
+        async with asyncio.timeout(5):
+            while not ended:
+                await asyncio.sleep(0.01)
+    assert pending == [False]
+    assert done_at_once == [True, True]
