@@ -381,6 +381,11 @@ class Session:
         self._events = None
         return events
 
+    @property
+    def has_events(self) -> bool:
+        """True when :meth:`events` has something to return (a test without taking them)."""
+        return self._events is not None
+
     def _emit(self, event: Event) -> None:
         if self._events is None:
             self._events = []
