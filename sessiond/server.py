@@ -58,6 +58,7 @@ log = logging.getLogger("sessiond")
 #: and each dropped client waits a second for its retransmit. Linux caps it at
 #: net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+_CLOSED = ConnectionState.CLOSED
 
 Handler = Callable[[Session], Coroutine[Any, Any, None]]
 
@@ -136,9 +137,12 @@ class _Entry:
         protocol = self.protocol
         if self.dirty and protocol is not None and self.server.durable is None:
             protocol.flush()
-            if not self.core.has_events and self.protocol is protocol:
+            core = self.core
+            if not core.has_events and self.protocol is protocol:
                 self.dirty = False
-                self.server.arm(self)
+                deadline = core.next_deadline()  # Server.arm, inlined (once per read)
+                if deadline is not None:
+                    self.server._deadlines.schedule(self.slot, deadline)
 
 
 class Server:
@@ -939,7 +943,9 @@ class ServerProtocol(asyncio.Protocol):
         if self._write_paused and not conn.closed:
             return  # the core holds it (bounded by the window) until resume_writing
         data = conn.data_to_send()
-        if data or conn.closed:  # (most flushes after a read have nothing to write)
+        # (most flushes after a read have nothing to write; `closed` without its
+        # property call: this runs after every read)
+        if data or conn.state is _CLOSED:
             self.write_out(data)
 
     @property
@@ -956,7 +962,7 @@ class ServerProtocol(asyncio.Protocol):
         if data:
             self.server.stats.bytes_out += len(data)
             transport.write(data)
-        if conn.closed and not self._closing and not transport.is_closing():
+        if conn.state is _CLOSED and not self._closing and not transport.is_closing():
             self._closing = True
             if conn.close_code is CloseCode.IDLE_TIMEOUT or conn.peer_closed:
                 transport.abort()  # nobody is reading: do not wait to flush
