@@ -25,6 +25,7 @@ from sessiond_client.protocol import (
     CloseCode,
     Connection,
     ConnectionState,
+    Event,
     Params,
     SessionEnded,
     SessionLost,
@@ -57,6 +58,7 @@ log = logging.getLogger("sessiond")
 #: and each dropped client waits a second for its retransmit. Linux caps it at
 #: net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+_CLOSED = ConnectionState.CLOSED
 
 Handler = Callable[[Session], Coroutine[Any, Any, None]]
 
@@ -133,10 +135,18 @@ class _Entry:
     def write_now(self) -> None:
         """The handler waits for input: write what it queued now, not at the end of the
         tick (its flush may be queued ahead of it, see hops.py). Not with a store: the
-        tick's commit comes first. The tick's flush still runs (timer, events)."""
+        tick's commit comes first. With no event to act on, the rest of the tick's pass
+        (re-arm the timer: a take may have set an ACK deadline) is done here too, and
+        the tick's flush passes this session by; with one, the tick's flush acts on it."""
         protocol = self.protocol
         if self.dirty and protocol is not None and self.server.durable is None:
             protocol.flush()
+            core = self.core
+            if not core.has_events and self.protocol is protocol:
+                self.dirty = False
+                deadline = core.next_deadline()  # Server.arm, inlined (once per read)
+                if deadline is not None:
+                    self.server._deadlines.schedule(self.slot, deadline)
 
 
 class Server:
@@ -455,8 +465,37 @@ class Server:
         that leaves them unread must not keep the loop busy.
         """
         core = entry.core
+        if core.has_events:
+            evict = self._act(entry, core.events())
+        elif after_input:
+            evict = None
+        else:
+            # After a flush with nothing new, no waiter can have become ready: messages
+            # and window come with input, an end with an event (one call less per tick).
+            self.arm(entry)
+            return
+        entry.session.wake()
+        if after_input and not entry.dirty and core.messages_waiting and entry.protocol is not None:
+            # The woken handler runs next iteration; a flush queued behind it writes its
+            # replies in that same iteration instead of one later (echo latency).
+            self.schedule_flush(entry)
+        if evict is None:
+            if entry.dirty:
+                # A pass for this session comes in this loop iteration or the next (its
+                # handler's write_now, else the tick's flush) and arms the timer then,
+                # once the handler has had its turn (a take sets an ACK deadline): one
+                # arming per read, not two.
+                return
+            self.arm(entry)
+            return
+        self.arm(entry)
+        for sid in evict:
+            self._evict(sid)
+
+    def _act(self, entry: _Entry, events: list[Event]) -> list[bytes]:
+        """Log and count a session's lifecycle events; return the sessions to evict."""
+        core = entry.core
         evict: list[bytes] = []
-        events = core.events()
         for event in events:
             self._count(entry, event)
             if isinstance(event, SessionStarted):
@@ -479,17 +518,7 @@ class Server:
                 what = "expired" if event.code is CloseCode.SESSION_EXPIRED else "closed"
                 self._log(entry, what, code=event.code, by_peer=event.by_peer)
                 self._forget(entry, event.code)
-        if events or after_input:
-            # After a flush with nothing new, no waiter can have become ready: messages
-            # and window come with input, an end with an event (one call less per tick).
-            entry.session.wake()
-        if after_input and core.messages_waiting and not entry.dirty and entry.protocol is not None:
-            # The woken handler runs next iteration; a flush queued behind it writes its
-            # replies in that same iteration instead of one later (echo latency).
-            self.schedule_flush(entry)
-        self._arm(entry)
-        for sid in evict:
-            self._evict(sid)
+        return evict
 
     def _evict(self, sid: bytes) -> None:
         """End a detached session that its memory budget no longer holds: it expires
@@ -528,7 +557,7 @@ class Server:
         self.sessions.detach(sid, self.loop.time())
         self._log(entry, "recovered")
         self._start_handler(entry)
-        self._arm(entry)
+        self.arm(entry)
         return entry
 
     def let_go(self, entry: _Entry) -> None:
@@ -611,7 +640,8 @@ class Server:
 
     # ---------------------------------------------------------------- timers
 
-    def _arm(self, entry: _Entry) -> None:
+    def arm(self, entry: _Entry) -> None:
+        """Re-arm the session's timer for its core's next deadline."""
         deadline = entry.core.next_deadline()
         if deadline is not None:
             self._deadlines.schedule(entry.slot, deadline)
@@ -645,6 +675,8 @@ class Server:
             self.durable.flush(dirty)
             return
         for entry in dirty:
+            if not entry.dirty:
+                continue  # its handler's write_now did the pass (or it is listed twice)
             entry.dirty = False
             protocol = entry.protocol
             if protocol is not None:
@@ -916,7 +948,9 @@ class ServerProtocol(asyncio.Protocol):
         if self._write_paused and not conn.closed:
             return  # the core holds it (bounded by the window) until resume_writing
         data = conn.data_to_send()
-        if data or conn.closed:  # (most flushes after a read have nothing to write)
+        # (most flushes after a read have nothing to write; `closed` without its
+        # property call: this runs after every read)
+        if data or conn.state is _CLOSED:
             self.write_out(data)
 
     @property
@@ -933,7 +967,7 @@ class ServerProtocol(asyncio.Protocol):
         if data:
             self.server.stats.bytes_out += len(data)
             transport.write(data)
-        if conn.closed and not self._closing and not transport.is_closing():
+        if conn.state is _CLOSED and not self._closing and not transport.is_closing():
             self._closing = True
             if conn.close_code is CloseCode.IDLE_TIMEOUT or conn.peer_closed:
                 transport.abort()  # nobody is reading: do not wait to flush

@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 from msgpack import UnpackException
 
 from . import codec
-from .codec import DATA_OVERHEAD, U64_MAX, FrameDecoder, pieces
+from .codec import DATA_OVERHEAD, FEED_PIECE, U64_MAX, FrameDecoder, pieces
 from .credentials import (
     digest,
     matches,
@@ -380,6 +380,11 @@ class Session:
             return []
         self._events = None
         return events
+
+    @property
+    def has_events(self) -> bool:
+        """True when :meth:`events` has something to return (a test without taking them)."""
+        return self._events is not None
 
     def _emit(self, event: Event) -> None:
         if self._events is None:
@@ -1105,10 +1110,15 @@ class Connection:
             return
         self._last_recv = now
         try:
-            for piece in pieces(data):
-                self._receive_piece(piece, now)
+            if len(data) <= FEED_PIECE:  # most reads: one piece, no pieces() call
+                self._receive_piece(data, now)
                 if self.state is _CLOSED:
                     return
+            else:
+                for piece in pieces(data):
+                    self._receive_piece(piece, now)
+                    if self.state is _CLOSED:
+                        return
         except RemoteProtocolError as exc:
             self._fail(exc.code, str(exc), now)
             return
@@ -1130,14 +1140,22 @@ class Connection:
         decoder = self._decoder
         unpacker = decoder.push(piece)
         tell = unpacker.tell
-        boundary = decoder.boundary
-        limit = decoder.max_frame_size
+        # (the decoder's fields, not its properties: two calls less per read)
+        boundary = decoder._boundary
+        limit = decoder._max
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
         # dispatched); *received* and *added* are its counters, stored back by _count.
         live = session if session is not None and self._confirmed and self.state is _OPEN else None
         received = session._received if session is not None else 0
-        push = _inbox_push(live) if live is not None else _no_push
+        push: Callable[[bytes], None]
+        if live is None:
+            push = _no_push
+        else:  # (_inbox_push inlined: once per read)
+            inbox = live._inbox
+            if inbox is None:
+                live._inbox = inbox = []
+            push = inbox.append
         added = 0
         error: RemoteProtocolError | None = None
         try:
