@@ -13,10 +13,12 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import itertools
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
@@ -46,7 +48,15 @@ from .harness import (
     spread_cell,
     summarise,
 )
-from .loadgen import HOST, CpuClock, IdleSession, close_idle, echo, open_sessions
+from .loadgen import (
+    HOST,
+    CpuClock,
+    IdleSession,
+    close_idle,
+    echo,
+    open_sessions,
+    source_addresses,
+)
 from .processes import CLIENT_BOUND, bound_by, daemon_argv, free_port, pace
 from .results import REPO_ROOT, Json, markdown_table, spread
 from .summary import Headline, cpu_cell
@@ -69,6 +79,10 @@ HANDSHAKE_TIME = 2.0  # seconds per handshake pass, whichever of this and --conn
 WARMUP_CONNECTIONS = 100
 HANDSHAKE_TIMEOUT = 10.0  # for one connection: connect, TLS, HELLO/WELCOME
 CLOSE_TIMEOUT = 10.0
+# new sessions per source address over the whole run: well inside the daemon's per-address
+# new-session burst (``limits.new_sessions_burst``, 20,000), so its rate limit never refuses
+# a handshake of this load generator, which stands for many clients
+PER_ADDRESS = 1_000
 GEN_CERT_TIMEOUT = 60.0
 
 
@@ -163,15 +177,15 @@ class HandshakeResult:
 
 async def handshakes(
     name: str, port: int, ssl: SSLContext | None, count: int, concurrency: int,
-    time_limit: float, server_cpu: CpuClock,
+    time_limit: float, server_cpu: CpuClock, source: Callable[[], str],
 ) -> HandshakeResult:  # fmt: skip
     """Up to *count* sessions opened and closed, *concurrency* at a time, for at most
-    *time_limit* seconds."""
+    *time_limit* seconds, each from the address ``source()`` gives."""
     loop, params = asyncio.get_running_loop(), Params()
     server0, cpu0, t0 = server_cpu(), time.process_time(), time.perf_counter()
     sessions = await open_sessions(
-        port, count, concurrency, lambda _index: IdleSession(params), timeout=HANDSHAKE_TIMEOUT,
-        ssl=ssl, keep=False, deadline=loop.time() + time_limit,
+        port, count, concurrency, lambda _index: IdleSession(params), lambda _index: source(),
+        HANDSHAKE_TIMEOUT, ssl=ssl, keep=False, deadline=loop.time() + time_limit,
     )  # fmt: skip
     not_closed = await close_idle(sessions, CLOSE_TIMEOUT)
     seconds = time.perf_counter() - t0
@@ -227,11 +241,16 @@ def run(args: argparse.Namespace) -> int:
         tls_port = free_port()
         daemon = ctx.server("daemon", tls_daemon_argv(tls_port, certificate))
         endpoints = [(TCP, daemon.port, None), (TLS, tls_port, context)]
+        addresses, numbers = source_addresses(PER_ADDRESS), itertools.count()
+
+        def source() -> str:
+            return addresses(next(numbers))
 
         def one(endpoint: tuple[str, int, SSLContext | None], count: int) -> HandshakeResult:
             coroutine = handshakes(
-                *endpoint, count, args.concurrency, args.handshake_time, daemon.cpu_seconds
-            )
+                *endpoint, count, args.concurrency, args.handshake_time, daemon.cpu_seconds,
+                source,
+            )  # fmt: skip
             result, others = ctx.timed(daemon, lambda: ctx.run(coroutine))
             return dataclasses.replace(cast(HandshakeResult, result), others=others)
 
@@ -265,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
                     "time_limit_s": args.handshake_time,
                     "repeat": repeat,
                     "warmup_connections": warm_connections,
+                    "connections_per_source_address": PER_ADDRESS,
                     "per_connection": "TCP connect, TLS handshake (tls), HELLO/WELCOME, CLOSE "
                     "NORMAL, transport closed; the pass ends when every transport is closed",
                 },
@@ -311,6 +331,13 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## tls`` section of RESULTS.md."""
     config, hs = entry["config"], entry["handshakes"]
     tls, hs_config, echo_config = config["tls"], config["handshakes"], config["echo"]
+    per_address = hs_config.get("connections_per_source_address")
+    sources = (
+        f"; {per_address:,} connections per 127.x.y.z source address, each address used once "
+        "(the daemon limits new sessions per address)"
+        if per_address
+        else ""
+    )
     lines = [
         *header(entry, commit, path),
         "One daemon serves both transports (`serve --app echo --listen tls://127.0.0.1:PORT "
@@ -323,8 +350,8 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "",
         f"At most {hs_config['concurrency']} connections in flight, up to "
         f"{hs_config['connections']:,} or {hs_config['time_limit_s']:g} s per pass, "
-        f"{hs_config['repeat']} passes per transport, interleaved, after a warm-up. Each "
-        "connection: TCP connect, a full TLS handshake for `tls` (no resumption), HELLO/"
+        f"{hs_config['repeat']} passes per transport, interleaved, after a warm-up{sources}. "
+        "Each connection: TCP connect, a full TLS handshake for `tls` (no resumption), HELLO/"
         "WELCOME, CLOSE NORMAL, the transport closed. Median [min-max]; *ms CPU/conn*: "
         "server and load generator CPU per connection; " + legend(entry),
         "",
