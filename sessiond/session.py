@@ -162,16 +162,18 @@ class Session(Handoff):
         handler parked that way holds one Future, not recv_many's frame too (about
         0.25 KiB less per idle session; the built-in echo app does this)."""
         core = self._core
-        ready = bool(self._local) or core.messages_waiting > 0
-        if not ready:
-            self._parking()
-            if core.end_code is not None or self._moved:  # (a call less per message)
-                self._raise_failure()
         waiter = self._recv_waiter
+        if self._local or core.messages_waiting:
+            # Done at once: the last waiter, done already (woken, not cancelled), will do.
+            if waiter is None or not waiter.done() or waiter.cancelled():
+                self._recv_waiter = waiter = self._loop.create_future()
+                waiter.set_result(None)
+            return waiter
+        self._parking()
+        if core.end_code is not None or self._moved:  # (a call less per message)
+            self._raise_failure()
         if waiter is None or waiter.done():
             self._recv_waiter = waiter = self._loop.create_future()
-        if ready:
-            waiter.set_result(None)
         return waiter
 
     def __aiter__(self) -> Session:

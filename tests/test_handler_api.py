@@ -116,7 +116,8 @@ async def test_an_ended_session_returns_what_was_taken_and_drops_what_was_not() 
 async def test_take_ready_and_wait_ready_are_recv_many_without_its_coroutine() -> None:
     """``wait_ready()`` is pending while nothing waits, done once input came (taken with
     ``take_ready()``), done at once while messages wait (in the core, or in the local
-    buffer ``recv()`` left), and raises SessionLost once the session ended."""
+    buffer ``recv()`` left), and raises SessionLost once the session ended. While messages
+    wait, the done waiter is reused (no Future per call)."""
     pending: list[bool] = []
     done_at_once: list[bool] = []
     ended: list[str] = []
@@ -133,6 +134,7 @@ async def test_take_ready_and_wait_ready_are_recv_many_without_its_coroutine() -
         while session.core.messages_waiting < 2:
             await asyncio.sleep(0.01)
         done_at_once.append(session.wait_ready().done())  # in the core
+        done_at_once.append(session.wait_ready() is session.wait_ready())
         first = await session.recv()  # takes both: the second waits in its local buffer
         done_at_once.append(session.wait_ready().done())
         await session.send_many([first, *session.take_ready()])
@@ -160,4 +162,4 @@ async def test_take_ready_and_wait_ready_are_recv_many_without_its_coroutine() -
             while not ended:
                 await asyncio.sleep(0.01)
     assert pending == [False]
-    assert done_at_once == [True, True]
+    assert done_at_once == [True, True, True]
