@@ -140,13 +140,22 @@ class _Entry:
         the tick's flush passes this session by; with one, the tick's flush acts on it."""
         protocol = self.protocol
         if self.dirty and protocol is not None and self.server.durable is None:
-            protocol.flush()
+            conn = protocol.conn
+            if conn is not None and protocol.transport is not None and not protocol._write_paused:
+                data = conn.data_to_send()  # ServerProtocol.flush, inlined (once per read)
+                if data or conn.state is _CLOSED:
+                    protocol.write_out(data)
+            else:
+                protocol.flush()
             core = self.core
             if not core.has_events and self.protocol is protocol:
                 self.dirty = False
                 deadline = core.next_deadline()  # Server.arm, inlined (once per read)
                 if deadline is not None:
-                    self.server._deadlines.schedule(self.slot, deadline)
+                    slot = self.slot
+                    pending = slot.pending  # (schedule() would return at once)
+                    if pending.__class__ is not float or pending > deadline:
+                        self.server._deadlines.schedule(slot, deadline)
 
 
 class Server:
@@ -644,7 +653,10 @@ class Server:
         """Re-arm the session's timer for its core's next deadline."""
         deadline = entry.core.next_deadline()
         if deadline is not None:
-            self._deadlines.schedule(entry.slot, deadline)
+            slot = entry.slot
+            pending = slot.pending  # an earlier time pending: schedule() would return at once
+            if pending.__class__ is not float or pending > deadline:
+                self._deadlines.schedule(slot, deadline)
 
     def _on_timer(self, entry: _Entry) -> None:
         entry.core.handle_timer(self.loop.time())

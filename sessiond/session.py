@@ -21,6 +21,9 @@ from sessiond_client.protocol import Session as CoreSession
 class Flushable(Protocol):
     """What owns a session's transport: writes what the core queued, once per tick."""
 
+    #: A pass over the session is queued this tick already: ``flush()`` would do nothing.
+    dirty: bool
+
     def flush(self) -> None: ...
 
     def write_now(self) -> None: ...
@@ -30,6 +33,7 @@ class _Forgotten:
     """The owner of an ended session that the daemon forgot: nothing left to write."""
 
     __slots__ = ()
+    dirty = True  # never flushed: there is nothing to write
 
     def flush(self) -> None:
         pass
@@ -147,10 +151,25 @@ class Session(Handoff):
         super()._raise_failure()
 
     def _flush(self) -> None:
-        self._entry.flush()
+        entry = self._entry
+        if not entry.dirty:  # (a call less for each send after the first of a tick)
+            entry.flush()
 
     def _parking(self) -> None:
         self._entry.write_now()
+
+    def wake(self) -> None:
+        """After input: wake a recv() that has a message, a send() that has window
+        (:meth:`Handoff.wake <sessiond_client.handoff.Handoff.wake>`, without making the
+        exception to test for failure: this runs after every read)."""
+        core = self._core
+        failed = core.end_code is not None or self._moved
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done() and (failed or core.messages_waiting):
+            waiter.set_result(None)
+        waiter = self._send_waiter
+        if waiter is not None and not waiter.done() and (failed or core.can_send(1)):
+            waiter.set_result(None)
 
     # send, recv, send_many, recv_many and take_ready are the handoff's.
 
