@@ -33,7 +33,9 @@ class Slot(Generic[T]):
     def __init__(self, item: T) -> None:
         self.item: T | None = item
         # Its times in the heap: None, one float (the usual case: no tuple per idle
-        # session, 64 bytes), or a tuple of two or more, latest first.
+        # session, 64 bytes), or a tuple of two or more, latest first (each one added
+        # is earlier than all before it, and _run keeps the order): the last is the
+        # earliest.
         self.pending: float | tuple[float, ...] | None = None
 
     def __lt__(self, other: Slot[T]) -> bool:  # ties in the heap: any order will do
@@ -64,7 +66,7 @@ class Deadlines(Generic[T]):
                 return
             slot.pending = (pending, when)
         else:
-            if pending[0] <= when or min(pending) <= when:
+            if pending[-1] <= when:  # latest first: the last is the earliest
                 return
             slot.pending = (*pending, when)
         heapq.heappush(self._heap, (when, slot))

@@ -153,8 +153,10 @@ class _Entry:
                 deadline = core.next_deadline()  # Server.arm, inlined (once per read)
                 if deadline is not None:
                     slot = self.slot
-                    pending = slot.pending  # (schedule() would return at once)
-                    if pending.__class__ is not float or pending > deadline:
+                    pending = slot.pending  # the earliest time pending (Slot.pending)
+                    if isinstance(pending, tuple):
+                        pending = pending[-1]
+                    if pending is None or pending > deadline:  # else schedule() returns
                         self.server._deadlines.schedule(slot, deadline)
 
 
@@ -654,8 +656,10 @@ class Server:
         deadline = entry.core.next_deadline()
         if deadline is not None:
             slot = entry.slot
-            pending = slot.pending  # an earlier time pending: schedule() would return at once
-            if pending.__class__ is not float or pending > deadline:
+            pending = slot.pending  # the earliest time pending (Slot.pending)
+            if isinstance(pending, tuple):
+                pending = pending[-1]
+            if pending is None or pending > deadline:  # else schedule() returns at once
                 self._deadlines.schedule(slot, deadline)
 
     def _on_timer(self, entry: _Entry) -> None:
