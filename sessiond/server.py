@@ -815,9 +815,15 @@ class ServerProtocol(asyncio.Protocol):
         if self.entry is None and conn.hello is not None and not conn.closed:
             self._cancel_timer()
             server.on_hello(self, conn)
+        entry = self.entry
+        if entry is not None:
+            server.process(entry)
+            if entry.dirty and entry.protocol is self:
+                # A pass over the session comes this tick (its handler's write_now, else
+                # the tick's flush): it writes what this read made (an ACK, a PONG) with
+                # the replies, in one write (and a flush less per read).
+                return
         self.flush()
-        if self.entry is not None:
-            server.process(self.entry)
 
     def _check_partial(self, conn: Connection, held: int) -> None:
         """Bound what an incomplete frame may hold: per transport before the handshake,

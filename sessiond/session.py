@@ -188,7 +188,7 @@ class Session(Handoff):
                 self._recv_waiter = waiter = self._loop.create_future()
                 waiter.set_result(None)
             return waiter
-        self._parking()
+        self._entry.write_now()  # self._parking(), inlined (once per round trip)
         if core.end_code is not None or self._moved:  # (a call less per message)
             self._raise_failure()
         if waiter is None or waiter.done():

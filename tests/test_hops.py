@@ -14,10 +14,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from sessiond_client.protocol import Params, codec
 
 import sessiond
 from sessiond import hops
 from sessiond.apps import echo
+from sessiond.server import ServerConfig
 
 from .coreclient import CoreClient
 
@@ -53,6 +55,30 @@ async def test_replies_to_reads_of_one_iteration_leave_in_the_next(
         for client in clients:
             await client.close()
     assert summary.read_text().splitlines()[2].startswith(f"1 {SESSIONS * ROUNDS} ")
+
+
+async def test_what_a_read_makes_leaves_with_its_reply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read carrying a ping and a PING: the PONG goes out in the write of the echo, not
+    in a write of its own before it (the trace counts writes that carry no reply)."""
+    monkeypatch.setattr(hops, "PATH", str(tmp_path / "hops.txt"))
+    # No heartbeat and no ACK timer within the test: only the reads make the daemon write.
+    quiet = Params(heartbeat_interval=60.0, ack_delay=30.0)
+    async with sessiond.serve(echo, "127.0.0.1", 0, config=ServerConfig(params=quiet)) as server:
+        client = CoreClient(*server.addresses[0], quiet)
+        await client.open()
+        trace = server.hop_trace
+        assert trace is not None and client.conn is not None and client.writer is not None
+        alone = trace.other_writes
+        for round_ in range(ROUNDS):
+            client.session.send(b"ping %d" % round_, client.now())
+            client.writer.write(client.conn.data_to_send() + codec.encode_ping(round_))
+            await client.pump_until(partial(answered, client, round_ + 1), 10.0)
+        assert client.received == [b"ping %d" % r for r in range(ROUNDS)]
+        assert len(trace.records) == ROUNDS
+        assert trace.other_writes == alone, trace.summary()
+        await client.close()
 
 
 async def test_the_trace_is_off_without_its_variable() -> None:
