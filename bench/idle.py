@@ -41,7 +41,8 @@ HELP = "1,000 and 10,000 idle sessions (1,000 and 3,000 over TLS), heartbeats on
 
 SCENARIO = "idle"
 TCP, TLS = "tcp", "tls"
-#: A bare TLS connection to the ceiling (bench/ceiling.py), no session: the transport's share.
+#: A bare TLS connection to the ceiling (bench/ceiling.py) on the daemon's TLS transport, no
+#: session: the transport's share.
 CEILING_TLS = "tls-ceiling"
 #: A TLS handshake per session, many at once, on a loaded machine: a generous bound.
 HANDSHAKE_TIMEOUT = 30.0
@@ -145,8 +146,9 @@ async def measure_idle(
 async def measure_bare(
     proc: ServerProcess, count: int, args: argparse.Namespace, ssl: SSLContext
 ) -> Json:
-    """The ceiling's RSS per idle TLS connection: no session, only uvloop's TLS transport
-    and OpenSSL's state (the same certificate, client and handshakes as the daemon's)."""
+    """The ceiling's RSS per idle TLS connection: no session, only the daemon's TLS
+    transport (``sessiond.server.start_tls_server``: uvloop's TCP transport, asyncio's TLS
+    protocol, OpenSSL's state) with the same certificate, client and handshakes."""
     sources = source_addresses(per_address())
 
     async def open_bare(n: int, first: int) -> list[Driver]:
@@ -255,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
                 "sessions_per_source_address": per_address(),
                 "settle_seconds": args.settle,
                 "server": "a fresh daemon per measurement",
+                "tls_ceiling": "bench/ceiling.py --tls-idle-memory compact (the daemon's)",
             },
             "sessions": by_count(results, TCP),
             "tls_sessions": by_count(results, TLS),
@@ -373,9 +376,14 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "open after the window (then each closed with CLOSE NORMAL). *over TLS*: a `tls://` "
         "listener with a `sessiond gen-cert` certificate (ECDSA P-256) the clients verify. "
         "*bare TLS connections*: as many idle TLS connections to the ceiling "
-        "(`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no session, the "
-        "daemon's malloc setting from `sessiond/heap.py`), same certificate, client and "
-        "handshakes: the transport's own share of a TLS session's memory.",
+        "(`bench/ceiling.py --tls-cert`), same certificate, client and handshakes, each on "
+        "the daemon's own TLS transport (`sessiond.server.start_tls_server` with the default "
+        "`tls.idle_memory = \"compact\"`: uvloop's TCP transport under asyncio's TLS "
+        "protocol reading into one shared ciphertext buffer, OpenSSL's `SSL` object and "
+        "its two `MemoryBIO`s) with a framed echo behind it and no session: the transport's "
+        "own share of a TLS session's memory; the rest of the TLS row is the session's "
+        "(the split: `bench/PROFILE.md`). "
+        "`--tls-idle-memory fast` runs the ceiling on uvloop's own TLS protocol instead.",
         "",
         markdown_table(
             "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"
