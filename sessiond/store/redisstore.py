@@ -626,6 +626,22 @@ class RedisStore:
         self._releases += 1
         self._logs.pop(sid, None)
 
+    def disown_later(self, sid: bytes) -> bool:
+        """Answer the node that asked this one to release *sid*, which this process does
+        not hold (it let it go, and its release or last writes may not have landed), with
+        the next :meth:`commit`, after every write of this process queued so far: if Redis
+        still names this node the owner, or nobody, the asker may claim it (reading the
+        stream, as after a dead owner); if another node owns it, nobody is answered. No
+        round trip of its own. False if nobody asked (nothing queued)."""
+        reply = self._pubsub_reply(sid)
+        if reply is None:
+            return False
+        self._commands.append(
+            ("EVAL", keys.DISOWN, 1, keys.meta_key(self.prefix, sid), self.node, *reply)
+        )
+        self._owners.append(None)
+        return True
+
     def forget(self, sid: bytes) -> None:
         """This process no longer holds the session (fenced, or dropped)."""
         self._logs.pop(sid, None)
