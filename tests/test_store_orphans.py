@@ -238,3 +238,35 @@ async def test_a_session_ended_where_its_end_was_not_stored_is_not_resumed_elsew
             await asyncio.sleep(0.2)
         lost = [e for e in client.events if isinstance(e, SessionLostEvent)]
         assert lost[0].reason is CloseCode.SESSION_REVOKED
+
+
+async def test_a_release_channel_cut_without_a_reset_is_reconnected(
+    start: Callable[..., Awaitable[Server]], redis_server: RedisServer
+) -> None:
+    """A's subscribed connection (release requests) goes dead without a reset while its
+    lease is renewed on another: A must notice and subscribe again, else every resume
+    elsewhere of A's sessions is refused as busy for as long as A lives."""
+    app = Echo()
+    async with proxied(redis_server) as proxy:
+        host, proxy_port = proxy.address
+        a = await start(
+            app, f"redis://{host}:{proxy_port}/0", lease_ttl=1.0, renew_every=0.2, timeout=0.3
+        )
+        b = await start(app)
+        client = CoreClient("127.0.0.1", port(a))
+        assert await client.connect()
+        await exchange(client, 0, 20)
+        assert a.durable is not None
+        subscribed = a.durable.store._pubsub.connection
+        assert subscribed is not None and subscribed._writer is not None
+        local = subscribed._writer.get_extra_info("sockname")[:2]
+        (conn,) = [c for c in proxy.active if c.client_address == (local[0], local[1])]
+        conn.blackhole()
+        await client.kill()
+        client.port = port(b)
+        await resume_within(client, WITHIN)
+        await exchange(client, 20, 20)
+        assert client.received == expected(40)
+        assert not any(isinstance(e, SessionLostEvent) for e in client.events)
+        assert a.durable.store.healthy  # the lease was never lost
+        await client.close()

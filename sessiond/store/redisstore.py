@@ -696,14 +696,35 @@ class RedisStore:
     async def _listen(self) -> None:
         release = keys.release_channel(self.prefix, self.node).encode()
         pubsub = self._pubsub
+        # A subscribed connection only reads: one whose path died without a reset (a
+        # half-open TCP connection) would never fail, and every release request would be
+        # lost while the lease, on a connection of its own, goes on being renewed (every
+        # resume elsewhere refused as busy). So it is pinged every renewal period, and
+        # silent for a lease TTL, it is reconnected (redis-py subscribes again).
+        heard = pinged = time.monotonic()
         while True:
             try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                now = time.monotonic()
+                if now - heard > self.lease_ttl:
+                    heard = now
+                    raise ConnectionError(f"no answer for {self.lease_ttl:g} s")
+                if now - pinged >= self.renew_every:
+                    pinged = now
+                    await pubsub.ping()
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(1.0, self.renew_every)
+                )
             except (RedisError, OSError) as exc:
                 log.warning("session store: release channel: %s", exc)
+                if pubsub.connection is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.connection.disconnect()  # the next read reconnects
                 await asyncio.sleep(self.renew_every)
                 continue
             if message is None:
+                continue
+            heard = time.monotonic()
+            if message["type"] != "message":  # the answer to a ping
                 continue
             data: bytes = message["data"]
             if message["channel"] == release:
