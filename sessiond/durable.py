@@ -313,6 +313,14 @@ class Durability:
                     self._drop(entry, CloseCode.GOING_AWAY)
                 else:
                     protocol.abort_unwritten()  # a transport taken over this batch
+            # And every session with an entry in the batch, output or not: an entry with
+            # only a consumed position (its ACK waits for the ACK timer) is not staged,
+            # and the ACK, taken later, would acknowledge what Redis may not have.
+            find = self.server.sessions.find
+            for sid in dict.fromkeys(appends.owners):
+                held = find(sid) if sid is not None else None
+                if held is not None and held in self._stored:
+                    self._drop(held, CloseCode.GOING_AWAY)
             return
         for entry, protocol, data in staged:
             stored = self._stored.get(entry)

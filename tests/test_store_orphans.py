@@ -11,15 +11,18 @@ Redis of a session it no longer holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import pytest
 from sessiond_client.protocol import CloseCode, SessionLostEvent, SessionResumed
+from sessiond_client.protocol.frames import Ack
 
 import sessiond
 from sessiond.server import Server
+from sessiond.session import SessionMoved
 from sessiond.store.redisstore import RedisStore
 
 from .coreclient import CoreClient
@@ -269,4 +272,89 @@ async def test_a_release_channel_cut_without_a_reset_is_reconnected(
         assert client.received == expected(40)
         assert not any(isinstance(e, SessionLostEvent) for e in client.events)
         assert a.durable.store.healthy  # the lease was never lost
+        await client.close()
+
+
+class Tap(asyncio.StreamReader):
+    """A client's reader that keeps every byte it read."""
+
+    def __init__(self, inner: asyncio.StreamReader) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen = bytearray()
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self.inner.read(n)
+        self.seen += data
+        return data
+
+
+class Sink:
+    """An app that consumes every message and answers none (it is acknowledged on the
+    core's ACK timer, in a loop iteration of its own)."""
+
+    def __init__(self) -> None:
+        self.got: list[list[bytes]] = []  # per handler
+        self.recovered: list[bool] = []
+
+    async def __call__(self, session: sessiond.Session) -> None:
+        self.recovered.append(session.recovered)
+        got: list[bytes] = []
+        self.got.append(got)
+        try:
+            async for payload in session:
+                got.append(payload)
+        except (SessionMoved, sessiond.SessionLost):
+            pass
+
+
+async def test_no_ack_leaves_for_a_consumed_position_a_failed_commit_did_not_store(
+    start: Callable[..., Awaitable[Server]],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The entry storing a consumed position is in a commit that fails, from an iteration
+    with nothing to write (the ACK comes with the ACK timer, later): the session must be
+    dropped like those whose output was in the batch, and its ACK never sent (else the
+    client forgets a message whose consumption Redis never had: lost on a crash)."""
+    app = Sink()
+    async with proxied(redis_server) as proxy:
+        host, proxy_port = proxy.address
+        a = await start(app, f"redis://{host}:{proxy_port}/0", timeout=0.3)
+        b = await start(app)
+        client = CoreClient("127.0.0.1", port(a))
+        assert await client.connect()
+        assert client.reader is not None
+        client.reader = tap = Tap(client.reader)
+        client.send(b"first")
+        await client.run_until(lambda: client.session.sequence_numbers[1] == 1, 10.0)
+        sid = client.session.id
+        assert sid is not None and a.durable is not None and b.durable is not None
+        await a.durable.settle()
+        cut_commits(a, proxy)
+        client.send(b"second")
+        # Its consumption is appended with no output (the ACK waits for its timer), which
+        # starts no commit; another session's output would: settle() starts it now.
+        async with asyncio.timeout(5):
+            while not a.durable.store.pending:
+                await asyncio.sleep(0)
+        await a.durable.settle()
+        with contextlib.suppress(TimeoutError):
+            await client.run_until(lambda: not client.attached, 2.0)
+        acked = client.session.sequence_numbers[1]  # what the client may forget
+        stored = (await b.durable.store.load(sid)).positions.consumed
+        assert acked <= stored, f"acknowledged {acked}, stored consumed {stored}"
+        assert Ack(2).encode() not in tap.seen
+        # Nor written after the CLOSE frame and its FIN (which raised in the writer,
+        # ending that batch before the other sessions' output and the ends).
+        assert not [r for r in caplog.records if "writer failed" in r.getMessage()]
+        assert client.conn is not None and client.conn.close_code is CloseCode.GOING_AWAY
+        client.port = port(b)
+        await resume_within(client, WITHIN)
+        client.send(b"third")
+        await client.run_until(lambda: client.session.sequence_numbers[1] == 3, 10.0)
+        assert app.recovered == [False, True]
+        # Crash recovery: what A consumed and Redis did not record is delivered again.
+        assert app.got[1] == [b"second", b"third"], app.got
+        assert app.got[0] in ([b"first"], [b"first", b"second"]), app.got
         await client.close()
