@@ -530,6 +530,7 @@ class Durability:
             if sid in self._ending:
                 # It ended here: its end is stored first (the asker, unanswered, refuses
                 # once; the client's next resume gets the end code).
+                self.store.decline(sid)
                 self._end_later(sid)
                 self._kick()
             elif self.store.disown_later(sid):
@@ -538,6 +539,7 @@ class Durability:
             return
         stored = self._stored.get(entry)
         if stored is None:
+            self.store.decline(sid)
             return
         server = self.server
         now = server.loop.time()

@@ -233,10 +233,12 @@ return 1
 #: after a dead owner: the owner is left as it is, so the claim reads the stream
 #: (crash recovery), not positions of an earlier release. Also answered when nobody
 #: owns it (released: the claim reads the release; gone: the claim says so). Not when
-#: another node owns it: the asker must not take a session someone else holds.
+#: another node owns it: the asker must not take a session someone else holds; nor
+#: once it ended (the asker's claim could not tell the end code; its next RESUME does).
 #: Queued with the next pipelined commit (after every write of this node queued
 #: before it). Returns 1 when it answered, else 0.
 DISOWN = """
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
 local o = redis.call('HGET', KEYS[1], 'o')
 if o and o ~= '' and o ~= ARGV[1] then return 0 end
 redis.call('PUBLISH', ARGV[2], ARGV[3])

@@ -642,6 +642,11 @@ class RedisStore:
         self._owners.append(None)
         return True
 
+    def decline(self, sid: bytes) -> None:
+        """Leave the request to release *sid* unanswered (the asker refuses its resume
+        as busy once its wait is over; the client retries)."""
+        self._asked.pop(sid, None)
+
     def forget(self, sid: bytes) -> None:
         """This process no longer holds the session (fenced, or dropped)."""
         self._logs.pop(sid, None)
