@@ -311,6 +311,23 @@ async def test_an_owner_that_let_a_session_go_answers_while_redis_still_names_it
     assert not owner.pending
 
 
+async def test_an_idle_release_channel_hears_its_pings_and_stays_connected(
+    stores: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release channel is pinged every renewal period and reconnected only when it
+    heard nothing for a lease TTL: an idle, healthy one is never reconnected."""
+    owner, asker = await stores(lease_ttl=0.5, renew_every=0.1), await stores()
+    subscribed = owner._pubsub.connection
+    await asyncio.sleep(1.5)  # three lease TTLs without a message
+    assert owner._pubsub.connection is subscribed
+    assert not [r for r in caplog.records if "release channel" in r.getMessage()]
+    requests: list[bytes] = []
+    owner.on_release_request = requests.append
+    sid = new_session_id()
+    assert not await asker.ask_release(owner.node, sid, timeout=0.3)  # nobody answers
+    assert requests == [sid]  # but the request was heard
+
+
 async def test_ask_release_of_a_silent_owner_times_out(
     stores: MakeStore,
 ) -> None:
