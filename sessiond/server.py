@@ -964,7 +964,9 @@ class ServerProtocol(asyncio.Protocol):
         transport = self.transport
         if conn is None or transport is None:
             return
-        if data:
+        if data and not self._closing:  # after the FIN of a CLOSE nothing can follow:
+            # with a store, output taken before a session was dropped (its CLOSE written
+            # at once, sessiond/durable.py) is never written, as it was never stored
             self.server.stats.bytes_out += len(data)
             transport.write(data)
         if conn.state is _CLOSED and not self._closing and not transport.is_closing():
