@@ -41,7 +41,8 @@ HELP = "1,000 and 10,000 idle sessions (1,000 and 3,000 over TLS), heartbeats on
 
 SCENARIO = "idle"
 TCP, TLS = "tcp", "tls"
-#: A bare TLS connection to the ceiling (bench/ceiling.py), no session: the transport's share.
+#: A bare TLS connection to the ceiling (bench/ceiling.py) on the daemon's TLS transport, no
+#: session: the transport's share.
 CEILING_TLS = "tls-ceiling"
 #: A TLS handshake per session, many at once, on a loaded machine: a generous bound.
 HANDSHAKE_TIMEOUT = 30.0
@@ -53,6 +54,8 @@ NOFILE_MARGIN = 64
 #: The targets: server RSS per idle session (KiB) at a count of sessions, by transport.
 TARGET_KIB, TARGET_COUNT = 4.0, 10_000
 TLS_TARGET_KIB, TLS_TARGET_COUNT = 12.0, 3_000
+#: The daemon's tls.idle_memory choices, its default first (bench/ceiling.py has the same).
+TLS_IDLE_MEMORY = ("compact", "fast")
 
 
 async def measure_idle(
@@ -145,8 +148,9 @@ async def measure_idle(
 async def measure_bare(
     proc: ServerProcess, count: int, args: argparse.Namespace, ssl: SSLContext
 ) -> Json:
-    """The ceiling's RSS per idle TLS connection: no session, only uvloop's TLS transport
-    and OpenSSL's state (the same certificate, client and handshakes as the daemon's)."""
+    """The ceiling's RSS per idle TLS connection: no session, only the daemon's TLS
+    transport (``sessiond.server.start_tls_server``: uvloop's TCP transport, asyncio's TLS
+    protocol, OpenSSL's state) with the same certificate, client and handshakes."""
     sources = source_addresses(per_address())
 
     async def open_bare(n: int, first: int) -> list[Driver]:
@@ -189,6 +193,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option(parser, "concurrency", int, DEFAULT_CONCURRENCY, help="handshakes in flight")
     option(parser, "tls_sessions", str, "1000,3000", "20", metavar="N,N",
            help="idle sessions over TLS per measurement; 0: none")  # fmt: skip
+    parser.add_argument(
+        "--tls-idle-memory", choices=TLS_IDLE_MEMORY, default=TLS_IDLE_MEMORY[0],
+        help="the TLS transport of the daemon (its tls.idle_memory) and of the ceiling: "
+        "compact, the daemon's default, or fast, uvloop's TLS protocol (default compact)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
             for n in dict.fromkeys(min(n, fit) for n in wanted)
         ]
         certificate = make_certificate(ctx.tmp / "certs") if tls_sizes else None
+        tls_memory = args.tls_idle_memory
+        settings = ctx.tmp / "tls-idle-memory.toml"  # the daemon's tls.idle_memory
+        settings.write_text(f'[tls]\nidle_memory = "{tls_memory}"\n', encoding="utf-8")
 
         def one(plan: tuple[str, int], rep: int) -> Json:
             transport, n = plan
@@ -223,11 +235,12 @@ def run(args: argparse.Namespace) -> int:
             context = tls_context(certificate.ca)
             if transport == CEILING_TLS:
                 argv = [*ceiling_argv(), "--tls-cert", str(certificate.cert)]
-                argv += ["--tls-key", str(certificate.key)]
+                argv += ["--tls-key", str(certificate.key), "--tls-idle-memory", tls_memory]
                 with ctx.fresh_server(name.replace("daemon", "ceiling"), argv) as proc:
                     return dict(ctx.run(measure_bare(proc, n, args, context)))
             port = free_port()
-            with ctx.fresh_server(name, tls_daemon_argv(port, certificate)) as proc:
+            argv = [*tls_daemon_argv(port, certificate), "--config", str(settings)]
+            with ctx.fresh_server(name, argv) as proc:
                 return dict(ctx.run(measure_idle(proc, n, args, port, context)))
 
         def show(r: Json) -> str:
@@ -255,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 "sessions_per_source_address": per_address(),
                 "settle_seconds": args.settle,
                 "server": "a fresh daemon per measurement",
+                "tls_idle_memory": tls_memory,  # the daemon's and the ceiling's
             },
             "sessions": by_count(results, TCP),
             "tls_sessions": by_count(results, TLS),
@@ -350,6 +364,16 @@ def _rows(by_count: Json, label: str) -> list[list[str]]:
     ]
 
 
+#: What each --tls-idle-memory runs, daemon and ceiling alike.
+TLS_TRANSPORTS = {
+    "compact": "Both with `tls.idle_memory = compact` (the default): uvloop's TCP transport "
+    "under asyncio's TLS protocol reading into one ciphertext buffer shared by every "
+    "transport, OpenSSL's `SSL` object and its two `MemoryBIO`s.",
+    "fast": "Both with `tls.idle_memory = fast` (`--tls-idle-memory fast`): uvloop's own "
+    "TLS protocol, a 256 KiB read buffer per transport, and OpenSSL's `SSL` object.",
+}
+
+
 def markdown(entry: Json, commit: Json, path: Path) -> str:
     """The ``## idle`` section of RESULTS.md."""
     config = entry["config"]
@@ -373,9 +397,11 @@ def markdown(entry: Json, commit: Json, path: Path) -> str:
         "open after the window (then each closed with CLOSE NORMAL). *over TLS*: a `tls://` "
         "listener with a `sessiond gen-cert` certificate (ECDSA P-256) the clients verify. "
         "*bare TLS connections*: as many idle TLS connections to the ceiling "
-        "(`bench/ceiling.py --tls-cert`: uvloop's TLS transport and OpenSSL, no session, the "
-        "daemon's malloc setting from `sessiond/heap.py`), same certificate, client and "
-        "handshakes: the transport's own share of a TLS session's memory.",
+        "(`bench/ceiling.py --tls-cert`), same certificate, client and handshakes, each on "
+        "the daemon's own TLS transport (`sessiond.server.start_tls_server`) with a framed "
+        "echo behind it and no session: the transport's own share of a TLS session's "
+        "memory; the rest of the TLS row is the session's (the split: `bench/PROFILE.md`). "
+        + TLS_TRANSPORTS[config.get("tls_idle_memory", TLS_IDLE_MEMORY[0])],
         "",
         markdown_table(
             "sessions|RSS per session|server CPU idle|loadgen CPU idle|RSS before"

@@ -211,6 +211,12 @@ class Durability:
         self.refresh_every = REFRESH_EVERY
         # When the last commit failed (None: it did not), until Redis answers again.
         self._failed: float | None = None
+        #: Sessions ended here whose end is not known to be stored (its commit or its
+        #: own round trip failed): session ID -> (epoch, end code, until when it is
+        #: kept, time.monotonic()). Retried with each refresh, and at once when the
+        #: session is asked for (a resume here, a release request from elsewhere), so
+        #: that no process resumes it while Redis still says it is live.
+        self._ending: dict[bytes, tuple[int, CloseCode, float]] = {}
 
     @property
     def accepting(self) -> bool:
@@ -307,6 +313,14 @@ class Durability:
                     self._drop(entry, CloseCode.GOING_AWAY)
                 else:
                     protocol.abort_unwritten()  # a transport taken over this batch
+            # And every session with an entry in the batch, output or not: an entry with
+            # only a consumed position (its ACK waits for the ACK timer) is not staged,
+            # and the ACK, taken later, would acknowledge what Redis may not have.
+            find = self.server.sessions.find
+            for sid in dict.fromkeys(appends.owners):
+                held = find(sid) if sid is not None else None
+                if held is not None and held in self._stored:
+                    self._drop(held, CloseCode.GOING_AWAY)
             return
         for entry, protocol, data in staged:
             stored = self._stored.get(entry)
@@ -350,11 +364,17 @@ class Durability:
 
     def refresh(self) -> None:
         """Renew the TTL of every attached session this process holds (with the next
-        commit: one pipelined round trip)."""
+        commit: one pipelined round trip), and store again the ends not yet stored."""
         for entry, stored in self._stored.items():
             if entry.protocol is not None and not stored.fenced:
                 self.store.refresh(entry.core.id or b"", self.attached_ttl(entry))
-        if self.store.pending:
+        now = time.monotonic()
+        for sid, (_, _, until) in list(self._ending.items()):
+            if now > until:  # its keys have expired by now: nothing left to end
+                del self._ending[sid]
+            else:
+                self._end_later(sid)
+        if self.store.pending or self._after:
             self._kick()
 
     # ------------------------------------------------------- session events
@@ -400,9 +420,22 @@ class Durability:
         stored = self._stored.pop(entry, None)
         if stored is None or stored.fenced:
             return
-        sid, epoch = entry.core.id or b"", stored.epoch
-        self._after.append(lambda: self.store.end(sid, epoch, code))
+        sid = entry.core.id or b""
+        self._ending[sid] = (stored.epoch, code, time.monotonic() + self.attached_ttl(entry))
+        self._end_later(sid)
         self._kick()
+
+    def _end_later(self, sid: bytes) -> None:
+        self._after.append(lambda: self._end(sid))
+
+    async def _end(self, sid: bytes) -> None:
+        """Store the end of *sid* (raises StoreError); known stored, it is forgotten."""
+        ending = self._ending.get(sid)
+        if ending is None:  # stored meanwhile
+            return
+        epoch, code, _ = ending
+        await self.store.end(sid, epoch, code)  # fenced out: someone else has it
+        self._ending.pop(sid, None)
 
     # -------------------------------------------------------------- resume
 
@@ -443,6 +476,10 @@ class Durability:
 
     async def _claim(self, sid: bytes, credential: bytes, identity: Any) -> _Entry:
         store = self.store
+        ending = self._ending.get(sid)
+        if ending is not None:  # ended here, not yet stored: stored now, or "busy"
+            await self._end(sid)
+            raise Gone(ending[1])
         # Round trip 1: the credential checked against every one the session had, and
         # its live owner, if any, asked to release it.
         found = await store.resume(sid, digest(credential))
@@ -485,8 +522,24 @@ class Durability:
 
     def _release_requested(self, sid: bytes) -> None:
         entry = self.server.sessions.find(sid)
-        stored = self._stored.get(entry) if entry is not None else None
-        if entry is None or stored is None:
+        if entry is None:
+            # Not held here, yet Redis named this process the owner: it let the session
+            # go and its release, or its last writes, did not land (a commit failed, or
+            # the lease ran out). Unanswered, every resume elsewhere would be refused as
+            # busy for as long as this process renews its lease.
+            if sid in self._ending:
+                # It ended here: its end is stored first (the asker, unanswered, refuses
+                # once; the client's next resume gets the end code).
+                self.store.decline(sid)
+                self._end_later(sid)
+                self._kick()
+            elif self.store.disown_later(sid):
+                # Given up: the asker claims it as from a dead owner (crash recovery).
+                self._kick()
+            return
+        stored = self._stored.get(entry)
+        if stored is None:
+            self.store.decline(sid)
             return
         server = self.server
         now = server.loop.time()

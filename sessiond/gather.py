@@ -2,7 +2,8 @@
 one ``--admin-socket`` for every worker, served by the supervisor.
 
 The supervisor makes a private directory (mode 0700, in ``$TMPDIR``; removed when it
-exits cleanly) and gives each worker process it starts a socket path there. The worker
+exits cleanly, else by the next supervisor to start: :func:`make_directory`,
+:func:`remove_abandoned`) and gives each worker process it starts a socket path there. The worker
 answers on it (:class:`WorkerDoor`, mode 0600) what its own admin socket would (``list``,
 ``end``) plus ``metrics`` (every metric it would serve, as JSON) and ``ready``. The
 supervisor asks every worker when it is asked itself (:class:`Gatherer`):
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,10 +56,14 @@ DOOR_TIMEOUT = 5.0
 ANSWER_LIMIT = 256 * 1024 * 1024
 #: The longest path a unix socket can have on Linux (108 bytes with the final NUL).
 MAX_SOCKET_PATH = 107
+#: The private directory's name: this, then mkdtemp's eight random characters.
+DIRECTORY_PREFIX = "sessiond-doors-"
+#: The file in it that says its supervisor had locked it (and its PID, for people).
+MARKER = "supervisor.pid"
 #: The longest name :meth:`Gatherer.door_for` gives a socket in its directory, and
 #: the longest name mkdtemp gives the directory.
 _LONGEST_NAME = len("99999-99999999.sock")
-_LONGEST_DIRECTORY = len("sessiond-xxxxxxxx")
+_LONGEST_DIRECTORY = len(DIRECTORY_PREFIX) + len("xxxxxxxx")
 #: Family types whose samples only grow (summed over a slot's processes), but for
 #: their ``_created`` timestamps; of a summary, only ``_sum`` and ``_count`` do.
 _CUMULATIVE = ("counter", "histogram")
@@ -80,6 +87,80 @@ def socket_directory_problem(base: str | None = None) -> str | None:
         f"(their paths would reach {longest} bytes; a unix socket path has at most "
         f"{MAX_SOCKET_PATH}): set TMPDIR to a shorter directory, such as /tmp"
     )
+
+
+def make_directory(base: str | None = None) -> tuple[Path, int]:
+    """A new private directory (mode 0700) under *base* (default ``$TMPDIR``), and a
+    descriptor that holds a shared ``flock`` on it: keep it open while the directory is
+    in use, close it after removing the directory.
+
+    The lock is what tells a live supervisor's directory from one left by a supervisor
+    that was killed (:func:`remove_abandoned`): the kernel drops it when the process ends,
+    however it ends, so no PID is compared and neither PID reuse nor another PID
+    namespace sharing ``$TMPDIR`` can fool it. (systemd-tmpfiles skips a locked
+    directory too, so a long-running supervisor's sockets are not aged out of /tmp.)
+    :data:`MARKER` is written only once the lock is held: a directory without it is
+    one being made at that moment, and is left alone.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=base))
+    fd = -1
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Blocks only while a starting supervisor looks at this directory (and sees no
+        # marker): it cannot take it for abandoned.
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        marker = os.open(
+            MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=fd
+        )
+        with os.fdopen(marker, "w") as file:
+            file.write(f"{os.getpid()}\n")
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return directory, fd
+
+
+def remove_abandoned(base: str | None = None) -> list[Path]:
+    """Remove the private directories under *base* (default ``$TMPDIR``) that supervisors
+    which are gone (killed, crashed) left behind; the paths removed.
+
+    Only directories named by :func:`make_directory`, of this user, with the marker, whose
+    lock no process holds: that of a live supervisor (of any PID namespace) is locked, and
+    one being made has no marker yet. Two supervisors starting at once each take a
+    directory's lock exclusively before removing it, so they never both remove one.
+    """
+    base = base if base is not None else tempfile.gettempdir()
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(DIRECTORY_PREFIX):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, a symbolic link, not a directory, not ours to read
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o700:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # locked: its supervisor runs
+            try:
+                os.stat(MARKER, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue  # being made (or its maker died before the marker): left alone
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+        finally:
+            os.close(fd)  # and its lock
+    return removed
 
 
 async def ask(path: str, request: dict[str, Any], timeout: float = DOOR_TIMEOUT) -> dict[str, Any]:
@@ -195,13 +276,16 @@ class _Scraped:
 
 class Gatherer:
     """The supervisor's side: the private directory, and its workers' metrics kept
-    from one scrape to the next (:meth:`retire` a process once it has exited)."""
+    from one scrape to the next (:meth:`retire` a process once it has exited).
+
+    Made, it has removed what dead supervisors left under *base* (:attr:`removed`)."""
 
     def __init__(self, count: int, supervised: Supervised, base: str | None = None) -> None:
         problem = socket_directory_problem(base)
         if problem is not None:
             raise ValueError(problem)
-        self.directory = Path(tempfile.mkdtemp(prefix="sessiond-", dir=base))  # mode 0700
+        self.removed = remove_abandoned(base)
+        self.directory, self._lock = make_directory(base)
         self.count = count
         self.supervised = supervised
         self.carried: list[dict[Key, float]] = [{} for _ in range(count)]
@@ -232,6 +316,9 @@ class Gatherer:
     def close(self) -> None:
         """Remove the private directory (the supervisor is done)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     async def ask_all(
         self, request: dict[str, Any]

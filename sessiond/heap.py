@@ -19,8 +19,7 @@ saving (34.8 KiB per session: the buffers then fill the heap's free space).
 The daemon no longer needs it: its TLS transports share one read buffer
 (``ServerConfig.tls_shared_buffer``, the default; ``tls.idle_memory = "compact"``). An
 embedder that keeps uvloop's TLS protocol (``tls_shared_buffer=False``) can still ask a
-TLS listener for it with ``ServerConfig(map_large_blocks=True)``; ``bench/ceiling.py``
-uses it for its bare uvloop TLS connections.
+TLS listener for it with ``ServerConfig(map_large_blocks=True)``.
 
 glibc only; elsewhere (musl, macOS, Windows) it does nothing.
 """

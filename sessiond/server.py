@@ -986,7 +986,9 @@ class ServerProtocol(asyncio.Protocol):
         transport = self.transport
         if conn is None or transport is None:
             return
-        if data:
+        if data and not self._closing:  # after the FIN of a CLOSE nothing can follow:
+            # with a store, output taken before a session was dropped (its CLOSE written
+            # at once, sessiond/durable.py) is never written, as it was never stored
             self.server.stats.bytes_out += len(data)
             transport.write(data)
         if conn.state is _CLOSED and not self._closing and not transport.is_closing():
@@ -1089,10 +1091,9 @@ class TlsAccept(asyncio.Protocol):
     Nothing of TLS exists until the client's first bytes (its ClientHello) arrive: a
     transport that says nothing costs a TCP transport, not an SSL object with its
     handshake buffers (about 50 KiB of RSS each, issue 18). The TLS protocol
-    (:func:`_tls_protocol_class`) is then installed
+    (:func:`start_tls_server`) is then installed
     from ``data_received``, as ``loop.start_tls`` would do it, and handed those bytes: a
-    ``start_tls`` from a task could miss the ClientHello. Its decrypted input goes
-    through :class:`_TlsReader`.
+    ``start_tls`` from a task could miss the ClientHello.
     """
 
     __slots__ = ("_silence", "_waiter", "host", "pending", "server", "ssl", "transport")
@@ -1147,24 +1148,16 @@ class TlsAccept(asyncio.Protocol):
         remaining = self._silence.when() - self.server.loop.time() if self._silence else 0.0
         self._cancel_silence()
         server = self.server
-        tls = _tls_protocol_class(server.loop, server.config.tls_shared_buffer)(
+        start_tls_server(
             server.loop,
-            _TlsReader(_TlsServerProtocol(server, self)),
+            raw,
+            _TlsServerProtocol(server, self),
             self.ssl,
             waiter,
-            True,  # server side
-            None,
-            ssl_handshake_timeout=max(remaining, 0.1),
+            shared_buffer=server.config.tls_shared_buffer,
+            handshake_timeout=max(remaining, 0.1),
+            data=data,
         )
-        raw.set_protocol(tls)
-        tls.connection_made(raw)
-        view = memoryview(data)
-        while view and not raw.is_closing():
-            buffer = tls.get_buffer(len(view))
-            size = min(len(buffer), len(view))
-            buffer[:size] = view[:size]
-            tls.buffer_updated(size)
-            view = view[size:]
 
     def eof_received(self) -> bool:
         self._fail(ConnectionResetError("the peer closed before its ClientHello"))
@@ -1229,7 +1222,7 @@ class _TlsReader(asyncio.BufferedProtocol):
 
     __slots__ = ("protocol",)
 
-    def __init__(self, protocol: ServerProtocol) -> None:
+    def __init__(self, protocol: asyncio.Protocol) -> None:
         self.protocol = protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -1335,6 +1328,48 @@ def _tls_protocol_class(loop: asyncio.AbstractEventLoop, shared_buffer: bool) ->
 
         return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
     return asyncio.sslproto.SSLProtocol
+
+
+def start_tls_server(
+    loop: asyncio.AbstractEventLoop,
+    raw: asyncio.Transport,
+    protocol: asyncio.Protocol,
+    context: Any,
+    waiter: asyncio.Future[None],
+    *,
+    shared_buffer: bool,
+    handshake_timeout: float,
+    data: bytes = b"",
+) -> None:
+    """Put the server side of TLS (SSLContext *context*) on *raw*, a TCP transport of
+    *loop*, the way a TLS listener of the daemon does: *protocol* is connected once the
+    handshake is done and is handed the decrypted input as bytes (:class:`_TlsReader`).
+
+    *shared_buffer* picks the TLS protocol (``ServerConfig.tls_shared_buffer``: asyncio's
+    with one shared ciphertext buffer, :class:`_SharedBufferTls`, else the loop's own).
+    *data*: what was already read from *raw* (a ClientHello or its start). *waiter* is
+    done when the handshake is, with its exception if it failed (a failed handshake
+    leaves *raw* to the caller to abort). ``bench/ceiling.py`` runs its TLS listener
+    with this, so that ``bench idle`` compares the daemon with the same transport.
+    """
+    tls = _tls_protocol_class(loop, shared_buffer)(
+        loop,
+        _TlsReader(protocol),
+        context,
+        waiter,
+        True,  # server side
+        None,
+        ssl_handshake_timeout=handshake_timeout,
+    )
+    raw.set_protocol(tls)
+    tls.connection_made(raw)
+    view = memoryview(data)
+    while view and not raw.is_closing():
+        buffer = tls.get_buffer(len(view))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        tls.buffer_updated(size)
+        view = view[size:]
 
 
 @contextlib.asynccontextmanager

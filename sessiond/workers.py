@@ -442,6 +442,12 @@ class Supervisor:
         except (ValueError, OSError) as exc:
             log.error("%s", exc, extra=_fields("doors-failed", error=str(exc)))
             return False
+        for left in gatherer.removed:
+            log.info(
+                "removed %s, the private socket directory of a supervisor that is gone",
+                left,
+                extra=_fields("worker-doors-removed", directory=str(left)),
+            )
         log.info(
             "workers answer metrics and admin requests on private sockets in %s",
             gatherer.directory,

@@ -164,6 +164,12 @@ def test_idle_opens_every_session_each_time_against_a_fresh_daemon(whole: BenchR
     assert len(entry["servers"]) == measured * config["repeat"]
     for server in entry["servers"].values():
         assert server["exit_code"] == 0, server["log"]
+    # The ceiling's TLS connections run the TLS transport the TLS daemon runs (its default).
+    assert config["tls_idle_memory"] == "compact"
+    ceilings = [s["argv"] for s in entry["servers"].values() if "bench.ceiling" in s["argv"]]
+    assert len(ceilings) == len(config["tls_counts"]) * config["repeat"]
+    for argv in ceilings:
+        assert argv[argv.index("--tls-idle-memory") + 1] == "compact"
 
 
 def test_a_missing_peer_is_skipped_with_a_line_saying_how_to_install_it(tmp_path: Path) -> None:

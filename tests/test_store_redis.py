@@ -278,6 +278,56 @@ async def test_a_release_answers_in_its_own_round_trip_and_the_claim_reads_it(
     assert await asker.release_from("no-lease", sid, timeout=600.0)  # no lease: at once
 
 
+async def test_an_owner_that_let_a_session_go_answers_while_redis_still_names_it(
+    stores: MakeStore,
+) -> None:
+    """disown_later (a process asked to release a session it no longer holds): with its
+    next commit it answers the asker while Redis names it, or nobody, the owner, and the
+    claim reads the stream as after a crash (the owner field is left as it was: positions
+    stored by an earlier release are not taken for the last word). No answer once another
+    node owns the session, nor once it ended."""
+    owner, asker = await stores(), await stores()
+    mine, taken, ended = new_session_id(), new_session_id(), new_session_id()
+    await owner.create(meta(mine), Positions(1, 0, 0, ()))  # positions of an old release
+    await owner.create(meta(taken))
+    await owner.create(meta(ended))
+    owner.append(mine, 1, 1, [b"a", b"b"], consumed=3, acked=0)
+    await owner.commit()
+    assert await asker.claim(taken, 1) == 2
+    await owner.end(ended, 1, CloseCode.SESSION_EXPIRED)
+
+    def disown(requested: bytes) -> None:
+        assert owner.disown_later(requested)
+        asyncio.get_running_loop().create_task(owner.commit())
+
+    owner.on_release_request = disown
+    assert await asker.release_from(owner.node, mine, timeout=5.0)
+    epoch, loaded = await asker.claim_loaded(mine, 1)
+    assert epoch == 2 and loaded.owner == asker.node
+    assert loaded.positions.unacked == (b"a", b"b") and loaded.positions.consumed == 3
+    assert not await asker.release_from(owner.node, taken, timeout=0.3)
+    assert not await asker.release_from(owner.node, ended, timeout=0.3)
+    assert not owner.disown_later(mine)  # nobody asked: nothing queued
+    assert not owner.pending
+
+
+async def test_an_idle_release_channel_hears_its_pings_and_stays_connected(
+    stores: MakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release channel is pinged every renewal period and reconnected only when it
+    heard nothing for a lease TTL: an idle, healthy one is never reconnected."""
+    owner, asker = await stores(lease_ttl=0.5, renew_every=0.1), await stores()
+    subscribed = owner._pubsub.connection
+    await asyncio.sleep(1.5)  # three lease TTLs without a message
+    assert owner._pubsub.connection is subscribed
+    assert not [r for r in caplog.records if "release channel" in r.getMessage()]
+    requests: list[bytes] = []
+    owner.on_release_request = requests.append
+    sid = new_session_id()
+    assert not await asker.ask_release(owner.node, sid, timeout=0.3)  # nobody answers
+    assert requests == [sid]  # but the request was heard
+
+
 async def test_ask_release_of_a_silent_owner_times_out(
     stores: MakeStore,
 ) -> None:

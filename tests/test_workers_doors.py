@@ -26,10 +26,11 @@ from sessiond_client.protocol import CloseCode
 from bench.processes import free_port
 from sessiond.admin import format_table
 from sessiond.admin import request as admin_request
+from sessiond.gather import DIRECTORY_PREFIX, MARKER, make_directory, remove_abandoned
 from tests.daemonproc import DaemonProcess, clean_environment
 from tests.redisserver import RedisServer
 from tests.test_metrics import Samples, get, scrape, value
-from tests.test_workers import created_by, supervising
+from tests.test_workers import created_by, exited, supervising
 
 LEASE_TTL = 2.0
 TIMEOUT = 30.0
@@ -252,3 +253,88 @@ def test_a_metrics_address_in_use_stops_the_supervisor_before_any_worker(
     assert f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "worker 0 started" not in done.stderr
     assert list(short_tmpdir.iterdir()) == []  # its private directory is gone too
+
+
+def test_only_the_directories_of_supervisors_that_are_gone_are_removed(
+    short_tmpdir: Path,
+) -> None:
+    base = str(short_tmpdir)
+    live, live_lock = make_directory(base)
+    dead, dead_lock = make_directory(base)
+    os.close(dead_lock)  # as its process ending would, however it ends
+    assert (dead / MARKER).read_text() == f"{os.getpid()}\n"
+    (dead / "0-1.sock").touch()
+    # Made by a supervisor starting right now: locked, but no marker yet.
+    being_made = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir=base))
+    # Not ours to judge: another name, a symbolic link to a dead one, a plain file.
+    other = short_tmpdir / "sessiond-tls-abcdefgh"
+    other.mkdir(mode=0o700)
+    (other / MARKER).touch()
+    elsewhere = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX, dir="/tmp"))
+    (elsewhere / MARKER).touch()
+    (short_tmpdir / f"{DIRECTORY_PREFIX}link").symlink_to(elsewhere)
+    (short_tmpdir / f"{DIRECTORY_PREFIX}file").write_text("x")
+    try:
+        assert remove_abandoned(base) == [dead]
+        assert not dead.exists()
+        assert live.is_dir() and being_made.is_dir() and other.is_dir() and elsewhere.is_dir()
+        assert remove_abandoned(base) == []
+    finally:
+        os.close(live_lock)
+        shutil.rmtree(elsewhere)
+    assert remove_abandoned(base) == [live]  # its lock went with it
+
+
+async def test_a_supervisor_killed_with_sigkill_leaves_its_directory_to_the_next_one(
+    tmp_path: Path, redis_server: RedisServer, short_tmpdir: Path
+) -> None:
+    env = clean_environment(TMPDIR=str(short_tmpdir), SESSIOND_SERVER_DRAIN_TIMEOUT="1")
+
+    def supervisor(name: str) -> DaemonProcess:
+        port = free_port()
+        return DaemonProcess(
+            *("--workers", "2", "--listen", f"127.0.0.1:{port}", "--app", "echo"),
+            *("--store", redis_server.url, "--admin-socket", str(short_tmpdir / f"{name}.sock")),
+            log_file=tmp_path / f"{name}.log",
+            env=env,
+        )
+
+    async def directory(proc: DaemonProcess) -> Path:
+        return Path((await proc.until(r"private sockets in (\S+)")).group(1))
+
+    live, killed = supervisor("live"), supervisor("killed")
+    procs, orphans = [live, killed], []
+    try:
+        live_dir, killed_dir = await directory(live), await directory(killed)
+        await supervising(live)
+        orphans = list((await supervising(killed)).values())
+        killed.proc.kill()
+        killed.proc.wait(TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):  # its workers see their link close and drain
+            while not all(exited(pid) for pid in orphans):
+                await asyncio.sleep(0.05)
+        assert killed_dir.is_dir()  # nobody else removes it
+
+        following = supervisor("following")
+        procs.append(following)
+        found = await following.until(r"removed (\S+), the private socket directory of a")
+        assert found.group(1) == str(killed_dir)
+        assert not killed_dir.exists()
+        assert live_dir.is_dir()  # a live supervisor's: locked, kept
+        following_dir = await directory(following)
+        await supervising(following)
+        assert "removed" not in live.log
+        for proc in (live, following):
+            assert proc.stop() == 0
+        assert not live_dir.exists() and not following_dir.exists()
+    except BaseException:
+        for proc in procs:
+            print(proc.log[-6000:])  # shown with the failure
+        raise
+    finally:
+        for proc in procs:
+            proc.close()
+        for pid in orphans:  # only if the test failed before they exited
+            if not exited(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -225,13 +225,35 @@ if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1
 """
 
+#: KEYS: meta. ARGV: this node, channel, message. The answer of a process asked to
+#: release a session it does not hold (it let it go, but its release, or its last
+#: writes, did not land: a commit failed): if Redis still names this node the owner,
+#: it has given the session up (it holds nothing of it, and writes nothing more for
+#: it), so it PUBLISHes *message* on *channel*, and the asker claims the session as
+#: after a dead owner: the owner is left as it is, so the claim reads the stream
+#: (crash recovery), not positions of an earlier release. Also answered when nobody
+#: owns it (released: the claim reads the release; gone: the claim says so). Not when
+#: another node owns it: the asker must not take a session someone else holds; nor
+#: once it ended (the asker's claim could not tell the end code; its next RESUME does).
+#: Queued with the next pipelined commit (after every write of this node queued
+#: before it). Returns 1 when it answered, else 0.
+DISOWN = """
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
+local o = redis.call('HGET', KEYS[1], 'o')
+if o and o ~= '' and o ~= ARGV[1] then return 0 end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
 #: KEYS: meta, stream. ARGV: epoch, end code, ttl in ms of the remembered end.
 #: Replaces the session by its end code; returns 1, or 0 when fenced out. The
 #: stream gets the marker of the next epoch and is emptied, not deleted: its last
 #: ID fences every writer until it expires (and the hot path's XADD uses
-#: NOMKSTREAM, so an expired stream is never re-created).
+#: NOMKSTREAM, so an expired stream is never re-created). Run again (an end whose
+#: reply was lost is retried), it changes nothing and returns 1.
 END = """
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 1 end
 redis.call('DEL', KEYS[1])
 redis.call('XADD', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', 'claim', '')
 redis.call('XTRIM', KEYS[2], 'MAXLEN', 0)

@@ -626,6 +626,27 @@ class RedisStore:
         self._releases += 1
         self._logs.pop(sid, None)
 
+    def disown_later(self, sid: bytes) -> bool:
+        """Answer the node that asked this one to release *sid*, which this process does
+        not hold (it let it go, and its release or last writes may not have landed), with
+        the next :meth:`commit`, after every write of this process queued so far: if Redis
+        still names this node the owner, or nobody, the asker may claim it (reading the
+        stream, as after a dead owner); if another node owns it, nobody is answered. No
+        round trip of its own. False if nobody asked (nothing queued)."""
+        reply = self._pubsub_reply(sid)
+        if reply is None:
+            return False
+        self._commands.append(
+            ("EVAL", keys.DISOWN, 1, keys.meta_key(self.prefix, sid), self.node, *reply)
+        )
+        self._owners.append(None)
+        return True
+
+    def decline(self, sid: bytes) -> None:
+        """Leave the request to release *sid* unanswered (the asker refuses its resume
+        as busy once its wait is over; the client retries)."""
+        self._asked.pop(sid, None)
+
     def forget(self, sid: bytes) -> None:
         """This process no longer holds the session (fenced, or dropped)."""
         self._logs.pop(sid, None)
@@ -680,14 +701,35 @@ class RedisStore:
     async def _listen(self) -> None:
         release = keys.release_channel(self.prefix, self.node).encode()
         pubsub = self._pubsub
+        # A subscribed connection only reads: one whose path died without a reset (a
+        # half-open TCP connection) would never fail, and every release request would be
+        # lost while the lease, on a connection of its own, goes on being renewed (every
+        # resume elsewhere refused as busy). So it is pinged every renewal period, and
+        # silent for a lease TTL, it is reconnected (redis-py subscribes again).
+        heard = pinged = time.monotonic()
         while True:
             try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                now = time.monotonic()
+                if now - heard > self.lease_ttl:
+                    heard = now
+                    raise ConnectionError(f"no answer for {self.lease_ttl:g} s")
+                if now - pinged >= self.renew_every:
+                    pinged = now
+                    await pubsub.ping()
+                message = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(1.0, self.renew_every)
+                )
             except (RedisError, OSError) as exc:
                 log.warning("session store: release channel: %s", exc)
+                if pubsub.connection is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.connection.disconnect()  # the next read reconnects
                 await asyncio.sleep(self.renew_every)
                 continue
             if message is None:
+                continue
+            heard = time.monotonic()
+            if message["type"] != "message":  # the answer to a ping
                 continue
             data: bytes = message["data"]
             if message["channel"] == release:
