@@ -107,6 +107,7 @@ _ATTACHED = SessionState.ATTACHED
 _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
+_ACK = codec.ACK
 _pack_data_head = codec.DATA_HEAD.pack
 _DATA_LEAD = codec.DATA_LEAD
 _BIN32 = codec.BIN32
@@ -1143,6 +1144,12 @@ class Connection:
         # (the decoder's fields, not its properties: two calls less per read)
         boundary = decoder._boundary
         limit = decoder._max
+        # Each frame is measured (its end and size) while *measuring*; once a frame
+        # boundary inside a short enough piece is known, the rest is not, and place()
+        # finds the boundary afterwards (see FrameDecoder.place).
+        placing = decoder.placeable(piece)
+        fresh = boundary == decoder._fed - len(piece)
+        measuring = not (placing and fresh)
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
         # dispatched); *received* and *added* are its counters, stored back by _count.
@@ -1160,15 +1167,25 @@ class Connection:
         error: RemoteProtocolError | None = None
         try:
             for frame in unpacker:
-                end = tell()
-                if end - boundary > limit:
-                    error = decoder.too_large(end - boundary)
-                    break
-                boundary = end
+                if measuring:
+                    end = tell()
+                    if end - boundary > limit:
+                        error = decoder.too_large(end - boundary)
+                        break
+                    boundary = end
+                    if placing:
+                        measuring = False  # a boundary inside the piece is known now
                 if live is not None:
                     try:
                         kind, seq, payload = frame
                     except (TypeError, ValueError):
+                        # Not three fields. The peer's ACKs come amid its DATA: taken
+                        # here as _dispatch takes them (one call instead of five).
+                        if frame.__class__ is tuple and len(frame) == 2 and frame[0] is _ACK:
+                            count, added = added, 0
+                            live._count(received, count)
+                            live._on_ack(frame[1])
+                            continue
                         kind = None
                     # `is`: msgpack hands small ints out as CPython's cached objects, so
                     # this is one pointer test for "the int 3" (3.0 and True fail it and
@@ -1199,7 +1216,12 @@ class Connection:
                 if live is not None:
                     received = live._received
                     push = _inbox_push(live)
+            else:
+                if not measuring:
+                    boundary = decoder.place(piece, boundary)
         except (ValueError, UnpackException) as exc:
+            if not measuring:  # where the refused frame begins: decode again to see
+                boundary = decoder.rescan(piece, boundary)
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
@@ -1207,7 +1229,7 @@ class Connection:
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
         if error is None:
-            decoder.settle(piece, boundary)
+            decoder.settle(piece, boundary, fresh)
         if live is not None:
             live._check_window()  # before an error: as if the DATA before it came alone
         if error is not None:
