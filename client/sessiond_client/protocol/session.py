@@ -147,12 +147,16 @@ def _no_push(payload: bytes) -> None:
     raise AssertionError("no session takes DATA here")
 
 
-def _inbox_push(session: Session) -> Callable[[bytes], None]:
-    """The append of *session*'s inbox, made now if it is None (see ``_receive_piece``)."""
+def _inbox_of(session: Session) -> list[bytes]:
+    """*session*'s inbox, made now if it is None (see ``_receive_piece``)."""
     inbox = session._inbox
     if inbox is None:
         session._inbox = inbox = []
-    return inbox.append
+    return inbox
+
+
+#: The fast path's inbox while there is no fast path (never appended to: see _no_push).
+_NO_INBOX: list[bytes] = []
 
 
 def _ms(seconds: float) -> int:
@@ -1152,18 +1156,22 @@ class Connection:
         measuring = not (placing and fresh)
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
-        # dispatched); *received* and *added* are its counters, stored back by _count.
+        # dispatched); *received* is its counter, and the payloads its inbox holds from
+        # *mark* on are the bytes to add: both stored back by _count (the bytes counted
+        # once per run of DATA, in C, rather than per frame).
         live = session if session is not None and self._confirmed and self.state is _OPEN else None
         received = session._received if session is not None else 0
         push: Callable[[bytes], None]
         if live is None:
             push = _no_push
-        else:  # (_inbox_push inlined: once per read)
-            inbox = live._inbox
-            if inbox is None:
-                live._inbox = inbox = []
+            inbox = _NO_INBOX
+        else:  # (_inbox_of inlined: once per read)
+            held = live._inbox
+            if held is None:
+                live._inbox = held = []
+            inbox = held
             push = inbox.append
-        added = 0
+        mark = len(inbox)
         error: RemoteProtocolError | None = None
         try:
             for frame in unpacker:
@@ -1182,7 +1190,8 @@ class Connection:
                         # Not three fields. The peer's ACKs come amid its DATA: taken
                         # here as _dispatch takes them (one call instead of five).
                         if frame.__class__ is tuple and len(frame) == 2 and frame[0] is _ACK:
-                            count, added = added, 0
+                            count = sum(map(len, inbox[mark:]))
+                            mark = len(inbox)
                             live._count(received, count)
                             live._on_ack(frame[1])
                             continue
@@ -1198,11 +1207,11 @@ class Connection:
                     ):
                         received = seq
                         push(payload)
-                        added += len(payload)
                         continue
                     # The window is checked as if each frame came in its own read: the
                     # outcome must not depend on how reads split the bytes (§1.5).
-                    count, added = added, 0  # (zero first: _count may raise)
+                    count = sum(map(len, inbox[mark:]))
+                    mark = len(inbox)  # (moved first: _count may raise)
                     live._count(received, count)
                 self._dispatch([frame], now)
                 if self.state is _CLOSED:
@@ -1215,7 +1224,9 @@ class Connection:
                 )
                 if live is not None:
                     received = live._received
-                    push = _inbox_push(live)
+                    inbox = _inbox_of(live)
+                    push = inbox.append
+                    mark = len(inbox)
             else:
                 if not measuring:
                     boundary = decoder.place(piece, boundary)
@@ -1225,7 +1236,7 @@ class Connection:
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
-                live._count(received, added, check=False)
+                live._count(received, sum(map(len, inbox[mark:])), check=False)
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
         if error is None:
