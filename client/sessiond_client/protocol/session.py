@@ -1141,6 +1141,12 @@ class Connection:
         third of the receive cost, see bench/RESULTS.md). Every other frame
         goes through :meth:`_dispatch`, which applies the full rules of
         frames.py and raises the precise error.
+
+        Frames are measured against the limit (protocol.md §1.3) one by one only
+        until a frame boundary inside the piece is known: after it, in a piece no
+        longer than the limit, none can be over it, and the decoder places the
+        last boundary once, after the loop (``FrameDecoder.place``, ``rescan``).
+        ``tests/test_codec_fastpath.py`` pins all of this to the slow path.
         """
         decoder = self._decoder
         unpacker = decoder.push(piece)
