@@ -395,20 +395,19 @@ class FrameDecoder:
         self._fed += len(piece)
         return unpacker
 
-    def settle(self, piece: bytes | memoryview, boundary: int, fresh: bool | None = None) -> None:
-        """Record where the last complete frame ended; check the incomplete one's size.
-
-        *fresh* (for :meth:`placeable`): whether the piece began on a frame boundary.
-        """
+    def settle(self, piece: bytes | memoryview, boundary: int) -> None:
+        """Record where the last complete frame ended; check the incomplete one's size."""
         self._boundary = boundary
-        ended = boundary == self._fed
-        if fresh is not None:
-            if fresh:
-                self._place_fresh = ended
-            else:
-                self._place_pending = ended
-        if not ended:
+        if boundary != self._fed:
             self._check_pending(piece, boundary)
+
+    def learn(self, fresh: bool) -> None:
+        """After :meth:`settle`: the next piece of this kind (*fresh*: it began on a frame
+        boundary) is placed only if this one ended on a boundary (:meth:`placeable`)."""
+        if fresh:
+            self._place_fresh = self._boundary == self._fed
+        else:
+            self._place_pending = self._boundary == self._fed
 
     def _check_pending(self, piece: bytes | memoryview, start: int) -> None:
         pending = self._fed - start

@@ -108,6 +108,10 @@ _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
 _ACK = codec.ACK
+#: Pieces shorter than this are measured frame by frame, never placed (see
+#: FrameDecoder.place): placing costs about as much as measuring seven 64-byte DATA
+#: frames (callgrind), and a ping-pong's reads hold one.
+_PLACE_MIN = 1024
 _pack_data_head = codec.DATA_HEAD.pack
 _DATA_LEAD = codec.DATA_LEAD
 _BIN32 = codec.BIN32
@@ -1157,9 +1161,14 @@ class Connection:
         # Each frame is measured (its end and size) while *measuring*; once a frame
         # boundary inside a short enough piece is known, the rest is not, and place()
         # finds the boundary afterwards (see FrameDecoder.place).
-        placing = decoder.placeable(piece)
-        fresh = boundary == decoder._fed - len(piece)
-        measuring = not (placing and fresh)
+        # (A short piece holds a few frames: measuring them costs less than placing.)
+        fresh: bool | None = None  # whether it began on a boundary; None: not asked
+        placing = False
+        measuring = True
+        if len(piece) >= _PLACE_MIN:
+            fresh = boundary == decoder._fed - len(piece)
+            placing = decoder.placeable(piece)
+            measuring = not (placing and fresh)
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
         # dispatched); *received* is its counter, and the payloads its inbox holds from
@@ -1242,11 +1251,13 @@ class Connection:
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
-                live._count(received, sum(map(len, inbox[mark:])), check=False)
+                live._count(received, sum(map(len, inbox[mark:] if mark else inbox)), False)
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
         if error is None:
-            decoder.settle(piece, boundary, fresh)
+            decoder.settle(piece, boundary)
+            if fresh is not None:
+                decoder.learn(fresh)
         if live is not None:
             live._check_window()  # before an error: as if the DATA before it came alone
         if error is not None:
