@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgpack import UnpackException
@@ -197,8 +198,10 @@ def test_a_data_frame_whose_type_only_compares_equal_is_refused(kind: object) ->
 # measured as soon as it is decoded (protocol.md §1.3, §1.4) and handed to the generic
 # dispatch (``parse_frame``), one frame at a time.
 
-SMALL = 1024
-BATCH_PARAMS = Params(window_messages=64, window_bytes=16384, max_frame_size=SMALL)
+#: The frame limit of these tests: pieces from 1 KiB (``session._PLACE_MIN``) up to it
+#: are placed, longer ones measured.
+LIMIT = 4096
+BATCH_PARAMS = Params(window_messages=128, window_bytes=1 << 16, max_frame_size=LIMIT)
 
 
 def slow_receive(conn: Connection, data: bytes, now: float) -> None:
@@ -278,9 +281,9 @@ def wire_item(kind: str, seq: int, payload: bytes, ack: int) -> tuple[bytes, int
     if kind == "malformed":
         return b"\xc1", seq
     if kind == "oversize":  # complete, one byte over the limit
-        return codec.encode_data(seq, b"o" * (SMALL - codec.DATA_OVERHEAD + 1)), seq
+        return codec.encode_data(seq, b"o" * (LIMIT - codec.DATA_OVERHEAD + 1)), seq
     if kind == "at-limit":
-        return codec.encode_data(seq, b"l" * (SMALL - codec.DATA_OVERHEAD)), seq + 1
+        return codec.encode_data(seq, b"l" * (LIMIT - codec.DATA_OVERHEAD)), seq + 1
     if kind == "announced":  # a header announcing a frame over the limit, then its start
         return b"\x93\x03\x01\xc6" + (1 << 20).to_bytes(4, "big") + b"a" * 40, seq
     if kind == "close":
@@ -307,11 +310,11 @@ RARE = [
 
 @st.composite
 def batch_streams(draw: st.DrawFn) -> bytes:
-    kinds = draw(st.lists(st.sampled_from(COMMON) | st.sampled_from(RARE), min_size=1, max_size=40))
+    kinds = draw(st.lists(st.sampled_from(COMMON) | st.sampled_from(RARE), min_size=1, max_size=60))
     seq = 2
     out = []
     for kind in kinds:
-        payload = draw(st.binary(max_size=80))
+        payload = draw(st.binary(max_size=120))
         ack = draw(st.integers(0, 5))  # 4 and 5 are beyond what the server sent
         item, seq = wire_item(kind, seq, payload, ack)
         out.append(item)
@@ -354,7 +357,7 @@ def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
     (they adapt to the stream afterwards; every combination must give the same result).
     """
     cuts = data.draw(pieces_of(stream))
-    for chunks in ([stream], cuts, bytewise(stream) if len(stream) < 400 else cuts):
+    for chunks in ([stream], cuts, bytewise(stream) if len(stream) < 300 else cuts):
         _, fast_conn, fast_session = open_server()
         fast_conn._decoder._place_fresh = fresh
         fast_conn._decoder._place_pending = pending
@@ -363,3 +366,44 @@ def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
             fast_conn.receive_data(chunk, 1000.0)
             slow_receive(slow_conn, chunk, 1000.0)
         assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
+
+
+def run_both(chunks: list[bytes], fresh: bool = True, pending: bool = True) -> None:
+    _, fast_conn, fast_session = open_server()
+    fast_conn._decoder._place_fresh = fresh
+    fast_conn._decoder._place_pending = pending
+    _, slow_conn, slow_session = open_server()
+    for chunk in chunks:
+        fast_conn.receive_data(chunk, 1000.0)
+        slow_receive(slow_conn, chunk, 1000.0)
+    assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
+
+
+def data_run(first: int, count: int) -> bytes:
+    return b"".join(codec.encode_data(first + i, b"p%03d" % i * 8) for i in range(count))
+
+
+def test_a_long_piece_cut_anywhere_inside_its_last_frame_is_placed_exactly() -> None:
+    """Every cut inside the frame that ends a piece of more than 1 KiB: the probe must
+    tell "inside a frame" (even where the unpacker consumed every byte: right after a
+    header or a whole element) from "on a boundary", from either kind of piece start."""
+    head = data_run(2, 30)  # 30 x 48 bytes: longer than 1 KiB
+    last = codec.encode_data(32, b"last" * 10)
+    tail = data_run(33, 30)
+    wire = head + last + tail
+    for cut in range(len(head), len(head) + len(last) + 1):
+        run_both([wire[:cut], wire[cut:]])
+        # the same from a piece that begins inside a frame
+        run_both([wire[:5], wire[5:cut], wire[cut:]])
+
+
+@pytest.mark.parametrize("kind", [*RARE, "ack", "ping"])
+def test_a_fault_amid_a_long_run_of_data_equals_the_slow_path(kind: str) -> None:
+    """Each kind of bad (or other) frame after and before DATA in a piece of more than 1 KiB
+    (placed), whole and cut at every offset around it."""
+    head = data_run(2, 30)
+    item, after = wire_item(kind, 32, b"x" * 20, 2)
+    wire = head + item + data_run(after, 30)
+    run_both([wire])
+    for cut in range(len(head) - 3, min(len(wire), len(head) + len(item) + 4)):
+        run_both([wire[:cut], wire[cut:]])
