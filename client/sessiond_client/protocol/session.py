@@ -1251,7 +1251,14 @@ class Connection:
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
-                live._count(received, sum(map(len, inbox[mark:] if mark else inbox)), False)
+                # (one payload, the ping-pong case, or none: no map and sum objects)
+                new = len(inbox) - mark
+                if new == 1:
+                    live._count(received, len(inbox[-1]), False)
+                elif new:
+                    live._count(received, sum(map(len, inbox[mark:] if mark else inbox)), False)
+                else:
+                    live._count(received, 0, False)
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
         if error is None:
