@@ -23,7 +23,7 @@ from typing import Any
 import sessiond_client
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from sessiond_client import ReconnectPolicy, SessionLost
+from sessiond_client import Params, ReconnectPolicy, SessionLost
 from sessiond_client.protocol import PayloadTooLarge
 from sessiond_client.protocol.codec import DATA_OVERHEAD
 
@@ -90,11 +90,11 @@ def fits(data: bytes) -> bool:
     return len(data) <= MAX_PAYLOAD
 
 
-async def run(program: list[Op]) -> None:
+async def run(program: list[Op], server_params: Params = SERVER) -> None:
     loop_errors: list[dict[str, Any]] = []  # an exception in a callback (a flush) is a bug
     asyncio.get_running_loop().set_exception_handler(lambda _loop, c: loop_errors.append(c))
     app = Recorder()
-    config = sessiond.ServerConfig(params=SERVER)
+    config = sessiond.ServerConfig(params=server_params)
     async with (
         sessiond.serve(app, "127.0.0.1", 0, config=config) as server,
         FaultProxy(*server.addresses[0]) as proxy,
@@ -241,3 +241,16 @@ def test_a_burst_with_cuts_and_batches_arrives_once_in_order() -> None:
         program += [("send", MAX_PAYLOAD), ("send", MAX_PAYLOAD + 1), ("peek",)]
     program += [("close",), ("send", 7), ("many", [7])]
     asyncio.run(asyncio.wait_for(run(program), 120))
+
+
+def test_a_byte_window_wider_than_a_frame_holds_at_most_a_frame_per_gathering() -> None:
+    """The client holds at most max_payload bytes per gathering (its room is capped there,
+    so that a payload within the room is never too large): with the peer's byte window
+    eight frames wide, bursts of large payloads gather again and again, in order."""
+    wide = dataclasses.replace(SERVER, window_messages=64, window_bytes=8 * MAX_FRAME)
+    program: list[Op] = []
+    for round_ in range(10):
+        program += [("send", 500)] * 7 + [("send", MAX_PAYLOAD)] * 3 + [("send", 7)] * 5
+        program += [("send", MAX_PAYLOAD + 1), ("peek",), ("many", [500, 500])]
+        program += [("cut",)] if round_ % 4 == 0 else [("yield",)]
+    asyncio.run(asyncio.wait_for(run(program, wide), 120))

@@ -236,12 +236,11 @@ class Session:
         self._deferred = self._store is None  # send()'s fast path: see there
         # Payloads send() accepted in this loop iteration and the core has not seen yet,
         # oldest first (None: none held): see _gather and _hand_over. What the core
-        # would still accept after them: messages, bytes, the largest payload.
+        # would still accept after them: messages, and bytes (at most max_payload).
         self._held: list[bytes] | None = None
         self._held_now = 0.0
         self._room_messages = 0
         self._room_bytes = 0
-        self._room_payload = 0
         self._state = State.CONNECTING
         self._listeners: list[Callable[[State], None]] = []
         self._lost: SessionLost | None = None
@@ -300,7 +299,7 @@ class Session:
             # messages), so a send that fails still fails here, and a full window waits.
             size = len(payload)
             room = self._room_bytes - size
-            if room >= 0 and size <= self._room_payload and len(held) < self._room_messages:
+            if room >= 0 and len(held) < self._room_messages:
                 held.append(payload)
                 self._room_bytes = room
                 return
@@ -758,10 +757,10 @@ class Session:
         The room is core.send's own checks (protocol.md §5.1, §6): the session attached
         or detached; at most ``max_payload`` bytes; the messages in flight below the
         peer's message window and the unacknowledged bytes within its byte window, the
-        held ones counted; sequence numbers up to 2**64-1. It stays true until the core
-        is used again, which every path does through :meth:`_hand_over` first. The
-        window and sequence counters are the core's own slots, read once per iteration:
-        the core has no query for the peer's window (protocol/ is not this module's).
+        held ones counted; sequence numbers up to 2**64-1 (or less, never more). It
+        stays true until the core is used again, which every path does through
+        :meth:`_hand_over` first. The window and sequence counters are the core's own
+        slots, read once per iteration: the core has no query for the peer's window.
         """
         core = self._core
         state = core.state
@@ -783,8 +782,10 @@ class Session:
         self._held = [payload]
         self._held_now = now
         self._room_messages = room_messages
-        self._room_bytes = room_bytes
-        self._room_payload = max_payload
+        # Capped at max_payload: then a payload that fits the room is not too large (one
+        # check per send less). It only holds fewer when the peer's byte window is larger
+        # than its frames: the send after them gathers again from the core.
+        self._room_bytes = min(room_bytes, max_payload)
         return True
 
     def _hand_over(self) -> None:
