@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any
 
 import sessiond_client
+import sessiond_client.client
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sessiond_client import Params, ReconnectPolicy, SessionLost
@@ -88,6 +89,22 @@ def payload(tag: str, size: int) -> bytes:
 
 def fits(data: bytes) -> bool:
     return len(data) <= MAX_PAYLOAD
+
+
+def run_with(program: list[Op], gather_after: int, use_uvloop: bool = False, **kw: Any) -> None:
+    """Run *program* with the client gathering after *gather_after* direct sends per loop
+    iteration (production: ``_GATHER_AFTER``; 1 holds from the second send on, so the
+    small windows here see held sends all the time)."""
+    saved = sessiond_client.client._GATHER_AFTER
+    sessiond_client.client._GATHER_AFTER = gather_after
+    try:
+        main = asyncio.wait_for(run(program, **kw), 120)
+        if use_uvloop and uvloop is not None:
+            uvloop.run(main)
+        else:
+            asyncio.run(main)
+    finally:
+        sessiond_client.client._GATHER_AFTER = saved
 
 
 async def run(program: list[Op], server_params: Params = SERVER) -> None:
@@ -207,28 +224,40 @@ async def run(program: list[Op], server_params: Params = SERVER) -> None:
 
 
 S = ("send", 60)
+FIRST: dict[str, Any] = {"use_uvloop": False, "gather_after": 1}
 
 
 @settings(max_examples=200, deadline=None)
-@given(program=PROGRAMS, use_uvloop=st.booleans())
+@given(program=PROGRAMS, use_uvloop=st.booleans(), gather_after=st.sampled_from([1, 2, 8]))
 # Held sends, then: a batch (it must follow them), a look at the core, a close.
-@example(program=[S, S, S, ("many", [60, 7])], use_uvloop=False)
-@example(program=[S, S, ("peek",), S, ("yield",), ("peek",)], use_uvloop=False)
-@example(program=[S, S, S, ("close",), S], use_uvloop=False)
+@example(program=[S, S, S, ("many", [60, 7])], **FIRST)
+@example(program=[S, S, ("peek",), S, ("yield",), ("peek",)], **FIRST)
+@example(program=[S, S, S, ("close",), S], **FIRST)
 # The byte window, the message window, the largest payload, an empty window.
-@example(program=[("send", 500), ("send", 300), ("send", 300), ("peek",)], use_uvloop=False)
-@example(program=[S] * 9 + [("peek",)], use_uvloop=False)
-@example(program=[S, S, ("send", MAX_PAYLOAD), ("send", MAX_PAYLOAD + 1), S], use_uvloop=False)
+@example(
+    program=[("send", 500), ("send", 300), ("send", 300), ("peek",)],
+    use_uvloop=False,
+    gather_after=1,
+)
+@example(program=[S] * 9 + [("peek",)], **FIRST)
+@example(
+    program=[S, S, ("send", MAX_PAYLOAD), ("send", MAX_PAYLOAD + 1), S],
+    use_uvloop=False,
+    gather_after=1,
+)
 # Held sends across a cut, and while another task waits for window.
-@example(program=[S, S, ("cut",), S, S, ("yield",), S, S, ("close",)], use_uvloop=True)
-@example(program=[("spawn", 6), ("yield",), S, S, S, ("yield",), S, S, S], use_uvloop=False)
+@example(
+    program=[S, S, ("cut",), S, S, ("yield",), S, S, ("close",)], use_uvloop=True, gather_after=1
+)
+@example(
+    program=[("spawn", 6), ("yield",), S, S, S, ("yield",), S, S, S],
+    use_uvloop=False,
+    gather_after=1,
+)
 def test_sends_in_any_interleaving_arrive_once_in_order_with_the_same_errors(
-    program: list[Op], use_uvloop: bool
+    program: list[Op], use_uvloop: bool, gather_after: int
 ) -> None:
-    if use_uvloop and uvloop is not None:
-        uvloop.run(asyncio.wait_for(run(program), 60))
-    else:
-        asyncio.run(asyncio.wait_for(run(program), 60))
+    run_with(program, gather_after, use_uvloop)
 
 
 def test_a_burst_with_cuts_and_batches_arrives_once_in_order() -> None:
@@ -240,7 +269,7 @@ def test_a_burst_with_cuts_and_batches_arrives_once_in_order() -> None:
         program += [("cut",)] if round_ % 3 == 0 else [("yield",)]
         program += [("send", MAX_PAYLOAD), ("send", MAX_PAYLOAD + 1), ("peek",)]
     program += [("close",), ("send", 7), ("many", [7])]
-    asyncio.run(asyncio.wait_for(run(program), 120))
+    run_with(program, 1)
 
 
 def test_a_byte_window_wider_than_a_frame_holds_at_most_a_frame_per_gathering() -> None:
@@ -253,4 +282,4 @@ def test_a_byte_window_wider_than_a_frame_holds_at_most_a_frame_per_gathering() 
         program += [("send", 500)] * 7 + [("send", MAX_PAYLOAD)] * 3 + [("send", 7)] * 5
         program += [("send", MAX_PAYLOAD + 1), ("peek",), ("many", [500, 500])]
         program += [("cut",)] if round_ % 4 == 0 else [("yield",)]
-    asyncio.run(asyncio.wait_for(run(program, wide), 120))
+    run_with(program, sessiond_client.client._GATHER_AFTER, server_params=wide)
