@@ -9,9 +9,12 @@ what the core queued, :meth:`Handoff._failure` says when waiting must end with
 an exception. A third, optional, :meth:`Handoff._parking`, runs when ``recv()``
 is about to wait for input: what the coroutine queued before it waits can be
 written at once instead of at the end of the loop iteration (a reply then
-leaves in the iteration its handler ran, not one later). :class:`SettlingHandoff`
-counts a message as consumed only once its user is done with it (a daemon with a
-shared session store).
+leaves in the iteration its handler ran, not one later). A fourth, optional,
+:meth:`Handoff._outbound`, runs before the core's window or unacknowledged count is
+read after a wait: an adapter that holds payloads back from the core (the client
+gathers one loop iteration's ``send()`` calls into one ``send_many``) hands them over
+there. :class:`SettlingHandoff` counts a message as consumed only once its user is
+done with it (a daemon with a shared session store).
 """
 
 from __future__ import annotations
@@ -82,6 +85,11 @@ class Handoff:
         """The clock for a ``send()`` (the loop's; an adapter may read it less often)."""
         return self._loop.time()
 
+    def _outbound(self) -> None:
+        """The core's outbound state is about to be read after a wait (window, acks): an
+        adapter that holds accepted payloads back from the core hands them over here
+        (nothing by default)."""
+
     async def send(self, payload: bytes | bytearray | memoryview) -> None:
         """Queue one message; waits while the peer's window is full (backpressure).
 
@@ -150,7 +158,10 @@ class Handoff:
         core = self._core
         if size > core.max_payload:
             raise PayloadTooLarge(f"{size} bytes > {core.max_payload}")
-        while not core.can_send(size):
+        while True:
+            self._outbound()
+            if core.can_send(size):
+                return
             self._raise_failure()
             self._send_waiter = waiter = _fresh(self._send_waiter, self._loop)
             await waiter
@@ -228,7 +239,10 @@ class Handoff:
     async def acknowledged(self, timeout: float) -> None:
         """Wait (at most *timeout*) until the peer acknowledged everything sent, or failure."""
         deadline = self._loop.time() + timeout
-        while self._core.unacked_count and self._failure() is None:
+        while True:
+            self._outbound()
+            if not self._core.unacked_count or self._failure() is not None:
+                return
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return
