@@ -13,14 +13,30 @@ what the generic path (``parse_frame``) reads, and refuse what it refuses.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sessiond_client.protocol import CloseCode, codec
-from sessiond_client.protocol.codec import U64_MAX
-from sessiond_client.protocol.frames import Ack, Data, parse_frame
+from msgpack import UnpackException
+from sessiond_client.protocol import (
+    CloseCode,
+    Connection,
+    Params,
+    RemoteProtocolError,
+    Session,
+    SessionEnded,
+    SessionResumed,
+    SessionStarted,
+    codec,
+)
+from sessiond_client.protocol.codec import U64_MAX, pieces
+from sessiond_client.protocol.frames import Ack, Close, Data, parse_frame
 
 from tests.pair import Pair
+from tests.test_fuzz import bytewise, pieces_of
 
 payloads = st.lists(st.binary(max_size=300), max_size=24)
 
@@ -169,3 +185,225 @@ def test_a_data_frame_whose_type_only_compares_equal_is_refused(kind: object) ->
     assert server_conn.closed
     assert server_conn.close_code is CloseCode.PROTOCOL_ERROR
     assert pair.take_server() == [b"first"]
+
+
+# ---------------------------------------------------------------- receiving in batches
+#
+# ``Connection._receive_piece`` measures a frame (its end, and its size against the
+# limit) only until it knows a frame boundary inside a piece no longer than the limit;
+# after that no frame of the piece can be over the limit, and the end of the last
+# complete frame is found once, afterwards (``FrameDecoder.place``, or ``rescan`` when
+# the piece ends inside a frame or decoding fails). ACKs among DATA are taken in the
+# loop too. The reference below is the slow path those shortcuts must equal: every frame
+# measured as soon as it is decoded (protocol.md §1.3, §1.4) and handed to the generic
+# dispatch (``parse_frame``), one frame at a time.
+
+#: The frame limit of these tests: pieces from 1 KiB (``session._PLACE_MIN``) up to it
+#: are placed, longer ones measured.
+LIMIT = 4096
+BATCH_PARAMS = Params(window_messages=128, window_bytes=1 << 16, max_frame_size=LIMIT)
+
+
+def slow_receive(conn: Connection, data: bytes, now: float) -> None:
+    """The receive path without shortcuts: measure each frame, dispatch each frame."""
+    if conn.closed:
+        return
+    decoder = conn._decoder
+    try:
+        for piece in pieces(data):
+            unpacker = decoder.push(piece)
+            boundary = decoder.boundary
+            error: RemoteProtocolError | None = None
+            try:
+                for frame in unpacker:
+                    end = unpacker.tell()
+                    if end - boundary > decoder.max_frame_size:
+                        error = decoder.too_large(end - boundary)
+                        break
+                    boundary = end
+                    conn._dispatch([frame], now)
+                    if conn.closed:
+                        return
+            except (ValueError, UnpackException) as exc:
+                error = decoder.undecodable(piece, boundary, exc)
+            if error is None:
+                decoder.settle(piece, boundary)
+            if error is not None:
+                raise error
+    except RemoteProtocolError as exc:
+        conn._fail(exc.code, str(exc), now)
+        return
+    decoder.release()
+
+
+def open_server() -> tuple[Pair, Connection, Session]:
+    """An open server transport that has taken DATA 1 and sent 3 messages (ACKs 0-3 valid)."""
+    pair = Pair(BATCH_PARAMS, BATCH_PARAMS)
+    pair.connect()
+    pair.pump()
+    pair.client.send(b"confirms the transport", pair.clock.now)
+    for i in range(3):
+        pair.server.send(b"to client %d" % i, pair.clock.now)
+    pair.pump()
+    assert pair.take_server() == [b"confirms the transport"]
+    conn = pair.server_conn
+    assert conn is not None
+    conn.data_to_send()
+    return pair, conn, pair.server
+
+
+def wire_item(kind: str, seq: int, payload: bytes, ack: int) -> tuple[bytes, int]:
+    """One frame (or fault) of a stream amid DATA; returns its bytes and the next seq."""
+    if kind == "data":
+        return codec.encode_data(seq, payload), seq + 1
+    if kind == "data-generic":
+        return msgpack.packb((codec.DATA, seq, payload), use_bin_type=True), seq + 1
+    if kind == "ack":
+        return codec.encode_ack(ack), seq
+    if kind == "ack-generic":
+        return msgpack.packb((codec.ACK, ack)), seq
+    if kind == "ping":
+        return codec.encode_ping(ack), seq
+    if kind == "pong":
+        return codec.encode_pong(ack), seq
+    if kind == "gap":
+        return codec.encode_data(seq + 1, payload), seq
+    if kind == "float-kind":
+        return msgpack.packb((3.0, seq, payload), use_bin_type=True), seq
+    if kind == "str-payload":
+        return msgpack.packb((codec.DATA, seq, "text"), use_bin_type=True), seq
+    if kind == "four-fields":
+        return msgpack.packb((codec.DATA, seq, payload, 1), use_bin_type=True), seq
+    if kind == "unknown-kind":
+        return msgpack.packb((99, seq)), seq
+    if kind == "not-an-array":
+        return msgpack.packb(seq), seq
+    if kind == "malformed":
+        return b"\xc1", seq
+    if kind == "oversize":  # complete, one byte over the limit
+        return codec.encode_data(seq, b"o" * (LIMIT - codec.DATA_OVERHEAD + 1)), seq
+    if kind == "at-limit":
+        return codec.encode_data(seq, b"l" * (LIMIT - codec.DATA_OVERHEAD)), seq + 1
+    if kind == "announced":  # a header announcing a frame over the limit, then its start
+        return b"\x93\x03\x01\xc6" + (1 << 20).to_bytes(4, "big") + b"a" * 40, seq
+    if kind == "close":
+        return Close(0, "bye", 0).encode(), seq
+    raise AssertionError(kind)
+
+
+COMMON = ["data", "data", "data", "data-generic", "ack", "ack-generic", "ping"]
+RARE = [
+    "pong",
+    "gap",
+    "float-kind",
+    "str-payload",
+    "four-fields",
+    "unknown-kind",
+    "not-an-array",
+    "malformed",
+    "oversize",
+    "at-limit",
+    "announced",
+    "close",
+]
+
+
+@st.composite
+def batch_streams(draw: st.DrawFn) -> bytes:
+    kinds = draw(st.lists(st.sampled_from(COMMON) | st.sampled_from(RARE), min_size=1, max_size=60))
+    seq = 2
+    out = []
+    for kind in kinds:
+        payload = draw(st.binary(max_size=120))
+        ack = draw(st.integers(0, 5))  # 4 and 5 are beyond what the server sent
+        item, seq = wire_item(kind, seq, payload, ack)
+        out.append(item)
+    return b"".join(out)
+
+
+WITH_ID = (SessionStarted, SessionResumed, SessionEnded)
+
+
+def server_outcome(conn: Connection, session: Session) -> tuple[Any, ...]:
+    return (
+        conn.state,
+        conn.close_code,
+        conn.close_reason,
+        conn.peer_closed,
+        conn.data_to_send(),
+        conn.buffered_input,
+        session.state,
+        session.sequence_numbers,
+        session.take_messages(1000.0),
+        # (session IDs are random: each side of the comparison has its own)
+        [replace(e, session_id=b"") if isinstance(e, WITH_ID) else e for e in session.events()],
+    )
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    stream=batch_streams(),
+    data=st.data(),
+    fresh=st.booleans(),
+    pending=st.booleans(),
+)
+def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
+    stream: bytes, data: st.DataObject, fresh: bool, pending: bool
+) -> None:
+    """Valid DATA, ACKs, pings and every kind of bad frame, anywhere in a batch and cut
+    anywhere: the same deliveries, the same output bytes, the same close code and reason.
+
+    *fresh* and *pending* start the decoder measuring or not for each kind of piece
+    (they adapt to the stream afterwards; every combination must give the same result).
+    """
+    cuts = data.draw(pieces_of(stream))
+    for chunks in ([stream], cuts, bytewise(stream) if len(stream) < 300 else cuts):
+        _, fast_conn, fast_session = open_server()
+        fast_conn._decoder._place_fresh = fresh
+        fast_conn._decoder._place_pending = pending
+        _, slow_conn, slow_session = open_server()
+        for chunk in chunks:
+            fast_conn.receive_data(chunk, 1000.0)
+            slow_receive(slow_conn, chunk, 1000.0)
+        assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
+
+
+def run_both(chunks: list[bytes], fresh: bool = True, pending: bool = True) -> None:
+    _, fast_conn, fast_session = open_server()
+    fast_conn._decoder._place_fresh = fresh
+    fast_conn._decoder._place_pending = pending
+    _, slow_conn, slow_session = open_server()
+    for chunk in chunks:
+        fast_conn.receive_data(chunk, 1000.0)
+        slow_receive(slow_conn, chunk, 1000.0)
+    assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
+
+
+def data_run(first: int, count: int) -> bytes:
+    return b"".join(codec.encode_data(first + i, b"p%03d" % i * 8) for i in range(count))
+
+
+def test_a_long_piece_cut_anywhere_inside_its_last_frame_is_placed_exactly() -> None:
+    """Every cut inside the frame that ends a piece of more than 1 KiB: the probe must
+    tell "inside a frame" (even where the unpacker consumed every byte: right after a
+    header or a whole element) from "on a boundary", from either kind of piece start."""
+    head = data_run(2, 30)  # 30 x 48 bytes: longer than 1 KiB
+    last = codec.encode_data(32, b"last" * 10)
+    tail = data_run(33, 30)
+    wire = head + last + tail
+    for cut in range(len(head), len(head) + len(last) + 1):
+        run_both([wire[:cut], wire[cut:]])
+        # the same from a piece that begins inside a frame
+        run_both([wire[:5], wire[5:cut], wire[cut:]])
+
+
+@pytest.mark.parametrize("kind", [*RARE, "ack", "ping"])
+def test_a_fault_amid_a_long_run_of_data_equals_the_slow_path(kind: str) -> None:
+    """Each kind of bad (or other) frame after and before DATA in a piece of more than 1 KiB
+    (placed), whole and cut at every offset around it."""
+    head = data_run(2, 30)
+    item, after = wire_item(kind, 32, b"x" * 20, 2)
+    wire = head + item + data_run(after, 30)
+    run_both([wire])
+    for cut in range(len(head) - 3, min(len(wire), len(head) + len(item) + 4)):
+        run_both([wire[:cut], wire[cut:]])

@@ -107,6 +107,11 @@ _ATTACHED = SessionState.ATTACHED
 _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
+_ACK = codec.ACK
+#: Pieces shorter than this are measured frame by frame, never placed (see
+#: FrameDecoder.place): placing costs about as much as measuring seven 64-byte DATA
+#: frames (callgrind), and a ping-pong's reads hold one.
+_PLACE_MIN = 1024
 _pack_data_head = codec.DATA_HEAD.pack
 _DATA_LEAD = codec.DATA_LEAD
 _BIN32 = codec.BIN32
@@ -146,12 +151,16 @@ def _no_push(payload: bytes) -> None:
     raise AssertionError("no session takes DATA here")
 
 
-def _inbox_push(session: Session) -> Callable[[bytes], None]:
-    """The append of *session*'s inbox, made now if it is None (see ``_receive_piece``)."""
+def _inbox_of(session: Session) -> list[bytes]:
+    """*session*'s inbox, made now if it is None (see ``_receive_piece``)."""
     inbox = session._inbox
     if inbox is None:
         session._inbox = inbox = []
-    return inbox.append
+    return inbox
+
+
+#: The fast path's inbox while there is no fast path (never appended to: see _no_push).
+_NO_INBOX: list[bytes] = []
 
 
 def _ms(seconds: float) -> int:
@@ -1136,6 +1145,12 @@ class Connection:
         third of the receive cost, see bench/RESULTS.md). Every other frame
         goes through :meth:`_dispatch`, which applies the full rules of
         frames.py and raises the precise error.
+
+        Frames are measured against the limit (protocol.md §1.3) one by one only
+        until a frame boundary inside the piece is known: after it, in a piece no
+        longer than the limit, none can be over it, and the decoder places the
+        last boundary once, after the loop (``FrameDecoder.place``, ``rescan``).
+        ``tests/test_codec_fastpath.py`` pins all of this to the slow path.
         """
         decoder = self._decoder
         unpacker = decoder.push(piece)
@@ -1143,32 +1158,58 @@ class Connection:
         # (the decoder's fields, not its properties: two calls less per read)
         boundary = decoder._boundary
         limit = decoder._max
+        # Each frame is measured (its end and size) while *measuring*; once a frame
+        # boundary inside a short enough piece is known, the rest is not, and place()
+        # finds the boundary afterwards (see FrameDecoder.place).
+        # (A short piece holds a few frames: measuring them costs less than placing.)
+        fresh: bool | None = None  # whether it began on a boundary; None: not asked
+        placing = False
+        measuring = True
+        if len(piece) >= _PLACE_MIN:
+            fresh = boundary == decoder._fed - len(piece)
+            placing = decoder.placeable(piece)
+            measuring = not (placing and fresh)
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
-        # dispatched); *received* and *added* are its counters, stored back by _count.
+        # dispatched); *received* is its counter, and the payloads its inbox holds from
+        # *mark* on are the bytes to add: both stored back by _count (the bytes counted
+        # once per run of DATA, in C, rather than per frame).
         live = session if session is not None and self._confirmed and self.state is _OPEN else None
         received = session._received if session is not None else 0
         push: Callable[[bytes], None]
         if live is None:
             push = _no_push
-        else:  # (_inbox_push inlined: once per read)
-            inbox = live._inbox
-            if inbox is None:
-                live._inbox = inbox = []
+            inbox = _NO_INBOX
+        else:  # (_inbox_of inlined: once per read)
+            held = live._inbox
+            if held is None:
+                live._inbox = held = []
+            inbox = held
             push = inbox.append
-        added = 0
+        mark = len(inbox)
         error: RemoteProtocolError | None = None
         try:
             for frame in unpacker:
-                end = tell()
-                if end - boundary > limit:
-                    error = decoder.too_large(end - boundary)
-                    break
-                boundary = end
+                if measuring:
+                    end = tell()
+                    if end - boundary > limit:
+                        error = decoder.too_large(end - boundary)
+                        break
+                    boundary = end
+                    if placing:
+                        measuring = False  # a boundary inside the piece is known now
                 if live is not None:
                     try:
                         kind, seq, payload = frame
                     except (TypeError, ValueError):
+                        # Not three fields. The peer's ACKs come amid its DATA: taken
+                        # here as _dispatch takes them (one call instead of five).
+                        if frame.__class__ is tuple and len(frame) == 2 and frame[0] is _ACK:
+                            count = sum(map(len, inbox[mark:]))
+                            mark = len(inbox)
+                            live._count(received, count)
+                            live._on_ack(frame[1])
+                            continue
                         kind = None
                     # `is`: msgpack hands small ints out as CPython's cached objects, so
                     # this is one pointer test for "the int 3" (3.0 and True fail it and
@@ -1181,11 +1222,11 @@ class Connection:
                     ):
                         received = seq
                         push(payload)
-                        added += len(payload)
                         continue
                     # The window is checked as if each frame came in its own read: the
                     # outcome must not depend on how reads split the bytes (§1.5).
-                    count, added = added, 0  # (zero first: _count may raise)
+                    count = sum(map(len, inbox[mark:]))
+                    mark = len(inbox)  # (moved first: _count may raise)
                     live._count(received, count)
                 self._dispatch([frame], now)
                 if self.state is _CLOSED:
@@ -1198,16 +1239,32 @@ class Connection:
                 )
                 if live is not None:
                     received = live._received
-                    push = _inbox_push(live)
+                    inbox = _inbox_of(live)
+                    push = inbox.append
+                    mark = len(inbox)
+            else:
+                if not measuring:
+                    boundary = decoder.place(piece, boundary)
         except (ValueError, UnpackException) as exc:
+            if not measuring:  # where the refused frame begins: decode again to see
+                boundary = decoder.rescan(piece, boundary)
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
-                live._count(received, added, check=False)
+                # (one payload, the ping-pong case, or none: no map and sum objects)
+                new = len(inbox) - mark
+                if new == 1:
+                    live._count(received, len(inbox[-1]), False)
+                elif new:
+                    live._count(received, sum(map(len, inbox[mark:] if mark else inbox)), False)
+                else:
+                    live._count(received, 0, False)
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
         if error is None:
             decoder.settle(piece, boundary)
+            if fresh is not None:
+                decoder.learn(fresh)
         if live is not None:
             live._check_window()  # before an error: as if the DATA before it came alone
         if error is not None:
