@@ -32,7 +32,7 @@ from sessiond_client.protocol import (
     SessionStarted,
     codec,
 )
-from sessiond_client.protocol.codec import U64_MAX, pieces
+from sessiond_client.protocol.codec import U64_MAX, FrameDecoder, pieces
 from sessiond_client.protocol.frames import Ack, Close, Data, parse_frame
 
 from tests.pair import Pair
@@ -407,3 +407,26 @@ def test_a_fault_amid_a_long_run_of_data_equals_the_slow_path(kind: str) -> None
     run_both([wire])
     for cut in range(len(head) - 3, min(len(wire), len(head) + len(item) + 4)):
         run_both([wire[:cut], wire[cut:]])
+
+
+def test_a_rescan_that_takes_the_spare_unpacker_keeps_the_stream_offsets() -> None:
+    """Regression (found by ``python -m bench throughput --systems daemon --sessions
+    100`` at 1024 B: "frame announces 3906248509 bytes"): another transport's decoder
+    released its unpacker while this one's read ended inside a frame, so rescan() took
+    that spare, whose offset reset _fed and _boundary before they were shifted."""
+    limit = 1 << 20
+    frames = [msgpack.packb((3, i + 1, bytes([i]) * 1024), use_bin_type=True) for i in range(8)]
+    stream = b"".join(frames)
+    cut = len(frames[0]) * 2 + 500  # a piece of over 1 KiB that ends inside a frame
+    decoder, got = FrameDecoder(limit), []
+    for piece in (stream[:cut], stream[cut:]):
+        unpacker = decoder.push(piece)
+        start = decoder.boundary
+        other = FrameDecoder(limit)  # another transport's read, done meanwhile
+        other.feed(frames[0])
+        assert other.release()
+        got += list(unpacker)
+        end = decoder.place(piece, start)
+        decoder.settle(piece, end)
+    assert decoder.buffered == 0
+    assert [g[1] for g in got] == list(range(1, 9))
