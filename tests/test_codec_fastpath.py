@@ -346,15 +346,18 @@ def server_outcome(conn: Connection, session: Session) -> tuple[Any, ...]:
     data=st.data(),
     fresh=st.booleans(),
     pending=st.booleans(),
+    spare=st.booleans(),
 )
 def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
-    stream: bytes, data: st.DataObject, fresh: bool, pending: bool
+    stream: bytes, data: st.DataObject, fresh: bool, pending: bool, spare: bool
 ) -> None:
     """Valid DATA, ACKs, pings and every kind of bad frame, anywhere in a batch and cut
     anywhere: the same deliveries, the same output bytes, the same close code and reason.
 
     *fresh* and *pending* start the decoder measuring or not for each kind of piece
     (they adapt to the stream afterwards; every combination must give the same result).
+    With *spare*, another transport's decoder leaves its unpacker as the process's
+    spare before each read (as between the reads of many transports).
     """
     cuts = data.draw(pieces_of(stream))
     for chunks in ([stream], cuts, bytewise(stream) if len(stream) < 300 else cuts):
@@ -362,7 +365,12 @@ def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
         fast_conn._decoder._place_fresh = fresh
         fast_conn._decoder._place_pending = pending
         _, slow_conn, slow_session = open_server()
+        limit = fast_conn._decoder.max_frame_size
         for chunk in chunks:
+            if spare:
+                other = FrameDecoder(limit)
+                other.feed(codec.encode_data(1, b"x"))
+                other.release()
             fast_conn.receive_data(chunk, 1000.0)
             slow_receive(slow_conn, chunk, 1000.0)
         assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
