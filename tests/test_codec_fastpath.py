@@ -32,7 +32,7 @@ from sessiond_client.protocol import (
     SessionStarted,
     codec,
 )
-from sessiond_client.protocol.codec import U64_MAX, pieces
+from sessiond_client.protocol.codec import U64_MAX, FrameDecoder, pieces
 from sessiond_client.protocol.frames import Ack, Close, Data, parse_frame
 
 from tests.pair import Pair
@@ -346,15 +346,18 @@ def server_outcome(conn: Connection, session: Session) -> tuple[Any, ...]:
     data=st.data(),
     fresh=st.booleans(),
     pending=st.booleans(),
+    spare=st.booleans(),
 )
 def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
-    stream: bytes, data: st.DataObject, fresh: bool, pending: bool
+    stream: bytes, data: st.DataObject, fresh: bool, pending: bool, spare: bool
 ) -> None:
     """Valid DATA, ACKs, pings and every kind of bad frame, anywhere in a batch and cut
     anywhere: the same deliveries, the same output bytes, the same close code and reason.
 
     *fresh* and *pending* start the decoder measuring or not for each kind of piece
     (they adapt to the stream afterwards; every combination must give the same result).
+    With *spare*, another transport's decoder leaves its unpacker as the process's
+    spare before each read (as between the reads of many transports).
     """
     cuts = data.draw(pieces_of(stream))
     for chunks in ([stream], cuts, bytewise(stream) if len(stream) < 300 else cuts):
@@ -362,7 +365,12 @@ def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
         fast_conn._decoder._place_fresh = fresh
         fast_conn._decoder._place_pending = pending
         _, slow_conn, slow_session = open_server()
+        limit = fast_conn._decoder.max_frame_size
         for chunk in chunks:
+            if spare:
+                other = FrameDecoder(limit)
+                other.feed(codec.encode_data(1, b"x"))
+                other.release()
             fast_conn.receive_data(chunk, 1000.0)
             slow_receive(slow_conn, chunk, 1000.0)
         assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
@@ -407,3 +415,26 @@ def test_a_fault_amid_a_long_run_of_data_equals_the_slow_path(kind: str) -> None
     run_both([wire])
     for cut in range(len(head) - 3, min(len(wire), len(head) + len(item) + 4)):
         run_both([wire[:cut], wire[cut:]])
+
+
+def test_a_rescan_that_takes_the_spare_unpacker_keeps_the_stream_offsets() -> None:
+    """Regression (found by ``python -m bench throughput --systems daemon --sessions
+    100`` at 1024 B: "frame announces 3906248509 bytes"): another transport's decoder
+    released its unpacker while this one's read ended inside a frame, so rescan() took
+    that spare, whose offset reset _fed and _boundary before they were shifted."""
+    limit = 1 << 20
+    frames = [msgpack.packb((3, i + 1, bytes([i]) * 1024), use_bin_type=True) for i in range(8)]
+    stream = b"".join(frames)
+    cut = len(frames[0]) * 2 + 500  # a piece of over 1 KiB that ends inside a frame
+    decoder, got = FrameDecoder(limit), []
+    for piece in (stream[:cut], stream[cut:]):
+        unpacker = decoder.push(piece)
+        start = decoder.boundary
+        other = FrameDecoder(limit)  # another transport's read, done meanwhile
+        other.feed(frames[0])
+        assert other.release()
+        got += list(unpacker)
+        end = decoder.place(piece, start)
+        decoder.settle(piece, end)
+    assert decoder.buffered == 0
+    assert [g[1] for g in got] == list(range(1, 9))

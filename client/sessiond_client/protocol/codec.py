@@ -359,8 +359,11 @@ class FrameDecoder:
         unpacker, which replaces the current one; return where the last complete
         frame ends, or where the frame the unpacker refuses begins (the unpacker is
         left at the refusal, for :meth:`undecodable`)."""
-        skip = start - (self._fed - len(piece))
+        fed, boundary = self._fed, self._boundary
+        skip = start - (fed - len(piece))
         self._unpacker = None
+        # (A spare unpacker, taken here, resets _fed and _boundary to its own offset:
+        # they are set again below from the values read before.)
         unpacker = self._unpacker = self._new_unpacker()
         base: int = unpacker.tell()
         tail = piece[skip:] if skip else piece
@@ -368,8 +371,8 @@ class FrameDecoder:
         # Offsets now count in the new unpacker, whose position *base* is *start*. (The
         # head kept for a frame begun before *start* is of no use: that frame is done.)
         shift = base - start
-        self._fed += shift
-        self._boundary += shift
+        self._fed = fed + shift
+        self._boundary = boundary + shift
         self._head_start = -1
         self._head = b""
         tell: Callable[[], int] = unpacker.tell
