@@ -25,7 +25,7 @@ from .histogram import Histogram, percentile_key
 from .pingpong import PingPlan, PingResult
 from .processes import CLIENT_BOUND, bound_by
 from .results import Json, markdown_table, spread
-from .summary import Headline, Target, cpu_cell, judged, values_range, verdict
+from .summary import Headline, Target, both, cpu_cell, judged, values_range, verdict
 from .systems import CEILING, CLIENT, DAEMON, MOSQUITTO, NATS, SESSIOND, System
 
 HELP = "ping-pong at fixed offered rates, p50/p99/p99.9: sessiond vs the ceiling, mosquitto, NATS"
@@ -252,7 +252,11 @@ def targets(entry: Json, run: Mapping[str, Json]) -> list[Target]:
                 f"{ratio:.2f}x at {int(rate):,}/s (passes {values_range(passes[rate], '{:.2f}')})"
                 for rate, ratio in ratios.items()
             ),
-            judged(entry, [v for vs in passes.values() for v in vs], TARGET_P50_RATIO, False),
+            # every rate must clear it: a rate whose passes all miss is not met, whatever
+            # the other rate's passes say
+            functools.reduce(
+                both, [judged(entry, vs, TARGET_P50_RATIO, False) for vs in passes.values()]
+            ),
         )
     ]
 
