@@ -47,6 +47,24 @@ async def start(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaita
         yield make
 
 
+@contextlib.asynccontextmanager
+async def attached_to_a(
+    start: Callable[..., Awaitable[Server]],
+    redis_server: RedisServer,
+    app: object,
+    **options: float,
+) -> AsyncIterator[tuple[FaultProxy, Server, Server, CoreClient]]:
+    """Node A, its Redis through the fault proxy (a store timeout of 0.3 s unless
+    *options* say otherwise), node B on Redis directly, and a client attached to A."""
+    async with proxied(redis_server) as proxy:
+        host, proxy_port = proxy.address
+        a = await start(app, f"redis://{host}:{proxy_port}/0", **{"timeout": 0.3, **options})
+        b = await start(app)
+        client = CoreClient("127.0.0.1", port(a))
+        assert await client.connect()
+        yield proxy, a, b, client
+
+
 def cut_commits(server: Server, proxy: FaultProxy) -> None:
     """Blackhole *server*'s hot-path connection to Redis only (its commits time out;
     its lease, release channel and claims go on): it reconnects by itself afterwards,
@@ -86,12 +104,7 @@ async def test_a_release_that_did_not_land_does_not_keep_the_session_busy(
     """Case 1: A is asked to release a detached session and lets it go, but the commit
     carrying the release fails: Redis still says A owns it."""
     app = Echo()
-    async with proxied(redis_server) as proxy:
-        host, proxy_port = proxy.address
-        a = await start(app, f"redis://{host}:{proxy_port}/0", timeout=0.3)
-        b = await start(app)
-        client = CoreClient("127.0.0.1", port(a))
-        assert await client.connect()
+    async with attached_to_a(start, redis_server, app) as (proxy, a, b, client):
         await exchange(client, 0, 20)
         sid = client.session.id
         assert sid is not None
@@ -120,12 +133,7 @@ async def test_sessions_dropped_after_a_failed_commit_can_be_resumed_elsewhere(
     """Case 2: A's commit fails while the session is attached: A drops it (GOING_AWAY)
     without anything landing in Redis; its lease goes on being renewed."""
     app = Echo()
-    async with proxied(redis_server) as proxy:
-        host, proxy_port = proxy.address
-        a = await start(app, f"redis://{host}:{proxy_port}/0", timeout=0.3)
-        b = await start(app)
-        client = CoreClient("127.0.0.1", port(a))
-        assert await client.connect()
+    async with attached_to_a(start, redis_server, app) as (proxy, a, b, client):
         await exchange(client, 0, 20)
         sid = client.session.id
         assert sid is not None
@@ -205,12 +213,7 @@ async def test_a_session_ended_where_its_end_was_not_stored_is_not_resumed_elsew
     B then gets the end code within a bound: neither "busy" for as long as A lives, nor
     the ended session resumed."""
     app = Echo()
-    async with proxied(redis_server) as proxy:
-        host, proxy_port = proxy.address
-        a = await start(app, f"redis://{host}:{proxy_port}/0", timeout=0.3)
-        b = await start(app)
-        client = CoreClient("127.0.0.1", port(a))
-        assert await client.connect()
+    async with attached_to_a(start, redis_server, app) as (proxy, a, b, client):
         await exchange(client, 0, 5)
         sid = client.session.id
         assert sid is not None and a.durable is not None
@@ -250,14 +253,8 @@ async def test_a_release_channel_cut_without_a_reset_is_reconnected(
     lease is renewed on another: A must notice and subscribe again, else every resume
     elsewhere of A's sessions is refused as busy for as long as A lives."""
     app = Echo()
-    async with proxied(redis_server) as proxy:
-        host, proxy_port = proxy.address
-        a = await start(
-            app, f"redis://{host}:{proxy_port}/0", lease_ttl=1.0, renew_every=0.2, timeout=0.3
-        )
-        b = await start(app)
-        client = CoreClient("127.0.0.1", port(a))
-        assert await client.connect()
+    nodes = attached_to_a(start, redis_server, app, lease_ttl=1.0, renew_every=0.2)
+    async with nodes as (proxy, a, b, client):
         await exchange(client, 0, 20)
         assert a.durable is not None
         subscribed = a.durable.store._pubsub.connection
@@ -318,12 +315,7 @@ async def test_no_ack_leaves_for_a_consumed_position_a_failed_commit_did_not_sto
     dropped like those whose output was in the batch, and its ACK never sent (else the
     client forgets a message whose consumption Redis never had: lost on a crash)."""
     app = Sink()
-    async with proxied(redis_server) as proxy:
-        host, proxy_port = proxy.address
-        a = await start(app, f"redis://{host}:{proxy_port}/0", timeout=0.3)
-        b = await start(app)
-        client = CoreClient("127.0.0.1", port(a))
-        assert await client.connect()
+    async with attached_to_a(start, redis_server, app) as (proxy, a, b, client):
         assert client.reader is not None
         client.reader = tap = Tap(client.reader)
         client.send(b"first")
