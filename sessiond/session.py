@@ -158,18 +158,8 @@ class Session(Handoff):
     def _parking(self) -> None:
         self._entry.write_now()
 
-    def wake(self) -> None:
-        """After input: wake a recv() that has a message, a send() that has window
-        (:meth:`Handoff.wake <sessiond_client.handoff.Handoff.wake>`, without making the
-        exception to test for failure: this runs after every read)."""
-        core = self._core
-        failed = core.end_code is not None or self._moved
-        waiter = self._recv_waiter
-        if waiter is not None and not waiter.done() and (failed or core.messages_waiting):
-            waiter.set_result(None)
-        waiter = self._send_waiter
-        if waiter is not None and not waiter.done() and (failed or core.can_send(1)):
-            waiter.set_result(None)
+    def _failed(self) -> bool:  # (no exception made: wake() asks after every read)
+        return self._core.end_code is not None or self._moved
 
     def take_ready(self) -> list[bytes]:
         """Every message already received, in order, without waiting (maybe none):
@@ -204,7 +194,7 @@ class Session(Handoff):
                 waiter.set_result(None)
             return waiter
         self._entry.write_now()  # self._parking(), inlined (once per round trip)
-        if core.end_code is not None or self._moved:  # (a call less per message)
+        if self._failed():
             self._raise_failure()
         if waiter is None or waiter.done():
             self._recv_waiter = waiter = self._loop.create_future()

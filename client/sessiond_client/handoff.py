@@ -78,6 +78,12 @@ class Handoff:
         assert self._failure_hook is not None, "give failure or override _failure"
         return self._failure_hook()
 
+    def _failed(self) -> bool:
+        """Whether the session has ended (:meth:`_failure` would give an exception); an
+        adapter may answer it without making the exception (:meth:`wake` asks it after
+        every read)."""
+        return self._failure() is not None
+
     def _parking(self) -> None:
         """``recv()`` is about to wait for input (nothing by default; see the module)."""
 
@@ -186,7 +192,7 @@ class Handoff:
                 self._local = batch
                 return payload
             self._parking()
-            if stop and self._failure() is not None:
+            if stop and self._failed():
                 raise StopAsyncIteration
             self._raise_failure()
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
@@ -241,7 +247,7 @@ class Handoff:
         deadline = self._loop.time() + timeout
         while True:
             self._outbound()
-            if not self._core.unacked_count or self._failure() is not None:
+            if not self._core.unacked_count or self._failed():
                 return
             remaining = deadline - self._loop.time()
             if remaining <= 0:
@@ -262,7 +268,7 @@ class Handoff:
     def wake(self) -> None:
         """After input: wake a recv() that has a message, a send() that has window."""
         core = self._core
-        failed = self._failure() is not None
+        failed = self._failed()
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done() and (failed or core.messages_waiting):
             waiter.set_result(None)
@@ -333,7 +339,7 @@ class SettlingHandoff(Handoff):
                 payload = batch.pop()
                 self._local = batch
                 return payload
-            if stop and self._failure() is not None:
+            if stop and self._failed():
                 raise StopAsyncIteration
             self._raise_failure()
             self._recv_waiter = waiter = _fresh(self._recv_waiter, self._loop)
