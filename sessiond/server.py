@@ -468,12 +468,15 @@ class Server:
         protocol.entry = entry
         self.process(entry)
 
-    def process(self, entry: _Entry, after_input: bool = True) -> None:
-        """Act on a session's events, wake its handler and re-arm its timer.
+    def process(self, entry: _Entry, after_input: bool = True, writes: bool = False) -> None:
+        """Act on a session's events, wake its handler (or hand its messages to its
+        synchronous receiver, ``Session.receive_with``) and re-arm its timer.
 
         Without *after_input* (after a flush) no flush is queued for unread
         messages: they were there when the handler was woken, and a handler
-        that leaves them unread must not keep the loop busy.
+        that leaves them unread must not keep the loop busy. With *writes* the
+        caller writes the core's output right after (the read callback): what a
+        receiver sends leaves in that write.
         """
         core = entry.core
         if core.has_events:
@@ -485,7 +488,11 @@ class Server:
             # and window come with input, an end with an event (one call less per tick).
             self.arm(entry)
             return
-        entry.session.wake()
+        session = entry.session
+        if session.receiver is None and session._backlog is None:
+            session.wake()
+        else:
+            session.feed(writes)
         if after_input and not entry.dirty and core.messages_waiting and entry.protocol is not None:
             # The woken handler runs next iteration; a flush queued behind it writes its
             # replies in that same iteration instead of one later (echo latency).
@@ -817,7 +824,7 @@ class ServerProtocol(asyncio.Protocol):
             server.on_hello(self, conn)
         entry = self.entry
         if entry is not None:
-            server.process(entry)
+            server.process(entry, True, True)
             if entry.dirty and entry.protocol is self:
                 # A pass over the session comes this tick (its handler's write_now, else
                 # the tick's flush): it writes what this read made (an ACK, a PONG) with
