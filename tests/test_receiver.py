@@ -22,6 +22,7 @@ from sessiond.server import Server
 from sessiond.session import SessionMoved
 
 from .coreclient import CoreClient
+from .test_store_crash import crash, send_together
 from .test_store_server import Echo, exchange, expected, port, start
 
 __all__ = ["start"]  # the Redis-backed servers' fixture, shared with test_store_server
@@ -246,4 +247,37 @@ async def test_store_move_carries_the_replies_waiting_for_window(start: Start) -
     assert session.moved and app.moved == 1
     with pytest.raises(SessionMoved):
         session.send_many_nowait([b"late"])
+    await client.close()
+
+
+@pytest.mark.parametrize("how", ["kill -9", "move"])
+async def test_store_replies_waiting_for_window_survive_a_crash_or_a_move(
+    start: Start, how: str
+) -> None:
+    """Ten requests in one read, four echoes in the client's window, six waiting in the
+    backlog: after a kill -9 their inputs were never consumed (the client sends them
+    again to the next owner); after a move they went with the session as sent. Either
+    way every request is answered exactly once (tests/test_store_crash.py's scenario)."""
+    app = SyncEcho()
+    a, b = await start(app), await start(app)
+    client = CoreClient("127.0.0.1", port(a), SMALL)
+    assert await client.connect()
+    send_together(client, expected(10))
+    session = entry_of(a, client)
+    await until(lambda: len(session.unsent) == 6)
+    assert session.core.sequence_numbers[3] == 4  # consumed: the four answered
+    if how == "kill -9":
+        assert a.durable is not None
+        await a.durable.settle()  # what it has done so far is stored (ACKs written)
+        await crash(a)
+    await client.kill()
+    client.port = port(b)
+    async with asyncio.timeout(20):
+        while not await client.connect(10.0):  # a's release may still be on its way
+            await asyncio.sleep(0.1)
+    await client.run_until(lambda: len(client.received) >= 10, 20.0)
+    send_together(client, [b"m%d" % n for n in range(10, 15)])
+    await client.run_until(lambda: len(client.received) >= 15, 20.0)
+    assert client.received == expected(15)  # every request answered, exactly once
+    assert app.recovered[-1] is True
     await client.close()
