@@ -272,52 +272,52 @@ class Session(Handoff):
         to the receiver, wake the handler if the session ended. With *writes* the caller
         writes the core's output next (the read callback), else a flush is queued."""
         core = self._core
-        drained = False
         if core.end_code is None and not self._moved:
-            backlog = self._backlog
-            if backlog is not None and self._unsent is None:
-                drained = self._drain(backlog)
+            fed = False
+            if self._backlog is not None and self._unsent is None:
+                fed = self._drain(self._backlog)
             receiver = self.receiver
             if (
                 receiver is not None
-                and core.messages_waiting
                 and self._backlog is None
                 and self._unsent is None
+                and core.messages_waiting
             ):
-                self._deliver(receiver)
-                drained = True
-            if drained and not writes:
+                handed = self._handed
+                if handed is None:
+                    batch = core.take_messages(self._loop.time())
+                else:  # a store: consumed once done with (DurableSession)
+                    if handed:
+                        self._settle(handed)
+                    batch = core.take_unsettled(self._loop.time())
+                    self._handed = len(batch)
+                self._delivering = True
+                try:
+                    receiver(self, batch)
+                except Exception as exc:
+                    self._receiver_failed(exc)
+                finally:
+                    self._delivering = False
+                if self._handed and self._backlog is None:  # done with it, replies all in
+                    self._settle(self._handed)
+                fed = True
+            if fed and not writes:
                 self._flush()
-        failed = self._failed()
-        waiter = self._recv_waiter
-        if failed and waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        waiter = self._send_waiter
-        if waiter is not None and not waiter.done() and (failed or drained or core.can_send(1)):
-            waiter.set_result(None)
+            if core.end_code is None and not self._moved:  # (the receiver may close)
+                waiter = self._send_waiter
+                if waiter is not None and not waiter.done() and (fed or core.can_send(1)):
+                    waiter.set_result(None)
+                return
+        for waiter in (self._recv_waiter, self._send_waiter):  # ended or moved
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
-    def _deliver(self, receiver: Receiver) -> None:
-        core = self._core
-        handed = self._handed
-        if handed is None:
-            batch = core.take_messages(self._loop.time())
-        else:  # a store: consumed once done with (DurableSession)
-            if handed:
-                self._settle(handed)
-            batch = core.take_unsettled(self._loop.time())
-            self._handed = len(batch)
-        self._delivering = True
-        try:
-            receiver(self, batch)
-        except Exception as exc:
-            if not (isinstance(exc, SessionLost | SessionMoved) and self._failed()):
-                log.error("handler failed for session %s", self.id[:8], exc_info=exc)
-                if core.end_code is None and not self._moved:
-                    self.close(CloseCode.SESSION_REVOKED, "handler failed")
-        finally:
-            self._delivering = False
-        if self._handed and self._backlog is None:  # done with the batch, replies all in
-            self._settle(self._handed)
+    def _receiver_failed(self, exc: Exception) -> None:
+        if isinstance(exc, SessionLost | SessionMoved) and self._failed():
+            return  # it sent after closing the session itself: no fault
+        log.error("handler failed for session %s", self.id[:8], exc_info=exc)
+        if self._core.end_code is None and not self._moved:
+            self.close(CloseCode.SESSION_REVOKED, "handler failed")
 
     def _drain(self, backlog: _Backlog) -> bool:
         """Move what the window takes of *backlog* into the core; True if any moved."""
@@ -354,9 +354,8 @@ class Session(Handoff):
         core = self._core
         if core.end_code is not None or self._moved:
             self._raise_failure()
-        backlog = self._backlog
         rest: Sequence[bytes] = payloads
-        if backlog is None and self._unsent is None:
+        if self._backlog is None and self._unsent is None:
             try:
                 count = core.send_many(payloads, self._loop.time())
             except InvalidState:
