@@ -824,7 +824,10 @@ class ServerProtocol(asyncio.Protocol):
             server.on_hello(self, conn)
         entry = self.entry
         if entry is not None:
-            server.process(entry, True, True)
+            # A receiver's replies leave in this read's write, unless more of the read
+            # waits for its turn (_continue, in the next iteration): then they leave with
+            # that slice's, in one write (the tick's flush), as an awaiting handler's do.
+            server.process(entry, True, not self._backlog)
             if entry.dirty and entry.protocol is self:
                 # A pass over the session comes this tick (its handler's write_now, else
                 # the tick's flush): it writes what this read made (an ACK, a PONG) with
