@@ -9,6 +9,7 @@ run their exactly-once, in-order checks through it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,10 +19,13 @@ from sessiond_client.protocol import CloseCode, Params, SessionEnded
 
 import sessiond
 from sessiond.apps import echo, echo_batch
-from sessiond.server import Server
+from sessiond.server import Server, ServerConfig
 from sessiond.session import SessionMoved
 
 from .coreclient import CoreClient
+from .faultproxy import FaultProxy
+from .test_client import FAST, url_of
+from .test_faults import CLIENT_PARAMS, SERVER_PARAMS
 from .test_store_crash import crash, send_together
 from .test_store_server import Echo, exchange, expected, port, start
 
@@ -281,3 +285,54 @@ async def test_store_replies_waiting_for_window_survive_a_crash_or_a_move(
     assert client.received == expected(15)  # every request answered, exactly once
     assert app.recovered[-1] is True
     await client.close()
+
+
+class WatchedEcho:
+    """The echo receiver, noting the most replies it ever left waiting for window."""
+
+    def __init__(self) -> None:
+        self.most_waiting = 0
+
+    def receive(self, session: sessiond.Session, batch: list[bytes]) -> None:
+        echo_batch(session, batch)
+        self.most_waiting = max(self.most_waiting, len(session.unsent))
+
+    async def __call__(self, session: sessiond.Session) -> None:
+        await session.receive_with(self.receive)
+
+
+async def test_echo_through_cuts_with_replies_waiting_for_window_is_exactly_once() -> None:
+    """3,000 messages through four transport cuts, the client's window 8 messages: the
+    echoes wait for window in the session again and again, and every one arrives once,
+    in order, across the resumes."""
+    count = 3_000
+    app = WatchedEcho()
+    config = ServerConfig(params=SERVER_PARAMS)
+    async with (
+        sessiond.serve(app, "127.0.0.1", 0, config=config) as server,
+        FaultProxy(*server.addresses[0]) as proxy,
+    ):
+        params = dataclasses.replace(CLIENT_PARAMS, window_messages=8)
+        session = await sessiond_client.connect(url_of(proxy), params=params, policy=FAST)
+        sent = [b"w%d" % n for n in range(count)]
+        received: list[bytes] = []
+
+        async def reader() -> None:
+            async for payload in session:
+                received.append(payload)
+                if len(received) == count:
+                    return
+
+        task = asyncio.create_task(reader())
+        for n in range(0, count, 50):
+            await session.send_many(sent[n : n + 50])
+            if n % 750 == 700:
+                proxy.cut()
+            await asyncio.sleep(0)
+        await asyncio.wait_for(task, 60)
+        assert received == sent
+        (entry,) = server.sessions.values()  # one session throughout
+        assert entry.core.sequence_numbers[2] == count
+        assert len(proxy.connections) >= 5  # four cuts, each resumed
+        assert app.most_waiting > 0  # the backlog was used
+        await session.close()
