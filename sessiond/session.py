@@ -5,6 +5,11 @@ never notices transports coming and going. When the session ends, ``recv()``
 raises :class:`~sessiond_client.SessionLost` once the messages it took are returned
 (async iteration simply stops); those still in the session's inbox are dropped with
 its buffers: they were never acknowledged, and the client reports them as undelivered.
+
+A handler that answers without waiting can instead give its session a synchronous
+receiver (:meth:`Session.receive_with`, README "Two handler models"): the daemon calls
+it from the read callback with each batch read (:meth:`Session.feed`), and its replies
+(:meth:`Session.send_many_nowait`) leave in that read's write.
 """
 
 from __future__ import annotations
