@@ -491,12 +491,19 @@ class Server:
         session = entry.session
         if session.receiver is None and session._backlog is None:
             session.wake()
+            if (
+                after_input
+                and not entry.dirty
+                and core.messages_waiting
+                and entry.protocol is not None
+            ):
+                # The woken handler runs next iteration; a flush queued behind it writes its
+                # replies in that same iteration instead of one later (echo latency).
+                self.schedule_flush(entry)
         else:
+            # (Messages left waiting here wait for window: the input that opens it feeds
+            # them; no flush to queue for them.)
             session.feed(writes)
-        if after_input and not entry.dirty and core.messages_waiting and entry.protocol is not None:
-            # The woken handler runs next iteration; a flush queued behind it writes its
-            # replies in that same iteration instead of one later (echo latency).
-            self.schedule_flush(entry)
         if evict is None:
             if entry.dirty:
                 # A pass for this session comes in this loop iteration or the next (its
