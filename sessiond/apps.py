@@ -13,12 +13,29 @@ from .server import Handler
 from .session import Session
 
 
+def echo_batch(session: Session, batch: list[bytes]) -> None:
+    """The echo app's receiver: every message back, in order, from the read callback."""
+    try:
+        session.send_many_nowait(batch)
+    except PayloadTooLarge:
+        session.close(CloseCode.SESSION_REVOKED, "message larger than your max_frame")
+
+
 async def echo(session: Session) -> None:
     """Send every message back, in order, for the life of the session.
 
+    A synchronous receiver (``Session.receive_with``): the echo of a message leaves in
+    the write that answers the read that brought it (README, "Two handler models").
     A client that sends a message larger than the frames it accepts (its HELLO
     ``max_frame``) cannot have it back: the session ends with SESSION_REVOKED.
     """
+    await session.receive_with(echo_batch)
+
+
+async def echo_async(session: Session) -> None:
+    """The echo app as a coroutine that awaits its messages (``--app echo-async``): the
+    same replies as :func:`echo`, each one loop iteration after its read (kept to
+    compare the two handler models, and as the model of an awaiting handler)."""
     while True:
         try:
             # All that arrived (one call, not one each); recv_many() without its
@@ -42,6 +59,7 @@ async def echo(session: Session) -> None:
 BUILTIN: dict[str, Callable[[Settings], Handler]] = {
     "channels": lambda settings: ChannelsApp(settings.channels),
     "echo": lambda settings: echo,
+    "echo-async": lambda settings: echo_async,
 }
 
 

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to listen on, repeatable; IPv6 in brackets (default {DEFAULT_LISTEN})",
     )
     serve.add_argument(
-        "--app", help="channels, echo or module:callable (default channels, protocol.md §15)"
+        "--app",
+        help="channels, echo, echo-async or module:callable (default channels, protocol.md §15)",
     )
     serve.add_argument(
         "--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO; SIGHUP applies changes)"

@@ -82,7 +82,7 @@ class ServerSection:
     )
     app: str = setting(
         "channels",
-        doc="the application: channels (protocol.md §15), echo, or module:callable",
+        doc="the application: channels (protocol.md §15), echo, echo-async, or module:callable",
         check=_not_empty,
         check_doc="a name",
     )

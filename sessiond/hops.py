@@ -48,6 +48,10 @@ class HopTrace:
         self.dropped = 0
         self.other_reads = 0
         self.other_writes = 0
+        # The transport whose read is being processed, and the sent count of a write
+        # made inside that read (a synchronous receiver's reply: zero hops).
+        self.reading_for: Any = None
+        self.written_in_read: int | None = None
         self.started = time.monotonic()
 
     def _tick(self) -> None:
@@ -137,16 +141,27 @@ def protocol_class(
             tick = trace.reading()
             entry = self.entry
             before = entry.core.sequence_numbers[2] if entry is not None else 0
-            super()._receive(data)
+            trace.reading_for = self
+            trace.written_in_read = None
+            try:
+                super()._receive(data)
+            finally:
+                trace.reading_for = None
             entry = self.entry
             if entry is not None:
                 trace.received(self, before, entry.core.sequence_numbers[2], tick, started)
+            sent = trace.written_in_read
+            if sent is not None:  # a reply written inside the read callback (hop 0)
+                trace.written(self, sent)
 
         def write_out(self, data: bytes) -> None:
             super().write_out(data)
             entry = self.entry
             if data and entry is not None:
-                trace.written(self, entry.core.sequence_numbers[0])
+                if trace.reading_for is self:  # counted once the read is recorded
+                    trace.written_in_read = entry.core.sequence_numbers[0]
+                else:
+                    trace.written(self, entry.core.sequence_numbers[0])
 
         def connection_lost(self, exc: Exception | None) -> None:
             trace.forget(self)

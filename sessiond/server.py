@@ -468,12 +468,15 @@ class Server:
         protocol.entry = entry
         self.process(entry)
 
-    def process(self, entry: _Entry, after_input: bool = True) -> None:
-        """Act on a session's events, wake its handler and re-arm its timer.
+    def process(self, entry: _Entry, after_input: bool = True, writes: bool = False) -> None:
+        """Act on a session's events, wake its handler (or hand its messages to its
+        synchronous receiver, ``Session.receive_with``) and re-arm its timer.
 
         Without *after_input* (after a flush) no flush is queued for unread
         messages: they were there when the handler was woken, and a handler
-        that leaves them unread must not keep the loop busy.
+        that leaves them unread must not keep the loop busy. With *writes* the
+        caller writes the core's output right after (the read callback): what a
+        receiver sends leaves in that write.
         """
         core = entry.core
         if core.has_events:
@@ -485,11 +488,22 @@ class Server:
             # and window come with input, an end with an event (one call less per tick).
             self.arm(entry)
             return
-        entry.session.wake()
-        if after_input and not entry.dirty and core.messages_waiting and entry.protocol is not None:
-            # The woken handler runs next iteration; a flush queued behind it writes its
-            # replies in that same iteration instead of one later (echo latency).
-            self.schedule_flush(entry)
+        session = entry.session
+        if session.receiver is None and session._backlog is None:
+            session.wake()
+            if (
+                after_input
+                and not entry.dirty
+                and core.messages_waiting
+                and entry.protocol is not None
+            ):
+                # The woken handler runs next iteration; a flush queued behind it writes its
+                # replies in that same iteration instead of one later (echo latency).
+                self.schedule_flush(entry)
+        else:
+            # (Messages left waiting here wait for window: the input that opens it feeds
+            # them; no flush to queue for them.)
+            session.feed(writes)
         if evict is None:
             if entry.dirty:
                 # A pass for this session comes in this loop iteration or the next (its
@@ -817,7 +831,10 @@ class ServerProtocol(asyncio.Protocol):
             server.on_hello(self, conn)
         entry = self.entry
         if entry is not None:
-            server.process(entry)
+            # A receiver's replies leave in this read's write, unless more of the read
+            # waits for its turn (_continue, in the next iteration): then they leave with
+            # that slice's, in one write (the tick's flush), as an awaiting handler's do.
+            server.process(entry, True, not self._backlog)
             if entry.dirty and entry.protocol is self:
                 # A pass over the session comes this tick (its handler's write_now, else
                 # the tick's flush): it writes what this read made (an ACK, a PONG) with

@@ -5,17 +5,29 @@ never notices transports coming and going. When the session ends, ``recv()``
 raises :class:`~sessiond_client.SessionLost` once the messages it took are returned
 (async iteration simply stops); those still in the session's inbox are dropped with
 its buffers: they were never acknowledged, and the client reports them as undelivered.
+
+A handler that answers without waiting can instead give its session a synchronous
+receiver (:meth:`Session.receive_with`, README "Two handler models"): the daemon calls
+it from the read callback with each batch read (:meth:`Session.feed`), and its replies
+(:meth:`Session.send_many_nowait`) leave in that read's write.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import logging
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from sessiond_client.handoff import Handoff, SettlingHandoff
-from sessiond_client.protocol import CloseCode, InvalidState, SessionLost
+from sessiond_client.handoff import Handoff, SettlingHandoff, _as_bytes, _fresh
+from sessiond_client.protocol import CloseCode, InvalidState, PayloadTooLarge, SessionLost
 from sessiond_client.protocol import Session as CoreSession
+
+log = logging.getLogger("sessiond")
+
+#: A synchronous receiver (:meth:`Session.receive_with`): called with the session and
+#: every message read, in order, from inside the read callback.
+Receiver = Callable[["Session", list[bytes]], None]
 
 
 class Flushable(Protocol):
@@ -45,6 +57,18 @@ class _Forgotten:
 _FORGOTTEN = _Forgotten()
 
 
+class _Backlog:
+    """What a session accepted without waiting (:meth:`Session.send_many_nowait`) that the
+    peer's window did not take yet, and the sends queued behind it: it enters the core
+    in order as the window opens (:meth:`Session.feed`)."""
+
+    __slots__ = ("done", "payloads")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.done = 0  # how many of them entered the core so far
+
+
 class SessionMoved(Exception):
     """The session moved to another daemon process (resumed there, or this one shut
     down and released it): ``send()`` and ``recv()`` raise it and async iteration
@@ -61,7 +85,18 @@ class Session(Handoff):
     coroutine per message, and no separate object per idle session).
     """
 
-    __slots__ = ("_data", "_entry", "_moved", "identity", "marker", "recovered", "recovered_mark")
+    __slots__ = (
+        "_backlog",
+        "_data",
+        "_delivering",
+        "_entry",
+        "_moved",
+        "identity",
+        "marker",
+        "receiver",
+        "recovered",
+        "recovered_mark",
+    )
 
     def __init__(
         self, core: CoreSession, loop: asyncio.AbstractEventLoop, entry: Flushable
@@ -85,6 +120,10 @@ class Session(Handoff):
         #: recovered session, which can resend what followed (issue 17).
         self.marker: Callable[[int], str | None] | None = None
         self.recovered_mark: str | None = None
+        #: The synchronous receiver (:meth:`receive_with`), if the handler gave one.
+        self.receiver: Receiver | None = None
+        self._backlog: _Backlog | None = None
+        self._delivering = False  # the receiver runs; the caller of feed() writes after
 
     @property
     def data(self) -> dict[str, Any]:
@@ -123,6 +162,9 @@ class Session(Handoff):
         # from the client; taking it here as well would process it twice.
         self._local = None
         self._core.take_unsettled(self._loop.time())
+        # A backlog went with the session (the store's release counts it as sent).
+        self._backlog = None
+        self.receiver = None
         # The entry (which the daemon forgets now) and this object refer to each other:
         # cut the link, so all the session held goes when the handler lets go of it.
         self._entry = _FORGOTTEN
@@ -138,6 +180,8 @@ class Session(Handoff):
         goes too (the entry refers to it: a cycle)."""
         self._core.drop_buffers()
         self._entry = _FORGOTTEN
+        self._backlog = None  # never sent: the session ended
+        self.receiver = None  # (it may hold the app, which may hold sessions)
 
     def _failure(self) -> SessionLost | None:
         code = self._core.end_code
@@ -199,6 +243,183 @@ class Session(Handoff):
         if waiter is None or waiter.done():
             self._recv_waiter = waiter = self._loop.create_future()
         return waiter
+
+    # ------------------------- the synchronous model (README, "Two handler models")
+
+    def receive_with(self, receiver: Receiver) -> asyncio.Future[None]:
+        """Hand every message of the session to ``receiver(session, batch)`` as it is
+        read, in order, from inside the transport's read callback, and return a Future
+        done once the session ended or moved (the handler awaits it, then returns).
+
+        The receiver answers with :meth:`send_many_nowait`: a reply then leaves in the
+        write of the read that brought its message, without a Future, a task step or a
+        loop iteration in between. It must not block or await; it may close the
+        session. It is not called while a send of the session waits for window: the
+        messages wait in the session (unacknowledged, so the peer's window closes), as
+        they do for a handler awaiting ``send_many``. An exception it raises ends this
+        session with SESSION_REVOKED ("handler failed") and is logged; nothing else
+        stops. With a shared store a message counts as consumed when a reply to it
+        enters the session, or once the receiver returned and nothing it sent waits
+        for window (:class:`~sessiond_client.handoff.SettlingHandoff`'s rules, the
+        return standing for "comes back for more"). ``recv()``, ``take_ready()`` and
+        their kind see nothing once a receiver is given: it takes every message.
+        """
+        self.receiver = receiver
+        waiter = self._recv_waiter
+        if waiter is None or waiter.done():
+            self._recv_waiter = waiter = self._loop.create_future()
+        self.feed()  # what arrived before the handler ran
+        return waiter
+
+    def feed(self, writes: bool = False) -> None:
+        """The daemon, after input, when a receiver is given (:meth:`wake` otherwise):
+        move the backlog into the core as the window allows, hand the messages waiting
+        to the receiver, wake the handler if the session ended. With *writes* the caller
+        writes the core's output next (the read callback), else a flush is queued."""
+        core = self._core
+        if core.end_code is None and not self._moved:
+            fed = False
+            if self._backlog is not None and self._unsent is None:
+                fed = self._drain(self._backlog)
+            receiver = self.receiver
+            if (
+                receiver is not None
+                and self._backlog is None
+                and self._unsent is None
+                and core.messages_waiting
+            ):
+                handed = self._handed
+                if handed is None:
+                    batch = core.take_messages(self._loop.time())
+                else:  # a store: consumed once done with (DurableSession)
+                    if handed:
+                        self._settle(handed)
+                    batch = core.take_unsettled(self._loop.time())
+                    self._handed = len(batch)
+                self._delivering = True
+                try:
+                    receiver(self, batch)
+                except Exception as exc:
+                    self._receiver_failed(exc)
+                finally:
+                    self._delivering = False
+                if self._handed and self._backlog is None:  # done with it, replies all in
+                    self._settle(self._handed)
+                fed = True
+            if fed and not writes:
+                self._flush()
+            if core.end_code is None and not self._moved:  # (the receiver may close)
+                waiter = self._send_waiter
+                if waiter is not None and not waiter.done() and (fed or core.can_send(1)):
+                    waiter.set_result(None)
+                return
+        for waiter in (self._recv_waiter, self._send_waiter):  # ended or moved
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _receiver_failed(self, exc: Exception) -> None:
+        if isinstance(exc, SessionLost | SessionMoved) and self._failed():
+            return  # it sent after closing the session itself: no fault
+        log.error("handler failed for session %s", self.id[:8], exc_info=exc)
+        if self._core.end_code is None and not self._moved:
+            self.close(CloseCode.SESSION_REVOKED, "handler failed")
+
+    def _drain(self, backlog: _Backlog) -> bool:
+        """Move what the window takes of *backlog* into the core; True if any moved."""
+        payloads = backlog.payloads
+        try:
+            count = self._core.send_many(payloads, self._loop.time())
+        except PayloadTooLarge:  # checked when queued: the peer's limit fell on a resume
+            self._backlog = None
+            self.close(CloseCode.SESSION_REVOKED, "message larger than your max_frame")
+            return False
+        if count:
+            del payloads[:count]
+            backlog.done += count
+            if self._handed:  # one reply each to the oldest messages handed over
+                self._settle(count)
+        if not payloads:
+            self._backlog = None
+            if self._handed and self.receiver is not None:  # its batch is done with now
+                self._settle(self._handed)
+        return count > 0
+
+    def send_many_nowait(self, payloads: Sequence[bytes]) -> None:
+        """Queue messages in order now, without waiting: what the peer's window does not
+        take waits in the session and enters it, in order and once, as the window opens
+        (the next input that opens it), before anything sent after this call. For a
+        receiver (:meth:`receive_with`); a coroutine may call it too.
+
+        Raises :class:`~sessiond_client.PayloadTooLarge` for a payload larger than the
+        peer accepts (those before it are queued), ``SessionLost`` or
+        :class:`SessionMoved` once the session ended or moved, as ``send_many`` does.
+        While something waits for window, the receiver is not called (its messages wait
+        in the session), so what waits here is bounded by one batch's replies.
+        """
+        core = self._core
+        if core.end_code is not None or self._moved:
+            self._raise_failure()
+        rest: Sequence[bytes] = payloads
+        if self._backlog is None and self._unsent is None:
+            try:
+                count = core.send_many(payloads, self._loop.time())
+            except InvalidState:
+                self._raise_failure()
+                raise
+            if count:
+                if self._handed:  # one reply each to the oldest messages handed over
+                    self._settle(count)
+                if not self._delivering:
+                    self._flush()
+                if count == len(payloads):
+                    return
+                rest = payloads[count:]
+        limit = core.max_payload
+        for index, payload in enumerate(rest):
+            if len(payload) > limit:
+                if index:
+                    self._queue(rest[:index])
+                raise PayloadTooLarge(f"{len(payload)} bytes > {limit}")
+        if rest:
+            self._queue(rest)
+
+    def _queue(self, payloads: Sequence[bytes]) -> None:
+        backlog = self._backlog
+        if backlog is None:
+            self._backlog = backlog = _Backlog()
+        backlog.payloads.extend(payloads)
+
+    def send(self, payload: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
+        """:meth:`Handoff.send <sessiond_client.handoff.Handoff.send>`; behind what waits
+        from :meth:`send_many_nowait`, if anything does."""
+        if self._backlog is None:
+            return Handoff.send(self, payload)
+        return self._send_behind([payload if type(payload) is bytes else _as_bytes(payload)])
+
+    def send_many(self, payloads: Sequence[bytes]) -> Coroutine[Any, Any, None]:
+        """:meth:`Handoff.send_many <sessiond_client.handoff.Handoff.send_many>`; behind
+        what waits from :meth:`send_many_nowait`, if anything does."""
+        if self._backlog is None:
+            return Handoff.send_many(self, payloads)
+        return self._send_behind(payloads)
+
+    async def _send_behind(self, payloads: Sequence[bytes]) -> None:
+        self.send_many_nowait(payloads)  # queued behind the backlog, in order
+        backlog = self._backlog
+        if backlog is None:
+            return
+        mark = backlog.done + len(backlog.payloads)
+        while backlog.done < mark:
+            self._raise_failure()
+            self._send_waiter = waiter = _fresh(self._send_waiter, self._loop)
+            await waiter
+
+    @property
+    def unsent(self) -> tuple[bytes, ...]:
+        """What waits for window, in order: a waiting ``send``'s, then the backlog."""
+        backlog = self._backlog
+        waiting = tuple(self._unsent) if self._unsent else ()
+        return waiting if backlog is None else (*waiting, *backlog.payloads)
 
     def __aiter__(self) -> Session:
         return self

@@ -18,7 +18,7 @@ from sessiond_client.protocol import Params, codec
 
 import sessiond
 from sessiond import hops
-from sessiond.apps import echo
+from sessiond.apps import echo, echo_async
 from sessiond.server import ServerConfig
 
 from .coreclient import CoreClient
@@ -31,12 +31,15 @@ def answered(client: CoreClient, count: int) -> bool:
     return len(client.received) >= count
 
 
+@pytest.mark.parametrize(("app", "expected"), [(echo_async, 1), (echo, 0)])
 async def test_replies_to_reads_of_one_iteration_leave_in_the_next(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: sessiond.server.Handler, expected: int
 ) -> None:
+    """An awaiting handler's replies leave one iteration after their read; a synchronous
+    receiver's (the echo app's) in the read callback itself."""
     summary = tmp_path / "hops.txt"
     monkeypatch.setattr(hops, "PATH", str(summary))
-    async with sessiond.serve(echo, "127.0.0.1", 0) as server:
+    async with sessiond.serve(app, "127.0.0.1", 0) as server:
         host, port = server.addresses[0]
         clients = [CoreClient(host, port) for _ in range(SESSIONS)]
         for client in clients:
@@ -51,21 +54,22 @@ async def test_replies_to_reads_of_one_iteration_leave_in_the_next(
         assert trace is not None
         counted = [hops_ for hops_, _, _ in trace.records]
         assert len(counted) == SESSIONS * ROUNDS  # every read carried one ping
-        assert set(counted) == {1}, trace.summary()
+        assert set(counted) == {expected}, trace.summary()
         for client in clients:
             await client.close()
-    assert summary.read_text().splitlines()[2].startswith(f"1 {SESSIONS * ROUNDS} ")
+    assert summary.read_text().splitlines()[2].startswith(f"{expected} {SESSIONS * ROUNDS} ")
 
 
+@pytest.mark.parametrize("app", [echo_async, echo])
 async def test_what_a_read_makes_leaves_with_its_reply(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app: sessiond.server.Handler
 ) -> None:
     """A read carrying a ping and a PING: the PONG goes out in the write of the echo, not
     in a write of its own before it (the trace counts writes that carry no reply)."""
     monkeypatch.setattr(hops, "PATH", str(tmp_path / "hops.txt"))
     # No heartbeat and no ACK timer within the test: only the reads make the daemon write.
     quiet = Params(heartbeat_interval=60.0, ack_delay=30.0)
-    async with sessiond.serve(echo, "127.0.0.1", 0, config=ServerConfig(params=quiet)) as server:
+    async with sessiond.serve(app, "127.0.0.1", 0, config=ServerConfig(params=quiet)) as server:
         client = CoreClient(*server.addresses[0], quiet)
         await client.open()
         trace = server.hop_trace
