@@ -110,6 +110,23 @@ class RedisServer:
         except OSError:
             return False
 
+    def clients(self) -> int:
+        """How many connections the server holds, not counting this query's own
+        (``CLIENT LIST``: a bulk string with one line per connection)."""
+        with socket.create_connection((HOST, self.port), timeout=2.0) as sock:
+            sock.sendall(b"CLIENT LIST\r\n")
+            reply = b""
+            while b"\r\n" not in reply or len(reply) < reply.index(b"\r\n") + 2 + int(
+                reply[1 : reply.index(b"\r\n")]
+            ):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError(f"redis-server closed the connection: {reply!r}")
+                reply += chunk
+        assert reply.startswith(b"$"), reply
+        lines = reply.split(b"\r\n", 1)[1].splitlines()
+        return sum(1 for line in lines if line.startswith(b"id=")) - 1
+
     def kill(self) -> None:
         """``kill -9`` the server (by its PID) and reap it."""
         if self.proc is not None and self.proc.poll() is None:

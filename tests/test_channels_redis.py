@@ -572,3 +572,25 @@ async def test_a_member_moving_between_processes_neither_leaves_nor_joins(
         await alice.unsubscribe("rooms/lobby")
         assert (await next_event(bob, Left)).member == alice_member.member
         await shut(alice, bob, watcher)
+
+
+async def test_a_closed_bus_and_store_hold_no_connection(redis_server: RedisServer) -> None:
+    """The daemon's store and channels bus on one Redis (as `sessiond serve --store
+    redis://...` runs them): after both close, Redis holds none of their connections."""
+    store = RedisStore(redis_server.url, "t:")
+    await store.start()
+    bus = RedisBus(redis_server.url, "t:", node=store.node)
+    app = ChannelsApp(None, bus=bus)
+    await bus.start()
+    async with sessiond.serve(app, "127.0.0.1", 0, config=ServerConfig(params=SERVER_PARAMS)) as s:
+        on_a = await open_channels(url(s))
+        await on_a.subscribe("rooms/lobby")
+        await on_a.publish("rooms/lobby", b"hello")
+        assert (await next_event(on_a, Message)).payload == b"hello"
+        await shut(on_a)
+    assert redis_server.clients() > 0
+    await bus.close()
+    await store.close()
+    async with asyncio.timeout(5.0):
+        while redis_server.clients():
+            await asyncio.sleep(0.01)

@@ -359,6 +359,24 @@ async def test_a_killed_owner_is_not_waited_for_beyond_its_lease(
     assert not await asker.lease_gone("forever", timeout=0.2)  # no expiry: never gone
 
 
+async def test_close_disconnects_every_connection(redis_server: RedisServer) -> None:
+    # The pool's connections too: a store built on a pool it made itself closes it, or a
+    # connection stays open until the garbage collector finds it (and reports it to
+    # whichever event loop runs then: in CI, another test's).
+    store = RedisStore(redis_server.url, "t:")
+    await store.start()
+    sid = new_session_id()
+    await store.create(meta(sid))
+    store.append(sid, 1, 1, [b"x"], consumed=0, acked=0)
+    await store.commit()
+    await store.load(sid)
+    assert await store.claim(sid, 1) == 2
+    assert await store.client.exists(keys.lease_key(store.prefix, store.node))
+    assert redis_server.clients() > 0
+    await store.close()
+    await wait_for(lambda: redis_server.clients() == 0, timeout=5.0)
+
+
 async def test_unreachable_redis_is_a_clear_start_up_error() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     store = RedisStore(url, timeout=1.0)

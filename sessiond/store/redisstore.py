@@ -97,7 +97,9 @@ class RedisStore:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # from_pool: the client owns the pool, so its aclose() disconnects the pool's
+        # connections too (Redis(connection_pool=...) leaves them to the caller).
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         # The hot path and the lease each have a connection of their own: neither
         # waits behind a burst of claims, and commits reach Redis in order.
         self._writer = aioredis.Redis.from_url(
