@@ -1150,6 +1150,9 @@ class Connection:
         until a frame boundary inside the piece is known: after it, in a piece no
         longer than the limit, none can be over it, and the decoder places the
         last boundary once, after the loop (``FrameDecoder.place``, ``rescan``).
+        A piece shorter than ``_PLACE_MIN`` is decoded onto a list first
+        (measured, stopping at the bytes fed instead of running the unpacker to
+        exhaustion), then acted on by the same loop.
         ``tests/test_codec_fastpath.py`` pins all of this to the slow path.
         """
         decoder = self._decoder
@@ -1165,10 +1168,36 @@ class Connection:
         fresh: bool | None = None  # whether it began on a boundary; None: not asked
         placing = False
         measuring = True
+        error: RemoteProtocolError | None = None
+        source: Any = unpacker
         if len(piece) >= _PLACE_MIN:
             fresh = boundary == decoder._fed - len(piece)
             placing = decoder.placeable(piece)
             measuring = not (placing and fresh)
+        else:
+            # A short piece (ping-pong's reads) holds a few frames: decoded onto a list
+            # first, each measured, stopping after the one that ends with the bytes fed
+            # (as FrameDecoder.feed: running the unpacker to exhaustion costs two
+            # exceptions with tracebacks, ~2.8k instructions a read, where the loop
+            # below would have to test for the end after every frame of every piece);
+            # then acted on from the list. A decoding error is raised after the frames
+            # before it have been acted on, as when each is taken as decoded.
+            source = []
+            append = source.append
+            stop = decoder._fed
+            try:
+                for frame in unpacker:
+                    end = tell()
+                    if end - boundary > limit:
+                        error = decoder.too_large(end - boundary)
+                        break
+                    append(frame)
+                    boundary = end
+                    if end == stop:
+                        break
+            except (ValueError, UnpackException) as exc:
+                error = decoder.undecodable(piece, boundary, exc)
+            measuring = False
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
         # dispatched); *received* is its counter, and the payloads its inbox holds from
@@ -1187,9 +1216,8 @@ class Connection:
             inbox = held
             push = inbox.append
         mark = len(inbox)
-        error: RemoteProtocolError | None = None
         try:
-            for frame in unpacker:
+            for frame in source:
                 if measuring:
                     end = tell()
                     if end - boundary > limit:
@@ -1243,10 +1271,10 @@ class Connection:
                     push = inbox.append
                     mark = len(inbox)
             else:
-                if not measuring:
+                if placing and not measuring:
                     boundary = decoder.place(piece, boundary)
         except (ValueError, UnpackException) as exc:
-            if not measuring:  # where the refused frame begins: decode again to see
+            if placing and not measuring:  # where the refused frame begins: decode again
                 boundary = decoder.rescan(piece, boundary)
             error = decoder.undecodable(piece, boundary, exc)
         finally:
