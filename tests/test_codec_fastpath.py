@@ -14,6 +14,7 @@ what the generic path (``parse_frame``) reads, and refuse what it refuses.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -405,16 +406,37 @@ def test_reads_cut_at_or_next_to_frame_boundaries_equal_the_slow_path(
     run_both(data.draw(cuts_near_boundaries(items)), fresh, pending, spare)
 
 
+def open_unconfirmed_server() -> tuple[Pair, Connection, Session]:
+    """A resumed server transport that has sent WELCOME and received nothing since: its
+    first frame confirms it (protocol.md §4.4), so the receive loop starts without its
+    fast path."""
+    pair = Pair(BATCH_PARAMS, BATCH_PARAMS)
+    pair.connect()
+    pair.pump()
+    pair.cut()
+    pair.connect()
+    pair.flush()
+    pair.deliver(to_client=0)  # the server takes HELLO and answers; the client hears nothing
+    conn = pair.server_conn
+    assert conn is not None and not conn._confirmed
+    conn.data_to_send()  # WELCOME: random IDs, different on each side of a comparison
+    return pair, conn, pair.server
+
+
 def run_both(
-    chunks: list[bytes], fresh: bool = True, pending: bool = True, spare: bool = False
+    chunks: list[bytes],
+    fresh: bool = True,
+    pending: bool = True,
+    spare: bool = False,
+    opened: Callable[[], tuple[Pair, Connection, Session]] = open_server,
 ) -> None:
     """Feed *chunks* to a server on the fast path and to one on the slow path; with
     *spare*, another transport's decoder leaves its unpacker as the process's spare
     before each read (as between the reads of many transports)."""
-    _, fast_conn, fast_session = open_server()
+    _, fast_conn, fast_session = opened()
     fast_conn._decoder._place_fresh = fresh
     fast_conn._decoder._place_pending = pending
-    _, slow_conn, slow_session = open_server()
+    _, slow_conn, slow_session = opened()
     limit = fast_conn._decoder.max_frame_size
     for chunk in chunks:
         if spare:
@@ -498,6 +520,20 @@ def test_short_reads_cut_at_every_offset_equal_the_slow_path(spare: bool) -> Non
         run_both([wire[:cut], wire[cut:]], spare=spare)
         second = min(len(wire), cut + 11)  # an ACK's length further: often a boundary
         run_both([wire[:cut], wire[cut:second], wire[second:]], spare=spare)
+
+
+@pytest.mark.parametrize("first", ["ack", "ack-generic", "data", "ping", "close"])
+def test_short_reads_on_an_unconfirmed_transport_equal_the_slow_path(first: str) -> None:
+    """ACKs are taken without an exception only while the fast path runs: on a transport
+    not yet confirmed, the first frame goes through _dispatch (which confirms it), and an
+    ACK there must reach it as the peer sent it. Cut once at every offset."""
+    seq, items = 1, []
+    for i, kind in enumerate([first, "ack", "data", "ack", "data", "ack-generic"]):
+        item, seq = wire_item(kind, seq, b"u%d" % i, 0)
+        items.append(item)
+    wire = b"".join(items)
+    for cut in range(len(wire) + 1):
+        run_both([wire[:cut], wire[cut:]], opened=open_unconfirmed_server)
 
 
 def test_a_read_ending_on_a_boundary_leaves_nothing_buffered_and_delivers_every_frame() -> None:

@@ -108,6 +108,10 @@ _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
 _ACK = codec.ACK
+#: The largest ACK frame as encoded with the fewest bytes: fixarray, fixint 4, uint64.
+_ACK_SIZE = 11
+#: The type of an ACK marked by _receive_piece's decoding of a short piece (never on the wire).
+_ACK_MARK = object()
 #: Pieces shorter than this are measured frame by frame, never placed (see
 #: FrameDecoder.place): placing costs about as much as measuring seven 64-byte DATA
 #: frames (callgrind), and a ping-pong's reads hold one.
@@ -1165,6 +1169,12 @@ class Connection:
         # boundary inside a short enough piece is known, the rest is not, and place()
         # finds the boundary afterwards (see FrameDecoder.place).
         # (A short piece holds a few frames: measuring them costs less than placing.)
+        session = self.session
+        # The session whose next DATA frames take the fast path (None: every frame is
+        # dispatched); *received* is its counter, and the payloads its inbox holds from
+        # *mark* on are the bytes to add: both stored back by _count (the bytes counted
+        # once per run of DATA, in C, rather than per frame).
+        live = session if session is not None and self._confirmed and self.state is _OPEN else None
         fresh: bool | None = None  # whether it began on a boundary; None: not asked
         placing = False
         measuring = True
@@ -1188,22 +1198,32 @@ class Connection:
             try:
                 for frame in unpacker:
                     end = tell()
-                    if end - boundary > limit:
-                        error = decoder.too_large(end - boundary)
+                    size = end - boundary
+                    if size > limit:
+                        error = decoder.too_large(size)
                         break
-                    append(frame)
+                    # An ACK amid DATA (at most 11 bytes as any peer writes it) would
+                    # fail the loop's three-field unpack: a ValueError with its message
+                    # and traceback, ~5k instructions. Marked here instead, where the
+                    # frame's size is known, as a three-tuple the loop takes without
+                    # an exception. Only while the fast path runs (*live*): it lasts
+                    # until the loop returns, so no marked frame reaches _dispatch.
+                    if (
+                        size <= _ACK_SIZE
+                        and live is not None
+                        and frame.__class__ is tuple
+                        and len(frame) == 2
+                        and frame[0] is _ACK
+                    ):
+                        append((_ACK_MARK, frame[1], None))
+                    else:
+                        append(frame)
                     boundary = end
                     if end == stop:
                         break
             except (ValueError, UnpackException) as exc:
                 error = decoder.undecodable(piece, boundary, exc)
             measuring = False
-        session = self.session
-        # The session whose next DATA frames take the fast path (None: every frame is
-        # dispatched); *received* is its counter, and the payloads its inbox holds from
-        # *mark* on are the bytes to add: both stored back by _count (the bytes counted
-        # once per run of DATA, in C, rather than per frame).
-        live = session if session is not None and self._confirmed and self.state is _OPEN else None
         received = session._received if session is not None else 0
         push: Callable[[bytes], None]
         if live is None:
@@ -1230,15 +1250,14 @@ class Connection:
                     try:
                         kind, seq, payload = frame
                     except (TypeError, ValueError):
-                        # Not three fields. The peer's ACKs come amid its DATA: taken
-                        # here as _dispatch takes them (one call instead of five).
+                        # Not three fields: an ACK of a long piece (in a short one it
+                        # is marked, above) or a frame for _dispatch. (In a long piece
+                        # testing each frame for an ACK costs more than this exception
+                        # per ACK, at the peer's one ACK per tens of DATA: PROFILE.md.)
                         if frame.__class__ is tuple and len(frame) == 2 and frame[0] is _ACK:
-                            count = sum(map(len, inbox[mark:]))
-                            mark = len(inbox)
-                            live._count(received, count)
-                            live._on_ack(frame[1])
-                            continue
-                        kind = None
+                            kind, seq = _ACK_MARK, frame[1]
+                        else:
+                            kind = None
                     # `is`: msgpack hands small ints out as CPython's cached objects, so
                     # this is one pointer test for "the int 3" (3.0 and True fail it and
                     # take _dispatch, which applies the full rules of frames.py).
@@ -1250,6 +1269,14 @@ class Connection:
                     ):
                         received = seq
                         push(payload)
+                        continue
+                    if kind is _ACK_MARK:
+                        # The peer's ACKs come amid its DATA: taken here as _dispatch
+                        # takes them (one call instead of five).
+                        count = sum(map(len, inbox[mark:]))
+                        mark = len(inbox)
+                        live._count(received, count)
+                        live._on_ack(seq)
                         continue
                     # The window is checked as if each frame came in its own read: the
                     # outcome must not depend on how reads split the bytes (§1.5).
