@@ -536,6 +536,38 @@ def test_short_reads_on_an_unconfirmed_transport_equal_the_slow_path(first: str)
         run_both([wire[:cut], wire[cut:]], opened=open_unconfirmed_server)
 
 
+@pytest.mark.parametrize("last", ["announced", "oversize", "malformed", "data"])
+def test_a_peer_over_its_window_is_told_so_before_what_follows_its_data(last: str) -> None:
+    """DATA past the window (128 messages) followed by a bad frame, or by the start of a
+    frame announcing more than the limit: the window's error comes first, as on the slow
+    path (the fast path once let the incomplete frame's check at the end of the read
+    speak first: FRAME_TOO_LARGE instead of FLOW_CONTROL_ERROR). Whole and cut.
+
+    Only the close is compared: the fast path counts a run of DATA before it checks the
+    window, so it keeps the few messages past the window that its read held, which the
+    slow path leaves to the peer's replay (both exactly once; the transport is closed)."""
+    seq, items = 2, []
+    for _ in range(130):
+        item, seq = wire_item("data", seq, b"w", 0)
+        items.append(item)
+    items.append(wire_item(last, seq, b"x" * 20, 0)[0])
+    wire = b"".join(items)
+    for chunks in ([wire], *([wire[:cut], wire[cut:]] for cut in (600, 1000, len(wire) - 30))):
+        for fresh in (True, False):
+            _, fast, _ = open_server()
+            fast._decoder._place_fresh = fast._decoder._place_pending = fresh
+            _, slow, _ = open_server()
+            for chunk in chunks:
+                fast.receive_data(chunk, 1000.0)
+                slow_receive(slow, chunk, 1000.0)
+            assert slow.close_code is CloseCode.FLOW_CONTROL_ERROR
+            assert (fast.state, fast.close_code, fast.close_reason) == (
+                slow.state,
+                slow.close_code,
+                slow.close_reason,
+            )
+
+
 def test_a_read_ending_on_a_boundary_leaves_nothing_buffered_and_delivers_every_frame() -> None:
     """The loop's early stop must not leave a complete frame in the unpacker: every DATA of
     each read is delivered by that read, the decoder holds nothing, and its unpacker

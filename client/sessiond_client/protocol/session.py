@@ -1316,13 +1316,16 @@ class Connection:
                     live._count(received, 0, False)
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
+        if live is not None:
+            # Before an error, and before settle() checks the incomplete frame at the
+            # end: as if the DATA before them came alone (the slow path checks the
+            # window after each frame, so a peer over its window is told so first).
+            live._check_window()
         if error is None:
             decoder.settle(piece, boundary)
             if fresh is not None:
                 decoder.learn(fresh)
-        if live is not None:
-            live._check_window()  # before an error: as if the DATA before it came alone
-        if error is not None:
+        else:
             raise error
 
     def _dispatch(self, frames: list[Any], now: float) -> None:
