@@ -1306,14 +1306,14 @@ class Connection:
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
-                # (one payload, the ping-pong case, or none: no map and sum objects)
+                # (_count inlined, once per read; one payload, the ping-pong case, or
+                # none: no map and sum objects)
+                live._received = received
                 new = len(inbox) - mark
                 if new == 1:
-                    live._count(received, len(inbox[-1]), False)
+                    live._inbox_bytes += len(inbox[-1])
                 elif new:
-                    live._count(received, sum(map(len, inbox[mark:] if mark else inbox)), False)
-                else:
-                    live._count(received, 0, False)
+                    live._inbox_bytes += sum(map(len, inbox[mark:] if mark else inbox))
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
         if live is not None:
@@ -1322,7 +1322,10 @@ class Connection:
             # window after each frame, so a peer over its window is told so first).
             live._check_window()
         if error is None:
-            decoder.settle(piece, boundary)
+            # (settle() inlined: one call less per read)
+            decoder._boundary = boundary
+            if boundary != decoder._fed:
+                decoder._check_pending(piece, boundary)
             if fresh is not None:
                 decoder.learn(fresh)
         else:
