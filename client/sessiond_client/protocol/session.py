@@ -1160,7 +1160,12 @@ class Connection:
         ``tests/test_codec_fastpath.py`` pins all of this to the slow path.
         """
         decoder = self._decoder
-        unpacker = decoder.push(piece)
+        # (FrameDecoder.push inlined: one call less per read)
+        unpacker = decoder._unpacker
+        if unpacker is None:
+            unpacker = decoder._unpacker = decoder._new_unpacker()
+        unpacker.feed(piece)
+        decoder._fed += len(piece)
         tell = unpacker.tell
         # (the decoder's fields, not its properties: two calls less per read)
         boundary = decoder._boundary
