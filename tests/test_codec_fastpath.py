@@ -13,6 +13,8 @@ what the generic path (``parse_frame``) reads, and refuse what it refuses.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -309,7 +311,7 @@ RARE = [
 
 
 @st.composite
-def batch_streams(draw: st.DrawFn) -> bytes:
+def batch_items(draw: st.DrawFn) -> list[bytes]:
     kinds = draw(st.lists(st.sampled_from(COMMON) | st.sampled_from(RARE), min_size=1, max_size=60))
     seq = 2
     out = []
@@ -318,7 +320,29 @@ def batch_streams(draw: st.DrawFn) -> bytes:
         ack = draw(st.integers(0, 5))  # 4 and 5 are beyond what the server sent
         item, seq = wire_item(kind, seq, payload, ack)
         out.append(item)
-    return b"".join(out)
+    return out
+
+
+def batch_streams() -> st.SearchStrategy[bytes]:
+    return batch_items().map(b"".join)
+
+
+@st.composite
+def cuts_near_boundaries(draw: st.DrawFn, items: list[bytes]) -> list[bytes]:
+    """The stream of *items* cut where the receive loop decides something: exactly at
+    frame boundaries (a read whose last frame ends with the bytes fed, where the loop
+    stops without asking the unpacker for more), one byte before or after one, and
+    inside a frame's header (its first 16 bytes)."""
+    stream = b"".join(items)
+    ends = list(itertools.accumulate(map(len, items)))
+    near = sorted(
+        {
+            min(len(stream), max(0, end + draw(st.sampled_from([0, 0, -1, 1, 3, 9, 15]))))
+            for end in draw(st.lists(st.sampled_from(ends), max_size=12))
+        }
+    )
+    bounds = [0, *near, len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 WITH_ID = (SessionStarted, SessionResumed, SessionEnded)
@@ -361,27 +385,64 @@ def test_receiving_a_batch_equals_the_slow_path_byte_for_byte(
     """
     cuts = data.draw(pieces_of(stream))
     for chunks in ([stream], cuts, bytewise(stream) if len(stream) < 300 else cuts):
-        _, fast_conn, fast_session = open_server()
-        fast_conn._decoder._place_fresh = fresh
-        fast_conn._decoder._place_pending = pending
-        _, slow_conn, slow_session = open_server()
-        limit = fast_conn._decoder.max_frame_size
-        for chunk in chunks:
-            if spare:
-                other = FrameDecoder(limit)
-                other.feed(codec.encode_data(1, b"x"))
-                other.release()
-            fast_conn.receive_data(chunk, 1000.0)
-            slow_receive(slow_conn, chunk, 1000.0)
-        assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
+        run_both(chunks, fresh, pending, spare)
 
 
-def run_both(chunks: list[bytes], fresh: bool = True, pending: bool = True) -> None:
-    _, fast_conn, fast_session = open_server()
+@settings(deadline=None, max_examples=300)
+@given(
+    items=batch_items(),
+    data=st.data(),
+    fresh=st.booleans(),
+    pending=st.booleans(),
+    spare=st.booleans(),
+)
+def test_reads_cut_at_or_next_to_frame_boundaries_equal_the_slow_path(
+    items: list[bytes], data: st.DataObject, fresh: bool, pending: bool, spare: bool
+) -> None:
+    """As above, with reads ending exactly at a frame boundary (the loop then stops after
+    the frame that ends with the bytes fed), one byte before or after one, or inside a
+    header: ACKs amid DATA taken in the loop, every kind of bad frame, the spare unpacker
+    changing hands between reads."""
+    run_both(data.draw(cuts_near_boundaries(items)), fresh, pending, spare)
+
+
+def open_unconfirmed_server() -> tuple[Pair, Connection, Session]:
+    """A resumed server transport that has sent WELCOME and received nothing since: its
+    first frame confirms it (protocol.md §4.4), so the receive loop starts without its
+    fast path."""
+    pair = Pair(BATCH_PARAMS, BATCH_PARAMS)
+    pair.connect()
+    pair.pump()
+    pair.cut()
+    pair.connect()
+    pair.flush()
+    pair.deliver(to_client=0)  # the server takes HELLO and answers; the client hears nothing
+    conn = pair.server_conn
+    assert conn is not None and not conn._confirmed
+    conn.data_to_send()  # WELCOME: random IDs, different on each side of a comparison
+    return pair, conn, pair.server
+
+
+def run_both(
+    chunks: list[bytes],
+    fresh: bool = True,
+    pending: bool = True,
+    spare: bool = False,
+    opened: Callable[[], tuple[Pair, Connection, Session]] = open_server,
+) -> None:
+    """Feed *chunks* to a server on the fast path and to one on the slow path; with
+    *spare*, another transport's decoder leaves its unpacker as the process's spare
+    before each read (as between the reads of many transports)."""
+    _, fast_conn, fast_session = opened()
     fast_conn._decoder._place_fresh = fresh
     fast_conn._decoder._place_pending = pending
-    _, slow_conn, slow_session = open_server()
+    _, slow_conn, slow_session = opened()
+    limit = fast_conn._decoder.max_frame_size
     for chunk in chunks:
+        if spare:
+            other = FrameDecoder(limit)
+            other.feed(codec.encode_data(1, b"x"))
+            assert other.release()
         fast_conn.receive_data(chunk, 1000.0)
         slow_receive(slow_conn, chunk, 1000.0)
     assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
@@ -438,3 +499,89 @@ def test_a_rescan_that_takes_the_spare_unpacker_keeps_the_stream_offsets() -> No
         decoder.settle(piece, end)
     assert decoder.buffered == 0
     assert [g[1] for g in got] == list(range(1, 9))
+
+
+SHORT_KINDS = ["data", "ack", "data", "ping", "data-generic", "ack-generic", "data", "ack"]
+
+
+@pytest.mark.parametrize("spare", [False, True])
+def test_short_reads_cut_at_every_offset_equal_the_slow_path(spare: bool) -> None:
+    """Reads under 1 KiB (ping-pong's shape) are measured frame by frame, and the loop
+    stops after the frame that ends with the bytes fed. A stream of DATA with ACKs and a
+    PING amid it, cut once and twice at every offset (at, before and after each
+    boundary, inside every header), with and without the spare unpacker changing hands."""
+    seq, items = 2, []
+    for i, kind in enumerate(SHORT_KINDS):
+        item, seq = wire_item(kind, seq, b"s%d" % i * 5, 1 + i % 3)
+        items.append(item)
+    wire = b"".join(items)
+    assert len(wire) < 1024
+    for cut in range(len(wire) + 1):
+        run_both([wire[:cut], wire[cut:]], spare=spare)
+        second = min(len(wire), cut + 11)  # an ACK's length further: often a boundary
+        run_both([wire[:cut], wire[cut:second], wire[second:]], spare=spare)
+
+
+@pytest.mark.parametrize("first", ["ack", "ack-generic", "data", "ping", "close"])
+def test_short_reads_on_an_unconfirmed_transport_equal_the_slow_path(first: str) -> None:
+    """ACKs are taken without an exception only while the fast path runs: on a transport
+    not yet confirmed, the first frame goes through _dispatch (which confirms it), and an
+    ACK there must reach it as the peer sent it. Cut once at every offset."""
+    seq, items = 1, []
+    for i, kind in enumerate([first, "ack", "data", "ack", "data", "ack-generic"]):
+        item, seq = wire_item(kind, seq, b"u%d" % i, 0)
+        items.append(item)
+    wire = b"".join(items)
+    for cut in range(len(wire) + 1):
+        run_both([wire[:cut], wire[cut:]], opened=open_unconfirmed_server)
+
+
+@pytest.mark.parametrize("last", ["announced", "oversize", "malformed", "data"])
+def test_a_peer_over_its_window_is_told_so_before_what_follows_its_data(last: str) -> None:
+    """DATA past the window (128 messages) followed by a bad frame, or by the start of a
+    frame announcing more than the limit: the window's error comes first, as on the slow
+    path (the fast path once let the incomplete frame's check at the end of the read
+    speak first: FRAME_TOO_LARGE instead of FLOW_CONTROL_ERROR). Whole and cut.
+
+    Only the close is compared: the fast path counts a run of DATA before it checks the
+    window, so it keeps the few messages past the window that its read held, which the
+    slow path leaves to the peer's replay (both exactly once; the transport is closed)."""
+    seq, items = 2, []
+    for _ in range(130):
+        item, seq = wire_item("data", seq, b"w", 0)
+        items.append(item)
+    items.append(wire_item(last, seq, b"x" * 20, 0)[0])
+    wire = b"".join(items)
+    for chunks in ([wire], *([wire[:cut], wire[cut:]] for cut in (600, 1000, len(wire) - 30))):
+        for fresh in (True, False):
+            _, fast, _ = open_server()
+            fast._decoder._place_fresh = fast._decoder._place_pending = fresh
+            _, slow, _ = open_server()
+            for chunk in chunks:
+                fast.receive_data(chunk, 1000.0)
+                slow_receive(slow, chunk, 1000.0)
+            assert slow.close_code is CloseCode.FLOW_CONTROL_ERROR
+            assert (fast.state, fast.close_code, fast.close_reason) == (
+                slow.state,
+                slow.close_code,
+                slow.close_reason,
+            )
+
+
+def test_a_read_ending_on_a_boundary_leaves_nothing_buffered_and_delivers_every_frame() -> None:
+    """The loop's early stop must not leave a complete frame in the unpacker: every DATA of
+    each read is delivered by that read, the decoder holds nothing, and its unpacker
+    becomes the process's spare (release), whole for the next transport."""
+    _, conn, session = open_server()
+    seq = 2
+    for _ in range(3):
+        conn.receive_data(
+            data_run(seq, 3) + codec.encode_ack(2) + codec.encode_data(seq + 3, b"z"), 1000.0
+        )
+        assert conn.buffered_input == 0
+        assert conn._decoder._unpacker is None  # released as the spare, holding nothing
+        assert session.take_messages(1000.0) == [*(b"p%03d" % i * 8 for i in range(3)), b"z"]
+        conn.receive_data(codec.encode_data(seq + 4, b"a"), 1000.0)
+        assert session.take_messages(1000.0) == [b"a"]
+        seq += 5
+    assert not conn.closed

@@ -108,6 +108,10 @@ _DETACHED = SessionState.DETACHED
 _ENDED = SessionState.ENDED
 _DATA = codec.DATA
 _ACK = codec.ACK
+#: The largest ACK frame as encoded with the fewest bytes: fixarray, fixint 4, uint64.
+_ACK_SIZE = 11
+#: The type of an ACK marked by _receive_piece's decoding of a short piece (never on the wire).
+_ACK_MARK = object()
 #: Pieces shorter than this are measured frame by frame, never placed (see
 #: FrameDecoder.place): placing costs about as much as measuring seven 64-byte DATA
 #: frames (callgrind), and a ping-pong's reads hold one.
@@ -1150,10 +1154,18 @@ class Connection:
         until a frame boundary inside the piece is known: after it, in a piece no
         longer than the limit, none can be over it, and the decoder places the
         last boundary once, after the loop (``FrameDecoder.place``, ``rescan``).
+        A piece shorter than ``_PLACE_MIN`` is decoded onto a list first
+        (measured, stopping at the bytes fed instead of running the unpacker to
+        exhaustion), then acted on by the same loop.
         ``tests/test_codec_fastpath.py`` pins all of this to the slow path.
         """
         decoder = self._decoder
-        unpacker = decoder.push(piece)
+        # (FrameDecoder.push inlined: one call less per read)
+        unpacker = decoder._unpacker
+        if unpacker is None:
+            unpacker = decoder._unpacker = decoder._new_unpacker()
+        unpacker.feed(piece)
+        decoder._fed += len(piece)
         tell = unpacker.tell
         # (the decoder's fields, not its properties: two calls less per read)
         boundary = decoder._boundary
@@ -1162,19 +1174,61 @@ class Connection:
         # boundary inside a short enough piece is known, the rest is not, and place()
         # finds the boundary afterwards (see FrameDecoder.place).
         # (A short piece holds a few frames: measuring them costs less than placing.)
-        fresh: bool | None = None  # whether it began on a boundary; None: not asked
-        placing = False
-        measuring = True
-        if len(piece) >= _PLACE_MIN:
-            fresh = boundary == decoder._fed - len(piece)
-            placing = decoder.placeable(piece)
-            measuring = not (placing and fresh)
         session = self.session
         # The session whose next DATA frames take the fast path (None: every frame is
         # dispatched); *received* is its counter, and the payloads its inbox holds from
         # *mark* on are the bytes to add: both stored back by _count (the bytes counted
         # once per run of DATA, in C, rather than per frame).
         live = session if session is not None and self._confirmed and self.state is _OPEN else None
+        fresh: bool | None = None  # whether it began on a boundary; None: not asked
+        placing = False
+        measuring = True
+        error: RemoteProtocolError | None = None
+        source: Any = unpacker
+        if len(piece) >= _PLACE_MIN:
+            fresh = boundary == decoder._fed - len(piece)
+            placing = decoder.placeable(piece)
+            measuring = not (placing and fresh)
+        else:
+            # A short piece (ping-pong's reads) holds a few frames: decoded onto a list
+            # first, each measured, stopping after the one that ends with the bytes fed
+            # (as FrameDecoder.feed: running the unpacker to exhaustion costs two
+            # exceptions with tracebacks, ~2.8k instructions a read, where the loop
+            # below would have to test for the end after every frame of every piece);
+            # then acted on from the list. A decoding error is raised after the frames
+            # before it have been acted on, as when each is taken as decoded.
+            source = []
+            append = source.append
+            stop = decoder._fed
+            try:
+                for frame in unpacker:
+                    end = tell()
+                    size = end - boundary
+                    if size > limit:
+                        error = decoder.too_large(size)
+                        break
+                    # An ACK amid DATA (at most 11 bytes as any peer writes it) would
+                    # fail the loop's three-field unpack: a ValueError with its message
+                    # and traceback, ~5k instructions. Marked here instead, where the
+                    # frame's size is known, as a three-tuple the loop takes without
+                    # an exception. Only while the fast path runs (*live*): it lasts
+                    # until the loop returns, so no marked frame reaches _dispatch.
+                    if (
+                        size <= _ACK_SIZE
+                        and live is not None
+                        and frame.__class__ is tuple
+                        and len(frame) == 2
+                        and frame[0] is _ACK
+                    ):
+                        append((_ACK_MARK, frame[1], None))
+                    else:
+                        append(frame)
+                    boundary = end
+                    if end == stop:
+                        break
+            except (ValueError, UnpackException) as exc:
+                error = decoder.undecodable(piece, boundary, exc)
+            measuring = False
         received = session._received if session is not None else 0
         push: Callable[[bytes], None]
         if live is None:
@@ -1187,9 +1241,8 @@ class Connection:
             inbox = held
             push = inbox.append
         mark = len(inbox)
-        error: RemoteProtocolError | None = None
         try:
-            for frame in unpacker:
+            for frame in source:
                 if measuring:
                     end = tell()
                     if end - boundary > limit:
@@ -1202,15 +1255,14 @@ class Connection:
                     try:
                         kind, seq, payload = frame
                     except (TypeError, ValueError):
-                        # Not three fields. The peer's ACKs come amid its DATA: taken
-                        # here as _dispatch takes them (one call instead of five).
+                        # Not three fields: an ACK of a long piece (in a short one it
+                        # is marked, above) or a frame for _dispatch. (In a long piece
+                        # testing each frame for an ACK costs more than this exception
+                        # per ACK, at the peer's one ACK per tens of DATA: PROFILE.md.)
                         if frame.__class__ is tuple and len(frame) == 2 and frame[0] is _ACK:
-                            count = sum(map(len, inbox[mark:]))
-                            mark = len(inbox)
-                            live._count(received, count)
-                            live._on_ack(frame[1])
-                            continue
-                        kind = None
+                            kind, seq = _ACK_MARK, frame[1]
+                        else:
+                            kind = None
                     # `is`: msgpack hands small ints out as CPython's cached objects, so
                     # this is one pointer test for "the int 3" (3.0 and True fail it and
                     # take _dispatch, which applies the full rules of frames.py).
@@ -1222,6 +1274,14 @@ class Connection:
                     ):
                         received = seq
                         push(payload)
+                        continue
+                    if kind is _ACK_MARK:
+                        # The peer's ACKs come amid its DATA: taken here as _dispatch
+                        # takes them (one call instead of five).
+                        count = sum(map(len, inbox[mark:]))
+                        mark = len(inbox)
+                        live._count(received, count)
+                        live._on_ack(seq)
                         continue
                     # The window is checked as if each frame came in its own read: the
                     # outcome must not depend on how reads split the bytes (§1.5).
@@ -1243,31 +1303,37 @@ class Connection:
                     push = inbox.append
                     mark = len(inbox)
             else:
-                if not measuring:
+                if placing and not measuring:
                     boundary = decoder.place(piece, boundary)
         except (ValueError, UnpackException) as exc:
-            if not measuring:  # where the refused frame begins: decode again to see
+            if placing and not measuring:  # where the refused frame begins: decode again
                 boundary = decoder.rescan(piece, boundary)
             error = decoder.undecodable(piece, boundary, exc)
         finally:
             if live is not None:
-                # (one payload, the ping-pong case, or none: no map and sum objects)
+                # (_count inlined, once per read; one payload, the ping-pong case, or
+                # none: no map and sum objects)
+                live._received = received
                 new = len(inbox) - mark
                 if new == 1:
-                    live._count(received, len(inbox[-1]), False)
+                    live._inbox_bytes += len(inbox[-1])
                 elif new:
-                    live._count(received, sum(map(len, inbox[mark:] if mark else inbox)), False)
-                else:
-                    live._count(received, 0, False)
+                    live._inbox_bytes += sum(map(len, inbox[mark:] if mark else inbox))
             if session is not None and not session._inbox:
                 session._inbox = None  # nothing came (or all was taken): no empty list kept
+        if live is not None:
+            # Before an error, and before settle() checks the incomplete frame at the
+            # end: as if the DATA before them came alone (the slow path checks the
+            # window after each frame, so a peer over its window is told so first).
+            live._check_window()
         if error is None:
-            decoder.settle(piece, boundary)
+            # (settle() inlined: one call less per read)
+            decoder._boundary = boundary
+            if boundary != decoder._fed:
+                decoder._check_pending(piece, boundary)
             if fresh is not None:
                 decoder.learn(fresh)
-        if live is not None:
-            live._check_window()  # before an error: as if the DATA before it came alone
-        if error is not None:
+        else:
             raise error
 
     def _dispatch(self, frames: list[Any], now: float) -> None:
