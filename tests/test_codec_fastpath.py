@@ -34,7 +34,7 @@ from sessiond_client.protocol import (
     SessionStarted,
     codec,
 )
-from sessiond_client.protocol.codec import U64_MAX, FrameDecoder, pieces
+from sessiond_client.protocol.codec import FEED_PIECE, U64_MAX, FrameDecoder, pieces
 from sessiond_client.protocol.frames import Ack, Close, Data, parse_frame
 
 from tests.pair import Pair
@@ -238,9 +238,9 @@ def slow_receive(conn: Connection, data: bytes, now: float) -> None:
     decoder.release()
 
 
-def open_server() -> tuple[Pair, Connection, Session]:
+def open_server(params: Params = BATCH_PARAMS) -> tuple[Pair, Connection, Session]:
     """An open server transport that has taken DATA 1 and sent 3 messages (ACKs 0-3 valid)."""
-    pair = Pair(BATCH_PARAMS, BATCH_PARAMS)
+    pair = Pair(params, params)
     pair.connect()
     pair.pump()
     pair.client.send(b"confirms the transport", pair.clock.now)
@@ -429,6 +429,7 @@ def run_both(
     pending: bool = True,
     spare: bool = False,
     opened: Callable[[], tuple[Pair, Connection, Session]] = open_server,
+    full: bool | None = None,
 ) -> None:
     """Feed *chunks* to a server on the fast path and to one on the slow path; with
     *spare*, another transport's decoder leaves its unpacker as the process's spare
@@ -436,6 +437,7 @@ def run_both(
     _, fast_conn, fast_session = opened()
     fast_conn._decoder._place_fresh = fresh
     fast_conn._decoder._place_pending = pending
+    fast_conn._decoder._place_full = pending if full is None else full
     _, slow_conn, slow_session = opened()
     limit = fast_conn._decoder.max_frame_size
     for chunk in chunks:
@@ -445,6 +447,8 @@ def run_both(
             assert other.release()
         fast_conn.receive_data(chunk, 1000.0)
         slow_receive(slow_conn, chunk, 1000.0)
+        if not slow_conn.closed:  # the same incomplete frame held after each read
+            assert fast_conn.buffered_input == slow_conn.buffered_input
     assert server_outcome(fast_conn, fast_session) == server_outcome(slow_conn, slow_session)
 
 
@@ -464,6 +468,72 @@ def test_a_long_piece_cut_anywhere_inside_its_last_frame_is_placed_exactly() -> 
         run_both([wire[:cut], wire[cut:]])
         # the same from a piece that begins inside a frame
         run_both([wire[:5], wire[5:cut], wire[cut:]])
+
+
+def open_wide_server() -> tuple[Pair, Connection, Session]:
+    """open_server with a limit over FEED_PIECE: whole pieces of a long read are placeable."""
+    return open_server(Params(max_frame_size=1 << 17))
+
+
+def full_piece_wire() -> bytes:
+    """DATA 2 on: 303 frames of 216 bytes and one of 88 fill the first 64 KiB exactly,
+    then 400 more frames of 216 bytes."""
+    frames = [codec.encode_data(2 + i, b"f" * 200) for i in range(303)]
+    frames.append(codec.encode_data(305, b"g" * 72))
+    frames += [codec.encode_data(306 + i, b"h" * 200) for i in range(400)]
+    wire = b"".join(frames)
+    assert len(b"".join(frames[:304])) == FEED_PIECE
+    return wire
+
+
+@pytest.mark.parametrize("guess", list(itertools.product((True, False), repeat=3)))
+def test_long_reads_split_into_whole_pieces_equal_the_slow_path(
+    guess: tuple[bool, bool, bool],
+) -> None:
+    """Reads over FEED_PIECE are cut into pieces of FEED_PIECE bytes (at any offset,
+    mostly inside a frame, once on a boundary), each placed or measured as guessed for
+    its kind (fresh, pending, whole): every frame, the boundary and the incomplete
+    frame's bytes must come out as on the slow path."""
+    fresh, pending, full = guess
+    wire = full_piece_wire()
+    cuts = [1, 100, 216, 1000, 65531, FEED_PIECE, FEED_PIECE + 5, 81931, 2 * FEED_PIECE]
+    cuts.append(len(wire) - 7)
+    for chunks in ([wire], *([wire[:cut], wire[cut:]] for cut in cuts)):
+        run_both(list(chunks), fresh, pending, opened=open_wide_server, full=full)
+    # three reads: the middle one is (or begins with) a whole piece beginning inside a frame
+    middle = wire[1000 : 1000 + FEED_PIECE]
+    run_both(
+        [wire[:1000], middle, wire[1000 + FEED_PIECE :]],
+        fresh,
+        pending,
+        opened=open_wide_server,
+        full=full,
+    )
+    run_both(
+        [wire[:100], wire[100 : FEED_PIECE + 300], wire[FEED_PIECE + 300 :]],
+        fresh,
+        pending,
+        opened=open_wide_server,
+        full=full,
+    )
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_a_whole_piece_ending_in_a_frame_over_the_limit_is_refused_as_on_the_slow_path(
+    full: bool,
+) -> None:
+    """A placed whole piece whose last, incomplete frame announces more than the limit
+    (or holds more bytes than it): FRAME_TOO_LARGE, after the frames before it."""
+    wire = full_piece_wire()[: FEED_PIECE + 9 * 216]  # 9 whole frames after the first piece
+    over = codec.DATA_HEAD.pack(codec.DATA_LEAD, 706, codec.BIN32, (1 << 17) + 10)
+    for tail in (over + b"x" * 500, over + b"x" * ((1 << 17) + 20)):
+        stream = wire + tail
+        for cut in (FEED_PIECE - 100, FEED_PIECE - len(over) - 3, len(wire) - 40):
+            run_both([stream[:cut], stream[cut:]], opened=open_wide_server, full=full)
+        run_both([stream], opened=open_wide_server, full=full)
+        _, conn, _ = open_wide_server()
+        conn.receive_data(stream, 1000.0)
+        assert conn.close_code is CloseCode.FRAME_TOO_LARGE
 
 
 @pytest.mark.parametrize("kind", [*RARE, "ack", "ping"])
@@ -556,6 +626,7 @@ def test_a_peer_over_its_window_is_told_so_before_what_follows_its_data(last: st
         for fresh in (True, False):
             _, fast, _ = open_server()
             fast._decoder._place_fresh = fast._decoder._place_pending = fresh
+            fast._decoder._place_full = fresh
             _, slow, _ = open_server()
             for chunk in chunks:
                 fast.receive_data(chunk, 1000.0)

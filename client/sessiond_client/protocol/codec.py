@@ -185,6 +185,7 @@ class FrameDecoder:
         "_head_start",
         "_max",
         "_place_fresh",
+        "_place_full",
         "_place_pending",
         "_unpacker",
     )
@@ -200,9 +201,11 @@ class FrameDecoder:
         self._head_start = -1
         # Whether the next piece's frames are decoded without measuring each one and
         # the boundary found afterwards by place(): per kind of piece (starting on a
-        # frame boundary, or inside a frame), as the last piece of that kind turned out.
+        # frame boundary, starting inside a frame, or FEED_PIECE long: see placeable),
+        # as the last piece of that kind turned out.
         self._place_fresh = True
         self._place_pending = True
+        self._place_full = True
 
     def _new_unpacker(self) -> Any:
         limit = self._max
@@ -331,13 +334,25 @@ class FrameDecoder:
     # the same frames, the same boundary and the same error. Each kind of piece
     # takes this path only while the last piece of its kind ended on a boundary
     # (see _receive_piece), so a stream of cut reads does not pay for two decodes.
+    # The kinds: a piece of FEED_PIECE bytes (pieces() cut a longer read there, at
+    # any offset, so it nearly always ends inside a frame), else one beginning on a
+    # boundary (fresh), else one beginning inside a frame (pending). Without the
+    # first kind, a read split into a whole piece (ending inside a frame) and a
+    # short one (ending where the peer's write did) made the pending guess wrong
+    # every other piece, each miss decoding 64 KiB twice: +8 % instructions per
+    # message on one windowed session (bench/PROFILE.md). (A checkpoint every 32
+    # placed frames, for rescan() to start from, made a miss cheap but cost every
+    # placed frame more than it saved: also there.)
 
     def placeable(self, piece: bytes | memoryview) -> bool:
         """Whether the frames of *piece* (just pushed) may be iterated unmeasured
         from the first known boundary on, and placed afterwards with :meth:`place`."""
-        if len(piece) > self._max:
+        size = len(piece)
+        if size > self._max:
             return False
-        if self._fed - len(piece) == self._boundary:
+        if size == FEED_PIECE:
+            return self._place_full
+        if self._fed - size == self._boundary:
             return self._place_fresh
         return self._place_pending
 
@@ -411,10 +426,13 @@ class FrameDecoder:
         if boundary != self._fed:
             self._check_pending(piece, boundary)
 
-    def learn(self, fresh: bool) -> None:
-        """After :meth:`settle`: the next piece of this kind (*fresh*: it began on a frame
-        boundary) is placed only if this one ended on a boundary (:meth:`placeable`)."""
-        if fresh:
+    def learn(self, piece: bytes | memoryview, fresh: bool) -> None:
+        """After :meth:`settle`: the next piece of the kind of *piece* (*fresh*: it began
+        on a frame boundary) is placed only if this one ended on a boundary
+        (:meth:`placeable`)."""
+        if len(piece) == FEED_PIECE:
+            self._place_full = self._boundary == self._fed
+        elif fresh:
             self._place_fresh = self._boundary == self._fed
         else:
             self._place_pending = self._boundary == self._fed

@@ -1332,7 +1332,7 @@ class Connection:
             if boundary != decoder._fed:
                 decoder._check_pending(piece, boundary)
             if fresh is not None:
-                decoder.learn(fresh)
+                decoder.learn(piece, fresh)
         else:
             raise error
 
