@@ -58,12 +58,7 @@ async def test_replies_the_window_does_not_take_go_later_in_order_and_once() -> 
     and the receiver takes no more (5 later messages wait unacknowledged); once it
     reads, all 15 come back in order, each once."""
     async with sessiond.serve(echo, "127.0.0.1", 0) as server:
-        client = CoreClient(*server.addresses[0], SMALL)
-        await client.open()
-        for n in range(10):
-            client.send(b"m%d" % n)
-        session = entry_of(server, client)
-        await until(lambda: len(session.unsent) == 6)
+        client, session = await six_waiting(server)
         assert session.unsent == tuple(b"m%d" % n for n in range(4, 10))
         for n in range(10, 15):
             client.send(b"m%d" % n)
@@ -77,6 +72,18 @@ async def test_replies_the_window_does_not_take_go_later_in_order_and_once() -> 
 
 def expected_m(count: int) -> list[bytes]:
     return [b"m%d" % n for n in range(count)]
+
+
+async def six_waiting(server: sessiond.Server) -> tuple[CoreClient, sessiond.Session]:
+    """A client (window 4) that sent 10 messages and reads nothing: 4 echoes fill its
+    window and 6 wait in the session."""
+    client = CoreClient(*server.addresses[0], SMALL)
+    await client.open()
+    for n in range(10):
+        client.send(b"m%d" % n)
+    session = entry_of(server, client)
+    await until(lambda: len(session.unsent) == 6)
+    return client, session
 
 
 class Mixed:
@@ -99,12 +106,7 @@ async def test_an_async_send_goes_behind_the_replies_waiting_for_window() -> Non
     app = Mixed()
     app.pushes = [b"push-a", b"push-b"]
     async with sessiond.serve(app, "127.0.0.1", 0) as server:
-        client = CoreClient(*server.addresses[0], SMALL)
-        await client.open()
-        for n in range(10):
-            client.send(b"m%d" % n)
-        session = entry_of(server, client)
-        await until(lambda: len(session.unsent) == 6)
+        client, session = await six_waiting(server)
         app.push.set()  # two pushes while six echoes wait
         await until(lambda: len(session.unsent) == 8)
         assert session.unsent[-2:] == (b"push-a", b"push-b")
