@@ -277,7 +277,7 @@ class Session(Handoff):
         to the receiver, wake the handler if the session ended. With *writes* the caller
         writes the core's output next (the read callback), else a flush is queued."""
         core = self._core
-        if core.end_code is None and not self._moved:
+        if not self._failed():
             fed = False
             if self._backlog is not None and self._unsent is None:
                 fed = self._drain(self._backlog)
@@ -308,14 +308,12 @@ class Session(Handoff):
                 fed = True
             if fed and not writes:
                 self._flush()
-            if core.end_code is None and not self._moved:  # (the receiver may close)
+            if not self._failed():  # (the receiver may close)
                 waiter = self._send_waiter
                 if waiter is not None and not waiter.done() and (fed or core.can_send(1)):
                     waiter.set_result(None)
                 return
-        for waiter in (self._recv_waiter, self._send_waiter):  # ended or moved
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        self.wake()  # ended or moved: wakes both waiters
 
     def _receiver_failed(self, exc: Exception) -> None:
         if isinstance(exc, SessionLost | SessionMoved) and self._failed():
