@@ -224,6 +224,15 @@ class FaultInjector:
             assert after == stopped, f"fault on {conn} did not stop {stopped}: {after} {why}"
         assert len(self.proxy.connections) >= sessions + len(self.broken), why
 
+    async def replaced(self, sessions: int) -> None:
+        """Wait (at most SETTLE_TIMEOUT) until every broken transport has a successor;
+        :meth:`check` asserts it."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while len(self.proxy.connections) < sessions + len(self.broken):
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
+
     def calm(self) -> None:
         """No more faults: delays and chunking off everywhere (broken paths stay broken)."""
         for handle in self._undo:
@@ -302,6 +311,9 @@ async def _chaos(seed: int, why: str) -> None:
             app.stopped = True
             await asyncio.wait_for(asyncio.gather(*talkers), SEND_TIMEOUT)
             await _settle(clients, app, why)
+            # A path broken after its session's last message is noticed only by the
+            # heartbeat: delivery can settle before the client replaces it.
+            await injector.replaced(CHAOS_SESSIONS)
         finally:
             for task in [*talkers, *listeners]:
                 task.cancel()
