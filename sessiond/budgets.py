@@ -7,10 +7,10 @@ so tests step it without sleeping. The adapter (``server.py``) asks and obeys:
 * output: a transport's write buffer has a high and a low water mark; above the
   high one the daemon stops reading from it, and one paused longer than
   ``write_stall_timeout`` is closed with LIMIT_EXCEEDED (its session detaches);
-* input: one read is processed ``read_slice`` bytes at a time, so a burst from one
-  transport cannot hold the event loop; a partial frame may be held at most
-  ``partial_frame_timeout`` seconds, at most ``max_hello_size`` bytes before the
-  handshake, and at most ``max_partial_bytes`` over all transports;
+* input: one read is processed ``read_slice`` bytes at a time (by default a whole
+  read), so a burst from one transport cannot hold the event loop; a partial frame may
+  be held at most ``partial_frame_timeout`` seconds, at most ``max_hello_size`` bytes
+  before the handshake, and at most ``max_partial_bytes`` over all transports;
 * sessions (:class:`Budgets`): live and detached sessions per address and per
   identity; new sessions, failed resumes and failed authentications per second per
   address (token buckets); the bytes detached sessions hold (replay buffer and
@@ -66,8 +66,13 @@ class Limits:
         unit="s",
         reload=True,
     )
+    # The default takes a whole read: uvloop reads at most 256,000 bytes per TCP read and
+    # the TLS reader 256 KiB (server.TLS_READ_BUFFER), so one read holds the loop at most
+    # about 2.5 ms of 64-byte messages. A lower value interleaves transports more finely
+    # but costs every read it cuts: at 64 KiB, ~90 KB reads of 100 sessions x 1 KiB were
+    # cut in two and cost about a third more CPU per message (bench/PROFILE.md).
     read_slice: int = setting(
-        64 * 1024,
+        256 * 1024,
         doc="bytes of one read processed before other transports get a turn",
         low=1024,
         high=1 << 30,

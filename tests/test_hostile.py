@@ -221,6 +221,39 @@ async def test_a_frame_arriving_slowly_but_steadily_in_many_frames_is_not_cut() 
         await client.close()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_reads_above_read_slice_are_handled_a_slice_per_turn_in_order(
+    tls: bool, tmp_path: Path
+) -> None:
+    """With ``read_slice`` at its minimum (1 KiB; the default takes any single read whole),
+    one session writes 400 messages of 200 bytes in two bursts of about 42 KB, so each of
+    its reads is handled in many slices, one per loop turn, with reading paused meanwhile,
+    over TCP and TLS. Every message comes back once and in order, and another session is
+    served in between."""
+    server_ssl = client_ssl = None
+    if tls:
+        certs = generate(tmp_path / "certs", [HOST])
+        server_ssl = server_context(certs.server_cert, certs.server_key)
+        client_ssl = ssl_module.create_default_context(cafile=str(certs.ca))
+    async with echo_server(Limits(read_slice=1024), ssl=server_ssl) as server:
+        port = server.addresses[0][1]
+        bulk = CoreClient(HOST, port, ssl=client_ssl)
+        other = CoreClient(HOST, port, ssl=client_ssl)
+        await bulk.open()
+        await other.open()
+        sent = [b"%04d" % i + b"x" * 196 for i in range(400)]
+        for burst in (sent[:200], sent[200:]):
+            for payload in burst:
+                bulk.session.send(payload, bulk.now())
+            bulk.flush()  # one write per burst
+        await echo(other, b"meanwhile")
+        await bulk.pump_until(lambda: len(bulk.received) >= len(sent), 20)
+        assert bulk.received == sent
+        await echo(other, b"after")
+        await bulk.close()
+        await other.close()
+
+
 async def test_bytes_held_before_the_handshake_and_over_all_transports_are_bounded() -> None:
     """A HELLO-sized partial frame above max_hello_size is refused (FRAME_TOO_LARGE);
     partial frames over all transports above max_partial_bytes: LIMIT_EXCEEDED."""
