@@ -50,6 +50,7 @@ from .store import (
     Terms,
 )
 from .store.keys import later_mark, pack
+from .tasks import end
 
 if TYPE_CHECKING:
     from .server import Server, ServerProtocol, _Entry
@@ -631,9 +632,8 @@ class Durability:
         await self.settle()
 
     async def close(self) -> None:
-        self._writer.cancel()
-        self._refresher.cancel()
-        await asyncio.gather(self._writer, self._refresher, return_exceptions=True)
+        # Cancelled again while running: a cancel can be lost (sessiond/tasks.py).
+        await end((self._writer, self._refresher), CLOSE_TIMEOUT)
         # Bounded: a redis-py connection whose command was cancelled mid-flight can keep
         # its lock, and the lease's DELETE would then wait for ever (the lease expires by
         # its TTL anyway). Seen as a worker that never exited after a SIGHUP roll.

@@ -34,6 +34,15 @@ async def drain_echoes(session: sessiond_client.Session, count: int, timeout: fl
     return got
 
 
+async def receive_into(session: sessiond_client.Session, received: list[bytes], count: int) -> None:
+    """Append every payload *session* yields to *received* until it holds *count* (run as
+    a task beside the sends; the test then awaits it, bounded)."""
+    async for payload in session:
+        received.append(payload)
+        if len(received) == count:
+            return
+
+
 async def test_echo_survives_random_cuts_exactly_once_in_order() -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -44,14 +53,7 @@ async def test_echo_survives_random_cuts_exactly_once_in_order() -> None:
         session.on_state_change(states.append)
         sent = [f"n{i}".encode() for i in range(3000)]
         received: list[bytes] = []
-
-        async def reader() -> None:
-            async for payload in session:
-                received.append(payload)
-                if len(received) == len(sent):
-                    return
-
-        task = asyncio.create_task(reader())
+        task = asyncio.create_task(receive_into(session, received, len(sent)))
         cut: set[int] = set()  # the proxy connections a cut hit
         for i, payload in enumerate(sent):
             await session.send(payload, timeout=10)
@@ -197,15 +199,9 @@ async def test_ten_thousand_each_way_through_faults(fault: str) -> None:
         sent = [f"{fault}:{i}".encode() for i in range(count)]
         received: list[bytes] = []
 
-        async def reader() -> None:
-            async for payload in session:
-                received.append(payload)
-                if len(received) == count:
-                    return
-
         states: list[State] = []
         session.on_state_change(states.append)
-        task = asyncio.create_task(reader())
+        task = asyncio.create_task(receive_into(session, received, count))
         faulted: list[ProxyConnection] = []  # the transport each fault hit
         stops: list[dict[Direction, int]] = []  # what it had forwarded where it stopped
         for i, payload in enumerate(sent):

@@ -24,7 +24,7 @@ from sessiond.session import SessionMoved
 
 from .coreclient import CoreClient
 from .faultproxy import FaultProxy
-from .test_client import FAST, url_of
+from .test_client import FAST, receive_into, url_of
 from .test_faults import CLIENT_PARAMS, SERVER_PARAMS
 from .test_store_crash import crash, send_together
 from .test_store_server import Echo, exchange, expected, port, start
@@ -318,14 +318,7 @@ async def test_echo_through_cuts_with_replies_waiting_for_window_is_exactly_once
         session = await sessiond_client.connect(url_of(proxy), params=params, policy=FAST)
         sent = [b"w%d" % n for n in range(count)]
         received: list[bytes] = []
-
-        async def reader() -> None:
-            async for payload in session:
-                received.append(payload)
-                if len(received) == count:
-                    return
-
-        task = asyncio.create_task(reader())
+        task = asyncio.create_task(receive_into(session, received, count))
         for n in range(0, count, 50):
             await session.send_many(sent[n : n + 50])
             if n % 750 == 700:

@@ -14,6 +14,7 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..tasks import end
 from . import rediskeys as keys
 from .rediskeys import STREAM_LENGTH
 from .retained import Retained
@@ -86,6 +87,9 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self.position = "0-0"  # the last entry received
         self._crashed = False
+        # Set by close() and crash(): the loops stop at their next turn even when the
+        # cancel that should have ended them was lost (sessiond/tasks.py).
+        self._stopping = False
 
     def attach(self, broker: Broker) -> None:
         self.broker = broker
@@ -127,13 +131,11 @@ class RedisBus:
         if self._tasks and not self._crashed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush(), self.timeout)
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            # Bounded: redis-py can leave a command cancelled mid-read waiting until its
-            # connection closes (seen with XREAD BLOCK); closing it below ends the task.
-            await asyncio.wait(self._tasks, timeout=self.timeout)
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
+        # Every task has ended before its client closes: one that went on after its
+        # cancel was lost would open a new connection that nothing closes.
+        running = await end(tasks, self.timeout)
         if self._own_lease:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
@@ -147,15 +149,16 @@ class RedisBus:
                 with contextlib.suppress(Exception):
                     await connection.disconnect(nowait=True)
                 client.connection = None
-        if tasks:
-            done, _ = await asyncio.wait(tasks, timeout=self.timeout)
-            for task in done:
-                if not task.cancelled():
-                    task.exception()  # retrieved: a read ended by the close above
+        if running:  # stuck (Redis unreachable): the closes above end their reads
+            await end(running, self.timeout)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a read ended by the close above
 
     def crash(self) -> None:
         """Tests: stop as a killed process would (no flush, no goodbye, lease left to
         expire)."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         self._crashed = True  # close() only disconnects (and collects the tasks)
@@ -189,7 +192,7 @@ class RedisBus:
     async def _write_forever(self) -> None:
         wake = self._wake
         assert wake is not None
-        while True:
+        while not self._stopping:
             await wake.wait()
             wake.clear()
             await self._flush()
@@ -250,7 +253,7 @@ class RedisBus:
     # ---------------------------------------------------------------- read
 
     async def _read_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 found: Any = await self._reader.xread(
                     {self.stream: self.position},
@@ -320,7 +323,7 @@ class RedisBus:
 
     async def _check_forever(self) -> None:
         every = self.lease_ttl / CHECKS_PER_LEASE
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             try:
                 if self._own_lease:

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from sessiond_client.protocol import CloseCode
 
+from ..tasks import end
 from . import keys
 from .errors import Fenced, Gone, StoreUnavailable
 from .records import Claimable, Loaded, Positions, Rotation, SessionMeta, Terms
@@ -136,6 +137,7 @@ class RedisStore:
         self._lease_lost = False
         self._renew_failed = False
         self._scripts: dict[str, Any] = {}
+        self._stopping = False  # set by close(): the loops stop at their next turn
 
     # ------------------------------------------------------------- lifecycle
 
@@ -172,13 +174,17 @@ class RedisStore:
 
     async def close(self) -> None:
         """Stop renewing the lease, drop it, and disconnect."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        # Every task has ended before its client closes: one that went on after its
+        # cancel was lost (in redis-py's send: sessiond/tasks.py) would open a new
+        # connection that nothing closes.
+        running = await end(tasks, self.timeout)
         with contextlib.suppress(RedisError, OSError):
             await self.client.delete(keys.lease_key(self.prefix, self.node))
         await self._disconnect()
+        if running:  # stuck (Redis unreachable): the closes above end their reads
+            await end(running, self.timeout)
 
     async def _disconnect(self) -> None:
         if self._pubsub is not None:
@@ -202,7 +208,7 @@ class RedisStore:
         self._lease_renewed = time.monotonic()
 
     async def _renew_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.renew_every)
             try:
                 await asyncio.wait_for(self._renew(), self.renew_every)
@@ -709,7 +715,7 @@ class RedisStore:
         # resume elsewhere refused as busy). So it is pinged every renewal period, and
         # silent for a lease TTL, it is reconnected (redis-py subscribes again).
         heard = pinged = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 now = time.monotonic()
                 if now - heard > self.lease_ttl:
