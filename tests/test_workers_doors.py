@@ -140,8 +140,14 @@ async def test_metrics_and_admin_socket_cover_every_worker(
             admin_request, admin, {"op": "end", "id": str(victim_of_end.id)[:8], "reason": "test"}
         )
         assert ended == {"ok": True, "ended": victim_of_end.id, "worker": 1}
-        with pytest.raises(sessiond_client.SessionLost) as lost:
-            await asyncio.wait_for(victim_of_end.recv(), TIMEOUT)
+        try:
+            with pytest.raises(sessiond_client.SessionLost) as lost:
+                await asyncio.wait_for(victim_of_end.recv(), TIMEOUT)
+        except TimeoutError:  # seen about once in 10-20 runs under load: say what state
+            pytest.fail(  # the client was left in (is the CLOSE missing, or its wake-up?)
+                f"no SessionLost within {TIMEOUT} s of the end: client state "
+                f"{victim_of_end.state}, notices {victim_of_end.notices}\n{proc.log}"
+            )
         assert lost.value.reason is CloseCode.SESSION_REVOKED
         sessions.remove(victim_of_end)
         held[1].remove(victim_of_end)
