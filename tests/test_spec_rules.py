@@ -108,6 +108,31 @@ def test_a_window_smaller_than_four_acks_every_consumption_at_once(window_messag
     assert Ack(1) in decode(pair.to_client)  # at once, not after ack_delay
 
 
+@pytest.mark.parametrize(
+    ("taken", "size", "rides"),
+    [(3, 1, False), (4, 1, True), (1, 99, False), (1, 100, True)],
+)
+def test_a_coalesced_ack_rides_with_data_once_it_covers_a_sixteenth_of_the_window(
+    taken: int, size: int, rides: bool
+) -> None:
+    """§5.4: an ACK not yet due (below a quarter window, within ack_delay) goes with DATA
+    written anyway once it covers a sixteenth of the window in messages or bytes, at
+    once; below that only once half its ack_delay has passed."""
+    pair = connected(server=Params(window_messages=64, window_bytes=1600, ack_delay=5.0))
+    now = pair.clock.now
+    for _ in range(taken):
+        pair.client.send(b"m" * size, now)
+    pair.pump()
+    assert len(pair.take_server()) == taken
+    conn = pair.server_conn
+    assert conn is not None
+    assert [f for f in decode(conn.data_to_send()) if isinstance(f, Ack)] == []  # not yet due
+    pair.server.send(b"reply", now)
+    frames = decode(conn.data_to_send())
+    assert Data(1, b"reply") in frames
+    assert (Ack(taken) in frames) is rides
+
+
 def test_consumed_messages_do_not_count_against_the_byte_window() -> None:
     """§6.2: bytes count only messages held unconsumed; the message count runs from the
     last ACK sent, consumed or not."""

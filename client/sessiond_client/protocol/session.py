@@ -913,11 +913,21 @@ class Session:
             self._ack_deadline = now + p.ack_delay
 
     def _ack_with_data(self, conn: Connection, now: float) -> None:
-        """A coalesced ACK half its ``ack_delay`` old rides with the DATA just queued
-        (protocol.md §5.4): the same write, and no timer wakes to send it alone (in a
-        steady request/response both ways, none ever does)."""
+        """A coalesced ACK rides with the DATA just queued (protocol.md §5.4) once it is
+        half its ``ack_delay`` old, or once it covers a sixteenth of the window: the
+        same write, and no timer wakes to send it alone (in a steady request/response
+        both ways, none ever does; with many sessions, each read of a few dozen
+        messages would otherwise leave its ACK to a timer of its own, and a write)."""
         deadline = self._ack_deadline
-        if deadline is not None and now >= deadline - self.params.ack_delay / 2:
+        if deadline is None:
+            return
+        p = self.params
+        # (x // 16 or 1 is max(1, x // 16) for x >= 0, without a builtin call)
+        if (
+            now >= deadline - p.ack_delay / 2
+            or self._consumed - self._ack_sent >= (p.window_messages // 16 or 1)
+            or self._ack_pending_bytes >= (p.window_bytes // 16 or 1)
+        ):
             self._send_ack(conn, now)
 
     def _send_ack(self, conn: Connection, now: float) -> None:
