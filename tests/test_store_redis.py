@@ -149,6 +149,25 @@ async def test_lease_expires_when_its_node_cannot_reach_redis(
             await node.commit()
 
 
+async def test_a_store_whose_redis_is_unreachable_closes_in_bounded_time_and_ends_its_tasks(
+    stores: MakeStore, redis_server: RedisServer
+) -> None:
+    """An operator stopping a daemon whose Redis stopped answering: close() cancels the
+    lease renewer and the release listener (again, should a cancel be lost:
+    sessiond/tasks.py), gives up the lease's DELETE after the store's timeout, and
+    returns, with no task of the store left running. The bound (10 s against a 0.3 s
+    timeout) only catches a hang."""
+    async with proxied(redis_server) as proxy:
+        host, port = proxy.address
+        store = await stores(f"redis://{host}:{port}/0", renew_every=0.1, timeout=0.3)
+        tasks = list(store._tasks)
+        assert tasks and not any(task.done() for task in tasks)
+        proxy.blackhole(later=True)
+        await asyncio.sleep(0.3)  # a renewal is in flight, waiting on the dead connection
+        await asyncio.wait_for(store.close(), 10.0)
+        assert all(task.done() for task in tasks)
+
+
 async def wait_for_async(
     probe: Callable[[], Awaitable[object]], expected: object, timeout: float = 10.0
 ) -> None:
