@@ -633,7 +633,7 @@ class Durability:
 
     async def close(self) -> None:
         # Cancelled again while running: a cancel can be lost (sessiond/tasks.py).
-        await end((self._writer, self._refresher), CLOSE_TIMEOUT)
+        running = await end((self._writer, self._refresher), CLOSE_TIMEOUT)
         # Bounded: a redis-py connection whose command was cancelled mid-flight can keep
         # its lock, and the lease's DELETE would then wait for ever (the lease expires by
         # its TTL anyway). Seen as a worker that never exited after a SIGHUP roll.
@@ -642,3 +642,5 @@ class Durability:
                 await self.store.close()
         except TimeoutError:
             log.warning("session store: disconnect took over %.1f s; abandoned", CLOSE_TIMEOUT)
+        if running:  # stuck in a command: the store's disconnect above ends it (as the bus's)
+            await end(running, CLOSE_TIMEOUT)
