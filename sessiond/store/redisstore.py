@@ -211,7 +211,8 @@ class RedisStore:
         while not self._stopping:
             await asyncio.sleep(self.renew_every)
             try:
-                await asyncio.wait_for(self._renew(), self.renew_every)
+                async with asyncio.timeout(self.renew_every):
+                    await self._renew()
                 self._renew_failed = False
                 if self._lease_lost:
                     # Every session was dropped when the lease was lost; others may
@@ -365,9 +366,8 @@ class RedisStore:
                     pipe = self._writer.pipeline(transaction=False)
                     for command in commands:
                         pipe.execute_command(*command)
-                    results = await asyncio.wait_for(
-                        pipe.execute(raise_on_error=False), self.timeout
-                    )
+                    async with asyncio.timeout(self.timeout):
+                        results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError, TimeoutError, WireError) as exc:
                 raise StoreUnavailable(f"session store: {exc}") from None
             for sid, result in zip(owners, results, strict=True):
