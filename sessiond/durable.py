@@ -344,11 +344,20 @@ class Durability:
                 log.warning("session store: %s", exc)
 
     async def settle(self, timeout: float = 10.0) -> None:
-        """Wait (at most *timeout*) until everything staged so far is stored and written."""
+        """Wait (at most *timeout*) until everything staged so far is stored and written.
+
+        At once when the writer has ended (:meth:`close`: a ``Server.close()`` called
+        again after one that was cancelled): nothing would ever be written."""
+        if self._writer.done():
+            return
         self._kick()
         await asyncio.sleep(0)
+        # Not asyncio.wait_for: on Python 3.11 it returns when the task is cancelled as
+        # the writer goes idle (sessiond/tasks.py), and a Server.close() cancelled here
+        # went on as if it had not been.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
 
     def attached_ttl(self, entry: _Entry) -> float:
         """An attached session's keys expire this long after its owner stops renewing

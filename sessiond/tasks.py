@@ -12,6 +12,11 @@ redis-py's "Unclosed client session", in whichever test or loop it happens to ru
 
 :func:`end` cancels again whatever is still running, and the tasks' loops also check
 a flag of their own, so that a lost cancel costs at most the command in progress.
+
+Our own code bounds its waits with ``asyncio.timeout``, which on 3.11 counts cancels
+(``Task.uncancel``) and raises them, never with ``asyncio.wait_for``
+(tests/test_tasks.py checks): a client's ``close()``, a resume waiting for the owner's
+release and ``Server.close()`` each lost a cancel there.
 """
 
 from __future__ import annotations

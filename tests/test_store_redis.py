@@ -297,6 +297,80 @@ async def test_a_release_answers_in_its_own_round_trip_and_the_claim_reads_it(
     assert await asker.release_from("no-lease", sid, timeout=600.0)  # no lease: at once
 
 
+def cancel_after_answer(
+    store: RedisStore, sid: bytes, task: asyncio.Task[bool], offset: int
+) -> list[bool]:
+    """Cancel *task* *offset* loop iterations after the one in which *store*'s listener
+    heard that *sid* was released (a callback run every iteration watches the waiter
+    the answer completes: nothing public marks that instant); the list returned says,
+    once the callback has stopped, whether it cancelled the task while it still ran."""
+    loop = asyncio.get_running_loop()
+    cancelled: list[bool] = []
+    answered: list[asyncio.Future[None]] = []
+    left = offset
+
+    def look() -> None:
+        nonlocal left
+        if task.done():
+            cancelled.append(False)
+            return
+        waiter = store._released.get(sid)
+        if waiter is not None and not answered:
+            answered.append(waiter)
+        if answered and answered[0].done():
+            if left == 0:
+                cancelled.append(task.cancel())
+                return
+            left -= 1
+        loop.call_soon(look)
+
+    loop.call_soon(look)
+    return cancelled
+
+
+@pytest.mark.parametrize("wait", ["released", "release_from"])
+async def test_a_wait_for_a_release_cancelled_as_the_answer_arrives_raises_cancelled(
+    stores: MakeStore, wait: str
+) -> None:
+    """A resume's task cancelled (the server's close() cancels its tasks) in the loop
+    iteration the owner's answer arrives, or any of the seven after, raises
+    CancelledError: on Python 3.11 asyncio.wait_for returned instead when its future
+    was done by then (python/cpython#86296, sessiond/tasks.py), and the resume went on
+    to claim the session for a server that had closed."""
+    owner, asker = await stores(), await stores()
+
+    def release(requested: bytes) -> None:
+        positions = Positions(1, 0, 0, ())
+        asyncio.get_running_loop().create_task(
+            owner.save(requested, 1, meta(requested), positions, ttl=60.0, release=True)
+        )
+
+    owner.on_release_request = release
+    hit: list[int] = []  # offsets at which the cancel came while the wait ran
+    lost: list[int] = []  # and the wait returned all the same
+    for offset in range(8):
+        sid = new_session_id()
+        await owner.create(meta(sid))
+        if wait == "released":
+            found = await asker.resume(sid, digest(b"c" * 32))
+            assert found is not None and found.listeners == 1
+            task = asyncio.create_task(asker.released(sid, found, 10.0))
+        else:
+            task = asyncio.create_task(asker.release_from(owner.node, sid, 10.0))
+        cancelled = cancel_after_answer(asker, sid, task, offset)
+        async with asyncio.timeout(10.0):
+            await asyncio.wait([task])
+        assert cancelled, offset
+        if cancelled[0]:
+            hit.append(offset)
+            if not task.cancelled():
+                lost.append(offset)
+        else:
+            assert task.result() is True, offset
+        assert sid not in asker._released, offset  # the waiter is dropped either way
+    assert hit and lost == [], (hit, lost)
+
+
 async def test_an_owner_that_let_a_session_go_answers_while_redis_still_names_it(
     stores: MakeStore,
 ) -> None:

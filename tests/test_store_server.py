@@ -513,3 +513,32 @@ async def test_a_failed_commit_refuses_new_sessions_only_until_the_store_answers
     await exchange(fresh, 0, 3)
     await fresh.close()
     await client.close()
+
+
+async def test_a_close_cancelled_while_it_stores_the_last_output_raises_cancelled(
+    redis_server: RedisServer,
+) -> None:
+    """The application's task cancelled in ``Server.close()`` (``serve()``'s exit) 0-7
+    loop iterations after close() started, while it waits for the store's writer to be
+    idle or later, raises CancelledError: on Python 3.11 asyncio.wait_for returned
+    instead when the writer was idle by then (python/cpython#86296, sessiond/tasks.py),
+    and the task went on as if never cancelled. A close() called again finishes the
+    shutdown at once (it no longer waits for the writer the first one ended)."""
+    hit: list[int] = []  # offsets at which the cancel came while close() ran
+    for offset in range(8):
+        store = RedisStore(redis_server.url, "t:")
+        await store.start()
+        server = Server(Echo(), store=store)
+        await server.listen("127.0.0.1", 0)
+        closing = asyncio.create_task(server.close())
+        for _ in range(offset):
+            await asyncio.sleep(0)
+        if not closing.done():
+            closing.cancel()
+            hit.append(offset)
+        async with asyncio.timeout(5.0):
+            await asyncio.wait([closing])
+            assert closing.cancelled() == (offset in hit), f"cancel lost at offset {offset}"
+            if closing.cancelled():
+                await server.close()
+    assert hit

@@ -3,13 +3,16 @@
 The task below loops on ``asyncio.wait_for`` of a coroutine that finishes in its first
 step, as redis-py's send of a command does. On Python 3.11 a cancel arriving one to
 three loop iterations after such a ``wait_for`` started is lost (python/cpython#86296):
-the task goes on. Every offset from 0 to 7 is tried; no timing is asserted.
+the task goes on. Every offset from 0 to 7 is tried; no timing is asserted. Our own
+code bounds its waits with ``asyncio.timeout`` instead, and the last test keeps it so.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import sys
+from pathlib import Path
 
 from sessiond.tasks import end
 
@@ -71,3 +74,21 @@ async def test_a_single_cancel_can_be_lost_here() -> None:
             lost.append(offset)
         await end([task], 5.0)
     assert bool(lost) == (sys.version_info < (3, 12)), lost
+
+
+def test_our_code_bounds_its_waits_with_asyncio_timeout_not_wait_for() -> None:
+    """On Python 3.11 a task cancelled in ``asyncio.wait_for`` as its future completes
+    goes on (above); ``asyncio.timeout`` raises the cancel. The client's close(), a
+    resume's wait for the owner's release and Server.close() each lost an
+    application's or the server's cancel that way (their tests: test_client_failures,
+    test_store_redis, test_store_server)."""
+    root = Path(__file__).parent.parent
+    found = []
+    for folder in (root / "sessiond", root / "client" / "sessiond_client"):
+        for path in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Attribute) and node.attr == "wait_for") or (
+                    isinstance(node, ast.alias) and node.name == "wait_for"
+                ):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found == []

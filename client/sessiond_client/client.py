@@ -406,7 +406,8 @@ class Session:
         Returns only when everything sent was acknowledged. Otherwise (the time ran
         out, or the session had been lost) it still ends the session, then raises
         :class:`SessionLost` whose ``undelivered`` lists the messages never
-        acknowledged, oldest first; calling it again raises the same.
+        acknowledged, oldest first; calling it again raises the same. Cancelled while
+        it waits, it ends the session too and raises ``CancelledError``.
         """
         if not self._close_called:
             self._close_called = True

@@ -253,8 +253,13 @@ class Handoff:
             if remaining <= 0:
                 return
             self._send_waiter = waiter = _fresh(self._send_waiter, self._loop)
+            # Not asyncio.wait_for: on Python 3.11 it returns instead of raising when the
+            # caller is cancelled as the waiter completes (python/cpython#86296), and an
+            # application's cancel of a close() would be lost. Shielded: a send() waiting
+            # for window may share the waiter.
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), remaining)
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(waiter)
             except TimeoutError:
                 return
 

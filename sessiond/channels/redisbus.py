@@ -130,7 +130,8 @@ class RedisBus:
         """Send what is queued, stop reading and disconnect."""
         if self._tasks and not self._crashed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self._flush()
         self._stopping = True
         tasks, self._tasks = self._tasks, []
         # Every task has ended before its client closes: one that went on after its
@@ -138,12 +139,12 @@ class RedisBus:
         running = await end(tasks, self.timeout)
         if self._own_lease:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._checker.delete(keys.lease_key(self.prefix, self.node)), self.timeout
-                )
+                async with asyncio.timeout(self.timeout):
+                    await self._checker.delete(keys.lease_key(self.prefix, self.node))
         for client in (self._writer, self._reader, self._checker):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.aclose(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await client.aclose()
             connection = client.connection
             if connection is not None:  # the close timed out (Redis unreachable): drop it
                 with contextlib.suppress(Exception):

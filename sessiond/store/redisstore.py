@@ -211,7 +211,8 @@ class RedisStore:
         while not self._stopping:
             await asyncio.sleep(self.renew_every)
             try:
-                await asyncio.wait_for(self._renew(), self.renew_every)
+                async with asyncio.timeout(self.renew_every):
+                    await self._renew()
                 self._renew_failed = False
                 if self._lease_lost:
                     # Every session was dropped when the lease was lost; others may
@@ -365,9 +366,8 @@ class RedisStore:
                     pipe = self._writer.pipeline(transaction=False)
                     for command in commands:
                         pipe.execute_command(*command)
-                    results = await asyncio.wait_for(
-                        pipe.execute(raise_on_error=False), self.timeout
-                    )
+                    async with asyncio.timeout(self.timeout):
+                        results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError, TimeoutError, WireError) as exc:
                 raise StoreUnavailable(f"session store: {exc}") from None
             for sid, result in zip(owners, results, strict=True):
@@ -496,8 +496,13 @@ class RedisStore:
                 return True
             if found.listeners == 0 or waiter is None:
                 return await self.lease_gone(found.owner, self.lease_ttl)
+            # Not asyncio.wait_for: on Python 3.11 it returns when the task is cancelled
+            # as the answer arrives (sessiond/tasks.py), and a resume cancelled by the
+            # server's close() would go on to claim the session. Shielded: concurrent
+            # resumes of one session share the waiter.
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(waiter)
             except TimeoutError:
                 return not await self.owner_alive(found.owner)
             return True
@@ -692,7 +697,8 @@ class RedisStore:
             if not listeners:  # its process is gone (a kill -9): only its lease is left
                 # Nobody will answer: claimable once the lease runs out, not a timeout later.
                 return alive_check and await self.lease_gone(owner, self.lease_ttl)
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: as in released()
+                await asyncio.shield(waiter)
             return True
         except TimeoutError:
             return False
