@@ -533,7 +533,7 @@ class Server:
                 self._log(entry, what, replayed=event.replayed)
             elif isinstance(event, TransportLost):
                 self._log(entry, "detached", code=event.code)
-                entry.protocol = None
+                self._unhook(entry)
                 self.sessions.detach(core.id or b"", self.loop.time())
                 if core.end_code is None:
                     evict = self.budgets.detach(core.id or b"", entry.owner, core.held_bytes)
@@ -608,10 +608,23 @@ class Server:
         if self.sessions.find(sid) is entry:
             self.sessions.expire(sid, code)
         self._deadlines.release(entry.slot)
-        entry.protocol = None
+        self._unhook(entry)
         if self.durable is not None:
             self.durable.ended(entry, code)
         entry.session.release()  # its buffers go now, whatever still refers to it
+
+    def _unhook(self, entry: _Entry) -> None:
+        """The core closed the session's transport: the session leaves it. With a store,
+        the transport's last output (its CLOSE, after anything queued before it) is staged
+        now: the tick's flush stages ``entry.protocol`` only, so an end or detach acted
+        on before it (input read, or a timer, in the same tick as an operator's end; a
+        malformed frame; an idle timeout) would leave the CLOSE unwritten and the
+        transport open for good. (An end acted on by that flush is staged twice, the
+        second time with nothing to write: write_out ignores it.)"""
+        protocol = entry.protocol
+        entry.protocol = None
+        if protocol is not None and self.durable is not None:
+            self.durable.stage(entry, protocol)
 
     def _release_budget(self, entry: _Entry) -> None:
         """The session no longer counts against its address's and identity's budgets."""

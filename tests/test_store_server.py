@@ -4,6 +4,7 @@ them as one ordinary resume, exactly once both ways (ARCHITECTURE.md guarantee 1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -12,12 +13,18 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sessiond_client.protocol import CloseCode, Params, SessionLostEvent, SessionResumed
+from sessiond_client.protocol import (
+    CloseCode,
+    Params,
+    SessionEnded,
+    SessionLostEvent,
+    SessionResumed,
+)
 
 import sessiond
 from sessiond.apps import echo
 from sessiond.metrics import Collector
-from sessiond.server import Server
+from sessiond.server import Server, ServerConfig
 from sessiond.session import SessionMoved
 from sessiond.store.redisstore import RedisStore
 
@@ -52,11 +59,16 @@ class Echo:
 async def start(redis_server: RedisServer) -> AsyncIterator[Callable[[Echo], Awaitable[Server]]]:
     async with AsyncExitStack() as stack:
 
-        async def make(app: Echo, url: str | None = None, **options: float) -> Server:
+        async def make(
+            app: Echo,
+            url: str | None = None,
+            config: ServerConfig | None = None,
+            **options: float,
+        ) -> Server:
             store = RedisStore(url or redis_server.url, "t:", **options)  # type: ignore[arg-type]
             await store.start()
             server = await stack.enter_async_context(
-                sessiond.serve(app, "127.0.0.1", 0, store=store)
+                sessiond.serve(app, "127.0.0.1", 0, store=store, config=config)
             )
             return server
 
@@ -542,3 +554,81 @@ async def test_a_close_cancelled_while_it_stores_the_last_output_raises_cancelle
             if closing.cancelled():
                 await server.close()
     assert hit
+
+
+# An end or a detach acted on before the loop tick's flush (server.py, Server._unhook):
+# with a store, that flush is what writes a session's output, and it writes only the
+# output of a session still on its transport.
+
+
+async def test_an_end_acted_on_before_the_ticks_flush_still_reaches_the_client(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    """The operator ends a session (its CLOSE waits for the tick's flush) and, in the
+    same loop iteration, the client's next bytes are read on its transport, which acts
+    on the end at once. The CLOSE must still leave and the transport close:
+    tests/test_workers_doors.py saw the client left ACTIVE and told nothing, about once
+    in 10-20 runs under load (a coalesced ACK read in that window)."""
+    app = Echo()
+    a = await start(app)
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    entry = a.sessions.find(client.session.id or b"")
+    assert entry is not None and entry.protocol is not None and client.conn is not None
+    protocol = entry.protocol
+    client.session.send(b"after the end", client.now())
+    read = client.conn.data_to_send()  # what the client writes, read by the daemon below
+    # In this order within one loop iteration (as sessiond/admin.py's end, then a read,
+    # then the flush the end scheduled): no sleep decides it.
+    entry.session.close(CloseCode.SESSION_REVOKED, "ended by the operator: test")
+    protocol.data_received(read)
+    await client.run_until(lambda: not client.attached, 10.0)
+    assert client.conn.close_code is CloseCode.SESSION_REVOKED
+    ended = [e for e in client.events if isinstance(e, SessionEnded)]
+    assert [(e.code, e.reason) for e in ended] == [
+        (CloseCode.SESSION_REVOKED, "ended by the operator: test")
+    ]
+    assert client.received == expected(3)
+
+
+async def test_a_malformed_frame_on_a_stored_session_is_answered_with_its_close(
+    start: Callable[[Echo], Awaitable[Server]],
+) -> None:
+    """Bad input ends the session while its read is acted on, before the tick's flush:
+    the CLOSE PROTOCOL_ERROR must still leave and the transport close (with a store it
+    did neither: the client heard nothing until its own idle timeout)."""
+    a = await start(Echo())
+    client = CoreClient("127.0.0.1", port(a))
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    assert client.writer is not None and client.conn is not None
+    client.writer.write(b"\xc1")  # never valid msgpack
+    await client.run_until(lambda: not client.attached, 10.0)
+    assert client.conn.close_code is CloseCode.PROTOCOL_ERROR
+    assert [e.code for e in client.events if isinstance(e, SessionEnded)] == [
+        CloseCode.PROTOCOL_ERROR
+    ]
+
+
+async def test_an_idle_timeout_on_a_stored_session_drops_the_transport(
+    start: Callable[..., Awaitable[Server]],
+) -> None:
+    """A client that goes silent: the daemon's idle timeout (a timer, acted on before
+    the tick's flush) detaches the session and must drop the transport; with a store it
+    stayed open, so a dead peer's socket was never closed."""
+    params = Params(heartbeat_interval=0.2, heartbeat_min=0.05)  # idle timeout 0.6 s
+    a = await start(Echo(), config=ServerConfig(params=params))
+    client = CoreClient("127.0.0.1", port(a), params)
+    assert await client.connect()
+    await exchange(client, 0, 3)
+    sid = client.session.id or b""
+    assert client.reader is not None
+    # Silent from now on (no step: no heartbeat, no ACK): read until the daemon drops it.
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(10):
+            while await client.reader.read(65536):
+                pass
+    entry = a.sessions.find(sid)
+    assert entry is not None and entry.protocol is None  # detached, not ended
+    assert entry.core.end_code is None
