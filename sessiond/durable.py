@@ -68,6 +68,10 @@ STORE_RETRY_AFTER = 1.0
 CLOSE_TIMEOUT = 2.0
 
 
+class Closing(Exception):
+    """The server began closing before the claim: the session stays where it is."""
+
+
 class Forged(Exception):
     """A resume presented a credential the stored session never had."""
 
@@ -469,6 +473,11 @@ class Durability:
                 server.answer_hello(protocol, conn, identity, gone.code)
                 protocol.flush()
             return
+        except Closing:
+            if conn.state is ConnectionState.HELLO_RECEIVED:
+                server.answer_hello(protocol, conn, identity)  # GOING_AWAY, retryable
+                protocol.flush()
+            return
         except (Fenced, StoreUnavailable, TimeoutError) as exc:
             server.stats.store_error("resume")
             log.warning("resume of %s refused: %s", sid.hex()[:8], exc)
@@ -505,15 +514,29 @@ class Durability:
         existing = self.server.sessions.find(sid)
         if existing is not None:  # a concurrent resume here claimed it meanwhile
             return existing
+        server = self.server
+        if server.closing:
+            # A resume that went on past Server.close()'s cancel (lost in redis-py's
+            # wait_for: sessiond/tasks.py): claimed now, the session would belong to a
+            # server on its way out. Left with its owner, it is resumed elsewhere.
+            raise Closing
         # Round trip 3. A release keeps the epoch: claimed from the one found, and read
         # again (with what the owner stored before letting go) in the claim's own round
         # trip, with the rotated credential and an attached session's TTL.
-        epoch, loaded = await store.claim_loaded(
-            sid, found.epoch, self._attached_ttl(found.lifetime), rotation
+        claiming = asyncio.ensure_future(
+            store.claim_loaded(sid, found.epoch, self._attached_ttl(found.lifetime), rotation)
         )
-        server = self.server
+        # Not given up when cancelled (Server.close()): once sent, Redis may make this
+        # process the owner whatever happens here. Held, the session is released by
+        # close(), which ends its resumes before it releases the sessions.
+        cancelled = await _through_cancels(claiming)
+        if cancelled and claiming.exception() is not None:
+            raise asyncio.CancelledError
+        epoch, loaded = claiming.result()
         existing = server.sessions.find(sid)
         if existing is not None:  # a concurrent resume here got it first
+            if cancelled:
+                raise asyncio.CancelledError
             return existing
         core = CoreSession.restore_server(
             to_snapshot(loaded), server.config.params, server.loop.time()
@@ -526,6 +549,8 @@ class Durability:
         stored.claimed = credential_state(loaded.meta)
         stored.mark = positions.mark
         self._stored[entry] = stored
+        if cancelled:
+            raise asyncio.CancelledError
         return entry
 
     # ------------------------------------------------- losing the session
@@ -653,3 +678,16 @@ class Durability:
             log.warning("session store: disconnect took over %.1f s; abandoned", CLOSE_TIMEOUT)
         if running:  # stuck in a command: the store's disconnect above ends it (as the bus's)
             await end(running, CLOSE_TIMEOUT)
+
+
+async def _through_cancels(future: asyncio.Future[Any]) -> bool:
+    """Wait until *future* is done, whatever cancels arrive meanwhile (it is not
+    cancelled); True if one did: the caller raises ``CancelledError`` once it has
+    dealt with the result."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled

@@ -47,6 +47,7 @@ from .refusals import Refusals
 from .registry import MemoryRegistry, Registry
 from .session import DurableSession, Session
 from .stats import Stats
+from .tasks import end
 from .tls import peer_identity
 
 if TYPE_CHECKING:  # redis is an optional dependency (the [redis] extra)
@@ -269,10 +270,17 @@ class Server:
 
     async def close(self, retry_after: float = 1.0) -> None:
         """Stop listening and close every transport with GOING_AWAY (sessions are dropped,
-        or, with a store, released for another process to resume)."""
+        or, with a store, released for another process to resume). Resumes in flight end
+        first: one refused answers GOING_AWAY, a session one claimed is released too."""
         self.closing = True
         for listener in self.listeners:
             listener.close()
+        # Resumes (and identity checks) end first, cancelled again while they run (a
+        # cancel can be lost in redis-py: sessiond/tasks.py): a session one of them
+        # claims from the store meanwhile is held by then, so release_all releases it.
+        # One claimed later would be dropped here unreleased, left to the lease.
+        bound = self.durable.store.timeout + 1.0 if self.durable is not None else 1.0
+        await end(list(self.tasks), bound)
         if self.durable is not None:
             await self.durable.release_all(retry_after)
         now = self.loop.time()

@@ -16,7 +16,10 @@ a flag of their own, so that a lost cancel costs at most the command in progress
 Our own code bounds its waits with ``asyncio.timeout``, which on 3.11 counts cancels
 (``Task.uncancel``) and raises them, never with ``asyncio.wait_for``
 (tests/test_tasks.py checks): a client's ``close()``, a resume waiting for the owner's
-release and ``Server.close()`` each lost a cancel there.
+release and ``Server.close()`` each lost a cancel there. ``Server.close()`` also
+ends its resumes with :func:`end`, before it releases the sessions: a resume's claim
+goes through redis-py where the URL or the owner's state needs it (``rediss://``, the
+dead owner's lease), and there a cancel can still be lost.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ connection to its target per accepted client. Each proxied pair is a
 * :meth:`~ProxyConnection.stall`: one direction stops and the proxy stops reading its
   source, so the sender's buffers fill up as if the receiver had stopped reading (a zero
   window) or the path had lost its ACKs: nothing is dropped, nothing moves;
+  :meth:`~ProxyConnection.unstall` lets it move again, queued bytes first;
 * :meth:`~ProxyConnection.delay`: bytes are forwarded a fixed time after they arrived;
 * :meth:`~ProxyConnection.chunk`: bytes are forwarded in writes of at most
   *size* bytes, one write per event-loop iteration (1 = byte by byte);
@@ -223,6 +224,12 @@ class _Pipe:
         self.stalled = True
         self.source.pause_reading()
 
+    def unstall(self) -> None:
+        """Move again after :meth:`stall`: what was held goes first, in order."""
+        self.stalled = False
+        self.source.resume_reading()
+        self.kick()
+
     def kill(self) -> None:
         """Stop this direction for good: drop the queue and all later input."""
         self.dead = True
@@ -339,6 +346,11 @@ class ProxyConnection:
         buffers fill up and nothing moves, nothing is dropped."""
         for name in DIRECTIONS if direction is None else (direction,):
             self.pipes[name].stall()
+
+    def unstall(self, direction: Direction | None = None) -> None:
+        """Let *direction* (default both) move again after :meth:`stall`."""
+        for name in DIRECTIONS if direction is None else (direction,):
+            self.pipes[name].unstall()
 
     def delay(self, seconds: float, direction: Direction | None = None) -> None:
         """Forward bytes arriving from now on *seconds* after they arrived. Order is kept:
