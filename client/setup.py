@@ -7,14 +7,14 @@ C++), ``optional=True`` lets the install go on without it and the pure-Python pa
 with the same results. ``SESSIOND_PURE=1`` selects the pure-Python path where it is built.
 """
 
+import platform
+
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "sessiond_client.protocol._datarun",
-            ["sessiond_client/protocol/_datarun.c"],
-            optional=True,
-        )
-    ]
+LOOP = Extension(
+    "sessiond_client.protocol._datarun",
+    ["sessiond_client/protocol/_datarun.c"],
+    optional=True,
 )
+# Written against CPython's C API; PyPy's emulation of it would be slower than its JIT.
+setup(ext_modules=[LOOP] if platform.python_implementation() == "CPython" else [])

@@ -62,6 +62,7 @@ take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *data = view.buf;
     Py_ssize_t end = view.len;
     PyObject *inbox = args[4];
+    Py_ssize_t held = PyList_GET_SIZE(inbox); /* restored if anything fails below */
     Py_ssize_t added = 0;
     PyObject *result = NULL;
     if (pos < 0 || pos > end) {
@@ -117,6 +118,16 @@ take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
 done:
+    if (result == NULL && PyList_GET_SIZE(inbox) > held) {
+        /* Out of memory part-way: the caller's counters were not told of these payloads,
+           so the inbox goes back to what it held (the MemoryError stays set). */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyList_SetSlice(inbox, held, PY_SSIZE_T_MAX, NULL) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+    }
     PyBuffer_Release(&view);
     return result;
 }
