@@ -1209,6 +1209,17 @@ class Connection:
                         session._on_ack(int.from_bytes(data[pos + 3 : pos + _ACK_SIZE], "big"))
                         pos += _ACK_SIZE
                         continue
+                elif (
+                    session is not None
+                    and self.state is _OPEN
+                    and end - pos >= DATA_OVERHEAD
+                    and data[pos + 11] == 0xC6
+                    and data.startswith(_DATA_LEAD, pos)
+                ):
+                    # An unconfirmed transport's first frame (it confirms it, through
+                    # _dispatch): when it is a fixed-width DATA, the piece ends with it
+                    # and the C loop takes the rest of the read.
+                    stop = pos + DATA_OVERHEAD + int.from_bytes(data[pos + 12 : pos + 16], "big")
             else:
                 # Inside a frame: if it is a fixed-width DATA whose header is known,
                 # this piece ends where the frame does.
