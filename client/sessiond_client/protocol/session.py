@@ -110,6 +110,8 @@ _DATA = codec.DATA
 _ACK = codec.ACK
 #: The largest ACK frame as encoded with the fewest bytes: fixarray, fixint 4, uint64.
 _ACK_SIZE = 11
+#: An ACK as our encoder writes it: fixarray of 2, the type, the uint64 marker.
+_ACK_LEAD = bytes((0x92, codec.ACK, 0xCF))
 #: The type of an ACK marked by _receive_piece's decoding of a short piece (never on the wire).
 _ACK_MARK = object()
 #: Pieces shorter than this are measured frame by frame, never placed (see
@@ -1200,26 +1202,28 @@ class Connection:
                     # A fixed-width ACK amid DATA (the peer's coalesced ACKs): taken as
                     # _receive_piece's fast path takes it, then the C loop goes on.
                     if (
-                        data[pos] == 0x92
-                        and end - pos >= _ACK_SIZE
-                        and data[pos + 1] == _ACK
-                        and data[pos + 2] == 0xCF
+                        end - pos >= _ACK_SIZE
+                        and data.startswith(_ACK_LEAD, pos)
                         and decoder._max >= _ACK_SIZE
                     ):
                         session._on_ack(int.from_bytes(data[pos + 3 : pos + _ACK_SIZE], "big"))
                         pos += _ACK_SIZE
                         continue
-                elif (
-                    session is not None
-                    and self.state is _OPEN
-                    and end - pos >= DATA_OVERHEAD
-                    and data[pos + 11] == 0xC6
-                    and data.startswith(_DATA_LEAD, pos)
-                ):
+                elif session is not None and self.state is _OPEN:
                     # An unconfirmed transport's first frame (it confirms it, through
-                    # _dispatch): when it is a fixed-width DATA, the piece ends with it
-                    # and the C loop takes the rest of the read.
-                    stop = pos + DATA_OVERHEAD + int.from_bytes(data[pos + 12 : pos + 16], "big")
+                    # _dispatch): when it is a fixed-width DATA or ACK (a client's first
+                    # frame after WELCOME is often its ACK), the piece ends with it and
+                    # the C loop takes the rest of the read.
+                    if (
+                        end - pos >= DATA_OVERHEAD
+                        and data[pos + 11] == 0xC6
+                        and data.startswith(_DATA_LEAD, pos)
+                    ):
+                        stop = (
+                            pos + DATA_OVERHEAD + int.from_bytes(data[pos + 12 : pos + 16], "big")
+                        )
+                    elif end - pos >= _ACK_SIZE and data.startswith(_ACK_LEAD, pos):
+                        stop = pos + _ACK_SIZE
             else:
                 # Inside a frame: if it is a fixed-width DATA whose header is known,
                 # this piece ends where the frame does.
