@@ -36,7 +36,10 @@ from .store.urls import parse_store_url
 
 ENV_PREFIX = "SESSIOND_"
 #: ``SESSIOND_*`` variables that are not settings.
-ENV_OTHER = {"SESSIOND_CONFIG": "the config file, when --config is not given"}
+ENV_OTHER = {
+    "SESSIOND_CONFIG": "the config file, when --config is not given",
+    "SESSIOND_PURE": "1: decode with msgpack only, even where the compiled DATA loop is built",
+}
 U32 = 0xFFFFFFFF
 DAY = 86_400.0
 

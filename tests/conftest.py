@@ -62,3 +62,13 @@ async def stores(redis_server: RedisServer) -> AsyncIterator[Callable[..., Await
     yield make
     for store in made:
         await store.close()
+
+
+def pytest_report_header() -> str:
+    """Which receive path the run's transports use (tests/test_codec_compiled.py)."""
+    from sessiond_client.protocol import codec  # noqa: PLC0415 (after the session's set-up)
+
+    if codec.take_data_run is not None:
+        return "sessiond receive path: compiled DATA loop (SESSIOND_PURE=1 for pure Python)"
+    reason = "SESSIOND_PURE is set" if os.environ.get("SESSIOND_PURE") else "not built"
+    return f"sessiond receive path: pure Python ({reason})"

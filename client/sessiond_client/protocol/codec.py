@@ -12,6 +12,7 @@ incomplete frame, and rejects a frame as soon as a header inside its first
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,30 @@ DATA_HEAD = struct.Struct(">3sQsI")
 DATA_LEAD = bytes((0x93, DATA, 0xCF))  # fixarray of 3, the type, uint64 marker
 BIN32 = b"\xc6"
 _U64_FRAME = struct.Struct(">BBBQ")
+
+#: ``take(data, pos, received, limit, inbox) -> (pos, received, added)``: the optional
+#: compiled loop of the receive path (``_datarun.c``, built by ``client/setup.py`` where a
+#: C compiler is present). From ``data[pos:]`` it appends to *inbox* the payloads of the
+#: longest run of DATA frames in the fixed-width layout above that are complete, at most
+#: *limit* bytes and numbered ``received + 1, received + 2, ...``; it stops (never
+#: raises) at anything else, which the msgpack path then decodes and judges.
+#: None where it is not built, or with ``SESSIOND_PURE=1`` in the environment (the suite
+#: runs both ways); ``Connection`` then decodes everything with msgpack, with the same
+#: results (``tests/test_codec_fastpath.py``).
+TakeDataRun = Callable[[bytes, int, int, int, list[bytes]], tuple[int, int, int]]
+
+
+def _compiled_take() -> TakeDataRun | None:
+    if os.environ.get("SESSIOND_PURE"):
+        return None
+    try:
+        from ._datarun import take  # noqa: PLC0415 (optional, and skipped when pure)
+    except ImportError:  # not built here: the pure-Python path
+        return None
+    return take
+
+
+take_data_run = _compiled_take()
 
 
 def encode_data(seq: int, payload: bytes) -> bytes:
@@ -231,6 +256,8 @@ class FrameDecoder:
         """Drop everything held: the transport is closed and nothing more is decoded."""
         self._unpacker = None
         self._head = b""
+        # Nothing is held now (buffered is 0), whichever frame the failure stopped in.
+        self._fed = self._boundary = 0
 
     def release(self) -> bool:
         """Free the unpacker if no incomplete frame is held (an idle transport's

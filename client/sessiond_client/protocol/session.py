@@ -110,6 +110,8 @@ _DATA = codec.DATA
 _ACK = codec.ACK
 #: The largest ACK frame as encoded with the fewest bytes: fixarray, fixint 4, uint64.
 _ACK_SIZE = 11
+#: An ACK as our encoder writes it: fixarray of 2, the type, the uint64 marker.
+_ACK_LEAD = bytes((0x92, codec.ACK, 0xCF))
 #: The type of an ACK marked by _receive_piece's decoding of a short piece (never on the wire).
 _ACK_MARK = object()
 #: Pieces shorter than this are measured frame by frame, never placed (see
@@ -1052,6 +1054,7 @@ class Connection:
         "_replay_from",
         "_replaying",
         "_streaming",
+        "_take_run",
         "close_code",
         "close_reason",
         "hello",
@@ -1089,6 +1092,8 @@ class Connection:
         self._replay_from = 0  # the last sequence number written on this transport
         self._replaying = False  # a replay waits for the peer's window (protocol.md §6.4)
         self._streaming = False  # DATA may be written (after WELCOME, and confirmed)
+        # The compiled DATA loop, or None: every byte through msgpack (codec.take_data_run).
+        self._take_run = codec.take_data_run
 
     @classmethod
     def server(cls, params: Params, now: float) -> Connection:
@@ -1133,7 +1138,11 @@ class Connection:
             return
         self._last_recv = now
         try:
-            if len(data) <= FEED_PIECE:  # most reads: one piece, no pieces() call
+            if self._take_run is not None:
+                self._receive_runs(data, now)
+                if self.state is _CLOSED:
+                    return
+            elif len(data) <= FEED_PIECE:  # most reads: one piece, no pieces() call
                 self._receive_piece(data, now)
                 if self.state is _CLOSED:
                     return
@@ -1149,6 +1158,95 @@ class Connection:
         # decoder's ~57 KiB (an idle session then holds none); the next read makes
         # a new one for ~1 µs.
         self._decoder.release()
+
+    def _receive_runs(self, data: bytes, now: float) -> None:
+        """:meth:`receive_data` with the compiled DATA loop (``codec.take_data_run``).
+
+        Where the decoder holds no incomplete frame and the fast path applies (an open,
+        confirmed transport), the C loop takes the run of fixed-width, next DATA frames
+        at the read position straight into the inbox, and a fixed-width ACK after it is
+        taken here; everything else (another frame, another encoding, a fault, the end
+        of the read inside a frame) goes to :meth:`_receive_piece` as a piece of its
+        own, which decodes it with msgpack and applies every rule as without the C
+        loop. A piece ends at the end of the incomplete frame the decoder holds, when
+        its fixed-width DATA header says where, so that the C loop resumes after it.
+        Cutting a read into pieces anywhere gives the same outcome (protocol.md §1.5):
+        ``tests/test_codec_fastpath.py`` checks both paths against the slow one.
+        """
+        take = self._take_run
+        assert take is not None
+        decoder = self._decoder
+        pos = 0
+        end = len(data)
+        view: memoryview | None = None
+        while pos < end:
+            stop = end  # where the piece for _receive_piece ends (at most FEED_PIECE on)
+            if decoder._boundary == decoder._fed:
+                session = self.session
+                if session is not None and self._confirmed and self.state is _OPEN:
+                    inbox = session._inbox
+                    if inbox is None:
+                        session._inbox = inbox = []
+                    received = session._received
+                    pos, last, added = take(data, pos, received, decoder._max, inbox)
+                    if last != received:
+                        session._received = last
+                        session._inbox_bytes += added
+                        # As the fast path of _receive_piece: once per run, before any
+                        # frame after it (protocol.md §6.2).
+                        session._check_window()
+                    elif not inbox:
+                        session._inbox = None  # nothing came: no empty list kept
+                    if pos == end:
+                        return
+                    # A fixed-width ACK amid DATA (the peer's coalesced ACKs): taken as
+                    # _receive_piece's fast path takes it, then the C loop goes on.
+                    if (
+                        end - pos >= _ACK_SIZE
+                        and data.startswith(_ACK_LEAD, pos)
+                        and decoder._max >= _ACK_SIZE
+                    ):
+                        session._on_ack(int.from_bytes(data[pos + 3 : pos + _ACK_SIZE], "big"))
+                        pos += _ACK_SIZE
+                        continue
+                elif session is not None and self.state is _OPEN:
+                    # An unconfirmed transport's first frame (it confirms it, through
+                    # _dispatch): when it is a fixed-width DATA or ACK (a client's first
+                    # frame after WELCOME is often its ACK), the piece ends with it and
+                    # the C loop takes the rest of the read.
+                    if (
+                        end - pos >= DATA_OVERHEAD
+                        and data[pos + 11] == 0xC6
+                        and data.startswith(_DATA_LEAD, pos)
+                    ):
+                        stop = (
+                            pos + DATA_OVERHEAD + int.from_bytes(data[pos + 12 : pos + 16], "big")
+                        )
+                    elif end - pos >= _ACK_SIZE and data.startswith(_ACK_LEAD, pos):
+                        stop = pos + _ACK_SIZE
+            else:
+                # Inside a frame: if it is a fixed-width DATA whose header is known,
+                # this piece ends where the frame does.
+                head = decoder._head
+                if (
+                    decoder._head_start == decoder._boundary
+                    and len(head) >= DATA_OVERHEAD
+                    and head[11] == 0xC6
+                    and head.startswith(_DATA_LEAD)
+                ):
+                    held = decoder._fed - decoder._boundary
+                    rest = DATA_OVERHEAD + int.from_bytes(head[12:16], "big") - held
+                    stop = min(end, pos + rest)
+            stop = min(stop, pos + FEED_PIECE)
+            if pos == 0 and stop == end:
+                self._receive_piece(data, now)
+                return
+            if view is None:
+                view = memoryview(data)
+            self._receive_piece(view[pos:stop], now)
+            if self.state is _CLOSED:
+                return
+            pos = stop
 
     def _receive_piece(self, piece: bytes | memoryview, now: float) -> None:
         """Decode one piece and act on its frames in stream order.
