@@ -304,6 +304,7 @@ def header(entry: Json, commit: Json, path: Path) -> list[str]:
         f"Commit `{commit['commit_short']}`{state}, {entry['started_at']}; "
         f"{machine['cpu_model']}, {machine['cores']} cores; "
         f"{machine['python_implementation']} {machine['python']}; msgpack {machine['msgpack']}; "
+        f"receive path {machine.get('receive_path', 'pure Python')}; "
         f"uvloop {machine['uvloop']} ({entry['config']['event_loop']} loop in the load "
         f"generator). Servers in their own processes on 127.0.0.1, {where} CPU: "
         "`/proc/PID/task/*/schedstat` (servers, ns) and `time.process_time` (load generator).",

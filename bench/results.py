@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from sessiond_client.protocol import codec
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -90,6 +91,8 @@ def machine_info() -> Json:
         "msgpack": _version("msgpack"),
         "msgpack_impl": "c" if msgpack.Packer.__module__.endswith("_cmsgpack") else "python",
         "uvloop": _version("uvloop"),
+        # The servers and load generators started from here inherit the environment.
+        "receive_path": "compiled" if codec.take_data_run is not None else "pure Python",
     }
 
 
