@@ -1032,7 +1032,11 @@ class ServerProtocol(asyncio.Protocol):
             # the peer reads it. A peer that neither reads nor closes must not keep the
             # socket (and its per-peer count) for ever: abort after close_grace.
             if transport.can_write_eof():
-                transport.write_eof()
+                try:
+                    transport.write_eof()
+                except OSError:  # the peer reset it (on loopback, at once, answering
+                    transport.abort()  # our CLOSE after its FIN): connection_lost follows
+                    return
             else:
                 transport.close()
             self.server.loop.call_later(self.server.config.close_grace, transport.abort)
