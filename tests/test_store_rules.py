@@ -149,6 +149,38 @@ async def test_bad_input_mid_session_gets_its_close_then_the_end_of_the_stream(
     assert session.ended
 
 
+async def test_a_close_decided_just_before_the_peers_fin_is_still_written(start: Start) -> None:
+    """Garbage, then at once the client's FIN (a client that shuts down after its last
+    write): the daemon decides the CLOSE while reading, then sees the EOF. The CLOSE
+    must be written before the transport goes (with a store it waits for the commit;
+    with Redis on another host, the EOF comes first)."""
+    server = await start()
+    client = await opened(server)
+    entry = server.sessions.find(client.session.id or b"")
+    assert entry is not None and entry.protocol is not None
+    protocol = entry.protocol
+    assert protocol.transport is not None
+    # As asyncio calls them when both come in one loop iteration (no sleep decides it).
+    protocol.data_received(b"\xc1")
+    if not protocol.eof_received():
+        protocol.transport.close()
+    close = await read_close(client.reader)
+    assert close is not None and close.code == CloseCode.PROTOCOL_ERROR
+
+
+async def test_a_hello_with_garbage_in_its_read_is_refused_whole(start: Start) -> None:
+    """The HELLO and a malformed byte in one read: the read is decoded before the HELLO
+    is answered, so no session is made (none stored) and the CLOSE comes alone."""
+    server = await start()
+    client = CoreClient(HOST, port(server))
+    await client.open_transport()
+    assert client.writer is not None
+    client.writer.write(client.session.connect(client.now()).data_to_send() + b"\xc1")
+    close = await read_close(client.reader)
+    assert close is not None and close.code == CloseCode.PROTOCOL_ERROR
+    assert not len(server.sessions)
+
+
 async def test_a_close_from_the_peer_ends_the_session_and_the_transport(start: Start) -> None:
     server = await start()
     client = await opened(server)
