@@ -109,7 +109,12 @@ def session_of(server: Server, client: CoreClient) -> sessiond.Session:
 
 # ------------------------------------------------------------- input decided ends
 
-WINDOW = Params(window_messages=4)
+#: A 4-message window; frames up to 4 MiB; incomplete frames over all transports held
+#: up to 1 MiB (limits.max_partial_bytes, its minimum).
+CONFIG = ServerConfig(
+    params=Params(window_messages=4, max_frame_size=4 << 20),
+    limits=Limits(max_partial_bytes=1 << 20),
+)
 
 #: What a client writes after three messages (its next sequence number is 4), and the
 #: code of the CLOSE it must get for it.
@@ -125,9 +130,13 @@ BAD_INPUT = {
         Hello((1,), 15000, 1024, 1 << 20, 1 << 20, 0).encode(),
         CloseCode.UNEXPECTED_FRAME,
     ),
-    "over-the-window": (  # the daemon's window is 4 messages (WINDOW)
+    "over-the-window": (  # the daemon's window is 4 messages
         b"".join(Data(seq, b"x").encode() for seq in range(4, 20)),
         CloseCode.FLOW_CONTROL_ERROR,
+    ),
+    "partial-over-max-partial-bytes": (  # 2 MiB of a frame, never completed
+        Data(4, bytes(3 << 20)).encode()[: 2 << 20],
+        CloseCode.LIMIT_EXCEEDED,
     ),
 }
 
@@ -136,9 +145,9 @@ BAD_INPUT = {
 async def test_bad_input_mid_session_gets_its_close_then_the_end_of_the_stream(
     start: Start, case: str
 ) -> None:
-    """protocol.md §1.4, §5.2, §5.3, §6.2: the CLOSE with the rule's code reaches the
-    client and the daemon closes the transport; the session ends (§12)."""
-    server = await start(ServerConfig(params=WINDOW))
+    """protocol.md §1.4, §5.2, §5.3, §6.2 and limits.max_partial_bytes: the CLOSE with
+    the rule's code reaches the client and the daemon closes the transport (§12)."""
+    server = await start(CONFIG)
     client = await opened(server)
     session = session_of(server, client)
     assert client.writer is not None
@@ -146,7 +155,8 @@ async def test_bad_input_mid_session_gets_its_close_then_the_end_of_the_stream(
     client.writer.write(data)
     close = await read_close(client.reader)
     assert close is not None and close.code == code
-    assert session.ended
+    # A protocol error ends the session; a limit costs the transport only (it detaches).
+    assert session.ended is (code is not CloseCode.LIMIT_EXCEEDED)
 
 
 async def test_a_close_decided_just_before_the_peers_fin_is_still_written(start: Start) -> None:
