@@ -254,6 +254,18 @@ async def test_an_operators_end_reaches_the_client(start: Start) -> None:
     assert close is not None and close.code == CloseCode.SESSION_REVOKED
 
 
+async def test_the_echo_app_ending_a_session_it_cannot_answer_reaches_the_client(
+    start: Start,
+) -> None:
+    """§16: an end decided by the handler (its reply above the client's max_frame)."""
+    server = await start()
+    client = await opened(server, Params(max_frame_size=1024))
+    client.send(b"x" * 2000)  # within the daemon's max_frame, above the client's
+    close = await read_close(client.reader)
+    assert close is not None and close.code == CloseCode.SESSION_REVOKED
+    assert "max_frame" in close.reason
+
+
 async def test_drain_sends_goaway_then_going_away(start: Start) -> None:
     """§11: GOAWAY first; once everything is acknowledged, CLOSE GOING_AWAY."""
     server = await start()
