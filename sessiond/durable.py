@@ -208,6 +208,7 @@ class Durability:
         self._staged: list[tuple[_Entry, ServerProtocol, bytes]] = []
         self._before: list[Callable[[], Awaitable[Any]]] = []  # metadata, before appends
         self._after: list[Callable[[], Awaitable[Any]]] = []  # releases, ends, TTLs
+        self._closes: list[asyncio.Transport] = []  # half-closed by their peers
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -287,7 +288,7 @@ class Durability:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._staged or self._before or self._after or self.store.pending:
+            while self._staged or self._before or self._after or self._closes or self.store.pending:
                 try:
                     await self._write_batch()
                 except Exception:  # a bug: never leave the sessions without a writer
@@ -300,6 +301,7 @@ class Durability:
         staged, self._staged = self._staged, []
         before, self._before = self._before, []
         after, self._after = self._after, []
+        closes, self._closes = self._closes, []
         appends = self.store.take()
         stats = self.server.stats
         try:
@@ -326,6 +328,7 @@ class Durability:
                 held = find(sid) if sid is not None else None
                 if held is not None and held in self._stored:
                     self._drop(held, CloseCode.GOING_AWAY)
+            self._close_all(closes)
             return
         for entry, protocol, data in staged:
             stored = self._stored.get(entry)
@@ -341,11 +344,26 @@ class Durability:
                 protocol.write_out(data)
             except OSError:  # reset meanwhile: connection_lost follows
                 protocol.abort_unwritten()
+        self._close_all(closes)
         for operation in after:
             try:
                 await operation()
             except StoreError as exc:
                 log.warning("session store: %s", exc)
+
+    def close_when_written(self, transport: asyncio.Transport) -> None:
+        """Close *transport*, whose peer half-closed it, once the output staged for it
+        so far (in a batch being committed, or by this loop tick's flush) is written.
+
+        Call it with ``call_soon`` after the transport's flush: it then runs after the
+        tick's flush, and the writer takes both into one batch, writes before closes."""
+        self._closes.append(transport)
+        self._kick()
+
+    @staticmethod
+    def _close_all(transports: list[asyncio.Transport]) -> None:
+        for transport in transports:
+            transport.close()  # what is buffered goes first; then connection_lost
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait (at most *timeout*) until everything staged so far is stored and written.

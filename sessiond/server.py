@@ -1040,7 +1040,11 @@ class ServerProtocol(asyncio.Protocol):
             # the peer reads it. A peer that neither reads nor closes must not keep the
             # socket (and its per-peer count) for ever: abort after close_grace.
             if transport.can_write_eof():
-                transport.write_eof()
+                try:
+                    transport.write_eof()
+                except OSError:  # the peer reset it (on loopback, at once, answering
+                    transport.abort()  # our CLOSE after its FIN): connection_lost follows
+                    return
             else:
                 transport.close()
             self.server.loop.call_later(self.server.config.close_grace, transport.abort)
@@ -1071,10 +1075,18 @@ class ServerProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The peer half-closed: write what is still queued for it (echoes, a CLOSE
-        decided this tick) before asyncio closes the transport; the core learns of
-        the loss in connection_lost."""
+        decided this tick) before the transport closes; the core learns of the loss in
+        connection_lost. With a store that output is written once committed (a CLOSE
+        decided a tick ago may still be in a commit): the transport stays open, no
+        longer read, until the store's writer has written it, then closes."""
         self.flush()
-        return False
+        durable = self.server.durable
+        if durable is None or self.transport is None:
+            return False
+        # After the tick's flush that self.flush() queued (or that was queued before).
+        self.server.loop.call_soon(durable.close_when_written, self.transport)
+        # (asyncio's TLS closes on EOF whatever this says, and warns when told not to.)
+        return self.transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self.server
